@@ -1,0 +1,65 @@
+"""A small generic name registry with did-you-mean errors."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+from prunetune.exceptions import UnknownNameError
+
+T = TypeVar("T")
+
+
+def unknown_name_message(kind: str, name: object, known: Iterable[str]) -> str:
+    """``unknown <kind> 'x'; did you mean 'y'? known: ...`` for any list of names."""
+    known = sorted(known)
+    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} known: {', '.join(known)}"
+
+
+class Registry(Generic[T]):
+    """Maps names to objects of one kind (criteria, models, datasets, ...).
+
+    Args:
+        kind: what the entries are, used in error messages ("criterion", "model", ...).
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
+        """Register ``obj`` under ``name``; without ``obj`` return a decorator."""
+
+        def _add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._items[name] = item
+            return item
+
+        return _add if obj is None else _add(obj)
+
+    def get(self, name: str) -> T:
+        """Return the entry called ``name`` or raise :class:`UnknownNameError` with close matches."""
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):
+            raise UnknownNameError(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: object) -> str:
+        return unknown_name_message(self.kind, name, self._items)
+
+    def names(self) -> list[str]:
+        """All registered names, sorted."""
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)

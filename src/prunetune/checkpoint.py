@@ -1,0 +1,91 @@
+"""Loading dense checkpoints and saving/loading pruned models (state dict + plan, never pickled modules)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunetune.exceptions import CheckpointError
+from prunetune.models import create_model
+from prunetune.pruning.plan import PruningPlan
+from prunetune.pruning.surgery import apply_plan
+
+PRUNED_FORMAT = 1
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: str = "model") -> nn.Module:
+    """Load a state dict (bare, or under ``state_dict``/``model``; ``module.`` prefixes stripped).
+
+    Raises:
+        CheckpointError: missing file, unreadable file, or weights that do not fit ``model``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r} as a state dict ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from None
+    state = _find_state_dict(data, path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"missing key {missing[0]!r}" if missing else f"unexpected key {unexpected[0]!r}"
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model_name}: {what} "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected); check model name, "
+                              "num_classes and in_channels")
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model_name}: {key!r} has shape "
+                                  f"{tuple(state[key].shape)}, the model expects {tuple(value.shape)}; check "
+                                  "num_classes and in_channels")
+    model.load_state_dict(state)
+    return model
+
+
+def _find_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()) and data:
+        return data
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            return data[key]
+    raise CheckpointError(f"checkpoint {str(path)!r} holds no state dict (looked for a tensor dict, "
+                          "or one under 'state_dict'/'model')")
+
+
+def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, model_spec: dict[str, Any]) -> Path:
+    """Save a pruned model as its state dict, its plan and how to build the dense architecture."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": PRUNED_FORMAT, "model": dict(model_spec), "plan": plan.to_dict(),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a pruned network saved by ``prunetune prune``: dense model, replay the plan, load weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pruned model {str(path)!r} does not exist")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read pruned model {str(path)!r}: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(data, dict) or data.get("format") != PRUNED_FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a prunetune pruned model (format {PRUNED_FORMAT})")
+    spec = data["model"]
+    model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                         **spec.get("kwargs", {}))
+    apply_plan(model, PruningPlan.from_dict(data["plan"]))
+    model.load_state_dict(data["state_dict"])
+    return model.eval()

@@ -1,0 +1,281 @@
+"""Batch iteration, tensor-level augmentation, calibration subsets and split fingerprints.
+
+In-memory splits (:class:`TensorSplit`) are iterated by :class:`BatchLoader`, which moves the
+whole split to the target device once and slices batches there (no worker processes, no per-batch
+host→device copies). Lazily decoded torch ``Dataset`` splits (imagefolder) go through a torch
+``DataLoader`` with workers, wrapped by :class:`DatasetLoader` so that both loaders share one
+contract: iterating yields ``(x, y)`` batches already on ``device``; each ``__iter__`` is one epoch
+whose shuffle order (and augmentation) is a pure function of ``(seed, epoch)``; ``set_epoch`` jumps
+to a given epoch. Use :func:`make_loader` to get the right one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from prunetune.data.base import Split, TensorSplit, seeded_generator
+from prunetune.exceptions import ConfigError, DataError
+
+Batch = tuple[Tensor, Tensor]
+_SHUFFLE_STREAM = 0
+_AUGMENT_STREAM = 1
+_CALIBRATION_STREAM = 2
+
+
+def augment_batch(
+    x: Tensor, *, padding: int = 4, flip: bool = True, generator: torch.Generator | None = None
+) -> Tensor:
+    """CIFAR-style augmentation of a whole batch: zero-padded random crop + horizontal flip.
+
+    Each image is padded by ``padding`` zeros on every side and cropped back to ``H×W`` at a random
+    offset ``(dy, dx) ∈ [0, 2·padding]²``, i.e. ``out[i, :, r, c] = x[i, :, r+dy-p, c+dx-p]``
+    (zero outside); then it is mirrored left-right with probability 1/2. Vectorised: one pad and one
+    gather for the batch, no Python loop over images. Runs on ``x``'s device; random numbers are
+    drawn on ``generator``'s device (CPU when ``None``, from the global RNG) and moved to ``x``'s.
+
+    Args:
+        x: ``Tensor[B, C, H, W]``.
+        padding: zero padding per side (0 disables the crop).
+        flip: whether to apply random horizontal flips.
+        generator: source of randomness, for reproducible augmentation.
+
+    Returns:
+        A new tensor of ``x``'s shape, dtype and device.
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        shape = tuple(getattr(x, "shape", ()))
+        raise DataError(f"augment_batch expects a B×C×H×W tensor, got shape {shape}")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ConfigError(f"augment_batch padding must be an int >= 0, got {padding!r}")
+    draw_on = generator.device if generator is not None else torch.device("cpu")
+    out = _random_crop(x, padding, generator, draw_on) if padding else x.clone()
+    if flip:
+        mask = torch.rand(x.shape[0], generator=generator, device=draw_on).to(x.device) < 0.5
+        out = torch.where(mask[:, None, None, None], out.flip(-1), out)
+    return out
+
+
+def _random_crop(
+    x: Tensor, padding: int, generator: torch.Generator | None, draw_on: torch.device
+) -> Tensor:
+    b, c, h, w = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=draw_on)
+    offsets = offsets.to(x.device)
+    padded = F.pad(x, (padding, padding, padding, padding)).reshape(b, c, -1)
+    rows = offsets[0][:, None] + torch.arange(h, device=x.device)  # B×H rows of the padded image
+    cols = offsets[1][:, None] + torch.arange(w, device=x.device)  # B×W columns
+    flat = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).reshape(b, 1, h * w)
+    return padded.gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
+
+
+class BatchLoader:
+    """Seeded mini-batches of an in-memory split, held on ``device``.
+
+    Args:
+        split: the split to iterate.
+        batch_size: samples per batch.
+        shuffle: reshuffle every epoch (order depends only on ``seed`` and the epoch number).
+        augment: apply :func:`augment_batch` to every batch (seeded by ``seed`` and the epoch).
+        device: where the split is copied once, at construction, and where batches live.
+        seed: seed of shuffling and augmentation.
+        drop_last: drop the final incomplete batch.
+        padding: crop padding used when ``augment`` is on.
+    """
+
+    def __init__(
+        self,
+        split: TensorSplit,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        augment: bool = False,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        drop_last: bool = False,
+        padding: int = 4,
+    ) -> None:
+        if not isinstance(split, TensorSplit):
+            kind = type(split).__name__
+            raise DataError(f"BatchLoader needs a TensorSplit, got {kind}; use make_loader")
+        self.batch_size = _positive_batch_size(batch_size)
+        self.shuffle, self.augment, self.drop_last = bool(shuffle), bool(augment), bool(drop_last)
+        self.seed, self.padding = int(seed), padding
+        self.device = torch.device(device)
+        self.split = split.to(self.device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``__iter__`` produce epoch ``epoch`` (later ones follow on from it)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        order = None
+        if self.shuffle:
+            gen = seeded_generator(self.seed, epoch, _SHUFFLE_STREAM)
+            order = torch.randperm(len(self.split), generator=gen).to(self.device)
+        gen = seeded_generator(self.seed, epoch, _AUGMENT_STREAM) if self.augment else None
+        return self._batches(order, gen)
+
+    def _batches(self, order: Tensor | None, gen: torch.Generator | None) -> Iterator[Batch]:
+        x, y = self.split.x, self.split.y
+        for b in range(len(self)):
+            start, stop = b * self.batch_size, (b + 1) * self.batch_size
+            idx = order[start:stop] if order is not None else slice(start, stop)
+            xb, yb = x[idx], y[idx]
+            if gen is not None:
+                xb = augment_batch(xb, padding=self.padding, generator=gen)
+            yield xb, yb
+
+
+class DatasetLoader:
+    """A torch ``DataLoader`` over a lazily decoded ``Dataset`` that yields batches on ``device``.
+
+    Augmentation is whatever the dataset's transforms do. The shuffle order and the worker seeds
+    are reseeded from ``(seed, epoch)`` at every ``__iter__``. The underlying loader is
+    :attr:`loader`.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        num_workers: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        workers = _num_workers(num_workers)
+        self.device = torch.device(device)
+        self.seed, self.epoch = int(seed), 0
+        self._generator = torch.Generator()
+        self.loader = DataLoader(
+            dataset,
+            batch_size=_positive_batch_size(batch_size),
+            shuffle=bool(shuffle),
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=bool(drop_last),
+            generator=self._generator,
+            persistent_workers=workers > 0,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``__iter__`` produce epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        epoch_seed = seeded_generator(self.seed, epoch, _SHUFFLE_STREAM).initial_seed()
+        self._generator.manual_seed(epoch_seed)
+        return self._batches()
+
+    def _batches(self) -> Iterator[Batch]:
+        move = {"device": self.device, "non_blocking": self.device.type == "cuda"}
+        for x, y in self.loader:
+            yield x.to(**move), y.to(**move)
+
+
+def make_loader(
+    split: Split,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    augment: bool = False,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    num_workers: int | None = None,
+    drop_last: bool = False,
+) -> BatchLoader | DatasetLoader:
+    """The right loader for ``split``: :class:`BatchLoader` for a :class:`TensorSplit`, else a
+    :class:`DatasetLoader` (``augment`` is then ignored: the dataset's transforms augment, and
+    ``num_workers`` defaults to ``min(8, cpu count)``; for a TensorSplit it is unused)."""
+    if isinstance(split, TensorSplit):
+        return BatchLoader(split, batch_size=batch_size, shuffle=shuffle, augment=augment,
+                           device=device, seed=seed, drop_last=drop_last)
+    if isinstance(split, Dataset):
+        return DatasetLoader(split, batch_size=batch_size, shuffle=shuffle, device=device,
+                             seed=seed, num_workers=num_workers, drop_last=drop_last)
+    kind = type(split).__name__
+    raise DataError(f"make_loader needs a TensorSplit or a torch Dataset, got {kind}")
+
+
+def calibration_subset(split: Split, *, size: int, seed: int) -> Split:
+    """A seeded random subset of ``min(size, len(split))`` distinct samples.
+
+    The same ``(split, size, seed)`` always gives the same samples in the same order. A
+    :class:`TensorSplit` gives a :class:`TensorSplit`; a ``Dataset`` gives a
+    ``torch.utils.data.Subset``.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ConfigError(
+            f"calibration size must be a positive int (number of samples), got {size!r}"
+        )
+    n = len(split)  # type: ignore[arg-type]
+    if n == 0:
+        raise DataError("cannot draw a calibration subset from an empty split")
+    perm = torch.randperm(n, generator=seeded_generator(seed, _CALIBRATION_STREAM))[:size]
+    if isinstance(split, TensorSplit):
+        return split.subset(perm)
+    return Subset(split, perm.tolist())
+
+
+def split_fingerprint(split: Split) -> str:
+    """A stable content hash of a split (16 hex chars of a sha256), for cache keys.
+
+    A :class:`TensorSplit` hashes the shape, dtype and raw bytes of ``x`` and ``y`` (device
+    independent). A folder dataset (with ``samples``, like ``ImageFolder``) hashes its file
+    paths and targets; a ``Subset`` adds its indices.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, split)
+    return digest.hexdigest()[:16]
+
+
+def _feed(digest: Any, split: object) -> None:
+    if isinstance(split, TensorSplit):
+        for t in (split.x, split.y):
+            digest.update(f"{tuple(t.shape)}:{t.dtype};".encode())
+            digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(split, Subset):
+        _feed(digest, split.dataset)
+        digest.update(repr([int(i) for i in split.indices]).encode())
+    elif isinstance(getattr(split, "samples", None), Sequence):
+        samples = split.samples  # type: ignore[attr-defined]
+        digest.update(repr([(str(p), int(t)) for p, t in samples]).encode())
+    else:
+        raise DataError(
+            f"cannot fingerprint a {type(split).__name__}: pass a TensorSplit, a Subset or a "
+            "dataset with a .samples list of (path, target)"
+        )
+
+
+def _positive_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
+
+
+def _num_workers(num_workers: int | None) -> int:
+    if num_workers is None:
+        return min(8, os.cpu_count() or 1)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    return num_workers

@@ -1,0 +1,46 @@
+"""Project exception hierarchy.
+
+Every error a user can cause derives from :class:`PrunetuneError`; the CLI turns these into one line
+on stderr and exit code 2. Messages state what was expected, echo the bad value and name the fix.
+"""
+
+from __future__ import annotations
+
+
+class PrunetuneError(Exception):
+    """Base class of every user-facing prunetune error."""
+
+
+class UnknownNameError(PrunetuneError, KeyError):
+    """A name looked up in a registry does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(PrunetuneError, ValueError):
+    """A recipe, search config or argument is malformed."""
+
+
+class InvalidPlanError(PrunetuneError, ValueError):
+    """A pruning plan does not fit the model it is applied to."""
+
+
+class BudgetInfeasibleError(PrunetuneError, ValueError):
+    """A MACs budget cannot be reached under the keep rules."""
+
+
+class CheckpointError(PrunetuneError, ValueError):
+    """A checkpoint is missing or does not fit the model."""
+
+
+class DataError(PrunetuneError, ValueError):
+    """A dataset is missing, malformed or cannot be loaded."""
+
+
+class MissingExtraError(PrunetuneError, ImportError):
+    """An optional dependency is not installed."""
+
+
+class TrackingError(PrunetuneError, ValueError):
+    """An MLflow experiment or run is missing or unusable."""

@@ -1,0 +1,125 @@
+"""Models by name: built-in architectures, ``tv:<name>`` torchvision models, ``pkg.module:fn`` factories."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from torch import nn
+
+from prunetune._imports import require
+from prunetune._registry import Registry, unknown_name_message
+from prunetune.exceptions import ConfigError, UnknownNameError
+from prunetune.models.cifar_resnet import CifarResNet
+from prunetune.models.tiny import TinyConvNet, TinyMobileNet
+from prunetune.models.vgg import CifarVGG
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered architecture.
+
+    Attributes:
+        factory: ``factory(num_classes=..., in_channels=..., **kwargs) -> nn.Module``.
+        input_size: the side of the square input the architecture is made for (used by dry runs).
+        summary: one line for ``prunetune groups`` and docs.
+    """
+
+    factory: Callable[..., nn.Module]
+    input_size: int
+    summary: str
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+for _depth in (20, 32, 56, 110):
+    MODELS.register(
+        f"resnet{_depth}",
+        ModelEntry(partial(CifarResNet, _depth), 32, f"CIFAR ResNet-{_depth}, option-A shortcuts"),
+    )
+MODELS.register("vgg16_bn", ModelEntry(CifarVGG, 32, "CIFAR VGG-16-BN (HRank/CHIP layout)"))
+MODELS.register("tiny_convnet", ModelEntry(TinyConvNet, 16, "test model: 3 conv-BN-ReLU + 2 linear"))
+MODELS.register(
+    "tiny_resnet", ModelEntry(partial(CifarResNet, 8, width=4), 16, "test model: ResNet-8, width 4")
+)
+MODELS.register("tiny_mobilenet", ModelEntry(TinyMobileNet, 16, "test model: depthwise-separable"))
+
+TORCHVISION_PREFIX = "tv:"
+
+
+def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, **kwargs: object) -> nn.Module:
+    """Build a model by name.
+
+    Args:
+        name: a registered name (see :func:`list_models`), ``tv:<torchvision name>`` or
+            ``package.module:function`` (called as ``function(num_classes=..., in_channels=..., **kwargs)``).
+        num_classes: classifier outputs.
+        in_channels: input image channels (1 for digits).
+        **kwargs: passed to the factory.
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if name.startswith(TORCHVISION_PREFIX):
+        return _torchvision_model(name[len(TORCHVISION_PREFIX):], num_classes, in_channels, kwargs)
+    if ":" in name:
+        factory = _import_factory(name)
+    else:
+        factory = MODELS.get(name).factory
+    try:
+        return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model {name!r} does not accept these arguments: {exc}") from exc
+
+
+def default_input_size(name: str) -> int:
+    """The input side a model is made for: 32 for CIFAR models, 224 for torchvision, else 32."""
+    if name.startswith(TORCHVISION_PREFIX):
+        return 224
+    return MODELS.get(name).input_size if name in MODELS else 32
+
+
+def list_models() -> list[str]:
+    """Registered model names (``tv:`` and factory names are open-ended and not listed)."""
+    return MODELS.names()
+
+
+def _import_factory(spec: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownNameError(
+            f"model factory {spec!r}: cannot import module {module_name!r} ({exc}); "
+            "use 'package.module:function' with the package on PYTHONPATH"
+        ) from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UnknownNameError(f"model factory {spec!r}: module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _torchvision_model(name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    tvm = require("torchvision.models", extra="vision", purpose=f"model 'tv:{name}'")
+    names = tvm.list_models(module=tvm)
+    if name not in names:
+        raise UnknownNameError(unknown_name_message("torchvision model", name, names))
+    model = tvm.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+    if in_channels != 3:
+        _replace_first_conv(model, in_channels)
+    return model
+
+
+def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                new = nn.Conv2d(
+                    in_channels, child.out_channels, child.kernel_size, child.stride,
+                    child.padding, child.dilation, child.groups, child.bias is not None,
+                )
+                setattr(parent, child_name, new)
+                return

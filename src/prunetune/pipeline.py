@@ -1,0 +1,245 @@
+"""One recipe, end to end: data → dense model → scores → plan → schedule + fine-tune → evaluate.
+
+The steps are separate functions so that a search prepares the shared part once (:func:`prepare`,
+:func:`score_table`) and runs only :func:`build_plan` and :func:`train_pruned` per trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunetune.checkpoint import load_checkpoint, save_pruned
+from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
+from prunetune.exceptions import ConfigError
+from prunetune.models import create_model
+from prunetune.pruning.allocation import KeepRule
+from prunetune.pruning.blend import blend_scores
+from prunetune.pruning.finetune import evaluate, finetune
+from prunetune.pruning.groups import ModelGroups, find_groups
+from prunetune.pruning.macs import count_cost
+from prunetune.pruning.plan import PruningPlan, make_plan
+from prunetune.pruning.masking import plan_ranking, run_schedule
+from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir
+from prunetune.pruning.strategies import STRATEGIES
+from prunetune.recipe import Recipe
+from prunetune.version import __version__
+
+log = logging.getLogger("prunetune")
+
+
+@dataclass
+class Base:
+    """What every trial of one recipe shares, computed once: data, the trained dense model, groups."""
+
+    recipe: Recipe
+    splits: DataSplits
+    model: nn.Module
+    groups: ModelGroups
+    device: torch.device
+    dense: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.groups.input_shape
+
+    def loader(self, split: str, *, train: bool = False, seed: int = 0, batch_size: int | None = None):
+        data = getattr(self.splits, split)
+        return make_loader(data, batch_size=batch_size or self.recipe.data.batch_size, shuffle=train,
+                           augment=train and self.splits.augment, device=self.device, seed=seed)
+
+
+@dataclass
+class PruneResult:
+    dense: dict[str, float]
+    pruned: dict[str, float]
+    plan: PruningPlan
+    history: list[dict[str, float]]
+    model: nn.Module
+    scores_cached: bool | None
+    timings: dict[str, float]
+    out: Path | None = None
+    plan_path: Path | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"dense": self.dense, "pruned": self.pruned,
+                "plan": str(self.plan_path) if self.plan_path else None,
+                "scores_cached": self.scores_cached, "timings": self.timings}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use device: cpu or auto")
+    return torch.device(name)
+
+
+def load_data(recipe: Recipe) -> DataSplits:
+    spec = recipe.data
+    return load_dataset(spec.name, root=recipe.resolve_path(spec.root), download=spec.download,
+                        seed=recipe.seed, **spec.params)
+
+
+def prepare(recipe: Recipe, *, show_progress: bool = True) -> Base:
+    """Load data and the dense model (checkpoint, or brief cached training), find groups, evaluate."""
+    t0 = time.perf_counter()
+    device = resolve_device(recipe.device)
+    splits = load_data(recipe)
+    if splits.in_channels != recipe.model.in_channels or splits.num_classes != recipe.model.num_classes:
+        raise ConfigError(
+            f"data {recipe.data.name!r} has {splits.in_channels} input channels and {splits.num_classes} classes, "
+            f"the model is set to in_channels={recipe.model.in_channels}, num_classes={recipe.model.num_classes}; "
+            "fix the recipe's model section")
+    splits = _on_device(splits, device)
+    torch.manual_seed(recipe.seed)
+    spec = recipe.model
+    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
+    t_data = time.perf_counter()
+    base = Base(recipe, splits, model, None, device, {})  # type: ignore[arg-type]
+    if spec.checkpoint:
+        load_checkpoint(model, recipe.resolve_path(spec.checkpoint), model_name=f"model {spec.name!r}")
+    else:
+        _pretrained_dense(base, show_progress)
+    model.to(device).eval()
+    base.groups = find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
+    cost = count_cost(model, base.groups.input_shape)
+    base.dense = {"macs": cost.macs, "params": cost.params,
+                  "accuracy": evaluate(model, base.loader("test"), device=device)}
+    base.timings = {"data_s": t_data - t0, "dense_s": time.perf_counter() - t_data}
+    return base
+
+
+def _on_device(splits: DataSplits, device: torch.device) -> DataSplits:
+    moved = {s: getattr(splits, s).to(device) if isinstance(getattr(splits, s), TensorSplit) else getattr(splits, s)
+             for s in ("train", "val", "test")}
+    return DataSplits(**moved, num_classes=splits.num_classes, in_channels=splits.in_channels,
+                      image_size=splits.image_size, name=splits.name, augment=splits.augment, classes=splits.classes)
+
+
+def _pretrained_dense(base: Base, show_progress: bool) -> None:
+    """Train the dense model briefly (no checkpoint given), cached by everything that shapes it."""
+    r = base.recipe
+    key = json.dumps({"model": r.model.__dict__, "data": r.data.to_dict(), "pretrain": r.pretrain.__dict__,
+                      "seed": r.seed, "version": __version__}, sort_keys=True, default=str)
+    root = Path(r.calibration.cache_dir) if r.calibration.cache_dir else default_cache_dir()
+    path = root / "dense" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+    if r.calibration.use_cache and path.is_file():
+        log.info("dense model: loaded the cached brief training from %s", path)
+        load_checkpoint(base.model, path)
+        return
+    cfg = r.pretrain.finetune_config()
+    log.info("dense model: no checkpoint given, training it for %d epochs on %s", cfg.epochs, r.data.name)
+    finetune(base.model, base.loader("train", train=True, seed=r.seed, batch_size=cfg.batch_size), cfg,
+             device=base.device, show_progress=show_progress)
+    if r.calibration.use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({k: v.detach().cpu() for k, v in base.model.state_dict().items()}, tmp)
+        tmp.replace(path)
+
+
+def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *, show_progress: bool = True) -> ScoreTable:
+    """Scores for ``criteria`` (name -> params) on the base model, from the cache when possible."""
+    cal = base.recipe.calibration
+    split = getattr(base.splits, cal.split)
+    subset = calibration_subset(split, size=cal.size, seed=cal.seed)
+    digest = f"{split_fingerprint(subset)}:{cal.size}:{cal.seed}"
+    return compute_scores(
+        base.model, base.groups, criteria,
+        calibration=lambda: make_loader(subset, batch_size=cal.batch_size, device=base.device),
+        calibration_digest=digest, settings=CalibrationSettings(cal.activation, cal.batch_size),
+        cache_dir=cal.cache_dir, use_cache=cal.use_cache, device=base.device, show_progress=show_progress,
+    )
+
+
+def recipe_criteria(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    return {name: recipe.criterion.resolved_params(name) for name in recipe.criterion.criteria}
+
+
+def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningPlan:
+    """The plan a recipe asks for: its carried plan, or scores → allocation → top-k per group."""
+    if recipe.plan is not None:
+        plan = _carried_plan(recipe)
+        plan.validate(base.groups)
+        return plan
+    spec = recipe.criterion
+    scores = blended_scores(recipe, table)
+    extras = {}
+    for name in spec.criteria:
+        for group, values in table.extras.get(name, {}).items():
+            extras.setdefault(group, {}).update(values)
+    a = recipe.allocation
+    keep = STRATEGIES.get(a.strategy)(
+        base.groups, rule=KeepRule(a.min_keep, a.round_to), ratio=a.ratio, ratios=a.ratios,
+        default=a.default, macs_budget=a.macs_budget, params=a.params, extras=extras)
+    return make_plan(base.groups, scores, keep, meta={"model": recipe.model.name, "criterion": spec.to_value(),
+                                                       "allocation": a.to_dict(), "fingerprint": table.fingerprint})
+
+
+def blended_scores(recipe: Recipe, table: ScoreTable) -> dict[str, torch.Tensor]:
+    """The recipe's criterion (one, or a normalised blend) evaluated on the table, per group."""
+    spec = recipe.criterion
+    return blend_scores(table.scores, spec.weights, normalizer=spec.normalizer)
+
+
+def _carried_plan(recipe: Recipe) -> PruningPlan:
+    if isinstance(recipe.plan, str):
+        return PruningPlan.load(recipe.resolve_path(recipe.plan))
+    return PruningPlan.from_dict(recipe.plan)
+
+
+def train_pruned(recipe: Recipe, base: Base, plan: PruningPlan, *, table: ScoreTable | None = None,
+                 callbacks: Sequence[Any] = (), show_progress: bool = True,
+                 ) -> tuple[nn.Module, list[dict[str, float]], PruningPlan]:
+    """Copy the dense model and run the recipe's schedule: masks, fine-tune, physical removal.
+
+    Returns the pruned model, the per-epoch history and the final plan. A re-scoring schedule may
+    change *which* channels are kept (never how many) unless the recipe carries its plan.
+    """
+    torch.manual_seed(recipe.seed)
+    model = copy.deepcopy(base.model).to(base.device)
+    ranking = plan_ranking(plan, blended_scores(recipe, table) if table is not None else None)
+    return run_schedule(
+        recipe.schedule.name, recipe.schedule.params, model, base.groups, plan, recipe.finetune,
+        train_batches=base.loader("train", train=True, seed=recipe.seed, batch_size=recipe.finetune.batch_size),
+        eval_batches=base.loader("val"), device=base.device, ranking=ranking, reselect=recipe.plan is None,
+        callbacks=callbacks, recalibration=base.loader("train", train=True, seed=recipe.seed + 1),
+        show_progress=show_progress,
+    )
+
+
+def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: bool = True,
+               base: Base | None = None) -> PruneResult:
+    """Score → allocate → prune → fine-tune → evaluate; save state dict + plan when ``out`` is given."""
+    t0 = time.perf_counter()
+    base = base or prepare(recipe, show_progress=show_progress)
+    t1 = time.perf_counter()
+    table = None if recipe.plan is not None else score_table(base, recipe_criteria(recipe), show_progress=show_progress)
+    plan = build_plan(recipe, base, table)
+    t2 = time.perf_counter()
+    model, history, plan = train_pruned(recipe, base, plan, table=table, show_progress=show_progress)
+    t3 = time.perf_counter()
+    cost = count_cost(model, base.input_shape)
+    pruned = {"macs": cost.macs, "params": cost.params,
+              "accuracy": evaluate(model, base.loader("test"), device=base.device)}
+    timings = {**base.timings, "prepare_s": t1 - t0, "score_plan_s": t2 - t1, "finetune_s": t3 - t2,
+               "total_s": time.perf_counter() - t0}
+    result = PruneResult(base.dense, pruned, plan, history, model, table.all_cached if table else None, timings)
+    if out is not None:
+        spec = recipe.model
+        result.out = save_pruned(out, model, plan, {"name": spec.name, "num_classes": spec.num_classes,
+                                                    "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs)})
+        result.plan_path = plan.save(Path(out).with_suffix(".plan.json"))
+    return result

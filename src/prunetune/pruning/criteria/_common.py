@@ -1,0 +1,160 @@
+"""Shared helpers of the activation and information criteria: parameter checks, map shapes, ranks.
+
+Nothing here is registered; the criterion modules (``activation``, ``information``) import it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.criteria.base import Criterion
+
+
+@dataclass(frozen=True)
+class CheckedCriterion(Criterion):
+    """A :class:`Criterion` whose :meth:`resolve` also validates the parameter values.
+
+    ``score()`` resolves parameters before anything else, so a bad value fails before any work.
+    Subclasses override :meth:`validate`; :meth:`params` resolves and validates in one call (used
+    by ``needs``, ``from_weight`` and ``accumulator``, which may receive partial parameters).
+    """
+
+    def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        resolved = super().resolve(params)
+        self.validate(resolved)
+        return resolved
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigError` naming the parameter if a value is out of range."""
+
+    def params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`resolve` applied to possibly partial parameters."""
+        return self.resolve(params)
+
+
+def check_choice(crit: str, params: Mapping[str, Any], key: str, allowed: Sequence[str]) -> str:
+    """Return ``params[key]`` if it is one of ``allowed``, else raise :class:`ConfigError`."""
+    value = params[key]
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(
+            f"criterion {crit!r}: parameter {key!r} must be one of "
+            f"{', '.join(repr(a) for a in allowed)}, but got {key}={value!r}"
+        )
+    return value
+
+
+def check_int(
+    crit: str, params: Mapping[str, Any], key: str, *, minimum: int, optional: bool = False
+) -> int | None:
+    """Return ``params[key]`` as an int ``>= minimum`` (``None`` allowed if ``optional``)."""
+    value = params[key]
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        extra = " or None" if optional else ""
+        raise ConfigError(
+            f"criterion {crit!r}: parameter {key!r} must be an integer >= {minimum}{extra}, "
+            f"but got {key}={value!r}"
+        )
+    return value
+
+
+def check_float(
+    crit: str,
+    params: Mapping[str, Any],
+    key: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> float:
+    """``params[key]`` as a finite float in ``[low, high]`` (``low`` excluded if ``low_open``)."""
+    value = params[key]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
+        hi = "" if high is None else f"<= {high}"
+        rule = " and ".join(r for r in (lo, hi) if r) or "finite"
+        raise ConfigError(
+            f"criterion {crit!r}: parameter {key!r} must be a finite number {rule}, "
+            f"but got {key}={value!r}"
+        )
+    return float(value)
+
+
+def as_maps(x: Tensor, *, crit: str, channels: int | None = None) -> Tensor:
+    """View activations as ``Tensor[B, C, H, W]``; ``[B, C]`` becomes ``[B, C, 1, 1]``.
+
+    A 3-D ``[B, C, L]`` tensor (1-D feature maps) becomes ``[B, C, 1, L]``. The tensor is detached
+    and stays on its device and dtype.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3, 4):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ConfigError(
+            f"criterion {crit!r} needs feature maps as Tensor[B, C, H, W] or Tensor[B, C], "
+            f"got {shape}"
+        )
+    x = x.detach()
+    if x.dim() == 2:
+        x = x[:, :, None, None]
+    elif x.dim() == 3:
+        x = x[:, :, None, :]
+    if channels is not None and x.shape[1] != channels:
+        raise ConfigError(
+            f"criterion {crit!r} was set up for {channels} channels but got a batch of shape "
+            f"{tuple(x.shape)} (dimension 1 is the channel dimension)"
+        )
+    return x
+
+
+def flat64(x: Tensor) -> Tensor:
+    """``Tensor[B, C, H, W]`` -> ``Tensor[B, C, H*W]`` float64 on the same device."""
+    return x.reshape(x.shape[0], x.shape[1], -1).to(torch.float64)
+
+
+def no_data(crit: str) -> ConfigError:
+    """The error raised when ``result()`` is called before any ``update()``."""
+    return ConfigError(
+        f"criterion {crit!r} received no calibration batches; call update(batch) at least once "
+        "before result()"
+    )
+
+
+def scores_from_order(
+    order: Iterable[int], channels: int, *, device: torch.device | None = None
+) -> Tensor:
+    """Turn a removal order (least important first) into scores ``(t + 1) / C``, in ``(0, 1]``."""
+    order_t = torch.as_tensor(list(order), dtype=torch.long)
+    if order_t.numel() != channels or torch.unique(order_t).numel() != channels:
+        raise ValueError(
+            f"order must be a permutation of {channels} channels, got {order_t.tolist()}"
+        )
+    scores = torch.empty(channels, dtype=torch.float64)
+    scores[order_t] = torch.arange(1, channels + 1, dtype=torch.float64) / channels
+    return scores if device is None else scores.to(device)
+
+
+def correlation(cov: Tensor, second_moment: Tensor) -> Tensor:
+    """Pearson correlation matrix from a covariance matrix ``Tensor[C, C]``.
+
+    A row whose variance is zero, or negligible next to its second moment (relative 1e-20, i.e. a
+    standard deviation below 1e-10 of the RMS value: a constant up to rounding), has correlation 0
+    with every row, itself included, so no NaN appears.
+    """
+    var = torch.diagonal(cov).clamp(min=0.0)
+    constant = var <= 1e-20 * second_moment.clamp(min=0.0)
+    std = torch.where(constant, torch.ones_like(var), var.sqrt())
+    rho = cov / (std[:, None] * std[None, :])
+    rho = rho.masked_fill(constant[:, None] | constant[None, :], 0.0)
+    return rho.clamp(-1.0, 1.0)

@@ -1,0 +1,294 @@
+"""Feature-map criteria: HRank, CHIP, DFS, SFS, DFS+SFS and Taylor-FO-BN.
+
+Each registers one :class:`Criterion` at import. All accumulators stream: they keep running sums
+(float64, on the activations' device) and never the maps of earlier batches; peak memory grows
+with the batch size and C², not with the number of calibration images. Activations arrive as
+``Tensor[B, C, H, W]``; ``Tensor[B, C]`` is read as H = W = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.criteria._common import (
+    CheckedCriterion,
+    as_maps,
+    check_choice,
+    check_float,
+    flat64,
+    no_data,
+    scores_from_order,
+)
+from prunetune.pruning.criteria.base import ACTIVATION, GRADIENT, LABELS, FeatureBatch, register
+from prunetune.pruning.criteria.chip import ROUTES, chip_scores
+from prunetune.pruning.criteria.similarity import dfs_sfs_order, sfs_order
+
+
+class _MeanAccumulator:
+    """Running sum / count of a per-image (or per-minibatch) ``Tensor[C]`` statistic."""
+
+    def __init__(self, name: str, channels: int) -> None:
+        self.name = name
+        self.channels = channels
+        self.total: Tensor | None = None
+        self.count = 0
+
+    def _add(self, values: Tensor, count: int) -> None:
+        values = values.to(torch.float64)
+        self.total = values if self.total is None else self.total + values
+        self.count += count
+
+    def result(self) -> Tensor:
+        if self.total is None or self.count == 0:
+            raise no_data(self.name)
+        return self.total / self.count
+
+    def extras(self) -> dict[str, Tensor]:
+        return {}
+
+
+def _rank_dtype(x: Tensor) -> Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+
+
+class _HRankAccumulator(_MeanAccumulator):
+    def update(self, batch: FeatureBatch) -> None:
+        maps = _rank_dtype(as_maps(batch.activations, crit=self.name, channels=self.channels))
+        b, c, h, w = maps.shape
+        ranks = torch.linalg.matrix_rank(maps.reshape(b * c, h, w)).reshape(b, c)
+        self._add(ranks.sum(dim=0), b)
+
+
+@dataclass(frozen=True)
+class HRank(CheckedCriterion):
+    """HRank (Lin et al., CVPR 2020): r_j = (1/N) Σ_n rank(A_n[j]).
+
+    The rank of each h×w map comes from ``torch.linalg.matrix_rank`` with torch's default
+    tolerance (σ_max · max(h, w) · eps), batched over B·C maps in one call. It runs in the maps' own
+    dtype (float32 activations use float32 eps, as the official code did; half precision is
+    promoted to float32); ranks are summed in float64.
+    """
+
+    def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset({ACTIVATION})
+
+    def accumulator(self, channels: int, **params: Any) -> _HRankAccumulator:
+        self.params(params)
+        return _HRankAccumulator(self.name, channels)
+
+
+class _ChipAccumulator(_MeanAccumulator):
+    def __init__(self, name: str, channels: int, route: str, max_memory_mb: float) -> None:
+        super().__init__(name, channels)
+        self.route = route
+        self.max_memory_mb = max_memory_mb
+
+    def update(self, batch: FeatureBatch) -> None:
+        maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
+        ci = chip_scores(maps, route=self.route, max_memory_mb=self.max_memory_mb)
+        self._add(ci.sum(dim=0), maps.shape[0])
+
+
+@dataclass(frozen=True)
+class Chip(CheckedCriterion):
+    """CHIP channel independence (Sui et al., NeurIPS 2021, arXiv 2110.13981).
+
+    CI(j) = (1/N) Σ_n ( ‖M_n‖_* − ‖M_n^{(j)}‖_* ), M_n the c×hw maps of image n and M_n^{(j)} the
+    same with row j zeroed; computed exactly in float64 through the Gram or sample-space
+    eigenvalue route (see :mod:`prunetune.pruning.criteria.chip`). Parameters: ``route``
+    (``"auto"``, ``"gram"``, ``"sample"``) and ``max_memory_mb`` (budget of the stacked eigenvalue
+    problems per batch; beyond it they are chunked). The official 4-decimal float32 rounding is not
+    reproduced.
+    """
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        check_choice(self.name, params, "route", ROUTES)
+        check_float(self.name, params, "max_memory_mb", low=0.0, low_open=True)
+
+    def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset({ACTIVATION})
+
+    def accumulator(self, channels: int, **params: Any) -> _ChipAccumulator:
+        p = self.params(params)
+        return _ChipAccumulator(self.name, channels, p["route"], float(p["max_memory_mb"]))
+
+
+def spatial_std(maps: Tensor) -> Tensor:
+    """Population (``unbiased=False``) std over the h·w pixels of each map -> ``Tensor[B, C]``."""
+    return flat64(maps).std(dim=-1, unbiased=False)
+
+
+class _DfsAccumulator(_MeanAccumulator):
+    def update(self, batch: FeatureBatch) -> None:
+        maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
+        self._add(spatial_std(maps).sum(dim=0), maps.shape[0])
+
+
+@dataclass(frozen=True)
+class Dfs(CheckedCriterion):
+    """DFS, diversity-aware selection (Li et al., arXiv 2005.12193): the M-std.
+
+    M-std_j = (1/N) Σ_n std_{(u,v)} A_n[j, u, v], the spatial standard deviation of each map
+    (population std, ``unbiased=False``) averaged over images. Low M-std = near-constant map.
+    """
+
+    def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset({ACTIVATION})
+
+    def accumulator(self, channels: int, **params: Any) -> _DfsAccumulator:
+        self.params(params)
+        return _DfsAccumulator(self.name, channels)
+
+
+class _SfsAccumulator:
+    """Running Gram matrix F Fᵀ of the raw maps (C×C) plus the M-std running sum."""
+
+    def __init__(self, name: str, channels: int, dfs_fraction: float | None) -> None:
+        self.name = name
+        self.channels = channels
+        self.dfs_fraction = dfs_fraction
+        self.gram: Tensor | None = None
+        self.mstd = _DfsAccumulator(name, channels)
+
+    def update(self, batch: FeatureBatch) -> None:
+        maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
+        self.mstd.update(FeatureBatch(activations=maps))
+        f = flat64(maps).transpose(0, 1).reshape(self.channels, -1)  # C × (B·h·w)
+        g = f @ f.T
+        self.gram = g if self.gram is None else self.gram + g
+
+    def cosine(self) -> Tensor:
+        """Cosine similarity of the concatenated maps; zero-norm channels get 0 with everyone."""
+        if self.gram is None:
+            raise no_data(self.name)
+        sq = torch.diagonal(self.gram).clamp(min=0.0)
+        zero = sq <= 0.0
+        norm = torch.where(zero, torch.ones_like(sq), sq.sqrt())
+        cos = self.gram / (norm[:, None] * norm[None, :])
+        return cos.masked_fill(zero[:, None] | zero[None, :], 0.0)
+
+    def result(self) -> Tensor:
+        cos, mstd = self.cosine(), self.mstd.result()
+        if self.dfs_fraction is None:
+            order = sfs_order(cos, mstd)
+        else:
+            order = dfs_sfs_order(cos, mstd, self.dfs_fraction)
+        return scores_from_order(order, self.channels, device=cos.device)
+
+    def extras(self) -> dict[str, Tensor]:
+        return {"m_std": self.mstd.result()}
+
+
+@dataclass(frozen=True)
+class Sfs(CheckedCriterion):
+    """SFS, similarity-aware selection (Li et al., arXiv 2005.12193), as a full ranking.
+
+    f_j = channel j's maps concatenated over all calibration images; s_ij = ⟨f_i, f_j⟩ /
+    (‖f_i‖‖f_j‖) from the accumulated C×C Gram matrix (signed cosine; a zero-norm channel has
+    cosine 0 with everyone). Repeatedly take the most similar remaining pair and remove the member
+    with the lower M-std (DFS statistic; equal M-std: the higher index goes), until one channel is
+    left. Score = (removal step + 1) / C: the first removed scores 1/C, the survivor 1.
+    Ties between pairs go to the lowest row index. ``extras()`` returns the M-std.
+    """
+
+    def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset({ACTIVATION})
+
+    def accumulator(self, channels: int, **params: Any) -> _SfsAccumulator:
+        self.params(params)
+        return _SfsAccumulator(self.name, channels, None)
+
+
+@dataclass(frozen=True)
+class DfsSfs(CheckedCriterion):
+    """DFS then SFS (Li et al., arXiv 2005.12193), the papers' two-stage selection as one ranking.
+
+    The floor(p_D·C) channels with the lowest M-std (p_D = ``dfs_fraction``, default 0.5,
+    unverified) get the lowest scores, ordered by M-std (ties: higher index first). The survivors
+    are ranked among themselves by the SFS rule (see :class:`Sfs`) and all score above the removed
+    ones. Score = (position + 1) / C. p_D = 0 is plain SFS; p_D = 1 is the DFS order.
+    """
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        check_float(self.name, params, "dfs_fraction", low=0.0, high=1.0)
+
+    def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset({ACTIVATION})
+
+    def accumulator(self, channels: int, **params: Any) -> _SfsAccumulator:
+        p = self.params(params)
+        return _SfsAccumulator(self.name, channels, float(p["dfs_fraction"]))
+
+
+class _TaylorAccumulator(_MeanAccumulator):
+    def update(self, batch: FeatureBatch) -> None:
+        if batch.gradients is None or batch.preactivations is None:
+            missing = "gradients" if batch.gradients is None else "preactivations"
+            raise ConfigError(
+                f"criterion {self.name!r} needs batch.{missing} (the BN output z and dL/dz); "
+                "run calibration with gradients enabled"
+            )
+        z = as_maps(batch.preactivations, crit=self.name, channels=self.channels)
+        grad = as_maps(batch.gradients, crit=self.name, channels=self.channels)
+        if grad.shape != z.shape:
+            raise ConfigError(
+                f"criterion {self.name!r}: gradients {tuple(grad.shape)} and preactivations "
+                f"{tuple(z.shape)} must have the same shape"
+            )
+        gate = (flat64(z) * flat64(grad)).sum(dim=(0, 2))  # dL/dg_c for a unit gate after BN
+        self._add(gate * gate, 1)
+
+
+@dataclass(frozen=True)
+class Taylor(CheckedCriterion):
+    """Taylor-FO-BN (Molchanov et al., CVPR 2019, NVlabs method 22).
+
+    A unit gate g_c after each BN has ∂L/∂g_c = Σ_{b,h,w} (∂L/∂z ⊙ z), z the BN output
+    (``batch.preactivations``, ``batch.gradients`` = ∂L/∂z). Per minibatch I_c = (∂L/∂g_c)²; the
+    score is the mean of I_c over minibatches. So the score depends on how calibration splits the
+    data into minibatches (the square is taken per minibatch, as in the official code); the
+    official momentum across pruning steps is not part of a single scoring.
+    """
+
+    def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset({ACTIVATION, GRADIENT, LABELS})
+
+    def accumulator(self, channels: int, **params: Any) -> _TaylorAccumulator:
+        self.params(params)
+        return _TaylorAccumulator(self.name, channels)
+
+
+register(HRank(name="hrank", summary="HRank (CVPR 2020): mean matrix rank of each feature map"))
+register(
+    Chip(
+        name="chip",
+        defaults={"route": "auto", "max_memory_mb": 1024.0},
+        summary="CHIP (NeurIPS 2021): mean nuclear-norm drop when the channel's row is zeroed",
+    )
+)
+register(Dfs(name="dfs", summary="DFS (arXiv 2005.12193): M-std, mean spatial std of the maps"))
+register(
+    Sfs(
+        name="sfs",
+        summary="SFS (arXiv 2005.12193): cosine-redundancy ranking, lower M-std removed first",
+    )
+)
+register(
+    DfsSfs(
+        name="dfs_sfs",
+        defaults={"dfs_fraction": 0.5},
+        summary="DFS+SFS (arXiv 2005.12193): lowest M-std fraction first, then the SFS ranking",
+    )
+)
+register(
+    Taylor(
+        name="taylor",
+        summary="Taylor-FO-BN (CVPR 2019): per-minibatch (sum of dL/dz * z)^2, averaged",
+    )
+)

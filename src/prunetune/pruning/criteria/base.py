@@ -1,0 +1,179 @@
+"""The criterion contract and its registry.
+
+A criterion turns one group's evidence into one score per channel, higher = keep. Evidence comes in
+two forms, and a criterion implements whichever it needs:
+
+* **weights** (``needs`` contains ``"weight"``): :meth:`Criterion.from_weight` receives one member
+  layer's output-channel weight, shape ``C×…`` (a conv weight ``C×Cin×k×k``, a linear weight
+  ``C×Cin`` or a BN scale ``C``), and returns ``Tensor[C]``.
+* **feature maps** (``needs`` contains ``"activation"``): :meth:`Criterion.accumulator` returns a
+  streaming :class:`Accumulator`. Calibration feeds it one batch at a time (:class:`FeatureBatch`)
+  and calls :meth:`Accumulator.result` once at the end. Accumulators keep running statistics only,
+  never the raw activations of earlier batches (the one documented exception is ``cmi``, which keeps
+  a fixed-size sample set, bounded by its ``samples`` parameter, not by the calibration size).
+
+Call order for activation criteria: ``acc = crit.accumulator(channels, **params)``; then
+``acc.update(batch)`` for every calibration batch; then ``acc.result()`` and ``acc.extras()``.
+
+A group with several member outputs (a residual stream) gets one evaluation per member; the scores
+are then averaged across members (Torch-Pruning's "mean" group reduction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from prunetune._registry import Registry
+from prunetune.exceptions import ConfigError
+
+WEIGHT = "weight"
+ACTIVATION = "activation"
+LABELS = "labels"
+GRADIENT = "gradient"
+
+
+@dataclass
+class FeatureBatch:
+    """One calibration batch seen at one member output.
+
+    Attributes:
+        activations: ``Tensor[B, C, H, W]`` (or ``[B, C]``) after BN and the activation.
+        preactivations: the BN output before the activation (same shape); ``None`` if unknown.
+        labels: ``Tensor[B]`` class labels, or ``None``.
+        gradients: d(loss)/d(preactivations), same shape, only when a criterion needs gradients.
+    """
+
+    activations: Tensor
+    preactivations: Tensor | None = None
+    labels: Tensor | None = None
+    gradients: Tensor | None = None
+
+
+class Accumulator(Protocol):
+    """Streaming per-channel statistics for one member output."""
+
+    def update(self, batch: FeatureBatch) -> None:
+        """Fold one batch into the running statistics."""
+
+    def result(self) -> Tensor:
+        """``Tensor[C]`` of scores, higher = keep."""
+
+    def extras(self) -> dict[str, Tensor]:
+        """Extra per-channel curves worth keeping (e.g. CMI values in selection order)."""
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """Base class of registered criteria. Subclasses override what they need.
+
+    Attributes:
+        name: registry name.
+        defaults: every parameter the criterion takes, with its default. Unknown parameters are
+            rejected, so a typo in a recipe never passes silently.
+        summary: one line: the paper and the formula.
+    """
+
+    name: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+    def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
+        """Which evidence the criterion needs under ``params``."""
+        raise NotImplementedError
+
+    def from_weight(self, weight: Tensor, **params: Any) -> Tensor:
+        raise ConfigError(f"criterion {self.name!r} does not score from weights")
+
+    def accumulator(self, channels: int, **params: Any) -> Accumulator:
+        raise ConfigError(f"criterion {self.name!r} does not score from feature maps")
+
+    def weight_source(self, params: Mapping[str, Any]) -> str:
+        """Which tensor a weight criterion reads: ``"conv"`` (the layer weight) or ``"bn"`` (BN scale)."""
+        return "conv"
+
+    def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Merge ``params`` into the defaults; unknown keys raise :class:`ConfigError`."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ConfigError(
+                f"criterion {self.name!r} has no parameter {unknown[0]!r}; its parameters: {known}"
+            )
+        return {**self.defaults, **params}
+
+
+CRITERIA: Registry[Criterion] = Registry("criterion")
+
+
+def register(criterion: Criterion) -> Criterion:
+    """Add ``criterion`` to the registry under its name."""
+    CRITERIA.register(criterion.name, criterion)
+    return criterion
+
+
+def get_criterion(criterion: str | Criterion) -> Criterion:
+    """Accept a registered name or a :class:`Criterion` object."""
+    return criterion if isinstance(criterion, Criterion) else CRITERIA.get(criterion)
+
+
+def score(
+    name: str | Criterion,
+    *,
+    feature_maps: Tensor | None = None,
+    weight: Tensor | None = None,
+    labels: Tensor | None = None,
+    gradients: Tensor | None = None,
+    preactivations: Tensor | None = None,
+    **params: Any,
+) -> Tensor:
+    """Score channels with one criterion, as a library function on tensors.
+
+    Args:
+        name: a registered criterion name or object.
+        feature_maps: ``Tensor[N, C, H, W]`` (after the activation) for activation criteria.
+        weight: ``Tensor[C, ...]`` for weight criteria.
+        labels: ``Tensor[N]`` class labels (``cmi``).
+        gradients: d(loss)/d(preactivations) (``taylor``).
+        preactivations: BN outputs before the activation (``taylor``); defaults to ``feature_maps``.
+        **params: the criterion's parameters (see its ``defaults``).
+
+    Returns:
+        ``Tensor[C]``, higher = keep.
+    """
+    crit = get_criterion(name)
+    resolved = crit.resolve(params)
+    needs = crit.needs(resolved)
+    if WEIGHT in needs:
+        if weight is None:
+            raise ConfigError(f"criterion {crit.name!r} needs weight=Tensor[C, ...]")
+        return crit.from_weight(weight, **resolved)
+    if feature_maps is None:
+        raise ConfigError(f"criterion {crit.name!r} needs feature_maps=Tensor[N, C, H, W]")
+    if LABELS in needs and labels is None:
+        raise ConfigError(f"criterion {crit.name!r} needs labels=Tensor[N]")
+    if GRADIENT in needs and gradients is None:
+        raise ConfigError(f"criterion {crit.name!r} needs gradients= (d loss / d preactivations)")
+    acc = crit.accumulator(feature_maps.shape[1], **resolved)
+    acc.update(
+        FeatureBatch(
+            activations=feature_maps,
+            preactivations=preactivations if preactivations is not None else feature_maps,
+            labels=labels,
+            gradients=gradients,
+        )
+    )
+    return acc.result()
+
+
+def check_weight(weight: Tensor, name: str) -> Tensor:
+    """Return ``weight`` flattened to ``C×d`` float64, or raise a clear error."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 1 or weight.shape[0] == 0:
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ConfigError(f"criterion {name!r} needs weight as Tensor[C, ...], got {shape}")
+    return weight.detach().reshape(weight.shape[0], -1).to(torch.float64)

@@ -1,0 +1,201 @@
+"""Fine-tuning and evaluation: SGD with momentum, cosine schedule with linear warm-up, weight decay,
+optional label smoothing; mixed precision and channels-last on CUDA; top-1 accuracy.
+
+Callbacks let schedules (soft/hard masks) and the search (per-epoch reports) hook into the loop
+without the loop knowing about them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.progress import progress
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tune settings (the recipe's ``finetune`` section)."""
+
+    epochs: int = 2
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    batch_size: int = 128
+    amp: bool = True  # mixed precision, CUDA only
+    channels_last: bool = True  # CUDA only
+    recalibrate_bn: bool = False  # re-estimate BN statistics after pruning, before fine-tuning
+    recalibrate_batches: int = 20
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", isinstance(self.epochs, int) and self.epochs >= 0, "an integer >= 0"),
+            ("lr", _num(self.lr) and self.lr > 0, "a number > 0"),
+            ("momentum", _num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", _num(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+            ("warmup_epochs", _num(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
+            ("label_smoothing", _num(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an integer >= 1"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"finetune.{name} must be {want}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class Callback(Protocol):
+    """Optional hooks, called in this order: ``on_train_start``, then per epoch ``on_epoch_start``,
+    per step ``after_step`` (after ``optimizer.step()``), ``on_epoch_end`` (after evaluation)."""
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_epoch_start(self, epoch: int, total: int) -> None: ...
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
+    def on_epoch_end(self, epoch: int, total: int, metrics: dict[str, float]) -> None: ...
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """Linear warm-up to ``base_lr`` then cosine decay to 0 (a pure function of the step)."""
+    if warmup_steps and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    return 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / span)))
+
+
+def _call(callbacks: Sequence[Any], method: str, *args: Any) -> None:
+    for cb in callbacks:
+        fn = getattr(cb, method, None)
+        if fn is not None:
+            fn(*args)
+
+
+def finetune(
+    model: nn.Module,
+    train_batches: Iterable[tuple[Tensor, Tensor]],
+    config: FinetuneConfig,
+    *,
+    device: str | torch.device = "cpu",
+    eval_batches: Iterable[tuple[Tensor, Tensor]] | None = None,
+    callbacks: Sequence[Any] = (),
+    show_progress: bool = True,
+) -> list[dict[str, float]]:
+    """Train ``model`` for ``config.epochs`` epochs; return per-epoch metrics (loss, lr, accuracy)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    model.to(device)
+    if cuda and config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    decay, no_decay = _param_groups(model)
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
+    )
+    steps_per_epoch = max(1, len(train_batches)) if hasattr(train_batches, "__len__") else 1
+    total_steps = steps_per_epoch * config.epochs
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
+    history: list[dict[str, float]] = []
+    _call(callbacks, "on_train_start", model, optimizer)
+    step = 0
+    for epoch in range(config.epochs):
+        _call(callbacks, "on_epoch_start", epoch, config.epochs)
+        model.train()
+        loss_sum, seen = 0.0, 0
+        for x, y in progress(train_batches, desc=f"epoch {epoch + 1}/{config.epochs}", enabled=show_progress):
+            x, y = _to(x, device, cuda and config.channels_last), y.to(device, non_blocking=True)
+            lr = lr_at(step, total_steps, warmup, config.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.float16 if cuda else torch.bfloat16,
+                                enabled=cuda and config.amp):
+                loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            _call(callbacks, "after_step", model, optimizer)
+            loss_sum += float(loss.detach()) * y.shape[0]
+            seen += y.shape[0]
+            step += 1
+        metrics = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "lr": lr_at(step - 1, total_steps, warmup, config.lr)}
+        if not math.isfinite(metrics["loss"]):
+            raise FloatingPointError(f"fine-tune loss became {metrics['loss']} at epoch {epoch + 1}; lower finetune.lr")
+        if eval_batches is not None:
+            metrics["accuracy"] = evaluate(model, eval_batches, device=device)
+        _call(callbacks, "on_epoch_end", epoch, config.epochs, metrics)
+        history.append(metrics)
+    return history
+
+
+def _param_groups(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    """Weight decay on conv/linear weights only, not on biases or BN parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() > 1 else no_decay).append(p)
+    return decay, no_decay
+
+
+def _to(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy in [0, 1]."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        for x, y in batches:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+                logits = model(x)
+            correct += int((logits.argmax(1) == y).sum())
+            total += int(y.shape[0])
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ConfigError("evaluation set is empty")
+    return correct / total
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, max_batches: int = 20,
+                   device: str | torch.device = "cpu") -> None:
+    """Re-estimate BN running statistics with forward passes in train mode (no weight updates)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches seen
+    was_training = model.training
+    model.train()
+    try:
+        for i, (x, _y) in enumerate(batches):
+            if i >= max_batches:
+                break
+            model(x.to(device))
+    finally:
+        for m, mom in zip(norms, momenta):
+            m.momentum = mom
+        model.train(was_training)

@@ -1,0 +1,176 @@
+"""Applying a schedule while fine-tuning: soft and hard channel masks, then physical removal.
+
+Hard channels are gated to zero after BN (so BN's bias never leaks), and their conv/linear rows,
+BN γ/β and optimizer momentum are zeroed after every step, so they stay exactly zero under SGD with
+momentum and weight decay. Soft channels only have their filters scaled (0 = zeroed) at the start of
+each epoch; they keep training and may regrow. At the end every planned channel is hard, the masked
+network is reduced to the final plan, and the plan is applied physically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunetune.pruning.criteria import get_criterion
+from prunetune.pruning.finetune import FinetuneConfig, finetune, recalibrate_bn
+from prunetune.pruning.groups import ModelGroups
+from prunetune.pruning.macs import analytic_cost
+from prunetune.pruning.plan import PruningPlan
+from prunetune.pruning.schedules import SCHEDULES, EpochState
+from prunetune.pruning.surgery import MaskHooks, apply_plan
+
+
+def plan_ranking(plan: PruningPlan, scores: Mapping[str, Tensor] | None = None) -> dict[str, list[int]]:
+    """Per group, the plan's pruned channels, least important first (by ``scores`` when given)."""
+    ranking = {}
+    for name, kept in plan.kept.items():
+        pruned = sorted(set(range(plan.channels[name])) - set(kept))
+        if scores is not None and name in scores:
+            s = scores[name]
+            pruned.sort(key=lambda i: (float(s[i]), i))
+        ranking[name] = pruned
+    return ranking
+
+
+class ScheduleMasks:
+    """A fine-tune callback that applies a schedule's soft and hard masks (see module doc).
+
+    Args:
+        ranking: per group, the planned pruned channels, least important first; the first
+            ``floor(prune·m)`` are pruned when the schedule does not re-score.
+        reselect: allow re-scoring by weights (SFP family) to choose *which* channels are pruned;
+            off when replaying a fixed plan, so the final architecture is the plan's.
+    """
+
+    def __init__(self, model: nn.Module, groups: ModelGroups, plan: PruningPlan, state_fn: Callable[[int, int], EpochState],
+                 ranking: Mapping[str, list[int]], *, rescore_criterion: str = "l2", reselect: bool = True) -> None:
+        self.model, self.groups, self.plan = model, groups, plan
+        self.state_fn, self.ranking, self.reselect = state_fn, ranking, reselect
+        self.rescore = get_criterion(rescore_criterion)
+        self.modules = dict(model.named_modules())
+        self.targets = {n: plan.channels[n] - len(k) for n, k in plan.kept.items() if plan.channels[n] > len(k)}
+        self.gates = {n: torch.ones(plan.channels[n]) for n in self.targets}
+        self.hard: dict[str, list[int]] = {n: [] for n in self.targets}
+        self.pruned: dict[str, list[int]] = {n: [] for n in self.targets}
+        self.hooks = MaskHooks(model, groups, self.gates)
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- callback protocol -------------------------------------------------------------------
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def on_epoch_start(self, epoch: int, total: int) -> None:
+        self.apply(self.state_fn(epoch, total))
+
+    def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self._zero_hard()
+
+    # -- masks -------------------------------------------------------------------------------
+    def apply(self, state: EpochState) -> None:
+        for name, m in self.targets.items():
+            n_prune = math.floor(m * state.prune + 1e-9)
+            n_hard = math.floor(n_prune * state.hard + 1e-9)
+            order = self._order(name) if state.rescore and self.reselect else self.ranking[name]
+            hard = list(self.hard[name])  # hard channels stay hard (nested sets)
+            hard += [c for c in order if c not in hard][: max(0, n_hard - len(hard))]
+            soft = [c for c in order if c not in hard][: max(0, n_prune - len(hard))]
+            self.hard[name], self.pruned[name] = hard, hard + soft
+            gate = self.gates[name]
+            gate.fill_(1.0)
+            gate[hard] = 0.0
+            self._scale_rows(name, soft, state.soft_scale, norms=False)
+        self._zero_hard()
+
+    def finish(self) -> PruningPlan:
+        """Make every planned channel hard, remove the gates, return the final plan."""
+        self.apply(EpochState(prune=1.0, hard=1.0))
+        self.hooks.remove()
+        kept = dict(self.plan.kept)
+        for name in self.targets:
+            kept[name] = tuple(sorted(set(range(self.plan.channels[name])) - set(self.hard[name])))
+        counts = {n: len(k) for n, k in kept.items()}
+        return PruningPlan(kept, dict(self.plan.channels), self.plan.dense, analytic_cost(self.groups, counts),
+                           self.plan.input_shape, dict(self.plan.meta))
+
+    def _order(self, name: str) -> list[int]:
+        """All channels of a group, lowest current weight score first (hard ones are zero, so first)."""
+        group = self.groups[name]
+        values = [self.rescore.from_weight(self.modules[l].weight.detach(), **self.rescore.resolve({})).cpu()
+                  for l in group.out_layers]
+        s = torch.stack(values).mean(0)
+        return sorted(range(s.numel()), key=lambda i: (float(s[i]), i))
+
+    @torch.no_grad()
+    def _scale_rows(self, name: str, channels: Sequence[int], scale: float, *, norms: bool) -> None:
+        if not channels:
+            return
+        idx = torch.as_tensor(list(channels), dtype=torch.long)
+        group = self.groups[name]
+        tensors = []
+        for layer in group.out_layers:
+            mod = self.modules[layer]
+            tensors += [mod.weight] + ([mod.bias] if getattr(mod, "bias", None) is not None else [])
+        if norms:
+            for norm in group.norms:
+                tensors += [self.modules[norm].weight, self.modules[norm].bias]
+        for t in tensors:
+            t[idx.to(t.device)] *= scale
+            if norms and self.optimizer is not None:
+                buf = self.optimizer.state.get(t, {}).get("momentum_buffer")
+                if buf is not None:
+                    buf[idx.to(buf.device)] = 0.0
+            if norms and t.grad is not None:
+                t.grad[idx.to(t.device)] = 0.0
+
+    def _zero_hard(self) -> None:
+        for name, hard in self.hard.items():
+            self._scale_rows(name, hard, 0.0, norms=True)
+
+
+def run_schedule(
+    name: str,
+    params: Mapping[str, Any],
+    model: nn.Module,
+    groups: ModelGroups,
+    plan: PruningPlan,
+    config: FinetuneConfig,
+    *,
+    train_batches: Iterable[tuple[Tensor, Tensor]],
+    eval_batches: Iterable[tuple[Tensor, Tensor]] | None = None,
+    device: str | torch.device = "cpu",
+    ranking: Mapping[str, list[int]] | None = None,
+    reselect: bool = True,
+    callbacks: Sequence[Any] = (),
+    recalibration: Iterable[tuple[Tensor, Tensor]] | None = None,
+    show_progress: bool = True,
+) -> tuple[nn.Module, list[dict[str, float]], PruningPlan]:
+    """Fine-tune ``model`` (the dense copy) under schedule ``name`` and return it physically pruned,
+    with the per-epoch history and the final plan (which differs from ``plan`` only in *which*
+    channels a re-scoring schedule kept, never in how many)."""
+    schedule = SCHEDULES.get(name)
+    resolved = schedule.resolve(params)
+    ranking = ranking or plan_ranking(plan)
+    if name == "hard":  # removal first, then fine-tune the small network: same result, cheaper
+        apply_plan(model, plan, groups)
+        if config.recalibrate_bn and recalibration is not None:
+            recalibrate_bn(model, recalibration, max_batches=config.recalibrate_batches, device=device)
+        history = finetune(model, train_batches, config, device=device, eval_batches=eval_batches,
+                           callbacks=callbacks, show_progress=show_progress)
+        return model, history, plan
+    masks = ScheduleMasks(model, groups, plan, lambda e, t: schedule.state(e, t, **resolved), ranking,
+                          rescore_criterion=resolved.get("criterion", "l2"), reselect=reselect)
+    try:
+        history = finetune(model, train_batches, config, device=device, eval_batches=eval_batches,
+                           callbacks=[masks, *callbacks], show_progress=show_progress)
+        final = masks.finish()
+    finally:
+        masks.hooks.remove()
+    apply_plan(model, final, groups)
+    if config.recalibrate_bn and recalibration is not None:
+        recalibrate_bn(model, recalibration, max_batches=config.recalibrate_batches, device=device)
+    return model, history, final

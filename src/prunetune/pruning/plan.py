@@ -1,0 +1,146 @@
+"""PruningPlan: the contract between scoring, search and deployment.
+
+``{group: sorted kept channel indices}`` plus the dense and pruned MACs/params. It is JSON, keyed
+by module names, and replaying it on the dense model gives the same network every time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prunetune.exceptions import InvalidPlanError
+from prunetune.pruning.groups import ModelGroups
+from prunetune.pruning.macs import Cost, analytic_cost
+
+PLAN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Kept channel indices per group, with the costs before and after.
+
+    Attributes:
+        kept: group name -> sorted kept indices (dense numbering).
+        channels: group name -> dense channel count.
+        dense: dense MACs/params; pruned: MACs/params after removal (one input).
+        input_shape: the (C, H, W) the costs refer to.
+        meta: free-form provenance (model name, criterion, ...), JSON-serialisable.
+    """
+
+    kept: dict[str, tuple[int, ...]]
+    channels: dict[str, int]
+    dense: Cost
+    pruned: Cost
+    input_shape: tuple[int, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keep_counts(self) -> dict[str, int]:
+        return {name: len(idx) for name, idx in self.kept.items()}
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.pruned.macs / self.dense.macs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "input_shape": list(self.input_shape),
+            "dense": self.dense.as_dict(),
+            "pruned": self.pruned.as_dict(),
+            "groups": {n: {"channels": self.channels[n], "kept": list(idx)} for n, idx in self.kept.items()},
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruningPlan:
+        try:
+            if data.get("format") != PLAN_FORMAT:
+                raise InvalidPlanError(f"plan format {data.get('format')!r} is not supported (expected {PLAN_FORMAT})")
+            groups = data["groups"]
+            return cls(
+                kept={n: tuple(int(i) for i in g["kept"]) for n, g in groups.items()},
+                channels={n: int(g["channels"]) for n, g in groups.items()},
+                dense=Cost(**data["dense"]), pruned=Cost(**data["pruned"]),
+                input_shape=tuple(data["input_shape"]), meta=dict(data.get("meta", {})),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InvalidPlanError(f"malformed pruning plan: missing or bad field {exc}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PruningPlan:
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise InvalidPlanError(f"pruning plan is not valid JSON: {exc}") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruningPlan:
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidPlanError(f"plan file {str(path)!r} does not exist")
+        return cls.from_json(path.read_text())
+
+    def validate(self, groups: ModelGroups) -> None:
+        """Raise :class:`InvalidPlanError` unless the plan fits ``groups`` (names, sizes, indices)."""
+        for name, idx in self.kept.items():
+            if name not in groups:
+                raise InvalidPlanError(f"plan prunes group {name!r}, which this model does not have")
+            n = groups[name].channels
+            if n != self.channels[name]:
+                raise InvalidPlanError(f"plan expects {self.channels[name]} channels in {name!r}, the model has {n}")
+            if not idx or list(idx) != sorted(set(idx)) or idx[0] < 0 or idx[-1] >= n:
+                raise InvalidPlanError(f"plan keeps invalid indices in {name!r}: need sorted unique 0..{n - 1}")
+
+
+def top_k(scores: Tensor, k: int) -> tuple[int, ...]:
+    """Indices of the ``k`` highest scores, sorted ascending; ties go to the lower index."""
+    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
+    return tuple(sorted(order[:k]))
+
+
+def make_plan(
+    groups: ModelGroups,
+    scores: Mapping[str, Tensor],
+    keep: Mapping[str, int],
+    *,
+    meta: Mapping[str, Any] | None = None,
+) -> PruningPlan:
+    """Keep the ``keep[g]`` best-scored channels of every group; groups absent from ``keep`` stay dense."""
+    groups.check_keep(keep)
+    kept: dict[str, tuple[int, ...]] = {}
+    for g in groups:
+        k = int(keep.get(g.name, g.channels))
+        if k == g.channels:
+            kept[g.name] = tuple(range(g.channels))
+            continue
+        if g.name not in scores:
+            raise InvalidPlanError(f"no scores for group {g.name!r}, which keeps {k}/{g.channels} channels")
+        s = torch.as_tensor(scores[g.name]).detach().flatten().cpu()
+        if s.numel() != g.channels:
+            raise InvalidPlanError(f"scores for {g.name!r} have {s.numel()} entries, the group has {g.channels}")
+        kept[g.name] = top_k(s, k)
+    counts = {n: len(i) for n, i in kept.items()}
+    return PruningPlan(
+        kept=kept, channels={g.name: g.channels for g in groups},
+        dense=analytic_cost(groups), pruned=analytic_cost(groups, counts),
+        input_shape=groups.input_shape, meta=dict(meta or {}),
+    )

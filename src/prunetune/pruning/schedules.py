@@ -1,0 +1,135 @@
+"""Soft-to-hard pruning schedules as pure functions of ``(epoch, total)``; no hidden counters.
+
+A schedule says, for the fine-tune epoch ``e`` of ``E`` (applied at the start of that epoch):
+
+* ``prune`` — the fraction of each group's planned pruned channels that are pruned now;
+* ``hard`` — the fraction of those that are *hard*: gated to zero after BN, weights, BN and
+  optimizer momentum zeroed and kept at zero (they can never come back);
+* ``soft_scale`` — what the remaining (soft) pruned filters' weights are multiplied by (0 = SFP
+  zeroing, > 0 = SRFP-style decay); soft filters keep training and may regrow;
+* ``rescore`` — whether the pruned set is re-chosen by the current weights (SFP family).
+
+At the end of every schedule everything planned is hard and removed physically (see
+:mod:`prunetune.pruning.masking`). Formulas: criteria.md §2 (SFP, ASFP, SRFP, GHFP).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunetune._registry import Registry
+from prunetune.exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class EpochState:
+    prune: float
+    hard: float
+    soft_scale: float = 0.0
+    rescore: bool = False
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A registered schedule: ``state(epoch, total, **params) -> EpochState`` and its parameters."""
+
+    name: str
+    fn: Callable[..., EpochState]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    summary: str = ""
+
+    def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ConfigError(f"schedule {self.name!r} has no parameter {unknown[0]!r}; its parameters: {known}")
+        out = {**self.defaults, **params}
+        for key, allowed in self.choices.items():
+            if out[key] not in allowed:
+                raise ConfigError(f"schedule {self.name!r}: {key} must be one of {list(allowed)}, got {out[key]!r}")
+        return out
+
+    def state(self, epoch: int, total: int, **params: Any) -> EpochState:
+        if total < 1 or not 0 <= epoch < total:
+            raise ConfigError(f"schedule epoch must be in 0..{total - 1}, got {epoch} (total {total})")
+        return self.fn(epoch, total, **self.resolve(params))
+
+
+SCHEDULES: Registry[Schedule] = Registry("schedule")
+
+
+def _register(name: str, defaults: Mapping[str, Any], summary: str, choices: Mapping[str, tuple] | None = None):
+    def deco(fn: Callable[..., EpochState]) -> Callable[..., EpochState]:
+        SCHEDULES.register(name, Schedule(name, fn, dict(defaults), dict(choices or {}), summary))
+        return fn
+    return deco
+
+
+WEIGHT_RESCORE = ("l2", "l1", "fpgm")
+
+
+@_register("hard", {}, "one-shot removal, then fine-tune")
+def hard(epoch: int, total: int) -> EpochState:
+    return EpochState(prune=1.0, hard=1.0)
+
+
+@_register("sfp", {"criterion": "l2"}, "soft filter pruning: re-score and zero the lowest filters every epoch "
+           "(He et al., IJCAI 2018)", {"criterion": WEIGHT_RESCORE})
+def sfp(epoch: int, total: int, *, criterion: str) -> EpochState:
+    return EpochState(prune=1.0, hard=0.0, soft_scale=0.0, rescore=True)
+
+
+def asfp_fraction(epoch: int, total: int, d_fraction: float = 1 / 8) -> float:
+    """ASFP's asymptotic rate as a fraction of P: 1 − exp(−k·e), k = ln 4 / (d_fraction·E)."""
+    k = math.log(4.0) / max(d_fraction * total, 1e-9)
+    return 1.0 - math.exp(-k * epoch)
+
+
+@_register("asfp", {"criterion": "l2", "d_fraction": 1 / 8}, "asymptotic SFP: P_e = P(1 − exp(−k e)), "
+           "k = ln4/(E/8) (He et al., TCYB 2019)", {"criterion": WEIGHT_RESCORE})
+def asfp(epoch: int, total: int, *, criterion: str, d_fraction: float) -> EpochState:
+    if not 0 < d_fraction <= 1:
+        raise ConfigError(f"schedule 'asfp': d_fraction must be in (0, 1], got {d_fraction!r}")
+    return EpochState(prune=asfp_fraction(epoch, total, d_fraction), hard=0.0, rescore=True)
+
+
+def hard_ramp(epoch: int, total: int, kind: str) -> float:
+    """GHFP's hard fraction λ_e: ``cubic`` 1 − (1 − (e+1)/E)³, ``cosine`` (1 − cos(π(e+1)/E))/2."""
+    t = (epoch + 1) / total
+    if kind == "cubic":
+        return 1.0 - (1.0 - t) ** 3
+    if kind == "cosine":
+        return 0.5 * (1.0 - math.cos(math.pi * t))
+    raise ConfigError(f"ramp must be 'cubic' or 'cosine', got {kind!r}")
+
+
+def srfp_alpha(epoch: int, total: int, alpha: float, sigma: float = 1e-5) -> float:
+    """SRFP decay of soft-pruned weights: α_e = α₀·exp(−a·e), a = ln((α₀ + 0.01σ)/σ)/E; 0 from 0.9·E on."""
+    if alpha <= 0 or epoch >= 0.9 * total:
+        return 0.0
+    a = math.log((alpha + 0.01 * sigma) / sigma) / total
+    return alpha * math.exp(-a * epoch)
+
+
+@_register("ghfp", {"base": "sfp", "ramp": "cubic", "alpha": 0.0, "sigma": 1e-5, "criterion": "l2"},
+           "gradually hard: a growing fraction λ_e of the pruned filters is hard (Cai et al., IJCNN 2021)",
+           {"base": ("sfp", "asfp"), "ramp": ("cubic", "cosine"), "criterion": WEIGHT_RESCORE})
+def ghfp(epoch: int, total: int, *, base: str, ramp: str, alpha: float, sigma: float, criterion: str) -> EpochState:
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"schedule 'ghfp': alpha must be in [0, 1], got {alpha!r}")
+    prune = 1.0 if base == "sfp" else asfp_fraction(epoch, total)
+    return EpochState(prune=prune, hard=hard_ramp(epoch, total, ramp),
+                      soft_scale=srfp_alpha(epoch, total, alpha, sigma), rescore=True)
+
+
+@_register("iterative", {"steps": 3}, "k steps of hard pruning towards the target, fine-tuning between them")
+def iterative(epoch: int, total: int, *, steps: int) -> EpochState:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"schedule 'iterative': steps must be an integer >= 1, got {steps!r}")
+    done = min(steps, math.floor(epoch * steps / total) + 1)
+    return EpochState(prune=done / steps, hard=1.0)

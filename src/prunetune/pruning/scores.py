@@ -1,0 +1,209 @@
+"""ScoreTable: ``{criterion: {group: Tensor[C]}}``, computed once and cached on disk by fingerprint.
+
+Each criterion's scores are cached in a file of their own, keyed by a fingerprint of everything
+they depend on: the model weights, the calibration images and labels (activation criteria only),
+the criterion's parameters, the calibration settings and the package version. Asking for a table
+loads what is cached and computes the rest, all missing activation criteria in one calibration pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.calibration import calibrate
+from prunetune.pruning.criteria import WEIGHT, get_criterion
+from prunetune.pruning.groups import Group, ModelGroups
+from prunetune.version import __version__
+
+CACHE_ENV = "PRUNETUNE_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """The cache root: ``$PRUNETUNE_CACHE_DIR``, else ``~/.cache/prunetune``. Scores live in ``scores/``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "prunetune"
+
+
+@dataclass
+class ScoreTable:
+    """Scores per criterion and group, with extras (e.g. CMI curves) and provenance.
+
+    Attributes:
+        scores: criterion -> group -> ``Tensor[C]`` (float64, CPU), higher = keep.
+        extras: criterion -> group -> name -> tensor.
+        fingerprints: criterion -> the fingerprint its scores were computed under.
+        cached: criterion -> whether it was loaded from the cache (True) or computed (False).
+    """
+
+    scores: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    extras: dict[str, dict[str, dict[str, Tensor]]] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    cached: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        """One fingerprint for the whole table (order-independent)."""
+        text = json.dumps(sorted(self.fingerprints.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def all_cached(self) -> bool:
+        return bool(self.cached) and all(self.cached.values())
+
+    def __getitem__(self, criterion: str) -> dict[str, Tensor]:
+        if criterion not in self.scores:
+            raise ConfigError(f"criterion {criterion!r} was not scored; scored: {sorted(self.scores)}")
+        return self.scores[criterion]
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """What the activation statistics depend on besides the model and the images."""
+
+    activation: str = "relu"
+    batch_size: int = 128
+
+    def key(self) -> dict[str, Any]:
+        return {"activation": self.activation}
+
+
+def tensor_digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
+    """sha256 over names, shapes, dtypes and bytes of tensors (order as given)."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def model_digest(model: nn.Module) -> str:
+    """Fingerprint of a model's parameters and buffers (its weights, BN statistics)."""
+    return tensor_digest(sorted(model.state_dict().items()))
+
+
+def weight_scores(model: nn.Module, groups: ModelGroups, name: str, params: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Score every group with a weight criterion: the mean over the group's out-layers (or BNs)."""
+    crit = get_criterion(name)
+    modules = dict(model.named_modules())
+    out = {}
+    for g in groups:
+        sources = _weight_sources(g, crit.weight_source(params))
+        values = [crit.from_weight(modules[s].weight.detach(), **params).to("cpu", torch.float64) for s in sources]
+        out[g.name] = torch.stack(values).mean(0)
+    return out
+
+
+def _weight_sources(group: Group, source: str) -> tuple[str, ...]:
+    if source == "bn" and group.norms:
+        return group.norms
+    return group.out_layers
+
+
+def compute_scores(
+    model: nn.Module,
+    groups: ModelGroups,
+    criteria: Mapping[str, Mapping[str, Any] | None],
+    *,
+    calibration: Callable[[], Iterable[tuple[Tensor, Tensor]]] | None = None,
+    calibration_digest: str | None = None,
+    settings: CalibrationSettings = CalibrationSettings(),
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    device: str | torch.device = "cpu",
+    show_progress: bool = True,
+) -> ScoreTable:
+    """Score ``model``'s groups with every criterion in ``criteria`` (name -> parameters).
+
+    Args:
+        calibration: returns the calibration batches ``(images, labels)``; needed for activation
+            criteria. ``calibration_digest`` fingerprints those images and labels.
+        cache_dir: where cached scores live (default :func:`default_cache_dir`); ``use_cache=False``
+            neither reads nor writes it.
+    """
+    resolved = {name: get_criterion(name).resolve(p) for name, p in criteria.items()}
+    mdigest = model_digest(model)
+    cache = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "scores"
+    table = ScoreTable()
+    todo: dict[str, dict[str, Any]] = {}
+    for name, params in resolved.items():
+        needs = get_criterion(name).needs(params)
+        uses_data = WEIGHT not in needs
+        if uses_data and (calibration is None or calibration_digest is None):
+            raise ConfigError(f"criterion {name!r} needs calibration images; set 'calibration' in the recipe")
+        fp = _fingerprint(name, params, mdigest, calibration_digest if uses_data else None,
+                          settings.key() if uses_data else None, groups)
+        table.fingerprints[name] = fp
+        if use_cache and _load(cache, fp, table, name):
+            continue
+        table.cached[name] = False
+        if uses_data:
+            todo[name] = params
+        else:
+            table.scores[name] = weight_scores(model, groups, name, params)
+            table.extras[name] = {}
+    if todo:
+        results = calibrate(model, groups, todo, calibration(), activation=settings.activation,
+                            device=device, show_progress=show_progress)
+        for name, per_group in results.items():
+            table.scores[name] = {g: s for g, (s, _) in per_group.items()}
+            table.extras[name] = {g: e for g, (_, e) in per_group.items()}
+    for name in resolved:
+        _check_scores(name, table.scores[name], groups)
+        if use_cache and not table.cached[name]:
+            _save(cache, table.fingerprints[name], table, name)
+    return table
+
+
+def _fingerprint(name, params, mdigest, cdigest, settings, groups: ModelGroups) -> str:
+    key = {
+        "criterion": name, "params": params, "model": mdigest, "calibration": cdigest,
+        "settings": settings, "version": __version__, "input_shape": list(groups.input_shape),
+        "groups": [[g.name, g.channels] for g in groups],
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _path(cache: Path, fp: str) -> Path:
+    return cache / f"{fp}.pt"
+
+
+def _load(cache: Path, fp: str, table: ScoreTable, name: str) -> bool:
+    path = _path(cache, fp)
+    if not path.is_file():
+        return False
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:  # a torn or foreign file: recompute and overwrite it
+        return False
+    table.scores[name] = data["scores"]
+    table.extras[name] = data.get("extras", {})
+    table.cached[name] = True
+    return True
+
+
+def _save(cache: Path, fp: str, table: ScoreTable, name: str) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    path = _path(cache, fp)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"scores": table.scores[name], "extras": table.extras[name]}, tmp)
+    tmp.replace(path)
+
+
+def _check_scores(name: str, scores: Mapping[str, Tensor], groups: ModelGroups) -> None:
+    for g in groups:
+        s = scores.get(g.name)
+        if s is None or s.numel() != g.channels:
+            raise ConfigError(f"criterion {name!r} gave no or wrong-sized scores for group {g.name!r}")
+        if not torch.isfinite(s).all():
+            raise ConfigError(f"criterion {name!r} gave non-finite scores for group {g.name!r}")

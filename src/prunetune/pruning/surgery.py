@@ -1,0 +1,81 @@
+"""Physical channel removal (replaying a :class:`PruningPlan` on a dense model) and soft masks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from prunetune.exceptions import InvalidPlanError
+from prunetune.pruning import tp_bridge
+from prunetune.pruning.groups import ModelGroups, find_groups
+from prunetune.pruning.plan import PruningPlan
+
+
+def apply_plan(model: nn.Module, plan: PruningPlan, groups: ModelGroups | None = None) -> nn.Module:
+    """Remove every channel the plan does not keep, in place, and return ``model``.
+
+    ``model`` must be the dense architecture the plan was made for; the result is physically smaller
+    (weights, BN statistics and option-A shortcut maps sliced), and computes what the dense model
+    masked at the plan's pruned channels computes.
+    """
+    groups = groups or find_groups(model, plan.input_shape)
+    plan.validate(groups)
+    modules = dict(model.named_modules())
+    graph = tp_bridge.build_graph(model, torch.randn(1, *plan.input_shape, device=_device(model)))
+    for name, kept in plan.kept.items():
+        removed = sorted(set(range(groups[name].channels)) - set(kept))
+        if removed:
+            tp_bridge.prune_channels(graph, modules[groups[name].out_layers[0]], removed)
+    return model
+
+
+def channel_masks(plan: PruningPlan) -> dict[str, Tensor]:
+    """0/1 masks per group: 1 where the plan keeps a channel."""
+    masks = {}
+    for name, kept in plan.kept.items():
+        mask = torch.zeros(plan.channels[name])
+        mask[list(kept)] = 1.0
+        masks[name] = mask
+    return masks
+
+
+class MaskHooks:
+    """Multiplies every mask point's output by its group's channel mask (a soft mask after BN).
+
+    Use as a context manager or call :meth:`remove`. ``masks`` maps group names to ``Tensor[C]``;
+    the tensors are read at every forward, so editing them in place changes the mask.
+    """
+
+    def __init__(self, model: nn.Module, groups: ModelGroups, masks: Mapping[str, Tensor]) -> None:
+        modules = dict(model.named_modules())
+        self.masks = dict(masks)
+        self._handles = []
+        for name in masks:
+            for point in groups[name].mask_points:
+                if point not in modules:
+                    raise InvalidPlanError(f"mask point {point!r} of group {name!r} is not in the model")
+                self._handles.append(modules[point].register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output: Tensor) -> Tensor:
+            mask = self.masks[name].to(device=output.device, dtype=output.dtype)
+            return output * mask.view(1, -1, *([1] * (output.dim() - 2)))
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> MaskHooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

@@ -1,0 +1,119 @@
+"""Everything prunetune asks of Torch-Pruning: the dependency graph and the option-A pruner.
+
+Kept in one module so the rest of :mod:`prunetune.pruning` speaks in module *names* and channel
+indices, never in Torch-Pruning objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch_pruning as tp
+from torch import Tensor, nn
+
+from prunetune.models.cifar_resnet import ChannelPadShortcut
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+
+class ChannelPadShortcutPruner(tp.pruner.function.BasePruningFunc):
+    """Prunes the option-A shortcut's inputs and outputs *independently*.
+
+    ``prune_out_channels`` and ``prune_in_channels`` are different functions, which tells
+    Torch-Pruning there is no in↔out coupling: the residual streams before and after a stage
+    transition become separate groups. A pruned input drops its (src, dst) pair; a pruned output
+    drops the pair that lands on it (that input's data is discarded, as the masked network would
+    add zeros there).
+    """
+
+    TARGET_MODULES = ChannelPadShortcut
+
+    def prune_out_channels(self, layer: ChannelPadShortcut, idxs: Sequence[int]) -> nn.Module:
+        keep = _keep_mask(layer.out_channels, idxs)
+        pairs = keep[layer.dst]
+        new_pos = torch.cumsum(keep.long(), 0) - 1
+        layer.src, layer.dst = layer.src[pairs], new_pos[layer.dst[pairs]]
+        layer.out_channels = int(keep.sum())
+        return layer
+
+    def prune_in_channels(self, layer: ChannelPadShortcut, idxs: Sequence[int]) -> nn.Module:
+        keep = _keep_mask(layer.in_channels, idxs)
+        pairs = keep[layer.src]
+        new_pos = torch.cumsum(keep.long(), 0) - 1
+        layer.src, layer.dst = new_pos[layer.src[pairs]], layer.dst[pairs]
+        layer.in_channels = int(keep.sum())
+        return layer
+
+    def get_out_channels(self, layer: ChannelPadShortcut) -> int:
+        return layer.out_channels
+
+    def get_in_channels(self, layer: ChannelPadShortcut) -> int:
+        return layer.in_channels
+
+
+def _keep_mask(n: int, idxs: Sequence[int]) -> Tensor:
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[list(idxs)] = False
+    return keep
+
+
+CUSTOM_PRUNERS = {ChannelPadShortcut: ChannelPadShortcutPruner()}
+CUSTOM_LAYER_TYPES: tuple[type[nn.Module], ...] = tuple(CUSTOM_PRUNERS)
+
+
+def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
+    """Trace ``model`` once and return Torch-Pruning's dependency graph (autograd must be on)."""
+    was_training = model.training
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_input, customized_pruners=CUSTOM_PRUNERS
+        )
+    model.train(was_training)
+    return graph
+
+
+def output_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
+    """Conv/linear layers whose outputs reach the model output with no other conv/linear between."""
+    found = []
+    for module, node in graph.module2node.items():
+        if isinstance(module, PRUNABLE_TYPES) and not _reaches_prunable(node):
+            found.append(module)
+    return found
+
+
+def _reaches_prunable(node: object) -> bool:
+    seen, stack = set(), list(node.outputs)
+    while stack:
+        nxt = stack.pop()
+        if id(nxt) in seen:
+            continue
+        seen.add(id(nxt))
+        if isinstance(nxt.module, PRUNABLE_TYPES):
+            return True
+        stack.extend(nxt.outputs)
+    return False
+
+
+def raw_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]) -> list[list[tuple[nn.Module, str]]]:
+    """Each coupled group as a list of ``(module, role)`` with role in {"out", "in"}."""
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)):
+        members = []
+        for item in group:
+            dep = item.dep if hasattr(item, "dep") else item[0]
+            role = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
+            members.append((dep.target.module, role))
+        groups.append(members)
+    return groups
+
+
+def prune_channels(
+    graph: tp.DependencyGraph, module: nn.Module, removed: Sequence[int]
+) -> None:
+    """Physically remove the output channels ``removed`` of ``module`` and everything coupled to them."""
+    fn = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+    if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+        fn = tp.prune_depthwise_conv_out_channels
+    group = graph.get_pruning_group(module, fn, idxs=list(removed))
+    group.prune()

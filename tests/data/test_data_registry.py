@@ -1,0 +1,85 @@
+"""The dataset registry, parameter checking and the imagefolder error paths."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from prunetune.data import DATASETS, dataset_defaults, load_dataset
+from prunetune.data import imagefolder as imagefolder_mod
+from prunetune.exceptions import ConfigError, DataError, MissingExtraError, UnknownNameError
+
+
+def test_registered_names() -> None:
+    assert DATASETS.names() == ["cifar10", "cifar100", "digits", "imagefolder", "synthetic"]
+
+
+def test_unknown_dataset_suggests_close_name() -> None:
+    with pytest.raises(UnknownNameError) as err:
+        load_dataset("cifar1")
+    assert "did you mean" in str(err.value) and "'cifar10'" in str(err.value)
+
+
+def test_unknown_param_names_param_and_lists_known() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_dataset("digits", imagesize=16)
+    message = str(err.value)
+    assert "'imagesize'" in message and "image_size" in message and "val_fraction" in message
+
+
+def test_dataset_defaults() -> None:
+    assert dataset_defaults("synthetic")["image_size"] == 32
+    assert dataset_defaults("cifar10") == {"val_size": 5000}
+
+
+def test_bad_seed_type() -> None:
+    with pytest.raises(ConfigError, match="seed"):
+        load_dataset("synthetic", seed="zero")
+
+
+def _folders(root: Path, *names: str) -> Path:
+    for name in names:
+        (root / name / "cat").mkdir(parents=True)
+    return root
+
+
+def test_imagefolder_needs_root() -> None:
+    with pytest.raises(DataError, match="root"):
+        load_dataset("imagefolder")
+
+
+def test_imagefolder_missing_val_folder_is_named(tmp_path: Path) -> None:
+    _folders(tmp_path, "train")
+    with pytest.raises(DataError) as err:
+        load_dataset("imagefolder", root=tmp_path)
+    assert str(tmp_path / "val") in str(err.value)
+
+
+def test_imagefolder_missing_root_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="nope"):
+        load_dataset("imagefolder", root=tmp_path / "nope")
+
+
+def test_imagefolder_without_torchvision_gives_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _folders(tmp_path, "train", "val")
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # makes `import torchvision` fail
+    with pytest.raises(MissingExtraError) as err:
+        load_dataset("imagefolder", root=tmp_path)
+    assert "torchvision" in str(err.value) and ".[vision]" in str(err.value)
+
+
+def test_imagefolder_broken_torchvision_gives_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _folders(tmp_path, "train", "val")
+
+    def broken(module: str, **kwargs: object) -> None:
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(imagefolder_mod, "require", broken)
+    with pytest.raises(MissingExtraError, match=r"nms.*\.\[vision\]"):
+        load_dataset("imagefolder", root=tmp_path)
