@@ -21,9 +21,9 @@ from torch import nn
 
 from prunetune.checkpoint import load_checkpoint, save_pruned
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
-from prunetune.exceptions import ConfigError
+from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.models import create_model
-from prunetune.pruning.allocation import KeepRule
+from prunetune.pruning.allocation import KeepRule, smallest_fraction
 from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.finetune import evaluate, finetune
 from prunetune.pruning.groups import ModelGroups, find_groups
@@ -107,18 +107,35 @@ def prepare(recipe: Recipe, *, show_progress: bool = True) -> Base:
     spec = recipe.model
     model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
     t_data = time.perf_counter()
-    base = Base(recipe, splits, model, None, device, {})  # type: ignore[arg-type]
+    groups = find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
+    check_allocation(recipe, groups)  # fail on a bad group name or budget before any training
+    base = Base(recipe, splits, model, groups, device, {})
     if spec.checkpoint:
         load_checkpoint(model, recipe.resolve_path(spec.checkpoint), model_name=f"model {spec.name!r}")
     else:
         _pretrained_dense(base, show_progress)
     model.to(device).eval()
-    base.groups = find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
     cost = count_cost(model, base.groups.input_shape)
     base.dense = {"macs": cost.macs, "params": cost.params,
                   "accuracy": evaluate(model, base.loader("test"), device=device)}
     base.timings = {"data_s": t_data - t0, "dense_s": time.perf_counter() - t_data}
     return base
+
+
+def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
+    """Raise on unknown group names or an unreachable MACs budget, before any expensive work."""
+    a = recipe.allocation
+    for name in a.ratios:
+        groups[name]
+    if a.macs_budget is not None:
+        rule = KeepRule(a.min_keep, a.round_to)
+        floor = smallest_fraction(groups, rule)
+        if a.macs_budget < floor:
+            raise BudgetInfeasibleError(
+                f"MACs budget {a.macs_budget:g} is below the smallest reachable fraction {floor:.4f} of dense MACs "
+                f"under min_keep={rule.min_keep}, round_to={rule.round_to}; raise the budget to at least {floor:.4f}")
+    if recipe.plan is not None:
+        _carried_plan(recipe).validate(groups)
 
 
 def _on_device(splits: DataSplits, device: torch.device) -> DataSplits:

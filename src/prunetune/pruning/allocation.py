@@ -98,7 +98,31 @@ def keep_for_budget(
     while hi - lo > tolerance * top:
         mid = 0.5 * (lo + hi)
         lo, hi = (lo, mid) if macs_at(mid) <= target else (mid, hi)
-    return keep_at(hi)
+    ideal = {g.name: g.channels * (1.0 - min(hi * relative[g.name], 1.0)) for g in groups}
+    return _fill(groups, keep_at(hi), ideal, target, rule)
+
+
+def _fill(groups: ModelGroups, keep: dict[str, int], ideal: Mapping[str, float], target: float,
+          rule: KeepRule) -> dict[str, int]:
+    """Give channels back, largest shortfall against the continuous target first, while under budget.
+
+    Scaling moves every group in whole-channel steps at once, which can undershoot the budget by
+    several percent on narrow networks; this makes the plan maximal: no group can keep one more
+    step of channels without going over.
+    """
+    step = rule.round_to or 1
+    keep = dict(keep)
+    changed = True
+    while changed:
+        changed = False
+        for name in sorted(keep, key=lambda n: (keep[n] - ideal[n]) / groups[n].channels):
+            grown = min(groups[name].channels, keep[name] + step)
+            if grown == keep[name]:
+                continue
+            if analytic_cost(groups, {**keep, name: grown}).macs <= target:
+                keep[name] = grown
+                changed = True
+    return keep
 
 
 def smallest_fraction(groups: ModelGroups, rule: KeepRule = KeepRule()) -> float:

@@ -110,12 +110,19 @@ def _forward_backward(model, x, y, pending, act) -> None:
 
 
 def _reduce(accs: list[Accumulator]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Mean of the member points' scores (Torch-Pruning's group reduction); extras likewise."""
+    """Mean of the member points' scores (Torch-Pruning's group reduction).
+
+    Floating extras (curves) are averaged across points too; integer extras (an order) cannot be
+    averaged, so the first point's is kept.
+    """
     results = [a.result().detach().to("cpu", torch.float64) for a in accs]
     scores = torch.stack(results).mean(0)
     extras: dict[str, Tensor] = {}
     per_point = [a.extras() for a in accs]
     for key in per_point[0] if per_point else {}:
         values = [e[key].detach().cpu() for e in per_point if key in e]
-        extras[key] = values[0] if len(values) == 1 else torch.stack([v.to(torch.float64) for v in values]).mean(0)
+        if len(values) == 1 or not values[0].is_floating_point():
+            extras[key] = values[0]
+        else:
+            extras[key] = torch.stack([v.to(torch.float64) for v in values]).mean(0)
     return scores, extras

@@ -23,7 +23,8 @@ def apply_plan(model: nn.Module, plan: PruningPlan, groups: ModelGroups | None =
     groups = groups or find_groups(model, plan.input_shape)
     plan.validate(groups)
     modules = dict(model.named_modules())
-    graph = tp_bridge.build_graph(model, torch.randn(1, *plan.input_shape, device=_device(model)))
+    param = next(model.parameters())
+    graph = tp_bridge.build_graph(model, torch.randn(1, *plan.input_shape, device=param.device, dtype=param.dtype))
     for name, kept in plan.kept.items():
         removed = sorted(set(range(groups[name].channels)) - set(kept))
         if removed:
@@ -75,7 +76,3 @@ class MaskHooks:
     def __exit__(self, *exc: object) -> None:
         self.remove()
 
-
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")

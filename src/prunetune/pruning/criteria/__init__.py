@@ -4,7 +4,9 @@
 :mod:`prunetune.pruning.scores` score whole models.
 """
 
-from prunetune.pruning.criteria import weight as _weight  # noqa: F401  (registers l1, l2, fpgm, ...)
+from prunetune.pruning.criteria import activation as _activation  # noqa: F401  hrank, chip, dfs, sfs, dfs_sfs, taylor
+from prunetune.pruning.criteria import information as _information  # noqa: F401  capacity, independence, cmi
+from prunetune.pruning.criteria import weight as _weight  # noqa: F401  l1, l2, fpgm, bn_scale, random
 from prunetune.pruning.criteria.base import (
     ACTIVATION, CRITERIA, GRADIENT, LABELS, WEIGHT, Accumulator, Criterion, FeatureBatch,
     get_criterion, register, score,

@@ -1,0 +1,52 @@
+"""The ``prunetune`` command: thin commands over the library.
+
+Each command lives in its own module with ``register(subparsers)``; heavy imports (Ray, Optuna,
+MLflow) happen inside the command that needs them. User errors print one line and exit 2; a
+traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from prunetune.exceptions import PrunetuneError
+from prunetune.version import __version__
+
+COMMANDS = ("groups", "score", "prune")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunetune", description="Automatic CNN filter pruning under a MACs budget.")
+    parser.add_argument("--version", action="version", version=f"prunetune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"prunetune.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr, force=True)
+    try:
+        return int(args.func(args) or 0)
+    except PrunetuneError as exc:
+        if args.debug:
+            raise
+        print(f"prunetune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"prunetune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from prunetune.cli import main
+
+sys.exit(main())

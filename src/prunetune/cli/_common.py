@@ -1,0 +1,80 @@
+"""Shared CLI options and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from prunetune.exceptions import ConfigError
+
+
+def add_format(parser: argparse.ArgumentParser, choices: Sequence[str] = ("table", "json")) -> None:
+    parser.add_argument("--format", choices=list(choices), default=choices[0], help="output format")
+
+
+def add_budget(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    parser.add_argument("--macs-budget", "--flops-budget", dest="macs_budget", type=fraction, required=required,
+                        metavar="F", help="keep at most this fraction of the dense MACs, in (0, 1]. "
+                        "--flops-budget is a synonym: the papers' 'FLOPs' are MACs")
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def prune_ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a prune ratio in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a prune ratio in [0, 1) (fraction removed), got {text!r}")
+    return value
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=_plain)
+    sys.stdout.write("\n")
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))
+    print(line)
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def millions(n: float) -> str:
+    return f"{n / 1e6:.2f}M"
+
+
+def need_file(path: str, what: str) -> str:
+    import os
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} {path!r} does not exist")
+    return path

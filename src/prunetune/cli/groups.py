@@ -1,0 +1,51 @@
+"""``prunetune groups``: a dry run of the prunable groups and the widths a ratio or budget gives."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunetune.cli._common import add_budget, add_format, millions, print_json, print_table, prune_ratio
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("groups", help="list prunable groups, channels, kept channels, MACs (no weights needed)",
+                       description="Prunable groups of a model and what a prune ratio or MACs budget keeps.")
+    p.add_argument("--model", required=True, help="model name (prunetune.list_models()), tv:NAME or pkg.mod:fn")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--input-size", type=int, default=None, help="input side (default: the model's, e.g. 32)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--ratio", type=prune_ratio, default=None, help="one prune ratio for every group")
+    add_budget(how)
+    p.add_argument("--min-keep", type=int, default=1)
+    p.add_argument("--round-to", type=int, default=None)
+    add_format(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunetune.models import create_model, default_input_size
+    from prunetune.pruning.allocation import KeepRule, keep_for_budget, keep_from_ratios
+    from prunetune.pruning.groups import find_groups
+    from prunetune.pruning.macs import analytic_cost
+
+    model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
+    size = args.input_size or default_input_size(args.model)
+    groups = find_groups(model, (args.in_channels, size, size))
+    rule = KeepRule(args.min_keep, args.round_to)
+    if args.macs_budget is not None:
+        keep = keep_for_budget(groups, args.macs_budget, rule=rule)
+    else:
+        keep = keep_from_ratios(groups, {}, default=args.ratio or 0.0, rule=rule)
+    dense, pruned = analytic_cost(groups), analytic_cost(groups, keep)
+    if args.format == "json":
+        print_json({"groups": [{"name": g.name, "channels": g.channels, "kept": keep[g.name],
+                                "macs_share": round(g.macs_share, 6)} for g in groups],
+                    "dense": dense.as_dict(), "pruned": pruned.as_dict()})
+        return 0
+    rows = [(g.name, g.channels, keep[g.name], f"{100 * g.macs_share:.1f}%") for g in groups]
+    print_table(rows, ("group", "channels", "kept", "MACs share"))
+    print(f"\n{len(groups)} groups; dense {millions(dense.macs)} MACs, {millions(dense.params)} params; "
+          f"pruned {millions(pruned.macs)} MACs ({100 * pruned.macs / dense.macs:.1f}%), "
+          f"{millions(pruned.params)} params ({100 * pruned.params / dense.params:.1f}%)")
+    return 0

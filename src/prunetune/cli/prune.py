@@ -1,0 +1,44 @@
+"""``prunetune prune``: one recipe, score → allocate → prune → fine-tune → evaluate, saved."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from prunetune.cli._common import add_format, millions, need_file, print_json
+from prunetune.exceptions import ConfigError
+
+log = logging.getLogger("prunetune")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prune", help="prune one model by a recipe and save it (state dict + plan)",
+                       description="Score, allocate, prune, fine-tune and evaluate as a recipe says. "
+                       "Without a checkpoint the dense model is first trained briefly on the recipe's data.")
+    p.add_argument("--recipe", required=True, help="recipe YAML")
+    p.add_argument("--out", required=True, help="where to save the pruned model (.pt); the plan goes next to it")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_format(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunetune.pipeline import run_recipe
+    from prunetune.recipe import Recipe
+
+    recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"))
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
+    result = run_recipe(recipe, out=out, show_progress=args.format == "table")
+    if args.format == "json":
+        print_json(result.summary())
+        return 0
+    d, p = result.dense, result.pruned
+    print(f"dense : {millions(d['macs'])} MACs  {millions(d['params'])} params  accuracy {d['accuracy']:.4f}")
+    print(f"pruned: {millions(p['macs'])} MACs ({100 * p['macs'] / d['macs']:.1f}%)  "
+          f"{millions(p['params'])} params ({100 * p['params'] / d['params']:.1f}%)  accuracy {p['accuracy']:.4f}")
+    print(f"saved {result.out} (load with prunetune.load_pruned) and plan {result.plan_path}; "
+          f"{result.timings['total_s']:.1f}s")
+    return 0

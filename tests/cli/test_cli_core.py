@@ -1,0 +1,142 @@
+"""``prunetune groups`` / ``prune`` / ``score`` from the command line: outputs and user errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from prunetune import load_pruned
+from prunetune.cli import main
+from prunetune.models import create_model
+
+FAST = {
+    "model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
+    "data": {"name": "digits", "image_size": 8},
+    "criterion": "l1",
+    "allocation": {"macs_budget": 0.5},
+    "finetune": {"epochs": 1, "lr": 0.05, "batch_size": 64},
+    "pretrain": {"epochs": 2, "lr": 0.1},
+    "calibration": {"size": 64, "batch_size": 32},
+    "seed": 0,
+}
+
+
+def one_error_line(err: str) -> bool:
+    """The error is one line (info lines about progress may precede it), with no traceback."""
+    return len([line for line in err.splitlines() if ": error: " in line]) == 1 and "Traceback" not in err
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_recipe(tmp_path: Path, **changes) -> Path:
+    recipe = {**FAST, **changes}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_groups_resnet56_ratio_0_4_matches_hand_widths(capsys) -> None:
+    code, out, _ = run(capsys, "groups", "--model", "resnet56", "--ratio", "0.4", "--format", "json")
+    assert code == 0
+    data = json.loads(out)
+    widths = [g["kept"] for g in data["groups"]]
+    hand = [math.floor(16 * 0.6)] * 10 + [math.floor(32 * 0.6)] * 10 + [math.floor(64 * 0.6)] * 10
+    assert widths == hand == [9] * 10 + [19] * 10 + [38] * 10
+    assert [g["channels"] for g in data["groups"]] == [16] * 10 + [32] * 10 + [64] * 10
+    assert data["dense"] == {"macs": 125485696, "params": 853018}
+    assert data["pruned"]["macs"] < 0.5 * data["dense"]["macs"]
+
+
+def test_groups_budget_and_table(capsys) -> None:
+    code, out, _ = run(capsys, "groups", "--model", "vgg16_bn", "--macs-budget", "0.5")
+    assert code == 0 and "features.0" in out and "14 groups" in out
+    code, out, _ = run(capsys, "groups", "--model", "resnet20", "--flops-budget", "0.5", "--format", "json")
+    data = json.loads(out)
+    assert data["pruned"]["macs"] <= 0.5 * data["dense"]["macs"]
+
+
+def test_prune_digits_end_to_end(tmp_path, capsys) -> None:
+    recipe = write_recipe(tmp_path)
+    out_path = tmp_path / "pruned.pt"
+    code, out, err = run(capsys, "prune", "--recipe", str(recipe), "--out", str(out_path), "--format", "json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["pruned"]["macs"] <= 0.5 * data["dense"]["macs"]
+    assert 0.0 <= data["pruned"]["accuracy"] <= 1.0 and data["dense"]["accuracy"] > 0.3
+    model = load_pruned(out_path)
+    plan = json.loads(Path(data["plan"]).read_text())
+    assert plan["pruned"]["macs"] == data["pruned"]["macs"]
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    # Refuses to overwrite what the user saved.
+    code, _, err = run(capsys, "prune", "--recipe", str(recipe), "--out", str(out_path))
+    assert code == 2 and "--overwrite" in err and one_error_line(err)
+
+
+def test_exported_plan_replays_to_the_same_network(tmp_path, capsys) -> None:
+    first = tmp_path / "a.pt"
+    assert run(capsys, "prune", "--recipe", str(write_recipe(tmp_path)), "--out", str(first), "--format", "json")[0] == 0
+    plan = json.loads(first.with_suffix(".plan.json").read_text())
+    replay = write_recipe(tmp_path, plan=plan)
+    second = tmp_path / "b.pt"
+    code, out, err = run(capsys, "prune", "--recipe", str(replay), "--out", str(second), "--format", "json")
+    assert code == 0, err
+    again = json.loads(second.with_suffix(".plan.json").read_text())
+    assert again["groups"] == plan["groups"] and again["pruned"] == plan["pruned"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"criterion": "l1x"}, "did you mean 'l1'"),
+        ({"model": {"name": "resnet2O", "in_channels": 1}}, "unknown model 'resnet2O'"),
+        ({"data": {"name": "digit"}}, "did you mean 'digits'"),
+        ({"allocation": {"ratio": 1.5}}, "1.5"),
+        ({"allocation": {"ratios": {"layer1.0.conv": 0.3}, "default": 0.2}}, "did you mean 'layer1.0.conv1'"),
+        ({"allocation": {"macs_budget": 0.0001}}, "smallest reachable fraction"),
+        ({"finetune": {"epochs": 1, "lrr": 0.1}}, "'lrr'"),
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1, "checkpoint": "missing.pt"}},
+         "does not exist"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys, changes, needle) -> None:
+    recipe = write_recipe(tmp_path, **changes)
+    code, _, err = run(capsys, "prune", "--recipe", str(recipe), "--out", str(tmp_path / "x.pt"))
+    assert code == 2, err
+    assert needle in err and one_error_line(err)
+
+
+def test_checkpoint_that_does_not_fit(tmp_path, capsys) -> None:
+    ckpt = tmp_path / "other.pt"
+    torch.save(create_model("tiny_resnet", num_classes=3, in_channels=1).state_dict(), ckpt)
+    recipe = write_recipe(tmp_path, model={"name": "tiny_resnet", "num_classes": 10, "in_channels": 1,
+                                           "checkpoint": str(ckpt)})
+    code, _, err = run(capsys, "prune", "--recipe", str(recipe), "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and "does not fit" in err and "fc.weight" in err and one_error_line(err)
+
+
+def test_missing_recipe_and_unknown_model(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "prune", "--recipe", str(tmp_path / "nope.yaml"), "--out", "x.pt")
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "groups", "--model", "vgg16")
+    assert code == 2 and "did you mean 'vgg16_bn'" in err
+
+
+def test_checkpoint_is_used_when_given(tmp_path, capsys) -> None:
+    model = create_model("tiny_resnet", num_classes=10, in_channels=1)
+    ckpt = tmp_path / "dense.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    recipe = write_recipe(tmp_path, model={"name": "tiny_resnet", "num_classes": 10, "in_channels": 1,
+                                           "checkpoint": "dense.pt"})  # relative to the recipe file
+    code, out, err = run(capsys, "prune", "--recipe", str(recipe), "--out", str(tmp_path / "p.pt"), "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["dense"]["accuracy"] < 0.5  # an untrained checkpoint, not the brief training

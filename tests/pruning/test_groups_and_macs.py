@@ -1,0 +1,76 @@
+"""Groups, keep counts, analytic vs counted MACs, and the hand-derived ResNet-56 widths."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from prunetune.models import create_model, list_models
+from prunetune.pruning.allocation import KeepRule, keep_from_ratios
+from prunetune.pruning.groups import find_groups
+from prunetune.pruning.macs import analytic_cost, count_cost
+from prunetune.pruning.plan import make_plan
+from prunetune.pruning.surgery import apply_plan
+
+SHAPE = (3, 32, 32)
+
+
+def test_resnet56_has_the_30_expected_groups() -> None:
+    groups = find_groups(create_model("resnet56"), SHAPE)
+    expected = ["conv1", *[f"layer1.{b}.conv1" for b in range(9)],
+                "layer2.0.conv1", "layer2.0.conv2", *[f"layer2.{b}.conv1" for b in range(1, 9)],
+                "layer3.0.conv1", "layer3.0.conv2", *[f"layer3.{b}.conv1" for b in range(1, 9)]]
+    assert groups.names == expected
+    stream = groups["conv1"]
+    assert set(stream.out_layers) == {"conv1", *[f"layer1.{b}.conv2" for b in range(9)]}
+    assert "fc" not in {l for g in groups for l in g.out_layers}  # the classifier's outputs are never pruned
+    assert "fc" in groups["layer3.0.conv2"].in_layers
+
+
+def test_group_channel_counts_and_macs_shares() -> None:
+    groups = find_groups(create_model("resnet56"), SHAPE)
+    assert [groups[n].channels for n in ("conv1", "layer2.0.conv2", "layer3.0.conv2")] == [16, 32, 64]
+    assert all(0 < g.macs_share < 1 for g in groups)
+
+
+def test_keep_rule_floor_min_keep_and_round_to() -> None:
+    assert KeepRule().keep(16, 0.4) == 9  # floor(16 * 0.6) = 9
+    assert KeepRule().keep(64, 0.4) == 38  # floor(38.4)
+    assert KeepRule(min_keep=4).keep(16, 0.95) == 4
+    assert KeepRule(round_to=8).keep(64, 0.4) == 40  # 38 rounded up to a multiple of 8
+    assert KeepRule(round_to=8).keep(12, 0.1) == 12  # capped at N
+    assert KeepRule().keep(10, 0.0) == 10
+
+
+def hand_widths_resnet56(ratio: float) -> list[int]:
+    """Widths worked out by hand: each group keeps floor(N·(1−p)) of 16/32/64 channels."""
+    keep16, keep32, keep64 = (math.floor(n * (1 - ratio)) for n in (16, 32, 64))
+    return [keep16] * 10 + [keep32] * 10 + [keep64] * 10
+
+
+def test_groups_command_widths_match_hand_derivation_at_0_4() -> None:
+    groups = find_groups(create_model("resnet56"), SHAPE)
+    keep = keep_from_ratios(groups, {}, default=0.4)
+    assert [keep[n] for n in groups.names] == [9] * 10 + [19] * 10 + [38] * 10 == hand_widths_resnet56(0.4)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_analytic_cost_equals_counted_cost_on_random_plans(name: str) -> None:
+    model = create_model(name).eval()
+    shape = (3, 16, 16) if name.startswith("tiny") else SHAPE
+    groups = find_groups(model, shape)
+    assert analytic_cost(groups) == count_cost(model, shape)
+    rng = random.Random(name)
+    for trial in range(2):
+        keep = {g.name: rng.randint(1, g.channels) for g in groups}
+        plan = make_plan(groups, {g.name: _scores(g.channels, trial) for g in groups}, keep)
+        pruned = apply_plan(create_model(name).eval(), plan)
+        assert analytic_cost(groups, keep) == count_cost(pruned, shape) == plan.pruned
+
+
+def _scores(n: int, seed: int):
+    import torch
+
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed))
