@@ -25,6 +25,7 @@ from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.models import create_model
 from prunetune.pruning.allocation import KeepRule, smallest_fraction
 from prunetune.pruning.blend import blend_scores
+from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.finetune import evaluate, finetune
 from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.pruning.macs import count_cost
@@ -182,7 +183,11 @@ def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *,
 
 
 def recipe_criteria(recipe: Recipe) -> dict[str, dict[str, Any]]:
-    return {name: recipe.criterion.resolved_params(name) for name in recipe.criterion.criteria}
+    """Criteria a recipe needs scored: its criterion (or blend), plus ``cmi`` for the CMI cut-offs."""
+    out = {name: recipe.criterion.resolved_params(name) for name in recipe.criterion.criteria}
+    if recipe.allocation.strategy.startswith("cmi_") and "cmi" not in out:
+        out["cmi"] = CRITERIA.get("cmi").resolve(None)
+    return out
 
 
 def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningPlan:
@@ -194,7 +199,7 @@ def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningP
     spec = recipe.criterion
     scores = blended_scores(recipe, table)
     extras = {}
-    for name in spec.criteria:
+    for name in {*spec.criteria, "cmi"} & set(table.extras):
         for group, values in table.extras.get(name, {}).items():
             extras.setdefault(group, {}).update(values)
     a = recipe.allocation

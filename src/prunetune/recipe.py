@@ -104,7 +104,7 @@ class CalibrationSpec:
 
 
 ALLOCATION_KEYS = {"strategy", "ratio", "ratios", "default", "macs_budget", "flops_budget", "min_keep",
-                   "round_to", "rho", "epsilon"}
+                   "round_to", "rho", "epsilon", "scale"}
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ class AllocationSpec:
             if "macs_budget" in d:
                 raise ConfigError("give one of allocation.macs_budget or allocation.flops_budget (a synonym)")
             d["macs_budget"] = d.pop("flops_budget")
-        params = {k: d.pop(k) for k in ("rho", "epsilon") if k in d}
+        params = {k: d.pop(k) for k in ("rho", "epsilon", "scale") if k in d}
         spec = cls(**d, params=params)
         spec.check()
         return spec
@@ -148,6 +148,9 @@ class AllocationSpec:
             check_ratio(self.default, "allocation.default")
         if self.macs_budget is not None and (isinstance(self.macs_budget, bool) or not isinstance(self.macs_budget, (int, float)) or not 0 < self.macs_budget <= 1):
             raise ConfigError(f"allocation.macs_budget must be a fraction of dense MACs in (0, 1], got {self.macs_budget!r}")
+        from prunetune.pruning.strategies import STRATEGIES
+
+        STRATEGIES.get(self.strategy)
         if self.strategy == "ratios" and self.ratio is None and not self.ratios and self.default is None and self.macs_budget is None:
             raise ConfigError("allocation needs one of: ratio, ratios (+ default), macs_budget, or a strategy")
         if not isinstance(self.min_keep, int) or self.min_keep < 1:

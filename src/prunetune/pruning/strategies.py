@@ -46,3 +46,5 @@ def ratios_strategy(
     if ratio is not None:
         return keep_from_ratios(groups, {}, default=ratio, rule=rule)
     return keep_from_ratios(groups, ratios or {}, default=default or 0.0, rule=rule)
+
+from prunetune.pruning import cutoffs as _cutoffs  # noqa: E402,F401  registers cmi_cumulative, cmi_marginal, cmi_knee

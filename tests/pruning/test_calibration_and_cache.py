@@ -1,0 +1,136 @@
+"""The calibration pass and the score cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import prunetune.pruning.scores as scores_module
+from prunetune.cli import main
+from prunetune.models import create_model
+from prunetune.pruning.calibration import calibrate
+from prunetune.pruning.criteria import get_criterion, score
+from prunetune.pruning.groups import find_groups
+from prunetune.pruning.scores import compute_scores
+from tests.conftest import randomize_bn
+
+SHAPE = (3, 16, 16)
+ACTIVATION_CRITERIA = ["chip", "hrank", "dfs", "sfs", "dfs_sfs", "independence"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = randomize_bn(create_model("tiny_resnet"))
+    groups = find_groups(model, SHAPE)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(48, *SHAPE, generator=gen), torch.randint(0, 10, (48,), generator=gen)
+    return model, groups, x, y
+
+
+def _params(name: str) -> dict:
+    return {"source": "feature"} if name == "independence" else {}
+
+
+def _batches(x, y, size):
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+
+
+@pytest.mark.parametrize("name", ACTIVATION_CRITERIA)
+def test_streaming_pass_equals_one_batch(setup, name) -> None:
+    model, groups, x, y = setup
+    crit = {name: get_criterion(name).resolve(_params(name))}
+    streamed = calibrate(model, groups, crit, _batches(x, y, 16), show_progress=False)
+    whole = calibrate(model, groups, crit, _batches(x, y, 48), show_progress=False)
+    for g in groups.names:
+        assert torch.allclose(streamed[name][g][0], whole[name][g][0], atol=1e-8), g
+
+
+def test_pass_reads_relu_of_bn_outputs_and_averages_stream_members(setup) -> None:
+    model, groups, x, y = setup
+    seen = {}
+    modules = dict(model.named_modules())
+    stream = groups["conv1"]
+    hooks = [modules[p].register_forward_hook(lambda m, i, o, p=p: seen.__setitem__(p, F.relu(o.detach())))
+             for p in stream.feature_points]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    expected = torch.stack([score("dfs", feature_maps=seen[p]) for p in stream.feature_points]).mean(0)
+    got = calibrate(model, groups, {"dfs": {}}, _batches(x, y, 16), show_progress=False)["dfs"]["conv1"][0]
+    assert len(stream.feature_points) == 2  # bn1 and layer1.0.bn2
+    assert torch.allclose(got, expected.to(got.dtype), atol=1e-10)
+
+
+def test_hooks_are_removed_after_an_error(setup) -> None:
+    model, groups, x, y = setup
+
+    def failing():
+        yield x[:8], y[:8]
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        calibrate(model, groups, {"dfs": {}}, failing(), show_progress=False)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_taylor_runs_with_gradients_and_leaves_no_grads(setup) -> None:
+    model, groups, x, y = setup
+    out = calibrate(model, groups, {"taylor": {}}, _batches(x, y, 16), show_progress=False)["taylor"]
+    assert all(torch.isfinite(s).all() and (s >= 0).all() for s, _ in out.values())
+    assert any(float(s.sum()) > 0 for s, _ in out.values())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_cache_loads_and_recomputes_on_any_change(setup, tmp_path, monkeypatch) -> None:
+    model, groups, x, y = setup
+    model = randomize_bn(create_model("tiny_resnet"))
+    calls = []
+    real = scores_module.calibrate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scores_module, "calibrate", counting)
+
+    def table(m, crit, n=32, digest="d1"):
+        return compute_scores(m, groups, crit, calibration=lambda: _batches(x[:n], y[:n], 16),
+                              calibration_digest=f"{digest}:{n}", cache_dir=tmp_path, show_progress=False)
+
+    first = table(model, {"chip": None, "l1": None})
+    assert not first.all_cached and len(calls) == 1
+    second = table(model, {"chip": None, "l1": None})
+    assert second.all_cached and len(calls) == 1 and second.fingerprint == first.fingerprint
+    assert all(torch.equal(first["chip"][g], second["chip"][g]) for g in groups.names)
+    table(model, {"chip": None}, n=48, digest="d2")  # calibration size changed
+    assert len(calls) == 2
+    table(model, {"independence": {"source": "feature"}})  # a criterion parameter changed
+    assert len(calls) == 3
+    with torch.no_grad():
+        model.layer2[0].conv1.weight[0, 0, 0, 0] += 1e-3  # one weight changed
+    changed = table(model, {"chip": None, "l1": None})
+    assert len(calls) == 4 and not changed.cached["l1"] and changed.fingerprint != first.fingerprint
+
+
+def test_score_command_says_computed_then_cached(tmp_path, capsys) -> None:
+    recipe = {
+        "model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1}, "data": {"name": "digits", "image_size": 8},
+        "criterion": {"blend": {"capacity": 0.7, "independence": 0.3}, "normalizer": "rank"},
+        "allocation": {"ratio": 0.3}, "pretrain": {"epochs": 1}, "calibration": {"size": 64, "cache_dir": str(tmp_path)},
+    }
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    outputs = []
+    for _ in range(2):
+        assert main(["score", "--recipe", str(path), "--criteria", "chip,l1", "--format", "json"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0]["cached"] is False and outputs[1]["cached"] is True
+    assert outputs[0]["fingerprint"] == outputs[1]["fingerprint"]
+    assert set(outputs[1]["scores"]) == {"chip", "l1"}
+    assert main(["score", "--recipe", str(path), "--criteria", "chipp"]) == 2
+    assert "did you mean 'chip'" in capsys.readouterr().err
