@@ -1,0 +1,154 @@
+"""Space components and the registered ratio presets (``uniform``, ``per_stage``, ``per_group``).
+
+Every component is a small frozen dataclass (picklable, cheap). The keys they write into the trial
+config are the names below; :func:`prunetune.spaces.translate.trial_recipe` reads them back.
+
+Ratios are *relative* prune ratios: the shape of the allocation. The trial's MACs target
+(``target_macs``) sets its level: the budget projection scales all ratios by one factor until the
+plan fits the target (:func:`prunetune.pruning.allocation.keep_for_budget`). A sampled ratio below
+:data:`RATIO_FLOOR` is raised to it, so that every group can be thinned and every target down to the
+smallest reachable fraction stays feasible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prunetune._registry import Registry
+from prunetune.pruning.groups import ModelGroups
+from prunetune.spaces.base import Component, Config, TrialLike, check_name
+
+TARGET = "target_macs"
+RATIOS = "ratios"
+RATIO_PREFIX = "ratio."
+WEIGHT_PREFIX = "weight."
+NORMALIZER = "normalizer"
+SCHEDULE = "schedule"
+ALLOCATION = "allocation"
+LR = "finetune.lr"
+RATIO_FLOOR = 0.01
+
+
+def stages(groups: ModelGroups) -> dict[str, tuple[str, ...]]:
+    """Groups sharing one output resolution, ``stage1``, ``stage2``, ... in network order.
+
+    A group's resolution is the output pixel count of its first out-layer (1 for linear layers):
+    the three stages of a CIFAR ResNet, the five pooling stages of a VGG.
+    """
+    geometry = {layer.name: layer for layer in groups.layers}
+    by_pixels: dict[int, list[str]] = {}
+    for group in groups:
+        pixels = geometry[group.out_layers[0]].pixels if group.out_layers[0] in geometry else 1
+        by_pixels.setdefault(pixels, []).append(group.name)
+    return {f"stage{i}": tuple(names) for i, names in enumerate(by_pixels.values(), start=1)}
+
+
+def stage_of(groups: ModelGroups) -> dict[str, str]:
+    """Group name -> its stage name (see :func:`stages`)."""
+    return {g: stage for stage, names in stages(groups).items() for g in names}
+
+
+def _ratios_apply(config: Mapping[str, Any]) -> bool:
+    return config.get(ALLOCATION, "ratios") == "ratios"
+
+
+@dataclass(frozen=True)
+class TargetFraction:
+    """The trial's MACs target, a fraction of dense MACs in ``[low, high]`` (high = the budget)."""
+
+    low: float
+    high: float
+
+    def __call__(self, trial: TrialLike, config: Mapping[str, Any]) -> Config:
+        return {TARGET: trial.suggest_float(TARGET, self.low, self.high)}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical parameter; a single choice is a constant (not suggested)."""
+
+    name: str
+    choices: tuple[Any, ...]
+
+    def __call__(self, trial: TrialLike, config: Mapping[str, Any]) -> Config:
+        if len(self.choices) == 1:
+            return {self.name: self.choices[0]}
+        return {self.name: trial.suggest_categorical(check_name(self.name), list(self.choices))}
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """A positive float sampled log-uniformly in ``[low, high]`` (e.g. the fine-tune learning rate)."""
+
+    name: str
+    low: float
+    high: float
+
+    def __call__(self, trial: TrialLike, config: Mapping[str, Any]) -> Config:
+        return {self.name: trial.suggest_float(check_name(self.name), self.low, self.high, log=True)}
+
+
+@dataclass(frozen=True)
+class BlendWeights:
+    """``weight.<criterion>`` in ``[low, high]`` per criterion; one criterion gets the constant 1."""
+
+    criteria: tuple[str, ...]
+    low: float = 0.0
+    high: float = 1.0
+
+    def __call__(self, trial: TrialLike, config: Mapping[str, Any]) -> Config:
+        if len(self.criteria) == 1:
+            return {WEIGHT_PREFIX + self.criteria[0]: 1.0}
+        return {WEIGHT_PREFIX + c: trial.suggest_float(check_name(WEIGHT_PREFIX + c), self.low, self.high)
+                for c in self.criteria}
+
+
+@dataclass(frozen=True)
+class UniformRatios:
+    """One relative ratio for all groups: the MACs target alone sets the plan (no parameter)."""
+
+    def __call__(self, trial: TrialLike, config: Mapping[str, Any]) -> Config:
+        return {RATIOS: "uniform"} if _ratios_apply(config) else {}
+
+
+@dataclass(frozen=True)
+class NamedRatios:
+    """``ratio.<name>`` in ``[low, high]`` for each name (stages or groups), preset ``preset``."""
+
+    preset: str
+    names: tuple[str, ...]
+    low: float
+    high: float
+
+    def __call__(self, trial: TrialLike, config: Mapping[str, Any]) -> Config:
+        if not _ratios_apply(config):
+            return {}
+        out: Config = {RATIOS: self.preset}
+        for name in self.names:
+            key = check_name(RATIO_PREFIX + name)
+            out[key] = trial.suggest_float(key, self.low, self.high)
+        return out
+
+
+RatioPreset = Callable[[ModelGroups, float, float], Component]
+RATIO_SPACES: Registry[RatioPreset] = Registry("ratio space")
+
+
+@RATIO_SPACES.register("uniform")
+def uniform(groups: ModelGroups, low: float, high: float) -> Component:
+    """Every group pruned at the same ratio, scaled to the trial's MACs target."""
+    return UniformRatios()
+
+
+@RATIO_SPACES.register("per_stage")
+def per_stage(groups: ModelGroups, low: float, high: float) -> Component:
+    """One relative ratio per stage (groups sharing an output resolution): ``ratio.stage<i>``."""
+    return NamedRatios("per_stage", tuple(stages(groups)), low, high)
+
+
+@RATIO_SPACES.register("per_group")
+def per_group(groups: ModelGroups, low: float, high: float) -> Component:
+    """One relative ratio per prunable group: ``ratio.<group name>``."""
+    return NamedRatios("per_group", tuple(groups.names), low, high)

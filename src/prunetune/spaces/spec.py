@@ -1,0 +1,176 @@
+"""The ``space:`` section of a search config, validated strictly, and the space it builds.
+
+Schema (every key optional)::
+
+    space:
+      ratios: per_stage            # uniform | per_stage | per_group (relative prune ratios)
+      ratio_range: [0.0, 0.8]      # range of each relative ratio, within [0, 1)
+      min_fraction: null           # lowest MACs target sampled; default budget/4, never below the
+                                   # smallest reachable fraction
+      criteria: [capacity, independence]   # blend weights weight.<c> in [0, 1]; one name = no blend
+      normalizers: [rank]          # normalisers tried for the blend
+      lr: null                     # [low, high]: fine-tune lr, log-uniform; null keeps the recipe's
+      schedules: [hard]            # soft-to-hard schedules tried (their default parameters)
+      allocations: [ratios]        # allocation strategies tried; ratios are sampled only for 'ratios'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from prunetune.exceptions import BudgetInfeasibleError, ConfigError
+from prunetune.pruning.allocation import KeepRule, smallest_fraction
+from prunetune.pruning.criteria import CRITERIA
+from prunetune.pruning.groups import ModelGroups
+from prunetune.pruning.normalize import NORMALIZERS
+from prunetune.pruning.schedules import SCHEDULES
+from prunetune.pruning.strategies import STRATEGIES
+from prunetune.spaces.base import SearchSpace
+from prunetune.spaces.presets import (
+    ALLOCATION,
+    LR,
+    NORMALIZER,
+    RATIO_SPACES,
+    SCHEDULE,
+    BlendWeights,
+    Choice,
+    LogUniform,
+    TargetFraction,
+)
+
+
+@dataclass(frozen=True)
+class SpaceSpec:
+    """What a search samples (see the module docstring for the YAML form)."""
+
+    ratios: str = "per_stage"
+    ratio_range: tuple[float, float] = (0.0, 0.8)
+    min_fraction: float | None = None
+    criteria: tuple[str, ...] = ("capacity", "independence")
+    normalizers: tuple[str, ...] = ("rank",)
+    lr: tuple[float, float] | None = None
+    schedules: tuple[str, ...] = ("hard",)
+    allocations: tuple[str, ...] = ("ratios",)
+
+    def __post_init__(self) -> None:
+        RATIO_SPACES.get(self.ratios)
+        lo, hi = self.ratio_range
+        if not 0.0 <= lo <= hi < 1.0:
+            raise ConfigError(f"space.ratio_range must be [low, high] with 0 <= low <= high < 1, got {list(self.ratio_range)}")
+        if self.min_fraction is not None and not 0.0 < self.min_fraction <= 1.0:
+            raise ConfigError(f"space.min_fraction must be a fraction of dense MACs in (0, 1], got {self.min_fraction!r}")
+        if self.lr is not None and not 0.0 < self.lr[0] <= self.lr[1]:
+            raise ConfigError(f"space.lr must be [low, high] with 0 < low <= high, got {list(self.lr)}")
+        for key, registry in (("criteria", CRITERIA), ("normalizers", NORMALIZERS), ("schedules", SCHEDULES),
+                              ("allocations", STRATEGIES)):
+            names = getattr(self, key)
+            if not names:
+                raise ConfigError(f"space.{key} must name at least one entry; known: {', '.join(registry.names())}")
+            if len(set(names)) != len(names):
+                raise ConfigError(f"space.{key} lists a name twice: {list(names)}")
+            for name in names:
+                registry.get(name)
+
+    @classmethod
+    def parse(cls, value: Any) -> SpaceSpec:
+        """From the config's ``space:`` mapping; unknown keys are errors naming the key."""
+        if value is None:
+            return cls()
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"search config section 'space' must be a mapping, got {value!r}")
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in search config section 'space'; "
+                              f"allowed: {', '.join(sorted(allowed))}")
+        d: dict[str, Any] = dict(value)
+        for key in ("criteria", "normalizers", "schedules", "allocations"):
+            if key in d:
+                d[key] = _names(key, d[key])
+        for key in ("ratio_range", "lr"):
+            if d.get(key) is not None:
+                d[key] = _range(key, d[key])
+        if d.get("min_fraction") is not None:
+            d["min_fraction"] = _number("min_fraction", d["min_fraction"])
+        if "ratios" in d and not isinstance(d["ratios"], str):
+            raise ConfigError(f"space.ratios must be a name ({', '.join(RATIO_SPACES.names())}), got {d['ratios']!r}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def _names(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"space.{key} must be a name or a list of names, got {value!r}")
+    return tuple(value)
+
+
+def _range(key: str, value: Any) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(f"space.{key} must be a list [low, high], got {value!r}")
+    return (_number(key, value[0]), _number(key, value[1]))
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"space.{key} must hold finite numbers, got {value!r}")
+    return float(value)
+
+
+def target_range(spec: SpaceSpec, groups: ModelGroups, budget: float, rule: KeepRule = KeepRule()) -> tuple[float, float]:
+    """``[low, budget]`` for the sampled MACs target.
+
+    ``low = max(smallest reachable fraction, space.min_fraction or budget/4)``.
+
+    Raises:
+        BudgetInfeasibleError: the budget is below the smallest reachable fraction (before any trial).
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < budget <= 1.0:
+        raise ConfigError(f"the MACs budget must be a fraction of dense MACs in (0, 1], got {budget!r}")
+    floor = smallest_fraction(groups, rule) * (1 + 1e-9)  # a hair above: float round-off in projection
+    if floor > budget:
+        raise BudgetInfeasibleError(
+            f"MACs budget {budget:g} is below the smallest reachable fraction {floor:.4f} of dense MACs "
+            f"(every group at min_keep={rule.min_keep}, round_to={rule.round_to}); "
+            f"raise --macs-budget to at least {floor:.4f}")
+    wanted = spec.min_fraction if spec.min_fraction is not None else budget / 4
+    if wanted > budget:
+        raise ConfigError(f"space.min_fraction {wanted:g} must not exceed the MACs budget {budget:g}; "
+                          "lower it or raise the budget")
+    return (max(floor, wanted), float(budget))
+
+
+def build_space(spec: SpaceSpec, groups: ModelGroups, *, budget: float, rule: KeepRule = KeepRule()) -> SearchSpace:
+    """The search space of ``spec`` on a model's groups, under a MACs budget."""
+    low, high = target_range(spec, groups, budget, rule)
+    parts: list[tuple[str, Any]] = [
+        ("target", TargetFraction(low, high)),
+        ("allocation", Choice(ALLOCATION, spec.allocations)),
+        ("ratios", RATIO_SPACES.get(spec.ratios)(groups, *spec.ratio_range)),
+        ("blend", BlendWeights(spec.criteria)),
+        ("normalizer", Choice(NORMALIZER, spec.normalizers)),
+        ("schedule", Choice(SCHEDULE, spec.schedules)),
+    ]
+    if spec.lr is not None:
+        parts.append(("lr", LogUniform(LR, *spec.lr)))
+    return SearchSpace(tuple(parts))
+
+
+def space_criteria(spec: SpaceSpec, params: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Every criterion the space can sample -> its resolved parameters (``params`` override defaults).
+
+    The ScoreTable computed once for a search must hold all of them, plus ``cmi`` (whose per-group
+    curves the ``cmi_*`` cut-offs read) when the space can pick a CMI cut-off.
+    """
+    params = params or {}
+    names = list(spec.criteria)
+    if any(a.startswith("cmi_") for a in spec.allocations) and "cmi" not in names:
+        names.append("cmi")
+    return {name: CRITERIA.get(name).resolve(params.get(name)) for name in names}

@@ -1,0 +1,95 @@
+"""Trial config -> recipe: a pure function, the same on the driver, in a trial and at export."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.blend import CriterionSpec
+from prunetune.pruning.groups import ModelGroups
+from prunetune.recipe import AllocationSpec, Recipe, ScheduleSpec
+from prunetune.spaces.presets import (
+    ALLOCATION,
+    LR,
+    NORMALIZER,
+    RATIO_FLOOR,
+    RATIO_PREFIX,
+    RATIOS,
+    SCHEDULE,
+    TARGET,
+    WEIGHT_PREFIX,
+    stage_of,
+)
+
+
+def trial_recipe(base: Recipe, config: Mapping[str, Any], groups: ModelGroups) -> Recipe:
+    """The full recipe of one trial: ``base`` with the sampled criterion blend and normaliser,
+    allocation (MACs target + relative ratios, projected in :func:`prunetune.pipeline.build_plan`),
+    schedule and fine-tune learning rate. Keys absent from ``config`` keep ``base``'s values.
+
+    Args:
+        base: the search's base recipe (model, data, calibration, fine-tune, seed, ...).
+        config: a flat trial config from a :class:`~prunetune.spaces.SearchSpace`.
+        groups: the model's prunable groups (stages and group names for the ratios).
+    """
+    if TARGET not in config:
+        raise ConfigError(f"trial config needs {TARGET!r} (the MACs target), got keys {sorted(config)}")
+    changes: dict[str, Any] = {
+        "criterion": _criterion(base, config),
+        "allocation": _allocation(base.allocation, config, groups),
+        "plan": None,
+    }
+    if SCHEDULE in config:
+        name = config[SCHEDULE]
+        params = base.schedule.params if name == base.schedule.name else {}
+        changes["schedule"] = ScheduleSpec(name, dict(params))
+    if LR in config:
+        changes["finetune"] = dataclasses.replace(base.finetune, lr=float(config[LR]))
+    return base.with_changes(**changes)
+
+
+def _criterion(base: Recipe, config: Mapping[str, Any]) -> CriterionSpec:
+    weights = {k[len(WEIGHT_PREFIX):]: float(v) for k, v in config.items() if k.startswith(WEIGHT_PREFIX)}
+    if not weights:
+        weights = dict(base.criterion.weights)
+    if sum(weights.values()) <= 0:  # all sampled at 0: no preference, weigh equally
+        weights = {name: 1.0 for name in weights}
+    normalizer = config.get(NORMALIZER, base.criterion.normalizer)
+    params = {c: dict(p) for c, p in base.criterion.params.items() if c in weights}
+    return CriterionSpec(weights, normalizer=normalizer, params=params)
+
+
+def _allocation(base: AllocationSpec, config: Mapping[str, Any], groups: ModelGroups) -> AllocationSpec:
+    target = float(config[TARGET])
+    strategy = config.get(ALLOCATION, "ratios")
+    if strategy != "ratios":
+        return AllocationSpec(strategy=strategy, macs_budget=target, min_keep=base.min_keep, round_to=base.round_to)
+    return AllocationSpec(macs_budget=target, ratios=relative_ratios(config, groups),
+                          min_keep=base.min_keep, round_to=base.round_to)
+
+
+def relative_ratios(config: Mapping[str, Any], groups: ModelGroups) -> dict[str, float]:
+    """Per-group relative prune ratios of a trial config (empty = uniform), floored at RATIO_FLOOR."""
+    preset = config.get(RATIOS, "uniform")
+    if preset == "uniform":
+        return {}
+    if preset == "per_stage":
+        owner = stage_of(groups)
+        keys = {g.name: RATIO_PREFIX + owner[g.name] for g in groups}
+    elif preset == "per_group":
+        keys = {g.name: RATIO_PREFIX + g.name for g in groups}
+    else:
+        raise ConfigError(f"trial config has ratios={preset!r}; expected uniform, per_stage or per_group")
+    missing = sorted({k for k in keys.values() if k not in config})
+    if missing:
+        raise ConfigError(f"trial config with ratios={preset!r} needs {missing[0]!r}; was it sampled for this model?")
+    out = {}
+    for group, key in keys.items():
+        value = float(config[key])
+        if not math.isfinite(value) or not 0.0 <= value < 1.0:
+            raise ConfigError(f"trial config {key}={value!r} must be a relative prune ratio in [0, 1)")
+        out[group] = max(value, RATIO_FLOOR)
+    return out

@@ -1,0 +1,84 @@
+"""Export a trial as a recipe that carries its plan, written atomically.
+
+The exported recipe is the trial's own recipe (``recipe.yaml`` artifact: model, data, seed and
+pre-training identical to the search's base recipe, so the same dense weights come back) plus the
+trial's final plan (``plan.json``) inline. ``prunetune prune --recipe best.yaml`` then rebuilds
+exactly the network the trial measured: same kept channels, same MACs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunetune.exceptions import ConfigError, TrackingError
+from prunetune.recipe import Recipe
+from prunetune.tracking.pareto import pick_index
+from prunetune.tracking.records import SearchRecords, TrialRecord
+from prunetune.tracking.store import client
+
+
+def choose(records: SearchRecords, pick: str = "max-acc", budget: float | None = None) -> TrialRecord:
+    """The trial ``pick`` selects among the finished ones (``budget`` defaults to the search's)."""
+    budget = records.budget if budget is None else budget
+    t = records.trials
+    i = pick_index(pick, [r.accuracy for r in t], [r.macs for r in t], [r.macs_ratio for r in t], budget)
+    return t[i]
+
+
+def exported_recipe(uri: str, record: TrialRecord) -> Recipe:
+    """The trial's recipe with its final plan inline, validated."""
+    mlflow_client = client(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = _artifact(mlflow_client, record, "recipe.yaml", tmp)
+        plan = _artifact(mlflow_client, record, "plan.json", tmp)
+        data = yaml.safe_load(recipe.read_text())
+        data["plan"] = json.loads(plan.read_text())
+    return Recipe.from_dict(data)
+
+
+def recipe_text(recipe: Recipe, record: TrialRecord, records: SearchRecords) -> str:
+    """YAML of an exported recipe with a provenance header (plan index lists in flow style)."""
+    header = (f"# exported by prunetune from experiment {records.experiment!r}, trial {record.trial_id}"
+              f" (MLflow run {record.run_id})\n"
+              f"# validation accuracy {record.accuracy:.4f}, MACs {record.macs_ratio:.2%} of dense"
+              f" ({record.macs / 1e6:.2f}M); replay: prunetune prune --recipe <this file> --out pruned.pt\n")
+    return header + yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None, width=110)
+
+
+def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write ``text`` to ``path`` through a temporary file; refuse to replace it unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{str(path)!r} already exists; pass --overwrite to replace it or choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_trial(records: SearchRecords, out: str | os.PathLike, *, pick: str = "max-acc",
+                 budget: float | None = None, overwrite: bool = False) -> tuple[TrialRecord, Path]:
+    """Choose a trial, build its recipe with plan and write it to ``out``."""
+    record = choose(records, pick, budget)
+    recipe = exported_recipe(records.uri, record)
+    return record, write_atomic(out, recipe_text(recipe, record, records), overwrite=overwrite)
+
+
+def _artifact(mlflow_client: Any, record: TrialRecord, name: str, tmp: str) -> Path:
+    try:
+        return Path(mlflow_client.download_artifacts(record.run_id, name, tmp))
+    except Exception as exc:  # MlflowException or OSError: the artifact is missing
+        raise TrackingError(f"trial run {record.run_id} has no readable {name} artifact "
+                            f"({type(exc).__name__}); was it logged by `prunetune search`?") from None

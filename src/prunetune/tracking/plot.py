@@ -1,0 +1,58 @@
+"""The accuracy-vs-MACs plot of a search: dominated trials grey, the front as a staircase, the budget."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from prunetune._imports import require
+from prunetune.tracking.pareto import front_mask
+from prunetune.tracking.records import SearchRecords
+
+
+def plot_front(records: SearchRecords, path: str | os.PathLike, *, budget: float | None = None,
+               picked: str | None = None) -> Path:
+    """Save the plot of ``records`` to ``path`` (format from the suffix, e.g. ``.png``).
+
+    Args:
+        budget: MACs fraction drawn as a vertical line (default: the search's budget).
+        picked: run id of a trial to circle (e.g. the exported one).
+    """
+    matplotlib = require("matplotlib", extra="tracking", purpose="the Pareto plot")
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    trials = records.trials
+    x = np.array([t.macs_ratio for t in trials]) * 100
+    y = np.array([t.accuracy for t in trials]) * 100
+    on = front_mask(y, x)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    try:
+        ax.scatter(x[~on], y[~on], s=22, color="0.7", label="dominated trials", zorder=2)
+        order = np.argsort(x[on])
+        ax.step(x[on][order], y[on][order], where="post", color="tab:blue", alpha=0.5, zorder=3)
+        ax.scatter(x[on], y[on], s=34, color="tab:blue", label="Pareto front", zorder=4)
+        budget = records.budget if budget is None else budget
+        if budget is not None:
+            ax.axvline(budget * 100, color="tab:red", linestyle="--", linewidth=1, label=f"budget {budget:.0%}")
+        if "accuracy" in records.dense:
+            ax.axhline(records.dense["accuracy"] * 100, color="0.4", linestyle=":", linewidth=1,
+                       label="dense model (test)")
+        for t, xi, yi in zip(trials, x, y):
+            if t.run_id == picked:
+                ax.scatter([xi], [yi], s=140, facecolors="none", edgecolors="tab:orange", linewidths=2,
+                           label="picked", zorder=5)
+        ax.set_xlabel("MACs (% of dense)")
+        ax.set_ylabel("validation accuracy (%)")
+        ax.set_title(f"{records.experiment}: {len(trials)} trials, {int(on.sum())} on the front")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path

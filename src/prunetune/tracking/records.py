@@ -1,0 +1,96 @@
+"""Trial records read back from MLflow: the latest search of an experiment and its finished trials."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunetune.exceptions import TrackingError
+from prunetune.tracking.store import client, find_experiment
+from prunetune.tracking.tracker import FINISHED, PARENT_TAG, ROLE_TAG, TRIAL_TAG
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One finished trial: its objectives and where its artifacts are."""
+
+    run_id: str
+    trial_id: str
+    accuracy: float
+    macs: float
+    params: float
+    macs_ratio: float
+    test_accuracy: float | None = None
+    params_ratio: float | None = None
+    target_macs: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class SearchRecords:
+    """A search as MLflow holds it: the parent run, its budget and dense metrics, finished trials."""
+
+    experiment: str
+    uri: str
+    parent_run_id: str
+    budget: float | None
+    dense: dict[str, float]
+    trials: tuple[TrialRecord, ...]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None) -> SearchRecords:
+    """The latest search of ``experiment`` (or the one with ``parent_run_id``) and its finished trials.
+
+    Raises:
+        TrackingError: unknown experiment, no search in it, or no finished trial yet.
+    """
+    mlflow_client = client(uri)
+    experiment_id = find_experiment(mlflow_client, uri, experiment)
+    parent = _parent(mlflow_client, experiment_id, experiment, parent_run_id)
+    children = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+                                         max_results=50000)
+    counts = dict(Counter(run.info.status for run in children))
+    trials = tuple(r for r in (_record(run) for run in children if run.info.status == FINISHED) if r is not None)
+    if not trials:
+        seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trial runs"
+        raise TrackingError(f"experiment {experiment!r} has no finished trials yet ({seen}); run or resume "
+                            f"`prunetune search --experiment {experiment}` and wait for trials to finish")
+    metrics, params = parent.data.metrics, parent.data.params
+    budget = float(params["macs_budget"]) if "macs_budget" in params else None
+    dense = {k[len("dense_"):]: v for k, v in metrics.items() if k.startswith("dense_")}
+    return SearchRecords(experiment, uri, parent.info.run_id, budget, dense,
+                         tuple(sorted(trials, key=lambda t: t.macs)), counts)
+
+
+def _parent(mlflow_client: Any, experiment_id: str, experiment: str, run_id: str | None) -> Any:
+    if run_id is not None:
+        try:
+            return mlflow_client.get_run(run_id)
+        except Exception as exc:  # MlflowException: unknown run
+            raise TrackingError(f"no MLflow run {run_id!r} ({type(exc).__name__}); pass a search run id "
+                                f"of experiment {experiment!r}") from None
+    runs = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'search'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise TrackingError(f"experiment {experiment!r} holds no prunetune search run; "
+                            "start one with `prunetune search --config ... --experiment NAME`")
+    return runs[0]
+
+
+def _record(run: Any) -> TrialRecord | None:
+    m = run.data.metrics
+    if not all(_finite(m.get(k)) for k in ("accuracy", "macs", "macs_ratio")):
+        return None
+    return TrialRecord(
+        run_id=run.info.run_id, trial_id=run.data.tags.get(TRIAL_TAG, run.info.run_name or run.info.run_id),
+        accuracy=m["accuracy"], macs=m["macs"], params=m.get("params", math.nan), macs_ratio=m["macs_ratio"],
+        test_accuracy=m.get("test_accuracy"), params_ratio=m.get("params_ratio"), target_macs=m.get("target_macs"))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

@@ -1,0 +1,178 @@
+"""Driver-side MLflow logging of a search: one parent run, one nested run per trial.
+
+Call order: :meth:`SearchTracker.start_search` (or :meth:`~SearchTracker.resume_search`), then per
+trial :meth:`~SearchTracker.start_trial`, any number of :meth:`~SearchTracker.log_epoch`, and one of
+:meth:`~SearchTracker.finish_trial` (FINISHED) or :meth:`~SearchTracker.stop_trial` (KILLED when
+stopped early or interrupted, FAILED on an error); last :meth:`~SearchTracker.end_search`.
+
+Everything is written from the driver with an ``MlflowClient`` (one writer for the sqlite store; a
+nested run carries an explicit ``mlflow.parentRunId`` tag). Params are summaries (at most 100 per
+request); per-layer things are artifacts: ``config.json``, ``recipe.yaml``, ``plan.json``,
+``widths.json``. The tracker pickles without its client, so Ray can store it with a callback.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from prunetune.tracking.store import client, ensure_experiment
+
+PARENT_TAG = "mlflow.parentRunId"
+ROLE_TAG = "prunetune.role"
+TRIAL_TAG = "prunetune.trial_id"
+FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+TRIAL_METRICS = ("accuracy", "test_accuracy", "macs", "params", "macs_ratio", "params_ratio", "target_macs",
+                 "work_s", "wall_s")
+MAX_PARAMS = 100
+
+
+class SearchTracker:
+    """MLflow runs of one search (see the module docstring).
+
+    Args:
+        uri: an absolute tracking URI (:func:`prunetune.tracking.store.resolve_tracking_uri`).
+        experiment: the MLflow experiment name (the search's name).
+    """
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri, self.experiment = uri, experiment
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._client: Any = None
+        self._runs: dict[str, str] = {}
+        self._epochs: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "experiment": self.experiment, "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_run_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["uri"], state["experiment"])  # type: ignore[misc]
+        self.experiment_id, self.parent_run_id = state["experiment_id"], state["parent_run_id"]
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = client(self.uri)
+        return self._client
+
+    # -- the search (parent run) -------------------------------------------------------------
+    def start_search(self, *, params: Mapping[str, Any], metrics: Mapping[str, float], tags: Mapping[str, str],
+                     texts: Mapping[str, str]) -> str:
+        """Create the parent run with the search settings, dense metrics and config artifacts."""
+        self.experiment_id = ensure_experiment(self.client, self.uri, self.experiment)
+        run = self.client.create_run(self.experiment_id, run_name=self.experiment,
+                                     tags={ROLE_TAG: "search", **tags})
+        self.parent_run_id = run.info.run_id
+        self._log(self.parent_run_id, params=params, metrics=metrics)
+        for name, text in texts.items():
+            self.client.log_text(self.parent_run_id, text, name)
+        return self.parent_run_id
+
+    def resume_search(self, parent_run_id: str) -> None:
+        """Reopen the parent run of an interrupted search; trial runs left RUNNING become KILLED."""
+        run = self.client.get_run(parent_run_id)
+        self.experiment_id, self.parent_run_id = run.info.experiment_id, parent_run_id
+        for child in self.children():
+            if child.info.status == RUNNING:
+                self.client.set_terminated(child.info.run_id, KILLED)
+        self.client.update_run(parent_run_id, status=RUNNING)
+
+    def end_search(self, status: str, metrics: Mapping[str, float] | None = None) -> None:
+        if self.parent_run_id is None:
+            return
+        for trial_id in list(self._runs):
+            self.stop_trial(trial_id, KILLED)
+        if metrics:
+            self._log(self.parent_run_id, metrics=metrics)
+        self.client.set_terminated(self.parent_run_id, status)
+
+    def children(self) -> list[Any]:
+        """The trial runs of this search (any status)."""
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'",
+                                       max_results=50000)
+
+    # -- trials (nested runs) ------------------------------------------------------------------
+    def start_trial(self, trial_id: str, config: Mapping[str, Any]) -> str:
+        """Create the nested run of a trial, with its config as params (summary) and ``config.json``."""
+        run = self.client.create_run(self.experiment_id, run_name=trial_id, tags={
+            PARENT_TAG: self.parent_run_id, ROLE_TAG: "trial", TRIAL_TAG: trial_id})
+        run_id = run.info.run_id
+        self._runs[trial_id], self._epochs[trial_id] = run_id, 0
+        self._log(run_id, params=trial_params(config))
+        self.client.log_dict(run_id, dict(config), "config.json")
+        return run_id
+
+    def log_epoch(self, trial_id: str, metrics: Mapping[str, Any], epoch: int) -> None:
+        """Per-epoch curves: ``epoch_accuracy`` (val) and ``epoch_loss`` at step ``epoch``."""
+        run_id = self._runs.get(trial_id)
+        if run_id is None or epoch <= self._epochs.get(trial_id, 0):
+            return
+        curve = {f"epoch_{k}": metrics[k] for k in ("accuracy", "loss") if _finite(metrics.get(k))}
+        self._log(run_id, metrics=curve, step=epoch)
+        self._epochs[trial_id] = epoch
+
+    def finish_trial(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """Final metrics, the rest of the curves, ``recipe.yaml``/``plan.json``/``widths.json``; FINISHED."""
+        run_id = self._runs.get(trial_id)
+        if run_id is None:
+            return
+        for entry in result.get("history", []):
+            self.log_epoch(trial_id, entry, int(entry.get("epoch", 0)))
+        self._log(run_id, metrics={k: result[k] for k in TRIAL_METRICS if _finite(result.get(k))})
+        plan = result.get("plan")
+        if plan is not None:
+            self.client.log_dict(run_id, plan, "plan.json")
+            widths = {g: {"channels": v["channels"], "kept": len(v["kept"])} for g, v in plan["groups"].items()}
+            self.client.log_dict(run_id, widths, "widths.json")
+        if result.get("recipe") is not None:
+            self.client.log_text(run_id, yaml.safe_dump(result["recipe"], sort_keys=False), "recipe.yaml")
+        self._close(trial_id, FINISHED)
+
+    def stop_trial(self, trial_id: str, status: str, *, error: str | None = None) -> None:
+        """End a trial run early: KILLED (stopped, interrupted) or FAILED (tagged with the error)."""
+        run_id = self._runs.get(trial_id)
+        if run_id is None:
+            return
+        if error and error.strip():  # a traceback's last line is the exception and its message
+            self.client.set_tag(run_id, "prunetune.error", error.strip().splitlines()[-1][:4000])
+        self._close(trial_id, status)
+
+    def _close(self, trial_id: str, status: str) -> None:
+        run_id = self._runs.pop(trial_id)
+        self._epochs.pop(trial_id, None)
+        self.client.set_terminated(run_id, status)
+
+    def _log(self, run_id: str, *, params: Mapping[str, Any] | None = None,
+             metrics: Mapping[str, float] | None = None, step: int = 0) -> None:
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        items = [Param(k, _param_value(v)) for k, v in (params or {}).items()]
+        for i in range(0, len(items), MAX_PARAMS):
+            self.client.log_batch(run_id, params=items[i:i + MAX_PARAMS])
+        values = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+        if values:
+            self.client.log_batch(run_id, metrics=values)
+
+
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as MLflow params; per-group ratios only when few (they are in ``config.json``)."""
+    if len(config) <= MAX_PARAMS:
+        return dict(config)
+    return {k: v for k, v in config.items() if not k.startswith("ratio.")}
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:6000]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,108 @@
+"""Contract over every registered criterion and normaliser; hand-checked weight criteria; blends."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from prunetune.exceptions import ConfigError, UnknownNameError
+from prunetune.pruning.blend import CriterionSpec, blend_scores
+from prunetune.pruning.criteria import CRITERIA, GRADIENT, LABELS, WEIGHT, score
+from prunetune.pruning.normalize import NORMALIZERS, get_normalizer
+
+C = 6
+
+
+def _evidence(seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    maps = torch.randn(8, C, 5, 5, generator=gen).relu()
+    return {
+        "weight": torch.randn(C, 3, 3, 3, generator=gen),
+        "feature_maps": maps,
+        "labels": torch.randint(0, 3, (8,), generator=gen),
+        "gradients": torch.randn(8, C, 5, 5, generator=gen),
+    }
+
+
+def _score(name: str, ev: dict) -> torch.Tensor:
+    needs = CRITERIA.get(name).needs(CRITERIA.get(name).resolve(None))
+    if WEIGHT in needs:
+        return score(name, weight=ev["weight"])
+    kwargs = {"feature_maps": ev["feature_maps"]}
+    if LABELS in needs:
+        kwargs["labels"] = ev["labels"]
+    if GRADIENT in needs:
+        kwargs["gradients"] = ev["gradients"]
+    return score(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", CRITERIA.names())
+def test_every_criterion_is_finite_one_per_channel_and_deterministic(name: str) -> None:
+    a, b = _score(name, _evidence()), _score(name, _evidence())
+    assert a.shape == (C,) and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", NORMALIZERS.names())
+def test_every_normalizer_keeps_order_and_shape(name: str) -> None:
+    s = torch.tensor([3.0, -1.0, 2.0, 10.0])
+    out = get_normalizer(name)(s)
+    assert out.shape == s.shape and torch.isfinite(out).all()
+    assert torch.equal(torch.argsort(out), torch.argsort(s))
+    assert torch.isfinite(get_normalizer(name)(torch.ones(3))).all()  # constant scores: no NaN
+
+
+def test_weight_criteria_by_hand() -> None:
+    w = torch.tensor([[3.0, -4.0], [0.0, 1.0], [1.0, 1.0]])
+    assert torch.allclose(score("l1", weight=w), torch.tensor([7.0, 1.0, 2.0], dtype=torch.float64))
+    assert torch.allclose(score("l2", weight=w), torch.tensor([5.0, 1.0, math.sqrt(2)], dtype=torch.float64))
+    d01, d02, d12 = math.dist([3, -4], [0, 1]), math.dist([3, -4], [1, 1]), math.dist([0, 1], [1, 1])
+    expected = torch.tensor([d01 + d02, d01 + d12, d02 + d12], dtype=torch.float64)
+    assert torch.allclose(score("fpgm", weight=w), expected)
+    assert torch.allclose(score("bn_scale", weight=torch.tensor([-0.5, 2.0])), torch.tensor([0.5, 2.0], dtype=torch.float64))
+    r = score("random", weight=w, seed=1)
+    assert torch.equal(r, score("random", weight=w, seed=1)) and not torch.equal(r, score("random", weight=w, seed=2))
+
+
+def test_normalizers_by_hand() -> None:
+    s = torch.tensor([1.0, 3.0, 2.0, 2.0])
+    assert torch.allclose(get_normalizer("rank")(s), torch.tensor([0.0, 1.0, 0.5, 0.5], dtype=torch.float64))
+    assert torch.allclose(get_normalizer("max")(s), s.double() / 3)
+    assert torch.allclose(get_normalizer("minmax")(s), torch.tensor([0.0, 1.0, 0.5, 0.5], dtype=torch.float64))
+    z = get_normalizer("zscore")(s)
+    assert abs(float(z.mean())) < 1e-12 and abs(float(z.std(unbiased=False)) - 1) < 1e-12
+
+
+def test_blend_is_the_weighted_sum_of_normalised_scores() -> None:
+    table = {"a": {"g": torch.tensor([1.0, 2.0, 3.0])}, "b": {"g": torch.tensor([30.0, 10.0, 20.0])}}
+    out = blend_scores(table, {"a": 0.7, "b": 0.3}, normalizer="rank")["g"]
+    assert torch.allclose(out, torch.tensor([0.3, 0.35, 1.0 - 0.15], dtype=torch.float64))
+    only_a = blend_scores(table, {"a": 1.0, "b": 0.0}, normalizer="none")["g"]
+    assert torch.equal(only_a, table["a"]["g"].double())
+
+
+def test_criterion_spec_parsing_and_errors() -> None:
+    spec = CriterionSpec.parse({"blend": {"capacity": 0.7, "independence": 0.3}, "normalizer": "rank",
+                                "params": {"capacity": {"bins": 64}}})
+    assert spec.criteria == ["capacity", "independence"] and spec.resolved_params("capacity")["bins"] == 64
+    assert CriterionSpec.parse(spec.to_value()) == spec
+    assert CriterionSpec.parse("chip").to_value() == "chip"
+    with pytest.raises(UnknownNameError, match="did you mean 'chip'"):
+        CriterionSpec.parse("chipp")
+    with pytest.raises(ConfigError, match="'bins'"):
+        CriterionSpec.parse({"name": "l1", "params": {"bins": 3}})
+    with pytest.raises(ConfigError, match="all be 0"):
+        CriterionSpec.parse({"blend": {"l1": 0, "l2": 0}})
+    with pytest.raises(UnknownNameError, match="normalizer"):
+        CriterionSpec.parse({"blend": {"l1": 1}, "normalizer": "ranks"})
+
+
+def test_core_imports_no_ray_optuna_or_mlflow() -> None:
+    code = ("import sys, prunetune, prunetune.pruning, prunetune.models, prunetune.data, prunetune.pipeline; "
+            "bad = [m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
