@@ -73,3 +73,17 @@ def test_torchvision_model_error_is_clear_when_unavailable() -> None:
             create_model("tv:resnet18")
     else:
         assert create_model("tv:resnet18", num_classes=5)(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_a_broken_optional_import_becomes_an_install_hint(monkeypatch) -> None:
+    import importlib
+
+    from prunetune._imports import require
+    from prunetune.exceptions import MissingExtraError
+
+    def broken(name, *args, **kwargs):
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(MissingExtraError, match=r"RuntimeError: operator torchvision::nms.*\[vision\]"):
+        require("torchvision.models", extra="vision", purpose="model 'tv:resnet18'")

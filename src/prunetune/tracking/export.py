@@ -71,6 +71,8 @@ def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False)
 def export_trial(records: SearchRecords, out: str | os.PathLike, *, pick: str = "max-acc",
                  budget: float | None = None, overwrite: bool = False) -> tuple[TrialRecord, Path]:
     """Choose a trial, build its recipe with plan and write it to ``out``."""
+    if Path(out).exists() and not overwrite:
+        raise ConfigError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
     record = choose(records, pick, budget)
     recipe = exported_recipe(records.uri, record)
     return record, write_atomic(out, recipe_text(recipe, record, records), overwrite=overwrite)

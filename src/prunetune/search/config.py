@@ -1,0 +1,256 @@
+"""The search config: one YAML file, validated strictly; command-line flags override its values.
+
+Schema (unknown keys are errors that name the key)::
+
+    recipe: base.yaml          # the base recipe: a path (relative to this file) or an inline mapping,
+                               # the schema of prunetune.recipe.Recipe (model, data, calibration,
+                               # finetune, pretrain, seed, device); criterion and allocation may be
+                               # left out (the space sets them); no plan
+    space: {...}               # what is sampled: see prunetune.spaces.spec
+    macs_budget: 0.5           # required here or as --macs-budget (flops_budget is a synonym)
+    trials: 32                 # trials in all
+    concurrency: 2             # trials at a time
+    sampler: tpe               # tpe (multivariate TPE) | nsga2
+    seed: 0                    # sampler seed
+    cpus_per_trial: 1
+    gpus_per_trial: 0          # fractions allowed, e.g. 0.5
+    time_budget_s: null        # stop starting/running trials after this many seconds
+    asha: false                # true, or {grace_period: 1, reduction_factor: 2}: early stopping on
+                               # validation accuracy over fine-tune epochs
+    reuse_actors: true
+    experiment: null           # default: this file's name without suffix
+    tracking_uri: null         # default sqlite:///<cwd>/mlflow.db
+    storage_path: null         # default <cwd>/prunetune-runs (Ray's results; resume state)
+    ray_address: null          # an existing Ray cluster, e.g. auto or ray://host:10001
+
+Paths in the file are relative to the file; paths given on the command line and the defaults are
+relative to the working directory. All are made absolute (Ray trials run in their own directories).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunetune.exceptions import ConfigError
+from prunetune.recipe import Recipe
+from prunetune.spaces import SpaceSpec
+from prunetune.tracking.store import resolve_tracking_uri
+
+SAMPLERS = ("tpe", "nsga2")
+SETTINGS_KEYS = ("macs_budget", "trials", "concurrency", "sampler", "seed", "cpus_per_trial", "gpus_per_trial",
+                 "time_budget_s", "asha", "reuse_actors", "experiment", "tracking_uri", "storage_path", "ray_address")
+TOP_KEYS = {"recipe", "space", "flops_budget", *SETTINGS_KEYS}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class AshaSpec:
+    """ASHA early stopping on validation accuracy, one rung per fine-tune epoch."""
+
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+    def __post_init__(self) -> None:
+        if not _int(self.grace_period) or self.grace_period < 1:
+            raise ConfigError(f"asha.grace_period must be an integer >= 1, got {self.grace_period!r}")
+        if not _int(self.reduction_factor) or self.reduction_factor < 2:
+            raise ConfigError(f"asha.reduction_factor must be an integer >= 2, got {self.reduction_factor!r}")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the search runs (all paths absolute)."""
+
+    macs_budget: float
+    experiment: str
+    tracking_uri: str
+    storage_path: str
+    trials: int = 32
+    concurrency: int = 2
+    sampler: str = "tpe"
+    seed: int = 0
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    time_budget_s: float | None = None
+    asha: AshaSpec | None = None
+    reuse_actors: bool = True
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        b = self.macs_budget
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= 1:
+            raise ConfigError(f"macs_budget must be a fraction of dense MACs in (0, 1], got {b!r}")
+        for key in ("trials", "concurrency"):
+            if not _int(getattr(self, key)) or getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be an integer >= 1, got {getattr(self, key)!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not _int(self.seed):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not _num(self.cpus_per_trial) or self.cpus_per_trial <= 0:
+            raise ConfigError(f"cpus_per_trial must be a number > 0, got {self.cpus_per_trial!r}")
+        if not _num(self.gpus_per_trial) or self.gpus_per_trial < 0:
+            raise ConfigError(f"gpus_per_trial must be a number >= 0 (fractions share a GPU), got {self.gpus_per_trial!r}")
+        if self.time_budget_s is not None and (not _num(self.time_budget_s) or self.time_budget_s <= 0):
+            raise ConfigError(f"time_budget_s must be a number of seconds > 0, got {self.time_budget_s!r}")
+        if not isinstance(self.experiment, str) or not NAME.match(self.experiment):
+            raise ConfigError(f"experiment must be a name of letters, digits, '_', '.', '-', got {self.experiment!r}")
+
+    @property
+    def experiment_dir(self) -> Path:
+        return Path(self.storage_path) / self.experiment
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A validated search: base recipe, space, settings."""
+
+    recipe: Recipe
+    space: SpaceSpec
+    settings: SearchSettings
+    source: str | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        settings = dataclasses.asdict(self.settings)
+        return {"recipe": self.recipe.to_dict(), "space": self.space.to_dict(), **settings}
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed search must share with the interrupted one."""
+        d = self.to_dict()
+        keep = ("recipe", "space", "macs_budget", "trials", "sampler", "seed", "asha", "tracking_uri")
+        return {k: d[k] for k in keep}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_search_config(path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None, *,
+                       cwd: str | os.PathLike | None = None) -> SearchConfig:
+    """Read a search config file (or none: everything from ``overrides``) and apply ``overrides``."""
+    data: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"search config {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"search config {str(p)!r} is not valid YAML: {exc}".splitlines()[0]) from None
+    return parse_search_config(data, source=str(Path(path).resolve()) if path else None,
+                               overrides=overrides, cwd=cwd)
+
+
+def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapping[str, Any] | None = None,
+                        cwd: str | os.PathLike | None = None) -> SearchConfig:
+    """Validate a search config mapping; ``overrides`` (CLI flags, None = not given) win."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a search config must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - TOP_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in the search config; allowed: {', '.join(sorted(TOP_KEYS))}")
+    cwd = Path(cwd) if cwd is not None else Path.cwd()
+    here = Path(source).parent if source else cwd
+    d = dict(data)
+    if "flops_budget" in d:  # the papers' "FLOPs" are MACs
+        if "macs_budget" in d:
+            raise ConfigError("give one of macs_budget or flops_budget (a synonym) in the search config")
+        d["macs_budget"] = d.pop("flops_budget")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(SETTINGS_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown search setting {unknown[0]!r}; known: {', '.join(SETTINGS_KEYS)}")
+    if "macs_budget" not in d and "macs_budget" not in given:
+        raise ConfigError("the search needs a MACs budget: pass --macs-budget F or set macs_budget in the config")
+    space = SpaceSpec.parse(d.get("space"))
+    settings = _settings(d, given, source, here, cwd)
+    recipe = _base_recipe(d.get("recipe"), space, settings.macs_budget, source, here)
+    return SearchConfig(recipe, space, settings, source)
+
+
+def _settings(d: dict[str, Any], given: dict[str, Any], source: str | None, here: Path, cwd: Path) -> SearchSettings:
+    values = {k: d[k] for k in SETTINGS_KEYS if k in d}
+    for key in ("tracking_uri", "storage_path"):  # file values relative to the file
+        if values.get(key) is not None and key not in given:
+            values[key] = _absolute(values[key], here, key)
+    values.update({k: _absolute(v, cwd, k) if k in ("tracking_uri", "storage_path") else v for k, v in given.items()})
+    values.setdefault("experiment", Path(source).stem if source else "prunetune-search")
+    values["tracking_uri"] = resolve_tracking_uri(values.get("tracking_uri"), cwd=cwd)
+    values["storage_path"] = str(Path(values.get("storage_path") or cwd / "prunetune-runs").resolve())
+    asha = values.get("asha")
+    if asha is True:
+        values["asha"] = AshaSpec()
+    elif asha is False or asha is None:
+        values["asha"] = None
+    elif isinstance(asha, Mapping):
+        allowed = {f.name for f in fields(AshaSpec)}
+        if set(asha) - allowed:
+            raise ConfigError(f"unknown key {sorted(set(asha) - allowed)[0]!r} in asha; allowed: {', '.join(sorted(allowed))}")
+        values["asha"] = AshaSpec(**asha)
+    elif not isinstance(asha, AshaSpec):
+        raise ConfigError(f"asha must be true, false or {{grace_period: 1, reduction_factor: 2}}, got {asha!r}")
+    return SearchSettings(**values)
+
+
+def _absolute(value: Any, root: Path, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if key == "tracking_uri":
+        return resolve_tracking_uri(value, cwd=root)
+    return str((root / value).resolve())
+
+
+def _base_recipe(value: Any, space: SpaceSpec, budget: float, source: str | None, here: Path) -> Recipe:
+    if value is None:
+        raise ConfigError("the search config needs a base 'recipe': a recipe file path or an inline mapping "
+                          "(model, data, finetune, ...)")
+    recipe_source = source
+    if isinstance(value, str):
+        path = here / value
+        if not path.is_file():
+            raise ConfigError(f"base recipe {str(path)!r} (from the search config's 'recipe') does not exist")
+        try:
+            value = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"base recipe {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
+        recipe_source = str(path.resolve())
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"the search config's 'recipe' must be a path or a mapping, got {value!r}")
+    if "plan" in value:
+        raise ConfigError("a search's base recipe must not carry a 'plan' (every trial builds its own); remove it")
+    data = dict(value)
+    if "criterion" not in data:
+        data["criterion"] = ({"blend": {c: 1.0 for c in space.criteria}, "normalizer": space.normalizers[0]}
+                             if len(space.criteria) > 1 else space.criteria[0])
+    data.setdefault("allocation", {"macs_budget": budget})
+    recipe = Recipe.from_dict(data, source=recipe_source)
+    return absolute_paths(recipe)
+
+
+def absolute_paths(recipe: Recipe) -> Recipe:
+    """The recipe with its file paths (checkpoint, data root, cache dir) made absolute."""
+    model = dataclasses.replace(recipe.model, checkpoint=_abs(recipe, recipe.model.checkpoint))
+    data = dataclasses.replace(recipe.data, root=_abs(recipe, recipe.data.root))
+    calibration = dataclasses.replace(recipe.calibration, cache_dir=_abs(recipe, recipe.calibration.cache_dir))
+    return recipe.with_changes(model=model, data=data, calibration=calibration)
+
+
+def _abs(recipe: Recipe, value: str | None) -> str | None:
+    resolved = recipe.resolve_path(value)
+    return None if resolved is None else str(Path(resolved).resolve())
+
+
+def _int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _num(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
