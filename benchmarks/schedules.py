@@ -3,7 +3,7 @@
 The same dense base model (brief training, cached), a 50% MACs budget, every schedule × two
 criteria, the same fine-tune epochs, several seeds. Run by hand:
 
-    python benchmarks/schedules.py [--epochs 4] [--seeds 3] [--criteria l2,fpgm] [--budget 0.5]
+    python benchmarks/schedules.py [--epochs 4] [--seeds 3] [--criteria l2,chip] [--budget 0.5]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--criteria", default="l2,fpgm")
+    parser.add_argument("--criteria", default="l2,chip")
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

@@ -32,7 +32,12 @@ def test_schedule_endpoints() -> None:
     E = 16
     assert SCHEDULES.get("hard").state(0, E).hard == 1.0
     sfp = [SCHEDULES.get("sfp").state(e, E) for e in range(E)]
-    assert all(s.prune == 1.0 and s.hard == 0.0 and s.rescore for s in sfp)
+    assert all(s.prune == 1.0 and s.hard == 0.0 and s.rescore for s in sfp[:-1])
+    assert sfp[-1].hard == 1.0  # the last epoch fine-tunes with every pruned filter hard
+    published = [SCHEDULES.get("sfp").state(e, E, hard_epochs=0) for e in range(E)]
+    assert all(s.hard == 0.0 for s in published)
+    assert SCHEDULES.get("sfp").state(0, 1).hard == 0.0  # one epoch: nothing to spare for a hard phase
+    assert SCHEDULES.get("asfp").state(E - 2, E).hard == 0.0 and SCHEDULES.get("asfp").state(E - 1, E).hard == 1.0
     assert asfp_fraction(0, E) == 0.0
     assert asfp_fraction(E // 8, E) == pytest.approx(0.75)  # 3/4 of P at E/8
     assert SCHEDULES.get("asfp").state(E - 1, E).prune > 0.99
@@ -65,7 +70,7 @@ def _setup(name="tiny_convnet"):
 def test_sfp_lets_a_zeroed_filter_regrow() -> None:
     model, groups, plan, data = _setup()
     masks = ScheduleMasks(model, groups, plan, lambda e, t: SCHEDULES.get("sfp").state(e, t), plan_ranking(plan))
-    masks.on_epoch_start(0, 2)
+    masks.on_epoch_start(1, 3)  # a middle epoch: soft, re-scored by weights
     name = "conv2"
     soft = masks.pruned[name]
     weight = model.conv2.weight
@@ -116,3 +121,15 @@ def test_masked_equals_physical_at_the_end_of_each_schedule(schedule) -> None:
     with torch.no_grad(), MaskHooks(masked.eval(), groups, channel_masks(final)):
         reference = masked(x)
         assert torch.allclose(reference, pruned.eval()(x), atol=1e-5)
+
+
+def test_first_epoch_follows_the_plan_ranking_then_rescoring_takes_over() -> None:
+    model, groups, plan, _ = _setup()
+    name = "conv2"
+    norms = model.conv2.weight.detach().flatten(1).norm(dim=1)
+    strongest_first = sorted(range(norms.numel()), key=lambda i: -float(norms[i]))
+    ranking = {**plan_ranking(plan), name: strongest_first[: len(plan_ranking(plan)[name])]}
+    masks = ScheduleMasks(model, groups, plan, lambda e, t: SCHEDULES.get("sfp").state(e, t), ranking)
+    masks.on_epoch_start(0, 3)
+    assert masks.pruned[name] == ranking[name]  # the recipe's criterion chose, not the weights
+    masks.hooks.remove()

@@ -65,17 +65,20 @@ class ScheduleMasks:
         self.optimizer = optimizer
 
     def on_epoch_start(self, epoch: int, total: int) -> None:
-        self.apply(self.state_fn(epoch, total))
+        self.apply(self.state_fn(epoch, total), first=epoch == 0)
 
     def after_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self._zero_hard()
 
     # -- masks -------------------------------------------------------------------------------
-    def apply(self, state: EpochState) -> None:
+    def apply(self, state: EpochState, *, first: bool = False) -> None:
+        """Set the masks for one epoch; the first epoch selects by the plan's ranking, later ones
+        re-score by weights when the schedule says so."""
         for name, m in self.targets.items():
             n_prune = math.floor(m * state.prune + 1e-9)
             n_hard = math.floor(n_prune * state.hard + 1e-9)
-            order = self._order(name) if state.rescore and self.reselect else self.ranking[name]
+            rescore = state.rescore and self.reselect and not first
+            order = self._order(name) if rescore else self.ranking[name]
             hard = list(self.hard[name])  # hard channels stay hard (nested sets)
             hard += [c for c in order if c not in hard][: max(0, n_hard - len(hard))]
             soft = [c for c in order if c not in hard][: max(0, n_prune - len(hard))]
