@@ -32,12 +32,14 @@ def test_schedule_endpoints() -> None:
     E = 16
     assert SCHEDULES.get("hard").state(0, E).hard == 1.0
     sfp = [SCHEDULES.get("sfp").state(e, E) for e in range(E)]
-    assert all(s.prune == 1.0 and s.hard == 0.0 and s.rescore for s in sfp[:-1])
-    assert sfp[-1].hard == 1.0  # the last epoch fine-tunes with every pruned filter hard
-    published = [SCHEDULES.get("sfp").state(e, E, hard_epochs=0) for e in range(E)]
+    assert all(s.prune == 1.0 and s.hard == 0.0 and s.rescore for s in sfp[: E // 2])
+    assert all(s.hard == 1.0 for s in sfp[E // 2:])  # the second half fine-tunes with every pruned filter hard
+    assert [SCHEDULES.get("sfp").state(e, 4, hard_fraction=0.25).hard for e in range(4)] == [0, 0, 0, 1]
+    published = [SCHEDULES.get("sfp").state(e, E, hard_fraction=0.0) for e in range(E)]
     assert all(s.hard == 0.0 for s in published)
     assert SCHEDULES.get("sfp").state(0, 1).hard == 0.0  # one epoch: nothing to spare for a hard phase
-    assert SCHEDULES.get("asfp").state(E - 2, E).hard == 0.0 and SCHEDULES.get("asfp").state(E - 1, E).hard == 1.0
+    asfp = [SCHEDULES.get("asfp").state(e, E) for e in range(E)]
+    assert asfp[E // 2 - 1].hard == 0.0 and asfp[E // 2].hard == 1.0
     assert asfp_fraction(0, E) == 0.0
     assert asfp_fraction(E // 8, E) == pytest.approx(0.75)  # 3/4 of P at E/8
     assert SCHEDULES.get("asfp").state(E - 1, E).prune > 0.99
@@ -70,7 +72,7 @@ def _setup(name="tiny_convnet"):
 def test_sfp_lets_a_zeroed_filter_regrow() -> None:
     model, groups, plan, data = _setup()
     masks = ScheduleMasks(model, groups, plan, lambda e, t: SCHEDULES.get("sfp").state(e, t), plan_ranking(plan))
-    masks.on_epoch_start(1, 3)  # a middle epoch: soft, re-scored by weights
+    masks.on_epoch_start(1, 4)  # a soft epoch, re-scored by weights
     name = "conv2"
     soft = masks.pruned[name]
     weight = model.conv2.weight

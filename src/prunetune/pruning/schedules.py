@@ -15,10 +15,11 @@ At the end of every schedule everything planned is hard and removed physically (
 
 NOTE: SFP and ASFP as published end with an abrupt removal of the soft-pruned filters. Behind BN a
 zeroed filter is back at full strength after one SGD step (BN normalises away the weights' scale),
-so that removal deletes live channels; with short fine-tuning it cost most of the accuracy on
-digits (benchmarks/README.md). prunetune therefore fine-tunes the last ``hard_epochs`` (default 1,
-0 when there is a single epoch) with every pruned filter hard. ``hard_epochs: 0`` gives the
-published behaviour. GHFP needs no such epoch: its ramp reaches λ = 1 in the last epoch.
+so that removal deletes live channels: on digits (ResNet-20, 50% MACs, 4 epochs) the soft model
+sat at 86-89% and fell to 32% when removed. prunetune therefore fine-tunes the last
+``ceil(hard_fraction·E)`` epochs (at most E−1; default ``hard_fraction`` 0.5, which recovered 97%)
+with every pruned filter hard. ``hard_fraction: 0`` gives the published behaviour. GHFP needs no
+such phase: its ramp hardens gradually and reaches λ = 1 in the last epoch.
 """
 
 from __future__ import annotations
@@ -86,16 +87,18 @@ def hard(epoch: int, total: int) -> EpochState:
     return EpochState(prune=1.0, hard=1.0)
 
 
-def _final_hard(epoch: int, total: int, hard_epochs: int) -> bool:
-    if isinstance(hard_epochs, bool) or not isinstance(hard_epochs, int) or hard_epochs < 0:
-        raise ConfigError(f"hard_epochs must be an integer >= 0, got {hard_epochs!r}")
-    return epoch >= total - min(hard_epochs, total - 1)
+def _final_hard(epoch: int, total: int, hard_fraction: float) -> bool:
+    """Whether ``epoch`` falls in the final hard phase of ``ceil(hard_fraction·total)`` epochs (≤ total − 1)."""
+    if isinstance(hard_fraction, bool) or not isinstance(hard_fraction, (int, float)) or not 0 <= hard_fraction <= 1:
+        raise ConfigError(f"hard_fraction must be a number in [0, 1], got {hard_fraction!r}")
+    hard_epochs = min(math.ceil(hard_fraction * total - 1e-9), total - 1)
+    return epoch >= total - hard_epochs
 
 
-@_register("sfp", {"criterion": "l2", "hard_epochs": 1}, "soft filter pruning: re-score and zero the lowest "
+@_register("sfp", {"criterion": "l2", "hard_fraction": 0.5}, "soft filter pruning: re-score and zero the lowest "
            "filters every epoch (He et al., IJCAI 2018)", {"criterion": WEIGHT_RESCORE})
-def sfp(epoch: int, total: int, *, criterion: str, hard_epochs: int) -> EpochState:
-    if _final_hard(epoch, total, hard_epochs):
+def sfp(epoch: int, total: int, *, criterion: str, hard_fraction: float) -> EpochState:
+    if _final_hard(epoch, total, hard_fraction):
         return EpochState(prune=1.0, hard=1.0, rescore=True)
     return EpochState(prune=1.0, hard=0.0, soft_scale=0.0, rescore=True)
 
@@ -106,12 +109,12 @@ def asfp_fraction(epoch: int, total: int, d_fraction: float = 1 / 8) -> float:
     return 1.0 - math.exp(-k * epoch)
 
 
-@_register("asfp", {"criterion": "l2", "d_fraction": 1 / 8, "hard_epochs": 1}, "asymptotic SFP: "
+@_register("asfp", {"criterion": "l2", "d_fraction": 1 / 8, "hard_fraction": 0.5}, "asymptotic SFP: "
            "P_e = P(1 − exp(−k e)), k = ln4/(E/8) (He et al., TCYB 2019)", {"criterion": WEIGHT_RESCORE})
-def asfp(epoch: int, total: int, *, criterion: str, d_fraction: float, hard_epochs: int) -> EpochState:
+def asfp(epoch: int, total: int, *, criterion: str, d_fraction: float, hard_fraction: float) -> EpochState:
     if not 0 < d_fraction <= 1:
         raise ConfigError(f"schedule 'asfp': d_fraction must be in (0, 1], got {d_fraction!r}")
-    if _final_hard(epoch, total, hard_epochs):
+    if _final_hard(epoch, total, hard_fraction):
         return EpochState(prune=1.0, hard=1.0, rescore=True)
     return EpochState(prune=asfp_fraction(epoch, total, d_fraction), hard=0.0, rescore=True)
 
