@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from prunetune.exceptions import PrunetuneError
 from prunetune.version import __version__
 
-COMMANDS = ("groups", "score", "prune")
+COMMANDS = ("demo", "groups", "score", "prune", "search", "pareto", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

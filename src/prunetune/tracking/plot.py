@@ -37,18 +37,10 @@ def plot_front(records: SearchRecords, path: str | os.PathLike, *, budget: float
         budget = records.budget if budget is None else budget
         if budget is not None:
             ax.axvline(budget * 100, color="tab:red", linestyle="--", linewidth=1, label=f"budget {budget:.0%}")
-        if "accuracy" in records.dense:
-            ax.axhline(records.dense["accuracy"] * 100, color="0.4", linestyle=":", linewidth=1,
-                       label="dense model (test)")
-        for t, xi, yi in zip(trials, x, y):
-            if t.run_id == picked:
-                ax.scatter([xi], [yi], s=140, facecolors="none", edgecolors="tab:orange", linewidths=2,
-                           label="picked", zorder=5)
-        ax.set_xlabel("MACs (% of dense)")
-        ax.set_ylabel("validation accuracy (%)")
-        ax.set_title(f"{records.experiment}: {len(trials)} trials, {int(on.sum())} on the front")
-        ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        if "val_accuracy" in records.dense:
+            ax.axhline(records.dense["val_accuracy"] * 100, color="0.4", linestyle=":", linewidth=1,
+                       label="dense model")
+        _decorate(ax, records, x, y, int(on.sum()), picked)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
@@ -56,3 +48,15 @@ def plot_front(records: SearchRecords, path: str | os.PathLike, *, budget: float
     finally:
         plt.close(fig)
     return path
+
+
+def _decorate(ax, records: SearchRecords, x: np.ndarray, y: np.ndarray, on_front: int, picked: str | None) -> None:
+    for t, xi, yi in zip(records.trials, x, y):
+        if t.run_id == picked:
+            ax.scatter([xi], [yi], s=140, facecolors="none", edgecolors="tab:orange", linewidths=2,
+                       label="picked", zorder=5)
+    ax.set_xlabel("MACs (% of dense)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{records.experiment}: {len(records.trials)} trials, {on_front} on the front")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prunetune.exceptions import TrackingError
-from prunetune.tracking.store import client, find_experiment
+from prunetune.tracking.store import check_store, client, find_experiment
 from prunetune.tracking.tracker import FINISHED, PARENT_TAG, ROLE_TAG, TRIAL_TAG
 
 
@@ -49,6 +49,7 @@ def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None) 
     Raises:
         TrackingError: unknown experiment, no search in it, or no finished trial yet.
     """
+    check_store(uri)
     mlflow_client = client(uri)
     experiment_id = find_experiment(mlflow_client, uri, experiment)
     parent = _parent(mlflow_client, experiment_id, experiment, parent_run_id)
@@ -64,7 +65,7 @@ def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None) 
     budget = float(params["macs_budget"]) if "macs_budget" in params else None
     dense = {k[len("dense_"):]: v for k, v in metrics.items() if k.startswith("dense_")}
     return SearchRecords(experiment, uri, parent.info.run_id, budget, dense,
-                         tuple(sorted(trials, key=lambda t: t.macs)), counts)
+                         tuple(sorted(trials, key=lambda t: (t.macs, -t.accuracy, t.trial_id))), counts)
 
 
 def _parent(mlflow_client: Any, experiment_id: str, experiment: str, run_id: str | None) -> Any:

@@ -47,6 +47,7 @@ def quiet_mlflow() -> None:
 
 def client(uri: str) -> Any:
     """An ``MlflowClient`` for ``uri`` (extra: tracking)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars on export
     tracking = require("mlflow.tracking", extra="tracking", purpose="MLflow tracking")
     quiet_mlflow()
     return tracking.MlflowClient(tracking_uri=uri)
@@ -74,12 +75,18 @@ def ensure_experiment(mlflow_client: Any, uri: str, name: str) -> str:
     return mlflow_client.create_experiment(name, artifact_location=location)
 
 
-def find_experiment(mlflow_client: Any, uri: str, name: str) -> str:
-    """The id of an existing experiment, or a :class:`TrackingError` naming close matches."""
+def check_store(uri: str) -> None:
+    """Raise :class:`TrackingError` if ``uri`` is a sqlite store that does not exist (reading one must
+    not create an empty database as a side effect)."""
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise TrackingError(f"no MLflow store at {db}; run `prunetune search` first, or pass --tracking-uri "
                             "pointing at the store the search wrote")
+
+
+def find_experiment(mlflow_client: Any, uri: str, name: str) -> str:
+    """The id of an existing experiment, or a :class:`TrackingError` naming close matches."""
+    check_store(uri)
     found = mlflow_client.get_experiment_by_name(name)
     if found is None or found.lifecycle_stage != "active":
         known = [e.name for e in mlflow_client.search_experiments() if e.name != "Default"]

@@ -1,0 +1,90 @@
+"""``prunetune search``: Ray Tune + Optuna over pruning recipes under a MACs budget, logged to MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from prunetune.cli._common import add_budget, add_format, need_file, print_json
+
+log = logging.getLogger("prunetune")
+INTERRUPTED = 130
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search pruning recipes under a MACs budget (Ray Tune + Optuna, MLflow)",
+                       description="Every trial samples a recipe from the config's space, projects it onto a MACs "
+                       "target within the budget, fine-tunes and evaluates it; accuracy and MACs are optimised "
+                       "together. Flags override the config file. An interrupted search continues when the same "
+                       "command runs again.")
+    p.add_argument("--config", required=True, help="search config YAML (base recipe, space, settings)")
+    add_budget(p)
+    p.add_argument("--trials", type=int, default=None, help="trials in all (config: trials)")
+    p.add_argument("--experiment", default=None, help="search / MLflow experiment name (default: config file name)")
+    p.add_argument("--concurrency", type=int, default=None, help="trials at a time")
+    p.add_argument("--sampler", choices=("tpe", "nsga2"), default=None, help="Optuna sampler")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed")
+    p.add_argument("--cpus-per-trial", type=float, default=None)
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions share a GPU, e.g. 0.5")
+    p.add_argument("--time-budget-s", type=float, default=None, help="stop the search after this many seconds")
+    p.add_argument("--asha", action=argparse.BooleanOptionalAction, default=None,
+                   help="early-stop weak trials (ASHA on validation accuracy per fine-tune epoch)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search (an error if there is none; without it, resuming is automatic)")
+    p.add_argument("--ray-address", default=None, help="run on an existing Ray cluster (e.g. auto)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///mlflow.db here)")
+    p.add_argument("--storage-path", default=None, help="Ray results and resume state (default ./prunetune-runs)")
+    add_format(p)
+    p.set_defaults(func=run)
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    keys = ("macs_budget", "trials", "experiment", "concurrency", "sampler", "seed", "cpus_per_trial",
+            "gpus_per_trial", "time_budget_s", "asha", "ray_address", "tracking_uri", "storage_path")
+    return {k: getattr(args, k) for k in keys}
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunetune.search import load_search_config, run_search
+
+    config = load_search_config(need_file(args.config, "search config"), overrides(args))
+    outcome = run_search(config, resume=True if args.resume else None, show_progress=args.format == "table")
+    return report(outcome, json_output=args.format == "json")
+
+
+def report(outcome, *, json_output: bool = False) -> int:
+    """Print how a search ended and its front; 130 when it was interrupted."""
+    from prunetune.cli.pareto import print_front
+    from prunetune.exceptions import TrackingError
+    from prunetune.tracking import front_mask, load_search, ui_command
+
+    try:
+        records = load_search(outcome.tracking_uri, outcome.experiment, parent_run_id=outcome.parent_run_id)
+    except TrackingError:
+        records = None
+    if json_output:
+        trials = [t.as_dict() for t in records.trials] if records else []
+        print_json({"experiment": outcome.experiment, "status": outcome.status, "counts": outcome.counts,
+                    "search_run": outcome.parent_run_id, "tracking_uri": outcome.tracking_uri,
+                    "storage": str(outcome.experiment_dir), "seconds": outcome.seconds, "trials": trials})
+    elif records is not None:
+        mask = front_mask([t.accuracy for t in records.trials], [t.macs for t in records.trials])
+        print(f"\nPareto front of {outcome.experiment} ({int(mask.sum())} of {len(records.trials)} finished trials):")
+        print_front(records, [dict(t.as_dict(), front=True) for t, on in zip(records.trials, mask) if on])
+        print(f"\nnext: prunetune pareto --experiment {outcome.experiment} --plot front.png"
+              f"{_uri_flag(outcome.tracking_uri)}")
+        print(f"      prunetune export --experiment {outcome.experiment} --out best.yaml{_uri_flag(outcome.tracking_uri)}")
+        print(f"      {ui_command(outcome.tracking_uri)}")
+    if outcome.interrupted:
+        log.warning("search %s was interrupted (%s); run the same command again (or add --resume) to continue",
+                    outcome.experiment, ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())))
+        return INTERRUPTED
+    return 0
+
+
+def _uri_flag(uri: str) -> str:
+    import os
+
+    from prunetune.tracking.store import resolve_tracking_uri
+
+    return "" if uri == resolve_tracking_uri(None, cwd=os.getcwd()) else f" --tracking-uri {uri}"

@@ -1,0 +1,177 @@
+"""The Ray Tune side of a search: trainable, searcher, scheduler and the tracking callback.
+
+Imported only by :mod:`prunetune.search.runner` (extra ``search``): this module imports Ray and
+Optuna at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+import torch
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from prunetune.pipeline import Base, resolve_device
+from prunetune.pruning.scores import ScoreTable
+from prunetune.search.config import AshaSpec
+from prunetune.search.objective import TrialResult, base_to, check_finite
+from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
+
+log = logging.getLogger("prunetune")
+METRICS = ["accuracy", "macs"]
+MODES = ["max", "min"]
+
+
+def trainable(config: dict[str, Any], base: Base | None = None, table: ScoreTable | None = None,
+              objective: Callable[..., TrialResult] | None = None, threads: int = 1) -> None:
+    """One trial in a Ray worker: ``base`` and ``table`` arrive once through the object store."""
+    torch.set_num_threads(max(1, threads))
+    base = base_to(base, resolve_device(base.recipe.device))
+    result = objective(config, base, table, report=tune.report)
+    check_finite(result.metrics)
+    tune.report(result.report())
+
+
+class FinalOnlySearch(OptunaSearch):
+    """OptunaSearch that tells Optuna only final results.
+
+    A trial stopped early (by ASHA or the time budget: its last result is not marked ``final``) is
+    told as PRUNED, not COMPLETE with partial values; a failed or non-finite one as FAIL.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        state, values = optuna.trial.TrialState.COMPLETE, None
+        if error or result is None:
+            state = optuna.trial.TrialState.FAIL
+        elif not result.get("final"):
+            state = optuna.trial.TrialState.PRUNED
+        else:
+            values = [result.get(m) for m in METRICS]
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                state, values = optuna.trial.TrialState.FAIL, None
+        self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
+        self._completed_trials.add(trial_id)
+
+
+def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    """``tpe``: multivariate, grouped TPE with a constant liar (parallel trials); ``nsga2``: NSGA-II.
+
+    The random start-up phase and NSGA-II's population scale with the number of trials.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)))
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                      n_startup_trials=max(4, min(10, trials // 3)))
+
+
+def make_scheduler(asha: AshaSpec | None, epochs: int) -> Any:
+    """ASHA on validation accuracy over fine-tune epochs (one rung per epoch), else FIFO."""
+    if asha is None:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", metric="accuracy", mode="max", max_t=max(1, epochs),
+                         grace_period=min(asha.grace_period, max(1, epochs)), reduction_factor=asha.reduction_factor)
+
+
+class TrackingCallback(tune.Callback):
+    """Logs trials to MLflow from the driver and prints one progress line per finished trial.
+
+    Statuses: FINISHED (a final result), KILLED (stopped early, or still open when the experiment
+    ends: interrupted or out of time), FAILED (an error). At the end it closes the parent run:
+    KILLED when trials were left unfinished (an interrupted search), else FINISHED.
+    """
+
+    def __init__(self, tracker: SearchTracker, total: int, *, time_limited: bool = False) -> None:
+        self.tracker, self.total, self.time_limited = tracker, total, time_limited
+        self._started: dict[str, float] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tracker": self.tracker, "total": self.total, "time_limited": self.time_limited}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["tracker"], state["total"], time_limited=state["time_limited"])  # type: ignore[misc]
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._started[trial.trial_id] = time.time()
+        self.tracker.start_trial(trial.trial_id, trial.config)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        if not result.get("final") and "epoch" in result:
+            self.tracker.log_epoch(trial.trial_id, result, int(result["epoch"]))
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        result = dict(trial.last_result or {})
+        wall = time.time() - self._started.pop(trial.trial_id, time.time())
+        if result.get("final"):
+            self.tracker.finish_trial(trial.trial_id, {**result, "wall_s": wall})
+            self._progress(trials, trial, f"accuracy {result['accuracy']:.4f}, MACs {result['macs_ratio']:.1%} "
+                           f"(target {result.get('target_macs', math.nan):.1%}), {wall:.1f}s")
+        else:
+            self.tracker.stop_trial(trial.trial_id, KILLED)
+            self._progress(trials, trial, f"stopped early after {result.get('training_iteration', 0)} epoch(s)")
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._started.pop(trial.trial_id, None)
+        error = _error_text(trial)
+        self.tracker.stop_trial(trial.trial_id, FAILED, error=error)
+        last = error.strip().splitlines()[-1] if error.strip() else "error"
+        self._progress(trials, trial, f"FAILED: {last} (trace: {trial.error_file})")
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        done = (Trial.TERMINATED, Trial.ERROR)
+        interrupted = any(t.status not in done for t in trials) or (len(trials) < self.total and not self.time_limited)
+        finished = sum(1 for t in trials if t.status == Trial.TERMINATED and (t.last_result or {}).get("final"))
+        failed = sum(1 for t in trials if t.status == Trial.ERROR)
+        self.tracker.end_search(KILLED if interrupted else FINISHED,
+                                {"trials_finished": finished, "trials_failed": failed, "trials_started": len(trials)})
+
+    def _progress(self, trials: list[Trial], trial: Trial, text: str) -> None:
+        done = 1 + sum(1 for t in trials if t is not trial and t.status in (Trial.TERMINATED, Trial.ERROR))
+        log.info("[%d/%d] trial %s: %s", done, self.total, trial.trial_id, text)
+
+
+def _error_text(trial: Trial) -> str:
+    """The trial's error trace (Ray writes it to the trial's local ``error.txt`` before callbacks)."""
+    try:
+        path = trial.error_file
+        if path and os.path.isfile(path):
+            with open(path) as f:
+                return f.read()
+        error = trial.get_error()
+    except Exception:  # an unreadable error file must not stop the search
+        error = None
+    return str(error) if error is not None else ""
+
+
+class QuietTrialErrors(logging.Filter):
+    """Drop Ray's per-trial tracebacks (the progress line and the MLflow run's ``prunetune.error`` tag
+    carry the error, the trial directory's ``error.txt`` the full trace) and its ``Tuner.restore``
+    hint (prunetune resumes by running the same command)."""
+
+    PREFIXES = ("Trial task failed for trial", "Trials did not complete", "Experiment has been interrupted")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIXES)
+
+
+def resources(cpus: float, gpus: float) -> Mapping[str, float]:
+    return {"cpu": cpus, "gpu": gpus}
+
+
+def trial_dirname(trial: Trial) -> str:
+    """Short trial directories (Ray's default name lists every parameter)."""
+    return f"trial_{trial.trial_id}"

@@ -1,0 +1,252 @@
+"""Run a search: Ray Tune + OptunaSearch (multi-objective: accuracy ↑, MACs ↓) under a MACs budget.
+
+The driver prepares the dense model and the ScoreTable once and ships them to every trial through
+Ray's object store (``tune.with_parameters``). MLflow logging happens on the driver
+(:class:`~prunetune.search.ray_parts.TrackingCallback`). An interrupted search leaves its state in
+``<storage_path>/<experiment>``; running the same command again (or with ``resume=True``) continues
+it with ``Tuner.restore``: finished trials are kept, unfinished ones start again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunetune._imports import require
+from prunetune.exceptions import ConfigError
+from prunetune.models import create_model
+from prunetune.pipeline import load_data, prepare, score_table
+from prunetune.pruning.allocation import KeepRule
+from prunetune.pruning.groups import ModelGroups, find_groups
+from prunetune.search.config import SearchConfig
+from prunetune.search.objective import TrialResult, base_to, run_trial
+from prunetune.spaces import SearchSpace, build_space, space_criteria, target_range
+from prunetune.tracking.store import ui_command
+from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
+from prunetune.version import __version__
+
+log = logging.getLogger("prunetune")
+STATE_FILE = "prunetune-search.json"
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    """Where a search's results are and how it ended (``status``: FINISHED, or KILLED if interrupted)."""
+
+    experiment: str
+    experiment_dir: Path
+    tracking_uri: str
+    parent_run_id: str
+    status: str
+    counts: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False
+    seconds: float = 0.0
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status != FINISHED
+
+
+def probe_groups(config: SearchConfig) -> ModelGroups:
+    """The model's groups at the data's input size, without training anything (budget checks)."""
+    recipe = config.recipe
+    splits = load_data(recipe)
+    spec = recipe.model
+    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
+    return find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
+
+
+def make_space(config: SearchConfig, groups: ModelGroups) -> SearchSpace:
+    """The search space on ``groups``; raises BudgetInfeasibleError for an unreachable budget."""
+    a = config.recipe.allocation
+    return build_space(config.space, groups, budget=config.settings.macs_budget, rule=KeepRule(a.min_keep, a.round_to))
+
+
+def run_search(config: SearchConfig, *, resume: bool | None = None,
+               objective: Callable[..., TrialResult] = run_trial, callbacks: Sequence[Any] = (),
+               show_progress: bool = True) -> SearchOutcome:
+    """Run (or resume) the search ``config`` describes.
+
+    Args:
+        resume: True: continue an interrupted search (error if there is none); False: never resume;
+            None: resume when an interrupted search of this name exists, else start.
+        objective: the trial function (``run_trial``); tests inject failures here.
+        callbacks: extra Ray Tune callbacks.
+    """
+    require("ray.tune", extra="search", purpose="prunetune search")
+    require("optuna", extra="search", purpose="prunetune search")
+    t0 = time.perf_counter()
+    s = config.settings
+    state = _resume_state(config, s.experiment_dir, resume)
+    groups = probe_groups(config)
+    space = make_space(config, groups)  # fails here, before any training, on an impossible budget
+    base = prepare(config.recipe, show_progress=show_progress)
+    t_score = time.perf_counter()
+    table = score_table(base, space_criteria(config.space, config.recipe.criterion.params), show_progress=show_progress)
+    tracker = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
+    _announce(config, groups)
+    shared = base_to(base, "cpu")
+    started_ray = _init_ray(s.ray_address)
+    try:
+        tuner = _tuner(config, space, shared, table, objective, tracker, list(callbacks), restore=state is not None)
+        tuner.fit()
+    except BaseException as exc:
+        tracker.end_search(KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    status = tracker.client.get_run(tracker.parent_run_id).info.status
+    if status == FINISHED:
+        _write_state(s.experiment_dir, {"identity": config.identity(), "parent_run_id": tracker.parent_run_id,
+                                        "finished": True})
+    counts = dict(Counter(run.info.status for run in tracker.children()))
+    return SearchOutcome(s.experiment, s.experiment_dir, s.tracking_uri, tracker.parent_run_id, status, counts,
+                         resumed=state is not None, seconds=time.perf_counter() - t0)
+
+
+def _open_tracking(config: SearchConfig, state: dict[str, Any] | None, base: Any, groups: ModelGroups, table: Any,
+                   score_s: float) -> SearchTracker:
+    """Reopen the parent run of an interrupted search, or start one (and the resume state)."""
+    s = config.settings
+    tracker = SearchTracker(s.tracking_uri, s.experiment)
+    if state is not None:
+        tracker.resume_search(state["parent_run_id"])
+        log.info("search %s: resuming the interrupted search in %s", s.experiment, s.experiment_dir)
+        return tracker
+    tracker.start_search(params=_parent_params(config), tags=_parent_tags(config, table, s.experiment_dir),
+                         metrics=_parent_metrics(config, base, groups, score_s),
+                         texts={"search.yaml": config.to_yaml(), "base_recipe.yaml": config.recipe.to_yaml()})
+    _write_state(s.experiment_dir, {"identity": config.identity(), "parent_run_id": tracker.parent_run_id,
+                                    "finished": False})
+    return tracker
+
+
+def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, objective: Callable[..., Any],
+           tracker: SearchTracker, callbacks: list[Any], *, restore: bool) -> Any:
+    from ray import tune
+
+    from prunetune.search import ray_parts
+
+    s = config.settings
+    fn = tune.with_parameters(ray_parts.trainable, base=base, table=table, objective=objective,
+                              threads=max(1, int(s.cpus_per_trial)))
+    fn = tune.with_resources(fn, ray_parts.resources(s.cpus_per_trial, s.gpus_per_trial))
+    if restore:
+        return tune.Tuner.restore(str(s.experiment_dir), trainable=fn, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False)
+    searcher = ray_parts.FinalOnlySearch(space=space.for_ray, metric=ray_parts.METRICS, mode=ray_parts.MODES,
+                                         sampler=ray_parts.make_sampler(s.sampler, seed=s.seed, trials=s.trials))
+    tune_config = tune.TuneConfig(
+        search_alg=searcher, scheduler=ray_parts.make_scheduler(s.asha, config.recipe.finetune.epochs),
+        num_samples=s.trials, max_concurrent_trials=s.concurrency, reuse_actors=s.reuse_actors,
+        time_budget_s=s.time_budget_s, trial_dirname_creator=ray_parts.trial_dirname)
+    tracking = ray_parts.TrackingCallback(tracker, s.trials, time_limited=s.time_budget_s is not None)
+    run_config = tune.RunConfig(name=s.experiment, storage_path=s.storage_path, verbose=0, log_to_file=False,
+                                callbacks=[tracking, *callbacks], failure_config=tune.FailureConfig(max_failures=0))
+    return tune.Tuner(fn, tune_config=tune_config, run_config=run_config)
+
+
+def _init_ray(address: str | None) -> bool:
+    """Start a quiet local Ray (or connect to ``address``) unless one is running; True if started here."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our callback logs; no CSV/TBX
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # without per-trial result files Ray's end-of-run analysis warns about each trial; MLflow has them
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    from prunetune.search.ray_parts import QuietTrialErrors
+
+    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, QuietTrialErrors) for f in logger.filters):
+            logger.addFilter(QuietTrialErrors())
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # a new local cluster enables token auth by default and warns that it did: keep that quiet
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    return True
+
+
+def _resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> dict[str, Any] | None:
+    """The saved state to resume from, None to start; errors when resuming is impossible or unsafe."""
+    from ray import tune
+
+    path = exp_dir / STATE_FILE
+    state = json.loads(path.read_text()) if path.is_file() else None
+    restorable = state is not None and tune.Tuner.can_restore(str(exp_dir))
+    name = config.settings.experiment
+    if not restorable:
+        if resume:
+            raise ConfigError(f"nothing to resume: no interrupted search {name!r} in {exp_dir}; "
+                              "drop --resume to start it, or pass the --experiment and --storage-path it used")
+        return None
+    if resume is False:
+        raise ConfigError(f"search {name!r} already exists in {exp_dir}; resume it (same command) or choose "
+                          "another --experiment")
+    identity = json.loads(json.dumps(config.identity(), default=str))
+    for key, old in state["identity"].items():
+        if identity.get(key) != old:
+            raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "
+                              f"({_short(old)}, now {_short(identity.get(key))}); resume with the same config, "
+                              "or start a new search with another --experiment")
+    if state.get("finished"):
+        raise ConfigError(f"search {name!r} already finished ({config.settings.trials} trials) in {exp_dir}; "
+                          f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
+                          "another --experiment")
+    return state
+
+
+def _write_state(exp_dir: Path, state: dict[str, Any]) -> None:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = exp_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps({"version": 1, **state}, indent=1, default=str))
+    tmp.replace(exp_dir / STATE_FILE)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _announce(config: SearchConfig, groups: ModelGroups) -> None:
+    s, a = config.settings, config.recipe.allocation
+    low, high = target_range(config.space, groups, s.macs_budget, KeepRule(a.min_keep, a.round_to))
+    log.info("search %s: %d trials, %d at a time, MACs targets in [%.1f%%, %.1f%%] of dense, sampler %s%s",
+             s.experiment, s.trials, s.concurrency, 100 * low, 100 * high, s.sampler, ", ASHA" if s.asha else "")
+    log.info("tracking: %s   Ray results: %s", s.tracking_uri, s.experiment_dir)
+
+
+def _parent_params(config: SearchConfig) -> dict[str, Any]:
+    r, s = config.recipe, config.settings
+    params: dict[str, Any] = {k: v for k, v in config.to_dict().items() if k not in ("recipe", "space")}
+    params["asha"] = "off" if s.asha is None else f"grace {s.asha.grace_period}, rf {s.asha.reduction_factor}"
+    params.update({f"space.{k}": v for k, v in config.space.to_dict().items()})
+    params.update({"model": r.model.name, "data": r.data.name, "checkpoint": r.model.checkpoint or "(brief training)",
+                   "finetune.epochs": r.finetune.epochs, "finetune.lr": r.finetune.lr, "recipe.seed": r.seed,
+                   "min_keep": r.allocation.min_keep, "round_to": r.allocation.round_to})
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _parent_tags(config: SearchConfig, table: Any, exp_dir: Path) -> dict[str, str]:
+    return {"prunetune.score_fingerprint": table.fingerprint, "prunetune.storage": str(exp_dir),
+            "prunetune.version": __version__, "prunetune.ui": ui_command(config.settings.tracking_uri)}
+
+
+def _parent_metrics(config: SearchConfig, base: Any, groups: ModelGroups, score_s: float) -> dict[str, float]:
+    from prunetune.pruning.finetune import evaluate
+
+    val = evaluate(base.model, base.loader("val"), device=base.device)
+    return {"dense_accuracy": base.dense["accuracy"], "dense_val_accuracy": val, "dense_macs": base.dense["macs"],
+            "dense_params": base.dense["params"], "prepare_s": sum(base.timings.values()), "score_s": score_s,
+            "groups": len(groups)}

@@ -1,0 +1,113 @@
+"""CLI: search / pareto / export errors exit 2 with one line; pareto and export on a hand-made store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+import yaml
+
+pytest.importorskip("mlflow")
+
+from prunetune.cli import main  # noqa: E402
+from prunetune.tracking import SearchTracker, resolve_tracking_uri  # noqa: E402
+
+PLAN = {"format": 1, "input_shape": [1, 8, 8], "dense": {"macs": 1000, "params": 100},
+        "pruned": {"macs": 400, "params": 50}, "groups": {"conv1": {"channels": 4, "kept": [0, 2]}}, "meta": {}}
+RECIPE = {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1}, "data": "digits",
+          "criterion": "l1", "allocation": {"macs_budget": 0.4}}
+POINTS = {"a": (0.80, 0.20), "b": (0.90, 0.35), "c": (0.85, 0.40), "d": (0.95, 0.50), "e": (0.95, 0.50)}
+
+
+def _store(tmp_path, points=POINTS, name: str = "exp") -> str:
+    uri = resolve_tracking_uri("mlflow.db", cwd=tmp_path)
+    tracker = SearchTracker(uri, name)
+    tracker.start_search(params={"macs_budget": 0.5}, metrics={"dense_accuracy": 0.97, "dense_macs": 1000.0,
+                                                                 "dense_params": 100.0, "dense_val_accuracy": 0.96},
+                         tags={}, texts={})
+    for trial, (acc, ratio) in points.items():
+        tracker.start_trial(trial, {"target_macs": ratio})
+        tracker.finish_trial(trial, {"accuracy": acc, "test_accuracy": acc, "macs": 1000 * ratio, "params": 50.0,
+                                     "macs_ratio": ratio, "params_ratio": 0.5, "final": True, "plan": PLAN,
+                                     "recipe": RECIPE})
+    tracker.end_search("FINISHED")
+    return uri
+
+
+def _error_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err  # one line, no traceback
+    return err
+
+
+def test_pareto_table_json_csv_and_plot(tmp_path, capsys) -> None:
+    uri = _store(tmp_path)
+    assert main(["pareto", "--experiment", "exp", "--tracking-uri", uri, "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(t["trial_id"] for t in out["trials"]) == ["a", "b", "d", "e"]  # c dominated; d, e identical
+    assert out["budget"] == 0.5 and out["counts"] == {"FINISHED": 5}
+    assert main(["pareto", "--experiment", "exp", "--tracking-uri", uri, "--format", "csv", "--all"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["trial_id"]: r["front"] for r in rows}["c"] == "False" and len(rows) == 5
+    plot = tmp_path / "front.png"
+    assert main(["pareto", "--experiment", "exp", "--tracking-uri", uri, "--plot", str(plot)]) == 0
+    table = capsys.readouterr().out
+    assert "4 of 5 finished trials on the front" in table and "val acc" in table
+    assert plot.stat().st_size > 1000
+    from prunetune.tracking import load_search
+    from prunetune.tracking.store import client
+
+    parent = load_search(uri, "exp").parent_run_id
+    assert "front.png" in {a.path for a in client(uri).list_artifacts(parent)}
+
+
+def test_export_picks_writes_and_refuses_to_overwrite(tmp_path, capsys) -> None:
+    uri = _store(tmp_path)
+    out = tmp_path / "best.yaml"
+    base = ["export", "--experiment", "exp", "--tracking-uri", uri, "--out", str(out)]
+    assert main(base + ["--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trial"]["trial_id"] == "d"  # max acc, ties: cheaper, then first
+    exported = yaml.safe_load(out.read_text())
+    assert exported["plan"] == PLAN and exported["model"]["name"] == "tiny_resnet"
+    assert "already exists; pass --overwrite" in _error_line(capsys, base)
+    assert main(base + ["--overwrite", "--budget", "0.3"]) == 0
+    assert "exported trial a" in capsys.readouterr().out
+    assert main(base + ["--overwrite", "--pick", "knee"]) == 0
+    assert "exported trial b" in capsys.readouterr().out
+    assert "raise --budget to at least that" in _error_line(capsys, base + ["--overwrite", "--budget", "0.1"])
+
+
+def test_unknown_missing_and_empty_experiments(tmp_path, capsys) -> None:
+    missing = resolve_tracking_uri("none.db", cwd=tmp_path)
+    assert "no MLflow store at" in _error_line(capsys, ["pareto", "--experiment", "exp", "--tracking-uri", missing])
+    uri = _store(tmp_path, name="resnet-search")
+    err = _error_line(capsys, ["pareto", "--experiment", "resnet-serch", "--tracking-uri", uri])
+    assert err.startswith("prunetune pareto: error: unknown MLflow experiment 'resnet-serch'; did you mean 'resnet-search'")
+    empty = resolve_tracking_uri("empty.db", cwd=tmp_path)
+    tracker = SearchTracker(empty, "empty")
+    tracker.start_search(params={"macs_budget": 0.5}, metrics={}, tags={}, texts={})
+    tracker.end_search("KILLED")
+    err = _error_line(capsys, ["export", "--experiment", "empty", "--tracking-uri", empty, "--out",
+                               str(tmp_path / "x.yaml")])
+    assert "has no finished trials yet" in err and not (tmp_path / "x.yaml").exists()
+
+
+def test_search_errors_before_any_trial(tmp_path, capsys) -> None:
+    pytest.importorskip("ray")
+    import ray
+
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump({"recipe": {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
+                                                 "data": {"name": "digits", "image_size": 8}}, "macs_budget": 0.5}))
+    argv = ["search", "--config", str(config), "--storage-path", str(tmp_path / "runs"),
+            "--tracking-uri", str(tmp_path / "m.db")]
+    err = _error_line(capsys, argv + ["--macs-budget", "0.001"])
+    assert "below the smallest reachable fraction" in err and "raise --macs-budget to at least" in err
+    assert not ray.is_initialized() and not (tmp_path / "m.db").exists()
+    assert "nothing to resume" in _error_line(capsys, argv + ["--resume"])
+    config.write_text(yaml.safe_dump({"recipe": "r.yaml", "macs_budget": 0.5, "concurency": 2}))
+    assert "unknown key 'concurency' in the search config" in _error_line(capsys, argv)
+    assert "does not exist" in _error_line(capsys, ["search", "--config", str(tmp_path / "nope.yaml")])

@@ -1,0 +1,48 @@
+"""Fixtures for the search tests: a tiny search (ResNet-8 width 4 on 8×8 digits) and its shared parts."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+TINY_RECIPE: dict[str, Any] = {
+    "model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
+    "data": {"name": "digits", "image_size": 8, "batch_size": 128},
+    "calibration": {"size": 64, "batch_size": 64},
+    "pretrain": {"epochs": 2, "lr": 0.1, "batch_size": 128},
+    "finetune": {"epochs": 2, "lr": 0.05, "batch_size": 128},
+    "device": "cpu",
+    "seed": 0,
+}
+TINY_SPACE: dict[str, Any] = {"ratios": "per_stage", "criteria": ["capacity", "l1"], "normalizers": ["rank", "zscore"],
+                              "lr": [0.01, 0.1]}
+
+
+@pytest.fixture()
+def make_config(tmp_path):
+    """``make_config(**settings)``: a tiny search config whose store and results live in ``tmp_path``."""
+    from prunetune.search import parse_search_config
+
+    def make(recipe: dict | None = None, space: dict | None = None, **settings: Any):
+        data = {"recipe": copy.deepcopy(recipe or TINY_RECIPE), "space": copy.deepcopy(space or TINY_SPACE),
+                "macs_budget": 0.5, "trials": 4, "concurrency": 2, "experiment": "tiny", **settings}
+        return parse_search_config(data, cwd=tmp_path)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """``(config, base, table, space)`` of the tiny search, prepared once per module."""
+    from prunetune.pipeline import prepare, score_table
+    from prunetune.search import make_space, parse_search_config, probe_groups
+    from prunetune.spaces import space_criteria
+
+    config = parse_search_config({"recipe": copy.deepcopy(TINY_RECIPE), "space": copy.deepcopy(TINY_SPACE),
+                                  "macs_budget": 0.5, "experiment": "tiny"}, cwd=tmp_path_factory.mktemp("shared"))
+    space = make_space(config, probe_groups(config))
+    base = prepare(config.recipe, show_progress=False)
+    table = score_table(base, space_criteria(config.space), show_progress=False)
+    return config, base, table, space

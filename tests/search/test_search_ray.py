@@ -1,0 +1,130 @@
+"""Searches on a local Ray (2 CPUs): failures do not stop a search, interrupt + resume, statuses.
+
+The injected objectives skip fine-tuning (plan only) so the trials take milliseconds; the real
+objective runs end to end in tests/cli/test_cli_search_e2e.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("optuna")
+pytest.importorskip("mlflow")
+
+from ray import tune  # noqa: E402
+
+from prunetune.exceptions import ConfigError  # noqa: E402
+from prunetune.pipeline import build_plan  # noqa: E402
+from prunetune.search import TrialResult, run_search  # noqa: E402
+from prunetune.spaces import trial_recipe  # noqa: E402
+from prunetune.tracking.store import client  # noqa: E402
+from prunetune.tracking.tracker import PARENT_TAG, TRIAL_TAG  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def plan_only(config, base, table, *, report=None, sleep: float = 0.0) -> TrialResult:
+    """A trial without fine-tuning: accuracy is a made-up function of the target."""
+    time.sleep(sleep)
+    recipe = trial_recipe(base.recipe, config, base.groups)
+    plan = build_plan(recipe, base, table)
+    metrics = {"accuracy": 0.5 + config["target_macs"] / 2, "macs": float(plan.pruned.macs),
+               "params": float(plan.pruned.params), "macs_ratio": plan.macs_ratio, "target_macs": config["target_macs"]}
+    return TrialResult(metrics, [], plan, recipe)
+
+
+def flaky(config, base, table, *, report=None, counter: str = "") -> TrialResult:
+    """The first trial to start raises, the second reports NaN, the others are fine."""
+    slot = _claim(Path(counter))
+    if slot == 0:
+        raise RuntimeError("injected failure")
+    result = plan_only(config, base, table)
+    if slot == 1:
+        return TrialResult({**result.metrics, "accuracy": math.nan}, [], result.plan, result.recipe)
+    return result
+
+
+def _claim(folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    for slot in range(1000):
+        try:
+            os.close(os.open(folder / str(slot), os.O_CREAT | os.O_EXCL))
+            return slot
+        except FileExistsError:
+            continue
+    raise RuntimeError("no slot")
+
+
+class InterruptAfter(tune.Callback):
+    """Send ourselves SIGINT (as Ctrl-C would) after ``n`` finished trials, once (a marker file)."""
+
+    def __init__(self, n: int, marker: str) -> None:
+        self.n, self.marker, self.seen = n, marker, 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.seen += 1
+        if self.seen >= self.n and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _children(outcome) -> list:
+    c = client(outcome.tracking_uri)
+    experiment = c.get_experiment_by_name(outcome.experiment).experiment_id
+    return c.search_runs([experiment], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+
+
+def test_failing_and_nan_trials_do_not_stop_the_search(make_config, tmp_path) -> None:
+    config = make_config(trials=4)
+    outcome = run_search(config, objective=functools.partial(flaky, counter=str(tmp_path / "slots")),
+                         show_progress=False)
+    assert outcome.status == "FINISHED" and not outcome.interrupted
+    assert outcome.counts == {"FINISHED": 2, "FAILED": 2}
+    runs = _children(outcome)
+    failed = " | ".join(r.data.tags.get("prunetune.error", "") for r in runs if r.info.status == "FAILED")
+    assert "RuntimeError: injected failure" in failed and "'accuracy' is nan, not a finite number" in failed
+    parent = client(outcome.tracking_uri).get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_failed"] == 2
+    assert parent.data.params["macs_budget"] == "0.5" and "dense_accuracy" in parent.data.metrics
+    for run in runs:
+        if run.info.status == "FINISHED":
+            assert run.data.metrics["macs_ratio"] <= float(run.data.params["target_macs"]) + 1e-12 <= 0.5 + 1e-12
+
+
+def test_interrupted_search_resumes_without_losing_or_repeating_trials(make_config, tmp_path) -> None:
+    config = make_config(trials=6)
+    objective = functools.partial(plan_only, sleep=1.0)
+    first = run_search(config, objective=objective, show_progress=False,
+                       callbacks=[InterruptAfter(2, str(tmp_path / "interrupted"))])
+    assert first.interrupted and first.status == "KILLED"
+    done_first = {r.data.tags[TRIAL_TAG] for r in _children(first) if r.info.status == "FINISHED"}
+    assert 2 <= len(done_first) < 6
+    with pytest.raises(ConfigError, match="another 'trials'"):
+        run_search(make_config(trials=8), objective=objective, show_progress=False)
+    second = run_search(config, objective=objective, show_progress=False)
+    assert second.resumed and second.status == "FINISHED" and second.parent_run_id == first.parent_run_id
+    finished = [r.data.tags[TRIAL_TAG] for r in _children(second) if r.info.status == "FINISHED"]
+    assert len(finished) == 6 and len(set(finished)) == 6  # all trials, none twice
+    assert done_first <= set(finished)
+    assert set(second.counts) <= {"FINISHED", "KILLED"}
+    with pytest.raises(ConfigError, match="already finished"):
+        run_search(config, objective=objective, show_progress=False)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        run_search(make_config(trials=6, experiment="other"), resume=True, objective=objective, show_progress=False)

@@ -1,0 +1,142 @@
+"""MLflow runs of a search: nested structure, statuses, params vs artifacts, resume, reading back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from prunetune.exceptions import TrackingError  # noqa: E402
+from prunetune.tracking import SearchTracker, load_search, resolve_tracking_uri  # noqa: E402
+from prunetune.tracking.store import client  # noqa: E402
+from prunetune.tracking.tracker import PARENT_TAG, trial_params  # noqa: E402
+
+PLAN = {"format": 1, "input_shape": [1, 8, 8], "dense": {"macs": 100, "params": 10},
+        "pruned": {"macs": 40, "params": 5}, "groups": {"conv1": {"channels": 4, "kept": [0, 2]}}, "meta": {}}
+
+
+def _result(acc: float, ratio: float) -> dict:
+    return {"accuracy": acc, "test_accuracy": acc - 0.01, "macs": 100 * ratio, "params": 5.0, "macs_ratio": ratio,
+            "params_ratio": 0.5, "target_macs": ratio, "work_s": 1.0, "final": True, "plan": PLAN,
+            "recipe": {"model": "tiny_resnet", "data": "digits", "criterion": "l1", "allocation": {"ratio": 0.5}},
+            "history": [{"epoch": 1, "loss": 2.0, "accuracy": acc - 0.1}, {"epoch": 2, "loss": 1.0, "accuracy": acc}]}
+
+
+@pytest.fixture()
+def uri(tmp_path) -> str:
+    return resolve_tracking_uri("mlflow.db", cwd=tmp_path)
+
+
+def _search(uri: str, name: str = "exp") -> SearchTracker:
+    tracker = SearchTracker(uri, name)
+    tracker.start_search(params={"macs_budget": 0.5, "trials": 4}, metrics={"dense_accuracy": 0.9, "dense_macs": 100.0},
+                         tags={"prunetune.score_fingerprint": "abc"}, texts={"search.yaml": "trials: 4\n"})
+    return tracker
+
+
+def test_tracking_uri_is_made_absolute(tmp_path) -> None:
+    assert resolve_tracking_uri(None, cwd=tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri("sqlite:///x/m.db", cwd=tmp_path) == f"sqlite:///{tmp_path / 'x' / 'm.db'}"
+    assert resolve_tracking_uri("sqlite:////abs/m.db", cwd=tmp_path) == "sqlite:////abs/m.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000", cwd=tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_nested_runs_statuses_and_artifacts(uri: str, tmp_path) -> None:
+    tracker = _search(uri)
+    tracker.start_trial("t1", {"target_macs": 0.4, "ratios": "uniform"})
+    tracker.log_epoch("t1", {"accuracy": 0.5, "loss": 2.0}, 1)
+    tracker.finish_trial("t1", _result(0.8, 0.4))
+    tracker.start_trial("t2", {"target_macs": 0.3})
+    tracker.stop_trial("t2", "KILLED")
+    tracker.start_trial("t3", {"target_macs": 0.2})
+    tracker.stop_trial("t3", "FAILED", error="Traceback ...\nFloatingPointError: loss became nan")
+    tracker.start_trial("t4", {"target_macs": 0.2})  # still open when the search ends
+    tracker.end_search("FINISHED", {"trials_finished": 1})
+    c = client(uri)
+    parent = c.get_run(tracker.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.params["macs_budget"] == "0.5"
+    assert parent.data.tags["prunetune.role"] == "search" and PARENT_TAG not in parent.data.tags
+    children = {r.data.tags["prunetune.trial_id"]: r for r in tracker.children()}
+    assert {k: r.info.status for k, r in children.items()} == {"t1": "FINISHED", "t2": "KILLED", "t3": "FAILED",
+                                                              "t4": "KILLED"}
+    assert all(r.data.tags[PARENT_TAG] == tracker.parent_run_id for r in children.values())
+    assert children["t3"].data.tags["prunetune.error"] == "FloatingPointError: loss became nan"
+    t1 = children["t1"]
+    assert t1.data.metrics["accuracy"] == 0.8 and t1.data.metrics["macs_ratio"] == 0.4
+    assert t1.data.params["target_macs"] == "0.4" and t1.data.params["ratios"] == "uniform"
+    curve = c.get_metric_history(t1.info.run_id, "epoch_accuracy")
+    assert [(m.step, round(m.value, 3)) for m in curve] == [(1, 0.5), (2, 0.8)]  # epoch 1 not logged twice
+    artifacts = {a.path for a in c.list_artifacts(t1.info.run_id)}
+    assert artifacts == {"config.json", "plan.json", "recipe.yaml", "widths.json"}
+    widths = json.loads(open(c.download_artifacts(t1.info.run_id, "widths.json", str(tmp_path))).read())
+    assert widths == {"conv1": {"channels": 4, "kept": 2}}
+
+
+def test_per_group_ratios_go_to_the_artifact_not_params() -> None:
+    config = {"target_macs": 0.4, "ratios": "per_group", **{f"ratio.g{i}": 0.1 for i in range(120)}}
+    params = trial_params(config)
+    assert set(params) == {"target_macs", "ratios"}
+    small = {"target_macs": 0.4, "ratio.stage1": 0.2}
+    assert trial_params(small) == small
+
+
+def test_many_params_are_sent_in_batches(uri: str) -> None:
+    tracker = _search(uri)
+    params = {f"p{i}": i for i in range(150)}
+    tracker._log(tracker.parent_run_id, params=params)
+    assert len(client(uri).get_run(tracker.parent_run_id).data.params) == 150 + 2
+
+
+def test_resume_reopens_the_parent_and_kills_stale_trials(uri: str) -> None:
+    tracker = _search(uri)
+    tracker.start_trial("t1", {"target_macs": 0.4})  # the driver died here: the run stays RUNNING
+    again = SearchTracker(uri, "exp")
+    again.resume_search(tracker.parent_run_id)
+    c = client(uri)
+    assert c.get_run(tracker.parent_run_id).info.status == "RUNNING"
+    assert [r.info.status for r in again.children()] == ["KILLED"]
+
+
+def test_tracker_pickles_without_its_client(uri: str) -> None:
+    import pickle
+
+    tracker = _search(uri)
+    tracker.start_trial("t1", {"target_macs": 0.4})
+    again = pickle.loads(pickle.dumps(tracker))
+    assert (again.uri, again.parent_run_id, again.experiment_id) == (uri, tracker.parent_run_id, tracker.experiment_id)
+    assert again._client is None and again._runs == {}
+
+
+def test_load_search_reads_finished_trials_only(uri: str) -> None:
+    tracker = _search(uri)
+    for i, (acc, ratio) in enumerate([(0.8, 0.4), (0.9, 0.5), (0.7, 0.2)]):
+        tracker.start_trial(f"t{i}", {"target_macs": ratio})
+        tracker.finish_trial(f"t{i}", _result(acc, ratio))
+    tracker.start_trial("bad", {"target_macs": 0.3})
+    tracker.stop_trial("bad", "FAILED")
+    tracker.end_search("FINISHED")
+    records = load_search(uri, "exp")
+    assert [t.trial_id for t in records.trials] == ["t2", "t0", "t1"]  # by MACs
+    assert records.budget == 0.5 and records.dense == {"accuracy": 0.9, "macs": 100.0}
+    assert records.counts == {"FINISHED": 3, "FAILED": 1}
+
+
+def test_unknown_experiment_suggests_close_names(uri: str) -> None:
+    _search(uri, "resnet-search").end_search("FINISHED")
+    with pytest.raises(TrackingError, match="unknown MLflow experiment 'resnet-serach'; did you mean 'resnet-search'"):
+        load_search(uri, "resnet-serach")
+
+
+def test_missing_store_and_empty_experiment(uri: str, tmp_path) -> None:
+    with pytest.raises(TrackingError, match="no MLflow store at"):
+        load_search(resolve_tracking_uri("nowhere.db", cwd=tmp_path), "exp")
+    tracker = _search(uri)
+    tracker.start_trial("t1", {"target_macs": 0.4})
+    tracker.stop_trial("t1", "FAILED")
+    with pytest.raises(TrackingError, match=r"no finished trials yet \(1 FAILED\)"):
+        load_search(uri, "exp")
+    client(uri).create_experiment("empty")
+    with pytest.raises(TrackingError, match="holds no prunetune search run"):
+        load_search(uri, "empty")
