@@ -78,6 +78,38 @@ class Choice:
         return {self.name: trial.suggest_categorical(check_name(self.name), list(self.choices))}
 
 
+SCHEDULE_PARAM_PREFIX = "schedule."
+
+
+@dataclass(frozen=True)
+class ScheduleParams:
+    """The chosen schedule's own parameters, sampled only when that schedule is picked (conditional).
+
+    ``ghfp``: ramp (cubic | cosine), base (sfp | asfp), alpha in [0, 1] (SRFP decay of soft filters);
+    ``sfp``/``asfp``: hard_fraction in [0.25, 0.75]; ``iterative``: steps in 2..4; ``hard``: none.
+    Names are ``schedule.<param>`` so they do not collide across schedules' conditional branches.
+    """
+
+    def __call__(self, trial: TrialLike, config: Mapping[str, Any]) -> Config:
+        name = config.get(SCHEDULE, "hard")
+        p = SCHEDULE_PARAM_PREFIX + name + "."
+        if name == "ghfp":
+            return {p + "ramp": trial.suggest_categorical(p + "ramp", ["cubic", "cosine"]),
+                    p + "base": trial.suggest_categorical(p + "base", ["sfp", "asfp"]),
+                    p + "alpha": trial.suggest_float(p + "alpha", 0.0, 1.0)}
+        if name in ("sfp", "asfp"):
+            return {p + "hard_fraction": trial.suggest_float(p + "hard_fraction", 0.25, 0.75)}
+        if name == "iterative":
+            return {p + "steps": trial.suggest_int(p + "steps", 2, 4)}
+        return {}
+
+
+def schedule_params(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The sampled parameters of schedule ``name`` in a trial config (see :class:`ScheduleParams`)."""
+    prefix = SCHEDULE_PARAM_PREFIX + name + "."
+    return {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}
+
+
 @dataclass(frozen=True)
 class LogUniform:
     """A positive float sampled log-uniformly in ``[low, high]`` (e.g. the fine-tune learning rate)."""

@@ -36,6 +36,7 @@ from prunetune.spaces.presets import (
     RATIO_SPACES,
     SCHEDULE,
     BlendWeights,
+    ScheduleParams,
     Choice,
     LogUniform,
     TargetFraction,
@@ -157,6 +158,7 @@ def build_space(spec: SpaceSpec, groups: ModelGroups, *, budget: float, rule: Ke
         ("blend", BlendWeights(spec.criteria)),
         ("normalizer", Choice(NORMALIZER, spec.normalizers)),
         ("schedule", Choice(SCHEDULE, spec.schedules)),
+        ("schedule_params", ScheduleParams()),
     ]
     if spec.lr is not None:
         parts.append(("lr", LogUniform(LR, *spec.lr)))

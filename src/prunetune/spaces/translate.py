@@ -18,6 +18,7 @@ from prunetune.spaces.presets import (
     RATIO_FLOOR,
     RATIO_PREFIX,
     RATIOS,
+    schedule_params,
     SCHEDULE,
     TARGET,
     WEIGHT_PREFIX,
@@ -44,8 +45,9 @@ def trial_recipe(base: Recipe, config: Mapping[str, Any], groups: ModelGroups) -
     }
     if SCHEDULE in config:
         name = config[SCHEDULE]
-        params = base.schedule.params if name == base.schedule.name else {}
-        changes["schedule"] = ScheduleSpec(name, dict(params))
+        params = dict(base.schedule.params) if name == base.schedule.name else {}
+        params.update(schedule_params(config, name))
+        changes["schedule"] = ScheduleSpec(name, params)
     if LR in config:
         changes["finetune"] = dataclasses.replace(base.finetune, lr=float(config[LR]))
     return base.with_changes(**changes)
