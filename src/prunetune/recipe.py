@@ -34,6 +34,17 @@ def _strict(section: str, value: Any, allowed: set[str], required: set[str] = fr
     return dict(value)
 
 
+def read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """Parse a YAML file, or raise a one-line :class:`ConfigError` naming ``what`` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -259,13 +270,7 @@ class Recipe:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> Recipe:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
-        return cls.from_dict(data, source=str(path.resolve()))
+        return cls.from_dict(read_yaml(path, "recipe file"), source=str(path.resolve()))
 
     def to_dict(self) -> dict[str, Any]:
         model = {"name": self.model.name, "num_classes": self.model.num_classes, "in_channels": self.model.in_channels}

@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from prunetune.exceptions import ConfigError
-from prunetune.recipe import Recipe
+from prunetune.recipe import Recipe, read_yaml
 from prunetune.spaces import SpaceSpec
 from prunetune.tracking.store import resolve_tracking_uri
 
@@ -138,13 +138,7 @@ def load_search_config(path: str | os.PathLike | None, overrides: Mapping[str, A
     """Read a search config file (or none: everything from ``overrides``) and apply ``overrides``."""
     data: Any = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"search config {str(p)!r} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"search config {str(p)!r} is not valid YAML: {exc}".splitlines()[0]) from None
+        data = read_yaml(path, "search config") or {}
     return parse_search_config(data, source=str(Path(path).resolve()) if path else None,
                                overrides=overrides, cwd=cwd)
 
@@ -215,12 +209,7 @@ def _base_recipe(value: Any, space: SpaceSpec, budget: float, source: str | None
     recipe_source = source
     if isinstance(value, str):
         path = here / value
-        if not path.is_file():
-            raise ConfigError(f"base recipe {str(path)!r} (from the search config's 'recipe') does not exist")
-        try:
-            value = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"base recipe {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
+        value = read_yaml(path, "base recipe (the search config's 'recipe')")
         recipe_source = str(path.resolve())
     if not isinstance(value, Mapping):
         raise ConfigError(f"the search config's 'recipe' must be a path or a mapping, got {value!r}")
