@@ -6,9 +6,11 @@ Nothing here is registered; the criterion modules (``activation``, ``information
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -121,6 +123,111 @@ def as_maps(x: Tensor, *, crit: str, channels: int | None = None) -> Tensor:
 def flat64(x: Tensor) -> Tensor:
     """``Tensor[B, C, H, W]`` -> ``Tensor[B, C, H*W]`` float64 on the same device."""
     return x.reshape(x.shape[0], x.shape[1], -1).to(torch.float64)
+
+
+_T = TypeVar("_T")
+_MEMO_ATTR = "_prunetune_memo"
+
+
+def memo(batch: Any, key: str, compute: Callable[[], _T]) -> _T:
+    """``compute()`` once per calibration batch, shared by every accumulator that sees ``batch``.
+
+    Calibration hands one :class:`~prunetune.pruning.criteria.base.FeatureBatch` to all the
+    accumulators of a feature point, so work several criteria need (the float64 channel-major copy
+    of the maps, the per-map std, the Gram matrix) is done once. The cache lives on the batch object
+    and dies with it; it is dropped if ``batch.activations`` is replaced. ``key`` must name
+    everything the value depends on besides the activations. Objects that take no attributes are
+    served uncached.
+    """
+    src = batch.activations
+    cache = getattr(batch, _MEMO_ATTR, None)
+    if cache is None or cache.get("__src__") is not src:
+        cache = {"__src__": src}
+        try:
+            setattr(batch, _MEMO_ATTR, cache)
+        except (AttributeError, TypeError):
+            return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def channel_major64(batch: Any, maps: Tensor) -> Tensor:
+    """``Tensor[C, B*H*W]`` float64: channel c's maps of all images of the batch, concatenated.
+
+    ``maps`` is ``as_maps(batch.activations)``. Equal to ``flat64(maps).transpose(0, 1)
+    .reshape(C, -1)``, made in one cast-and-transpose copy and shared through :func:`memo`.
+    """
+
+    def compute() -> Tensor:
+        b, c = maps.shape[0], maps.shape[1]
+        out = torch.empty((c, b, maps[0, 0].numel()), dtype=torch.float64, device=maps.device)
+        out.copy_(maps.reshape(b, c, -1).transpose(0, 1))
+        return out.reshape(c, -1)
+
+    return memo(batch, "channel_major64", compute)
+
+
+def population_std(x: Tensor) -> Tensor:
+    """Population std (``unbiased=False``) over the last dimension, two-pass in x's dtype.
+
+    The mean first, then the norm of the deviations: several times faster than ``Tensor.std``
+    (a Welford pass with a division per element) and as accurate; the two agree to a few units in
+    the last place (3e-15 relative on ResNet-56 maps in float64). A constant row whose float64 sum is
+    exact (any float32 data) gives exactly 0.
+    """
+    n = x.shape[-1]
+    if n == 0:
+        return x.std(dim=-1, unbiased=False)
+    dev = x - x.mean(dim=-1, keepdim=True)
+    return torch.linalg.vector_norm(dev, dim=-1).div_(math.sqrt(n))
+
+
+def map_std(batch: Any, maps: Tensor) -> Tensor:
+    """Population std over the h·w pixels of each map, ``Tensor[B, C]`` float64 (shared).
+
+    :func:`population_std` of each map's h·w values in float64, read from the channel-major copy.
+    """
+
+    def compute() -> Tensor:
+        b, c = maps.shape[0], maps.shape[1]
+        rows = channel_major64(batch, maps).reshape(c, b, -1)
+        return population_std(rows).T.contiguous()
+
+    return memo(batch, "map_std", compute)
+
+
+_POOL_LOCK = threading.Lock()
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL[0] != workers:
+            if _POOL is not None:
+                _POOL[1].shutdown(wait=False)
+            _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="prunetune-linalg"))
+        return _POOL[1]
+
+
+def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 64) -> Any:
+    """``fn(x)`` for a batched linear-algebra call, the batch split across torch's CPU threads.
+
+    On CPU, torch runs a batched ``eigvalsh``/``eigh``/``svdvals`` of small matrices as one LAPACK
+    call per matrix on a single thread. This splits the leading dimension into at most
+    ``torch.get_num_threads()`` chunks (of at least ``min_chunk`` matrices), runs ``fn`` on each in
+    a thread pool and concatenates the results (a tensor or a tuple of tensors) along dimension 0.
+    Each matrix is solved by the same routine as in one call, so the values are the same. On other
+    devices, or for small batches, ``fn(x)`` is called directly.
+    """
+    workers = min(torch.get_num_threads(), x.shape[0] // max(1, min_chunk)) if x.dim() else 1
+    if x.device.type != "cpu" or workers < 2:
+        return fn(x)
+    parts = list(_pool(workers).map(fn, x.chunk(workers)))
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p) for p in zip(*parts))
+    return torch.cat(parts)
 
 
 def no_data(crit: str) -> ConfigError:

@@ -19,10 +19,15 @@ from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria._common import (
     CheckedCriterion,
     as_maps,
+    batched_linalg,
+    channel_major64,
     check_choice,
     check_float,
     flat64,
+    map_std,
+    memo,
     no_data,
+    population_std,
     scores_from_order,
 )
 from prunetune.pruning.criteria.base import ACTIVATION, GRADIENT, LABELS, FeatureBatch, register
@@ -57,11 +62,75 @@ def _rank_dtype(x: Tensor) -> Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
 
 
+def matrix_ranks(maps: Tensor) -> Tensor:
+    """``torch.linalg.matrix_rank`` of each h×w matrix of ``Tensor[N, h, w]`` (float32 or float64).
+
+    float64 maps go to ``matrix_rank`` itself; float32 maps to :func:`gram_ranks`. The batch is split
+    over torch's CPU threads (:func:`~prunetune.pruning.criteria._common.batched_linalg`).
+
+    Returns:
+        ``LongTensor[N]``.
+    """
+    if maps.dtype == torch.float64:
+        return batched_linalg(torch.linalg.matrix_rank, maps)
+    if maps.dtype != torch.float32:
+        raise TypeError(f"matrix_ranks needs float32 or float64 maps, got {maps.dtype}")
+    return gram_ranks(maps.to(torch.float64))
+
+
+def gram_ranks(maps64: Tensor) -> Tensor:
+    """float32 ``matrix_rank`` of ``Tensor[N, h, w]`` float32 values held in a float64 tensor.
+
+    The rule of ``torch.linalg.matrix_rank`` in float32, σ_i > tol with tol = max(h, w) ·
+    eps(float32) · σ_max, applied to λ = σ² of the float64 Gram matrix G of the smaller side
+    (k×k, k = min(h, w)): rank = #{λ_i > τ}, τ = tol² = (max(h, w) · eps(float32))² · λ_max.
+    Products of float32 values are exact in float64, and G's eigenvalues are accurate to about
+    k · eps(float64) · λ_max, over 1000 times below τ, so a decision can differ from the float32
+    SVD's only where that SVD's own rounding (about eps(float32) · σ_max) reaches across the
+    threshold. A zero map has rank 0.
+
+    Two steps, both exact for this rule: a Cholesky factorisation of G − τ'·I with
+    τ' = 2 · (max(h, w) · eps(float32))² · tr(G) ≥ 2τ succeeds only if λ_min(G) > τ' − δ > τ
+    (δ ≲ k(k+1) · eps(float64) · λ_max, the factorisation's backward error, at least 30 times below
+    τ), so such maps have full rank k; the others (rank-deficient maps, or near the threshold) get
+    ``eigvalsh`` and the count. The Cholesky step costs a fraction of an eigenvalue solve.
+
+    Returns:
+        ``LongTensor[N]``.
+    """
+    h, w = maps64.shape[-2:]
+    x = maps64
+    gram = x @ x.transpose(-1, -2) if h <= w else x.transpose(-1, -2) @ x
+    k = gram.shape[-1]
+    coef = (max(h, w) * torch.finfo(torch.float32).eps) ** 2
+    ranks = torch.full(gram.shape[:-2], k, dtype=torch.long, device=gram.device)
+    if gram.numel() == 0:
+        return ranks
+    shifted = gram.clone()
+    diag = torch.diagonal(shifted, dim1=-2, dim2=-1)
+    diag.sub_((2.0 * coef) * diag.sum(dim=-1, keepdim=True))  # G − τ'·I, τ' from tr(G)
+    info = batched_linalg(_cholesky_info, shifted)
+    open_ = info != 0  # not certified full rank
+    if bool(open_.any()):
+        lam = batched_linalg(torch.linalg.eigvalsh, gram[open_])
+        tol = coef * lam[..., -1:].clamp(min=0.0)
+        ranks[open_] = (lam > tol).sum(dim=-1)
+    return ranks
+
+
+def _cholesky_info(x: Tensor) -> Tensor:
+    return torch.linalg.cholesky_ex(x).info
+
+
 class _HRankAccumulator(_MeanAccumulator):
     def update(self, batch: FeatureBatch) -> None:
         maps = _rank_dtype(as_maps(batch.activations, crit=self.name, channels=self.channels))
         b, c, h, w = maps.shape
-        ranks = torch.linalg.matrix_rank(maps.reshape(b * c, h, w)).reshape(b, c)
+        if maps.dtype == torch.float64:
+            ranks = matrix_ranks(maps.reshape(b * c, h, w)).reshape(b, c)
+        else:  # float32 (or promoted half): the shared float64 channel-major copy, row j·B + n
+            x64 = channel_major64(batch, maps).reshape(c * b, h, w)
+            ranks = gram_ranks(x64).reshape(c, b).T
         self._add(ranks.sum(dim=0), b)
 
 
@@ -69,10 +138,11 @@ class _HRankAccumulator(_MeanAccumulator):
 class HRank(CheckedCriterion):
     """HRank (Lin et al., CVPR 2020): r_j = (1/N) Σ_n rank(A_n[j]).
 
-    The rank of each h×w map comes from ``torch.linalg.matrix_rank`` with torch's default
-    tolerance (σ_max · max(h, w) · eps), batched over B·C maps in one call. It runs in the maps' own
-    dtype (float32 activations use float32 eps, as the official code did; half precision is
-    promoted to float32); ranks are summed in float64.
+    The rank of each h×w map is ``torch.linalg.matrix_rank``'s with torch's default tolerance
+    (σ_max · max(h, w) · eps) in the maps' own dtype (float32 activations use float32 eps, as the
+    official code did; half precision is promoted to float32); ranks are summed in float64. For
+    float32 maps the same rule is evaluated on the eigenvalues of the float64 Gram matrix
+    (:func:`matrix_ranks`), which is faster than a float32 SVD and agrees with it.
     """
 
     def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
@@ -91,8 +161,11 @@ class _ChipAccumulator(_MeanAccumulator):
 
     def update(self, batch: FeatureBatch) -> None:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
-        ci = chip_scores(maps, route=self.route, max_memory_mb=self.max_memory_mb)
-        self._add(ci.sum(dim=0), maps.shape[0])
+        b, c = maps.shape[0], maps.shape[1]
+        # B×C×(h·w) float64 view of the shared channel-major copy (bmm reads it in place)
+        m64 = channel_major64(batch, maps).reshape(c, b, -1).transpose(0, 1)
+        ci = chip_scores(m64, route=self.route, max_memory_mb=self.max_memory_mb)
+        self._add(ci.sum(dim=0), b)
 
 
 @dataclass(frozen=True)
@@ -100,10 +173,11 @@ class Chip(CheckedCriterion):
     """CHIP channel independence (Sui et al., NeurIPS 2021, arXiv 2110.13981).
 
     CI(j) = (1/N) Σ_n ( ‖M_n‖_* − ‖M_n^{(j)}‖_* ), M_n the c×hw maps of image n and M_n^{(j)} the
-    same with row j zeroed; computed exactly in float64 through the Gram or sample-space
-    eigenvalue route (see :mod:`prunetune.pruning.criteria.chip`). Parameters: ``route``
-    (``"auto"``, ``"gram"``, ``"sample"``) and ``max_memory_mb`` (budget of the stacked eigenvalue
-    problems per batch; beyond it they are chunked). The official 4-decimal float32 rounding is not
+    same with row j zeroed; computed in float64, exact up to rounding, through the quadrature, Gram
+    or sample-space route (see :mod:`prunetune.pruning.criteria.chip`). Parameters: ``route``
+    (``"auto"``: quadrature when C ≤ h·w, else sample; ``"quadrature"``, ``"gram"``, ``"sample"``)
+    and ``max_memory_mb`` (budget of the stacked eigenvalue problems per batch; beyond it they are
+    chunked). The official 4-decimal float32 rounding is not
     reproduced.
     """
 
@@ -120,14 +194,17 @@ class Chip(CheckedCriterion):
 
 
 def spatial_std(maps: Tensor) -> Tensor:
-    """Population (``unbiased=False``) std over the h·w pixels of each map -> ``Tensor[B, C]``."""
-    return flat64(maps).std(dim=-1, unbiased=False)
+    """Population (``unbiased=False``) std over the h·w pixels of each map -> ``Tensor[B, C]``.
+
+    float64, two-pass (:func:`~prunetune.pruning.criteria._common.population_std`).
+    """
+    return population_std(flat64(maps))
 
 
 class _DfsAccumulator(_MeanAccumulator):
     def update(self, batch: FeatureBatch) -> None:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
-        self._add(spatial_std(maps).sum(dim=0), maps.shape[0])
+        self._add(map_std(batch, maps).sum(dim=0), maps.shape[0])
 
 
 @dataclass(frozen=True)
@@ -158,9 +235,13 @@ class _SfsAccumulator:
 
     def update(self, batch: FeatureBatch) -> None:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
-        self.mstd.update(FeatureBatch(activations=maps))
-        f = flat64(maps).transpose(0, 1).reshape(self.channels, -1)  # C × (B·h·w)
-        g = f @ f.T
+        self.mstd.update(batch)
+
+        def gram() -> Tensor:
+            f = channel_major64(batch, maps)  # C × (B·h·w)
+            return f @ f.T
+
+        g = memo(batch, "gram", gram)  # shared by sfs and dfs_sfs
         self.gram = g if self.gram is None else self.gram + g
 
     def cosine(self) -> Tensor:

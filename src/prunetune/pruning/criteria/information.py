@@ -21,11 +21,11 @@ from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria._common import (
     CheckedCriterion,
     as_maps,
+    channel_major64,
     check_choice,
     check_float,
     check_int,
     correlation,
-    flat64,
     no_data,
 )
 from prunetune.pruning.criteria.base import (
@@ -48,7 +48,10 @@ def bin_counts(x: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     (no loop over rows). Returns ``Tensor[C, bins]`` float64.
     """
     c = x.shape[0]
-    idx = torch.floor((x.to(torch.float64) - lo) * (bins / (hi - lo))).clamp_(0, bins - 1).long()
+    t = x.to(torch.float64) - lo  # a fresh tensor: the steps below work in place on it
+    # floor then clamp to [0, bins − 1] = clamp then truncate (integer bounds, values ≥ 0 after it)
+    idx = t.mul_(bins / (hi - lo)).clamp_(0, bins - 1).long()
+    del t
     idx += torch.arange(c, device=x.device)[:, None] * bins
     return torch.bincount(idx.flatten(), minlength=c * bins).reshape(c, bins).to(torch.float64)
 
@@ -79,9 +82,10 @@ class _HistogramAccumulator:
 
     def update(self, batch: FeatureBatch) -> None:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
-        x = flat64(maps).transpose(0, 1).reshape(self.channels, -1)  # C × (B·h·w)
+        x = channel_major64(batch, maps)  # C × (B·h·w), shared
         if self.range is None:
-            lo, hi = float(x.min()), float(x.max())
+            lo_t, hi_t = torch.aminmax(x)
+            lo, hi = float(lo_t), float(hi_t)
             width = hi - lo if hi > lo else max(abs(lo), 1.0)
             pad = self.margin * width if (hi > lo or self.margin > 0) else 0.5 * width
             self.range = (lo - pad, hi + pad)
@@ -148,7 +152,7 @@ class _CovarianceAccumulator:
 
     def update(self, batch: FeatureBatch) -> None:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
-        x = flat64(maps).transpose(0, 1).reshape(self.channels, -1)  # C × m
+        x = channel_major64(batch, maps)  # C × m, shared
         m = x.shape[1]
         if m == 0:
             return

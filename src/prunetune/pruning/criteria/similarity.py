@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,15 +32,18 @@ def sfs_order(cos: Tensor, mstd: Tensor, candidates: list[int] | None = None) ->
     idx = list(range(cos.shape[0])) if candidates is None else list(candidates)
     if len(idx) <= 1:
         return idx
-    sel = torch.as_tensor(idx, dtype=torch.long)
-    sim = cos.detach().to("cpu", torch.float64)[sel][:, sel].clone()
-    std = mstd.detach().to("cpu", torch.float64)[sel].tolist()
-    sim.fill_diagonal_(-math.inf)
-    alive = torch.ones(len(idx), dtype=torch.bool)
-    row_max, row_arg = sim.max(dim=1)
+    # NOTE: C is small (≤ a few thousand) and the loop is sequential: numpy keeps the per-step
+    # overhead at a few µs; argmax/max take the first maximum, as torch's do
+    sel = np.asarray(idx, dtype=np.int64)
+    sim = cos.detach().to("cpu", torch.float64).numpy()[np.ix_(sel, sel)].copy()
+    std = mstd.detach().to("cpu", torch.float64).numpy()[sel].tolist()
+    np.fill_diagonal(sim, -math.inf)
+    alive = np.ones(len(idx), dtype=bool)
+    row_arg = sim.argmax(axis=1)
+    row_max = sim[np.arange(len(idx)), row_arg]
     removed: list[int] = []
     for _ in range(len(idx) - 1):
-        i = int(torch.argmax(row_max))
+        i = int(row_max.argmax())
         j = int(row_arg[i])
         a, b = min(i, j), max(i, j)
         r = a if std[a] < std[b] else b
@@ -49,10 +53,11 @@ def sfs_order(cos: Tensor, mstd: Tensor, candidates: list[int] | None = None) ->
         sim[:, r] = -math.inf
         row_max[r] = -math.inf
         # NOTE: only rows whose best partner was r lose their maximum; refresh just those
-        stale = (alive & (row_arg == r)).nonzero().squeeze(1)
-        if stale.numel():
-            row_max[stale], row_arg[stale] = sim[stale].max(dim=1)
-    removed.append(int(alive.nonzero()[0, 0]))
+        stale = np.flatnonzero(alive & (row_arg == r))
+        if stale.size:
+            row_arg[stale] = sim[stale].argmax(axis=1)
+            row_max[stale] = sim[stale, row_arg[stale]]
+    removed.append(int(np.flatnonzero(alive)[0]))
     return [idx[k] for k in removed]
 
 

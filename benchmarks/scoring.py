@@ -1,0 +1,332 @@
+"""Scoring benchmark: what the calibration pass and each activation criterion cost on ResNet-56.
+
+For ResNet-56 on 32×32 inputs and ``--images`` (256) calibration images on CPU, in batches of
+``--batch-size`` (128), this prints a markdown table of:
+
+* the plain forward pass (eval mode, ``torch.no_grad``, no hooks, same batching);
+* the calibration pass (:func:`prunetune.pruning.calibration.calibrate`) with every forward-only
+  activation criterion at once (``cmi`` and ``taylor`` excluded), the same plus ``taylor`` (which
+  adds a backward pass per batch), and the cheap criteria alone (all but ``hrank`` and ``chip``);
+* the calibration pass with each activation criterion alone (``cmi`` with ``--cmi-samples``).
+
+"Activation criteria" are the registered criteria whose needs include ``"activation"`` under their
+defaults; ``capacity`` and ``independence`` score from weights by default and are included with
+``source="feature"``. Steps are timed round-robin (every step once per repeat, in turn), so load
+from other processes falls on all of them alike; the table gives the median of the repeats, and
+"× plain forward" is the median over repeats of step time / forward time of the same repeat.
+
+Then CHIP's fast path (:func:`prunetune.pruning.criteria.chip.chip_scores`, default route) against
+a straightforward per-image SVD implementation written here, the official code's method: per image,
+the nuclear norm of the c×hw matrix, then for each channel a copy with that row zeroed and its
+nuclear norm (``torch.linalg.matrix_norm(..., "nuc")``, float64), looping over images and channels.
+Both run inside forward hooks on the same ReLU'd feature maps, timing only the CHIP computation.
+The fast path runs on all images at all 55 feature points; the reference on the first
+``--svd-images`` images of the first batch at every point, and its time is scaled by
+images / svd-images (stated in the output; ``--svd-images`` equal to ``--images`` measures it all).
+The rankings are compared on the images both saw: exact equality of the orders (ties, i.e. scores
+equal within 1e-9 of the layer's largest, may come in either order), Kendall's tau and the top-half
+sets.
+
+Usage::
+
+    python benchmarks/scoring.py                     # defaults: 256 images, batch 128, 3 repeats
+    python benchmarks/scoring.py --repeats 5 --threads 2 --svd-images 16 --cmi-samples 64
+
+Benchmarks are not tests; nothing in the test suite runs this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from prunetune.models import create_model
+from prunetune.pruning.calibration import calibrate
+from prunetune.pruning.criteria import ACTIVATION, CRITERIA, get_criterion
+from prunetune.pruning.criteria.chip import chip_scores, pick_route
+from prunetune.pruning.groups import find_groups
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=256, help="calibration images (default 256)")
+    p.add_argument("--batch-size", type=int, default=128, help="calibration batch size (default 128)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per step (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--data", choices=("randn", "synthetic"), default="randn",
+                   help="random-normal images or prunetune's synthetic dataset (default randn)")
+    p.add_argument("--cmi-samples", type=int, default=64,
+                   help="cmi's 'samples' parameter (criterion default 256 takes hours here; default 64)")
+    p.add_argument("--cmi-repeats", type=int, default=1, help="repeats of the cmi row (default 1)")
+    p.add_argument("--skip-cmi", action="store_true", help="leave out the cmi row")
+    p.add_argument("--svd-images", type=int, default=16,
+                   help="images per feature point for the per-image SVD reference (default 16)")
+    p.add_argument("--skip-chip-svd", action="store_true", help="leave out the CHIP comparison")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def machine_line() -> str:
+    mkl = torch.backends.mkl.is_available()
+    return (
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads "
+        f"({torch.get_num_interop_threads()} inter-op), os.cpu_count() = {os.cpu_count()}, "
+        f"{platform.machine()} {platform.system()}, Python {platform.python_version()}, "
+        f"MKL {'yes' if mkl else 'no'}, no GPU used"
+    )
+
+
+def build(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[tuple[Tensor, Tensor]]]:
+    """ResNet-56 with BN running statistics set by a few train-mode passes over the images."""
+    torch.manual_seed(args.seed)
+    model = create_model("resnet56")
+    groups = find_groups(model, (3, 32, 32))
+    if args.data == "synthetic":
+        from prunetune.data import load_dataset
+
+        split = load_dataset("synthetic", image_size=32, train_size=args.images, seed=args.seed).train
+        x, y = split.x[: args.images], split.y[: args.images]
+    else:
+        g = torch.Generator().manual_seed(args.seed)
+        x = torch.randn(args.images, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (args.images,), generator=g)
+    batches = [(x[i : i + args.batch_size], y[i : i + args.batch_size])
+               for i in range(0, args.images, args.batch_size)]
+    model.train()
+    with torch.no_grad():  # BN running statistics of this data (momentum 0.1, a few passes)
+        for _ in range(3):
+            for xb, _yb in batches:
+                model(xb)
+    model.eval()
+    return model, groups, batches
+
+
+def activation_criteria() -> dict[str, tuple[str, dict[str, Any]]]:
+    """label -> (registered name, resolved parameters) of every activation criterion."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name in sorted(CRITERIA.names()):
+        crit = get_criterion(name)
+        params = crit.resolve({})
+        label = name
+        if ACTIVATION not in crit.needs(params) and "source" in params:
+            params = crit.resolve({"source": "feature"})
+            label = f"{name}[source=feature]"
+        if ACTIVATION in crit.needs(params):
+            out[label] = (name, params)
+    return out
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def plain_forward(model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]]) -> None:
+    with torch.no_grad():
+        for x, _y in batches:
+            model(x)
+
+
+def run_calibration(model, groups, batches, criteria: dict[str, dict[str, Any]]) -> None:
+    calibrate(model, groups, criteria, batches, show_progress=False)
+
+
+def kendall_tau(a: Tensor, b: Tensor) -> float:
+    """Kendall's tau-a of two score vectors (O(C²); C ≤ 64 here)."""
+    da = torch.sign(a[:, None] - a[None, :])
+    db = torch.sign(b[:, None] - b[None, :])
+    c = a.numel()
+    return float((da * db).sum() / (c * (c - 1))) if c > 1 else 1.0
+
+
+def same_order_up_to_ties(fast: Tensor, ref: Tensor) -> tuple[bool, bool]:
+    """(argsort equal, argsort equal once ties of ``ref`` are allowed either way)."""
+    order_f, order_r = torch.argsort(fast, stable=True), torch.argsort(ref, stable=True)
+    exact = bool(torch.equal(order_f, order_r))
+    if exact:
+        return True, True
+    tol = 1e-9 * float(ref.abs().max().clamp(min=1e-300))
+    # fast's order sorts ref ascending up to ties: consecutive ref values never drop by more than tol
+    ref_in_fast_order = ref[order_f]
+    return False, bool((ref_in_fast_order[1:] - ref_in_fast_order[:-1] >= -tol).all())
+
+
+def chip_reference(maps: Tensor) -> Tensor:
+    """The official method: per image, ‖M‖_* and, per channel, ‖M with that row zeroed‖_* (SVD)."""
+    m = maps.detach().reshape(maps.shape[0], maps.shape[1], -1).to(torch.float64)
+    b, c, _ = m.shape
+    out = torch.empty(b, c, dtype=torch.float64)
+    for i in range(b):
+        full = torch.linalg.matrix_norm(m[i], ord="nuc")
+        for j in range(c):
+            zeroed = m[i].clone()
+            zeroed[j] = 0.0
+            out[i, j] = full - torch.linalg.matrix_norm(zeroed, ord="nuc")
+    return out
+
+
+def chip_comparison(model, groups, batches, svd_images: int) -> dict[str, Any]:
+    """Time CHIP's fast path on every point and image, and the SVD reference on a subset."""
+    modules = dict(model.named_modules())
+    points = [p for g in groups for p in g.feature_points]
+    state = {"batch": 0}
+    fast_s: dict[str, float] = {p: 0.0 for p in points}
+    ref_s: dict[str, float] = {p: 0.0 for p in points}
+    fast_sub: dict[str, Tensor] = {}
+    ref_sub: dict[str, Tensor] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def make_hook(point: str):
+        def hook(_m, _i, output: Tensor) -> None:
+            maps = F.relu(output.detach())
+            shapes[point] = tuple(maps.shape[1:])
+            t0 = time.perf_counter()
+            ci = chip_scores(maps)
+            fast_s[point] += time.perf_counter() - t0
+            if state["batch"] == 0 and svd_images > 0:
+                sub = maps[:svd_images]
+                t0 = time.perf_counter()
+                ref_sub[point] = chip_reference(sub).mean(0)
+                ref_s[point] += time.perf_counter() - t0
+                fast_sub[point] = ci[: sub.shape[0]].mean(0)
+
+        return hook
+
+    handles = [modules[p].register_forward_hook(make_hook(p)) for p in points]
+    try:
+        with torch.no_grad():
+            for k, (x, _y) in enumerate(batches):
+                state["batch"] = k
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {"points": points, "fast_s": fast_s, "ref_s": ref_s, "fast_sub": fast_sub,
+            "ref_sub": ref_sub, "shapes": shapes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    model, groups, batches = build(args)
+    n_points = sum(len(g.feature_points) for g in groups)
+    crits = activation_criteria()
+    forward_only = {lab: v for lab, v in crits.items() if v[0] not in ("cmi", "taylor")}
+
+    def params_of(labels) -> dict[str, dict[str, Any]]:
+        return {crits[lab][0]: crits[lab][1] for lab in labels}
+
+    cheap = [lab for lab in forward_only if crits[lab][0] not in ("hrank", "chip")]
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("plain forward pass (no hooks)", lambda: plain_forward(model, batches)),
+        (f"calibration, all forward-only activation criteria ({', '.join(forward_only)})",
+         lambda: run_calibration(model, groups, batches, params_of(forward_only))),
+        ("calibration, all incl. taylor",
+         lambda: run_calibration(model, groups, batches, params_of([*forward_only, "taylor"]))),
+        (f"calibration, all but hrank and chip ({', '.join(cheap)})",
+         lambda: run_calibration(model, groups, batches, params_of(cheap))),
+    ]
+    for lab in crits:
+        if crits[lab][0] == "cmi":
+            continue
+        steps.append((f"calibration, {lab} alone",
+                      lambda lab=lab: run_calibration(model, groups, batches, params_of([lab]))))
+
+    print("# prunetune scoring benchmark\n")
+    print(f"machine: {machine_line()}")
+    print(f"model: resnet56, {len(groups)} groups, {n_points} feature points; "
+          f"{args.images} images ({args.data}) of 3×32×32 in batches of {args.batch_size}; "
+          f"{args.repeats} repeats, round-robin; chip route auto = "
+          f"{pick_route(16, 1024)}/{pick_route(32, 256)}/{pick_route(64, 64)} for the three stages\n",
+          flush=True)
+
+    for _name, fn in steps[:2]:  # warm-up (allocator, thread pools, lazy imports)
+        fn()
+    times: dict[str, list[float]] = {name: [] for name, _ in steps}
+    for r in range(args.repeats):
+        for name, fn in steps:
+            times[name].append(timed(fn))
+        print(f"  repeat {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    fwd = times[steps[0][0]]
+    cmi_label = next((lab for lab in crits if crits[lab][0] == "cmi"), None)
+    if cmi_label and not args.skip_cmi:
+        name = f"calibration, {cmi_label} alone (samples={args.cmi_samples}, {args.cmi_repeats} run)"
+        p = dict(crits[cmi_label][1], samples=args.cmi_samples)
+        times[name] = []
+        fwd_cmi = []
+        for _ in range(args.cmi_repeats):
+            fwd_cmi.append(timed(lambda: plain_forward(model, batches)))
+            times[name].append(timed(lambda: run_calibration(model, groups, batches, {"cmi": p})))
+        steps.append((name, lambda: None))
+    else:
+        fwd_cmi = []
+
+    print(f"| step | seconds (median of {args.repeats}) | × plain forward |")
+    print("|---|---:|---:|")
+    for name, _ in steps:
+        ts = times[name]
+        base = fwd_cmi if name.startswith(f"calibration, {cmi_label} alone") else fwd
+        ratio = statistics.median(t / f for t, f in zip(ts, base))
+        print(f"| {name} | {statistics.median(ts):.3f} | {ratio:.2f}× |")
+    if fwd_cmi:
+        print(f"\n(the cmi row is compared with plain forward passes timed next to it; "
+              f"it ran {args.cmi_repeats} time(s))")
+
+    if args.skip_chip_svd:
+        return 0
+    sub = min(args.svd_images, args.batch_size, args.images)
+    print(f"\n## CHIP: fast path vs per-image SVD (official method), {n_points} feature points\n",
+          flush=True)
+    res = chip_comparison(model, groups, batches, sub)
+    fast_total = sum(res["fast_s"].values())
+    ref_total_measured = sum(res["ref_s"].values())
+    ref_total = ref_total_measured * args.images / sub
+    stages: dict[tuple[int, ...], list[str]] = {}
+    for p in res["points"]:
+        stages.setdefault(res["shapes"][p], []).append(p)
+    print("| feature maps (c×h×w) | points | fast s (all images) | SVD s (measured) | "
+          "SVD s (scaled to all images) | speed-up | order equal | equal up to ties | "
+          "min Kendall τ | top-half sets equal |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = [*stages.items(), (("all",), res["points"])]
+    for shape, pts in rows:
+        f_s = sum(res["fast_s"][p] for p in pts)
+        r_meas = sum(res["ref_s"][p] for p in pts)
+        r_s = r_meas * args.images / sub
+        exact = ties = top = 0
+        taus = []
+        for p in pts:
+            fv, rv = res["fast_sub"][p], res["ref_sub"][p]
+            e, t = same_order_up_to_ties(fv, rv)
+            exact += e
+            ties += t
+            taus.append(kendall_tau(fv, rv))
+            k = fv.numel() // 2
+            top += set(torch.topk(fv, k).indices.tolist()) == set(torch.topk(rv, k).indices.tolist())
+        label = "×".join(map(str, shape)) if shape != ("all",) else "**all**"
+        print(f"| {label} | {len(pts)} | {f_s:.3f} | {r_meas:.2f} | {r_s:.1f} | "
+              f"{r_s / f_s:.0f}× | {exact}/{len(pts)} | {ties}/{len(pts)} | {min(taus):.6f} | "
+              f"{top}/{len(pts)} |")
+    print(f"\nfast path: chip_scores (route auto) on all {args.images} images; SVD reference: "
+          f"official loop (clone, zero one row, matrix_norm 'nuc', float64) on the first {sub} "
+          f"images of the first batch at every point, time × {args.images}/{sub}. Rankings compared "
+          f"on those {sub} images. Overall speed-up: {ref_total / fast_total:.0f}× "
+          f"(fast {fast_total:.2f} s vs SVD {ref_total:.1f} s, of which {ref_total_measured:.1f} s "
+          f"measured). Single run (not a median).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

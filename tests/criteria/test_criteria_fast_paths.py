@@ -1,0 +1,167 @@
+"""The fast computations behind HRank, CHIP and the shared per-batch statistics equal the direct ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import prunetune.pruning.criteria.activation  # noqa: F401  (registers the activation criteria)
+import prunetune.pruning.criteria.information  # noqa: F401  (registers the information criteria)
+from prunetune.pruning.criteria._common import batched_linalg
+from prunetune.pruning.criteria.activation import gram_ranks, matrix_ranks
+from prunetune.pruning.criteria.base import FeatureBatch, get_criterion, score
+from prunetune.pruning.criteria.chip import chip_scores, chip_scores_svd
+
+
+def _low_rank_float32(n: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """float32 maps of every rank 0..min(h, w), some after a ReLU, some rescaled."""
+    g = torch.Generator().manual_seed(seed)
+    k = min(h, w)
+    maps = torch.empty(n, h, w)
+    for i in range(n):
+        r = i % (k + 1)
+        u = torch.randn(h, r, generator=g)
+        v = torch.randn(r, w, generator=g)
+        m = u @ v
+        if i % 3 == 0:
+            m = torch.relu(m)
+        maps[i] = m * 10.0 ** float(torch.randint(-4, 5, (1,), generator=g))
+    return maps
+
+
+@pytest.mark.parametrize(("h", "w"), [(8, 8), (16, 16), (32, 32), (5, 9), (9, 5), (1, 1), (1, 6)])
+def test_gram_ranks_equal_float32_matrix_rank(h: int, w: int) -> None:
+    maps = _low_rank_float32(60, h, w, seed=h * 100 + w)
+    expected = torch.linalg.matrix_rank(maps)
+    assert torch.equal(matrix_ranks(maps), expected)
+    assert torch.equal(gram_ranks(maps.double()), expected)
+
+
+def test_matrix_ranks_float64_is_matrix_rank() -> None:
+    maps = _low_rank_float32(30, 6, 6, seed=1).double()
+    assert torch.equal(matrix_ranks(maps), torch.linalg.matrix_rank(maps))
+
+
+def test_hrank_on_float32_maps_is_the_mean_float32_matrix_rank() -> None:
+    maps = _low_rank_float32(7 * 5, 8, 8, seed=2).reshape(7, 5, 8, 8)
+    expected = torch.linalg.matrix_rank(maps).to(torch.float64).mean(0)
+    torch.testing.assert_close(score("hrank", feature_maps=maps), expected, atol=0, rtol=0)
+    half = score("hrank", feature_maps=maps.half())  # promoted to float32, as before
+    torch.testing.assert_close(
+        half, torch.linalg.matrix_rank(maps.half().float()).to(torch.float64).mean(0), atol=0, rtol=0
+    )
+
+
+def test_batched_linalg_equals_one_call() -> None:
+    a = torch.randn(300, 7, 7, dtype=torch.float64)
+    g = a @ a.transpose(1, 2)
+    assert torch.equal(batched_linalg(torch.linalg.eigvalsh, g, min_chunk=1), torch.linalg.eigvalsh(g))
+    lam, vec = batched_linalg(torch.linalg.eigh, g, min_chunk=1)
+    ref = torch.linalg.eigh(g)
+    assert torch.equal(lam, ref.eigenvalues) and torch.equal(vec, ref.eigenvectors)
+
+
+def _hard_maps(seed: int, b: int, c: int, size: int) -> torch.Tensor:
+    """ReLU maps with a dead channel, a scaled twin, a near-twin, and per-image scales 1e-3..1e3."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.relu(torch.randn(b, c, size, size, generator=g, dtype=torch.float64))
+    m[:, 1] = 0.0
+    m[:, 2] = 2.0 * m[:, 3]
+    m[:, 4] = m[:, 5] + 1e-7 * m[:, 6]
+    return m * 10.0 ** torch.randint(-3, 4, (b, 1, 1, 1), generator=g).to(torch.float64)
+
+
+@pytest.mark.parametrize(("b", "c", "size"), [(4, 8, 4), (3, 16, 4), (3, 12, 6), (2, 30, 8)])
+def test_quadrature_route_equals_the_svd_reference(b: int, c: int, size: int) -> None:
+    maps = _hard_maps(b * c + size, b, c, size)
+    ref = chip_scores_svd(maps)
+    out = chip_scores(maps, route="quadrature")
+    scale = ref.abs().amax(dim=1, keepdim=True)
+    assert bool(((out - ref).abs() <= 1e-11 * scale).all())
+    assert bool((out >= -1e-14 * scale).all())
+    assert bool((out[:, 1] == 0).all() or (out[:, 1].abs() <= 1e-20 * scale[:, 0]).all())
+    torch.testing.assert_close(score("chip", feature_maps=maps), out.mean(0), atol=0, rtol=0)
+
+
+def test_quadrature_route_zero_and_single_row_images() -> None:
+    maps = torch.zeros(2, 3, 2, 2, dtype=torch.float64)
+    maps[1, 0] = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # one nonzero row: CI = its norm
+    out = chip_scores(maps, route="quadrature")
+    expected = torch.tensor([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(out, expected, atol=1e-13, rtol=0)
+
+
+def test_quadrature_chunked_equals_unchunked_and_auto_picks_it() -> None:
+    maps = _hard_maps(5, 6, 8, 4)
+    full = chip_scores(maps, route="quadrature")
+    torch.testing.assert_close(chip_scores(maps, route="quadrature", max_memory_mb=1e-3), full,
+                               atol=1e-13, rtol=0)
+    assert torch.equal(chip_scores(maps), full)  # 8 channels <= 16 pixels: auto = quadrature
+    # the gram route loses about 1e-8 relative on the near-twin rows (module docstring of chip)
+    torch.testing.assert_close(chip_scores(maps, route="gram"), full, atol=1e-9, rtol=1e-6)
+
+
+def test_shared_batch_statistics_equal_separate_batches() -> None:
+    """Accumulators fed one FeatureBatch (as calibration does) equal accumulators fed their own."""
+    g = torch.Generator().manual_seed(3)
+    maps = torch.relu(torch.randn(6, 5, 4, 4, generator=g))  # float32, as in calibration
+    labels = torch.arange(6) % 2
+    cases = [("hrank", {}), ("dfs", {}), ("sfs", {}), ("dfs_sfs", {}), ("chip", {}),
+             ("capacity", {"source": "feature"}), ("independence", {"source": "feature"})]
+    shared = {n: get_criterion(n).accumulator(5, **p) for n, p in cases}
+    own = {n: get_criterion(n).accumulator(5, **p) for n, p in cases}
+    for part in (slice(0, 4), slice(4, 6)):
+        batch = FeatureBatch(maps[part], maps[part], labels[part])
+        for acc in shared.values():
+            acc.update(batch)
+        for acc in own.values():
+            acc.update(FeatureBatch(maps[part].clone(), maps[part], labels[part]))
+    for name, _ in cases:
+        assert torch.equal(shared[name].result(), own[name].result()), name
+    # and the M-std is torch's population std in float64, to rounding (two-pass vs Welford)
+    x = maps.reshape(6, 5, -1).to(torch.float64)
+    mstd = x.std(dim=-1, unbiased=False)
+    expected = (mstd[:4].sum(0) + mstd[4:].sum(0)) / 6
+    torch.testing.assert_close(own["dfs"].result(), expected, atol=0, rtol=1e-14)
+
+
+def test_population_std_is_torch_std_and_exactly_zero_on_constant_maps() -> None:
+    from prunetune.pruning.criteria._common import population_std
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.relu(torch.randn(50, 7, 49, generator=g)).to(torch.float64) * 1e3 + 5.0
+    torch.testing.assert_close(population_std(x), x.std(dim=-1, unbiased=False), atol=0, rtol=1e-13)
+    const = torch.full((3, 49), 0.1, dtype=torch.float32).to(torch.float64)  # 49: not a power of 2
+    assert bool((population_std(const) == 0).all())
+
+
+def _sfs_order_naive(cos: torch.Tensor, mstd: torch.Tensor) -> list[int]:
+    """The SFS rule with a full search every step: most similar alive pair (first in row-major
+    order among equals), remove the lower M-std member (equal: the higher index)."""
+    c = cos.shape[0]
+    alive = list(range(c))
+    removed = []
+    while len(alive) > 1:
+        best = None
+        for i in alive:
+            for j in alive:
+                if i != j and (best is None or cos[i, j] > cos[best[0], best[1]]):
+                    best = (i, j)
+        a, b = min(best), max(best)
+        r = a if mstd[a] < mstd[b] else b
+        removed.append(r)
+        alive.remove(r)
+    return removed + alive
+
+
+def test_sfs_order_equals_the_naive_rule_with_ties() -> None:
+    from prunetune.pruning.criteria.similarity import sfs_order
+
+    g = torch.Generator().manual_seed(11)
+    for trial in range(40):
+        c = 2 + trial % 9
+        x = torch.round(torch.relu(torch.randn(c, 6, generator=g, dtype=torch.float64)))
+        n = x.norm(dim=1).clamp(min=1e-3)  # zero rows: cosine 0
+        cos = torch.round((x @ x.T) / (n[:, None] * n[None, :]) * 4) / 4  # many equal pairs
+        mstd = torch.round(torch.rand(c, generator=g, dtype=torch.float64) * 2)  # equal M-stds
+        assert sfs_order(cos, mstd) == _sfs_order_naive(cos, mstd), trial
