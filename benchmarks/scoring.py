@@ -7,6 +7,9 @@ For ResNet-56 on 32×32 inputs and ``--images`` (256) calibration images on CPU,
 * the calibration pass (:func:`prunetune.pruning.calibration.calibrate`) with every forward-only
   activation criterion at once (``cmi`` and ``taylor`` excluded), the same plus ``taylor`` (which
   adds a backward pass per batch), and the cheap criteria alone (all but ``hrank`` and ``chip``);
+* three "floor" rows: a forward pass whose hooks only take the factorisations exact HRank (one
+  Cholesky of each map's Gram matrix) and CHIP (one ``eigh`` of each image's c×c Gram matrix) rest
+  on, a lower bound for those two criteria as implemented (:func:`factorisation_floor`);
 * the calibration pass with each activation criterion alone (``cmi`` with ``--cmi-samples``).
 
 "Activation criteria" are the registered criteria whose needs include ``"activation"`` under their
@@ -18,19 +21,24 @@ from other processes falls on all of them alike; the table gives the median of t
 Then CHIP's fast path (:func:`prunetune.pruning.criteria.chip.chip_scores`, default route) against
 a straightforward per-image SVD implementation written here, the official code's method: per image,
 the nuclear norm of the c×hw matrix, then for each channel a copy with that row zeroed and its
-nuclear norm (``torch.linalg.matrix_norm(..., "nuc")``, float64), looping over images and channels.
-Both run inside forward hooks on the same ReLU'd feature maps, timing only the CHIP computation.
-The fast path runs on all images at all 55 feature points; the reference on the first
+nuclear norm (``torch.linalg.matrix_norm(..., "nuc")``; float64 where the official code used
+float32 rounded to 4 decimals), looping over images and channels. Both run inside forward hooks on
+the same ReLU'd feature maps, timing only the CHIP computation. The fast path runs on all images at
+all 55 feature points (median of ``--chip-repeats`` passes); the reference once, on the first
 ``--svd-images`` images of the first batch at every point, and its time is scaled by
-images / svd-images (stated in the output; ``--svd-images`` equal to ``--images`` measures it all).
-The rankings are compared on the images both saw: exact equality of the orders (ties, i.e. scores
-equal within 1e-9 of the layer's largest, may come in either order), Kendall's tau and the top-half
-sets.
+images / svd-images (stated in the output; ``--svd-images`` equal to ``--batch-size`` and
+``--images`` measures it all). The same loop on the transposed hw×c matrices (same singular values;
+MKL's SVD of wide matrices is much slower) gives a second, conservative speed-up. The rankings are
+compared on the CI averaged over the images both saw: exact equality of the orders (ties, i.e.
+scores equal within 1e-9 of the layer's largest, may come in either order), Kendall's tau and the
+top-half sets; the last column is the largest |fast − SVD| (and |SVD(Mᵀ) − SVD(M)|) over the
+largest CI.
 
 Usage::
 
     python benchmarks/scoring.py                     # defaults: 256 images, batch 128, 3 repeats
     python benchmarks/scoring.py --repeats 5 --threads 2 --svd-images 16 --cmi-samples 64
+    python benchmarks/scoring.py --skip-cmi --skip-chip-svd       # the timing table only
 
 Benchmarks are not tests; nothing in the test suite runs this.
 """
@@ -53,6 +61,7 @@ from torch import Tensor
 from prunetune.models import create_model
 from prunetune.pruning.calibration import calibrate
 from prunetune.pruning.criteria import ACTIVATION, CRITERIA, get_criterion
+from prunetune.pruning.criteria._common import batched_linalg
 from prunetune.pruning.criteria.chip import chip_scores, pick_route
 from prunetune.pruning.groups import find_groups
 
@@ -71,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-cmi", action="store_true", help="leave out the cmi row")
     p.add_argument("--svd-images", type=int, default=16,
                    help="images per feature point for the per-image SVD reference (default 16)")
+    p.add_argument("--chip-repeats", type=int, default=3,
+                   help="timed passes of the CHIP fast path in the comparison (default 3)")
     p.add_argument("--skip-chip-svd", action="store_true", help="leave out the CHIP comparison")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -142,6 +153,38 @@ def run_calibration(model, groups, batches, criteria: dict[str, dict[str, Any]])
     calibrate(model, groups, criteria, batches, show_progress=False)
 
 
+def factorisation_floor(model, groups, batches, which: tuple[str, ...]) -> None:
+    """A forward pass whose hooks do only the factorisations exact HRank and CHIP rest on.
+
+    At every feature point, on the ReLU'd maps in float64: ``"hrank"`` forms each h×w map's Gram
+    matrix and takes one Cholesky factorisation of it (the cheapest test that settles a map's
+    rank, and only the full-rank ones); ``"chip"`` forms each image's c×c Gram matrix and takes its
+    ``eigh`` (the spectrum every CI(j) of that image needs). Both split the batch over torch's
+    threads as the criteria do. No statistic is kept: this times a lower bound for the two
+    criteria as implemented, not a criterion.
+    """
+    modules = dict(model.named_modules())
+    points = sorted({p for g in groups for p in g.feature_points})
+
+    def hook(_m, _i, out: Tensor) -> None:
+        x = F.relu(out.detach()).to(torch.float64)
+        b, c, h, w = x.shape
+        if "hrank" in which:
+            maps = x.reshape(b * c, h, w)
+            gram = maps @ maps.transpose(1, 2)
+            batched_linalg(lambda g: torch.linalg.cholesky_ex(g).info, gram)
+        if "chip" in which:
+            m = x.reshape(b, c, h * w)
+            batched_linalg(torch.linalg.eigh, m @ m.transpose(1, 2))
+
+    handles = [modules[p].register_forward_hook(hook) for p in points]
+    try:
+        plain_forward(model, batches)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def kendall_tau(a: Tensor, b: Tensor) -> float:
     """Kendall's tau-a of two score vectors (O(C²); C ≤ 64 here)."""
     da = torch.sign(a[:, None] - a[None, :])
@@ -162,17 +205,21 @@ def same_order_up_to_ties(fast: Tensor, ref: Tensor) -> tuple[bool, bool]:
     return False, bool((ref_in_fast_order[1:] - ref_in_fast_order[:-1] >= -tol).all())
 
 
-def chip_reference(maps: Tensor) -> Tensor:
-    """The official method: per image, ‖M‖_* and, per channel, ‖M with that row zeroed‖_* (SVD)."""
+def chip_reference(maps: Tensor, *, transpose: bool = False) -> Tensor:
+    """The official method: per image, ‖M‖_* and, per channel, ‖M with that row zeroed‖_* (SVD).
+
+    ``transpose=True`` takes the nuclear norms of Mᵀ (hw×c, the same singular values): MKL's SVD
+    of a wide c×hw matrix is much slower than of its tall transpose, so this is a tuned variant.
+    """
     m = maps.detach().reshape(maps.shape[0], maps.shape[1], -1).to(torch.float64)
     b, c, _ = m.shape
     out = torch.empty(b, c, dtype=torch.float64)
     for i in range(b):
-        full = torch.linalg.matrix_norm(m[i], ord="nuc")
+        full = torch.linalg.matrix_norm(m[i].T if transpose else m[i], ord="nuc")
         for j in range(c):
             zeroed = m[i].clone()
             zeroed[j] = 0.0
-            out[i, j] = full - torch.linalg.matrix_norm(zeroed, ord="nuc")
+            out[i, j] = full - torch.linalg.matrix_norm(zeroed.T if transpose else zeroed, ord="nuc")
     return out
 
 
@@ -183,8 +230,10 @@ def chip_comparison(model, groups, batches, svd_images: int) -> dict[str, Any]:
     state = {"batch": 0}
     fast_s: dict[str, float] = {p: 0.0 for p in points}
     ref_s: dict[str, float] = {p: 0.0 for p in points}
+    ref_t_s: dict[str, float] = {p: 0.0 for p in points}
     fast_sub: dict[str, Tensor] = {}
     ref_sub: dict[str, Tensor] = {}
+    ref_gap: dict[str, float] = {}
     shapes: dict[str, tuple[int, ...]] = {}
 
     def make_hook(point: str):
@@ -197,9 +246,16 @@ def chip_comparison(model, groups, batches, svd_images: int) -> dict[str, Any]:
             if state["batch"] == 0 and svd_images > 0:
                 sub = maps[:svd_images]
                 t0 = time.perf_counter()
-                ref_sub[point] = chip_reference(sub).mean(0)
+                ref = chip_reference(sub)
                 ref_s[point] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                ref_t = chip_reference(sub, transpose=True)
+                ref_t_s[point] += time.perf_counter() - t0
+                ref_sub[point] = ref.mean(0)
                 fast_sub[point] = ci[: sub.shape[0]].mean(0)
+                scale = float(ref.abs().max().clamp(min=1e-300))
+                ref_gap[point] = max(float((ci[: sub.shape[0]] - ref).abs().max()),
+                                     float((ref_t - ref).abs().max())) / scale
 
         return hook
 
@@ -212,8 +268,8 @@ def chip_comparison(model, groups, batches, svd_images: int) -> dict[str, Any]:
     finally:
         for h in handles:
             h.remove()
-    return {"points": points, "fast_s": fast_s, "ref_s": ref_s, "fast_sub": fast_sub,
-            "ref_sub": ref_sub, "shapes": shapes}
+    return {"points": points, "fast_s": fast_s, "ref_s": ref_s, "ref_t_s": ref_t_s,
+            "fast_sub": fast_sub, "ref_sub": ref_sub, "ref_gap": ref_gap, "shapes": shapes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +293,14 @@ def main(argv: list[str] | None = None) -> int:
          lambda: run_calibration(model, groups, batches, params_of([*forward_only, "taylor"]))),
         (f"calibration, all but hrank and chip ({', '.join(cheap)})",
          lambda: run_calibration(model, groups, batches, params_of(cheap))),
+    ]
+    steps += [
+        ("floor: forward + one Cholesky per map (HRank's rank test)",
+         lambda: factorisation_floor(model, groups, batches, ("hrank",))),
+        ("floor: forward + one eigh per image's c×c Gram (CHIP's spectrum)",
+         lambda: factorisation_floor(model, groups, batches, ("chip",))),
+        ("floor: forward + both",
+         lambda: factorisation_floor(model, groups, batches, ("hrank", "chip"))),
     ]
     for lab in crits:
         if crits[lab][0] == "cmi":
@@ -284,27 +348,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n(the cmi row is compared with plain forward passes timed next to it; "
               f"it ran {args.cmi_repeats} time(s))")
 
-    if args.skip_chip_svd:
-        return 0
     sub = min(args.svd_images, args.batch_size, args.images)
+    if args.skip_chip_svd or sub < 1:
+        return 0
     print(f"\n## CHIP: fast path vs per-image SVD (official method), {n_points} feature points\n",
           flush=True)
     res = chip_comparison(model, groups, batches, sub)
-    fast_total = sum(res["fast_s"].values())
-    ref_total_measured = sum(res["ref_s"].values())
-    ref_total = ref_total_measured * args.images / sub
+    fast_runs = [res["fast_s"]]
+    for _ in range(args.chip_repeats - 1):  # more timings of the fast path alone
+        fast_runs.append(chip_comparison(model, groups, batches, 0)["fast_s"])
     stages: dict[tuple[int, ...], list[str]] = {}
     for p in res["points"]:
         stages.setdefault(res["shapes"][p], []).append(p)
-    print("| feature maps (c×h×w) | points | fast s (all images) | SVD s (measured) | "
-          "SVD s (scaled to all images) | speed-up | order equal | equal up to ties | "
-          "min Kendall τ | top-half sets equal |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    scale_up = args.images / sub
+    print(f"| feature maps (c×h×w) | points | fast s (all images, median of {len(fast_runs)}) | "
+          f"SVD s (c×hw, measured) | SVD s (c×hw, ×{scale_up:g}) | speed-up | "
+          f"SVD s (hw×c, ×{scale_up:g}) | speed-up vs hw×c | order equal | equal up to ties | "
+          "min Kendall τ | top-half sets equal | max |fast − SVD| / max CI |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [*stages.items(), (("all",), res["points"])]
+    summary = ""
     for shape, pts in rows:
-        f_s = sum(res["fast_s"][p] for p in pts)
+        f_s = statistics.median(sum(run[p] for p in pts) for run in fast_runs)
         r_meas = sum(res["ref_s"][p] for p in pts)
-        r_s = r_meas * args.images / sub
+        r_s = r_meas * scale_up
+        rt_s = sum(res["ref_t_s"][p] for p in pts) * scale_up
         exact = ties = top = 0
         taus = []
         for p in pts:
@@ -315,16 +383,21 @@ def main(argv: list[str] | None = None) -> int:
             taus.append(kendall_tau(fv, rv))
             k = fv.numel() // 2
             top += set(torch.topk(fv, k).indices.tolist()) == set(torch.topk(rv, k).indices.tolist())
+        gap = max(res["ref_gap"][p] for p in pts)
         label = "×".join(map(str, shape)) if shape != ("all",) else "**all**"
-        print(f"| {label} | {len(pts)} | {f_s:.3f} | {r_meas:.2f} | {r_s:.1f} | "
-              f"{r_s / f_s:.0f}× | {exact}/{len(pts)} | {ties}/{len(pts)} | {min(taus):.6f} | "
-              f"{top}/{len(pts)} |")
-    print(f"\nfast path: chip_scores (route auto) on all {args.images} images; SVD reference: "
-          f"official loop (clone, zero one row, matrix_norm 'nuc', float64) on the first {sub} "
-          f"images of the first batch at every point, time × {args.images}/{sub}. Rankings compared "
-          f"on those {sub} images. Overall speed-up: {ref_total / fast_total:.0f}× "
-          f"(fast {fast_total:.2f} s vs SVD {ref_total:.1f} s, of which {ref_total_measured:.1f} s "
-          f"measured). Single run (not a median).")
+        print(f"| {label} | {len(pts)} | {f_s:.3f} | {r_meas:.2f} | {r_s:.1f} | {r_s / f_s:.0f}× | "
+              f"{rt_s:.1f} | {rt_s / f_s:.0f}× | {exact}/{len(pts)} | {ties}/{len(pts)} | "
+              f"{min(taus):.6f} | {top}/{len(pts)} | {gap:.1e} |")
+        if shape == ("all",):
+            summary = (f"Overall: fast {f_s:.2f} s vs SVD {r_s:.1f} s ({r_s / f_s:.0f}×; "
+                       f"{r_meas:.1f} s measured), or {rt_s:.1f} s ({rt_s / f_s:.0f}×) with the "
+                       "transposed SVD.")
+    print(f"\nfast path: chip_scores (route auto) on all {args.images} images, timed in the hooks "
+          f"(median of {len(fast_runs)} passes). SVD reference: the official loop (per image, clone, "
+          f"zero one row, matrix_norm 'nuc', float64) on the first {sub} images of the first batch "
+          f"at every point, one run, time × {scale_up:g}; 'hw×c' is the same loop on the "
+          f"transposed matrices. Rankings: CI averaged over those {sub} images, fast vs SVD. "
+          f"The last column also covers the transposed SVD against the plain one. {summary}")
     return 0
 
 

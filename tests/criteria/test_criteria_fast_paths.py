@@ -165,3 +165,20 @@ def test_sfs_order_equals_the_naive_rule_with_ties() -> None:
         cos = torch.round((x @ x.T) / (n[:, None] * n[None, :]) * 4) / 4  # many equal pairs
         mstd = torch.round(torch.rand(c, generator=g, dtype=torch.float64) * 2)  # equal M-stds
         assert sfs_order(cos, mstd) == _sfs_order_naive(cos, mstd), trial
+
+
+def test_bin_counts_equal_numpy_histogram_per_row() -> None:
+    import numpy as np
+
+    from prunetune.pruning.criteria.information import bin_counts
+
+    g = torch.Generator().manual_seed(5)
+    # ReLU'd rows with many exact zeros, plus values beyond both ends of the range
+    x = torch.relu(torch.randn(7, 3000, generator=g)) * 3.0 - 0.25
+    x[:, :5] = torch.tensor([-9.0, -0.3, 4.0, 7.5, 100.0])
+    lo, hi, bins = -0.2, 4.0, 37
+    counts = bin_counts(x, lo, hi, bins)
+    assert counts.shape == (7, bins) and counts.dtype == torch.float64
+    for row, got in zip(x.to(torch.float64).numpy(), counts.numpy()):
+        expected, _ = np.histogram(np.clip(row, lo, np.nextafter(hi, lo)), bins=bins, range=(lo, hi))
+        assert np.array_equal(got, expected.astype(np.float64))

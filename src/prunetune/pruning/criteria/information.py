@@ -44,16 +44,18 @@ SOURCES = ("filter", "feature")
 def bin_counts(x: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     """Per-row histogram of ``Tensor[C, m]`` over ``bins`` equal bins of ``[lo, hi]``.
 
-    Values outside the range fall into the end bins. One ``bincount`` on row-offset bin indices
-    (no loop over rows). Returns ``Tensor[C, bins]`` float64.
+    Values outside the range fall into the end bins. The bin index is computed in float64 and the
+    counts are one ``scatter_add_`` along the rows (no loop over rows; exact up to 2**53 per bin).
+    Returns ``Tensor[C, bins]`` float64.
     """
     c = x.shape[0]
-    t = x.to(torch.float64) - lo  # a fresh tensor: the steps below work in place on it
     # floor then clamp to [0, bins − 1] = clamp then truncate (integer bounds, values ≥ 0 after it)
-    idx = t.mul_(bins / (hi - lo)).clamp_(0, bins - 1).long()
+    t = torch.sub(x.to(torch.float64), lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1)
+    idx = t.to(torch.long)
     del t
-    idx += torch.arange(c, device=x.device)[:, None] * bins
-    return torch.bincount(idx.flatten(), minlength=c * bins).reshape(c, bins).to(torch.float64)
+    one = torch.ones((), dtype=torch.float64, device=x.device).expand(idx.shape)
+    counts = torch.zeros(c, bins, dtype=torch.float64, device=x.device)
+    return counts.scatter_add_(1, idx, one)
 
 
 def entropy_bits(counts: Tensor) -> Tensor:
