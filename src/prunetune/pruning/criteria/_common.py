@@ -202,9 +202,10 @@ _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
+    """One shared pool with at least ``workers`` threads (rebuilt only when more are wanted)."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != workers:
+        if _POOL is None or _POOL[0] < workers:
             if _POOL is not None:
                 _POOL[1].shutdown(wait=False)
             _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="prunetune-linalg"))
@@ -224,7 +225,7 @@ def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 6
     workers = min(torch.get_num_threads(), x.shape[0] // max(1, min_chunk)) if x.dim() else 1
     if x.device.type != "cpu" or workers < 2:
         return fn(x)
-    parts = list(_pool(workers).map(fn, x.chunk(workers)))
+    parts = list(_pool(torch.get_num_threads()).map(fn, x.chunk(workers)))
     if isinstance(parts[0], tuple):
         return tuple(torch.cat(p) for p in zip(*parts))
     return torch.cat(parts)
