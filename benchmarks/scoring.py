@@ -62,6 +62,7 @@ from prunetune.models import create_model
 from prunetune.pruning.calibration import calibrate
 from prunetune.pruning.criteria import ACTIVATION, CRITERIA, get_criterion
 from prunetune.pruning.criteria._common import batched_linalg
+from prunetune.pruning.criteria.activation import _cholesky_info
 from prunetune.pruning.criteria.chip import chip_scores, pick_route
 from prunetune.pruning.groups import find_groups
 
@@ -172,7 +173,7 @@ def factorisation_floor(model, groups, batches, which: tuple[str, ...]) -> None:
         if "hrank" in which:
             maps = x.reshape(b * c, h, w)
             gram = maps @ maps.transpose(1, 2)
-            batched_linalg(lambda g: torch.linalg.cholesky_ex(g).info, gram)
+            batched_linalg(_cholesky_info, gram)
         if "chip" in which:
             m = x.reshape(b, c, h * w)
             batched_linalg(torch.linalg.eigh, m @ m.transpose(1, 2))

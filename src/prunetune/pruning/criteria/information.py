@@ -50,9 +50,7 @@ def bin_counts(x: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     """
     c = x.shape[0]
     # floor then clamp to [0, bins − 1] = clamp then truncate (integer bounds, values ≥ 0 after it)
-    t = torch.sub(x.to(torch.float64), lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1)
-    idx = t.to(torch.long)
-    del t
+    idx = torch.sub(x.to(torch.float64), lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1).long()
     one = torch.ones((), dtype=torch.float64, device=x.device).expand(idx.shape)
     counts = torch.zeros(c, bins, dtype=torch.float64, device=x.device)
     return counts.scatter_add_(1, idx, one)
