@@ -32,7 +32,7 @@ from prunetune.pruning.macs import count_cost
 from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
 from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir
-from prunetune.pruning.strategies import STRATEGIES
+from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
 from prunetune.recipe import Recipe
 from prunetune.version import __version__
 
@@ -183,10 +183,10 @@ def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *,
 
 
 def recipe_criteria(recipe: Recipe) -> dict[str, dict[str, Any]]:
-    """Criteria a recipe needs scored: its criterion (or blend), plus ``cmi`` for the CMI cut-offs."""
+    """Criteria a recipe needs scored: its criterion (or blend), plus those its strategy reads (``cmi``)."""
     out = {name: recipe.criterion.resolved_params(name) for name in recipe.criterion.criteria}
-    if recipe.allocation.strategy.startswith("cmi_") and "cmi" not in out:
-        out["cmi"] = CRITERIA.get("cmi").resolve(None)
+    for name in strategy_criteria(recipe.allocation.strategy):
+        out.setdefault(name, CRITERIA.get(name).resolve(None))
     return out
 
 
@@ -196,13 +196,12 @@ def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningP
         plan = _carried_plan(recipe)
         plan.validate(base.groups)
         return plan
-    spec = recipe.criterion
+    spec, a = recipe.criterion, recipe.allocation
     scores = blended_scores(recipe, table)
     extras = {}
-    for name in {*spec.criteria, "cmi"} & set(table.extras):
-        for group, values in table.extras.get(name, {}).items():
+    for name in {*spec.criteria, *strategy_criteria(a.strategy)} & set(table.extras):
+        for group, values in table.extras[name].items():
             extras.setdefault(group, {}).update(values)
-    a = recipe.allocation
     keep = STRATEGIES.get(a.strategy)(
         base.groups, rule=KeepRule(a.min_keep, a.round_to), ratio=a.ratio, ratios=a.ratios,
         default=a.default, macs_budget=a.macs_budget, params=a.params, extras=extras)

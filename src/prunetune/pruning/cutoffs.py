@@ -25,7 +25,7 @@ from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.pruning.allocation import KeepRule, smallest_fraction
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.macs import analytic_cost
-from prunetune.pruning.strategies import STRATEGIES
+from prunetune.pruning.strategies import STRATEGIES, STRATEGY_CRITERIA
 
 CURVE = "cmi_values"
 
@@ -73,7 +73,7 @@ def _curves(groups: ModelGroups, extras: Mapping[str, Mapping[str, Any]] | None,
         curve = (extras or {}).get(g.name, {}).get(CURVE)
         if curve is None:
             raise ConfigError(f"allocation strategy {strategy!r} needs the 'cmi' criterion's curves for group "
-                              f"{g.name!r}; score with 'cmi' (the pipeline adds it for cmi_* strategies)")
+                              f"{g.name!r}; score with 'cmi' (the pipeline adds it for the CMI cut-off strategies)")
         curves[g.name] = torch.as_tensor(curve)
     return curves
 
@@ -112,6 +112,7 @@ def _cutoff_strategy(name: str, param: str, param_default: float, low: float, hi
     strategy.__name__ = name
     strategy.__doc__ = f"Keep counts from each group's CMI curve by {name} ({param}, default {param_default})."
     STRATEGIES.register(name, strategy)
+    STRATEGY_CRITERIA[name] = ("cmi",)
     return strategy
 
 

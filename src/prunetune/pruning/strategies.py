@@ -18,6 +18,14 @@ from prunetune.pruning.groups import ModelGroups
 Strategy = Callable[..., dict[str, int]]
 STRATEGIES: Registry[Strategy] = Registry("allocation strategy")
 
+# strategy -> criteria whose ScoreTable extras it reads (scored with their defaults if not chosen)
+STRATEGY_CRITERIA: dict[str, tuple[str, ...]] = {}
+
+
+def strategy_criteria(strategy: str) -> tuple[str, ...]:
+    """The criteria a strategy needs scored for its ``extras`` (e.g. ``("cmi",)`` for the CMI cut-offs)."""
+    return STRATEGY_CRITERIA.get(strategy, ())
+
 
 @STRATEGIES.register("ratios")
 def ratios_strategy(

@@ -27,7 +27,7 @@ from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.normalize import NORMALIZERS
 from prunetune.pruning.schedules import SCHEDULES
-from prunetune.pruning.strategies import STRATEGIES
+from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
 from prunetune.spaces.base import SearchSpace
 from prunetune.spaces.presets import (
     ALLOCATION,
@@ -173,6 +173,7 @@ def space_criteria(spec: SpaceSpec, params: Mapping[str, Mapping[str, Any]] | No
     """
     params = params or {}
     names = list(spec.criteria)
-    if any(a.startswith("cmi_") for a in spec.allocations) and "cmi" not in names:
-        names.append("cmi")
+    for name in (n for a in spec.allocations for n in strategy_criteria(a)):
+        if name not in names:
+            names.append(name)
     return {name: CRITERIA.get(name).resolve(params.get(name)) for name in names}
