@@ -21,9 +21,9 @@ from torch import nn
 
 from prunetune.checkpoint import load_checkpoint, save_pruned
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
-from prunetune.exceptions import BudgetInfeasibleError, ConfigError
+from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
-from prunetune.pruning.allocation import KeepRule, smallest_fraction
+from prunetune.pruning.allocation import KeepRule, infeasible_budget, smallest_fraction
 from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.finetune import evaluate, finetune
@@ -132,9 +132,7 @@ def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
         rule = KeepRule(a.min_keep, a.round_to)
         floor = smallest_fraction(groups, rule)
         if a.macs_budget < floor:
-            raise BudgetInfeasibleError(
-                f"MACs budget {a.macs_budget:g} is below the smallest reachable fraction {floor:.4f} of dense MACs "
-                f"under min_keep={rule.min_keep}, round_to={rule.round_to}; raise the budget to at least {floor:.4f}")
+            raise infeasible_budget(a.macs_budget, floor, rule)
     if recipe.plan is not None:
         _carried_plan(recipe).validate(groups)
 

@@ -30,7 +30,11 @@ class KeepRule:
 
     def keep(self, channels: int, ratio: float) -> int:
         check_ratio(ratio, "prune ratio")
-        kept = max(self.min_keep, math.floor(channels * (1.0 - ratio) + 1e-9))
+        return self.clamp(channels, math.floor(channels * (1.0 - ratio) + 1e-9))
+
+    def clamp(self, channels: int, kept: int) -> int:
+        """``kept`` raised to ``min_keep``, rounded up to ``round_to``, capped at ``channels``."""
+        kept = max(self.min_keep, kept)
         if self.round_to:
             kept = math.ceil(kept / self.round_to) * self.round_to
         return min(channels, kept)
@@ -41,6 +45,14 @@ def check_ratio(ratio: object, what: str) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
         raise ConfigError(f"{what} must be a number in [0, 1) (the fraction of channels removed), got {ratio!r}")
     return float(ratio)
+
+
+def infeasible_budget(macs_budget: float, floor: float, rule: KeepRule, *,
+                      flag: str = "the budget") -> BudgetInfeasibleError:
+    """The error for a MACs budget below ``floor``, the smallest fraction of dense MACs reachable."""
+    return BudgetInfeasibleError(
+        f"MACs budget {macs_budget:g} is below the smallest reachable fraction {floor:.4f} of dense MACs "
+        f"under min_keep={rule.min_keep}, round_to={rule.round_to}; raise {flag} to at least {floor:.4f}")
 
 
 def keep_from_ratios(
@@ -87,11 +99,7 @@ def keep_for_budget(
 
     top = 1.0 / max(min((w for w in relative.values() if w > 0), default=1.0), 1e-12)
     if macs_at(top) > target:
-        floor = macs_at(top) / dense
-        raise BudgetInfeasibleError(
-            f"MACs budget {macs_budget:g} is below the smallest reachable fraction {floor:.4f} of dense MACs "
-            f"under min_keep={rule.min_keep}, round_to={rule.round_to}; raise the budget to at least {floor:.4f}"
-        )
+        raise infeasible_budget(macs_budget, macs_at(top) / dense, rule)
     if macs_at(0.0) <= target:
         return keep_at(0.0)
     lo, hi = 0.0, top  # macs_at(lo) > target >= macs_at(hi)

@@ -98,7 +98,7 @@ def _cutoff_strategy(name: str, param: str, param_default: float, low: float, hi
         curves = _curves(groups, extras, name)
 
         def keep_at(value: float) -> dict[str, int]:
-            return {g: _apply_rule(count(c, value), c.numel(), rule) for g, c in curves.items()}
+            return {g: rule.clamp(c.numel(), count(c, value)) for g, c in curves.items()}
 
         if macs_budget is None:
             value = float(params.get(param, param_default))
@@ -114,13 +114,6 @@ def _cutoff_strategy(name: str, param: str, param_default: float, low: float, hi
     STRATEGIES.register(name, strategy)
     STRATEGY_CRITERIA[name] = ("cmi",)
     return strategy
-
-
-def _apply_rule(k: int, n: int, rule: KeepRule) -> int:
-    k = max(rule.min_keep, k)
-    if rule.round_to:
-        k = math.ceil(k / rule.round_to) * rule.round_to
-    return min(n, k)
 
 
 def _bisect(groups, keep_at, budget, rule, low, high, increasing, name, steps: int = 40) -> dict[str, int]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from prunetune.exceptions import BudgetInfeasibleError, ConfigError
-from prunetune.pruning.allocation import KeepRule, smallest_fraction
+from prunetune.pruning.allocation import KeepRule, infeasible_budget, smallest_fraction
 from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.normalize import NORMALIZERS
@@ -137,10 +137,7 @@ def target_range(spec: SpaceSpec, groups: ModelGroups, budget: float, rule: Keep
         raise ConfigError(f"the MACs budget must be a fraction of dense MACs in (0, 1], got {budget!r}")
     floor = smallest_fraction(groups, rule) * (1 + 1e-9)  # a hair above: float round-off in projection
     if floor > budget:
-        raise BudgetInfeasibleError(
-            f"MACs budget {budget:g} is below the smallest reachable fraction {floor:.4f} of dense MACs "
-            f"(every group at min_keep={rule.min_keep}, round_to={rule.round_to}); "
-            f"raise --macs-budget to at least {floor:.4f}")
+        raise infeasible_budget(budget, floor, rule, flag="--macs-budget")
     wanted = spec.min_fraction if spec.min_fraction is not None else budget / 4
     if wanted > budget:
         raise ConfigError(f"space.min_fraction {wanted:g} must not exceed the MACs budget {budget:g}; "
