@@ -7,11 +7,12 @@ The steps are separate functions so that a search prepares the shared part once 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,13 @@ def load_data(recipe: Recipe) -> DataSplits:
                         seed=recipe.seed, **spec.params)
 
 
-def prepare(recipe: Recipe, *, show_progress: bool = True) -> Base:
-    """Load data and the dense model (checkpoint, or brief cached training), find groups, evaluate."""
+def prepare(recipe: Recipe, *, show_progress: bool = True,
+            check: Callable[[ModelGroups], Any] | None = None) -> Base:
+    """Load data and the dense model (checkpoint, or brief cached training), find groups, evaluate.
+
+    ``check(groups)`` runs before the allocation checks and any training (the search builds its
+    space there, so an impossible budget fails early without loading the data twice).
+    """
     t0 = time.perf_counter()
     device = resolve_device(recipe.device)
     splits = load_data(recipe)
@@ -103,12 +109,14 @@ def prepare(recipe: Recipe, *, show_progress: bool = True) -> Base:
             f"data {recipe.data.name!r} has {splits.in_channels} input channels and {splits.num_classes} classes, "
             f"the model is set to in_channels={recipe.model.in_channels}, num_classes={recipe.model.num_classes}; "
             "fix the recipe's model section")
-    splits = _on_device(splits, device)
+    splits = splits_to(splits, device)
     torch.manual_seed(recipe.seed)
     spec = recipe.model
     model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
     t_data = time.perf_counter()
     groups = find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
+    if check is not None:
+        check(groups)
     check_allocation(recipe, groups)  # fail on a bad group name or budget before any training
     base = Base(recipe, splits, model, groups, device, {})
     if spec.checkpoint:
@@ -137,11 +145,12 @@ def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
         _carried_plan(recipe).validate(groups)
 
 
-def _on_device(splits: DataSplits, device: torch.device) -> DataSplits:
-    moved = {s: getattr(splits, s).to(device) if isinstance(getattr(splits, s), TensorSplit) else getattr(splits, s)
-             for s in ("train", "val", "test")}
-    return DataSplits(**moved, num_classes=splits.num_classes, in_channels=splits.in_channels,
-                      image_size=splits.image_size, name=splits.name, augment=splits.augment, classes=splits.classes)
+def splits_to(splits: DataSplits, device: torch.device | str) -> DataSplits:
+    """``splits`` with its in-memory (:class:`TensorSplit`) parts on ``device``; lazy datasets stay."""
+    device = torch.device(device)
+    moved = {s: getattr(splits, s) for s in ("train", "val", "test")}
+    return dataclasses.replace(splits, **{s: v.to(device) if isinstance(v, TensorSplit) else v
+                                          for s, v in moved.items()})
 
 
 def _pretrained_dense(base: Base, show_progress: bool) -> None:

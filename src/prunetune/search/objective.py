@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from prunetune.data import DataSplits, TensorSplit
 from prunetune.exceptions import PrunetuneError
-from prunetune.pipeline import Base, build_plan, train_pruned
+from prunetune.pipeline import Base, build_plan, splits_to, train_pruned
 from prunetune.pruning.finetune import evaluate
 from prunetune.pruning.macs import count_cost
 from prunetune.pruning.plan import PruningPlan
@@ -103,10 +102,4 @@ def check_finite(metrics: Mapping[str, Any]) -> None:
 def base_to(base: Base, device: torch.device | str) -> Base:
     """``base`` with its model and in-memory data on ``device`` (CPU to ship it, the trial's device to run)."""
     device = torch.device(device)
-    moved = {s: _split_to(getattr(base.splits, s), device) for s in ("train", "val", "test")}
-    splits: DataSplits = dataclasses.replace(base.splits, **moved)
-    return dataclasses.replace(base, model=base.model.to(device), splits=splits, device=device)
-
-
-def _split_to(split: Any, device: torch.device) -> Any:
-    return split.to(device) if isinstance(split, TensorSplit) else split
+    return dataclasses.replace(base, model=base.model.to(device), splits=splits_to(base.splits, device), device=device)

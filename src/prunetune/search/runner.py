@@ -28,6 +28,7 @@ from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.search.config import SearchConfig
 from prunetune.search.objective import TrialResult, base_to, run_trial
 from prunetune.spaces import SearchSpace, build_space, space_criteria, target_range
+from prunetune.tracking.export import write_atomic
 from prunetune.tracking.store import ui_command
 from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
 from prunetune.version import __version__
@@ -85,9 +86,10 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     t0 = time.perf_counter()
     s = config.settings
     state = _resume_state(config, s.experiment_dir, resume)
-    groups = probe_groups(config)
-    space = make_space(config, groups)  # fails here, before any training, on an impossible budget
-    base = prepare(config.recipe, show_progress=show_progress)
+    # the space is checked on the groups before any training (an impossible budget fails there)
+    base = prepare(config.recipe, show_progress=show_progress, check=lambda g: make_space(config, g))
+    groups = base.groups
+    space = make_space(config, groups)
     t_score = time.perf_counter()
     table = score_table(base, space_criteria(config.space, config.recipe.criterion.params), show_progress=show_progress)
     tracker = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
@@ -208,10 +210,7 @@ def _resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> d
 
 
 def _write_state(exp_dir: Path, state: dict[str, Any]) -> None:
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = exp_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps({"version": 1, **state}, indent=1, default=str))
-    tmp.replace(exp_dir / STATE_FILE)
+    write_atomic(exp_dir / STATE_FILE, json.dumps({"version": 1, **state}, indent=1, default=str), overwrite=True)
 
 
 def _short(value: Any) -> str:
