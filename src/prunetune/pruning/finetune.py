@@ -8,7 +8,7 @@ without the loop knowing about them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunetune._numbers import is_finite_number
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.progress import progress
 
@@ -40,11 +41,11 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         checks = [
             ("epochs", isinstance(self.epochs, int) and self.epochs >= 0, "an integer >= 0"),
-            ("lr", _num(self.lr) and self.lr > 0, "a number > 0"),
-            ("momentum", _num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
-            ("weight_decay", _num(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
-            ("warmup_epochs", _num(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
-            ("label_smoothing", _num(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("lr", is_finite_number(self.lr) and self.lr > 0, "a number > 0"),
+            ("momentum", is_finite_number(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", is_finite_number(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+            ("warmup_epochs", is_finite_number(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
+            ("label_smoothing", is_finite_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an integer >= 1"),
         ]
         for name, ok, want in checks:
@@ -53,10 +54,6 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _num(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class Callback(Protocol):

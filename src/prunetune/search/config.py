@@ -30,7 +30,6 @@ relative to the working directory. All are made absolute (Ray trials run in thei
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from prunetune._numbers import is_finite_number
 from prunetune.exceptions import ConfigError
 from prunetune.recipe import Recipe, read_yaml
 from prunetune.spaces import SpaceSpec
@@ -96,11 +96,11 @@ class SearchSettings:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         if not _int(self.seed):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        if not _num(self.cpus_per_trial) or self.cpus_per_trial <= 0:
+        if not is_finite_number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
             raise ConfigError(f"cpus_per_trial must be a number > 0, got {self.cpus_per_trial!r}")
-        if not _num(self.gpus_per_trial) or self.gpus_per_trial < 0:
+        if not is_finite_number(self.gpus_per_trial) or self.gpus_per_trial < 0:
             raise ConfigError(f"gpus_per_trial must be a number >= 0 (fractions share a GPU), got {self.gpus_per_trial!r}")
-        if self.time_budget_s is not None and (not _num(self.time_budget_s) or self.time_budget_s <= 0):
+        if self.time_budget_s is not None and (not is_finite_number(self.time_budget_s) or self.time_budget_s <= 0):
             raise ConfigError(f"time_budget_s must be a number of seconds > 0, got {self.time_budget_s!r}")
         if not isinstance(self.experiment, str) or not NAME.match(self.experiment):
             raise ConfigError(f"experiment must be a name of letters, digits, '_', '.', '-', got {self.experiment!r}")
@@ -239,7 +239,3 @@ def _abs(recipe: Recipe, value: str | None) -> str | None:
 
 def _int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _num(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

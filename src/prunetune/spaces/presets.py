@@ -18,6 +18,7 @@ from typing import Any
 
 from prunetune._registry import Registry
 from prunetune.pruning.groups import ModelGroups
+from prunetune.pruning.schedules import SCHEDULES
 from prunetune.spaces.base import Component, Config, TrialLike, check_name
 
 TARGET = "target_macs"
@@ -94,8 +95,9 @@ class ScheduleParams:
         name = config.get(SCHEDULE, "hard")
         p = SCHEDULE_PARAM_PREFIX + name + "."
         if name == "ghfp":
-            return {p + "ramp": trial.suggest_categorical(p + "ramp", ["cubic", "cosine"]),
-                    p + "base": trial.suggest_categorical(p + "base", ["sfp", "asfp"]),
+            choices = SCHEDULES.get("ghfp").choices  # the schedule's own allowed values
+            return {p + "ramp": trial.suggest_categorical(p + "ramp", list(choices["ramp"])),
+                    p + "base": trial.suggest_categorical(p + "base", list(choices["base"])),
                     p + "alpha": trial.suggest_float(p + "alpha", 0.0, 1.0)}
         if name in ("sfp", "asfp"):
             return {p + "hard_fraction": trial.suggest_float(p + "hard_fraction", 0.25, 0.75)}

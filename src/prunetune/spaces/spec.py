@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from prunetune.exceptions import BudgetInfeasibleError, ConfigError
+from prunetune.exceptions import ConfigError
 from prunetune.pruning.allocation import KeepRule, infeasible_budget, smallest_fraction
 from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.groups import ModelGroups

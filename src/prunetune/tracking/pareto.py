@@ -29,8 +29,8 @@ def pareto_mask(values: Sequence[Sequence[float]] | np.ndarray, maximize: Sequen
     v = np.where(np.asarray(maximize, dtype=bool), -v, v)  # all minimised
     valid = ~np.isnan(v).any(axis=1)
     mask = np.zeros(len(v), dtype=bool)
+    others = v[valid]
     for i in np.flatnonzero(valid):
-        others = v[valid]
         no_worse = (others <= v[i]).all(axis=1)
         better = (others < v[i]).any(axis=1)
         mask[i] = not (no_worse & better).any()

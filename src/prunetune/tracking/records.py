@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunetune._numbers import is_finite_number
 from prunetune.exceptions import TrackingError
 from prunetune.tracking.store import check_store, client, find_experiment
 from prunetune.tracking.tracker import FINISHED, PARENT_TAG, ROLE_TAG, TRIAL_TAG
@@ -85,13 +86,9 @@ def _parent(mlflow_client: Any, experiment_id: str, experiment: str, run_id: str
 
 def _record(run: Any) -> TrialRecord | None:
     m = run.data.metrics
-    if not all(_finite(m.get(k)) for k in ("accuracy", "macs", "macs_ratio")):
+    if not all(is_finite_number(m.get(k)) for k in ("accuracy", "macs", "macs_ratio")):
         return None
     return TrialRecord(
         run_id=run.info.run_id, trial_id=run.data.tags.get(TRIAL_TAG, run.info.run_name or run.info.run_id),
         accuracy=m["accuracy"], macs=m["macs"], params=m.get("params", math.nan), macs_ratio=m["macs_ratio"],
         test_accuracy=m.get("test_accuracy"), params_ratio=m.get("params_ratio"), target_macs=m.get("target_macs"))
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

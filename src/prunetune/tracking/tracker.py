@@ -14,13 +14,13 @@ request); per-layer things are artifacts: ``config.json``, ``recipe.yaml``, ``pl
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
+from prunetune._numbers import is_finite_number
 from prunetune.tracking.store import client, ensure_experiment
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -114,7 +114,7 @@ class SearchTracker:
         run_id = self._runs.get(trial_id)
         if run_id is None or epoch <= self._epochs.get(trial_id, 0):
             return
-        curve = {f"epoch_{k}": metrics[k] for k in ("accuracy", "loss") if _finite(metrics.get(k))}
+        curve = {f"epoch_{k}": metrics[k] for k in ("accuracy", "loss") if is_finite_number(metrics.get(k))}
         self._log(run_id, metrics=curve, step=epoch)
         self._epochs[trial_id] = epoch
 
@@ -125,7 +125,7 @@ class SearchTracker:
             return
         for entry in result.get("history", []):
             self.log_epoch(trial_id, entry, int(entry.get("epoch", 0)))
-        self._log(run_id, metrics={k: result[k] for k in TRIAL_METRICS if _finite(result.get(k))})
+        self._log(run_id, metrics={k: result[k] for k in TRIAL_METRICS if is_finite_number(result.get(k))})
         plan = result.get("plan")
         if plan is not None:
             self.client.log_dict(run_id, plan, "plan.json")
@@ -172,7 +172,3 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 def _param_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return text[:6000]
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
