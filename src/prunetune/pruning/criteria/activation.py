@@ -106,10 +106,12 @@ def gram_ranks(maps64: Tensor) -> Tensor:
     ranks = torch.full(gram.shape[:-2], k, dtype=torch.long, device=gram.device)
     if gram.numel() == 0:
         return ranks
-    shifted = gram.clone()
-    diag = torch.diagonal(shifted, dim1=-2, dim2=-1)
-    diag.sub_((2.0 * coef) * diag.sum(dim=-1, keepdim=True))  # G − τ'·I, τ' from tr(G)
-    info = batched_linalg(_cholesky_info, shifted)
+    # G − τ'·I in place (τ' from tr(G)); the saved diagonal restores G exactly afterwards
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1)
+    saved = diag.clone()
+    diag.sub_((2.0 * coef) * saved.sum(dim=-1, keepdim=True))
+    info = batched_linalg(_cholesky_info, gram)
+    diag.copy_(saved)
     open_ = info != 0  # not certified full rank
     if bool(open_.any()):
         lam = batched_linalg(torch.linalg.eigvalsh, gram[open_])
