@@ -21,7 +21,7 @@ Schema (unknown keys are errors that name the key)::
     experiment: null           # default: this file's name without suffix
     tracking_uri: null         # default sqlite:///<cwd>/mlflow.db
     storage_path: null         # default <cwd>/prunetune-runs (Ray's results; resume state)
-    ray_address: null          # an existing Ray cluster, e.g. auto or ray://host:10001
+    ray_address: null          # an existing Ray cluster: auto, host:port or ray://host:10001
 
 Paths in the file are relative to the file; paths given on the command line and the defaults are
 relative to the working directory. All are made absolute (Ray trials run in their own directories).
@@ -104,10 +104,29 @@ class SearchSettings:
             raise ConfigError(f"time_budget_s must be a number of seconds > 0, got {self.time_budget_s!r}")
         if not isinstance(self.experiment, str) or not NAME.match(self.experiment):
             raise ConfigError(f"experiment must be a name of letters, digits, '_', '.', '-', got {self.experiment!r}")
+        if self.ray_address is not None:
+            ray_address_parts(self.ray_address)
 
     @property
     def experiment_dir(self) -> Path:
         return Path(self.storage_path) / self.experiment
+
+
+def ray_address_parts(address: Any) -> tuple[str, int] | None:
+    """Check a ``ray_address``; ``(host, port)`` for a ``host:port`` address, None for the others.
+
+    Accepted: ``auto`` (the cluster ``ray start`` left on this machine), ``local`` (a new local
+    Ray), ``ray://host:port`` (Ray Client) and ``host:port`` (a cluster's GCS, as ``ray start
+    --head`` prints it). Anything else is a :class:`ConfigError` that names the value.
+    """
+    if isinstance(address, str) and (address in ("auto", "local") or address.startswith("ray://")):
+        return None
+    host, sep, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    host = host.strip("[]")  # [::1]:6379
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"ray_address must be 'auto', 'local', host:port or ray://host:port (as `ray start "
+                          f"--head` prints it), got {address!r}")
+    return host, int(port)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from prunetune.models import create_model
 from prunetune.pipeline import load_data, prepare, score_table
 from prunetune.pruning.allocation import KeepRule
 from prunetune.pruning.groups import ModelGroups, find_groups
-from prunetune.search.config import SearchConfig
+from prunetune.search.config import SearchConfig, ray_address_parts
 from prunetune.search.objective import TrialResult, base_to, run_trial
 from prunetune.spaces import SearchSpace, build_space, space_criteria, target_range
 from prunetune.tracking.export import write_atomic
@@ -86,22 +87,26 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     t0 = time.perf_counter()
     s = config.settings
     state = _resume_state(config, s.experiment_dir, resume)
-    # the space is checked on the groups before any training (an impossible budget fails there)
-    base = prepare(config.recipe, show_progress=show_progress, check=lambda g: make_space(config, g))
-    groups = base.groups
-    space = make_space(config, groups)
-    t_score = time.perf_counter()
-    table = score_table(base, space_criteria(config.space, config.recipe.criterion.params), show_progress=show_progress)
-    tracker = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
-    _announce(config, groups)
-    shared = base_to(base, "cpu")
+    # Ray first: a wrong ray_address fails before anything is trained or tracked
     started_ray = _init_ray(s.ray_address)
     try:
-        tuner = _tuner(config, space, shared, table, objective, tracker, list(callbacks), restore=state is not None)
-        tuner.fit()
-    except BaseException as exc:
-        tracker.end_search(KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
-        raise
+        # the space is checked on the groups before any training (an impossible budget fails there)
+        base = prepare(config.recipe, show_progress=show_progress, check=lambda g: make_space(config, g))
+        groups = base.groups
+        space = make_space(config, groups)
+        t_score = time.perf_counter()
+        table = score_table(base, space_criteria(config.space, config.recipe.criterion.params),
+                            show_progress=show_progress)
+        tracker = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
+        _announce(config, groups)
+        shared = base_to(base, "cpu")
+        try:
+            tuner = _tuner(config, space, shared, table, objective, tracker, list(callbacks),
+                           restore=state is not None)
+            tuner.fit()
+        except BaseException as exc:
+            tracker.end_search(KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
+            raise
     finally:
         if started_ray:
             import ray
@@ -172,12 +177,43 @@ def _init_ray(address: str | None) -> bool:
             logger.addFilter(QuietTrialErrors())
     import ray
 
+    if address is not None:
+        check_reachable(address)
     if ray.is_initialized():
         return False
     # a new local cluster enables token auth by default and warns that it did: keep that quiet
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    if address is not None:
+        log.info("connecting to the Ray cluster at %s", address)
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    except ConnectionError as exc:
+        hint = ("; if the cluster uses token authentication (what `ray start --head` sets up by default), set "
+                "RAY_AUTH_MODE=token and make its token available (RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+                if ray_address_parts(address) is not None and "RAY_AUTH_MODE" not in os.environ else "")
+        raise ConfigError(f"cannot connect to a Ray cluster at ray_address={address!r} (Ray: {exc}){hint}. Otherwise "
+                          "start one with `ray start --head`, or leave out ray_address (--ray-address) to run on a local "
+                          "Ray") from None
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast if a ``host:port`` Ray address takes no connections (``ray.init`` would wait forever).
+
+    ``auto``, ``local`` and ``ray://`` addresses are left to Ray, which fails on its own when no
+    cluster answers. Raises :class:`ConfigError` naming the address.
+    """
+    parts = ray_address_parts(address)
+    if parts is None:
+        return
+    try:
+        with socket.create_connection(parts, timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"no Ray cluster answers at ray_address={address!r} ({reason}); start one with "
+                          "`ray start --head` and pass the address it prints, or leave out ray_address "
+                          "(--ray-address) to run on a local Ray") from None
 
 
 def _resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> dict[str, Any] | None:
