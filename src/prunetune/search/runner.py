@@ -87,8 +87,9 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     t0 = time.perf_counter()
     s = config.settings
     state = _resume_state(config, s.experiment_dir, resume)
-    # Ray first: a wrong ray_address fails before anything is trained or tracked
-    started_ray = _init_ray(s.ray_address)
+    # An existing cluster is reached first, so a wrong ray_address fails before anything is trained;
+    # a local Ray starts (seconds) only once the recipe and the budget have passed their checks.
+    started_ray = _init_ray(s.ray_address) if s.ray_address is not None else False
     try:
         # the space is checked on the groups before any training (an impossible budget fails there)
         base = prepare(config.recipe, show_progress=show_progress, check=lambda g: make_space(config, g))
@@ -97,6 +98,8 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
         t_score = time.perf_counter()
         table = score_table(base, space_criteria(config.space, config.recipe.criterion.params),
                             show_progress=show_progress)
+        if s.ray_address is None:
+            started_ray = _init_ray(None)
         tracker = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
         _announce(config, groups)
         shared = base_to(base, "cpu")
