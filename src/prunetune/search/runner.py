@@ -91,6 +91,7 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     # a local Ray starts (seconds) only once the recipe and the budget have passed their checks.
     started_ray = _init_ray(s.ray_address) if s.ray_address is not None else False
     try:
+        _check_resources(config)
         # the space is checked on the groups before any training (an impossible budget fails there)
         base = prepare(config.recipe, show_progress=show_progress, check=lambda g: make_space(config, g))
         groups = base.groups
@@ -100,6 +101,7 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
                             show_progress=show_progress)
         if s.ray_address is None:
             started_ray = _init_ray(None)
+            _check_resources(config)
         tracker = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
         _announce(config, groups)
         shared = base_to(base, "cpu")
@@ -198,6 +200,38 @@ def _init_ray(address: str | None) -> bool:
                           "start one with `ray start --head`, or leave out ray_address (--ray-address) to run on a local "
                           "Ray") from None
     return True
+
+
+def _check_resources(config: SearchConfig) -> None:
+    """Refuse per-trial resources no node set-up could give, before anything is trained or tracked.
+
+    Without this a trial asking for a GPU on a CPU-only Ray waits forever. Before a local Ray is
+    started, this machine's CPUs and CUDA devices stand for it (and the started Ray is checked
+    again); a running Ray is asked. On a cluster given by ``ray_address`` an autoscaler may still
+    add nodes, so a shortfall there is a warning.
+    """
+    import ray
+    import torch
+
+    from prunetune.search import ray_parts
+
+    s = config.settings
+    if ray.is_initialized():
+        available, where = ray.cluster_resources(), "the Ray cluster"
+    elif s.ray_address is None:
+        available = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+        where = "this machine"
+    else:
+        return
+    unmet = ray_parts.unmet_resources(s.cpus_per_trial, s.gpus_per_trial, available, where)
+    if unmet is None:
+        return
+    if s.ray_address is not None:
+        log.warning("%s: trials wait until the cluster at %s has them (an autoscaler may add nodes)",
+                    unmet, s.ray_address)
+        return
+    raise ConfigError(f"no trial could ever start: {unmet}. Lower cpus_per_trial / gpus_per_trial "
+                      "(--cpus-per-trial, --gpus-per-trial) or run on a Ray cluster that has them (ray_address)")
 
 
 def check_reachable(address: str, timeout_s: float = 10.0) -> None:

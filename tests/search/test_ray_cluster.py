@@ -1,4 +1,4 @@
-"""``ray_address``: bad values and unreachable clusters fail fast, before anything is trained or tracked.
+"""Ray set-up errors fail fast, before anything is trained or tracked: ``ray_address`` and per-trial resources.
 
 Connecting to a real cluster (``ray start --head``) was checked by hand: see the closing notes.
 """
@@ -16,6 +16,7 @@ pytest.importorskip("mlflow")
 from prunetune.exceptions import ConfigError  # noqa: E402
 from prunetune.search import run_search  # noqa: E402
 from prunetune.search import runner  # noqa: E402
+from prunetune.search.ray_parts import unmet_resources  # noqa: E402
 from prunetune.search.config import ray_address_parts  # noqa: E402
 
 
@@ -80,3 +81,26 @@ def test_ray_connection_errors_become_config_errors(monkeypatch, address, hint) 
     assert f"ray_address={address!r}" in message and "Could not find any running Ray instance" in message
     assert "ray start --head" in message
     assert ("RAY_AUTH_MODE=token" in message) == hint
+
+
+def test_unmet_resources_names_what_is_missing() -> None:
+    assert unmet_resources(1, 0.5, {"CPU": 2.0, "GPU": 1.0}) is None  # a fraction of one GPU fits
+    assert unmet_resources(2, 0, {"CPU": 2.0}) is None
+    assert unmet_resources(3, 0, {"CPU": 2.0}) == "cpus_per_trial=3 but the cluster has 2 CPUs in all"
+    both = unmet_resources(4, 1, {"CPU": 2.0}, "this machine")
+    assert both == ("cpus_per_trial=4 but this machine has 2 CPUs in all; "
+                    "gpus_per_trial=1 but this machine has 0 GPUs in all")
+
+
+def test_impossible_trial_resources_fail_before_a_local_ray_or_training(make_config, tmp_path, monkeypatch) -> None:
+    config = make_config(cpus_per_trial=10**6)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("prepare ran before the resources were checked")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_training)
+    monkeypatch.setattr(runner, "prepare", no_training)
+    with pytest.raises(ConfigError, match=r"no trial could ever start: cpus_per_trial=1e\+06 but this machine has"):
+        run_search(config, show_progress=False)
+    assert not (tmp_path / "mlflow.db").exists()
