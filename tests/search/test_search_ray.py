@@ -131,8 +131,8 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(make_conf
 
 
 def test_a_trial_the_running_ray_cannot_hold_is_an_error_before_tracking(make_config, tmp_path) -> None:
-    # the module's Ray has 2 CPUs and no GPU; the time budget ends the search should the check be missing
-    config = make_config(gpus_per_trial=1, time_budget_s=20)
-    with pytest.raises(ConfigError, match="gpus_per_trial=1 but the Ray cluster has 0 GPUs in all"):
+    # the module's Ray has 2 CPUs; the time budget ends the search should the check be missing
+    config = make_config(cpus_per_trial=3, time_budget_s=20)
+    with pytest.raises(ConfigError, match="cpus_per_trial=3 but the Ray cluster has 2 CPUs in all"):
         run_search(config, show_progress=False)
     assert not (tmp_path / "mlflow.db").exists()

@@ -112,20 +112,40 @@ class SearchSettings:
         return Path(self.storage_path) / self.experiment
 
 
-def ray_address_parts(address: Any) -> tuple[str, int] | None:
-    """Check a ``ray_address``; ``(host, port)`` for a ``host:port`` address, None for the others.
+RAY_CLIENT_PORT = 10001  # Ray Client's port when a ray:// address leaves it out
+
+
+def ray_address_parts(address: Any, *, what: str = "ray_address") -> tuple[str, int] | None:
+    """Check a Ray address; the ``(host, port)`` a connection must reach, None for ``auto``/``local``.
 
     Accepted: ``auto`` (the cluster ``ray start`` left on this machine), ``local`` (a new local
-    Ray), ``ray://host:port`` (Ray Client) and ``host:port`` (a cluster's GCS, as ``ray start
-    --head`` prints it). Anything else is a :class:`ConfigError` that names the value.
+    Ray), ``host:port`` (a cluster's GCS, as ``ray start --head`` prints it; an IPv6 host in
+    brackets, ``[::1]:6379``) and ``ray://host[:port]`` (Ray Client, port 10001 if left out).
+    Anything else is a :class:`ConfigError` naming ``what`` and the value.
     """
-    if isinstance(address, str) and (address in ("auto", "local") or address.startswith("ray://")):
+    if address in ("auto", "local"):
         return None
-    host, sep, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
-    host = host.strip("[]")  # [::1]:6379
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"ray_address must be 'auto', 'local', host:port or ray://host:port (as `ray start "
-                          f"--head` prints it), got {address!r}")
+    bad = ConfigError(f"{what} must be 'auto', 'local', host:port or ray://host:port (as `ray start --head` "
+                      f"prints it; an IPv6 host in brackets, [::1]:6379), got {address!r}")
+    if not isinstance(address, str) or not address or any(ch.isspace() for ch in address):
+        raise bad
+    client = address.startswith("ray://")
+    rest = address[len("ray://"):] if client else address
+    if rest.startswith("["):  # [IPv6]:port
+        host, close, tail = rest[1:].partition("]")
+        if not close or not host or (tail and not tail.startswith(":")):
+            raise bad
+        port = tail[1:] if tail else ""
+    else:
+        host, sep, port = rest.rpartition(":")
+        if not sep:
+            host, port = rest, ""
+        if ":" in host:  # an IPv6 host without brackets
+            raise bad
+    if not port and client:
+        port = str(RAY_CLIENT_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise bad
     return host, int(port)
 
 

@@ -172,16 +172,6 @@ def resources(cpus: float, gpus: float) -> Mapping[str, float]:
     return {"cpu": cpus, "gpu": gpus}
 
 
-def unmet_resources(cpus: float, gpus: float, available: Mapping[str, float], where: str = "the cluster") -> str | None:
-    """What one trial asks for beyond the total ``available`` (Ray's "CPU"/"GPU") of ``where``, in words.
-
-    None when a trial fits. A trial that does not fit would wait for resources forever.
-    """
-    unmet = [f"{key}_per_trial={want:g} but {where} has {available.get(name, 0.0):g} {name}s in all"
-             for key, name, want in (("cpus", "CPU", cpus), ("gpus", "GPU", gpus))
-             if want > available.get(name, 0.0)]
-    return "; ".join(unmet) or None
-
 
 def trial_dirname(trial: Trial) -> str:
     """Short trial directories (Ray's default name lists every parameter)."""

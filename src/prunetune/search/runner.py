@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,7 +24,8 @@ from prunetune.models import create_model
 from prunetune.pipeline import load_data, prepare, score_table
 from prunetune.pruning.allocation import KeepRule
 from prunetune.pruning.groups import ModelGroups, find_groups
-from prunetune.search.config import SearchConfig, ray_address_parts
+from prunetune.search import cluster
+from prunetune.search.config import SearchConfig
 from prunetune.search.objective import TrialResult, base_to, run_trial
 from prunetune.spaces import SearchSpace, build_space, space_criteria, target_range
 from prunetune.tracking.export import write_atomic
@@ -87,11 +86,14 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     t0 = time.perf_counter()
     s = config.settings
     state = _resume_state(config, s.experiment_dir, resume)
-    # An existing cluster is reached first, so a wrong ray_address fails before anything is trained;
-    # a local Ray starts (seconds) only once the recipe and the budget have passed their checks.
-    started_ray = _init_ray(s.ray_address) if s.ray_address is not None else False
+    # A named cluster is reached first, so a wrong address fails before anything is trained; a local
+    # Ray starts (seconds) only once the recipe, the budget and the trial resources have passed.
+    ray_cluster = cluster.Cluster.of(s.ray_address)
+    started_ray = False
     try:
-        _check_resources(config)
+        if ray_cluster.named is not None:
+            started_ray = cluster.connect(ray_cluster)
+        cluster.check_resources(ray_cluster, s.cpus_per_trial, s.gpus_per_trial)
         # the space is checked on the groups before any training (an impossible budget fails there)
         base = prepare(config.recipe, show_progress=show_progress, check=lambda g: make_space(config, g))
         groups = base.groups
@@ -99,14 +101,13 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
         t_score = time.perf_counter()
         table = score_table(base, space_criteria(config.space, config.recipe.criterion.params),
                             show_progress=show_progress)
-        if s.ray_address is None:
-            started_ray = _init_ray(None)
-            _check_resources(config)
+        if ray_cluster.named is None:
+            started_ray = cluster.connect(ray_cluster)
+            cluster.check_resources(ray_cluster, s.cpus_per_trial, s.gpus_per_trial)
         tracker = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
-        _announce(config, groups)
-        shared = base_to(base, "cpu")
         try:
-            tuner = _tuner(config, space, shared, table, objective, tracker, list(callbacks),
+            _announce(config, groups)
+            tuner = _tuner(config, space, base_to(base, "cpu"), table, objective, tracker, list(callbacks),
                            restore=state is not None)
             tuner.fit()
         except BaseException as exc:
@@ -166,91 +167,6 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
     run_config = tune.RunConfig(name=s.experiment, storage_path=s.storage_path, verbose=0, log_to_file=False,
                                 callbacks=[tracking, *callbacks], failure_config=tune.FailureConfig(max_failures=0))
     return tune.Tuner(fn, tune_config=tune_config, run_config=run_config)
-
-
-def _init_ray(address: str | None) -> bool:
-    """Start a quiet local Ray (or connect to ``address``) unless one is running; True if started here."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our callback logs; no CSV/TBX
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # without per-trial result files Ray's end-of-run analysis warns about each trial; MLflow has them
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    from prunetune.search.ray_parts import QuietTrialErrors
-
-    for name in ("ray.tune.execution.tune_controller", "ray.tune.tune"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, QuietTrialErrors) for f in logger.filters):
-            logger.addFilter(QuietTrialErrors())
-    import ray
-
-    if address is not None:
-        check_reachable(address)
-    if ray.is_initialized():
-        return False
-    # a new local cluster enables token auth by default and warns that it did: keep that quiet
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    if address is not None:
-        log.info("connecting to the Ray cluster at %s", address)
-    try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    except ConnectionError as exc:
-        hint = ("; if the cluster uses token authentication (what `ray start --head` sets up by default), set "
-                "RAY_AUTH_MODE=token and make its token available (RAY_AUTH_TOKEN or ~/.ray/auth_token)"
-                if ray_address_parts(address) is not None and "RAY_AUTH_MODE" not in os.environ else "")
-        raise ConfigError(f"cannot connect to a Ray cluster at ray_address={address!r} (Ray: {exc}){hint}. Otherwise "
-                          "start one with `ray start --head`, or leave out ray_address (--ray-address) to run on a local "
-                          "Ray") from None
-    return True
-
-
-def _check_resources(config: SearchConfig) -> None:
-    """Refuse per-trial resources no node set-up could give, before anything is trained or tracked.
-
-    Without this a trial asking for a GPU on a CPU-only Ray waits forever. Before a local Ray is
-    started, this machine's CPUs and CUDA devices stand for it (and the started Ray is checked
-    again); a running Ray is asked. On a cluster given by ``ray_address`` an autoscaler may still
-    add nodes, so a shortfall there is a warning.
-    """
-    import ray
-    import torch
-
-    from prunetune.search import ray_parts
-
-    s = config.settings
-    if ray.is_initialized():
-        available, where = ray.cluster_resources(), "the Ray cluster"
-    elif s.ray_address is None:
-        available = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-        where = "this machine"
-    else:
-        return
-    unmet = ray_parts.unmet_resources(s.cpus_per_trial, s.gpus_per_trial, available, where)
-    if unmet is None:
-        return
-    if s.ray_address is not None:
-        log.warning("%s: trials wait until the cluster at %s has them (an autoscaler may add nodes)",
-                    unmet, s.ray_address)
-        return
-    raise ConfigError(f"no trial could ever start: {unmet}. Lower cpus_per_trial / gpus_per_trial "
-                      "(--cpus-per-trial, --gpus-per-trial) or run on a Ray cluster that has them (ray_address)")
-
-
-def check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """Fail fast if a ``host:port`` Ray address takes no connections (``ray.init`` would wait forever).
-
-    ``auto``, ``local`` and ``ray://`` addresses are left to Ray, which fails on its own when no
-    cluster answers. Raises :class:`ConfigError` naming the address.
-    """
-    parts = ray_address_parts(address)
-    if parts is None:
-        return
-    try:
-        with socket.create_connection(parts, timeout=timeout_s):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"no Ray cluster answers at ray_address={address!r} ({reason}); start one with "
-                          "`ray start --head` and pass the address it prints, or leave out ray_address "
-                          "(--ray-address) to run on a local Ray") from None
 
 
 def _resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> dict[str, Any] | None:
