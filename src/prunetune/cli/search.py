@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="early-stop weak trials (ASHA on validation accuracy per fine-tune epoch)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search (an error if there is none; without it, resuming is automatic)")
-    p.add_argument("--ray-address", default=None, help="run on an existing Ray cluster (e.g. auto)")
+    p.add_argument("--ray-address", default=None, help="run on an existing Ray cluster: auto, host:port or ray://host:port (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///mlflow.db here)")
     p.add_argument("--storage-path", default=None, help="Ray results and resume state (default ./prunetune-runs)")
     add_format(p)

@@ -172,7 +172,6 @@ def resources(cpus: float, gpus: float) -> Mapping[str, float]:
     return {"cpu": cpus, "gpu": gpus}
 
 
-
 def trial_dirname(trial: Trial) -> str:
     """Short trial directories (Ray's default name lists every parameter)."""
     return f"trial_{trial.trial_id}"
