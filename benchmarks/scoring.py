@@ -106,7 +106,7 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[tuple[Te
     if args.data == "synthetic":
         from prunetune.data import load_dataset
 
-        split = load_dataset("synthetic", image_size=32, train_size=args.images, seed=args.seed).train
+        split = load_dataset("synthetic", image_size=32, train_size=args.images, split_seed=args.seed).train
         x, y = split.x[: args.images], split.y[: args.images]
     else:
         g = torch.Generator().manual_seed(args.seed)

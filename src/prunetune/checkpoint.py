@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,62 @@ from prunetune.pruning.plan import PruningPlan
 from prunetune.pruning.surgery import apply_plan
 
 PRUNED_FORMAT = 1
+DENSE_FORMAT = "prunetune-dense/1"
+
+
+def save_dense(path: str | os.PathLike, model: nn.Module, *, data_split: Mapping[str, Any]) -> Path:
+    """Save a dense model's state dict with the data split it was trained on (see :func:`load_checkpoint`)."""
+    payload = {"format": DENSE_FORMAT, "data_split": dict(data_split),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    return _save_atomic(payload, Path(path))
+
+
+def _save_atomic(payload: Any, path: Path) -> Path:
+    """``torch.save`` to a temporary file of this process's own, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def checkpoint_split(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The data split a dense checkpoint records (``None`` for a bare state dict)."""
+    data = _read(Path(path), "checkpoint")
+    split = data.get("data_split") if isinstance(data, dict) else None
+    return dict(split) if isinstance(split, Mapping) else None
+
+
+def check_split(path: str | os.PathLike, recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
+    """Raise unless the split a checkpoint was trained on (``recorded``) is the data's ``current`` one.
+
+    Pruning a model on another split would evaluate it on images it was trained on.
+    """
+    if recorded is None or dict(recorded) == dict(current):
+        return
+    changed = sorted(k for k in {*recorded, *current} if recorded.get(k) != current.get(k))
+    raise CheckpointError(
+        f"checkpoint {str(path)!r} was trained on the data split {_split_text(recorded)}, this recipe's data gives "
+        f"{_split_text(current)} (differs in {', '.join(changed)}): its val/test images would overlap the "
+        "checkpoint's training images; set the recipe's data to the checkpoint's split (e.g. data.split_seed) "
+        "or train the dense model on this split")
+
+
+def _split_text(split: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {split[k]}" for k in sorted(split)) + "}"
+
+
+def _read(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{what} {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {what} {str(path)!r} as a state dict ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from None
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: str = "model") -> nn.Module:
@@ -24,13 +82,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
         CheckpointError: missing file, unreadable file, or weights that do not fit ``model``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} as a state dict ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from None
+    data = _read(path, "checkpoint")
     state = _find_state_dict(data, path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
@@ -51,7 +103,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
 
 
 def _find_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(data, dict) and all(isinstance(v, torch.Tensor) for v in data.values()) and data:
+    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
         return data
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
@@ -62,14 +114,9 @@ def _find_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, model_spec: dict[str, Any]) -> Path:
     """Save a pruned model as its state dict, its plan and how to build the dense architecture."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": PRUNED_FORMAT, "model": dict(model_spec), "plan": plan.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return _save_atomic(payload, Path(path))
 
 
 def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:

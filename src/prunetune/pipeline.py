@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunetune.checkpoint import load_checkpoint, save_pruned
+from prunetune.checkpoint import check_split, checkpoint_split, load_checkpoint, save_dense, save_pruned
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
@@ -91,7 +91,7 @@ def resolve_device(name: str) -> torch.device:
 def load_data(recipe: Recipe) -> DataSplits:
     spec = recipe.data
     return load_dataset(spec.name, root=recipe.resolve_path(spec.root), download=spec.download,
-                        seed=recipe.seed, **spec.params)
+                        split_seed=spec.split_seed, **spec.params)
 
 
 def prepare(recipe: Recipe, *, show_progress: bool = True,
@@ -110,7 +110,7 @@ def prepare(recipe: Recipe, *, show_progress: bool = True,
             f"the model is set to in_channels={recipe.model.in_channels}, num_classes={recipe.model.num_classes}; "
             "fix the recipe's model section")
     splits = splits_to(splits, device)
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(recipe.pretrain.seed)  # the dense initialisation (it matters without a checkpoint)
     spec = recipe.model
     model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
     t_data = time.perf_counter()
@@ -120,7 +120,9 @@ def prepare(recipe: Recipe, *, show_progress: bool = True,
     check_allocation(recipe, groups)  # fail on a bad group name or budget before any training
     base = Base(recipe, splits, model, groups, device, {})
     if spec.checkpoint:
-        load_checkpoint(model, recipe.resolve_path(spec.checkpoint), model_name=f"model {spec.name!r}")
+        path = recipe.resolve_path(spec.checkpoint)
+        check_split(path, checkpoint_split(path), splits.split)
+        load_checkpoint(model, path, model_name=f"model {spec.name!r}")
     else:
         _pretrained_dense(base, show_progress)
     model.to(device).eval()
@@ -157,7 +159,7 @@ def _pretrained_dense(base: Base, show_progress: bool) -> None:
     """Train the dense model briefly (no checkpoint given), cached by everything that shapes it."""
     r = base.recipe
     key = json.dumps({"model": r.model.__dict__, "data": r.data.to_dict(), "pretrain": r.pretrain.__dict__,
-                      "seed": r.seed, "version": __version__}, sort_keys=True, default=str)
+                      "version": __version__}, sort_keys=True, default=str)
     root = Path(r.calibration.cache_dir) if r.calibration.cache_dir else default_cache_dir()
     path = root / "dense" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
     if r.calibration.use_cache and path.is_file():
@@ -166,13 +168,10 @@ def _pretrained_dense(base: Base, show_progress: bool) -> None:
         return
     cfg = r.pretrain.finetune_config()
     log.info("dense model: no checkpoint given, training it for %d epochs on %s", cfg.epochs, r.data.name)
-    finetune(base.model, base.loader("train", train=True, seed=r.seed, batch_size=cfg.batch_size), cfg,
+    finetune(base.model, base.loader("train", train=True, seed=r.pretrain.seed, batch_size=cfg.batch_size), cfg,
              device=base.device, show_progress=show_progress)
     if r.calibration.use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({k: v.detach().cpu() for k, v in base.model.state_dict().items()}, tmp)
-        tmp.replace(path)
+        save_dense(path, base.model, data_split=base.splits.split)
 
 
 def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *, show_progress: bool = True) -> ScoreTable:

@@ -63,12 +63,18 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """``name`` plus ``root``/``download`` for file-based data; other keys are the dataset's parameters."""
+    """``name`` plus ``root``/``download`` for file-based data; other keys are the dataset's parameters.
+
+    ``split_seed`` (default 0) fixes every random choice of the data itself (hold-out splits,
+    synthetic samples); the recipe's ``seed`` only drives training, so recipes with different seeds
+    see the same train/val/test images.
+    """
 
     name: str
     root: str | None = None
     download: bool = False
     batch_size: int = 128
+    split_seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -77,10 +83,13 @@ class DataSpec:
             value = {"name": value}
         if not isinstance(value, Mapping) or "name" not in value:
             raise ConfigError(f"recipe section 'data' needs the key 'name', got {value!r}")
-        own = {"name", "root", "download", "batch_size"}
+        own = {"name", "root", "download", "batch_size", "split_seed"}
         params = {k: v for k, v in value.items() if k not in own}
         params.update(params.pop("params", None) or {})
-        return cls(**{k: v for k, v in value.items() if k in own}, params=params)
+        spec = cls(**{k: v for k, v in value.items() if k in own}, params=params)
+        if isinstance(spec.split_seed, bool) or not isinstance(spec.split_seed, int):
+            raise ConfigError(f"data.split_seed must be an integer, got {spec.split_seed!r}")
+        return spec
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, **self.params}
@@ -90,6 +99,8 @@ class DataSpec:
             out["download"] = True
         if self.batch_size != 128:
             out["batch_size"] = self.batch_size
+        if self.split_seed:
+            out["split_seed"] = self.split_seed
         return out
 
 
@@ -205,12 +216,17 @@ class ScheduleSpec:
 
 @dataclass(frozen=True)
 class PretrainSpec:
-    """Brief dense training, used only when the model has no checkpoint (so examples run anywhere)."""
+    """Brief dense training, used only when the model has no checkpoint (so examples run anywhere).
+
+    It has its own ``seed``: recipes that differ only in their training ``seed`` prune the same
+    dense model.
+    """
 
     epochs: int = 8
     lr: float = 0.1
     weight_decay: float = 5e-4
     batch_size: int = 64
+    seed: int = 0
 
     @classmethod
     def parse(cls, value: Any) -> PretrainSpec:

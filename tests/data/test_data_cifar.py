@@ -91,7 +91,7 @@ def test_cifar10_shapes_labels_and_pixels(tmp_path: Path, packed: bool) -> None:
     written = write_cifar10(tmp_path / "cifar-10-batches-py")
     if packed:
         make_tar(tmp_path, "cifar-10-batches-py", "cifar-10-python.tar.gz")
-    splits = load_dataset("cifar10", root=tmp_path, val_size=5, seed=3)
+    splits = load_dataset("cifar10", root=tmp_path, val_size=5, split_seed=3)
     assert (splits.num_classes, splits.in_channels, splits.image_size) == (10, 3, 32)
     assert splits.name == "cifar10" and splits.augment is True
     assert splits.classes == tuple(f"c{k}" for k in range(10))
@@ -110,7 +110,7 @@ def test_cifar10_shapes_labels_and_pixels(tmp_path: Path, packed: bool) -> None:
 def test_cifar10_holdout_is_a_partition_of_train(tmp_path: Path) -> None:
     written = write_cifar10(tmp_path / "cifar-10-batches-py")
     rows, labels = _train_rows(written, [f"data_batch_{i}" for i in range(1, 6)])
-    splits = load_dataset("cifar10", root=tmp_path, val_size=5, seed=0)
+    splits = load_dataset("cifar10", root=tmp_path, val_size=5, split_seed=0)
     full = expected(rows, C10_MEAN, C10_STD).flatten(1)
     got = torch.cat([splits.train.x, splits.val.x]).flatten(1)
     got_y = torch.cat([splits.train.y, splits.val.y])
@@ -121,9 +121,9 @@ def test_cifar10_holdout_is_a_partition_of_train(tmp_path: Path) -> None:
 
 def test_cifar10_holdout_is_seeded(tmp_path: Path) -> None:
     write_cifar10(tmp_path / "cifar-10-batches-py")
-    a = load_dataset("cifar10", root=tmp_path, val_size=5, seed=0)
-    b = load_dataset("cifar10", root=tmp_path, val_size=5, seed=0)
-    c = load_dataset("cifar10", root=tmp_path, val_size=5, seed=1)
+    a = load_dataset("cifar10", root=tmp_path, val_size=5, split_seed=0)
+    b = load_dataset("cifar10", root=tmp_path, val_size=5, split_seed=0)
+    c = load_dataset("cifar10", root=tmp_path, val_size=5, split_seed=1)
     assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.y, b.train.y)
     assert not torch.equal(a.val.x, c.val.x)
 
@@ -151,7 +151,7 @@ def test_cifar100_fine_labels_and_pixels(tmp_path: Path, packed: bool) -> None:
     written = write_cifar100(tmp_path / "cifar-100-python")
     if packed:
         make_tar(tmp_path, "cifar-100-python", "cifar-100-python.tar.gz")
-    splits = load_dataset("cifar100", root=tmp_path, val_size=2, seed=0)
+    splits = load_dataset("cifar100", root=tmp_path, val_size=2, split_seed=0)
     assert splits.num_classes == 100 and splits.name == "cifar100"
     assert len(splits.train) == C100_TRAIN - 2 and len(splits.val) == 2
     assert len(splits.test) == TEST_N

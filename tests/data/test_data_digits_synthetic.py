@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prunetune.data import load_dataset
-from prunetune.data.digits import stratified_split
+from prunetune.data.base import stratified_split
 from prunetune.exceptions import ConfigError
 
 N_DIGITS = 1797
@@ -29,13 +29,13 @@ def test_digits_native_size() -> None:
 
 
 def test_digits_train_standardised() -> None:
-    x = load_dataset("digits", seed=4).train.x
+    x = load_dataset("digits", split_seed=4).train.x
     assert abs(x.mean().item()) < 1e-4
     assert x.std().item() == pytest.approx(1.0, abs=1e-3)
 
 
 def test_digits_deterministic_per_seed() -> None:
-    a, b, c = (load_dataset("digits", seed=s) for s in (7, 7, 8))
+    a, b, c = (load_dataset("digits", split_seed=s) for s in (7, 7, 8))
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
     assert not torch.equal(a.test.x, c.test.x)
 
@@ -82,13 +82,13 @@ def test_synthetic_shapes_and_balance() -> None:
 
 
 def test_synthetic_deterministic_per_seed() -> None:
-    a, b, c = (load_dataset("synthetic", seed=s, train_size=32) for s in (0, 0, 1))
+    a, b, c = (load_dataset("synthetic", split_seed=s, train_size=32) for s in (0, 0, 1))
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
     assert not torch.equal(a.train.x, c.train.x)
 
 
 def test_synthetic_is_learnable_by_nearest_centroid() -> None:
-    splits = load_dataset("synthetic", seed=2)
+    splits = load_dataset("synthetic", split_seed=2)
     x, y = splits.train.x.flatten(1), splits.train.y
     centroids = torch.stack([x[y == c].mean(0) for c in range(splits.num_classes)])
     pred = torch.cdist(splits.test.x.flatten(1), centroids).argmin(1)

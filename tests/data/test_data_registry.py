@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -36,7 +37,7 @@ def test_dataset_defaults() -> None:
 
 def test_bad_seed_type() -> None:
     with pytest.raises(ConfigError, match="seed"):
-        load_dataset("synthetic", seed="zero")
+        load_dataset("synthetic", split_seed="zero")
 
 
 def _folders(root: Path, *names: str) -> Path:
@@ -50,11 +51,45 @@ def test_imagefolder_needs_root() -> None:
         load_dataset("imagefolder")
 
 
-def test_imagefolder_missing_val_folder_is_named(tmp_path: Path) -> None:
-    _folders(tmp_path, "train")
+def test_imagefolder_missing_train_folder_is_named(tmp_path: Path) -> None:
+    _folders(tmp_path, "val")
     with pytest.raises(DataError) as err:
         load_dataset("imagefolder", root=tmp_path)
-    assert str(tmp_path / "val") in str(err.value)
+    assert str(tmp_path / "train") in str(err.value)
+
+
+class _FakeFolder:
+    """Just what the loader reads of torchvision's ImageFolder: classes and (path, target) samples."""
+
+    def __init__(self, root: str, transform: object = None) -> None:
+        self.classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+        self.samples = [(str(f), i) for i, c in enumerate(self.classes) for f in sorted((Path(root) / c).iterdir())]
+        self.transform = transform
+
+
+class _AnyTransform:
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: (name, args)
+
+
+def test_imagefolder_without_val_holds_out_a_split_fixed_by_split_seed(tmp_path, monkeypatch) -> None:
+    for cls in ("ant", "bee", "cat"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(10):
+            (tmp_path / "train" / cls / f"{i}.png").touch()
+    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder), transforms=_AnyTransform())
+    monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
+
+    def held_out(**kw):
+        splits = load_dataset("imagefolder", root=tmp_path, val_fraction=0.2, **kw)
+        assert splits.test is splits.val and splits.classes == ("ant", "bee", "cat")
+        val = set(splits.val.indices)
+        assert not val & set(splits.train.indices) and len(val) + len(splits.train) == 30
+        assert sorted(t for _, t in (splits.val.dataset.samples[i] for i in val)) == [0, 0, 1, 1, 2, 2]
+        assert splits.split == {"dataset": "imagefolder", "split_seed": kw.get("split_seed", 0), "val_fraction": 0.2}
+        return val
+
+    assert held_out() == held_out(split_seed=0) != held_out(split_seed=1)
 
 
 def test_imagefolder_missing_root_is_named(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 Public API::
 
-    load_dataset(name, *, root=None, download=False, seed=0, **params) -> DataSplits
+    load_dataset(name, *, root=None, download=False, split_seed=0, **params) -> DataSplits
     DATASETS                      # Registry of DatasetSpec (cifar10, cifar100, digits, ...)
     dataset_defaults(name)        # parameters a dataset takes, with defaults
     TensorSplit(x, y), DataSplits(...)

@@ -9,7 +9,7 @@ normalised float32 images plus int64 labels); large on-disk datasets (imagefolde
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -85,6 +85,8 @@ class DataSplits:
         augment: whether CIFAR-style train augmentation (pad-crop + horizontal flip, see
             :func:`prunetune.data.loader.augment_batch`) suits this data.
         classes: human-readable class names when the dataset provides them, else empty.
+        split: what fixes which sample lands in which split (dataset name, ``split_seed`` and the
+            dataset's split parameters); set by :func:`load_dataset`, recorded in dense checkpoints.
     """
 
     train: Split
@@ -96,6 +98,7 @@ class DataSplits:
     name: str
     augment: bool
     classes: tuple[str, ...] = field(default=())
+    split: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for attr in ("num_classes", "in_channels", "image_size"):
@@ -113,27 +116,31 @@ class DatasetSpec:
 
     Attributes:
         name: registry name.
-        build: ``build(root=Path|None, download=bool, seed=int, **params) -> DataSplits``.
+        build: ``build(root=Path|None, download=bool, seed=int, **params) -> DataSplits``; ``seed``
+            is the split seed (``split_seed``): the only randomness in which sample goes where.
         defaults: every parameter the loader takes, with its default; others are rejected.
         summary: one line describing the dataset.
+        split_params: the parameters that, with the split seed, decide the split (recorded in
+            :attr:`DataSplits.split`).
     """
 
     name: str
     build: DatasetBuilder
     defaults: Mapping[str, Any]
     summary: str
+    split_params: tuple[str, ...] = ()
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
 
 def register_dataset(
-    name: str, *, defaults: Mapping[str, Any], summary: str
+    name: str, *, defaults: Mapping[str, Any], summary: str, split_params: Sequence[str] = ()
 ) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator registering a builder function as dataset ``name``."""
 
     def _register(build: DatasetBuilder) -> DatasetBuilder:
-        DATASETS.register(name, DatasetSpec(name, build, dict(defaults), summary))
+        DATASETS.register(name, DatasetSpec(name, build, dict(defaults), summary, tuple(split_params)))
         return build
 
     return _register
@@ -149,7 +156,7 @@ def load_dataset(
     *,
     root: str | Path | None = None,
     download: bool = False,
-    seed: int = 0,
+    split_seed: int = 0,
     **params: Any,
 ) -> DataSplits:
     """Load dataset ``name`` and split it into train / val / test.
@@ -159,7 +166,9 @@ def load_dataset(
             ``imagefolder``); see ``DATASETS.names()``.
         root: folder holding the dataset files (required for on-disk datasets).
         download: fetch missing files from the official source where the dataset supports it.
-        seed: seed of every random choice (hold-out split, synthetic samples).
+        split_seed: seed of every random choice that shapes the data (hold-out splits, synthetic
+            samples). It is a property of the data, never of a training run: a recipe's ``seed``
+            does not move it, so every run on the same data sees the same test images.
         **params: dataset-specific parameters; see :func:`dataset_defaults`.
 
     Returns:
@@ -178,11 +187,13 @@ def load_dataset(
             f"dataset {name!r} has no parameter {', '.join(repr(u) for u in unknown)}; "
             f"its parameters are: {known}"
         )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ConfigError(f"seed must be an int, got {seed!r}")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)):
+        raise ConfigError(f"split_seed must be an int, got {split_seed!r}")
     root_path = Path(root).expanduser() if root is not None else None
     merged = {**spec.defaults, **params}
-    return spec.build(root=root_path, download=bool(download), seed=int(seed), **merged)
+    splits = spec.build(root=root_path, download=bool(download), seed=int(split_seed), **merged)
+    split = {"dataset": name, "split_seed": int(split_seed), **{k: merged[k] for k in spec.split_params}}
+    return replace(splits, split=split)
 
 
 def int_param(dataset: str, name: str, value: Any, *, minimum: int) -> int:
@@ -215,6 +226,35 @@ def seeded_generator(*key: int) -> torch.Generator:
     words = [int(k) % 2**64 for k in key]
     state = np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def stratified_split(
+    y: Tensor, val_fraction: float, test_fraction: float, seed: int, *, salt: int = 0xD161
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Seeded per-class split of sample indices into train / val / test.
+
+    Each class contributes ``round(n_c * fraction)`` samples to val and test (at least one sample
+    per class stays in train); each returned index tensor is shuffled.
+
+    Returns:
+        ``(train_indices, val_indices, test_indices)``, int64, disjoint, covering ``range(len(y))``.
+    """
+    gen = seeded_generator(seed, salt)
+    parts: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
+    for cls in torch.unique(y).tolist():
+        members = torch.nonzero(y == cls).flatten()
+        members = members[torch.randperm(members.numel(), generator=gen)]
+        n = members.numel()
+        n_test = min(round(n * test_fraction), n - 1)
+        n_val = min(round(n * val_fraction), n - 1 - n_test)
+        parts[2].append(members[:n_test])
+        parts[1].append(members[n_test : n_test + n_val])
+        parts[0].append(members[n_test + n_val :])
+    return tuple(_shuffled(torch.cat(p), gen) for p in parts)  # type: ignore[return-value]
+
+
+def _shuffled(indices: Tensor, gen: torch.Generator) -> Tensor:
+    return indices[torch.randperm(indices.numel(), generator=gen)]
 
 
 def _describe(value: object) -> str:

@@ -10,7 +10,8 @@ Pickle can execute code, so only load archives from a source you trust (the offi
 whose MD5 is checked when ``download=True`` fetches it).
 
 Parameters: ``val_size`` (default 5000) training images are held out, by a permutation seeded
-with ``seed``, as the validation split. ``val_size=0`` keeps the full training set and makes
+with the dataset's ``split_seed`` (default 0, never the recipe's training seed), as the validation
+split. ``val_size=0`` keeps the full training set and makes
 ``val`` the test split (the same object).
 """
 
@@ -97,13 +98,15 @@ CIFAR100 = CifarInfo(
 _DEFAULTS = {"val_size": 5000}
 
 
-@register_dataset("cifar10", defaults=_DEFAULTS, summary="CIFAR-10: 60k 32×32 RGB, 10 classes")
+@register_dataset("cifar10", defaults=_DEFAULTS, summary="CIFAR-10: 60k 32×32 RGB, 10 classes",
+                  split_params=("val_size",))
 def load_cifar10(*, root: Path | None, download: bool, seed: int, val_size: int) -> DataSplits:
     """Load CIFAR-10 (see the module docstring)."""
     return load_cifar(CIFAR10, root=root, download=download, seed=seed, val_size=val_size)
 
 
-@register_dataset("cifar100", defaults=_DEFAULTS, summary="CIFAR-100: 60k 32×32 RGB, 100 classes")
+@register_dataset("cifar100", defaults=_DEFAULTS, summary="CIFAR-100: 60k 32×32 RGB, 100 classes",
+                  split_params=("val_size",))
 def load_cifar100(*, root: Path | None, download: bool, seed: int, val_size: int) -> DataSplits:
     """Load CIFAR-100 with its fine labels (see the module docstring)."""
     return load_cifar(CIFAR100, root=root, download=download, seed=seed, val_size=val_size)

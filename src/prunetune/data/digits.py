@@ -10,8 +10,9 @@ Parameters:
         test split).
     test_fraction: share of each class held out for testing (default 0.15).
 
-The split is stratified: every class is permuted with a generator seeded by ``seed`` and cut by the
-fractions, so all three splits keep the class balance. Digits are never flipped (``augment`` is
+The split is stratified: every class is permuted with a generator seeded by the dataset's
+``split_seed`` (default 0; never the recipe's training seed) and cut by the fractions, so all three
+splits keep the class balance. Digits are never flipped (``augment`` is
 ``False``): a mirrored 2 is not a 2.
 """
 
@@ -30,7 +31,7 @@ from prunetune.data.base import (
     fraction_param,
     int_param,
     register_dataset,
-    seeded_generator,
+    stratified_split,
 )
 from prunetune.exceptions import ConfigError
 
@@ -40,7 +41,8 @@ _DEFAULTS = {"image_size": 16, "val_fraction": 0.15, "test_fraction": 0.15}
 
 
 @register_dataset(
-    "digits", defaults=_DEFAULTS, summary="scikit-learn digits: 1797 8×8 grey, 10 classes"
+    "digits", defaults=_DEFAULTS, summary="scikit-learn digits: 1797 8×8 grey, 10 classes",
+    split_params=("val_fraction", "test_fraction"),
 )
 def load_digits_dataset(
     *,
@@ -96,32 +98,3 @@ def _resize(x: Tensor, image_size: int) -> Tensor:
     if image_size == NATIVE_SIZE:
         return x
     return F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-
-
-def stratified_split(
-    y: Tensor, val_fraction: float, test_fraction: float, seed: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Seeded per-class split of sample indices into train / val / test.
-
-    Each class contributes ``round(n_c * fraction)`` samples to val and test (at least one sample
-    per class stays in train); each returned index tensor is shuffled.
-
-    Returns:
-        ``(train_indices, val_indices, test_indices)``, int64, disjoint, covering ``range(len(y))``.
-    """
-    gen = seeded_generator(seed, 0xD161)
-    parts: tuple[list[Tensor], list[Tensor], list[Tensor]] = ([], [], [])
-    for cls in torch.unique(y).tolist():
-        members = torch.nonzero(y == cls).flatten()
-        members = members[torch.randperm(members.numel(), generator=gen)]
-        n = members.numel()
-        n_test = min(round(n * test_fraction), n - 1)
-        n_val = min(round(n * val_fraction), n - 1 - n_test)
-        parts[2].append(members[:n_test])
-        parts[1].append(members[n_test : n_test + n_val])
-        parts[0].append(members[n_test + n_val :])
-    return tuple(_shuffled(torch.cat(p), gen) for p in parts)  # type: ignore[return-value]
-
-
-def _shuffled(indices: Tensor, gen: torch.Generator) -> Tensor:
-    return indices[torch.randperm(indices.numel(), generator=gen)]

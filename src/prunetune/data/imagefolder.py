@@ -4,13 +4,15 @@ Layout under ``root``::
 
     root/train/<class>/<image>   root/val/<class>/<image>   [root/test/<class>/<image>]
 
-Without ``test/`` the test split is the val split (the same object). Train images get
+Without ``test/`` the test split is the val split (the same object). Without ``val/`` a stratified
+``val_fraction`` of each class of ``train/`` is held out as the val split, chosen by the dataset's
+``split_seed`` (default 0; never the recipe's training seed), so every run sees the same split. Train images get
 ``RandomResizedCrop(image_size)`` + ``RandomHorizontalFlip``; val/test images get
 ``Resize(round(256·image_size/224))`` + ``CenterCrop(image_size)``; all are normalised with the
 ImageNet mean/std. The splits are torchvision ``ImageFolder`` datasets, so their augmentation
 lives in the transforms and ``DataSplits.augment`` is ``False`` (no second, tensor-level pass).
 
-Parameters: ``image_size`` (default 224).
+Parameters: ``image_size`` (default 224), ``val_fraction`` (default 0.1; used without ``val/``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from prunetune._imports import require
-from prunetune.data.base import DataSplits, int_param, register_dataset, require_root
+from prunetune.data.base import (
+    DataSplits,
+    fraction_param,
+    int_param,
+    register_dataset,
+    require_root,
+    stratified_split,
+)
 from prunetune.exceptions import DataError, MissingExtraError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,10 +40,12 @@ _PURPOSE = "the 'imagefolder' dataset"
 
 
 @register_dataset(
-    "imagefolder", defaults={"image_size": 224}, summary="class folders under root/train, root/val"
+    "imagefolder", defaults={"image_size": 224, "val_fraction": 0.1},
+    summary="class folders under root/train, root/val (or a held-out part of train)",
+    split_params=("val_fraction",),
 )
 def load_imagefolder(
-    *, root: Path | None, download: bool, seed: int, image_size: int
+    *, root: Path | None, download: bool, seed: int, image_size: int, val_fraction: float
 ) -> DataSplits:
     """Build lazy train / val / test ``ImageFolder`` datasets (see the module docstring).
 
@@ -40,9 +53,9 @@ def load_imagefolder(
         DataError: ``root`` or a split folder is missing, or the splits disagree on classes.
         MissingExtraError: torchvision cannot be imported.
     """
-    del seed  # file order is fixed by the folders; shuffling is the loader's job
     image_size = int_param("imagefolder", "image_size", image_size, minimum=1)
-    root = require_root("imagefolder", root, "a folder with train/ and val/ class subfolders")
+    val_fraction = fraction_param("imagefolder", "val_fraction", val_fraction, allow_zero=False)
+    root = require_root("imagefolder", root, "a folder with train/ (and val/) class subfolders")
     if download:
         raise DataError(
             f"dataset 'imagefolder' cannot be downloaded; put the class folders under {root}"
@@ -51,12 +64,14 @@ def load_imagefolder(
     tv = _torchvision()
     train_tf, eval_tf = build_transforms(tv, image_size)
     train = tv.datasets.ImageFolder(str(folders["train"]), transform=train_tf)
-    val = tv.datasets.ImageFolder(str(folders["val"]), transform=eval_tf)
-    test = val
-    if "test" in folders:
-        test = tv.datasets.ImageFolder(str(folders["test"]), transform=eval_tf)
+    classes = list(train.classes)
+    if "val" in folders:
+        val = tv.datasets.ImageFolder(str(folders["val"]), transform=eval_tf)
+    else:
+        train, val = _hold_out(tv, folders["train"], train, eval_tf, val_fraction, seed)
+    test = tv.datasets.ImageFolder(str(folders["test"]), transform=eval_tf) if "test" in folders else val
     for name, split in (("val", val), ("test", test)):
-        if list(split.classes) != list(train.classes):
+        if list(getattr(split, "dataset", split).classes) != classes:
             raise DataError(
                 f"imagefolder {folders.get(name)} has classes {split.classes}, but train has "
                 f"{train.classes}; every split needs the same class folders"
@@ -65,26 +80,40 @@ def load_imagefolder(
         train=train,
         val=val,
         test=test,
-        num_classes=len(train.classes),
+        num_classes=len(classes),
         in_channels=3,
         image_size=image_size,
         name="imagefolder",
         augment=False,
-        classes=tuple(train.classes),
+        classes=tuple(classes),
     )
 
 
+def _hold_out(tv: ModuleType, folder: Path, train: Any, eval_tf: Any, val_fraction: float,
+              seed: int) -> tuple[Any, Any]:
+    """Stratified hold-out of ``val_fraction`` of ``train`` (seeded by the split seed): ``(train, val)``
+    subsets, val read with the evaluation transforms."""
+    from torch.utils.data import Subset
+
+    targets = torch.as_tensor([int(t) for _, t in train.samples], dtype=torch.long)
+    if targets.numel() < 2:
+        raise DataError(f"imagefolder {folder} has {targets.numel()} image(s); holding out a val split "
+                        "needs at least 2 (or add a val/ folder)")
+    train_idx, val_idx, _ = stratified_split(targets, val_fraction, 0.0, seed, salt=0x1F01)
+    evaluated = tv.datasets.ImageFolder(str(folder), transform=eval_tf)
+    return Subset(train, train_idx.tolist()), Subset(evaluated, val_idx.tolist())
+
+
 def split_folders(root: Path) -> dict[str, Path]:
-    """Return the existing ``train``/``val``/``test`` folders, requiring train and val."""
+    """Return the existing ``train``/``val``/``test`` folders, requiring train."""
     if not root.is_dir():
         raise DataError(f"imagefolder root {root} does not exist or is not a folder")
     folders = {name: root / name for name in ("train", "val", "test") if (root / name).is_dir()}
-    for needed in ("train", "val"):
-        if needed not in folders:
-            raise DataError(
-                f"imagefolder split folder {root / needed} is missing: {root} needs train/ and "
-                "val/ subfolders, each with one folder per class (test/ is optional)"
-            )
+    if "train" not in folders:
+        raise DataError(
+            f"imagefolder split folder {root / 'train'} is missing: {root} needs a train/ subfolder "
+            "with one folder per class (val/ and test/ are optional)"
+        )
     return folders
 
 

@@ -4,7 +4,8 @@ Every class owns a fixed random *template*: smooth (bilinearly upsampled from a 
 the image size) Gaussian noise, standardised to zero mean and unit std. A sample of class ``c`` is
 ``amplitude · template[c] + noise · ε`` with a per-sample amplitude in ``[0.5, 1.5]`` and pixel
 noise ``ε ~ N(0, 1)``. Labels are balanced (``i mod num_classes``, then shuffled). Templates are
-shared by the three splits; everything is a function of ``seed`` and the parameters.
+shared by the three splits; everything is a function of the dataset's ``split_seed`` (default 0,
+never the recipe's training seed) and the parameters.
 
 Parameters: ``num_classes`` (10), ``in_channels`` (3), ``image_size`` (32), ``train_size`` (512),
 ``val_size`` (128; 0 makes ``val`` the test split), ``test_size`` (128), ``noise`` (1.0, the pixel
@@ -41,7 +42,8 @@ _DEFAULTS = {
 
 
 @register_dataset(
-    "synthetic", defaults=_DEFAULTS, summary="seeded class templates plus noise (offline)"
+    "synthetic", defaults=_DEFAULTS, summary="seeded class templates plus noise (offline)",
+    split_params=tuple(_DEFAULTS),
 )
 def load_synthetic(
     *,
