@@ -32,7 +32,7 @@ from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.pruning.macs import count_cost
 from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
-from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir
+from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
 from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
 from prunetune.recipe import Recipe
 from prunetune.version import __version__
@@ -227,7 +227,7 @@ def _carried_plan(recipe: Recipe) -> PruningPlan:
     return PruningPlan.from_dict(recipe.plan)
 
 
-def train_pruned(recipe: Recipe, base: Base, plan: PruningPlan, *, table: ScoreTable | None = None,
+def train_pruned(recipe: Recipe, base: Base, plan: PruningPlan, *,
                  callbacks: Sequence[Any] = (), show_progress: bool = True,
                  ) -> tuple[nn.Module, list[dict[str, float]], PruningPlan]:
     """Copy the dense model and run the recipe's schedule: masks, fine-tune, physical removal.
@@ -237,7 +237,9 @@ def train_pruned(recipe: Recipe, base: Base, plan: PruningPlan, *, table: ScoreT
     """
     torch.manual_seed(recipe.seed)
     model = copy.deepcopy(base.model).to(base.device)
-    ranking = plan_ranking(plan, blended_scores(recipe, table) if table is not None else None)
+    # The order gradual schedules prune in: the plan's own (recorded when it was made, so a replay
+    # prunes exactly as the trial did), else the dense weights' L2 norms (a plan made elsewhere).
+    ranking = plan_ranking(plan, None if plan.order else weight_scores(model, base.groups, "l2", {}))
     return run_schedule(
         recipe.schedule.name, recipe.schedule.params, model, base.groups, plan, recipe.finetune,
         train_batches=base.loader("train", train=True, seed=recipe.seed, batch_size=recipe.finetune.batch_size),
@@ -256,7 +258,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: 
     table = None if recipe.plan is not None else score_table(base, recipe_criteria(recipe), show_progress=show_progress)
     plan = build_plan(recipe, base, table)
     t2 = time.perf_counter()
-    model, history, plan = train_pruned(recipe, base, plan, table=table, show_progress=show_progress)
+    model, history, plan = train_pruned(recipe, base, plan, show_progress=show_progress)
     t3 = time.perf_counter()
     cost = count_cost(model, base.input_shape)
     pruned = {"macs": cost.macs, "params": cost.params,

@@ -46,7 +46,9 @@ def test_schedule_endpoints() -> None:
     assert hard_ramp(0, E, "cubic") == pytest.approx(1 - (1 - 1 / E) ** 3)
     assert hard_ramp(E - 1, E, "cubic") == 1.0 and hard_ramp(E - 1, E, "cosine") == pytest.approx(1.0)
     assert srfp_alpha(0, E, 1.0) == 1.0 and srfp_alpha(int(0.9 * E) + 1, E, 1.0) == 0.0
-    assert [SCHEDULES.get("iterative").state(e, 6, steps=3).prune for e in range(6)] == [1 / 3, 1 / 3, 2 / 3, 2 / 3, 1, 1]
+    iterative = SCHEDULES.get("iterative")
+    assert [iterative.state(e, 6, steps=3, hard_fraction=0).prune for e in range(6)] == [1 / 3, 1 / 3, 2 / 3, 2 / 3, 1, 1]
+    assert [iterative.state(e, 6, steps=3).prune for e in range(6)] == [1 / 3, 2 / 3, 1, 1, 1, 1]  # last half at target
 
 
 def test_schedule_parameter_errors() -> None:

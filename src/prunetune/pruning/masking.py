@@ -26,10 +26,11 @@ from prunetune.pruning.surgery import MaskHooks, apply_plan
 
 
 def plan_ranking(plan: PruningPlan, scores: Mapping[str, Tensor] | None = None) -> dict[str, list[int]]:
-    """Per group, the plan's pruned channels, least important first (by ``scores`` when given)."""
+    """Per group, the plan's pruned channels, least important first: by ``scores`` when given, else
+    the order the plan records (:attr:`PruningPlan.order`), else index order."""
     ranking = {}
-    for name, kept in plan.kept.items():
-        pruned = sorted(set(range(plan.channels[name])) - set(kept))
+    for name in plan.kept:
+        pruned = plan.pruned_order(name)
         if scores is not None and name in scores:
             s = scores[name]
             pruned.sort(key=lambda i: (float(s[i]), i))
@@ -43,8 +44,9 @@ class ScheduleMasks:
     Args:
         ranking: per group, the planned pruned channels, least important first; the first
             ``floor(prune·m)`` are pruned when the schedule does not re-score.
-        reselect: allow re-scoring by weights (SFP family) to choose *which* channels are pruned;
-            off when replaying a fixed plan, so the final architecture is the plan's.
+        reselect: allow a re-score over the ``all`` pool to choose *which* channels are pruned;
+            off when replaying a fixed plan, so the final architecture is the plan's (re-scoring
+            within the ``plan`` pool stays on: it cannot change the architecture).
     """
 
     def __init__(self, model: nn.Module, groups: ModelGroups, plan: PruningPlan, state_fn: Callable[[int, int], EpochState],
@@ -59,6 +61,7 @@ class ScheduleMasks:
         self.pruned: dict[str, list[int]] = {n: [] for n in self.targets}
         self.hooks = MaskHooks(model, groups, self.gates)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.last: EpochState | None = None
 
     # -- callback protocol -------------------------------------------------------------------
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -74,11 +77,11 @@ class ScheduleMasks:
     def apply(self, state: EpochState, *, first: bool = False) -> None:
         """Set the masks for one epoch; the first epoch selects by the plan's ranking, later ones
         re-score by weights when the schedule says so."""
+        self.last = state
         for name, m in self.targets.items():
             n_prune = math.floor(m * state.prune + 1e-9)
             n_hard = math.floor(n_prune * state.hard + 1e-9)
-            rescore = state.rescore and self.reselect and not first
-            order = self._order(name) if rescore else self.ranking[name]
+            order = self._order(name, state.pool) if self._rescores(state, first) else self.ranking[name]
             hard = list(self.hard[name])  # hard channels stay hard (nested sets)
             hard += [c for c in order if c not in hard][: max(0, n_hard - len(hard))]
             soft = [c for c in order if c not in hard][: max(0, n_prune - len(hard))]
@@ -89,24 +92,43 @@ class ScheduleMasks:
             self._scale_rows(name, soft, state.soft_scale, norms=False)
         self._zero_hard()
 
+    def _rescores(self, state: EpochState, first: bool) -> bool:
+        return state.rescore and not first and (self.reselect or state.pool == "plan")
+
     def finish(self) -> PruningPlan:
-        """Make every planned channel hard, remove the gates, return the final plan."""
+        """Make the last pruned set hard, remove the gates, return the final plan.
+
+        The channels removed are those the last epoch pruned. Where that epoch pruned fewer than
+        planned (an asymptotic or published-SFP soft end), the rest are the lowest by current
+        weights, as SFP's own final pruning step after the last epoch chooses them.
+        """
+        last = self.last or EpochState(prune=1.0, hard=1.0)
+        for name, m in self.targets.items():
+            pruned = list(self.pruned[name])
+            if len(pruned) < m:
+                order = self._order(name, last.pool) if self._rescores(last, False) else self.ranking[name]
+                pruned += [c for c in order if c not in pruned][: m - len(pruned)]
+            self.hard[name] = pruned
         self.apply(EpochState(prune=1.0, hard=1.0))
         self.hooks.remove()
         kept = dict(self.plan.kept)
         for name in self.targets:
             kept[name] = tuple(sorted(set(range(self.plan.channels[name])) - set(self.hard[name])))
         counts = {n: len(k) for n, k in kept.items()}
+        order = {**self.plan.order, **{n: tuple(self.hard[n]) for n in self.targets}}  # as they hardened
         return PruningPlan(kept, dict(self.plan.channels), self.plan.dense, analytic_cost(self.groups, counts),
-                           self.plan.input_shape, dict(self.plan.meta))
+                           self.plan.input_shape, dict(self.plan.meta), order)
 
-    def _order(self, name: str) -> list[int]:
-        """All channels of a group, lowest current weight score first (hard ones are zero, so first)."""
+    def _order(self, name: str, pool: str) -> list[int]:
+        """Channels a re-score may prune, lowest current weight score first: the planned ones
+        (``pool="plan"``, the others after them) or all of them (``pool="all"``). Hard channels
+        are kept hard by :meth:`apply` whatever their place here."""
         group = self.groups[name]
         values = [self.rescore.from_weight(self.modules[l].weight.detach(), **self.rescore.resolve({})).cpu()
                   for l in group.out_layers]
         s = torch.stack(values).mean(0)
-        return sorted(range(s.numel()), key=lambda i: (float(s[i]), i))
+        planned = set(self.ranking[name]) if pool == "plan" else set()
+        return sorted(range(s.numel()), key=lambda i: (pool == "plan" and i not in planned, float(s[i]), i))
 
     @torch.no_grad()
     def _scale_rows(self, name: str, channels: Sequence[int], scale: float, *, norms: bool) -> None:

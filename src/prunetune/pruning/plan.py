@@ -33,6 +33,8 @@ class PruningPlan:
         dense: dense MACs/params; pruned: MACs/params after removal (one input).
         input_shape: the (C, H, W) the costs refer to.
         meta: free-form provenance (model name, criterion, ...), JSON-serialisable.
+        order: group name -> its pruned indices, least important first (the order in which a
+            gradual schedule prunes them; optional: absent means index order).
     """
 
     kept: dict[str, tuple[int, ...]]
@@ -41,6 +43,13 @@ class PruningPlan:
     pruned: Cost
     input_shape: tuple[int, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    order: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def pruned_order(self, name: str) -> list[int]:
+        """The pruned channels of ``name``, least important first (index order when not recorded)."""
+        if name in self.order:
+            return list(self.order[name])
+        return sorted(set(range(self.channels[name])) - set(self.kept[name]))
 
     @property
     def keep_counts(self) -> dict[str, int]:
@@ -56,7 +65,9 @@ class PruningPlan:
             "input_shape": list(self.input_shape),
             "dense": self.dense.as_dict(),
             "pruned": self.pruned.as_dict(),
-            "groups": {n: {"channels": self.channels[n], "kept": list(idx)} for n, idx in self.kept.items()},
+            "groups": {n: {"channels": self.channels[n], "kept": list(idx),
+                           **({"order": list(self.order[n])} if n in self.order else {})}
+                       for n, idx in self.kept.items()},
             "meta": self.meta,
         }
 
@@ -71,6 +82,7 @@ class PruningPlan:
                 channels={n: int(g["channels"]) for n, g in groups.items()},
                 dense=Cost(**data["dense"]), pruned=Cost(**data["pruned"]),
                 input_shape=tuple(data["input_shape"]), meta=dict(data.get("meta", {})),
+                order={n: tuple(int(i) for i in g["order"]) for n, g in groups.items() if "order" in g},
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise InvalidPlanError(f"malformed pruning plan: missing or bad field {exc}") from None
@@ -109,12 +121,18 @@ class PruningPlan:
                 raise InvalidPlanError(f"plan expects {self.channels[name]} channels in {name!r}, the model has {n}")
             if not idx or list(idx) != sorted(set(idx)) or idx[0] < 0 or idx[-1] >= n:
                 raise InvalidPlanError(f"plan keeps invalid indices in {name!r}: need sorted unique 0..{n - 1}")
+            if name in self.order and sorted(self.order[name]) != sorted(set(range(n)) - set(idx)):
+                raise InvalidPlanError(f"plan's order for {name!r} must list exactly its pruned channels")
+
+
+def _ranked(scores: Tensor) -> list[int]:
+    """All indices, highest score first; ties go to the lower index."""
+    return sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
 
 
 def top_k(scores: Tensor, k: int) -> tuple[int, ...]:
     """Indices of the ``k`` highest scores, sorted ascending; ties go to the lower index."""
-    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
-    return tuple(sorted(order[:k]))
+    return tuple(sorted(_ranked(scores)[:k]))
 
 
 def make_plan(
@@ -127,6 +145,7 @@ def make_plan(
     """Keep the ``keep[g]`` best-scored channels of every group; groups absent from ``keep`` stay dense."""
     groups.check_keep(keep)
     kept: dict[str, tuple[int, ...]] = {}
+    order: dict[str, tuple[int, ...]] = {}
     for g in groups:
         k = int(keep.get(g.name, g.channels))
         if k == g.channels:
@@ -137,10 +156,12 @@ def make_plan(
         s = torch.as_tensor(scores[g.name]).detach().flatten().cpu()
         if s.numel() != g.channels:
             raise InvalidPlanError(f"scores for {g.name!r} have {s.numel()} entries, the group has {g.channels}")
-        kept[g.name] = top_k(s, k)
+        ranked = _ranked(s)  # most important first
+        kept[g.name] = tuple(sorted(ranked[:k]))
+        order[g.name] = tuple(reversed(ranked[k:]))
     counts = {n: len(i) for n, i in kept.items()}
     return PruningPlan(
         kept=kept, channels={g.name: g.channels for g in groups},
         dense=analytic_cost(groups), pruned=analytic_cost(groups, counts),
-        input_shape=groups.input_shape, meta=dict(meta or {}),
+        input_shape=groups.input_shape, meta=dict(meta or {}), order=order,
     )

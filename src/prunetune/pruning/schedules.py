@@ -8,18 +8,32 @@ A schedule says, for the fine-tune epoch ``e`` of ``E`` (applied at the start of
 * ``soft_scale`` — what the remaining (soft) pruned filters' weights are multiplied by (0 = SFP
   zeroing, > 0 = SRFP-style decay); soft filters keep training and may regrow;
 * ``rescore`` — whether the pruned set is re-chosen by the current weights (SFP family); the
-  first epoch always starts from the plan's ranking (the recipe's criterion).
+  first epoch always starts from the plan's ranking (the recipe's criterion);
+* ``pool`` — which channels a re-score may prune: ``plan`` (the planned ones; re-scoring orders
+  them, the final architecture is the plan's) or ``all`` (any channel, as published: a pruned
+  filter can come back and a kept one go).
 
-At the end of every schedule everything planned is hard and removed physically (see
-:mod:`prunetune.pruning.masking`). Formulas: criteria.md §2 (SFP, ASFP, SRFP, GHFP).
+Every schedule ends with its last epoch fully pruned and hard, so the accuracy the last epoch
+measures on the masked network is the accuracy after physical removal; the one exception is the
+published SFP/ASFP end (``hard_fraction: 0``), whose last epoch is soft and whose removal follows
+it (see :mod:`prunetune.pruning.masking`). Formulas: criteria.md §2 (SFP, ASFP, SRFP, GHFP).
 
-NOTE: SFP and ASFP as published end with an abrupt removal of the soft-pruned filters. Behind BN a
-zeroed filter is back at full strength after one SGD step (BN normalises away the weights' scale),
-so that removal deletes live channels: on digits (ResNet-20, 50% MACs, 4 epochs) the soft model
-sat at 86-89% and fell to 32% when removed. prunetune therefore fine-tunes the last
-``ceil(hard_fraction·E)`` epochs (at most E−1; default ``hard_fraction`` 0.5, which recovered 97%)
-with every pruned filter hard. ``hard_fraction: 0`` gives the published behaviour. GHFP needs no
-such phase: its ramp hardens gradually and reaches λ = 1 in the last epoch.
+Measured choices for short fine-tunes (ResNet-20 on digits, 30% MACs, 3 epochs, seeds 0-2; see
+``benchmarks/README.md``, "schedules"):
+
+* Behind BN a zeroed filter is back at full strength after one SGD step (BN normalises away the
+  weights' scale), so a soft channel is a live channel, and any channel that is live in one epoch
+  and removed at the next costs accuracy that a low-learning-rate tail cannot win back. Every soft
+  schedule therefore fine-tunes its last ``ceil(hard_fraction·E)`` epochs (at most E−1) with every
+  pruned filter hard; ``hard_fraction`` defaults to 0.5. ``hard_fraction: 0`` gives the published
+  schedules (SFP/ASFP: soft to the end; GHFP: the ramp reaches λ = 1 in the last epoch).
+* Re-scoring by weight norms on a BN network chooses nearly at random (the norm of a filter before
+  BN says little about its channel), so the default ``pool`` is ``plan``: re-scoring decides the
+  order in which the planned channels harden, not which channels the network loses.
+
+Epoch convention: the state of epoch ``e`` is applied at its start, so λ_e and P_e come one epoch
+ahead of PGMPF, which prunes after training epoch e with (P_e, λ_e) and so trains epoch e+1 under
+them. Applied at the start, the last epoch trains under λ = 1, on the final architecture.
 """
 
 from __future__ import annotations
@@ -33,12 +47,16 @@ from prunetune._registry import Registry
 from prunetune.exceptions import ConfigError
 
 
+POOLS = ("plan", "all")
+
+
 @dataclass(frozen=True)
 class EpochState:
     prune: float
     hard: float
     soft_scale: float = 0.0
     rescore: bool = False
+    pool: str = "plan"
 
 
 @dataclass(frozen=True)
@@ -80,6 +98,7 @@ def _register(name: str, defaults: Mapping[str, Any], summary: str, choices: Map
 
 
 WEIGHT_RESCORE = ("l2", "l1", "fpgm")
+SOFT_CHOICES = {"criterion": WEIGHT_RESCORE, "pool": POOLS}
 
 
 @_register("hard", {}, "one-shot removal, then fine-tune")
@@ -87,20 +106,24 @@ def hard(epoch: int, total: int) -> EpochState:
     return EpochState(prune=1.0, hard=1.0)
 
 
-def _final_hard(epoch: int, total: int, hard_fraction: float) -> bool:
-    """Whether ``epoch`` falls in the final hard phase of ``ceil(hard_fraction·total)`` epochs (≤ total − 1)."""
+def hard_epochs(total: int, hard_fraction: float) -> int:
+    """How many final epochs run fully hard: ``ceil(hard_fraction·total)``, at most ``total − 1``."""
     if isinstance(hard_fraction, bool) or not isinstance(hard_fraction, (int, float)) or not 0 <= hard_fraction <= 1:
         raise ConfigError(f"hard_fraction must be a number in [0, 1], got {hard_fraction!r}")
-    hard_epochs = min(math.ceil(hard_fraction * total - 1e-9), total - 1)
-    return epoch >= total - hard_epochs
+    return max(0, min(math.ceil(hard_fraction * total - 1e-9), total - 1))
 
 
-@_register("sfp", {"criterion": "l2", "hard_fraction": 0.5}, "soft filter pruning: re-score and zero the lowest "
-           "filters every epoch (He et al., IJCAI 2018)", {"criterion": WEIGHT_RESCORE})
-def sfp(epoch: int, total: int, *, criterion: str, hard_fraction: float) -> EpochState:
+def _final_hard(epoch: int, total: int, hard_fraction: float) -> bool:
+    """Whether ``epoch`` falls in the final hard phase (see :func:`hard_epochs`)."""
+    return epoch >= total - hard_epochs(total, hard_fraction)
+
+
+@_register("sfp", {"criterion": "l2", "hard_fraction": 0.5, "pool": "plan"}, "soft filter pruning: re-score and "
+           "zero the lowest filters every epoch (He et al., IJCAI 2018)", SOFT_CHOICES)
+def sfp(epoch: int, total: int, *, criterion: str, hard_fraction: float, pool: str) -> EpochState:
     if _final_hard(epoch, total, hard_fraction):
-        return EpochState(prune=1.0, hard=1.0, rescore=True)
-    return EpochState(prune=1.0, hard=0.0, soft_scale=0.0, rescore=True)
+        return EpochState(prune=1.0, hard=1.0, rescore=True, pool=pool)
+    return EpochState(prune=1.0, hard=0.0, soft_scale=0.0, rescore=True, pool=pool)
 
 
 def asfp_fraction(epoch: int, total: int, d_fraction: float = 1 / 8) -> float:
@@ -109,19 +132,19 @@ def asfp_fraction(epoch: int, total: int, d_fraction: float = 1 / 8) -> float:
     return 1.0 - math.exp(-k * epoch)
 
 
-@_register("asfp", {"criterion": "l2", "d_fraction": 1 / 8, "hard_fraction": 0.5}, "asymptotic SFP: "
-           "P_e = P(1 − exp(−k e)), k = ln4/(E/8) (He et al., TCYB 2019)", {"criterion": WEIGHT_RESCORE})
-def asfp(epoch: int, total: int, *, criterion: str, d_fraction: float, hard_fraction: float) -> EpochState:
+@_register("asfp", {"criterion": "l2", "d_fraction": 1 / 8, "hard_fraction": 0.5, "pool": "plan"},
+           "asymptotic SFP: P_e = P(1 − exp(−k e)), k = ln4/(E/8) (He et al., TCYB 2019)", SOFT_CHOICES)
+def asfp(epoch: int, total: int, *, criterion: str, d_fraction: float, hard_fraction: float, pool: str) -> EpochState:
     if not 0 < d_fraction <= 1:
         raise ConfigError(f"schedule 'asfp': d_fraction must be in (0, 1], got {d_fraction!r}")
     if _final_hard(epoch, total, hard_fraction):
-        return EpochState(prune=1.0, hard=1.0, rescore=True)
-    return EpochState(prune=asfp_fraction(epoch, total, d_fraction), hard=0.0, rescore=True)
+        return EpochState(prune=1.0, hard=1.0, rescore=True, pool=pool)
+    return EpochState(prune=asfp_fraction(epoch, total, d_fraction), hard=0.0, rescore=True, pool=pool)
 
 
 def hard_ramp(epoch: int, total: int, kind: str) -> float:
     """GHFP's hard fraction λ_e: ``cubic`` 1 − (1 − (e+1)/E)³, ``cosine`` (1 − cos(π(e+1)/E))/2."""
-    t = (epoch + 1) / total
+    t = min(1.0, (epoch + 1) / total)
     if kind == "cubic":
         return 1.0 - (1.0 - t) ** 3
     if kind == "cosine":
@@ -137,20 +160,36 @@ def srfp_alpha(epoch: int, total: int, alpha: float, sigma: float = 1e-5) -> flo
     return alpha * math.exp(-a * epoch)
 
 
-@_register("ghfp", {"base": "sfp", "ramp": "cubic", "alpha": 0.0, "sigma": 1e-5, "criterion": "l2"},
+@_register("ghfp", {"base": "sfp", "ramp": "cubic", "alpha": 0.0, "sigma": 1e-5, "criterion": "l2",
+                    "hard_fraction": 0.5, "pool": "plan"},
            "gradually hard: a growing fraction λ_e of the pruned filters is hard (Cai et al., IJCNN 2021)",
-           {"base": ("sfp", "asfp"), "ramp": ("cubic", "cosine"), "criterion": WEIGHT_RESCORE})
-def ghfp(epoch: int, total: int, *, base: str, ramp: str, alpha: float, sigma: float, criterion: str) -> EpochState:
+           {"base": ("sfp", "asfp"), "ramp": ("cubic", "cosine"), **SOFT_CHOICES})
+def ghfp(epoch: int, total: int, *, base: str, ramp: str, alpha: float, sigma: float, criterion: str,
+         hard_fraction: float, pool: str) -> EpochState:
+    """λ_e ramps to 1 at the first epoch of the final hard phase (the last epoch with ``hard_fraction: 0``,
+    as PGMPF); from there on everything planned is pruned and hard."""
     if not 0 <= alpha <= 1:
         raise ConfigError(f"schedule 'ghfp': alpha must be in [0, 1], got {alpha!r}")
-    prune = 1.0 if base == "sfp" else asfp_fraction(epoch, total)
-    return EpochState(prune=prune, hard=hard_ramp(epoch, total, ramp),
-                      soft_scale=srfp_alpha(epoch, total, alpha, sigma), rescore=True)
+    hard_n = hard_epochs(total, hard_fraction)
+    if hard_n and epoch >= total - hard_n:
+        return EpochState(prune=1.0, hard=1.0, rescore=True, pool=pool)
+    span = total - hard_n + 1 if hard_n else total  # the epochs over which λ climbs to 1
+    prune = 1.0 if base == "sfp" or epoch == total - 1 else asfp_fraction(epoch, total)
+    return EpochState(prune=prune, hard=hard_ramp(epoch, span, ramp),
+                      soft_scale=srfp_alpha(epoch, total, alpha, sigma), rescore=True, pool=pool)
 
 
-@_register("iterative", {"steps": 3}, "k steps of hard pruning towards the target, fine-tuning between them")
-def iterative(epoch: int, total: int, *, steps: int) -> EpochState:
+@_register("iterative", {"steps": 3, "rescore": False, "criterion": "l2", "pool": "plan", "hard_fraction": 0.5},
+           "k steps of hard pruning towards the target, fine-tuning between them",
+           {"rescore": (False, True), **SOFT_CHOICES})
+def iterative(epoch: int, total: int, *, steps: int, rescore: bool, criterion: str, pool: str,
+              hard_fraction: float) -> EpochState:
+    """Step ``i`` prunes ``i/steps`` of the planned channels hard; the steps share the epochs before the
+    final phase of ``ceil(hard_fraction·E)`` epochs (at most E−1), which trains the full target. With
+    ``rescore: true`` each step picks its channels by the current weights (``criterion``, within
+    ``pool``), otherwise by the plan's ranking."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"schedule 'iterative': steps must be an integer >= 1, got {steps!r}")
-    done = min(steps, math.floor(epoch * steps / total) + 1)
-    return EpochState(prune=done / steps, hard=1.0)
+    ramp = total - hard_epochs(total, hard_fraction)
+    done = steps if epoch >= ramp else min(steps, math.floor(epoch * steps / ramp) + 1)
+    return EpochState(prune=done / steps, hard=1.0, rescore=rescore, pool=pool)

@@ -78,7 +78,7 @@ def run_trial(config: Mapping[str, Any], base: Base, table: ScoreTable, *, repor
     plan = build_plan(recipe, base, table)
     extra = {"macs": plan.pruned.macs, "macs_ratio": plan.macs_ratio}
     callbacks = [EpochReporter(report, extra)] if report is not None else []
-    model, history, final = train_pruned(recipe, base, plan, table=table, callbacks=callbacks, show_progress=False)
+    model, history, final = train_pruned(recipe, base, plan, callbacks=callbacks, show_progress=False)
     cost = count_cost(model, base.input_shape)
     metrics = {
         "accuracy": evaluate(model, base.loader("val"), device=base.device),
