@@ -24,7 +24,7 @@ from prunetune.checkpoint import check_split, checkpoint_split, load_checkpoint,
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
-from prunetune.pruning.allocation import KeepRule, infeasible_budget, smallest_fraction
+from prunetune.pruning.allocation import infeasible_budget, smallest_fraction
 from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.finetune import evaluate, finetune
@@ -139,7 +139,7 @@ def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
     for name in a.ratios:
         groups[name]
     if a.macs_budget is not None:
-        rule = KeepRule(a.min_keep, a.round_to)
+        rule = a.rule
         floor = smallest_fraction(groups, rule)
         if a.macs_budget < floor:
             raise infeasible_budget(a.macs_budget, floor, rule)
@@ -209,8 +209,8 @@ def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningP
         for group, values in table.extras[name].items():
             extras.setdefault(group, {}).update(values)
     keep = STRATEGIES.get(a.strategy)(
-        base.groups, rule=KeepRule(a.min_keep, a.round_to), ratio=a.ratio, ratios=a.ratios,
-        default=a.default, macs_budget=a.macs_budget, params=a.params, extras=extras)
+        base.groups, rule=a.rule, ratio=a.ratio, ratios=a.ratios, default=a.default,
+        macs_budget=a.macs_budget, params=a.params, extras=extras, scores=scores)
     return make_plan(base.groups, scores, keep, meta={"model": recipe.model.name, "criterion": spec.to_value(),
                                                        "allocation": a.to_dict(), "fingerprint": table.fingerprint})
 

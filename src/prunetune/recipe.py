@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.allocation import check_ratio
+from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, check_ratio
 from prunetune.pruning.blend import CriterionSpec
 from prunetune.pruning.finetune import FinetuneConfig
 
@@ -126,7 +126,8 @@ class CalibrationSpec:
 
 
 ALLOCATION_KEYS = {"strategy", "ratio", "ratios", "default", "macs_budget", "flops_budget", "min_keep",
-                   "round_to", "rho", "epsilon", "scale"}
+                   "round_to", "max_ratio", "rho", "epsilon", "scale", "normalizer"}
+STRATEGY_PARAMS = ("rho", "epsilon", "scale", "normalizer")
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,10 @@ class AllocationSpec:
     """How many channels each group keeps.
 
     ``{ratio: p}`` prunes every group at p; ``{ratios: {group: p}, default: q}`` per group;
-    ``{macs_budget: f}`` scales the ratios (uniform unless ``ratios`` are given) to the closest plan
-    not above ``f`` of the dense MACs. ``strategy`` picks an information cut-off instead of ratios.
+    ``{macs_budget: f}`` scales keep fractions in the shape the ratios give (uniform unless
+    ``ratios`` are given) to the closest plan not above ``f`` of the dense MACs. ``strategy`` picks
+    ``global`` (one threshold over normalised scores) or an information cut-off instead of ratios.
+    No allocation prunes more than ``max_ratio`` of any group.
     """
 
     strategy: str = "ratios"
@@ -145,7 +148,13 @@ class AllocationSpec:
     macs_budget: float | None = None
     min_keep: int = 1
     round_to: int | None = None
-    params: dict[str, float] = field(default_factory=dict)
+    max_ratio: float = DEFAULT_MAX_RATIO
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rule(self) -> KeepRule:
+        """The keep rule every strategy of this allocation follows."""
+        return KeepRule(self.min_keep, self.round_to, self.max_ratio)
 
     @classmethod
     def parse(cls, value: Any) -> AllocationSpec:
@@ -154,20 +163,22 @@ class AllocationSpec:
             if "macs_budget" in d:
                 raise ConfigError("give one of allocation.macs_budget or allocation.flops_budget (a synonym)")
             d["macs_budget"] = d.pop("flops_budget")
-        params = {k: d.pop(k) for k in ("rho", "epsilon", "scale") if k in d}
+        params = {k: d.pop(k) for k in STRATEGY_PARAMS if k in d}
         spec = cls(**d, params=params)
         spec.check()
         return spec
 
     def check(self) -> None:
+        if isinstance(self.max_ratio, bool) or not isinstance(self.max_ratio, (int, float)) or not 0 < self.max_ratio <= 1:
+            raise ConfigError(f"allocation.max_ratio must be a fraction in (0, 1], got {self.max_ratio!r}")
         if self.ratio is not None:
-            check_ratio(self.ratio, "allocation.ratio")
+            self._check_ratio(self.ratio, "allocation.ratio")
             if self.ratios or self.default is not None:
                 raise ConfigError("give allocation.ratio or allocation.ratios (+ default), not both")
         for name, r in self.ratios.items():
-            check_ratio(r, f"allocation.ratios[{name!r}]")
+            self._check_ratio(r, f"allocation.ratios[{name!r}]")
         if self.default is not None:
-            check_ratio(self.default, "allocation.default")
+            self._check_ratio(self.default, "allocation.default")
         if self.macs_budget is not None and (isinstance(self.macs_budget, bool) or not isinstance(self.macs_budget, (int, float)) or not 0 < self.macs_budget <= 1):
             raise ConfigError(f"allocation.macs_budget must be a fraction of dense MACs in (0, 1], got {self.macs_budget!r}")
         from prunetune.pruning.strategies import STRATEGIES
@@ -175,8 +186,16 @@ class AllocationSpec:
         STRATEGIES.get(self.strategy)
         if self.strategy == "ratios" and self.ratio is None and not self.ratios and self.default is None and self.macs_budget is None:
             raise ConfigError("allocation needs one of: ratio, ratios (+ default), macs_budget, or a strategy")
+        if self.strategy == "global" and self.ratio is None and self.macs_budget is None:
+            raise ConfigError("allocation strategy 'global' needs macs_budget (or one global ratio)")
         if not isinstance(self.min_keep, int) or self.min_keep < 1:
             raise ConfigError(f"allocation.min_keep must be an integer >= 1, got {self.min_keep!r}")
+
+    def _check_ratio(self, ratio: object, what: str) -> None:
+        check_ratio(ratio, what)
+        if self.macs_budget is None and ratio > self.max_ratio:  # with a budget, ratios are only a shape
+            raise ConfigError(f"{what} = {ratio!r} prunes more than allocation.max_ratio = {self.max_ratio:g} "
+                              "of a group; lower it or raise allocation.max_ratio")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -189,6 +208,8 @@ class AllocationSpec:
             out["ratios"] = dict(self.ratios)
         if self.min_keep != 1:
             out["min_keep"] = self.min_keep
+        if self.max_ratio != DEFAULT_MAX_RATIO:
+            out["max_ratio"] = self.max_ratio
         out.update(self.params)
         return out
 

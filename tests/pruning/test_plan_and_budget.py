@@ -63,7 +63,7 @@ def test_budget_gives_the_closest_plan_not_above(resnet56, budget: float) -> Non
 
 def test_budget_with_relative_ratios_prunes_weighted_groups_more(resnet56) -> None:
     _, groups = resnet56
-    relative = {g.name: (2.0 if g.name.startswith("layer3") else 0.5) for g in groups}
+    relative = {g.name: (0.8 if g.name.startswith("layer3") else 0.2) for g in groups}  # relative prune ratios
     keep = keep_for_budget(groups, 0.5, relative=relative)
     assert keep["layer3.1.conv1"] / 64 < keep["layer1.1.conv1"] / 16
     zero = keep_for_budget(groups, 0.6, relative={"conv1": 0.0})

@@ -19,20 +19,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_budget(how)
     p.add_argument("--min-keep", type=int, default=1)
     p.add_argument("--round-to", type=int, default=None)
+    p.add_argument("--max-ratio", type=float, default=None, metavar="F",
+                   help="the largest share of one group an allocation may prune (default: the recipe default, 0.8)")
     add_format(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from prunetune.models import create_model, default_input_size
-    from prunetune.pruning.allocation import KeepRule, keep_for_budget, keep_from_ratios
+    from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, keep_for_budget, keep_from_ratios
     from prunetune.pruning.groups import find_groups
     from prunetune.pruning.macs import analytic_cost
 
     model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
     size = args.input_size or default_input_size(args.model)
     groups = find_groups(model, (args.in_channels, size, size))
-    rule = KeepRule(args.min_keep, args.round_to)
+    rule = KeepRule(args.min_keep, args.round_to, DEFAULT_MAX_RATIO if args.max_ratio is None else args.max_ratio)
     if args.macs_budget is not None:
         keep = keep_for_budget(groups, args.macs_budget, rule=rule)
     else:

@@ -1,7 +1,8 @@
-"""Keep counts: from one ratio, per-group ratios, or a MACs budget reached by scaling relative ratios.
+"""Keep counts: from one ratio, per-group ratios, or a MACs budget reached by scaling keep fractions.
 
 Ratios are always *prune* ratios. Keep rule (DESIGN.md): ``max(min_keep, floor(N·(1−p)))``, then
-rounded up to a multiple of ``round_to`` when set (capped at N).
+rounded up to a multiple of ``round_to`` when set (capped at N). ``max_ratio`` bounds what any
+allocation may take from one group: every group keeps at least ``ceil((1 − max_ratio)·N)``.
 """
 
 from __future__ import annotations
@@ -15,26 +16,44 @@ from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.macs import analytic_cost
 
 
+DEFAULT_MAX_RATIO = 0.8  # measured: benchmarks/README.md, "allocation"
+
+
 @dataclass(frozen=True)
 class KeepRule:
-    """How a prune ratio becomes a channel count."""
+    """How a prune ratio becomes a channel count.
+
+    Attributes:
+        min_keep: every group keeps at least this many channels.
+        round_to: kept counts are rounded up to a multiple of this (capped at the group's size).
+        max_ratio: the largest share of one group any allocation may prune (1 = no bound but
+            ``min_keep``); every group keeps at least ``ceil((1 − max_ratio)·N)``.
+    """
 
     min_keep: int = 1
     round_to: int | None = None
+    max_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if self.min_keep < 1:
             raise ConfigError(f"min_keep must be >= 1, got {self.min_keep}")
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError(f"round_to must be >= 1 or null, got {self.round_to}")
+        if isinstance(self.max_ratio, bool) or not isinstance(self.max_ratio, (int, float)) or not 0 < self.max_ratio <= 1:
+            raise ConfigError(f"max_ratio must be a fraction in (0, 1], got {self.max_ratio!r}")
 
     def keep(self, channels: int, ratio: float) -> int:
         check_ratio(ratio, "prune ratio")
         return self.clamp(channels, math.floor(channels * (1.0 - ratio) + 1e-9))
 
+    def floor(self, channels: int) -> int:
+        """The fewest channels a group of ``channels`` may keep (``min_keep``, ``max_ratio``, ``round_to``)."""
+        return self.clamp(channels, 0)
+
     def clamp(self, channels: int, kept: int) -> int:
-        """``kept`` raised to ``min_keep``, rounded up to ``round_to``, capped at ``channels``."""
-        kept = max(self.min_keep, kept)
+        """``kept`` raised to ``min_keep`` and ``ceil((1 − max_ratio)·channels)``, rounded up to
+        ``round_to``, capped at ``channels``."""
+        kept = max(self.min_keep, math.ceil((1.0 - self.max_ratio) * channels - 1e-9), kept)
         if self.round_to:
             kept = math.ceil(kept / self.round_to) * self.round_to
         return min(channels, kept)
@@ -52,15 +71,24 @@ def infeasible_budget(macs_budget: float, floor: float, rule: KeepRule, *,
     """The error for a MACs budget below ``floor``, the smallest fraction of dense MACs reachable."""
     return BudgetInfeasibleError(
         f"MACs budget {macs_budget:g} is below the smallest reachable fraction {floor:.4f} of dense MACs "
-        f"under min_keep={rule.min_keep}, round_to={rule.round_to}; raise {flag} to at least {floor:.4f}")
+        f"under min_keep={rule.min_keep}, round_to={rule.round_to}, max_ratio={rule.max_ratio:g}; raise {flag} "
+        f"to at least {floor:.4f} (or raise allocation.max_ratio)")
 
 
 def keep_from_ratios(
     groups: ModelGroups, ratios: Mapping[str, float], *, default: float = 0.0, rule: KeepRule = KeepRule()
 ) -> dict[str, int]:
-    """Keep counts for per-group prune ratios; groups not named get ``default``."""
+    """Keep counts for per-group prune ratios; groups not named get ``default``.
+
+    Raises:
+        ConfigError: a ratio above ``rule.max_ratio`` (it would be silently raised otherwise).
+    """
     for name in ratios:
         groups[name]  # raises UnknownNameError with close matches
+    for name, ratio in [*ratios.items(), ("default", default)]:
+        if check_ratio(ratio, f"prune ratio of {name!r}") > rule.max_ratio:
+            raise ConfigError(f"prune ratio {ratio!r} of {name!r} is above max_ratio={rule.max_ratio:g}; lower it "
+                              "or raise max_ratio")
     return {g.name: rule.keep(g.channels, ratios.get(g.name, default)) for g in groups}
 
 
@@ -72,11 +100,16 @@ def keep_for_budget(
     rule: KeepRule = KeepRule(),
     tolerance: float = 1e-4,
 ) -> dict[str, int]:
-    """The closest plan not above ``macs_budget`` (a fraction of dense MACs).
+    """The closest plan not above ``macs_budget`` (a fraction of dense MACs), shaped by ``relative``.
 
-    Group ``g`` is pruned at ratio ``min(s·relative[g], max_ratio)`` and the scale ``s`` is found by
-    bisection: MACs only fall as ``s`` grows, so the smallest feasible ``s`` keeps the most. Groups
-    missing from ``relative`` get 1 (uniform); a relative weight of 0 leaves a group dense.
+    ``relative`` holds relative prune ratios in [0, 1): the allocation's *shape*. The projection
+    scales keep fractions, not prune ratios: group ``g`` keeps the fraction ``c·(1 − relative[g])``
+    of its channels (clamped by ``rule``), one scale ``c`` for all, found by bisection (MACs only
+    grow with ``c``), then channels are given back while the budget allows. Scaling keep fractions
+    spreads the cut over every group in proportion to the shape; scaling prune ratios would saturate
+    the groups with the largest ratios at their minimum long before the others move. Groups missing
+    from ``relative`` share one ratio (uniform when it is empty); a relative ratio of exactly 0
+    leaves a group dense.
 
     Raises:
         BudgetInfeasibleError: when even the thinnest plan is above budget; the message names the
@@ -84,33 +117,36 @@ def keep_for_budget(
     """
     if isinstance(macs_budget, bool) or not isinstance(macs_budget, (int, float)) or not 0 < macs_budget <= 1:
         raise ConfigError(f"macs_budget must be a fraction of dense MACs in (0, 1], got {macs_budget!r}")
-    relative = {g.name: float((relative or {}).get(g.name, 1.0)) for g in groups}
-    for name, weight in relative.items():
-        if weight < 0 or not math.isfinite(weight):
-            raise ConfigError(f"relative ratio of group {name!r} must be >= 0, got {weight}")
+    given = dict(relative or {})
+    for name, ratio in given.items():
+        if not math.isfinite(ratio) or not 0 <= ratio < 1:
+            raise ConfigError(f"relative ratio of group {name!r} must be in [0, 1), got {ratio}")
+    shape = {g.name: 1.0 - given.get(g.name, 0.5) for g in groups}  # keep fraction at c = 1
     dense = analytic_cost(groups).macs
     target = macs_budget * dense
 
-    def keep_at(scale: float) -> dict[str, int]:
-        return {g.name: rule.keep(g.channels, min(scale * relative[g.name], 1.0 - 1e-12)) for g in groups}
+    def ideal(c: float) -> dict[str, float]:
+        return {g.name: g.channels * (1.0 if shape[g.name] >= 1.0 else min(1.0, c * shape[g.name])) for g in groups}
 
-    def macs_at(scale: float) -> int:
-        return analytic_cost(groups, keep_at(scale)).macs
+    def keep_at(c: float) -> dict[str, int]:
+        return {name: rule.clamp(groups[name].channels, math.floor(x + 1e-9)) for name, x in ideal(c).items()}
 
-    top = 1.0 / max(min((w for w in relative.values() if w > 0), default=1.0), 1e-12)
-    if macs_at(top) > target:
-        raise infeasible_budget(macs_budget, macs_at(top) / dense, rule)
-    if macs_at(0.0) <= target:
-        return keep_at(0.0)
-    lo, hi = 0.0, top  # macs_at(lo) > target >= macs_at(hi)
+    def macs_at(c: float) -> int:
+        return analytic_cost(groups, keep_at(c)).macs
+
+    if macs_at(0.0) > target:
+        raise infeasible_budget(macs_budget, macs_at(0.0) / dense, rule)
+    top = 1.0 / min(shape.values())  # every group dense
+    lo, hi = 0.0, top  # macs_at(lo) <= target < macs_at(hi), unless dense fits
+    if macs_at(hi) <= target:
+        return keep_at(hi)
     while hi - lo > tolerance * top:
         mid = 0.5 * (lo + hi)
-        lo, hi = (lo, mid) if macs_at(mid) <= target else (mid, hi)
-    ideal = {g.name: g.channels * (1.0 - min(hi * relative[g.name], 1.0)) for g in groups}
-    return _fill(groups, keep_at(hi), ideal, target, rule)
+        lo, hi = (mid, hi) if macs_at(mid) <= target else (lo, mid)
+    return fill_to_budget(groups, keep_at(lo), ideal(hi), target, rule)
 
 
-def _fill(groups: ModelGroups, keep: dict[str, int], ideal: Mapping[str, float], target: float,
+def fill_to_budget(groups: ModelGroups, keep: dict[str, int], ideal: Mapping[str, float], target: float,
           rule: KeepRule) -> dict[str, int]:
     """Give channels back, largest shortfall against the continuous target first, while under budget.
 
@@ -135,5 +171,5 @@ def _fill(groups: ModelGroups, keep: dict[str, int], ideal: Mapping[str, float],
 
 def smallest_fraction(groups: ModelGroups, rule: KeepRule = KeepRule()) -> float:
     """The smallest MACs fraction any plan can reach (every group at its minimum keep)."""
-    thinnest = {g.name: rule.keep(g.channels, 1.0 - 1e-12) for g in groups}
+    thinnest = {g.name: rule.floor(g.channels) for g in groups}
     return analytic_cost(groups, thinnest).macs / analytic_cost(groups).macs

@@ -9,7 +9,10 @@ into a keep count:
 * ``cmi_knee`` — the knee of the sorted curve (largest distance to the chord), times ``scale``.
 
 With a MACs budget the cut-off parameter is bisected globally (one value for every group) to the
-plan with the most MACs not above the budget.
+plan with the most MACs not above the budget; the channels that parameter step cannot reach are
+then given back where the budget allows (the groups that the next step would grow first), so the
+plan meets the sampled target as closely as the ``ratios`` projection does (within one channel per
+group).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor
 
 from prunetune.exceptions import BudgetInfeasibleError, ConfigError
-from prunetune.pruning.allocation import KeepRule, smallest_fraction
+from prunetune.pruning.allocation import KeepRule, fill_to_budget, smallest_fraction
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.macs import analytic_cost
 from prunetune.pruning.strategies import STRATEGIES, STRATEGY_CRITERIA
@@ -88,7 +91,7 @@ def _cutoff_strategy(name: str, param: str, param_default: float, low: float, hi
     def strategy(groups: ModelGroups, *, rule: KeepRule, macs_budget: float | None = None,
                  params: Mapping[str, Any] | None = None, extras: Mapping[str, Mapping[str, Any]] | None = None,
                  ratio: float | None = None, ratios: Mapping[str, float] | None = None,
-                 default: float | None = None) -> dict[str, int]:
+                 default: float | None = None, scores: Mapping[str, Any] | None = None) -> dict[str, int]:
         if ratio is not None or ratios or default is not None:
             raise ConfigError(f"allocation strategy {name!r} sets its own counts; drop 'ratio', 'ratios' and 'default'")
         params = dict(params or {})
@@ -132,7 +135,7 @@ def _bisect(groups, keep_at, budget, rule, low, high, increasing, name, steps: i
     for _ in range(steps):  # invariant: macs(thin) <= target < macs(fat)
         mid = 0.5 * (thin + fat)
         thin, fat = (mid, fat) if macs(mid) <= target else (thin, mid)
-    return keep_at(thin)
+    return fill_to_budget(groups, keep_at(thin), {g: float(k) for g, k in keep_at(fat).items()}, target, rule)
 
 
 cmi_cumulative = _cutoff_strategy("cmi_cumulative", "rho", 0.95, 0.0, 1.0, True, cumulative_keep)

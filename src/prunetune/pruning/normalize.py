@@ -27,6 +27,14 @@ def by_max(scores: Tensor) -> Tensor:
     return s / top if top > 0 else torch.zeros_like(s)
 
 
+@NORMALIZERS.register("mean")
+def by_mean(scores: Tensor) -> Tensor:
+    """Divide by the mean absolute score (all-zero stays zero): Torch-Pruning's default group normaliser."""
+    s = scores.to(torch.float64)
+    mean = s.abs().mean()
+    return s / mean if mean > 0 else torch.zeros_like(s)
+
+
 @NORMALIZERS.register("minmax")
 def by_minmax(scores: Tensor) -> Tensor:
     """Scale into [0, 1] (constant scores become 0)."""

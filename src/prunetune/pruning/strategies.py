@@ -1,8 +1,10 @@
 """Allocation strategies: how many channels each group keeps, by name.
 
-A strategy is ``fn(groups, *, rule, ratio, ratios, default, macs_budget, params, extras) -> keep``
-where ``extras`` are the ScoreTable extras of the selection criterion (e.g. CMI curves) and
-``keep`` maps every group to its channel count.
+A strategy is ``fn(groups, *, rule, ratio, ratios, default, macs_budget, params, extras, scores) -> keep``
+where ``extras`` are the ScoreTable extras of the selection criterion (e.g. CMI curves), ``scores``
+the recipe's (blended) scores per group, and ``keep`` maps every group to its channel count. Under a
+MACs budget every strategy returns a maximal plan: no group can keep one more channel (one more
+``round_to`` step) without going over, and none keeps fewer than ``rule.floor(N)``.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ def ratios_strategy(
     macs_budget: float | None = None,
     params: Mapping[str, Any] | None = None,
     extras: Mapping[str, Mapping[str, Any]] | None = None,
+    scores: Mapping[str, Any] | None = None,
 ) -> dict[str, int]:
-    """One ratio, per-group ratios (+ default), or a MACs budget reached by scaling the ratios."""
+    """One ratio, per-group ratios (+ default), or a MACs budget reached by scaling keep fractions
+    in the shape the ratios give (see :func:`~prunetune.pruning.allocation.keep_for_budget`)."""
     if params:
         raise ConfigError(f"allocation strategy 'ratios' takes no parameter {sorted(params)[0]!r}")
     if macs_budget is not None:
@@ -56,3 +60,4 @@ def ratios_strategy(
     return keep_from_ratios(groups, ratios or {}, default=default or 0.0, rule=rule)
 
 from prunetune.pruning import cutoffs as _cutoffs  # noqa: E402,F401  registers cmi_cumulative, cmi_marginal, cmi_knee
+from prunetune.pruning import global_threshold as _global  # noqa: E402,F401  registers global

@@ -22,7 +22,6 @@ from prunetune._imports import require
 from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
 from prunetune.pipeline import load_data, prepare, score_table
-from prunetune.pruning.allocation import KeepRule
 from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.search import cluster
 from prunetune.search.config import SearchConfig
@@ -67,7 +66,7 @@ def probe_groups(config: SearchConfig) -> ModelGroups:
 def make_space(config: SearchConfig, groups: ModelGroups) -> SearchSpace:
     """The search space on ``groups``; raises BudgetInfeasibleError for an unreachable budget."""
     a = config.recipe.allocation
-    return build_space(config.space, groups, budget=config.settings.macs_budget, rule=KeepRule(a.min_keep, a.round_to))
+    return build_space(config.space, groups, budget=config.settings.macs_budget, rule=a.rule)
 
 
 def run_search(config: SearchConfig, *, resume: bool | None = None,
@@ -209,7 +208,7 @@ def _short(value: Any) -> str:
 
 def _announce(config: SearchConfig, groups: ModelGroups) -> None:
     s, a = config.settings, config.recipe.allocation
-    low, high = target_range(config.space, groups, s.macs_budget, KeepRule(a.min_keep, a.round_to))
+    low, high = target_range(config.space, groups, s.macs_budget, a.rule)
     log.info("search %s: %d trials, %d at a time, MACs targets in [%.1f%%, %.1f%%] of dense, sampler %s%s",
              s.experiment, s.trials, s.concurrency, 100 * low, 100 * high, s.sampler, ", ASHA" if s.asha else "")
     log.info("tracking: %s   Ray results: %s", s.tracking_uri, s.experiment_dir)

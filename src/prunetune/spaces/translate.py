@@ -68,9 +68,10 @@ def _allocation(base: AllocationSpec, config: Mapping[str, Any], groups: ModelGr
     target = float(config[TARGET])
     strategy = config.get(ALLOCATION, "ratios")
     if strategy != "ratios":
-        return AllocationSpec(strategy=strategy, macs_budget=target, min_keep=base.min_keep, round_to=base.round_to)
+        return AllocationSpec(strategy=strategy, macs_budget=target, min_keep=base.min_keep, round_to=base.round_to,
+                              max_ratio=base.max_ratio)
     return AllocationSpec(macs_budget=target, ratios=relative_ratios(config, groups),
-                          min_keep=base.min_keep, round_to=base.round_to)
+                          min_keep=base.min_keep, round_to=base.round_to, max_ratio=base.max_ratio)
 
 
 def relative_ratios(config: Mapping[str, Any], groups: ModelGroups) -> dict[str, float]:

@@ -1,0 +1,116 @@
+"""Every allocation strategy under a MACs budget: within budget, within [floor, C] per group, maximal.
+
+Plus the projection's shape (keep fractions scaled, no starved group) and ``global`` on hand cases.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from prunetune.exceptions import BudgetInfeasibleError, ConfigError
+from prunetune.models import create_model
+from prunetune.pruning.allocation import KeepRule, keep_for_budget, keep_from_ratios, smallest_fraction
+from prunetune.pruning.groups import find_groups
+from prunetune.pruning.macs import analytic_cost
+from prunetune.pruning.strategies import STRATEGIES
+from prunetune.spaces import stage_of
+
+
+@pytest.fixture(scope="module")
+def groups():
+    return find_groups(create_model("resnet20", in_channels=1), (1, 16, 16))
+
+
+def _inputs(groups, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    scores = {g.name: torch.rand(g.channels, generator=gen) * (1 + i) for i, g in enumerate(groups)}
+    extras = {g.name: {"cmi_values": torch.sort(torch.rand(g.channels, generator=gen) ** 3, descending=True).values}
+              for g in groups}
+    return scores, extras
+
+
+def _assert_contract(groups, keep, budget, rule):
+    dense = analytic_cost(groups).macs
+    target = budget * dense
+    assert analytic_cost(groups, keep).macs <= target
+    for g in groups:
+        assert rule.floor(g.channels) <= keep[g.name] <= g.channels
+        assert keep[g.name] >= math.ceil((1 - rule.max_ratio) * g.channels - 1e-9)
+    for g in groups:  # maximal: no group can keep one more step without going over
+        grown = rule.clamp(g.channels, keep[g.name] + 1)
+        if grown > keep[g.name]:
+            assert analytic_cost(groups, {**keep, g.name: grown}).macs > target, g.name
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
+@pytest.mark.parametrize("budget", [0.6, 0.35, 0.15])
+@pytest.mark.parametrize("rule", [KeepRule(max_ratio=0.8), KeepRule(min_keep=2, round_to=4, max_ratio=0.9)],
+                         ids=["max0.8", "round4"])
+def test_every_strategy_meets_the_budget_with_a_maximal_plan(groups, strategy, budget, rule) -> None:
+    scores, extras = _inputs(groups)
+    keep = STRATEGIES.get(strategy)(groups, rule=rule, macs_budget=budget, extras=extras, scores=scores)
+    _assert_contract(groups, keep, budget, rule)
+
+
+def test_random_shapes_never_starve_a_group(groups) -> None:
+    """Sampled per-stage shapes at targets across the range: nothing below (1 − max_ratio)·C, all maximal."""
+    rng = random.Random(0)
+    rule = KeepRule(max_ratio=0.8)
+    stage = stage_of(groups)
+    low = smallest_fraction(groups, rule)
+    for _ in range(60):
+        shape = {s: max(0.01, rng.uniform(0.0, 0.8)) for s in set(stage.values())}
+        budget = rng.uniform(low * 1.001, 0.6)
+        keep = keep_for_budget(groups, budget, relative={g: shape[s] for g, s in stage.items()}, rule=rule)
+        _assert_contract(groups, keep, budget, rule)
+
+
+def test_projection_scales_keep_fractions_in_the_sampled_shape(groups) -> None:
+    """The issue's case: stage ratios 0.16/0.64/0.77 at 17.8% used to keep 11/16, 2/32, 3/64."""
+    stage = stage_of(groups)
+    ratios = {"stage1": 0.16, "stage2": 0.64, "stage3": 0.77}
+    keep = keep_for_budget(groups, 0.178, relative={g: ratios[s] for g, s in stage.items()}, rule=KeepRule(max_ratio=0.8))
+    frac = {s: [keep[g] / groups[g].channels for g, st in stage.items() if st == s] for s in ratios}
+    assert min(frac["stage2"]) >= 0.2 and min(frac["stage3"]) >= 0.2
+    assert min(frac["stage1"]) > max(frac["stage2"]) > 0  # the shape holds: stage 1 is cut least
+    uniform = keep_for_budget(groups, 0.4, rule=KeepRule())
+    assert len({round(k / groups[g].channels, 1) for g, k in uniform.items()}) <= 2  # one keep fraction
+
+
+def test_max_ratio_bounds_explicit_ratios(groups) -> None:
+    with pytest.raises(ConfigError, match="max_ratio"):
+        keep_from_ratios(groups, {}, default=0.9, rule=KeepRule(max_ratio=0.8))
+    assert smallest_fraction(groups, KeepRule(max_ratio=0.5)) > smallest_fraction(groups, KeepRule(max_ratio=0.9))
+    with pytest.raises(BudgetInfeasibleError, match="max_ratio"):
+        keep_for_budget(groups, 0.05, rule=KeepRule(max_ratio=0.5))
+
+
+def test_global_keeps_the_best_normalised_channels_across_groups(groups) -> None:
+    """Scores of one group dominate every other's after normalisation: it stays whole while budget allows."""
+    scores = {g.name: torch.ones(g.channels) for g in groups}
+    first = groups.groups[1].name
+    scores[first] = torch.tensor([1.0] * (groups[first].channels - 1) + [1e-3])  # one weak channel
+    rule = KeepRule(max_ratio=0.8)
+    keep = STRATEGIES.get("global")(groups, rule=rule, macs_budget=0.5, scores=scores,
+                                    params={"normalizer": "none"})
+    _assert_contract(groups, keep, 0.5, rule)
+    assert keep[first] < groups[first].channels or all(keep[g.name] == g.channels for g in groups)
+    by_ratio = STRATEGIES.get("global")(groups, rule=rule, ratio=0.5, scores=scores, params={"normalizer": "max"})
+    assert abs(sum(by_ratio.values()) - sum(g.channels for g in groups) / 2) <= 1
+    with pytest.raises(ConfigError, match="normalizer"):
+        STRATEGIES.get("global")(groups, rule=rule, macs_budget=0.5, scores=scores, params={"normaliser": "x"})
+
+
+def test_global_prunes_more_where_scores_are_lower(groups) -> None:
+    names = groups.names
+    weak, strong = names[2], names[3]
+    scores = {n: torch.rand(groups[n].channels, generator=torch.Generator().manual_seed(i)) + 1
+              for i, n in enumerate(names)}
+    scores[weak] = scores[weak] * 0.01 + torch.linspace(0, 0.5, groups[weak].channels)  # spread, low values
+    keep = STRATEGIES.get("global")(groups, rule=KeepRule(max_ratio=0.8), macs_budget=0.5, scores=scores,
+                                    params={"normalizer": "none"})
+    assert keep[weak] / groups[weak].channels < keep[strong] / groups[strong].channels
