@@ -208,9 +208,11 @@ def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningP
     for name in {*spec.criteria, *strategy_criteria(a.strategy)} & set(table.extras):
         for group, values in table.extras[name].items():
             extras.setdefault(group, {}).update(values)
-    keep = STRATEGIES.get(a.strategy)(
-        base.groups, rule=a.rule, ratio=a.ratio, ratios=a.ratios, default=a.default,
-        macs_budget=a.macs_budget, params=a.params, extras=extras, scores=scores)
+    strategy = STRATEGIES.get(a.strategy)
+    own = getattr(strategy, "blend_normalizer", None)  # a strategy comparing scores across groups
+    counted = scores if own is None else blend_scores(table.scores, spec.weights, normalizer=a.params.get(*own))
+    keep = strategy(base.groups, rule=a.rule, ratio=a.ratio, ratios=a.ratios, default=a.default,
+                    macs_budget=a.macs_budget, params=a.params, extras=extras, scores=counted)
     return make_plan(base.groups, scores, keep, meta={"model": recipe.model.name, "criterion": spec.to_value(),
                                                        "allocation": a.to_dict(), "fingerprint": table.fingerprint})
 

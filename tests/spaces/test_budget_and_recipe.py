@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.models import create_model
@@ -29,8 +30,9 @@ def groups():
 
 def _keep(recipe: Recipe, groups):
     a = recipe.allocation
-    return STRATEGIES.get(a.strategy)(groups, rule=KeepRule(a.min_keep, a.round_to), ratio=a.ratio, ratios=a.ratios,
-                                      default=a.default, macs_budget=a.macs_budget, params=a.params)
+    scores = {g.name: torch.rand(g.channels, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(groups)}
+    return STRATEGIES.get(a.strategy)(groups, rule=a.rule, ratio=a.ratio, ratios=a.ratios,
+                                      default=a.default, macs_budget=a.macs_budget, params=a.params, scores=scores)
 
 
 @pytest.mark.parametrize("preset", ["uniform", "per_stage", "per_group"])
@@ -38,7 +40,7 @@ def _keep(recipe: Recipe, groups):
 def test_every_sampled_plan_fits_its_target_and_the_budget(groups, preset: str, rule: KeepRule) -> None:
     budget = 0.4
     base = BASE.with_changes(allocation=BASE.allocation.__class__(ratio=0.5, min_keep=rule.min_keep,
-                                                                  round_to=rule.round_to))
+                                                                  round_to=rule.round_to, max_ratio=rule.max_ratio))
     space = build_space(SpaceSpec(ratios=preset, ratio_range=(0.0, 0.9), min_fraction=1e-6), groups,
                         budget=budget, rule=rule)
     low, _ = target_range(SpaceSpec(min_fraction=1e-6), groups, budget, rule)

@@ -54,7 +54,8 @@ def test_every_preset_defines_flat_slash_free_configs(resnet20, preset: str) -> 
 
 
 def test_single_choices_are_constants_not_parameters(resnet20) -> None:
-    space = build_space(SpaceSpec(criteria=("l1",), normalizers=("rank",)), resnet20, budget=0.5)
+    space = build_space(SpaceSpec(criteria=("l1",), normalizers=("rank",), schedules=("hard",), allocations=("ratios",),
+                                  lr=None), resnet20, budget=0.5)
     trial = RandomTrial(0)
     config = space.define(trial)
     assert config["weight.l1"] == 1.0 and config["schedule"] == "hard" and config["allocation"] == "ratios"
@@ -74,7 +75,8 @@ def test_ratios_are_sampled_only_for_the_ratios_allocation(resnet20) -> None:
 
 
 def test_replay_gives_back_the_config_and_checks_it(resnet20) -> None:
-    space = build_space(SpaceSpec(ratios="per_group", lr=(0.01, 0.1), normalizers=("rank", "max")), resnet20, budget=0.5)
+    space = build_space(SpaceSpec(ratios="per_group", lr=(0.01, 0.1), normalizers=("rank", "max"), schedules=("hard",),
+                                  allocations=("ratios",)), resnet20, budget=0.5)
     config = space.define(RandomTrial(7))
     assert space.replay(config) == config
     sampled_only = {k: v for k, v in config.items() if k not in ("ratios", "allocation", "schedule")}
@@ -91,7 +93,7 @@ def test_replay_gives_back_the_config_and_checks_it(resnet20) -> None:
 
 def test_optunas_fixed_trial_replays_too(resnet20) -> None:
     optuna = pytest.importorskip("optuna")
-    space = build_space(SpaceSpec(lr=(0.01, 0.1)), resnet20, budget=0.5)
+    space = build_space(SpaceSpec(lr=(0.01, 0.1), schedules=("hard",), allocations=("ratios",)), resnet20, budget=0.5)
     config = space.define(RandomTrial(1))
     sampled = {k: v for k, v in config.items() if k.startswith(("ratio.", "weight.", "target", "finetune"))}
     assert space.define(optuna.trial.FixedTrial(sampled)) == config
@@ -105,7 +107,8 @@ def test_space_and_ray_function_pickle(resnet20) -> None:
 
 def test_optuna_ask_runs_the_space(resnet20) -> None:
     optuna = pytest.importorskip("optuna")
-    space = build_space(SpaceSpec(ratios="per_stage", normalizers=("rank", "zscore")), resnet20, budget=0.5)
+    space = build_space(SpaceSpec(ratios="per_stage", normalizers=("rank", "zscore"), schedules=("hard",),
+                                  allocations=("ratios",), lr=None), resnet20, budget=0.5)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     trial = study.ask()
     config = space.define(trial)

@@ -7,7 +7,10 @@ threshold is found by bisection over the global order (MACs only grow as it fall
 channels beyond it are offered in order and kept wherever they still fit, so the plan is maximal.
 
 ``normalizer`` (default ``mean``: divide by the group's mean absolute score, Torch-Pruning's
-default) puts groups of different fan-in on one scale; any registered normaliser may be named.
+default) puts groups of different fan-in on one scale; any registered normaliser may be named. In a
+recipe the blend is recomputed with it for the threshold (:attr:`global_strategy.blend_normalizer`):
+a blend normalised by ``rank`` gives every group the same score distribution, which would make one
+global threshold a uniform ratio. Which channels each group keeps still follows the recipe's blend.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ def global_strategy(groups: ModelGroups, *, rule: KeepRule, macs_budget: float |
         if grown > keep[name] and analytic_cost(groups, {**keep, name: grown}).macs <= target:
             keep[name] = grown
     return keep
+
+
+# build_plan blends the scores this strategy thresholds with its own ``normalizer`` parameter
+global_strategy.blend_normalizer = ("normalizer", "mean")  # type: ignore[attr-defined]
 
 
 def _order(groups, scores, normalize, rule) -> tuple[dict[str, int], list[str]]:

@@ -7,6 +7,10 @@ Schema (unknown keys are errors that name the key)::
                                # finetune, pretrain, seed, device); criterion and allocation may be
                                # left out (the space sets them); no plan
     space: {...}               # what is sampled: see prunetune.spaces.spec
+    screen: true               # screen 16 × trials candidate plans by an adaptive-BN proxy and
+                               # fine-tune only the best (false: sample every trial directly), or
+                               # {candidates: N, bn_batches: 8, val_images: 2048}; see
+                               # prunetune.search.screening
     macs_budget: 0.5           # required here or as --macs-budget (flops_budget is a synonym)
     trials: 32                 # trials in all
     concurrency: 2             # trials at a time
@@ -42,13 +46,14 @@ import yaml
 from prunetune._numbers import is_finite_number
 from prunetune.exceptions import ConfigError
 from prunetune.recipe import Recipe, read_yaml
+from prunetune.search.screening import ScreenSpec
 from prunetune.spaces import SpaceSpec
 from prunetune.tracking.store import resolve_tracking_uri
 
 SAMPLERS = ("tpe", "nsga2")
 SETTINGS_KEYS = ("macs_budget", "trials", "concurrency", "sampler", "seed", "cpus_per_trial", "gpus_per_trial",
                  "time_budget_s", "asha", "reuse_actors", "experiment", "tracking_uri", "storage_path", "ray_address")
-TOP_KEYS = {"recipe", "space", "flops_budget", *SETTINGS_KEYS}
+TOP_KEYS = {"recipe", "space", "screen", "flops_budget", *SETTINGS_KEYS}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -157,15 +162,17 @@ class SearchConfig:
     space: SpaceSpec
     settings: SearchSettings
     source: str | None = field(default=None, compare=False)
+    screen: ScreenSpec = ScreenSpec()
 
     def to_dict(self) -> dict[str, Any]:
         settings = dataclasses.asdict(self.settings)
-        return {"recipe": self.recipe.to_dict(), "space": self.space.to_dict(), **settings}
+        return {"recipe": self.recipe.to_dict(), "space": self.space.to_dict(), "screen": self.screen.to_value(),
+                **settings}
 
     def identity(self) -> dict[str, Any]:
         """What a resumed search must share with the interrupted one."""
         d = self.to_dict()
-        keep = ("recipe", "space", "macs_budget", "trials", "sampler", "seed", "asha", "tracking_uri")
+        keep = ("recipe", "space", "screen", "macs_budget", "trials", "sampler", "seed", "asha", "tracking_uri")
         return {k: d[k] for k in keep}
 
     def to_yaml(self) -> str:
@@ -204,9 +211,10 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     if "macs_budget" not in d and "macs_budget" not in given:
         raise ConfigError("the search needs a MACs budget: pass --macs-budget F or set macs_budget in the config")
     space = SpaceSpec.parse(d.get("space"))
+    screen = ScreenSpec.parse(d.get("screen"))
     settings = _settings(d, given, source, here, cwd)
     recipe = _base_recipe(d.get("recipe"), space, settings.macs_budget, source, here)
-    return SearchConfig(recipe, space, settings, source)
+    return SearchConfig(recipe, space, settings, source, screen)
 
 
 def _settings(d: dict[str, Any], given: dict[str, Any], source: str | None, here: Path, cwd: Path) -> SearchSettings:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
+import ray
 import torch
 from ray import tune
 from ray.tune.experiment import Trial
@@ -24,6 +25,7 @@ from prunetune.pipeline import Base, resolve_device
 from prunetune.pruning.scores import ScoreTable
 from prunetune.search.config import AshaSpec
 from prunetune.search.objective import TrialResult, base_to, check_finite
+from prunetune.search.screening import Result, evaluate_candidates, spearman
 from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
 
 log = logging.getLogger("prunetune")
@@ -87,23 +89,79 @@ def make_scheduler(asha: AshaSpec | None, epochs: int) -> Any:
                          grace_period=min(asha.grace_period, max(1, epochs)), reduction_factor=asha.reduction_factor)
 
 
+@ray.remote
+class Screener:
+    """Holds the dense model and the ScoreTable once; evaluates chunks of screening candidates."""
+
+    def __init__(self, base: Base, table: ScoreTable, threads: int, bn_batches: int, val_images: int) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.base, self.table = base_to(base, resolve_device(base.recipe.device)), table
+        self.bn_batches, self.val_images = bn_batches, val_images
+
+    def evaluate(self, params: list[dict[str, Any]]) -> list[Result]:
+        return evaluate_candidates(params, self.base, self.table, bn_batches=self.bn_batches,
+                                   val_images=self.val_images)
+
+
+class RayPool:
+    """A :class:`~prunetune.search.screening.Pool` of ``slots`` screening actors on the Ray cluster,
+    each with one trial's resources; :meth:`close` frees them for the fine-tune trials."""
+
+    def __init__(self, base_ref: Any, table_ref: Any, *, slots: int, cpus: float, gpus: float, bn_batches: int,
+                 val_images: int) -> None:
+        make = Screener.options(num_cpus=cpus, num_gpus=gpus)
+        self.actors = [make.remote(base_ref, table_ref, max(1, int(cpus)), bn_batches, val_images)
+                       for _ in range(slots)]
+        self.slots, self._free, self._owner = slots, list(self.actors), {}
+
+    def submit(self, params: list[dict[str, Any]]) -> Any:
+        actor = self._free.pop()
+        ref = actor.evaluate.remote(params)
+        self._owner[ref] = actor
+        return ref
+
+    def next_done(self, handles: list[Any]) -> tuple[Any, list[Result]]:
+        (ref,), _ = ray.wait(handles, num_returns=1)
+        self._free.append(self._owner.pop(ref))
+        return ref, ray.get(ref)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors, self._free = [], []
+
+
 class TrackingCallback(tune.Callback):
     """Logs trials to MLflow from the driver and prints one progress line per finished trial.
 
     Statuses: FINISHED (a final result), KILLED (stopped early, or still open when the experiment
     ends: interrupted or out of time), FAILED (an error). At the end it closes the parent run:
-    KILLED when trials were left unfinished (an interrupted search), else FINISHED.
+    KILLED when trials were left unfinished (an interrupted search), else FINISHED, with the rank
+    correlation of the screening proxy and the fine-tuned validation accuracy.
+
+    ``proxies``: ``(params, proxy accuracy)`` of the screened candidates; a trial whose config holds
+    one's params logs its ``proxy_accuracy``.
     """
 
-    def __init__(self, tracker: SearchTracker, total: int, *, time_limited: bool = False) -> None:
+    def __init__(self, tracker: SearchTracker, total: int, *, time_limited: bool = False,
+                 proxies: list[tuple[dict[str, Any], float]] | None = None) -> None:
         self.tracker, self.total, self.time_limited = tracker, total, time_limited
+        self.proxies = list(proxies or [])
         self._started: dict[str, float] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"tracker": self.tracker, "total": self.total, "time_limited": self.time_limited}
+        return {"tracker": self.tracker, "total": self.total, "time_limited": self.time_limited,
+                "proxies": self.proxies}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["tracker"], state["total"], time_limited=state["time_limited"])  # type: ignore[misc]
+        self.__init__(state["tracker"], state["total"], time_limited=state["time_limited"],  # type: ignore[misc]
+                      proxies=state.get("proxies"))
+
+    def proxy_of(self, config: Mapping[str, Any]) -> float:
+        for params, proxy in self.proxies:
+            if all(config.get(k) == v for k, v in params.items()):
+                return proxy
+        return math.nan
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._started[trial.trial_id] = time.time()
@@ -117,7 +175,8 @@ class TrackingCallback(tune.Callback):
         result = dict(trial.last_result or {})
         wall = time.time() - self._started.pop(trial.trial_id, time.time())
         if result.get("final"):
-            self.tracker.finish_trial(trial.trial_id, {**result, "wall_s": wall})
+            self.tracker.finish_trial(trial.trial_id, {**result, "wall_s": wall,
+                                                       "proxy_accuracy": self.proxy_of(trial.config)})
             self._progress(trials, trial, f"accuracy {result['accuracy']:.4f}, MACs {result['macs_ratio']:.1%} "
                            f"(target {result.get('target_macs', math.nan):.1%}), {wall:.1f}s")
         else:
@@ -136,8 +195,21 @@ class TrackingCallback(tune.Callback):
         interrupted = any(t.status not in done for t in trials) or (len(trials) < self.total and not self.time_limited)
         finished = sum(1 for t in trials if t.status == Trial.TERMINATED and (t.last_result or {}).get("final"))
         failed = sum(1 for t in trials if t.status == Trial.ERROR)
-        self.tracker.end_search(KILLED if interrupted else FINISHED,
-                                {"trials_finished": finished, "trials_failed": failed, "trials_started": len(trials)})
+        metrics = {"trials_finished": finished, "trials_failed": failed, "trials_started": len(trials)}
+        metrics.update(self._proxy_correlation())
+        self.tracker.end_search(KILLED if interrupted else FINISHED, metrics)
+
+    def _proxy_correlation(self) -> dict[str, float]:
+        """Spearman's ρ of proxy vs fine-tuned val (and test) accuracy over the finished trials (all runs,
+        so a resumed search counts the trials of its first part too)."""
+        rows = [r.data.metrics for r in self.tracker.children() if r.info.status == FINISHED]
+        rows = [m for m in rows if math.isfinite(m.get("proxy_accuracy", math.nan))]
+        out = {}
+        for key, name in (("accuracy", "proxy_rank_correlation"), ("test_accuracy", "proxy_rank_correlation_test")):
+            rho = spearman([m["proxy_accuracy"] for m in rows], [m.get(key, math.nan) for m in rows])
+            if math.isfinite(rho):
+                out[name] = rho
+        return out
 
     def _progress(self, trials: list[Trial], trial: Trial, text: str) -> None:
         done = 1 + sum(1 for t in trials if t is not trial and t.status in (Trial.TERMINATED, Trial.ERROR))

@@ -26,7 +26,8 @@ from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.search import cluster
 from prunetune.search.config import SearchConfig
 from prunetune.search.objective import TrialResult, base_to, run_trial
-from prunetune.spaces import SearchSpace, build_space, space_criteria, target_range
+from prunetune.search.screening import ScreenOutcome, hand_params, run_screening, select, table_csv
+from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, target_range
 from prunetune.tracking.export import write_atomic
 from prunetune.tracking.store import ui_command
 from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
@@ -34,6 +35,7 @@ from prunetune.version import __version__
 
 log = logging.getLogger("prunetune")
 STATE_FILE = "prunetune-search.json"
+SCREEN_FILE = "screening.json"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,8 @@ def probe_groups(config: SearchConfig) -> ModelGroups:
 def make_space(config: SearchConfig, groups: ModelGroups) -> SearchSpace:
     """The search space on ``groups``; raises BudgetInfeasibleError for an unreachable budget."""
     a = config.recipe.allocation
-    return build_space(config.space, groups, budget=config.settings.macs_budget, rule=a.rule)
+    return build_space(config.space, groups, budget=config.settings.macs_budget, rule=a.rule,
+                       recipe_lr=config.recipe.finetune.lr)
 
 
 def run_search(config: SearchConfig, *, resume: bool | None = None,
@@ -106,8 +109,10 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
         tracker = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
         try:
             _announce(config, groups)
-            tuner = _tuner(config, space, base_to(base, "cpu"), table, objective, tracker, list(callbacks),
-                           restore=state is not None)
+            shipped = base_to(base, "cpu")
+            screened = _screen(config, space, shipped, table, tracker) if config.screen.enabled else None
+            tuner = _tuner(config, space, shipped, table, objective, tracker, list(callbacks),
+                           restore=state is not None, screened=screened)
             tuner.fit()
         except BaseException as exc:
             tracker.end_search(KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
@@ -143,8 +148,60 @@ def _open_tracking(config: SearchConfig, state: dict[str, Any] | None, base: Any
     return tracker
 
 
+def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tracker: SearchTracker) -> ScreenOutcome:
+    """Screen candidate plans on the Ray cluster (or reload the pool an interrupted search screened)."""
+    s, spec = config.settings, config.screen
+    path = s.experiment_dir / SCREEN_FILE
+    if path.is_file():
+        outcome = ScreenOutcome.from_json(path.read_text())
+        log.info("screening: reusing the %d screened candidates in %s", len(outcome.candidates), path)
+        return outcome
+    import ray
+
+    from prunetune.search import ray_parts
+
+    a = config.recipe.allocation
+    low, high = target_range(config.space, base.groups, s.macs_budget, a.rule)
+    plans = plan_space(space)
+    hand = hand_params(config.space, plans, low, high, max(4, s.trials))
+    count = max(spec.count(s.trials), len(hand))
+    log.info("screening %d candidate plans (%d of them the uniform hand recipe) by adaptive-BN proxy, %d at a time",
+             count, len(hand), s.concurrency)
+    t0 = time.perf_counter()
+    pool = ray_parts.RayPool(ray.put(base), ray.put(table), slots=s.concurrency, cpus=s.cpus_per_trial,
+                             gpus=s.gpus_per_trial, bn_batches=spec.bn_batches, val_images=spec.val_images)
+    try:
+        chunk = max(1, min(8, count // (4 * s.concurrency)))
+        candidates = run_screening(plans, hand, count, pool, seed=s.seed, chunk=chunk, progress=_screen_progress())
+    finally:
+        pool.close()
+    selected = select(candidates, s.trials)
+    outcome = ScreenOutcome(candidates, selected, time.perf_counter() - t0)
+    failed = sum(1 for c in candidates if not c.ok)
+    log.info("screening: %d candidates in %.1fs (%d failed); fine-tuning %d of the proxy front, MACs %s",
+             len(candidates), outcome.seconds, failed, len(selected),
+             ", ".join(f"{100 * c.macs_ratio:.1f}%" for c in selected))
+    s.experiment_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, outcome.to_json(), overwrite=True)
+    tracker.log_search(metrics={"screen_s": outcome.seconds, "screen_candidates": len(candidates),
+                                "screen_failed": failed, "screen_selected": len(selected)},
+                       texts={"screening.csv": table_csv(candidates)})
+    return outcome
+
+
+def _screen_progress() -> Callable[[int, int], None]:
+    marks: set[int] = set()
+
+    def report(done: int, total: int) -> None:
+        quarter = 4 * done // total
+        if quarter not in marks and quarter > 0:
+            marks.add(quarter)
+            log.info("screening: %d/%d candidates", done, total)
+    return report
+
+
 def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, objective: Callable[..., Any],
-           tracker: SearchTracker, callbacks: list[Any], *, restore: bool) -> Any:
+           tracker: SearchTracker, callbacks: list[Any], *, restore: bool, screened: ScreenOutcome | None = None) -> Any:
     from ray import tune
 
     from prunetune.search import ray_parts
@@ -156,13 +213,17 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
     if restore:
         return tune.Tuner.restore(str(s.experiment_dir), trainable=fn, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
+    points = [dict(c.params) for c in screened.selected] if screened is not None else None
     searcher = ray_parts.FinalOnlySearch(space=space.for_ray, metric=ray_parts.METRICS, mode=ray_parts.MODES,
-                                         sampler=ray_parts.make_sampler(s.sampler, seed=s.seed, trials=s.trials))
+                                         sampler=ray_parts.make_sampler(s.sampler, seed=s.seed, trials=s.trials),
+                                         points_to_evaluate=points)
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=ray_parts.make_scheduler(s.asha, config.recipe.finetune.epochs),
         num_samples=s.trials, max_concurrent_trials=s.concurrency, reuse_actors=s.reuse_actors,
         time_budget_s=s.time_budget_s, trial_dirname_creator=ray_parts.trial_dirname)
-    tracking = ray_parts.TrackingCallback(tracker, s.trials, time_limited=s.time_budget_s is not None)
+    proxies = [(dict(c.params), c.proxy) for c in screened.selected] if screened is not None else None
+    tracking = ray_parts.TrackingCallback(tracker, s.trials, time_limited=s.time_budget_s is not None,
+                                          proxies=proxies)
     run_config = tune.RunConfig(name=s.experiment, storage_path=s.storage_path, verbose=0, log_to_file=False,
                                 callbacks=[tracking, *callbacks], failure_config=tune.FailureConfig(max_failures=0))
     return tune.Tuner(fn, tune_config=tune_config, run_config=run_config)

@@ -26,6 +26,7 @@ class TrialRecord:
     test_accuracy: float | None = None
     params_ratio: float | None = None
     target_macs: float | None = None
+    proxy_accuracy: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -91,4 +92,5 @@ def _record(run: Any) -> TrialRecord | None:
     return TrialRecord(
         run_id=run.info.run_id, trial_id=run.data.tags.get(TRIAL_TAG, run.info.run_name or run.info.run_id),
         accuracy=m["accuracy"], macs=m["macs"], params=m.get("params", math.nan), macs_ratio=m["macs_ratio"],
-        test_accuracy=m.get("test_accuracy"), params_ratio=m.get("params_ratio"), target_macs=m.get("target_macs"))
+        test_accuracy=m.get("test_accuracy"), params_ratio=m.get("params_ratio"), target_macs=m.get("target_macs"),
+        proxy_accuracy=m.get("proxy_accuracy"))

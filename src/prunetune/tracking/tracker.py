@@ -28,7 +28,7 @@ ROLE_TAG = "prunetune.role"
 TRIAL_TAG = "prunetune.trial_id"
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 TRIAL_METRICS = ("accuracy", "test_accuracy", "macs", "params", "macs_ratio", "params_ratio", "target_macs",
-                 "work_s", "wall_s")
+                 "proxy_accuracy", "work_s", "wall_s")
 MAX_PARAMS = 100
 
 
@@ -92,6 +92,13 @@ class SearchTracker:
         if metrics:
             self._log(self.parent_run_id, metrics=metrics)
         self.client.set_terminated(self.parent_run_id, status)
+
+    def log_search(self, *, metrics: Mapping[str, float] | None = None, texts: Mapping[str, str] | None = None) -> None:
+        """More of the parent run: metrics and text artifacts (e.g. the screened pool)."""
+        if metrics:
+            self._log(self.parent_run_id, metrics=metrics)
+        for name, text in (texts or {}).items():
+            self.client.log_text(self.parent_run_id, text, name)
 
     def children(self) -> list[Any]:
         """The trial runs of this search (any status)."""

@@ -1,0 +1,357 @@
+"""Screening: many candidate plans ranked by a cheap proxy; only the promising few are fine-tuned.
+
+A *candidate* is the plan part of a trial config (MACs target, allocation, ratios, blend weights,
+normaliser: :data:`prunetune.spaces.PLAN_PARTS`). Its *proxy* is the validation accuracy of the
+physically pruned network after its BN statistics are re-estimated on a few training batches, with
+no weight update (:func:`prunetune.pruning.proxy.bn_proxy`; EagleEye, ECCV 2020): a few forward
+passes instead of a fine-tune.
+
+How the proxy informs Optuna: a *screening study* (multi-objective TPE: proxy ↑, MACs ↓) samples
+the candidates over the plan space, told each proxy as it arrives, so later candidates concentrate
+where the proxy front is. The pool always holds the hand recipe (uniform allocation of each
+criterion of the space, at targets spread over the MACs range), enqueued first. From the pool,
+:func:`select` takes the non-dominated candidates of the proxy front (then the next fronts, if the
+first is too small), spread over log-MACs, one per fine-tune trial. They are enqueued into the
+fine-tune study, which samples the rest of each trial (schedule, its parameters, lr) itself.
+
+Nothing here imports Ray: the runner passes a pool that evaluates chunks of candidates in parallel
+(Ray actors holding the dense model and the ScoreTable once), or evaluates them in this process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prunetune.exceptions import ConfigError, PrunetuneError
+from prunetune.spaces import SearchSpace, SpaceSpec
+from prunetune.spaces.presets import RATIO_PREFIX, TARGET, WEIGHT_PREFIX
+
+CANDIDATES_PER_TRIAL = 16
+Result = tuple[float, float, "str | None"]  # (MACs ratio, proxy accuracy, error)
+
+
+@dataclass(frozen=True)
+class ScreenSpec:
+    """The ``screen:`` setting of a search config: ``false``, ``true`` or a mapping of these.
+
+    Attributes:
+        candidates: plans screened in all, hand recipes included (default 16 × trials).
+        bn_batches: training batches BN statistics are re-estimated on, per candidate.
+        val_images: validation images a proxy is measured on (the first ones of the split).
+    """
+
+    candidates: int | None = None
+    bn_batches: int = 8
+    val_images: int = 2048
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("candidates", "bn_batches", "val_images"):
+            value = getattr(self, key)
+            if (value is not None or key != "candidates") and (isinstance(value, bool) or not isinstance(value, int)
+                                                               or value < 1):
+                raise ConfigError(f"screen.{key} must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def parse(cls, value: Any) -> ScreenSpec:
+        if value is None or value is True:
+            return cls()
+        if value is False:
+            return cls(enabled=False)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"screen must be true, false or {{candidates: N, bn_batches: B, val_images: V}}, "
+                              f"got {value!r}")
+        allowed = {"candidates", "bn_batches", "val_images"}
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in screen; allowed: {', '.join(sorted(allowed))}")
+        return cls(**value)
+
+    def count(self, trials: int) -> int:
+        return self.candidates if self.candidates is not None else CANDIDATES_PER_TRIAL * trials
+
+    def to_value(self) -> Any:
+        if not self.enabled:
+            return False
+        return {"candidates": self.candidates, "bn_batches": self.bn_batches, "val_images": self.val_images}
+
+
+@dataclass
+class Candidate:
+    """One screened plan: the parameters a fine-tune trial is enqueued with, and what screening measured."""
+
+    number: int
+    params: dict[str, Any]
+    source: str  # "hand" (the uniform hand recipe) or "sampled"
+    macs_ratio: float = math.nan
+    proxy: float = math.nan
+    error: str | None = None
+    selected: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and math.isfinite(self.proxy) and math.isfinite(self.macs_ratio)
+
+
+class Pool(Protocol):
+    """Evaluates chunks of candidate parameters, possibly in parallel."""
+
+    slots: int
+
+    def submit(self, params: list[dict[str, Any]]) -> Any: ...
+    def next_done(self, handles: list[Any]) -> tuple[Any, list[Result]]: ...
+
+
+@dataclass
+class LocalPool:
+    """Evaluates each chunk at once, in this process (tests, ``concurrency: 1``)."""
+
+    evaluate: Callable[[list[dict[str, Any]]], list[Result]]
+    slots: int = 1
+    _done: dict[int, list[Result]] = field(default_factory=dict)
+
+    def submit(self, params: list[dict[str, Any]]) -> Any:
+        handle = len(self._done) + 1
+        self._done[handle] = self.evaluate(params)
+        return handle
+
+    def next_done(self, handles: list[Any]) -> tuple[Any, list[Result]]:
+        return handles[0], self._done.pop(handles[0])
+
+
+class _Preset:
+    """A trial that answers from fixed values (the rest: categorical first choice, float/int low)."""
+
+    def __init__(self, fixed: Mapping[str, Any], ratio: float) -> None:
+        self.fixed, self.ratio, self.params = dict(fixed), ratio, {}
+
+    def suggest_float(self, name: str, low: float, high: float, **_: Any) -> float:
+        value = self.fixed.get(name, self.ratio if name.startswith(RATIO_PREFIX) else low)
+        self.params[name] = float(value)
+        return self.params[name]
+
+    def suggest_int(self, name: str, low: int, high: int, **_: Any) -> int:
+        self.params[name] = int(self.fixed.get(name, low))
+        return self.params[name]
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        self.params[name] = self.fixed.get(name, choices[0])
+        return self.params[name]
+
+
+def hand_params(spec: SpaceSpec, space: SearchSpace, low: float, high: float, count: int) -> list[dict[str, Any]]:
+    """The hand recipe in the space's terms: every criterion alone, uniform ratios, ``ratios``
+    allocation, at ``count`` targets spread evenly over log-MACs in ``[low, high]``.
+
+    Empty when the space cannot express it (no ``ratios`` allocation).
+    """
+    if "ratios" not in spec.allocations:
+        return []
+    ratio = 0.5 * (spec.ratio_range[0] + spec.ratio_range[1]) or 0.5  # one value for all: uniform
+    out = []
+    for criterion in spec.criteria:
+        weights = {WEIGHT_PREFIX + c: float(c == criterion) for c in spec.criteria}
+        for target in spread_targets(low, high, count):
+            trial = _Preset({TARGET: target, "allocation": "ratios", **weights}, ratio)
+            space.define(trial)
+            out.append(trial.params)
+    return out
+
+
+def spread_targets(low: float, high: float, count: int) -> list[float]:
+    """``count`` MACs targets evenly spaced in log-MACs from ``low`` to ``high`` (both included)."""
+    if count <= 1 or high <= low:
+        return [high]
+    step = math.log(high / low) / (count - 1)
+    return [min(high, max(low, low * math.exp(i * step))) for i in range(count)]
+
+
+def run_screening(space: SearchSpace, hand: list[dict[str, Any]], count: int, pool: Pool, *, seed: int,
+                  chunk: int, progress: Callable[[int, int], None] | None = None) -> list[Candidate]:
+    """Screen ``count`` candidates (the ``hand`` ones first) with a multi-objective TPE study on the
+    plan space; returns them all, in the order they were asked."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.TPESampler(
+        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=max(8, count // 4)))
+    for params in hand:
+        study.enqueue_trial(params, skip_if_exists=True)
+    total = max(count, len(hand))
+    candidates: list[Candidate] = []
+    in_flight: dict[Any, list[tuple[Any, Candidate]]] = {}
+    asked = 0
+    while asked < total or in_flight:
+        while asked < total and len(in_flight) < pool.slots:
+            batch = []
+            for _ in range(min(chunk, total - asked)):
+                trial = study.ask()
+                space.define(trial)
+                candidate = Candidate(len(candidates), dict(trial.params), "hand" if asked < len(hand) else "sampled")
+                candidates.append(candidate)
+                batch.append((trial, candidate))
+                asked += 1
+            in_flight[pool.submit([c.params for _, c in batch])] = batch
+        handle, results = pool.next_done(list(in_flight))
+        for (trial, candidate), (macs, proxy, error) in zip(in_flight.pop(handle), results):
+            candidate.macs_ratio, candidate.proxy, candidate.error = macs, proxy, error
+            if candidate.ok:
+                study.tell(trial, [proxy, macs])
+            else:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if progress is not None:
+            progress(sum(1 for c in candidates if c.error is not None or math.isfinite(c.proxy)), total)
+    return candidates
+
+
+def evaluate_candidates(params: list[dict[str, Any]], base: Any, table: Any, *, bn_batches: int,
+                        val_images: int) -> list[Result]:
+    """Plan and proxy of each candidate (in a worker): ``(MACs ratio, proxy accuracy, error)``."""
+    from prunetune.data import TensorSplit, make_loader
+    from prunetune.pipeline import build_plan
+    from prunetune.pruning.proxy import bn_proxy
+    from prunetune.spaces import trial_recipe
+
+    val = base.splits.val
+    if len(val) > val_images:
+        val = val.subset(range(val_images)) if isinstance(val, TensorSplit) else _prefix(val, val_images)
+    val_loader = make_loader(val, batch_size=max(256, base.recipe.data.batch_size), device=base.device)
+    out: list[Result] = []
+    for p in params:
+        try:
+            recipe = trial_recipe(base.recipe, p, base.groups)
+            plan = build_plan(recipe, base, table)
+            bn = base.loader("train", train=True, seed=recipe.seed + 1)
+            proxy = bn_proxy(base.model, base.groups, plan, bn_batches=bn, val_batches=val_loader,
+                             max_bn_batches=bn_batches, device=base.device)
+            out.append((plan.macs_ratio, proxy, None))
+        except PrunetuneError as exc:  # e.g. a target its strategy cannot reach: that candidate fails
+            out.append((math.nan, math.nan, f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def _prefix(dataset: Any, n: int) -> Any:
+    from torch.utils.data import Subset
+
+    return Subset(dataset, range(n))
+
+
+def select(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
+    """``k`` candidates to fine-tune: the proxy front (maximise proxy, minimise MACs) first, then the
+    next fronts; within a front, spread over log-MACs (farthest point first, from the cheapest)."""
+    pool = [c for c in candidates if c.ok]
+    chosen: list[Candidate] = []
+    seen: set[str] = set()
+    while pool and len(chosen) < k:
+        front = _front(pool)
+        for c in _spread(front, k - len(chosen), chosen):
+            key = plan_key(c.params)
+            if key not in seen:
+                seen.add(key)
+                chosen.append(c)
+        pool = [c for c in pool if c not in front]
+    for c in chosen:
+        c.selected = True
+    return sorted(chosen, key=lambda c: c.macs_ratio)
+
+
+def _front(pool: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates no other candidate beats in both proxy (≥) and MACs (≤), strictly in one."""
+    ordered = sorted(pool, key=lambda c: (c.macs_ratio, -c.proxy, c.number))
+    front, best = [], -math.inf
+    for c in ordered:
+        if c.proxy > best:
+            front.append(c)
+            best = c.proxy
+    return front
+
+
+def _spread(front: list[Candidate], n: int, chosen: Sequence[Candidate]) -> list[Candidate]:
+    if len(front) <= n:
+        return front
+    picked: list[Candidate] = []
+    taken = [math.log(c.macs_ratio) for c in chosen]
+    rest = list(front)
+    if not taken:  # start from the cheapest: the low end is where trials are scarcest and accuracy moves most
+        picked.append(rest.pop(0))
+        taken.append(math.log(picked[0].macs_ratio))
+    while len(picked) < n and rest:
+        best = max(rest, key=lambda c: (min(abs(math.log(c.macs_ratio) - t) for t in taken), c.proxy))
+        rest.remove(best)
+        picked.append(best)
+        taken.append(math.log(best.macs_ratio))
+    return picked
+
+
+def plan_key(params: Mapping[str, Any]) -> str:
+    """A canonical key of a candidate's parameters (to find a fine-tune trial's proxy)."""
+    return json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
+
+
+def table_csv(candidates: Sequence[Candidate]) -> str:
+    """The screened pool as CSV: number, source, selected, MACs ratio, proxy, error, parameters (JSON)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["number", "source", "selected", "macs_ratio", "proxy_accuracy", "error", "params"])
+    for c in candidates:
+        writer.writerow([c.number, c.source, int(c.selected), f"{c.macs_ratio:.6f}", f"{c.proxy:.6f}",
+                         c.error or "", json.dumps(c.params, sort_keys=True)])
+    return buf.getvalue()
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN for fewer than 3 pairs or no spread."""
+    if len(x) != len(y) or len(x) < 3:
+        return math.nan
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else math.nan
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for m in range(i, j + 1):
+            ranks[order[m]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+@dataclass
+class ScreenOutcome:
+    """What screening did: the pool, what was selected, and how long it took."""
+
+    candidates: list[Candidate]
+    selected: list[Candidate]
+    seconds: float
+
+    def proxies(self) -> dict[str, float]:
+        return {plan_key(c.params): c.proxy for c in self.selected}
+
+    def to_json(self) -> str:
+        return json.dumps({"seconds": self.seconds, "candidates": [c.__dict__ for c in self.candidates]},
+                          default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> ScreenOutcome:
+        data = json.loads(text)
+        candidates = [Candidate(**c) for c in data["candidates"]]
+        return cls(candidates, [c for c in candidates if c.selected], float(data["seconds"]))
+
+
+def now() -> float:
+    return time.perf_counter()
