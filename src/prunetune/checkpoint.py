@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune._atomic import torch_save_atomic
 from prunetune.exceptions import CheckpointError
 from prunetune.models import create_model
 from prunetune.pruning.plan import PruningPlan
@@ -24,6 +25,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
         CheckpointError: missing file, unreadable file, or weights that do not fit ``model``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory; give the state-dict file (.pt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -62,18 +65,18 @@ def _find_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, model_spec: dict[str, Any]) -> Path:
     """Save a pruned model as its state dict, its plan and how to build the dense architecture."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": PRUNED_FORMAT, "model": dict(model_spec), "plan": plan.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return torch_save_atomic(payload, path)
 
 
-def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a pruned network saved by ``prunetune prune``: dense model, replay the plan, load weights."""
+def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                allow_code: bool = False) -> nn.Module:
+    """Rebuild a pruned network saved by ``prunetune prune``: dense model, replay the plan, load weights.
+
+    ``allow_code`` lets a ``package.module:function`` model name stored in the file import and run
+    that code (a shared file must not run code by itself).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"pruned model {str(path)!r} does not exist")
@@ -85,7 +88,7 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
         raise CheckpointError(f"{str(path)!r} is not a prunetune pruned model (format {PRUNED_FORMAT})")
     spec = data["model"]
     model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                         **spec.get("kwargs", {}))
+                         allow_code=allow_code, **spec.get("kwargs", {}))
     apply_plan(model, PruningPlan.from_dict(data["plan"]))
     model.load_state_dict(data["state_dict"])
     return model.eval()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune._atomic import torch_save_atomic
 from prunetune.checkpoint import load_checkpoint, save_pruned
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import ConfigError
@@ -112,7 +113,8 @@ def prepare(recipe: Recipe, *, show_progress: bool = True,
     splits = splits_to(splits, device)
     torch.manual_seed(recipe.seed)
     spec = recipe.model
-    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
+    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                         allow_code=recipe.allow_code, **spec.kwargs)
     t_data = time.perf_counter()
     groups = find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
     if check is not None:
@@ -168,11 +170,8 @@ def _pretrained_dense(base: Base, show_progress: bool) -> None:
     log.info("dense model: no checkpoint given, training it for %d epochs on %s", cfg.epochs, r.data.name)
     finetune(base.model, base.loader("train", train=True, seed=r.seed, batch_size=cfg.batch_size), cfg,
              device=base.device, show_progress=show_progress)
-    if r.calibration.use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({k: v.detach().cpu() for k, v in base.model.state_dict().items()}, tmp)
-        tmp.replace(path)
+    if r.calibration.use_cache:  # a unique temporary name: concurrent runs may fill the same cache
+        torch_save_atomic({k: v.detach().cpu() for k, v in base.model.state_dict().items()}, path)
 
 
 def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *, show_progress: bool = True) -> ScoreTable:

@@ -21,6 +21,12 @@ def add_budget(parser: argparse.ArgumentParser, *, required: bool = False) -> No
                         "--flops-budget is a synonym: the papers' 'FLOPs' are MACs")
 
 
+def add_allow_code(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-code", action="store_true",
+                        help="let a model named package.module:function import and run that code (only for "
+                        "recipes and configs you trust; torch.hub, builtins and the like are refused anyway)")
+
+
 def fraction(text: str) -> float:
     try:
         value = float(text)
@@ -75,6 +81,8 @@ def millions(n: float) -> str:
 def need_file(path: str, what: str) -> str:
     import os
 
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} {path!r} is a directory, not a file; pass the YAML file inside it")
     if not os.path.isfile(path):
         raise ConfigError(f"{what} {path!r} does not exist")
     return path

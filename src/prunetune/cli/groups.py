@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunetune.cli._common import add_budget, add_format, millions, print_json, print_table, prune_ratio
+from prunetune.cli._common import add_allow_code, add_budget, add_format, millions, print_json, print_table, prune_ratio
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_budget(how)
     p.add_argument("--min-keep", type=int, default=1)
     p.add_argument("--round-to", type=int, default=None)
+    add_allow_code(p)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -29,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.pruning.groups import find_groups
     from prunetune.pruning.macs import analytic_cost
 
-    model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
+    model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
+                         allow_code=args.allow_code)
     size = args.input_size or default_input_size(args.model)
     groups = find_groups(model, (args.in_channels, size, size))
     rule = KeepRule(args.min_keep, args.round_to)

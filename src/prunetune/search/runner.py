@@ -60,7 +60,8 @@ def probe_groups(config: SearchConfig) -> ModelGroups:
     recipe = config.recipe
     splits = load_data(recipe)
     spec = recipe.model
-    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
+    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                         allow_code=recipe.allow_code, **spec.kwargs)
     return find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
 
 
