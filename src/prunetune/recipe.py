@@ -316,7 +316,11 @@ class Recipe:
     def from_yaml(cls, path: str | os.PathLike, *, allow_code: bool = False) -> Recipe:
         """Read and validate a recipe file (``allow_code``: see :meth:`from_dict`)."""
         path = Path(path)
-        return cls.from_dict(read_yaml(path, "recipe file"), source=str(path.resolve()), allow_code=allow_code)
+        data = read_yaml(path, "recipe file")
+        if data is None:
+            raise ConfigError(f"recipe file {str(path)!r} is empty; a recipe needs at least model and data "
+                              "(and criterion + allocation, or a plan)")
+        return cls.from_dict(data, source=str(path.resolve()), allow_code=allow_code)
 
     def to_dict(self) -> dict[str, Any]:
         model = {"name": self.model.name, "num_classes": self.model.num_classes, "in_channels": self.model.in_channels}

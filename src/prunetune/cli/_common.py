@@ -37,6 +37,22 @@ def fraction(text: str) -> float:
     return value
 
 
+def int_in(low: int, high: int | None = None, *, why: str = ""):
+    """An argparse type: an integer in ``[low, high]`` (``high`` None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        want = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {want}{why}, got {text!r}")
+        return value
+
+    return parse
+
+
 def prune_ratio(text: str) -> float:
     try:
         value = float(text)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
+from prunetune._paths import check_output_file
 from prunetune.cli._common import add_allow_code, add_format, millions, need_file, print_json
-from prunetune.exceptions import ConfigError
 
 log = logging.getLogger("prunetune")
 
@@ -29,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.recipe import Recipe
 
     recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
+    out = check_output_file(args.out, "--out", overwrite=args.overwrite)
+    # run_recipe writes the plan next to the model, as <out stem>.plan.json
+    check_output_file(out.with_suffix(".plan.json"), "the plan file next to --out", overwrite=args.overwrite)
     result = run_recipe(recipe, out=out, show_progress=args.format == "table")
     if args.format == "json":
         print_json(result.summary())

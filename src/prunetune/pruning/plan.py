@@ -98,9 +98,10 @@ class PruningPlan:
         if not path.is_file():
             raise InvalidPlanError(f"plan file {str(path)!r} does not exist")
         try:
-            return cls.from_json(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidPlanError(f"plan file {str(path)!r} is not UTF-8 JSON text") from None
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidPlanError(f"plan file {str(path)!r} is not valid JSON ({exc})") from None
+        return cls.from_dict(data)
 
     def validate(self, groups: ModelGroups) -> None:
         """Raise :class:`InvalidPlanError` unless the plan fits ``groups`` (names, sizes, indices)."""

@@ -24,7 +24,7 @@ from prunetune.models import create_model
 from prunetune.pipeline import load_data, prepare, score_table
 from prunetune.pruning.allocation import KeepRule
 from prunetune.pruning.groups import ModelGroups, find_groups
-from prunetune.search import cluster
+from prunetune.search import cluster, preflight
 from prunetune.search.config import SearchConfig
 from prunetune.search.objective import TrialResult, base_to, run_trial
 from prunetune.spaces import SearchSpace, build_space, space_criteria, target_range
@@ -86,6 +86,7 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     require("optuna", extra="search", purpose="prunetune search")
     t0 = time.perf_counter()
     s = config.settings
+    preflight.check_outputs(s)  # where results go: before anything is read, trained or written
     state = _resume_state(config, s.experiment_dir, resume)
     # A named cluster is reached first, so a wrong address fails before anything is trained; a local
     # Ray starts (seconds) only once the recipe, the budget and the trial resources have passed.
