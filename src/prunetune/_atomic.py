@@ -22,6 +22,7 @@ def write_atomic_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a file written in place would follow the umask
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
@@ -29,6 +30,20 @@ def write_atomic_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

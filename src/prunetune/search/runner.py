@@ -24,7 +24,7 @@ from prunetune.models import create_model
 from prunetune.pipeline import load_data, prepare, score_table
 from prunetune.pruning.allocation import KeepRule
 from prunetune.pruning.groups import ModelGroups, find_groups
-from prunetune.search import cluster, preflight
+from prunetune.search import cluster, preflight, trust
 from prunetune.search.config import SearchConfig
 from prunetune.search.objective import TrialResult, base_to, run_trial
 from prunetune.spaces import SearchSpace, build_space, space_criteria, target_range
@@ -109,9 +109,14 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
         tracker = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
         try:
             _announce(config, groups)
+            if state is not None:  # checked again right before Ray unpickles it, then unsealed
+                trust.check_and_unseal(s.experiment_dir, STATE_FILE)
             tuner = _tuner(config, space, base_to(base, "cpu"), table, objective, tracker, list(callbacks),
                            restore=state is not None)
-            tuner.fit()
+            try:
+                tuner.fit()
+            finally:  # checksums of what Ray left, checked before a resume unpickles it
+                trust.seal_state(s.experiment_dir, STATE_FILE)
         except BaseException as exc:
             tracker.end_search(KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
             raise
@@ -197,6 +202,7 @@ def _resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> d
         raise ConfigError(f"search {name!r} already finished ({config.settings.trials} trials) in {exp_dir}; "
                           f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
                           "another --experiment")
+    trust.check(exp_dir, state, state_file=STATE_FILE)  # Ray unpickles what is there: ours, unchanged?
     return state
 
 
