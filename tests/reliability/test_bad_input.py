@@ -370,3 +370,22 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: Case, tmp_path, 
     assert re.search(case.match, lines[0]), lines[0]
     assert snapshot(tmp_path) == before
     assert not list(work.glob("MARKER*"))
+
+
+@pytest.mark.parametrize("case_id", ["recipe-alias-bomb-seed", "search-tracking-unreachable-server",
+                                     "search-storage-under-a-file", "cli-missing-argument"])
+def test_the_installed_command_prints_one_line_too(case_id: str, tmp_path) -> None:
+    """The same refusals from a real process (warnings, logging set-up and all go to the same stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    case = next(c for c in CASES if c.id == case_id)
+    _write(tmp_path, case.files)
+    before = snapshot(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "prunetune.cli", *shlex.split(case.argv)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and re.search(case.match, lines[0]), done.stderr
+    assert snapshot(tmp_path) == before
