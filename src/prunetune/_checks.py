@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prunetune._text import short
@@ -36,6 +37,6 @@ def mapping(value: Any, what: str) -> dict[str, Any]:
     """``value`` as a dict if it is a mapping (None: empty), else a :class:`ConfigError` naming ``what``."""
     if value is None:
         return {}
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         raise ConfigError(f"{what} must be a mapping, got {short(value)}")
     return dict(value)

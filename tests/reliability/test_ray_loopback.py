@@ -90,8 +90,7 @@ def test_proc_addresses_decode() -> None:
 
 
 def test_a_local_ray_listens_on_loopback_only(tmp_path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
