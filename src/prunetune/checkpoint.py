@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune._atomic import torch_save_atomic
 from prunetune.exceptions import CheckpointError
 from prunetune.models import create_model
 from prunetune.pruning.plan import PruningPlan
@@ -24,19 +24,7 @@ def save_dense(path: str | os.PathLike, model: nn.Module, *, data_split: Mapping
     """Save a dense model's state dict with the data split it was trained on (see :func:`load_checkpoint`)."""
     payload = {"format": DENSE_FORMAT, "data_split": dict(data_split),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    return _save_atomic(payload, Path(path))
-
-
-def _save_atomic(payload: Any, path: Path) -> Path:
-    """``torch.save`` to a temporary file of this process's own, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        torch.save(payload, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return torch_save_atomic(payload, path)
 
 
 def checkpoint_split(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -66,6 +54,8 @@ def _split_text(split: Mapping[str, Any]) -> str:
 
 
 def _read(path: Path, what: str) -> Any:
+    if path.is_dir():
+        raise CheckpointError(f"{what} {str(path)!r} is a directory; give the state-dict file (.pt)")
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
     try:
@@ -116,11 +106,16 @@ def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, mo
     """Save a pruned model as its state dict, its plan and how to build the dense architecture."""
     payload = {"format": PRUNED_FORMAT, "model": dict(model_spec), "plan": plan.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    return _save_atomic(payload, Path(path))
+    return torch_save_atomic(payload, path)
 
 
-def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a pruned network saved by ``prunetune prune``: dense model, replay the plan, load weights."""
+def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                allow_code: bool = False) -> nn.Module:
+    """Rebuild a pruned network saved by ``prunetune prune``: dense model, replay the plan, load weights.
+
+    ``allow_code`` lets a ``package.module:function`` model name stored in the file import and run
+    that code (a shared file must not run code by itself).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"pruned model {str(path)!r} does not exist")
@@ -132,7 +127,7 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
         raise CheckpointError(f"{str(path)!r} is not a prunetune pruned model (format {PRUNED_FORMAT})")
     spec = data["model"]
     model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                         **spec.get("kwargs", {}))
+                         allow_code=allow_code, **spec.get("kwargs", {}))
     apply_plan(model, PruningPlan.from_dict(data["plan"]))
     model.load_state_dict(data["state_dict"])
     return model.eval()

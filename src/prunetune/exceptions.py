@@ -22,6 +22,14 @@ class ConfigError(PrunetuneError, ValueError):
     """A recipe, search config or argument is malformed."""
 
 
+class UntrustedCodeError(ConfigError):
+    """A recipe or config names Python code to run, without the user's opt-in (or code never allowed)."""
+
+
+class UntrustedStateError(PrunetuneError, ValueError):
+    """Saved state that would be unpickled (a search's resume state) is not the one the search wrote."""
+
+
 class InvalidPlanError(PrunetuneError, ValueError):
     """A pruning plan does not fit the model it is applied to."""
 

@@ -112,7 +112,8 @@ def prepare(recipe: Recipe, *, show_progress: bool = True,
     splits = splits_to(splits, device)
     torch.manual_seed(recipe.pretrain.seed)  # the dense initialisation (it matters without a checkpoint)
     spec = recipe.model
-    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
+    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                         allow_code=recipe.allow_code, **spec.kwargs)
     t_data = time.perf_counter()
     groups = find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
     if check is not None:

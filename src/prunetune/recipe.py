@@ -14,7 +14,11 @@ from typing import Any
 
 import yaml
 
-from prunetune.exceptions import ConfigError
+from prunetune._checks import boolean, integer, mapping, text
+from prunetune._numbers import is_finite_number
+from prunetune._text import short
+from prunetune._yaml import load_yaml_file
+from prunetune.exceptions import ConfigError, UntrustedCodeError
 from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, check_ratio
 from prunetune.pruning.blend import CriterionSpec
 from prunetune.pruning.finetune import FinetuneConfig
@@ -24,25 +28,22 @@ def _strict(section: str, value: Any, allowed: set[str], required: set[str] = fr
     if value is None:
         value = {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"recipe section {section!r} must be a mapping, got {value!r}")
-    unknown = sorted(set(value) - allowed)
+        raise ConfigError(f"recipe section {short(section)} must be a mapping, got {short(value)}")
+    unknown = sorted(set(value) - allowed, key=str)
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in recipe section {section!r}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"unknown key {short(unknown[0])} in recipe section {short(section)}; allowed: {', '.join(sorted(allowed))}")
     missing = sorted(required - set(value))
     if missing:
-        raise ConfigError(f"recipe section {section!r} needs the key {missing[0]!r}")
+        raise ConfigError(f"recipe section {short(section)} needs the key {short(missing[0])}")
     return dict(value)
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
-    """Parse a YAML file, or raise a one-line :class:`ConfigError` naming ``what`` and the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}".splitlines()[0]) from None
+    """Parse a YAML file, or raise a one-line :class:`ConfigError` naming ``what`` and the path.
+
+    See :func:`prunetune._yaml.load_yaml_file`: size cap, UTF-8, no duplicate keys, bounded aliases.
+    """
+    return load_yaml_file(path, what)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,12 @@ class ModelSpec:
         if isinstance(value, str):
             value = {"name": value}
         d = _strict("model", value, {f.name for f in fields(cls)}, {"name"})
+        text(d["name"], "model.name")
+        for key in ("num_classes", "in_channels"):
+            if key in d:
+                integer(d[key], f"model.{key}", minimum=1)
+        text(d.get("checkpoint"), "model.checkpoint", optional=True)
+        d["kwargs"] = mapping(d.get("kwargs"), "model.kwargs")
         return cls(**d)
 
 
@@ -82,14 +89,16 @@ class DataSpec:
         if isinstance(value, str):
             value = {"name": value}
         if not isinstance(value, Mapping) or "name" not in value:
-            raise ConfigError(f"recipe section 'data' needs the key 'name', got {value!r}")
+            raise ConfigError(f"recipe section 'data' needs the key 'name', got {short(value)}")
         own = {"name", "root", "download", "batch_size", "split_seed"}
         params = {k: v for k, v in value.items() if k not in own}
-        params.update(params.pop("params", None) or {})
-        spec = cls(**{k: v for k, v in value.items() if k in own}, params=params)
-        if isinstance(spec.split_seed, bool) or not isinstance(spec.split_seed, int):
-            raise ConfigError(f"data.split_seed must be an integer, got {spec.split_seed!r}")
-        return spec
+        params.update(mapping(params.pop("params", None), "data.params"))
+        text(value["name"], "data.name")
+        text(value.get("root"), "data.root", optional=True)
+        boolean(value.get("download", False), "data.download")
+        integer(value.get("batch_size", 128), "data.batch_size", minimum=1)
+        integer(value.get("split_seed", 0), "data.split_seed")
+        return cls(**{k: v for k, v in value.items() if k in own}, params=params)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, **self.params}
@@ -118,10 +127,14 @@ class CalibrationSpec:
     def parse(cls, value: Any) -> CalibrationSpec:
         d = _strict("calibration", value, {f.name for f in fields(cls)})
         spec = cls(**d)
-        if not isinstance(spec.size, int) or spec.size < 1:
-            raise ConfigError(f"calibration.size must be an integer >= 1, got {spec.size!r}")
+        integer(spec.size, "calibration.size", minimum=1)
+        integer(spec.batch_size, "calibration.batch_size", minimum=1)
+        integer(spec.seed, "calibration.seed")
+        text(spec.activation, "calibration.activation")
+        text(spec.cache_dir, "calibration.cache_dir", optional=True)
+        boolean(spec.use_cache, "calibration.use_cache")
         if spec.split not in ("train", "val"):
-            raise ConfigError(f"calibration.split must be 'train' or 'val', got {spec.split!r}")
+            raise ConfigError(f"calibration.split must be 'train' or 'val', got {short(spec.split)}")
         return spec
 
 
@@ -171,16 +184,22 @@ class AllocationSpec:
     def check(self) -> None:
         if isinstance(self.max_ratio, bool) or not isinstance(self.max_ratio, (int, float)) or not 0 < self.max_ratio <= 1:
             raise ConfigError(f"allocation.max_ratio must be a fraction in (0, 1], got {self.max_ratio!r}")
+        if not isinstance(self.ratios, Mapping):
+            raise ConfigError(f"allocation.ratios must map group names to prune ratios, got {short(self.ratios)}")
         if self.ratio is not None:
             self._check_ratio(self.ratio, "allocation.ratio")
             if self.ratios or self.default is not None:
                 raise ConfigError("give allocation.ratio or allocation.ratios (+ default), not both")
+            if self.macs_budget is not None:
+                raise ConfigError(f"give allocation.ratio ({short(self.ratio)}) or allocation.macs_budget "
+                                  f"({short(self.macs_budget)}), not both: with a budget the ratios are scaled to "
+                                  "reach it (use ratios: {group: r} for relative ratios)")
         for name, r in self.ratios.items():
-            self._check_ratio(r, f"allocation.ratios[{name!r}]")
+            self._check_ratio(r, f"allocation.ratios[{short(name)}]")
         if self.default is not None:
             self._check_ratio(self.default, "allocation.default")
         if self.macs_budget is not None and (isinstance(self.macs_budget, bool) or not isinstance(self.macs_budget, (int, float)) or not 0 < self.macs_budget <= 1):
-            raise ConfigError(f"allocation.macs_budget must be a fraction of dense MACs in (0, 1], got {self.macs_budget!r}")
+            raise ConfigError(f"allocation.macs_budget must be a fraction of dense MACs in (0, 1], got {short(self.macs_budget)}")
         from prunetune.pruning.strategies import STRATEGIES
 
         STRATEGIES.get(self.strategy)
@@ -188,8 +207,9 @@ class AllocationSpec:
             raise ConfigError("allocation needs one of: ratio, ratios (+ default), macs_budget, or a strategy")
         if self.strategy == "global" and self.ratio is None and self.macs_budget is None:
             raise ConfigError("allocation strategy 'global' needs macs_budget (or one global ratio)")
-        if not isinstance(self.min_keep, int) or self.min_keep < 1:
-            raise ConfigError(f"allocation.min_keep must be an integer >= 1, got {self.min_keep!r}")
+        integer(self.min_keep, "allocation.min_keep", minimum=1)
+        if self.round_to is not None:
+            integer(self.round_to, "allocation.round_to", minimum=1)
 
     def _check_ratio(self, ratio: object, what: str) -> None:
         check_ratio(ratio, what)
@@ -228,7 +248,10 @@ class ScheduleSpec:
         if isinstance(value, str):
             value = {"name": value}
         if not isinstance(value, Mapping) or "name" not in value:
-            raise ConfigError(f"recipe section 'schedule' must be a name or {{name: ..., <params>}}, got {value!r}")
+            raise ConfigError(f"recipe section 'schedule' must be a name or {{name: ..., <params>}}, got {short(value)}")
+        from prunetune.pruning.schedules import SCHEDULES
+
+        SCHEDULES.get(text(value["name"], "schedule.name"))
         return cls(value["name"], {k: v for k, v in value.items() if k != "name"})
 
     def to_value(self) -> Any:
@@ -251,7 +274,15 @@ class PretrainSpec:
 
     @classmethod
     def parse(cls, value: Any) -> PretrainSpec:
-        return cls(**_strict("pretrain", value, {f.name for f in fields(cls)}))
+        spec = cls(**_strict("pretrain", value, {f.name for f in fields(cls)}))
+        integer(spec.epochs, "pretrain.epochs", minimum=0)
+        integer(spec.batch_size, "pretrain.batch_size", minimum=1)
+        for key in ("lr", "weight_decay"):
+            number = getattr(spec, key)
+            if not is_finite_number(number) or number < 0 or (key == "lr" and number == 0):
+                want = "a number > 0" if key == "lr" else "a number >= 0"
+                raise ConfigError(f"pretrain.{key} must be {want}, got {short(number)}")
+        return spec
 
     def finetune_config(self) -> FinetuneConfig:
         return FinetuneConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
@@ -276,9 +307,21 @@ class Recipe:
     seed: int = 0
     device: str = "auto"
     source: str | None = field(default=None, compare=False)
+    allow_code: bool = field(default=False, compare=False)
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str | None = None) -> Recipe:
+    def from_dict(cls, data: Any, *, source: str | None = None, allow_code: bool = False) -> Recipe:
+        """Validate a recipe mapping.
+
+        Args:
+            source: the recipe file (relative paths in the recipe are relative to it).
+            allow_code: let a ``package.module:function`` model name import and run that code. Never
+                read from the recipe itself: a shared recipe must not grant itself that right.
+        """
+        if isinstance(data, Mapping) and "allow_code" in data:
+            raise UntrustedCodeError("allow_code is not read from a recipe (a shared recipe must not grant itself "
+                                     "the right to run code); pass --allow-code, or set allow_code: true in your "
+                                     "own search config")
         d = _strict("recipe", data, RECIPE_KEYS, {"model", "data"})
         if "criterion" not in d and "plan" not in d:
             raise ConfigError("recipe needs 'criterion' (e.g. criterion: l1) unless it carries a 'plan'")
@@ -290,10 +333,10 @@ class Recipe:
             raise ConfigError(f"recipe section 'finetune': {exc}") from None
         seed = d.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an integer, got {seed!r}")
+            raise ConfigError(f"seed must be an integer, got {short(seed)}")
         device = d.get("device", "auto")
         if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {short(device)}")
         return cls(
             model=ModelSpec.parse(d["model"]), data=DataSpec.parse(d["data"]),
             criterion=CriterionSpec.parse(d.get("criterion", "l1")),
@@ -301,13 +344,18 @@ class Recipe:
             calibration=CalibrationSpec.parse(d.get("calibration")),
             schedule=ScheduleSpec.parse(d.get("schedule")), finetune=finetune,
             pretrain=PretrainSpec.parse(d.get("pretrain")), plan=d.get("plan"),
-            seed=seed, device=device, source=source,
+            seed=seed, device=device, source=source, allow_code=bool(allow_code),
         )
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> Recipe:
+    def from_yaml(cls, path: str | os.PathLike, *, allow_code: bool = False) -> Recipe:
+        """Read and validate a recipe file (``allow_code``: see :meth:`from_dict`)."""
         path = Path(path)
-        return cls.from_dict(read_yaml(path, "recipe file"), source=str(path.resolve()))
+        data = read_yaml(path, "recipe file")
+        if data is None:
+            raise ConfigError(f"recipe file {str(path)!r} is empty; a recipe needs at least model and data "
+                              "(and criterion + allocation, or a plan)")
+        return cls.from_dict(data, source=str(path.resolve()), allow_code=allow_code)
 
     def to_dict(self) -> dict[str, Any]:
         model = {"name": self.model.name, "num_classes": self.model.num_classes, "in_channels": self.model.in_channels}

@@ -55,12 +55,13 @@ def test_bad_depth_and_classes_are_config_errors() -> None:
 
 
 def test_user_factory_by_module_path() -> None:
-    model = create_model("prunetune.models.tiny:TinyConvNet", num_classes=3, in_channels=2, width=4)
+    model = create_model("prunetune.models.tiny:TinyConvNet", num_classes=3, in_channels=2, width=4,
+                         allow_code=True)
     assert model(torch.randn(1, 2, 16, 16)).shape == (1, 3)
     with pytest.raises(UnknownNameError, match="no callable"):
-        create_model("prunetune.models.tiny:Missing")
+        create_model("prunetune.models.tiny:Missing", allow_code=True)
     with pytest.raises(UnknownNameError, match="cannot import"):
-        create_model("no_such_pkg.mod:fn")
+        create_model("no_such_pkg.mod:fn", allow_code=True)
 
 
 def test_torchvision_model_error_is_clear_when_unavailable() -> None:

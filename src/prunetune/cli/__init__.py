@@ -13,14 +13,22 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from prunetune._text import clip_line
 from prunetune.exceptions import PrunetuneError
 from prunetune.version import __version__
 
 COMMANDS = ("demo", "groups", "score", "prune", "search", "pareto", "export")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints the usage too): the error and where help is."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {clip_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="prunetune", description="Automatic CNN filter pruning under a MACs budget.")
     parser.add_argument("--version", action="version", version=f"prunetune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -41,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrunetuneError as exc:
         if args.debug:
             raise
-        print(f"prunetune {args.command}: error: {exc}", file=sys.stderr)
+        print(f"prunetune {args.command}: error: {clip_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"prunetune {args.command}: interrupted", file=sys.stderr)

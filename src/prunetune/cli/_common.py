@@ -21,6 +21,12 @@ def add_budget(parser: argparse.ArgumentParser, *, required: bool = False) -> No
                         "--flops-budget is a synonym: the papers' 'FLOPs' are MACs")
 
 
+def add_allow_code(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-code", action="store_true",
+                        help="let a model named package.module:function import and run that code (only for "
+                        "recipes and configs you trust; torch.hub, builtins and the like are refused anyway)")
+
+
 def fraction(text: str) -> float:
     try:
         value = float(text)
@@ -29,6 +35,22 @@ def fraction(text: str) -> float:
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
     return value
+
+
+def int_in(low: int, high: int | None = None, *, why: str = ""):
+    """An argparse type: an integer in ``[low, high]`` (``high`` None: no upper bound)."""
+
+    def parse(text: str) -> int:
+        want = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {want}{why}, got {text!r}")
+        return value
+
+    return parse
 
 
 def prune_ratio(text: str) -> float:
@@ -75,6 +97,8 @@ def millions(n: float) -> str:
 def need_file(path: str, what: str) -> str:
     import os
 
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} {path!r} is a directory, not a file; pass the YAML file inside it")
     if not os.path.isfile(path):
         raise ConfigError(f"{what} {path!r} does not exist")
     return path

@@ -40,13 +40,15 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.tracking import export_trial, load_search, plot_front, ui_command
     from prunetune.tracking.store import client
 
+    from prunetune._paths import check_output_dir
+
     t0 = time.perf_counter()
-    out = Path(args.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(Path(args.out_dir).resolve(), "--out-dir")
     experiment = time.strftime("demo-%Y%m%d-%H%M%S")
-    config = load_search_config(demo_config_path(), {
+    config = load_search_config(demo_config_path(), {  # checked before the folder is made
         "experiment": experiment, "trials": args.trials, "concurrency": args.concurrency,
         "macs_budget": args.macs_budget, "tracking_uri": str(out / "mlflow.db"), "storage_path": str(out / "runs")})
+    out.mkdir(parents=True, exist_ok=True)
     log.info("prunetune demo: ResNet-20 on digits 1x16x16, %d trials (%d at a time), MACs budget %.0f%%, output in %s",
              args.trials, args.concurrency, 100 * args.macs_budget, out)
     outcome = run_search(config, resume=False)

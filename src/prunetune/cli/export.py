@@ -24,8 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prunetune._paths import check_output_file
     from prunetune.tracking import export_trial
 
+    check_output_file(args.out, "--out", overwrite=args.overwrite)
     records = load(args)
     record, path = export_trial(records, args.out, pick=args.pick, budget=args.budget, overwrite=args.overwrite)
     if args.format == "json":

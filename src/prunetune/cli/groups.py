@@ -4,36 +4,56 @@ from __future__ import annotations
 
 import argparse
 
-from prunetune.cli._common import add_budget, add_format, millions, print_json, print_table, prune_ratio
+from prunetune.cli._common import (
+    add_allow_code,
+    add_budget,
+    add_format,
+    fraction,
+    int_in,
+    millions,
+    print_json,
+    print_table,
+    prune_ratio,
+)
+
+MAX_INPUT_SIZE = 1024  # a dry run traces one input; larger sides take minutes and gigabytes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("groups", help="list prunable groups, channels, kept channels, MACs (no weights needed)",
                        description="Prunable groups of a model and what a prune ratio or MACs budget keeps.")
     p.add_argument("--model", required=True, help="model name (prunetune.list_models()), tv:NAME or pkg.mod:fn")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--input-size", type=int, default=None, help="input side (default: the model's, e.g. 32)")
+    p.add_argument("--num-classes", type=int_in(1), default=10)
+    p.add_argument("--in-channels", type=int_in(1), default=3)
+    p.add_argument("--input-size", type=int_in(1, MAX_INPUT_SIZE, why=" (pixels per side of the traced input)"),
+                   default=None, help=f"input side, at most {MAX_INPUT_SIZE} (default: the model's, e.g. 32)")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--ratio", type=prune_ratio, default=None, help="one prune ratio for every group")
     add_budget(how)
-    p.add_argument("--min-keep", type=int, default=1)
-    p.add_argument("--round-to", type=int, default=None)
-    p.add_argument("--max-ratio", type=float, default=None, metavar="F",
+    p.add_argument("--min-keep", type=int_in(1), default=1, help="channels every group keeps at least")
+    p.add_argument("--round-to", type=int_in(1), default=None, help="round kept channels up to a multiple of this")
+    p.add_argument("--max-ratio", type=fraction, default=None, metavar="F",
                    help="the largest share of one group an allocation may prune (default: the recipe default, 0.8)")
+    add_allow_code(p)
     add_format(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from prunetune.exceptions import ConfigError
     from prunetune.models import create_model, default_input_size
     from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, keep_for_budget, keep_from_ratios
     from prunetune.pruning.groups import find_groups
     from prunetune.pruning.macs import analytic_cost
 
-    model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
+    model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
+                         allow_code=args.allow_code)
     size = args.input_size or default_input_size(args.model)
     groups = find_groups(model, (args.in_channels, size, size))
+    smallest = min(groups, key=lambda g: g.channels, default=None)
+    if smallest is not None and args.min_keep > smallest.channels:
+        raise ConfigError(f"--min-keep {args.min_keep} is more than group {smallest.name!r} has "
+                          f"({smallest.channels} channels); use at most {smallest.channels}")
     rule = KeepRule(args.min_keep, args.round_to, DEFAULT_MAX_RATIO if args.max_ratio is None else args.max_ratio)
     if args.macs_budget is not None:
         keep = keep_for_budget(groups, args.macs_budget, rule=rule)

@@ -41,6 +41,8 @@ def load(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from prunetune.tracking import front_mask
 
+    if args.plot:
+        check_plot_path(args.plot)
     records = load(args)
     mask = front_mask([t.accuracy for t in records.trials], [t.macs for t in records.trials])
     rows = [dict(t.as_dict(), front=bool(on)) for t, on in zip(records.trials, mask) if args.all or on]
@@ -59,6 +61,23 @@ def run(args: argparse.Namespace) -> int:
               f" ({_counts(records.counts)}); export one with "
               f"`prunetune export --experiment {records.experiment} --out best.yaml`")
     return 0
+
+
+def check_plot_path(path: str) -> None:
+    """Refuse a plot path matplotlib cannot write (unknown format) or that cannot be created, before any work."""
+    from pathlib import Path
+
+    from prunetune._imports import require
+    from prunetune._paths import check_output_file
+    from prunetune.exceptions import ConfigError
+
+    suffix = Path(path).suffix.lstrip(".").lower()
+    backend = require("matplotlib.backend_bases", extra="tracking", purpose="the Pareto plot")
+    formats = sorted(backend.FigureCanvasBase.get_supported_filetypes())
+    if suffix not in formats:
+        raise ConfigError(f"--plot {path!r}: the file name must end in a plot format matplotlib writes "
+                          f"({', '.join('.' + f for f in formats)}), e.g. front.png")
+    check_output_file(path, "--plot", overwrite=True, flag="--plot")
 
 
 def print_front(records: Any, rows: list[dict[str, Any]], *, show_front: bool = False) -> None:

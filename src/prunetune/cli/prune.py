@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-from prunetune.cli._common import add_format, millions, need_file, print_json
-from prunetune.exceptions import ConfigError
+from prunetune._paths import check_output_file
+from prunetune.cli._common import add_allow_code, add_format, millions, need_file, print_json
 
 log = logging.getLogger("prunetune")
 
@@ -18,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "Without a checkpoint the dense model is first trained briefly on the recipe's data.")
     p.add_argument("--recipe", required=True, help="recipe YAML")
     p.add_argument("--out", required=True, help="where to save the pruned model (.pt); the plan goes next to it")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (and its plan)")
+    add_allow_code(p)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -27,10 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.pipeline import run_recipe
     from prunetune.recipe import Recipe
 
-    recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"))
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
+    recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
+    out = check_output_file(args.out, "--out", overwrite=args.overwrite)
+    # run_recipe writes the plan next to the model, as <out stem>.plan.json
+    check_output_file(out.with_suffix(".plan.json"), "the plan file next to --out", overwrite=args.overwrite)
     result = run_recipe(recipe, out=out, show_progress=args.format == "table")
     if args.format == "json":
         print_json(result.summary())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunetune.cli._common import add_format, need_file, print_json, print_table
+from prunetune.cli._common import add_allow_code, add_format, need_file, print_json, print_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,6 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "cached by a fingerprint of weights, calibration set, criteria and version.")
     p.add_argument("--recipe", required=True, help="recipe YAML")
     p.add_argument("--criteria", default=None, help="comma-separated criteria instead of the recipe's")
+    add_allow_code(p)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -20,14 +21,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from prunetune.exceptions import ConfigError
     from prunetune.pipeline import prepare, recipe_criteria, score_table
     from prunetune.pruning.criteria import CRITERIA
     from prunetune.recipe import Recipe
 
-    recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"))
+    recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
     criteria = recipe_criteria(recipe)
-    if args.criteria:
-        criteria = {name.strip(): CRITERIA.get(name.strip()).resolve(None) for name in args.criteria.split(",")}
+    if args.criteria is not None:
+        names = [name.strip() for name in args.criteria.split(",") if name.strip()]
+        if not names:
+            raise ConfigError(f"--criteria {args.criteria!r} names no criterion; give comma-separated names, "
+                              f"e.g. --criteria l1,fpgm (known: {', '.join(CRITERIA.names())})")
+        criteria = {name: CRITERIA.get(name).resolve(None) for name in names}
     base = prepare(recipe, show_progress=args.format == "table")
     t0 = time.perf_counter()
     table = score_table(base, criteria, show_progress=args.format == "table")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from prunetune.cli._common import add_budget, add_format, need_file, print_json
+from prunetune.cli._common import add_allow_code, add_budget, add_format, need_file, print_json
 
 log = logging.getLogger("prunetune")
 INTERRUPTED = 130
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", default=None, help="run on an existing Ray cluster: auto, host:port or ray://host:port (default: RAY_ADDRESS, else a local Ray)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///mlflow.db here)")
     p.add_argument("--storage-path", default=None, help="Ray results and resume state (default ./prunetune-runs)")
+    add_allow_code(p)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -41,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def overrides(args: argparse.Namespace) -> dict:
     keys = ("macs_budget", "trials", "experiment", "concurrency", "sampler", "seed", "cpus_per_trial",
             "gpus_per_trial", "time_budget_s", "asha", "ray_address", "tracking_uri", "storage_path")
-    return {k: getattr(args, k) for k in keys}
+    given = {k: getattr(args, k) for k in keys}
+    given["allow_code"] = True if args.allow_code else None  # the flag can grant, never revoke, the config's
+    return given
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,8 +6,9 @@ wins when both exist. ``root`` may also be the extracted folder itself. The batc
 dicts (read with ``encoding="bytes"``) holding ``b"data"`` (uint8 ``N×3072``, channel-major rows)
 and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100).
 
-Pickle can execute code, so only load archives from a source you trust (the official archive,
-whose MD5 is checked when ``download=True`` fetches it).
+The batch files are read with a restricted unpickler (:mod:`prunetune.data._unpickle`) that admits
+only lists, dicts, strings, numbers and numpy arrays: a crafted file is refused as malformed and
+cannot run code.
 
 Parameters: ``val_size`` (default 5000) training images are held out, by a permutation seeded
 with the dataset's ``split_seed`` (default 0, never the recipe's training seed), as the validation
@@ -18,8 +19,9 @@ split. ``val_size=0`` keeps the full training set and makes
 from __future__ import annotations
 
 import hashlib
-import pickle
+import os
 import tarfile
+import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunetune.data._unpickle import restricted_loads
 from prunetune.data.base import (
     DataSplits,
     TensorSplit,
@@ -158,17 +161,20 @@ def locate(info: CifarInfo, root: Path, download: bool) -> Path:
 def download_archive(info: CifarInfo, root: Path) -> Path:
     """Download the official archive into ``root`` and verify its MD5."""
     target = root / info.archive
-    partial = target.with_name(target.name + ".part")
+    partial = None
     by_hand = f"download {info.url} yourself and put {info.archive} under {root}"
     try:
         root.mkdir(parents=True, exist_ok=True)
         digest = hashlib.md5()
-        with urllib.request.urlopen(info.url, timeout=60) as response, partial.open("wb") as out:
+        fd, name = tempfile.mkstemp(prefix=f".{info.archive}.", suffix=".part", dir=root)  # unique per download
+        partial = Path(name)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(info.url, timeout=60) as response:
             while chunk := response.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
     except Exception as exc:  # noqa: BLE001 - any network or disk failure gets the same advice
-        partial.unlink(missing_ok=True)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
         raise DataError(
             f"could not download {info.title} from {info.url} ({exc}); {by_hand}"
         ) from exc
@@ -233,9 +239,10 @@ def _read_archive(
 
 def _unpickle(payload: bytes, where: str) -> Any:
     try:
-        return pickle.loads(payload, encoding="bytes")
+        return restricted_loads(payload, encoding="bytes")
     except Exception as exc:  # noqa: BLE001 - pickle raises many types on bad input
-        raise DataError(f"malformed CIFAR batch file {where}: cannot unpickle ({exc})") from exc
+        raise DataError(f"malformed CIFAR batch file {where}: cannot unpickle ({exc}); re-extract or "
+                        "re-download the official archive") from None
 
 
 def _join(

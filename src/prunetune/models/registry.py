@@ -10,6 +10,8 @@ from functools import partial
 from torch import nn
 
 from prunetune._imports import require
+from prunetune._safety import check_user_code, is_user_code
+from prunetune._text import short
 from prunetune._registry import Registry, unknown_name_message
 from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.models.cifar_resnet import CifarResNet
@@ -49,7 +51,8 @@ MODELS.register("tiny_mobilenet", ModelEntry(TinyMobileNet, 16, "test model: dep
 TORCHVISION_PREFIX = "tv:"
 
 
-def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, **kwargs: object) -> nn.Module:
+def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, allow_code: bool = False,
+                 **kwargs: object) -> nn.Module:
     """Build a model by name.
 
     Args:
@@ -57,16 +60,20 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, **kw
             ``package.module:function`` (called as ``function(num_classes=..., in_channels=..., **kwargs)``).
         num_classes: classifier outputs.
         in_channels: input image channels (1 for digits).
+        allow_code: allow a ``package.module:function`` name to import and run that code (see
+            :mod:`prunetune._safety`; ``torch.hub``, ``builtins`` and the like are refused anyway).
         **kwargs: passed to the factory.
     """
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if not isinstance(in_channels, int) or in_channels < 1:
-        raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a model name must be a non-empty string, got {short(name)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {short(num_classes)}")
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ConfigError(f"in_channels must be a positive integer, got {short(in_channels)}")
     if name.startswith(TORCHVISION_PREFIX):
         return _torchvision_model(name[len(TORCHVISION_PREFIX):], num_classes, in_channels, kwargs)
-    if ":" in name:
-        factory = _import_factory(name)
+    if is_user_code(name):
+        factory = _import_factory(name, allow_code)
     else:
         factory = MODELS.get(name).factory
     try:
@@ -87,8 +94,8 @@ def list_models() -> list[str]:
     return MODELS.names()
 
 
-def _import_factory(spec: str) -> Callable[..., nn.Module]:
-    module_name, _, attr = spec.partition(":")
+def _import_factory(spec: str, allow_code: bool) -> Callable[..., nn.Module]:
+    module_name, attr = check_user_code(spec, allow_code=allow_code)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunetune._numbers import is_finite_number
+from prunetune._text import short
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.progress import progress
 
@@ -40,20 +41,28 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            ("epochs", isinstance(self.epochs, int) and self.epochs >= 0, "an integer >= 0"),
+            ("epochs", _int(self.epochs) and self.epochs >= 0, "an integer >= 0"),
             ("lr", is_finite_number(self.lr) and self.lr > 0, "a number > 0"),
             ("momentum", is_finite_number(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", is_finite_number(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
             ("warmup_epochs", is_finite_number(self.warmup_epochs) and self.warmup_epochs >= 0, "a number >= 0"),
             ("label_smoothing", is_finite_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an integer >= 1"),
+            ("batch_size", _int(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+            ("recalibrate_batches", _int(self.recalibrate_batches) and self.recalibrate_batches >= 1,
+             "an integer >= 1"),
+            *((flag, isinstance(getattr(self, flag), bool), "true or false")
+              for flag in ("nesterov", "amp", "channels_last", "recalibrate_bn")),
         ]
         for name, ok, want in checks:
             if not ok:
-                raise ConfigError(f"finetune.{name} must be {want}, got {getattr(self, name)!r}")
+                raise ConfigError(f"finetune.{name} must be {want}, got {short(getattr(self, name))}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class Callback(Protocol):

@@ -118,7 +118,12 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     example = torch.randn(1, *input_shape)
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
-    graph = tp_bridge.build_graph(model, example)
+    try:
+        graph = tp_bridge.build_graph(model, example)
+    except RuntimeError as exc:  # the forward pass itself failed: a shape the model cannot take
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"the model ({type(model).__name__}) cannot run on an input of shape "
+                          f"{tuple(input_shape)} ({reason}); check the input size and in_channels") from None
     raw = tp_bridge.raw_groups(graph, tp_bridge.output_layers(graph))
     groups = [_make_group(members, names, order, graph) for members in raw]
     groups = [g for g in groups if g is not None]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prunetune._atomic import write_text_atomic
 from prunetune.exceptions import InvalidPlanError
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.macs import Cost, analytic_cost
@@ -98,18 +99,21 @@ class PruningPlan:
             raise InvalidPlanError(f"pruning plan is not valid JSON: {exc}") from None
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        """Write the plan as JSON, atomically (a unique temporary file, then a rename)."""
+        return write_text_atomic(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:
         path = Path(path)
+        if path.is_dir():
+            raise InvalidPlanError(f"plan file {str(path)!r} is a directory; give the .plan.json file")
         if not path.is_file():
             raise InvalidPlanError(f"plan file {str(path)!r} does not exist")
-        return cls.from_json(path.read_text())
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidPlanError(f"plan file {str(path)!r} is not valid JSON ({exc})") from None
+        return cls.from_dict(data)
 
     def validate(self, groups: ModelGroups) -> None:
         """Raise :class:`InvalidPlanError` unless the plan fits ``groups`` (names, sizes, indices)."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunetune._atomic import torch_save_atomic
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.calibration import calibrate
 from prunetune.pruning.criteria import WEIGHT, get_criterion
@@ -193,11 +194,7 @@ def _load(cache: Path, fp: str, table: ScoreTable, name: str) -> bool:
 
 
 def _save(cache: Path, fp: str, table: ScoreTable, name: str) -> None:
-    cache.mkdir(parents=True, exist_ok=True)
-    path = _path(cache, fp)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"scores": table.scores[name], "extras": table.extras[name]}, tmp)
-    tmp.replace(path)
+    torch_save_atomic({"scores": table.scores[name], "extras": table.extras[name]}, _path(cache, fp))
 
 
 def _check_scores(name: str, scores: Mapping[str, Tensor], groups: ModelGroups) -> None:

@@ -4,7 +4,8 @@ An existing cluster is named by ``ray_address`` or, failing that, by the ``RAY_A
 environment variable (Ray's own convention); ``local`` and no address mean a Ray started for the
 search. Everything that can be checked without training is checked here, so a wrong address or an
 impossible resource request fails at once with a :class:`ConfigError` instead of waiting forever.
-Ray is imported only inside the functions.
+A Ray started here listens on 127.0.0.1 only and starts no dashboard. Ray is imported only inside
+the functions.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prunetune.exceptions import ConfigError
 from prunetune.search.config import ray_address_parts
@@ -65,11 +67,42 @@ def connect(cluster: Cluster) -> bool:
     if cluster.named is not None:
         log.info("connecting to the Ray cluster at %s", cluster.named)
     try:
-        ray.init(address=cluster.address, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        if cluster.named is None:
+            _init_on_loopback(ray, address=cluster.address, include_dashboard=False,
+                              logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            ray.init(address=cluster.address, include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False)
     except ConnectionError as exc:
         raise ConfigError(_connection_error(cluster, exc)) from None
     return True
+
+
+def _init_on_loopback(ray: Any, **init_kwargs: Any) -> None:
+    """``ray.init`` for a Ray started by the search, listening on 127.0.0.1 only, with no dashboard.
+
+    A local Ray otherwise binds gcs_server, raylet and every worker to all interfaces (``*:port``):
+    anyone on the network could submit work to it. Ray derives the node address, and with it the
+    interface its servers bind, from ``ray_constants.ENABLE_RAY_CLUSTER`` (the switch behind
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read only at import): off, the node is 127.0.0.1 and
+    every server listens there. It is switched off around this ``ray.init`` only, so connecting to
+    a real cluster later in the same process is unaffected.
+    """
+    from ray._private import ray_constants
+
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):  # another Ray version: bind as it does
+        log.warning("this Ray version offers no loopback-only switch; the local Ray listens on all interfaces")
+        ray.init(**init_kwargs)
+        return
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(**init_kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip not in ("127.0.0.1", "::1"):
+        log.warning("the local Ray took node address %s, not 127.0.0.1: it may listen on that interface", node_ip)
 
 
 def _connection_error(cluster: Cluster, exc: Exception) -> str:

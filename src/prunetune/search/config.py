@@ -26,6 +26,9 @@ Schema (unknown keys are errors that name the key)::
     tracking_uri: null         # default sqlite:///<cwd>/mlflow.db
     storage_path: null         # default <cwd>/prunetune-runs (Ray's results; resume state)
     ray_address: null          # an existing Ray cluster: auto, host:port or ray://host:10001
+    allow_code: false          # let a package.module:function model name import and run that code
+                               # (honoured here, in your own config, or as --allow-code; never from
+                               # a recipe file)
 
 Paths in the file are relative to the file; paths given on the command line and the defaults are
 relative to the working directory. All are made absolute (Ray trials run in their own directories).
@@ -44,6 +47,7 @@ from typing import Any
 import yaml
 
 from prunetune._numbers import is_finite_number
+from prunetune._text import short
 from prunetune.exceptions import ConfigError
 from prunetune.recipe import Recipe, read_yaml
 from prunetune.search.screening import ScreenSpec
@@ -52,7 +56,8 @@ from prunetune.tracking.store import resolve_tracking_uri
 
 SAMPLERS = ("tpe", "nsga2")
 SETTINGS_KEYS = ("macs_budget", "trials", "concurrency", "sampler", "seed", "cpus_per_trial", "gpus_per_trial",
-                 "time_budget_s", "asha", "reuse_actors", "experiment", "tracking_uri", "storage_path", "ray_address")
+                 "time_budget_s", "asha", "reuse_actors", "experiment", "tracking_uri", "storage_path", "ray_address",
+                 "allow_code")
 TOP_KEYS = {"recipe", "space", "screen", "flops_budget", *SETTINGS_KEYS}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -66,9 +71,9 @@ class AshaSpec:
 
     def __post_init__(self) -> None:
         if not _int(self.grace_period) or self.grace_period < 1:
-            raise ConfigError(f"asha.grace_period must be an integer >= 1, got {self.grace_period!r}")
+            raise ConfigError(f"asha.grace_period must be an integer >= 1, got {short(self.grace_period)}")
         if not _int(self.reduction_factor) or self.reduction_factor < 2:
-            raise ConfigError(f"asha.reduction_factor must be an integer >= 2, got {self.reduction_factor!r}")
+            raise ConfigError(f"asha.reduction_factor must be an integer >= 2, got {short(self.reduction_factor)}")
 
 
 @dataclass(frozen=True)
@@ -89,28 +94,33 @@ class SearchSettings:
     asha: AshaSpec | None = None
     reuse_actors: bool = True
     ray_address: str | None = None
+    allow_code: bool = False
 
     def __post_init__(self) -> None:
         b = self.macs_budget
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= 1:
-            raise ConfigError(f"macs_budget must be a fraction of dense MACs in (0, 1], got {b!r}")
+            raise ConfigError(f"macs_budget must be a fraction of dense MACs in (0, 1], got {short(b)}")
         for key in ("trials", "concurrency"):
             if not _int(getattr(self, key)) or getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be an integer >= 1, got {getattr(self, key)!r}")
+                raise ConfigError(f"{key} must be an integer >= 1, got {short(getattr(self, key))}")
         if self.sampler not in SAMPLERS:
-            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {short(self.sampler)}")
         if not _int(self.seed):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+            raise ConfigError(f"seed must be an integer, got {short(self.seed)}")
         if not is_finite_number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
-            raise ConfigError(f"cpus_per_trial must be a number > 0, got {self.cpus_per_trial!r}")
+            raise ConfigError(f"cpus_per_trial must be a number > 0, got {short(self.cpus_per_trial)}")
         if not is_finite_number(self.gpus_per_trial) or self.gpus_per_trial < 0:
-            raise ConfigError(f"gpus_per_trial must be a number >= 0 (fractions share a GPU), got {self.gpus_per_trial!r}")
+            raise ConfigError(f"gpus_per_trial must be a number >= 0 (fractions share a GPU), got {short(self.gpus_per_trial)}")
         if self.time_budget_s is not None and (not is_finite_number(self.time_budget_s) or self.time_budget_s <= 0):
-            raise ConfigError(f"time_budget_s must be a number of seconds > 0, got {self.time_budget_s!r}")
+            raise ConfigError(f"time_budget_s must be a number of seconds > 0, got {short(self.time_budget_s)}")
         if not isinstance(self.experiment, str) or not NAME.match(self.experiment):
-            raise ConfigError(f"experiment must be a name of letters, digits, '_', '.', '-', got {self.experiment!r}")
+            raise ConfigError(f"experiment must be a name of letters, digits, '_', '.', '-', got {short(self.experiment)}")
         if self.ray_address is not None:
             ray_address_parts(self.ray_address)
+        if not isinstance(self.allow_code, bool):
+            raise ConfigError(f"allow_code must be true or false, got {short(self.allow_code)}")
+        if not isinstance(self.reuse_actors, bool):
+            raise ConfigError(f"reuse_actors must be true or false, got {short(self.reuse_actors)}")
 
     @property
     def experiment_dir(self) -> Path:
@@ -131,7 +141,7 @@ def ray_address_parts(address: Any, *, what: str = "ray_address") -> tuple[str, 
     if address in ("auto", "local"):
         return None
     bad = ConfigError(f"{what} must be 'auto', 'local', host:port or ray://host:port (as `ray start --head` "
-                      f"prints it; an IPv6 host in brackets, [::1]:6379), got {address!r}")
+                      f"prints it; an IPv6 host in brackets, [::1]:6379), got {short(address)}")
     if not isinstance(address, str) or not address or any(ch.isspace() for ch in address):
         raise bad
     client = address.startswith("ray://")
@@ -196,7 +206,7 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
         raise ConfigError(f"a search config must be a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in the search config; allowed: {', '.join(sorted(TOP_KEYS))}")
+        raise ConfigError(f"unknown key {short(unknown[0])} in the search config; allowed: {', '.join(sorted(TOP_KEYS))}")
     cwd = Path(cwd) if cwd is not None else Path.cwd()
     here = Path(source).parent if source else cwd
     d = dict(data)
@@ -207,13 +217,13 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(given) - set(SETTINGS_KEYS))
     if unknown:
-        raise ConfigError(f"unknown search setting {unknown[0]!r}; known: {', '.join(SETTINGS_KEYS)}")
+        raise ConfigError(f"unknown search setting {short(unknown[0])}; known: {', '.join(SETTINGS_KEYS)}")
     if "macs_budget" not in d and "macs_budget" not in given:
         raise ConfigError("the search needs a MACs budget: pass --macs-budget F or set macs_budget in the config")
     space = SpaceSpec.parse(d.get("space"))
     screen = ScreenSpec.parse(d.get("screen"))
     settings = _settings(d, given, source, here, cwd)
-    recipe = _base_recipe(d.get("recipe"), space, settings.macs_budget, source, here)
+    recipe = _base_recipe(d.get("recipe"), space, settings.macs_budget, source, here, settings.allow_code)
     return SearchConfig(recipe, space, settings, source, screen)
 
 
@@ -234,22 +244,23 @@ def _settings(d: dict[str, Any], given: dict[str, Any], source: str | None, here
     elif isinstance(asha, Mapping):
         allowed = {f.name for f in fields(AshaSpec)}
         if set(asha) - allowed:
-            raise ConfigError(f"unknown key {sorted(set(asha) - allowed)[0]!r} in asha; allowed: {', '.join(sorted(allowed))}")
+            raise ConfigError(f"unknown key {short(sorted(set(asha) - allowed)[0])} in asha; allowed: {', '.join(sorted(allowed))}")
         values["asha"] = AshaSpec(**asha)
     elif not isinstance(asha, AshaSpec):
-        raise ConfigError(f"asha must be true, false or {{grace_period: 1, reduction_factor: 2}}, got {asha!r}")
+        raise ConfigError(f"asha must be true, false or {{grace_period: 1, reduction_factor: 2}}, got {short(asha)}")
     return SearchSettings(**values)
 
 
 def _absolute(value: Any, root: Path, key: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+        raise ConfigError(f"{key} must be a string, got {short(value)}")
     if key == "tracking_uri":
         return resolve_tracking_uri(value, cwd=root)
     return str((root / value).resolve())
 
 
-def _base_recipe(value: Any, space: SpaceSpec, budget: float, source: str | None, here: Path) -> Recipe:
+def _base_recipe(value: Any, space: SpaceSpec, budget: float, source: str | None, here: Path,
+                 allow_code: bool = False) -> Recipe:
     if value is None:
         raise ConfigError("the search config needs a base 'recipe': a recipe file path or an inline mapping "
                           "(model, data, finetune, ...)")
@@ -259,7 +270,7 @@ def _base_recipe(value: Any, space: SpaceSpec, budget: float, source: str | None
         value = read_yaml(path, "base recipe (the search config's 'recipe')")
         recipe_source = str(path.resolve())
     if not isinstance(value, Mapping):
-        raise ConfigError(f"the search config's 'recipe' must be a path or a mapping, got {value!r}")
+        raise ConfigError(f"the search config's 'recipe' must be a path or a mapping, got {short(value)}")
     if "plan" in value:
         raise ConfigError("a search's base recipe must not carry a 'plan' (every trial builds its own); remove it")
     data = dict(value)
@@ -267,7 +278,10 @@ def _base_recipe(value: Any, space: SpaceSpec, budget: float, source: str | None
         data["criterion"] = ({"blend": {c: 1.0 for c in space.criteria}, "normalizer": space.normalizers[0]}
                              if len(space.criteria) > 1 else space.criteria[0])
     data.setdefault("allocation", {"macs_budget": budget})
-    recipe = Recipe.from_dict(data, source=recipe_source)
+    if "allow_code" in data:
+        raise ConfigError("allow_code belongs in the search config itself (or --allow-code), not in its base "
+                          "recipe: a recipe must not grant itself the right to run code")
+    recipe = Recipe.from_dict(data, source=recipe_source, allow_code=allow_code)
     return absolute_paths(recipe)
 
 

@@ -23,7 +23,7 @@ from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
 from prunetune.pipeline import load_data, prepare, score_table
 from prunetune.pruning.groups import ModelGroups, find_groups
-from prunetune.search import cluster
+from prunetune.search import cluster, preflight, trust
 from prunetune.search.config import SearchConfig
 from prunetune.search.objective import TrialResult, base_to, run_trial
 from prunetune.search.screening import ScreenOutcome, hand_params, run_screening, select, table_csv
@@ -61,7 +61,8 @@ def probe_groups(config: SearchConfig) -> ModelGroups:
     recipe = config.recipe
     splits = load_data(recipe)
     spec = recipe.model
-    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels, **spec.kwargs)
+    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                         allow_code=recipe.allow_code, **spec.kwargs)
     return find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
 
 
@@ -87,6 +88,7 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     require("optuna", extra="search", purpose="prunetune search")
     t0 = time.perf_counter()
     s = config.settings
+    preflight.check_outputs(s)  # where results go: before anything is read, trained or written
     state = _resume_state(config, s.experiment_dir, resume)
     # A named cluster is reached first, so a wrong address fails before anything is trained; a local
     # Ray starts (seconds) only once the recipe, the budget and the trial resources have passed.
@@ -111,9 +113,14 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
             _announce(config, groups)
             shipped = base_to(base, "cpu")
             screened = _screen(config, space, shipped, table, tracker) if config.screen.enabled else None
+            if state is not None:  # checked again right before Ray unpickles it, then unsealed
+                trust.check_and_unseal(s.experiment_dir, STATE_FILE)
             tuner = _tuner(config, space, shipped, table, objective, tracker, list(callbacks),
                            restore=state is not None, screened=screened)
-            tuner.fit()
+            try:
+                tuner.fit()
+            finally:  # checksums of what Ray left, checked before a resume unpickles it
+                trust.seal_state(s.experiment_dir, STATE_FILE)
         except BaseException as exc:
             tracker.end_search(KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
             raise
@@ -255,6 +262,7 @@ def _resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> d
         raise ConfigError(f"search {name!r} already finished ({config.settings.trials} trials) in {exp_dir}; "
                           f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
                           "another --experiment")
+    trust.check(exp_dir, state, state_file=STATE_FILE)  # Ray unpickles what is there: ours, unchanged?
     return state
 
 

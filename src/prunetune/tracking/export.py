@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from prunetune._atomic import write_text_atomic
+from prunetune._yaml import parse_yaml
 from prunetune.exceptions import ConfigError, TrackingError
 from prunetune.recipe import Recipe
 from prunetune.tracking.pareto import pick_index
@@ -37,7 +39,7 @@ def exported_recipe(uri: str, record: TrialRecord) -> Recipe:
     with tempfile.TemporaryDirectory() as tmp:
         recipe = _artifact(mlflow_client, record, "recipe.yaml", tmp)
         plan = _artifact(mlflow_client, record, "plan.json", tmp)
-        data = yaml.safe_load(recipe.read_text())
+        data = parse_yaml(recipe.read_bytes(), f"the recipe.yaml artifact of trial run {record.run_id}")
         data["plan"] = json.loads(plan.read_text())
     return Recipe.from_dict(data)
 
@@ -56,16 +58,7 @@ def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False)
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"{str(path)!r} already exists; pass --overwrite to replace it or choose another --out")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)
 
 
 def export_trial(records: SearchRecords, out: str | os.PathLike, *, pick: str = "max-acc",

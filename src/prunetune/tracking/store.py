@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prunetune._imports import require
+from prunetune._paths import check_creatable
 from prunetune._registry import unknown_name_message
 from prunetune.exceptions import TrackingError
 
@@ -76,12 +79,66 @@ def ensure_experiment(mlflow_client: Any, uri: str, name: str) -> str:
 
 
 def check_store(uri: str) -> None:
-    """Raise :class:`TrackingError` if ``uri`` is a sqlite store that does not exist (reading one must
-    not create an empty database as a side effect)."""
+    """Raise :class:`TrackingError` unless ``uri`` is a store to read from: an existing sqlite database
+    (reading one must not create an empty database as a side effect), or a server that answers."""
     db = sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise TrackingError(f"no MLflow store at {db}; run `prunetune search` first, or pass --tracking-uri "
-                            "pointing at the store the search wrote")
+    if db is not None:
+        if db.is_dir():
+            raise TrackingError(f"MLflow store {str(db)!r} is a directory; pass --tracking-uri with the "
+                                "database file the search wrote (e.g. mlflow.db)")
+        if not db.is_file():
+            raise TrackingError(f"no MLflow store at {db}; run `prunetune search` first, or pass --tracking-uri "
+                                "pointing at the store the search wrote")
+        _check_sqlite(db)
+    check_server(uri)
+
+
+def check_writable_store(uri: str) -> None:
+    """Raise before any work unless a search can write to ``uri``: a sqlite database that exists and is
+    one, or can be created; a server that answers. Other stores are left to MLflow."""
+    db = sqlite_path(uri)
+    if db is not None:
+        if db.is_dir():
+            raise TrackingError(f"MLflow store {str(db)!r} is a directory; give a database file name "
+                                "(--tracking-uri sqlite:///path/mlflow.db)")
+        if db.is_file():
+            _check_sqlite(db)
+        check_creatable(db.parent, "MLflow store", target=db)
+    check_server(uri)
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite(db: Path) -> None:
+    try:
+        with db.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise TrackingError(f"cannot read MLflow store {str(db)!r} ({exc.strerror or exc})") from None
+    if head and head != SQLITE_HEADER:  # an empty file is a new database to sqlite
+        raise TrackingError(f"MLflow store {str(db)!r} is not an sqlite database; pass --tracking-uri with "
+                            "the store a search wrote, or a new file name")
+
+
+def check_server(uri: str, *, timeout_s: float = 5.0) -> None:
+    """Fail fast if an ``http(s)://`` tracking server takes no connections (MLflow would retry for minutes)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number
+        host = None
+    if not host:
+        raise TrackingError(f"tracking URI {uri!r} names no server host:port; e.g. http://127.0.0.1:5000")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise TrackingError(f"no MLflow server answers at {uri} ({reason}); start it (mlflow server --host "
+                            f"{host} --port {port}) or pass another --tracking-uri") from None
 
 
 def find_experiment(mlflow_client: Any, uri: str, name: str) -> str:

@@ -1,0 +1,42 @@
+"""One-line validation of scalar settings: the error names the setting and echoes the value, shortened."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from prunetune._text import short
+from prunetune.exceptions import ConfigError
+
+
+def integer(value: Any, what: str, *, minimum: int | None = None) -> int:
+    """``value`` if it is an integer (not a bool) ``>= minimum``, else a :class:`ConfigError` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        want = "an integer" if minimum is None else f"an integer >= {minimum}"
+        raise ConfigError(f"{what} must be {want}, got {short(value)}")
+    return value
+
+
+def boolean(value: Any, what: str) -> bool:
+    """``value`` if it is true or false, else a :class:`ConfigError` naming ``what``."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, got {short(value)}")
+    return value
+
+
+def text(value: Any, what: str, *, optional: bool = False) -> str | None:
+    """``value`` if it is a non-empty string (or None when ``optional``), else a :class:`ConfigError`."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty string, got {short(value)}")
+    return value
+
+
+def mapping(value: Any, what: str) -> dict[str, Any]:
+    """``value`` as a dict if it is a mapping (None: empty), else a :class:`ConfigError` naming ``what``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{what} must be a mapping, got {short(value)}")
+    return dict(value)

@@ -1,0 +1,58 @@
+"""Checks of the paths prunetune will write, made before any work, so a bad path never loses a result.
+
+A command that trains for minutes and then cannot save (``--out`` under a regular file, a store
+under ``/proc``) has wasted the time; these checks fail first, in one line, and create nothing: the
+nearest existing folder is probed with a temporary file that is removed at once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from prunetune.exceptions import ConfigError
+
+
+def check_output_file(path: str | os.PathLike, what: str, *, overwrite: bool = False,
+                      flag: str = "--out") -> Path:
+    """``path`` if prunetune can write a file there; else a :class:`ConfigError` naming ``what``.
+
+    Refused: an existing directory, an existing file unless ``overwrite``, a folder that cannot be
+    created (a regular file on the way, a read-only or virtual file system).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a directory; give a file name ({flag})")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{what} {str(path)!r} already exists; pass --overwrite to replace it or choose "
+                          f"another {flag}")
+    check_creatable(path.parent, what, target=path)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if it is a folder prunetune can fill (existing, or creatable); else a :class:`ConfigError`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a file, not a folder; choose another path")
+    check_creatable(path, what)
+    return path
+
+
+def check_creatable(folder: str | os.PathLike, what: str, *, target: Path | None = None) -> None:
+    """Raise a :class:`ConfigError` unless ``folder`` exists or can be created, and files can be written in it."""
+    folder = Path(os.path.abspath(folder))
+    shown = str(target if target is not None else folder)
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} {shown!r} cannot be created: {str(existing)!r} is a file, not a folder")
+    try:  # os.access says yes to root everywhere; a real file tells the truth (/proc, read-only mounts)
+        fd, probe = tempfile.mkstemp(prefix=".prunetune-probe-", dir=existing)
+    except OSError as exc:
+        raise ConfigError(f"{what} {shown!r} cannot be written: no files can be created in {str(existing)!r} "
+                          f"({exc.strerror or type(exc).__name__}); choose another path") from None
+    os.close(fd)
+    os.unlink(probe)

@@ -1,0 +1,26 @@
+"""Short, bounded renderings of user values for error messages."""
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 6, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, without building the whole repr first.
+
+    Error messages echo the bad value; a value built from YAML aliases can be enormous, so the
+    rendering looks at a bounded part of it only.
+    """
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip_line(message: str, limit: int = 800) -> str:
+    """``message`` on one line (its lines joined), cut to ``limit`` characters: what the CLI prints."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

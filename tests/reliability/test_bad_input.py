@@ -1,0 +1,391 @@
+"""The bad-input corpus: every case exits 2 with exactly one line on stderr and changes no file.
+
+Each case runs the real command line (``prunetune.cli.main``) in a fresh working directory that holds
+a valid recipe (``r.yaml``) and search config (``s.yaml``) unless the case replaces them. The tree is
+compared before and after; training and starting Ray fail the test (``no_expensive_work``), so every
+refusal must come before any expensive work.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from prunetune.cli import main
+from reliability_helpers import TINY_RECIPE, snapshot
+
+pytest.importorskip("mlflow")
+pytest.importorskip("ray")
+
+SEARCH = {
+    "recipe": {k: v for k, v in TINY_RECIPE.items() if k not in ("criterion", "allocation")},
+    "space": {"ratios": "uniform", "criteria": ["l1"], "normalizers": ["rank"]},
+    "macs_budget": 0.5, "trials": 2, "concurrency": 1, "experiment": "e",
+}
+BAD_DB = b"this is not an sqlite database\n" * 4
+
+
+def dump(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def recipe(**changes: Any) -> str:
+    """The tiny recipe with top-level keys replaced (None removes a key)."""
+    data = copy.deepcopy(TINY_RECIPE)
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return dump(data)
+
+
+def section(which: str, **changes: Any) -> str:
+    """The tiny recipe with keys of one section replaced."""
+    data = copy.deepcopy(TINY_RECIPE)
+    data[which] = {**data.get(which, {}), **changes}
+    return dump(data)
+
+
+def search(recipe_changes: dict | None = None, **changes: Any) -> str:
+    data = copy.deepcopy(SEARCH)
+    data["recipe"].update(recipe_changes or {})
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return dump(data)
+
+
+def bomb(depth: int = 9) -> str:
+    """A YAML 'billion laughs' value: ``depth`` levels of nine aliases each (9**depth leaves)."""
+    levels = ["&l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, depth)]
+    return "[" + ", ".join(levels) + "]"
+
+
+def with_line(text: str, line: str) -> str:
+    return text + line + "\n"
+
+
+@dataclass
+class Case:
+    id: str
+    argv: str
+    files: dict[str, str | bytes | Callable[[Path], None]] = field(default_factory=dict)
+    match: str = ""
+
+
+R = "prune --recipe r.yaml --out p.pt"
+S = "search --config s.yaml"
+SB = "search --config s.yaml --macs-budget 0.5"
+
+
+def _big_yaml(path: Path) -> None:
+    with path.open("w") as f:
+        f.write("seed: 0\nnotes:\n")
+        line = "  - " + "x" * 96 + "\n"
+        f.write(line * (11 * 1024 * 1024 // len(line)))
+
+
+def _hub_repo(path: Path) -> None:
+    path.mkdir()
+    (path / "hubconf.py").write_text("open('MARKER-hub', 'w').close()\ndef load(**kw):\n    return None\n")
+
+
+CASES = [
+    # --- the recipe file itself -------------------------------------------------------------------
+    Case("recipe-missing", "prune --recipe nope.yaml --out p.pt", match="does not exist"),
+    Case("recipe-is-directory", "prune --recipe adir --out p.pt", {"adir/x": "1"}, match="is a directory"),
+    Case("recipe-not-utf8", R, {"r.yaml": "seed: 0\nname: caf\xe9\n".encode("latin-1")}, match="UTF-8"),
+    Case("recipe-binary", R, {"r.yaml": bytes(range(256)) * 4}, match="r.yaml"),
+    Case("recipe-nul-bytes", R, {"r.yaml": b"seed: 0\x00\x00\n"}, match="r.yaml"),
+    Case("recipe-bad-yaml", R, {"r.yaml": "model: [unclosed\n"}, match="not valid YAML"),
+    Case("recipe-tab-indent", R, {"r.yaml": "model:\n\tname: x\n"}, match="not valid YAML"),
+    Case("recipe-too-big", R, {"r.yaml": _big_yaml}, match="MB"),
+    Case("recipe-alias-bomb-seed", R, {"r.yaml": with_line(recipe(seed=None), f"seed: {bomb()}")}, match="alias"),
+    Case("recipe-alias-bomb-model", R, {"r.yaml": with_line(recipe(model=None), f"model: {bomb()}")}, match="alias"),
+    Case("recipe-recursive-alias", R, {"r.yaml": with_line(recipe(seed=None), "seed: &s [*s]")}, match="contains itself"),
+    Case("recipe-duplicate-top-key", R, {"r.yaml": with_line(recipe(), "seed: 1")}, match="duplicate key 'seed'"),
+    Case("recipe-duplicate-nested-key", R, {"r.yaml": recipe(finetune=None) + "finetune:\n  epochs: 1\n  epochs: 2\n"},
+         match="duplicate key 'epochs'"),
+    Case("recipe-empty", R, {"r.yaml": ""}, match="model"),
+    Case("recipe-a-list", R, {"r.yaml": "- 1\n- 2\n"}, match="mapping"),
+    Case("recipe-a-scalar", R, {"r.yaml": "42\n"}, match="mapping"),
+    Case("recipe-python-tag", R, {"r.yaml": "!!python/object/apply:os.system ['touch MARKER-tag']\n"},
+         match="not valid YAML"),
+    Case("recipe-unknown-key", R, {"r.yaml": recipe(colour="red")}, match="unknown key 'colour'"),
+    Case("recipe-non-string-key", R, {"r.yaml": with_line(recipe(), "1: 2")}, match="unknown key"),
+    # --- model -----------------------------------------------------------------------------------
+    Case("model-missing", R, {"r.yaml": recipe(model=None)}, match="'model'"),
+    Case("model-unknown", R, {"r.yaml": section("model", name="resnet2O")}, match="unknown model 'resnet2O'"),
+    Case("model-name-int", R, {"r.yaml": section("model", name=5)}, match="model"),
+    Case("model-name-list", R, {"r.yaml": section("model", name=["a"])}, match="model"),
+    Case("model-num-classes-0", R, {"r.yaml": section("model", num_classes=0)}, match="num_classes"),
+    Case("model-num-classes-str", R, {"r.yaml": section("model", num_classes="ten")}, match="num_classes"),
+    Case("model-in-channels-mismatch", R, {"r.yaml": section("model", in_channels=3)}, match="in_channels"),
+    Case("model-kwargs-not-mapping", R, {"r.yaml": section("model", kwargs=[1])}, match="kwargs"),
+    Case("model-kwargs-unknown", R, {"r.yaml": section("model", kwargs={"depth": 3})}, match="does not accept"),
+    Case("model-user-code-no-opt-in", R, {"r.yaml": section("model", name="marker_mod_a:build")}, match="--allow-code"),
+    Case("model-torch-hub", R + " --allow-code",
+         {"hubrepo": _hub_repo, "r.yaml": section("model", name="torch.hub:load",
+                                                  kwargs={"repo_or_dir": "hubrepo", "source": "local",
+                                                          "model": "load"})}, match="torch.hub"),
+    Case("model-torch-hub-no-opt-in", R,
+         {"hubrepo": _hub_repo, "r.yaml": section("model", name="torch.hub:load",
+                                                  kwargs={"repo_or_dir": "hubrepo", "source": "local",
+                                                          "model": "load"})}, match="torch.hub"),
+    Case("model-builtins-eval", R + " --allow-code", {"r.yaml": section("model", name="builtins:eval")},
+         match="builtins"),
+    Case("model-os-system", R + " --allow-code", {"r.yaml": section("model", name="os:system")}, match="'os'"),
+    Case("model-allow-code-in-recipe", R, {"r.yaml": recipe(allow_code=True)}, match="--allow-code"),
+    Case("model-checkpoint-missing", R, {"r.yaml": section("model", checkpoint="missing.pt")}, match="does not exist"),
+    Case("model-checkpoint-garbage", R, {"r.yaml": section("model", checkpoint="junk.pt"), "junk.pt": b"junk" * 10},
+         match="junk.pt"),
+    Case("model-checkpoint-directory", R, {"r.yaml": section("model", checkpoint="adir"), "adir/x": "1"},
+         match="adir"),
+    # --- data ------------------------------------------------------------------------------------
+    Case("data-unknown", R, {"r.yaml": recipe(data={"name": "digit"})}, match="did you mean 'digits'"),
+    Case("data-no-name", R, {"r.yaml": recipe(data={"root": "x"})}, match="'name'"),
+    Case("data-batch-size-0", R, {"r.yaml": section("data", batch_size=0)}, match="data.batch_size"),
+    Case("data-batch-size-str", R, {"r.yaml": section("data", batch_size="big")}, match="data.batch_size"),
+    Case("data-batch-size-bool", R, {"r.yaml": section("data", batch_size=True)}, match="data.batch_size"),
+    Case("data-image-size-negative", R, {"r.yaml": section("data", image_size=-1)}, match="image_size"),
+    Case("data-unknown-param", R, {"r.yaml": section("data", colour="red")}, match="colour"),
+    Case("data-cifar-no-root", R, {"r.yaml": recipe(data={"name": "cifar10"})}, match="root"),
+    Case("data-cifar-root-missing", R, {"r.yaml": recipe(data={"name": "cifar10", "root": "nowhere"})},
+         match="nowhere"),
+    Case("data-cifar-garbage-archive", R, {"r.yaml": recipe(data={"name": "cifar10", "root": "c"}),
+                                           "c/cifar-10-python.tar.gz": b"not a tarball"}, match="unreadable"),
+    # --- criterion, allocation, schedule ---------------------------------------------------------------
+    Case("criterion-unknown", R, {"r.yaml": recipe(criterion="l1x")}, match="did you mean 'l1'"),
+    Case("criterion-int", R, {"r.yaml": recipe(criterion=3)}, match="criterion"),
+    Case("criterion-blend-negative", R, {"r.yaml": recipe(criterion={"blend": {"l1": -1}})}, match="-1"),
+    Case("criterion-blend-all-zero", R, {"r.yaml": recipe(criterion={"blend": {"l1": 0}})}, match="all be 0"),
+    Case("criterion-normalizer-unknown", R, {"r.yaml": recipe(criterion={"blend": {"l1": 1}, "normalizer": "rnk"})},
+         match="normali"),
+    Case("criterion-params-unknown", R, {"r.yaml": recipe(criterion={"name": "l1", "params": {"p": 3}})}, match="'p'"),
+    Case("allocation-budget-and-ratio", R, {"r.yaml": recipe(allocation={"macs_budget": 0.5, "ratio": 0.3})},
+         match="ratio"),
+    Case("allocation-budget-0", R, {"r.yaml": recipe(allocation={"macs_budget": 0})}, match="macs_budget"),
+    Case("allocation-budget-1.5", R, {"r.yaml": recipe(allocation={"macs_budget": 1.5})}, match="macs_budget"),
+    Case("allocation-budget-str", R, {"r.yaml": recipe(allocation={"macs_budget": "half"})}, match="macs_budget"),
+    Case("allocation-budget-unreachable", R, {"r.yaml": recipe(allocation={"macs_budget": 0.0001})},
+         match="smallest reachable"),
+    Case("allocation-ratio-1", R, {"r.yaml": recipe(allocation={"ratio": 1.0})}, match="ratio"),
+    Case("allocation-ratio-negative", R, {"r.yaml": recipe(allocation={"ratio": -0.1})}, match="ratio"),
+    Case("allocation-ratios-unknown-group", R, {"r.yaml": recipe(allocation={"ratios": {"layer9": 0.3}})},
+         match="layer9"),
+    Case("allocation-ratios-not-mapping", R, {"r.yaml": recipe(allocation={"ratios": [0.3]})}, match="ratios"),
+    Case("allocation-strategy-unknown", R, {"r.yaml": recipe(allocation={"strategy": "cmi_kne"})}, match="cmi_kne"),
+    Case("allocation-min-keep-0", R, {"r.yaml": recipe(allocation={"ratio": 0.5, "min_keep": 0})}, match="min_keep"),
+    Case("allocation-round-to-0", R, {"r.yaml": recipe(allocation={"ratio": 0.5, "round_to": 0})}, match="round_to"),
+    Case("allocation-round-to-str", R, {"r.yaml": recipe(allocation={"ratio": 0.5, "round_to": "8"})},
+         match="round_to"),
+    Case("allocation-empty", R, {"r.yaml": recipe(allocation={})}, match="allocation needs"),
+    Case("schedule-unknown", R, {"r.yaml": recipe(schedule="sftp")}, match="sftp"),
+    Case("schedule-int", R, {"r.yaml": recipe(schedule=7)}, match="schedule"),
+    # --- calibration, finetune, pretrain, seed, device, plan ------------------------------------------
+    Case("calibration-batch-size-0", R, {"r.yaml": section("calibration", batch_size=0)},
+         match="calibration.batch_size"),
+    Case("calibration-size-0", R, {"r.yaml": section("calibration", size=0)}, match="calibration.size"),
+    Case("calibration-split-test", R, {"r.yaml": section("calibration", split="test")}, match="calibration.split"),
+    Case("calibration-seed-str", R, {"r.yaml": section("calibration", seed="x")}, match="calibration.seed"),
+    Case("calibration-activation-int", R, {"r.yaml": section("calibration", activation=3)},
+         match="calibration.activation"),
+    Case("calibration-use-cache-str", R, {"r.yaml": section("calibration", use_cache="yes please")},
+         match="calibration.use_cache"),
+    Case("finetune-epochs-true", R, {"r.yaml": section("finetune", epochs=True)}, match="finetune.epochs"),
+    Case("finetune-epochs-negative", R, {"r.yaml": section("finetune", epochs=-1)}, match="finetune.epochs"),
+    Case("finetune-lr-0", R, {"r.yaml": section("finetune", lr=0)}, match="finetune.lr"),
+    Case("finetune-lr-nan", R, {"r.yaml": section("finetune", lr=float("nan"))}, match="finetune.lr"),
+    Case("finetune-recalibrate-batches-negative", R, {"r.yaml": section("finetune", recalibrate_batches=-3)},
+         match="finetune.recalibrate_batches"),
+    Case("finetune-amp-str", R, {"r.yaml": section("finetune", amp="no")}, match="finetune.amp"),
+    Case("finetune-unknown-key", R, {"r.yaml": section("finetune", lrr=0.1)}, match="'lrr'"),
+    Case("finetune-not-mapping", R, {"r.yaml": recipe(finetune=[1, 2])}, match="finetune"),
+    Case("pretrain-epochs-negative", R, {"r.yaml": section("pretrain", epochs=-1)}, match="pretrain.epochs"),
+    Case("pretrain-lr-str", R, {"r.yaml": section("pretrain", lr="fast")}, match="pretrain.lr"),
+    Case("pretrain-batch-size-0", R, {"r.yaml": section("pretrain", batch_size=0)}, match="pretrain.batch_size"),
+    Case("pretrain-unknown-key", R, {"r.yaml": section("pretrain", warmup=1)}, match="'warmup'"),
+    Case("seed-str", R, {"r.yaml": recipe(seed="abc")}, match="seed"),
+    Case("seed-float", R, {"r.yaml": recipe(seed=1.5)}, match="seed"),
+    Case("device-tpu", R, {"r.yaml": recipe(device="tpu")}, match="device"),
+    Case("device-cuda-unavailable", R, {"r.yaml": recipe(device="cuda")}, match="CUDA"),
+    Case("plan-path-missing", R, {"r.yaml": recipe(plan="missing.plan.json")}, match="missing.plan.json"),
+    Case("plan-inline-garbage", R, {"r.yaml": recipe(plan={"groups": 3})}, match="plan"),
+    Case("plan-file-not-json", R, {"r.yaml": recipe(plan="p.json"), "p.json": "{not json"}, match="p.json"),
+    # --- prune outputs (items 8 and 11) ---------------------------------------------------------------
+    Case("out-exists", R, {"p.pt": b"keep me"}, match="--overwrite"),
+    Case("out-plan-json-exists", R, {"p.plan.json": "{}"}, match="p.plan.json"),
+    Case("out-under-a-file", "prune --recipe r.yaml --out afile/p.pt", {"afile": "x"}, match="afile"),
+    Case("out-is-directory", "prune --recipe r.yaml --out adir", {"adir/x": "1"}, match="adir"),
+    Case("out-under-proc", "prune --recipe r.yaml --out /proc/prunetune-test/p.pt", match="/proc"),
+    Case("out-plan-json-is-directory", R, {"p.plan.json/x": "1"}, match="p.plan.json"),
+    # --- score ------------------------------------------------------------------------------------
+    Case("score-criteria-empty", "score --recipe r.yaml --criteria ''", match="--criteria"),
+    Case("score-criteria-commas", "score --recipe r.yaml --criteria ,,", match="--criteria"),
+    Case("score-criteria-unknown", "score --recipe r.yaml --criteria l1,chipp", match="did you mean 'chip'"),
+    Case("score-recipe-directory", "score --recipe adir", {"adir/x": "1"}, match="is a directory"),
+    # --- groups -----------------------------------------------------------------------------------
+    Case("groups-input-size-negative", "groups --model resnet20 --input-size -5", match="--input-size"),
+    Case("groups-input-size-0", "groups --model resnet20 --input-size 0", match="--input-size"),
+    Case("groups-input-size-huge", "groups --model resnet20 --input-size 100000", match="--input-size"),
+    Case("groups-input-size-too-small-for-vgg", "groups --model vgg16_bn --input-size 4", match="cannot run on an input"),
+    Case("groups-min-keep-too-large", "groups --model resnet20 --min-keep 1000 --ratio 0.5", match="--min-keep"),
+    Case("groups-min-keep-0", "groups --model resnet20 --min-keep 0", match="--min-keep"),
+    Case("groups-round-to-0", "groups --model resnet20 --round-to 0", match="--round-to"),
+    Case("groups-num-classes-0", "groups --model resnet20 --num-classes 0", match="num"),
+    Case("groups-in-channels-0", "groups --model resnet20 --in-channels 0", match="in"),
+    Case("groups-ratio-1.5", "groups --model resnet20 --ratio 1.5", match="--ratio"),
+    Case("groups-budget-0", "groups --model resnet20 --macs-budget 0", match="--macs-budget"),
+    Case("groups-model-unknown", "groups --model vgg16", match="did you mean 'vgg16_bn'"),
+    Case("groups-user-code-no-opt-in", "groups --model marker_mod_b:build", match="--allow-code"),
+    Case("groups-torch-hub", "groups --model torch.hub:load --allow-code", match="torch.hub"),
+    Case("groups-budget-unreachable", "groups --model resnet20 --macs-budget 0.0001", match="smallest reachable"),
+    # --- search config ----------------------------------------------------------------------------
+    Case("search-config-missing", "search --config nope.yaml --macs-budget 0.5", match="does not exist"),
+    Case("search-config-directory", "search --config adir --macs-budget 0.5", {"adir/x": "1"},
+         match="is a directory"),
+    Case("search-config-not-utf8", S, {"s.yaml": b"trials: 2\nexperiment: \xff\xfe\n"}, match="UTF-8"),
+    Case("search-config-duplicate-key", S, {"s.yaml": with_line(search(), "trials: 3")}, match="duplicate key"),
+    Case("search-alias-bomb-experiment", S, {"s.yaml": with_line(search(experiment=None), f"experiment: {bomb()}")},
+         match="alias"),
+    Case("search-alias-bomb-space-lr", S,
+         {"s.yaml": with_line(search(space=None), f"space: {{ratios: uniform, criteria: [l1], lr: {bomb()}}}")},
+         match="alias"),
+    Case("search-unknown-key", S, {"s.yaml": search(colour="red")}, match="unknown key 'colour'"),
+    Case("search-no-budget", "search --config s.yaml", {"s.yaml": search(macs_budget=None)}, match="budget"),
+    Case("search-trials-0", S + " --trials 0", match="trials"),
+    Case("search-concurrency-negative", S + " --concurrency -1", match="concurrency"),
+    Case("search-experiment-slash", S + " --experiment a/b", match="experiment"),
+    Case("search-experiment-list", S, {"s.yaml": search(experiment=["a"])}, match="experiment"),
+    Case("search-sampler-unknown", S, {"s.yaml": search(sampler="random")}, match="sampler"),
+    Case("search-asha-bad", S, {"s.yaml": search(asha={"grace": 1})}, match="asha"),
+    Case("search-time-budget-negative", S + " --time-budget-s -5", match="time_budget_s"),
+    Case("search-recipe-missing-path", S, {"s.yaml": search(recipe=None) + "recipe: nope.yaml\n"},
+         match="nope.yaml"),
+    Case("search-recipe-with-plan", S, {"s.yaml": search({"plan": "x.json"})}, match="plan"),
+    Case("search-space-unknown-key", S, {"s.yaml": search(space={"ratio": "uniform"})}, match="ratio"),
+    Case("search-space-criteria-unknown", S, {"s.yaml": search(space={"criteria": ["chipp"]})}, match="chipp"),
+    Case("search-space-lr-reversed", S, {"s.yaml": search(space={"lr": [0.1, 0.01]})}, match="space.lr"),
+    Case("search-budget-unreachable", S + " --macs-budget 0.0001", match="smallest reachable"),
+    Case("search-user-code-no-opt-in", S, {"s.yaml": search({"model": {"name": "marker_mod_c:build",
+                                                                        "num_classes": 10, "in_channels": 1}})},
+         match="--allow-code"),
+    Case("search-allow-code-in-base-recipe", S, {"s.yaml": search({"allow_code": True})}, match="allow_code"),
+    Case("search-data-batch-size-0", S, {"s.yaml": search({"data": {"name": "digits", "batch_size": 0}})},
+         match="data.batch_size"),
+    # --- search outputs, tracking and Ray (items 10 and 11) --------------------------------------------
+    Case("search-tracking-unreachable-server", S + " --tracking-uri http://127.0.0.1:1", match="127.0.0.1:1"),
+    Case("search-tracking-under-proc", S + " --tracking-uri sqlite:////proc/prunetune-test/mlflow.db",
+         match="/proc"),
+    Case("search-tracking-under-a-file", S + " --tracking-uri afile/mlflow.db", {"afile": "x"}, match="afile"),
+    Case("search-tracking-db-not-sqlite", S, {"mlflow.db": BAD_DB}, match="mlflow.db"),
+    Case("search-tracking-db-is-directory", S, {"mlflow.db/x": "1"}, match="mlflow.db"),
+    Case("search-tracking-uri-in-config-under-file", S, {"s.yaml": search(tracking_uri="afile/m.db"), "afile": "x"},
+         match="afile"),
+    Case("search-tracking-uri-int", S, {"s.yaml": search(tracking_uri=5)}, match="tracking_uri"),
+    Case("search-storage-under-a-file", S + " --storage-path afile/runs", {"afile": "x"}, match="afile"),
+    Case("search-storage-is-a-file", S + " --storage-path afile", {"afile": "x"}, match="afile"),
+    Case("search-storage-under-proc", S + " --storage-path /proc/prunetune-test/runs", match="/proc"),
+    Case("search-cpus-per-trial-huge", S + " --cpus-per-trial 100000", match="cpus_per_trial"),
+    Case("search-gpus-without-gpu", S + " --gpus-per-trial 1", match="gpus_per_trial"),
+    Case("search-ray-address-malformed", S + " --ray-address nonsense", match="ray_address"),
+    Case("search-ray-address-unreachable", S + " --ray-address 127.0.0.1:1", match="127.0.0.1:1"),
+    Case("search-resume-nothing", S + " --resume", match="nothing to resume"),
+    # --- pareto and export ------------------------------------------------------------------------
+    Case("pareto-no-store", "pareto --experiment e", match="no MLflow store"),
+    Case("pareto-db-not-sqlite", "pareto --experiment e", {"mlflow.db": BAD_DB}, match="mlflow.db"),
+    Case("pareto-db-directory", "pareto --experiment e --tracking-uri adir", {"adir/x": "1"}, match="adir"),
+    Case("pareto-unreachable-server", "pareto --experiment e --tracking-uri http://127.0.0.1:1",
+         match="127.0.0.1:1"),
+    Case("pareto-plot-unknown-format", "pareto --experiment e --plot front.xyz", match="front.xyz"),
+    Case("pareto-plot-under-a-file", "pareto --experiment e --plot afile/front.png", {"afile": "x"}, match="afile"),
+    Case("pareto-budget-0", "pareto --experiment e --budget 0", match="--budget"),
+    Case("export-no-store", "export --experiment e --out best.yaml", match="no MLflow store"),
+    Case("export-out-exists", "export --experiment e --out best.yaml", {"best.yaml": "x: 1\n"}, match="--overwrite"),
+    Case("export-out-under-a-file", "export --experiment e --out afile/best.yaml", {"afile": "x"}, match="afile"),
+    Case("export-db-not-sqlite", "export --experiment e --out best.yaml", {"mlflow.db": BAD_DB}, match="mlflow.db"),
+    Case("export-pick-unknown", "export --experiment e --out best.yaml --pick best", match="--pick"),
+    # --- demo and the parser ------------------------------------------------------------------------
+    Case("demo-trials-0", "demo --trials 0", match="trials"),
+    Case("demo-budget-2", "demo --macs-budget 2", match="--macs-budget"),
+    Case("demo-out-dir-under-a-file", "demo --out-dir afile/demo", {"afile": "x"}, match="afile"),
+    Case("cli-unknown-command", "prunes", match="prunes"),
+    Case("cli-missing-argument", "prune --recipe r.yaml", match="--out"),
+    Case("cli-unknown-flag", "groups --model resnet20 --colour red", match="--colour"),
+    Case("cli-bad-int", "search --config s.yaml --trials many", match="--trials"),
+]
+
+
+def _write(root: Path, files: dict[str, Any]) -> None:
+    base = {"r.yaml": recipe(), "s.yaml": search()}
+    base.update(files)
+    for name, content in base.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+
+def test_case_ids_are_unique() -> None:
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: Case, tmp_path, monkeypatch, capfd,
+                                                          no_expensive_work) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    _write(work, case.files)
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(work))
+    (work / "marker_mod_a.py").write_text("open('MARKER-user', 'w').close()\ndef build(**kw):\n    return None\n")
+    for name in ("marker_mod_b.py", "marker_mod_c.py"):
+        (work / name).write_text((work / "marker_mod_a.py").read_text())
+    before = snapshot(tmp_path)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        raise SystemExit(main(shlex.split(case.argv)))
+    out, err = capfd.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and len(lines[0]) < 1000, lines[0][:2000]
+    assert re.search(case.match, lines[0]), lines[0]
+    assert snapshot(tmp_path) == before
+    assert not list(work.glob("MARKER*"))
+
+
+@pytest.mark.parametrize("case_id", ["recipe-alias-bomb-seed", "search-tracking-unreachable-server",
+                                     "search-storage-under-a-file", "cli-missing-argument"])
+def test_the_installed_command_prints_one_line_too(case_id: str, tmp_path) -> None:
+    """The same refusals from a real process (warnings, logging set-up and all go to the same stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    case = next(c for c in CASES if c.id == case_id)
+    _write(tmp_path, case.files)
+    before = snapshot(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "prunetune.cli", *shlex.split(case.argv)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and re.search(case.match, lines[0]), done.stderr
+    assert snapshot(tmp_path) == before

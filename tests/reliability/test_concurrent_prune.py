@@ -1,0 +1,71 @@
+"""Two runs that fill one cache at once: no crash, one entry, no temporary file left behind.
+
+The dense-model cache used a fixed temporary name (``dense/<key>.pt.tmp``): a second run renamed the
+first one's half-written file away and the first crashed on its own rename.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import torch
+import yaml
+
+from prunetune import load_pruned
+from prunetune._atomic import write_atomic_with, write_bytes_atomic
+from prunetune.pipeline import prepare
+from prunetune.recipe import Recipe
+from reliability_helpers import TINY_RECIPE
+
+
+def test_a_write_interleaved_with_another_of_the_same_file(tmp_path) -> None:
+    target = tmp_path / "dense" / "key.pt"
+
+    def first(f) -> None:  # while this write is in flight, another writer completes the same file
+        write_bytes_atomic(target, b"second")
+        f.write(b"first")
+
+    write_atomic_with(target, first)
+    assert target.read_bytes() == b"first"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["key.pt"]
+
+
+def test_two_runs_training_the_same_dense_model_into_one_cache(tmp_path, monkeypatch) -> None:
+    """The second run saves and renames its copy while the first is between its save and its rename."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PRUNETUNE_CACHE_DIR", str(cache))
+    recipe = Recipe.from_dict(copy.deepcopy(TINY_RECIPE))
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(f)
+        real_save(obj, f, *args, **kwargs)
+        if len(saves) == 1:  # the other run: finds no cached model yet, trains and saves it
+            prepare(recipe, show_progress=False)
+
+    monkeypatch.setattr(torch, "save", save)
+    prepare(recipe, show_progress=False)
+    assert len(saves) == 2
+    assert [p.suffix for p in (cache / "dense").iterdir()] == [".pt"]
+
+
+def test_two_prune_processes_share_an_empty_cache(tmp_path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(TINY_RECIPE))
+    env = {**os.environ, "PRUNETUNE_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "PRUNETUNE_PROGRESS": "0"}
+    runs = [subprocess.Popen([sys.executable, "-m", "prunetune.cli", "-q", "prune", "--recipe", str(recipe),
+                              "--out", str(tmp_path / f"{name}.pt")], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+    left = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".pt")]
+    assert not left, left  # no temporary file left behind
+    assert len(list((tmp_path / "cache" / "dense").glob("*.pt"))) == 1
+    a, b = load_pruned(tmp_path / "a.pt"), load_pruned(tmp_path / "b.pt")
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(a(x), b(x), atol=1e-5)  # the same recipe, the same network

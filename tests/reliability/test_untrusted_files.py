@@ -1,0 +1,164 @@
+"""Files never run code: crafted CIFAR batches, recipes naming torch.hub or user code without the
+user's opt-in, pruned models naming a factory. Each refusal creates no marker file."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from prunetune.cli import main
+from prunetune.data import load_dataset
+from prunetune.data._unpickle import restricted_loads
+from prunetune.exceptions import DataError, UntrustedCodeError
+from prunetune.models import create_model
+from reliability_helpers import TINY_RECIPE
+
+
+class _Open:
+    """Unpickling this creates ``path`` through builtins.open."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+class _System:
+    """Unpickling this runs a shell command through os.system."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _cifar10_folder(root, crafted: bytes):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, size=(3, 3072), dtype=np.uint8), b"labels": [0, 1, 2]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / "data_batch_3").write_bytes(crafted)
+    return folder
+
+
+@pytest.mark.parametrize("payload", [_Open, _System], ids=["builtins.open", "os.system"])
+def test_a_crafted_cifar_batch_runs_nothing(tmp_path, payload, capfd, monkeypatch) -> None:
+    marker = tmp_path / "MARKER-pickle"
+    crafted = pickle.dumps({b"data": payload(str(marker)), b"labels": [0]}, protocol=2)
+    _cifar10_folder(tmp_path / "c", crafted)
+    with pytest.raises(DataError, match=r"data_batch_3: cannot unpickle \(it refers to .*(open|system)"):
+        load_dataset("cifar10", root=tmp_path / "c", val_size=0)
+    assert not marker.exists()
+    recipe = {**copy.deepcopy(TINY_RECIPE), "data": {"name": "cifar10", "root": "c", "val_size": 0},
+              "model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 3}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path)
+    capfd.readouterr()
+    assert main(["prune", "--recipe", "r.yaml", "--out", "p.pt"]) == 2
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "malformed CIFAR batch file" in err[0], err
+    assert not marker.exists() and not (tmp_path / "p.pt").exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_real_batches_still_load_under_every_protocol(protocol) -> None:
+    batch = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072) % 251, b"labels": [3, 7],
+             b"fine_labels": np.array([1, 2], dtype=np.int64), b"batch_label": b"training batch 1 of 5",
+             b"filenames": [b"a.png", b"b.png"], b"count": np.int64(2), b"names": {"x", "y"}}
+    loaded = restricted_loads(pickle.dumps(batch, protocol=protocol))
+    assert np.array_equal(loaded[b"data"], batch[b"data"]) and loaded[b"labels"] == [3, 7]
+    assert np.array_equal(loaded[b"fine_labels"], batch[b"fine_labels"]) and loaded[b"count"] == 2
+    assert loaded[b"names"] == {"x", "y"} and loaded[b"filenames"] == [b"a.png", b"b.png"]
+
+
+def test_old_numpy_module_names_load() -> None:
+    """The official archive was written by Python 2 and old numpy: numpy.core.multiarray._reconstruct."""
+    batch = {b"labels": [1, 2], b"data": np.array([[7, 9]], dtype=np.uint8)}
+    payload = pickle.dumps(batch, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"cnumpy.core.multiarray\n_reconstruct" in payload
+    loaded = restricted_loads(payload)
+    assert loaded[b"labels"] == [1, 2] and loaded[b"data"].tolist() == [[7, 9]]
+
+
+def _factory_module(folder, name: str):
+    (folder / f"{name}.py").write_text(
+        "open('MARKER-factory', 'w').close()\n"
+        "from prunetune.models import create_model\n"
+        "def build(num_classes=10, in_channels=3):\n"
+        "    return create_model('tiny_resnet', num_classes=num_classes, in_channels=in_channels)\n")
+
+
+def test_user_code_runs_only_with_the_opt_in(tmp_path, monkeypatch, capfd) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _factory_module(tmp_path, "factory_opt_in")
+    capfd.readouterr()
+    assert main(["groups", "--model", "factory_opt_in:build", "--in-channels", "1", "--input-size", "8"]) == 2
+    err = capfd.readouterr().err
+    assert "--allow-code" in err and not (tmp_path / "MARKER-factory").exists()
+    assert "factory_opt_in" not in sys.modules  # not even imported
+    assert main(["groups", "--model", "factory_opt_in:build", "--in-channels", "1", "--input-size", "8",
+                 "--allow-code"]) == 0
+    assert (tmp_path / "MARKER-factory").exists()
+
+
+def test_torch_hub_is_refused_even_with_the_opt_in(tmp_path, monkeypatch) -> None:
+    repo = tmp_path / "hubrepo"
+    repo.mkdir()
+    marker = tmp_path / "MARKER-hub"
+    (repo / "hubconf.py").write_text(f"open({str(marker)!r}, 'w').close()\ndef load(**kw):\n    return None\n")
+    for allow in (False, True):
+        with pytest.raises(UntrustedCodeError, match="torch.hub"):
+            create_model("torch.hub:load", allow_code=allow, repo_or_dir=str(repo), source="local", model="load")
+    with pytest.raises(UntrustedCodeError, match="builtins"):
+        create_model("builtins:exec", allow_code=True)
+    with pytest.raises(UntrustedCodeError, match="torch:load"):
+        create_model("torch:load", allow_code=True)
+    assert not marker.exists()
+
+
+def test_allow_code_comes_from_the_search_config_never_from_a_recipe(tmp_path) -> None:
+    pytest.importorskip("ray")
+    from prunetune.recipe import Recipe
+    from prunetune.search import parse_search_config
+
+    base = {k: v for k, v in copy.deepcopy(TINY_RECIPE).items() if k not in ("criterion", "allocation")}
+    base["model"] = {"name": "factory_x:build", "num_classes": 10, "in_channels": 1}
+    config = parse_search_config({"recipe": base, "macs_budget": 0.5, "allow_code": True}, cwd=tmp_path)
+    assert config.recipe.allow_code and config.settings.allow_code
+    assert "allow_code" not in config.recipe.to_dict()  # an exported recipe does not carry it
+    assert not Recipe.from_dict(config.recipe.to_dict()).allow_code
+    with pytest.raises(UntrustedCodeError, match="not read from a recipe"):
+        Recipe.from_dict({**config.recipe.to_dict(), "allow_code": True})
+
+
+def test_a_pruned_model_file_naming_a_factory_needs_the_opt_in(tmp_path, monkeypatch) -> None:
+    from prunetune import load_pruned
+    from prunetune.checkpoint import save_pruned
+    from prunetune.pruning.groups import find_groups
+    from prunetune.pruning.plan import make_plan
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _factory_module(tmp_path, "factory_pruned")
+    model = create_model("tiny_resnet", in_channels=1)
+    groups = find_groups(model, (1, 8, 8))
+    plan = make_plan(groups, {g.name: torch.arange(g.channels, dtype=torch.float32) for g in groups},
+                     groups.dense_keep())
+    save_pruned(tmp_path / "p.pt", model, plan, {"name": "factory_pruned:build", "num_classes": 10,
+                                                  "in_channels": 1, "kwargs": {}})
+    with pytest.raises(UntrustedCodeError, match="--allow-code"):
+        load_pruned(tmp_path / "p.pt")
+    assert not (tmp_path / "MARKER-factory").exists()
+    assert load_pruned(tmp_path / "p.pt", allow_code=True)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
