@@ -287,7 +287,8 @@ class Cmi(CheckedCriterion):
     At step t pick j* = argmax_{j∉S} I_α(Y; X_j | X_S) with matrix-based Rényi α-entropy
     (:mod:`prunetune.pruning.criteria.renyi`): X_j = channel j's flattened map per sample, Gaussian
     kernel with σ per channel by ``sigma_rule`` ("median" pairwise distance, or "silverman"
-    γ·n^(−1/(4+d))) scaled by ``gamma``; Y = delta kernel on the labels; X_S = Hadamard joint of the
+    s·n^(−1/(4+d)) with s the maps' standard deviation, see
+    :func:`~prunetune.pruning.criteria.renyi.kernel_width`) scaled by ``gamma``; Y = delta kernel on the labels; X_S = Hadamard joint of the
     selected channels. score_j = (C − position_j)/C, so the first pick scores 1.
 
     Not a pure running statistic: the accumulator keeps the first ``samples`` (256) images, each
