@@ -18,6 +18,7 @@ from prunetune.exceptions import ConfigError
 from prunetune.pruning.allocation import check_ratio
 from prunetune.pruning.blend import CriterionSpec
 from prunetune.pruning.finetune import FinetuneConfig
+from prunetune.pruning.points import check_point
 
 
 def _strict(section: str, value: Any, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
@@ -95,10 +96,18 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class CalibrationSpec:
+    """The calibration images and where activation criteria read them.
+
+    ``point``: ``block_output`` (default; the official CHIP/HRankPlus point: a residual block's
+    output after the addition and ReLU, for the groups of a residual stream) or ``bn`` (every BN
+    output, before the addition); see :mod:`prunetune.pruning.points`. Taylor always reads BN.
+    """
+
     size: int = 512
     batch_size: int = 128
     seed: int = 0
     activation: str = "relu"
+    point: str = "block_output"
     split: str = "train"
     cache_dir: str | None = None
     use_cache: bool = True
@@ -111,6 +120,7 @@ class CalibrationSpec:
             raise ConfigError(f"calibration.size must be an integer >= 1, got {spec.size!r}")
         if spec.split not in ("train", "val"):
             raise ConfigError(f"calibration.split must be 'train' or 'val', got {spec.split!r}")
+        check_point(spec.point)
         return spec
 
 

@@ -72,9 +72,10 @@ class CalibrationSettings:
 
     activation: str = "relu"
     batch_size: int = 128
+    point: str = "block_output"
 
     def key(self) -> dict[str, Any]:
-        return {"activation": self.activation}
+        return {"activation": self.activation, "point": self.point}
 
 
 def tensor_digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
@@ -154,7 +155,7 @@ def compute_scores(
             table.extras[name] = {}
     if todo:
         results = calibrate(model, groups, todo, calibration(), activation=settings.activation,
-                            device=device, show_progress=show_progress)
+                            point=settings.point, device=device, show_progress=show_progress)
         for name, per_group in results.items():
             table.scores[name] = {g: s for g, (s, _) in per_group.items()}
             table.extras[name] = {g: e for g, (_, e) in per_group.items()}
