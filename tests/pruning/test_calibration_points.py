@@ -14,7 +14,7 @@ from prunetune.models import create_model
 from prunetune.pruning.calibration import calibrate
 from prunetune.pruning.criteria import score
 from prunetune.pruning.groups import find_groups
-from prunetune.pruning.points import group_points
+from prunetune.pruning.points import group_points, neighbour_groups
 from prunetune.pruning.scores import CalibrationSettings, compute_scores
 from prunetune.recipe import CalibrationSpec
 from tests.conftest import randomize_bn
@@ -205,3 +205,13 @@ def test_taylor_reads_bn_outputs_before_an_in_place_residual_addition() -> None:
     hand = _hand_taylor(twin.eval(), groups, batches, train=True)
     for g in groups.names:
         torch.testing.assert_close(got[g][0], hand[g], rtol=1e-5, atol=1e-10)
+
+
+def test_neighbour_groups_of_a_residual_network(resnet) -> None:
+    _, groups, _, _ = resnet
+    prev, nxt = neighbour_groups(groups, "previous"), neighbour_groups(groups, "next")
+    assert prev["conv1"] is None and prev["layer1.0.conv1"] == "conv1"
+    assert prev["layer2.0.conv2"] == "layer2.0.conv1" and prev["layer2.1.conv1"] == "layer2.0.conv2"
+    assert nxt["conv1"] == "layer1.0.conv1" and nxt["layer2.0.conv2"] == "layer2.1.conv1"
+    assert nxt["layer1.0.conv1"] is None  # its only reader writes the earlier stream: no cycle
+    assert nxt["layer3.2.conv1"] is None

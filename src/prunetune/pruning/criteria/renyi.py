@@ -315,6 +315,43 @@ def cmi_ranking(
     return torch.tensor(order, dtype=torch.long), torch.tensor(values, dtype=torch.float64)
 
 
+JOINTS = ("hadamard", "concat")
+
+
+def conditioning_gram(
+    maps: Tensor,
+    channels: Tensor | list[int],
+    *,
+    joint: str = "hadamard",
+    sigma_rule: str = "median",
+    gamma: float = 1.0,
+) -> Tensor:
+    """Unit-trace Gram matrix ``Tensor[n, n]`` of a set of channels T, the cross-layer condition.
+
+    Args:
+        maps: ``Tensor[n, C, ...]`` maps of the conditioning layer.
+        channels: the channels of T (e.g. that layer's kept channels).
+        joint: ``"hadamard"``: the Hadamard joint of the channels' own Gram matrices, as X_S in
+            :func:`cmi_ranking`; ``"concat"``: one Gaussian Gram matrix of the channels' maps,
+            each divided by its own kernel width (``sigma_rule``, without ``gamma``), concatenated
+            per sample, with σ by ``sigma_rule`` and ``gamma`` on the concatenated vectors.
+    """
+    if joint not in JOINTS:
+        raise ConfigError(
+            f"parameter 'condition_joint' must be one of {', '.join(map(repr, JOINTS))}, "
+            f"but got condition_joint={joint!r}"
+        )
+    n = maps.shape[0]
+    idx = torch.as_tensor(channels, dtype=torch.long, device=maps.device)
+    x = maps.detach().reshape(n, maps.shape[1], -1).to(torch.float64)[:, idx]  # n×k×d
+    if joint == "concat":
+        width = kernel_width(x.transpose(0, 1), sigma_rule=sigma_rule)  # k: each channel's own σ
+        scaled = (x / width[None, :, None]).reshape(n, -1)
+        return normalize_gram(gram_matrix(scaled, sigma_rule=sigma_rule, gamma=gamma))
+    per = normalize_gram(gram_matrix(x.transpose(0, 1), sigma_rule=sigma_rule, gamma=gamma))
+    return hadamard_joint(*per.unbind(0))
+
+
 def _check_condition(condition: Tensor | None, n: int, device: torch.device) -> Tensor | None:
     if condition is None:
         return None
