@@ -39,7 +39,7 @@ def calibrate(
     batches: Iterable[tuple[Tensor, Tensor]],
     *,
     activation: str = "relu",
-    point: str = "bn",
+    point: str = "block_output",
     device: str | torch.device = "cpu",
     show_progress: bool = True,
 ) -> dict[str, dict[str, tuple[Tensor, dict[str, Tensor]]]]:
@@ -52,7 +52,8 @@ def calibrate(
         batches: ``(images, labels)`` batches; their total is the calibration set. Iterated once
             per BN mode the criteria ask for (a one-shot iterator is kept in memory if twice).
         activation: applied to each feature point's output before the statistics (``relu``/``none``).
-        point: where statistics are read, ``"bn"`` or ``"block_output"``
+        point: where statistics are read, ``"block_output"`` (residual streams at each block's
+            output, the official CHIP/HRankPlus point) or ``"bn"``
             (:mod:`prunetune.pruning.points`); gradient criteria always read ``"bn"``.
 
     Returns:
