@@ -215,3 +215,17 @@ def test_neighbour_groups_of_a_residual_network(resnet) -> None:
     assert nxt["conv1"] == "layer1.0.conv1" and nxt["layer2.0.conv2"] == "layer2.1.conv1"
     assert nxt["layer1.0.conv1"] is None  # its only reader writes the earlier stream: no cycle
     assert nxt["layer3.2.conv1"] is None
+
+
+def test_taylor_fingerprint_follows_the_calibration_batch_size(resnet, tmp_path) -> None:
+    model, groups, x, y = resnet
+
+    def fps(batch_size):
+        return compute_scores(model, groups, {"taylor": None, "chip": None},
+                              calibration=lambda: _batches(x, y, batch_size), calibration_digest="d",
+                              settings=CalibrationSettings(batch_size=batch_size), cache_dir=tmp_path,
+                              show_progress=False).fingerprints
+
+    small, large = fps(8), fps(12)
+    assert small["taylor"] != large["taylor"]  # per-minibatch squares and BN batch statistics
+    assert small["chip"] == large["chip"]  # streaming statistics do not depend on the batching

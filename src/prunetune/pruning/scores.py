@@ -142,8 +142,10 @@ def compute_scores(
         uses_data = WEIGHT not in needs
         if uses_data and (calibration is None or calibration_digest is None):
             raise ConfigError(f"criterion {name!r} needs calibration images; set 'calibration' in the recipe")
-        fp = _fingerprint(name, params, mdigest, calibration_digest if uses_data else None,
-                          settings.key() if uses_data else None, groups)
+        key = settings.key() if uses_data else None
+        if uses_data and get_criterion(name).batch_dependent(params):
+            key = {**key, "batch_size": settings.batch_size}
+        fp = _fingerprint(name, params, mdigest, calibration_digest if uses_data else None, key, groups)
         table.fingerprints[name] = fp
         if use_cache and _load(cache, fp, table, name):
             continue

@@ -355,6 +355,9 @@ class Taylor(CheckedCriterion):
     def bn_mode(self, params: Mapping[str, Any]) -> str:
         return self.params(params)["bn_mode"]
 
+    def batch_dependent(self, params: Mapping[str, Any]) -> bool:
+        return True  # squares per minibatch; in train mode BN also normalises per minibatch
+
     def accumulator(self, channels: int, **params: Any) -> _TaylorAccumulator:
         self.params(params)
         return _TaylorAccumulator(self.name, channels)

@@ -97,6 +97,11 @@ class Criterion:
         the default) or ``"train"`` (batch statistics; the running statistics are restored)."""
         return "eval"
 
+    def batch_dependent(self, params: Mapping[str, Any]) -> bool:
+        """Whether the scores depend on how the calibration set is split into batches (then the
+        calibration batch size is part of the score cache fingerprint)."""
+        return False
+
     def cross_layer(self, params: Mapping[str, Any], groups: list[str]) -> dict[str, str] | None:
         """For criteria that condition on a neighbouring group: ``{group: "previous" | "next"}``
         over ``groups`` (in model order); calibration then calls ``acc.link(neighbour_acc)`` on
