@@ -67,32 +67,25 @@ def calibrate(
     points = {"bn": group_points(model, groups, "bn")}
     if point != "bn" and any(GRADIENT not in get_criterion(c).needs(p) for c, p in criteria.items()):
         points[point] = group_points(model, groups, point)
-    accs: Accs = {c: {} for c in criteria}
-    for crit, params in criteria.items():
-        criterion = get_criterion(crit)
-        where = points["bn" if GRADIENT in criterion.needs(params) else point]
-        for g in groups:
-            accs[crit][g.name] = [criterion.accumulator(g.channels, **params) for _ in where[g.name]]
+    reads = {c: points["bn" if GRADIENT in get_criterion(c).needs(p) else point] for c, p in criteria.items()}
+    accs: Accs = {
+        c: {g.name: [get_criterion(c).accumulator(g.channels, **p) for _ in reads[c][g.name]] for g in groups}
+        for c, p in criteria.items()
+    }
     _link(groups, criteria, accs)
     passes = sorted(set(modes.values()))
     if len(passes) > 1 and iter(batches) is batches:
         batches = list(batches)
     for mode in passes:
         chosen = {c: p for c, p in criteria.items() if modes[c] == mode}
-        by_point = _by_point(groups, chosen, accs, points, point)
+        by_point: dict[str, list[Accumulator]] = {}
+        for c in chosen:
+            for g in groups:
+                for p, acc in zip(reads[c][g.name], accs[c][g.name]):
+                    by_point.setdefault(p, []).append(acc)
         _run_pass(model, by_point, chosen, batches, act, mode=mode, device=device,
                   show_progress=show_progress)
     return {c: _reduce_all(groups, c, criteria[c], per_group) for c, per_group in accs.items()}
-
-
-def _by_point(groups, criteria, accs: Accs, points, point) -> dict[str, list[Accumulator]]:
-    by_point: dict[str, list[Accumulator]] = {}
-    for crit, params in criteria.items():
-        where = points["bn" if GRADIENT in get_criterion(crit).needs(params) else point]
-        for g in groups:
-            for p, acc in zip(where[g.name], accs[crit][g.name]):
-                by_point.setdefault(p, []).append(acc)
-    return by_point
 
 
 def _link(groups: ModelGroups, criteria: Mapping[str, Mapping[str, Any]], accs: Accs) -> None:
