@@ -184,7 +184,7 @@ def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *,
     return compute_scores(
         base.model, base.groups, criteria,
         calibration=lambda: make_loader(subset, batch_size=cal.batch_size, device=base.device),
-        calibration_digest=digest, settings=CalibrationSettings(cal.activation, cal.batch_size),
+        calibration_digest=digest, settings=CalibrationSettings(cal.activation, cal.batch_size, cal.point),
         cache_dir=cal.cache_dir, use_cache=cal.use_cache, device=base.device, show_progress=show_progress,
     )
 

@@ -22,6 +22,7 @@ from prunetune.exceptions import ConfigError, UntrustedCodeError
 from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, check_ratio
 from prunetune.pruning.blend import CriterionSpec
 from prunetune.pruning.finetune import FinetuneConfig
+from prunetune.pruning.points import check_point
 
 
 def _strict(section: str, value: Any, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
@@ -115,10 +116,18 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class CalibrationSpec:
+    """The calibration images and where activation criteria read them.
+
+    ``point``: ``block_output`` (default; the official CHIP/HRankPlus point: a residual block's
+    output after the addition and ReLU, for the groups of a residual stream) or ``bn`` (every BN
+    output, before the addition); see :mod:`prunetune.pruning.points`. Taylor always reads BN.
+    """
+
     size: int = 512
     batch_size: int = 128
     seed: int = 0
     activation: str = "relu"
+    point: str = "block_output"
     split: str = "train"
     cache_dir: str | None = None
     use_cache: bool = True
@@ -135,6 +144,7 @@ class CalibrationSpec:
         boolean(spec.use_cache, "calibration.use_cache")
         if spec.split not in ("train", "val"):
             raise ConfigError(f"calibration.split must be 'train' or 'val', got {short(spec.split)}")
+        check_point(spec.point)
         return spec
 
 

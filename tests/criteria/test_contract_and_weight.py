@@ -106,3 +106,45 @@ def test_core_imports_no_ray_optuna_or_mlflow() -> None:
             "bad = [m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _official_fpgm_mix_kept(w: torch.Tensor, rate_norm: float, rate_dist: float) -> set[int]:
+    """FPGM's official get_filter_similar, step by step: keep the int(N·rate_norm) largest-L2
+    filters, then drop the int(N·rate_dist) of them with the smallest distance sum among them."""
+    n = w.shape[0]
+    flat = w.reshape(n, -1).double()
+    large = sorted(range(n), key=lambda j: -float(flat[j].norm()))[: int(n * rate_norm)]
+    sums = {j: sum(float((flat[j] - flat[k]).norm()) for k in large) for j in large}
+    small = sorted(large, key=lambda j: sums[j])[: int(n * rate_dist)]
+    return set(large) - set(small)
+
+
+def test_fpgm_mix_hand_case_drops_the_small_norm_outlier_first() -> None:
+    # four filters clustered near (3, 0) and one tiny filter far from them: FPGM-only keeps the
+    # tiny one longest (largest distance sum), FPGM-mix drops it first (lowest norm)
+    w = torch.tensor([[0.1, 0.0], [3.0, 0.0], [3.2, 0.1], [2.9, -0.2], [3.0, 0.3]])
+    assert int(score("fpgm", weight=w).argmax()) == 0
+    mix = score("fpgm", weight=w, norm_ratio=0.2)
+    rest = w[1:].double()
+    sums = torch.cdist(rest, rest).sum(dim=1)  # among the four survivors only
+    expected_order = [0] + (1 + torch.argsort(sums)).tolist()
+    assert torch.argsort(mix).tolist() == expected_order
+    torch.testing.assert_close(mix.sort().values, torch.arange(1, 6, dtype=torch.float64) / 5)
+
+
+@pytest.mark.parametrize("rate_norm, rate_dist", [(0.9, 0.3), (0.7, 0.1), (1.0, 0.4), (0.75, 0.0)])
+def test_fpgm_mix_top_k_reproduces_the_official_selection(rate_norm: float, rate_dist: float) -> None:
+    gen = torch.Generator().manual_seed(3)
+    for n in (8, 10, 16):
+        w = torch.randn(n, 3, 3, 3, generator=gen)
+        kept = _official_fpgm_mix_kept(w, rate_norm, rate_dist)
+        s = score("fpgm", weight=w, norm_ratio=1.0 - rate_norm)
+        top = set(torch.argsort(s, descending=True)[: len(kept)].tolist())
+        assert top == kept, (n, rate_norm, rate_dist)
+
+
+def test_fpgm_norm_ratio_is_validated_and_zero_is_plain_fpgm() -> None:
+    w = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(score("fpgm", weight=w, norm_ratio=0.0), score("fpgm", weight=w))
+    with pytest.raises(ConfigError, match="norm_ratio"):
+        score("fpgm", weight=w, norm_ratio=1.5)

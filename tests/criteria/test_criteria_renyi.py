@@ -43,9 +43,17 @@ def test_alpha_two_frobenius_shortcut_equals_the_eigenvalue_formula() -> None:
 def test_gram_normalisation_and_widths() -> None:
     x = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)  # distances 1, 3, 2
     assert kernel_width(x).item() == pytest.approx(2.0)
+    # silverman: γ · s · n^(−1/(4+d)), s² = the unbiased variance summed over the dimensions
     assert kernel_width(x, sigma_rule="silverman", gamma=2.0).item() == pytest.approx(
-        2.0 * 3 ** (-1 / 5)
+        2.0 * math.sqrt(7 / 3) * 3 ** (-1 / 5)
     )
+    x2 = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    assert kernel_width(x2, sigma_rule="silverman").item() == pytest.approx(
+        math.sqrt(8 / 3) * 3 ** (-1 / 6)
+    )
+    assert kernel_width(torch.ones(4, 3, dtype=torch.float64), sigma_rule="silverman").item() == (
+        pytest.approx(4 ** (-1 / 7))
+    )  # constant samples: s falls back to 1
     k = gram_matrix(x, sigma=1.0)
     assert k[0, 1].item() == pytest.approx(math.exp(-0.5))
     a = normalize_gram(k)
@@ -124,3 +132,36 @@ def test_greedy_cmi_max_steps_keeps_the_first_picks() -> None:
     assert part[:2].tolist() == full[:2].tolist()
     torch.testing.assert_close(part_values[:2], full_values[:2])
     assert sorted(part.tolist()) == list(range(5))
+
+
+@pytest.mark.parametrize("sigma_rule", ["silverman", "median"])
+def test_cmi_ranking_is_invariant_to_scaling_the_maps(sigma_rule: str) -> None:
+    g = torch.Generator().manual_seed(7)
+    y = torch.randint(0, 3, (48,), generator=g)
+    maps = torch.relu(torch.randn(48, 6, 4, 4, generator=g, dtype=torch.float64))
+    maps[:, 4] += y[:, None, None].to(torch.float64)  # the label channel must come first
+    order, values = cmi_ranking(maps, y, sigma_rule=sigma_rule)
+    assert int(order[0]) == 4 and order.tolist() != sorted(order.tolist())
+    for scale in (5.0, 0.2):
+        scaled, scaled_values = cmi_ranking(maps * scale, y, sigma_rule=sigma_rule)
+        assert scaled.tolist() == order.tolist(), scale
+        torch.testing.assert_close(scaled_values, values, rtol=0, atol=1e-9)
+
+
+def test_cmi_exact_ties_go_to_the_lower_index() -> None:
+    # channels 0 and 1 are the same map: their CMIs tie exactly in exact arithmetic, but a batched
+    # eigvalsh may round them differently in the last bits (this case picked 1 over 0 before)
+    g = torch.Generator().manual_seed(0)
+    hits = 0
+    for trial in range(24):
+        n = int(torch.randint(5, 50, (1,), generator=g))
+        c = int(torch.randint(2, 6, (1,), generator=g))
+        y = torch.randint(0, 3, (n,), generator=g)
+        maps = torch.randn(n, c, 3, 3, generator=g)
+        i, j = sorted(torch.randperm(c, generator=g)[:2].tolist())
+        maps[:, j] = maps[:, i]
+        for steps in (None, 0):
+            order = cmi_ranking(maps, y, alpha=(1.01, 2.0, 1.0)[trial % 3], max_steps=steps)[0]
+            assert order.tolist().index(i) < order.tolist().index(j), (trial, steps)
+        hits += 1
+    assert hits == 24

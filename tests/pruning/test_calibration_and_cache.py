@@ -61,7 +61,8 @@ def test_pass_reads_relu_of_bn_outputs_and_averages_stream_members(setup) -> Non
     for h in hooks:
         h.remove()
     expected = torch.stack([score("dfs", feature_maps=seen[p]) for p in stream.feature_points]).mean(0)
-    got = calibrate(model, groups, {"dfs": {}}, _batches(x, y, 16), show_progress=False)["dfs"]["conv1"][0]
+    got = calibrate(model, groups, {"dfs": {}}, _batches(x, y, 16), point="bn",
+                    show_progress=False)["dfs"]["conv1"][0]
     assert len(stream.feature_points) == 2  # bn1 and layer1.0.bn2
     assert torch.allclose(got, expected.to(got.dtype), atol=1e-10)
 

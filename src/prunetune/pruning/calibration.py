@@ -1,15 +1,19 @@
 """The calibration pass: one forward pass over a calibration set feeds every activation criterion.
 
-Forward hooks sit on each group's feature points (its BN outputs, or the layer output where there is
-no BN). Each hook applies the activation (ReLU by default) and folds the batch into one streaming
-accumulator per (criterion, group, point); nothing of a batch is kept after it. When a criterion
-needs gradients (``taylor``) the pass also runs a backward pass per batch. Hooks are removed at the
-end, also on error.
+Forward hooks sit on each group's reading points (``point``, see :mod:`prunetune.pruning.points`:
+its BN outputs, or the residual block outputs after the addition). Each hook applies the activation
+(ReLU by default) and folds the batch into one streaming accumulator per (criterion, group, point);
+nothing of a batch is kept after it. When a criterion needs gradients (``taylor``) the pass also
+runs a backward pass per batch; gradient criteria always read the BN points (the gate of
+Taylor-FO-BN sits right after BN). Criteria that ask for BN in train mode (``taylor`` by default)
+get a second pass with every BN layer in train mode (batch statistics); the BN running statistics
+are restored afterwards, so the model is unchanged. Hooks are removed at the end, also on error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,9 +23,13 @@ from torch import Tensor, nn
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria import GRADIENT, Accumulator, FeatureBatch, get_criterion
 from prunetune.pruning.groups import ModelGroups
+from prunetune.pruning.points import check_point, group_points, neighbour_groups, sweep_order
 from prunetune.pruning.progress import progress
 
 ACTIVATIONS = {"relu": F.relu, "none": lambda x: x}
+BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+Accs = dict[str, dict[str, list[Accumulator]]]
 
 
 def calibrate(
@@ -31,6 +39,7 @@ def calibrate(
     batches: Iterable[tuple[Tensor, Tensor]],
     *,
     activation: str = "relu",
+    point: str = "block_output",
     device: str | torch.device = "cpu",
     show_progress: bool = True,
 ) -> dict[str, dict[str, tuple[Tensor, dict[str, Tensor]]]]:
@@ -40,39 +49,78 @@ def calibrate(
         model: the dense model (put in eval mode for the pass, restored afterwards).
         groups: its groups.
         criteria: criterion name -> resolved parameters (activation criteria only).
-        batches: ``(images, labels)`` batches; their total is the calibration set.
+        batches: ``(images, labels)`` batches; their total is the calibration set. Iterated once
+            per BN mode the criteria ask for (a one-shot iterator is kept in memory if twice).
         activation: applied to each feature point's output before the statistics (``relu``/``none``).
+        point: where statistics are read, ``"block_output"`` (residual streams at each block's
+            output, the official CHIP/HRankPlus point) or ``"bn"``
+            (:mod:`prunetune.pruning.points`); gradient criteria always read ``"bn"``.
 
     Returns:
         ``{criterion: {group: (scores Tensor[C], extras)}}``, scores averaged over the group's points.
     """
     if activation not in ACTIVATIONS:
         raise ConfigError(f"calibration activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+    check_point(point)
     act = ACTIVATIONS[activation]
-    modules = dict(model.named_modules())
-    accs: dict[str, dict[str, list[Accumulator]]] = {c: {} for c in criteria}
-    by_point: dict[str, list[tuple[str, Accumulator]]] = {}
+    modes = {name: get_criterion(name).bn_mode(params) for name, params in criteria.items()}
+    points = {"bn": group_points(model, groups, "bn")}
+    if point != "bn" and any(GRADIENT not in get_criterion(c).needs(p) for c, p in criteria.items()):
+        points[point] = group_points(model, groups, point)
+    reads = {c: points["bn" if GRADIENT in get_criterion(c).needs(p) else point] for c, p in criteria.items()}
+    accs: Accs = {
+        c: {g.name: [get_criterion(c).accumulator(g.channels, **p) for _ in reads[c][g.name]] for g in groups}
+        for c, p in criteria.items()
+    }
+    _link(groups, criteria, accs)
+    passes = sorted(set(modes.values()))
+    if len(passes) > 1 and iter(batches) is batches:
+        batches = list(batches)
+    for mode in passes:
+        chosen = {c: p for c, p in criteria.items() if modes[c] == mode}
+        by_point: dict[str, list[Accumulator]] = {}
+        for c in chosen:
+            for g in groups:
+                for p, acc in zip(reads[c][g.name], accs[c][g.name]):
+                    by_point.setdefault(p, []).append(acc)
+        _run_pass(model, by_point, chosen, batches, act, mode=mode, device=device,
+                  show_progress=show_progress)
+    return {c: _reduce_all(groups, c, criteria[c], per_group) for c, per_group in accs.items()}
+
+
+def _link(groups: ModelGroups, criteria: Mapping[str, Mapping[str, Any]], accs: Accs) -> None:
+    """Hand cross-layer criteria (``cmi`` with ``condition``) their neighbour group's accumulator."""
     for crit, params in criteria.items():
-        criterion = get_criterion(crit)
+        directions = get_criterion(crit).cross_layer(params, [g.name for g in groups])
+        if not directions:
+            continue
+        neighbours = {d: neighbour_groups(groups, d) for d in set(directions.values())}
         for g in groups:
-            accs[crit][g.name] = []
-            for point in g.feature_points:
-                acc = criterion.accumulator(g.channels, **params)
-                accs[crit][g.name].append(acc)
-                by_point.setdefault(point, []).append((crit, acc))
+            d = directions.get(g.name)
+            other = neighbours[d][g.name] if d else None
+            for acc in accs[crit][g.name]:
+                acc.link(accs[crit][other][0] if other else None)
+
+
+def _run_pass(model, by_point, criteria, batches, act, *, mode, device, show_progress) -> None:
     needs_grad = any(GRADIENT in get_criterion(c).needs(p) for c, p in criteria.items())
+    modules = dict(model.named_modules())
     state: dict[str, Any] = {}
-    pending: list[tuple[list[tuple[str, Accumulator]], Tensor]] = []
+    pending: list[tuple[list[Accumulator], Tensor, list[Tensor]]] = []
 
     def make_hook(point: str):
         def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
-            pre = output.detach()
             if needs_grad and output.requires_grad:
-                output.retain_grad()
-                pending.append((by_point[point], output))
+                grad: list[Tensor] = []
+                # NOTE: a tensor hook gets dL/d(this value) even if a later in-place op (a
+                # torchvision block's `out += identity`) changes the tensor; clone the value for
+                # the same reason
+                output.register_hook(grad.append)
+                pending.append((by_point[point], output.detach().clone(), grad))
                 return
+            pre = output.detach()
             batch = FeatureBatch(act(pre), pre, state.get("labels"), None)
-            for _crit, acc in by_point[point]:
+            for acc in by_point[point]:
                 acc.update(batch)
         return hook
 
@@ -80,33 +128,63 @@ def calibrate(
     was_training = model.training
     model.eval()
     try:
-        for x, y in progress(batches, desc="calibration", enabled=show_progress):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            state["labels"] = y
-            if needs_grad:
-                _forward_backward(model, x, y, pending, act)
-            else:
-                with torch.no_grad():
-                    model(x)
+        with _bn_train_mode(model, mode == "train"):
+            desc = "calibration" if mode == "eval" else "calibration (BN train mode)"
+            for x, y in progress(batches, desc=desc, enabled=show_progress):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                state["labels"] = y
+                if needs_grad:
+                    _forward_backward(model, x, y, pending, act)
+                else:
+                    with torch.no_grad():
+                        model(x)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
         model.zero_grad(set_to_none=True)
-    return {c: {g: _reduce(a) for g, a in per_group.items()} for c, per_group in accs.items()}
+
+
+@contextmanager
+def _bn_train_mode(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """BN layers in train mode (batch statistics), their running statistics restored afterwards."""
+    if not enabled:
+        yield
+        return
+    bns = [m for m in model.modules() if isinstance(m, BN_TYPES)]
+    saved = [(m, m.training, {k: b.clone() for k, b in m.named_buffers(recurse=False) if b is not None})
+             for m in bns]
+    try:
+        for m in bns:
+            m.train()
+        yield
+    finally:
+        for m, training, buffers in saved:
+            m.train(training)
+            for k, b in buffers.items():
+                getattr(m, k).copy_(b)
 
 
 def _forward_backward(model, x, y, pending, act) -> None:
     with torch.enable_grad():
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-    for entries, out in pending:
-        pre = out.detach()
-        batch = FeatureBatch(act(pre), pre, y, out.grad.detach() if out.grad is not None else torch.zeros_like(pre))
-        for _crit, acc in entries:
+    for entries, pre, grad in pending:
+        g = grad[0].detach() if grad else torch.zeros_like(pre)
+        batch = FeatureBatch(act(pre), pre, y, g)
+        for acc in entries:
             acc.update(batch)
     pending.clear()
     model.zero_grad(set_to_none=True)
+
+
+def _reduce_all(groups: ModelGroups, crit: str, params: Mapping[str, Any],
+                per_group: dict[str, list[Accumulator]]) -> dict[str, tuple[Tensor, dict[str, Tensor]]]:
+    """Reduce every group; cross-layer criteria in sweep order, so each neighbour is ready first."""
+    directions = get_criterion(crit).cross_layer(params, [g.name for g in groups]) or {}
+    order = sweep_order(groups, directions) if directions else [g.name for g in groups]
+    done = {name: _reduce(per_group[name]) for name in order}
+    return {g.name: done[g.name] for g in groups}
 
 
 def _reduce(accs: list[Accumulator]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -73,9 +73,10 @@ class CalibrationSettings:
 
     activation: str = "relu"
     batch_size: int = 128
+    point: str = "block_output"
 
     def key(self) -> dict[str, Any]:
-        return {"activation": self.activation}
+        return {"activation": self.activation, "point": self.point}
 
 
 def tensor_digest(tensors: Iterable[tuple[str, Tensor]]) -> str:
@@ -142,8 +143,10 @@ def compute_scores(
         uses_data = WEIGHT not in needs
         if uses_data and (calibration is None or calibration_digest is None):
             raise ConfigError(f"criterion {name!r} needs calibration images; set 'calibration' in the recipe")
-        fp = _fingerprint(name, params, mdigest, calibration_digest if uses_data else None,
-                          settings.key() if uses_data else None, groups)
+        key = settings.key() if uses_data else None
+        if uses_data and get_criterion(name).batch_dependent(params):
+            key = {**key, "batch_size": settings.batch_size}
+        fp = _fingerprint(name, params, mdigest, calibration_digest if uses_data else None, key, groups)
         table.fingerprints[name] = fp
         if use_cache and _load(cache, fp, table, name):
             continue
@@ -155,7 +158,7 @@ def compute_scores(
             table.extras[name] = {}
     if todo:
         results = calibrate(model, groups, todo, calibration(), activation=settings.activation,
-                            device=device, show_progress=show_progress)
+                            point=settings.point, device=device, show_progress=show_progress)
         for name, per_group in results.items():
             table.scores[name] = {g: s for g, (s, _) in per_group.items()}
             table.extras[name] = {g: e for g, (_, e) in per_group.items()}

@@ -333,14 +333,30 @@ class Taylor(CheckedCriterion):
     """Taylor-FO-BN (Molchanov et al., CVPR 2019, NVlabs method 22).
 
     A unit gate g_c after each BN has ∂L/∂g_c = Σ_{b,h,w} (∂L/∂z ⊙ z), z the BN output
-    (``batch.preactivations``, ``batch.gradients`` = ∂L/∂z). Per minibatch I_c = (∂L/∂g_c)²; the
-    score is the mean of I_c over minibatches. So the score depends on how calibration splits the
-    data into minibatches (the square is taken per minibatch, as in the official code); the
-    official momentum across pruning steps is not part of a single scoring.
+    (``batch.preactivations``, ``batch.gradients`` = ∂L/∂z, L the mean cross-entropy of the
+    minibatch). Per minibatch I_c = (∂L/∂g_c)²; the score is the mean of I_c over minibatches. So
+    the score depends on how calibration splits the data into minibatches (the square is taken per
+    minibatch, as in the official code); the official momentum across pruning steps is not part of
+    a single scoring. Calibration reads Taylor at the BN outputs whatever ``calibration.point`` is.
+
+    ``bn_mode``: ``"train"`` (default) runs the calibration batches with every BN layer in train
+    mode, normalising by the minibatch's statistics, as the official criterion is accumulated
+    during training; the BN running statistics are saved before and restored after, so the model
+    is unchanged (other layers, e.g. dropout, stay in eval mode, and the weights are fixed: no
+    optimiser steps between minibatches). ``"eval"`` uses the running statistics.
     """
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        check_choice(self.name, params, "bn_mode", ("train", "eval"))
 
     def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
         return frozenset({ACTIVATION, GRADIENT, LABELS})
+
+    def bn_mode(self, params: Mapping[str, Any]) -> str:
+        return self.params(params)["bn_mode"]
+
+    def batch_dependent(self, params: Mapping[str, Any]) -> bool:
+        return True  # squares per minibatch; in train mode BN also normalises per minibatch
 
     def accumulator(self, channels: int, **params: Any) -> _TaylorAccumulator:
         self.params(params)
@@ -372,6 +388,7 @@ register(
 register(
     Taylor(
         name="taylor",
-        summary="Taylor-FO-BN (CVPR 2019): per-minibatch (sum of dL/dz * z)^2, averaged",
+        defaults={"bn_mode": "train"},
+        summary="Taylor-FO-BN (CVPR 2019): per-minibatch (sum of dL/dz * z)^2, averaged; BN in train mode",
     )
 )

@@ -92,6 +92,22 @@ class Criterion:
     def accumulator(self, channels: int, **params: Any) -> Accumulator:
         raise ConfigError(f"criterion {self.name!r} does not score from feature maps")
 
+    def bn_mode(self, params: Mapping[str, Any]) -> str:
+        """BN mode of the calibration pass this criterion reads: ``"eval"`` (running statistics,
+        the default) or ``"train"`` (batch statistics; the running statistics are restored)."""
+        return "eval"
+
+    def batch_dependent(self, params: Mapping[str, Any]) -> bool:
+        """Whether the scores depend on how the calibration set is split into batches (then the
+        calibration batch size is part of the score cache fingerprint)."""
+        return False
+
+    def cross_layer(self, params: Mapping[str, Any], groups: list[str]) -> dict[str, str] | None:
+        """For criteria that condition on a neighbouring group: ``{group: "previous" | "next"}``
+        over ``groups`` (in model order); calibration then calls ``acc.link(neighbour_acc)`` on
+        each accumulator before any batch. ``None`` (the default): groups are independent."""
+        return None
+
     def weight_source(self, params: Mapping[str, Any]) -> str:
         """Which tensor a weight criterion reads: ``"conv"`` (the layer weight) or ``"bn"`` (BN scale)."""
         return "conv"

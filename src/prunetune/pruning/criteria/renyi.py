@@ -54,6 +54,20 @@ def _sq_distances(x: Tensor) -> Tensor:
     return d2
 
 
+def data_std(x: Tensor) -> Tensor:
+    """√(Σ_k var(x_·k)) of ``Tensor[..., n, d]`` -> ``Tensor[...]``; 1 where it is 0 (or n = 1).
+
+    The unbiased variance of each of the d dimensions over the n samples, summed: the mean squared
+    distance to the sample mean, times n/(n−1).
+    """
+    n = x.shape[-2]
+    if n < 2:
+        return x.new_ones(x.shape[:-2])
+    dev = x - x.mean(dim=-2, keepdim=True)
+    std = ((dev * dev).sum(dim=(-2, -1)) / (n - 1)).sqrt()
+    return torch.where(std > 0, std, torch.ones_like(std))
+
+
 def kernel_width(
     x: Tensor, *, sigma_rule: str = "median", gamma: float = 1.0, d2: Tensor | None = None
 ) -> Tensor:
@@ -62,8 +76,18 @@ def kernel_width(
     * ``"median"``: σ = γ · median of the pairwise distances ‖x_a − x_b‖ (a < b), per batch element.
       If that median is 0 (more than half the samples coincide), the mean of the nonzero distances
       is used; if every distance is 0, σ = 1 (the Gram matrix is then all ones whatever σ).
-    * ``"silverman"``: σ = γ · n^(−1/(4+d)), the rule as stated in criteria.md §5.3 (no data-scale
-      factor: scale the data or γ to taste).
+    * ``"silverman"``: σ = γ · s · n^(−1/(4+d)) (Silverman's rule in the form of Yu et al.,
+      arXiv 1808.07912, criteria.md §5.3), with s the data's standard deviation: the root of the
+      total variance, s = √(Σ_k var(x_·k)) over the d dimensions (unbiased variance over the n
+      samples), which is the one-dimensional std when d = 1. σ scales with the data, so the Gram
+      matrix, and any ranking built on it, does not change when the maps are scaled. If every
+      sample is the same (s = 0), σ = 1 (the Gram matrix is all ones whatever σ).
+
+      NOTE: the total, not the per-dimension, std: the squared distance between two samples grows
+      like d · s_k², and a per-dimension width (e.g. s_k · (4/(3n))^(1/5) / √2, the 1-D rule
+      applied per pixel) leaves every off-diagonal entry below 1e-10 on 64-pixel ReLU maps of a
+      trained ResNet-20 (every S(X_j) = log₂ n, so every channel ties). With the total std the
+      same maps give off-diagonal means near 0.35, close to the median rule's 0.6.
     """
     if sigma_rule not in SIGMA_RULES:
         raise ConfigError(
@@ -72,7 +96,7 @@ def kernel_width(
         )
     n, d = x.shape[-2], x.shape[-1]
     if sigma_rule == "silverman":
-        return x.new_full(x.shape[:-2], gamma * n ** (-1.0 / (4 + d)))
+        return gamma * data_std(x) * n ** (-1.0 / (4 + d))
     d2 = _sq_distances(x) if d2 is None else d2
     iu = torch.triu_indices(n, n, offset=1, device=x.device)
     dist = d2[..., iu[0], iu[1]].sqrt()  # [..., n(n−1)/2]
@@ -206,6 +230,22 @@ def label_gram(labels: Tensor, num_classes: int | None = None) -> Tensor:
     return normalize_gram(k)
 
 
+TIE_TOLERANCE = 1e-10
+"""CMI values (bits) closer than ``TIE_TOLERANCE · max(1, |best|)`` to the best are a tie.
+
+Candidates with identical maps get identical CMIs mathematically, but a batched ``eigvalsh`` can
+differ in the last bits between batch positions (about 1e-15 here), so an exact comparison would
+break ties by rounding noise instead of by index.
+"""
+
+
+def first_max(values: Tensor) -> int:
+    """Index of the first value within the tie tolerance of the maximum (ties: the lowest index)."""
+    best = float(values.max())
+    tol = TIE_TOLERANCE * max(1.0, abs(best))
+    return int(torch.nonzero(values >= best - tol)[0])
+
+
 def cmi_ranking(
     maps: Tensor,
     labels: Tensor,
@@ -215,19 +255,26 @@ def cmi_ranking(
     gamma: float = 1.0,
     max_steps: int | None = None,
     max_memory_mb: float = 1024.0,
+    condition: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Greedy within-layer CMI ranking: j* = argmax_{j∉S} I_α(Y; X_j | X_S) at each step.
+    """Greedy within-layer CMI ranking: j* = argmax_{j∉S} I_α(Y; X_j | X_S, T) at each step.
 
     X_j is channel j's flattened map per sample (Gaussian Gram matrix, σ per channel by
     ``sigma_rule``), Y the delta-kernel label Gram matrix, X_S the Hadamard joint of the selected
-    channels (kept as a running product). All candidates of one step are evaluated in one batched
-    entropy call (chunked if the stack would exceed ``max_memory_mb``). Ties go to the lower index.
+    channels (kept as a running product) and T the optional ``condition`` (the cross-layer forms of
+    :class:`~prunetune.pruning.criteria.information.Cmi`; without it the first step is I(Y; X_j)).
+    All candidates of one step are evaluated in one batched entropy call (chunked if the stack
+    would exceed ``max_memory_mb``). Ties (values within :data:`TIE_TOLERANCE`) go to the lower
+    channel index.
 
     Args:
         maps: ``Tensor[n, C, ...]`` activations of n samples.
         labels: ``Tensor[n]`` class labels.
         max_steps: stop selecting after this many steps; the channels left are appended ordered
-            by their CMI at the last evaluated step (their ``values`` are those CMIs).
+            by their CMI at the last evaluated step (their ``values`` are those CMIs; ties again to
+            the lower index).
+        condition: a unit-trace PSD ``Tensor[n, n]`` (e.g. :func:`normalize_gram` of a Gram
+            matrix) joined (Hadamard) to X_S from the first step on.
 
     Returns:
         ``(order, values)``: ``order`` LongTensor[C], most informative first; ``values[t]`` the
@@ -242,28 +289,78 @@ def cmi_ranking(
     x = maps.detach().reshape(n, c, -1).to(torch.float64).transpose(0, 1)  # C×n×d
     a_ch = normalize_gram(gram_matrix(x, sigma_rule=sigma_rule, gamma=gamma))  # C×n×n
     a_y = label_gram(labels.to(x.device))
+    a_s = _check_condition(condition, n, x.device)
     steps = c if max_steps is None else max(0, min(int(max_steps), c))
     chunk = max(1, int(max_memory_mb * 2**20) // (8 * n * n * 8))
     remaining = list(range(c))
     order: list[int] = []
     values: list[float] = []
-    a_s: Tensor | None = None
     cmi = torch.empty(0)
     for _ in range(steps):
         cmi = _step_cmi(a_ch, remaining, a_s, a_y, alpha, chunk)
-        best = int(torch.argmax(cmi))  # first maximum: the lowest remaining index
+        best = first_max(cmi)
         j = remaining.pop(best)
         order.append(j)
         values.append(float(cmi[best]))
         cmi = torch.cat([cmi[:best], cmi[best + 1 :]])
         a_s = a_ch[j] if a_s is None else hadamard_joint(a_s, a_ch[j])
-    if remaining:  # max_steps reached: the rest by their last CMI (stable sort: index breaks ties)
+    if remaining:  # max_steps reached: the rest by their last CMI
         if not order:
-            cmi = _step_cmi(a_ch, remaining, None, a_y, alpha, chunk)
-        rest = torch.argsort(-cmi, stable=True).tolist()
-        order += [remaining[i] for i in rest]
-        values += [float(cmi[i]) for i in rest]
+            cmi = _step_cmi(a_ch, remaining, a_s, a_y, alpha, chunk)
+        while remaining:
+            best = first_max(cmi)
+            order.append(remaining.pop(best))
+            values.append(float(cmi[best]))
+            cmi = torch.cat([cmi[:best], cmi[best + 1 :]])
     return torch.tensor(order, dtype=torch.long), torch.tensor(values, dtype=torch.float64)
+
+
+JOINTS = ("hadamard", "concat")
+
+
+def conditioning_gram(
+    maps: Tensor,
+    channels: Tensor | list[int],
+    *,
+    joint: str = "hadamard",
+    sigma_rule: str = "median",
+    gamma: float = 1.0,
+) -> Tensor:
+    """Unit-trace Gram matrix ``Tensor[n, n]`` of a set of channels T, the cross-layer condition.
+
+    Args:
+        maps: ``Tensor[n, C, ...]`` maps of the conditioning layer.
+        channels: the channels of T (e.g. that layer's kept channels).
+        joint: ``"hadamard"``: the Hadamard joint of the channels' own Gram matrices, as X_S in
+            :func:`cmi_ranking`; ``"concat"``: one Gaussian Gram matrix of the channels' maps,
+            each divided by its own kernel width (``sigma_rule``, without ``gamma``), concatenated
+            per sample, with σ by ``sigma_rule`` and ``gamma`` on the concatenated vectors.
+    """
+    if joint not in JOINTS:
+        raise ConfigError(
+            f"parameter 'condition_joint' must be one of {', '.join(map(repr, JOINTS))}, "
+            f"but got condition_joint={joint!r}"
+        )
+    n = maps.shape[0]
+    idx = torch.as_tensor(channels, dtype=torch.long, device=maps.device)
+    x = maps.detach().reshape(n, maps.shape[1], -1).to(torch.float64)[:, idx]  # n×k×d
+    if joint == "concat":
+        width = kernel_width(x.transpose(0, 1), sigma_rule=sigma_rule)  # k: each channel's own σ
+        scaled = (x / width[None, :, None]).reshape(n, -1)
+        return normalize_gram(gram_matrix(scaled, sigma_rule=sigma_rule, gamma=gamma))
+    per = normalize_gram(gram_matrix(x.transpose(0, 1), sigma_rule=sigma_rule, gamma=gamma))
+    return hadamard_joint(*per.unbind(0))
+
+
+def _check_condition(condition: Tensor | None, n: int, device: torch.device) -> Tensor | None:
+    if condition is None:
+        return None
+    if condition.shape != (n, n):
+        raise ConfigError(
+            f"cmi condition must be a unit-trace Tensor[{n}, {n}] (one row per sample), "
+            f"got shape {tuple(condition.shape)}"
+        )
+    return _unit_trace(condition.to(device, torch.float64))
 
 
 def _step_cmi(
