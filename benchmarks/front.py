@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--only", default="hand,tp,search", help="which methods to run")
     parser.add_argument("--search-config", default=None, help="a JSON mapping merged into the search config")
     parser.add_argument("--json", default=None, help="write every measured point here")
+    parser.add_argument("--baselines", default=None, help="reuse the hand/tp points of an earlier --json file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(1)
@@ -64,6 +65,9 @@ def main() -> None:
     results: dict[str, dict] = {"dense": dense, "targets": targets, "seeds": seeds, "finetune": finetune}
     jobs = [(t, s) for t in targets for s in seeds]
     only = args.only.split(",")
+    if args.baselines:
+        earlier = json.loads(Path(args.baselines).read_text())
+        results.update({k: earlier[k] for k in ("hand", "tp") if k in earlier and k not in only})
     if "hand" in only:
         results["hand"] = run_pool("hand", dense["checkpoint"], finetune, jobs)
     if "tp" in only:

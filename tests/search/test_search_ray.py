@@ -136,3 +136,36 @@ def test_a_trial_the_running_ray_cannot_hold_is_an_error_before_tracking(make_co
     with pytest.raises(ConfigError, match="cpus_per_trial=3 but the Ray cluster has 2 CPUs in all"):
         run_search(config, show_progress=False)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_screening_picks_the_fine_tuned_trials_and_logs_their_proxies(make_config) -> None:
+    config = make_config(trials=4, screen={"candidates": 10, "bn_batches": 2})
+    outcome = run_search(config, objective=plan_only, show_progress=False)
+    assert outcome.status == "FINISHED" and outcome.counts == {"FINISHED": 4}
+    from prunetune.search.screening import ScreenOutcome
+
+    screened = ScreenOutcome.from_json((outcome.experiment_dir / "screening.json").read_text())
+    assert len(screened.candidates) == 10 and len(screened.selected) == 4
+    assert any(c.source == "hand" for c in screened.candidates)
+    mlflow_client = client(outcome.tracking_uri)
+    parent = mlflow_client.get_run(outcome.parent_run_id)
+    assert parent.data.metrics["screen_candidates"] == 10 and parent.data.metrics["screen_selected"] == 4
+    assert "proxy_rank_correlation" in parent.data.metrics
+    assert "screening.csv" in {a.path for a in mlflow_client.list_artifacts(outcome.parent_run_id)}
+    proxies = sorted(c.proxy for c in screened.selected)
+    runs = _children(outcome)
+    assert sorted(r.data.metrics["proxy_accuracy"] for r in runs) == proxies
+    targets = sorted(c.params["target_macs"] for c in screened.selected)
+    assert sorted(float(r.data.params["target_macs"]) for r in runs) == pytest.approx(targets)
+    for run in runs:  # the recipe's lr (train_params: recipe), never a plan over its target
+        assert float(run.data.params["finetune.lr"]) == config.recipe.finetune.lr
+        assert run.data.metrics["macs_ratio"] <= float(run.data.params["target_macs"]) + 1e-12
+
+
+def test_screen_false_samples_every_trial_directly(make_config) -> None:
+    outcome = run_search(make_config(trials=3, screen=False), objective=plan_only, show_progress=False)
+    assert outcome.status == "FINISHED" and outcome.counts == {"FINISHED": 3}
+    assert not (outcome.experiment_dir / "screening.json").exists()
+    parent = client(outcome.tracking_uri).get_run(outcome.parent_run_id)
+    assert not any(k.startswith("screen") for k in parent.data.metrics)
+    assert not any("proxy_accuracy" in r.data.metrics for r in _children(outcome))

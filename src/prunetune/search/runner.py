@@ -26,7 +26,9 @@ from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.search import cluster, preflight, trust
 from prunetune.search.config import SearchConfig
 from prunetune.search.objective import TrialResult, base_to, run_trial
-from prunetune.search.screening import ScreenOutcome, hand_params, run_screening, select, table_csv
+from prunetune.pruning.schedules import SCHEDULES
+from prunetune.search.screening import ScreenOutcome, hand_params, run_screening, select, table_csv, trial_points
+from prunetune.spaces.presets import LR, SCHEDULE, SCHEDULE_PARAM_PREFIX
 from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, target_range
 from prunetune.tracking.export import write_atomic
 from prunetune.tracking.store import ui_command
@@ -196,6 +198,17 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
     return outcome
 
 
+def _recipe_train_params(config: SearchConfig) -> dict[str, Any]:
+    """The values screened trials fine-tune with under ``train_params: recipe``: the recipe's lr, the
+    space's first schedule and that schedule's own defaults (empty under ``sampled``)."""
+    if config.screen.train_params != "recipe":
+        return {}
+    name = config.space.schedules[0]
+    fixed: dict[str, Any] = {LR: config.recipe.finetune.lr, SCHEDULE: name}
+    fixed.update({f"{SCHEDULE_PARAM_PREFIX}{name}.{k}": v for k, v in SCHEDULES.get(name).defaults.items()})
+    return fixed
+
+
 def _screen_progress() -> Callable[[int, int], None]:
     marks: set[int] = set()
 
@@ -220,7 +233,9 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
     if restore:
         return tune.Tuner.restore(str(s.experiment_dir), trainable=fn, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
-    points = [dict(c.params) for c in screened.selected] if screened is not None else None
+    points = None
+    if screened is not None:
+        points = trial_points(screened.selected, space, _recipe_train_params(config))
     searcher = ray_parts.FinalOnlySearch(space=space.for_ray, metric=ray_parts.METRICS, mode=ray_parts.MODES,
                                          sampler=ray_parts.make_sampler(s.sampler, seed=s.seed, trials=s.trials),
                                          points_to_evaluate=points)

@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,6 +33,7 @@ from prunetune.spaces import SearchSpace, SpaceSpec
 from prunetune.spaces.presets import RATIO_PREFIX, TARGET, WEIGHT_PREFIX
 
 CANDIDATES_PER_TRIAL = 16
+TRAIN_PARAMS = ("recipe", "sampled")
 Result = tuple[float, float, "str | None"]  # (MACs ratio, proxy accuracy, error)
 
 
@@ -45,14 +45,20 @@ class ScreenSpec:
         candidates: plans screened in all, hand recipes included (default 16 × trials).
         bn_batches: training batches BN statistics are re-estimated on, per candidate.
         val_images: validation images a proxy is measured on (the first ones of the split).
+        train_params: how a screened trial gets what the proxy cannot judge (schedule, its
+            parameters, lr): ``recipe`` (the recipe's lr and the space's first schedule at its
+            defaults) or ``sampled`` (the fine-tune study samples them).
     """
 
     candidates: int | None = None
     bn_batches: int = 8
     val_images: int = 2048
+    train_params: str = "recipe"
     enabled: bool = True
 
     def __post_init__(self) -> None:
+        if self.train_params not in TRAIN_PARAMS:
+            raise ConfigError(f"screen.train_params must be one of {', '.join(TRAIN_PARAMS)}, got {self.train_params!r}")
         for key in ("candidates", "bn_batches", "val_images"):
             value = getattr(self, key)
             if (value is not None or key != "candidates") and (isinstance(value, bool) or not isinstance(value, int)
@@ -68,7 +74,7 @@ class ScreenSpec:
         if not isinstance(value, Mapping):
             raise ConfigError(f"screen must be true, false or {{candidates: N, bn_batches: B, val_images: V}}, "
                               f"got {value!r}")
-        allowed = {"candidates", "bn_batches", "val_images"}
+        allowed = {"candidates", "bn_batches", "val_images", "train_params"}
         unknown = sorted(set(value) - allowed)
         if unknown:
             raise ConfigError(f"unknown key {unknown[0]!r} in screen; allowed: {', '.join(sorted(allowed))}")
@@ -80,7 +86,8 @@ class ScreenSpec:
     def to_value(self) -> Any:
         if not self.enabled:
             return False
-        return {"candidates": self.candidates, "bn_batches": self.bn_batches, "val_images": self.val_images}
+        return {"candidates": self.candidates, "bn_batches": self.bn_batches, "val_images": self.val_images,
+                "train_params": self.train_params}
 
 
 @dataclass
@@ -165,6 +172,19 @@ def hand_params(spec: SpaceSpec, space: SearchSpace, low: float, high: float, co
     return out
 
 
+def trial_points(selected: Sequence[Candidate], space: SearchSpace, fixed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """What each screened candidate is enqueued with in the fine-tune study: its plan parameters, plus
+    ``fixed`` values for the rest of the space (empty: the study samples the rest)."""
+    if not fixed:
+        return [dict(c.params) for c in selected]
+    out = []
+    for c in selected:
+        trial = _Preset({**fixed, **c.params}, 0.5)
+        space.define(trial)
+        out.append(trial.params)
+    return out
+
+
 def spread_targets(low: float, high: float, count: int) -> list[float]:
     """``count`` MACs targets evenly spaced in log-MACs from ``low`` to ``high`` (both included)."""
     if count <= 1 or high <= low:
@@ -177,9 +197,12 @@ def run_screening(space: SearchSpace, hand: list[dict[str, Any]], count: int, po
                   chunk: int, progress: Callable[[int, int], None] | None = None) -> list[Candidate]:
     """Screen ``count`` candidates (the ``hand`` ones first) with a multi-objective TPE study on the
     plan space; returns them all, in the order they were asked."""
+    import warnings
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.TPESampler(
         seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=max(8, count // 4)))
     for params in hand:
@@ -352,6 +375,3 @@ class ScreenOutcome:
         candidates = [Candidate(**c) for c in data["candidates"]]
         return cls(candidates, [c for c in candidates if c.selected], float(data["seconds"]))
 
-
-def now() -> float:
-    return time.perf_counter()

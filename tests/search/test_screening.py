@@ -1,0 +1,151 @@
+"""Screening without Ray: the adaptive-BN proxy, the hand recipes in the pool, the selection of the
+proxy front, and what screened trials are enqueued with."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from prunetune.exceptions import ConfigError
+from prunetune.models import create_model
+from prunetune.pruning.finetune import evaluate, recalibrate_bn
+from prunetune.pruning.groups import find_groups
+from prunetune.pruning.plan import make_plan
+from prunetune.pruning.proxy import bn_proxy
+from prunetune.pruning.surgery import apply_plan
+from prunetune.search.screening import (
+    Candidate,
+    LocalPool,
+    ScreenSpec,
+    evaluate_candidates,
+    hand_params,
+    run_screening,
+    select,
+    spearman,
+    spread_targets,
+    trial_points,
+)
+from prunetune.spaces import SpaceSpec, build_space, plan_space, target_range, trial_recipe
+from tests.conftest import randomize_bn
+
+optuna = pytest.importorskip("optuna")
+
+
+def test_proxy_equals_evaluating_the_pruned_model_after_recalibrating_bn() -> None:
+    torch.manual_seed(0)
+    model = randomize_bn(create_model("tiny_resnet"))
+    groups = find_groups(model, (3, 16, 16))
+    plan = make_plan(groups, {g.name: torch.rand(g.channels) for g in groups}, {g.name: max(1, g.channels // 2) for g in groups})
+    gen = torch.Generator().manual_seed(1)
+    train = [(torch.randn(16, 3, 16, 16, generator=gen), torch.randint(0, 10, (16,), generator=gen)) for _ in range(4)]
+    val = [(torch.randn(32, 3, 16, 16, generator=gen), torch.randint(0, 10, (32,), generator=gen)) for _ in range(2)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    proxy = bn_proxy(model, groups, plan, bn_batches=train, val_batches=val, max_bn_batches=3)
+    pruned = apply_plan(copy.deepcopy(model), plan, groups)
+    recalibrate_bn(pruned, train, max_batches=3)
+    assert proxy == evaluate(pruned, val)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the dense model is untouched
+    stale = evaluate(apply_plan(copy.deepcopy(model), plan, groups), val)
+    assert isinstance(stale, float)
+
+
+def _candidates(points):
+    return [Candidate(i, {"target_macs": m, "i": i}, "sampled", m, p) for i, (m, p) in enumerate(points)]
+
+
+def test_selection_is_the_proxy_front_spread_over_log_macs() -> None:
+    front = [(0.12, 0.30), (0.15, 0.40), (0.2, 0.55), (0.25, 0.6), (0.3, 0.7), (0.4, 0.8), (0.5, 0.85)]
+    dominated = [(0.2, 0.50), (0.245, 0.2), (0.4, 0.7), (0.45, 0.79)]  # 0.245: the log-middle
+    pool = _candidates(front + dominated) + [Candidate(99, {"x": 1}, "sampled", math.nan, math.nan, "error")]
+    chosen = select(pool, 4)
+    assert len(chosen) == 4 and all(c.selected for c in chosen)
+    picked = [(c.macs_ratio, c.proxy) for c in chosen]
+    assert set(picked) <= set(front)  # only non-dominated candidates
+    assert picked[0] == (0.12, 0.30) and (0.5, 0.85) in picked  # the cheapest first, then the far end
+    logs = sorted(math.log(m) for m, _ in picked)
+    assert min(b - a for a, b in zip(logs, logs[1:])) > 0.15 * math.log(0.5 / 0.12)  # spread, not clustered
+    more = select(_candidates(front + dominated), 9)  # the front is too small: the next front fills in
+    assert {(c.macs_ratio, c.proxy) for c in more} >= set(front) and len(more) == 9
+
+
+def test_spread_targets_and_spearman() -> None:
+    targets = spread_targets(0.125, 0.5, 5)
+    assert targets[0] == pytest.approx(0.125) and targets[-1] == pytest.approx(0.5)
+    ratios = [b / a for a, b in zip(targets, targets[1:])]
+    assert max(ratios) == pytest.approx(min(ratios))  # even in log-MACs
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 2], [1, 2]))
+
+
+def test_screen_spec_parsing() -> None:
+    assert ScreenSpec.parse(None).enabled and not ScreenSpec.parse(False).enabled
+    assert ScreenSpec.parse({"candidates": 40}).count(12) == 40 and ScreenSpec().count(12) == 192
+    for bad, match in [({"candidate": 3}, "unknown key 'candidate'"), ({"bn_batches": 0}, "bn_batches"),
+                       ({"train_params": "x"}, "train_params"), ("yes", "screen must be")]:
+        with pytest.raises(ConfigError, match=match):
+            ScreenSpec.parse(bad)
+
+
+@pytest.fixture(scope="module")
+def resnet20_groups():
+    return find_groups(create_model("resnet20", in_channels=1), (1, 16, 16))
+
+
+def test_hand_params_are_the_uniform_recipe_of_each_criterion(resnet20_groups) -> None:
+    from prunetune.pruning.allocation import KeepRule, keep_for_budget
+    from prunetune.recipe import Recipe
+
+    spec = SpaceSpec(criteria=("l1", "fpgm"), allocations=("ratios", "global"))
+    space = plan_space(build_space(spec, resnet20_groups, budget=0.5))
+    low, high = target_range(spec, resnet20_groups, 0.5)
+    hand = hand_params(spec, space, low, high, 4)
+    assert len(hand) == 8 and {h["allocation"] for h in hand} == {"ratios"}
+    base = Recipe.from_dict({"model": {"name": "resnet20", "in_channels": 1}, "data": "digits", "criterion": "l1",
+                             "allocation": {"macs_budget": 0.5}})
+    for h in hand:
+        weights = {k: v for k, v in h.items() if k.startswith("weight.")}
+        assert sorted(weights.values()) == [0.0, 1.0]
+        assert len({v for k, v in h.items() if k.startswith("ratio.")}) == 1  # one ratio for every stage
+        assert space.replay(h)
+        a = trial_recipe(base, h, resnet20_groups).allocation
+        uniform = keep_for_budget(resnet20_groups, h["target_macs"], rule=KeepRule(max_ratio=a.max_ratio))
+        assert keep_for_budget(resnet20_groups, a.macs_budget, relative=a.ratios, rule=a.rule) == uniform
+    assert hand_params(SpaceSpec(allocations=("global",)), space, low, high, 4) == []
+
+
+def test_screening_pool_holds_the_hand_recipes_and_only_plans_within_their_targets(shared) -> None:
+    config, base, table, space = shared
+    plans = plan_space(space)
+    low, high = target_range(config.space, base.groups, 0.5, config.recipe.allocation.rule)
+    hand = hand_params(config.space, plans, low, high, 3)
+    pool = LocalPool(lambda params: evaluate_candidates(params, base, table, bn_batches=2, val_images=64))
+    candidates = run_screening(plans, hand, 14, pool, seed=0, chunk=3)
+    assert len(candidates) == 14 and [c.source for c in candidates[:len(hand)]] == ["hand"] * len(hand)
+    assert [c.params for c in candidates[:len(hand)]] == hand
+    ok = [c for c in candidates if c.ok]
+    assert len(ok) == 14
+    for c in ok:
+        assert c.macs_ratio <= c.params["target_macs"] + 1e-9 <= 0.5 + 1e-9
+        assert 0.0 <= c.proxy <= 1.0
+    chosen = select(candidates, 4)
+    for c in chosen:  # non-dominated within the pool
+        assert not any(o.proxy >= c.proxy and o.macs_ratio <= c.macs_ratio and (o.proxy, o.macs_ratio) !=
+                       (c.proxy, c.macs_ratio) for o in ok)
+
+
+def test_screened_trials_take_the_recipes_lr_and_first_schedule_or_leave_them_to_the_study(shared) -> None:
+    config, base, table, space = shared
+    full = build_space(SpaceSpec(criteria=("l1",), schedules=("ghfp", "hard"), lr=(0.01, 0.1)), base.groups,
+                       budget=0.5)
+    chosen = [Candidate(0, {"target_macs": 0.3, "ratio.stage1": 0.2, "ratio.stage2": 0.3, "ratio.stage3": 0.4},
+                        "sampled", 0.3, 0.5)]
+    fixed = {"finetune.lr": 0.05, "schedule": "ghfp", "schedule.ghfp.ramp": "cubic", "schedule.ghfp.base": "sfp",
+             "schedule.ghfp.alpha": 0.0}
+    (point,) = trial_points(chosen, full, fixed)
+    assert point["finetune.lr"] == 0.05 and point["schedule"] == "ghfp" and point["target_macs"] == 0.3
+    assert full.replay(point)["schedule.ghfp.base"] == "sfp"
+    assert trial_points(chosen, full, {}) == [chosen[0].params]
