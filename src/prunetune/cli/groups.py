@@ -40,12 +40,25 @@ def run(args: argparse.Namespace) -> int:
     dense, pruned = analytic_cost(groups), analytic_cost(groups, keep)
     if args.format == "json":
         print_json({"groups": [{"name": g.name, "channels": g.channels, "kept": keep[g.name],
-                                "macs_share": round(g.macs_share, 6)} for g in groups],
-                    "dense": dense.as_dict(), "pruned": pruned.as_dict()})
+                                "macs_share": round(g.macs_share, 6), "analytic": g.analytic} for g in groups],
+                    "dense": dense.as_dict(), "pruned": pruned.as_dict(),
+                    "counted": list(groups.counted), "skipped": list(groups.skipped)})
         return 0
-    rows = [(g.name, g.channels, keep[g.name], f"{100 * g.macs_share:.1f}%") for g in groups]
-    print_table(rows, ("group", "channels", "kept", "MACs share"))
+    rows = [(g.name, g.channels, keep[g.name], f"{100 * g.macs_share:.1f}%", "yes" if g.analytic else "counted*")
+            for g in groups]
+    print_table(rows, ("group", "channels", "kept", "MACs share", "analytic"))
     print(f"\n{len(groups)} groups; dense {millions(dense.macs)} MACs, {millions(dense.params)} params; "
           f"pruned {millions(pruned.macs)} MACs ({100 * pruned.macs / dense.macs:.1f}%), "
           f"{millions(pruned.params)} params ({100 * pruned.params / dense.params:.1f}%)")
+    _notes(groups)
     return 0
+
+
+def _notes(groups) -> None:
+    """Why costs are counted (groups marked ``counted*``) and which groups are left unpruned."""
+    if groups.counted:
+        more = f"; and {len(groups.counted) - 3} more" if len(groups.counted) > 3 else ""
+        print(f"* not computable from layer shapes, so MACs/params of this model are counted on pruned copies "
+              f"(exact, slower): {'; '.join(groups.counted[:3])}{more}")
+    for reason in groups.skipped:
+        print(f"not pruned: {reason}")

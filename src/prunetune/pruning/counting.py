@@ -55,8 +55,9 @@ class CountedCost:
         if key in _ANNOUNCED:
             return
         _ANNOUNCED.add(key)
-        log.warning("MACs of %s are counted on pruned copies, not computed (%s); %.2f s per plan",
-                    key[0], "; ".join(groups.counted) or "?", seconds)
+        reasons = "; ".join(groups.counted[:2]) + (f"; {len(groups.counted) - 2} more" if len(groups.counted) > 2 else "")
+        log.warning("MACs of %s are counted on pruned copies, not computed (%s): %.2f s per plan; "
+                    "`prunetune groups` marks the groups concerned", key[0], reasons, seconds)
 
     def __getstate__(self) -> dict:
         return {"model": self.model, "input_shape": self.input_shape, "_cache": {}}
