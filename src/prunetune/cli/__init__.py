@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from prunetune.exceptions import PrunetuneError
 from prunetune.version import __version__
 
-COMMANDS = ("demo", "groups", "score", "prune", "search", "pareto", "export")
+COMMANDS = ("demo", "groups", "score", "prune", "search", "pareto", "export", "deploy", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,80 @@
+"""Measured latency of a dense and a pruned network, next to their MACs and params.
+
+Latency is the median of repeated timed forward passes (:class:`torch.utils.benchmark.Timer`,
+``blocked_autorange``) after a warm-up, on a fixed number of threads, in eval mode without
+autograd. Numbers depend on the machine and on what else runs on it; compare ratios measured in
+one run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils import benchmark
+
+from prunetune.deployment.fold import fold_batchnorm
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.macs import count_cost
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One model at one batch size."""
+
+    model: str
+    batch: int
+    threads: int
+    macs: int
+    params: int
+    median_ms: float
+    iqr_ms: float
+    runs: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure(model: nn.Module, input_shape: tuple[int, ...], *, batch: int, threads: int,
+            min_run_time: float = 1.0, warmup: int = 3, label: str = "model") -> Timing:
+    """Time ``model`` on a random batch: ``warmup`` untimed passes, then ``blocked_autorange``."""
+    if batch < 1 or threads < 1:
+        raise ConfigError(f"batch and threads must be >= 1, got batch={batch}, threads={threads}")
+    model = model.eval()
+    param = next(model.parameters())
+    x = torch.randn(batch, *input_shape, device=param.device, dtype=param.dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads,
+                                    setup="torch.set_grad_enabled(False)")
+            m = timer.blocked_autorange(min_run_time=min_run_time)
+    finally:
+        torch.set_num_threads(previous)
+    cost = count_cost(model, input_shape)
+    return Timing(label, batch, threads, cost.macs, cost.params, m.median * 1e3, m.iqr * 1e3, len(m.times))
+
+
+def compare(models: dict[str, nn.Module], input_shape: tuple[int, ...], *, batches: Sequence[int] = (1, 64),
+            threads: int | None = None, fold_bn: bool = True, min_run_time: float = 1.0) -> list[Timing]:
+    """Time every model at every batch size (interleaved per batch, so drift hits all alike)."""
+    threads = threads or torch.get_num_threads()
+    if fold_bn:
+        models = {name: fold_batchnorm(m, input_shape)[0] for name, m in models.items()}
+    rows = []
+    for batch in batches:
+        for name, model in models.items():
+            rows.append(measure(model, input_shape, batch=batch, threads=threads, min_run_time=min_run_time,
+                                label=name))
+    return rows
+
+
+def speedups(rows: Sequence[Timing], *, base: str = "dense") -> dict[tuple[str, int], float]:
+    """``(model, batch) -> base latency / model latency`` for every non-base row."""
+    ref = {r.batch: r.median_ms for r in rows if r.model == base}
+    return {(r.model, r.batch): ref[r.batch] / r.median_ms for r in rows if r.model != base and r.batch in ref}
