@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=_batches, default=(1, 64), help="batch sizes, comma-separated (default 1,64)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current setting)")
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per measurement")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall time, or the CPU time of the timing thread (needs --threads 1; steadier on a "
+                   "machine shared with other work)")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                    help="time the models with their batch norms (default: folded, as `deploy` writes them)")
     add_format(p)
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dense:
         load_checkpoint(dense, need_file(args.dense, "dense checkpoint"), model_name="the pruned model's dense architecture")
     rows = compare({"dense": dense, "pruned": pruned}, tuple(plan.input_shape), batches=args.batch,
-                   threads=args.threads, fold_bn=args.fold_bn, min_run_time=args.min_time)
+                   threads=args.threads, fold_bn=args.fold_bn, min_run_time=args.min_time,
+                   clock=args.clock)
     ratio = speedups(rows)
     if args.format == "json":
         print_json({"input_shape": list(plan.input_shape), "fold_bn": args.fold_bn,
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
              for r in rows]
     print_table(table, ("model", "batch", "threads", "MACs", "params", "median ms", "IQR ms", "speed-up"))
     print(f"\ninput (N, {', '.join(map(str, plan.input_shape))}); BN {'folded' if args.fold_bn else 'kept'}; "
+          f"{args.clock} clock; "
           f"pruned/dense MACs {rows[1].macs / rows[0].macs:.3f}")
     return 0
 

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--ratio", type=prune_ratio, default=None, help="one prune ratio for every group")
     add_budget(how)
     p.add_argument("--min-keep", type=int, default=1)
-    p.add_argument("--round-to", type=int, default=None)
+    p.add_argument("--round-to", default=None, metavar="N|cpu|gpu",
+                   help="round kept channels up to a multiple of N, or of a hardware preset (cpu, gpu)")
     add_format(p)
     p.set_defaults(func=run)
 
@@ -32,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
     size = args.input_size or default_input_size(args.model)
     groups = find_groups(model, (args.in_channels, size, size))
-    rule = KeepRule(args.min_keep, args.round_to)
+    from prunetune.pruning.rounding import resolve_round_to
+
+    rule = KeepRule(args.min_keep, resolve_round_to(args.round_to, what="--round-to"))
     if args.macs_budget is not None:
         keep = keep_for_budget(groups, args.macs_budget, rule=rule)
     else:

@@ -8,6 +8,7 @@ one run.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -37,11 +38,21 @@ class Timing:
         return asdict(self)
 
 
+CLOCKS = ("wall", "cpu")
+
+
 def measure(model: nn.Module, input_shape: tuple[int, ...], *, batch: int, threads: int,
-            min_run_time: float = 1.0, warmup: int = 3, label: str = "model") -> Timing:
-    """Time ``model`` on a random batch: ``warmup`` untimed passes, then ``blocked_autorange``."""
+            min_run_time: float = 1.0, warmup: int = 3, label: str = "model", clock: str = "wall") -> Timing:
+    """Time ``model`` on a random batch: ``warmup`` untimed passes, then ``blocked_autorange``.
+
+    ``clock="cpu"`` times the CPU the calling thread spends (``time.thread_time``) instead of wall
+    time: on a machine shared with other work it leaves out the time spent waiting for a core.
+    It needs ``threads=1`` (with more, the work of the other threads would be missed).
+    """
     if batch < 1 or threads < 1:
         raise ConfigError(f"batch and threads must be >= 1, got batch={batch}, threads={threads}")
+    if clock not in CLOCKS or (clock == "cpu" and threads != 1):
+        raise ConfigError(f"clock must be 'wall', or 'cpu' with one thread; got clock={clock!r}, threads={threads}")
     model = model.eval()
     param = next(model.parameters())
     x = torch.randn(batch, *input_shape, device=param.device, dtype=param.dtype)
@@ -52,7 +63,7 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], *, batch: int, threa
             for _ in range(warmup):
                 model(x)
             timer = benchmark.Timer("model(x)", globals={"model": model, "x": x}, num_threads=threads,
-                                    setup="torch.set_grad_enabled(False)")
+                                    timer=time.thread_time if clock == "cpu" else time.perf_counter)
             m = timer.blocked_autorange(min_run_time=min_run_time)
     finally:
         torch.set_num_threads(previous)
@@ -61,7 +72,8 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], *, batch: int, threa
 
 
 def compare(models: dict[str, nn.Module], input_shape: tuple[int, ...], *, batches: Sequence[int] = (1, 64),
-            threads: int | None = None, fold_bn: bool = True, min_run_time: float = 1.0) -> list[Timing]:
+            threads: int | None = None, fold_bn: bool = True, min_run_time: float = 1.0,
+            clock: str = "wall") -> list[Timing]:
     """Time every model at every batch size (interleaved per batch, so drift hits all alike)."""
     threads = threads or torch.get_num_threads()
     if fold_bn:
@@ -70,7 +82,7 @@ def compare(models: dict[str, nn.Module], input_shape: tuple[int, ...], *, batch
     for batch in batches:
         for name, model in models.items():
             rows.append(measure(model, input_shape, batch=batch, threads=threads, min_run_time=min_run_time,
-                                label=name))
+                                label=name, clock=clock))
     return rows
 
 
