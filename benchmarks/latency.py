@@ -47,6 +47,24 @@ def variants(name: str, shape: tuple[int, ...], budget: float) -> dict[str, torc
     return out
 
 
+class _Frozen:
+    """A model to be traced, frozen and optimised for inference at the batch size it is timed with."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.cache: dict[int, torch.jit.ScriptModule] = {}
+
+
+def _for_batch(model, batch: int, shape: tuple[int, ...]):
+    if not isinstance(model, _Frozen):
+        return model
+    if batch not in model.cache:
+        with torch.no_grad():
+            traced = torch.jit.trace(model.model, torch.randn(batch, *shape), check_trace=False)
+            model.cache[batch] = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+    return model.cache[batch]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet56")
@@ -56,17 +74,23 @@ def main() -> None:
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: thread CPU time (1 thread)")
+    parser.add_argument("--torchscript", action="store_true",
+                        help="also time TorchScript frozen + optimize_for_inference copies of two variants")
     args = parser.parse_args()
     shape = (3, 32, 32)
     models = variants(args.model, shape, args.budget)
+    if args.torchscript:
+        for label in ("dense, folded", "pruned, folded, round_to 16"):
+            models[f"{label}, TorchScript frozen"] = _Frozen(models[label])
     dense_macs = count_cost(models["dense, BN"], shape).macs
     settings = [(b, t) for t in map(int, args.threads.split(",")) for b in map(int, args.batches.split(","))]
     ms: dict[tuple, list[float]] = {}
     ratio: dict[tuple, list[float]] = {}
     for _ in range(args.rounds):  # ratios within a round: drift in the machine's load hits all variants alike
         for batch, threads in settings:
-            now = {label: measure(model, shape, batch=batch, threads=threads, min_run_time=args.min_time,
-                                  warmup=1, label=label, clock=args.clock).median_ms for label, model in models.items()}
+            now = {label: measure(_for_batch(model, batch, shape), shape, batch=batch, threads=threads,
+                                  min_run_time=args.min_time, warmup=1, label=label, clock=args.clock).median_ms
+                   for label, model in models.items()}
             for label, t in now.items():
                 ms.setdefault((label, batch, threads), []).append(t)
                 ratio.setdefault((label, batch, threads), []).append(now["dense, BN"] / t)
@@ -76,7 +100,7 @@ def main() -> None:
     print(f"| variant | MACs ratio | {head} |")
     print("|---|---|" + "---|" * len(settings))
     for label, model in models.items():
-        mac = count_cost(model, shape).macs / dense_macs
+        mac = count_cost(model.model if isinstance(model, _Frozen) else model, shape).macs / dense_macs
         cells = " | ".join(f"{statistics.median(ms[label, b, t]):.2f} ({statistics.median(ratio[label, b, t]):.2f}×)"
                            for b, t in settings)
         print(f"| {label} | {mac:.3f} | {cells} |", flush=True)

@@ -18,7 +18,7 @@ from torch.utils import benchmark
 
 from prunetune.deployment.fold import fold_batchnorm
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.macs import count_cost
+from prunetune.pruning.macs import Cost, count_cost
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,9 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], *, batch: int, threa
     if clock not in CLOCKS or (clock == "cpu" and threads != 1):
         raise ConfigError(f"clock must be 'wall', or 'cpu' with one thread; got clock={clock!r}, threads={threads}")
     model = model.eval()
-    param = next(model.parameters())
-    x = torch.randn(batch, *input_shape, device=param.device, dtype=param.dtype)
+    param = next(model.parameters(), None)  # None: a frozen TorchScript module holds constants only
+    x = torch.randn(batch, *input_shape, device=param.device if param is not None else "cpu",
+                    dtype=param.dtype if param is not None else torch.float32)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -67,7 +68,7 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], *, batch: int, threa
             m = timer.blocked_autorange(min_run_time=min_run_time)
     finally:
         torch.set_num_threads(previous)
-    cost = count_cost(model, input_shape)
+    cost = count_cost(model, input_shape) if param is not None else Cost(0, 0)
     return Timing(label, batch, threads, cost.macs, cost.params, m.median * 1e3, m.iqr * 1e3, len(m.times))
 
 
