@@ -8,6 +8,7 @@ one run.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,6 +20,8 @@ from torch.utils import benchmark
 from prunetune.deployment.fold import fold_batchnorm
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.macs import Cost, count_cost
+from prunetune.pruning.plan import PruningPlan
+from prunetune.pruning.surgery import apply_plan
 
 
 @dataclass(frozen=True)
@@ -91,3 +94,12 @@ def speedups(rows: Sequence[Timing], *, base: str = "dense") -> dict[tuple[str, 
     """``(model, batch) -> base latency / model latency`` for every non-base row."""
     ref = {r.batch: r.median_ms for r in rows if r.model == base}
     return {(r.model, r.batch): ref[r.batch] / r.median_ms for r in rows if r.model != base and r.batch in ref}
+
+
+def plan_latency(dense: nn.Module, plan: PruningPlan, *, threads: int, batch: int = 1,
+                 min_run_time: float = 0.3) -> float:
+    """Median latency (ms) of the network ``plan`` cuts from ``dense`` (BN folded), on ``threads``."""
+    pruned = apply_plan(copy.deepcopy(dense).cpu().eval(), plan)
+    folded, _ = fold_batchnorm(pruned, plan.input_shape)
+    return measure(folded, plan.input_shape, batch=batch, threads=threads, min_run_time=min_run_time,
+                   warmup=2, label="pruned").median_ms

@@ -18,6 +18,8 @@ Schema (unknown keys are errors that name the key)::
     asha: false                # true, or {grace_period: 1, reduction_factor: 2}: early stopping on
                                # validation accuracy over fine-tune epochs
     reuse_actors: true
+    latency: false             # true: each trial also logs latency_ms, the pruned network's median
+                               # batch-1 latency (BN folded) on the trial's own CPU threads
     experiment: null           # default: this file's name without suffix
     tracking_uri: null         # default sqlite:///<cwd>/mlflow.db
     storage_path: null         # default <cwd>/prunetune-runs (Ray's results; resume state)
@@ -47,7 +49,7 @@ from prunetune.tracking.store import resolve_tracking_uri
 
 SAMPLERS = ("tpe", "nsga2")
 SETTINGS_KEYS = ("macs_budget", "trials", "concurrency", "sampler", "seed", "cpus_per_trial", "gpus_per_trial",
-                 "time_budget_s", "asha", "reuse_actors", "experiment", "tracking_uri", "storage_path", "ray_address")
+                 "time_budget_s", "asha", "reuse_actors", "latency", "experiment", "tracking_uri", "storage_path", "ray_address")
 TOP_KEYS = {"recipe", "space", "flops_budget", *SETTINGS_KEYS}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -84,6 +86,7 @@ class SearchSettings:
     asha: AshaSpec | None = None
     reuse_actors: bool = True
     ray_address: str | None = None
+    latency: bool = False
 
     def __post_init__(self) -> None:
         b = self.macs_budget
@@ -106,6 +109,8 @@ class SearchSettings:
             raise ConfigError(f"experiment must be a name of letters, digits, '_', '.', '-', got {self.experiment!r}")
         if self.ray_address is not None:
             ray_address_parts(self.ray_address)
+        if not isinstance(self.latency, bool):
+            raise ConfigError(f"latency must be true or false, got {self.latency!r}")
 
     @property
     def experiment_dir(self) -> Path:
