@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     pruned, plan = load_pruned(path), read_pruned_plan(path)
     dense = dense_architecture(path)
     if args.dense:
-        load_checkpoint(dense, need_file(args.dense, "dense checkpoint"), model_name="the pruned model's dense architecture")
+        load_checkpoint(dense, need_file(args.dense, "dense checkpoint"),
+                        model_name="the pruned model's dense architecture")
     rows = compare({"dense": dense, "pruned": pruned}, tuple(plan.input_shape), batches=args.batch,
                    threads=args.threads, fold_bn=args.fold_bn, min_run_time=args.min_time,
                    clock=args.clock)

@@ -55,7 +55,8 @@ class CountedCost:
         if key in _ANNOUNCED:
             return
         _ANNOUNCED.add(key)
-        reasons = "; ".join(groups.counted[:2]) + (f"; {len(groups.counted) - 2} more" if len(groups.counted) > 2 else "")
+        more = f"; {len(groups.counted) - 2} more" if len(groups.counted) > 2 else ""
+        reasons = "; ".join(groups.counted[:2]) + more
         log.warning("MACs of %s are counted on pruned copies, not computed (%s): %.2f s per plan; "
                     "`prunetune groups` marks the groups concerned", key[0], reasons, seconds)
 
