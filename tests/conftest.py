@@ -26,3 +26,16 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
     return model.eval()
+
+
+def optimistic_channels(monkeypatch) -> None:
+    """Break the analytic count on purpose: pruned convs look thinner than they are (dense stays right)."""
+    from prunetune.pruning.geometry import LayerGeometry
+
+    real = LayerGeometry.channels
+
+    def channels(self, keep):
+        out_c, in_c = real(self, keep)
+        return max(1, out_c * out_c // self.out_channels), in_c
+
+    monkeypatch.setattr(LayerGeometry, "channels", channels)

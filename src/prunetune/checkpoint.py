@@ -116,7 +116,33 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
     ``allow_code`` lets a ``package.module:function`` model name stored in the file import and run
     that code (a shared file must not run code by itself).
     """
-    path = Path(path)
+    data = _read_pruned(Path(path), map_location)
+    spec = data["model"]
+    model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                         allow_code=allow_code, **spec.get("kwargs", {}))
+    apply_plan(model, PruningPlan.from_dict(data["plan"]))
+    model.load_state_dict(data["state_dict"])
+    return model.eval()
+
+
+def dense_architecture(path: str | os.PathLike, *, allow_code: bool = False) -> nn.Module:
+    """The dense model a pruned model file was cut from, freshly initialised (eval mode)."""
+    spec = _read_pruned(Path(path), "cpu")["model"]
+    return create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                        allow_code=allow_code, **spec.get("kwargs", {})).eval()
+
+
+def read_pruned_plan(path: str | os.PathLike) -> PruningPlan:
+    """The plan stored in a pruned model file (its input shape, dense and pruned costs)."""
+    return PruningPlan.from_dict(_read_pruned(Path(path), "cpu")["plan"])
+
+
+def pruned_input_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The ``(C, H, W)`` a pruned model file was made for."""
+    return tuple(read_pruned_plan(path).input_shape)
+
+
+def _read_pruned(path: Path, map_location) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"pruned model {str(path)!r} does not exist")
     try:
@@ -125,9 +151,4 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
         raise CheckpointError(f"cannot read pruned model {str(path)!r}: {str(exc).splitlines()[0][:200]}") from None
     if not isinstance(data, dict) or data.get("format") != PRUNED_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a prunetune pruned model (format {PRUNED_FORMAT})")
-    spec = data["model"]
-    model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                         allow_code=allow_code, **spec.get("kwargs", {}))
-    apply_plan(model, PruningPlan.from_dict(data["plan"]))
-    model.load_state_dict(data["state_dict"])
-    return model.eval()
+    return data

@@ -38,6 +38,14 @@ class BudgetInfeasibleError(PrunetuneError, ValueError):
     """A MACs budget cannot be reached under the keep rules."""
 
 
+class BudgetExceededError(PrunetuneError, RuntimeError):
+    """A pruned network, counted, is above the MACs target its plan was made for."""
+
+
+class DeployError(PrunetuneError, RuntimeError):
+    """A deployed file does not compute what the PyTorch model computes."""
+
+
 class CheckpointError(PrunetuneError, ValueError):
     """A checkpoint is missing or does not fit the model."""
 

@@ -26,6 +26,7 @@ from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
 from prunetune.pruning.allocation import infeasible_budget, smallest_fraction
 from prunetune.pruning.blend import blend_scores
+from prunetune.pruning.budget_check import check_pruned_macs
 from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.finetune import evaluate, finetune
 from prunetune.pruning.groups import ModelGroups, find_groups
@@ -263,7 +264,8 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: 
     t2 = time.perf_counter()
     model, history, plan = train_pruned(recipe, base, plan, show_progress=show_progress)
     t3 = time.perf_counter()
-    cost = count_cost(model, base.input_shape)
+    cost = check_pruned_macs(model, base.input_shape, plan, macs_budget=recipe.allocation.macs_budget,
+                             dense_macs=int(base.dense["macs"]))
     pruned = {"macs": cost.macs, "params": cost.params,
               "accuracy": evaluate(model, base.loader("test"), device=base.device)}
     timings = {**base.timings, "prepare_s": t1 - t0, "score_plan_s": t2 - t1, "finetune_s": t3 - t2,

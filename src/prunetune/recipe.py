@@ -187,6 +187,10 @@ class AllocationSpec:
                 raise ConfigError("give one of allocation.macs_budget or allocation.flops_budget (a synonym)")
             d["macs_budget"] = d.pop("flops_budget")
         params = {k: d.pop(k) for k in STRATEGY_PARAMS if k in d}
+        if "round_to" in d:  # a multiple, or a hardware preset (cpu, gpu)
+            from prunetune.pruning.rounding import resolve_round_to
+
+            d["round_to"] = resolve_round_to(d["round_to"], what="allocation.round_to")
         spec = cls(**d, params=params)
         spec.check()
         return spec

@@ -140,3 +140,13 @@ def test_checkpoint_is_used_when_given(tmp_path, capsys) -> None:
     code, out, err = run(capsys, "prune", "--recipe", str(recipe), "--out", str(tmp_path / "p.pt"), "--format", "json")
     assert code == 0, err
     assert json.loads(out)["dense"]["accuracy"] < 0.5  # an untrained checkpoint, not the brief training
+
+
+def test_groups_marks_groups_it_cannot_count_analytically(capsys) -> None:
+    code, out, _ = run(capsys, "groups", "--model", "zoo_transposed", "--macs-budget", "0.5")
+    assert code == 0 and "counted*" in out and "ConvTranspose2d" in out
+    code, out, _ = run(capsys, "groups", "--model", "zoo_transposed", "--format", "json")
+    data = json.loads(out)
+    assert [g["analytic"] for g in data["groups"]] == [True, False, True] and data["counted"]
+    code, out, _ = run(capsys, "groups", "--model", "zoo_grouped")
+    assert "counted*" not in out and "not pruned: grouped.0" in out

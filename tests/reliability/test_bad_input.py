@@ -189,8 +189,8 @@ CASES = [
     Case("allocation-strategy-unknown", R, {"r.yaml": recipe(allocation={"strategy": "cmi_kne"})}, match="cmi_kne"),
     Case("allocation-min-keep-0", R, {"r.yaml": recipe(allocation={"ratio": 0.5, "min_keep": 0})}, match="min_keep"),
     Case("allocation-round-to-0", R, {"r.yaml": recipe(allocation={"ratio": 0.5, "round_to": 0})}, match="round_to"),
-    Case("allocation-round-to-str", R, {"r.yaml": recipe(allocation={"ratio": 0.5, "round_to": "8"})},
-         match="round_to"),
+    Case("allocation-round-to-str", R, {"r.yaml": recipe(allocation={"ratio": 0.5, "round_to": "cpuu"})},
+         match="round_to preset"),  # strings name presets (cpu, gpu); "8" means 8
     Case("allocation-empty", R, {"r.yaml": recipe(allocation={})}, match="allocation needs"),
     Case("schedule-unknown", R, {"r.yaml": recipe(schedule="sftp")}, match="sftp"),
     Case("schedule-int", R, {"r.yaml": recipe(schedule=7)}, match="schedule"),

@@ -11,6 +11,7 @@ import yaml
 
 from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.search import AshaSpec, load_search_config, parse_search_config
+from prunetune.spaces import SpaceSpec
 
 RECIPE = {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1}, "data": "digits"}
 
@@ -26,7 +27,8 @@ def test_bundled_demo_config_parses_and_flags_override(tmp_path) -> None:
     assert s.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert s.storage_path == str(tmp_path / "prunetune-runs")
     assert config.recipe.model.name == "resnet20" and config.space.ratios == "per_stage"
-    assert config.recipe.criterion.weights == {"capacity": 1.0, "independence": 1.0}  # filled from the space
+    assert config.recipe.criterion.weights == {c: 1.0 for c in config.space.criteria}  # filled from the space
+    assert config.space == SpaceSpec()  # the demo runs the default space
 
 
 def test_paths_in_the_file_are_relative_to_the_file(tmp_path) -> None:

@@ -17,7 +17,7 @@ from prunetune._text import clip_line
 from prunetune.exceptions import PrunetuneError
 from prunetune.version import __version__
 
-COMMANDS = ("demo", "groups", "score", "prune", "search", "pareto", "export")
+COMMANDS = ("demo", "groups", "score", "prune", "search", "pareto", "export", "deploy", "bench")
 
 
 class Parser(argparse.ArgumentParser):

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--ratio", type=prune_ratio, default=None, help="one prune ratio for every group")
     add_budget(how)
     p.add_argument("--min-keep", type=int_in(1), default=1, help="channels every group keeps at least")
-    p.add_argument("--round-to", type=int_in(1), default=None, help="round kept channels up to a multiple of this")
+    p.add_argument("--round-to", default=None, metavar="N|cpu|gpu",
+                   help="round kept channels up to a multiple of N, or of a hardware preset (cpu, gpu)")
     p.add_argument("--max-ratio", type=fraction, default=None, metavar="F",
                    help="the largest share of one group an allocation may prune (default: the recipe default, 0.8)")
     add_allow_code(p)
@@ -50,11 +51,14 @@ def run(args: argparse.Namespace) -> int:
                          allow_code=args.allow_code)
     size = args.input_size or default_input_size(args.model)
     groups = find_groups(model, (args.in_channels, size, size))
+    from prunetune.pruning.rounding import resolve_round_to
+
     smallest = min(groups, key=lambda g: g.channels, default=None)
     if smallest is not None and args.min_keep > smallest.channels:
         raise ConfigError(f"--min-keep {args.min_keep} is more than group {smallest.name!r} has "
                           f"({smallest.channels} channels); use at most {smallest.channels}")
-    rule = KeepRule(args.min_keep, args.round_to, DEFAULT_MAX_RATIO if args.max_ratio is None else args.max_ratio)
+    rule = KeepRule(args.min_keep, resolve_round_to(args.round_to, what="--round-to"),
+                    DEFAULT_MAX_RATIO if args.max_ratio is None else args.max_ratio)
     if args.macs_budget is not None:
         keep = keep_for_budget(groups, args.macs_budget, rule=rule)
     else:
@@ -62,12 +66,25 @@ def run(args: argparse.Namespace) -> int:
     dense, pruned = analytic_cost(groups), analytic_cost(groups, keep)
     if args.format == "json":
         print_json({"groups": [{"name": g.name, "channels": g.channels, "kept": keep[g.name],
-                                "macs_share": round(g.macs_share, 6)} for g in groups],
-                    "dense": dense.as_dict(), "pruned": pruned.as_dict()})
+                                "macs_share": round(g.macs_share, 6), "analytic": g.analytic} for g in groups],
+                    "dense": dense.as_dict(), "pruned": pruned.as_dict(),
+                    "counted": list(groups.counted), "skipped": list(groups.skipped)})
         return 0
-    rows = [(g.name, g.channels, keep[g.name], f"{100 * g.macs_share:.1f}%") for g in groups]
-    print_table(rows, ("group", "channels", "kept", "MACs share"))
+    rows = [(g.name, g.channels, keep[g.name], f"{100 * g.macs_share:.1f}%", "yes" if g.analytic else "counted*")
+            for g in groups]
+    print_table(rows, ("group", "channels", "kept", "MACs share", "analytic"))
     print(f"\n{len(groups)} groups; dense {millions(dense.macs)} MACs, {millions(dense.params)} params; "
           f"pruned {millions(pruned.macs)} MACs ({100 * pruned.macs / dense.macs:.1f}%), "
           f"{millions(pruned.params)} params ({100 * pruned.params / dense.params:.1f}%)")
+    _notes(groups)
     return 0
+
+
+def _notes(groups) -> None:
+    """Why costs are counted (groups marked ``counted*``) and which groups are left unpruned."""
+    if groups.counted:
+        more = f"; and {len(groups.counted) - 3} more" if len(groups.counted) > 3 else ""
+        print(f"* not computable from layer shapes, so MACs/params of this model are counted on pruned copies "
+              f"(exact, slower): {'; '.join(groups.counted[:3])}{more}")
+    for reason in groups.skipped:
+        print(f"not pruned: {reason}")

@@ -17,6 +17,7 @@ from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.models.cifar_resnet import CifarResNet
 from prunetune.models.tiny import TinyConvNet, TinyMobileNet
 from prunetune.models.vgg import CifarVGG
+from prunetune.models.zoo import ZOO
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ MODELS.register(
     "tiny_resnet", ModelEntry(partial(CifarResNet, 8, width=4), 16, "test model: ResNet-8, width 4")
 )
 MODELS.register("tiny_mobilenet", ModelEntry(TinyMobileNet, 16, "test model: depthwise-separable"))
+for _name, (_cls, _summary) in ZOO.items():
+    MODELS.register(_name, ModelEntry(_cls, 16, _summary))
 
 TORCHVISION_PREFIX = "tv:"
 

@@ -8,8 +8,10 @@ The network's output layers are never pruned.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,8 +19,11 @@ from torch import nn
 from prunetune._registry import unknown_name_message
 from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.pruning import tp_bridge
+from prunetune.pruning.geometry import (
+    NORM_TYPES, Geometry, LayerGeometry, Part, is_depthwise, layer_macs, layer_params, measure_geometry,
+)
 
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+__all__ = ["NORM_TYPES", "Group", "LayerGeometry", "ModelGroups", "find_groups", "layer_macs", "layer_params"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,10 @@ class Group:
             never leaks through a masked channel), and parameter-free layers that write into the
             group's channels (an option-A shortcut feeding a later stage's stream).
         macs_share: fraction of the dense MACs spent in layers that read or write these channels.
+        mask_index: mask points where the group's channels sit inside a wider tensor (a BN over a
+            concatenation), as ``(point, positions)``: channel ``i`` is at ``positions[i]``.
+        analytic: False where a layer the group touches is not covered by the analytic count
+            (see :attr:`ModelGroups.counted`).
     """
 
     name: str
@@ -45,6 +54,8 @@ class Group:
     norms: tuple[str, ...]
     mask_points: tuple[str, ...]
     macs_share: float = 0.0
+    mask_index: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    analytic: bool = True
 
     @property
     def feature_points(self) -> tuple[str, ...]:
@@ -54,30 +65,24 @@ class Group:
 
 
 @dataclass(frozen=True)
-class LayerGeometry:
-    """Shape facts of one conv/linear/BN layer, enough to count its MACs and params analytically."""
-
-    name: str
-    kind: str  # "conv" | "linear" | "norm"
-    out_group: str | None
-    in_group: str | None
-    out_channels: int
-    in_channels: int
-    conv_groups: int = 1
-    kernel: int = 1  # kernel area (conv), 1 (linear)
-    pixels: int = 1  # output pixels per image (conv), 1 (linear)
-    bias: bool = False
-    depthwise: bool = False
-
-
-@dataclass(frozen=True)
 class ModelGroups:
-    """The prunable groups of one architecture at one input size, plus its layer geometry."""
+    """The prunable groups of one architecture at one input size, plus its layer geometry.
+
+    Attributes:
+        other_params / other_macs: parameters and MACs no group changes.
+        counted: why costs of this model are counted rather than computed (empty: analytic).
+        skipped: groups left unpruned, with the reason.
+        counter: ``counter(keep) -> Cost`` counting a pruned copy (only where ``counted``).
+    """
 
     groups: tuple[Group, ...]
     layers: tuple[LayerGeometry, ...]
     input_shape: tuple[int, ...]
     other_params: int = 0
+    other_macs: int = 0
+    counted: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    counter: Any = field(default=None, repr=False, compare=False)
     _index: dict[str, Group] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -114,8 +119,13 @@ class ModelGroups:
 
 
 def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
-    """Trace ``model`` on one input of ``input_shape`` (C, H, W) and return its prunable groups."""
-    example = torch.randn(1, *input_shape)
+    """Trace ``model`` on one input of ``input_shape`` (C, H, W) and return its prunable groups.
+
+    Groups that touch a grouped (not depthwise) conv are left out: removing single channels would
+    break its group structure. Where the analytic count cannot cover a layer, the groups touching
+    it are marked ``analytic=False`` and every cost of this model is counted instead.
+    """
+    example = torch.randn(1, *input_shape, device=_device_of(model))
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     try:
@@ -124,116 +134,144 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"the model ({type(model).__name__}) cannot run on an input of shape "
                           f"{tuple(input_shape)} ({reason}); check the input size and in_channels") from None
-    raw = tp_bridge.raw_groups(graph, tp_bridge.output_layers(graph))
-    groups = [_make_group(members, names, order, graph) for members in raw]
-    groups = [g for g in groups if g is not None]
-    groups.sort(key=lambda g: order[g.name])
-    layers, other = _geometry(model, example, names, groups)
-    total = sum(layer_macs(l, l.out_channels, l.in_channels) for l in layers) or 1
-    shares = {g.name: 0 for g in groups}
-    for layer in layers:
-        for gname in {layer.out_group, layer.in_group} - {None}:
-            shares[gname] += layer_macs(layer, layer.out_channels, layer.in_channels)
-    groups = [_with_share(g, shares[g.name] / total) for g in groups]
-    return ModelGroups(tuple(groups), tuple(layers), tuple(input_shape), other)
+    found, skipped = [], []
+    for members in tp_bridge.raw_groups(graph, tp_bridge.output_layers(graph)):
+        made = _make_group(members, names, order, graph)
+        if isinstance(made, str):
+            skipped.append(made)
+        elif made is not None:
+            found.append(made)
+    found.sort(key=lambda m: order[m.group.name])
+    writes, reads = _parts(found)
+    geo = measure_geometry(model, example, writes, reads)
+    for made in found:
+        geo.issues.update({layer: why for layer, why in made.issues.items() if layer not in geo.issues})
+    groups = _finish(found, geo)
+    return ModelGroups(tuple(groups), tuple(geo.layers), tuple(input_shape), geo.other_params,
+                       other_macs=geo.other_macs, counted=_counted_reasons(geo.issues), skipped=tuple(skipped),
+                       counter=_counter(model, input_shape, geo.issues))
 
 
-def _with_share(group: Group, share: float) -> Group:
-    return Group(group.name, group.channels, group.out_layers, group.in_layers, group.norms,
-                 group.mask_points, share)
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
-def _make_group(members, names, order, graph) -> Group | None:
-    outs, ins, norms, sources = [], [], [], []
-    for module, role in members:
-        name = names.get(module)
-        if name is None:
-            continue
-        if isinstance(module, tp_bridge.PRUNABLE_TYPES):
-            (outs if role == "out" else ins).append(name)
-        elif isinstance(module, NORM_TYPES):
-            norms.append(name)
-        elif role == "out" and isinstance(module, tp_bridge.CUSTOM_LAYER_TYPES):
-            sources.append(name)  # e.g. an option-A shortcut writing into this stream
+def _parts(found: list[_Made]) -> tuple[dict[str, list[Part]], dict[str, list[Part]]]:
+    writes: dict[str, list[Part]] = {}
+    reads: dict[str, list[Part]] = {}
+    for made in found:
+        g = made.group
+        for layer, mult in made.writes.items():
+            writes.setdefault(layer, []).append((g.name, g.channels, mult))
+        for layer, mult in made.reads.items():
+            reads.setdefault(layer, []).append((g.name, g.channels, mult))
+    return writes, reads
+
+
+def _finish(found: list[_Made], geo: Geometry) -> list[Group]:
+    """Groups with their MACs shares and whether the analytic count covers every layer they touch."""
+    total = sum(layer_macs(l, l.out_channels, l.in_channels) for l in geo.layers) + geo.other_macs or 1
+    shares: dict[str, int] = {}
+    for layer in geo.layers:
+        for gname in {p[0] for p in (*layer.out_parts, *layer.in_parts)}:
+            shares[gname] = shares.get(gname, 0) + layer_macs(layer, layer.out_channels, layer.in_channels)
+    out = []
+    for made in found:
+        touched = set(made.writes) | set(made.reads)
+        analytic = "*" not in geo.issues and not touched & set(geo.issues)
+        out.append(dataclasses.replace(made.group, macs_share=shares.get(made.group.name, 0) / total,
+                                       analytic=analytic))
+    return out
+
+
+def _counted_reasons(issues: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(why if layer == "*" else f"{layer}: {why}" for layer, why in sorted(issues.items()))
+
+
+def _counter(model: nn.Module, input_shape: tuple[int, ...], issues: Mapping[str, str]):
+    if not issues:
+        return None
+    from prunetune.pruning.counting import CountedCost  # late: counting needs surgery, which needs groups
+
+    return CountedCost(model, tuple(input_shape))
+
+
+@dataclass
+class _Made:
+    group: Group
+    writes: dict[str, int]  # layer -> output channels per group channel
+    reads: dict[str, int]  # layer -> input channels (features) per group channel
+    issues: dict[str, str]
+
+
+def _make_group(members, names, order, graph) -> _Made | str | None:
+    """One raw Torch-Pruning group → a :class:`Group` (None: nothing prunable; str: why it is skipped)."""
+    module_by_name = {n: m for m, n in names.items()}
+    outs = sorted({names[m] for m, role, *_ in members if role == "out" and names.get(m) is not None
+                   and isinstance(m, tp_bridge.PRUNABLE_TYPES)}, key=order.__getitem__)
     if not outs:
         return None
-    outs = sorted(set(outs), key=order.__getitem__)
-    module_by_name = {n: m for m, n in names.items()}
     first = module_by_name[outs[0]]
     channels = first.out_channels if isinstance(first, nn.Conv2d) else first.out_features
+    ins, norms, sources, consumers = [], [], [], []
+    made = _Made(None, {}, {}, {})  # type: ignore[arg-type]
+    for module, role, idxs, roots in members:
+        name = names.get(module)
+        if name is None:
+            if isinstance(module, nn.Parameter):
+                made.issues["*"] = "a parameter outside any layer is pruned with a group"
+            continue
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
+            return f"{outs[0]}: touches grouped conv {name!r} ({module.groups} groups), left unpruned"
+        mult = _multiplier(roots, channels)
+        if mult is None:
+            made.issues[name] = "reads the group's channels unevenly"
+            continue
+        if isinstance(module, tp_bridge.PRUNABLE_TYPES):
+            (made.writes if role == "out" else made.reads)[name] = mult
+            if role == "in":
+                ins.append(name)
+        elif isinstance(module, NORM_TYPES):
+            made.writes[name] = mult
+            positions = tuple(i for _, i in sorted(zip(roots, idxs)))
+            own = module.num_features == channels and positions == tuple(range(channels))
+            norms.append(name) if own else consumers.append((name, positions))
+        elif role == "out" and isinstance(module, tp_bridge.CUSTOM_LAYER_TYPES):
+            sources.append(name)  # e.g. an option-A shortcut writing into this stream
+        elif any(True for _ in module.parameters(recurse=False)):
+            made.writes[name] = mult  # reported by the geometry as not modelled
+    made.group = Group(
+        name=outs[0], channels=channels, out_layers=tuple(outs),
+        in_layers=tuple(sorted(set(ins) - set(outs), key=order.__getitem__)),
+        norms=tuple(sorted(set(norms), key=order.__getitem__)),
+        mask_points=_mask_points(outs, norms, sources, consumers, names, module_by_name, graph, order),
+        mask_index=tuple(sorted(consumers, key=lambda c: order[c[0]])),
+    )
+    return made
+
+
+def _multiplier(roots: list[int], channels: int) -> int | None:
+    """How many target indices each group channel maps to, if every channel maps to the same number."""
+    if not roots or len(roots) % channels:
+        return None
+    mult = len(roots) // channels
+    counts = [0] * channels
+    for r in roots:
+        if not 0 <= r < channels:
+            return None
+        counts[r] += 1
+    return mult if all(c == mult for c in counts) else None
+
+
+def _mask_points(outs, norms, sources, consumers, names, module_by_name, graph, order) -> tuple[str, ...]:
+    """BNs of the group, sources, BNs over a concatenation that hold the group, and every out-layer
+    whose output is not read by the group's own BNs alone (masked before a concatenation)."""
     norm_set = set(norms)
-    points = set(norms) | set(sources)
+    points = norm_set | set(sources) | {name for name, _ in consumers}
     for name in outs:
         node = graph.module2node[module_by_name[name]]
         follows = [names.get(o.module) for o in node.outputs]
-        if not any(f in norm_set for f in follows):
+        if not follows or not all(f in norm_set for f in follows):
             points.add(name)
-    return Group(
-        name=outs[0], channels=channels, out_layers=tuple(outs),
-        in_layers=tuple(sorted(set(ins) - set(outs), key=order.__getitem__)),
-        norms=tuple(sorted(norm_set, key=order.__getitem__)),
-        mask_points=tuple(sorted(points, key=order.__getitem__)),
-    )
-
-
-def _geometry(model, example, names, groups) -> tuple[list[LayerGeometry], int]:
-    out_of = {l: g.name for g in groups for l in (*g.out_layers, *g.norms)}
-    in_of = {l: g.name for g in groups for l in g.in_layers}
-    spatial: dict[str, int] = {}
-    hooks = [m.register_forward_hook(_record_spatial(spatial, names[m]))
-             for m in model.modules() if isinstance(m, nn.Conv2d)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    layers, counted = [], set()
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-            in_group = out_of.get(name) if dw else in_of.get(name)
-            kk = m.kernel_size[0] * m.kernel_size[1]
-            layers.append(LayerGeometry(name, "conv", out_of.get(name), in_group, m.out_channels,
-                                        m.in_channels, m.groups, kk, spatial.get(name, 0),
-                                        m.bias is not None, dw))
-        elif isinstance(m, nn.Linear):
-            layers.append(LayerGeometry(name, "linear", out_of.get(name), in_of.get(name),
-                                        m.out_features, m.in_features, bias=m.bias is not None))
-        elif isinstance(m, NORM_TYPES) and m.affine:
-            layers.append(LayerGeometry(name, "norm", out_of.get(name), out_of.get(name),
-                                        m.num_features, m.num_features))
-        else:
-            continue
-        counted.update(id(p) for p in m.parameters(recurse=False))
-    other = sum(p.numel() for p in model.parameters() if id(p) not in counted)
-    return layers, other
-
-
-def layer_macs(layer: LayerGeometry, out_c: int, in_c: int) -> int:
-    """MACs of one layer for one input at the given channel counts (0 for norms)."""
-    if layer.kind == "norm":
-        return 0
-    return out_c * _in_per_group(layer, out_c, in_c) * layer.kernel * layer.pixels
-
-
-def layer_params(layer: LayerGeometry, out_c: int, in_c: int) -> int:
-    """Parameters of one layer at the given channel counts (γ and β for norms)."""
-    if layer.kind == "norm":
-        return 2 * out_c
-    return out_c * _in_per_group(layer, out_c, in_c) * layer.kernel + (out_c if layer.bias else 0)
-
-
-def _in_per_group(layer: LayerGeometry, out_c: int, in_c: int) -> int:
-    if layer.depthwise:
-        return 1
-    return in_c // layer.conv_groups
-
-
-def _record_spatial(store: dict[str, int], name: str):
-    def hook(_module, _inputs, output):
-        store[name] = int(output.shape[-1] * output.shape[-2])
-    return hook
+    return tuple(sorted(points, key=order.__getitem__))

@@ -2,6 +2,8 @@
 
 MACs are the multiply-accumulates of conv and linear layers for one input, what the papers' tables
 call "FLOPs" (FLOPs = 2·MACs where a paper uses that convention). Params include BN's γ and β.
+Counting uses :class:`torch.utils.flop_counter.FlopCounterMode`, so it sees every convolution and
+matrix product, whichever module (or functional call) runs it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from prunetune.pruning.groups import ModelGroups, layer_macs, layer_params
 
@@ -29,41 +32,32 @@ class Cost:
 def analytic_cost(groups: ModelGroups, keep: Mapping[str, int] | None = None) -> Cost:
     """MACs and params of the network that keeps ``keep[g]`` channels of each group ``g``.
 
-    Groups absent from ``keep`` stay dense. Pure arithmetic on the layer geometry: no forward pass.
+    Groups absent from ``keep`` stay dense. Pure arithmetic on the layer geometry, no forward pass;
+    where the geometry does not cover a layer (``groups.counted``), the pruned network is counted
+    instead, so the number is never an estimate.
     """
+    if groups.counted and groups.counter is not None:
+        return groups.counter(groups, keep)
     keep = keep or {}
-    macs = params = 0
+    macs, params = groups.other_macs, groups.other_params
     for layer in groups.layers:
-        out_c = keep.get(layer.out_group, layer.out_channels) if layer.out_group else layer.out_channels
-        in_c = keep.get(layer.in_group, layer.in_channels) if layer.in_group else layer.in_channels
+        out_c, in_c = layer.channels(keep)
         macs += layer_macs(layer, out_c, in_c)
         params += layer_params(layer, out_c, in_c)
-    return Cost(macs, params + groups.other_params)
+    return Cost(macs, params)
 
 
 def count_cost(model: nn.Module, input_shape: tuple[int, ...]) -> Cost:
-    """Count conv/linear MACs with forward hooks on one input, and all trainable-parameter elements."""
-    total = 0
-
-    def hook(module: nn.Module, _inputs, output) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            per_out = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            total += output[0].numel() * per_out
-        else:
-            total += module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    """Count the MACs of one input (every convolution and matrix product) and all parameter elements."""
+    counter = FlopCounterMode(display=False)
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             model(torch.zeros(1, *input_shape, device=_device_of(model)))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return Cost(total, sum(p.numel() for p in model.parameters()))
+    return Cost(counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters()))
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -25,7 +25,9 @@ def bn_proxy(model: nn.Module, groups: ModelGroups, plan: PruningPlan, *,
              bn_batches: Iterable[tuple[Tensor, Tensor]], val_batches: Iterable[tuple[Tensor, Tensor]],
              max_bn_batches: int, device: str | torch.device = "cpu") -> float:
     """Validation accuracy of ``model`` (the dense network, left unchanged) pruned to ``plan`` after
-    re-estimating BN statistics on at most ``max_bn_batches`` of ``bn_batches``."""
+    re-estimating BN statistics on at most ``max_bn_batches`` of ``bn_batches`` (0: the dense
+    network's statistics, sliced: the stale-BN accuracy the proxy exists to avoid)."""
     pruned = apply_plan(copy.deepcopy(model), plan, groups)
-    recalibrate_bn(pruned, bn_batches, max_batches=max_bn_batches, device=device)
+    if max_bn_batches > 0:
+        recalibrate_bn(pruned, bn_batches, max_batches=max_bn_batches, device=device)
     return evaluate(pruned, val_batches, device=device)

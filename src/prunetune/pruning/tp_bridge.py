@@ -95,15 +95,25 @@ def _reaches_prunable(node: object) -> bool:
     return False
 
 
-def raw_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]) -> list[list[tuple[nn.Module, str]]]:
-    """Each coupled group as a list of ``(module, role)`` with role in {"out", "in"}."""
+def raw_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]) -> list[list[tuple]]:
+    """Each coupled group as a list of ``(module, role, idxs, root_idxs)``, role in {"out", "in"}.
+
+    ``idxs`` are the target's channel (or flattened feature) indices that hold the group's
+    channels; ``root_idxs[i]`` is the group channel that ``idxs[i]`` belongs to. A layer that reads
+    the group through a concatenation has them at an offset; a Linear that reads it flattened has
+    H·W indices per channel.
+    """
     groups = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(PRUNABLE_TYPES)):
         members = []
         for item in group:
             dep = item.dep if hasattr(item, "dep") else item[0]
+            idxs = item.idxs if hasattr(item, "idxs") else item[1]
+            roots = getattr(item, "root_idxs", None)
             role = "out" if graph.is_out_channel_pruning_fn(dep.handler) else "in"
-            members.append((dep.target.module, role))
+            idxs = [int(i) for i in idxs]
+            roots = [int(i) for i in roots] if roots is not None else list(idxs)
+            members.append((dep.target.module, role, idxs, roots))
         groups.append(members)
     return groups
 

@@ -22,6 +22,8 @@ Schema (unknown keys are errors that name the key)::
     asha: false                # true, or {grace_period: 1, reduction_factor: 2}: early stopping on
                                # validation accuracy over fine-tune epochs
     reuse_actors: true
+    latency: false             # true: each trial also logs latency_ms, the pruned network's median
+                               # batch-1 latency (BN folded) on the trial's own CPU threads
     experiment: null           # default: this file's name without suffix
     tracking_uri: null         # default sqlite:///<cwd>/mlflow.db
     storage_path: null         # default <cwd>/prunetune-runs (Ray's results; resume state)
@@ -56,8 +58,8 @@ from prunetune.tracking.store import resolve_tracking_uri
 
 SAMPLERS = ("tpe", "nsga2")
 SETTINGS_KEYS = ("macs_budget", "trials", "concurrency", "sampler", "seed", "cpus_per_trial", "gpus_per_trial",
-                 "time_budget_s", "asha", "reuse_actors", "experiment", "tracking_uri", "storage_path", "ray_address",
-                 "allow_code")
+                 "time_budget_s", "asha", "reuse_actors", "latency", "experiment", "tracking_uri", "storage_path",
+                 "ray_address", "allow_code")
 TOP_KEYS = {"recipe", "space", "screen", "flops_budget", *SETTINGS_KEYS}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -95,6 +97,7 @@ class SearchSettings:
     reuse_actors: bool = True
     ray_address: str | None = None
     allow_code: bool = False
+    latency: bool = False
 
     def __post_init__(self) -> None:
         b = self.macs_budget
@@ -121,6 +124,8 @@ class SearchSettings:
             raise ConfigError(f"allow_code must be true or false, got {short(self.allow_code)}")
         if not isinstance(self.reuse_actors, bool):
             raise ConfigError(f"reuse_actors must be true or false, got {short(self.reuse_actors)}")
+        if not isinstance(self.latency, bool):
+            raise ConfigError(f"latency must be true or false, got {short(self.latency)}")
 
     @property
     def experiment_dir(self) -> Path:

@@ -19,7 +19,7 @@ import torch
 from prunetune.exceptions import PrunetuneError
 from prunetune.pipeline import Base, build_plan, splits_to, train_pruned
 from prunetune.pruning.finetune import evaluate
-from prunetune.pruning.macs import count_cost
+from prunetune.pruning.budget_check import check_pruned_macs
 from prunetune.pruning.plan import PruningPlan
 from prunetune.pruning.scores import ScoreTable
 from prunetune.recipe import Recipe
@@ -79,7 +79,8 @@ def run_trial(config: Mapping[str, Any], base: Base, table: ScoreTable, *, repor
     extra = {"macs": plan.pruned.macs, "macs_ratio": plan.macs_ratio}
     callbacks = [EpochReporter(report, extra)] if report is not None else []
     model, history, final = train_pruned(recipe, base, plan, callbacks=callbacks, show_progress=False)
-    cost = count_cost(model, base.input_shape)
+    cost = check_pruned_macs(model, base.input_shape, final, macs_budget=recipe.allocation.macs_budget,
+                             dense_macs=int(base.dense["macs"]))  # above its target: the trial FAILS
     metrics = {
         "accuracy": evaluate(model, base.loader("val"), device=base.device),
         "test_accuracy": evaluate(model, base.loader("test"), device=base.device),

@@ -34,12 +34,16 @@ MODES = ["max", "min"]
 
 
 def trainable(config: dict[str, Any], base: Base | None = None, table: ScoreTable | None = None,
-              objective: Callable[..., TrialResult] | None = None, threads: int = 1) -> None:
+              objective: Callable[..., TrialResult] | None = None, threads: int = 1, latency: bool = False) -> None:
     """One trial in a Ray worker: ``base`` and ``table`` arrive once through the object store."""
     torch.set_num_threads(max(1, threads))
     base = base_to(base, resolve_device(base.recipe.device))
     result = objective(config, base, table, report=tune.report)
     check_finite(result.metrics)
+    if latency:  # after the trial's work, on its own threads
+        from prunetune.deployment.bench import plan_latency
+
+        result.metrics["latency_ms"] = plan_latency(base.model, result.plan, threads=max(1, threads))
     tune.report(result.report())
 
 

@@ -228,7 +228,7 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
 
     s = config.settings
     fn = tune.with_parameters(ray_parts.trainable, base=base, table=table, objective=objective,
-                              threads=max(1, int(s.cpus_per_trial)))
+                              threads=max(1, int(s.cpus_per_trial)), latency=s.latency)
     fn = tune.with_resources(fn, ray_parts.resources(s.cpus_per_trial, s.gpus_per_trial))
     if restore:
         return tune.Tuner.restore(str(s.experiment_dir), trainable=fn, resume_unfinished=True,

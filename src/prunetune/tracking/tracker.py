@@ -28,7 +28,7 @@ ROLE_TAG = "prunetune.role"
 TRIAL_TAG = "prunetune.trial_id"
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 TRIAL_METRICS = ("accuracy", "test_accuracy", "macs", "params", "macs_ratio", "params_ratio", "target_macs",
-                 "proxy_accuracy", "work_s", "wall_s")
+                 "proxy_accuracy", "work_s", "wall_s", "latency_ms")
 MAX_PARAMS = 100
 
 

@@ -1,0 +1,69 @@
+"""``prunetune bench``: measured latency of the dense and the pruned network, next to MACs and params."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunetune.cli._common import add_format, millions, need_file, print_json, print_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure dense vs pruned latency next to MACs and params",
+                       description="Median latency of repeated forward passes (torch.utils.benchmark, after a "
+                       "warm-up) of the pruned model and its dense architecture. Timings depend on the machine and "
+                       "its load: compare the ratios of one run.")
+    p.add_argument("--model", required=True, help="pruned model file written by `prunetune prune --out`")
+    p.add_argument("--dense", default=None, help="dense checkpoint (state dict); default: the dense architecture "
+                   "with its initial weights (latency does not depend on the weights)")
+    p.add_argument("--batch", type=_batches, default=(1, 64), help="batch sizes, comma-separated (default 1,64)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's current setting)")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per measurement")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall time, or the CPU time of the timing thread (needs --threads 1; steadier on a "
+                   "machine shared with other work)")
+    p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                   help="time the models with their batch norms (default: folded, as `deploy` writes them)")
+    add_format(p)
+    p.set_defaults(func=run)
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected batch sizes like 1,64, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive batch sizes like 1,64, got {text!r}")
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunetune.checkpoint import dense_architecture, load_checkpoint, load_pruned, read_pruned_plan
+    from prunetune.deployment.bench import compare, speedups
+    from prunetune.exceptions import ConfigError
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    path = need_file(args.model, "pruned model")
+    pruned, plan = load_pruned(path), read_pruned_plan(path)
+    dense = dense_architecture(path)
+    if args.dense:
+        load_checkpoint(dense, need_file(args.dense, "dense checkpoint"),
+                        model_name="the pruned model's dense architecture")
+    rows = compare({"dense": dense, "pruned": pruned}, tuple(plan.input_shape), batches=args.batch,
+                   threads=args.threads, fold_bn=args.fold_bn, min_run_time=args.min_time,
+                   clock=args.clock)
+    ratio = speedups(rows)
+    if args.format == "json":
+        print_json({"input_shape": list(plan.input_shape), "fold_bn": args.fold_bn,
+                    "rows": [{**r.as_dict(), "speedup": ratio.get((r.model, r.batch))} for r in rows]})
+        return 0
+    table = [(r.model, r.batch, r.threads, millions(r.macs), millions(r.params), f"{r.median_ms:.3f}",
+              f"{r.iqr_ms:.3f}", f"{ratio[(r.model, r.batch)]:.2f}x" if (r.model, r.batch) in ratio else "")
+             for r in rows]
+    print_table(table, ("model", "batch", "threads", "MACs", "params", "median ms", "IQR ms", "speed-up"))
+    print(f"\ninput (N, {', '.join(map(str, plan.input_shape))}); BN {'folded' if args.fold_bn else 'kept'}; "
+          f"{args.clock} clock; "
+          f"pruned/dense MACs {rows[1].macs / rows[0].macs:.3f}")
+    return 0
+

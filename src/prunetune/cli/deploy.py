@@ -1,0 +1,38 @@
+"""``prunetune deploy``: write a pruned model as ONNX, TorchScript or a torch.export program, and check it."""
+
+from __future__ import annotations
+
+import argparse
+
+from prunetune.cli._common import need_file, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("deploy", help="export a pruned model (onnx | torchscript | export) and check it",
+                       description="Write a pruned model for inference, run the file on a random batch and "
+                       "print its largest difference to the PyTorch model (an error above 1e-4 relative). "
+                       "The batch dimension is dynamic. ONNX needs: pip install -e '.[deploy]'.")
+    p.add_argument("--model", required=True, help="pruned model file written by `prunetune prune --out`")
+    p.add_argument("--format", dest="deploy_format", required=True, choices=["onnx", "torchscript", "export"],
+                   help="onnx (onnxruntime checks it), torchscript (traced) or export (torch.export .pt2)")
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                   help="keep batch norms (by default they are folded into the convs before export)")
+    p.add_argument("--check-batch", type=int, default=3, help="batch size of the random check (default 3)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (--format names the file format)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunetune.deployment import deploy
+
+    result = deploy(need_file(args.model, "pruned model"), args.deploy_format, args.out, fold_bn=args.fold_bn,
+                    check_batch=args.check_batch)
+    if args.json:
+        print_json(result.as_dict())
+        return 0
+    print(f"wrote {result.path} ({result.format}, {result.bytes / 1e6:.2f} MB, input (N, "
+          f"{', '.join(map(str, result.input_shape))}) with N dynamic, {result.folded_bn} BN folded)")
+    print(f"check on a random batch of {result.check_batch}: max abs difference to PyTorch {result.max_abs_diff:.3g} "
+          f"({result.rel_diff:.3g} relative)")
+    return 0

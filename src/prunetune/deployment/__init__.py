@@ -1,0 +1,99 @@
+"""Deploying a pruned network: ONNX, TorchScript or ``torch.export``, checked against PyTorch.
+
+:func:`deploy` folds batch norms into their convs (optional), writes the file, loads it back, runs it
+on a random batch of another size than the one it was exported with (the batch dimension is
+dynamic) and compares with the PyTorch model. ONNX needs the ``deploy`` extra.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunetune._registry import unknown_name_message
+from prunetune.deployment.export import WRITERS
+from prunetune.deployment.fold import fold_batchnorm
+from prunetune.exceptions import ConfigError, DeployError, UnknownNameError
+
+FORMATS = tuple(WRITERS)
+TOLERANCE = 1e-4  # max |exported − PyTorch| relative to max |PyTorch output|
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What :func:`deploy` wrote and measured."""
+
+    format: str
+    path: str
+    bytes: int
+    input_shape: tuple[int, ...]
+    folded_bn: int
+    check_batch: int
+    max_abs_diff: float
+    rel_diff: float
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.PathLike, *,  # noqa: A002
+           input_shape: tuple[int, ...] | None = None, fold_bn: bool = True, check_batch: int = 3,
+           seed: int = 0) -> DeployResult:
+    """Write ``model`` (a module, or a ``prunetune prune`` output file) as ``format`` to ``out`` and check it.
+
+    Args:
+        format: ``onnx``, ``torchscript`` or ``export``.
+        input_shape: ``(C, H, W)``; read from the pruned file's plan when ``model`` is a path.
+        fold_bn: fold batch norms into the convs before writing.
+        check_batch: batch size of the random check (the file is exported with batch 2).
+
+    Raises:
+        DeployError: the written model differs from PyTorch by more than 1e-4 (relative).
+    """
+    if format not in WRITERS:
+        raise UnknownNameError(unknown_name_message("deploy format", format, FORMATS))
+    if not isinstance(check_batch, int) or check_batch < 1:
+        raise ConfigError(f"check_batch must be a positive integer, got {check_batch!r}")
+    out = Path(out)
+    if format == "export" and out.suffix != ".pt2":
+        raise ConfigError(f"a torch.export program is saved as .pt2 (torch.export.load needs it), got {str(out)!r}")
+    model, input_shape = _resolve(model, input_shape)
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    reference = model.eval()
+    deployed, folded = fold_batchnorm(reference, input_shape) if fold_bn else (reference, 0)
+    param = next(reference.parameters())
+    example = torch.randn(2, *input_shape, device=param.device)
+    run = WRITERS[format](deployed, example, out)
+    x = torch.randn(check_batch, *input_shape, generator=torch.Generator().manual_seed(seed)).to(param.device)
+    with torch.no_grad():
+        expected, got = reference(x).float().cpu(), run(x).float().cpu()
+    if got.shape != expected.shape:
+        raise DeployError(f"{format} output has shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+    diff = float((got - expected).abs().max())
+    rel = diff / max(float(expected.abs().max()), 1e-12)
+    if rel > TOLERANCE:
+        raise DeployError(f"{format} file {str(out)!r} differs from the PyTorch model by {diff:.3g} "
+                          f"({rel:.3g} relative, more than {TOLERANCE:g}); try --no-fold-bn or another format")
+    return DeployResult(format, str(out), out.stat().st_size, tuple(input_shape), folded, check_batch, diff, rel,
+                        time.perf_counter() - t0)
+
+
+def _resolve(model, input_shape) -> tuple[nn.Module, tuple[int, ...]]:
+    if isinstance(model, nn.Module):
+        if input_shape is None:
+            raise ConfigError("deploy(module, ...) needs input_shape=(C, H, W); a pruned file carries its own")
+        return model, tuple(input_shape)
+    from prunetune.checkpoint import load_pruned, pruned_input_shape
+
+    path = Path(model)
+    return load_pruned(path), tuple(input_shape or pruned_input_shape(path))
+
+
+__all__ = ["FORMATS", "DeployResult", "deploy", "fold_batchnorm"]

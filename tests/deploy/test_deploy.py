@@ -1,0 +1,154 @@
+"""Deploy: BN folding keeps the function, each format round-trips with a dynamic batch, errors are clear."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import random
+
+import pytest
+import torch
+
+from prunetune.checkpoint import save_pruned
+from prunetune.cli import main
+from prunetune.deployment import deploy, fold_batchnorm
+from prunetune.deployment import export as export_mod
+from prunetune.exceptions import ConfigError, DeployError, MissingExtraError
+from prunetune.models import create_model, list_models
+from prunetune.pruning.groups import find_groups
+from prunetune.pruning.plan import make_plan
+from prunetune.pruning.surgery import apply_plan
+from tests.conftest import randomize_bn
+
+ZOO = [n for n in list_models() if n.startswith("zoo")]
+SHAPE = (3, 16, 16)
+HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def pruned(name: str, seed: int = 0) -> torch.nn.Module:
+    model = randomize_bn(create_model(name))
+    groups = find_groups(model, SHAPE)
+    rng = random.Random(seed)
+    keep = {g.name: rng.randint(1, g.channels) for g in groups}
+    plan = make_plan(groups, {g.name: torch.rand(g.channels) for g in groups}, keep)
+    return apply_plan(model, plan, groups).eval(), plan
+
+
+@pytest.mark.parametrize("name", [*ZOO, "resnet20", "vgg16_bn"])
+def test_folding_batchnorm_keeps_the_function(name: str) -> None:
+    model, _ = pruned(name)
+    folded, count = fold_batchnorm(model, SHAPE)
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5, rtol=1e-4)
+    norms = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    assert count > 0 and norms == sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                      for m in model.modules()) - count
+    if name == "zoo_densenet":  # BNs over concatenations have no single producer: they stay
+        assert norms > 0
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "export"])
+@pytest.mark.parametrize("name", ZOO)
+def test_torch_formats_round_trip_with_dynamic_batch(name: str, fmt: str, tmp_path) -> None:
+    model, _ = pruned(name)
+    out = tmp_path / ("m.pt2" if fmt == "export" else "m.pt")
+    result = deploy(model, fmt, out, input_shape=SHAPE, check_batch=5)
+    assert out.is_file() and result.bytes > 0 and result.rel_diff <= 1e-4 and result.check_batch == 5
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="the deploy extra (onnx, onnxscript, onnxruntime) is not installed")
+@pytest.mark.parametrize("name", ["zoo_densenet", "zoo_shortcuts", "zoo_vgg"])
+def test_onnx_round_trip_checked_by_onnxruntime(name: str, tmp_path) -> None:
+    model, _ = pruned(name)
+    result = deploy(model, "onnx", tmp_path / "m.onnx", input_shape=SHAPE, check_batch=1)
+    assert result.rel_diff <= 1e-4 and result.folded_bn > 0
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(7, *SHAPE)
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    with torch.no_grad():
+        assert torch.allclose(got, model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_missing_onnx_extra_names_the_install(monkeypatch, tmp_path) -> None:
+    def missing(module, *, extra, purpose):
+        raise MissingExtraError(f"{purpose} needs {module!r}; install it with: pip install -e '.[{extra}]'")
+
+    monkeypatch.setattr(export_mod, "require", missing)
+    with pytest.raises(MissingExtraError, match=r"\[deploy\]"):
+        deploy(pruned("zoo_vgg")[0], "onnx", tmp_path / "m.onnx", input_shape=SHAPE)
+
+
+def test_a_file_that_computes_something_else_is_an_error(monkeypatch, tmp_path) -> None:
+    real = export_mod.WRITERS["torchscript"]
+
+    def wrong(model, example, out):
+        run = real(model, example, out)
+        return lambda x: run(x) * 1.01
+
+    monkeypatch.setitem(export_mod.WRITERS, "torchscript", wrong)
+    with pytest.raises(DeployError, match="differs from the PyTorch model"):
+        deploy(pruned("zoo_vgg")[0], "torchscript", tmp_path / "m.pt", input_shape=SHAPE)
+
+
+def test_bad_deploy_arguments(tmp_path) -> None:
+    model = pruned("zoo_vgg")[0]
+    with pytest.raises(ConfigError, match=r"\.pt2"):
+        deploy(model, "export", tmp_path / "m.pt", input_shape=SHAPE)
+    with pytest.raises(ConfigError, match="input_shape"):
+        deploy(model, "torchscript", tmp_path / "m.pt")
+    with pytest.raises(KeyError, match="did you mean 'onnx'"):
+        deploy(model, "onnxx", tmp_path / "m.onnx", input_shape=SHAPE)
+
+
+@pytest.fixture()
+def pruned_file(tmp_path):
+    model, plan = pruned("zoo_shortcuts")
+    return save_pruned(tmp_path / "p.pt", model, plan, {"name": "zoo_shortcuts", "num_classes": 10,
+                                                        "in_channels": 3, "kwargs": {}})
+
+
+def test_deploy_and_bench_commands(pruned_file, tmp_path, capsys) -> None:
+    assert main(["deploy", "--model", str(pruned_file), "--format", "torchscript", "--out",
+                 str(tmp_path / "m.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "max abs difference to PyTorch" in out and "N dynamic" in out
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    assert loaded(torch.randn(2, *SHAPE)).shape == (2, 10)
+    assert main(["bench", "--model", str(pruned_file), "--batch", "1,4", "--threads", "1", "--min-time", "0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up" in out and "pruned" in out and "median ms" in out
+    assert main(["bench", "--model", str(pruned_file), "--batch", "2", "--min-time", "0.02", "--format", "json",
+                 "--no-fold-bn"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in data["rows"]] == ["dense", "pruned"] and data["rows"][1]["speedup"] > 0
+    assert data["rows"][1]["macs"] < data["rows"][0]["macs"]
+
+
+def test_bench_and_deploy_user_errors(pruned_file, tmp_path, capsys) -> None:
+    assert main(["bench", "--model", str(tmp_path / "missing.pt")]) == 2
+    assert main(["bench", "--model", str(pruned_file), "--threads", "0"]) == 2
+    assert main(["deploy", "--model", str(pruned_file), "--format", "export", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count(": error: ") == 3 and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["bench", "--model", str(pruned_file), "--batch", "0"])
+
+
+def test_folding_a_copy_leaves_the_model_alone() -> None:
+    model, _ = pruned("zoo_vgg")
+    before = copy.deepcopy(model.state_dict())
+    fold_batchnorm(model, SHAPE)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_package_level_deploy_reads_the_input_shape_from_a_pruned_file(pruned_file, tmp_path) -> None:
+    import prunetune
+
+    result = prunetune.deploy(pruned_file, "export", tmp_path / "m.pt2")
+    assert result.input_shape == SHAPE and result.rel_diff <= 1e-4
+    program = torch.export.load(str(tmp_path / "m.pt2")).module()
+    assert program(torch.randn(3, *SHAPE)).shape == (3, 10)
