@@ -25,12 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from ray import tune
 
 from prunetune.cli.demo import demo_config_path
 from prunetune.models import create_model
 from prunetune.pipeline import prepare, score_table
-from prunetune.pruning.allocation import KeepRule
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.strategies import STRATEGIES
 from prunetune.recipe import Recipe
@@ -66,6 +66,7 @@ def search_numbers(trials: int, concurrency: int, out: Path) -> tuple[dict[str, 
     records = load_search(outcome.tracking_uri, "bench", parent_run_id=outcome.parent_run_id)
     c = client(outcome.tracking_uri)
     runs = [c.get_run(t.run_id).data.metrics for t in records.trials]
+    screen = c.get_run(outcome.parent_run_id).data.metrics.get("screen_s", 0.0)
     work = [m["work_s"] for m in runs]
     wall = [m["wall_s"] for m in runs]
     loop = clock.end - clock.start
@@ -73,7 +74,8 @@ def search_numbers(trials: int, concurrency: int, out: Path) -> tuple[dict[str, 
         "trials": len(runs), "work_s": statistics.mean(work), "wall_s": statistics.mean(wall),
         "trial_overhead": 1 - sum(work) / sum(wall), "loop_s": loop,
         "loop_overhead": 1 - sum(work) / (concurrency * loop), "per_hour": len(runs) / loop * 3600,
-        "per_hour_total": len(runs) / total * 3600, "startup_s": total - loop, "total_s": total,
+        "per_hour_total": len(runs) / total * 3600, "startup_s": total - loop - screen, "screen_s": screen,
+        "total_s": total,
     }, config
 
 
@@ -94,6 +96,7 @@ def space_numbers(calls: int = 2000) -> dict[str, float]:
     groups = find_groups(create_model("resnet56"), (3, 32, 32))
     base = Recipe.from_dict({"model": "resnet56", "data": "digits", "criterion": "l1", "allocation": {"ratio": 0.5}})
     out = {}
+    scores = {g.name: torch.rand(g.channels, generator=torch.Generator().manual_seed(i)) for i, g in enumerate(groups)}
     for preset in ("per_stage", "per_group"):
         space = build_space(SpaceSpec(ratios=preset, normalizers=("rank", "zscore"), lr=(0.01, 0.1)), groups, budget=0.5)
         t0 = time.perf_counter()
@@ -102,7 +105,7 @@ def space_numbers(calls: int = 2000) -> dict[str, float]:
         t0 = time.perf_counter()
         for config in configs[:100]:
             a = trial_recipe(base, config, groups).allocation
-            STRATEGIES.get(a.strategy)(groups, rule=KeepRule(), ratios=a.ratios, macs_budget=a.macs_budget)
+            STRATEGIES.get(a.strategy)(groups, rule=a.rule, ratios=a.ratios, macs_budget=a.macs_budget, scores=scores)
         out[f"trial_recipe + budget projection ({preset})"] = (time.perf_counter() - t0) / 100
     return out
 
@@ -128,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         ("trials per hour (loop)", f"{s['per_hour']:.0f}"),
         ("trials per hour (incl. start-up)", f"{s['per_hour_total']:.0f}"),
         ("start-up: Ray, dense model, scores, MLflow", f"{s['startup_s']:.1f} s"),
+        ("screening (candidates by adaptive-BN proxy)", f"{s['screen_s']:.1f} s"),
+        ("search wall, start to end", f"{s['total_s']:.1f} s"),
     ]
     for label, seconds in scores.items():
         rows.append((f"ScoreTable once, {label}", f"{seconds:.2f} s"))

@@ -236,8 +236,9 @@ def train_pruned(recipe: Recipe, base: Base, plan: PruningPlan, *,
                  ) -> tuple[nn.Module, list[dict[str, float]], PruningPlan]:
     """Copy the dense model and run the recipe's schedule: masks, fine-tune, physical removal.
 
-    Returns the pruned model, the per-epoch history and the final plan. A re-scoring schedule may
-    change *which* channels are kept (never how many) unless the recipe carries its plan.
+    Returns the pruned model, the per-epoch history and the final plan. A schedule re-scoring over
+    ``pool: all`` may change *which* channels are kept (never how many) unless the recipe carries its
+    plan; the final plan records the order its channels were pruned in.
     """
     torch.manual_seed(recipe.seed)
     model = copy.deepcopy(base.model).to(base.device)

@@ -3,8 +3,9 @@
 Hard channels are gated to zero after BN (so BN's bias never leaks), and their conv/linear rows,
 BN γ/β and optimizer momentum are zeroed after every step, so they stay exactly zero under SGD with
 momentum and weight decay. Soft channels only have their filters scaled (0 = zeroed) at the start of
-each epoch; they keep training and may regrow. At the end every planned channel is hard, the masked
-network is reduced to the final plan, and the plan is applied physically.
+each epoch; they keep training and may regrow. At the end the last epoch's pruned set is made hard
+(topped up by the current weights where that epoch pruned fewer than planned, as SFP's own final
+step does), the masked network is reduced to that final plan, and the plan is applied physically.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def run_schedule(
 ) -> tuple[nn.Module, list[dict[str, float]], PruningPlan]:
     """Fine-tune ``model`` (the dense copy) under schedule ``name`` and return it physically pruned,
     with the per-epoch history and the final plan (which differs from ``plan`` only in *which*
-    channels a re-scoring schedule kept, never in how many)."""
+    channels a schedule re-scoring over ``pool: all`` kept, never in how many, and in the recorded
+    order its channels went hard)."""
     schedule = SCHEDULES.get(name)
     resolved = schedule.resolve(params)
     ranking = ranking or plan_ranking(plan)

@@ -9,7 +9,7 @@ Schema (unknown keys are errors that name the key)::
     space: {...}               # what is sampled: see prunetune.spaces.spec
     screen: true               # screen 16 × trials candidate plans by an adaptive-BN proxy and
                                # fine-tune only the best (false: sample every trial directly), or
-                               # {candidates: N, bn_batches: 8, val_images: 2048}; see
+                               # {candidates: N, bn_batches: 4, val_images: 2048}; see
                                # prunetune.search.screening
     macs_budget: 0.5           # required here or as --macs-budget (flops_budget is a synonym)
     trials: 32                 # trials in all
