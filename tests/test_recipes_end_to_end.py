@@ -52,3 +52,13 @@ def test_cutoff_without_budget_uses_its_parameter(base) -> None:
     tight = run_recipe(Recipe.from_dict({**BASE, "allocation": {"strategy": "cmi_cumulative", "rho": 0.3}}),
                        base=base, show_progress=False)
     assert tight.pruned["macs"] < loose.pruned["macs"]
+
+
+@pytest.mark.parametrize("criterion, normalizer", [("taylor", "mean"), ("bn_scale", "none"), ("l1", "mean")])
+def test_global_ranking_end_to_end(base, criterion, normalizer) -> None:
+    """Taylor and Network Slimming rank globally: one threshold across groups, to the MACs budget."""
+    recipe = Recipe.from_dict({**BASE, "criterion": criterion,
+                               "allocation": {"strategy": "global", "macs_budget": 0.6, "normalizer": normalizer}})
+    result = run_recipe(recipe, base=base, show_progress=False)
+    _check(result, 0.6)
+    assert result.plan.meta["allocation"] == {"strategy": "global", "macs_budget": 0.6, "normalizer": normalizer}
