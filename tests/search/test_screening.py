@@ -128,6 +128,7 @@ def test_screening_pool_holds_the_hand_recipes_and_only_plans_within_their_targe
     assert [c.params for c in candidates[:len(hand)]] == hand
     ok = [c for c in candidates if c.ok]
     assert len(ok) == 14
+    assert {c.params["allocation"] for c in candidates if c.source == "sampled"} == set(config.space.allocations)
     for c in ok:
         assert c.macs_ratio <= c.params["target_macs"] + 1e-9 <= 0.5 + 1e-9
         assert 0.0 <= c.proxy <= 1.0

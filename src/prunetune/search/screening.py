@@ -203,8 +203,11 @@ def run_screening(space: SearchSpace, hand: list[dict[str, Any]], count: int, po
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # The random start-up phase comes after the hand recipes: counted among them, it would be over
+    # before TPE saw anything but uniform ratios, and TPE would never try the other allocations.
+    startup = len(hand) + max(8, (count - len(hand)) // 4)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=max(8, count // 4)))
+        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=startup))
     for params in hand:
         study.enqueue_trial(params, skip_if_exists=True)
     total = max(count, len(hand))
