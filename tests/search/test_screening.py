@@ -26,6 +26,7 @@ from prunetune.search.screening import (
     select,
     spearman,
     spread_targets,
+    startup_trials,
     trial_points,
 )
 from prunetune.spaces import SpaceSpec, build_space, plan_space, target_range, trial_recipe
@@ -79,6 +80,10 @@ def test_spread_targets_and_spearman() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(spearman([1, 2], [1, 2]))
+
+
+def test_random_start_up_follows_the_hand_recipes() -> None:
+    assert startup_trials(192, 48) == 48 + 36 and startup_trials(20, 16) == 16 + 8
 
 
 def test_screen_spec_parsing() -> None:

@@ -203,11 +203,9 @@ def run_screening(space: SearchSpace, hand: list[dict[str, Any]], count: int, po
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # The random start-up phase comes after the hand recipes: counted among them, it would be over
-    # before TPE saw anything but uniform ratios, and TPE would never try the other allocations.
-    startup = len(hand) + max(8, (count - len(hand)) // 4)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.TPESampler(
-        seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=startup))
+        seed=seed, multivariate=True, group=True, constant_liar=True,
+        n_startup_trials=startup_trials(count, len(hand))))
     for params in hand:
         study.enqueue_trial(params, skip_if_exists=True)
     total = max(count, len(hand))
@@ -235,6 +233,13 @@ def run_screening(space: SearchSpace, hand: list[dict[str, Any]], count: int, po
         if progress is not None:
             progress(sum(1 for c in candidates if c.error is not None or math.isfinite(c.proxy)), total)
     return candidates
+
+
+def startup_trials(count: int, hand: int) -> int:
+    """TPE's random start-up: a quarter of the sampled candidates (at least 8), *after* the ``hand``
+    ones. Counted among the hand recipes it would be over before TPE had seen anything but uniform
+    ratios, and TPE would all but never try the other allocations of the space."""
+    return hand + max(8, (count - hand) // 4)
 
 
 def evaluate_candidates(params: list[dict[str, Any]], base: Any, table: Any, *, bn_batches: int,
