@@ -65,14 +65,22 @@ def _read(path: Path, what: str) -> Any:
                               f"{str(exc).splitlines()[0][:200]})") from None
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: str = "model") -> nn.Module:
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: str = "model",
+                    data_split: Mapping[str, Any] | None = None) -> nn.Module:
     """Load a state dict (bare, or under ``state_dict``/``model``; ``module.`` prefixes stripped).
 
+    ``data_split``: the split the caller's data has; a checkpoint that records another one (see
+    :func:`save_dense`) is refused before anything is loaded.
+
     Raises:
-        CheckpointError: missing file, unreadable file, or weights that do not fit ``model``.
+        CheckpointError: missing file, unreadable file, another data split, or weights that do not
+            fit ``model``.
     """
     path = Path(path)
     data = _read(path, "checkpoint")
+    if data_split is not None:
+        recorded = data.get("data_split") if isinstance(data, dict) else None
+        check_split(path, recorded if isinstance(recorded, Mapping) else None, data_split)
     state = _find_state_dict(data, path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunetune.checkpoint import check_split, checkpoint_split, load_checkpoint, save_dense, save_pruned
+from prunetune.checkpoint import load_checkpoint, save_dense, save_pruned
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
@@ -122,9 +122,8 @@ def prepare(recipe: Recipe, *, show_progress: bool = True,
     check_allocation(recipe, groups)  # fail on a bad group name or budget before any training
     base = Base(recipe, splits, model, groups, device, {})
     if spec.checkpoint:
-        path = recipe.resolve_path(spec.checkpoint)
-        check_split(path, checkpoint_split(path), splits.split)
-        load_checkpoint(model, path, model_name=f"model {spec.name!r}")
+        load_checkpoint(model, recipe.resolve_path(spec.checkpoint), model_name=f"model {spec.name!r}",
+                        data_split=splits.split)
     else:
         _pretrained_dense(base, show_progress)
     model.to(device).eval()
@@ -141,10 +140,10 @@ def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
     for name in a.ratios:
         groups[name]
     if a.macs_budget is not None:
-        rule = a.rule
-        floor = smallest_fraction(groups, rule)
+        whole = a.dense_groups(groups.names)
+        floor = smallest_fraction(groups, a.rule, dense=whole)
         if a.macs_budget < floor:
-            raise infeasible_budget(a.macs_budget, floor, rule)
+            raise infeasible_budget(a.macs_budget, floor, a.rule, dense=whole)
     if recipe.plan is not None:
         _carried_plan(recipe).validate(groups)
 

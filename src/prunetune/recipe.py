@@ -7,7 +7,7 @@ the pruning plan the search measured, so replaying it rebuilds exactly that netw
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,14 @@ class AllocationSpec:
         """The keep rule every strategy of this allocation follows."""
         return KeepRule(self.min_keep, self.round_to, self.max_ratio)
 
+    def dense_groups(self, names: Iterable[str]) -> set[str]:
+        """Of ``names``, the groups a MACs budget leaves whole: a relative ratio of exactly 0 (named, or
+        by ``default`` next to named ratios, as the ``ratios`` strategy reads them)."""
+        if self.strategy != "ratios" or self.macs_budget is None or not self.ratios:
+            return set()
+        fallback = self.default if self.default is not None else 0.5
+        return {name for name in names if self.ratios.get(name, fallback) == 0}
+
     @classmethod
     def parse(cls, value: Any) -> AllocationSpec:
         d = _strict("allocation", value, ALLOCATION_KEYS)
@@ -216,7 +224,15 @@ class AllocationSpec:
             raise ConfigError(f"allocation.macs_budget must be a fraction of dense MACs in (0, 1], got {short(self.macs_budget)}")
         from prunetune.pruning.strategies import STRATEGIES
 
-        STRATEGIES.get(self.strategy)
+        allowed = getattr(STRATEGIES.get(self.strategy), "params_allowed", None)
+        unknown = sorted(set(self.params) - set(allowed)) if allowed is not None else []
+        if unknown:
+            raise ConfigError(f"allocation strategy {self.strategy!r} takes no parameter {unknown[0]!r}; "
+                              f"its parameters: {', '.join(allowed) or 'none'}")
+        if "normalizer" in self.params:
+            from prunetune.pruning.normalize import NORMALIZERS
+
+            NORMALIZERS.get(self.params["normalizer"])
         if self.strategy == "ratios" and self.ratio is None and not self.ratios and self.default is None and self.macs_budget is None:
             raise ConfigError("allocation needs one of: ratio, ratios (+ default), macs_budget, or a strategy")
         if self.strategy == "global" and self.ratio is None and self.macs_budget is None:

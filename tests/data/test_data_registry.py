@@ -118,3 +118,24 @@ def test_imagefolder_broken_torchvision_gives_install_hint(
     monkeypatch.setattr(imagefolder_mod, "require", broken)
     with pytest.raises(MissingExtraError, match=r"nms.*\.\[vision\]"):
         load_dataset("imagefolder", root=tmp_path)
+
+
+def test_held_out_val_with_a_mismatched_test_folder_is_a_data_error(tmp_path, monkeypatch) -> None:
+    for split, classes in (("train", ("ant", "bee")), ("test", ("ant", "cat"))):
+        for cls in classes:
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(5):
+                (tmp_path / split / cls / f"{i}.png").touch()
+    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder), transforms=_AnyTransform())
+    monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
+    with pytest.raises(DataError, match="same class folders"):
+        load_dataset("imagefolder", root=tmp_path)
+
+
+def test_imagefolder_records_val_fraction_only_when_it_holds_out(tmp_path, monkeypatch) -> None:
+    for split in ("train", "val"):
+        (tmp_path / split / "ant").mkdir(parents=True)
+        (tmp_path / split / "ant" / "0.png").touch()
+    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder), transforms=_AnyTransform())
+    monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
+    assert load_dataset("imagefolder", root=tmp_path).split == {"dataset": "imagefolder", "split_seed": 0}

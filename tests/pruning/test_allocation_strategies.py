@@ -114,3 +114,41 @@ def test_global_prunes_more_where_scores_are_lower(groups) -> None:
     keep = STRATEGIES.get("global")(groups, rule=KeepRule(max_ratio=0.8), macs_budget=0.5, scores=scores,
                                     params={"normalizer": "none"})
     assert keep[weak] / groups[weak].channels < keep[strong] / groups[strong].channels
+
+
+def test_a_search_budget_exactly_at_the_floor_is_accepted(groups) -> None:
+    from prunetune.spaces import SpaceSpec, target_range
+
+    rule = KeepRule(max_ratio=0.8)
+    floor = smallest_fraction(groups, rule)
+    low, high = target_range(SpaceSpec(), groups, floor, rule)
+    assert high == floor and low <= high
+
+
+def _recipe(allocation):
+    from prunetune.recipe import Recipe
+
+    return Recipe.from_dict({"model": {"name": "resnet20", "in_channels": 1}, "data": "digits", "criterion": "l1",
+                             "allocation": allocation})
+
+
+def test_a_budget_that_relative_zeros_make_unreachable_fails_before_any_training(groups) -> None:
+    """A relative ratio of 0 keeps a group whole under a budget: the feasibility check knows it."""
+    from prunetune.pipeline import check_allocation
+
+    with pytest.raises(BudgetInfeasibleError, match="kept whole by a relative ratio of 0") as err:
+        check_allocation(_recipe({"macs_budget": 0.3, "ratios": {n: 0.0 for n in groups.names}}), groups)
+    assert "raise allocation.max_ratio" not in str(err.value)
+    check_allocation(_recipe({"macs_budget": 0.3, "ratios": {groups.names[0]: 0.0}, "default": 0.5}), groups)
+
+
+@pytest.mark.parametrize(("allocation", "match"), [
+    ({"strategy": "global", "macs_budget": 0.3, "normalizer": "bogus"}, "bogus"),
+    ({"macs_budget": 0.3, "normalizer": "rank"}, "'ratios' takes no parameter 'normalizer'"),
+    ({"strategy": "cmi_knee", "macs_budget": 0.3, "rho": 0.9}, "'cmi_knee' takes no parameter 'rho'; its parameters: scale"),
+])
+def test_strategy_parameters_are_checked_when_the_recipe_is_read(allocation, match) -> None:
+    from prunetune.exceptions import PrunetuneError
+
+    with pytest.raises(PrunetuneError, match=match):
+        _recipe(allocation)

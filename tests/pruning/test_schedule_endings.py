@@ -41,7 +41,7 @@ def _state_fn(name, params):
 
 
 @pytest.mark.parametrize(("name", "params"), VARIANTS, ids=lambda v: str(v))
-@pytest.mark.parametrize("total", [2, 3, 4, 10])
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 10])
 def test_every_schedule_ends_fully_pruned_and_hard(name, params, total) -> None:
     last = SCHEDULES.get(name).state(total - 1, total, **params)
     assert last.prune == 1.0 and last.hard == 1.0

@@ -37,7 +37,8 @@ def test_schedule_endpoints() -> None:
     assert [SCHEDULES.get("sfp").state(e, 4, hard_fraction=0.25).hard for e in range(4)] == [0, 0, 0, 1]
     published = [SCHEDULES.get("sfp").state(e, E, hard_fraction=0.0) for e in range(E)]
     assert all(s.hard == 0.0 for s in published)
-    assert SCHEDULES.get("sfp").state(0, 1).hard == 0.0  # one epoch: nothing to spare for a hard phase
+    assert SCHEDULES.get("sfp").state(0, 1).hard == 1.0  # one epoch: no soft phase to spare, simply hard
+    assert SCHEDULES.get("sfp").state(0, 1, hard_fraction=0.0).hard == 0.0  # published: soft, then removal
     asfp = [SCHEDULES.get("asfp").state(e, E) for e in range(E)]
     assert asfp[E // 2 - 1].hard == 0.0 and asfp[E // 2].hard == 1.0
     assert asfp_fraction(0, E) == 0.0

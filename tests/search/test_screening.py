@@ -138,9 +138,16 @@ def test_screening_pool_holds_the_hand_recipes_and_only_plans_within_their_targe
         assert c.macs_ratio <= c.params["target_macs"] + 1e-9 <= 0.5 + 1e-9
         assert 0.0 <= c.proxy <= 1.0
     chosen = select(candidates, 4)
-    for c in chosen:  # non-dominated within the pool
-        assert not any(o.proxy >= c.proxy and o.macs_ratio <= c.macs_ratio and (o.proxy, o.macs_ratio) !=
-                       (c.proxy, c.macs_ratio) for o in ok)
+
+    def dominated(c):
+        return any(o.proxy >= c.proxy and o.macs_ratio <= c.macs_ratio and (o.proxy, o.macs_ratio) !=
+                   (c.proxy, c.macs_ratio) for o in ok)
+
+    front = [c for c in ok if not dominated(c)]
+    if len(front) >= 4:  # a front large enough: only non-dominated candidates
+        assert not any(dominated(c) for c in chosen)
+    else:  # the whole front, then the next one
+        assert {c.number for c in front} <= {c.number for c in chosen} and len(chosen) == 4
 
 
 def test_screened_trials_take_the_recipes_lr_and_first_schedule_or_leave_them_to_the_study(shared) -> None:
@@ -155,3 +162,50 @@ def test_screened_trials_take_the_recipes_lr_and_first_schedule_or_leave_them_to
     assert point["finetune.lr"] == 0.05 and point["schedule"] == "ghfp" and point["target_macs"] == 0.3
     assert full.replay(point)["schedule.ghfp.base"] == "sfp"
     assert trial_points(chosen, full, {}) == [chosen[0].params]
+
+
+def test_screening_evaluates_the_plan_its_trial_will_fine_tune(shared) -> None:
+    """A single-choice part of the space (here the allocation) is a constant the trial gets from the
+    space: the candidate is evaluated with it, not with the base recipe's fallback."""
+    from prunetune.pipeline import build_plan
+
+    config, base, table, _ = shared
+    spec = SpaceSpec(criteria=("capacity", "l1"), normalizers=("rank",), allocations=("global",))
+    plans = plan_space(build_space(spec, base.groups, budget=0.5, rule=config.recipe.allocation.rule))
+    pool = LocalPool(lambda configs: evaluate_candidates(configs, base, table, bn_batches=1, val_images=64))
+    for c in run_screening(plans, [], 3, pool, seed=0, chunk=3):
+        trial_config = plans.replay(c.params)  # what the trial is built from: constants included
+        assert trial_config["allocation"] == "global" and c.config == trial_config
+        plan = build_plan(trial_recipe(base.recipe, trial_config, base.groups), base, table)
+        assert c.macs_ratio == pytest.approx(plan.macs_ratio)
+
+
+def test_the_proxy_of_a_class_sorted_val_dataset_sees_every_class(shared, monkeypatch) -> None:
+    """A folder's val split lists its images class by class: the proxy's subset is random, not a prefix."""
+    import dataclasses
+
+    import prunetune.data as data_mod
+
+    _, base, table, _ = shared
+    val = base.splits.val
+    order = torch.argsort(val.y, stable=True)
+    by_class = torch.utils.data.TensorDataset(val.x[order], val.y[order])
+    seen = {}
+    real = data_mod.make_loader
+
+    def spy(dataset, **kw):
+        seen.setdefault("labels", {int(dataset[i][1]) for i in range(len(dataset))})
+        return real(dataset, **kw)
+
+    monkeypatch.setattr(data_mod, "make_loader", spy)
+    shifted = dataclasses.replace(base, splits=dataclasses.replace(base.splits, val=by_class))
+    evaluate_candidates([{"target_macs": 0.5}], shifted, table, bn_batches=1, val_images=60)
+    assert len(seen["labels"]) == 10
+
+
+def test_a_failing_candidate_is_recorded_not_raised(shared) -> None:
+    config, base, table, space = shared
+    results = evaluate_candidates([{"target_macs": 0.5, "allocation": "nonsense"}], base, table, bn_batches=1,
+                                  val_images=32)
+    (macs, proxy, error), = results
+    assert math.isnan(macs) and math.isnan(proxy) and "nonsense" in error

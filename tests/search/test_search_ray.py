@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -169,3 +170,30 @@ def test_screen_false_samples_every_trial_directly(make_config) -> None:
     parent = client(outcome.tracking_uri).get_run(outcome.parent_run_id)
     assert not any(k.startswith("screen") for k in parent.data.metrics)
     assert not any("proxy_accuracy" in r.data.metrics for r in _children(outcome))
+
+
+def test_screening_never_starts_more_actors_than_the_cluster_can_place(make_config) -> None:
+    """The module's Ray has 2 CPUs: concurrency 3 at 1 CPU each screens with 2 actors (a third would
+    never be placed, and its chunk would be waited for forever); the trials queue as Tune queues them."""
+    from prunetune.search.ray_parts import placeable
+
+    assert placeable(3, 1, 0) == 2 and placeable(3, 2, 0) == 1 and placeable(1, 0.5, 0) == 1
+    config = make_config(trials=3, concurrency=3, screen={"candidates": 6, "bn_batches": 1})
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(run_search(config, objective=plan_only,
+                                                                    show_progress=False)), daemon=True)
+    worker.start()
+    worker.join(timeout=240)  # a hang fails the test instead of stopping the suite
+    assert done and done[0].status == "FINISHED" and done[0].counts == {"FINISHED": 3}
+
+
+def test_fine_tuned_trials_are_exactly_the_screened_plans(make_config) -> None:
+    """Fewer selectable candidates than trials: exactly those are fine-tuned (with a warning), none
+    twice and none unscreened."""
+    config = make_config(trials=4, space={"criteria": ["capacity", "l1"], "allocations": ["global"]},
+                         screen={"candidates": 2, "bn_batches": 1})
+    outcome = run_search(config, objective=plan_only, show_progress=False)
+    runs = _children(outcome)
+    keys = [tuple(sorted((k, v) for k, v in r.data.params.items() if k.startswith(("target", "weight")))) for r in runs]
+    assert outcome.status == "FINISHED" and len(keys) == 2 and len(set(keys)) == 2
+    assert all("proxy_accuracy" in r.data.metrics for r in runs)

@@ -192,7 +192,8 @@ def load_dataset(
     root_path = Path(root).expanduser() if root is not None else None
     merged = {**spec.defaults, **params}
     splits = spec.build(root=root_path, download=bool(download), seed=int(split_seed), **merged)
-    split = {"dataset": name, "split_seed": int(split_seed), **{k: merged[k] for k in spec.split_params}}
+    split = {"dataset": name, "split_seed": int(split_seed), **{k: merged[k] for k in spec.split_params},
+             **splits.split}  # a builder may add what only it knows decides the split
     return replace(splits, split=split)
 
 

@@ -42,7 +42,6 @@ _PURPOSE = "the 'imagefolder' dataset"
 @register_dataset(
     "imagefolder", defaults={"image_size": 224, "val_fraction": 0.1},
     summary="class folders under root/train, root/val (or a held-out part of train)",
-    split_params=("val_fraction",),
 )
 def load_imagefolder(
     *, root: Path | None, download: bool, seed: int, image_size: int, val_fraction: float
@@ -65,16 +64,19 @@ def load_imagefolder(
     train_tf, eval_tf = build_transforms(tv, image_size)
     train = tv.datasets.ImageFolder(str(folders["train"]), transform=train_tf)
     classes = list(train.classes)
+    split_info: dict[str, object] = {}  # recorded in dense checkpoints: only a held-out val depends on it
     if "val" in folders:
         val = tv.datasets.ImageFolder(str(folders["val"]), transform=eval_tf)
     else:
         train, val = _hold_out(tv, folders["train"], train, eval_tf, val_fraction, seed)
+        split_info["val_fraction"] = val_fraction
     test = tv.datasets.ImageFolder(str(folders["test"]), transform=eval_tf) if "test" in folders else val
     for name, split in (("val", val), ("test", test)):
-        if list(getattr(split, "dataset", split).classes) != classes:
+        found = list(getattr(split, "dataset", split).classes)
+        if found != classes:
             raise DataError(
-                f"imagefolder {folders.get(name)} has classes {split.classes}, but train has "
-                f"{train.classes}; every split needs the same class folders"
+                f"imagefolder {folders.get(name, folders['train'])} has classes {found}, but train has "
+                f"{classes}; every split needs the same class folders"
             )
     return DataSplits(
         train=train,
@@ -86,6 +88,7 @@ def load_imagefolder(
         name="imagefolder",
         augment=False,
         classes=tuple(classes),
+        split=split_info,
     )
 
 

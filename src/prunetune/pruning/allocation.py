@@ -8,7 +8,7 @@ allocation may take from one group: every group keeps at least ``ceil((1 − max
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from prunetune.exceptions import BudgetInfeasibleError, ConfigError
@@ -66,13 +66,18 @@ def check_ratio(ratio: object, what: str) -> float:
     return float(ratio)
 
 
-def infeasible_budget(macs_budget: float, floor: float, rule: KeepRule, *,
-                      flag: str = "the budget") -> BudgetInfeasibleError:
+def infeasible_budget(macs_budget: float, floor: float, rule: KeepRule, *, flag: str = "the budget",
+                      dense: Iterable[str] = ()) -> BudgetInfeasibleError:
     """The error for a MACs budget below ``floor``, the smallest fraction of dense MACs reachable."""
+    whole = sorted(dense)
+    why = (f"with {len(whole)} group(s) kept whole by a relative ratio of 0 ({', '.join(whole[:3])}"
+           f"{', ...' if len(whole) > 3 else ''}) and min_keep={rule.min_keep}, round_to={rule.round_to}, "
+           f"max_ratio={rule.max_ratio:g}" if whole else
+           f"under min_keep={rule.min_keep}, round_to={rule.round_to}, max_ratio={rule.max_ratio:g}")
+    fix = "give those groups a ratio above 0" if whole else "raise allocation.max_ratio"
     return BudgetInfeasibleError(
-        f"MACs budget {macs_budget:g} is below the smallest reachable fraction {floor:.4f} of dense MACs "
-        f"under min_keep={rule.min_keep}, round_to={rule.round_to}, max_ratio={rule.max_ratio:g}; raise {flag} "
-        f"to at least {floor:.4f} (or raise allocation.max_ratio)")
+        f"MACs budget {macs_budget:g} is below the smallest reachable fraction {floor:.4f} of dense MACs {why}; "
+        f"raise {flag} to at least {floor:.4f} (or {fix})")
 
 
 def keep_from_ratios(
@@ -169,7 +174,9 @@ def fill_to_budget(groups: ModelGroups, keep: dict[str, int], ideal: Mapping[str
     return keep
 
 
-def smallest_fraction(groups: ModelGroups, rule: KeepRule = KeepRule()) -> float:
-    """The smallest MACs fraction any plan can reach (every group at its minimum keep)."""
-    thinnest = {g.name: rule.floor(g.channels) for g in groups}
+def smallest_fraction(groups: ModelGroups, rule: KeepRule = KeepRule(), *, dense: Iterable[str] = ()) -> float:
+    """The smallest MACs fraction any plan can reach: every group at its minimum keep, but the groups
+    in ``dense`` (a relative ratio of 0 keeps a group whole) at full width."""
+    whole = set(dense)
+    thinnest = {g.name: g.channels if g.name in whole else rule.floor(g.channels) for g in groups}
     return analytic_cost(groups, thinnest).macs / analytic_cost(groups).macs

@@ -114,6 +114,7 @@ def _cutoff_strategy(name: str, param: str, param_default: float, low: float, hi
 
     strategy.__name__ = name
     strategy.__doc__ = f"Keep counts from each group's CMI curve by {name} ({param}, default {param_default})."
+    strategy.params_allowed = (param,)  # type: ignore[attr-defined]  # checked when a recipe is read
     STRATEGIES.register(name, strategy)
     STRATEGY_CRITERIA[name] = ("cmi",)
     return strategy

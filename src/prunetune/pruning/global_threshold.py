@@ -68,6 +68,7 @@ def global_strategy(groups: ModelGroups, *, rule: KeepRule, macs_budget: float |
 
 # build_plan blends the scores this strategy thresholds with its own ``normalizer`` parameter
 global_strategy.blend_normalizer = ("normalizer", "mean")  # type: ignore[attr-defined]
+global_strategy.params_allowed = ("normalizer",)  # type: ignore[attr-defined]  # checked when a recipe is read
 
 
 def _order(groups, scores, normalize, rule) -> tuple[dict[str, int], list[str]]:

@@ -24,8 +24,8 @@ Measured choices for short fine-tunes (ResNet-20 on digits, 30% MACs, 3 epochs, 
 * Behind BN a zeroed filter is back at full strength after one SGD step (BN normalises away the
   weights' scale), so a soft channel is a live channel, and any channel that is live in one epoch
   and removed at the next costs accuracy that a low-learning-rate tail cannot win back. Every soft
-  schedule therefore fine-tunes its last ``ceil(hard_fraction·E)`` epochs (at most E−1) with every
-  pruned filter hard; ``hard_fraction`` defaults to 0.5. ``hard_fraction: 0`` gives the published
+  schedule therefore fine-tunes its last ``ceil(hard_fraction·E)`` epochs (at most E−1, at least
+  1) with every pruned filter hard; ``hard_fraction`` defaults to 0.5. ``hard_fraction: 0`` gives the published
   schedules (SFP/ASFP: soft to the end; GHFP: the ramp reaches λ = 1 in the last epoch).
 * Re-scoring by weight norms on a BN network chooses nearly at random (the norm of a filter before
   BN says little about its channel), so the default ``pool`` is ``plan``: re-scoring decides the
@@ -107,10 +107,13 @@ def hard(epoch: int, total: int) -> EpochState:
 
 
 def hard_epochs(total: int, hard_fraction: float) -> int:
-    """How many final epochs run fully hard: ``ceil(hard_fraction·total)``, at most ``total − 1``."""
+    """How many final epochs run fully hard: ``ceil(hard_fraction·total)``, at most ``total − 1`` but
+    at least one when ``hard_fraction > 0`` (a one-epoch fine-tune is then simply hard: one soft
+    epoch followed by removal would delete live channels untrained)."""
     if isinstance(hard_fraction, bool) or not isinstance(hard_fraction, (int, float)) or not 0 <= hard_fraction <= 1:
         raise ConfigError(f"hard_fraction must be a number in [0, 1], got {hard_fraction!r}")
-    return max(0, min(math.ceil(hard_fraction * total - 1e-9), total - 1))
+    n = min(math.ceil(hard_fraction * total - 1e-9), total - 1)
+    return max(1 if hard_fraction > 0 else 0, n)
 
 
 def _final_hard(epoch: int, total: int, hard_fraction: float) -> bool:
@@ -185,7 +188,7 @@ def ghfp(epoch: int, total: int, *, base: str, ramp: str, alpha: float, sigma: f
 def iterative(epoch: int, total: int, *, steps: int, rescore: bool, criterion: str, pool: str,
               hard_fraction: float) -> EpochState:
     """Step ``i`` prunes ``i/steps`` of the planned channels hard; the steps share the epochs before the
-    final phase of ``ceil(hard_fraction·E)`` epochs (at most E−1), which trains the full target. With
+    final phase of ``ceil(hard_fraction·E)`` epochs (see :func:`hard_epochs`), which trains the full target. With
     ``rescore: true`` each step picks its channels by the current weights (``criterion``, within
     ``pool``), otherwise by the plan's ranking."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

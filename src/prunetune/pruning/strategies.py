@@ -59,5 +59,8 @@ def ratios_strategy(
         return keep_from_ratios(groups, {}, default=ratio, rule=rule)
     return keep_from_ratios(groups, ratios or {}, default=default or 0.0, rule=rule)
 
+
+ratios_strategy.params_allowed = ()  # type: ignore[attr-defined]  # checked when a recipe is read
+
 from prunetune.pruning import cutoffs as _cutoffs  # noqa: E402,F401  registers cmi_cumulative, cmi_marginal, cmi_knee
 from prunetune.pruning import global_threshold as _global  # noqa: E402,F401  registers global

@@ -9,7 +9,9 @@ Schema (unknown keys are errors that name the key)::
     space: {...}               # what is sampled: see prunetune.spaces.spec
     screen: true               # screen 16 × trials candidate plans by an adaptive-BN proxy and
                                # fine-tune only the best (false: sample every trial directly), or
-                               # {candidates: N, bn_batches: 4, val_images: 2048}; see
+                               # {candidates: N, bn_batches: 4, val_images: 2048, train_params: recipe
+                               # (screened trials use the recipe's lr and the space's first schedule)
+                               # | sampled (the fine-tune study samples them)}; see
                                # prunetune.search.screening
     macs_budget: 0.5           # required here or as --macs-budget (flops_budget is a synonym)
     trials: 32                 # trials in all
@@ -229,7 +231,20 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     screen = ScreenSpec.parse(d.get("screen"))
     settings = _settings(d, given, source, here, cwd)
     recipe = _base_recipe(d.get("recipe"), space, settings.macs_budget, source, here, settings.allow_code)
+    _check_train_params(recipe, space, screen)
     return SearchConfig(recipe, space, settings, source, screen)
+
+
+def _check_train_params(recipe: Recipe, space: SpaceSpec, screen: ScreenSpec) -> None:
+    """Screened trials fine-tune with the recipe's lr under ``train_params: recipe``: it must lie in an
+    explicit ``space.lr`` (Optuna would otherwise take it with a warning, outside the space)."""
+    if not screen.enabled or screen.train_params != "recipe" or not isinstance(space.lr, tuple):
+        return
+    low, high = space.lr
+    if not low <= recipe.finetune.lr <= high:
+        raise ConfigError(f"screened trials fine-tune with the recipe's lr {recipe.finetune.lr:g} (screen.train_params: "
+                          f"recipe), outside space.lr [{low:g}, {high:g}]; widen space.lr, change finetune.lr, or "
+                          "set screen.train_params: sampled")
 
 
 def _settings(d: dict[str, Any], given: dict[str, Any], source: str | None, here: Path, cwd: Path) -> SearchSettings:

@@ -107,6 +107,16 @@ class Screener:
                                    val_images=self.val_images)
 
 
+def placeable(wanted: int, cpus: float, gpus: float) -> int:
+    """How many actors of ``cpus``/``gpus`` each the cluster can hold at once now, at most ``wanted``
+    (at least 1): an actor Ray cannot place would never run, and its chunk would be waited for forever."""
+    free = ray.available_resources()
+    fits = [math.floor(free.get("CPU", 0.0) / cpus + 1e-9)] if cpus > 0 else []
+    if gpus > 0:
+        fits.append(math.floor(free.get("GPU", 0.0) / gpus + 1e-9))
+    return max(1, min([wanted, *fits]))
+
+
 class RayPool:
     """A :class:`~prunetune.search.screening.Pool` of ``slots`` screening actors on the Ray cluster,
     each with one trial's resources; :meth:`close` frees them for the fine-tune trials."""

@@ -172,21 +172,32 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
     a = config.recipe.allocation
     low, high = target_range(config.space, base.groups, s.macs_budget, a.rule)
     plans = plan_space(space)
-    hand = hand_params(config.space, plans, low, high, max(4, s.trials))
+    # one hand recipe per criterion at each of max(4, trials) targets, at most half the pool (at least one)
+    per = max(1, min(max(4, s.trials), spec.count(s.trials) // (2 * len(config.space.criteria))))
+    hand = hand_params(config.space, plans, low, high, per)
     count = max(spec.count(s.trials), len(hand))
     log.info("screening %d candidate plans (%d of them the uniform hand recipe) by adaptive-BN proxy, %d at a time",
              count, len(hand), s.concurrency)
     t0 = time.perf_counter()
-    pool = ray_parts.RayPool(ray.put(base), ray.put(table), slots=s.concurrency, cpus=s.cpus_per_trial,
+    slots = ray_parts.placeable(s.concurrency, s.cpus_per_trial, s.gpus_per_trial)
+    pool = ray_parts.RayPool(ray.put(base), ray.put(table), slots=slots, cpus=s.cpus_per_trial,
                              gpus=s.gpus_per_trial, bn_batches=spec.bn_batches, val_images=spec.val_images)
     try:
-        chunk = max(1, min(8, count // (4 * s.concurrency)))
+        chunk = max(1, min(8, count // (4 * slots)))
         candidates = run_screening(plans, hand, count, pool, seed=s.seed, chunk=chunk, progress=_screen_progress())
     finally:
         pool.close()
     selected = select(candidates, s.trials)
     outcome = ScreenOutcome(candidates, selected, time.perf_counter() - t0)
     failed = sum(1 for c in candidates if not c.ok)
+    if not selected:
+        first = next((c.error for c in candidates if c.error), "no candidate")
+        raise ConfigError(f"screening evaluated none of its {len(candidates)} candidates (first error: {first}); "
+                          "fix the cause, or run with screen: false")
+    if len(selected) < s.trials:
+        log.warning("screening: only %d candidates could be evaluated (%d failed); fine-tuning those %d of "
+                    "the %d trials asked for (raise screen.candidates for more)", len(selected), failed,
+                    len(selected), s.trials)
     log.info("screening: %d candidates in %.1fs (%d failed); fine-tuning %d of the proxy front, MACs %s",
              len(candidates), outcome.seconds, failed, len(selected),
              ", ".join(f"{100 * c.macs_ratio:.1f}%" for c in selected))
@@ -233,18 +244,19 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
     if restore:
         return tune.Tuner.restore(str(s.experiment_dir), trainable=fn, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
-    points = None
-    if screened is not None:
+    points, trials, seed = None, s.trials, s.seed
+    if screened is not None:  # exactly the screened trials; another seed than the screening study's
         points = trial_points(screened.selected, space, _recipe_train_params(config))
+        trials, seed = len(points), s.seed + 1
     searcher = ray_parts.FinalOnlySearch(space=space.for_ray, metric=ray_parts.METRICS, mode=ray_parts.MODES,
-                                         sampler=ray_parts.make_sampler(s.sampler, seed=s.seed, trials=s.trials),
+                                         sampler=ray_parts.make_sampler(s.sampler, seed=seed, trials=trials),
                                          points_to_evaluate=points)
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=ray_parts.make_scheduler(s.asha, config.recipe.finetune.epochs),
-        num_samples=s.trials, max_concurrent_trials=s.concurrency, reuse_actors=s.reuse_actors,
+        num_samples=trials, max_concurrent_trials=s.concurrency, reuse_actors=s.reuse_actors,
         time_budget_s=s.time_budget_s, trial_dirname_creator=ray_parts.trial_dirname)
     proxies = [(dict(c.params), c.proxy) for c in screened.selected] if screened is not None else None
-    tracking = ray_parts.TrackingCallback(tracker, s.trials, time_limited=s.time_budget_s is not None,
+    tracking = ray_parts.TrackingCallback(tracker, trials, time_limited=s.time_budget_s is not None,
                                           proxies=proxies)
     run_config = tune.RunConfig(name=s.experiment, storage_path=s.storage_path, verbose=0, log_to_file=False,
                                 callbacks=[tracking, *callbacks], failure_config=tune.FailureConfig(max_failures=0))

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prunetune.exceptions import ConfigError, PrunetuneError
+from prunetune.exceptions import ConfigError
 from prunetune.spaces import SearchSpace, SpaceSpec
 from prunetune.spaces.presets import RATIO_PREFIX, TARGET, WEIGHT_PREFIX
 
@@ -92,7 +92,9 @@ class ScreenSpec:
 
 @dataclass
 class Candidate:
-    """One screened plan: the parameters a fine-tune trial is enqueued with, and what screening measured."""
+    """One screened plan: the parameters a fine-tune trial is enqueued with (``params``: what the space
+    suggested), the whole plan config they give (``config``: with the space's constants, what the
+    trial's plan is built from), and what screening measured."""
 
     number: int
     params: dict[str, Any]
@@ -101,6 +103,7 @@ class Candidate:
     proxy: float = math.nan
     error: str | None = None
     selected: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -118,7 +121,7 @@ class Pool(Protocol):
 
 @dataclass
 class LocalPool:
-    """Evaluates each chunk at once, in this process (tests, ``concurrency: 1``)."""
+    """Evaluates each chunk at once, in this process (tests, benchmarks)."""
 
     evaluate: Callable[[list[dict[str, Any]]], list[Result]]
     slots: int = 1
@@ -161,7 +164,7 @@ def hand_params(spec: SpaceSpec, space: SearchSpace, low: float, high: float, co
     """
     if "ratios" not in spec.allocations:
         return []
-    ratio = 0.5 * (spec.ratio_range[0] + spec.ratio_range[1]) or 0.5  # one value for all: uniform
+    ratio = 0.5 * (spec.ratio_range[0] + spec.ratio_range[1])  # one value for every group: uniform
     out = []
     for criterion in spec.criteria:
         weights = {WEIGHT_PREFIX + c: float(c == criterion) for c in spec.criteria}
@@ -217,12 +220,13 @@ def run_screening(space: SearchSpace, hand: list[dict[str, Any]], count: int, po
             batch = []
             for _ in range(min(chunk, total - asked)):
                 trial = study.ask()
-                space.define(trial)
-                candidate = Candidate(len(candidates), dict(trial.params), "hand" if asked < len(hand) else "sampled")
+                config = space.define(trial)
+                candidate = Candidate(len(candidates), dict(trial.params), "hand" if asked < len(hand) else "sampled",
+                                      config=config)
                 candidates.append(candidate)
                 batch.append((trial, candidate))
                 asked += 1
-            in_flight[pool.submit([c.params for _, c in batch])] = batch
+            in_flight[pool.submit([c.config for _, c in batch])] = batch
         handle, results = pool.next_done(list(in_flight))
         for (trial, candidate), (macs, proxy, error) in zip(in_flight.pop(handle), results):
             candidate.macs_ratio, candidate.proxy, candidate.error = macs, proxy, error
@@ -244,34 +248,33 @@ def startup_trials(count: int, hand: int) -> int:
 
 def evaluate_candidates(params: list[dict[str, Any]], base: Any, table: Any, *, bn_batches: int,
                         val_images: int) -> list[Result]:
-    """Plan and proxy of each candidate (in a worker): ``(MACs ratio, proxy accuracy, error)``."""
-    from prunetune.data import TensorSplit, make_loader
+    """Plan and proxy of each candidate config (in a worker): ``(MACs ratio, proxy accuracy, error)``.
+
+    The proxy is measured on a seeded random subset of ``val_images`` validation images (a folder's
+    val split lists its images class by class, so its first images would be its first classes).
+    """
+    from prunetune.data import calibration_subset, make_loader
     from prunetune.pipeline import build_plan
     from prunetune.pruning.proxy import bn_proxy
     from prunetune.spaces import trial_recipe
 
     val = base.splits.val
     if len(val) > val_images:
-        val = val.subset(range(val_images)) if isinstance(val, TensorSplit) else _prefix(val, val_images)
+        val = calibration_subset(val, size=val_images, seed=0)
     val_loader = make_loader(val, batch_size=max(256, base.recipe.data.batch_size), device=base.device)
     out: list[Result] = []
-    for p in params:
+    for config in params:
         try:
-            recipe = trial_recipe(base.recipe, p, base.groups)
+            recipe = trial_recipe(base.recipe, config, base.groups)
             plan = build_plan(recipe, base, table)
             bn = base.loader("train", train=True, seed=recipe.seed + 1)
             proxy = bn_proxy(base.model, base.groups, plan, bn_batches=bn, val_batches=val_loader,
                              max_bn_batches=bn_batches, device=base.device)
             out.append((plan.macs_ratio, proxy, None))
-        except PrunetuneError as exc:  # e.g. a target its strategy cannot reach: that candidate fails
-            out.append((math.nan, math.nan, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - one candidate's failure (a target its strategy cannot
+            # reach, a numerical error) must not end the screening: it is recorded and never selected
+            out.append((math.nan, math.nan, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
     return out
-
-
-def _prefix(dataset: Any, n: int) -> Any:
-    from torch.utils.data import Subset
-
-    return Subset(dataset, range(n))
 
 
 def select(candidates: Sequence[Candidate], k: int) -> list[Candidate]:

@@ -18,6 +18,11 @@ Schema (every key optional; the values shown are the defaults, the space a searc
 Why these defaults (measured on digits, benchmarks/README.md "front"): magnitude criteria next to
 the information ones; schedules and allocations that survive a 3-epoch fine-tune; an lr range that
 stays where the recipe's lr works (its ±4× ends cost 1.5–2 points after 3 epochs, ±2× about 0.5).
+
+With screening on (the default) and ``screen.train_params: recipe`` (its default), a search samples
+only the plan part of this space: screened trials fine-tune with the recipe's lr and the first
+schedule listed. ``schedules``, their parameters and ``lr`` are sampled with ``train_params:
+sampled`` or ``screen: false``.
 """
 
 from __future__ import annotations
@@ -158,14 +163,15 @@ def target_range(spec: SpaceSpec, groups: ModelGroups, budget: float, rule: Keep
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < budget <= 1.0:
         raise ConfigError(f"the MACs budget must be a fraction of dense MACs in (0, 1], got {budget!r}")
-    floor = smallest_fraction(groups, rule) * (1 + 1e-9)  # a hair above: float round-off in projection
+    floor = smallest_fraction(groups, rule)
     if floor > budget:
         raise infeasible_budget(budget, floor, rule, flag="--macs-budget")
     wanted = spec.min_fraction if spec.min_fraction is not None else budget / 4
     if wanted > budget:
         raise ConfigError(f"space.min_fraction {wanted:g} must not exceed the MACs budget {budget:g}; "
                           "lower it or raise the budget")
-    return (max(floor, wanted), float(budget))
+    low = max(floor * (1 + 1e-9), wanted)  # a hair above the floor: float round-off in the projection
+    return (min(low, float(budget)), float(budget))
 
 
 # The components that decide a trial's plan; the others (schedule, its parameters, lr) only shape
