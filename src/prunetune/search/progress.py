@@ -67,11 +67,15 @@ class Progress:
         budget: the MACs budget (a fraction): "best accuracy" counts only trials within it.
         epochs: fine-tune epochs of a trial (shown as ``epoch e/E``).
         heartbeat_s: seconds between status lines while nothing else is logged (0: none).
+        hold: keep the plain lines back until :meth:`release` (the search calls it once its input
+            has passed every check), so a refused input stays one error line; the callback still
+            sees every event. Lines held when the search ends unreleased are dropped.
     """
 
     def __init__(self, callback: Callback | None = None, *, budget: float | None = None, epochs: int | None = None,
-                 heartbeat_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 heartbeat_s: float = 30.0, clock: Callable[[], float] = time.monotonic, hold: bool = False) -> None:
         self.callback, self.budget, self.epochs, self.heartbeat_s = callback, budget, epochs, heartbeat_s
+        self._held: list[str] | None = [] if hold else None
         self._clock = clock
         self._t0 = self._phase_t0 = self._last_line = clock()
         self._lock = threading.RLock()
@@ -83,6 +87,13 @@ class Progress:
         self._stop = threading.Event()
 
     # -- what the runner reports -------------------------------------------------------------
+    def release(self) -> None:
+        """Log the held lines and every line from now on."""
+        with self._lock:
+            held, self._held = self._held or [], None
+            for line in held:
+                log.info("%s", line)
+
     def phase(self, name: str, detail: str = "") -> None:
         with self._lock:
             self._phase, self._phase_t0 = name, self._clock()
@@ -134,9 +145,11 @@ class Progress:
             self._emit("trial", f"{label} stopped early after {epochs} epoch(s) | {self._counts()}", trial=label)
 
     def close(self, status: str) -> None:
-        """The search ended (``status``: FINISHED, KILLED, FAILED); stops the ticker."""
+        """The search ended (``status``: FINISHED, KILLED, FAILED); stops the ticker. Once."""
         self._stop.set()
         with self._lock:
+            if self._phase == "done":
+                return
             self._phase = "done"
             best = f"; best val acc {self.best:.4f} within budget" if self.best is not None else ""
             self._emit("done", f"done ({status.lower()}): {self.finished} finished, {self.failed} failed, "
@@ -175,7 +188,11 @@ class Progress:
         now = self._clock()
         if line is not None:
             self._last_line = now
-            log.info("[%s] %s", _clock_text(now - self._t0), line)
+            text = f"[{_clock_text(now - self._t0)}] {line}"
+            if self._held is None:
+                log.info("%s", text)
+            elif kind != "done":
+                self._held.append(text)
         if self.callback is None:
             return
         event = ProgressEvent(kind, self._phase, line, self.status(), now - self._t0, self._eta(), self.total,

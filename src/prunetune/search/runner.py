@@ -22,7 +22,7 @@ from typing import Any
 
 from prunetune._imports import require
 from prunetune.models import create_model
-from prunetune.pipeline import load_data, prepare, score_table
+from prunetune.pipeline import check_allocation, load_data, prepare, score_table
 from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.search import cluster, preflight, trust
 from prunetune.search import study as study_mod
@@ -113,7 +113,7 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     require("optuna", extra="search", purpose="prunetune search")
     t0 = time.perf_counter()
     s = config.settings
-    reporter = progress if isinstance(progress, Progress) else Progress(progress)
+    reporter = progress if isinstance(progress, Progress) else Progress(progress, hold=True)
     reporter.budget, reporter.epochs = s.macs_budget, config.recipe.finetune.epochs
     preflight.check_outputs(s)  # where results go: before anything is read, trained or written
     status = FAILED
@@ -153,7 +153,7 @@ def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable
         r = config.recipe
         progress.phase("loading", f"{r.model.name} on {r.data.name}: data and the dense model")
         # the space is checked on the groups before any training (an impossible budget fails there)
-        base = prepare(config.recipe, show_progress=show_progress, check=lambda g: make_space(config, g))
+        base = prepare(config.recipe, show_progress=show_progress, check=lambda g: _checked(config, g, progress))
         groups = base.groups
         space = make_space(config, groups)
         criteria = space_criteria(config.space, config.recipe.criterion.params)
@@ -219,6 +219,14 @@ def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, 
         tuner.fit()
     finally:  # checksums of what Ray left, checked before a resume
         trust.seal_state(s.experiment_dir, STATE_FILE)
+
+
+def _checked(config: SearchConfig, groups: ModelGroups, progress: Progress) -> None:
+    """The last checks of the input (space, budget, allocation) before any training; then the
+    progress lines held back so far are let out (a refused input is one error line)."""
+    make_space(config, groups)
+    check_allocation(config.recipe, groups)
+    progress.release()
 
 
 def _ray_running() -> bool:
