@@ -26,7 +26,8 @@ def test_bundled_demo_config_parses_and_flags_override(tmp_path) -> None:
     assert s.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert s.storage_path == str(tmp_path / "prunetune-runs")
     assert config.recipe.model.name == "resnet20" and config.space.ratios == "per_stage"
-    assert config.recipe.criterion.weights == {"capacity": 1.0, "independence": 1.0}  # filled from the space
+    weights = {c: 1.0 for c in ("l1", "fpgm", "capacity", "independence")}  # the default space's criteria
+    assert config.recipe.criterion.weights == weights  # filled from the space
 
 
 def test_paths_in_the_file_are_relative_to_the_file(tmp_path) -> None:

@@ -123,14 +123,14 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
         try:
             tracker, study = _run(config, state, objective, list(callbacks), show_progress, reporter)
             status = tracker.client.get_run(tracker.parent_run_id).info.status
+            if status == FINISHED:  # still under the lock: no second process resumes a finished search
+                write_state(s.experiment_dir, {"identity": config.identity(), "parent_run_id": tracker.parent_run_id,
+                                               "study_name": study, "finished": True})
         except KeyboardInterrupt:
             status = KILLED
             raise
         finally:
             reporter.close(status)
-    if status == FINISHED:
-        write_state(s.experiment_dir, {"identity": config.identity(), "parent_run_id": tracker.parent_run_id,
-                                       "study_name": study, "finished": True})
     counts = dict(Counter(run.info.status for run in tracker.children()))
     return SearchOutcome(s.experiment, s.experiment_dir, s.tracking_uri, tracker.parent_run_id, status, counts,
                          resumed=state is not None, seconds=time.perf_counter() - t0, study_storage=s.study_url,
