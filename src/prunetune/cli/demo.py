@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     plot = plot_front(records, out / "front.png", picked=record.run_id)
     plot_front(records, out / "front.html", picked=record.run_id)
     client(records.uri).log_artifact(records.parent_run_id, str(plot))
-    print(f"\nbest within budget: trial {record.trial_id}, val acc {record.accuracy:.4f}, "
+    print(f"\nbest within budget: trial {record.name}, val acc {record.accuracy:.4f}, "
           f"MACs {100 * record.macs_ratio:.1f}% of dense -> {best}")
     print(f"plot: {plot} (interactive: {out / 'front.html'})")
     print(f"replay it: prunetune prune --recipe {best} --out {out / 'pruned.pt'}")
