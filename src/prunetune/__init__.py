@@ -1,7 +1,15 @@
 """prunetune: automatic CNN filter pruning under a MACs budget.
 
+The Python API (:mod:`prunetune.api`)::
+
+    prunetune.search(config_or_path, **overrides) -> SearchOutcome
+    prunetune.pareto(experiment) -> Front
+    prunetune.export(experiment, out, pick="max-acc" | trial="t07") -> (TrialRecord, Path)
+    prunetune.prune(recipe, out=None) -> PruneResult
+
+``prunetune.search`` is also the subpackage that holds the search; calling it runs one.
 The core (``prunetune.pruning``, ``prunetune.models``, ``prunetune.data``) needs only torch; the
-search (Ray Tune + Optuna) and tracking (MLflow) are imported only by the commands that use them.
+search (Ray Tune + Optuna) and tracking (MLflow) are imported only when they run.
 """
 
 from prunetune.checkpoint import load_pruned, save_pruned
@@ -10,6 +18,18 @@ from prunetune.exceptions import PrunetuneError
 from prunetune.models import create_model, list_models
 from prunetune.version import __version__
 
-__all__ = [
-    "PrunetuneError", "__version__", "create_model", "deploy", "list_models", "load_pruned", "save_pruned",
-]
+__all__ = ["PrunetuneError", "__version__", "create_model", "deploy", "export", "list_models", "load_pruned", "pareto", "prune",
+           "save_pruned", "search"]
+_API = ("prune", "pareto", "export")
+
+
+def __getattr__(name: str):  # the API, imported on first use (import prunetune stays light)
+    if name == "search":
+        import importlib
+
+        return importlib.import_module("prunetune.search")  # a callable subpackage: prunetune.search(...)
+    if name in _API:
+        from prunetune import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'prunetune' has no attribute {name!r}")

@@ -30,6 +30,10 @@ class UntrustedStateError(PrunetuneError, ValueError):
     """Saved state that would be unpickled (a search's resume state) is not the one the search wrote."""
 
 
+class SearchLockedError(ConfigError):
+    """Another search process is running the same experiment (its lock file names the pid)."""
+
+
 class InvalidPlanError(PrunetuneError, ValueError):
     """A pruning plan does not fit the model it is applied to."""
 

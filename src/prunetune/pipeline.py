@@ -6,13 +6,14 @@ The steps are separate functions so that a search prepares the shared part once 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,18 @@ def train_pruned(recipe: Recipe, base: Base, plan: PruningPlan, *,
     )
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` CPU threads (None: as it is); the count is restored after."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: bool = True,
                base: Base | None = None) -> PruneResult:
     """Score → allocate → prune → fine-tune → evaluate; save state dict + plan when ``out`` is given."""
@@ -262,12 +275,13 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: 
     table = None if recipe.plan is not None else score_table(base, recipe_criteria(recipe), show_progress=show_progress)
     plan = build_plan(recipe, base, table)
     t2 = time.perf_counter()
-    model, history, plan = train_pruned(recipe, base, plan, show_progress=show_progress)
-    t3 = time.perf_counter()
-    cost = check_pruned_macs(model, base.input_shape, plan, macs_budget=recipe.allocation.macs_budget,
-                             dense_macs=int(base.dense["macs"]))
-    pruned = {"macs": cost.macs, "params": cost.params,
-              "accuracy": evaluate(model, base.loader("test"), device=base.device)}
+    with torch_threads(recipe.threads):  # a search trial's thread count: the same arithmetic, the same result
+        model, history, plan = train_pruned(recipe, base, plan, show_progress=show_progress)
+        t3 = time.perf_counter()
+        cost = check_pruned_macs(model, base.input_shape, plan, macs_budget=recipe.allocation.macs_budget,
+                                 dense_macs=int(base.dense["macs"]))
+        pruned = {"macs": cost.macs, "params": cost.params,
+                  "accuracy": evaluate(model, base.loader("test"), device=base.device)}
     timings = {**base.timings, "prepare_s": t1 - t0, "score_plan_s": t2 - t1, "finetune_s": t3 - t2,
                "total_s": time.perf_counter() - t0}
     result = PruneResult(base.dense, pruned, plan, history, model, table.all_cached if table else None, timings)

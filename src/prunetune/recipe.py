@@ -320,7 +320,7 @@ class PretrainSpec:
 
 
 RECIPE_KEYS = {"model", "data", "calibration", "criterion", "allocation", "schedule", "finetune",
-               "pretrain", "plan", "seed", "device"}
+               "pretrain", "plan", "seed", "device", "threads"}
 
 
 @dataclass(frozen=True)
@@ -336,6 +336,7 @@ class Recipe:
     plan: dict[str, Any] | str | None = None
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # CPU threads of the fine-tune and evaluation (a search trial's cpus_per_trial)
     source: str | None = field(default=None, compare=False)
     allow_code: bool = field(default=False, compare=False)
 
@@ -364,6 +365,9 @@ class Recipe:
         seed = d.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer, got {short(seed)}")
+        threads = d.get("threads")
+        if threads is not None:
+            integer(threads, "threads", minimum=1)
         device = d.get("device", "auto")
         if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {short(device)}")
@@ -374,7 +378,7 @@ class Recipe:
             calibration=CalibrationSpec.parse(d.get("calibration")),
             schedule=ScheduleSpec.parse(d.get("schedule")), finetune=finetune,
             pretrain=PretrainSpec.parse(d.get("pretrain")), plan=d.get("plan"),
-            seed=seed, device=device, source=source, allow_code=bool(allow_code),
+            seed=seed, device=device, threads=threads, source=source, allow_code=bool(allow_code),
         )
 
     @classmethod
@@ -401,6 +405,8 @@ class Recipe:
             "pretrain": {f.name: getattr(self.pretrain, f.name) for f in fields(PretrainSpec)},
             "seed": self.seed, "device": self.device,
         }
+        if self.threads is not None:
+            out["threads"] = self.threads
         if self.plan is not None:
             out["plan"] = self.plan
         return out

@@ -74,9 +74,9 @@ def test_export_picks_writes_and_refuses_to_overwrite(tmp_path, capsys) -> None:
     assert exported["plan"] == PLAN and exported["model"]["name"] == "tiny_resnet"
     assert "already exists; pass --overwrite" in _error_line(capsys, base)
     assert main(base + ["--overwrite", "--budget", "0.3"]) == 0
-    assert "exported trial a" in capsys.readouterr().out
+    assert "exported trial t01 (a;" in capsys.readouterr().out
     assert main(base + ["--overwrite", "--pick", "knee"]) == 0
-    assert "exported trial b" in capsys.readouterr().out
+    assert "exported trial t02 (b;" in capsys.readouterr().out
     assert "raise --budget to at least that" in _error_line(capsys, base + ["--overwrite", "--budget", "0.1"])
 
 
@@ -111,3 +111,34 @@ def test_search_errors_before_any_trial(tmp_path, capsys) -> None:
     config.write_text(yaml.safe_dump({"recipe": "r.yaml", "macs_budget": 0.5, "concurency": 2}))
     assert "unknown key 'concurency' in the search config" in _error_line(capsys, argv)
     assert "does not exist" in _error_line(capsys, ["search", "--config", str(tmp_path / "nope.yaml")])
+
+
+def test_export_trial_by_name_ray_id_or_run_id(tmp_path, capsys) -> None:
+    uri = _store(tmp_path)
+    out = tmp_path / "best.yaml"
+    base = ["export", "--experiment", "exp", "--tracking-uri", uri, "--out", str(out), "--overwrite", "--format", "json"]
+    assert main(base + ["--trial", "t03"]) == 0  # c: dominated, yet exported when named
+    first = json.loads(capsys.readouterr().out)["trial"]
+    assert first["trial_id"] == "c" and first["label"] == "t03"
+    assert main(base + ["--trial", "c"]) == 0
+    assert json.loads(capsys.readouterr().out)["trial"]["run_id"] == first["run_id"]
+    assert main(base + ["--trial", first["run_id"]]) == 0
+    assert json.loads(capsys.readouterr().out)["trial"]["label"] == "t03"
+    err = _error_line(capsys, base + ["--trial", "t30"])
+    assert "unknown finished trial 't30'; did you mean" in err and "known: t01, t02, t03, t04, t05" in err and "pareto --experiment exp --all" in err
+    with pytest.raises(SystemExit, match="2"):
+        main(base + ["--trial", "t03", "--pick", "knee"])
+    assert "argument --pick: not allowed with argument --trial" in capsys.readouterr().err
+
+
+def test_every_flag_of_every_command_has_help() -> None:
+    import argparse
+
+    from prunetune.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [f"{name} {a.option_strings[0]}" for name, sub in commands.items() for a in sub._actions
+               if a.option_strings and not (a.help and a.help.strip())]
+    missing += [a.option_strings[0] for a in parser._actions if a.option_strings and not a.help]
+    assert missing == []

@@ -36,8 +36,15 @@ def test_search_pareto_export_prune(tmp_path, capsys) -> None:
     common = ["--tracking-uri", uri]
     assert main(["search", "--config", str(config), "--macs-budget", "0.6", "--storage-path", str(tmp_path / "runs"),
                  "--format", "json", *common]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
     assert summary["experiment"] == "tiny" and summary["status"] == "FINISHED"
+    # not a terminal: plain progress lines, the phases in order, then the trials and the end
+    lines = [line for line in err.splitlines() if line.startswith("[")]
+    phases = [line.split("] ", 1)[1].split(":")[0] for line in lines]
+    order = ["loading", "scoring", "starting Ray", "screening", "trials", "done (finished)"]
+    assert [p for p in dict.fromkeys(phases) if p in order] == order, err
+    assert "\r" not in err and sum(" finished: val acc " in line for line in lines) >= 1
     assert set(summary["counts"]) <= {"FINISHED", "KILLED"} and summary["counts"].get("FINISHED", 0) >= 1
     assert sum(summary["counts"].values()) == 3
     assert all(t["macs_ratio"] <= 0.6 + 1e-12 for t in summary["trials"])

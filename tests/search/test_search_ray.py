@@ -197,3 +197,38 @@ def test_fine_tuned_trials_are_exactly_the_screened_plans(make_config) -> None:
     keys = [tuple(sorted((k, v) for k, v in r.data.params.items() if k.startswith(("target", "weight")))) for r in runs]
     assert outcome.status == "FINISHED" and len(keys) == 2 and len(set(keys)) == 2
     assert all("proxy_accuracy" in r.data.metrics for r in runs)
+
+
+class LoadStudy(tune.Callback):
+    """Open the fine-tune study from its storage URL, as optuna-dashboard would, while trials finish."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url, self.name, self.seen = url, name, []
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        import optuna
+
+        study = optuna.load_study(study_name=self.name, storage=self.url)
+        self.seen.append(sum(t.state.name == "COMPLETE" for t in study.trials))
+
+
+def test_the_study_is_in_its_storage_while_and_after_the_search(make_config, caplog) -> None:
+    import logging
+
+    import optuna
+
+    caplog.set_level(logging.INFO, logger="prunetune")
+    config = make_config(trials=3, screen={"candidates": 8, "bn_batches": 2})
+    url = config.settings.study_url
+    watch = LoadStudy(url, "tiny")
+    outcome = run_search(config, objective=plan_only, show_progress=False, callbacks=[watch])
+    assert f"optuna-dashboard {url}" in caplog.text and outcome.study_storage == url
+    assert outcome.study_name == "tiny" and watch.seen == [1, 2, 3]
+    study = optuna.load_study(study_name="tiny", storage=url)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    runs = {r.data.tags[TRIAL_TAG]: r for r in _children(outcome)}
+    assert {t.user_attrs["ray_trial_id"] for t in complete} == set(runs)  # each Optuna trial knows its run
+    for t in complete:
+        assert t.values[0] == runs[t.user_attrs["ray_trial_id"]].data.metrics["accuracy"]
+    parent = client(outcome.tracking_uri).get_run(outcome.parent_run_id)
+    assert parent.data.tags["prunetune.optuna_study"] == "tiny" and parent.data.tags["prunetune.optuna_storage"] == url

@@ -71,7 +71,7 @@ def test_nested_runs_statuses_and_artifacts(uri: str, tmp_path) -> None:
     artifacts = {a.path for a in c.list_artifacts(t1.info.run_id)}
     assert artifacts == {"config.json", "plan.json", "recipe.yaml", "widths.json"}
     widths = json.loads(open(c.download_artifacts(t1.info.run_id, "widths.json", str(tmp_path))).read())
-    assert widths == {"conv1": {"channels": 4, "kept": 2}}
+    assert widths == {"columns": ["group", "channels", "kept", "kept_fraction"], "data": [["conv1", 4, 2, 0.5]]}
 
 
 def test_per_group_ratios_go_to_the_artifact_not_params() -> None:
@@ -140,3 +140,64 @@ def test_missing_store_and_empty_experiment(uri: str, tmp_path) -> None:
     client(uri).create_experiment("empty")
     with pytest.raises(TrackingError, match="holds no prunetune search run"):
         load_search(uri, "empty")
+
+
+def test_trial_runs_are_named_numbered_and_tagged_on_the_front(uri: str) -> None:
+    tracker = _search(uri)
+    names = {}
+    for trial_id, (acc, ratio) in {"a": (0.80, 0.4), "b": (0.90, 0.5), "c": (0.70, 0.45)}.items():
+        tracker.start_trial(trial_id, {"target_macs": ratio})
+        assert client(uri).get_run(tracker._runs[trial_id]).info.run_name == f"{tracker.label(trial_id)} · running"
+        tracker.finish_trial(trial_id, _result(acc, ratio))
+    tracker.start_trial("d", {"target_macs": 0.3})
+    tracker.stop_trial("d", "FAILED", error="boom")
+    tracker.start_trial("e", {"target_macs": 0.3})
+    tracker.stop_trial("e", "KILLED", early=True)
+    runs = {r.data.tags["prunetune.trial_id"]: r for r in tracker.children()}
+    names = {k: r.info.run_name for k, r in runs.items()}
+    assert names == {"a": "t01 · 40.0% MACs · acc 0.800", "b": "t02 · 50.0% MACs · acc 0.900",
+                     "c": "t03 · 45.0% MACs · acc 0.700", "d": "t04 · failed", "e": "t05 · stopped early"}
+    assert {k: r.data.tags["prunetune.trial"] for k, r in runs.items()} == {
+        "a": "t01", "b": "t02", "c": "t03", "d": "t04", "e": "t05"}
+    # c (0.70 at 45%) is dominated by a (0.80 at 40%); the tags follow as trials finish
+    assert {k: runs[k].data.tags.get("on_front") for k in "abcde"} == {
+        "a": "true", "b": "true", "c": "false", "d": None, "e": None}
+    assert runs["e"].data.tags["prunetune.ended"] == "stopped early" and "prunetune.ended" not in runs["d"].data.tags
+    tracker.start_trial("f", {"target_macs": 0.3})
+    tracker.finish_trial("f", _result(0.95, 0.3))  # dominates everything: the others leave the front
+    on = {r.data.tags["prunetune.trial_id"]: r.data.tags.get("on_front") for r in tracker.children()}
+    assert on == {"a": "false", "b": "false", "c": "false", "d": None, "e": None, "f": "true"}
+
+
+def test_experiment_opens_on_runs_with_a_table_view_of_the_key_columns(uri: str) -> None:
+    from prunetune.tracking import views
+
+    tracker = _search(uri)
+    tracker.start_trial("a", {"target_macs": 0.4, "lr": 0.01, **{f"ratio.g{i}": 0.1 for i in range(3)}})
+    tags = client(uri).get_experiment(tracker.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert f"viewStateShareKey={views.VIEW_KEY}" in tags["mlflow.note.content"]
+    view = json.loads(tags[views.VIEW_TAG])
+    assert view["selectedColumns"][:6] == ["metrics.`accuracy`", "metrics.`test_accuracy`", "metrics.`macs_ratio`",
+                                           "metrics.`params`", "metrics.`proxy_accuracy`", "tags.`on_front`"]
+    assert "params.`target_macs`" in view["selectedColumns"] and "params.`lr`" in view["selectedColumns"]
+    assert not any("ratio.g" in c for c in view["selectedColumns"])
+    assert view["runsHiddenMode"] == "SHOW_ALL"
+    c = client(uri)  # a kind the user set stays
+    c.set_experiment_tag(tracker.experiment_id, "mlflow.experimentKind", "classification")
+    SearchTracker(uri, "exp").start_search(params={}, metrics={}, tags={}, texts={})
+    assert c.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == "classification"
+
+
+def test_resume_continues_numbers_and_names_stale_runs(uri: str) -> None:
+    tracker = _search(uri)
+    tracker.start_trial("a", {"target_macs": 0.4})
+    tracker.finish_trial("a", _result(0.8, 0.4))
+    tracker.start_trial("b", {"target_macs": 0.3})  # the driver dies here
+    again = SearchTracker(uri, "exp")
+    again.resume_search(tracker.parent_run_id)
+    again.start_trial("c", {"target_macs": 0.5})
+    again.finish_trial("c", _result(0.7, 0.5))  # dominated by a, which it knows from the first part
+    runs = {r.data.tags["prunetune.trial_id"]: r for r in again.children()}
+    assert runs["b"].info.status == "KILLED" and runs["b"].info.run_name == "t02 · interrupted"
+    assert runs["c"].data.tags["prunetune.trial"] == "t03" and runs["c"].data.tags["on_front"] == "false"

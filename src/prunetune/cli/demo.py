@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prunetune.cli.live import install, uninstall
     from prunetune.cli.search import report
     from prunetune.search import load_search_config, run_search
     from prunetune.tracking import export_trial, load_search, plot_front, ui_command
@@ -51,18 +52,25 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log.info("prunetune demo: ResNet-20 on digits 1x16x16, %d trials (%d at a time), MACs budget %.0f%%, output in %s",
              args.trials, args.concurrency, 100 * args.macs_budget, out)
-    outcome = run_search(config, resume=False)
+    live = install(getattr(args, "quiet", False))
+    try:
+        outcome = run_search(config, resume=False, show_progress=live is None,
+                             progress=live.update if live else None)
+    finally:
+        uninstall(live)
     code = report(outcome)
     if code:
         return code
     records = load_search(outcome.tracking_uri, experiment, parent_run_id=outcome.parent_run_id)
     record, best = export_trial(records, out / "best.yaml", pick="max-acc", overwrite=True)
     plot = plot_front(records, out / "front.png", picked=record.run_id)
+    plot_front(records, out / "front.html", picked=record.run_id)
     client(records.uri).log_artifact(records.parent_run_id, str(plot))
-    print(f"\nbest within budget: trial {record.trial_id}, val acc {record.accuracy:.4f}, "
+    print(f"\nbest within budget: trial {record.name}, val acc {record.accuracy:.4f}, "
           f"MACs {100 * record.macs_ratio:.1f}% of dense -> {best}")
-    print(f"plot: {plot}")
+    print(f"plot: {plot} (interactive: {out / 'front.html'})")
     print(f"replay it: prunetune prune --recipe {best} --out {out / 'pruned.pt'}")
     print(f"browse the runs: {ui_command(outcome.tracking_uri)}   (then open http://127.0.0.1:5000)")
+    print(f"the Optuna study: optuna-dashboard {outcome.study_storage}")
     print(f"demo finished in {time.perf_counter() - t0:.0f}s")
     return 0

@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("groups", help="list prunable groups, channels, kept channels, MACs (no weights needed)",
                        description="Prunable groups of a model and what a prune ratio or MACs budget keeps.")
     p.add_argument("--model", required=True, help="model name (prunetune.list_models()), tv:NAME or pkg.mod:fn")
-    p.add_argument("--num-classes", type=int_in(1), default=10)
-    p.add_argument("--in-channels", type=int_in(1), default=3)
+    p.add_argument("--num-classes", type=int_in(1), default=10, help="classes of the model's output layer")
+    p.add_argument("--in-channels", type=int_in(1), default=3, help="input channels (1: grey images, 3: RGB)")
     p.add_argument("--input-size", type=int_in(1, MAX_INPUT_SIZE, why=" (pixels per side of the traced input)"),
                    default=None, help=f"input side, at most {MAX_INPUT_SIZE} (default: the model's, e.g. 32)")
     how = p.add_mutually_exclusive_group()

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_tracking_args(p)
     p.add_argument("--all", action="store_true", help="list every finished trial, with a front column")
     p.add_argument("--plot", metavar="PATH", default=None,
-                   help="save the plot here (e.g. front.png) and log it to the search's parent run")
+                   help="save the plot here (front.png, .pdf, .svg, ...; front.html: interactive) and log it "
+                   "to the search's parent run")
     p.add_argument("--budget", type=fraction, default=None, metavar="F",
                    help="MACs fraction marked on the plot (default: the search's budget)")
     add_format(p, ("table", "json", "csv"))
@@ -72,10 +73,13 @@ def check_plot_path(path: str) -> None:
     from prunetune.exceptions import ConfigError
 
     suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix == "html":  # the interactive page, no matplotlib needed
+        check_output_file(path, "--plot", overwrite=True, flag="--plot")
+        return
     backend = require("matplotlib.backend_bases", extra="tracking", purpose="the Pareto plot")
     formats = sorted(backend.FigureCanvasBase.get_supported_filetypes())
     if suffix not in formats:
-        raise ConfigError(f"--plot {path!r}: the file name must end in a plot format matplotlib writes "
+        raise ConfigError(f"--plot {path!r}: the file name must end in .html or a plot format matplotlib writes "
                           f"({', '.join('.' + f for f in formats)}), e.g. front.png")
     check_output_file(path, "--plot", overwrite=True, flag="--plot")
 
@@ -88,7 +92,7 @@ def print_front(records: Any, rows: list[dict[str, Any]], *, show_front: bool = 
     for r in sorted(rows, key=lambda r: r["macs"]):
         params_pct = r.get("params_ratio") if r.get("params_ratio") is not None else (
             r["params"] / dense_params if dense_params else float("nan"))
-        row = [r["trial_id"], f"{r['accuracy']:.4f}", _maybe(r.get("test_accuracy")), f"{r['macs'] / 1e6:.2f}M",
+        row = [r.get("label") or r["trial_id"], f"{r['accuracy']:.4f}", _maybe(r.get("test_accuracy")), f"{r['macs'] / 1e6:.2f}M",
                f"{100 * r['macs_ratio']:.1f}%", f"{r['params'] / 1e6:.3f}M", f"{100 * params_pct:.1f}%"]
         if show_front:
             row.append("*" if r["front"] else "")

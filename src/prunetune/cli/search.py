@@ -21,19 +21,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_budget(p)
     p.add_argument("--trials", type=int, default=None, help="trials in all (config: trials)")
     p.add_argument("--experiment", default=None, help="search / MLflow experiment name (default: config file name)")
-    p.add_argument("--concurrency", type=int, default=None, help="trials at a time")
-    p.add_argument("--sampler", choices=("tpe", "nsga2"), default=None, help="Optuna sampler")
-    p.add_argument("--seed", type=int, default=None, help="sampler seed")
-    p.add_argument("--cpus-per-trial", type=float, default=None)
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="fractions share a GPU, e.g. 0.5")
-    p.add_argument("--time-budget-s", type=float, default=None, help="stop the search after this many seconds")
+    p.add_argument("--concurrency", type=int, default=None, help="trials at a time (config: concurrency)")
+    p.add_argument("--sampler", choices=("tpe", "nsga2"), default=None,
+                   help="Optuna sampler of the fine-tune study: tpe (multivariate TPE) or nsga2 (config: sampler)")
+    p.add_argument("--seed", type=int, default=None, help="sampler seed (config: seed)")
+    p.add_argument("--cpus-per-trial", type=float, default=None, metavar="N",
+                   help="CPUs Ray reserves for each trial, and the torch threads a trial (and its replay) uses "
+                   "(config: cpus_per_trial, default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, metavar="N",
+                   help="GPUs per trial; fractions share a GPU, e.g. 0.5 (config: gpus_per_trial, default 0)")
+    p.add_argument("--time-budget-s", type=float, default=None, metavar="S",
+                   help="stop starting and running trials after this many seconds (config: time_budget_s)")
     p.add_argument("--asha", action=argparse.BooleanOptionalAction, default=None,
                    help="early-stop weak trials (ASHA on validation accuracy per fine-tune epoch)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted search (an error if there is none; without it, resuming is automatic)")
-    p.add_argument("--ray-address", default=None, help="run on an existing Ray cluster: auto, host:port or ray://host:port (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///mlflow.db here)")
-    p.add_argument("--storage-path", default=None, help="Ray results and resume state (default ./prunetune-runs)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="run on an existing Ray cluster: auto, host:port or ray://host:port (default: RAY_ADDRESS, "
+                   "else a local Ray on 127.0.0.1)")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow store: sqlite:///file.db or http://host:port (default sqlite:///mlflow.db here)")
+    p.add_argument("--storage-path", default=None, metavar="DIR",
+                   help="Ray results and resume state (default ./prunetune-runs)")
+    p.add_argument("--study-storage", default=None, metavar="URL",
+                   help="the Optuna study: an RDB URL or an sqlite file (default: <MLflow db stem>-optuna.db beside "
+                   "an sqlite MLflow store, else <storage-path>/optuna.db); open it with optuna-dashboard URL")
     add_allow_code(p)
     add_format(p)
     p.set_defaults(func=run)
@@ -41,17 +53,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def overrides(args: argparse.Namespace) -> dict:
     keys = ("macs_budget", "trials", "experiment", "concurrency", "sampler", "seed", "cpus_per_trial",
-            "gpus_per_trial", "time_budget_s", "asha", "ray_address", "tracking_uri", "storage_path")
+            "gpus_per_trial", "time_budget_s", "asha", "ray_address", "tracking_uri", "storage_path", "study_storage")
     given = {k: getattr(args, k) for k in keys}
     given["allow_code"] = True if args.allow_code else None  # the flag can grant, never revoke, the config's
     return given
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunetune.search import load_search_config, run_search
+    from prunetune.cli.live import install, uninstall
+    from prunetune.search.progress import Progress
 
-    config = load_search_config(need_file(args.config, "search config"), overrides(args))
-    outcome = run_search(config, resume=True if args.resume else None, show_progress=args.format == "table")
+    live = install(args.quiet)
+    progress = Progress(live.update if live else None, hold=True)  # lines once the input passed its checks
+    progress.start_ticker()
+    progress.phase("loading", f"search config {args.config}")
+    try:
+        from prunetune.search import load_search_config, run_search
+
+        config = load_search_config(need_file(args.config, "search config"), overrides(args))
+        outcome = run_search(config, resume=True if args.resume else None, progress=progress,
+                             show_progress=False if live else args.format == "table" and not args.quiet)
+    finally:
+        progress.close("ended")  # no-op after the search closed it; stops the ticker after an early error
+        uninstall(live)
     return report(outcome, json_output=args.format == "json")
 
 
@@ -69,7 +93,8 @@ def report(outcome, *, json_output: bool = False) -> int:
         trials = [t.as_dict() for t in records.trials] if records else []
         print_json({"experiment": outcome.experiment, "status": outcome.status, "counts": outcome.counts,
                     "search_run": outcome.parent_run_id, "tracking_uri": outcome.tracking_uri,
-                    "storage": str(outcome.experiment_dir), "seconds": outcome.seconds, "trials": trials})
+                    "storage": str(outcome.experiment_dir), "seconds": outcome.seconds, "trials": trials,
+                    "study_storage": outcome.study_storage, "study_name": outcome.study_name})
     elif records is not None:
         mask = front_mask([t.accuracy for t in records.trials], [t.macs for t in records.trials])
         print(f"\nPareto front of {outcome.experiment} ({int(mask.sum())} of {len(records.trials)} finished trials):")
@@ -77,7 +102,9 @@ def report(outcome, *, json_output: bool = False) -> int:
         print(f"\nnext: prunetune pareto --experiment {outcome.experiment} --plot front.png"
               f"{_uri_flag(outcome.tracking_uri)}")
         print(f"      prunetune export --experiment {outcome.experiment} --out best.yaml{_uri_flag(outcome.tracking_uri)}")
-        print(f"      {ui_command(outcome.tracking_uri)}")
+        if outcome.tracking_uri.startswith("sqlite"):
+            print(f"      {ui_command(outcome.tracking_uri)}")
+        print(f"      optuna-dashboard {outcome.study_storage}   (the Optuna study {outcome.study_name!r})")
     if outcome.interrupted:
         log.warning("search %s was interrupted (%s); run the same command again (or add --resume) to continue",
                     outcome.experiment, ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())))

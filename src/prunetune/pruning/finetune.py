@@ -121,7 +121,8 @@ def finetune(
     for epoch in range(config.epochs):
         _call(callbacks, "on_epoch_start", epoch, config.epochs)
         model.train()
-        loss_sum, seen = 0.0, 0
+        # summed on the device: no host sync per step (the same float64 arithmetic as a Python float)
+        loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
         for x, y in progress(train_batches, desc=f"epoch {epoch + 1}/{config.epochs}", enabled=show_progress):
             x, y = _to(x, device, cuda and config.channels_last), y.to(device, non_blocking=True)
             lr = lr_at(step, total_steps, warmup, config.lr)
@@ -135,10 +136,11 @@ def finetune(
             scaler.step(optimizer)
             scaler.update()
             _call(callbacks, "after_step", model, optimizer)
-            loss_sum += float(loss.detach()) * y.shape[0]
+            loss_sum += loss.detach().double() * y.shape[0]
             seen += y.shape[0]
             step += 1
-        metrics = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "lr": lr_at(step - 1, total_steps, warmup, config.lr)}
+        metrics = {"epoch": epoch + 1, "loss": float(loss_sum) / max(1, seen),
+                   "lr": lr_at(step - 1, total_steps, warmup, config.lr)}
         if not math.isfinite(metrics["loss"]):
             raise FloatingPointError(f"fine-tune loss became {metrics['loss']} at epoch {epoch + 1}; lower finetune.lr")
         if eval_batches is not None:

@@ -67,7 +67,9 @@ def connect(cluster: Cluster) -> bool:
     if cluster.named is not None:
         log.info("connecting to the Ray cluster at %s", cluster.named)
     try:
-        if cluster.named is None:
+        if cluster.named is None or is_loopback(cluster.named):
+            # a head on 127.0.0.1 (`ray start --head` on loopback) needs this driver on loopback too:
+            # Ray would otherwise rewrite 127.0.0.1 to the machine's address and find nothing there
             _init_on_loopback(ray, address=cluster.address, include_dashboard=False,
                               logging_level=logging.WARNING, log_to_driver=False)
         else:
@@ -76,6 +78,12 @@ def connect(cluster: Cluster) -> bool:
     except ConnectionError as exc:
         raise ConfigError(_connection_error(cluster, exc)) from None
     return True
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ``host:port`` (or ``ray://``) address names this machine's loopback interface."""
+    parts = ray_address_parts(address)
+    return parts is not None and parts[0] in ("127.0.0.1", "localhost", "::1")
 
 
 def _init_on_loopback(ray: Any, **init_kwargs: Any) -> None:

@@ -29,6 +29,9 @@ Schema (unknown keys are errors that name the key)::
     experiment: null           # default: this file's name without suffix
     tracking_uri: null         # default sqlite:///<cwd>/mlflow.db
     storage_path: null         # default <cwd>/prunetune-runs (Ray's results; resume state)
+    study_storage: null        # the fine-tune Optuna study (an RDB URL or an sqlite file); default
+                               # sqlite:///<MLflow db dir>/<db stem>-optuna.db beside an sqlite MLflow
+                               # store, else <storage_path>/optuna.db; optuna-dashboard opens it
     ray_address: null          # an existing Ray cluster: auto, host:port or ray://host:10001
     allow_code: false          # let a package.module:function model name import and run that code
                                # (honoured here, in your own config, or as --allow-code; never from
@@ -55,13 +58,14 @@ from prunetune._text import short
 from prunetune.exceptions import ConfigError
 from prunetune.recipe import Recipe, read_yaml
 from prunetune.search.screening import ScreenSpec
+from prunetune.search.study import default_study_storage, resolve_study_storage
 from prunetune.spaces import SpaceSpec
 from prunetune.tracking.store import resolve_tracking_uri
 
 SAMPLERS = ("tpe", "nsga2")
 SETTINGS_KEYS = ("macs_budget", "trials", "concurrency", "sampler", "seed", "cpus_per_trial", "gpus_per_trial",
                  "time_budget_s", "asha", "reuse_actors", "latency", "experiment", "tracking_uri", "storage_path",
-                 "ray_address", "allow_code")
+                 "ray_address", "allow_code", "study_storage")
 TOP_KEYS = {"recipe", "space", "screen", "flops_budget", *SETTINGS_KEYS}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -100,6 +104,7 @@ class SearchSettings:
     ray_address: str | None = None
     allow_code: bool = False
     latency: bool = False
+    study_storage: str | None = None
 
     def __post_init__(self) -> None:
         b = self.macs_budget
@@ -132,6 +137,11 @@ class SearchSettings:
     @property
     def experiment_dir(self) -> Path:
         return Path(self.storage_path) / self.experiment
+
+    @property
+    def study_url(self) -> str:
+        """Where the fine-tune Optuna study lives (``study_storage``, or its default beside the MLflow store)."""
+        return self.study_storage or default_study_storage(self.tracking_uri, self.storage_path)
 
 
 RAY_CLIENT_PORT = 10001  # Ray Client's port when a ray:// address leaves it out
@@ -189,7 +199,8 @@ class SearchConfig:
     def identity(self) -> dict[str, Any]:
         """What a resumed search must share with the interrupted one."""
         d = self.to_dict()
-        keep = ("recipe", "space", "screen", "macs_budget", "trials", "sampler", "seed", "asha", "tracking_uri")
+        keep = ("recipe", "space", "screen", "macs_budget", "trials", "sampler", "seed", "asha", "tracking_uri",
+                "study_storage")
         return {k: d[k] for k in keep}
 
     def to_yaml(self) -> str:
@@ -249,13 +260,16 @@ def _check_train_params(recipe: Recipe, space: SpaceSpec, screen: ScreenSpec) ->
 
 def _settings(d: dict[str, Any], given: dict[str, Any], source: str | None, here: Path, cwd: Path) -> SearchSettings:
     values = {k: d[k] for k in SETTINGS_KEYS if k in d}
-    for key in ("tracking_uri", "storage_path"):  # file values relative to the file
+    paths = ("tracking_uri", "storage_path", "study_storage")
+    for key in paths:  # file values relative to the file
         if values.get(key) is not None and key not in given:
             values[key] = _absolute(values[key], here, key)
-    values.update({k: _absolute(v, cwd, k) if k in ("tracking_uri", "storage_path") else v for k, v in given.items()})
+    values.update({k: _absolute(v, cwd, k) if k in paths else v for k, v in given.items()})
     values.setdefault("experiment", Path(source).stem if source else "prunetune-search")
     values["tracking_uri"] = resolve_tracking_uri(values.get("tracking_uri"), cwd=cwd)
     values["storage_path"] = str(Path(values.get("storage_path") or cwd / "prunetune-runs").resolve())
+    if values.get("study_storage") is None:
+        values["study_storage"] = default_study_storage(values["tracking_uri"], values["storage_path"])
     asha = values.get("asha")
     if asha is True:
         values["asha"] = AshaSpec()
@@ -276,6 +290,8 @@ def _absolute(value: Any, root: Path, key: str) -> str:
         raise ConfigError(f"{key} must be a string, got {short(value)}")
     if key == "tracking_uri":
         return resolve_tracking_uri(value, cwd=root)
+    if key == "study_storage":
+        return resolve_study_storage(value, cwd=root)
     return str((root / value).resolve())
 
 

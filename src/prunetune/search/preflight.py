@@ -1,4 +1,4 @@
-"""What a search checks before any work: where it will write (results, resume state, MLflow store).
+"""What a search checks before any work: where it will write (results, resume state, MLflow store, Optuna study).
 
 A search that trains for minutes and then cannot write its results (``storage_path`` under a
 regular file, a tracking store under ``/proc``, an MLflow server that is not there) loses them; these
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prunetune._paths import check_output_dir
 from prunetune.search.config import SearchSettings
+from prunetune.search.study import check_study_storage
 from prunetune.tracking.store import check_writable_store
 
 
@@ -17,3 +18,4 @@ def check_outputs(settings: SearchSettings) -> None:
     check_output_dir(settings.storage_path, "storage_path (Ray results and resume state)")
     check_output_dir(settings.experiment_dir, "the search's results folder (storage_path/experiment)")
     check_writable_store(settings.tracking_uri)
+    check_study_storage(settings.study_url)

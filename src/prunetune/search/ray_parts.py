@@ -25,7 +25,9 @@ from prunetune.pipeline import Base, resolve_device
 from prunetune.pruning.scores import ScoreTable
 from prunetune.search.config import AshaSpec
 from prunetune.search.objective import TrialResult, base_to, check_finite
+from prunetune.search.progress import Progress
 from prunetune.search.screening import Result, evaluate_candidates, spearman
+from prunetune.search.study import RAY_TRIAL_ATTR
 from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
 
 log = logging.getLogger("prunetune")
@@ -35,8 +37,12 @@ MODES = ["max", "min"]
 
 def trainable(config: dict[str, Any], base: Base | None = None, table: ScoreTable | None = None,
               objective: Callable[..., TrialResult] | None = None, threads: int = 1, latency: bool = False) -> None:
-    """One trial in a Ray worker: ``base`` and ``table`` arrive once through the object store."""
-    torch.set_num_threads(max(1, threads))
+    """One trial in a Ray worker: ``base`` and ``table`` arrive once through the object store.
+
+    It runs with the base recipe's ``threads`` (the runner sets it to ``cpus_per_trial``), which the
+    trial's exported recipe records, so a replay computes exactly what the trial computed.
+    """
+    torch.set_num_threads(max(1, base.recipe.threads or threads))
     base = base_to(base, resolve_device(base.recipe.device))
     result = objective(config, base, table, report=tune.report)
     check_finite(result.metrics)
@@ -51,8 +57,17 @@ class FinalOnlySearch(OptunaSearch):
     """OptunaSearch that tells Optuna only final results.
 
     A trial stopped early (by ASHA or the time budget: its last result is not marked ``final``) is
-    told as PRUNED, not COMPLETE with partial values; a failed or non-finite one as FAIL.
+    told as PRUNED, not COMPLETE with partial values; a failed or non-finite one as FAIL. Every
+    Optuna trial records its Ray trial id (user attribute ``ray_trial_id``), which is how a resume
+    matches the study (in its RDB storage) with what MLflow recorded.
     """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and RAY_TRIAL_ATTR not in ot_trial.user_attrs:
+            ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -146,30 +161,37 @@ class RayPool:
 
 
 class TrackingCallback(tune.Callback):
-    """Logs trials to MLflow from the driver and prints one progress line per finished trial.
+    """Logs trials to MLflow from the driver and reports them to the search's :class:`Progress`.
 
     Statuses: FINISHED (a final result), KILLED (stopped early, or still open when the experiment
-    ends: interrupted or out of time), FAILED (an error). At the end it closes the parent run:
-    KILLED when trials were left unfinished (an interrupted search), else FINISHED, with the rank
-    correlation of the screening proxy and the fine-tuned validation accuracy.
+    ends: interrupted or out of time), FAILED (an error). After every finished trial the search run's
+    ``front.html`` is rewritten. At the end it closes the parent run: KILLED when trials were left
+    unfinished (an interrupted search), else FINISHED, with the trial counts of the whole search, the
+    rank correlation of the screening proxy and the fine-tuned validation accuracy, and ``front.png``.
 
-    ``proxies``: ``(params, proxy accuracy)`` of the screened candidates; a trial whose config holds
-    one's params logs its ``proxy_accuracy``.
+    Args:
+        total: trials of the whole search; ``expected``: trials this run of it starts (fewer when
+            it resumes an interrupted search).
+        proxies: ``(params, proxy accuracy)`` of the screened candidates; a trial whose config holds
+            one's params logs its ``proxy_accuracy``.
     """
 
     def __init__(self, tracker: SearchTracker, total: int, *, time_limited: bool = False,
-                 proxies: list[tuple[dict[str, Any], float]] | None = None) -> None:
+                 proxies: list[tuple[dict[str, Any], float]] | None = None, progress: Progress | None = None,
+                 expected: int | None = None) -> None:
         self.tracker, self.total, self.time_limited = tracker, total, time_limited
+        self.expected = total if expected is None else expected
         self.proxies = list(proxies or [])
+        self.progress = progress or Progress()
         self._started: dict[str, float] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"tracker": self.tracker, "total": self.total, "time_limited": self.time_limited,
-                "proxies": self.proxies}
+                "proxies": self.proxies, "expected": self.expected}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["tracker"], state["total"], time_limited=state["time_limited"],  # type: ignore[misc]
-                      proxies=state.get("proxies"))
+                      proxies=state.get("proxies"), expected=state.get("expected"))
 
     def proxy_of(self, config: Mapping[str, Any]) -> float:
         for params, proxy in self.proxies:
@@ -180,43 +202,50 @@ class TrackingCallback(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._started[trial.trial_id] = time.time()
         self.tracker.start_trial(trial.trial_id, trial.config)
+        self.progress.trial_started(self.tracker.label(trial.trial_id))
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         if not result.get("final") and "epoch" in result:
             self.tracker.log_epoch(trial.trial_id, result, int(result["epoch"]))
+            self.progress.trial_epoch(self.tracker.label(trial.trial_id), int(result["epoch"]), result.get("accuracy"))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = dict(trial.last_result or {})
         wall = time.time() - self._started.pop(trial.trial_id, time.time())
+        label = self.tracker.label(trial.trial_id)
         if result.get("final"):
             self.tracker.finish_trial(trial.trial_id, {**result, "wall_s": wall,
                                                        "proxy_accuracy": self.proxy_of(trial.config)})
-            self._progress(trials, trial, f"accuracy {result['accuracy']:.4f}, MACs {result['macs_ratio']:.1%} "
-                           f"(target {result.get('target_macs', math.nan):.1%}), {wall:.1f}s")
+            self.progress.trial_finished(label, result["accuracy"], result["macs_ratio"], wall)
+            self._log_front(png=False)
         else:
-            self.tracker.stop_trial(trial.trial_id, KILLED)
-            self._progress(trials, trial, f"stopped early after {result.get('training_iteration', 0)} epoch(s)")
+            self.tracker.stop_trial(trial.trial_id, KILLED, early=True)
+            self.progress.trial_stopped(label, int(result.get("training_iteration", 0)))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._started.pop(trial.trial_id, None)
         error = _error_text(trial)
+        label = self.tracker.label(trial.trial_id)
         self.tracker.stop_trial(trial.trial_id, FAILED, error=error)
         last = error.strip().splitlines()[-1] if error.strip() else "error"
-        self._progress(trials, trial, f"FAILED: {last} (trace: {trial.error_file})")
+        self.progress.trial_failed(label, f"{last} (trace: {trial.error_file})")
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         done = (Trial.TERMINATED, Trial.ERROR)
-        interrupted = any(t.status not in done for t in trials) or (len(trials) < self.total and not self.time_limited)
-        finished = sum(1 for t in trials if t.status == Trial.TERMINATED and (t.last_result or {}).get("final"))
-        failed = sum(1 for t in trials if t.status == Trial.ERROR)
-        metrics = {"trials_finished": finished, "trials_failed": failed, "trials_started": len(trials)}
-        metrics.update(self._proxy_correlation())
+        interrupted = (any(t.status not in done for t in trials)
+                       or (len(trials) < self.expected and not self.time_limited))
+        runs = self.tracker.children()
+        statuses = [r.info.status for r in runs]
+        metrics = {"trials_finished": statuses.count(FINISHED), "trials_failed": statuses.count(FAILED),
+                   "trials_started": len(runs)}
+        metrics.update(self._proxy_correlation(runs))
         self.tracker.end_search(KILLED if interrupted else FINISHED, metrics)
+        self._log_front(png=True)
 
-    def _proxy_correlation(self) -> dict[str, float]:
+    def _proxy_correlation(self, runs: list[Any]) -> dict[str, float]:
         """Spearman's ρ of proxy vs fine-tuned val (and test) accuracy over the finished trials (all runs,
         so a resumed search counts the trials of its first part too)."""
-        rows = [r.data.metrics for r in self.tracker.children() if r.info.status == FINISHED]
+        rows = [r.data.metrics for r in runs if r.info.status == FINISHED]
         rows = [m for m in rows if math.isfinite(m.get("proxy_accuracy", math.nan))]
         out = {}
         for key, name in (("accuracy", "proxy_rank_correlation"), ("test_accuracy", "proxy_rank_correlation_test")):
@@ -225,9 +254,20 @@ class TrackingCallback(tune.Callback):
                 out[name] = rho
         return out
 
-    def _progress(self, trials: list[Trial], trial: Trial, text: str) -> None:
-        done = 1 + sum(1 for t in trials if t is not trial and t.status in (Trial.TERMINATED, Trial.ERROR))
-        log.info("[%d/%d] trial %s: %s", done, self.total, trial.trial_id, text)
+    def _log_front(self, *, png: bool) -> None:
+        """``front.html`` (and ``front.png``) on the search run; a failure here never stops the search."""
+        from prunetune.exceptions import TrackingError
+        from prunetune.tracking import load_search, log_front
+        from prunetune.tracking.views import run_url
+
+        t = self.tracker
+        try:
+            records = load_search(t.uri, t.experiment, parent_run_id=t.parent_run_id)
+            log_front(records, t.client, png=png, run_url=lambda run_id: run_url(t.uri, t.experiment_id, run_id))
+        except TrackingError:  # no finished trial yet
+            return
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not log the front plot to the search run (%s: %s)", type(exc).__name__, exc)
 
 
 def _error_text(trial: Trial) -> str:

@@ -3,13 +3,15 @@
 The driver prepares the dense model and the ScoreTable once and ships them to every trial through
 Ray's object store (``tune.with_parameters``). MLflow logging happens on the driver
 (:class:`~prunetune.search.ray_parts.TrackingCallback`). An interrupted search leaves its state in
-``<storage_path>/<experiment>``; running the same command again (or with ``resume=True``) continues
-it with ``Tuner.restore``: finished trials are kept, unfinished ones start again.
+``<storage_path>/<experiment>`` and the fine-tune Optuna study in its RDB storage; running the same
+command again (or with ``resume=True``) continues it: MLflow's record of the finished trials is
+kept, exactly the missing trials run (:mod:`prunetune.search.resume`). One process at a time holds
+an experiment (:mod:`prunetune.search.lock`). Progress goes to :mod:`prunetune.search.progress`.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -19,13 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from prunetune._imports import require
-from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
-from prunetune.pipeline import load_data, prepare, score_table
+from prunetune.pipeline import check_allocation, load_data, prepare, score_table
 from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.search import cluster, preflight, trust
+from prunetune.search import study as study_mod
 from prunetune.search.config import SearchConfig
+from prunetune.search.lock import ExperimentLock
 from prunetune.search.objective import TrialResult, base_to, run_trial
+from prunetune.search.progress import Callback, Progress
+from prunetune.search.resume import STATE_FILE, done_trials, resume_state, write_state
+from prunetune.search.study import dashboard_command
 from prunetune.pruning.schedules import SCHEDULES
 from prunetune.search.screening import ScreenOutcome, hand_params, run_screening, select, table_csv, trial_points
 from prunetune.spaces.presets import LR, SCHEDULE, SCHEDULE_PARAM_PREFIX
@@ -33,16 +39,24 @@ from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteri
 from prunetune.tracking.export import write_atomic
 from prunetune.tracking.store import ui_command
 from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
+from prunetune.tracking.views import view_url
 from prunetune.version import __version__
 
 log = logging.getLogger("prunetune")
-STATE_FILE = "prunetune-search.json"
 SCREEN_FILE = "screening.json"
 
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    """Where a search's results are and how it ended (``status``: FINISHED, or KILLED if interrupted)."""
+    """Where a search's results are and how it ended (``status``: FINISHED, or KILLED if interrupted).
+
+    Attributes:
+        experiment, tracking_uri, parent_run_id: the MLflow experiment, store and search run.
+        experiment_dir: Ray's results and the resume state (``storage_path/experiment``).
+        study_storage, study_name: the fine-tune Optuna study (``optuna-dashboard <study_storage>``).
+        counts: trial runs by status (FINISHED, FAILED, KILLED), over the whole search.
+        resumed: this call continued an interrupted search.
+    """
 
     experiment: str
     experiment_dir: Path
@@ -52,6 +66,8 @@ class SearchOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     resumed: bool = False
     seconds: float = 0.0
+    study_storage: str | None = None
+    study_name: str | None = None
 
     @property
     def interrupted(self) -> bool:
@@ -77,7 +93,7 @@ def make_space(config: SearchConfig, groups: ModelGroups) -> SearchSpace:
 
 def run_search(config: SearchConfig, *, resume: bool | None = None,
                objective: Callable[..., TrialResult] = run_trial, callbacks: Sequence[Any] = (),
-               show_progress: bool = True) -> SearchOutcome:
+               show_progress: bool = True, progress: Progress | Callback | None = None) -> SearchOutcome:
     """Run (or resume) the search ``config`` describes.
 
     Args:
@@ -85,44 +101,78 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
             None: resume when an interrupted search of this name exists, else start.
         objective: the trial function (``run_trial``); tests inject failures here.
         callbacks: extra Ray Tune callbacks.
+        show_progress: progress bars of the dense training and scoring.
+        progress: a :class:`~prunetune.search.progress.Progress`, or a callback that receives its
+            :class:`~prunetune.search.progress.ProgressEvent` objects; status lines go to the
+            ``prunetune`` logger either way.
+
+    Raises:
+        SearchLockedError: another process runs this experiment now.
     """
     require("ray.tune", extra="search", purpose="prunetune search")
     require("optuna", extra="search", purpose="prunetune search")
     t0 = time.perf_counter()
     s = config.settings
+    reporter = progress if isinstance(progress, Progress) else Progress(progress, hold=True)
+    reporter.budget, reporter.epochs = s.macs_budget, config.recipe.finetune.epochs
     preflight.check_outputs(s)  # where results go: before anything is read, trained or written
-    state = _resume_state(config, s.experiment_dir, resume)
+    status = FAILED
+    with ExperimentLock(s.experiment_dir, s.experiment):
+        state = resume_state(config, s.experiment_dir, resume)
+        reporter.start_ticker()
+        try:
+            tracker, study = _run(config, state, objective, list(callbacks), show_progress, reporter)
+            status = tracker.client.get_run(tracker.parent_run_id).info.status
+            if status == FINISHED:  # still under the lock: no second process resumes a finished search
+                write_state(s.experiment_dir, {"identity": config.identity(), "parent_run_id": tracker.parent_run_id,
+                                               "study_name": study, "finished": True})
+        except KeyboardInterrupt:
+            status = KILLED
+            raise
+        finally:
+            reporter.close(status)
+    counts = dict(Counter(run.info.status for run in tracker.children()))
+    return SearchOutcome(s.experiment, s.experiment_dir, s.tracking_uri, tracker.parent_run_id, status, counts,
+                         resumed=state is not None, seconds=time.perf_counter() - t0, study_storage=s.study_url,
+                         study_name=study)
+
+
+def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable[..., Any], callbacks: list[Any],
+         show_progress: bool, progress: Progress) -> tuple[SearchTracker, str]:
+    """Prepare, score, start Ray, screen, fine-tune: the search itself (the caller holds the lock)."""
+    s = config.settings
     # A named cluster is reached first, so a wrong address fails before anything is trained; a local
     # Ray starts (seconds) only once the recipe, the budget and the trial resources have passed.
     ray_cluster = cluster.Cluster.of(s.ray_address)
     started_ray = False
     try:
         if ray_cluster.named is not None:
+            progress.phase("starting Ray", f"connecting to the Ray cluster at {ray_cluster.named}")
             started_ray = cluster.connect(ray_cluster)
         cluster.check_resources(ray_cluster, s.cpus_per_trial, s.gpus_per_trial)
+        r = config.recipe
+        progress.phase("loading", f"{r.model.name} on {r.data.name}: data and the dense model")
         # the space is checked on the groups before any training (an impossible budget fails there)
-        base = prepare(config.recipe, show_progress=show_progress, check=lambda g: make_space(config, g))
+        base = prepare(config.recipe, show_progress=show_progress, check=lambda g: _checked(config, g, progress))
         groups = base.groups
         space = make_space(config, groups)
+        criteria = space_criteria(config.space, config.recipe.criterion.params)
+        progress.phase("scoring", f"{len(criteria)} criteria ({', '.join(criteria)}), one calibration pass")
         t_score = time.perf_counter()
-        table = score_table(base, space_criteria(config.space, config.recipe.criterion.params),
-                            show_progress=show_progress)
+        table = score_table(base, criteria, show_progress=show_progress)
         if ray_cluster.named is None:
+            progress.phase("starting Ray", "a local Ray on 127.0.0.1" if not _ray_running() else "the running Ray")
             started_ray = cluster.connect(ray_cluster)
             cluster.check_resources(ray_cluster, s.cpus_per_trial, s.gpus_per_trial)
-        tracker = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
+        tracker, study = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
         try:
-            _announce(config, groups)
+            _announce(config, groups, tracker, study)
             shipped = base_to(base, "cpu")
-            screened = _screen(config, space, shipped, table, tracker) if config.screen.enabled else None
-            if state is not None:  # checked again right before Ray unpickles it, then unsealed
-                trust.check_and_unseal(s.experiment_dir, STATE_FILE)
-            tuner = _tuner(config, space, shipped, table, objective, tracker, list(callbacks),
-                           restore=state is not None, screened=screened)
-            try:
-                tuner.fit()
-            finally:  # checksums of what Ray left, checked before a resume unpickles it
-                trust.seal_state(s.experiment_dir, STATE_FILE)
+            threads = config.recipe.threads or max(1, int(s.cpus_per_trial))
+            shipped = dataclasses.replace(shipped, recipe=shipped.recipe.with_changes(threads=threads))
+            screened = _screen(config, space, shipped, table, tracker, progress) if config.screen.enabled else None
+            _fine_tune(config, space, shipped, table, objective, tracker, callbacks, progress,
+                       state=state, screened=screened, study=study)
         except BaseException as exc:
             tracker.end_search(KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
             raise
@@ -131,33 +181,83 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
             import ray
 
             ray.shutdown()
-    status = tracker.client.get_run(tracker.parent_run_id).info.status
-    if status == FINISHED:
-        _write_state(s.experiment_dir, {"identity": config.identity(), "parent_run_id": tracker.parent_run_id,
-                                        "finished": True})
-    counts = dict(Counter(run.info.status for run in tracker.children()))
-    return SearchOutcome(s.experiment, s.experiment_dir, s.tracking_uri, tracker.parent_run_id, status, counts,
-                         resumed=state is not None, seconds=time.perf_counter() - t0)
+    return tracker, study
+
+
+def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, objective: Callable[..., Any],
+               tracker: SearchTracker, callbacks: list[Any], progress: Progress, *, state: dict[str, Any] | None,
+               screened: ScreenOutcome | None, study: str) -> None:
+    """The fine-tune trials: all of them, or (resuming) those MLflow does not record as done."""
+    from prunetune.search import ray_parts
+
+    s = config.settings
+    storage = study_mod.open_storage(s.study_url)
+    exists = study_mod.study_exists(storage, study)
+    done = done_trials(tracker.children()) if state is not None else None
+    if done is not None and exists:
+        again = study_mod.repair(storage, study, done.finished, done.ended)
+        if again:
+            log.info("resume: %d screened candidate(s) lost with the interrupted run are queued again", again)
+    total = len(screened.selected) if screened is not None else s.trials  # with screening: exactly those
+    left = total - (done.count if done else 0)
+    if state is not None:  # checked again right before Ray writes there, then unsealed
+        trust.check_and_unseal(s.experiment_dir, STATE_FILE)
+        log.info("resume: %d of %d trials done, %d to run", total - left, total, max(0, left))
+    proxies = [(dict(c.params), c.proxy) for c in screened.selected] if screened is not None else None
+    tracking = ray_parts.TrackingCallback(tracker, total, time_limited=s.time_budget_s is not None,
+                                          proxies=proxies, progress=progress, expected=max(0, left))
+    progress.start_trials(total, done=total - max(0, left),
+                          detail=f"{max(0, left)} of {total} to fine-tune, {s.concurrency} at a time")
+    if left <= 0:
+        tracking.on_experiment_end([])
+        return
+    points = None
+    if screened is not None and not exists:  # an existing study keeps its queue of screened candidates
+        points = trial_points(screened.selected, space, _recipe_train_params(config))
+    tuner = _tuner(config, space, base, table, objective, [tracking, *callbacks], storage=storage, study=study,
+                   points=points, samples=left)
+    try:
+        tuner.fit()
+    finally:  # checksums of what Ray left, checked before a resume
+        trust.seal_state(s.experiment_dir, STATE_FILE)
+
+
+def _checked(config: SearchConfig, groups: ModelGroups, progress: Progress) -> None:
+    """The last checks of the input (space, budget, allocation) before any training; then the
+    progress lines held back so far are let out (a refused input is one error line)."""
+    make_space(config, groups)
+    check_allocation(config.recipe, groups)
+    progress.release()
+
+
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def _open_tracking(config: SearchConfig, state: dict[str, Any] | None, base: Any, groups: ModelGroups, table: Any,
-                   score_s: float) -> SearchTracker:
-    """Reopen the parent run of an interrupted search, or start one (and the resume state)."""
+                   score_s: float) -> tuple[SearchTracker, str]:
+    """Reopen the parent run of an interrupted search, or start one (and the resume state); the
+    tracker and the name of the fine-tune study."""
     s = config.settings
-    tracker = SearchTracker(s.tracking_uri, s.experiment)
+    tracker = SearchTracker(s.tracking_uri, s.experiment, budget=s.macs_budget)
     if state is not None:
-        tracker.resume_search(state["parent_run_id"])
+        tracker.resume_search(state["parent_run_id"], trials=s.trials)
         log.info("search %s: resuming the interrupted search in %s", s.experiment, s.experiment_dir)
-        return tracker
+        return tracker, state.get("study_name") or s.experiment
     tracker.start_search(params=_parent_params(config), tags=_parent_tags(config, table, s.experiment_dir),
-                         metrics=_parent_metrics(config, base, groups, score_s),
+                         metrics=_parent_metrics(config, base, groups, score_s), trials=s.trials,
                          texts={"search.yaml": config.to_yaml(), "base_recipe.yaml": config.recipe.to_yaml()})
-    _write_state(s.experiment_dir, {"identity": config.identity(), "parent_run_id": tracker.parent_run_id,
-                                    "finished": False})
-    return tracker
+    study = study_mod.new_study_name(study_mod.open_storage(s.study_url), s.experiment, tracker.parent_run_id)
+    tracker.client.set_tag(tracker.parent_run_id, "prunetune.optuna_study", study)
+    write_state(s.experiment_dir, {"identity": config.identity(), "parent_run_id": tracker.parent_run_id,
+                                   "study_name": study, "finished": False})
+    return tracker, study
 
 
-def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tracker: SearchTracker) -> ScreenOutcome:
+def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tracker: SearchTracker,
+            progress: Progress) -> ScreenOutcome:
     """Screen candidate plans on the Ray cluster (or reload the pool an interrupted search screened)."""
     s, spec = config.settings, config.screen
     path = s.experiment_dir / SCREEN_FILE
@@ -176,15 +276,16 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
     per = max(1, min(max(4, s.trials), spec.count(s.trials) // (2 * len(config.space.criteria))))
     hand = hand_params(config.space, plans, low, high, per)
     count = max(spec.count(s.trials), len(hand))
-    log.info("screening %d candidate plans (%d of them the uniform hand recipe) by adaptive-BN proxy, %d at a time",
-             count, len(hand), s.concurrency)
-    t0 = time.perf_counter()
     slots = ray_parts.placeable(s.concurrency, s.cpus_per_trial, s.gpus_per_trial)
+    progress.phase("screening", f"{count} candidate plans ({len(hand)} of them the uniform hand recipe) by "
+                   f"adaptive-BN proxy, {slots} at a time")
+    t0 = time.perf_counter()
     pool = ray_parts.RayPool(ray.put(base), ray.put(table), slots=slots, cpus=s.cpus_per_trial,
                              gpus=s.gpus_per_trial, bn_batches=spec.bn_batches, val_images=spec.val_images)
     try:
         chunk = max(1, min(8, count // (4 * slots)))
-        candidates = run_screening(plans, hand, count, pool, seed=s.seed, chunk=chunk, progress=_screen_progress())
+        candidates = run_screening(plans, hand, count, pool, seed=s.seed, chunk=chunk,
+                                   progress=_screen_progress(progress))
     finally:
         pool.close()
     selected = select(candidates, s.trials)
@@ -220,19 +321,21 @@ def _recipe_train_params(config: SearchConfig) -> dict[str, Any]:
     return fixed
 
 
-def _screen_progress() -> Callable[[int, int], None]:
+def _screen_progress(progress: Progress) -> Callable[[int, int], None]:
     marks: set[int] = set()
 
     def report(done: int, total: int) -> None:
         quarter = 4 * done // total
-        if quarter not in marks and quarter > 0:
-            marks.add(quarter)
-            log.info("screening: %d/%d candidates", done, total)
+        line = quarter not in marks and 0 < quarter < 4
+        marks.add(quarter)
+        progress.screening(done, total, line=line)
     return report
 
 
 def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, objective: Callable[..., Any],
-           tracker: SearchTracker, callbacks: list[Any], *, restore: bool, screened: ScreenOutcome | None = None) -> Any:
+           callbacks: list[Any], *, storage: Any, study: str, points: list[dict[str, Any]] | None, samples: int) -> Any:
+    """A Ray Tuner of ``samples`` trials on the fine-tune study ``study`` in ``storage`` (``points``:
+    candidates to enqueue first; None when the study already holds its queue)."""
     from ray import tune
 
     from prunetune.search import ray_parts
@@ -241,73 +344,30 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
     fn = tune.with_parameters(ray_parts.trainable, base=base, table=table, objective=objective,
                               threads=max(1, int(s.cpus_per_trial)), latency=s.latency)
     fn = tune.with_resources(fn, ray_parts.resources(s.cpus_per_trial, s.gpus_per_trial))
-    if restore:
-        return tune.Tuner.restore(str(s.experiment_dir), trainable=fn, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=False)
-    points, trials, seed = None, s.trials, s.seed
-    if screened is not None:  # exactly the screened trials; another seed than the screening study's
-        points = trial_points(screened.selected, space, _recipe_train_params(config))
-        trials, seed = len(points), s.seed + 1
+    # with screening, another seed than the screening study's (its first draws would repeat them)
+    seed = s.seed + 1 if config.screen.enabled else s.seed
     searcher = ray_parts.FinalOnlySearch(space=space.for_ray, metric=ray_parts.METRICS, mode=ray_parts.MODES,
-                                         sampler=ray_parts.make_sampler(s.sampler, seed=seed, trials=trials),
-                                         points_to_evaluate=points)
+                                         sampler=ray_parts.make_sampler(s.sampler, seed=seed, trials=s.trials),
+                                         points_to_evaluate=points, storage=storage, study_name=study)
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=ray_parts.make_scheduler(s.asha, config.recipe.finetune.epochs),
-        num_samples=trials, max_concurrent_trials=s.concurrency, reuse_actors=s.reuse_actors,
+        num_samples=samples, max_concurrent_trials=s.concurrency, reuse_actors=s.reuse_actors,
         time_budget_s=s.time_budget_s, trial_dirname_creator=ray_parts.trial_dirname)
-    proxies = [(dict(c.params), c.proxy) for c in screened.selected] if screened is not None else None
-    tracking = ray_parts.TrackingCallback(tracker, trials, time_limited=s.time_budget_s is not None,
-                                          proxies=proxies)
     run_config = tune.RunConfig(name=s.experiment, storage_path=s.storage_path, verbose=0, log_to_file=False,
-                                callbacks=[tracking, *callbacks], failure_config=tune.FailureConfig(max_failures=0))
+                                callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0))
     return tune.Tuner(fn, tune_config=tune_config, run_config=run_config)
 
 
-def _resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> dict[str, Any] | None:
-    """The saved state to resume from, None to start; errors when resuming is impossible or unsafe."""
-    from ray import tune
-
-    path = exp_dir / STATE_FILE
-    state = json.loads(path.read_text()) if path.is_file() else None
-    restorable = state is not None and tune.Tuner.can_restore(str(exp_dir))
-    name = config.settings.experiment
-    if not restorable:
-        if resume:
-            raise ConfigError(f"nothing to resume: no interrupted search {name!r} in {exp_dir}; "
-                              "drop --resume to start it, or pass the --experiment and --storage-path it used")
-        return None
-    if resume is False:
-        raise ConfigError(f"search {name!r} already exists in {exp_dir}; resume it (same command) or choose "
-                          "another --experiment")
-    identity = json.loads(json.dumps(config.identity(), default=str))
-    for key, old in state["identity"].items():
-        if identity.get(key) != old:
-            raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "
-                              f"({_short(old)}, now {_short(identity.get(key))}); resume with the same config, "
-                              "or start a new search with another --experiment")
-    if state.get("finished"):
-        raise ConfigError(f"search {name!r} already finished ({config.settings.trials} trials) in {exp_dir}; "
-                          f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
-                          "another --experiment")
-    trust.check(exp_dir, state, state_file=STATE_FILE)  # Ray unpickles what is there: ours, unchanged?
-    return state
-
-
-def _write_state(exp_dir: Path, state: dict[str, Any]) -> None:
-    write_atomic(exp_dir / STATE_FILE, json.dumps({"version": 1, **state}, indent=1, default=str), overwrite=True)
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str, sort_keys=True)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _announce(config: SearchConfig, groups: ModelGroups) -> None:
+def _announce(config: SearchConfig, groups: ModelGroups, tracker: SearchTracker, study: str) -> None:
     s, a = config.settings, config.recipe.allocation
     low, high = target_range(config.space, groups, s.macs_budget, a.rule)
     log.info("search %s: %d trials, %d at a time, MACs targets in [%.1f%%, %.1f%%] of dense, sampler %s%s",
              s.experiment, s.trials, s.concurrency, 100 * low, 100 * high, s.sampler, ", ASHA" if s.asha else "")
     log.info("tracking: %s   Ray results: %s", s.tracking_uri, s.experiment_dir)
+    local = s.tracking_uri.startswith("sqlite")
+    log.info("browse: %s%s", f"{ui_command(s.tracking_uri)}   then " if local else "",
+             view_url(s.tracking_uri, tracker.experiment_id))
+    log.info("Optuna study %r: %s", study, dashboard_command(s.study_url))
 
 
 def _parent_params(config: SearchConfig) -> dict[str, Any]:
@@ -323,7 +383,9 @@ def _parent_params(config: SearchConfig) -> dict[str, Any]:
 
 def _parent_tags(config: SearchConfig, table: Any, exp_dir: Path) -> dict[str, str]:
     return {"prunetune.score_fingerprint": table.fingerprint, "prunetune.storage": str(exp_dir),
-            "prunetune.version": __version__, "prunetune.ui": ui_command(config.settings.tracking_uri)}
+            "prunetune.version": __version__, "prunetune.ui": ui_command(config.settings.tracking_uri),
+            "prunetune.optuna_storage": config.settings.study_url,
+            "prunetune.dashboard": dashboard_command(config.settings.study_url)}
 
 
 def _parent_metrics(config: SearchConfig, base: Any, groups: ModelGroups, score_s: float) -> dict[str, float]:

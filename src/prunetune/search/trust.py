@@ -30,6 +30,7 @@ from typing import Any
 
 from prunetune._atomic import write_text_atomic
 from prunetune.exceptions import UntrustedStateError
+from prunetune.search.lock import LOCK_FILE
 
 log = logging.getLogger("prunetune")
 SEAL_KEY = "sealed"
@@ -37,8 +38,10 @@ _CHUNK = 1 << 20
 
 
 def seal(exp_dir: str | os.PathLike, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """``{relative path: sha256}`` of every regular file under ``exp_dir`` but those named in ``skip``."""
+    """``{relative path: sha256}`` of every regular file under ``exp_dir`` but those named in ``skip`` and
+    the experiment's lock file (it comes and goes with the search process)."""
     exp_dir = Path(exp_dir)
+    skip = (*skip, LOCK_FILE)
     return {rel: _sha256(exp_dir / rel) for rel in sorted(_files(exp_dir)) if rel not in skip}
 
 

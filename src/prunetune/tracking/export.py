@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from prunetune._atomic import write_text_atomic
+from prunetune._registry import unknown_name_message
 from prunetune._yaml import parse_yaml
 from prunetune.exceptions import ConfigError, TrackingError
 from prunetune.recipe import Recipe
@@ -25,12 +26,27 @@ from prunetune.tracking.records import SearchRecords, TrialRecord
 from prunetune.tracking.store import client
 
 
-def choose(records: SearchRecords, pick: str = "max-acc", budget: float | None = None) -> TrialRecord:
-    """The trial ``pick`` selects among the finished ones (``budget`` defaults to the search's)."""
+def choose(records: SearchRecords, pick: str = "max-acc", budget: float | None = None, *,
+           trial: str | None = None) -> TrialRecord:
+    """The trial ``pick`` selects among the finished ones (``budget`` defaults to the search's), or the
+    finished trial named ``trial``: its short name (``t07``), Ray trial id or MLflow run id."""
+    if trial is not None:
+        return find_trial(records, trial)
     budget = records.budget if budget is None else budget
     t = records.trials
     i = pick_index(pick, [r.accuracy for r in t], [r.macs for r in t], [r.macs_ratio for r in t], budget)
     return t[i]
+
+
+def find_trial(records: SearchRecords, trial: str) -> TrialRecord:
+    """The finished trial whose short name, Ray trial id or MLflow run id is ``trial``."""
+    for record in records.trials:
+        if trial in (record.label, record.trial_id, record.run_id):
+            return record
+    known = [r.name for r in records.trials]
+    hint = unknown_name_message("finished trial", trial, known)
+    raise ConfigError(f"{hint} (experiment {records.experiment!r}); list them with "
+                      f"`prunetune pareto --experiment {records.experiment} --all`")
 
 
 def exported_recipe(uri: str, record: TrialRecord) -> Recipe:
@@ -46,7 +62,7 @@ def exported_recipe(uri: str, record: TrialRecord) -> Recipe:
 
 def recipe_text(recipe: Recipe, record: TrialRecord, records: SearchRecords) -> str:
     """YAML of an exported recipe with a provenance header (plan index lists in flow style)."""
-    header = (f"# exported by prunetune from experiment {records.experiment!r}, trial {record.trial_id}"
+    header = (f"# exported by prunetune from experiment {records.experiment!r}, trial {record.name} ({record.trial_id})"
               f" (MLflow run {record.run_id})\n"
               f"# validation accuracy {record.accuracy:.4f}, MACs {record.macs_ratio:.2%} of dense"
               f" ({record.macs / 1e6:.2f}M); replay: prunetune prune --recipe <this file> --out pruned.pt\n")
@@ -62,11 +78,12 @@ def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False)
 
 
 def export_trial(records: SearchRecords, out: str | os.PathLike, *, pick: str = "max-acc",
-                 budget: float | None = None, overwrite: bool = False) -> tuple[TrialRecord, Path]:
-    """Choose a trial, build its recipe with plan and write it to ``out``."""
+                 budget: float | None = None, overwrite: bool = False,
+                 trial: str | None = None) -> tuple[TrialRecord, Path]:
+    """Choose a trial (``pick``, or the one named ``trial``), build its recipe with plan and write it to ``out``."""
     if Path(out).exists() and not overwrite:
         raise ConfigError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
-    record = choose(records, pick, budget)
+    record = choose(records, pick, budget, trial=trial)
     recipe = exported_recipe(records.uri, record)
     return record, write_atomic(out, recipe_text(recipe, record, records), overwrite=overwrite)
 

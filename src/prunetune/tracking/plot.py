@@ -1,25 +1,40 @@
-"""The accuracy-vs-MACs plot of a search: dominated trials grey, the front as a staircase, the budget."""
+"""The accuracy-vs-MACs plot of a search: dominated trials grey, the front as a staircase, the budget.
+
+Front points are labelled with their trial's name (``t07``, as the MLflow run is named); with few
+trials every point is. ``front.html`` (:mod:`prunetune.tracking.plot_html`) is the interactive
+version.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from prunetune._atomic import write_text_atomic
 from prunetune._imports import require
 from prunetune.tracking.pareto import front_mask
+from prunetune.tracking.plot_html import front_html
 from prunetune.tracking.records import SearchRecords
+
+LABEL_ALL = 16  # label every point up to this many trials
 
 
 def plot_front(records: SearchRecords, path: str | os.PathLike, *, budget: float | None = None,
                picked: str | None = None) -> Path:
-    """Save the plot of ``records`` to ``path`` (format from the suffix, e.g. ``.png``).
+    """Save the plot of ``records`` to ``path`` (format from the suffix, e.g. ``.png``; ``.html``: the
+    interactive page of :func:`~prunetune.tracking.plot_html.front_html`).
 
     Args:
         budget: MACs fraction drawn as a vertical line (default: the search's budget).
         picked: run id of a trial to circle (e.g. the exported one).
     """
+    if Path(path).suffix.lower() == ".html":
+        return write_text_atomic(path, front_html(records, budget=budget, picked=picked))
     matplotlib = require("matplotlib", extra="tracking", purpose="the Pareto plot")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -51,7 +66,12 @@ def plot_front(records: SearchRecords, path: str | os.PathLike, *, budget: float
 
 
 def _decorate(ax, records: SearchRecords, x: np.ndarray, y: np.ndarray, on_front: int, picked: str | None) -> None:
-    for t, xi, yi in zip(records.trials, x, y):
+    on = front_mask(y, x)
+    label_all = len(records.trials) <= LABEL_ALL
+    for t, xi, yi, front in zip(records.trials, x, y, on):
+        if front or label_all or t.run_id == picked:  # front points always carry their trial's name
+            ax.annotate(t.name, (xi, yi), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                        color="tab:blue" if front else "0.45", zorder=6)
         if t.run_id == picked:
             ax.scatter([xi], [yi], s=140, facecolors="none", edgecolors="tab:orange", linewidths=2,
                        label="picked", zorder=5)
@@ -60,3 +80,12 @@ def _decorate(ax, records: SearchRecords, x: np.ndarray, y: np.ndarray, on_front
     ax.set_title(f"{records.experiment}: {len(records.trials)} trials, {on_front} on the front")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+
+
+def log_front(records: SearchRecords, mlflow_client: Any, *, png: bool = True,
+              run_url: Callable[[str], str] | None = None) -> None:
+    """Log ``front.html`` (and ``front.png``) of ``records`` to the search's parent run."""
+    mlflow_client.log_text(records.parent_run_id, front_html(records, run_url=run_url), "front.html")
+    if png and records.trials:
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow_client.log_artifact(records.parent_run_id, str(plot_front(records, Path(tmp) / "front.png")))

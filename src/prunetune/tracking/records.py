@@ -10,7 +10,7 @@ from typing import Any
 from prunetune._numbers import is_finite_number
 from prunetune.exceptions import TrackingError
 from prunetune.tracking.store import check_store, client, find_experiment
-from prunetune.tracking.tracker import FINISHED, PARENT_TAG, ROLE_TAG, TRIAL_TAG
+from prunetune.tracking.tracker import FINISHED, LABEL_TAG, PARENT_TAG, ROLE_TAG, TRIAL_TAG
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,12 @@ class TrialRecord:
     params_ratio: float | None = None
     target_macs: float | None = None
     proxy_accuracy: float | None = None
+    label: str | None = None  # the short name of the trial run (t07)
+
+    @property
+    def name(self) -> str:
+        """``t07``, or the Ray trial id of a run logged before trials had short names."""
+        return self.label or self.trial_id
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -93,4 +99,4 @@ def _record(run: Any) -> TrialRecord | None:
         run_id=run.info.run_id, trial_id=run.data.tags.get(TRIAL_TAG, run.info.run_name or run.info.run_id),
         accuracy=m["accuracy"], macs=m["macs"], params=m.get("params", math.nan), macs_ratio=m["macs_ratio"],
         test_accuracy=m.get("test_accuracy"), params_ratio=m.get("params_ratio"), target_macs=m.get("target_macs"),
-        proxy_accuracy=m.get("proxy_accuracy"))
+        proxy_accuracy=m.get("proxy_accuracy"), label=run.data.tags.get(LABEL_TAG))

@@ -51,6 +51,8 @@ def quiet_mlflow() -> None:
 def client(uri: str) -> Any:
     """An ``MlflowClient`` for ``uri`` (extra: tracking)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars on export
+    # against a server, MLflow prints "View run ... at: URL" on stdout per ended run (breaks --format json)
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     tracking = require("mlflow.tracking", extra="tracking", purpose="MLflow tracking")
     quiet_mlflow()
     return tracking.MlflowClient(tracking_uri=uri)

@@ -1,0 +1,7 @@
+"""``python -m prunetune``: the ``prunetune`` command."""
+
+import sys
+
+from prunetune.cli import main
+
+sys.exit(main())

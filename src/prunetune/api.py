@@ -1,0 +1,160 @@
+"""The Python API: the four things the ``prunetune`` command does, as functions.
+
+>>> import prunetune
+>>> outcome = prunetune.search("search.yaml", macs_budget=0.5, trials=12)     # doctest: +SKIP
+>>> front = prunetune.pareto(outcome.experiment)                               # doctest: +SKIP
+>>> record, path = prunetune.export(outcome.experiment, "best.yaml")           # doctest: +SKIP
+>>> result = prunetune.prune(path, out="pruned.pt")                            # doctest: +SKIP
+
+They take the same settings as the command's flags and raise the same errors (subclasses of
+:class:`prunetune.PrunetuneError`, one-line messages). Progress goes to the ``prunetune`` logger
+(INFO; configure :mod:`logging` to see it) and, for :func:`search`, to an optional callback.
+Ray, Optuna and MLflow are imported only when a function runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunetune.pipeline import PruneResult
+    from prunetune.recipe import Recipe
+    from prunetune.search.config import SearchConfig
+    from prunetune.search.progress import ProgressEvent
+    from prunetune.search.runner import SearchOutcome
+    from prunetune.tracking.records import SearchRecords, TrialRecord
+
+PathLike = str | os.PathLike
+
+
+def search(config: PathLike | Mapping[str, Any] | SearchConfig, /, *, resume: bool | None = None,
+           progress: Callable[[ProgressEvent], Any] | None = None, show_progress: bool = False,
+           **overrides: Any) -> SearchOutcome:
+    """Run a search (or continue an interrupted one) and return where its results are.
+
+    Args:
+        config: a search config file, its content as a mapping (relative paths are relative to the
+            working directory), or a parsed :class:`~prunetune.search.SearchConfig`.
+        resume: None (default): continue an interrupted search of the same experiment if there is
+            one; True: only continue (an error if there is none); False: never (an error if it exists).
+        progress: called with a :class:`~prunetune.search.progress.ProgressEvent` on every change
+            (phase, trial started / ended, epoch) and once a second; ``event.status`` is a one-line
+            summary. Status lines also go to the ``prunetune`` logger either way.
+        show_progress: progress bars of the dense training and scoring (tqdm, on stderr).
+        **overrides: search settings that win over the config, as the command's flags do:
+            ``macs_budget``, ``trials``, ``concurrency``, ``experiment``, ``tracking_uri``,
+            ``storage_path``, ``study_storage``, ``ray_address``, ``cpus_per_trial``,
+            ``gpus_per_trial``, ``sampler``, ``seed``, ``time_budget_s``, ``asha``, ``allow_code``, ...
+
+    Returns:
+        :class:`~prunetune.search.SearchOutcome`: ``experiment``, ``tracking_uri``,
+        ``parent_run_id``, ``status`` (FINISHED, or KILLED when interrupted), ``counts`` of trial
+        runs by status, ``study_storage`` / ``study_name`` of the Optuna study.
+    """
+    from prunetune.search.config import SearchConfig, load_search_config, parse_search_config
+    from prunetune.search.runner import run_search
+
+    if isinstance(config, SearchConfig):
+        if overrides:
+            config = parse_search_config(config.to_dict(), source=config.source, overrides=overrides)
+    elif isinstance(config, Mapping):
+        config = parse_search_config(config, overrides=overrides)
+    else:
+        config = load_search_config(config, overrides)
+    return run_search(config, resume=resume, progress=progress, show_progress=show_progress)
+
+
+def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | None = None,
+          overwrite: bool = False, allow_code: bool = False, show_progress: bool = False) -> PruneResult:
+    """Prune one model as ``recipe`` says: score, allocate, prune, fine-tune, remove, evaluate.
+
+    An exported recipe (:func:`export`) carries its trial's plan and thread count: the replay is
+    the network the trial measured, with its test accuracy.
+
+    Args:
+        recipe: a recipe file, its content as a mapping, or a :class:`~prunetune.recipe.Recipe`.
+        out: save the pruned model here (state dict + plan; ``<out stem>.plan.json`` beside it).
+        overwrite: replace an existing ``out`` (and its plan file).
+        allow_code: let a ``package.module:function`` model name run that code.
+
+    Returns:
+        :class:`~prunetune.pipeline.PruneResult`: ``dense`` and ``pruned`` metrics (MACs, params,
+        test ``accuracy``), the ``plan``, the fine-tune ``history``, the pruned ``model``.
+    """
+    from prunetune._paths import check_output_file
+    from prunetune.pipeline import run_recipe
+    from prunetune.recipe import Recipe
+
+    if isinstance(recipe, Mapping):
+        recipe = Recipe.from_dict(recipe, allow_code=allow_code)
+    elif not isinstance(recipe, Recipe):
+        recipe = Recipe.from_yaml(recipe, allow_code=allow_code)
+    if out is not None:
+        out = check_output_file(out, "out", overwrite=overwrite, flag="out")
+        check_output_file(Path(out).with_suffix(".plan.json"), "the plan file next to out", overwrite=overwrite)
+    return run_recipe(recipe, out=out, show_progress=show_progress)
+
+
+@dataclass(frozen=True)
+class Front:
+    """A search's finished trials and its Pareto front (validation accuracy ↑, MACs ↓)."""
+
+    records: SearchRecords
+
+    @property
+    def trials(self) -> tuple[TrialRecord, ...]:
+        """Every finished trial, cheapest first."""
+        return self.records.trials
+
+    @property
+    def front(self) -> tuple[TrialRecord, ...]:
+        """The non-dominated trials, cheapest first (identical points are all kept)."""
+        from prunetune.tracking.pareto import front_mask
+
+        mask = front_mask([t.accuracy for t in self.trials], [t.macs for t in self.trials])
+        return tuple(t for t, on in zip(self.trials, mask) if on)
+
+    def plot(self, path: PathLike, *, budget: float | None = None, picked: str | None = None) -> Path:
+        """Save the plot (``.png``, ``.svg``, ...; ``.html``: the interactive page)."""
+        from prunetune.tracking.plot import plot_front
+
+        return plot_front(self.records, path, budget=budget, picked=picked)
+
+
+def pareto(experiment: str, *, tracking_uri: str | None = None, search_run: str | None = None) -> Front:
+    """The finished trials and the Pareto front of the latest search in ``experiment``.
+
+    Args:
+        tracking_uri: the MLflow store the search wrote (default ``sqlite:///mlflow.db`` in the
+            working directory; ``http://host:port`` for a server).
+        search_run: a search's parent run id (default: the latest search of the experiment).
+    """
+    from prunetune.tracking import load_search, resolve_tracking_uri
+
+    return Front(load_search(resolve_tracking_uri(tracking_uri), experiment, parent_run_id=search_run))
+
+
+def export(experiment: str, out: PathLike, *, pick: str = "max-acc", trial: str | None = None,
+           budget: float | None = None, tracking_uri: str | None = None, search_run: str | None = None,
+           overwrite: bool = False) -> tuple[TrialRecord, Path]:
+    """Write a finished trial's recipe, with its plan inline, to ``out``; :func:`prune` replays it.
+
+    Args:
+        pick: ``max-acc`` (the most accurate trial within the budget) or ``knee`` (the knee of the
+            front within the budget); ignored when ``trial`` is given.
+        trial: a trial's name (``t07``, as its MLflow run is named), Ray trial id or MLflow run id.
+        budget: a MACs fraction for ``pick`` (default: the search's budget).
+
+    Returns:
+        The exported trial's :class:`~prunetune.tracking.TrialRecord` and the path written.
+    """
+    from prunetune._paths import check_output_file
+    from prunetune.tracking import export_trial
+
+    check_output_file(out, "out", overwrite=overwrite, flag="out")
+    records = pareto(experiment, tracking_uri=tracking_uri, search_run=search_run).records
+    return export_trial(records, out, pick=pick, budget=budget, overwrite=overwrite, trial=trial)

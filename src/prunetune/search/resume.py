@@ -1,0 +1,90 @@
+"""Resuming an interrupted search (Ctrl-C, a crash, ``kill -9``): what is done, what is left.
+
+MLflow is the record of what finished: a trial counts as done when its run is FINISHED, FAILED, or
+KILLED by the scheduler (tag ``prunetune.ended: stopped early``). Runs left RUNNING by a dead driver
+become KILLED (``· interrupted``), like those an interrupt closed; neither is done. The fine-tune
+Optuna study lives in its RDB storage; :func:`prunetune.search.study.repair` tells it what MLflow
+recorded for trials it still has RUNNING and enqueues again the screened candidates that were lost
+with the driver. A fresh Ray Tuner then runs ``trials - done`` more trials on the same study: the
+screened candidates still waiting in the study's queue first, then sampled ones. Nothing from Ray's
+own experiment state (pickles) is read, so no trial that MLflow recorded as finished runs again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunetune.exceptions import ConfigError
+from prunetune.search import trust
+from prunetune.search.config import SearchConfig
+from prunetune.tracking.export import write_atomic
+from prunetune.tracking.tracker import ENDED_TAG, FAILED, FINISHED, KILLED, TRIAL_TAG
+
+STATE_FILE = "prunetune-search.json"
+
+
+@dataclass(frozen=True)
+class Done:
+    """Trials of a search that ended for good, by Ray trial id (what the study is repaired with)."""
+
+    finished: dict[str, tuple[float, float]] = field(default_factory=dict)  # (accuracy, MACs)
+    ended: dict[str, str] = field(default_factory=dict)  # Optuna state: FAIL or PRUNED
+
+    @property
+    def count(self) -> int:
+        return len(self.finished) + len(self.ended)
+
+
+def done_trials(runs: list[Any]) -> Done:
+    """What ``runs`` (the search's trial runs, after stale ones were closed) say ended for good."""
+    finished: dict[str, tuple[float, float]] = {}
+    ended: dict[str, str] = {}
+    for run in runs:
+        trial_id = run.data.tags.get(TRIAL_TAG, run.info.run_id)
+        status, m = run.info.status, run.data.metrics
+        if status == FINISHED:
+            finished[trial_id] = (m.get("accuracy", float("nan")), m.get("macs", float("nan")))
+        elif status == FAILED:
+            ended[trial_id] = "FAIL"
+        elif status == KILLED and run.data.tags.get(ENDED_TAG) == "stopped early":
+            ended[trial_id] = "PRUNED"
+    return Done(finished, ended)
+
+
+def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> dict[str, Any] | None:
+    """The saved state to resume from, None to start; errors when resuming is impossible or unsafe."""
+    path = exp_dir / STATE_FILE
+    state = json.loads(path.read_text()) if path.is_file() else None
+    name = config.settings.experiment
+    if state is None:
+        if resume:
+            raise ConfigError(f"nothing to resume: no interrupted search {name!r} in {exp_dir}; "
+                              "drop --resume to start it, or pass the --experiment and --storage-path it used")
+        return None
+    if resume is False:
+        raise ConfigError(f"search {name!r} already exists in {exp_dir}; resume it (same command) or choose "
+                          "another --experiment")
+    identity = json.loads(json.dumps(config.identity(), default=str))
+    for key, old in state["identity"].items():
+        if identity.get(key) != old:
+            raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "
+                              f"({_short(old)}, now {_short(identity.get(key))}); resume with the same config, "
+                              "or start a new search with another --experiment")
+    if state.get("finished"):
+        raise ConfigError(f"search {name!r} already finished ({config.settings.trials} trials) in {exp_dir}; "
+                          f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
+                          "another --experiment")
+    trust.check(exp_dir, state, state_file=STATE_FILE)  # ours, unchanged since it stopped?
+    return state
+
+
+def write_state(exp_dir: Path, state: dict[str, Any]) -> None:
+    write_atomic(exp_dir / STATE_FILE, json.dumps({"version": 1, **state}, indent=1, default=str), overwrite=True)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."

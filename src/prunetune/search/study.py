@@ -1,0 +1,126 @@
+"""The fine-tune study in an RDB storage: where it lives, its name, and what a resume repairs in it.
+
+Ray's ``OptunaSearch`` keeps its Optuna study in memory unless given a storage; prunetune gives it an
+RDB storage (an SQLAlchemy URL), so that
+
+- ``optuna-dashboard <url>`` shows the study while the search runs and after;
+- the study survives the driver: after ``kill -9`` the rerun loads it, with every told trial and the
+  enqueued (screened) candidates that had not started yet.
+
+The default is an sqlite file beside the MLflow store (``sqlite:///<dir>/<db stem>-optuna.db``; for a
+tracking server, ``<storage_path>/optuna.db``). It is not the MLflow database itself: MLflow and
+Optuna both keep their schema version in an ``alembic_version`` table of their own, which one
+database cannot hold twice. Optuna is imported only inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prunetune._paths import check_creatable
+from prunetune._text import short
+from prunetune.exceptions import ConfigError
+from prunetune.tracking.store import SQLITE, sqlite_path
+
+log = logging.getLogger("prunetune")
+RAY_TRIAL_ATTR = "ray_trial_id"  # user attribute of an Optuna trial: the Ray trial it belongs to
+SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+
+
+def default_study_storage(tracking_uri: str, storage_path: str | os.PathLike) -> str:
+    """``sqlite:///<mlflow db dir>/<db stem>-optuna.db``, or ``<storage_path>/optuna.db`` for a server store."""
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        return SQLITE + str(db.with_name(f"{db.stem}-optuna.db"))
+    return SQLITE + str(Path(storage_path) / "optuna.db")
+
+
+def resolve_study_storage(value: Any, *, cwd: str | os.PathLike) -> str:
+    """An absolute storage URL: a bare path is an sqlite file (relative to ``cwd``), URLs pass through."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"study_storage must be an RDB URL (sqlite:///optuna.db, postgresql://...) or an sqlite "
+                          f"file path, got {short(value)}")
+    if value.startswith(SQLITE):
+        path = value[len(SQLITE):]
+        return value if path.startswith("/") else SQLITE + str((Path(cwd) / path).resolve())
+    if "://" not in value:
+        return SQLITE + str((Path(cwd) / value).resolve())
+    scheme = value.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in SCHEMES:
+        raise ConfigError(f"study_storage {short(value)} is not an RDB URL Optuna can open; use sqlite:///FILE, "
+                          "postgresql://... or mysql://...")
+    return value
+
+
+def check_study_storage(url: str) -> None:
+    """Before any work: an sqlite study file must be an sqlite database or creatable."""
+    db = sqlite_path(url)
+    if db is None:
+        return
+    if db.is_dir():
+        raise ConfigError(f"study_storage {str(db)!r} is a directory; give a database file name")
+    if db.is_file():
+        with db.open("rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise ConfigError(f"study_storage {str(db)!r} is not an sqlite database; pass --study-storage with "
+                              "another file name")
+    check_creatable(db.parent, "study_storage (the Optuna study)", target=db)
+
+
+def open_storage(url: str) -> Any:
+    """An ``optuna.storages.RDBStorage`` for ``url`` (sqlite waits for a reader such as the dashboard)."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def study_exists(storage: Any, name: str) -> bool:
+    import optuna
+
+    return name in {s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)}
+
+
+def new_study_name(storage: Any, experiment: str, parent_run_id: str) -> str:
+    """The experiment's name, or (taken by an earlier search) the name with the MLflow parent run's id."""
+    return experiment if not study_exists(storage, experiment) else f"{experiment}-{parent_run_id[:8]}"
+
+
+def dashboard_command(url: str) -> str:
+    return f"optuna-dashboard {url}"
+
+
+def repair(storage: Any, name: str, finished: Mapping[str, tuple[float, float]], ended: Mapping[str, str]) -> int:
+    """Bring the study in line with MLflow, the record of what finished, after the driver died.
+
+    Trials left RUNNING in the study are told what MLflow recorded for their Ray trial
+    (``finished``: values; ``ended``: FAIL or PRUNED); those MLflow has no end for were lost with the
+    driver: their enqueued parameters (a screened candidate) are enqueued again and they are told
+    FAIL. Returns how many trials were enqueued again.
+    """
+    import optuna
+
+    State = optuna.trial.TrialState
+    study = optuna.load_study(study_name=name, storage=storage)
+    again = 0
+    for trial in study.get_trials(deepcopy=False, states=(State.RUNNING,)):
+        ray_id = trial.user_attrs.get(RAY_TRIAL_ATTR)
+        values = finished.get(ray_id)
+        if values is not None and all(math.isfinite(v) for v in values):
+            study.tell(trial.number, list(values), skip_if_finished=True)
+            continue
+        if ray_id in ended:
+            study.tell(trial.number, state=State[ended[ray_id]], skip_if_finished=True)
+            continue
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed:
+            study.enqueue_trial(dict(fixed))
+            again += 1
+        study.tell(trial.number, state=State.FAIL, skip_if_finished=True)
+    return again

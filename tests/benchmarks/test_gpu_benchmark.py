@@ -1,0 +1,51 @@
+"""benchmarks/gpu.py: its --smoke path runs on the CPU in seconds, and its search config is valid."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_bench():
+    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_bench"] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("gpu_bench", None)
+
+
+def test_smoke_runs_the_loop_and_scoring_sections(gpu_bench, tmp_path, capsys) -> None:
+    out = tmp_path / "numbers.json"
+    assert gpu_bench.main(["--smoke", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| prunetune |" in table and "| plain |" in table and "n/a (CPU)" in table
+    numbers = json.loads(out.read_text())
+    assert numbers["loop"]["ratio"] > 0 and numbers["loop"]["prunetune"]["images_per_s"] > 0
+    assert numbers["scoring"]["all_finite"] and numbers["scoring"]["criteria"] >= 10
+    assert "search" not in numbers
+
+
+def test_the_search_section_config_shares_a_gpu_between_trials(gpu_bench, tmp_path) -> None:
+    args = gpu_bench.parse_args(["--smoke", "--gpus-per-trial", "0.25", "--trials", "8"])
+    config = gpu_bench.search_config(args, str(tmp_path))
+    assert config.settings.gpus_per_trial == 0.25 and config.settings.concurrency == 4
+    assert config.settings.trials == 8 and config.recipe.model.name == "tiny_resnet"
+    with pytest.raises(SystemExit):
+        gpu_bench.parse_args(["--sections", "nope"])
+
+
+def test_asking_for_cuda_without_it_is_one_line(gpu_bench, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here")
+    assert gpu_bench.main(["--device", "cuda", "--sections", "loop"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

@@ -1,0 +1,74 @@
+"""The Python API as the README documents it: import prunetune stays light; search → pareto → export → prune,
+and a replayed exported recipe reproduces its trial's test accuracy (its thread count is in the recipe)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import subprocess
+import sys
+
+import pytest
+
+import prunetune
+
+
+def test_import_prunetune_and_its_api_names_load_no_ray_optuna_or_mlflow() -> None:
+    code = ("import sys, prunetune; prunetune.search, prunetune.prune, prunetune.pareto, prunetune.export; "
+            "import prunetune.search as s; s.run_search; "
+            "bad = [m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_search_is_both_the_subpackage_and_the_function() -> None:
+    import prunetune.search as package
+
+    assert prunetune.search is package and callable(prunetune.search)
+    assert package.run_search.__module__ == "prunetune.search.runner"
+    for name in ("search", "prune", "pareto", "export"):
+        assert name in prunetune.__all__
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        prunetune.nope  # noqa: B018
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_search_pareto_export_prune_and_the_replay_equals_the_trial(tmp_path, monkeypatch, caplog) -> None:
+    pytest.importorskip("ray")
+    pytest.importorskip("mlflow")
+    import torch
+
+    from search.conftest import TINY_RECIPE
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    caplog.set_level(logging.INFO, logger="prunetune")
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["finetune"]["epochs"] = 3
+    events = []
+    outcome = prunetune.search({"recipe": recipe, "space": {"ratios": "uniform", "criteria": ["l1"]},
+                                "screen": {"candidates": 8}}, macs_budget=0.6, trials=2, experiment="api",
+                               progress=events.append)
+    assert outcome.status == "FINISHED" and outcome.counts == {"FINISHED": 2}
+    phases = [e.phase for e in events if e.kind == "phase"]
+    assert phases == ["loading", "scoring", "starting Ray", "screening", "trials"]
+    assert f"optuna-dashboard {outcome.study_storage}" in caplog.text and events[-1].kind == "done"
+
+    front = prunetune.pareto("api")
+    assert front.front and set(front.front) <= set(front.trials) and len(front.trials) == 2
+    assert front.plot(tmp_path / "front.html").read_text().startswith("<!DOCTYPE html>")
+    slowest = max(front.trials, key=lambda t: t.macs)
+    record, path = prunetune.export("api", tmp_path / "best.yaml", trial=slowest.name)
+    assert record == slowest
+    torch.set_num_threads(2)  # the test session's count; the recipe says the trial's (1)
+    result = prunetune.prune(path, out=tmp_path / "pruned.pt")
+    assert result.pruned["macs"] == record.macs
+    assert result.pruned["accuracy"] == record.test_accuracy
+    from prunetune.tracking.store import client
+
+    losses = [m.value for m in sorted(client(outcome.tracking_uri).get_metric_history(record.run_id, "epoch_loss"),
+                                      key=lambda m: m.step)]
+    # the training loss is sensitive to the last bit of every weight: with 2 threads it differs
+    assert [h["loss"] for h in result.history] == losses
+    assert torch.get_num_threads() == 2  # restored after the replay
