@@ -59,10 +59,17 @@ def global_strategy(groups: ModelGroups, *, rule: KeepRule, macs_budget: float |
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if _macs(groups, base, order[:mid], rule) <= target else (lo, mid - 1)
     keep = _counts(groups, base, order[:lo], rule)
+    full: set[str] = set()  # a group whose next channel did not fit: its later ones cost no less
     for name in order[lo:]:  # then whatever still fits, best first: a maximal plan
+        if name in full:
+            continue
         grown = rule.clamp(groups[name].channels, keep[name] + 1)
         if grown > keep[name] and analytic_cost(groups, {**keep, name: grown}).macs <= target:
             keep[name] = grown
+        else:
+            full.add(name)
+            if len(full) == len(groups):
+                break
     return keep
 
 
