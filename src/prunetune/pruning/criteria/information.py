@@ -36,7 +36,7 @@ from prunetune.pruning.criteria.base import (
     check_weight,
     register,
 )
-from prunetune.pruning.criteria.renyi import JOINTS, SIGMA_RULES, cmi_ranking, conditioning_gram
+from prunetune.pruning.criteria.renyi import JOINTS, SIGMA_RULES, cmi_greedy, conditioning_gram
 
 SOURCES = ("filter", "feature")
 
@@ -240,7 +240,7 @@ class _SampleAccumulator:
         self.labels: list[Tensor] = []
         self.kept = 0
         self.neighbour: _SampleAccumulator | None = None
-        self._result: tuple[Tensor, Tensor, Tensor] | None = None
+        self._result: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def update(self, batch: FeatureBatch) -> None:
         if batch.labels is None:
@@ -286,32 +286,34 @@ class _SampleAccumulator:
             sigma_rule=self.p["sigma_rule"], gamma=self.p["gamma"],
         )
 
-    def _run(self) -> tuple[Tensor, Tensor, Tensor]:
+    def _run(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if self._result is None:
             maps = self.sample_maps()
             labels = torch.cat([lab.to(maps.device) for lab in self.labels])
-            order, values = cmi_ranking(
+            ranking = cmi_greedy(
                 maps,
                 labels,
                 alpha=self.p["alpha"],
                 sigma_rule=self.p["sigma_rule"],
                 gamma=self.p["gamma"],
                 max_steps=self.p["max_steps"],
+                stop_gain=self.p["stop_gain"],
                 condition=self._condition(maps.shape[0]),
             )
             scores = torch.empty(self.channels, dtype=torch.float64)
-            scores[order] = (
+            scores[ranking.order] = (
                 self.channels - torch.arange(self.channels, dtype=torch.float64)
             ) / self.channels
-            self._result = (scores.to(maps.device), order, values)
+            steps = torch.tensor(ranking.steps, dtype=torch.long)
+            self._result = (scores.to(maps.device), ranking.order, ranking.values, steps)
         return self._result
 
     def result(self) -> Tensor:
         return self._run()[0]
 
     def extras(self) -> dict[str, Tensor]:
-        _, order, values = self._run()
-        return {"cmi_values": values, "cmi_order": order}
+        _, order, values, steps = self._run()
+        return {"cmi_values": values, "cmi_order": order, "cmi_steps": steps}
 
 
 CONDITIONS = ("none", "previous", "next", "bidirectional")
@@ -380,6 +382,8 @@ class Cmi(CheckedCriterion):
         check_int(self.name, params, "samples", minimum=2)
         check_int(self.name, params, "max_spatial", minimum=1, optional=True)
         check_int(self.name, params, "max_steps", minimum=1, optional=True)
+        if params["stop_gain"] is not None:
+            check_float(self.name, params, "stop_gain", low=0.0, high=1.0)
         check_choice(self.name, params, "condition", CONDITIONS)
         check_float(self.name, params, "condition_keep", low=0.0, high=1.0, low_open=True)
         check_choice(self.name, params, "condition_joint", JOINTS)
@@ -424,6 +428,7 @@ register(
             "samples": 256,
             "max_spatial": 64,
             "max_steps": None,
+            "stop_gain": None,
             "condition": "none",
             "condition_keep": 0.5,
             "condition_joint": "hadamard",
