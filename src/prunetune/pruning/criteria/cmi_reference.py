@@ -43,7 +43,7 @@ def cmi_ranking_reference(
     X_j is channel j's flattened map per sample (Gaussian Gram matrix, σ per channel by
     ``sigma_rule``), Y the delta-kernel label Gram matrix, X_S the Hadamard joint of the selected
     channels (kept as a running product) and T the optional ``condition`` (the cross-layer forms of
-    :class:`~prunetune.pruning.criteria.information.Cmi`; without it the first step is I(Y; X_j)).
+    :class:`~prunetune.pruning.criteria.cmi.Cmi`; without it the first step is I(Y; X_j)).
     All candidates of one step are evaluated in one batched entropy call (chunked if the stack
     would exceed ``max_memory_mb``). Ties (values within :data:`TIE_TOLERANCE`) go to the lower
     channel index.
