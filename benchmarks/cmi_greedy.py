@@ -24,6 +24,7 @@ Usage::
 
     python benchmarks/cmi_greedy.py --data digits --model resnet32 --threads 1
     python benchmarks/cmi_greedy.py --data randn --model resnet56 --samples 64 --threads 2
+    python benchmarks/cmi_greedy.py --data randn --samples 256 --device cuda   # on a GPU
 
 Benchmarks are not tests; nothing in the test suite runs this.
 """
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the reference on the first k points of each stage only (0: all)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the maps and the rankings run (auto: cuda when available)")
     return p.parse_args(argv)
 
 
@@ -85,7 +88,7 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[tuple[to
     return model, groups, batches, f"resnet56 untrained, BN set on {args.samples} {args.data} images"
 
 
-def capture(model, groups, batches, params: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def capture(model, groups, batches, params: dict[str, Any], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The (maps, labels) each cmi accumulator ranks, one per feature point, in calibration order."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     real = cmi_module.cmi_greedy
@@ -97,7 +100,7 @@ def capture(model, groups, batches, params: dict[str, Any]) -> list[tuple[torch.
 
     cmi_module.cmi_greedy = record
     try:
-        calibrate(model, groups, {"cmi": params}, batches, show_progress=False)
+        calibrate(model.to(device), groups, {"cmi": params}, batches, device=device, show_progress=False)
     finally:
         cmi_module.cmi_greedy = real
     return seen
@@ -119,8 +122,11 @@ def cutoffs(values: torch.Tensor) -> tuple[int, int, int]:
 
 
 def timed(fn):
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     out = fn()
+    sync()
     return out, time.perf_counter() - t0
 
 
@@ -129,10 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    sys.path.insert(0, os.path.dirname(__file__))
+    import scoring
+
+    device = scoring.resolve_device(args.device)
+    scoring.DEVICE = device
     model, groups, batches, what = build(args)
     params = get_criterion("cmi").resolve({"samples": args.samples, "max_spatial": args.max_spatial,
                                           "alpha": args.alpha})
-    points = capture(model, groups, batches, params)
+    points = capture(model, groups, batches, params, device)
     kw = {"alpha": args.alpha, "sigma_rule": params["sigma_rule"], "gamma": params["gamma"]}
     variants: list[tuple[str, dict[str, Any]]] = [("fast (default)", {})]
     variants += [("option alpha=2", {"alpha": 2.0})]
@@ -144,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.reference_points or None
     with_ref = sorted(i for idx in per_stage.values() for i in idx[:limit])
     print("# prunetune CMI greedy benchmark\n")
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU used"
     print(f"machine: torch {torch.__version__}, {torch.get_num_threads()} torch threads, os.cpu_count() = "
-          f"{os.cpu_count()}, no GPU used")
+          f"{os.cpu_count()}, device {device}, {gpu}")
     print(f"model: {what}; {len(points)} feature points "
           + ", ".join(f"{len(v)}×{c} channels" for c, v in sorted(per_stage.items()))
           + f"; samples {args.samples}, maps pooled to ≤ {args.max_spatial} pixels, alpha {args.alpha}; "
@@ -169,27 +181,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(points, per_stage, with_ref, ref, results) -> None:
-    print("| ranking | stage | points | seconds | × faster than reference | same order | "
+    print("| ranking | stage | points | seconds | × faster than reference | same order | same greedy prefix | "
           "max \\|Δ CMI\\| (bits) | min Kendall τ | knee / cumulative / marginal keep equal | "
           "greedy steps / channels |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     stages = [(f"{c} ch", idx) for c, idx in sorted(per_stage.items())] + [("**all**", sorted(range(len(points))))]
     for label, idx in stages:
         on = [i for i in idx if i in ref]
         t_ref = sum(ref[i][2] for i in on)
-        print(f"| reference | {label} | {len(on)} | {t_ref:.2f} | 1.00× | — | — | — | — | — |")
+        print(f"| reference | {label} | {len(on)} | {t_ref:.2f} | 1.00× | — | — | — | — | — | — |")
         for name, res in results.items():
             t = sum(res[i][1] for i in idx)
             t_on = sum(res[i][1] for i in on)
             speed = f"{t_ref / t_on:.2f}×" if on and t_on > 0 else "—"
             same = sum(res[i][0].order.tolist() == ref[i][0].tolist() for i in on)
+            prefix = sum(res[i][0].order[: res[i][0].steps].tolist() == ref[i][0][: res[i][0].steps].tolist()
+                         for i in on)
             dv = max((float((res[i][0].values - ref[i][1]).abs().max()) for i in on), default=float("nan"))
             tau = min((kendall_tau(res[i][0].order, ref[i][0]) for i in on), default=float("nan"))
             pairs = [(cutoffs(res[i][0].values), cutoffs(ref[i][1])) for i in on]
             cut_eq = "/".join(str(sum(a[k] == b[k] for a, b in pairs)) for k in range(3))
             steps = sum(res[i][0].steps for i in idx)
             chans = sum(points[i][0].shape[1] for i in idx)
-            print(f"| {name} | {label} | {len(idx)} | {t:.2f} | {speed} | {same}/{len(on)} | {dv:.1e} | "
+            print(f"| {name} | {label} | {len(idx)} | {t:.2f} | {speed} | {same}/{len(on)} | {prefix}/{len(on)} | {dv:.1e} | "
                   f"{tau:.4f} | {cut_eq} (of {len(on)}) | {steps}/{chans} |")
     print("\nSpeed-ups compare the points the reference ran on; Δ CMI, τ and the cut-offs compare with "
           "the reference at the default alpha (alpha=2 is a different Rényi order: its CMIs differ by "
