@@ -9,7 +9,9 @@ every point, on the same maps:
 * ``fast``: :func:`prunetune.pruning.criteria.renyi.cmi_greedy` at the criterion's defaults;
 * the options: ``alpha=2`` (Frobenius norms) and ``stop_gain`` (each value of ``--stop-gains``).
 
-Every row gives seconds (one run, summed over the points), the speed-up against the reference and
+Every row gives seconds (one run per point, wall clock and this process's CPU time, summed over the
+points; the rankings of one point run one after the other, so load from other processes falls on
+all of them alike), the speed-up against the reference and
 agreement with the reference at the default α: points whose order is identical, the largest
 |Δ CMI| (bits), Kendall's τ (the worst point) of the orders, and on how many points each cut-off
 (``cmi_knee`` at scale 1, ``cmi_cumulative`` at ρ = 0.95, ``cmi_marginal`` at ε = 0.05) keeps the
@@ -122,12 +124,13 @@ def cutoffs(values: torch.Tensor) -> tuple[int, int, int]:
 
 
 def timed(fn):
+    """``(fn(), (wall seconds, CPU seconds of this process))``."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
     sync()
-    return out, time.perf_counter() - t0
+    return out, (time.perf_counter() - t0, time.process_time() - c0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,37 +166,36 @@ def main(argv: list[str] | None = None) -> int:
           + f"; samples {args.samples}, maps pooled to ≤ {args.max_spatial} pixels, alpha {args.alpha}; "
           f"reference on {len(with_ref)} points\n", flush=True)
 
-    ref: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
-    for i in with_ref:
-        maps, y = points[i]
-        (order, values), t = timed(lambda: cmi_ranking_reference(maps, y, **kw))
-        ref[i] = (order, values, t)
-        print(f"  reference point {i} ({maps.shape[1]} ch): {t:.2f} s", file=sys.stderr, flush=True)
-    results: dict[str, dict[int, tuple[CmiRanking, float]]] = {}
-    for name, extra in variants:
-        results[name] = {}
-        for i, (maps, y) in enumerate(points):
-            r, t = timed(lambda: cmi_greedy(maps, y, **{**kw, **extra}))
-            results[name][i] = (r, t)
-        print(f"  {name}: {sum(t for _, t in results[name].values()):.2f} s", file=sys.stderr, flush=True)
+    # point by point, every ranking in turn: load from other processes falls on all of them alike
+    ref: dict[int, tuple[torch.Tensor, torch.Tensor, tuple[float, float]]] = {}
+    results: dict[str, dict[int, tuple[CmiRanking, tuple[float, float]]]] = {name: {} for name, _ in variants}
+    for i, (maps, y) in enumerate(points):
+        if i in with_ref:
+            (order, values), t = timed(lambda: cmi_ranking_reference(maps, y, **kw))
+            ref[i] = (order, values, t)
+        for name, extra in variants:
+            results[name][i] = timed(lambda: cmi_greedy(maps, y, **{**kw, **extra}))
+        done = ", ".join(f"{name} {results[name][i][1][0]:.2f}" for name, _ in variants)
+        print(f"  point {i} ({maps.shape[1]} ch) wall s: reference {ref[i][2][0] if i in ref else float('nan'):.2f}, "
+              f"{done}", file=sys.stderr, flush=True)
     report(points, per_stage, with_ref, ref, results)
     return 0
 
 
 def report(points, per_stage, with_ref, ref, results) -> None:
-    print("| ranking | stage | points | seconds | × faster than reference | same order | same greedy prefix | "
+    print("| ranking | stage | points | wall s | CPU s | × faster (wall / CPU) | same order | same greedy prefix | "
           "max \\|Δ CMI\\| (bits) | min Kendall τ | knee / cumulative / marginal keep equal | "
           "greedy steps / channels |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     stages = [(f"{c} ch", idx) for c, idx in sorted(per_stage.items())] + [("**all**", sorted(range(len(points))))]
     for label, idx in stages:
         on = [i for i in idx if i in ref]
-        t_ref = sum(ref[i][2] for i in on)
-        print(f"| reference | {label} | {len(on)} | {t_ref:.2f} | 1.00× | — | — | — | — | — | — |")
+        w_ref, c_ref = (sum(ref[i][2][k] for i in on) for k in (0, 1))
+        print(f"| reference | {label} | {len(on)} | {w_ref:.2f} | {c_ref:.2f} | 1.00× / 1.00× | — | — | — | — | — | — |")
         for name, res in results.items():
-            t = sum(res[i][1] for i in idx)
-            t_on = sum(res[i][1] for i in on)
-            speed = f"{t_ref / t_on:.2f}×" if on and t_on > 0 else "—"
+            w, c = (sum(res[i][1][k] for i in idx) for k in (0, 1))
+            w_on, c_on = (sum(res[i][1][k] for i in on) for k in (0, 1))
+            speed = f"{w_ref / w_on:.2f}× / {c_ref / c_on:.2f}×" if on and w_on > 0 and c_on > 0 else "—"
             same = sum(res[i][0].order.tolist() == ref[i][0].tolist() for i in on)
             prefix = sum(res[i][0].order[: res[i][0].steps].tolist() == ref[i][0][: res[i][0].steps].tolist()
                          for i in on)
@@ -203,7 +205,7 @@ def report(points, per_stage, with_ref, ref, results) -> None:
             cut_eq = "/".join(str(sum(a[k] == b[k] for a, b in pairs)) for k in range(3))
             steps = sum(res[i][0].steps for i in idx)
             chans = sum(points[i][0].shape[1] for i in idx)
-            print(f"| {name} | {label} | {len(idx)} | {t:.2f} | {speed} | {same}/{len(on)} | {prefix}/{len(on)} | {dv:.1e} | "
+            print(f"| {name} | {label} | {len(idx)} | {w:.2f} | {c:.2f} | {speed} | {same}/{len(on)} | {prefix}/{len(on)} | {dv:.1e} | "
                   f"{tau:.4f} | {cut_eq} (of {len(on)}) | {steps}/{chans} |")
     print("\nSpeed-ups compare the points the reference ran on; Δ CMI, τ and the cut-offs compare with "
           "the reference at the default alpha (alpha=2 is a different Rényi order: its CMIs differ by "

@@ -212,6 +212,9 @@ class _Evaluator:
         self.blocks = class_blocks(labels) if alpha >= 1.0 and alpha != 2.0 else None
         self.chunk = max(1, int(max_memory_mb * 2**20) // (8 * n * n * 8))
         self.min_chunk = max(1, (64 * 32**3) // max(1, n) ** 3)  # split even a few large problems
+        if alpha == 2.0:  # Frobenius norms: Σ_ab (X_S ∘ X_j)² is one product with X_j² for every j
+            self.sq = (a_ch * a_ch).reshape(a_ch.shape[0], n * n)
+            self.diag = torch.diagonal(a_ch, dim1=-2, dim2=-1)
 
     def entropy(self, a: Tensor) -> Tensor:
         """S_α of unit-trace ``Tensor[B, n, n]`` (the batch split across threads)."""
@@ -244,6 +247,8 @@ class _Evaluator:
     def step(self, remaining: list[int], a_s: Tensor | None, const: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(CPU CMIs, S(X_j,S), S(Y,X_j,S)) of every remaining candidate j."""
         cand = torch.tensor(remaining, device=self.a_ch.device)
+        if self.alpha == 2.0:
+            return self._frobenius_step(cand, a_s, const)
         full, lab = [], []
         for i in range(0, len(remaining), self.chunk):
             joint = self.a_ch[cand[i : i + self.chunk]]
@@ -258,6 +263,22 @@ class _Evaluator:
                 full.append(self.entropy(joint))
                 lab.append(self.label_entropy(joint))
         s_full, s_y = torch.cat(full), torch.cat(lab)
+        return (s_full - s_y + const).cpu(), s_full, s_y
+
+
+    def _frobenius_step(self, cand: Tensor, a_s: Tensor | None, const: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """α = 2: S = −log₂ ‖J‖_F² with J = X_S ∘ X_j / tr, for every candidate through two
+        matrix–vector products with the squared Gram matrices (no n×n joint per candidate)."""
+        n = self.a_ch.shape[-1]
+        if a_s is None:
+            a_s = torch.full((n, n), 1.0, dtype=torch.float64, device=self.a_ch.device)
+        w = a_s * a_s
+        wy = w * (self.a_y > 0)  # the label blocks: pairs of one class
+        sq = self.sq[cand]
+        tr = self.diag[cand] @ torch.diagonal(a_s)
+        tr2 = tr * tr
+        s_full = -torch.log2((sq @ w.reshape(-1)) / tr2)
+        s_y = -torch.log2((sq @ wy.reshape(-1)) / tr2)
         return (s_full - s_y + const).cpu(), s_full, s_y
 
 
