@@ -15,8 +15,9 @@ For ResNet-56 on 32×32 inputs and ``--images`` (256) calibration images on CPU,
 "Activation criteria" are the registered criteria whose needs include ``"activation"`` under their
 defaults; ``capacity`` and ``independence`` score from weights by default and are included with
 ``source="feature"``. Steps are timed round-robin (every step once per repeat, in turn), so load
-from other processes falls on all of them alike; the table gives the median of the repeats, and
-"× plain forward" is the median over repeats of step time / forward time of the same repeat.
+from other processes falls on all of them alike; the table gives the median of the repeats,
+"× plain forward" is the median over repeats of step time / forward time of the same repeat, and
+"× floor (both)" the same against the "floor: forward + both" row.
 
 Then CHIP's fast path (:func:`prunetune.pruning.criteria.chip.chip_scores`, default route) against
 a straightforward per-image SVD implementation written here, the official code's method: per image,
@@ -96,6 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 DEVICE = torch.device("cpu")
+FLOOR_BOTH = "floor: forward + both"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -332,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
          lambda: factorisation_floor(model, groups, batches, ("hrank",))),
         ("floor: forward + one eigh per image's c×c Gram (CHIP's spectrum)",
          lambda: factorisation_floor(model, groups, batches, ("chip",))),
-        ("floor: forward + both",
-         lambda: factorisation_floor(model, groups, batches, ("hrank", "chip"))),
+        (FLOOR_BOTH, lambda: factorisation_floor(model, groups, batches, ("hrank", "chip"))),
     ]
     for lab in crits:
         if crits[lab][0] == "cmi":
@@ -370,13 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         fwd_cmi = []
 
-    print(f"| step | seconds (median of {args.repeats}) | × plain forward |")
-    print("|---|---:|---:|")
+    floor = times[FLOOR_BOTH]
+    print(f"| step | seconds (median of {args.repeats}) | × plain forward | × floor (both) |")
+    print("|---|---:|---:|---:|")
     for name, _ in steps:
         ts = times[name]
-        base = fwd_cmi if name.startswith(f"calibration, {cmi_label} alone") else fwd
+        is_cmi = name.startswith(f"calibration, {cmi_label} alone")
+        base = fwd_cmi if is_cmi else fwd
         ratio = statistics.median(t / f for t, f in zip(ts, base))
-        print(f"| {name} | {statistics.median(ts):.3f} | {ratio:.2f}× |")
+        to_floor = "—" if is_cmi else f"{statistics.median(t / f for t, f in zip(ts, floor)):.2f}×"
+        print(f"| {name} | {statistics.median(ts):.3f} | {ratio:.2f}× | {to_floor} |")
     if fwd_cmi:
         print(f"\n(the cmi row is compared with plain forward passes timed next to it; "
               f"it ran {args.cmi_repeats} time(s))")
