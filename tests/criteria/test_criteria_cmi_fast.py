@@ -115,6 +115,9 @@ def test_stop_gain_keeps_the_full_greedys_prefix_and_orders_the_rest_by_their_la
     assert part.order.tolist() == capped.order.tolist()
     torch.testing.assert_close(part.values, capped.values, rtol=0, atol=0)
     assert cmi_greedy(maps, y, alpha=alpha, stop_gain=0.0).stop == "complete"
+    for bad in (1.5, -0.1, "0.1", True):
+        with pytest.raises(ConfigError, match="stop_gain"):
+            cmi_greedy(maps, y, alpha=alpha, stop_gain=bad)
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 1.01, 2.0, 3.0])

@@ -152,7 +152,9 @@ def cmi_greedy(
     n, c = maps.shape[0], maps.shape[1]
     if labels.shape[0] != n:
         raise ConfigError(f"cmi needs one label per sample: {n} samples but {labels.shape[0]} labels")
-    if stop_gain is not None and not (0.0 <= stop_gain <= 1.0):
+    if stop_gain is not None and (
+        isinstance(stop_gain, bool) or not isinstance(stop_gain, (int, float)) or not 0.0 <= stop_gain <= 1.0
+    ):
         raise ConfigError(f"parameter 'stop_gain' must be in [0, 1] or None, but got stop_gain={stop_gain!r}")
     x = maps.detach().reshape(n, c, -1).to(torch.float64).transpose(0, 1)  # C×n×d
     a_ch = normalize_gram(gram_matrix(x, sigma_rule=sigma_rule, gamma=gamma))  # C×n×n
@@ -162,6 +164,7 @@ def cmi_greedy(
 
 
 def _greedy(ev: _Evaluator, a_s: Tensor | None, steps: int, stop_gain: float | None) -> CmiRanking:
+    """The greedy loop of :func:`cmi_greedy` from the joint ``a_s`` (the condition, or ``None``)."""
     remaining = list(range(ev.a_ch.shape[0]))
     order: list[int] = []
     values: list[float] = []
