@@ -15,8 +15,9 @@ For ResNet-56 on 32×32 inputs and ``--images`` (256) calibration images on CPU,
 "Activation criteria" are the registered criteria whose needs include ``"activation"`` under their
 defaults; ``capacity`` and ``independence`` score from weights by default and are included with
 ``source="feature"``. Steps are timed round-robin (every step once per repeat, in turn), so load
-from other processes falls on all of them alike; the table gives the median of the repeats, and
-"× plain forward" is the median over repeats of step time / forward time of the same repeat.
+from other processes falls on all of them alike; the table gives the median of the repeats,
+"× plain forward" is the median over repeats of step time / forward time of the same repeat, and
+"× floor (both)" the same against the "floor: forward + both" row.
 
 Then CHIP's fast path (:func:`prunetune.pruning.criteria.chip.chip_scores`, default route) against
 a straightforward per-image SVD implementation written here, the official code's method: per image,
@@ -39,6 +40,11 @@ Usage::
     python benchmarks/scoring.py                     # defaults: 256 images, batch 128, 3 repeats
     python benchmarks/scoring.py --repeats 5 --threads 2 --svd-images 16 --cmi-samples 64
     python benchmarks/scoring.py --skip-cmi --skip-chip-svd       # the timing table only
+    python benchmarks/scoring.py --device cuda --images 512 --cmi-samples 256   # on a GPU
+
+``--device`` (``auto``: cuda when available) runs the model, the calibration pass and every
+criterion there (CPU-side steps, such as the SVD reference's Python loops, stay as they are);
+timings synchronise the device before reading the clock.
 
 Benchmarks are not tests; nothing in the test suite runs this.
 """
@@ -85,16 +91,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="timed passes of the CHIP fast path in the comparison (default 3)")
     p.add_argument("--skip-chip-svd", action="store_true", help="leave out the CHIP comparison")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the model, the maps and the criteria run (auto: cuda when available)")
     return p.parse_args(argv)
+
+
+DEVICE = torch.device("cpu")
+FLOOR_BOTH = "floor: forward + both"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available here")
+    return torch.device(name)
 
 
 def machine_line() -> str:
     mkl = torch.backends.mkl.is_available()
+    gpu = (f"GPU {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else "no GPU used")
     return (
         f"torch {torch.__version__}, {torch.get_num_threads()} torch threads "
         f"({torch.get_num_interop_threads()} inter-op), os.cpu_count() = {os.cpu_count()}, "
         f"{platform.machine()} {platform.system()}, Python {platform.python_version()}, "
-        f"MKL {'yes' if mkl else 'no'}, no GPU used"
+        f"MKL {'yes' if mkl else 'no'}, device {DEVICE}, {gpu}"
     )
 
 
@@ -120,6 +141,8 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[tuple[Te
             for xb, _yb in batches:
                 model(xb)
     model.eval()
+    model.to(DEVICE)
+    batches = [(x.to(DEVICE), y.to(DEVICE)) for x, y in batches]
     return model, groups, batches
 
 
@@ -138,9 +161,16 @@ def activation_criteria() -> dict[str, tuple[str, dict[str, Any]]]:
     return out
 
 
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(fn: Callable[[], Any]) -> float:
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t0
 
 
@@ -151,7 +181,7 @@ def plain_forward(model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]]) 
 
 
 def run_calibration(model, groups, batches, criteria: dict[str, dict[str, Any]]) -> None:
-    calibrate(model, groups, criteria, batches, show_progress=False)
+    calibrate(model, groups, criteria, batches, device=DEVICE, show_progress=False)
 
 
 def factorisation_floor(model, groups, batches, which: tuple[str, ...]) -> None:
@@ -214,7 +244,7 @@ def chip_reference(maps: Tensor, *, transpose: bool = False) -> Tensor:
     """
     m = maps.detach().reshape(maps.shape[0], maps.shape[1], -1).to(torch.float64)
     b, c, _ = m.shape
-    out = torch.empty(b, c, dtype=torch.float64)
+    out = torch.empty(b, c, dtype=torch.float64, device=m.device)
     for i in range(b):
         full = torch.linalg.matrix_norm(m[i].T if transpose else m[i], ord="nuc")
         for j in range(c):
@@ -241,8 +271,10 @@ def chip_comparison(model, groups, batches, svd_images: int) -> dict[str, Any]:
         def hook(_m, _i, output: Tensor) -> None:
             maps = F.relu(output.detach())
             shapes[point] = tuple(maps.shape[1:])
+            sync()
             t0 = time.perf_counter()
             ci = chip_scores(maps)
+            sync()
             fast_s[point] += time.perf_counter() - t0
             if state["batch"] == 0 and svd_images > 0:
                 sub = maps[:svd_images]
@@ -252,8 +284,8 @@ def chip_comparison(model, groups, batches, svd_images: int) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 ref_t = chip_reference(sub, transpose=True)
                 ref_t_s[point] += time.perf_counter() - t0
-                ref_sub[point] = ref.mean(0)
-                fast_sub[point] = ci[: sub.shape[0]].mean(0)
+                ref_sub[point] = ref.mean(0).cpu()
+                fast_sub[point] = ci[: sub.shape[0]].mean(0).cpu()
                 scale = float(ref.abs().max().clamp(min=1e-300))
                 ref_gap[point] = max(float((ci[: sub.shape[0]] - ref).abs().max()),
                                      float((ref_t - ref).abs().max())) / scale
@@ -274,9 +306,11 @@ def chip_comparison(model, groups, batches, svd_images: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DEVICE
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    DEVICE = resolve_device(args.device)
     model, groups, batches = build(args)
     n_points = sum(len(g.feature_points) for g in groups)
     crits = activation_criteria()
@@ -300,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
          lambda: factorisation_floor(model, groups, batches, ("hrank",))),
         ("floor: forward + one eigh per image's c×c Gram (CHIP's spectrum)",
          lambda: factorisation_floor(model, groups, batches, ("chip",))),
-        ("floor: forward + both",
-         lambda: factorisation_floor(model, groups, batches, ("hrank", "chip"))),
+        (FLOOR_BOTH, lambda: factorisation_floor(model, groups, batches, ("hrank", "chip"))),
     ]
     for lab in crits:
         if crits[lab][0] == "cmi":
@@ -338,13 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         fwd_cmi = []
 
-    print(f"| step | seconds (median of {args.repeats}) | × plain forward |")
-    print("|---|---:|---:|")
+    floor = times[FLOOR_BOTH]
+    print(f"| step | seconds (median of {args.repeats}) | × plain forward | × floor (both) |")
+    print("|---|---:|---:|---:|")
     for name, _ in steps:
         ts = times[name]
-        base = fwd_cmi if name.startswith(f"calibration, {cmi_label} alone") else fwd
+        is_cmi = name.startswith(f"calibration, {cmi_label} alone")
+        base = fwd_cmi if is_cmi else fwd
         ratio = statistics.median(t / f for t, f in zip(ts, base))
-        print(f"| {name} | {statistics.median(ts):.3f} | {ratio:.2f}× |")
+        to_floor = "—" if is_cmi else f"{statistics.median(t / f for t, f in zip(ts, floor)):.2f}×"
+        print(f"| {name} | {statistics.median(ts):.3f} | {ratio:.2f}× | {to_floor} |")
     if fwd_cmi:
         print(f"\n(the cmi row is compared with plain forward passes timed next to it; "
               f"it ran {args.cmi_repeats} time(s))")

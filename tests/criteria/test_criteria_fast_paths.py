@@ -182,3 +182,20 @@ def test_bin_counts_equal_numpy_histogram_per_row() -> None:
     for row, got in zip(x.to(torch.float64).numpy(), counts.numpy()):
         expected, _ = np.histogram(np.clip(row, lo, np.nextafter(hi, lo)), bins=bins, range=(lo, hi))
         assert np.array_equal(got, expected.astype(np.float64))
+
+
+def test_per_image_grams_are_shared_by_chip_and_sfs() -> None:
+    """CHIP factorises each image's Gram matrix; sfs sums them (= the Gram of the concatenated maps)."""
+    from prunetune.pruning.criteria._common import channel_major64, image_grams
+
+    g = torch.Generator().manual_seed(9)
+    maps = torch.relu(torch.randn(5, 6, 4, 4, generator=g))
+    batch = FeatureBatch(maps, maps, None)
+    grams = image_grams(batch, maps)
+    m64 = maps.reshape(5, 6, -1).to(torch.float64)
+    torch.testing.assert_close(grams, m64 @ m64.transpose(1, 2), atol=0, rtol=1e-15)
+    f = channel_major64(batch, maps)
+    torch.testing.assert_close(grams.sum(0), f @ f.T, atol=0, rtol=1e-14)
+    for route in ("quadrature", "gram"):
+        torch.testing.assert_close(chip_scores(m64, route=route, grams=grams), chip_scores(m64, route=route),
+                                   atol=1e-15, rtol=0)

@@ -33,6 +33,17 @@ def test_marginal_stops_below_epsilon_times_the_first() -> None:
     assert marginal_keep(torch.tensor([0.0, 1.0]), 0.5) == 1
 
 
+def test_a_vanished_tail_of_zeros_is_read_like_the_full_curve() -> None:
+    # the greedy stopped after 4 channels: the rest carry 0 (the full curve has |noise| < 1e-12 there)
+    stopped = torch.tensor([4.0, 2.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0])
+    full = stopped + torch.tensor([0.0, 0.0, 0.0, 0.0, 3e-13, 1e-13, 2e-13, 1e-13])
+    for rho in (0.5, 0.9, 0.99, 1.0):
+        assert cumulative_keep(stopped, rho) == cumulative_keep(full, rho)
+    for eps in (0.5, 0.1, 1e-6):
+        assert marginal_keep(stopped, eps) == marginal_keep(full, eps) == min(4, marginal_keep(stopped, eps))
+    assert knee_keep(stopped) == knee_keep(full) <= 4
+
+
 def test_knee_of_a_hand_made_curve() -> None:
     elbow = torch.tensor([10.0, 9.0, 8.0, 1.0, 0.8, 0.6, 0.4, 0.2])
     assert knee_keep(elbow) == 4  # the sharp drop after the third channel: the point at 1.0 is farthest from the chord

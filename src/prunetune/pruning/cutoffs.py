@@ -8,6 +8,14 @@ into a keep count:
 * ``cmi_marginal`` — stop when the next value falls below ``epsilon`` times the first;
 * ``cmi_knee`` — the knee of the sorted curve (largest distance to the chord), times ``scale``.
 
+When the greedy stopped early (the criterion's ``cmi_steps`` extra: the channels it placed), the
+rest of the curve is what :class:`~prunetune.pruning.criteria.renyi.CmiRanking` documents: after a
+provable vanishing (the default's only early stop) zeros, in increasing channel index, which is the
+full greedy's answer up to 1e-12 bits, so every cut-off reads it as it would the full curve (a zero
+adds nothing to the cumulative sum, is below any ``epsilon`` > 0 times the first value, and sorts
+last for the knee); after ``max_steps`` or ``stop_gain`` the CMIs of the remaining channels at the
+last evaluated step, a curve the cut-offs read like any other.
+
 With a MACs budget the cut-off parameter is bisected globally (one value for every group) to the
 plan with the most MACs not above the budget; the channels that parameter step cannot reach are
 then given back where the budget allows (the groups that the next step would grow first), so the

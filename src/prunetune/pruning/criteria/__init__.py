@@ -5,7 +5,8 @@
 """
 
 from prunetune.pruning.criteria import activation as _activation  # noqa: F401  hrank, chip, dfs, sfs, dfs_sfs, taylor
-from prunetune.pruning.criteria import information as _information  # noqa: F401  capacity, independence, cmi
+from prunetune.pruning.criteria import information as _information  # noqa: F401  capacity, independence
+from prunetune.pruning.criteria import cmi as _cmi  # noqa: F401  cmi
 from prunetune.pruning.criteria import weight as _weight  # noqa: F401  l1, l2, fpgm, bn_scale, random
 from prunetune.pruning.criteria.base import (
     ACTIVATION, CRITERIA, GRADIENT, LABELS, WEIGHT, Accumulator, Criterion, FeatureBatch,

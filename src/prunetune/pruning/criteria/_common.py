@@ -168,6 +168,21 @@ def channel_major64(batch: Any, maps: Tensor) -> Tensor:
     return memo(batch, "channel_major64", compute)
 
 
+def image_grams(batch: Any, maps: Tensor) -> Tensor:
+    """``Tensor[B, C, C]`` float64: each image's Gram matrix M_n M_nᵀ of its C×(h·w) maps (shared).
+
+    Read from the channel-major copy. CHIP's quadrature and Gram routes factorise them; their sum
+    over the images is the C×C Gram matrix of the concatenated maps that ``sfs`` reads.
+    """
+
+    def compute() -> Tensor:
+        b, c = maps.shape[0], maps.shape[1]
+        m = channel_major64(batch, maps).reshape(c, b, -1).transpose(0, 1)  # B×C×hw view
+        return m @ m.transpose(1, 2)
+
+    return memo(batch, "image_grams", compute)
+
+
 def population_std(x: Tensor) -> Tensor:
     """Population std (``unbiased=False``) over the last dimension, two-pass in x's dtype.
 

@@ -24,6 +24,7 @@ from prunetune.pruning.criteria._common import (
     check_choice,
     check_float,
     flat64,
+    image_grams,
     map_std,
     memo,
     no_data,
@@ -31,7 +32,7 @@ from prunetune.pruning.criteria._common import (
     scores_from_order,
 )
 from prunetune.pruning.criteria.base import ACTIVATION, GRADIENT, LABELS, FeatureBatch, register
-from prunetune.pruning.criteria.chip import ROUTES, chip_scores
+from prunetune.pruning.criteria.chip import ROUTES, chip_scores, pick_route
 from prunetune.pruning.criteria.similarity import dfs_sfs_order, sfs_order
 
 
@@ -166,7 +167,9 @@ class _ChipAccumulator(_MeanAccumulator):
         b, c = maps.shape[0], maps.shape[1]
         # B×C×(h·w) float64 view of the shared channel-major copy (bmm reads it in place)
         m64 = channel_major64(batch, maps).reshape(c, b, -1).transpose(0, 1)
-        ci = chip_scores(m64, route=self.route, max_memory_mb=self.max_memory_mb)
+        route = pick_route(c, m64.shape[2], self.route)
+        grams = image_grams(batch, maps) if route in ("quadrature", "gram") else None
+        ci = chip_scores(m64, route=route, max_memory_mb=self.max_memory_mb, grams=grams)
         self._add(ci.sum(dim=0), b)
 
 
@@ -239,11 +242,9 @@ class _SfsAccumulator:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
         self.mstd.update(batch)
 
-        def gram() -> Tensor:
-            f = channel_major64(batch, maps)  # C × (B·h·w)
-            return f @ f.T
-
-        g = memo(batch, "gram", gram)  # shared by sfs and dfs_sfs
+        # Σ_n M_n M_nᵀ = F Fᵀ (F: the maps of all images concatenated per channel): the per-image
+        # Gram matrices CHIP factorises, summed (shared by sfs, dfs_sfs and chip)
+        g = memo(batch, "gram", lambda: image_grams(batch, maps).sum(dim=0))
         self.gram = g if self.gram is None else self.gram + g
 
     def cosine(self) -> Tensor:

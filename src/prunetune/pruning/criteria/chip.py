@@ -94,7 +94,9 @@ def pick_route(channels: int, spatial: int, route: str = "auto") -> str:
     return route
 
 
-def chip_scores(maps: Tensor, *, route: str = "auto", max_memory_mb: float = 1024.0) -> Tensor:
+def chip_scores(
+    maps: Tensor, *, route: str = "auto", max_memory_mb: float = 1024.0, grams: Tensor | None = None
+) -> Tensor:
     """Per-image CHIP channel independence.
 
     Args:
@@ -102,6 +104,9 @@ def chip_scores(maps: Tensor, *, route: str = "auto", max_memory_mb: float = 102
         route: ``"quadrature"``, ``"gram"``, ``"sample"`` or ``"auto"`` (see the module
             docstring); all exact up to rounding.
         max_memory_mb: budget for the stacked eigenvalue problems; beyond it they are chunked.
+        grams: the per-image Gram matrices M_n M_nᵀ (``Tensor[B, C, C]`` float64) if already
+            computed (calibration shares them with ``sfs``); the quadrature and gram routes use
+            them instead of forming their own.
 
     Returns:
         ``Tensor[B, C]`` float64 on the maps' device: CI_n(j) = ‖M_n‖_* − ‖M_n^{(j)}‖_*.
@@ -114,9 +119,9 @@ def chip_scores(maps: Tensor, *, route: str = "auto", max_memory_mb: float = 102
         return m.norm(dim=-1)
     route = pick_route(c, n, route)
     if route == "quadrature":
-        return _chip_quadrature(m, max_memory_mb)
+        return _chip_quadrature(m, max_memory_mb, grams)
     if route == "gram":
-        g = m @ m.transpose(1, 2)  # B×c×c
+        g = m @ m.transpose(1, 2) if grams is None else grams  # B×c×c
         full = _sqrt_sum(batched_linalg(torch.linalg.eigvalsh, g))
         keep = _leave_one_out_index(c, m.device)  # c×(c−1)
         size = c - 1
@@ -149,7 +154,7 @@ def _quadrature_nodes(device: torch.device) -> tuple[Tensor, Tensor, float]:
     return torch.exp(2.0 * u), _QUAD_STEP * torch.exp(u), float(u[-1])
 
 
-def _chip_quadrature(m: Tensor, max_memory_mb: float) -> Tensor:
+def _chip_quadrature(m: Tensor, max_memory_mb: float, grams: Tensor | None = None) -> Tensor:
     """The quadrature route (module docstring) for ``Tensor[B, c, n]`` float64 -> ``Tensor[B, c]``."""
     b, c, _ = m.shape
     s, weight, u_max = _quadrature_nodes(m.device)
@@ -164,7 +169,8 @@ def _chip_quadrature(m: Tensor, max_memory_mb: float) -> Tensor:
     eps = torch.finfo(torch.float64).eps
     for start in range(0, b, chunk):
         mm = m[start : start + chunk]
-        lam, vec = batched_linalg(torch.linalg.eigh, mm @ mm.transpose(1, 2))
+        g = mm @ mm.transpose(1, 2) if grams is None else grams[start : start + chunk]
+        lam, vec = batched_linalg(torch.linalg.eigh, g)
         lam_max = lam[:, -1:].clamp(min=0.0)
         nonzero = lam_max > 0
         scale = torch.where(nonzero, lam_max, torch.ones_like(lam_max))
@@ -172,12 +178,9 @@ def _chip_quadrature(m: Tensor, max_memory_mb: float) -> Tensor:
         lam = torch.where(lam > c * eps, lam, torch.zeros_like(lam))  # rounding noise of a zero
         w = vec * vec  # w[n, j, i] = U_ji², rows sum to 1
         w = torch.where(w > 1e-150, w, torch.zeros_like(w))  # no subnormals in the products
-        a = torch.empty(mm.shape[0], c, 2 * nodes, dtype=torch.float64, device=m.device)
-        a1, a2 = a[:, :, :nodes], a[:, :, nodes:]
-        torch.add(lam[:, :, None], s, out=a1).reciprocal_()  # 1/(λ_i + s)
-        torch.mul(a1, a1, out=a2).mul_(lam[:, :, None])  # λ_i/(λ_i + s)²
-        p = w @ a  # [Σ w/(λ+s) | Σ wλ/(λ+s)²] per channel and node
-        phi = p[:, :, nodes:] / p[:, :, :nodes]
+        r = torch.add(lam[:, :, None], s).reciprocal_()  # 1/(λ_i + s), contiguous
+        q = torch.mul(r, r).mul_(lam[:, :, None])  # λ_i/(λ_i + s)²
+        phi = (w @ q).div_(w @ r)  # Σ wλ/(λ+s)² / Σ w/(λ+s) per channel and node
         moments = w @ torch.stack([lam, lam * lam], dim=2)  # m1, m2
         m1, m2 = moments[:, :, 0], moments[:, :, 1]
         ci = phi @ weight + tail1 * m1 + tail3 * (m1 * m1 - 2.0 * m2)

@@ -1,249 +1,96 @@
 """Matrix-based Rényi α-entropy and the greedy CMI channel ranking.
 
-Matrix-based entropy (Giraldo, Rao & Príncipe, arXiv 1211.2459; multivariate form: Yu et al.,
-arXiv 1808.07912). For a variable observed on n samples:
-
-1. Gram matrix K_ab = κ(x_a, x_b) with an infinitely divisible kernel (Gaussian by default).
-2. Normalised: A_ab = K_ab / (n·√(K_aa K_bb)), so tr(A) = 1.
-3. S_α(A) = 1/(1−α) · log₂ Σ_i λ_i(A)^α (bits). α = 1 is the Shannon limit −Σ λ log₂ λ; α = 2 is
-   −log₂ ‖A‖_F², computed without an eigendecomposition.
-4. Joint entropy: S_α(A_1, …, A_k) = S_α(A_1 ∘ … ∘ A_k / tr(A_1 ∘ … ∘ A_k)) (Hadamard product).
-5. I(X;Y) = S(X) + S(Y) − S(X,Y); I(X;Y|Z) = S(X,Z) + S(Y,Z) − S(X,Y,Z) − S(Z).
-
-Note the identities I(X;X) = S(X) and I(Y;X|X) = 0 hold exactly only for kernels whose Gram matrix
-is idempotent under the Hadamard product (the delta kernel of :func:`label_gram`); with a Gaussian
-kernel K∘K is the Gram matrix of a narrower kernel, so S(X,X) ≠ S(X) in general.
-
-Every function takes batched matrices (leading dimensions are batch dimensions).
+The entropy primitives (kernel widths, Gram matrices, S_α, joint entropies, (conditional) mutual
+information) live in :mod:`prunetune.pruning.criteria.matrix_entropy` and are re-exported here.
 
 The CMI pruning paper (Vu-Van et al., arXiv 2411.18578) is only verified at abstract level; the
 greedy rule in :func:`cmi_ranking` is the reconstruction of criteria.md §5.4 (form (a): same layer,
-label as target).
+label as target): at each step j* = argmax_{j∉S} I_α(Y; X_j | X_S, T) with
+
+    I(Y; X_j | X_S) = S(X_j,S) + S(Y,S) − S(Y,X_j,S) − S(S).
+
+How it is computed (the same order and CMI values as the straightforward implementation,
+:func:`~prunetune.pruning.criteria.cmi_reference.cmi_ranking_reference`, up to rounding):
+
+* **Label blocks.** The label Gram matrix is the delta kernel, so S(Y,X_j,S) is the entropy of the
+  joint J_j = X_S ∘ X_j with every entry between two samples of different classes set to 0: a
+  block-diagonal matrix (after sorting the samples by class) whose spectrum is the union of its
+  class blocks' spectra. Those come from eigenvalue problems of the class sizes (about n/k each)
+  instead of one n×n problem. Exact; used for α ≥ 1 (α ≠ 2); for α < 1, where the rounding noise of
+  zero eigenvalues is raised to the power α, and for α = 2 (Frobenius norms, no eigenvalues), the
+  full matrices as before.
+* **Shared terms once.** S(S) and S(Y,S) of step t + 1 are S(X_j*,S) and S(Y,X_j*,S) of the channel
+  picked at step t, already computed; the running Hadamard joint is updated once per step.
+* **Threads.** The batch of a step's eigenvalue problems is split across torch's CPU threads
+  (:func:`~prunetune.pruning.criteria._common.batched_linalg`; the same LAPACK routine per matrix,
+  so the same values). On a GPU the batched call runs there.
+* **Provable vanishing.** Once the off-diagonal part of the running joint is so small that every
+  CMI of every later step is provably below :data:`VANISH_BOUND` bits (:func:`vanishing_bound`; the
+  Hadamard product only shrinks off-diagonal entries, so this holds from then on), every later step
+  is a tie and the straightforward greedy would append the rest in increasing index order: the
+  ranking does exactly that, with values 0, and records where it stopped.
+
+float32 eigenvalues are not used: on the digits ResNet-32 layers the float32 error of S(X_j,S)
+(about 1e-6 bits) is close to the gaps between the best candidates of the later steps, so a float32
+screen with a safe margin sends most candidates back to float64 and saves little (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from prunetune.exceptions import ConfigError
+from prunetune.pruning.criteria._common import batched_linalg
+from prunetune.pruning.criteria.matrix_entropy import (  # noqa: F401  re-exported
+    KERNELS,
+    SIGMA_RULES,
+    TIE_TOLERANCE,
+    _check_alpha,
+    check_condition,
+    conditional_mutual_information,
+    data_std,
+    entropy_of_eigenvalues,
+    first_max,
+    gram_matrix,
+    hadamard_joint,
+    joint_entropy,
+    kernel_width,
+    label_gram,
+    mutual_information,
+    normalize_gram,
+    renyi_entropy,
+    unit_trace,
+)
 
-SIGMA_RULES = ("median", "silverman")
-KERNELS = ("gaussian", "laplacian")
+VANISH_BOUND = 1e-12
+"""Bits: the greedy stops once every later CMI is provably within this of 0 (far inside the tie
+tolerance, :data:`TIE_TOLERANCE`, so every later step would be a tie)."""
+
+STOPS = ("complete", "vanished", "max_steps", "stop_gain")
 
 
-def _check_alpha(alpha: float) -> float:
-    if (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, (int, float))
-        or not alpha > 0
-        or not math.isfinite(alpha)
-    ):
-        raise ConfigError(f"parameter 'alpha' must be a finite number > 0, but got alpha={alpha!r}")
-    return float(alpha)
+@dataclass(frozen=True)
+class CmiRanking:
+    """The result of :func:`cmi_greedy`.
 
-
-def _sq_distances(x: Tensor) -> Tensor:
-    """Pairwise squared Euclidean distances of ``Tensor[..., n, d]`` -> ``Tensor[..., n, n]``."""
-    sq = (x * x).sum(dim=-1)
-    d2 = sq[..., :, None] + sq[..., None, :] - 2.0 * (x @ x.transpose(-1, -2))
-    d2 = d2.clamp(min=0.0)
-    d2.diagonal(dim1=-2, dim2=-1).zero_()
-    return d2
-
-
-def data_std(x: Tensor) -> Tensor:
-    """√(Σ_k var(x_·k)) of ``Tensor[..., n, d]`` -> ``Tensor[...]``; 1 where it is 0 (or n = 1).
-
-    The unbiased variance of each of the d dimensions over the n samples, summed: the mean squared
-    distance to the sample mean, times n/(n−1).
+    Attributes:
+        order: LongTensor[C], most informative first.
+        values: float64 Tensor[C], the CMI (bits) of ``order[t]``; after ``steps`` see ``stop``.
+        steps: how many channels the greedy argmax placed before it stopped.
+        stop: ``"complete"`` (all C), ``"vanished"`` (the rest provably tie: increasing index,
+            values 0, exactly what the full greedy returns up to :data:`VANISH_BOUND`),
+            ``"max_steps"`` or ``"stop_gain"`` (the rest ordered by their CMI at the last evaluated
+            step, values those CMIs; not the full greedy's order).
     """
-    n = x.shape[-2]
-    if n < 2:
-        return x.new_ones(x.shape[:-2])
-    dev = x - x.mean(dim=-2, keepdim=True)
-    std = ((dev * dev).sum(dim=(-2, -1)) / (n - 1)).sqrt()
-    return torch.where(std > 0, std, torch.ones_like(std))
 
-
-def kernel_width(
-    x: Tensor, *, sigma_rule: str = "median", gamma: float = 1.0, d2: Tensor | None = None
-) -> Tensor:
-    """Kernel width σ for each batch element of ``Tensor[..., n, d]`` -> ``Tensor[...]``.
-
-    * ``"median"``: σ = γ · median of the pairwise distances ‖x_a − x_b‖ (a < b), per batch element.
-      If that median is 0 (more than half the samples coincide), the mean of the nonzero distances
-      is used; if every distance is 0, σ = 1 (the Gram matrix is then all ones whatever σ).
-    * ``"silverman"``: σ = γ · s · n^(−1/(4+d)) (Silverman's rule in the form of Yu et al.,
-      arXiv 1808.07912, criteria.md §5.3), with s the data's standard deviation: the root of the
-      total variance, s = √(Σ_k var(x_·k)) over the d dimensions (unbiased variance over the n
-      samples), which is the one-dimensional std when d = 1. σ scales with the data, so the Gram
-      matrix, and any ranking built on it, does not change when the maps are scaled. If every
-      sample is the same (s = 0), σ = 1 (the Gram matrix is all ones whatever σ).
-
-      NOTE: the total, not the per-dimension, std: the squared distance between two samples grows
-      like d · s_k², and a per-dimension width (e.g. s_k · (4/(3n))^(1/5) / √2, the 1-D rule
-      applied per pixel) leaves every off-diagonal entry below 1e-10 on 64-pixel ReLU maps of a
-      trained ResNet-20 (every S(X_j) = log₂ n, so every channel ties). With the total std the
-      same maps give off-diagonal means near 0.35, close to the median rule's 0.6.
-    """
-    if sigma_rule not in SIGMA_RULES:
-        raise ConfigError(
-            f"parameter 'sigma_rule' must be one of {', '.join(map(repr, SIGMA_RULES))}, "
-            f"but got sigma_rule={sigma_rule!r}"
-        )
-    n, d = x.shape[-2], x.shape[-1]
-    if sigma_rule == "silverman":
-        return gamma * data_std(x) * n ** (-1.0 / (4 + d))
-    d2 = _sq_distances(x) if d2 is None else d2
-    iu = torch.triu_indices(n, n, offset=1, device=x.device)
-    dist = d2[..., iu[0], iu[1]].sqrt()  # [..., n(n−1)/2]
-    if dist.shape[-1] == 0:
-        return x.new_ones(x.shape[:-2])
-    med = dist.median(dim=-1).values
-    nonzero = (dist > 0).sum(dim=-1)
-    mean_nz = dist.sum(dim=-1) / nonzero.clamp(min=1)
-    sigma = torch.where(med > 0, med, torch.where(nonzero > 0, mean_nz, torch.ones_like(med)))
-    return gamma * sigma
-
-
-def gram_matrix(
-    x: Tensor,
-    *,
-    sigma: float | Tensor | None = None,
-    kernel: str = "gaussian",
-    sigma_rule: str = "median",
-    gamma: float = 1.0,
-) -> Tensor:
-    """Kernel Gram matrix of ``Tensor[..., n, d]`` samples -> ``Tensor[..., n, n]`` float64.
-
-    Args:
-        x: n samples of dimension d (leading dimensions are batch dimensions).
-        sigma: kernel width; ``None`` picks it per batch element with ``sigma_rule`` and ``gamma``
-            (see :func:`kernel_width`; the default is the median pairwise distance).
-        kernel: ``"gaussian"`` exp(−‖a−b‖²/(2σ²)) or ``"laplacian"`` exp(−‖a−b‖/σ).
-    """
-    if kernel not in KERNELS:
-        raise ConfigError(
-            f"parameter 'kernel' must be one of {', '.join(map(repr, KERNELS))}, "
-            f"but got kernel={kernel!r}"
-        )
-    x = x.to(torch.float64)
-    d2 = _sq_distances(x)
-    if sigma is None:
-        sig = kernel_width(x, sigma_rule=sigma_rule, gamma=gamma, d2=d2)
-    else:
-        sig = torch.as_tensor(sigma, dtype=torch.float64, device=x.device)
-        if not bool((sig > 0).all()):
-            raise ConfigError(f"parameter 'sigma' must be > 0, but got sigma={sigma!r}")
-    sig = sig[..., None, None] if sig.dim() else sig
-    if kernel == "gaussian":
-        return torch.exp(-d2 / (2.0 * sig * sig))
-    return torch.exp(-d2.sqrt() / sig)
-
-
-def normalize_gram(k: Tensor) -> Tensor:
-    """A_ab = K_ab / (n·√(K_aa K_bb)): unit trace (``Tensor[..., n, n]``)."""
-    n = k.shape[-1]
-    diag = torch.diagonal(k, dim1=-2, dim2=-1).clamp(min=torch.finfo(k.dtype).tiny).sqrt()
-    return k / (n * diag[..., :, None] * diag[..., None, :])
-
-
-def _unit_trace(a: Tensor) -> Tensor:
-    tr = torch.diagonal(a, dim1=-2, dim2=-1).sum(dim=-1)
-    return a / tr[..., None, None]
-
-
-def renyi_entropy(a: Tensor, alpha: float) -> Tensor:
-    """S_α(A) in bits for unit-trace PSD ``Tensor[..., n, n]`` -> ``Tensor[...]``.
-
-    α = 2 uses −log₂ ‖A‖_F² (no eigendecomposition); α = 1 the Shannon form −Σ λ log₂ λ; any other
-    α > 0 uses ``eigvalsh`` with negative eigenvalues (rounding) clamped to 0.
-    """
-    alpha = _check_alpha(alpha)
-    a = a.to(torch.float64)
-    if alpha == 2.0:
-        return -torch.log2((a * a).sum(dim=(-2, -1)))
-    lam = torch.linalg.eigvalsh(a).clamp(min=0.0)
-    if alpha == 1.0:
-        return -torch.special.xlogy(lam, lam).sum(dim=-1) / math.log(2.0)
-    return torch.log2((lam**alpha).sum(dim=-1)) / (1.0 - alpha)
-
-
-def hadamard_joint(*mats: Tensor) -> Tensor:
-    """The unit-trace Hadamard product A_1 ∘ … ∘ A_k / tr(A_1 ∘ … ∘ A_k) (broadcasting)."""
-    if not mats:
-        raise ValueError("hadamard_joint needs at least one matrix")
-    out = mats[0]
-    for m in mats[1:]:
-        out = out * m
-    return _unit_trace(out)
-
-
-def joint_entropy(*mats: Tensor, alpha: float) -> Tensor:
-    """S_α(A_1, …, A_k) of the renormalised Hadamard product."""
-    return renyi_entropy(hadamard_joint(*mats), alpha)
-
-
-def mutual_information(a: Tensor, b: Tensor, alpha: float) -> Tensor:
-    """I_α(A;B) = S(A) + S(B) − S(A,B)."""
-    return renyi_entropy(a, alpha) + renyi_entropy(b, alpha) - joint_entropy(a, b, alpha=alpha)
-
-
-def conditional_mutual_information(x: Tensor, y: Tensor, z: Tensor | None, alpha: float) -> Tensor:
-    """I_α(X;Y|Z) = S(X,Z) + S(Y,Z) − S(X,Y,Z) − S(Z); ``z=None`` gives I_α(X;Y)."""
-    if z is None:
-        return mutual_information(x, y, alpha)
-    return (
-        joint_entropy(x, z, alpha=alpha)
-        + joint_entropy(y, z, alpha=alpha)
-        - joint_entropy(x, y, z, alpha=alpha)
-        - renyi_entropy(z, alpha)
-    )
-
-
-def label_gram(labels: Tensor, num_classes: int | None = None) -> Tensor:
-    """Normalised delta-kernel Gram matrix of class labels: K_ab = 1[y_a = y_b], A = K / n.
-
-    Args:
-        labels: ``Tensor[n]`` integer class labels (or ``Tensor[n, k]`` one-hot rows).
-        num_classes: if given, labels must lie in ``[0, num_classes)``.
-    """
-    if labels.dim() == 2:
-        labels = labels.argmax(dim=1)
-    if labels.dim() != 1:
-        raise ConfigError(
-            f"labels must be Tensor[n] (or one-hot Tensor[n, k]), got shape {tuple(labels.shape)}"
-        )
-    if (
-        num_classes is not None
-        and labels.numel()
-        and (labels.min() < 0 or labels.max() >= num_classes)
-    ):
-        raise ConfigError(
-            f"labels must lie in [0, {num_classes}), "
-            f"got range [{int(labels.min())}, {int(labels.max())}]"
-        )
-    k = (labels[:, None] == labels[None, :]).to(torch.float64)
-    return normalize_gram(k)
-
-
-TIE_TOLERANCE = 1e-10
-"""CMI values (bits) closer than ``TIE_TOLERANCE · max(1, |best|)`` to the best are a tie.
-
-Candidates with identical maps get identical CMIs mathematically, but a batched ``eigvalsh`` can
-differ in the last bits between batch positions (about 1e-15 here), so an exact comparison would
-break ties by rounding noise instead of by index.
-"""
-
-
-def first_max(values: Tensor) -> int:
-    """Index of the first value within the tie tolerance of the maximum (ties: the lowest index)."""
-    best = float(values.max())
-    tol = TIE_TOLERANCE * max(1.0, abs(best))
-    return int(torch.nonzero(values >= best - tol)[0])
+    order: Tensor
+    values: Tensor
+    steps: int
+    stop: str
 
 
 def cmi_ranking(
@@ -254,18 +101,39 @@ def cmi_ranking(
     sigma_rule: str = "median",
     gamma: float = 1.0,
     max_steps: int | None = None,
+    stop_gain: float | None = None,
     max_memory_mb: float = 1024.0,
     condition: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
+    """Greedy within-layer CMI ranking: ``(order, values)`` of :func:`cmi_greedy`."""
+    result = cmi_greedy(
+        maps, labels, alpha=alpha, sigma_rule=sigma_rule, gamma=gamma, max_steps=max_steps,
+        stop_gain=stop_gain, max_memory_mb=max_memory_mb, condition=condition,
+    )
+    return result.order, result.values
+
+
+def cmi_greedy(
+    maps: Tensor,
+    labels: Tensor,
+    *,
+    alpha: float = 1.01,
+    sigma_rule: str = "median",
+    gamma: float = 1.0,
+    max_steps: int | None = None,
+    stop_gain: float | None = None,
+    max_memory_mb: float = 1024.0,
+    condition: Tensor | None = None,
+) -> CmiRanking:
     """Greedy within-layer CMI ranking: j* = argmax_{j∉S} I_α(Y; X_j | X_S, T) at each step.
 
     X_j is channel j's flattened map per sample (Gaussian Gram matrix, σ per channel by
     ``sigma_rule``), Y the delta-kernel label Gram matrix, X_S the Hadamard joint of the selected
     channels (kept as a running product) and T the optional ``condition`` (the cross-layer forms of
-    :class:`~prunetune.pruning.criteria.information.Cmi`; without it the first step is I(Y; X_j)).
-    All candidates of one step are evaluated in one batched entropy call (chunked if the stack
-    would exceed ``max_memory_mb``). Ties (values within :data:`TIE_TOLERANCE`) go to the lower
-    channel index.
+    :class:`~prunetune.pruning.criteria.cmi.Cmi`; without it the first step is I(Y; X_j)).
+    All candidates of one step are evaluated in one batched call (chunked if the stack would exceed
+    ``max_memory_mb``). Ties (values within :data:`TIE_TOLERANCE`) go to the lower channel index.
+    See the module docstring for how this equals the straightforward greedy.
 
     Args:
         maps: ``Tensor[n, C, ...]`` activations of n samples.
@@ -273,46 +141,194 @@ def cmi_ranking(
         max_steps: stop selecting after this many steps; the channels left are appended ordered
             by their CMI at the last evaluated step (their ``values`` are those CMIs; ties again to
             the lower index).
+        stop_gain: stop once a step's best CMI falls below ``stop_gain`` times the first pick's
+            (the conditional gain "has vanished"); the channels left, that step's best included,
+            are appended as with ``max_steps``. ``None`` (default): no such stop. An approximation
+            of the full greedy's tail, never of its prefix.
         condition: a unit-trace PSD ``Tensor[n, n]`` (e.g. :func:`normalize_gram` of a Gram
             matrix) joined (Hadamard) to X_S from the first step on.
-
-    Returns:
-        ``(order, values)``: ``order`` LongTensor[C], most informative first; ``values[t]`` the
-        CMI (bits) of ``order[t]`` when it was chosen.
     """
     alpha = _check_alpha(alpha)
     n, c = maps.shape[0], maps.shape[1]
     if labels.shape[0] != n:
-        raise ConfigError(
-            f"cmi needs one label per sample: {n} samples but {labels.shape[0]} labels"
-        )
+        raise ConfigError(f"cmi needs one label per sample: {n} samples but {labels.shape[0]} labels")
+    if stop_gain is not None and (
+        isinstance(stop_gain, bool) or not isinstance(stop_gain, (int, float)) or not 0.0 <= stop_gain <= 1.0
+    ):
+        raise ConfigError(f"parameter 'stop_gain' must be in [0, 1] or None, but got stop_gain={stop_gain!r}")
     x = maps.detach().reshape(n, c, -1).to(torch.float64).transpose(0, 1)  # C×n×d
     a_ch = normalize_gram(gram_matrix(x, sigma_rule=sigma_rule, gamma=gamma))  # C×n×n
-    a_y = label_gram(labels.to(x.device))
-    a_s = _check_condition(condition, n, x.device)
+    ev = _Evaluator(a_ch, labels.to(x.device), alpha, max_memory_mb)
     steps = c if max_steps is None else max(0, min(int(max_steps), c))
-    chunk = max(1, int(max_memory_mb * 2**20) // (8 * n * n * 8))
-    remaining = list(range(c))
+    return _greedy(ev, check_condition(condition, n, x.device), steps, stop_gain)
+
+
+def _greedy(ev: _Evaluator, a_s: Tensor | None, steps: int, stop_gain: float | None) -> CmiRanking:
+    """The greedy loop of :func:`cmi_greedy` from the joint ``a_s`` (the condition, or ``None``)."""
+    remaining = list(range(ev.a_ch.shape[0]))
     order: list[int] = []
     values: list[float] = []
-    cmi = torch.empty(0)
-    for _ in range(steps):
-        cmi = _step_cmi(a_ch, remaining, a_s, a_y, alpha, chunk)
+    const = ev.const(a_s)
+    cmi = torch.empty(0, dtype=torch.float64)
+    stop = "complete" if steps == len(remaining) else "max_steps"
+    for t in range(steps):
+        cmi, s_full, s_y = ev.step(remaining, a_s, const)
         best = first_max(cmi)
+        if stop_gain is not None and order and values[0] > 0 and float(cmi[best]) < stop_gain * values[0]:
+            stop = "stop_gain"
+            break
         j = remaining.pop(best)
         order.append(j)
         values.append(float(cmi[best]))
         cmi = torch.cat([cmi[:best], cmi[best + 1 :]])
-        a_s = a_ch[j] if a_s is None else hadamard_joint(a_s, a_ch[j])
-    if remaining:  # max_steps reached: the rest by their last CMI
+        a_s = ev.a_ch[j] if a_s is None else hadamard_joint(a_s, ev.a_ch[j])
+        const = ev.next_const(a_s, s_full[best], s_y[best])
+        if remaining and t + 1 < steps and vanished(a_s, ev.alpha):
+            taken = len(order)
+            order += remaining
+            values += [0.0] * len(remaining)
+            return _result(order, values, taken, "vanished")
+    taken = len(order)
+    if remaining:  # max_steps or stop_gain: the rest by their CMI at the last evaluated step
         if not order:
-            cmi = _step_cmi(a_ch, remaining, a_s, a_y, alpha, chunk)
+            cmi = ev.step(remaining, a_s, const)[0]
         while remaining:
             best = first_max(cmi)
             order.append(remaining.pop(best))
             values.append(float(cmi[best]))
             cmi = torch.cat([cmi[:best], cmi[best + 1 :]])
-    return torch.tensor(order, dtype=torch.long), torch.tensor(values, dtype=torch.float64)
+    return _result(order, values, taken, stop)
+
+
+def _result(order: list[int], values: list[float], steps: int, stop: str) -> CmiRanking:
+    return CmiRanking(torch.tensor(order, dtype=torch.long), torch.tensor(values, dtype=torch.float64),
+                      steps, "complete" if steps == len(order) else stop)
+
+
+class _Evaluator:
+    """One layer's greedy state: channel Gram matrices, label blocks and the entropy routines."""
+
+    def __init__(self, a_ch: Tensor, labels: Tensor, alpha: float, max_memory_mb: float) -> None:
+        n = a_ch.shape[-1]
+        self.a_ch, self.alpha = a_ch, alpha
+        self.a_y = label_gram(labels)
+        self.blocks = class_blocks(labels) if alpha >= 1.0 and alpha != 2.0 else None
+        self.chunk = max(1, int(max_memory_mb * 2**20) // (8 * n * n * 8))
+        self.min_chunk = max(1, (64 * 32**3) // max(1, n) ** 3)  # split even a few large problems
+        if alpha == 2.0:  # Frobenius norms: Σ_ab (X_S ∘ X_j)² is one product with X_j² for every j
+            self.sq = (a_ch * a_ch).reshape(a_ch.shape[0], n * n)
+            self.diag = torch.diagonal(a_ch, dim1=-2, dim2=-1)
+
+    def entropy(self, a: Tensor) -> Tensor:
+        """S_α of unit-trace ``Tensor[B, n, n]`` (the batch split across threads)."""
+        if self.alpha == 2.0:
+            return renyi_entropy(a, 2.0)
+        lam = batched_linalg(torch.linalg.eigvalsh, a, min_chunk=self.min_chunk)
+        return entropy_of_eigenvalues(lam, self.alpha)
+
+    def label_entropy(self, a: Tensor) -> Tensor:
+        """S_α(Y, A) of unit-trace ``Tensor[B, n, n]``: the spectra of A's class blocks."""
+        lams = []
+        for idx in self.blocks:  # LongTensor[k, m]: k classes of m samples
+            k, m = idx.shape
+            sub = a[:, idx[:, :, None], idx[:, None, :]].reshape(-1, m, m)
+            lams.append(batched_linalg(torch.linalg.eigvalsh, sub).reshape(a.shape[0], k * m))
+        return entropy_of_eigenvalues(torch.cat(lams, dim=1), self.alpha)
+
+    def const(self, a_s: Tensor | None) -> Tensor:
+        """S(Y,S) − S(S) (S(Y) when S is empty): the part of a step's CMI shared by all candidates."""
+        if a_s is None:
+            return renyi_entropy(self.a_y, self.alpha)
+        if self.blocks is None:
+            return renyi_entropy(hadamard_joint(self.a_y, a_s), self.alpha) - renyi_entropy(a_s, self.alpha)
+        return self.label_entropy(a_s[None])[0] - self.entropy(a_s[None])[0]
+
+    def next_const(self, a_s: Tensor, s_full: Tensor, s_y: Tensor) -> Tensor:
+        """The next step's shared term: S(Y,S) and S(S) are the picked candidate's own two terms."""
+        return self.const(a_s) if self.blocks is None else s_y - s_full
+
+    def step(self, remaining: list[int], a_s: Tensor | None, const: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(CPU CMIs, S(X_j,S), S(Y,X_j,S)) of every remaining candidate j."""
+        cand = torch.tensor(remaining, device=self.a_ch.device)
+        if self.alpha == 2.0:
+            return self._frobenius_step(cand, a_s, const)
+        full, lab = [], []
+        for i in range(0, len(remaining), self.chunk):
+            joint = self.a_ch[cand[i : i + self.chunk]]
+            if a_s is not None:
+                joint = joint * a_s
+            if self.blocks is None:  # the straightforward form (α < 1, α = 2)
+                ent = self.entropy(unit_trace(torch.cat([joint, joint * self.a_y])))
+                full.append(ent[: len(joint)])
+                lab.append(ent[len(joint) :])
+            else:
+                joint = unit_trace(joint)
+                full.append(self.entropy(joint))
+                lab.append(self.label_entropy(joint))
+        s_full, s_y = torch.cat(full), torch.cat(lab)
+        return (s_full - s_y + const).cpu(), s_full, s_y
+
+
+    def _frobenius_step(self, cand: Tensor, a_s: Tensor | None, const: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """α = 2: S = −log₂ ‖J‖_F² with J = X_S ∘ X_j / tr, for every candidate through two
+        matrix–vector products with the squared Gram matrices (no n×n joint per candidate)."""
+        n = self.a_ch.shape[-1]
+        if a_s is None:
+            a_s = torch.full((n, n), 1.0, dtype=torch.float64, device=self.a_ch.device)
+        w = a_s * a_s
+        wy = w * (self.a_y > 0)  # the label blocks: pairs of one class
+        sq = self.sq[cand]
+        tr = self.diag[cand] @ torch.diagonal(a_s)
+        tr2 = tr * tr
+        s_full = -torch.log2((sq @ w.reshape(-1)) / tr2)
+        s_y = -torch.log2((sq @ wy.reshape(-1)) / tr2)
+        return (s_full - s_y + const).cpu(), s_full, s_y
+
+
+def class_blocks(labels: Tensor) -> list[Tensor]:
+    """Sample indices per class, grouped by class size: ``[LongTensor[k, m], …]`` (k classes of m)."""
+    if labels.dim() == 2:
+        labels = labels.argmax(dim=1)
+    _, inverse = torch.unique(labels, return_inverse=True)
+    members = [torch.nonzero(inverse == c).flatten() for c in range(int(inverse.max()) + 1)]
+    by_size: dict[int, list[Tensor]] = {}
+    for idx in members:
+        by_size.setdefault(idx.numel(), []).append(idx)
+    return [torch.stack(group) for _, group in sorted(by_size.items())]
+
+
+def vanishing_bound(e: float, n: int, alpha: float) -> float:
+    """Bound on |S_α(M) − log₂ n| for unit-trace M = I/n + E, E off-diagonal, ‖E‖_F ≤ e.
+
+    With x_i = n·μ_i (μ the eigenvalues of E: Σ μ = 0, Σ μ² ≤ e², |μ| ≤ e) and ρ = n·e ≤ 1/2,
+    Taylor's theorem gives Σ (1 + x_i)^α = n + R, |R| ≤ α|α−1|/2 · B · Σ x_i², B = max over
+    |ξ| ≤ 1/2 of (1 + ξ)^(α−2); so |S_α − log₂ n| = |log₂(1 + R/n)| / |1 − α| ≤ 2·K·n·e²/ln 2 with
+    K = α·B/2 while |R/n| ≤ 1/2 (the α = 1 limit is covered by the same bound). Returns ``inf``
+    outside that range.
+    """
+    if n * e > 0.5:
+        return math.inf
+    k = alpha * max(0.5 ** (alpha - 2.0), 1.5 ** (alpha - 2.0)) / 2.0
+    if abs(alpha - 1.0) * k * n * e * e > 0.5:
+        return math.inf
+    return 2.0 * k * n * e * e / math.log(2.0)
+
+
+def vanished(a_s: Tensor, alpha: float) -> bool:
+    """Whether every CMI of every later greedy step is provably within :data:`VANISH_BOUND` of 0.
+
+    Needs the running joint's diagonal to be 1/n (true for joints of :func:`normalize_gram`
+    matrices). Every matrix a later step takes an entropy of (X_S ∘ X_j, its label blocks, X_S and
+    its label blocks, renormalised) keeps that diagonal and has off-diagonal entries no larger in
+    magnitude than X_S's (kernel entries lie in [0, 1]), so each entropy is within
+    :func:`vanishing_bound` of log₂ n, and a CMI (two entropies minus two) within twice that.
+    """
+    n = a_s.shape[-1]
+    diag = torch.diagonal(a_s)
+    if n < 2 or float((diag * n - 1.0).abs().max()) > 1e-12:
+        return False
+    e = float(torch.linalg.matrix_norm(a_s - torch.diag_embed(diag)))
+    return 2.0 * vanishing_bound(e, n, alpha) <= VANISH_BOUND
 
 
 JOINTS = ("hadamard", "concat")
@@ -350,36 +366,3 @@ def conditioning_gram(
         return normalize_gram(gram_matrix(scaled, sigma_rule=sigma_rule, gamma=gamma))
     per = normalize_gram(gram_matrix(x.transpose(0, 1), sigma_rule=sigma_rule, gamma=gamma))
     return hadamard_joint(*per.unbind(0))
-
-
-def _check_condition(condition: Tensor | None, n: int, device: torch.device) -> Tensor | None:
-    if condition is None:
-        return None
-    if condition.shape != (n, n):
-        raise ConfigError(
-            f"cmi condition must be a unit-trace Tensor[{n}, {n}] (one row per sample), "
-            f"got shape {tuple(condition.shape)}"
-        )
-    return _unit_trace(condition.to(device, torch.float64))
-
-
-def _step_cmi(
-    a_ch: Tensor, remaining: list[int], a_s: Tensor | None, a_y: Tensor, alpha: float, chunk: int
-) -> Tensor:
-    """I(Y; X_j | X_S) for every remaining j -> CPU ``Tensor[len(remaining)]``.
-
-    S(X_j,S) and S(Y,X_j,S) of a chunk of candidates go into one batched entropy call.
-    """
-    if a_s is None:
-        const = renyi_entropy(a_y, alpha)  # I(Y;X_j) = S(X_j) + S(Y) − S(X_j,Y)
-    else:
-        const = renyi_entropy(hadamard_joint(a_y, a_s), alpha) - renyi_entropy(a_s, alpha)
-    cand = torch.tensor(remaining, device=a_ch.device)
-    out = []
-    for i in range(0, len(remaining), chunk):
-        joint = a_ch[cand[i : i + chunk]]
-        if a_s is not None:
-            joint = joint * a_s
-        ent = renyi_entropy(_unit_trace(torch.cat([joint, joint * a_y])), alpha)
-        out.append(ent[: len(joint)] - ent[len(joint) :] + const)
-    return torch.cat(out).cpu()

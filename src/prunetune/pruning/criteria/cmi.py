@@ -1,0 +1,237 @@
+"""The ``cmi`` criterion: greedy conditional mutual information with matrix-based Rényi entropy
+(Vu-Van et al., arXiv 2411.18578), and its cross-layer forms.
+
+The ranking itself is :func:`prunetune.pruning.criteria.renyi.cmi_greedy`; this module keeps the
+bounded sample set the ranking needs, links a group to its neighbour for the cross-layer forms and
+registers the criterion.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.criteria._common import (
+    CheckedCriterion,
+    as_maps,
+    check_choice,
+    check_float,
+    check_int,
+    no_data,
+)
+from prunetune.pruning.criteria.base import ACTIVATION, LABELS, FeatureBatch, register
+from prunetune.pruning.criteria.information import pool_to
+from prunetune.pruning.criteria.renyi import JOINTS, SIGMA_RULES, cmi_greedy, conditioning_gram
+
+
+class _SampleAccumulator:
+    """Keeps the first ``samples`` images' (pooled) maps and labels: a bounded sample set.
+
+    With a cross-layer ``condition`` calibration links it to the neighbour group's first
+    accumulator (:meth:`link`); the ranking is then conditioned on that group's kept channels.
+    """
+
+    def __init__(self, name: str, channels: int, p: Mapping[str, Any]) -> None:
+        self.name, self.channels, self.p = name, channels, p
+        self.maps: list[Tensor] = []
+        self.labels: list[Tensor] = []
+        self.kept = 0
+        self.neighbour: _SampleAccumulator | None = None
+        self._result: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+
+    def update(self, batch: FeatureBatch) -> None:
+        if batch.labels is None:
+            raise ConfigError(
+                f"criterion {self.name!r} needs batch.labels (class labels per image)"
+            )
+        take = min(self.p["samples"] - self.kept, batch.activations.shape[0])
+        if take <= 0:
+            return
+        maps = as_maps(batch.activations[:take], crit=self.name, channels=self.channels)
+        self.maps.append(pool_to(maps.to(torch.float64), self.p["max_spatial"]))
+        self.labels.append(batch.labels[:take].detach().reshape(take, -1).squeeze(1))
+        self.kept += take
+        self._result = None
+
+    def link(self, neighbour: _SampleAccumulator | None) -> None:
+        """Condition on ``neighbour``'s kept channels (``None``: unconditioned)."""
+        self.neighbour = neighbour
+        self._result = None
+
+    def sample_maps(self) -> Tensor:
+        """``Tensor[n, C, h, w]`` float64: the kept (pooled) maps."""
+        if not self.maps:
+            raise no_data(self.name)
+        return torch.cat(self.maps)
+
+    def kept_channels(self) -> Tensor:
+        """The first max(1, floor(C · ``condition_keep``)) channels of this accumulator's order."""
+        k = max(1, math.floor(self.channels * self.p["condition_keep"] + 1e-9))
+        return self._run()[1][:k]
+
+    def _condition(self, n: int) -> Tensor | None:
+        if self.neighbour is None:
+            return None
+        maps = self.neighbour.sample_maps()
+        if maps.shape[0] != n:
+            raise ConfigError(
+                f"criterion {self.name!r}: the conditioning layer kept {maps.shape[0]} samples and "
+                f"this one {n}; both must see the same calibration batches"
+            )
+        return conditioning_gram(
+            maps, self.neighbour.kept_channels(), joint=self.p["condition_joint"],
+            sigma_rule=self.p["sigma_rule"], gamma=self.p["gamma"],
+        )
+
+    def _run(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if self._result is None:
+            maps = self.sample_maps()
+            labels = torch.cat([lab.to(maps.device) for lab in self.labels])
+            ranking = cmi_greedy(
+                maps,
+                labels,
+                alpha=self.p["alpha"],
+                sigma_rule=self.p["sigma_rule"],
+                gamma=self.p["gamma"],
+                max_steps=self.p["max_steps"],
+                stop_gain=self.p["stop_gain"],
+                condition=self._condition(maps.shape[0]),
+            )
+            scores = torch.empty(self.channels, dtype=torch.float64)
+            scores[ranking.order] = (
+                self.channels - torch.arange(self.channels, dtype=torch.float64)
+            ) / self.channels
+            steps = torch.tensor(ranking.steps, dtype=torch.long)
+            self._result = (scores.to(maps.device), ranking.order, ranking.values, steps)
+        return self._result
+
+    def result(self) -> Tensor:
+        return self._run()[0]
+
+    def extras(self) -> dict[str, Tensor]:
+        _, order, values, steps = self._run()
+        return {"cmi_values": values, "cmi_order": order, "cmi_steps": steps}
+
+
+CONDITIONS = ("none", "previous", "next", "bidirectional")
+
+
+@dataclass(frozen=True)
+class Cmi(CheckedCriterion):
+    """Greedy CMI ranking (Vu-Van et al., arXiv 2411.18578; reconstruction of criteria.md §5.4).
+
+    At step t pick j* = argmax_{j∉S} I_α(Y; X_j | X_S) with matrix-based Rényi α-entropy
+    (:mod:`prunetune.pruning.criteria.renyi`): X_j = channel j's flattened map per sample, Gaussian
+    kernel with σ per channel by ``sigma_rule`` ("median" pairwise distance, or "silverman"
+    s·n^(−1/(4+d)) with s the maps' standard deviation, see
+    :func:`~prunetune.pruning.criteria.renyi.kernel_width`) scaled by ``gamma``; Y = delta kernel
+    on the labels; X_S = Hadamard joint of the selected channels. score_j = (C − position_j)/C, so
+    the first pick scores 1. Ties (CMIs equal up to rounding) go to the lower channel index.
+
+    Not a pure running statistic: the accumulator keeps the first ``samples`` (256) images, each
+    map average-pooled to at most ``max_spatial`` (64) pixels (``None``: no pooling), so memory is
+    samples·C·max_spatial float64 values plus C·samples² for the Gram matrices, whatever the
+    calibration size. α (1.01), kernel width and n are unverified for the paper.
+
+    Cost and stopping. By default the ranking is the full greedy's, exactly (same order, same CMIs
+    up to rounding; :func:`~prunetune.pruning.criteria.renyi.cmi_greedy` says how it is made
+    faster): about C²/2 eigenvalue problems of samples×samples per layer. It stops early on its own
+    only when every later CMI is provably 0 (then the rest follow in index order with value 0, as
+    the full greedy would place them). Faster, as options: ``alpha: 2`` (entropies from Frobenius
+    norms, no eigenvalue problems; a different Rényi order, so a different ranking), ``stop_gain``
+    (stop once a step's best CMI falls below that fraction of the first pick's, the paper's
+    "vanished gain") and ``max_steps`` (stop after that many picks); after those two the rest are
+    ordered by their CMI at the last evaluated step. benchmarks/README.md measures all three.
+    ``extras()``: ``cmi_values`` (CMI in bits, selection order), ``cmi_order`` (channel indices)
+    and ``cmi_steps`` (how many channels the greedy placed before it stopped).
+
+    Cross-layer forms (``condition``). The paper's abstract says it uses "several formulations of
+    CMI to capture correlation among features across different layers" and prunes "in both
+    forward and backward directions"; its method section was not available, so everything below
+    is a reconstruction (criteria.md §5.4, forms (b) and (c); unverified):
+
+    * ``"none"`` (default): form (a), the layer alone.
+    * ``"previous"``: form (b), the forward sweep. A group's CMI is conditioned on T, the kept
+      channels of the previous layer: j* = argmax I(Y; X_j | X_S, T). Groups are ranked from the
+      first to the last, each on the already ranked previous one.
+    * ``"next"``: form (c), the backward sweep, from the last group back, conditioned on the next
+      layer's kept channels.
+    * ``"bidirectional"``: both sweeps in parallel, meeting in the middle: the first half of the
+      groups (model order) use ``"previous"``, the second half ``"next"``; all maps come from the
+      unpruned network.
+
+    The previous / next layer of a group and what has none (the stem, the last layer; with
+    residual streams also a block's first conv for ``"next"``) are defined by
+    :func:`prunetune.pruning.points.neighbour_groups`; a group without one, and a single layer
+    scored with :func:`~prunetune.pruning.criteria.score`, is ranked unconditioned. T is the first
+    max(1, floor(C' · ``condition_keep``)) channels (0.5) of the neighbour's own ranking, read at
+    its first feature point, over the same samples. Its Gram matrix (``condition_joint``):
+
+    * ``"hadamard"`` (default): the Hadamard joint of T's channels, the multivariate matrix-Rényi
+      joint of criteria.md §5.3 that X_S uses too, so T acts as channels selected before the first
+      step. A channel that duplicates one of T then ranks last.
+    * ``"concat"``: one Gaussian Gram matrix of T's maps, each channel divided by its own kernel
+      width, concatenated per sample (σ by ``sigma_rule`` on the concatenated vectors).
+
+    NOTE: a Hadamard product of many Gaussian Gram matrices tends to I/n. On a ResNet-20 trained
+    on digits (128 samples, ``condition: previous``, ``condition_keep: 0.5``), ``"hadamard"``
+    left every CMI below 1e-3 bits in the groups conditioned on T of 16 or 32 channels, so their
+    rankings rest on estimator noise, and first picks of 0.02 bits with T of 8 channels;
+    ``"concat"`` kept first picks near 0.75 bits in every group, but conditions less sharply (a
+    duplicate of one of T's channels no longer reliably ranks last). Use ``"concat"``, or a smaller
+    ``condition_keep``, for wide layers.
+    """
+
+    def validate(self, params: Mapping[str, Any]) -> None:
+        check_float(self.name, params, "alpha", low=0.0, low_open=True)
+        check_choice(self.name, params, "sigma_rule", SIGMA_RULES)
+        check_float(self.name, params, "gamma", low=0.0, low_open=True)
+        check_int(self.name, params, "samples", minimum=2)
+        check_int(self.name, params, "max_spatial", minimum=1, optional=True)
+        check_int(self.name, params, "max_steps", minimum=1, optional=True)
+        if params["stop_gain"] is not None:
+            check_float(self.name, params, "stop_gain", low=0.0, high=1.0)
+        check_choice(self.name, params, "condition", CONDITIONS)
+        check_float(self.name, params, "condition_keep", low=0.0, high=1.0, low_open=True)
+        check_choice(self.name, params, "condition_joint", JOINTS)
+
+    def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset({ACTIVATION, LABELS})
+
+    def cross_layer(self, params: Mapping[str, Any], groups: list[str]) -> dict[str, str] | None:
+        condition = self.params(params)["condition"]
+        if condition == "none":
+            return None
+        if condition == "bidirectional":
+            half = (len(groups) + 1) // 2
+            return {g: "previous" if i < half else "next" for i, g in enumerate(groups)}
+        return dict.fromkeys(groups, condition)
+
+    def accumulator(self, channels: int, **params: Any) -> _SampleAccumulator:
+        return _SampleAccumulator(self.name, channels, self.params(params))
+
+
+register(
+    Cmi(
+        name="cmi",
+        defaults={
+            "alpha": 1.01,
+            "sigma_rule": "median",
+            "gamma": 1.0,
+            "samples": 256,
+            "max_spatial": 64,
+            "max_steps": None,
+            "stop_gain": None,
+            "condition": "none",
+            "condition_keep": 0.5,
+            "condition_joint": "hadamard",
+        },
+        summary="CMI (arXiv 2411.18578): greedy argmax I(Y; X_j | X_S), matrix Renyi entropy",
+    )
+)

@@ -1,0 +1,170 @@
+"""The fast greedy CMI ranking against the straightforward one (``cmi_reference``): same order, same
+values, also when it stops early; its stopping rules and the bound behind the vanishing stop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.criteria import FeatureBatch, get_criterion
+from prunetune.pruning.criteria.cmi_reference import cmi_ranking_reference
+from prunetune.pruning.criteria.renyi import (
+    VANISH_BOUND,
+    class_blocks,
+    cmi_greedy,
+    cmi_ranking,
+    conditioning_gram,
+    renyi_entropy,
+    vanished,
+    vanishing_bound,
+)
+
+ALPHAS = [1.01, 2.0, 1.0, 0.5, 3.0]
+
+
+def _case(seed: int, n: int = 40, c: int = 7, classes: int = 4, spatial: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    maps = torch.relu(torch.randn(n, c, spatial, spatial, generator=g, dtype=torch.float64))
+    maps[:, c // 2] += 0.7 * y[:, None, None].to(torch.float64)  # one informative channel
+    maps[:, c - 1] = maps[:, 0] + 0.05 * torch.randn(n, spatial, spatial, generator=g, dtype=torch.float64)
+    return maps, y
+
+
+def _assert_same(fast, ref, atol=1e-9) -> None:
+    assert fast[0].tolist() == ref[0].tolist()
+    torch.testing.assert_close(fast[1], ref[1], rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_greedy_equals_the_reference(alpha: float, seed: int) -> None:
+    maps, y = _case(seed)
+    for kwargs in ({}, {"sigma_rule": "silverman", "gamma": 1.5}, {"max_steps": 3}, {"max_steps": 0}):
+        fast = cmi_ranking(maps, y, alpha=alpha, **kwargs)
+        _assert_same(fast, cmi_ranking_reference(maps, y, alpha=alpha, **kwargs))
+
+
+@pytest.mark.parametrize("alpha", [1.01, 2.0])
+def test_fast_greedy_equals_the_reference_with_a_condition_and_one_hot_labels(alpha: float) -> None:
+    maps, y = _case(3, c=6)
+    prev, _ = _case(4, c=5)
+    for joint in ("hadamard", "concat"):
+        cond = conditioning_gram(prev, [0, 2], joint=joint)
+        fast = cmi_ranking(maps, y, alpha=alpha, condition=cond)
+        _assert_same(fast, cmi_ranking_reference(maps, y, alpha=alpha, condition=cond))
+    one_hot = torch.nn.functional.one_hot(y, 4)
+    _assert_same(cmi_ranking(maps, one_hot, alpha=alpha), cmi_ranking_reference(maps, y, alpha=alpha))
+
+
+@pytest.mark.parametrize("alpha", [1.01, 2.0, 1.0])
+def test_identical_and_near_identical_channels_tie_as_in_the_reference(alpha: float) -> None:
+    g = torch.Generator().manual_seed(5)
+    for trial in range(6):
+        maps, y = _case(10 + trial, n=30, c=6)
+        i, j = sorted(torch.randperm(6, generator=g)[:2].tolist())
+        maps[:, j] = maps[:, i] * (1.0 + 1e-12 * trial)  # trial 0: an exact copy
+        fast = cmi_ranking(maps, y, alpha=alpha)
+        _assert_same(fast, cmi_ranking_reference(maps, y, alpha=alpha))
+        assert fast[0].tolist().index(i) < fast[0].tolist().index(j)
+
+
+def _vanishing_case(seed: int):
+    """Narrow kernels (gamma 0.5) on noise: the running joint reaches I/n within the layer."""
+    g = torch.Generator().manual_seed(seed)
+    n, c = 24, 16
+    y = torch.randint(0, 3, (n,), generator=g)
+    maps = torch.randn(n, c, 2, 2, generator=g, dtype=torch.float64)
+    maps[:, 5] += 3.0 * y[:, None, None]
+    return maps, y
+
+
+@pytest.mark.parametrize("alpha", [1.01, 2.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_vanishing_stop_returns_the_full_greedys_answer(alpha: float, seed: int) -> None:
+    maps, y = _vanishing_case(seed)
+    result = cmi_greedy(maps, y, alpha=alpha, gamma=0.5)
+    assert result.stop == "vanished" and result.steps < 16
+    order, values = cmi_ranking_reference(maps, y, alpha=alpha, gamma=0.5)
+    assert result.order.tolist() == order.tolist()
+    torch.testing.assert_close(result.values[: result.steps], values[: result.steps], rtol=0, atol=1e-9)
+    # the tail: increasing channel index, values 0 where the full greedy has rounding noise
+    tail = result.order[result.steps :].tolist()
+    assert tail == sorted(tail) and bool((result.values[result.steps :] == 0).all())
+    assert float(values[result.steps :].abs().max()) < 1e-10
+    # a wider kernel does not vanish: the full greedy runs to the end
+    assert cmi_greedy(maps, y, alpha=alpha, gamma=0.7).stop == "complete"
+
+
+@pytest.mark.parametrize("alpha", [1.01, 2.0])
+def test_stop_gain_keeps_the_full_greedys_prefix_and_orders_the_rest_by_their_last_cmi(alpha: float) -> None:
+    maps, y = _case(7, n=48, c=9)
+    full = cmi_greedy(maps, y, alpha=alpha)
+    v = full.values
+    ratio = float(v[3] / v[0]) * 1.001  # at the latest, the 4th pick falls below the ratio
+    stop = next(t for t in range(1, 9) if v[t] < ratio * v[0])  # the curve need not decrease
+    part = cmi_greedy(maps, y, alpha=alpha, stop_gain=ratio)
+    assert part.stop == "stop_gain" and part.steps == stop
+    assert part.order[:stop].tolist() == full.order[:stop].tolist()
+    torch.testing.assert_close(part.values[:stop], v[:stop], rtol=0, atol=1e-12)
+    # the tail is what max_steps = steps + 1 leaves: that step's CMIs, in decreasing order
+    capped = cmi_greedy(maps, y, alpha=alpha, max_steps=stop + 1)
+    assert part.order.tolist() == capped.order.tolist()
+    torch.testing.assert_close(part.values, capped.values, rtol=0, atol=0)
+    assert cmi_greedy(maps, y, alpha=alpha, stop_gain=0.0).stop == "complete"
+    for bad in (1.5, -0.1, "0.1", True):
+        with pytest.raises(ConfigError, match="stop_gain"):
+            cmi_greedy(maps, y, alpha=alpha, stop_gain=bad)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 1.01, 2.0, 3.0])
+def test_the_vanishing_bound_holds_near_the_uniform_matrix(alpha: float) -> None:
+    g = torch.Generator().manual_seed(8)
+    n = 20
+    for scale in (1e-2, 1e-3, 1e-5):
+        e = torch.rand(n, n, generator=g, dtype=torch.float64) * scale / n
+        e = (e + e.T) / 2
+        e.fill_diagonal_(0.0)
+        m = torch.eye(n, dtype=torch.float64) / n + e
+        bound = vanishing_bound(float(torch.linalg.matrix_norm(e)), n, alpha)
+        assert math.isfinite(bound)
+        assert abs(float(renyi_entropy(m, alpha)) - math.log2(n)) <= bound + 1e-13
+    assert vanishing_bound(1.0 / n, n, alpha) == math.inf  # outside ρ = n·e ≤ 1/2
+
+
+def test_vanished_needs_a_uniform_diagonal_and_a_tiny_off_diagonal() -> None:
+    n = 16
+    near = torch.eye(n, dtype=torch.float64) / n
+    near[0, 1] = near[1, 0] = 1e-9
+    assert vanished(near, 1.01)
+    near[0, 1] = near[1, 0] = 1e-5
+    assert not vanished(near, 1.01)
+    skewed = torch.diag(torch.linspace(1.0, 2.0, n, dtype=torch.float64))
+    assert not vanished(skewed / skewed.trace(), 1.01)  # not a normalised-Gram joint
+    assert VANISH_BOUND < 1e-10
+
+
+def test_class_blocks_partition_the_samples_by_class() -> None:
+    y = torch.tensor([2, 0, 2, 1, 0, 2, 5])
+    blocks = class_blocks(y)
+    members = sorted(tuple(row.tolist()) for b in blocks for row in b)
+    assert members == [(0, 2, 5), (1, 4), (3,), (6,)]
+    assert [b.shape for b in blocks] == [(2, 1), (1, 2), (1, 3)]
+
+
+def test_cmi_criterion_records_where_the_greedy_stopped() -> None:
+    maps, y = _vanishing_case(0)
+    crit = get_criterion("cmi")
+    for params, steps in (({}, 16), ({"gamma": 0.5}, None), ({"max_steps": 4}, 4)):
+        acc = crit.accumulator(16, **params)
+        acc.update(FeatureBatch(activations=maps, labels=y))
+        extras = acc.extras()
+        recorded = int(extras["cmi_steps"])
+        assert recorded == steps if steps is not None else recorded < 16
+        assert sorted(extras["cmi_order"].tolist()) == list(range(16))
+    with pytest.raises(ConfigError, match="stop_gain"):
+        crit.resolve({"stop_gain": 1.5})
+    assert crit.resolve({"stop_gain": 0.01})["stop_gain"] == 0.01
