@@ -97,12 +97,37 @@ def model_digest(model: nn.Module) -> str:
 def weight_scores(model: nn.Module, groups: ModelGroups, name: str, params: Mapping[str, Any]) -> dict[str, Tensor]:
     """Score every group with a weight criterion: the mean over the group's out-layers (or BNs)."""
     crit = get_criterion(name)
+    if crit.weight_source(params) == "group":
+        return group_weight_scores(model, groups)
     modules = dict(model.named_modules())
     out = {}
     for g in groups:
         sources = _weight_sources(g, crit.weight_source(params))
         values = [crit.from_weight(modules[s].weight.detach(), **params).to("cpu", torch.float64) for s in sources]
         out[g.name] = torch.stack(values).mean(0)
+    return out
+
+
+def group_weight_scores(model: nn.Module, groups: ModelGroups) -> dict[str, Tensor]:
+    """``group_l2`` of every group: Torch-Pruning's dependency graph of ``model`` gives each group's
+    coupled layers and where the group's channels sit in them."""
+    from prunetune.pruning import tp_bridge
+    from prunetune.pruning.criteria.group_magnitude import group_energy
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    graph = tp_bridge.build_graph(model, torch.randn(1, *groups.input_shape, device=device))
+    names = {m: n for n, m in model.named_modules()}
+    by_root: dict[str, list] = {}
+    for members in tp_bridge.raw_groups(graph, tp_bridge.output_layers(graph)):
+        for module, role, _, _ in members:
+            if role == "out" and module in names:
+                by_root.setdefault(names[module], members)
+    out = {}
+    for g in groups:
+        members = by_root.get(g.out_layers[0])
+        if members is None:
+            raise ValueError(f"group_l2: no coupled layers found for group {g.name!r}")
+        out[g.name] = group_energy(members, g.channels)
     return out
 
 
