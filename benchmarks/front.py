@@ -42,6 +42,7 @@ DATA = {"name": "digits", "image_size": 16, "batch_size": 64}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=MODEL["name"], help="a registered model (default resnet20)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=3)
@@ -56,6 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(1)
+    MODEL["name"] = args.model
     work = Path(args.workdir or tempfile.mkdtemp(prefix="prunetune-front-"))
     work.mkdir(parents=True, exist_ok=True)
     targets = [float(t) for t in args.targets.split(",")]
@@ -98,7 +100,7 @@ def train_dense(work: Path) -> dict:
                                "allocation": {"ratio": 0.5}, "calibration": {"use_cache": False}})
     base = prepare(recipe, show_progress=False)
     save_dense(path, base.model, data_split=base.splits.split)
-    print(f"dense ResNet-20 on digits 1x16x16: test accuracy {base.dense['accuracy']:.4f}, "
+    print(f"dense {MODEL['name']} on digits 1x16x16: test accuracy {base.dense['accuracy']:.4f}, "
           f"{base.dense['macs'] / 1e6:.2f}M MACs, {len(base.splits.test)} test images")
     return {"checkpoint": str(path), "accuracy": base.dense["accuracy"], "macs": base.dense["macs"],
             "test_images": len(base.splits.test)}
@@ -108,12 +110,13 @@ def train_dense(work: Path) -> dict:
 _BASE = None
 
 
-def _init_worker(checkpoint: str, finetune: dict) -> None:
+def _init_worker(checkpoint: str, finetune: dict, model: dict) -> None:
     global _BASE
     from prunetune.pipeline import prepare
     from prunetune.recipe import Recipe
 
     torch.set_num_threads(1)
+    MODEL.update(model)  # a spawned worker starts from the module's default
     recipe = Recipe.from_dict({**recipe_dict(checkpoint, finetune), "criterion": "l1",
                                "allocation": {"macs_budget": 0.5}})
     _BASE = prepare(recipe, show_progress=False)
@@ -150,6 +153,11 @@ def _tp_job(job: tuple[float, int], finetune: dict) -> dict:
             "test_accuracy": evaluate(model, _BASE.loader("test")), "seconds": time.perf_counter() - t0}
 
 
+def classifier(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's last Linear layer (its classes are not pruned)."""
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+
+
 def tp_prune(dense: torch.nn.Module, input_shape: tuple, target: float, dense_macs: int):
     """Torch-Pruning global magnitude pruning at the largest channel ratio whose MACs fit ``target``."""
     import torch_pruning as tp
@@ -161,7 +169,7 @@ def tp_prune(dense: torch.nn.Module, input_shape: tuple, target: float, dense_ma
         model = copy.deepcopy(dense)
         example = torch.randn(1, *input_shape)
         pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.GroupMagnitudeImportance(),
-                                      global_pruning=True, pruning_ratio=ratio, ignored_layers=[model.fc],
+                                      global_pruning=True, pruning_ratio=ratio, ignored_layers=[classifier(model)],
                                       customized_pruners=CUSTOM_PRUNERS)
         pruner.step()
         return model, count_cost(model, input_shape).macs / dense_macs
@@ -184,7 +192,7 @@ def run_pool(kind: str, checkpoint: str, finetune: dict, jobs: list) -> dict:
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     with futures.ProcessPoolExecutor(2, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(checkpoint, finetune)) as pool:
+                                     initargs=(checkpoint, finetune, dict(MODEL))) as pool:
         points = list(pool.map(job, jobs, [finetune] * len(jobs)))
     wall = time.perf_counter() - t0
     print(f"{kind}: {len(points)} fine-tunes in {wall:.1f}s wall", flush=True)
