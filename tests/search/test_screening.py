@@ -100,7 +100,7 @@ def resnet20_groups():
     return find_groups(create_model("resnet20", in_channels=1), (1, 16, 16))
 
 
-def test_hand_params_are_the_uniform_recipe_of_each_criterion(resnet20_groups) -> None:
+def test_hand_params_are_the_uniform_and_global_recipes_of_each_criterion(resnet20_groups) -> None:
     from prunetune.pruning.allocation import KeepRule, keep_for_budget
     from prunetune.recipe import Recipe
 
@@ -108,18 +108,24 @@ def test_hand_params_are_the_uniform_recipe_of_each_criterion(resnet20_groups) -
     space = plan_space(build_space(spec, resnet20_groups, budget=0.5))
     low, high = target_range(spec, resnet20_groups, 0.5)
     hand = hand_params(spec, space, low, high, 4)
-    assert len(hand) == 8 and {h["allocation"] for h in hand} == {"ratios"}
+    assert len(hand) == 16
+    assert [h["allocation"] for h in hand] == ["ratios"] * 8 + ["global"] * 8
     base = Recipe.from_dict({"model": {"name": "resnet20", "in_channels": 1}, "data": "digits", "criterion": "l1",
                              "allocation": {"macs_budget": 0.5}})
     for h in hand:
         weights = {k: v for k, v in h.items() if k.startswith("weight.")}
-        assert sorted(weights.values()) == [0.0, 1.0]
-        assert len({v for k, v in h.items() if k.startswith("ratio.")}) == 1  # one ratio for every stage
+        assert sorted(weights.values()) == [0.0, 1.0]  # one criterion alone
         assert space.replay(h)
         a = trial_recipe(base, h, resnet20_groups).allocation
+        if h["allocation"] == "global":
+            assert a.strategy == "global" and a.macs_budget == pytest.approx(h["target_macs"])
+            continue
+        assert len({v for k, v in h.items() if k.startswith("ratio.")}) == 1  # one ratio for every stage
         uniform = keep_for_budget(resnet20_groups, h["target_macs"], rule=KeepRule(max_ratio=a.max_ratio))
         assert keep_for_budget(resnet20_groups, a.macs_budget, relative=a.ratios, rule=a.rule) == uniform
-    assert hand_params(SpaceSpec(allocations=("global",)), space, low, high, 4) == []
+    only_global = hand_params(SpaceSpec(allocations=("global",)), space, low, high, 4)
+    assert {h["allocation"] for h in only_global} == {"global"}
+    assert hand_params(SpaceSpec(allocations=("cmi_knee",)), space, low, high, 4) == []
 
 
 def test_screening_pool_holds_the_hand_recipes_and_only_plans_within_their_targets(shared) -> None:

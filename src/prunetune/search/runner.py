@@ -33,7 +33,7 @@ from prunetune.search.progress import Callback, Progress
 from prunetune.search.resume import STATE_FILE, done_trials, resume_state, write_state
 from prunetune.search.study import dashboard_command
 from prunetune.pruning.schedules import SCHEDULES
-from prunetune.search.screening import ScreenOutcome, hand_params, run_screening, select, table_csv, trial_points
+from prunetune.search.screening import ScreenOutcome, hand_allocations, hand_params, run_screening, select, table_csv, trial_points
 from prunetune.spaces.presets import LR, SCHEDULE, SCHEDULE_PARAM_PREFIX
 from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, target_range
 from prunetune.tracking.export import write_atomic
@@ -272,12 +272,13 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
     a = config.recipe.allocation
     low, high = target_range(config.space, base.groups, s.macs_budget, a.rule)
     plans = plan_space(space)
-    # one hand recipe per criterion at each of max(4, trials) targets, at most half the pool (at least one)
-    per = max(1, min(max(4, s.trials), spec.count(s.trials) // (2 * len(config.space.criteria))))
+    # each hand recipe (criterion × hand allocation) at max(4, trials) targets, at most half the pool (at least one)
+    recipes = len(config.space.criteria) * max(1, len(hand_allocations(config.space)))
+    per = max(1, min(max(4, s.trials), spec.count(s.trials) // (2 * recipes)))
     hand = hand_params(config.space, plans, low, high, per)
     count = max(spec.count(s.trials), len(hand))
     slots = ray_parts.placeable(s.concurrency, s.cpus_per_trial, s.gpus_per_trial)
-    progress.phase("screening", f"{count} candidate plans ({len(hand)} of them the uniform hand recipe) by "
+    progress.phase("screening", f"{count} candidate plans ({len(hand)} of them hand recipes: each criterion alone, uniform or global) by "
                    f"adaptive-BN proxy, {slots} at a time")
     t0 = time.perf_counter()
     pool = ray_parts.RayPool(ray.put(base), ray.put(table), slots=slots, cpus=s.cpus_per_trial,

@@ -156,22 +156,31 @@ class _Preset:
         return self.params[name]
 
 
-def hand_params(spec: SpaceSpec, space: SearchSpace, low: float, high: float, count: int) -> list[dict[str, Any]]:
-    """The hand recipe in the space's terms: every criterion alone, uniform ratios, ``ratios``
-    allocation, at ``count`` targets spread evenly over log-MACs in ``[low, high]``.
+HAND_ALLOCATIONS = ("ratios", "global")
 
-    Empty when the space cannot express it (no ``ratios`` allocation).
+
+def hand_allocations(spec: SpaceSpec) -> tuple[str, ...]:
+    """The allocations a user applies by hand that the space can express: one ratio for every group
+    (``ratios`` with uniform ratios) and one global threshold (``global``, Torch-Pruning's default)."""
+    return tuple(a for a in HAND_ALLOCATIONS if a in spec.allocations)
+
+
+def hand_params(spec: SpaceSpec, space: SearchSpace, low: float, high: float, count: int) -> list[dict[str, Any]]:
+    """The hand recipes in the space's terms: every criterion alone, with uniform ratios (``ratios``)
+    and with one global threshold (``global``), each at ``count`` targets spread evenly over log-MACs
+    in ``[low, high]``.
+
+    Empty when the space can express neither allocation.
     """
-    if "ratios" not in spec.allocations:
-        return []
     ratio = 0.5 * (spec.ratio_range[0] + spec.ratio_range[1])  # one value for every group: uniform
     out = []
-    for criterion in spec.criteria:
-        weights = {WEIGHT_PREFIX + c: float(c == criterion) for c in spec.criteria}
-        for target in spread_targets(low, high, count):
-            trial = _Preset({TARGET: target, "allocation": "ratios", **weights}, ratio)
-            space.define(trial)
-            out.append(trial.params)
+    for allocation in hand_allocations(spec):
+        for criterion in spec.criteria:
+            weights = {WEIGHT_PREFIX + c: float(c == criterion) for c in spec.criteria}
+            for target in spread_targets(low, high, count):
+                trial = _Preset({TARGET: target, "allocation": allocation, **weights}, ratio)
+                space.define(trial)
+                out.append(trial.params)
     return out
 
 
