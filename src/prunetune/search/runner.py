@@ -1,4 +1,4 @@
-"""Run a search: Ray Tune + OptunaSearch (multi-objective: accuracy ↑, MACs ↓) under a MACs budget.
+"""Run a search: Ray Tune + an Optuna study (multi-objective: accuracy ↑, MACs ↓) under a MACs budget.
 
 The driver prepares the dense model and the ScoreTable once and ships them to every trial through
 Ray's object store (``tune.with_parameters``). MLflow logging happens on the driver
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prunetune._imports import require
+from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
 from prunetune.pipeline import check_allocation, load_data, prepare, score_table
 from prunetune.pruning.groups import ModelGroups, find_groups
@@ -339,6 +340,7 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
     from ray import tune
 
     from prunetune.search import ray_parts
+    from prunetune.search.optuna_bridge import FinalOnlySearch
 
     s = config.settings
     fn = tune.with_parameters(ray_parts.trainable, base=base, table=table, objective=objective,
@@ -346,9 +348,9 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
     fn = tune.with_resources(fn, ray_parts.resources(s.cpus_per_trial, s.gpus_per_trial))
     # with screening, another seed than the screening study's (its first draws would repeat them)
     seed = s.seed + 1 if config.screen.enabled else s.seed
-    searcher = ray_parts.FinalOnlySearch(space=space.for_ray, metric=ray_parts.METRICS, mode=ray_parts.MODES,
-                                         sampler=ray_parts.make_sampler(s.sampler, seed=seed, trials=s.trials),
-                                         points_to_evaluate=points, storage=storage, study_name=study)
+    searcher = FinalOnlySearch(space=space.for_ray, metric=ray_parts.METRICS, mode=ray_parts.MODES,
+                               sampler=ray_parts.make_sampler(s.sampler, seed=seed, trials=s.trials),
+                               points_to_evaluate=points, storage=storage, study_name=study)
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=ray_parts.make_scheduler(s.asha, config.recipe.finetune.epochs),
         num_samples=samples, max_concurrent_trials=s.concurrency, reuse_actors=s.reuse_actors,
