@@ -281,8 +281,9 @@ class ScheduleSpec:
             raise ConfigError(f"recipe section 'schedule' must be a name or {{name: ..., <params>}}, got {short(value)}")
         from prunetune.pruning.schedules import SCHEDULES
 
-        SCHEDULES.get(text(value["name"], "schedule.name"))
-        return cls(value["name"], {k: v for k, v in value.items() if k != "name"})
+        params = {k: v for k, v in value.items() if k != "name"}
+        SCHEDULES.get(text(value["name"], "schedule.name")).validate(params)
+        return cls(value["name"], params)
 
     def to_value(self) -> Any:
         return {"name": self.name, **self.params} if self.params else self.name

@@ -5,7 +5,6 @@ Plus the projection's shape (keep fractions scaled, no starved group) and ``glob
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
@@ -15,9 +14,9 @@ from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.models import create_model
 from prunetune.pruning.allocation import KeepRule, keep_for_budget, keep_from_ratios, smallest_fraction
 from prunetune.pruning.groups import find_groups
-from prunetune.pruning.macs import analytic_cost
 from prunetune.pruning.strategies import STRATEGIES
 from prunetune.spaces import stage_of
+from prunetune.testing.entries import check_keep, strategy_inputs
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +25,11 @@ def groups():
 
 
 def _inputs(groups, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    scores = {g.name: torch.rand(g.channels, generator=gen) * (1 + i) for i, g in enumerate(groups)}
-    extras = {g.name: {"cmi_values": torch.sort(torch.rand(g.channels, generator=gen) ** 3, descending=True).values}
-              for g in groups}
-    return scores, extras
+    return strategy_inputs(groups, seed)
 
 
 def _assert_contract(groups, keep, budget, rule):
-    dense = analytic_cost(groups).macs
-    target = budget * dense
-    assert analytic_cost(groups, keep).macs <= target
-    for g in groups:
-        assert rule.floor(g.channels) <= keep[g.name] <= g.channels
-        assert keep[g.name] >= math.ceil((1 - rule.max_ratio) * g.channels - 1e-9)
-    for g in groups:  # maximal: no group can keep one more step without going over
-        grown = rule.clamp(g.channels, keep[g.name] + 1)
-        if grown > keep[g.name]:
-            assert analytic_cost(groups, {**keep, g.name: grown}).macs > target, g.name
+    check_keep(groups, keep, budget, rule)  # prunetune.testing: within budget, within [floor, C], maximal
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES.names())

@@ -16,13 +16,12 @@ from prunetune.spaces.presets import (
     LR,
     NORMALIZER,
     RATIO_FLOOR,
-    RATIO_PREFIX,
+    RATIO_SPACES,
     RATIOS,
     schedule_params,
     SCHEDULE,
     TARGET,
     WEIGHT_PREFIX,
-    stage_of,
 )
 
 
@@ -77,15 +76,12 @@ def _allocation(base: AllocationSpec, config: Mapping[str, Any], groups: ModelGr
 def relative_ratios(config: Mapping[str, Any], groups: ModelGroups) -> dict[str, float]:
     """Per-group relative prune ratios of a trial config (empty = uniform), floored at RATIO_FLOOR."""
     preset = config.get(RATIOS, "uniform")
-    if preset == "uniform":
+    if preset not in RATIO_SPACES:
+        known = RATIO_SPACES.in_order()
+        raise ConfigError(f"trial config has ratios={preset!r}; expected {', '.join(known[:-1])} or {known[-1]}")
+    keys = RATIO_SPACES.get(preset).keys(groups)
+    if not keys:
         return {}
-    if preset == "per_stage":
-        owner = stage_of(groups)
-        keys = {g.name: RATIO_PREFIX + owner[g.name] for g in groups}
-    elif preset == "per_group":
-        keys = {g.name: RATIO_PREFIX + g.name for g in groups}
-    else:
-        raise ConfigError(f"trial config has ratios={preset!r}; expected uniform, per_stage or per_group")
     missing = sorted({k for k in keys.values() if k not in config})
     if missing:
         raise ConfigError(f"trial config with ratios={preset!r} needs {missing[0]!r}; was it sampled for this model?")
