@@ -13,7 +13,7 @@ from prunetune.models import create_model
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.schedules import SCHEDULES, EpochState, Floats, Schedule
 from prunetune.pruning.strategies import STRATEGIES
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.search import parse_search_config
 from prunetune.spaces.base import RandomTrial
 from prunetune.spaces.presets import RATIO_SPACES, RatioPreset

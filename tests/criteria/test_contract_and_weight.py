@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from prunetune.exceptions import ConfigError, UnknownNameError
-from prunetune.pruning.blend import CriterionSpec, blend_scores
+from prunetune.pruning.blend import blend_scores
+from prunetune.recipes.criterion import CriterionSpec
 from prunetune.pruning.criteria import CRITERIA, score
 from prunetune.pruning.normalize import NORMALIZERS, get_normalizer
 from prunetune.testing import check_criterion, check_normalizer
@@ -73,7 +74,7 @@ def test_criterion_spec_parsing_and_errors() -> None:
 
 
 def test_core_imports_no_ray_optuna_or_mlflow() -> None:
-    code = ("import sys, prunetune, prunetune.pruning, prunetune.models, prunetune.data, prunetune.pipeline; "
+    code = ("import sys, prunetune, prunetune.pruning, prunetune.models, prunetune.data, prunetune.recipes.pipeline; "
             "bad = [m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -112,7 +112,7 @@ def test_a_search_budget_exactly_at_the_floor_is_accepted(groups) -> None:
 
 
 def _recipe(allocation):
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.schema import Recipe
 
     return Recipe.from_dict({"model": {"name": "resnet20", "in_channels": 1}, "data": "digits", "criterion": "l1",
                              "allocation": allocation})
@@ -120,7 +120,7 @@ def _recipe(allocation):
 
 def test_a_budget_that_relative_zeros_make_unreachable_fails_before_any_training(groups) -> None:
     """A relative ratio of 0 keeps a group whole under a budget: the feasibility check knows it."""
-    from prunetune.pipeline import check_allocation
+    from prunetune.recipes.pipeline import check_allocation
 
     with pytest.raises(BudgetInfeasibleError, match="kept whole by a relative ratio of 0") as err:
         check_allocation(_recipe({"macs_budget": 0.3, "ratios": {n: 0.0 for n in groups.names}}), groups)

@@ -3,7 +3,7 @@
 Schema (unknown keys are errors that name the key)::
 
     recipe: base.yaml          # the base recipe: a path (relative to this file) or an inline mapping,
-                               # the schema of prunetune.recipe.Recipe (model, data, calibration,
+                               # the schema of prunetune.recipes.schema.Recipe (model, data, calibration,
                                # finetune, pretrain, seed, device); criterion and allocation may be
                                # left out (the space sets them); no plan
     space: {...}               # what is sampled: see prunetune.spaces.spec
@@ -56,7 +56,7 @@ import yaml
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune.exceptions import ConfigError
-from prunetune.recipe import Recipe, read_yaml
+from prunetune.recipes.schema import Recipe, read_yaml
 from prunetune.search.screening import ScreenSpec
 from prunetune.search.study import default_study_storage, resolve_study_storage
 from prunetune.spaces import SpaceSpec

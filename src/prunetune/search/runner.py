@@ -23,7 +23,7 @@ from typing import Any
 from prunetune._imports import require
 from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
-from prunetune.pipeline import check_allocation, load_data, prepare, score_table
+from prunetune.recipes.pipeline import check_allocation, load_data, prepare, score_table
 from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.search import cluster, preflight, trust
 from prunetune.search import study as study_mod

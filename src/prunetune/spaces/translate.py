@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.blend import CriterionSpec
+from prunetune.recipes.criterion import CriterionSpec
 from prunetune.pruning.groups import ModelGroups
-from prunetune.recipe import AllocationSpec, Recipe, ScheduleSpec
+from prunetune.recipes.schema import AllocationSpec, Recipe, ScheduleSpec
 from prunetune.spaces.presets import (
     ALLOCATION,
     LR,
@@ -27,7 +27,7 @@ from prunetune.spaces.presets import (
 
 def trial_recipe(base: Recipe, config: Mapping[str, Any], groups: ModelGroups) -> Recipe:
     """The full recipe of one trial: ``base`` with the sampled criterion blend and normaliser,
-    allocation (MACs target + relative ratios, projected in :func:`prunetune.pipeline.build_plan`),
+    allocation (MACs target + relative ratios, projected in :func:`prunetune.recipes.pipeline.build_plan`),
     schedule and fine-tune learning rate. Keys absent from ``config`` keep ``base``'s values.
 
     Args:

@@ -20,7 +20,7 @@ from prunetune._atomic import write_text_atomic
 from prunetune._registry import unknown_name_message
 from prunetune._yaml import parse_yaml
 from prunetune.exceptions import ConfigError, TrackingError
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.tracking.pareto import pick_index
 from prunetune.tracking.records import SearchRecords, TrialRecord
 from prunetune.tracking.store import client

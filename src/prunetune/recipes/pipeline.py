@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunetune.checkpoint import load_checkpoint, save_dense, save_pruned
+from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
@@ -36,7 +36,7 @@ from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
 from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
 from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.version import __version__
 
 log = logging.getLogger("prunetune")
@@ -211,7 +211,7 @@ def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningP
         for group, values in table.extras[name].items():
             extras.setdefault(group, {}).update(values)
     strategy = STRATEGIES.get(a.strategy)
-    own = getattr(strategy, "blend_normalizer", None)  # a strategy comparing scores across groups
+    own = strategy.blend_normalizer  # a strategy comparing scores across groups
     counted = scores if own is None else blend_scores(table.scores, spec.weights, normalizer=a.params.get(*own))
     keep = strategy(base.groups, rule=a.rule, ratio=a.ratio, ratios=a.ratios, default=a.default,
                     macs_budget=a.macs_budget, params=a.params, extras=extras, scores=counted)

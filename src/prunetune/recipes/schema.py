@@ -20,7 +20,7 @@ from prunetune._text import short
 from prunetune._yaml import load_yaml_file
 from prunetune.exceptions import ConfigError, UntrustedCodeError
 from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, check_ratio
-from prunetune.pruning.blend import CriterionSpec
+from prunetune.recipes.criterion import CriterionSpec
 from prunetune.pruning.finetune import FinetuneConfig
 from prunetune.pruning.points import check_point
 
@@ -224,8 +224,8 @@ class AllocationSpec:
             raise ConfigError(f"allocation.macs_budget must be a fraction of dense MACs in (0, 1], got {short(self.macs_budget)}")
         from prunetune.pruning.strategies import STRATEGIES
 
-        allowed = getattr(STRATEGIES.get(self.strategy), "params_allowed", None)
-        unknown = sorted(set(self.params) - set(allowed)) if allowed is not None else []
+        allowed = STRATEGIES.get(self.strategy).params
+        unknown = sorted(set(self.params) - set(allowed))
         if unknown:
             raise ConfigError(f"allocation strategy {self.strategy!r} takes no parameter {unknown[0]!r}; "
                               f"its parameters: {', '.join(allowed) or 'none'}")
