@@ -19,10 +19,10 @@ from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune._yaml import load_yaml_file
 from prunetune.exceptions import ConfigError, UntrustedCodeError
-from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, check_ratio
-from prunetune.recipes.criterion import CriterionSpec
+from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, check_budget, check_ratio
 from prunetune.pruning.finetune import FinetuneConfig
 from prunetune.pruning.points import check_point
+from prunetune.recipes.criterion import CriterionSpec
 
 
 def _strict(section: str, value: Any, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
@@ -220,8 +220,8 @@ class AllocationSpec:
             self._check_ratio(r, f"allocation.ratios[{short(name)}]")
         if self.default is not None:
             self._check_ratio(self.default, "allocation.default")
-        if self.macs_budget is not None and (isinstance(self.macs_budget, bool) or not isinstance(self.macs_budget, (int, float)) or not 0 < self.macs_budget <= 1):
-            raise ConfigError(f"allocation.macs_budget must be a fraction of dense MACs in (0, 1], got {short(self.macs_budget)}")
+        if self.macs_budget is not None:
+            check_budget(self.macs_budget, "allocation.macs_budget")
         from prunetune.pruning.strategies import STRATEGIES
 
         allowed = STRATEGIES.get(self.strategy).params

@@ -47,7 +47,8 @@ def trainable(config: dict[str, Any], base: Base | None = None, table: ScoreTabl
     if latency:  # after the trial's work, on its own threads
         from prunetune.deployment.bench import plan_latency
 
-        result.metrics["latency_ms"] = plan_latency(base.model, result.plan, threads=max(1, threads))
+        result.metrics["latency_ms"] = plan_latency(base.model, result.plan, threads=max(1, threads),
+                                                   groups=base.groups)
     tune.report(result.report())
 
 
