@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from prunetune.exceptions import ConfigError
+from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.models import create_model
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.schedules import SCHEDULES, EpochState, Floats, Schedule
@@ -104,3 +104,12 @@ def test_prunetune_testing_imports_without_pytest() -> None:
             "if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"name": "digits", "imagesize": 16}, r"dataset 'digits' has no parameter 'imagesize'; its parameters are: image_size"),
+    ("cifar1", r"unknown dataset 'cifar1'; did you mean 'cifar10'"),
+])
+def test_bad_dataset_names_and_parameters_fail_when_the_recipe_is_read(data, match) -> None:
+    with pytest.raises((ConfigError, UnknownNameError), match=match):
+        Recipe.from_dict({**RECIPE, "data": data})

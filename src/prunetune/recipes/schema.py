@@ -18,6 +18,7 @@ from prunetune._checks import boolean, integer, mapping, text
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune._yaml import load_yaml_file
+from prunetune.data import DATASETS
 from prunetune.exceptions import ConfigError, UntrustedCodeError
 from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, check_budget, check_ratio
 from prunetune.pruning.finetune import FinetuneConfig
@@ -95,6 +96,7 @@ class DataSpec:
         params = {k: v for k, v in value.items() if k not in own}
         params.update(mapping(params.pop("params", None), "data.params"))
         text(value["name"], "data.name")
+        DATASETS.get(value["name"]).check_params(params)  # a bad name or parameter fails here, before any work
         text(value.get("root"), "data.root", optional=True)
         boolean(value.get("download", False), "data.download")
         integer(value.get("batch_size", 128), "data.batch_size", minimum=1)
