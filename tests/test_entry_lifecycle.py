@@ -113,3 +113,9 @@ def test_prunetune_testing_imports_without_pytest() -> None:
 def test_bad_dataset_names_and_parameters_fail_when_the_recipe_is_read(data, match) -> None:
     with pytest.raises((ConfigError, UnknownNameError), match=match):
         Recipe.from_dict({**RECIPE, "data": data})
+
+
+def test_an_unknown_registered_model_fails_when_the_recipe_is_read() -> None:
+    with pytest.raises(UnknownNameError, match=r"unknown model 'resnet2'; did you mean"):
+        Recipe.from_dict({**RECIPE, "model": {"name": "resnet2"}})
+    Recipe.from_dict({**RECIPE, "model": {"name": "tv:resnet18"}})  # resolved when built, not here

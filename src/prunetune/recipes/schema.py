@@ -20,6 +20,7 @@ from prunetune._text import short
 from prunetune._yaml import load_yaml_file
 from prunetune.data import DATASETS
 from prunetune.exceptions import ConfigError, UntrustedCodeError
+from prunetune.models import check_model_name
 from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, check_budget, check_ratio
 from prunetune.pruning.finetune import FinetuneConfig
 from prunetune.pruning.points import check_point
@@ -62,6 +63,7 @@ class ModelSpec:
             value = {"name": value}
         d = _strict("model", value, {f.name for f in fields(cls)}, {"name"})
         text(d["name"], "model.name")
+        check_model_name(d["name"])  # an unknown registered name fails here, before the data is loaded
         for key in ("num_classes", "in_channels"):
             if key in d:
                 integer(d[key], f"model.{key}", minimum=1)
