@@ -34,6 +34,8 @@ def test_the_same_check_runs_for_recipes_and_search_configs() -> None:
         parse_search_config({"macs_budget": 2, "recipe": recipe})
     settings = parse_search_config({"macs_budget": 0.4, "recipe": recipe}).settings
     assert settings.budget == MacsBudget(0.4)
+    assert Recipe.from_dict({**recipe, "allocation": {"macs_budget": 0.3}}).allocation.budget == MacsBudget(0.3)
+    assert Recipe.from_dict({**recipe, "allocation": {"ratio": 0.3}}).allocation.budget is None
 
 
 def test_target_and_reachable(groups) -> None:

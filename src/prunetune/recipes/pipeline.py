@@ -25,7 +25,6 @@ from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_prune
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
-from prunetune.pruning.allocation import MacsBudget
 from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.budget_check import check_pruned_macs
 from prunetune.pruning.criteria import CRITERIA
@@ -162,9 +161,8 @@ def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
     a = recipe.allocation
     for name in a.ratios:
         groups[name]
-    if a.macs_budget is not None:
-        MacsBudget(a.macs_budget, "allocation.macs_budget").reachable(groups, a.rule,
-                                                                      dense=a.dense_groups(groups.names))
+    if a.budget is not None:
+        a.budget.reachable(groups, a.rule, dense=a.dense_groups(groups.names))
     if recipe.plan is not None:
         _carried_plan(recipe).validate(groups)
 

@@ -21,7 +21,7 @@ from prunetune._yaml import load_yaml_file
 from prunetune.data import DATASETS
 from prunetune.exceptions import ConfigError, UntrustedCodeError
 from prunetune.models import check_model_name
-from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, check_budget, check_ratio
+from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, MacsBudget, check_budget, check_ratio
 from prunetune.pruning.finetune import FinetuneConfig
 from prunetune.pruning.points import check_point
 from prunetune.recipes.criterion import CriterionSpec
@@ -182,6 +182,11 @@ class AllocationSpec:
     def rule(self) -> KeepRule:
         """The keep rule every strategy of this allocation follows."""
         return KeepRule(self.min_keep, self.round_to, self.max_ratio)
+
+    @property
+    def budget(self) -> MacsBudget | None:
+        """The MACs budget as the validated value the pruning core takes (None: no budget)."""
+        return None if self.macs_budget is None else MacsBudget(self.macs_budget, "allocation.macs_budget")
 
     def dense_groups(self, names: Iterable[str]) -> set[str]:
         """Of ``names``, the groups a MACs budget leaves whole: a relative ratio of exactly 0 (named, or
