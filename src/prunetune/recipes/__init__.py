@@ -3,6 +3,7 @@
 - :mod:`~prunetune.recipes.schema`: the recipe (model, data, criterion, allocation, schedule,
   fine-tune, calibration, pretrain), validated strictly when it is read;
 - :mod:`~prunetune.recipes.criterion`: its ``criterion:`` section (one criterion or a blend);
+- :mod:`~prunetune.recipes.allocation`: its ``allocation:`` section (strategy, budget, keep rule);
 - :mod:`~prunetune.recipes.pipeline`: prepare → score → plan → fine-tune → evaluate;
 - :mod:`~prunetune.recipes.checkpoint`: dense and pruned checkpoints (no pickled modules).
 

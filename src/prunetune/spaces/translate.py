@@ -10,7 +10,8 @@ from typing import Any
 from prunetune.exceptions import ConfigError
 from prunetune.recipes.criterion import CriterionSpec
 from prunetune.pruning.groups import ModelGroups
-from prunetune.recipes.schema import AllocationSpec, Recipe, ScheduleSpec
+from prunetune.recipes.allocation import AllocationSpec
+from prunetune.recipes.schema import Recipe, ScheduleSpec
 from prunetune.spaces.presets import (
     ALLOCATION,
     LR,
