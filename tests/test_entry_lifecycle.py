@@ -19,7 +19,7 @@ from prunetune.spaces.base import RandomTrial
 from prunetune.spaces.presets import RATIO_SPACES, RatioPreset
 from prunetune.spaces.spec import SpaceSpec, build_space
 from prunetune.spaces.translate import trial_recipe
-from prunetune.testing import check_ratio_preset, check_schedule, check_strategy
+from prunetune.testing import check_all, check_ratio_preset, check_schedule
 
 RECIPE = {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1}, "data": "digits", "criterion": "l1",
           "allocation": {"ratio": 0.1}}
@@ -54,9 +54,10 @@ def test_ratio_preset_contract(name: str) -> None:
     check_ratio_preset(name)
 
 
-@pytest.mark.parametrize("name", STRATEGIES.names())
-def test_strategy_contract(name: str) -> None:
-    check_strategy(name)
+def test_check_all_covers_every_registry() -> None:
+    checked = check_all()  # the strategy contract itself runs per budget and rule in test_allocation_strategies
+    for kind, registry in (("schedule", SCHEDULES), ("ratios", RATIO_SPACES), ("strategy", STRATEGIES)):
+        assert {f"{kind}:{name}" for name in registry.names()} <= set(checked)
 
 
 def _linear(epoch: int, total: int, *, hard_fraction: float) -> EpochState:

@@ -16,7 +16,7 @@ from prunetune.pruning.allocation import KeepRule, keep_for_budget, keep_from_ra
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.strategies import STRATEGIES
 from prunetune.spaces import stage_of
-from prunetune.testing.entries import check_keep, strategy_inputs
+from prunetune.testing.entries import check_keep, check_strategy, strategy_inputs
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,8 @@ def _assert_contract(groups, keep, budget, rule):
 @pytest.mark.parametrize("rule", [KeepRule(max_ratio=0.8), KeepRule(min_keep=2, round_to=4, max_ratio=0.9)],
                          ids=["max0.8", "round4"])
 def test_every_strategy_meets_the_budget_with_a_maximal_plan(groups, strategy, budget, rule) -> None:
-    scores, extras = _inputs(groups)
-    keep = STRATEGIES.get(strategy)(groups, rule=rule, macs_budget=budget, extras=extras, scores=scores)
-    _assert_contract(groups, keep, budget, rule)
+    # prunetune.testing: the strategy's plan within budget, within [floor, C], maximal (check_keep)
+    check_strategy(strategy, groups, budgets=(budget,), rules=(rule,))
 
 
 def test_random_shapes_never_starve_a_group(groups) -> None:
