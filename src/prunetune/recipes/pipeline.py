@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
@@ -35,6 +34,7 @@ from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
 from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
 from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
+from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned
 from prunetune.recipes.schema import Recipe
 from prunetune.version import __version__
 
