@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from prunetune.pipeline import prepare, run_recipe
-from prunetune.recipe import Recipe
+from prunetune.recipes.pipeline import prepare, run_recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.spaces import stage_of
 
 RECIPE = {

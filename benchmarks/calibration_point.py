@@ -24,10 +24,10 @@ import time
 
 import torch
 
-from prunetune.pipeline import build_plan, prepare, score_table, train_pruned
+from prunetune.recipes.pipeline import build_plan, prepare, score_table, train_pruned
 from prunetune.pruning.finetune import evaluate
 from prunetune.pruning.surgery import apply_plan
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 
 STREAMS = ("conv1", "layer2.0.conv2", "layer3.0.conv2")
 

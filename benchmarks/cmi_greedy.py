@@ -46,7 +46,7 @@ from prunetune.pruning.criteria import cmi as cmi_module
 from prunetune.pruning.criteria import get_criterion
 from prunetune.pruning.criteria.cmi_reference import cmi_ranking_reference
 from prunetune.pruning.criteria.renyi import CmiRanking, cmi_greedy
-from prunetune.pruning.cutoffs import cumulative_keep, knee_keep, marginal_keep
+from prunetune.pruning.strategies.cutoffs import cumulative_keep, knee_keep, marginal_keep
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[tuple[torch.Tensor, torch.Tensor]], str]:
     if args.data == "digits":
-        from prunetune.pipeline import prepare
-        from prunetune.recipe import Recipe
+        from prunetune.recipes.pipeline import prepare
+        from prunetune.recipes.schema import Recipe
 
         name = args.model or "resnet32"
         recipe = Recipe.from_dict({

@@ -91,9 +91,9 @@ def recipe_dict(checkpoint: str | None, finetune: dict, **extra) -> dict:
 
 
 def train_dense(work: Path) -> dict:
-    from prunetune.checkpoint import save_dense
-    from prunetune.pipeline import prepare
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.checkpoint import save_dense
+    from prunetune.recipes.pipeline import prepare
+    from prunetune.recipes.schema import Recipe
 
     path = work / "dense.pt"
     recipe = Recipe.from_dict({**recipe_dict(None, {"epochs": 1}), "criterion": "l1",
@@ -112,8 +112,8 @@ _BASE = None
 
 def _init_worker(checkpoint: str, finetune: dict, model: dict) -> None:
     global _BASE
-    from prunetune.pipeline import prepare
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.pipeline import prepare
+    from prunetune.recipes.schema import Recipe
 
     torch.set_num_threads(1)
     MODEL.update(model)  # a spawned worker starts from the module's default
@@ -123,9 +123,9 @@ def _init_worker(checkpoint: str, finetune: dict, model: dict) -> None:
 
 
 def _hand_job(job: tuple[float, int], finetune: dict) -> dict:
-    from prunetune.pipeline import run_recipe
+    from prunetune.recipes.pipeline import run_recipe
 
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.schema import Recipe
 
     target, seed = job
     t0 = time.perf_counter()

@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from prunetune.pipeline import build_plan, prepare, score_table, train_pruned
+from prunetune.recipes.pipeline import build_plan, prepare, score_table, train_pruned
 from prunetune.pruning.finetune import evaluate
 from prunetune.pruning.proxy import bn_proxy
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.search.screening import spearman
 from prunetune.spaces import RandomTrial, SpaceSpec, build_space, plan_space, space_criteria, trial_recipe
 

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from prunetune.pipeline import prepare, run_recipe
+from prunetune.recipes.pipeline import prepare, run_recipe
 from prunetune.pruning.finetune import evaluate
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 
 SCHEDULES = [
     ("hard", "hard"), ("sfp", "sfp"), ("asfp", "asfp"), ("ghfp", "ghfp"),

@@ -30,10 +30,10 @@ from ray import tune
 
 from prunetune.cli.demo import demo_config_path
 from prunetune.models import create_model
-from prunetune.pipeline import prepare, score_table
+from prunetune.recipes.pipeline import prepare, score_table
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.strategies import STRATEGIES
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.search import load_search_config, run_search
 from prunetune.spaces import RandomTrial, SpaceSpec, build_space, space_criteria, trial_recipe
 from prunetune.tracking import load_search

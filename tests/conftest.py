@@ -7,25 +7,14 @@ import os
 import pytest
 import torch
 
+from prunetune.testing.models import randomize_bn  # noqa: F401  shared by the tests (prunetune.testing owns it)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["PRUNETUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("prunetune-cache"))
     os.environ["PRUNETUNE_PROGRESS"] = "0"
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give every BN non-trivial statistics and affine parameters, so masking errors show."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=gen) * 2 - 1)
-            m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
-    return model.eval()
 
 
 def optimistic_channels(monkeypatch) -> None:

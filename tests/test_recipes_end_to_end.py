@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from prunetune.pipeline import prepare, run_recipe
+from prunetune.recipes.pipeline import prepare, run_recipe
 from prunetune.pruning.macs import count_cost
 from prunetune.pruning.schedules import SCHEDULES
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 
 BASE = {
     "model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},

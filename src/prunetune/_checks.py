@@ -40,3 +40,18 @@ def mapping(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{what} must be a mapping, got {short(value)}")
     return dict(value)
+
+
+def section(section: str, value: Any, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
+    """A recipe section as a dict: a mapping with only ``allowed`` keys and every ``required`` one."""
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"recipe section {short(section)} must be a mapping, got {short(value)}")
+    unknown = sorted(set(value) - allowed, key=str)
+    if unknown:
+        raise ConfigError(f"unknown key {short(unknown[0])} in recipe section {short(section)}; allowed: {', '.join(sorted(allowed))}")
+    missing = sorted(required - set(value))
+    if missing:
+        raise ConfigError(f"recipe section {short(section)} needs the key {short(missing[0])}")
+    return dict(value)

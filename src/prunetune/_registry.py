@@ -55,6 +55,10 @@ class Registry(Generic[T]):
         """All registered names, sorted."""
         return sorted(self._items)
 
+    def in_order(self) -> list[str]:
+        """All registered names, in the order they were registered."""
+        return list(self._items)
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

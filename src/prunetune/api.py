@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from prunetune.pipeline import PruneResult
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.pipeline import PruneResult
+    from prunetune.recipes.schema import Recipe
     from prunetune.search.config import SearchConfig
     from prunetune.search.progress import ProgressEvent
     from prunetune.search.runner import SearchOutcome
@@ -76,18 +76,18 @@ def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | N
     the network the trial measured, with its test accuracy.
 
     Args:
-        recipe: a recipe file, its content as a mapping, or a :class:`~prunetune.recipe.Recipe`.
+        recipe: a recipe file, its content as a mapping, or a :class:`~prunetune.recipes.schema.Recipe`.
         out: save the pruned model here (state dict + plan; ``<out stem>.plan.json`` beside it).
         overwrite: replace an existing ``out`` (and its plan file).
         allow_code: let a ``package.module:function`` model name run that code.
 
     Returns:
-        :class:`~prunetune.pipeline.PruneResult`: ``dense`` and ``pruned`` metrics (MACs, params,
+        :class:`~prunetune.recipes.pipeline.PruneResult`: ``dense`` and ``pruned`` metrics (MACs, params,
         test ``accuracy``), the ``plan``, the fine-tune ``history``, the pruned ``model``.
     """
     from prunetune._paths import check_output_file
-    from prunetune.pipeline import run_recipe
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.pipeline import run_recipe
+    from prunetune.recipes.schema import Recipe
 
     if isinstance(recipe, Mapping):
         recipe = Recipe.from_dict(recipe, allow_code=allow_code)

@@ -10,50 +10,22 @@ import pytest
 import torch
 
 from prunetune.exceptions import ConfigError, UnknownNameError
-from prunetune.pruning.blend import CriterionSpec, blend_scores
-from prunetune.pruning.criteria import CRITERIA, GRADIENT, LABELS, WEIGHT, score
+from prunetune.pruning.blend import blend_scores
+from prunetune.recipes.criterion import CriterionSpec
+from prunetune.pruning.criteria import CRITERIA, score
 from prunetune.pruning.normalize import NORMALIZERS, get_normalizer
+from prunetune.testing import check_criterion, check_normalizer
 
-C = 6
-
-
-def _evidence(seed: int = 0) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    maps = torch.randn(8, C, 5, 5, generator=gen).relu()
-    return {
-        "weight": torch.randn(C, 3, 3, 3, generator=gen),
-        "feature_maps": maps,
-        "labels": torch.randint(0, 3, (8,), generator=gen),
-        "gradients": torch.randn(8, C, 5, 5, generator=gen),
-    }
-
-
-def _score(name: str, ev: dict) -> torch.Tensor:
-    needs = CRITERIA.get(name).needs(CRITERIA.get(name).resolve(None))
-    if WEIGHT in needs:
-        return score(name, weight=ev["weight"])
-    kwargs = {"feature_maps": ev["feature_maps"]}
-    if LABELS in needs:
-        kwargs["labels"] = ev["labels"]
-    if GRADIENT in needs:
-        kwargs["gradients"] = ev["gradients"]
-    return score(name, **kwargs)
 
 
 @pytest.mark.parametrize("name", CRITERIA.names())
 def test_every_criterion_is_finite_one_per_channel_and_deterministic(name: str) -> None:
-    a, b = _score(name, _evidence()), _score(name, _evidence())
-    assert a.shape == (C,) and torch.isfinite(a).all()
-    assert torch.equal(a, b)
+    check_criterion(name)  # prunetune.testing: one finite score per channel, deterministic
 
 
 @pytest.mark.parametrize("name", NORMALIZERS.names())
 def test_every_normalizer_keeps_order_and_shape(name: str) -> None:
-    s = torch.tensor([3.0, -1.0, 2.0, 10.0])
-    out = get_normalizer(name)(s)
-    assert out.shape == s.shape and torch.isfinite(out).all()
-    assert torch.equal(torch.argsort(out), torch.argsort(s))
-    assert torch.isfinite(get_normalizer(name)(torch.ones(3))).all()  # constant scores: no NaN
+    check_normalizer(name)  # prunetune.testing: shape, order, no NaN on constant scores
 
 
 def test_weight_criteria_by_hand() -> None:
@@ -102,7 +74,7 @@ def test_criterion_spec_parsing_and_errors() -> None:
 
 
 def test_core_imports_no_ray_optuna_or_mlflow() -> None:
-    code = ("import sys, prunetune, prunetune.pruning, prunetune.models, prunetune.data, prunetune.pipeline; "
+    code = ("import sys, prunetune, prunetune.pruning, prunetune.models, prunetune.data, prunetune.recipes.pipeline; "
             "bad = [m for m in ('ray', 'optuna', 'mlflow') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

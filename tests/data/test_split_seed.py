@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunetune.checkpoint import check_split, checkpoint_split, save_dense
+from prunetune.recipes.checkpoint import check_split, checkpoint_split, save_dense
 from prunetune.data import split_fingerprint
 from prunetune.exceptions import CheckpointError, ConfigError
 from prunetune.models import create_model
-from prunetune.pipeline import load_data, prepare
-from prunetune.recipe import Recipe
+from prunetune.recipes.pipeline import load_data, prepare
+from prunetune.recipes.schema import Recipe
 
 MODEL = {"name": "tiny_convnet", "num_classes": 10, "in_channels": 1}
 

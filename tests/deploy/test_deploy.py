@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from prunetune.checkpoint import save_pruned
+from prunetune.recipes.checkpoint import save_pruned
 from prunetune.cli import main
 from prunetune.deployment import deploy, fold_batchnorm
 from prunetune.deployment import export as export_mod

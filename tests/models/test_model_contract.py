@@ -4,20 +4,13 @@ random plans, a budget projection holds when counted, and masking equals removal
 
 from __future__ import annotations
 
-import copy
 import importlib
-import random
 
 import pytest
 import torch
 
 from prunetune.models import create_model, list_models
-from prunetune.pruning.allocation import keep_for_budget
-from prunetune.pruning.groups import find_groups
-from prunetune.pruning.macs import analytic_cost, count_cost
-from prunetune.pruning.plan import make_plan
-from prunetune.pruning.surgery import MaskHooks, apply_plan, channel_masks
-from tests.conftest import randomize_bn
+from prunetune.testing import check_model
 
 TORCHVISION = ("resnet18", "vgg11_bn", "densenet121", "mobilenet_v2", "efficientnet_b0")
 TIMM = ("resnet18", "mobilenetv3_small_100", "convnext_atto")
@@ -30,37 +23,7 @@ def _shape(name: str) -> tuple[int, int, int]:
     return (3, 16, 16) if name.startswith(("tiny", "zoo")) else (3, 32, 32)
 
 
-def _random_plan(groups, seed: int):
-    rng = random.Random(seed)
-    gen = torch.Generator().manual_seed(seed)
-    keep = {g.name: rng.randint(1, g.channels) for g in groups}
-    return make_plan(groups, {g.name: torch.rand(g.channels, generator=gen) for g in groups}, keep)
-
-
-def check_contract(factory, shape: tuple[int, ...], *, seeds: int = 2, masks: bool = True) -> None:
-    """Everything a model must satisfy to be pruned under a budget (see module doc)."""
-    model = randomize_bn(factory())
-    groups = find_groups(model, shape)
-    assert len(groups) > 0
-    assert analytic_cost(groups) == count_cost(model, shape)
-    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    for seed in range(seeds):
-        plan = _random_plan(groups, seed)
-        pruned = apply_plan(copy.deepcopy(model), plan, groups)
-        assert count_cost(pruned, shape) == plan.pruned == analytic_cost(groups, plan.keep_counts)
-        if not masks:
-            continue
-        double = copy.deepcopy(model).double()
-        with torch.no_grad():
-            with MaskHooks(double, groups, channel_masks(plan)):
-                masked = double(x)
-            removed = pruned.double()(x)
-        scale = float(masked.abs().max()) or 1.0
-        assert float((masked - removed).abs().max()) <= 1e-6 * max(1.0, scale)
-    keep = keep_for_budget(groups, 0.5)
-    plan = make_plan(groups, {g.name: torch.arange(g.channels, 0, -1.0) for g in groups}, keep)
-    dense = count_cost(model, shape).macs
-    assert count_cost(apply_plan(copy.deepcopy(model), plan, groups), shape).macs <= 0.5 * dense
+check_contract = check_model  # prunetune.testing owns the contract (a plugin's model runs the same)
 
 
 @pytest.mark.parametrize("name", list_models())

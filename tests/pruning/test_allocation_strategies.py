@@ -5,7 +5,6 @@ Plus the projection's shape (keep fractions scaled, no starved group) and ``glob
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
@@ -15,9 +14,9 @@ from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.models import create_model
 from prunetune.pruning.allocation import KeepRule, keep_for_budget, keep_from_ratios, smallest_fraction
 from prunetune.pruning.groups import find_groups
-from prunetune.pruning.macs import analytic_cost
 from prunetune.pruning.strategies import STRATEGIES
 from prunetune.spaces import stage_of
+from prunetune.testing.entries import check_keep, check_strategy, strategy_inputs
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +25,11 @@ def groups():
 
 
 def _inputs(groups, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    scores = {g.name: torch.rand(g.channels, generator=gen) * (1 + i) for i, g in enumerate(groups)}
-    extras = {g.name: {"cmi_values": torch.sort(torch.rand(g.channels, generator=gen) ** 3, descending=True).values}
-              for g in groups}
-    return scores, extras
+    return strategy_inputs(groups, seed)
 
 
 def _assert_contract(groups, keep, budget, rule):
-    dense = analytic_cost(groups).macs
-    target = budget * dense
-    assert analytic_cost(groups, keep).macs <= target
-    for g in groups:
-        assert rule.floor(g.channels) <= keep[g.name] <= g.channels
-        assert keep[g.name] >= math.ceil((1 - rule.max_ratio) * g.channels - 1e-9)
-    for g in groups:  # maximal: no group can keep one more step without going over
-        grown = rule.clamp(g.channels, keep[g.name] + 1)
-        if grown > keep[g.name]:
-            assert analytic_cost(groups, {**keep, g.name: grown}).macs > target, g.name
+    check_keep(groups, keep, budget, rule)  # prunetune.testing: within budget, within [floor, C], maximal
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES.names())
@@ -51,9 +37,8 @@ def _assert_contract(groups, keep, budget, rule):
 @pytest.mark.parametrize("rule", [KeepRule(max_ratio=0.8), KeepRule(min_keep=2, round_to=4, max_ratio=0.9)],
                          ids=["max0.8", "round4"])
 def test_every_strategy_meets_the_budget_with_a_maximal_plan(groups, strategy, budget, rule) -> None:
-    scores, extras = _inputs(groups)
-    keep = STRATEGIES.get(strategy)(groups, rule=rule, macs_budget=budget, extras=extras, scores=scores)
-    _assert_contract(groups, keep, budget, rule)
+    # prunetune.testing: the strategy's plan within budget, within [floor, C], maximal (check_keep)
+    check_strategy(strategy, groups, budgets=(budget,), rules=(rule,))
 
 
 def test_random_shapes_never_starve_a_group(groups) -> None:
@@ -126,7 +111,7 @@ def test_a_search_budget_exactly_at_the_floor_is_accepted(groups) -> None:
 
 
 def _recipe(allocation):
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.schema import Recipe
 
     return Recipe.from_dict({"model": {"name": "resnet20", "in_channels": 1}, "data": "digits", "criterion": "l1",
                              "allocation": allocation})
@@ -134,7 +119,7 @@ def _recipe(allocation):
 
 def test_a_budget_that_relative_zeros_make_unreachable_fails_before_any_training(groups) -> None:
     """A relative ratio of 0 keeps a group whole under a budget: the feasibility check knows it."""
-    from prunetune.pipeline import check_allocation
+    from prunetune.recipes.pipeline import check_allocation
 
     with pytest.raises(BudgetInfeasibleError, match="kept whole by a relative ratio of 0") as err:
         check_allocation(_recipe({"macs_budget": 0.3, "ratios": {n: 0.0 for n in groups.names}}), groups)

@@ -11,7 +11,7 @@ import torch
 
 from prunetune.exceptions import BudgetExceededError
 from prunetune.models import create_model
-from prunetune.pipeline import run_recipe
+from prunetune.recipes.pipeline import run_recipe
 from prunetune.pruning import counting
 from prunetune.pruning.allocation import keep_for_budget
 from prunetune.pruning.budget_check import check_pruned_macs
@@ -19,7 +19,7 @@ from prunetune.pruning.groups import find_groups
 from prunetune.pruning.macs import analytic_cost, count_cost
 from prunetune.pruning.plan import make_plan
 from prunetune.pruning.surgery import apply_plan
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 from tests.conftest import optimistic_channels
 
 SHAPE = (3, 16, 16)

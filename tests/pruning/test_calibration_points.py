@@ -16,7 +16,7 @@ from prunetune.pruning.criteria import score
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.points import group_points, neighbour_groups
 from prunetune.pruning.scores import CalibrationSettings, compute_scores
-from prunetune.recipe import CalibrationSpec
+from prunetune.recipes.schema import CalibrationSpec
 from tests.conftest import randomize_bn
 
 SHAPE = (3, 8, 8)

@@ -8,7 +8,7 @@ import torch
 from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.models import create_model
 from prunetune.pruning.allocation import KeepRule
-from prunetune.pruning.cutoffs import cumulative_keep, knee_keep, marginal_keep
+from prunetune.pruning.strategies.cutoffs import cumulative_keep, knee_keep, marginal_keep
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.macs import analytic_cost
 from prunetune.pruning.strategies import STRATEGIES

@@ -9,7 +9,7 @@ import pytest
 from prunetune.cli import main
 from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.pruning.rounding import ROUND_TO_PRESETS, resolve_round_to
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 
 
 def test_presets_and_numbers_resolve() -> None:

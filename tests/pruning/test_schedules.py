@@ -13,6 +13,7 @@ from prunetune.pruning.masking import ScheduleMasks, plan_ranking, run_schedule
 from prunetune.pruning.plan import make_plan
 from prunetune.pruning.schedules import SCHEDULES, asfp_fraction, hard_ramp, srfp_alpha
 from prunetune.pruning.surgery import MaskHooks, channel_masks
+from prunetune.testing.entries import check_schedule_states
 from tests.conftest import randomize_bn
 
 SHAPE = (3, 16, 16)
@@ -21,11 +22,7 @@ SHAPE = (3, 16, 16)
 @pytest.mark.parametrize("name", SCHEDULES.names())
 @pytest.mark.parametrize("total", [1, 4, 10])
 def test_every_schedule_maps_into_unit_range_and_is_monotone(name, total) -> None:
-    states = [SCHEDULES.get(name).state(e, total) for e in range(total)]
-    for s in states:
-        assert 0.0 <= s.prune <= 1.0 and 0.0 <= s.hard <= 1.0 and 0.0 <= s.soft_scale <= 1.0
-    assert all(a.prune <= b.prune for a, b in zip(states, states[1:]))
-    assert all(a.hard <= b.hard for a, b in zip(states, states[1:]))
+    check_schedule_states(name, totals=(total,))  # prunetune.testing: unit range, prune and hard never fall
 
 
 def test_schedule_endpoints() -> None:

@@ -8,8 +8,8 @@ import statistics
 
 import pytest
 
-from prunetune.pipeline import prepare, run_recipe
-from prunetune.recipe import Recipe
+from prunetune.recipes.pipeline import prepare, run_recipe
+from prunetune.recipes.schema import Recipe
 
 SCHEDULES = ["hard", "sfp", "asfp", "ghfp", {"name": "ghfp", "base": "asfp"}, "iterative"]
 RECIPE = {

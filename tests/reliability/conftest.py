@@ -13,7 +13,7 @@ def no_expensive_work(monkeypatch, tmp_path_factory):
     The score/dense cache is empty, so a case that reached the dense model would have to train it.
     """
     monkeypatch.setenv("PRUNETUNE_CACHE_DIR", str(tmp_path_factory.mktemp("empty-cache")))
-    import prunetune.pipeline as pipeline
+    import prunetune.recipes.pipeline as pipeline
 
     def refuse(*args, **kwargs):
         raise AssertionError("a bad input got as far as training")

@@ -16,8 +16,8 @@ import yaml
 
 from prunetune import load_pruned
 from prunetune._atomic import write_atomic_with, write_bytes_atomic
-from prunetune.pipeline import prepare
-from prunetune.recipe import Recipe
+from prunetune.recipes.pipeline import prepare
+from prunetune.recipes.schema import Recipe
 from reliability_helpers import TINY_RECIPE
 
 

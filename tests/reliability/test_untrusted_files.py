@@ -130,7 +130,7 @@ def test_torch_hub_is_refused_even_with_the_opt_in(tmp_path, monkeypatch) -> Non
 
 def test_allow_code_comes_from_the_search_config_never_from_a_recipe(tmp_path) -> None:
     pytest.importorskip("ray")
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.schema import Recipe
     from prunetune.search import parse_search_config
 
     base = {k: v for k, v in copy.deepcopy(TINY_RECIPE).items() if k not in ("criterion", "allocation")}
@@ -145,7 +145,7 @@ def test_allow_code_comes_from_the_search_config_never_from_a_recipe(tmp_path) -
 
 def test_a_pruned_model_file_naming_a_factory_needs_the_opt_in(tmp_path, monkeypatch) -> None:
     from prunetune import load_pruned
-    from prunetune.checkpoint import save_pruned
+    from prunetune.recipes.checkpoint import save_pruned
     from prunetune.pruning.groups import find_groups
     from prunetune.pruning.plan import make_plan
 

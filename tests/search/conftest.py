@@ -36,7 +36,7 @@ def make_config(tmp_path):
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """``(config, base, table, space)`` of the tiny search, prepared once per module."""
-    from prunetune.pipeline import prepare, score_table
+    from prunetune.recipes.pipeline import prepare, score_table
     from prunetune.search import make_space, parse_search_config, probe_groups
     from prunetune.spaces import space_criteria
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import yaml
 
-from prunetune.pipeline import run_recipe
-from prunetune.recipe import Recipe
+from prunetune.recipes.pipeline import run_recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.search import TrialError, check_finite, run_trial
 from prunetune.spaces import RandomTrial
 

@@ -36,12 +36,13 @@ def listening_port():
 
 @pytest.fixture()
 def no_training(monkeypatch):
-    """``prepare`` fails the test if it runs: the error under test must come before any training."""
+    """Loading the data and model (the search's first step, ``load_inputs``; ``prepare`` before the
+    runner built groups → space itself) fails the test: the error under test must come before it."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("prepare ran before the Ray set-up was checked")
 
-    monkeypatch.setattr(runner, "prepare", refuse)
+    monkeypatch.setattr(runner, "load_inputs", refuse)
 
 
 @pytest.mark.parametrize("address", ["nonsense", "host:", ":6379", "10.0.0.1:99999", "10.0.0.1:port", 6379, "",

@@ -10,7 +10,8 @@ pytest.importorskip("ray.tune")
 optuna = pytest.importorskip("optuna")
 
 from prunetune.search.config import AshaSpec  # noqa: E402
-from prunetune.search.ray_parts import METRICS, MODES, FinalOnlySearch, make_sampler, make_scheduler  # noqa: E402
+from prunetune.search.optuna_bridge import FinalOnlySearch  # noqa: E402
+from prunetune.search.ray_parts import METRICS, MODES, make_sampler, make_scheduler  # noqa: E402
 from prunetune.spaces import SearchSpace  # noqa: E402
 from prunetune.spaces.presets import TargetFraction  # noqa: E402
 
@@ -33,9 +34,9 @@ def test_only_final_results_reach_optuna_as_complete() -> None:
     searcher.on_trial_complete("t3", {"accuracy": math.nan, "macs": 10.0, "final": True})
     searcher.on_trial_complete("t4", {"accuracy": 0.8, "macs": 5.0, "final": True})
     searcher.on_trial_complete("t4", {"accuracy": 0.1, "macs": 1.0, "final": True})  # a repeat is ignored
-    states = [t.state for t in searcher._ot_study.get_trials()]
+    states = [t.state for t in searcher.study.get_trials()]
     assert states == [STATE.COMPLETE, STATE.PRUNED, STATE.FAIL, STATE.FAIL, STATE.COMPLETE]
-    assert searcher._ot_study.get_trials()[4].values == [0.8, 5.0]
+    assert searcher.study.get_trials()[4].values == [0.8, 5.0]
 
 
 def test_samplers_and_schedulers() -> None:

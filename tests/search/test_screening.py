@@ -102,7 +102,7 @@ def resnet20_groups():
 
 def test_hand_params_are_the_uniform_and_global_recipes_of_each_criterion(resnet20_groups) -> None:
     from prunetune.pruning.allocation import KeepRule, keep_for_budget
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.schema import Recipe
 
     spec = SpaceSpec(criteria=("l1", "fpgm"), allocations=("ratios", "global"))
     space = plan_space(build_space(spec, resnet20_groups, budget=0.5))
@@ -173,7 +173,7 @@ def test_screened_trials_take_the_recipes_lr_and_first_schedule_or_leave_them_to
 def test_screening_evaluates_the_plan_its_trial_will_fine_tune(shared) -> None:
     """A single-choice part of the space (here the allocation) is a constant the trial gets from the
     space: the candidate is evaluated with it, not with the base recipe's fallback."""
-    from prunetune.pipeline import build_plan
+    from prunetune.recipes.pipeline import build_plan
 
     config, base, table, _ = shared
     spec = SpaceSpec(criteria=("capacity", "l1"), normalizers=("rank",), allocations=("global",))

@@ -14,7 +14,7 @@ from prunetune.pruning.allocation import KeepRule, smallest_fraction
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.macs import analytic_cost
 from prunetune.pruning.strategies import STRATEGIES
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.spaces import RATIO_FLOOR, RandomTrial, SpaceSpec, build_space, target_range, trial_recipe
 
 BASE = Recipe.from_dict({

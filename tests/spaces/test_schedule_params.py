@@ -7,7 +7,7 @@ import pytest
 from prunetune.models import create_model
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.schedules import SCHEDULES
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.spaces.base import RandomTrial
 from prunetune.spaces.spec import SpaceSpec, build_space
 from prunetune.spaces.translate import trial_recipe

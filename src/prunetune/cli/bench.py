@@ -38,7 +38,7 @@ def _batches(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunetune.checkpoint import dense_architecture, load_checkpoint, load_pruned, read_pruned_plan
+    from prunetune.recipes.checkpoint import dense_architecture, load_checkpoint, load_pruned, read_pruned_plan
     from prunetune.deployment.bench import compare, speedups
     from prunetune.exceptions import ConfigError
 

@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunetune.pipeline import run_recipe
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.pipeline import run_recipe
+    from prunetune.recipes.schema import Recipe
 
     recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
     out = check_output_file(args.out, "--out", overwrite=args.overwrite)

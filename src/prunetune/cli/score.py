@@ -22,9 +22,9 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from prunetune.exceptions import ConfigError
-    from prunetune.pipeline import prepare, recipe_criteria, score_table
+    from prunetune.recipes.pipeline import prepare, recipe_criteria, score_table
     from prunetune.pruning.criteria import CRITERIA
-    from prunetune.recipe import Recipe
+    from prunetune.recipes.schema import Recipe
 
     recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
     criteria = recipe_criteria(recipe)

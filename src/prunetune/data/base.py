@@ -130,6 +130,16 @@ class DatasetSpec:
     summary: str
     split_params: tuple[str, ...] = ()
 
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        """Parameter names: run when a recipe is read and again when the data is loaded."""
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "(none)"
+            raise ConfigError(
+                f"dataset {self.name!r} has no parameter {', '.join(repr(u) for u in unknown)}; "
+                f"its parameters are: {known}"
+            )
+
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
@@ -180,13 +190,7 @@ def load_dataset(
         DataError: files are missing or malformed.
     """
     spec = DATASETS.get(name)
-    unknown = sorted(set(params) - set(spec.defaults))
-    if unknown:
-        known = ", ".join(sorted(spec.defaults)) or "(none)"
-        raise ConfigError(
-            f"dataset {name!r} has no parameter {', '.join(repr(u) for u in unknown)}; "
-            f"its parameters are: {known}"
-        )
+    spec.check_params(params)
     if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)):
         raise ConfigError(f"split_seed must be an int, got {split_seed!r}")
     root_path = Path(root).expanduser() if root is not None else None

@@ -90,7 +90,7 @@ def _resolve(model, input_shape) -> tuple[nn.Module, tuple[int, ...]]:
         if input_shape is None:
             raise ConfigError("deploy(module, ...) needs input_shape=(C, H, W); a pruned file carries its own")
         return model, tuple(input_shape)
-    from prunetune.checkpoint import load_pruned, pruned_input_shape
+    from prunetune.recipes.checkpoint import load_pruned, pruned_input_shape
 
     path = Path(model)
     return load_pruned(path), tuple(input_shape or pruned_input_shape(path))

@@ -19,6 +19,7 @@ from torch.utils import benchmark
 
 from prunetune.deployment.fold import fold_batchnorm
 from prunetune.exceptions import ConfigError
+from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.macs import Cost, count_cost
 from prunetune.pruning.plan import PruningPlan
 from prunetune.pruning.surgery import apply_plan
@@ -97,9 +98,10 @@ def speedups(rows: Sequence[Timing], *, base: str = "dense") -> dict[tuple[str, 
 
 
 def plan_latency(dense: nn.Module, plan: PruningPlan, *, threads: int, batch: int = 1,
-                 min_run_time: float = 0.3) -> float:
-    """Median latency (ms) of the network ``plan`` cuts from ``dense`` (BN folded), on ``threads``."""
-    pruned = apply_plan(copy.deepcopy(dense).cpu().eval(), plan)
+                 min_run_time: float = 0.3, groups: ModelGroups | None = None) -> float:
+    """Median latency (ms) of the network ``plan`` cuts from ``dense`` (BN folded), on ``threads``
+    (``groups``: ``dense``'s, when the caller has them; found again otherwise)."""
+    pruned = apply_plan(copy.deepcopy(dense).cpu().eval(), plan, groups)
     folded, _ = fold_batchnorm(pruned, plan.input_shape)
     return measure(folded, plan.input_shape, batch=batch, threads=threads, min_run_time=min_run_time,
                    warmup=2, label="pruned").median_ms

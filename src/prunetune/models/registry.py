@@ -85,6 +85,13 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, allo
         raise ConfigError(f"model {name!r} does not accept these arguments: {exc}") from exc
 
 
+def check_model_name(name: str) -> None:
+    """A registered name must exist (checked when a recipe is read); ``tv:`` and
+    ``package.module:function`` names are resolved when the model is built."""
+    if not name.startswith(TORCHVISION_PREFIX) and not is_user_code(name):
+        MODELS.get(name)
+
+
 def default_input_size(name: str) -> int:
     """The input side a model is made for: 32 for CIFAR models, 224 for torchvision, else 32."""
     if name.startswith(TORCHVISION_PREFIX):

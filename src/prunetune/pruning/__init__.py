@@ -4,7 +4,7 @@ Imports only torch, numpy and Torch-Pruning: never Ray, Optuna or MLflow.
 """
 
 from prunetune.pruning.allocation import KeepRule, keep_for_budget, keep_from_ratios, smallest_fraction
-from prunetune.pruning.blend import CriterionSpec, blend_scores
+from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.criteria import CRITERIA, score
 from prunetune.pruning.finetune import FinetuneConfig, evaluate, finetune
 from prunetune.pruning.groups import Group, ModelGroups, find_groups
@@ -17,7 +17,7 @@ from prunetune.pruning.strategies import STRATEGIES
 from prunetune.pruning.surgery import MaskHooks, apply_plan, channel_masks
 
 __all__ = [
-    "CRITERIA", "NORMALIZERS", "SCHEDULES", "STRATEGIES", "Cost", "CriterionSpec", "FinetuneConfig",
+    "CRITERIA", "NORMALIZERS", "SCHEDULES", "STRATEGIES", "Cost", "FinetuneConfig",
     "Group", "KeepRule", "MaskHooks", "ModelGroups", "PruningPlan", "ScoreTable", "analytic_cost",
     "apply_plan", "blend_scores", "channel_masks", "compute_scores", "count_cost", "evaluate",
     "find_groups", "finetune", "keep_for_budget", "keep_from_ratios", "make_plan", "score",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from prunetune._text import short
 from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.macs import analytic_cost
@@ -64,6 +66,40 @@ def check_ratio(ratio: object, what: str) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
         raise ConfigError(f"{what} must be a number in [0, 1) (the fraction of channels removed), got {ratio!r}")
     return float(ratio)
+
+
+def check_budget(value: Any, what: str = "macs_budget") -> float:
+    """The one range check of a MACs budget: a number in (0, 1], a fraction of dense MACs."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"{what} must be a fraction of dense MACs in (0, 1], got {short(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class MacsBudget:
+    """A MACs budget: a fraction of dense MACs in (0, 1], validated once, when it is made.
+
+    ``what`` names it in errors (``allocation.macs_budget``, ``macs_budget``); :meth:`reachable`
+    is the one feasibility check on a model's groups.
+    """
+
+    fraction: float
+    what: str = field(default="macs_budget", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_budget(self.fraction, self.what)
+
+    def target(self, dense_macs: float) -> float:
+        """The MACs a plan may have on a network of ``dense_macs``."""
+        return self.fraction * dense_macs
+
+    def reachable(self, groups: ModelGroups, rule: KeepRule, *, dense: Iterable[str] = (),
+                  flag: str = "the budget") -> float:
+        """The smallest reachable fraction; raises :class:`BudgetInfeasibleError` when the budget is below it."""
+        floor = smallest_fraction(groups, rule, dense=dense)
+        if self.fraction < floor:
+            raise infeasible_budget(self.fraction, floor, rule, flag=flag, dense=dense)
+        return floor
 
 
 def infeasible_budget(macs_budget: float, floor: float, rule: KeepRule, *, flag: str = "the budget",
@@ -120,8 +156,7 @@ def keep_for_budget(
         BudgetInfeasibleError: when even the thinnest plan is above budget; the message names the
             smallest reachable fraction.
     """
-    if isinstance(macs_budget, bool) or not isinstance(macs_budget, (int, float)) or not 0 < macs_budget <= 1:
-        raise ConfigError(f"macs_budget must be a fraction of dense MACs in (0, 1], got {macs_budget!r}")
+    check_budget(macs_budget)
     given = dict(relative or {})
     for name, ratio in given.items():
         if not math.isfinite(ratio) or not 0 <= ratio < 1:

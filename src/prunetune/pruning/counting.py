@@ -15,7 +15,8 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from prunetune.pruning.macs import Cost, count_cost
+from prunetune.pruning import tp_bridge
+from prunetune.pruning.cost import Cost, count_cost
 
 log = logging.getLogger("prunetune")
 _ANNOUNCED: set[tuple[str, tuple[int, ...]]] = set()
@@ -40,14 +41,10 @@ class CountedCost:
         return self._cache[key]
 
     def _count(self, groups, keep: Mapping[str, int]) -> Cost:
-        from prunetune.pruning.plan import PruningPlan
-        from prunetune.pruning.surgery import apply_plan
-
         model = copy.deepcopy(self.model)
-        if keep:
-            kept = {g.name: tuple(range(keep.get(g.name, g.channels))) for g in groups}
-            plan = PruningPlan(kept, {g.name: g.channels for g in groups}, Cost(0, 0), Cost(0, 0), self.input_shape)
-            apply_plan(model, plan, groups)
+        if keep:  # the first keep[g] channels: the cost depends only on the counts
+            removed = {g.out_layers[0]: range(keep[g.name], g.channels) for g in groups if g.name in keep}
+            tp_bridge.remove_channels(model, removed, self.input_shape)
         return count_cost(model, self.input_shape)
 
     def _announce(self, groups, seconds: float) -> None:

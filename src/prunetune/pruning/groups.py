@@ -19,6 +19,7 @@ from torch import nn
 from prunetune._registry import unknown_name_message
 from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.pruning import tp_bridge
+from prunetune.pruning.counting import CountedCost
 from prunetune.pruning.geometry import (
     NORM_TYPES, Geometry, LayerGeometry, Part, is_depthwise, layer_macs, layer_params, measure_geometry,
 )
@@ -192,8 +193,6 @@ def _counted_reasons(issues: Mapping[str, str]) -> tuple[str, ...]:
 def _counter(model: nn.Module, input_shape: tuple[int, ...], issues: Mapping[str, str]):
     if not issues:
         return None
-    from prunetune.pruning.counting import CountedCost  # late: counting needs surgery, which needs groups
-
     return CountedCost(model, tuple(input_shape))
 
 

@@ -182,7 +182,7 @@ def run_schedule(
     schedule = SCHEDULES.get(name)
     resolved = schedule.resolve(params)
     ranking = ranking or plan_ranking(plan)
-    if name == "hard":  # removal first, then fine-tune the small network: same result, cheaper
+    if schedule.one_shot:  # removal first, then fine-tune the small network: same result, cheaper
         apply_plan(model, plan, groups)
         if config.recalibrate_bn and recalibration is not None:
             recalibrate_bn(model, recalibration, max_batches=config.recalibrate_batches, device=device)

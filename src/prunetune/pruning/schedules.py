@@ -38,8 +38,9 @@ them. Applied at the start, the last epoch trains under λ = 1, on the final arc
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,26 +61,80 @@ class EpochState:
 
 
 @dataclass(frozen=True)
+class Floats:
+    """A searched float parameter, uniform in ``[low, high]``."""
+
+    low: float
+    high: float
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Ints:
+    """A searched integer parameter in ``low..high``."""
+
+    low: int
+    high: int
+
+    def suggest(self, trial: Any, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Choices:
+    """A searched categorical parameter."""
+
+    values: tuple[Any, ...]
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        return trial.suggest_categorical(name, list(self.values))
+
+
+Searched = Floats | Ints | Choices
+
+
+@dataclass(frozen=True)
 class Schedule:
-    """A registered schedule: ``state(epoch, total, **params) -> EpochState`` and its parameters."""
+    """A registered schedule: ``state(epoch, total, **params) -> EpochState`` and its parameters.
+
+    Attributes:
+        defaults: every parameter with its default (a parameter not named here is an error).
+        choices: the allowed values of categorical parameters.
+        space: the parameters a search samples and how (in sampling order); the search space asks
+            for ``schedule.<name>.<param>`` (see :class:`prunetune.spaces.presets.ScheduleParams`).
+        one_shot: removal before the fine-tune (no masks): the channels are gone from the first epoch.
+    """
 
     name: str
     fn: Callable[..., EpochState]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     summary: str = ""
+    space: Mapping[str, Searched] = field(default_factory=dict)
+    one_shot: bool = False
 
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         params = dict(params or {})
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(f"schedule {self.name!r} has no parameter {unknown[0]!r}; its parameters: {known}")
+            raise ConfigError(unknown_param_message(self.name, unknown[0], self.defaults))
         out = {**self.defaults, **params}
         for key, allowed in self.choices.items():
             if out[key] not in allowed:
                 raise ConfigError(f"schedule {self.name!r}: {key} must be one of {list(allowed)}, got {out[key]!r}")
         return out
+
+    def validate(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Parse time: names, choices and values (the schedule's own checks, run on a one-epoch
+        fine-tune), so a bad parameter fails when the recipe is read, before any work."""
+        resolved = self.resolve(params)
+        try:
+            self.fn(0, 1, **resolved)
+        except (TypeError, ValueError, ArithmeticError) as e:
+            raise ConfigError(f"schedule {self.name!r}: parameters {dict(params or {})} do not work ({e})") from None
+        return resolved
 
     def state(self, epoch: int, total: int, **params: Any) -> EpochState:
         if total < 1 or not 0 <= epoch < total:
@@ -87,21 +142,33 @@ class Schedule:
         return self.fn(epoch, total, **self.resolve(params))
 
 
+def unknown_param_message(schedule: str, key: str, known: Iterable[str]) -> str:
+    """``schedule 'sfp' has no parameter 'hardfraction'; its parameters: ...`` (+ did you mean)."""
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"schedule {schedule!r} has no parameter {key!r}; its parameters: {', '.join(known) or 'none'}{hint}"
+
+
 SCHEDULES: Registry[Schedule] = Registry("schedule")
 
 
-def _register(name: str, defaults: Mapping[str, Any], summary: str, choices: Mapping[str, tuple] | None = None):
+def _register(name: str, defaults: Mapping[str, Any], summary: str, choices: Mapping[str, tuple] | None = None,
+              *, space: Mapping[str, Searched] | None = None, one_shot: bool = False):
     def deco(fn: Callable[..., EpochState]) -> Callable[..., EpochState]:
-        SCHEDULES.register(name, Schedule(name, fn, dict(defaults), dict(choices or {}), summary))
+        SCHEDULES.register(name, Schedule(name, fn, dict(defaults), dict(choices or {}), summary, dict(space or {}),
+                                          one_shot))
         return fn
     return deco
 
 
 WEIGHT_RESCORE = ("l2", "l1", "fpgm")
 SOFT_CHOICES = {"criterion": WEIGHT_RESCORE, "pool": POOLS}
+HARD_FRACTION_SPACE = {"hard_fraction": Floats(0.25, 0.75)}
+RAMPS, BASES = ("cubic", "cosine"), ("sfp", "asfp")
 
 
-@_register("hard", {}, "one-shot removal, then fine-tune")
+@_register("hard", {}, "one-shot removal, then fine-tune", one_shot=True)
 def hard(epoch: int, total: int) -> EpochState:
     return EpochState(prune=1.0, hard=1.0)
 
@@ -122,7 +189,7 @@ def _final_hard(epoch: int, total: int, hard_fraction: float) -> bool:
 
 
 @_register("sfp", {"criterion": "l2", "hard_fraction": 0.5, "pool": "plan"}, "soft filter pruning: re-score and "
-           "zero the lowest filters every epoch (He et al., IJCAI 2018)", SOFT_CHOICES)
+           "zero the lowest filters every epoch (He et al., IJCAI 2018)", SOFT_CHOICES, space=HARD_FRACTION_SPACE)
 def sfp(epoch: int, total: int, *, criterion: str, hard_fraction: float, pool: str) -> EpochState:
     if _final_hard(epoch, total, hard_fraction):
         return EpochState(prune=1.0, hard=1.0, rescore=True, pool=pool)
@@ -136,7 +203,8 @@ def asfp_fraction(epoch: int, total: int, d_fraction: float = 1 / 8) -> float:
 
 
 @_register("asfp", {"criterion": "l2", "d_fraction": 1 / 8, "hard_fraction": 0.5, "pool": "plan"},
-           "asymptotic SFP: P_e = P(1 − exp(−k e)), k = ln4/(E/8) (He et al., TCYB 2019)", SOFT_CHOICES)
+           "asymptotic SFP: P_e = P(1 − exp(−k e)), k = ln4/(E/8) (He et al., TCYB 2019)", SOFT_CHOICES,
+           space=HARD_FRACTION_SPACE)
 def asfp(epoch: int, total: int, *, criterion: str, d_fraction: float, hard_fraction: float, pool: str) -> EpochState:
     if not 0 < d_fraction <= 1:
         raise ConfigError(f"schedule 'asfp': d_fraction must be in (0, 1], got {d_fraction!r}")
@@ -166,13 +234,16 @@ def srfp_alpha(epoch: int, total: int, alpha: float, sigma: float = 1e-5) -> flo
 @_register("ghfp", {"base": "sfp", "ramp": "cubic", "alpha": 0.0, "sigma": 1e-5, "criterion": "l2",
                     "hard_fraction": 0.5, "pool": "plan"},
            "gradually hard: a growing fraction λ_e of the pruned filters is hard (Cai et al., IJCNN 2021)",
-           {"base": ("sfp", "asfp"), "ramp": ("cubic", "cosine"), **SOFT_CHOICES})
+           {"base": BASES, "ramp": RAMPS, **SOFT_CHOICES},
+           space={"ramp": Choices(RAMPS), "base": Choices(BASES), "alpha": Floats(0.0, 1.0)})
 def ghfp(epoch: int, total: int, *, base: str, ramp: str, alpha: float, sigma: float, criterion: str,
          hard_fraction: float, pool: str) -> EpochState:
     """λ_e ramps to 1 at the first epoch of the final hard phase (the last epoch with ``hard_fraction: 0``,
     as PGMPF); from there on everything planned is pruned and hard."""
     if not 0 <= alpha <= 1:
         raise ConfigError(f"schedule 'ghfp': alpha must be in [0, 1], got {alpha!r}")
+    if alpha > 0 and not sigma > 0:
+        raise ConfigError(f"schedule 'ghfp': sigma must be > 0, got {sigma!r}")
     hard_n = hard_epochs(total, hard_fraction)
     if hard_n and epoch >= total - hard_n:
         return EpochState(prune=1.0, hard=1.0, rescore=True, pool=pool)
@@ -184,7 +255,7 @@ def ghfp(epoch: int, total: int, *, base: str, ramp: str, alpha: float, sigma: f
 
 @_register("iterative", {"steps": 3, "rescore": False, "criterion": "l2", "pool": "plan", "hard_fraction": 0.5},
            "k steps of hard pruning towards the target, fine-tuning between them",
-           {"rescore": (False, True), **SOFT_CHOICES})
+           {"rescore": (False, True), **SOFT_CHOICES}, space={"steps": Ints(2, 4)})
 def iterative(epoch: int, total: int, *, steps: int, rescore: bool, criterion: str, pool: str,
               hard_fraction: float) -> EpochState:
     """Step ``i`` prunes ``i/steps`` of the planned channels hard; the steps share the epochs before the

@@ -22,14 +22,9 @@ def apply_plan(model: nn.Module, plan: PruningPlan, groups: ModelGroups | None =
     """
     groups = groups or find_groups(model, plan.input_shape)
     plan.validate(groups)
-    modules = dict(model.named_modules())
-    param = next(model.parameters())
-    graph = tp_bridge.build_graph(model, torch.randn(1, *plan.input_shape, device=param.device, dtype=param.dtype))
-    for name, kept in plan.kept.items():
-        removed = sorted(set(range(groups[name].channels)) - set(kept))
-        if removed:
-            tp_bridge.prune_channels(graph, modules[groups[name].out_layers[0]], removed)
-    return model
+    removed = {groups[name].out_layers[0]: sorted(set(range(groups[name].channels)) - set(kept))
+               for name, kept in plan.kept.items()}
+    return tp_bridge.remove_channels(model, removed, plan.input_shape)
 
 
 def channel_masks(plan: PruningPlan) -> dict[str, Tensor]:

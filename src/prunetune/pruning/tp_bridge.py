@@ -6,7 +6,7 @@ indices, never in Torch-Pruning objects.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch_pruning as tp
@@ -127,3 +127,15 @@ def prune_channels(
         fn = tp.prune_depthwise_conv_out_channels
     group = graph.get_pruning_group(module, fn, idxs=list(removed))
     group.prune()
+
+
+def remove_channels(model: nn.Module, removed: Mapping[str, Sequence[int]], input_shape: Sequence[int]) -> nn.Module:
+    """Physically remove channels ``removed[layer]`` of each named out-layer (and everything that
+    depends on them), in place; the one place that drives Torch-Pruning's removal."""
+    param = next(model.parameters())
+    graph = build_graph(model, torch.randn(1, *input_shape, device=param.device, dtype=param.dtype))
+    modules = dict(model.named_modules())
+    for layer, channels in removed.items():
+        if channels:
+            prune_channels(graph, modules[layer], sorted(channels))
+    return model

@@ -1,4 +1,4 @@
-"""Search: the trial objective and the Ray Tune + OptunaSearch runner under a MACs budget.
+"""Search: the trial objective and the Ray Tune + Optuna runner under a MACs budget.
 
 ``import prunetune.search`` does not import Ray or Optuna; :func:`run_search` does (extra ``search``).
 The package is callable: ``prunetune.search(config_or_path, **overrides)`` is

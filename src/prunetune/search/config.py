@@ -3,7 +3,7 @@
 Schema (unknown keys are errors that name the key)::
 
     recipe: base.yaml          # the base recipe: a path (relative to this file) or an inline mapping,
-                               # the schema of prunetune.recipe.Recipe (model, data, calibration,
+                               # the schema of prunetune.recipes.schema.Recipe (model, data, calibration,
                                # finetune, pretrain, seed, device); criterion and allocation may be
                                # left out (the space sets them); no plan
     space: {...}               # what is sampled: see prunetune.spaces.spec
@@ -56,7 +56,8 @@ import yaml
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune.exceptions import ConfigError
-from prunetune.recipe import Recipe, read_yaml
+from prunetune.pruning.allocation import MacsBudget, check_budget
+from prunetune.recipes.schema import Recipe, read_yaml
 from prunetune.search.screening import ScreenSpec
 from prunetune.search.study import default_study_storage, resolve_study_storage
 from prunetune.spaces import SpaceSpec
@@ -107,9 +108,7 @@ class SearchSettings:
     study_storage: str | None = None
 
     def __post_init__(self) -> None:
-        b = self.macs_budget
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= 1:
-            raise ConfigError(f"macs_budget must be a fraction of dense MACs in (0, 1], got {short(b)}")
+        check_budget(self.macs_budget)
         for key in ("trials", "concurrency"):
             if not _int(getattr(self, key)) or getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be an integer >= 1, got {short(getattr(self, key))}")
@@ -133,6 +132,11 @@ class SearchSettings:
             raise ConfigError(f"reuse_actors must be true or false, got {short(self.reuse_actors)}")
         if not isinstance(self.latency, bool):
             raise ConfigError(f"latency must be true or false, got {short(self.latency)}")
+
+    @property
+    def budget(self) -> MacsBudget:
+        """The search's MACs budget (validated in ``__post_init__``)."""
+        return MacsBudget(self.macs_budget)
 
     @property
     def experiment_dir(self) -> Path:

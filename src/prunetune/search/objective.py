@@ -17,12 +17,12 @@ from typing import Any
 import torch
 
 from prunetune.exceptions import PrunetuneError
-from prunetune.pipeline import Base, build_plan, splits_to, train_pruned
+from prunetune.recipes.pipeline import Base, build_plan, splits_to, train_pruned
 from prunetune.pruning.finetune import evaluate
 from prunetune.pruning.budget_check import check_pruned_macs
 from prunetune.pruning.plan import PruningPlan
 from prunetune.pruning.scores import ScoreTable
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.spaces import trial_recipe
 
 Report = Callable[[dict[str, Any]], None]

@@ -19,15 +19,13 @@ import torch
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
-from prunetune.pipeline import Base, resolve_device
+from prunetune.recipes.pipeline import Base, resolve_device
 from prunetune.pruning.scores import ScoreTable
 from prunetune.search.config import AshaSpec
 from prunetune.search.objective import TrialResult, base_to, check_finite
 from prunetune.search.progress import Progress
 from prunetune.search.screening import Result, evaluate_candidates, spearman
-from prunetune.search.study import RAY_TRIAL_ATTR
 from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
 
 log = logging.getLogger("prunetune")
@@ -49,40 +47,9 @@ def trainable(config: dict[str, Any], base: Base | None = None, table: ScoreTabl
     if latency:  # after the trial's work, on its own threads
         from prunetune.deployment.bench import plan_latency
 
-        result.metrics["latency_ms"] = plan_latency(base.model, result.plan, threads=max(1, threads))
+        result.metrics["latency_ms"] = plan_latency(base.model, result.plan, threads=max(1, threads),
+                                                   groups=base.groups)
     tune.report(result.report())
-
-
-class FinalOnlySearch(OptunaSearch):
-    """OptunaSearch that tells Optuna only final results.
-
-    A trial stopped early (by ASHA or the time budget: its last result is not marked ``final``) is
-    told as PRUNED, not COMPLETE with partial values; a failed or non-finite one as FAIL. Every
-    Optuna trial records its Ray trial id (user attribute ``ray_trial_id``), which is how a resume
-    matches the study (in its RDB storage) with what MLflow recorded.
-    """
-
-    def suggest(self, trial_id: str) -> dict | None:
-        config = super().suggest(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and RAY_TRIAL_ATTR not in ot_trial.user_attrs:
-            ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
-        return config
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        state, values = optuna.trial.TrialState.COMPLETE, None
-        if error or result is None:
-            state = optuna.trial.TrialState.FAIL
-        elif not result.get("final"):
-            state = optuna.trial.TrialState.PRUNED
-        else:
-            values = [result.get(m) for m in METRICS]
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-                state, values = optuna.trial.TrialState.FAIL, None
-        self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
-        self._completed_trials.add(trial_id)
 
 
 def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSampler:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunetune._atomic import write_text_atomic
 from prunetune.exceptions import ConfigError
 from prunetune.search import trust
 from prunetune.search.config import SearchConfig
-from prunetune.tracking.export import write_atomic
 from prunetune.tracking.tracker import ENDED_TAG, FAILED, FINISHED, KILLED, TRIAL_TAG
 
 STATE_FILE = "prunetune-search.json"
@@ -82,7 +82,7 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
 
 
 def write_state(exp_dir: Path, state: dict[str, Any]) -> None:
-    write_atomic(exp_dir / STATE_FILE, json.dumps({"version": 1, **state}, indent=1, default=str), overwrite=True)
+    write_text_atomic(exp_dir / STATE_FILE, json.dumps({"version": 1, **state}, indent=1, default=str))
 
 
 def _short(value: Any) -> str:

@@ -1,4 +1,4 @@
-"""Run a search: Ray Tune + OptunaSearch (multi-objective: accuracy ↑, MACs ↓) under a MACs budget.
+"""Run a search: Ray Tune + an Optuna study (multi-objective: accuracy ↑, MACs ↓) under a MACs budget.
 
 The driver prepares the dense model and the ScoreTable once and ships them to every trial through
 Ray's object store (``tune.with_parameters``). MLflow logging happens on the driver
@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prunetune._atomic import write_text_atomic
 from prunetune._imports import require
-from prunetune.models import create_model
-from prunetune.pipeline import check_allocation, load_data, prepare, score_table
-from prunetune.pruning.groups import ModelGroups, find_groups
+from prunetune.exceptions import ConfigError
+from prunetune.recipes.pipeline import check_allocation, dense_base, load_inputs, score_table
+from prunetune.pruning.groups import ModelGroups
 from prunetune.search import cluster, preflight, trust
 from prunetune.search import study as study_mod
 from prunetune.search.config import SearchConfig
@@ -35,8 +36,7 @@ from prunetune.search.study import dashboard_command
 from prunetune.pruning.schedules import SCHEDULES
 from prunetune.search.screening import ScreenOutcome, hand_allocations, hand_params, run_screening, select, table_csv, trial_points
 from prunetune.spaces.presets import LR, SCHEDULE, SCHEDULE_PARAM_PREFIX
-from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, target_range
-from prunetune.tracking.export import write_atomic
+from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, space_target_range
 from prunetune.tracking.store import ui_command
 from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
 from prunetune.tracking.views import view_url
@@ -76,18 +76,13 @@ class SearchOutcome:
 
 def probe_groups(config: SearchConfig) -> ModelGroups:
     """The model's groups at the data's input size, without training anything (budget checks)."""
-    recipe = config.recipe
-    splits = load_data(recipe)
-    spec = recipe.model
-    model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                         allow_code=recipe.allow_code, **spec.kwargs)
-    return find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
+    return load_inputs(config.recipe).groups
 
 
 def make_space(config: SearchConfig, groups: ModelGroups) -> SearchSpace:
     """The search space on ``groups``; raises BudgetInfeasibleError for an unreachable budget."""
     a = config.recipe.allocation
-    return build_space(config.space, groups, budget=config.settings.macs_budget, rule=a.rule,
+    return build_space(config.space, groups, budget=config.settings.budget, rule=a.rule,
                        recipe_lr=config.recipe.finetune.lr)
 
 
@@ -152,10 +147,14 @@ def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable
         cluster.check_resources(ray_cluster, s.cpus_per_trial, s.gpus_per_trial)
         r = config.recipe
         progress.phase("loading", f"{r.model.name} on {r.data.name}: data and the dense model")
-        # the space is checked on the groups before any training (an impossible budget fails there)
-        base = prepare(config.recipe, show_progress=show_progress, check=lambda g: _checked(config, g, progress))
-        groups = base.groups
+        # groups → space (and its MACs range) → allocation check, before any training: an impossible
+        # budget or a bad input is one error line (the progress lines held back until here)
+        inputs = load_inputs(config.recipe)
+        groups = inputs.groups
         space = make_space(config, groups)
+        check_allocation(config.recipe, groups)
+        progress.release()
+        base = dense_base(config.recipe, inputs, show_progress=show_progress)
         criteria = space_criteria(config.space, config.recipe.criterion.params)
         progress.phase("scoring", f"{len(criteria)} criteria ({', '.join(criteria)}), one calibration pass")
         t_score = time.perf_counter()
@@ -166,7 +165,7 @@ def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable
             cluster.check_resources(ray_cluster, s.cpus_per_trial, s.gpus_per_trial)
         tracker, study = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
         try:
-            _announce(config, groups, tracker, study)
+            _announce(config, space, tracker, study)
             shipped = base_to(base, "cpu")
             threads = config.recipe.threads or max(1, int(s.cpus_per_trial))
             shipped = dataclasses.replace(shipped, recipe=shipped.recipe.with_changes(threads=threads))
@@ -222,14 +221,6 @@ def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, 
         trust.seal_state(s.experiment_dir, STATE_FILE)
 
 
-def _checked(config: SearchConfig, groups: ModelGroups, progress: Progress) -> None:
-    """The last checks of the input (space, budget, allocation) before any training; then the
-    progress lines held back so far are let out (a refused input is one error line)."""
-    make_space(config, groups)
-    check_allocation(config.recipe, groups)
-    progress.release()
-
-
 def _ray_running() -> bool:
     import ray
 
@@ -269,8 +260,7 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
 
     from prunetune.search import ray_parts
 
-    a = config.recipe.allocation
-    low, high = target_range(config.space, base.groups, s.macs_budget, a.rule)
+    low, high = space_target_range(space)  # the range the space was built with
     plans = plan_space(space)
     # each hand recipe (criterion × hand allocation) at max(4, trials) targets, at most half the pool (at least one)
     recipes = len(config.space.criteria) * max(1, len(hand_allocations(config.space)))
@@ -304,7 +294,7 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
              len(candidates), outcome.seconds, failed, len(selected),
              ", ".join(f"{100 * c.macs_ratio:.1f}%" for c in selected))
     s.experiment_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, outcome.to_json(), overwrite=True)
+    write_text_atomic(path, outcome.to_json())
     tracker.log_search(metrics={"screen_s": outcome.seconds, "screen_candidates": len(candidates),
                                 "screen_failed": failed, "screen_selected": len(selected)},
                        texts={"screening.csv": table_csv(candidates)})
@@ -340,6 +330,7 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
     from ray import tune
 
     from prunetune.search import ray_parts
+    from prunetune.search.optuna_bridge import FinalOnlySearch
 
     s = config.settings
     fn = tune.with_parameters(ray_parts.trainable, base=base, table=table, objective=objective,
@@ -347,9 +338,9 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
     fn = tune.with_resources(fn, ray_parts.resources(s.cpus_per_trial, s.gpus_per_trial))
     # with screening, another seed than the screening study's (its first draws would repeat them)
     seed = s.seed + 1 if config.screen.enabled else s.seed
-    searcher = ray_parts.FinalOnlySearch(space=space.for_ray, metric=ray_parts.METRICS, mode=ray_parts.MODES,
-                                         sampler=ray_parts.make_sampler(s.sampler, seed=seed, trials=s.trials),
-                                         points_to_evaluate=points, storage=storage, study_name=study)
+    searcher = FinalOnlySearch(space=space.for_ray, metric=ray_parts.METRICS, mode=ray_parts.MODES,
+                               sampler=ray_parts.make_sampler(s.sampler, seed=seed, trials=s.trials),
+                               points_to_evaluate=points, storage=storage, study_name=study)
     tune_config = tune.TuneConfig(
         search_alg=searcher, scheduler=ray_parts.make_scheduler(s.asha, config.recipe.finetune.epochs),
         num_samples=samples, max_concurrent_trials=s.concurrency, reuse_actors=s.reuse_actors,
@@ -359,9 +350,9 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
     return tune.Tuner(fn, tune_config=tune_config, run_config=run_config)
 
 
-def _announce(config: SearchConfig, groups: ModelGroups, tracker: SearchTracker, study: str) -> None:
-    s, a = config.settings, config.recipe.allocation
-    low, high = target_range(config.space, groups, s.macs_budget, a.rule)
+def _announce(config: SearchConfig, space: SearchSpace, tracker: SearchTracker, study: str) -> None:
+    s = config.settings
+    low, high = space_target_range(space)
     log.info("search %s: %d trials, %d at a time, MACs targets in [%.1f%%, %.1f%%] of dense, sampler %s%s",
              s.experiment, s.trials, s.concurrency, 100 * low, 100 * high, s.sampler, ", ASHA" if s.asha else "")
     log.info("tracking: %s   Ray results: %s", s.tracking_uri, s.experiment_dir)

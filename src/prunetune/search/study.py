@@ -1,6 +1,6 @@
 """The fine-tune study in an RDB storage: where it lives, its name, and what a resume repairs in it.
 
-Ray's ``OptunaSearch`` keeps its Optuna study in memory unless given a storage; prunetune gives it an
+prunetune's searcher (:mod:`prunetune.search.optuna_bridge`) keeps its Optuna study in an
 RDB storage (an SQLAlchemy URL), so that
 
 - ``optuna-dashboard <url>`` shows the study while the search runs and after;

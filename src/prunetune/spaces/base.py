@@ -11,8 +11,8 @@ parts; it does no forward pass, no scoring, nothing that grows with the data. Th
 replays a stored config with :class:`FixedTrial` (:meth:`SearchSpace.replay`), which checks every
 value against the space.
 
-Parameter names use dots (``ratio.layer1.0.conv1``), never ``/``: Ray's OptunaSearch would unflatten
-them into nested dicts.
+Parameter names use dots (``ratio.layer1.0.conv1``), never ``/``: Ray's own searchers unflatten
+them into nested dicts (prunetune's own searcher keeps the names as they are).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class SearchSpace:
 
     @property
     def for_ray(self) -> RayDefine:
-        """The define-by-run function for Ray's OptunaSearch: suggests, returns only the constants."""
+        """The define-by-run function for the Ray searcher: suggests, returns only the constants."""
         return RayDefine(self)
 
 

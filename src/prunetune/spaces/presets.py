@@ -86,24 +86,15 @@ SCHEDULE_PARAM_PREFIX = "schedule."
 class ScheduleParams:
     """The chosen schedule's own parameters, sampled only when that schedule is picked (conditional).
 
-    ``ghfp``: ramp (cubic | cosine), base (sfp | asfp), alpha in [0, 1] (SRFP decay of soft filters);
-    ``sfp``/``asfp``: hard_fraction in [0.25, 0.75]; ``iterative``: steps in 2..4; ``hard``: none.
-    Names are ``schedule.<param>`` so they do not collide across schedules' conditional branches.
+    What is sampled, and how, is the schedule's own declaration (``Schedule.space`` in
+    :mod:`prunetune.pruning.schedules`): e.g. ``ghfp`` samples ramp, base and alpha, ``hard`` nothing.
+    Names are ``schedule.<name>.<param>`` so they do not collide across schedules' conditional branches.
     """
 
     def __call__(self, trial: TrialLike, config: Mapping[str, Any]) -> Config:
         name = config.get(SCHEDULE, "hard")
         p = SCHEDULE_PARAM_PREFIX + name + "."
-        if name == "ghfp":
-            choices = SCHEDULES.get("ghfp").choices  # the schedule's own allowed values
-            return {p + "ramp": trial.suggest_categorical(p + "ramp", list(choices["ramp"])),
-                    p + "base": trial.suggest_categorical(p + "base", list(choices["base"])),
-                    p + "alpha": trial.suggest_float(p + "alpha", 0.0, 1.0)}
-        if name in ("sfp", "asfp"):
-            return {p + "hard_fraction": trial.suggest_float(p + "hard_fraction", 0.25, 0.75)}
-        if name == "iterative":
-            return {p + "steps": trial.suggest_int(p + "steps", 2, 4)}
-        return {}
+        return {p + key: searched.suggest(trial, p + key) for key, searched in SCHEDULES.get(name).space.items()}
 
 
 def schedule_params(config: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -166,23 +157,42 @@ class NamedRatios:
         return out
 
 
-RatioPreset = Callable[[ModelGroups, float, float], Component]
+@dataclass(frozen=True)
+class RatioPreset:
+    """A registered ratio preset: which sampled name (``ratio.<name>``) each group reads.
+
+    ``owners(groups)`` maps every group to the name whose ratio it takes; ``None`` is the uniform
+    preset (no parameter). The entry builds its space component (calling it) and decodes a trial
+    config (:meth:`keys`, used by :func:`prunetune.spaces.translate.relative_ratios`), so adding a
+    preset is one registration here.
+    """
+
+    name: str
+    owners: Callable[[ModelGroups], Mapping[str, str]] | None = None
+    summary: str = ""
+
+    def __call__(self, groups: ModelGroups, low: float, high: float) -> Component:
+        if self.owners is None:
+            return UniformRatios()
+        return NamedRatios(self.name, tuple(dict.fromkeys(self.keys(groups, prefix="").values())), low, high)
+
+    def keys(self, groups: ModelGroups, prefix: str = RATIO_PREFIX) -> dict[str, str]:
+        """Group name -> the trial config key of its ratio, in network order (empty: uniform)."""
+        if self.owners is None:
+            return {}
+        owner = self.owners(groups)
+        return {g.name: prefix + owner[g.name] for g in groups}
+
+
+def each_group(groups: ModelGroups) -> dict[str, str]:
+    """Every group its own ratio (the ``per_group`` preset)."""
+    return {g: g for g in groups.names}
+
+
 RATIO_SPACES: Registry[RatioPreset] = Registry("ratio space")
-
-
-@RATIO_SPACES.register("uniform")
-def uniform(groups: ModelGroups, low: float, high: float) -> Component:
-    """Every group pruned at the same ratio, scaled to the trial's MACs target."""
-    return UniformRatios()
-
-
-@RATIO_SPACES.register("per_stage")
-def per_stage(groups: ModelGroups, low: float, high: float) -> Component:
-    """One relative ratio per stage (groups sharing an output resolution): ``ratio.stage<i>``."""
-    return NamedRatios("per_stage", tuple(stages(groups)), low, high)
-
-
-@RATIO_SPACES.register("per_group")
-def per_group(groups: ModelGroups, low: float, high: float) -> Component:
-    """One relative ratio per prunable group: ``ratio.<group name>``."""
-    return NamedRatios("per_group", tuple(groups.names), low, high)
+RATIO_SPACES.register("uniform", RatioPreset(
+    "uniform", None, "Every group pruned at the same ratio, scaled to the trial's MACs target."))
+RATIO_SPACES.register("per_stage", RatioPreset(
+    "per_stage", stage_of, "One relative ratio per stage (groups sharing an output resolution): ``ratio.stage<i>``."))
+RATIO_SPACES.register("per_group", RatioPreset(
+    "per_group", each_group, "One relative ratio per prunable group: ``ratio.<group name>``."))

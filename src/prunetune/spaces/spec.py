@@ -35,7 +35,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.allocation import KeepRule, infeasible_budget, smallest_fraction
+from prunetune.pruning.allocation import KeepRule, MacsBudget
 from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.normalize import NORMALIZERS
@@ -155,7 +155,8 @@ def _number(key: str, value: Any) -> float:
     return float(value)
 
 
-def target_range(spec: SpaceSpec, groups: ModelGroups, budget: float, rule: KeepRule = KeepRule()) -> tuple[float, float]:
+def target_range(spec: SpaceSpec, groups: ModelGroups, budget: MacsBudget | float,
+                 rule: KeepRule = KeepRule()) -> tuple[float, float]:
     """``[low, budget]`` for the sampled MACs target.
 
     ``low = max(smallest reachable fraction, space.min_fraction or budget/4)``.
@@ -163,17 +164,22 @@ def target_range(spec: SpaceSpec, groups: ModelGroups, budget: float, rule: Keep
     Raises:
         BudgetInfeasibleError: the budget is below the smallest reachable fraction (before any trial).
     """
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < budget <= 1.0:
-        raise ConfigError(f"the MACs budget must be a fraction of dense MACs in (0, 1], got {budget!r}")
-    floor = smallest_fraction(groups, rule)
-    if floor > budget:
-        raise infeasible_budget(budget, floor, rule, flag="--macs-budget")
-    wanted = spec.min_fraction if spec.min_fraction is not None else budget / 4
-    if wanted > budget:
-        raise ConfigError(f"space.min_fraction {wanted:g} must not exceed the MACs budget {budget:g}; "
+    if not isinstance(budget, MacsBudget):
+        budget = MacsBudget(budget, "the MACs budget")
+    floor = budget.reachable(groups, rule, flag="--macs-budget")
+    high = budget.fraction
+    wanted = spec.min_fraction if spec.min_fraction is not None else high / 4
+    if wanted > high:
+        raise ConfigError(f"space.min_fraction {wanted:g} must not exceed the MACs budget {high:g}; "
                           "lower it or raise the budget")
     low = max(floor * (1 + 1e-9), wanted)  # a hair above the floor: float round-off in the projection
-    return (min(low, float(budget)), float(budget))
+    return (min(low, float(high)), float(high))
+
+
+def space_target_range(space: SearchSpace) -> tuple[float, float]:
+    """The ``[low, high]`` MACs-target range a space built by :func:`build_space` samples."""
+    target = dict(space.components)["target"]
+    return target.low, target.high
 
 
 # The components that decide a trial's plan; the others (schedule, its parameters, lr) only shape
@@ -186,7 +192,7 @@ def plan_space(space: SearchSpace) -> SearchSpace:
     return SearchSpace(tuple((name, c) for name, c in space.components if name in PLAN_PARTS))
 
 
-def build_space(spec: SpaceSpec, groups: ModelGroups, *, budget: float, rule: KeepRule = KeepRule(),
+def build_space(spec: SpaceSpec, groups: ModelGroups, *, budget: MacsBudget | float, rule: KeepRule = KeepRule(),
                 recipe_lr: float = 0.05) -> SearchSpace:
     """The search space of ``spec`` on a model's groups, under a MACs budget (``recipe_lr``: the base
     recipe's fine-tune lr, the centre of a ``{around: F}`` lr range)."""

@@ -8,27 +8,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.blend import CriterionSpec
+from prunetune.recipes.criterion import CriterionSpec
 from prunetune.pruning.groups import ModelGroups
-from prunetune.recipe import AllocationSpec, Recipe, ScheduleSpec
+from prunetune.recipes.allocation import AllocationSpec
+from prunetune.recipes.schema import Recipe, ScheduleSpec
 from prunetune.spaces.presets import (
     ALLOCATION,
     LR,
     NORMALIZER,
     RATIO_FLOOR,
-    RATIO_PREFIX,
+    RATIO_SPACES,
     RATIOS,
     schedule_params,
     SCHEDULE,
     TARGET,
     WEIGHT_PREFIX,
-    stage_of,
 )
 
 
 def trial_recipe(base: Recipe, config: Mapping[str, Any], groups: ModelGroups) -> Recipe:
     """The full recipe of one trial: ``base`` with the sampled criterion blend and normaliser,
-    allocation (MACs target + relative ratios, projected in :func:`prunetune.pipeline.build_plan`),
+    allocation (MACs target + relative ratios, projected in :func:`prunetune.recipes.pipeline.build_plan`),
     schedule and fine-tune learning rate. Keys absent from ``config`` keep ``base``'s values.
 
     Args:
@@ -77,15 +77,12 @@ def _allocation(base: AllocationSpec, config: Mapping[str, Any], groups: ModelGr
 def relative_ratios(config: Mapping[str, Any], groups: ModelGroups) -> dict[str, float]:
     """Per-group relative prune ratios of a trial config (empty = uniform), floored at RATIO_FLOOR."""
     preset = config.get(RATIOS, "uniform")
-    if preset == "uniform":
+    if preset not in RATIO_SPACES:
+        known = RATIO_SPACES.in_order()
+        raise ConfigError(f"trial config has ratios={preset!r}; expected {', '.join(known[:-1])} or {known[-1]}")
+    keys = RATIO_SPACES.get(preset).keys(groups)
+    if not keys:
         return {}
-    if preset == "per_stage":
-        owner = stage_of(groups)
-        keys = {g.name: RATIO_PREFIX + owner[g.name] for g in groups}
-    elif preset == "per_group":
-        keys = {g.name: RATIO_PREFIX + g.name for g in groups}
-    else:
-        raise ConfigError(f"trial config has ratios={preset!r}; expected uniform, per_stage or per_group")
     missing = sorted({k for k in keys.values() if k not in config})
     if missing:
         raise ConfigError(f"trial config with ratios={preset!r} needs {missing[0]!r}; was it sampled for this model?")

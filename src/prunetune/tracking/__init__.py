@@ -5,7 +5,7 @@ Never imports Ray; MLflow and matplotlib are imported only when a function needs
 ``tracking``).
 """
 
-from prunetune.tracking.export import choose, export_trial, exported_recipe, find_trial, write_atomic
+from prunetune.tracking.export import choose, export_trial, exported_recipe, find_trial
 from prunetune.tracking.pareto import front_mask, knee_index, max_acc_index, pareto_mask, pick_index
 from prunetune.tracking.plot import log_front, plot_front
 from prunetune.tracking.plot_html import front_html
@@ -17,5 +17,5 @@ __all__ = [
     "SearchRecords", "SearchTracker", "TrialRecord", "choose", "export_trial", "exported_recipe", "find_trial",
     "front_html", "front_mask", "log_front",
     "knee_index", "load_search", "max_acc_index", "pareto_mask", "pick_index", "plot_front",
-    "resolve_tracking_uri", "ui_command", "write_atomic",
+    "resolve_tracking_uri", "ui_command",
 ]

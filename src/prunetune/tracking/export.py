@@ -20,7 +20,7 @@ from prunetune._atomic import write_text_atomic
 from prunetune._registry import unknown_name_message
 from prunetune._yaml import parse_yaml
 from prunetune.exceptions import ConfigError, TrackingError
-from prunetune.recipe import Recipe
+from prunetune.recipes.schema import Recipe
 from prunetune.tracking.pareto import pick_index
 from prunetune.tracking.records import SearchRecords, TrialRecord
 from prunetune.tracking.store import client
@@ -69,14 +69,6 @@ def recipe_text(recipe: Recipe, record: TrialRecord, records: SearchRecords) -> 
     return header + yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None, width=110)
 
 
-def write_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
-    """Write ``text`` to ``path`` through a temporary file; refuse to replace it unless ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{str(path)!r} already exists; pass --overwrite to replace it or choose another --out")
-    return write_text_atomic(path, text)
-
-
 def export_trial(records: SearchRecords, out: str | os.PathLike, *, pick: str = "max-acc",
                  budget: float | None = None, overwrite: bool = False,
                  trial: str | None = None) -> tuple[TrialRecord, Path]:
@@ -85,7 +77,7 @@ def export_trial(records: SearchRecords, out: str | os.PathLike, *, pick: str = 
         raise ConfigError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
     record = choose(records, pick, budget, trial=trial)
     recipe = exported_recipe(records.uri, record)
-    return record, write_atomic(out, recipe_text(recipe, record, records), overwrite=overwrite)
+    return record, write_text_atomic(out, recipe_text(recipe, record, records))
 
 
 def _artifact(mlflow_client: Any, record: TrialRecord, name: str, tmp: str) -> Path:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunetune.checkpoint import load_checkpoint, save_dense, save_pruned
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import ConfigError
 from prunetune.models import create_model
-from prunetune.pruning.allocation import infeasible_budget, smallest_fraction
 from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.budget_check import check_pruned_macs
 from prunetune.pruning.criteria import CRITERIA
@@ -36,7 +34,8 @@ from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
 from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
 from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
-from prunetune.recipe import Recipe
+from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned
+from prunetune.recipes.schema import Recipe
 from prunetune.version import __version__
 
 log = logging.getLogger("prunetune")
@@ -96,13 +95,21 @@ def load_data(recipe: Recipe) -> DataSplits:
                         split_seed=spec.split_seed, **spec.params)
 
 
-def prepare(recipe: Recipe, *, show_progress: bool = True,
-            check: Callable[[ModelGroups], Any] | None = None) -> Base:
-    """Load data and the dense model (checkpoint, or brief cached training), find groups, evaluate.
+@dataclass
+class Inputs:
+    """A recipe's data, its (untrained) model and the model's groups: what the checks need, before
+    any training. ``data_s``: the seconds data and model took; ``t_data``: when they were ready."""
 
-    ``check(groups)`` runs before the allocation checks and any training (the search builds its
-    space there, so an impossible budget fails early without loading the data twice).
-    """
+    splits: DataSplits
+    model: nn.Module
+    groups: ModelGroups
+    device: torch.device
+    data_s: float
+    t_data: float
+
+
+def load_inputs(recipe: Recipe) -> Inputs:
+    """Load the data, build the model, find its groups (the Torch-Pruning graph); no training."""
     t0 = time.perf_counter()
     device = resolve_device(recipe.device)
     splits = load_data(recipe)
@@ -118,21 +125,35 @@ def prepare(recipe: Recipe, *, show_progress: bool = True,
                          allow_code=recipe.allow_code, **spec.kwargs)
     t_data = time.perf_counter()
     groups = find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
-    if check is not None:
-        check(groups)
-    check_allocation(recipe, groups)  # fail on a bad group name or budget before any training
-    base = Base(recipe, splits, model, groups, device, {})
+    return Inputs(splits, model, groups, device, t_data - t0, t_data)
+
+
+def dense_base(recipe: Recipe, inputs: Inputs, *, show_progress: bool = True) -> Base:
+    """The trained dense model (checkpoint, or brief cached training) and its metrics, on ``inputs``.
+    Run :func:`check_allocation` first: this is the expensive part."""
+    model, device, spec = inputs.model, inputs.device, recipe.model
+    base = Base(recipe, inputs.splits, model, inputs.groups, device, {})
     if spec.checkpoint:
         load_checkpoint(model, recipe.resolve_path(spec.checkpoint), model_name=f"model {spec.name!r}",
-                        data_split=splits.split)
+                        data_split=inputs.splits.split)
     else:
         _pretrained_dense(base, show_progress)
     model.to(device).eval()
     cost = count_cost(model, base.groups.input_shape)
     base.dense = {"macs": cost.macs, "params": cost.params,
                   "accuracy": evaluate(model, base.loader("test"), device=device)}
-    base.timings = {"data_s": t_data - t0, "dense_s": time.perf_counter() - t_data}
+    base.timings = {"data_s": inputs.data_s, "dense_s": time.perf_counter() - inputs.t_data}
     return base
+
+
+def prepare(recipe: Recipe, *, show_progress: bool = True) -> Base:
+    """Load data and the dense model (checkpoint, or brief cached training), find groups, evaluate:
+    :func:`load_inputs` → :func:`check_allocation` (a bad group name or budget fails before any
+    training) → :func:`dense_base`. A search runs the same steps with its space built between the
+    first two."""
+    inputs = load_inputs(recipe)
+    check_allocation(recipe, inputs.groups)
+    return dense_base(recipe, inputs, show_progress=show_progress)
 
 
 def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
@@ -140,11 +161,8 @@ def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
     a = recipe.allocation
     for name in a.ratios:
         groups[name]
-    if a.macs_budget is not None:
-        whole = a.dense_groups(groups.names)
-        floor = smallest_fraction(groups, a.rule, dense=whole)
-        if a.macs_budget < floor:
-            raise infeasible_budget(a.macs_budget, floor, a.rule, dense=whole)
+    if a.budget is not None:
+        a.budget.reachable(groups, a.rule, dense=a.dense_groups(groups.names))
     if recipe.plan is not None:
         _carried_plan(recipe).validate(groups)
 
@@ -211,8 +229,10 @@ def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningP
         for group, values in table.extras[name].items():
             extras.setdefault(group, {}).update(values)
     strategy = STRATEGIES.get(a.strategy)
-    own = getattr(strategy, "blend_normalizer", None)  # a strategy comparing scores across groups
-    counted = scores if own is None else blend_scores(table.scores, spec.weights, normalizer=a.params.get(*own))
+    own = strategy.blend_normalizer  # a strategy comparing scores across groups
+    counted = scores  # blended once; again only where the strategy needs another normaliser
+    if own is not None and a.params.get(*own) != spec.normalizer:
+        counted = blend_scores(table.scores, spec.weights, normalizer=a.params.get(*own))
     keep = strategy(base.groups, rule=a.rule, ratio=a.ratio, ratios=a.ratios, default=a.default,
                     macs_budget=a.macs_budget, params=a.params, extras=extras, scores=counted)
     return make_plan(base.groups, scores, keep, meta={"model": recipe.model.name, "criterion": spec.to_value(),

@@ -8,7 +8,7 @@ channels beyond it are offered in order and kept wherever they still fit, so the
 
 ``normalizer`` (default ``mean``: divide by the group's mean absolute score, Torch-Pruning's
 default) puts groups of different fan-in on one scale; any registered normaliser may be named. In a
-recipe the blend is recomputed with it for the threshold (:attr:`global_strategy.blend_normalizer`):
+recipe the blend is recomputed with it for the threshold (the entry's ``blend_normalizer``):
 a blend normalised by ``rank`` gives every group the same score distribution, which would make one
 global threshold a uniform ratio. Which channels each group keeps still follows the recipe's blend.
 """
@@ -25,10 +25,10 @@ from prunetune.pruning.allocation import KeepRule, infeasible_budget
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.macs import analytic_cost
 from prunetune.pruning.normalize import NORMALIZERS
-from prunetune.pruning.strategies import STRATEGIES
+from prunetune.pruning.strategies.base import register
 
 
-@STRATEGIES.register("global")
+@register("global", params=("normalizer",), blend_normalizer=("normalizer", "mean"))
 def global_strategy(groups: ModelGroups, *, rule: KeepRule, macs_budget: float | None = None,
                     params: Mapping[str, Any] | None = None, scores: Mapping[str, Any] | None = None,
                     extras: Mapping[str, Any] | None = None, ratio: float | None = None,
@@ -72,10 +72,6 @@ def global_strategy(groups: ModelGroups, *, rule: KeepRule, macs_budget: float |
                 break
     return keep
 
-
-# build_plan blends the scores this strategy thresholds with its own ``normalizer`` parameter
-global_strategy.blend_normalizer = ("normalizer", "mean")  # type: ignore[attr-defined]
-global_strategy.params_allowed = ("normalizer",)  # type: ignore[attr-defined]  # checked when a recipe is read
 
 
 def _order(groups, scores, normalize, rule) -> tuple[dict[str, int], list[str]]:

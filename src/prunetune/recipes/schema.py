@@ -7,36 +7,24 @@ the pruning plan the search measured, so replaying it rebuilds exactly that netw
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from prunetune._checks import boolean, integer, mapping, text
+from prunetune._checks import boolean, integer, mapping, section, text
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune._yaml import load_yaml_file
+from prunetune.data import DATASETS
 from prunetune.exceptions import ConfigError, UntrustedCodeError
-from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, check_ratio
-from prunetune.pruning.blend import CriterionSpec
+from prunetune.models import check_model_name
 from prunetune.pruning.finetune import FinetuneConfig
 from prunetune.pruning.points import check_point
-
-
-def _strict(section: str, value: Any, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
-    if value is None:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"recipe section {short(section)} must be a mapping, got {short(value)}")
-    unknown = sorted(set(value) - allowed, key=str)
-    if unknown:
-        raise ConfigError(f"unknown key {short(unknown[0])} in recipe section {short(section)}; allowed: {', '.join(sorted(allowed))}")
-    missing = sorted(required - set(value))
-    if missing:
-        raise ConfigError(f"recipe section {short(section)} needs the key {short(missing[0])}")
-    return dict(value)
+from prunetune.recipes.allocation import AllocationSpec
+from prunetune.recipes.criterion import CriterionSpec
 
 
 def read_yaml(path: str | os.PathLike, what: str) -> Any:
@@ -59,8 +47,9 @@ class ModelSpec:
     def parse(cls, value: Any) -> ModelSpec:
         if isinstance(value, str):
             value = {"name": value}
-        d = _strict("model", value, {f.name for f in fields(cls)}, {"name"})
+        d = section("model", value, {f.name for f in fields(cls)}, {"name"})
         text(d["name"], "model.name")
+        check_model_name(d["name"])  # an unknown registered name fails here, before the data is loaded
         for key in ("num_classes", "in_channels"):
             if key in d:
                 integer(d[key], f"model.{key}", minimum=1)
@@ -95,6 +84,7 @@ class DataSpec:
         params = {k: v for k, v in value.items() if k not in own}
         params.update(mapping(params.pop("params", None), "data.params"))
         text(value["name"], "data.name")
+        DATASETS.get(value["name"]).check_params(params)  # a bad name or parameter fails here, before any work
         text(value.get("root"), "data.root", optional=True)
         boolean(value.get("download", False), "data.download")
         integer(value.get("batch_size", 128), "data.batch_size", minimum=1)
@@ -134,7 +124,7 @@ class CalibrationSpec:
 
     @classmethod
     def parse(cls, value: Any) -> CalibrationSpec:
-        d = _strict("calibration", value, {f.name for f in fields(cls)})
+        d = section("calibration", value, {f.name for f in fields(cls)})
         spec = cls(**d)
         integer(spec.size, "calibration.size", minimum=1)
         integer(spec.batch_size, "calibration.batch_size", minimum=1)
@@ -146,122 +136,6 @@ class CalibrationSpec:
             raise ConfigError(f"calibration.split must be 'train' or 'val', got {short(spec.split)}")
         check_point(spec.point)
         return spec
-
-
-ALLOCATION_KEYS = {"strategy", "ratio", "ratios", "default", "macs_budget", "flops_budget", "min_keep",
-                   "round_to", "max_ratio", "rho", "epsilon", "scale", "normalizer"}
-STRATEGY_PARAMS = ("rho", "epsilon", "scale", "normalizer")
-
-
-@dataclass(frozen=True)
-class AllocationSpec:
-    """How many channels each group keeps.
-
-    ``{ratio: p}`` prunes every group at p; ``{ratios: {group: p}, default: q}`` per group;
-    ``{macs_budget: f}`` scales keep fractions in the shape the ratios give (uniform unless
-    ``ratios`` are given) to the closest plan not above ``f`` of the dense MACs. ``strategy`` picks
-    ``global`` (one threshold over normalised scores) or an information cut-off instead of ratios.
-    No allocation prunes more than ``max_ratio`` of any group.
-    """
-
-    strategy: str = "ratios"
-    ratio: float | None = None
-    ratios: dict[str, float] = field(default_factory=dict)
-    default: float | None = None
-    macs_budget: float | None = None
-    min_keep: int = 1
-    round_to: int | None = None
-    max_ratio: float = DEFAULT_MAX_RATIO
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rule(self) -> KeepRule:
-        """The keep rule every strategy of this allocation follows."""
-        return KeepRule(self.min_keep, self.round_to, self.max_ratio)
-
-    def dense_groups(self, names: Iterable[str]) -> set[str]:
-        """Of ``names``, the groups a MACs budget leaves whole: a relative ratio of exactly 0 (named, or
-        by ``default`` next to named ratios, as the ``ratios`` strategy reads them)."""
-        if self.strategy != "ratios" or self.macs_budget is None or not self.ratios:
-            return set()
-        fallback = self.default if self.default is not None else 0.5
-        return {name for name in names if self.ratios.get(name, fallback) == 0}
-
-    @classmethod
-    def parse(cls, value: Any) -> AllocationSpec:
-        d = _strict("allocation", value, ALLOCATION_KEYS)
-        if "flops_budget" in d:  # the papers' "FLOPs" are MACs
-            if "macs_budget" in d:
-                raise ConfigError("give one of allocation.macs_budget or allocation.flops_budget (a synonym)")
-            d["macs_budget"] = d.pop("flops_budget")
-        params = {k: d.pop(k) for k in STRATEGY_PARAMS if k in d}
-        if "round_to" in d:  # a multiple, or a hardware preset (cpu, gpu)
-            from prunetune.pruning.rounding import resolve_round_to
-
-            d["round_to"] = resolve_round_to(d["round_to"], what="allocation.round_to")
-        spec = cls(**d, params=params)
-        spec.check()
-        return spec
-
-    def check(self) -> None:
-        if isinstance(self.max_ratio, bool) or not isinstance(self.max_ratio, (int, float)) or not 0 < self.max_ratio <= 1:
-            raise ConfigError(f"allocation.max_ratio must be a fraction in (0, 1], got {self.max_ratio!r}")
-        if not isinstance(self.ratios, Mapping):
-            raise ConfigError(f"allocation.ratios must map group names to prune ratios, got {short(self.ratios)}")
-        if self.ratio is not None:
-            self._check_ratio(self.ratio, "allocation.ratio")
-            if self.ratios or self.default is not None:
-                raise ConfigError("give allocation.ratio or allocation.ratios (+ default), not both")
-            if self.macs_budget is not None:
-                raise ConfigError(f"give allocation.ratio ({short(self.ratio)}) or allocation.macs_budget "
-                                  f"({short(self.macs_budget)}), not both: with a budget the ratios are scaled to "
-                                  "reach it (use ratios: {group: r} for relative ratios)")
-        for name, r in self.ratios.items():
-            self._check_ratio(r, f"allocation.ratios[{short(name)}]")
-        if self.default is not None:
-            self._check_ratio(self.default, "allocation.default")
-        if self.macs_budget is not None and (isinstance(self.macs_budget, bool) or not isinstance(self.macs_budget, (int, float)) or not 0 < self.macs_budget <= 1):
-            raise ConfigError(f"allocation.macs_budget must be a fraction of dense MACs in (0, 1], got {short(self.macs_budget)}")
-        from prunetune.pruning.strategies import STRATEGIES
-
-        allowed = getattr(STRATEGIES.get(self.strategy), "params_allowed", None)
-        unknown = sorted(set(self.params) - set(allowed)) if allowed is not None else []
-        if unknown:
-            raise ConfigError(f"allocation strategy {self.strategy!r} takes no parameter {unknown[0]!r}; "
-                              f"its parameters: {', '.join(allowed) or 'none'}")
-        if "normalizer" in self.params:
-            from prunetune.pruning.normalize import NORMALIZERS
-
-            NORMALIZERS.get(self.params["normalizer"])
-        if self.strategy == "ratios" and self.ratio is None and not self.ratios and self.default is None and self.macs_budget is None:
-            raise ConfigError("allocation needs one of: ratio, ratios (+ default), macs_budget, or a strategy")
-        if self.strategy == "global" and self.ratio is None and self.macs_budget is None:
-            raise ConfigError("allocation strategy 'global' needs macs_budget (or one global ratio)")
-        integer(self.min_keep, "allocation.min_keep", minimum=1)
-        if self.round_to is not None:
-            integer(self.round_to, "allocation.round_to", minimum=1)
-
-    def _check_ratio(self, ratio: object, what: str) -> None:
-        check_ratio(ratio, what)
-        if self.macs_budget is None and ratio > self.max_ratio:  # with a budget, ratios are only a shape
-            raise ConfigError(f"{what} = {ratio!r} prunes more than allocation.max_ratio = {self.max_ratio:g} "
-                              "of a group; lower it or raise allocation.max_ratio")
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.strategy != "ratios":
-            out["strategy"] = self.strategy
-        for key in ("ratio", "default", "macs_budget", "round_to"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        if self.ratios:
-            out["ratios"] = dict(self.ratios)
-        if self.min_keep != 1:
-            out["min_keep"] = self.min_keep
-        if self.max_ratio != DEFAULT_MAX_RATIO:
-            out["max_ratio"] = self.max_ratio
-        out.update(self.params)
-        return out
 
 
 @dataclass(frozen=True)
@@ -281,8 +155,9 @@ class ScheduleSpec:
             raise ConfigError(f"recipe section 'schedule' must be a name or {{name: ..., <params>}}, got {short(value)}")
         from prunetune.pruning.schedules import SCHEDULES
 
-        SCHEDULES.get(text(value["name"], "schedule.name"))
-        return cls(value["name"], {k: v for k, v in value.items() if k != "name"})
+        params = {k: v for k, v in value.items() if k != "name"}
+        SCHEDULES.get(text(value["name"], "schedule.name")).validate(params)
+        return cls(value["name"], params)
 
     def to_value(self) -> Any:
         return {"name": self.name, **self.params} if self.params else self.name
@@ -304,7 +179,7 @@ class PretrainSpec:
 
     @classmethod
     def parse(cls, value: Any) -> PretrainSpec:
-        spec = cls(**_strict("pretrain", value, {f.name for f in fields(cls)}))
+        spec = cls(**section("pretrain", value, {f.name for f in fields(cls)}))
         integer(spec.epochs, "pretrain.epochs", minimum=0)
         integer(spec.batch_size, "pretrain.batch_size", minimum=1)
         for key in ("lr", "weight_decay"):
@@ -353,13 +228,13 @@ class Recipe:
             raise UntrustedCodeError("allow_code is not read from a recipe (a shared recipe must not grant itself "
                                      "the right to run code); pass --allow-code, or set allow_code: true in your "
                                      "own search config")
-        d = _strict("recipe", data, RECIPE_KEYS, {"model", "data"})
+        d = section("recipe", data, RECIPE_KEYS, {"model", "data"})
         if "criterion" not in d and "plan" not in d:
             raise ConfigError("recipe needs 'criterion' (e.g. criterion: l1) unless it carries a 'plan'")
         if "allocation" not in d and "plan" not in d:
             raise ConfigError("recipe needs 'allocation' (e.g. allocation: {ratio: 0.5}) unless it carries a 'plan'")
         try:
-            finetune = FinetuneConfig(**_strict("finetune", d.get("finetune"), {f.name for f in fields(FinetuneConfig)}))
+            finetune = FinetuneConfig(**section("finetune", d.get("finetune"), {f.name for f in fields(FinetuneConfig)}))
         except TypeError as exc:
             raise ConfigError(f"recipe section 'finetune': {exc}") from None
         seed = d.get("seed", 0)

@@ -36,7 +36,7 @@ from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.pruning.allocation import KeepRule, fill_to_budget, smallest_fraction
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.macs import analytic_cost
-from prunetune.pruning.strategies import STRATEGIES, STRATEGY_CRITERIA
+from prunetune.pruning.strategies.base import register
 
 CURVE = "cmi_values"
 
@@ -122,10 +122,7 @@ def _cutoff_strategy(name: str, param: str, param_default: float, low: float, hi
 
     strategy.__name__ = name
     strategy.__doc__ = f"Keep counts from each group's CMI curve by {name} ({param}, default {param_default})."
-    strategy.params_allowed = (param,)  # type: ignore[attr-defined]  # checked when a recipe is read
-    STRATEGIES.register(name, strategy)
-    STRATEGY_CRITERIA[name] = ("cmi",)
-    return strategy
+    return register(name, params=(param,), criteria=("cmi",))(strategy)
 
 
 def _bisect(groups, keep_at, budget, rule, low, high, increasing, name, steps: int = 40) -> dict[str, int]:

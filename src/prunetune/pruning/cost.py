@@ -1,0 +1,45 @@
+"""What a network costs: :class:`Cost` (MACs and params of one input) and counting it by a forward pass.
+
+MACs are the multiply-accumulates of conv and linear layers for one input, what the papers' tables
+call "FLOPs" (FLOPs = 2·MACs where a paper uses that convention). Params include BN's γ and β.
+Counting uses :class:`torch.utils.flop_counter.FlopCounterMode`, so it sees every convolution and
+matrix product, whichever module (or functional call) runs it. This module knows nothing of groups,
+so everything (groups, counting on pruned copies, plans) can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class Cost:
+    """MACs and params of one network for one input."""
+
+    macs: int
+    params: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"macs": self.macs, "params": self.params}
+
+
+def count_cost(model: nn.Module, input_shape: tuple[int, ...]) -> Cost:
+    """Count the MACs of one input (every convolution and matrix product) and all parameter elements."""
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, *input_shape, device=_device_of(model)))
+    finally:
+        model.train(was_training)
+    return Cost(counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters()))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")

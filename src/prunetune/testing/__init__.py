@@ -1,0 +1,49 @@
+"""Contract suites for every registered entry, shipped so that a plugin can run them on its own.
+
+Each ``check_*`` function takes a registered name (or, for models, a factory), raises
+:class:`AssertionError` naming the entry and what broke, and returns ``None`` otherwise. They need
+torch and prunetune only (no pytest). The project's tests run them over every registry; a plugin
+that registers, say, a schedule runs the same contract on it::
+
+    from prunetune.pruning.schedules import SCHEDULES
+    from prunetune.testing import check_schedule
+
+    SCHEDULES.register("mine", ...)
+    check_schedule("mine")
+
+:func:`check_all` runs every suite over every registry (what a plugin's CI can call after importing
+the plugin).
+"""
+
+from __future__ import annotations
+
+from prunetune.testing.entries import (
+    check_criterion,
+    check_normalizer,
+    check_ratio_preset,
+    check_schedule,
+    check_strategy,
+)
+from prunetune.testing.models import check_model, randomize_bn
+
+__all__ = ["check_all", "check_criterion", "check_model", "check_normalizer", "check_ratio_preset",
+           "check_schedule", "check_strategy", "randomize_bn"]
+
+
+def check_all() -> list[str]:
+    """Run the criterion, normaliser, schedule, ratio-preset and strategy contracts over their
+    registries; returns the names checked as ``<kind>:<name>``."""
+    from prunetune.pruning.criteria import CRITERIA
+    from prunetune.pruning.normalize import NORMALIZERS
+    from prunetune.pruning.schedules import SCHEDULES
+    from prunetune.pruning.strategies import STRATEGIES
+    from prunetune.spaces.presets import RATIO_SPACES
+
+    checked = []
+    for kind, registry, check in (("criterion", CRITERIA, check_criterion), ("normalizer", NORMALIZERS, check_normalizer),
+                                  ("schedule", SCHEDULES, check_schedule), ("ratios", RATIO_SPACES, check_ratio_preset),
+                                  ("strategy", STRATEGIES, check_strategy)):
+        for name in registry.names():
+            check(name)
+            checked.append(f"{kind}:{name}")
+    return checked
