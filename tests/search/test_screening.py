@@ -215,3 +215,14 @@ def test_a_failing_candidate_is_recorded_not_raised(shared) -> None:
                                   val_images=32)
     (macs, proxy, error), = results
     assert math.isnan(macs) and math.isnan(proxy) and "nonsense" in error
+
+
+def test_a_plan_cheaper_by_a_hair_but_worse_by_the_proxy_is_not_fine_tuned() -> None:
+    from prunetune.search.screening import MACS_TOLERANCE
+
+    front = [(0.12, 0.30), (0.2, 0.55), (0.3, 0.7), (0.5, 0.85)]
+    hair = (0.12 * (1 - MACS_TOLERANCE / 4), 0.10)  # strictly non-dominated, 0.5% cheaper, 20 points worse
+    chosen = select(_candidates([hair, *front]), 4)
+    assert [(c.macs_ratio, c.proxy) for c in chosen] == front  # the cheapest worth a trial comes first
+    far = (0.12 * (1 - 4 * MACS_TOLERANCE), 0.10)  # 8% cheaper: a real point of the front
+    assert (far[0], far[1]) in [(c.macs_ratio, c.proxy) for c in select(_candidates([far, *front]), 4)]

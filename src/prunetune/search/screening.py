@@ -305,15 +305,22 @@ def select(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
     return sorted(chosen, key=lambda c: c.macs_ratio)
 
 
+MACS_TOLERANCE = 0.02  # relative MACs differences below this do not make a worse proxy worth a trial
+
+
 def _front(pool: Sequence[Candidate]) -> list[Candidate]:
-    """Candidates no other candidate beats in both proxy (≥) and MACs (≤), strictly in one."""
+    """Candidates no other candidate beats in both proxy (≥) and MACs (≤), strictly in one, nor in
+    proxy (>) at MACs within :data:`MACS_TOLERANCE` of theirs: a plan 0.3% cheaper than another but
+    far worse by the proxy is not worth one of the few fine-tunes (the candidate with the best proxy
+    is always on the front, so it is never empty)."""
     ordered = sorted(pool, key=lambda c: (c.macs_ratio, -c.proxy, c.number))
     front, best = [], -math.inf
     for c in ordered:
         if c.proxy > best:
             front.append(c)
             best = c.proxy
-    return front
+    return [c for c in front if not any(o.proxy > c.proxy and o.macs_ratio <= c.macs_ratio * (1 + MACS_TOLERANCE)
+                                         for o in front)]
 
 
 def _spread(front: list[Candidate], n: int, chosen: Sequence[Candidate]) -> list[Candidate]:
