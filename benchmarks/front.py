@@ -250,16 +250,20 @@ def report(results: dict, targets: list[float], dense: dict) -> None:
     base = {k: [(p["macs_ratio"], p["test_accuracy"]) for p in results[k]["points"]] for k in ("hand", "tp")
             if k in results}
     hv = {k: hypervolume(v) for k, v in base.items()}
+
+    def ratio(value: float, key: str) -> str:  # a baseline with no point above 50% accuracy has no area
+        return f"{value / hv[key]:.3f}" if hv.get(key) else "—"
+
     searches = results.get("search", [])
     print("\n| method | fine-tunes | test-accuracy hypervolume | × hand | × tp | wall s |")
     print("|---|---|---|---|---|---|")
     for k, v in hv.items():
-        print(f"| {k} (all seeds pooled) | {len(base[k])} | {v:.4f} | {v / hv.get('hand', v):.3f} | "
-              f"{v / hv.get('tp', v):.3f} | {results[k]['wall_s']:.1f} |")
+        print(f"| {k} (all seeds pooled) | {len(base[k])} | {v:.4f} | {ratio(v, 'hand')} | "
+              f"{ratio(v, 'tp')} | {results[k]['wall_s']:.1f} |")
     for s in searches:
         h = hypervolume([(p["macs_ratio"], p["test_accuracy"]) for p in s["points"]])
-        print(f"| search seed {s['seed']} | {len(s['points'])} | {h:.4f} | {h / hv.get('hand', h):.3f} | "
-              f"{h / hv.get('tp', h):.3f} | {s['wall_s']:.1f} (screening {s['screen_s']:.1f}) |")
+        print(f"| search seed {s['seed']} | {len(s['points'])} | {h:.4f} | {ratio(h, 'hand')} | "
+              f"{ratio(h, 'tp')} | {s['wall_s']:.1f} (screening {s['screen_s']:.1f}) |")
     print("\n| target | hand (seed mean ± std) | tp (seed mean ± std) | search: best trial at ≤ target, per seed | "
           "search ≥ hand − 1 image | search ≥ tp − 1 image |")
     print("|---|---|---|---|---|---|")
