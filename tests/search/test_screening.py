@@ -17,18 +17,16 @@ from prunetune.pruning.plan import make_plan
 from prunetune.pruning.proxy import bn_proxy
 from prunetune.pruning.surgery import apply_plan
 from prunetune.search.screening import (
-    Candidate,
     LocalPool,
     ScreenSpec,
     evaluate_candidates,
     hand_params,
     run_screening,
-    select,
-    spearman,
     spread_targets,
     startup_trials,
     trial_points,
 )
+from prunetune.search.selection import Candidate, select, spearman
 from prunetune.spaces import SpaceSpec, build_space, plan_space, target_range, trial_recipe
 from tests.conftest import randomize_bn
 
@@ -218,7 +216,7 @@ def test_a_failing_candidate_is_recorded_not_raised(shared) -> None:
 
 
 def test_a_plan_cheaper_by_a_hair_but_worse_by_the_proxy_is_not_fine_tuned() -> None:
-    from prunetune.search.screening import MACS_TOLERANCE
+    from prunetune.search.selection import MACS_TOLERANCE
 
     front = [(0.12, 0.30), (0.2, 0.55), (0.3, 0.7), (0.5, 0.85)]
     hair = (0.12 * (1 - MACS_TOLERANCE / 4), 0.10)  # strictly non-dominated, 0.5% cheaper, 20 points worse

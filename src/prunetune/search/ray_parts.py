@@ -25,7 +25,8 @@ from prunetune.pruning.scores import ScoreTable
 from prunetune.search.config import AshaSpec
 from prunetune.search.objective import TrialResult, base_to, check_finite
 from prunetune.search.progress import Progress
-from prunetune.search.screening import Result, evaluate_candidates, spearman
+from prunetune.search.screening import Result, evaluate_candidates
+from prunetune.search.selection import spearman
 from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
 
 log = logging.getLogger("prunetune")

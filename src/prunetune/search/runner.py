@@ -34,7 +34,8 @@ from prunetune.search.progress import Callback, Progress
 from prunetune.search.resume import STATE_FILE, done_trials, resume_state, write_state
 from prunetune.search.study import dashboard_command
 from prunetune.pruning.schedules import SCHEDULES
-from prunetune.search.screening import ScreenOutcome, hand_allocations, hand_params, run_screening, select, table_csv, trial_points
+from prunetune.search.screening import ScreenOutcome, hand_allocations, hand_params, run_screening, trial_points
+from prunetune.search.selection import select, table_csv
 from prunetune.spaces.presets import LR, SCHEDULE, SCHEDULE_PARAM_PREFIX
 from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, space_target_range
 from prunetune.tracking.store import ui_command

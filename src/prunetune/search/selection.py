@@ -1,0 +1,133 @@
+"""Which screened candidates are fine-tuned: the proxy front, spread over log-MACs.
+
+A :class:`Candidate` is one screened plan and what screening measured of it. :func:`select` takes
+the non-dominated candidates of the proxy front (maximise proxy, minimise MACs; a plan less than
+:data:`MACS_TOLERANCE` cheaper than a better one does not count), then the next fronts if the first
+is too small, spread over log-MACs from the cheapest. :func:`spearman` is the rank correlation the
+search reports between proxy and fine-tuned accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Candidate:
+    """One screened plan: the parameters a fine-tune trial is enqueued with (``params``: what the space
+    suggested), the whole plan config they give (``config``: with the space's constants, what the
+    trial's plan is built from), and what screening measured."""
+
+    number: int
+    params: dict[str, Any]
+    source: str  # "hand" (the uniform hand recipe) or "sampled"
+    macs_ratio: float = math.nan
+    proxy: float = math.nan
+    error: str | None = None
+    selected: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and math.isfinite(self.proxy) and math.isfinite(self.macs_ratio)
+
+
+def select(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
+    """``k`` candidates to fine-tune: the proxy front (maximise proxy, minimise MACs) first, then the
+    next fronts; within a front, spread over log-MACs (farthest point first, from the cheapest)."""
+    pool = [c for c in candidates if c.ok]
+    chosen: list[Candidate] = []
+    seen: set[str] = set()
+    while pool and len(chosen) < k:
+        front = _front(pool)
+        for c in _spread(front, k - len(chosen), chosen):
+            key = plan_key(c.params)
+            if key not in seen:
+                seen.add(key)
+                chosen.append(c)
+        pool = [c for c in pool if c not in front]
+    for c in chosen:
+        c.selected = True
+    return sorted(chosen, key=lambda c: c.macs_ratio)
+
+
+MACS_TOLERANCE = 0.02  # relative MACs differences below this do not make a worse proxy worth a trial
+
+
+def _front(pool: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates no other candidate beats in both proxy (≥) and MACs (≤), strictly in one, nor in
+    proxy (>) at MACs within :data:`MACS_TOLERANCE` of theirs: a plan 0.3% cheaper than another but
+    far worse by the proxy is not worth one of the few fine-tunes (the candidate with the best proxy
+    is always on the front, so it is never empty)."""
+    ordered = sorted(pool, key=lambda c: (c.macs_ratio, -c.proxy, c.number))
+    front, best = [], -math.inf
+    for c in ordered:
+        if c.proxy > best:
+            front.append(c)
+            best = c.proxy
+    return [c for c in front if not any(o.proxy > c.proxy and o.macs_ratio <= c.macs_ratio * (1 + MACS_TOLERANCE)
+                                         for o in front)]
+
+
+def _spread(front: list[Candidate], n: int, chosen: Sequence[Candidate]) -> list[Candidate]:
+    if len(front) <= n:
+        return front
+    picked: list[Candidate] = []
+    taken = [math.log(c.macs_ratio) for c in chosen]
+    rest = list(front)
+    if not taken:  # start from the cheapest: the low end is where trials are scarcest and accuracy moves most
+        picked.append(rest.pop(0))
+        taken.append(math.log(picked[0].macs_ratio))
+    while len(picked) < n and rest:
+        best = max(rest, key=lambda c: (min(abs(math.log(c.macs_ratio) - t) for t in taken), c.proxy))
+        rest.remove(best)
+        picked.append(best)
+        taken.append(math.log(best.macs_ratio))
+    return picked
+
+
+def plan_key(params: Mapping[str, Any]) -> str:
+    """A canonical key of a candidate's parameters (to find a fine-tune trial's proxy)."""
+    return json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
+
+
+def table_csv(candidates: Sequence[Candidate]) -> str:
+    """The screened pool as CSV: number, source, selected, MACs ratio, proxy, error, parameters (JSON)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["number", "source", "selected", "macs_ratio", "proxy_accuracy", "error", "params"])
+    for c in candidates:
+        writer.writerow([c.number, c.source, int(c.selected), f"{c.macs_ratio:.6f}", f"{c.proxy:.6f}",
+                         c.error or "", json.dumps(c.params, sort_keys=True)])
+    return buf.getvalue()
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN for fewer than 3 pairs or no spread."""
+    if len(x) != len(y) or len(x) < 3:
+        return math.nan
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else math.nan
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for m in range(i, j + 1):
+            ranks[order[m]] = (i + j) / 2
+        i = j + 1
+    return ranks
