@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable
+import logging
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,29 @@ def _batch_dim() -> torch.export.Dim:
     return torch.export.Dim("batch", min=1, max=65536)
 
 
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Only errors from these loggers while the block runs (the ONNX exporter warns about optional
+    operator libraries and graph rewrites that say nothing about the user's model)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():  # torch's own deprecations inside the exporter
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def write_onnx(model: nn.Module, example: Tensor, out: Path) -> Runner:
     """ONNX through the dynamo exporter (needs onnx + onnxscript), batch dimension dynamic."""
     for module in ("onnx", "onnxscript"):
         require(module, extra="deploy", purpose="ONNX export")
     chatter = io.StringIO()  # the exporter prints its progress; keep the command's output to the result
-    with contextlib.redirect_stdout(chatter):
+    with contextlib.redirect_stdout(chatter), _quiet_loggers("torch.onnx", "onnxscript", "onnx_ir"):
         torch.onnx.export(model, (example,), str(out), input_names=["input"], output_names=["output"],
                           dynamic_shapes=({0: _batch_dim()},), dynamo=True, verbose=False)
     ort = require("onnxruntime", extra="deploy", purpose="checking the ONNX file")
