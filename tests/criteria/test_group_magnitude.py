@@ -28,7 +28,7 @@ def torch_pruning_scores(model: nn.Module, groups, input_shape) -> dict[str, tor
 
 
 @pytest.mark.parametrize("name", ["resnet20", "zoo_mobilenet", "zoo_densenet", "zoo_vgg", "zoo_shortcuts",
-                                  "zoo_inception"])
+                                  "zoo_inception", "zoo_transposed"])
 def test_group_l2_equals_torch_pruning_group_magnitude(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, in_channels=1).eval()

@@ -5,7 +5,8 @@ a channel of a group is scored by the squared L2 norm of every weight slice remo
 filters of the producing convs, the BN scales γ, and the input columns of the consuming convs and
 linears (at their offset in a concatenation; a flattened Linear contributes its H·W columns of the
 channel), averaged over those layers (its ``group_reduction="mean"``, ``p=2``, biases left out;
-depthwise convs are left out, as Torch-Pruning leaves them out).
+depthwise convs are left out, as Torch-Pruning leaves them out; transposed convs count with their
+weight's in/out axes swapped, as there).
 Where the group normaliser of a blend or of the ``global`` allocation divides by the group's mean,
 this reproduces Torch-Pruning's global magnitude pruning.
 
@@ -49,9 +50,12 @@ def slice_energy(module: nn.Module, role: str, idxs: list[int]) -> Tensor | None
     index = torch.tensor(idxs, dtype=torch.long)
     if isinstance(module, nn.modules.batchnorm._NormBase):
         return w[index].pow(2) if role == "out" else None
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-        if isinstance(module, nn.Conv2d) and module.groups > 1:
-            return None  # depthwise (and grouped) convs are left out, as Torch-Pruning leaves them out
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        if isinstance(module, nn.modules.conv._ConvNd):
+            if module.groups > 1:  # depthwise: left out, as Torch-Pruning leaves it out (groups with a
+                return None        # grouped conv are never prunable groups: find_groups skips them)
+            if module.transposed:  # weight (in, out, kH, kW): rows are input channels
+                w = w.transpose(0, 1)
         if role == "out":
             return w[index].flatten(1).pow(2).sum(1)
         return w[:, index].transpose(0, 1).flatten(1).pow(2).sum(1)
