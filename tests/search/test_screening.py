@@ -224,3 +224,29 @@ def test_a_plan_cheaper_by_a_hair_but_worse_by_the_proxy_is_not_fine_tuned() -> 
     assert [(c.macs_ratio, c.proxy) for c in chosen] == front  # the cheapest worth a trial comes first
     far = (0.12 * (1 - 4 * MACS_TOLERANCE), 0.10)  # 8% cheaper: a real point of the front
     assert (far[0], far[1]) in [(c.macs_ratio, c.proxy) for c in select(_candidates([far, *front]), 4)]
+
+
+def test_a_dense_front_is_thinned_not_collapsed() -> None:
+    """Points 1.5% apart in MACs, proxy rising with MACs: every other one stays, and the selection
+    still spans the range from the cheapest."""
+    points = [(0.30 * 1.015 ** i, 0.5 + 0.01 * i) for i in range(35)]
+    chosen = [c.macs_ratio for c in select(_candidates(points), 4)]
+    assert min(chosen) <= 0.31 and max(chosen) >= 0.49
+    logs = sorted(math.log(m) for m in chosen)
+    assert min(b - a for a, b in zip(logs, logs[1:])) > 0.1  # spread, not the four most expensive
+
+
+def test_the_hand_pool_is_at_most_half_the_pool(resnet20_groups) -> None:
+    from prunetune.search.screening import hand_pool
+
+    spec = SpaceSpec()  # the default space: 5 criteria, ratios and global: 10 hand recipes
+    space = plan_space(build_space(spec, resnet20_groups, budget=0.5))
+    low, high = target_range(spec, resnet20_groups, 0.5)
+    assert len(hand_pool(spec, space, low, high, trials=12, count=192)) == 10 * 9  # 9 targets each
+    small = hand_pool(spec, space, low, high, trials=1, count=16)
+    assert len(small) == 8  # half the pool, not one of each of the 10 recipes
+    tiny = hand_pool(spec, space, low, high, trials=1, count=4)
+    assert [(h["allocation"], max(k for k, v in h.items() if k.startswith("weight.") and v == 1.0)) for h in tiny] \
+        == [("ratios", "weight." + spec.criteria[0]), ("global", "weight." + spec.criteria[0])]
+    assert len(hand_pool(spec, space, low, high, trials=1, count=1)) == 1
+    assert hand_pool(SpaceSpec(allocations=("cmi_knee",)), space, low, high, trials=4, count=64) == []

@@ -34,7 +34,7 @@ from prunetune.search.progress import Callback, Progress
 from prunetune.search.resume import STATE_FILE, done_trials, resume_state, write_state
 from prunetune.search.study import dashboard_command
 from prunetune.pruning.schedules import SCHEDULES
-from prunetune.search.screening import ScreenOutcome, hand_allocations, hand_params, run_screening, trial_points
+from prunetune.search.screening import ScreenOutcome, hand_pool, run_screening, trial_points
 from prunetune.search.selection import select, table_csv
 from prunetune.spaces.presets import LR, SCHEDULE, SCHEDULE_PARAM_PREFIX
 from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, space_target_range
@@ -263,11 +263,8 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
 
     low, high = space_target_range(space)  # the range the space was built with
     plans = plan_space(space)
-    # each hand recipe (criterion × hand allocation) at max(4, trials) targets, at most half the pool (at least one)
-    recipes = len(config.space.criteria) * max(1, len(hand_allocations(config.space)))
-    per = max(1, min(max(4, s.trials), spec.count(s.trials) // (2 * recipes)))
-    hand = hand_params(config.space, plans, low, high, per)
-    count = max(spec.count(s.trials), len(hand))
+    count = spec.count(s.trials)
+    hand = hand_pool(config.space, plans, low, high, trials=s.trials, count=count)
     slots = ray_parts.placeable(s.concurrency, s.cpus_per_trial, s.gpus_per_trial)
     progress.phase("screening", f"{count} candidate plans ({len(hand)} of them hand recipes: each criterion alone, uniform or global) by "
                    f"adaptive-BN proxy, {slots} at a time")

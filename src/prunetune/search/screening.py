@@ -8,8 +8,9 @@ passes instead of a fine-tune.
 
 How the proxy informs Optuna: a *screening study* (multi-objective TPE: proxy ↑, MACs ↓) samples
 the candidates over the plan space, told each proxy as it arrives, so later candidates concentrate
-where the proxy front is. The pool always holds the hand recipe (uniform allocation of each
-criterion of the space, at targets spread over the MACs range), enqueued first. From the pool,
+where the proxy front is. The pool always holds the hand recipes (each criterion of the space alone,
+with uniform ratios and with one global threshold, at targets spread over the MACs range), enqueued
+first. From the pool,
 :func:`prunetune.search.selection.select` takes the non-dominated candidates of the proxy front (then the next fronts, if the
 first is too small), spread over log-MACs, one per fine-tune trial. They are enqueued into the
 fine-tune study, which samples the rest of each trial (schedule, its parameters, lr) itself.
@@ -163,6 +164,25 @@ def hand_params(spec: SpaceSpec, space: SearchSpace, low: float, high: float, co
                 space.define(trial)
                 out.append(trial.params)
     return out
+
+
+def hand_pool(spec: SpaceSpec, space: SearchSpace, low: float, high: float, *, trials: int,
+              count: int) -> list[dict[str, Any]]:
+    """The hand recipes of a screening pool of ``count`` candidates: each recipe (criterion ×
+    :func:`hand_allocations`) at ``max(4, trials)`` targets, at most half the pool. A pool too small
+    for one target of every recipe holds as many as half of it does (at least one), at the top of the
+    range, in criterion order with both allocations of a criterion side by side."""
+    allocations = hand_allocations(spec)
+    recipes = len(spec.criteria) * len(allocations)
+    if recipes == 0:
+        return []
+    per = min(max(4, trials), count // (2 * recipes))
+    if per >= 1:
+        return hand_params(spec, space, low, high, per)
+    one_each = hand_params(spec, space, low, high, 1)  # allocation-major: [a0 c0, a0 c1, ..., a1 c0, ...]
+    criterion_major = [one_each[a * len(spec.criteria) + c] for c in range(len(spec.criteria))
+                       for a in range(len(allocations))]
+    return criterion_major[:max(1, count // 2)]
 
 
 def trial_points(selected: Sequence[Candidate], space: SearchSpace, fixed: Mapping[str, Any]) -> list[dict[str, Any]]:

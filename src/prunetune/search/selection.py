@@ -26,7 +26,7 @@ class Candidate:
 
     number: int
     params: dict[str, Any]
-    source: str  # "hand" (the uniform hand recipe) or "sampled"
+    source: str  # "hand" (a hand recipe: one criterion, uniform ratios or a global threshold) or "sampled"
     macs_ratio: float = math.nan
     proxy: float = math.nan
     error: str | None = None
@@ -61,18 +61,24 @@ MACS_TOLERANCE = 0.02  # relative MACs differences below this do not make a wors
 
 
 def _front(pool: Sequence[Candidate]) -> list[Candidate]:
-    """Candidates no other candidate beats in both proxy (≥) and MACs (≤), strictly in one, nor in
-    proxy (>) at MACs within :data:`MACS_TOLERANCE` of theirs: a plan 0.3% cheaper than another but
-    far worse by the proxy is not worth one of the few fine-tunes (the candidate with the best proxy
-    is always on the front, so it is never empty)."""
+    """The proxy front, thinned to points at least :data:`MACS_TOLERANCE` apart in MACs.
+
+    The front: candidates no other candidate beats in both proxy (≥) and MACs (≤), strictly in one.
+    Thinning walks it from the best proxy (the most expensive point) down and keeps a point only if it
+    is more than the tolerance cheaper than the last one kept: a plan 0.3% cheaper than another but
+    worse by the proxy is not worth one of the few fine-tunes, and a front of points 1% apart keeps
+    every other one rather than collapsing. The best-proxy candidate is always kept (never empty)."""
     ordered = sorted(pool, key=lambda c: (c.macs_ratio, -c.proxy, c.number))
     front, best = [], -math.inf
     for c in ordered:
         if c.proxy > best:
             front.append(c)
             best = c.proxy
-    return [c for c in front if not any(o.proxy > c.proxy and o.macs_ratio <= c.macs_ratio * (1 + MACS_TOLERANCE)
-                                         for o in front)]
+    kept = [front[-1]] if front else []
+    for c in reversed(front[:-1]):
+        if c.macs_ratio * (1 + MACS_TOLERANCE) < kept[-1].macs_ratio:
+            kept.append(c)
+    return kept[::-1]
 
 
 def _spread(front: list[Candidate], n: int, chosen: Sequence[Candidate]) -> list[Candidate]:
