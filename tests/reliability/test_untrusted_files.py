@@ -138,7 +138,7 @@ def test_allow_code_comes_from_the_search_config_never_from_a_recipe(tmp_path) -
     config = parse_search_config({"recipe": base, "macs_budget": 0.5, "allow_code": True}, cwd=tmp_path)
     assert config.recipe.allow_code and config.settings.allow_code
     assert "allow_code" not in config.recipe.to_dict()  # an exported recipe does not carry it
-    assert not Recipe.from_dict(config.recipe.to_dict()).allow_code
+    assert not Recipe.from_dict(config.recipe.to_dict(), base=True).allow_code  # a base recipe: no allocation
     with pytest.raises(UntrustedCodeError, match="not read from a recipe"):
         Recipe.from_dict({**config.recipe.to_dict(), "allow_code": True})
 

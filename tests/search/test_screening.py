@@ -129,7 +129,7 @@ def test_hand_params_are_the_uniform_and_global_recipes_of_each_criterion(resnet
 def test_screening_pool_holds_the_hand_recipes_and_only_plans_within_their_targets(shared) -> None:
     config, base, table, space = shared
     plans = plan_space(space)
-    low, high = target_range(config.space, base.groups, 0.5, config.recipe.allocation.rule)
+    low, high = target_range(config.space, base.groups, 0.5, config.recipe.rule)
     hand = hand_params(config.space, plans, low, high, 3)
     pool = LocalPool(lambda params: evaluate_candidates(params, base, table, bn_batches=2, val_images=64))
     candidates = run_screening(plans, hand, 14, pool, seed=0, chunk=3)
@@ -175,7 +175,7 @@ def test_screening_evaluates_the_plan_its_trial_will_fine_tune(shared) -> None:
 
     config, base, table, _ = shared
     spec = SpaceSpec(criteria=("capacity", "l1"), normalizers=("rank",), allocations=("global",))
-    plans = plan_space(build_space(spec, base.groups, budget=0.5, rule=config.recipe.allocation.rule))
+    plans = plan_space(build_space(spec, base.groups, budget=0.5, rule=config.recipe.rule))
     pool = LocalPool(lambda configs: evaluate_candidates(configs, base, table, bn_batches=1, val_images=64))
     for c in run_screening(plans, [], 3, pool, seed=0, chunk=3):
         trial_config = plans.replay(c.params)  # what the trial is built from: constants included

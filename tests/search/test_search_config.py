@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from prunetune.exceptions import ConfigError, UnknownNameError
+from prunetune.pruning.allocation import MacsBudget
 from prunetune.search import AshaSpec, load_search_config, parse_search_config
 from prunetune.spaces import SpaceSpec
 
@@ -65,7 +66,9 @@ def test_schema_errors_name_the_key(tmp_path, data, match: str) -> None:
 
 def test_flops_budget_is_a_synonym_and_flags_win(tmp_path) -> None:
     config = parse_search_config({"recipe": RECIPE, "flops_budget": 0.3}, overrides={"macs_budget": 0.25}, cwd=tmp_path)
-    assert config.settings.macs_budget == 0.25 and config.recipe.allocation.macs_budget == 0.25
+    # the flag wins in the one place the search's budget lives (the base recipe no longer carries a copy)
+    assert config.settings.macs_budget == 0.25 and config.settings.budget == MacsBudget(0.25)
+    assert config.recipe.allocation is None
     assert parse_search_config({"recipe": RECIPE, "flops_budget": 0.3}, cwd=tmp_path).settings.macs_budget == 0.3
     with pytest.raises(ConfigError, match="unknown search setting 'budget'"):
         parse_search_config({"recipe": RECIPE}, overrides={"budget": 0.2}, cwd=tmp_path)

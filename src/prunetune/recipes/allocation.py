@@ -57,7 +57,9 @@ class AllocationSpec:
         return {name for name in names if self.ratios.get(name, fallback) == 0}
 
     @classmethod
-    def parse(cls, value: Any) -> AllocationSpec:
+    def parse(cls, value: Any, *, sized: bool = True) -> AllocationSpec:
+        """Validate an ``allocation:`` section; ``sized=False`` (a search's base recipe, whose trials size
+        their own plans) lets it hold only the keep rule (``min_keep``, ``round_to``, ``max_ratio``)."""
         d = section("allocation", value, ALLOCATION_KEYS)
         if "flops_budget" in d:  # the papers' "FLOPs" are MACs
             if "macs_budget" in d:
@@ -69,10 +71,10 @@ class AllocationSpec:
 
             d["round_to"] = resolve_round_to(d["round_to"], what="allocation.round_to")
         spec = cls(**d, params=params)
-        spec.check()
+        spec.check(sized=sized)
         return spec
 
-    def check(self) -> None:
+    def check(self, *, sized: bool = True) -> None:
         if isinstance(self.max_ratio, bool) or not isinstance(self.max_ratio, (int, float)) or not 0 < self.max_ratio <= 1:
             raise ConfigError(f"allocation.max_ratio must be a fraction in (0, 1], got {self.max_ratio!r}")
         if not isinstance(self.ratios, Mapping):
@@ -102,13 +104,18 @@ class AllocationSpec:
             from prunetune.pruning.normalize import NORMALIZERS
 
             NORMALIZERS.get(self.params["normalizer"])
+        if sized:
+            self.check_sized()
+        integer(self.min_keep, "allocation.min_keep", minimum=1)
+        if self.round_to is not None:
+            integer(self.round_to, "allocation.round_to", minimum=1)
+
+    def check_sized(self) -> None:
+        """It says how much to prune: a ratio, ratios, a budget or a strategy that needs none."""
         if self.strategy == "ratios" and self.ratio is None and not self.ratios and self.default is None and self.macs_budget is None:
             raise ConfigError("allocation needs one of: ratio, ratios (+ default), macs_budget, or a strategy")
         if self.strategy == "global" and self.ratio is None and self.macs_budget is None:
             raise ConfigError("allocation strategy 'global' needs macs_budget (or one global ratio)")
-        integer(self.min_keep, "allocation.min_keep", minimum=1)
-        if self.round_to is not None:
-            integer(self.round_to, "allocation.round_to", minimum=1)
 
     def _check_ratio(self, ratio: object, what: str) -> None:
         check_ratio(ratio, what)

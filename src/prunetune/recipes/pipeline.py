@@ -157,12 +157,14 @@ def prepare(recipe: Recipe, *, show_progress: bool = True) -> Base:
 
 
 def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
-    """Raise on unknown group names or an unreachable MACs budget, before any expensive work."""
+    """Raise on unknown group names or an unreachable MACs budget, before any expensive work (a
+    search's base recipe without allocation has neither: its space checks the search's budget)."""
     a = recipe.allocation
-    for name in a.ratios:
-        groups[name]
-    if a.budget is not None:
-        a.budget.reachable(groups, a.rule, dense=a.dense_groups(groups.names))
+    if a is not None:
+        for name in a.ratios:
+            groups[name]
+        if a.budget is not None:
+            a.budget.reachable(groups, a.rule, dense=a.dense_groups(groups.names))
     if recipe.plan is not None:
         _carried_plan(recipe).validate(groups)
 
@@ -211,7 +213,7 @@ def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *,
 def recipe_criteria(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """Criteria a recipe needs scored: its criterion (or blend), plus those its strategy reads (``cmi``)."""
     out = {name: recipe.criterion.resolved_params(name) for name in recipe.criterion.criteria}
-    for name in strategy_criteria(recipe.allocation.strategy):
+    for name in strategy_criteria(recipe.sized().strategy):
         out.setdefault(name, CRITERIA.get(name).resolve(None))
     return out
 
@@ -222,7 +224,7 @@ def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningP
         plan = _carried_plan(recipe)
         plan.validate(base.groups)
         return plan
-    spec, a = recipe.criterion, recipe.allocation
+    spec, a = recipe.criterion, recipe.sized()
     scores = blended_scores(recipe, table)
     extras = {}
     for name in {*spec.criteria, *strategy_criteria(a.strategy)} & set(table.extras):
@@ -290,6 +292,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: 
                base: Base | None = None) -> PruneResult:
     """Score → allocate → prune → fine-tune → evaluate; save state dict + plan when ``out`` is given."""
     t0 = time.perf_counter()
+    recipe.sized()  # a search's base recipe has no allocation: an error before any work
     base = base or prepare(recipe, show_progress=show_progress)
     t1 = time.perf_counter()
     table = None if recipe.plan is not None else score_table(base, recipe_criteria(recipe), show_progress=show_progress)
@@ -298,7 +301,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: 
     with torch_threads(recipe.threads):  # a search trial's thread count: the same arithmetic, the same result
         model, history, plan = train_pruned(recipe, base, plan, show_progress=show_progress)
         t3 = time.perf_counter()
-        cost = check_pruned_macs(model, base.input_shape, plan, macs_budget=recipe.allocation.macs_budget,
+        cost = check_pruned_macs(model, base.input_shape, plan, macs_budget=recipe.sized().macs_budget,
                                  dense_macs=int(base.dense["macs"]))
         pruned = {"macs": cost.macs, "params": cost.params,
                   "accuracy": evaluate(model, base.loader("test"), device=base.device)}

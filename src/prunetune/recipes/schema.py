@@ -21,6 +21,7 @@ from prunetune._yaml import load_yaml_file
 from prunetune.data import DATASETS
 from prunetune.exceptions import ConfigError, UntrustedCodeError
 from prunetune.models import check_model_name
+from prunetune.pruning.allocation import KeepRule
 from prunetune.pruning.finetune import FinetuneConfig
 from prunetune.pruning.points import check_point
 from prunetune.recipes.allocation import AllocationSpec
@@ -194,6 +195,13 @@ class PretrainSpec:
                               batch_size=self.batch_size, warmup_epochs=min(1.0, self.epochs / 4))
 
 
+def _allocation(d: Mapping[str, Any], base: bool) -> AllocationSpec | None:
+    """The recipe's allocation; None in a search's base recipe without one; none at all beside a plan."""
+    if base and "allocation" not in d:
+        return None
+    return AllocationSpec.parse(d.get("allocation", {"ratio": 0.0}), sized=not base)
+
+
 RECIPE_KEYS = {"model", "data", "calibration", "criterion", "allocation", "schedule", "finetune",
                "pretrain", "plan", "seed", "device", "threads"}
 
@@ -203,7 +211,7 @@ class Recipe:
     model: ModelSpec
     data: DataSpec
     criterion: CriterionSpec
-    allocation: AllocationSpec
+    allocation: AllocationSpec | None  # None only in a search's base recipe (``base=True``): trials size themselves
     calibration: CalibrationSpec = CalibrationSpec()
     schedule: ScheduleSpec = ScheduleSpec()
     finetune: FinetuneConfig = FinetuneConfig()
@@ -216,22 +224,29 @@ class Recipe:
     allow_code: bool = field(default=False, compare=False)
 
     @classmethod
-    def from_dict(cls, data: Any, *, source: str | None = None, allow_code: bool = False) -> Recipe:
+    def from_dict(cls, data: Any, *, source: str | None = None, allow_code: bool = False,
+                  base: bool = False) -> Recipe:
         """Validate a recipe mapping.
 
         Args:
             source: the recipe file (relative paths in the recipe are relative to it).
             allow_code: let a ``package.module:function`` model name import and run that code. Never
                 read from the recipe itself: a shared recipe must not grant itself that right.
+            base: a search's base recipe: no ``plan`` (every trial builds its own), and ``allocation``
+                may be left out (None): each trial sizes its plan under the search's MACs budget;
+                when given, it may hold only the keep rule (``min_keep``, ``round_to``,
+                ``max_ratio``), which becomes the search's.
         """
         if isinstance(data, Mapping) and "allow_code" in data:
             raise UntrustedCodeError("allow_code is not read from a recipe (a shared recipe must not grant itself "
                                      "the right to run code); pass --allow-code, or set allow_code: true in your "
                                      "own search config")
         d = section("recipe", data, RECIPE_KEYS, {"model", "data"})
+        if base and "plan" in d:
+            raise ConfigError("a search's base recipe must not carry a 'plan' (every trial builds its own); remove it")
         if "criterion" not in d and "plan" not in d:
             raise ConfigError("recipe needs 'criterion' (e.g. criterion: l1) unless it carries a 'plan'")
-        if "allocation" not in d and "plan" not in d:
+        if "allocation" not in d and "plan" not in d and not base:
             raise ConfigError("recipe needs 'allocation' (e.g. allocation: {ratio: 0.5}) unless it carries a 'plan'")
         try:
             finetune = FinetuneConfig(**section("finetune", d.get("finetune"), {f.name for f in fields(FinetuneConfig)}))
@@ -249,7 +264,7 @@ class Recipe:
         return cls(
             model=ModelSpec.parse(d["model"]), data=DataSpec.parse(d["data"]),
             criterion=CriterionSpec.parse(d.get("criterion", "l1")),
-            allocation=AllocationSpec.parse(d.get("allocation", {"ratio": 0.0})),
+            allocation=_allocation(d, base),
             calibration=CalibrationSpec.parse(d.get("calibration")),
             schedule=ScheduleSpec.parse(d.get("schedule")), finetune=finetune,
             pretrain=PretrainSpec.parse(d.get("pretrain")), plan=d.get("plan"),
@@ -275,11 +290,15 @@ class Recipe:
         out: dict[str, Any] = {
             "model": model, "data": self.data.to_dict(),
             "calibration": {f.name: getattr(self.calibration, f.name) for f in fields(CalibrationSpec)},
-            "criterion": self.criterion.to_value(), "allocation": self.allocation.to_dict(),
+            "criterion": self.criterion.to_value(),
+        }
+        if self.allocation is not None:  # None: a search's base recipe
+            out["allocation"] = self.allocation.to_dict()
+        out.update({
             "schedule": self.schedule.to_value(), "finetune": self.finetune.to_dict(),
             "pretrain": {f.name: getattr(self.pretrain, f.name) for f in fields(PretrainSpec)},
             "seed": self.seed, "device": self.device,
-        }
+        })
         if self.threads is not None:
             out["threads"] = self.threads
         if self.plan is not None:
@@ -288,6 +307,20 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def rule(self) -> KeepRule:
+        """The keep rule: its allocation's, or the default one where a search's base recipe has none."""
+        return (self.allocation or AllocationSpec()).rule
+
+    def sized(self) -> AllocationSpec:
+        """The allocation a plan is built with; a :class:`ConfigError` for a search's base recipe (none,
+        or only a keep rule)."""
+        if self.allocation is None:
+            raise ConfigError("this recipe has no 'allocation' (a search's base recipe: each trial sizes its own "
+                              "plan); add allocation (e.g. allocation: {macs_budget: 0.5}) to run it alone")
+        self.allocation.check_sized()
+        return self.allocation
 
     def with_changes(self, **changes: Any) -> Recipe:
         return replace(self, **changes)

@@ -4,8 +4,10 @@ Schema (unknown keys are errors that name the key)::
 
     recipe: base.yaml          # the base recipe: a path (relative to this file) or an inline mapping,
                                # the schema of prunetune.recipes.schema.Recipe (model, data, calibration,
-                               # finetune, pretrain, seed, device); criterion and allocation may be
-                               # left out (the space sets them); no plan
+                               # finetune, pretrain, seed, device); criterion may be left out (the
+                               # space's blend), and allocation too: every trial sizes its own plan
+                               # under macs_budget (given, the search keeps its keep rule: min_keep,
+                               # round_to, max_ratio); no plan
     space: {...}               # what is sampled: see prunetune.spaces.spec
     screen: true               # screen 16 × trials candidate plans by an adaptive-BN proxy and
                                # fine-tune only the best (false: sample every trial directly), or
@@ -201,7 +203,8 @@ class SearchConfig:
                 **settings}
 
     def identity(self) -> dict[str, Any]:
-        """What a resumed search must share with the interrupted one."""
+        """What a resumed search must share with the interrupted one (the base recipe as given;
+        :func:`prunetune.search.resume.state_identity` for the form older state files recorded)."""
         d = self.to_dict()
         keep = ("recipe", "space", "screen", "macs_budget", "trials", "sampler", "seed", "asha", "tracking_uri",
                 "study_storage")
@@ -245,7 +248,7 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     space = SpaceSpec.parse(d.get("space"))
     screen = ScreenSpec.parse(d.get("screen"))
     settings = _settings(d, given, source, here, cwd)
-    recipe = _base_recipe(d.get("recipe"), space, settings.macs_budget, source, here, settings.allow_code)
+    recipe = _base_recipe(d.get("recipe"), space, source, here, settings.allow_code)
     _check_train_params(recipe, space, screen)
     return SearchConfig(recipe, space, settings, source, screen)
 
@@ -299,8 +302,9 @@ def _absolute(value: Any, root: Path, key: str) -> str:
     return str((root / value).resolve())
 
 
-def _base_recipe(value: Any, space: SpaceSpec, budget: float, source: str | None, here: Path,
-                 allow_code: bool = False) -> Recipe:
+def _base_recipe(value: Any, space: SpaceSpec, source: str | None, here: Path, allow_code: bool = False) -> Recipe:
+    """The base recipe (``Recipe.from_dict(base=True)``: no plan, no allocation needed: every trial
+    sizes its own under ``settings.budget``); a criterion left out is the space's blend."""
     if value is None:
         raise ConfigError("the search config needs a base 'recipe': a recipe file path or an inline mapping "
                           "(model, data, finetune, ...)")
@@ -311,17 +315,14 @@ def _base_recipe(value: Any, space: SpaceSpec, budget: float, source: str | None
         recipe_source = str(path.resolve())
     if not isinstance(value, Mapping):
         raise ConfigError(f"the search config's 'recipe' must be a path or a mapping, got {short(value)}")
-    if "plan" in value:
-        raise ConfigError("a search's base recipe must not carry a 'plan' (every trial builds its own); remove it")
     data = dict(value)
     if "criterion" not in data:
         data["criterion"] = ({"blend": {c: 1.0 for c in space.criteria}, "normalizer": space.normalizers[0]}
                              if len(space.criteria) > 1 else space.criteria[0])
-    data.setdefault("allocation", {"macs_budget": budget})
     if "allow_code" in data:
         raise ConfigError("allow_code belongs in the search config itself (or --allow-code), not in its base "
                           "recipe: a recipe must not grant itself the right to run code")
-    recipe = Recipe.from_dict(data, source=recipe_source, allow_code=allow_code)
+    recipe = Recipe.from_dict(data, source=recipe_source, allow_code=allow_code, base=True)
     return absolute_paths(recipe)
 
 

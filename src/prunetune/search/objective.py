@@ -79,7 +79,7 @@ def run_trial(config: Mapping[str, Any], base: Base, table: ScoreTable, *, repor
     extra = {"macs": plan.pruned.macs, "macs_ratio": plan.macs_ratio}
     callbacks = [EpochReporter(report, extra)] if report is not None else []
     model, history, final = train_pruned(recipe, base, plan, callbacks=callbacks, show_progress=False)
-    cost = check_pruned_macs(model, base.input_shape, final, macs_budget=recipe.allocation.macs_budget,
+    cost = check_pruned_macs(model, base.input_shape, final, macs_budget=recipe.sized().macs_budget,
                              dense_macs=int(base.dense["macs"]))  # above its target: the trial FAILS
     metrics = {
         "accuracy": evaluate(model, base.loader("val"), device=base.device),

@@ -24,6 +24,7 @@ from prunetune.search.config import SearchConfig
 from prunetune.tracking.tracker import ENDED_TAG, FAILED, FINISHED, KILLED, TRIAL_TAG
 
 STATE_FILE = "prunetune-search.json"
+STATE_VERSION = 2  # 1 (up to 8c351a4): the identity's base recipe carried the search's budget as its allocation
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
     if resume is False:
         raise ConfigError(f"search {name!r} already exists in {exp_dir}; resume it (same command) or choose "
                           "another --experiment")
-    identity = json.loads(json.dumps(config.identity(), default=str))
+    identity = json.loads(json.dumps(state_identity(config, state.get("version", 1)), default=str))
     for key, old in state["identity"].items():
         if identity.get(key) != old:
             raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "
@@ -81,8 +82,19 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
     return state
 
 
+def state_identity(config: SearchConfig, version: int) -> dict[str, Any]:
+    """``config``'s identity as a state file of ``version`` records it. Version 1 (written up to
+    8c351a4) recorded a base recipe without allocation with the search's budget injected as
+    ``allocation: {macs_budget: B}``, so a search interrupted then still resumes, and only with the
+    same budget."""
+    identity = config.identity()
+    if version < 2 and config.recipe.allocation is None:
+        identity["recipe"] = {**identity["recipe"], "allocation": {"macs_budget": config.settings.macs_budget}}
+    return identity
+
+
 def write_state(exp_dir: Path, state: dict[str, Any]) -> None:
-    write_text_atomic(exp_dir / STATE_FILE, json.dumps({"version": 1, **state}, indent=1, default=str))
+    write_text_atomic(exp_dir / STATE_FILE, json.dumps({"version": STATE_VERSION, **state}, indent=1, default=str))
 
 
 def _short(value: Any) -> str:

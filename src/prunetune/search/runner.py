@@ -82,8 +82,7 @@ def probe_groups(config: SearchConfig) -> ModelGroups:
 
 def make_space(config: SearchConfig, groups: ModelGroups) -> SearchSpace:
     """The search space on ``groups``; raises BudgetInfeasibleError for an unreachable budget."""
-    a = config.recipe.allocation
-    return build_space(config.space, groups, budget=config.settings.budget, rule=a.rule,
+    return build_space(config.space, groups, budget=config.settings.budget, rule=config.recipe.rule,
                        recipe_lr=config.recipe.finetune.lr)
 
 
@@ -367,7 +366,7 @@ def _parent_params(config: SearchConfig) -> dict[str, Any]:
     params.update({f"space.{k}": v for k, v in config.space.to_dict().items()})
     params.update({"model": r.model.name, "data": r.data.name, "checkpoint": r.model.checkpoint or "(brief training)",
                    "finetune.epochs": r.finetune.epochs, "finetune.lr": r.finetune.lr, "recipe.seed": r.seed,
-                   "min_keep": r.allocation.min_keep, "round_to": r.allocation.round_to})
+                   "min_keep": r.rule.min_keep, "round_to": r.rule.round_to})
     return {k: v for k, v in params.items() if v is not None}
 
 

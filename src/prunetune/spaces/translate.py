@@ -9,6 +9,7 @@ from typing import Any
 
 from prunetune.exceptions import ConfigError
 from prunetune.recipes.criterion import CriterionSpec
+from prunetune.pruning.allocation import KeepRule
 from prunetune.pruning.groups import ModelGroups
 from prunetune.recipes.allocation import AllocationSpec
 from prunetune.recipes.schema import Recipe, ScheduleSpec
@@ -40,7 +41,7 @@ def trial_recipe(base: Recipe, config: Mapping[str, Any], groups: ModelGroups) -
         raise ConfigError(f"trial config needs {TARGET!r} (the MACs target), got keys {sorted(config)}")
     changes: dict[str, Any] = {
         "criterion": _criterion(base, config),
-        "allocation": _allocation(base.allocation, config, groups),
+        "allocation": _allocation(base.rule, config, groups),
         "plan": None,
     }
     if SCHEDULE in config:
@@ -64,14 +65,15 @@ def _criterion(base: Recipe, config: Mapping[str, Any]) -> CriterionSpec:
     return CriterionSpec(weights, normalizer=normalizer, params=params)
 
 
-def _allocation(base: AllocationSpec, config: Mapping[str, Any], groups: ModelGroups) -> AllocationSpec:
+def _allocation(rule: KeepRule, config: Mapping[str, Any], groups: ModelGroups) -> AllocationSpec:
+    """The trial's own allocation: its sampled MACs target (the budget it is held to) under the base
+    recipe's keep rule."""
     target = float(config[TARGET])
     strategy = config.get(ALLOCATION, "ratios")
+    keep = {"min_keep": rule.min_keep, "round_to": rule.round_to, "max_ratio": rule.max_ratio}
     if strategy != "ratios":
-        return AllocationSpec(strategy=strategy, macs_budget=target, min_keep=base.min_keep, round_to=base.round_to,
-                              max_ratio=base.max_ratio)
-    return AllocationSpec(macs_budget=target, ratios=relative_ratios(config, groups),
-                          min_keep=base.min_keep, round_to=base.round_to, max_ratio=base.max_ratio)
+        return AllocationSpec(strategy=strategy, macs_budget=target, **keep)
+    return AllocationSpec(macs_budget=target, ratios=relative_ratios(config, groups), **keep)
 
 
 def relative_ratios(config: Mapping[str, Any], groups: ModelGroups) -> dict[str, float]:

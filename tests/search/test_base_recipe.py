@@ -1,0 +1,120 @@
+"""A search's base recipe needs no allocation: the search's budget lives in its settings alone, each
+trial sizes its own plan (and exports it), a prune recipe still needs one, and a search interrupted
+while the budget was still injected into the base recipe (state version 1) resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.allocation import MacsBudget
+from prunetune.recipes import pipeline
+from prunetune.recipes.schema import Recipe
+from prunetune.search import run_trial
+from prunetune.search.resume import STATE_FILE, resume_state, write_state
+from prunetune.spaces import RandomTrial, trial_recipe
+from search.conftest import TINY_RECIPE
+
+STATE_V1 = Path(__file__).parent / "data" / "state_v1_8c351a4.json"  # written by the code at 8c351a4
+NO_ALLOCATION = "recipe needs 'allocation' (e.g. allocation: {ratio: 0.5}) unless it carries a 'plan'"
+
+
+def test_the_base_recipe_has_no_allocation_and_each_trial_its_own(shared) -> None:
+    config, base, table, space = shared
+    assert config.recipe.allocation is None and "allocation" not in config.recipe.to_dict()
+    assert "allocation" not in config.to_dict()["recipe"] and "allocation" not in config.identity()["recipe"]
+    assert config.settings.budget == MacsBudget(0.5)
+    trial = space.define(RandomTrial(3))
+    result = run_trial(trial, base, table)
+    a = result.recipe.allocation
+    assert a is not None and a.macs_budget == trial["target_macs"] <= config.settings.macs_budget
+    assert result.metrics["macs_ratio"] <= a.macs_budget + 1e-12
+    assert a.rule == config.recipe.rule  # the default keep rule (max_ratio 0.8), as the injected allocation had
+    replay = Recipe.from_dict(result.report()["recipe"])  # a complete prune recipe, read by the plain schema
+    assert replay.allocation == a and replay == result.recipe
+
+
+@pytest.mark.parametrize("given", [{"min_keep": 2, "max_ratio": 0.6},  # the keep rule alone
+                                   {"macs_budget": 0.5, "min_keep": 2, "max_ratio": 0.6}])  # as before: accepted
+def test_a_base_recipe_allocation_gives_the_search_its_keep_rule(make_config, given) -> None:
+    config = make_config(recipe={**TINY_RECIPE, "allocation": given})
+    assert (config.recipe.rule.min_keep, config.recipe.rule.max_ratio) == (2, 0.6)
+    assert config.recipe.to_dict()["allocation"] == given
+    from prunetune.search import make_space, probe_groups
+
+    groups = probe_groups(config)
+    trial = make_space(config, groups).define(RandomTrial(0))
+    a = trial_recipe(config.recipe, trial, groups).allocation
+    assert (a.min_keep, a.max_ratio, a.macs_budget) == (2, 0.6, trial["target_macs"])
+    with pytest.raises(ConfigError, match="allocation needs one of"):  # a plain recipe must size its plan
+        Recipe.from_dict({**TINY_RECIPE, "criterion": "l1", "allocation": {"min_keep": 2}})
+
+
+def test_a_prune_recipe_without_allocation_is_the_same_error(tmp_path, capsys) -> None:
+    recipe = {**TINY_RECIPE, "criterion": "l1"}
+    with pytest.raises(ConfigError) as info:
+        Recipe.from_dict(recipe)
+    assert str(info.value) == NO_ALLOCATION
+    assert Recipe.from_dict(recipe, base=True).allocation is None  # only where a search builds it
+    with pytest.raises(ConfigError, match="must not carry a 'plan'"):
+        Recipe.from_dict({**recipe, "plan": "p.json"}, base=True)
+    from prunetune.cli import main
+
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(recipe))
+    assert main(["prune", "--recipe", str(path), "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert NO_ALLOCATION in err and "Traceback" not in err
+
+
+def test_a_base_recipe_alone_fails_before_any_work(make_config, monkeypatch) -> None:
+    def no_work(*args, **kwargs):
+        raise AssertionError("the dense model was prepared for a recipe that cannot run")
+
+    monkeypatch.setattr(pipeline, "prepare", no_work)
+    with pytest.raises(ConfigError, match="has no 'allocation'.*add allocation"):
+        pipeline.run_recipe(make_config().recipe, show_progress=False)
+    keep_rule_only = make_config(recipe={**TINY_RECIPE, "allocation": {"round_to": 2}}).recipe
+    with pytest.raises(ConfigError, match="allocation needs one of"):
+        pipeline.run_recipe(keep_rule_only, show_progress=False)
+
+
+def _old_state(tmp_path: Path) -> dict:
+    """The state file 8c351a4 wrote for ``make_config()`` (its paths moved to ``tmp_path``)."""
+    return json.loads(STATE_V1.read_text().replace("/OLD-CWD", str(tmp_path)))
+
+
+def test_a_search_interrupted_before_the_change_resumes_with_the_same_budget_only(make_config, tmp_path) -> None:
+    config = make_config()
+    state = _old_state(tmp_path)
+    assert state["version"] == 1 and state["identity"]["recipe"]["allocation"] == {"macs_budget": 0.5}
+    exp = config.settings.experiment_dir
+    exp.mkdir(parents=True)
+    (exp / STATE_FILE).write_text(json.dumps(state))
+    assert resume_state(config, exp, None) == state
+    for other in (make_config(macs_budget=0.4), make_config(recipe={**TINY_RECIPE, "seed": 1})):
+        with pytest.raises(ConfigError, match="was started with another 'recipe'"):
+            resume_state(other, exp, None)
+    # with a budget given in the base recipe's own allocation, 8c351a4 recorded that allocation as is
+    given = make_config(recipe={**TINY_RECIPE, "allocation": {"macs_budget": 0.5}})
+    assert resume_state(given, exp, None) == state
+
+
+def test_a_state_written_now_records_the_base_recipe_as_given(make_config, tmp_path) -> None:
+    config = make_config()
+    exp = config.settings.experiment_dir
+    exp.mkdir(parents=True)
+    write_state(exp, {"identity": config.identity(), "parent_run_id": "r", "study_name": "tiny", "finished": False})
+    state = json.loads((exp / STATE_FILE).read_text())
+    assert state["version"] == 2 and "allocation" not in state["identity"]["recipe"]
+    assert resume_state(config, exp, None) == state
+    old = _old_state(tmp_path)["identity"]
+    assert {k: v for k, v in old["recipe"].items() if k != "allocation"} == state["identity"]["recipe"]
+    assert {k: v for k, v in old.items() if k != "recipe"} == {k: v for k, v in state["identity"].items()
+                                                               if k != "recipe"}
+    with pytest.raises(ConfigError, match="was started with another 'macs_budget'"):
+        resume_state(make_config(macs_budget=0.4), exp, None)
+
