@@ -75,10 +75,16 @@ def test_resumed_trials_count_the_earlier_ones_and_a_heartbeat_repeats_the_statu
 
 
 def test_a_broken_callback_does_not_stop_the_search() -> None:
+    calls = []
+
     def broken(event):
+        calls.append(event.phase)
         raise RuntimeError("display gone")
 
-    Progress(broken).phase("loading")
+    p = Progress(broken)
+    p.phase("loading")  # raises nothing
+    p.phase("scoring")  # and the progress goes on being reported
+    assert calls == ["loading", "scoring"] and "scoring" in p.status()
 
 
 def test_live_status_keeps_one_line_below_the_log() -> None:

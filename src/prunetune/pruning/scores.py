@@ -122,16 +122,10 @@ def group_weight_scores(model: nn.Module, groups: ModelGroups) -> dict[str, Tens
         for module, role, _, _ in members:
             if role == "out" and module in names:
                 by_root.setdefault(names[module], members)
-    crit, modules = get_criterion("group_l2"), dict(model.named_modules())
-    out = {}
-    for g in groups:
-        members = by_root.get(g.out_layers[0])
-        if members is None:  # not expected (the groups come from the same graph): the filters alone
-            out[g.name] = torch.stack([crit.from_weight(modules[s].weight.detach()).to("cpu", torch.float64)
-                                       for s in g.out_layers]).mean(0)
-            continue
-        out[g.name] = group_energy(members, g.channels)
-    return out
+    missing = [g.name for g in groups if g.out_layers[0] not in by_root]
+    if missing:  # the groups come from this same graph (find_groups): a mismatch is a bug, not a user error
+        raise RuntimeError(f"group_l2: the dependency graph has no coupled layers for group {missing[0]!r}")
+    return {g.name: group_energy(by_root[g.out_layers[0]], g.channels) for g in groups}
 
 
 def _weight_sources(group: Group, source: str) -> tuple[str, ...]:

@@ -75,6 +75,8 @@ class FinalOnlySearch(Searcher):
             pickle.dump(self.__dict__.copy(), f)
 
     def restore(self, checkpoint_path: str) -> None:
+        # Ray calls this on resume, for the file save() wrote in the experiment folder; that folder is
+        # checked against the seal the search recorded (search/trust.py) before Tuner.restore runs
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
 
