@@ -7,7 +7,8 @@ import torch
 
 import prunetune.pruning.criteria.activation  # noqa: F401  (registers the activation criteria)
 import prunetune.pruning.criteria.information  # noqa: F401  (registers the information criteria)
-from prunetune.pruning.criteria._common import batched_linalg
+from prunetune.pruning.criteria import _common
+from prunetune.pruning.criteria._common import batched_linalg, on_host
 from prunetune.pruning.criteria.activation import gram_ranks, matrix_ranks
 from prunetune.pruning.criteria.base import FeatureBatch, get_criterion, score
 from prunetune.pruning.criteria.chip import chip_scores, chip_scores_svd
@@ -59,6 +60,39 @@ def test_batched_linalg_equals_one_call() -> None:
     lam, vec = batched_linalg(torch.linalg.eigh, g, min_chunk=1)
     ref = torch.linalg.eigh(g)
     assert torch.equal(lam, ref.eigenvalues) and torch.equal(vec, ref.eigenvectors)
+
+
+class _CudaLike:
+    """Stands in for a CUDA tensor in the routing decision (no GPU on the test machines)."""
+
+    def __init__(self, batch: int, n: int, device: str = "cuda") -> None:
+        self.device, self.shape = torch.device(device), (batch, n, n)
+
+    def dim(self) -> int:
+        return 3
+
+
+def test_cuda_eigen_solves_of_mid_sizes_go_through_the_host() -> None:
+    """The sizes cuSOLVER solves one matrix at a time go to the host; small, large and CPU do not."""
+    assert on_host(torch.linalg.eigh, _CudaLike(128, 64))
+    assert on_host(torch.linalg.eigvalsh, _CudaLike(128, 33))
+    assert not on_host(torch.linalg.eigh, _CudaLike(128, 32))  # batched Jacobi on the GPU
+    assert not on_host(torch.linalg.eigvalsh, _CudaLike(64, 256))  # the GPU is faster there
+    assert not on_host(torch.linalg.cholesky_ex, _CudaLike(128, 64))
+    assert not on_host(torch.linalg.eigh, _CudaLike(128, 64, device="cpu"))
+
+
+@pytest.mark.parametrize("fn", [torch.linalg.eigh, torch.linalg.eigvalsh])
+def test_the_host_route_gives_the_one_call_values(fn, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.randn(200, 40, 40, dtype=torch.float64)
+    g = g @ g.transpose(1, 2)
+    monkeypatch.setattr(_common, "on_host", lambda f, x: x.device.type == "cpu" and f is fn)
+    routed, ref = batched_linalg(fn, g, min_chunk=1), fn(g)
+    if fn is torch.linalg.eigh:
+        assert isinstance(routed, tuple) and len(routed) == 2
+        assert torch.equal(routed[0], ref.eigenvalues) and torch.equal(routed[1], ref.eigenvectors)
+    else:
+        assert torch.equal(routed, ref)
 
 
 def _hard_maps(seed: int, b: int, c: int, size: int) -> torch.Tensor:

@@ -227,6 +227,30 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL[1]
 
 
+HOST_EIGEN_SIZES = range(33, 65)
+"""Matrix sizes n whose batched symmetric eigen-solves a CUDA tensor sends to the host's LAPACK.
+
+Measured on an H200 with torch 2.11 + CUDA 13 (benchmarks/README.md, "gpu"): a batch of 128
+float64 64×64 ``eigh`` took 98 ms on the GPU (cuSOLVER solves such a batch one matrix at a time)
+and 40 ms through the host (copy, 16 threads, copy back); at n ≤ 32 cuSOLVER's batched Jacobi
+solver took 0.2-0.3 ms, and at n = 256 the GPU was 8× faster than the host."""
+
+_EIGEN = (torch.linalg.eigh, torch.linalg.eigvalsh)
+
+
+def _to_device(out: Any, device: torch.device) -> Any:
+    if isinstance(out, tuple):  # eigh's (eigenvalues, eigenvectors)
+        return tuple(t.to(device) for t in out)
+    return out.to(device)
+
+
+def on_host(fn: Callable[[Tensor], Any], x: Tensor) -> bool:
+    """Whether :func:`batched_linalg` solves ``fn(x)`` through the host (see :data:`HOST_EIGEN_SIZES`)."""
+    return (
+        x.device.type == "cuda" and fn in _EIGEN and x.dim() == 3 and x.shape[-1] in HOST_EIGEN_SIZES
+    )
+
+
 def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 64) -> Any:
     """``fn(x)`` for a batched linear-algebra call, the batch split across torch's CPU threads.
 
@@ -234,9 +258,17 @@ def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 6
     call per matrix on a single thread. This splits the leading dimension into at most
     ``torch.get_num_threads()`` chunks (of at least ``min_chunk`` matrices), runs ``fn`` on each in
     a thread pool and concatenates the results (a tensor or a tuple of tensors) along dimension 0.
-    Each matrix is solved by the same routine as in one call, so the values are the same. On other
-    devices, or for small batches, ``fn(x)`` is called directly.
+    Each matrix is solved by the same routine as in one call, so the values are the same. On CUDA,
+    a batch of symmetric eigen-solves of a size where cuSOLVER solves one matrix at a time
+    (:data:`HOST_EIGEN_SIZES`) is solved this way on the host and copied back (:func:`on_host`);
+    other calls on other devices, and small batches, are ``fn(x)``.
     """
+    if on_host(fn, x):
+        return _to_device(_threaded(fn, x.cpu(), min_chunk), x.device)
+    return _threaded(fn, x, min_chunk)
+
+
+def _threaded(fn: Callable[[Tensor], Any], x: Tensor, min_chunk: int) -> Any:
     workers = min(torch.get_num_threads(), x.shape[0] // max(1, min_chunk)) if x.dim() else 1
     if x.device.type != "cpu" or workers < 2:
         return fn(x)
