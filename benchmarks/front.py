@@ -38,6 +38,7 @@ import torch
 
 MODEL = {"name": "resnet20", "num_classes": 10, "in_channels": 1}
 DATA = {"name": "digits", "image_size": 16, "batch_size": 64}
+PRETRAIN = {"epochs": 6, "lr": 0.1, "batch_size": 64}
 
 
 def main() -> None:
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--pretrain-epochs", type=int, default=6,
+                        help="epochs of the dense model's training (default 6; deeper nets need more)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--targets", default="0.15,0.25,0.35,0.5")
     parser.add_argument("--budget", type=float, default=0.5)
@@ -58,6 +61,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(1)
     MODEL["name"] = args.model
+    PRETRAIN["epochs"] = args.pretrain_epochs
     work = Path(args.workdir or tempfile.mkdtemp(prefix="prunetune-front-"))
     work.mkdir(parents=True, exist_ok=True)
     targets = [float(t) for t in args.targets.split(",")]
@@ -86,7 +90,7 @@ def main() -> None:
 def recipe_dict(checkpoint: str | None, finetune: dict, **extra) -> dict:
     model = {**MODEL, **({"checkpoint": checkpoint} if checkpoint else {})}
     return {"model": model, "data": DATA, "calibration": {"size": 256, "batch_size": 128},
-            "pretrain": {"epochs": 6, "lr": 0.1, "batch_size": 64}, "finetune": finetune, "device": "cpu",
+            "pretrain": dict(PRETRAIN), "finetune": finetune, "device": "cpu",
             **extra}
 
 
