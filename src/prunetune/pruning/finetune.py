@@ -34,7 +34,7 @@ class FinetuneConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     batch_size: int = 128
-    amp: bool = True  # mixed precision, CUDA only
+    amp: bool = True  # mixed precision, CUDA only: bfloat16 where the GPU has it, else float16 + loss scaling
     channels_last: bool = True  # CUDA only
     recalibrate_bn: bool = False  # re-estimate BN statistics after pruning, before fine-tuning
     recalibrate_batches: int = 20
@@ -114,7 +114,10 @@ def finetune(
     steps_per_epoch = max(1, len(train_batches)) if hasattr(train_batches, "__len__") else 1
     total_steps = steps_per_epoch * config.epochs
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda and config.amp)
+    amp_dtype = autocast_dtype(device) if config.amp else None
+    # float16 needs loss scaling, whose step checks for infinities on the host every step; bfloat16
+    # has float32's range and needs none, so where the GPU has it a step makes no host sync for it
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     history: list[dict[str, float]] = []
     _call(callbacks, "on_train_start", model, optimizer)
     step = 0
@@ -128,8 +131,7 @@ def finetune(
             lr = lr_at(step, total_steps, warmup, config.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.float16 if cuda else torch.bfloat16,
-                                enabled=cuda and config.amp):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -148,6 +150,14 @@ def finetune(
         _call(callbacks, "on_epoch_end", epoch, config.epochs, metrics)
         history.append(metrics)
     return history
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision type of a fine-tune on ``device``: bfloat16 on a CUDA GPU that has it
+    (Ampere and later), float16 on older ones, None (full precision) elsewhere."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _param_groups(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:

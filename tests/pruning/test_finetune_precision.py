@@ -1,0 +1,39 @@
+"""The fine-tune's mixed-precision type: bfloat16 where the GPU has it (no loss scaling, so no
+host sync per step for it), float16 with loss scaling on older GPUs, full precision on the CPU."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+ft = importlib.import_module("prunetune.pruning.finetune")  # the package re-exports the function
+
+
+def test_cpu_trains_in_full_precision() -> None:
+    assert ft.autocast_dtype(torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_cuda_prefers_bfloat16(bf16: bool, expected: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert ft.autocast_dtype(torch.device("cuda")) is expected
+
+
+def test_loss_scaling_only_for_float16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scaler the loop builds is enabled exactly when the autocast type is float16."""
+    made: list[bool] = []
+
+    class Scaler:
+        def __init__(self, device: str, enabled: bool) -> None:
+            made.append(enabled)
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(torch.amp, "GradScaler", Scaler)
+    model = torch.nn.Linear(2, 2)
+    for dtype, enabled in ((torch.bfloat16, False), (torch.float16, True), (None, False)):
+        monkeypatch.setattr(ft, "autocast_dtype", lambda device, d=dtype: d)
+        with pytest.raises(RuntimeError, match="stop here"):
+            ft.finetune(model, [], ft.FinetuneConfig(epochs=1), show_progress=False)
+    assert made == [False, True, False]
