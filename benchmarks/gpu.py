@@ -131,7 +131,7 @@ def plain_loop(args: argparse.Namespace, split, device: torch.device, epochs: in
     model = model.to(memory_format=fmt)
     x = split.x.to(device).contiguous(memory_format=fmt)
     y = split.y.to(device)
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = cuda and torch.cuda.get_device_capability(device)[0] >= 8  # native bfloat16 (Ampere, Hopper)
     scaler = torch.amp.GradScaler("cuda", enabled=cuda and not bf16)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     steps = x.shape[0] // args.batch_size

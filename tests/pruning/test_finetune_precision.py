@@ -15,10 +15,14 @@ def test_cpu_trains_in_full_precision() -> None:
     assert ft.autocast_dtype(torch.device("cpu")) is None
 
 
-@pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
-def test_cuda_prefers_bfloat16(bf16: bool, expected: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-    assert ft.autocast_dtype(torch.device("cuda")) is expected
+@pytest.mark.parametrize(("capability", "expected"), [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
+                                                      ((7, 5), torch.float16), ((7, 0), torch.float16)])
+def test_cuda_takes_bfloat16_where_the_gpu_has_it_natively(capability, expected, monkeypatch) -> None:
+    """Hopper and Ampere: bfloat16; Turing and Volta (bfloat16 only emulated there): float16."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    assert ft.autocast_dtype(torch.device("cuda", 1)) is expected
+    assert asked == [torch.device("cuda", 1)]  # the fine-tune's own device, not the current one
 
 
 def test_loss_scaling_only_for_float16(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -153,11 +153,13 @@ def finetune(
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The mixed-precision type of a fine-tune on ``device``: bfloat16 on a CUDA GPU that has it
-    (Ampere and later), float16 on older ones, None (full precision) elsewhere."""
+    """The mixed-precision type of a fine-tune on ``device``: bfloat16 on a CUDA GPU with native
+    bfloat16 (compute capability 8.0 and later: Ampere, Hopper), float16 on older ones (where
+    ``torch.cuda.is_bf16_supported()`` would also say yes, through slow emulation), None (full
+    precision) elsewhere."""
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
 
 
 def _param_groups(model: nn.Module) -> tuple[list[Tensor], list[Tensor]]:

@@ -3,7 +3,8 @@
 A :class:`Candidate` is one screened plan and what screening measured of it. :func:`select` takes
 the non-dominated candidates of the proxy front (maximise proxy, minimise MACs; a plan less than
 :data:`MACS_TOLERANCE` cheaper than a better one does not count), then the next fronts if the first
-is too small, spread over log-MACs from the cheapest. :func:`spearman` is the rank correlation the
+is too small, spread over log-MACs from the cheapest; with several allocation families, a share of
+the trials first goes to each family's own front (:data:`FAMILY_SHARE`). :func:`spearman` is the rank correlation the
 search reports between proxy and fine-tuned accuracy.
 """
 
@@ -43,8 +44,9 @@ def select(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
     next fronts; within a front, spread over log-MACs (farthest point first, from the cheapest).
 
     With several allocation families in the pool (``global`` and ``ratios``, say), each first gets
-    ``k // (2 · families)`` trials from its own front (:data:`FAMILY_SHARE`), the rest go to the whole
-    front. The proxy judges a plan before any weight moves; plans of one family can all look better
+    ``int(k · FAMILY_SHARE) // families`` trials (none when that is 0) from its own front, spread
+    from its own cheapest plan, whatever the other families took; then the whole front's cheapest
+    plan, if not taken yet, and the rest of the whole front, spread around what is chosen. The proxy judges a plan before any weight moves; plans of one family can all look better
     than another's at the same MACs and still fine-tune worse, most of all at the low end, where the
     proxy is near chance (benchmarks/README.md, "front": a global threshold at 15% MACs lost to
     per-stage ratios by the proxy and beat them by 2-3 points after the fine-tune).
@@ -54,8 +56,14 @@ def select(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
     seen: set[str] = set()
     families = sorted({family(c) for c in pool})
     quota = int(k * FAMILY_SHARE) // len(families) if len(families) > 1 else 0
-    for name in families if quota else ():
-        _fill([c for c in pool if family(c) == name], len(chosen) + quota, chosen, seen)
+    for name in families if quota else ():  # each family on its own, from its own cheapest plan
+        own: list[Candidate] = []
+        _fill([c for c in pool if family(c) == name], quota, own, seen)
+        chosen += own
+    front = _front(pool)
+    if front and plan_key(front[0].params) not in seen and len(chosen) < k:
+        seen.add(plan_key(front[0].params))  # the whole front's cheapest plan always has a trial
+        chosen.append(front[0])
     _fill(pool, k, chosen, seen)
     for c in chosen:
         c.selected = True
