@@ -112,9 +112,10 @@ class SpaceSpec:
             if set(d["lr"]) != {"around"}:
                 raise ConfigError(f"space.lr must be [low, high], {{around: F}} or null, got {d['lr']!r}")
             d["lr"] = _number("lr", d["lr"]["around"])
-        for key in ("ratio_range", "lr"):
-            if d.get(key) is not None and not isinstance(d[key], float):
-                d[key] = _range(key, d[key])
+        if "ratio_range" in d:  # a list only: a bare number here is no range (a float means {around: F} for lr)
+            d["ratio_range"] = _range("ratio_range", d["ratio_range"])
+        if d.get("lr") is not None and not isinstance(d["lr"], float):
+            d["lr"] = _range("lr", d["lr"])
         if d.get("min_fraction") is not None:
             d["min_fraction"] = _number("min_fraction", d["min_fraction"])
         if "ratios" in d and not isinstance(d["ratios"], str):
