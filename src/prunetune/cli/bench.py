@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from prunetune.cli._common import add_allow_code, add_format, millions, need_file, print_json, print_table
 
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if not math.isfinite(args.min_time) or args.min_time <= 0:
+        raise ConfigError(f"--min-time must be a number of seconds > 0, got {args.min_time:g}")
     path = need_file(args.model, "pruned model")
     pruned, plan = load_pruned(path, allow_code=args.allow_code), read_pruned_plan(path)
     dense = dense_architecture(path, allow_code=args.allow_code)

@@ -64,6 +64,9 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     out = Path(out)
     if format == "export" and out.suffix != ".pt2":
         raise ConfigError(f"a torch.export program is saved as .pt2 (torch.export.load needs it), got {str(out)!r}")
+    from prunetune._paths import check_output_file
+
+    check_output_file(out, "--out", overwrite=True)  # a directory or an unwritable place: one line, before export
     model, input_shape = _resolve(model, input_shape, allow_code)
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
