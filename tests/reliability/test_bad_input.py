@@ -216,6 +216,8 @@ CASES = [
     Case("pretrain-epochs-negative", R, {"r.yaml": section("pretrain", epochs=-1)}, match="pretrain.epochs"),
     Case("pretrain-lr-str", R, {"r.yaml": section("pretrain", lr="fast")}, match="pretrain.lr"),
     Case("pretrain-batch-size-0", R, {"r.yaml": section("pretrain", batch_size=0)}, match="pretrain.batch_size"),
+    # was accepted and failed in the dense training with a ValueError traceback
+    Case("pretrain-seed-str", R, {"r.yaml": section("pretrain", seed="x")}, match="pretrain.seed must be an integer"),
     Case("pretrain-unknown-key", R, {"r.yaml": section("pretrain", warmup=1)}, match="'warmup'"),
     Case("seed-str", R, {"r.yaml": recipe(seed="abc")}, match="seed"),
     Case("seed-float", R, {"r.yaml": recipe(seed=1.5)}, match="seed"),

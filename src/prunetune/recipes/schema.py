@@ -183,6 +183,7 @@ class PretrainSpec:
         spec = cls(**section("pretrain", value, {f.name for f in fields(cls)}))
         integer(spec.epochs, "pretrain.epochs", minimum=0)
         integer(spec.batch_size, "pretrain.batch_size", minimum=1)
+        integer(spec.seed, "pretrain.seed")
         for key in ("lr", "weight_decay"):
             number = getattr(spec, key)
             if not is_finite_number(number) or number < 0 or (key == "lr" and number == 0):
