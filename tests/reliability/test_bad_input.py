@@ -221,6 +221,8 @@ CASES = [
     Case("pretrain-unknown-key", R, {"r.yaml": section("pretrain", warmup=1)}, match="'warmup'"),
     Case("seed-str", R, {"r.yaml": recipe(seed="abc")}, match="seed"),
     Case("seed-float", R, {"r.yaml": recipe(seed=1.5)}, match="seed"),
+    # was "malformed pruning plan: missing or bad field 'list' object has no attribute 'get'"
+    Case("plan-list", R, {"r.yaml": recipe(plan=[1])}, match=r"plan must be the path of a plan JSON .* got \[1\]"),
     Case("device-tpu", R, {"r.yaml": recipe(device="tpu")}, match="device"),
     Case("device-cuda-unavailable", R, {"r.yaml": recipe(device="cuda")}, match="CUDA"),
     Case("plan-path-missing", R, {"r.yaml": recipe(plan="missing.plan.json")}, match="missing.plan.json"),
