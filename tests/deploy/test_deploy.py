@@ -172,3 +172,15 @@ def test_bench_refuses_a_min_time_that_is_no_time(pruned_file, capsys, value) ->
     assert main(["bench", "--model", str(pruned_file), "--batch", "1", f"--min-time={value}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--min-time must be a number of seconds > 0" in err
+
+
+@pytest.mark.parametrize("content", [b"existing\n", b"model: {name: resnet20}\n"])
+def test_a_file_that_is_no_pruned_model_says_so(tmp_path, capsys, content) -> None:
+    # a text file gave "cannot read pruned model 'x.pt': pop from empty list"
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    capsys.readouterr()
+    assert main(["deploy", "--model", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a file `prunetune prune --out` wrote" in err
+    assert not (tmp_path / "m.ts").exists()
