@@ -127,6 +127,7 @@ def test_optuna_ask_runs_the_space(resnet20) -> None:
     ({"normalizers": ["rank", "rank"]}, "twice"),
     ({"lr": [0.1]}, r"\[low, high\]"),
     ({"lr": [0.0, 0.1]}, "0 < low <= high"),
+    ({"lr": float("inf")}, "needs a finite F >= 1"),  # was accepted: a log-uniform lr range [0, inf]
     ({"schedules": ["sfpp"]}, "did you mean 'sfp'"),
     ({"min_fraction": 0}, r"\(0, 1\]"),
 ])

@@ -78,8 +78,8 @@ class SpaceSpec:
             raise ConfigError(f"space.ratio_range must be [low, high] with 0 <= low <= high < 1, got {list(self.ratio_range)}")
         if self.min_fraction is not None and not 0.0 < self.min_fraction <= 1.0:
             raise ConfigError(f"space.min_fraction must be a fraction of dense MACs in (0, 1], got {self.min_fraction!r}")
-        if isinstance(self.lr, float) and not self.lr >= 1.0:
-            raise ConfigError(f"space.lr: {{around: F}} needs F >= 1 (the range [lr/F, F·lr]), got {self.lr!r}")
+        if isinstance(self.lr, float) and not (math.isfinite(self.lr) and self.lr >= 1.0):
+            raise ConfigError(f"space.lr: {{around: F}} needs a finite F >= 1 (the range [lr/F, F·lr]), got {self.lr!r}")
         if isinstance(self.lr, tuple) and not 0.0 < self.lr[0] <= self.lr[1]:
             raise ConfigError(f"space.lr must be [low, high] with 0 < low <= high, got {list(self.lr)}")
         for key, registry in (("criteria", CRITERIA), ("normalizers", NORMALIZERS), ("schedules", SCHEDULES),
