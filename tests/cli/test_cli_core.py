@@ -150,3 +150,16 @@ def test_groups_marks_groups_it_cannot_count_analytically(capsys) -> None:
     assert [g["analytic"] for g in data["groups"]] == [True, False, True] and data["counted"]
     code, out, _ = run(capsys, "groups", "--model", "zoo_grouped")
     assert "counted*" not in out and "not pruned: grouped.0" in out
+
+
+def test_output_piped_into_a_reader_that_stops_is_no_traceback() -> None:
+    # `prunetune groups --format json | head -1` printed a BrokenPipeError traceback
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "prunetune", "groups", "--model", "resnet56", "--format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command prints
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

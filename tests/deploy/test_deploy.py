@@ -152,3 +152,35 @@ def test_package_level_deploy_reads_the_input_shape_from_a_pruned_file(pruned_fi
     assert result.input_shape == SHAPE and result.rel_diff <= 1e-4
     program = torch.export.load(str(tmp_path / "m.pt2")).module()
     assert program(torch.randn(3, *SHAPE)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_deploy_to_a_directory_is_one_line(pruned_file, tmp_path, capsys, fmt) -> None:
+    # was an IsADirectoryError traceback from the writer (exit status 1) after the export ran
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    capsys.readouterr()
+    assert main(["deploy", "--model", str(pruned_file), "--format", fmt, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a directory; give a file name (--out)" in err
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan"])
+def test_bench_refuses_a_min_time_that_is_no_time(pruned_file, capsys, value) -> None:
+    # a negative --min-time was accepted and printed medians with a 0 IQR and meaningless speed-ups
+    capsys.readouterr()
+    assert main(["bench", "--model", str(pruned_file), "--batch", "1", f"--min-time={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--min-time must be a number of seconds > 0" in err
+
+
+@pytest.mark.parametrize("content", [b"existing\n", b"model: {name: resnet20}\n"])
+def test_a_file_that_is_no_pruned_model_says_so(tmp_path, capsys, content) -> None:
+    # a text file gave "cannot read pruned model 'x.pt': pop from empty list"
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    capsys.readouterr()
+    assert main(["deploy", "--model", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a file `prunetune prune --out` wrote" in err
+    assert not (tmp_path / "m.ts").exists()

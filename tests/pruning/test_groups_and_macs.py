@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 
+import torch
+from torch import nn
+
 from prunetune.models import create_model
 from prunetune.pruning.allocation import KeepRule, keep_from_ratios
 from prunetune.pruning.groups import find_groups
+from prunetune.testing import check_model
 
 SHAPE = (3, 32, 32)
 
@@ -48,3 +52,34 @@ def test_groups_command_widths_match_hand_derivation_at_0_4() -> None:
     groups = find_groups(create_model("resnet56"), SHAPE)
     keep = keep_from_ratios(groups, {}, default=0.4)
     assert [keep[n] for n in groups.names] == [9] * 10 + [19] * 10 + [38] * 10 == hand_widths_resnet56(0.4)
+
+
+class _ConcatIntoDepthwise(nn.Module):
+    """Two convs concatenated into a depthwise conv: one coupled group whose channels are written in slices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.left = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.right = nn.Sequential(nn.Conv2d(8, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=False), nn.BatchNorm2d(12), nn.ReLU())
+        self.pw = nn.Sequential(nn.Conv2d(12, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.dw(torch.cat([self.left(x), self.right(x)], 1))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.pw(x), 1), 1))
+
+
+def test_a_concatenation_into_a_depthwise_conv_is_left_unpruned_not_half_a_group() -> None:
+    # the group was named after `left` with its 8 channels while `right` and `dw` hold 4 and 12:
+    # scoring it failed (tensors of different sizes) and masking it crashed
+    model = _ConcatIntoDepthwise().eval()
+    groups = find_groups(model, (3, 8, 8))
+    assert "left.0" not in groups.names and any(s.startswith("left.0:") for s in groups.skipped)
+    for g in groups:
+        for layer in g.out_layers:
+            module = dict(model.named_modules())[layer]
+            assert (module.out_channels if isinstance(module, nn.Conv2d) else module.out_features) == g.channels
+    check_model(lambda: _ConcatIntoDepthwise(), (3, 8, 8))

@@ -216,9 +216,13 @@ CASES = [
     Case("pretrain-epochs-negative", R, {"r.yaml": section("pretrain", epochs=-1)}, match="pretrain.epochs"),
     Case("pretrain-lr-str", R, {"r.yaml": section("pretrain", lr="fast")}, match="pretrain.lr"),
     Case("pretrain-batch-size-0", R, {"r.yaml": section("pretrain", batch_size=0)}, match="pretrain.batch_size"),
+    # was accepted and failed in the dense training with a ValueError traceback
+    Case("pretrain-seed-str", R, {"r.yaml": section("pretrain", seed="x")}, match="pretrain.seed must be an integer"),
     Case("pretrain-unknown-key", R, {"r.yaml": section("pretrain", warmup=1)}, match="'warmup'"),
     Case("seed-str", R, {"r.yaml": recipe(seed="abc")}, match="seed"),
     Case("seed-float", R, {"r.yaml": recipe(seed=1.5)}, match="seed"),
+    # was "malformed pruning plan: missing or bad field 'list' object has no attribute 'get'"
+    Case("plan-list", R, {"r.yaml": recipe(plan=[1])}, match=r"plan must be the path of a plan JSON .* got \[1\]"),
     Case("device-tpu", R, {"r.yaml": recipe(device="tpu")}, match="device"),
     Case("device-cuda-unavailable", R, {"r.yaml": recipe(device="cuda")}, match="CUDA"),
     Case("plan-path-missing", R, {"r.yaml": recipe(plan="missing.plan.json")}, match="missing.plan.json"),

@@ -162,3 +162,28 @@ def test_a_pruned_model_file_naming_a_factory_needs_the_opt_in(tmp_path, monkeyp
         load_pruned(tmp_path / "p.pt")
     assert not (tmp_path / "MARKER-factory").exists()
     assert load_pruned(tmp_path / "p.pt", allow_code=True)(torch.randn(1, 1, 8, 8)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("command", ["deploy", "bench"])
+def test_deploy_and_bench_take_the_opt_in_their_error_asks_for(tmp_path, monkeypatch, capfd, command) -> None:
+    # the refusal says "pass --allow-code": the command it comes from must accept that flag
+    from prunetune.recipes.checkpoint import save_pruned
+    from prunetune.pruning.groups import find_groups
+    from prunetune.pruning.plan import make_plan
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _factory_module(tmp_path, f"factory_{command}")
+    model = create_model("tiny_resnet", in_channels=1)
+    groups = find_groups(model, (1, 8, 8))
+    plan = make_plan(groups, {g.name: torch.arange(g.channels, dtype=torch.float32) for g in groups},
+                     groups.dense_keep())
+    save_pruned(tmp_path / "p.pt", model, plan, {"name": f"factory_{command}:build", "num_classes": 10,
+                                                  "in_channels": 1, "kwargs": {}})
+    args = (["deploy", "--model", "p.pt", "--format", "torchscript", "--out", "p.ts"] if command == "deploy"
+            else ["bench", "--model", "p.pt", "--batch", "1", "--min-time", "0.01"])
+    capfd.readouterr()
+    assert main(args) == 2
+    assert "--allow-code" in capfd.readouterr().err and not (tmp_path / "MARKER-factory").exists()
+    assert main([*args, "--allow-code"]) == 0
+    assert (tmp_path / "MARKER-factory").exists()

@@ -58,6 +58,9 @@ def test_paths_in_the_file_are_relative_to_the_file(tmp_path) -> None:
     ({"recipe": RECIPE, "macs_budget": 0.5, "asha": {"grace": 1}}, "unknown key 'grace' in asha"),
     ({"recipe": RECIPE, "macs_budget": 0.5, "experiment": "a/b"}, "experiment must be a name"),
     ({"recipe": RECIPE, "macs_budget": 0.5, "space": {"criteria": ["l11"]}}, "did you mean 'l1'"),
+    # Optuna seeds numpy with it: a negative or too large seed crashed the search with a traceback
+    ({"recipe": RECIPE, "macs_budget": 0.5, "seed": -1}, r"seed must be an integer in \[0, 4294967294\], got -1"),
+    ({"recipe": RECIPE, "macs_budget": 0.5, "seed": 2**32}, r"seed must be an integer in \[0, 4294967294\]"),
 ])
 def test_schema_errors_name_the_key(tmp_path, data, match: str) -> None:
     with pytest.raises((ConfigError, UnknownNameError), match=match):

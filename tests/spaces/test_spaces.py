@@ -120,11 +120,14 @@ def test_optuna_ask_runs_the_space(resnet20) -> None:
     ({"ratios": "per_stag"}, "did you mean 'per_stage'"),
     ({"ratio_range": [0.5, 0.2]}, "0 <= low <= high < 1"),
     ({"ratio_range": [0.0, 1.0]}, "0 <= low <= high < 1"),
+    ({"ratio_range": 0.5}, r"ratio_range must be a list \[low, high\], got 0.5"),  # was a TypeError traceback
+    ({"ratio_range": None}, r"ratio_range must be a list \[low, high\], got None"),
     ({"criteria": ["capacty"]}, "did you mean 'capacity'"),
     ({"criteria": []}, "at least one"),
     ({"normalizers": ["rank", "rank"]}, "twice"),
     ({"lr": [0.1]}, r"\[low, high\]"),
     ({"lr": [0.0, 0.1]}, "0 < low <= high"),
+    ({"lr": float("inf")}, "needs a finite F >= 1"),  # was accepted: a log-uniform lr range [0, inf]
     ({"schedules": ["sfpp"]}, "did you mean 'sfp'"),
     ({"min_fraction": 0}, r"\(0, 1\]"),
 ])

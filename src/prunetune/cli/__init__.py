@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import select
 import sys
 from collections.abc import Sequence
 
@@ -48,7 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr, force=True)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a reader gone away (`... | head`) is handled below
+        return code
+    except BrokenPipeError:
+        if _stdout_is_open():
+            raise  # a broken pipe elsewhere (a socket), not our output
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
     except PrunetuneError as exc:
         if args.debug:
             raise
@@ -57,6 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"prunetune {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _stdout_is_open() -> bool:
+    """False when nobody reads our standard output any more (a pipe whose reader closed it)."""
+    try:
+        poll = select.poll()  # not on Windows: there the error is raised as before
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return not any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 
-from prunetune.cli._common import add_format, millions, need_file, print_json, print_table
+from prunetune.cli._common import add_allow_code, add_format, millions, need_file, print_json, print_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "machine shared with other work)")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                    help="time the models with their batch norms (default: folded, as `deploy` writes them)")
+    add_allow_code(p)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -44,9 +46,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if not math.isfinite(args.min_time) or args.min_time <= 0:
+        raise ConfigError(f"--min-time must be a number of seconds > 0, got {args.min_time:g}")
     path = need_file(args.model, "pruned model")
-    pruned, plan = load_pruned(path), read_pruned_plan(path)
-    dense = dense_architecture(path)
+    pruned, plan = load_pruned(path, allow_code=args.allow_code), read_pruned_plan(path)
+    dense = dense_architecture(path, allow_code=args.allow_code)
     if args.dense:
         load_checkpoint(dense, need_file(args.dense, "dense checkpoint"),
                         model_name="the pruned model's dense architecture")

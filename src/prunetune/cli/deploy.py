@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunetune.cli._common import need_file, print_json
+from prunetune.cli._common import add_allow_code, need_file, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep batch norms (by default they are folded into the convs before export)")
     p.add_argument("--check-batch", type=int, default=3, help="batch size of the random check (default 3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (--format names the file format)")
+    add_allow_code(p)
     p.set_defaults(func=run)
 
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.deployment import deploy
 
     result = deploy(need_file(args.model, "pruned model"), args.deploy_format, args.out, fold_bn=args.fold_bn,
-                    check_batch=args.check_batch)
+                    check_batch=args.check_batch, allow_code=args.allow_code)
     if args.json:
         print_json(result.as_dict())
         return 0

@@ -44,7 +44,7 @@ class DeployResult:
 
 def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.PathLike, *,  # noqa: A002
            input_shape: tuple[int, ...] | None = None, fold_bn: bool = True, check_batch: int = 3,
-           seed: int = 0) -> DeployResult:
+           seed: int = 0, allow_code: bool = False) -> DeployResult:
     """Write ``model`` (a module, or a ``prunetune prune`` output file) as ``format`` to ``out`` and check it.
 
     Args:
@@ -52,6 +52,7 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
         input_shape: ``(C, H, W)``; read from the pruned file's plan when ``model`` is a path.
         fold_bn: fold batch norms into the convs before writing.
         check_batch: batch size of the random check (the file is exported with batch 2).
+        allow_code: let a pruned file whose model is a ``package.module:function`` import and run it.
 
     Raises:
         DeployError: the written model differs from PyTorch by more than 1e-4 (relative).
@@ -63,7 +64,10 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     out = Path(out)
     if format == "export" and out.suffix != ".pt2":
         raise ConfigError(f"a torch.export program is saved as .pt2 (torch.export.load needs it), got {str(out)!r}")
-    model, input_shape = _resolve(model, input_shape)
+    from prunetune._paths import check_output_file
+
+    check_output_file(out, "--out", overwrite=True)  # a directory or an unwritable place: one line, before export
+    model, input_shape = _resolve(model, input_shape, allow_code)
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     reference = model.eval()
@@ -85,7 +89,7 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
                         time.perf_counter() - t0)
 
 
-def _resolve(model, input_shape) -> tuple[nn.Module, tuple[int, ...]]:
+def _resolve(model, input_shape, allow_code: bool = False) -> tuple[nn.Module, tuple[int, ...]]:
     if isinstance(model, nn.Module):
         if input_shape is None:
             raise ConfigError("deploy(module, ...) needs input_shape=(C, H, W); a pruned file carries its own")
@@ -93,7 +97,7 @@ def _resolve(model, input_shape) -> tuple[nn.Module, tuple[int, ...]]:
     from prunetune.recipes.checkpoint import load_pruned, pruned_input_shape
 
     path = Path(model)
-    return load_pruned(path), tuple(input_shape or pruned_input_shape(path))
+    return load_pruned(path, allow_code=allow_code), tuple(input_shape or pruned_input_shape(path))
 
 
 __all__ = ["FORMATS", "DeployResult", "deploy", "fold_batchnorm"]

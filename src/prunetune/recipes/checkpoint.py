@@ -156,7 +156,9 @@ def _read_pruned(path: Path, map_location) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read pruned model {str(path)!r}: {str(exc).splitlines()[0][:200]}") from None
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise CheckpointError(f"cannot read pruned model {str(path)!r}: it is not a file `prunetune prune --out` "
+                              f"wrote ({type(exc).__name__}: {first})") from None
     if not isinstance(data, dict) or data.get("format") != PRUNED_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a prunetune pruned model (format {PRUNED_FORMAT})")
     return data

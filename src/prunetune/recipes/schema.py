@@ -183,6 +183,7 @@ class PretrainSpec:
         spec = cls(**section("pretrain", value, {f.name for f in fields(cls)}))
         integer(spec.epochs, "pretrain.epochs", minimum=0)
         integer(spec.batch_size, "pretrain.batch_size", minimum=1)
+        integer(spec.seed, "pretrain.seed")
         for key in ("lr", "weight_decay"):
             number = getattr(spec, key)
             if not is_finite_number(number) or number < 0 or (key == "lr" and number == 0):
@@ -261,6 +262,9 @@ class Recipe:
         device = d.get("device", "auto")
         if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {short(device)}")
+        if d.get("plan") is not None and not isinstance(d["plan"], (str, Mapping)):
+            raise ConfigError(f"plan must be the path of a plan JSON (e.g. pruned.plan.json) or the plan itself "
+                              f"(a mapping), got {short(d['plan'])}")
         return cls(
             model=ModelSpec.parse(d["model"]), data=DataSpec.parse(d["data"]),
             criterion=CriterionSpec.parse(d.get("criterion", "l1")),

@@ -66,6 +66,7 @@ from prunetune.spaces import SpaceSpec
 from prunetune.tracking.store import resolve_tracking_uri
 
 SAMPLERS = ("tpe", "nsga2")
+MAX_SEED = 2**32 - 2
 SETTINGS_KEYS = ("macs_budget", "trials", "concurrency", "sampler", "seed", "cpus_per_trial", "gpus_per_trial",
                  "time_budget_s", "asha", "reuse_actors", "latency", "experiment", "tracking_uri", "storage_path",
                  "ray_address", "allow_code", "study_storage")
@@ -116,8 +117,9 @@ class SearchSettings:
                 raise ConfigError(f"{key} must be an integer >= 1, got {short(getattr(self, key))}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {short(self.sampler)}")
-        if not _int(self.seed):
-            raise ConfigError(f"seed must be an integer, got {short(self.seed)}")
+        if not _int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            # Optuna's samplers seed numpy, which takes 0 .. 2**32 - 1 (and a screened search uses seed + 1)
+            raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}], got {short(self.seed)}")
         if not is_finite_number(self.cpus_per_trial) or self.cpus_per_trial <= 0:
             raise ConfigError(f"cpus_per_trial must be a number > 0, got {short(self.cpus_per_trial)}")
         if not is_finite_number(self.gpus_per_trial) or self.gpus_per_trial < 0:

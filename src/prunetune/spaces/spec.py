@@ -78,8 +78,8 @@ class SpaceSpec:
             raise ConfigError(f"space.ratio_range must be [low, high] with 0 <= low <= high < 1, got {list(self.ratio_range)}")
         if self.min_fraction is not None and not 0.0 < self.min_fraction <= 1.0:
             raise ConfigError(f"space.min_fraction must be a fraction of dense MACs in (0, 1], got {self.min_fraction!r}")
-        if isinstance(self.lr, float) and not self.lr >= 1.0:
-            raise ConfigError(f"space.lr: {{around: F}} needs F >= 1 (the range [lr/F, F·lr]), got {self.lr!r}")
+        if isinstance(self.lr, float) and not (math.isfinite(self.lr) and self.lr >= 1.0):
+            raise ConfigError(f"space.lr: {{around: F}} needs a finite F >= 1 (the range [lr/F, F·lr]), got {self.lr!r}")
         if isinstance(self.lr, tuple) and not 0.0 < self.lr[0] <= self.lr[1]:
             raise ConfigError(f"space.lr must be [low, high] with 0 < low <= high, got {list(self.lr)}")
         for key, registry in (("criteria", CRITERIA), ("normalizers", NORMALIZERS), ("schedules", SCHEDULES),
@@ -112,9 +112,10 @@ class SpaceSpec:
             if set(d["lr"]) != {"around"}:
                 raise ConfigError(f"space.lr must be [low, high], {{around: F}} or null, got {d['lr']!r}")
             d["lr"] = _number("lr", d["lr"]["around"])
-        for key in ("ratio_range", "lr"):
-            if d.get(key) is not None and not isinstance(d[key], float):
-                d[key] = _range(key, d[key])
+        if "ratio_range" in d:  # a list only: a bare number here is no range (a float means {around: F} for lr)
+            d["ratio_range"] = _range("ratio_range", d["ratio_range"])
+        if d.get("lr") is not None and not isinstance(d["lr"], float):
+            d["lr"] = _range("lr", d["lr"])
         if d.get("min_fraction") is not None:
             d["min_fraction"] = _number("min_fraction", d["min_fraction"])
         if "ratios" in d and not isinstance(d["ratios"], str):
