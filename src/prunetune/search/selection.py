@@ -3,8 +3,7 @@
 A :class:`Candidate` is one screened plan and what screening measured of it. :func:`select` takes
 the non-dominated candidates of the proxy front (maximise proxy, minimise MACs; a plan less than
 :data:`MACS_TOLERANCE` cheaper than a better one does not count), then the next fronts if the first
-is too small, spread over log-MACs from the cheapest; with several allocation families, a share of
-the trials first goes to each family's own front (:data:`FAMILY_SHARE`). :func:`spearman` is the rank correlation the
+is too small, spread over log-MACs from the cheapest. :func:`spearman` is the rank correlation the
 search reports between proxy and fine-tuned accuracy.
 """
 
@@ -41,49 +40,10 @@ class Candidate:
 
 def select(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
     """``k`` candidates to fine-tune: the proxy front (maximise proxy, minimise MACs) first, then the
-    next fronts; within a front, spread over log-MACs (farthest point first, from the cheapest).
-
-    With several allocation families in the pool (``global`` and ``ratios``, say), each first gets
-    ``int(k · FAMILY_SHARE) // families`` trials (none when that is 0) from its own front, spread
-    from its own cheapest plan, whatever the other families took; then the whole front's cheapest
-    plan, if not taken yet, and the rest of the whole front, spread around what is chosen. The proxy judges a plan before any weight moves; plans of one family can all look better
-    than another's at the same MACs and still fine-tune worse, most of all at the low end, where the
-    proxy is near chance (benchmarks/README.md, "front": a global threshold at 15% MACs lost to
-    per-stage ratios by the proxy and beat them by 2-3 points after the fine-tune).
-    """
+    next fronts; within a front, spread over log-MACs (farthest point first, from the cheapest)."""
     pool = [c for c in candidates if c.ok]
     chosen: list[Candidate] = []
     seen: set[str] = set()
-    families = sorted({family(c) for c in pool})
-    quota = int(k * FAMILY_SHARE) // len(families) if len(families) > 1 else 0
-    for name in families if quota else ():  # each family on its own, from its own cheapest plan
-        own: list[Candidate] = []
-        _fill([c for c in pool if family(c) == name], quota, own, seen)
-        chosen += own
-    front = _front(pool)
-    if front and plan_key(front[0].params) not in seen and len(chosen) < k:
-        seen.add(plan_key(front[0].params))  # the whole front's cheapest plan always has a trial
-        chosen.append(front[0])
-    _fill(pool, k, chosen, seen)
-    for c in chosen:
-        c.selected = True
-    return sorted(chosen, key=lambda c: c.macs_ratio)
-
-
-FAMILY_SHARE = 0.5
-"""The share of the trials split evenly between the allocation families before the rest follow the
-proxy front alone."""
-
-
-def family(c: Candidate) -> str:
-    """A candidate's allocation family (``ratios``, ``global``, a CMI cut-off, ...)."""
-    return str(c.config.get("allocation", c.params.get("allocation", "")))
-
-
-def _fill(pool: Sequence[Candidate], k: int, chosen: list[Candidate], seen: set[str]) -> None:
-    """Add candidates of ``pool`` to ``chosen`` until it holds ``k``: front by front, each spread
-    over log-MACs around what is already chosen."""
-    pool = [c for c in pool if plan_key(c.params) not in seen]
     while pool and len(chosen) < k:
         front = _front(pool)
         for c in _spread(front, k - len(chosen), chosen):
@@ -92,6 +52,9 @@ def _fill(pool: Sequence[Candidate], k: int, chosen: list[Candidate], seen: set[
                 seen.add(key)
                 chosen.append(c)
         pool = [c for c in pool if c not in front]
+    for c in chosen:
+        c.selected = True
+    return sorted(chosen, key=lambda c: c.macs_ratio)
 
 
 MACS_TOLERANCE = 0.02  # relative MACs differences below this do not make a worse proxy worth a trial
