@@ -129,6 +129,10 @@ def test_export_trial_by_name_ray_id_or_run_id(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit, match="2"):
         main(base + ["--trial", "t03", "--pick", "knee"])
     assert "argument --pick: not allowed with argument --trial" in capsys.readouterr().err
+    macs = first["macs_ratio"]
+    err = _error_line(capsys, base + ["--trial", "t03", "--budget", f"{macs * 0.9:.6f}"])  # a budget it exceeds
+    assert "error: trial t03 uses 40.0% of the dense MACs, above --budget" in err and "drop --budget" in err
+    assert main(base + ["--trial", "t03", "--budget", f"{min(1.0, macs * 1.1):.6f}"]) == 0  # within it: exported
 
 
 def test_every_flag_of_every_command_has_help() -> None:

@@ -118,6 +118,12 @@ def test_deploy_and_bench_commands(pruned_file, tmp_path, capsys) -> None:
     assert "max abs difference to PyTorch" in out and "N dynamic" in out
     loaded = torch.jit.load(str(tmp_path / "m.pt"))
     assert loaded(torch.randn(2, *SHAPE)).shape == (2, 10)
+    before = (tmp_path / "m.pt").read_bytes()  # deploying again to the same file: refused, the file kept
+    assert main(["deploy", "--model", str(pruned_file), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and (tmp_path / "m.pt").read_bytes() == before
+    assert main(["deploy", "--model", str(pruned_file), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                 "--overwrite", "--json"]) == 0
+    capsys.readouterr()
     assert main(["bench", "--model", str(pruned_file), "--batch", "1,4", "--threads", "1", "--min-time", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "speed-up" in out and "pruned" in out and "median ms" in out

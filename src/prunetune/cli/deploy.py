@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep batch norms (by default they are folded into the convs before export)")
     p.add_argument("--check-batch", type=int, default=3, help="batch size of the random check (default 3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (--format names the file format)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_allow_code(p)
     p.set_defaults(func=run)
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.deployment import deploy
 
     result = deploy(need_file(args.model, "pruned model"), args.deploy_format, args.out, fold_bn=args.fold_bn,
-                    check_batch=args.check_batch, allow_code=args.allow_code)
+                    check_batch=args.check_batch, allow_code=args.allow_code, overwrite=args.overwrite)
     if args.json:
         print_json(result.as_dict())
         return 0

@@ -44,7 +44,7 @@ class DeployResult:
 
 def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.PathLike, *,  # noqa: A002
            input_shape: tuple[int, ...] | None = None, fold_bn: bool = True, check_batch: int = 3,
-           seed: int = 0, allow_code: bool = False) -> DeployResult:
+           seed: int = 0, allow_code: bool = False, overwrite: bool = False) -> DeployResult:
     """Write ``model`` (a module, or a ``prunetune prune`` output file) as ``format`` to ``out`` and check it.
 
     Args:
@@ -53,6 +53,7 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
         fold_bn: fold batch norms into the convs before writing.
         check_batch: batch size of the random check (the file is exported with batch 2).
         allow_code: let a pruned file whose model is a ``package.module:function`` import and run it.
+        overwrite: replace an existing ``out`` (otherwise that is an error, before any work).
 
     Raises:
         DeployError: the written model differs from PyTorch by more than 1e-4 (relative).
@@ -66,7 +67,7 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
         raise ConfigError(f"a torch.export program is saved as .pt2 (torch.export.load needs it), got {str(out)!r}")
     from prunetune._paths import check_output_file
 
-    check_output_file(out, "--out", overwrite=True)  # a directory or an unwritable place: one line, before export
+    check_output_file(out, "--out", overwrite=overwrite)  # an existing file, a directory, an unwritable place
     model, input_shape = _resolve(model, input_shape, allow_code)
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)

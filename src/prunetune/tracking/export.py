@@ -31,7 +31,11 @@ def choose(records: SearchRecords, pick: str = "max-acc", budget: float | None =
     """The trial ``pick`` selects among the finished ones (``budget`` defaults to the search's), or the
     finished trial named ``trial``: its short name (``t07``), Ray trial id or MLflow run id."""
     if trial is not None:
-        return find_trial(records, trial)
+        record = find_trial(records, trial)
+        if budget is not None and record.macs_ratio > budget + 1e-9:
+            raise ConfigError(f"trial {record.name} uses {record.macs_ratio:.1%} of the dense MACs, above --budget "
+                              f"{budget:g}; drop --budget to export it anyway, or pick a trial within it")
+        return record
     budget = records.budget if budget is None else budget
     t = records.trials
     i = pick_index(pick, [r.accuracy for r in t], [r.macs for r in t], [r.macs_ratio for r in t], budget)
