@@ -14,7 +14,7 @@ from prunetune.pruning.allocation import MacsBudget
 from prunetune.recipes import pipeline
 from prunetune.recipes.schema import Recipe
 from prunetune.search import run_trial
-from prunetune.search.resume import STATE_FILE, resume_state, write_state
+from prunetune.search.resume import STATE_FILE, recorded_config, resume_state, write_state
 from prunetune.spaces import RandomTrial, trial_recipe
 from search.conftest import TINY_RECIPE
 
@@ -109,12 +109,37 @@ def test_a_state_written_now_records_the_base_recipe_as_given(make_config, tmp_p
     exp.mkdir(parents=True)
     write_state(exp, {"identity": config.identity(), "parent_run_id": "r", "study_name": "tiny", "finished": False})
     state = json.loads((exp / STATE_FILE).read_text())
-    assert state["version"] == 2 and "allocation" not in state["identity"]["recipe"]
+    assert state["version"] == 3 and "allocation" not in state["identity"]["recipe"]
     assert resume_state(config, exp, None) == state
     old = _old_state(tmp_path)["identity"]
-    assert {k: v for k, v in old["recipe"].items() if k != "allocation"} == state["identity"]["recipe"]
+    now = state["identity"]["recipe"]  # what changed since 8c351a4: the allocation, and recalibrate_bn's default
+    assert old["recipe"]["finetune"] == {**now["finetune"], "recalibrate_bn": False}
+    assert {k: v for k, v in old["recipe"].items() if k not in ("allocation", "finetune")} == \
+        {k: v for k, v in now.items() if k != "finetune"}
     assert {k: v for k, v in old.items() if k != "recipe"} == {k: v for k, v in state["identity"].items()
                                                                if k != "recipe"}
     with pytest.raises(ConfigError, match="was started with another 'macs_budget'"):
         resume_state(make_config(macs_budget=0.4), exp, None)
 
+
+
+def test_a_search_started_before_recalibration_became_the_default_resumes_without_it(make_config, tmp_path) -> None:
+    """States before version 3 were written when finetune.recalibrate_bn defaulted to false: such a
+    search resumes, and its remaining trials fine-tune as its first ones did; a state written now
+    records the value, and resuming it with another is an error."""
+    config = make_config()
+    assert config.recipe.finetune.recalibrate_bn is True  # the default now
+    state = _old_state(tmp_path)
+    exp = config.settings.experiment_dir
+    exp.mkdir(parents=True)
+    (exp / STATE_FILE).write_text(json.dumps(state))
+    assert resume_state(config, exp, None) == state
+    assert recorded_config(config, state).recipe.finetune.recalibrate_bn is False
+    assert recorded_config(config, None) is config
+    (exp / STATE_FILE).unlink()
+    write_state(exp, {"identity": config.identity(), "parent_run_id": "r", "study_name": "tiny", "finished": False})
+    now = json.loads((exp / STATE_FILE).read_text())
+    assert recorded_config(config, now) is config
+    off = make_config(recipe={**TINY_RECIPE, "finetune": {**TINY_RECIPE.get("finetune", {}), "recalibrate_bn": False}})
+    with pytest.raises(ConfigError, match="was started with another 'recipe'"):
+        resume_state(off, exp, None)

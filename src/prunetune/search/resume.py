@@ -12,6 +12,7 @@ own experiment state (pickles) is read, so no trial that MLflow recorded as fini
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,9 @@ from prunetune.search.config import SearchConfig
 from prunetune.tracking.tracker import ENDED_TAG, FAILED, FINISHED, KILLED, TRIAL_TAG
 
 STATE_FILE = "prunetune-search.json"
-STATE_VERSION = 2  # 1 (up to 8c351a4): the identity's base recipe carried the search's budget as its allocation
+STATE_VERSION = 3  # 1 (up to 8c351a4): the identity's base recipe carried the search's budget as its allocation;
+# 2 (up to a93fed4): written when finetune.recalibrate_bn defaulted to false
+RECALIBRATE_SINCE = 3
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
         raise ConfigError(f"search {name!r} already exists in {exp_dir}; resume it (same command) or choose "
                           "another --experiment")
     identity = json.loads(json.dumps(state_identity(config, state.get("version", 1)), default=str))
+    if state.get("version", 1) < RECALIBRATE_SINCE:  # compared as recorded: the run takes it (recorded_config)
+        identity["recipe"]["finetune"]["recalibrate_bn"] = _recorded_recalibrate(state)
     for key, old in state["identity"].items():
         if identity.get(key) != old:
             raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "
@@ -91,6 +96,20 @@ def state_identity(config: SearchConfig, version: int) -> dict[str, Any]:
     if version < 2 and config.recipe.allocation is None:
         identity["recipe"] = {**identity["recipe"], "allocation": {"macs_budget": config.settings.macs_budget}}
     return identity
+
+
+def recorded_config(config: SearchConfig, state: dict[str, Any] | None) -> SearchConfig:
+    """``config`` as the interrupted search ran it: a state written before ``finetune.recalibrate_bn``
+    defaulted to true resumes with the value it recorded (false unless given), so that every trial of
+    one search fine-tunes alike."""
+    if state is None or state.get("version", 1) >= RECALIBRATE_SINCE:
+        return config
+    finetune = dataclasses.replace(config.recipe.finetune, recalibrate_bn=_recorded_recalibrate(state))
+    return dataclasses.replace(config, recipe=config.recipe.with_changes(finetune=finetune))
+
+
+def _recorded_recalibrate(state: dict[str, Any]) -> bool:
+    return bool(state["identity"].get("recipe", {}).get("finetune", {}).get("recalibrate_bn", False))
 
 
 def write_state(exp_dir: Path, state: dict[str, Any]) -> None:

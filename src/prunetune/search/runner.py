@@ -31,7 +31,7 @@ from prunetune.search.config import SearchConfig
 from prunetune.search.lock import ExperimentLock
 from prunetune.search.objective import TrialResult, base_to, run_trial
 from prunetune.search.progress import Callback, Progress
-from prunetune.search.resume import STATE_FILE, done_trials, resume_state, write_state
+from prunetune.search.resume import STATE_FILE, done_trials, recorded_config, resume_state, write_state
 from prunetune.search.study import dashboard_command
 from prunetune.pruning.schedules import SCHEDULES
 from prunetune.search.screening import ScreenOutcome, hand_pool, run_screening, trial_points
@@ -114,6 +114,7 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     status = FAILED
     with ExperimentLock(s.experiment_dir, s.experiment):
         state = resume_state(config, s.experiment_dir, resume)
+        config = recorded_config(config, state)
         reporter.start_ticker()
         try:
             tracker, study = _run(config, state, objective, list(callbacks), show_progress, reporter)
