@@ -53,6 +53,20 @@ def test_only_the_published_sfp_end_is_soft(name) -> None:
     assert last.hard == 0.0  # the published end: soft to the last epoch, removal after it
 
 
+@pytest.mark.parametrize(("name", "params"), [v for v in VARIANTS if v[0] != "hard"], ids=lambda v: str(v))
+def test_a_soft_schedule_returns_the_network_its_last_epoch_measured(name, params) -> None:
+    """As a recipe runs it (default config, a recalibration loader given): no BN re-estimation after
+    the fine-tune, whose last epoch trained and measured the pruned network already."""
+    from prunetune.pruning.masking import run_schedule
+
+    model, groups, plan, data = _setup()
+    cfg = FinetuneConfig(epochs=3, lr=0.05, amp=False)
+    assert cfg.recalibrate_bn  # the default
+    final_model, history, _ = run_schedule(name, params, model, groups, plan, cfg, train_batches=data,
+                                           eval_batches=data, recalibration=data, show_progress=False)
+    assert evaluate(final_model, data) == history[-1]["accuracy"]
+
+
 @pytest.mark.parametrize(("name", "params"), VARIANTS, ids=lambda v: str(v))
 def test_masked_network_of_the_last_epoch_is_the_removed_network(name, params) -> None:
     model, groups, plan, data = _setup()

@@ -143,3 +143,10 @@ def test_a_search_started_before_recalibration_became_the_default_resumes_withou
     off = make_config(recipe={**TINY_RECIPE, "finetune": {**TINY_RECIPE.get("finetune", {}), "recalibrate_bn": False}})
     with pytest.raises(ConfigError, match="was started with another 'recipe'"):
         resume_state(off, exp, None)
+    # the old search finished after the change (its end writes a version-3 state recording false):
+    # the same command again says it finished, not that the recipe changed
+    (exp / STATE_FILE).unlink()
+    write_state(exp, {"identity": recorded_config(config, state).identity(), "parent_run_id": "r",
+                      "study_name": "tiny", "finished": True})
+    with pytest.raises(ConfigError, match="already finished"):
+        resume_state(config, exp, None)

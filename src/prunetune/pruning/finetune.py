@@ -36,7 +36,7 @@ class FinetuneConfig:
     batch_size: int = 128
     amp: bool = True  # mixed precision, CUDA only: bfloat16 where the GPU has it, else float16 + loss scaling
     channels_last: bool = True  # CUDA only
-    recalibrate_bn: bool = True  # re-estimate BN statistics after pruning, before fine-tuning (the proxy's state)
+    recalibrate_bn: bool = True  # one-shot schedules: re-estimate BN statistics after pruning, before fine-tuning
     recalibrate_batches: int = 20
 
     def __post_init__(self) -> None:

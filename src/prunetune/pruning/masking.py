@@ -197,7 +197,7 @@ def run_schedule(
         final = masks.finish()
     finally:
         masks.hooks.remove()
+    # no re-estimation here: the last epochs ran with every pruned channel hard, so the running BN
+    # statistics are already the pruned network's, and the last epoch's accuracy is the final one
     apply_plan(model, final, groups)
-    if config.recalibrate_bn and recalibration is not None:
-        recalibrate_bn(model, recalibration, max_batches=config.recalibrate_batches, device=device)
     return model, history, final

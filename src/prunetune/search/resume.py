@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from prunetune.exceptions import ConfigError
 from prunetune.search import trust
 from prunetune.search.config import SearchConfig
 from prunetune.tracking.tracker import ENDED_TAG, FAILED, FINISHED, KILLED, TRIAL_TAG
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "prunetune-search.json"
 STATE_VERSION = 3  # 1 (up to 8c351a4): the identity's base recipe carried the search's budget as its allocation;
@@ -71,6 +74,10 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
     if resume is False:
         raise ConfigError(f"search {name!r} already exists in {exp_dir}; resume it (same command) or choose "
                           "another --experiment")
+    if state.get("finished"):  # before the identity: a finished search is never resumed, whatever changed
+        raise ConfigError(f"search {name!r} already finished ({config.settings.trials} trials) in {exp_dir}; "
+                          f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
+                          "another --experiment")
     identity = json.loads(json.dumps(state_identity(config, state.get("version", 1)), default=str))
     if state.get("version", 1) < RECALIBRATE_SINCE:  # compared as recorded: the run takes it (recorded_config)
         identity["recipe"]["finetune"]["recalibrate_bn"] = _recorded_recalibrate(state)
@@ -79,10 +86,6 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
             raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "
                               f"({_short(old)}, now {_short(identity.get(key))}); resume with the same config, "
                               "or start a new search with another --experiment")
-    if state.get("finished"):
-        raise ConfigError(f"search {name!r} already finished ({config.settings.trials} trials) in {exp_dir}; "
-                          f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
-                          "another --experiment")
     trust.check(exp_dir, state, state_file=STATE_FILE)  # ours, unchanged since it stopped?
     return state
 
@@ -104,7 +107,12 @@ def recorded_config(config: SearchConfig, state: dict[str, Any] | None) -> Searc
     one search fine-tunes alike."""
     if state is None or state.get("version", 1) >= RECALIBRATE_SINCE:
         return config
-    finetune = dataclasses.replace(config.recipe.finetune, recalibrate_bn=_recorded_recalibrate(state))
+    recorded = _recorded_recalibrate(state)
+    if config.recipe.finetune.recalibrate_bn != recorded:
+        log.warning("resuming with finetune.recalibrate_bn: %s, as this search started (before it defaulted "
+                    "to true); its remaining trials fine-tune as its first ones did",
+                    str(recorded).lower())
+    finetune = dataclasses.replace(config.recipe.finetune, recalibrate_bn=recorded)
     return dataclasses.replace(config, recipe=config.recipe.with_changes(finetune=finetune))
 
 
