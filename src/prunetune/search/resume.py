@@ -78,9 +78,9 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
         raise ConfigError(f"search {name!r} already finished ({config.settings.trials} trials) in {exp_dir}; "
                           f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
                           "another --experiment")
-    identity = json.loads(json.dumps(state_identity(config, state.get("version", 1)), default=str))
-    if state.get("version", 1) < RECALIBRATE_SINCE:  # compared as recorded: the run takes it (recorded_config)
-        identity["recipe"]["finetune"]["recalibrate_bn"] = _recorded_recalibrate(state)
+    # compared as the search ran: the run takes the same config (recorded_config)
+    ran = _as_recorded(config, state)
+    identity = json.loads(json.dumps(state_identity(ran, state.get("version", 1)), default=str))
     for key, old in state["identity"].items():
         if identity.get(key) != old:
             raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "
@@ -105,19 +105,20 @@ def recorded_config(config: SearchConfig, state: dict[str, Any] | None) -> Searc
     """``config`` as the interrupted search ran it: a state written before ``finetune.recalibrate_bn``
     defaulted to true resumes with the value it recorded (false unless given), so that every trial of
     one search fine-tunes alike."""
-    if state is None or state.get("version", 1) >= RECALIBRATE_SINCE:
-        return config
-    recorded = _recorded_recalibrate(state)
-    if config.recipe.finetune.recalibrate_bn != recorded:
+    ran = _as_recorded(config, state)
+    if ran is not config and ran.recipe.finetune.recalibrate_bn != config.recipe.finetune.recalibrate_bn:
         log.warning("resuming with finetune.recalibrate_bn: %s, as this search started (before it defaulted "
                     "to true); its remaining trials fine-tune as its first ones did",
-                    str(recorded).lower())
+                    str(ran.recipe.finetune.recalibrate_bn).lower())
+    return ran
+
+
+def _as_recorded(config: SearchConfig, state: dict[str, Any] | None) -> SearchConfig:
+    if state is None or state.get("version", 1) >= RECALIBRATE_SINCE:
+        return config
+    recorded = bool(state["identity"].get("recipe", {}).get("finetune", {}).get("recalibrate_bn", False))
     finetune = dataclasses.replace(config.recipe.finetune, recalibrate_bn=recorded)
     return dataclasses.replace(config, recipe=config.recipe.with_changes(finetune=finetune))
-
-
-def _recorded_recalibrate(state: dict[str, Any]) -> bool:
-    return bool(state["identity"].get("recipe", {}).get("finetune", {}).get("recalibrate_bn", False))
 
 
 def write_state(exp_dir: Path, state: dict[str, Any]) -> None:
