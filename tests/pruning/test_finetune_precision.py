@@ -41,3 +41,22 @@ def test_loss_scaling_only_for_float16(monkeypatch: pytest.MonkeyPatch) -> None:
         with pytest.raises(RuntimeError, match="stop here"):
             ft.finetune(model, [], ft.FinetuneConfig(epochs=1), show_progress=False)
     assert made == [False, True, False]
+
+
+def test_evaluation_is_full_precision_unless_amp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``evaluate`` autocasts only when asked (the fine-tune passes its ``amp``), in the fine-tune's
+    type; the accuracies a recipe and a search report are taken in full precision."""
+    seen: list[torch.dtype] = []
+    model = torch.nn.Linear(4, 3)
+    model.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    batches = [(torch.randn(5, 4), torch.randint(0, 3, (5,)))]
+    monkeypatch.setattr(ft, "autocast_dtype", lambda device: torch.bfloat16)  # as on a GPU with bfloat16
+    ft.evaluate(model, batches)
+    ft.evaluate(model, batches, amp=True)
+    assert seen == [torch.float32, torch.bfloat16]
+    asked: list[bool] = []
+    monkeypatch.setattr(ft, "evaluate", lambda *a, amp=False, **k: asked.append(amp) or 0.5)
+    for amp in (False, True):
+        ft.finetune(model, batches, ft.FinetuneConfig(epochs=1, amp=amp), eval_batches=batches,
+                    show_progress=False)
+    assert asked == [False, True]

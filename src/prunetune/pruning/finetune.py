@@ -146,7 +146,7 @@ def finetune(
         if not math.isfinite(metrics["loss"]):
             raise FloatingPointError(f"fine-tune loss became {metrics['loss']} at epoch {epoch + 1}; lower finetune.lr")
         if eval_batches is not None:
-            metrics["accuracy"] = evaluate(model, eval_batches, device=device)
+            metrics["accuracy"] = evaluate(model, eval_batches, device=device, amp=config.amp)
         _call(callbacks, "on_epoch_end", epoch, config.epochs, metrics)
         history.append(metrics)
     return history
@@ -177,16 +177,19 @@ def _to(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy in [0, 1]."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, device: str | torch.device = "cpu",
+             amp: bool = False) -> float:
+    """Top-1 accuracy in [0, 1], in full precision unless ``amp`` (then in the fine-tune's mixed
+    precision on ``device``, :func:`autocast_dtype`; none on CPU)."""
     device = torch.device(device)
+    amp_dtype = autocast_dtype(device) if amp else None
     was_training = model.training
     model.eval()
     correct = total = 0
     try:
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(x)
             correct += int((logits.argmax(1) == y).sum())
             total += int(y.shape[0])
