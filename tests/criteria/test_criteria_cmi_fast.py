@@ -48,6 +48,13 @@ def test_fast_greedy_equals_the_reference(alpha: float, seed: int) -> None:
         _assert_same(fast, cmi_ranking_reference(maps, y, alpha=alpha, **kwargs))
 
 
+def test_fast_greedy_equals_the_reference_at_the_criterions_sample_count() -> None:
+    """256 samples, as the criterion keeps by default: the 256×256 problems go to numpy's LAPACK
+    (``_common.NUMPY_EIGVALSH_MIN_SIZE``), the reference's to torch's; same order, same values."""
+    maps, y = _case(5, n=256, c=5, classes=10, spatial=2)
+    _assert_same(cmi_ranking(maps, y), cmi_ranking_reference(maps, y))
+
+
 @pytest.mark.parametrize("alpha", [1.01, 2.0])
 def test_fast_greedy_equals_the_reference_with_a_condition_and_one_hot_labels(alpha: float) -> None:
     maps, y = _case(3, c=6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,6 +93,31 @@ def test_the_host_route_gives_the_one_call_values(fn, monkeypatch: pytest.Monkey
         assert torch.equal(routed.eigenvalues, ref.eigenvalues) and torch.equal(routed.eigenvectors, ref.eigenvectors)
     else:
         assert torch.equal(routed, ref)
+
+
+def test_large_cpu_eigvalsh_goes_to_numpy_with_its_values() -> None:
+    """From NUMPY_EIGVALSH_MIN_SIZE on, CPU float64 eigvalsh is numpy's: its values, split or not,
+    equal torch's to rounding; other calls, sizes, dtypes and devices keep torch's routine."""
+    n = _common.NUMPY_EIGVALSH_MIN_SIZE
+    a = torch.randn(6, n, n, dtype=torch.float64)
+    g = a @ a.transpose(1, 2) / n
+    assert _common.via_numpy(torch.linalg.eigvalsh, g)
+    assert not _common.via_numpy(torch.linalg.eigvalsh, g[:, :-1, :-1])
+    assert not _common.via_numpy(torch.linalg.eigh, g)
+    assert not _common.via_numpy(torch.linalg.eigvalsh, g.float())
+    assert not _common.via_numpy(torch.linalg.eigvalsh, _CudaLike(6, 256))
+    routed = batched_linalg(torch.linalg.eigvalsh, g, min_chunk=1)
+    assert routed.dtype == torch.float64 and routed.shape == (6, n)
+    assert torch.equal(routed, torch.from_numpy(np.linalg.eigvalsh(g.numpy())))
+    torch.testing.assert_close(routed, torch.linalg.eigvalsh(g), rtol=0, atol=1e-13 * float(routed.max()))
+
+
+def test_the_numpy_route_restores_numpys_blas_threads() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    g = torch.eye(_common.NUMPY_EIGVALSH_MIN_SIZE, dtype=torch.float64).expand(4, -1, -1).contiguous()
+    assert torch.equal(batched_linalg(torch.linalg.eigvalsh, g, min_chunk=1), torch.ones(4, g.shape[-1]).double())
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
 
 
 def _hard_maps(seed: int, b: int, c: int, size: int) -> torch.Tensor:

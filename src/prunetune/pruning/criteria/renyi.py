@@ -21,9 +21,11 @@ How it is computed (the same order and CMI values as the straightforward impleme
   full matrices as before.
 * **Shared terms once.** S(S) and S(Y,S) of step t + 1 are S(X_j*,S) and S(Y,X_j*,S) of the channel
   picked at step t, already computed; the running Hadamard joint is updated once per step.
-* **Threads.** The batch of a step's eigenvalue problems is split across torch's CPU threads
-  (:func:`~prunetune.pruning.criteria._common.batched_linalg`; the same LAPACK routine per matrix,
-  so the same values). On a GPU the batched call runs there.
+* **Threads and LAPACK.** The batch of a step's eigenvalue problems is split across torch's CPU
+  threads (:func:`~prunetune.pruning.criteria._common.batched_linalg`). From 192 samples on (the
+  default keeps 256), the CPU solves go to numpy's LAPACK, whose tridiagonal reduction is faster
+  there than torch's (``_common.NUMPY_EIGVALSH_MIN_SIZE``); the eigenvalues agree to rounding. On a
+  GPU the batched call runs there.
 * **Provable vanishing.** Once the off-diagonal part of the running joint is so small that every
   CMI of every later step is provably below :data:`VANISH_BOUND` bits (:func:`vanishing_bound`; the
   Hadamard product only shrinks off-diagonal entries, so this holds from then on), every later step
