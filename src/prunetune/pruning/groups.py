@@ -122,8 +122,8 @@ class ModelGroups:
 def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     """Trace ``model`` on one input of ``input_shape`` (C, H, W) and return its prunable groups.
 
-    Groups that touch a grouped (not depthwise) conv are left out: removing single channels would
-    break its group structure. Where the analytic count cannot cover a layer, the groups touching
+    Groups that touch a grouped (not depthwise) conv or a GroupNorm of several groups are left out:
+    removing single channels would break its group structure. Where the analytic count cannot cover a layer, the groups touching
     it are marked ``analytic=False`` and every cost of this model is counted instead.
     """
     example = torch.randn(1, *input_shape, device=_device_of(model))
@@ -223,6 +223,9 @@ def _make_group(members, names, order, graph) -> _Made | str | None:
             continue
         if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
             return f"{outs[0]}: touches grouped conv {name!r} ({module.groups} groups), left unpruned"
+        if isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+            # a pruned count need not divide into its groups, and removal would regroup the channels
+            return f"{outs[0]}: touches GroupNorm {name!r} ({module.num_groups} groups), left unpruned"
         mult = _multiplier(roots, channels)
         if mult is None and role == "out" and isinstance(module, tp_bridge.PRUNABLE_TYPES):
             # e.g. convs concatenated into a depthwise conv: each writes only a slice of the group's
