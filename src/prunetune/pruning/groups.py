@@ -172,8 +172,9 @@ def _breaks_forward(model: nn.Module, example: torch.Tensor, found: list[_Made])
     def runs(groups: list[Group]) -> bool:
         pruned = copy.deepcopy(model)
         try:
-            tp_bridge.remove_channels(pruned, {g.out_layers[0]: [g.channels - 1] for g in groups}, example.shape[1:])
-            modules = dict(pruned.named_modules())
+            graph, modules = tp_bridge.build_graph(pruned, example), dict(pruned.named_modules())
+            for g in groups:  # traced on `example`: the probe draws no random numbers
+                tp_bridge.prune_channels(graph, modules[g.out_layers[0]], [g.channels - 1])
             if any(_width(modules[layer]) != g.channels - 1 for g in groups for layer in g.out_layers):
                 return False  # e.g. the two halves of a gated unit: removal took a channel of each
             with torch.no_grad():
