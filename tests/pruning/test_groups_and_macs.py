@@ -83,3 +83,68 @@ def test_a_concatenation_into_a_depthwise_conv_is_left_unpruned_not_half_a_group
             module = dict(model.named_modules())[layer]
             assert (module.out_channels if isinstance(module, nn.Conv2d) else module.out_features) == g.channels
     check_model(lambda: _ConcatIntoDepthwise(), (3, 8, 8))
+
+
+class _GroupNormNet(nn.Module):
+    """Conv → GroupNorm(2 groups) → conv; and a GroupNorm(1) (layer norm over C×H×W) that any count fits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(1, 8), nn.ReLU())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.b(self.a(x)).mean((2, 3)))
+
+
+def test_a_group_norm_with_several_groups_is_left_unpruned() -> None:
+    # keeping 7 of 8 channels left GroupNorm(2, 7): every count of the pruned copy (the budget
+    # projection, the budget check) crashed with "channels ... divisible by num_groups"
+    model = _GroupNormNet().eval()
+    groups = find_groups(model, (3, 8, 8))
+    assert groups.names == ["b.0"]
+    assert any(s.startswith("a.0:") and "GroupNorm 'a.1' (2 groups)" in s for s in groups.skipped)
+    check_model(lambda: _GroupNormNet(), (3, 8, 8), masks=False)  # GroupNorm(1): removal changes its statistics
+
+
+class _ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle (view, transpose, reshape): the graph sees a conv feeding a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.a(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(self.b(x).mean((2, 3)))
+
+
+class _GatedHalves(nn.Module):
+    """A gated linear unit: one conv's output chunked in two halves, one gating the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        u, v = self.a(x).chunk(2, 1)
+        return self.fc(self.b(u * torch.sigmoid(v)).mean((2, 3)))
+
+
+def test_groups_whose_removal_breaks_the_forward_pass_are_left_unpruned() -> None:
+    # Torch-Pruning does not follow a channel shuffle or a product of two halves of one tensor:
+    # removing channels there left a network whose forward pass crashed (view of a wrong size,
+    # halves of different widths, empty convs) in every count, budget projection and removal
+    for factory in (_ChannelShuffle, _GatedHalves):
+        groups = find_groups(factory().eval(), (3, 8, 8))
+        assert groups.names == ["b.0"], factory.__name__
+        assert any(s.startswith("a.0:") and "breaks the forward pass" in s for s in groups.skipped)
+        assert not groups.counted
+        check_model(factory, (3, 8, 8))

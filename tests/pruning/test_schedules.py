@@ -135,3 +135,32 @@ def test_first_epoch_follows_the_plan_ranking_then_rescoring_takes_over() -> Non
     masks.on_epoch_start(0, 3)
     assert masks.pruned[name] == ranking[name]  # the recipe's criterion chose, not the weights
     masks.hooks.remove()
+
+
+class _NonAffineNorm(torch.nn.Module):
+    """A BN without γ and β (``affine=False``) after a conv with bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8, affine=False),
+                                     torch.nn.ReLU())
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.a(x).mean((2, 3)))
+
+
+def test_a_norm_without_affine_parameters_scores_and_runs_a_soft_schedule() -> None:
+    # the group's BN has no weight: bn_scale and the soft schedule's zeroing of its γ/β crashed on None
+    from prunetune.pruning.scores import weight_scores
+
+    torch.manual_seed(0)
+    model = _NonAffineNorm()
+    groups = find_groups(model, SHAPE)
+    scores = weight_scores(model, groups, "bn_scale", {})["a.0"]
+    assert torch.allclose(scores, weight_scores(model, groups, "l1", {})["a.0"])  # no γ: the conv's L1
+    plan = make_plan(groups, {"a.0": scores}, {"a.0": 5})
+    data = [(torch.randn(8, *SHAPE), torch.randint(0, 10, (8,))) for _ in range(2)]
+    pruned, _, final = run_schedule("sfp", {}, model, groups, plan, FinetuneConfig(epochs=2, lr=0.05, amp=False),
+                                    train_batches=data, show_progress=False)
+    assert final.keep_counts == {"a.0": 5} and pruned.a[0].out_channels == 5

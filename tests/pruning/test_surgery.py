@@ -68,3 +68,34 @@ def test_plan_that_does_not_fit_is_rejected() -> None:
     bad = PruningPlan({"conv1": (3, 1)}, {"conv1": 16}, plan.dense, plan.pruned, plan.input_shape)
     with pytest.raises(InvalidPlanError, match="sorted unique"):
         apply_plan(create_model("resnet20"), bad)
+
+
+class _InstanceNormNet(torch.nn.Module):
+    """Conv → InstanceNorm (with and without γ/β) → ReLU, twice; a per-channel norm like BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        norm = torch.nn.InstanceNorm2d
+        self.a = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), norm(8, affine=True), torch.nn.ReLU())
+        self.b = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), norm(8), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(8, 10)
+        with torch.no_grad():  # a β that leaks if the mask sits before the norm
+            self.a[1].bias.uniform_(-1, 1)
+            self.a[1].weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        return self.fc(self.b(self.a(x)).mean((2, 3)))
+
+
+def test_instance_norm_is_masked_after_it_like_bn() -> None:
+    # the mask sat on the conv, before the norm: a masked channel's InstanceNorm output was its β,
+    # which the removed network does not have
+    torch.manual_seed(0)
+    model = _InstanceNormNet().eval()
+    groups = find_groups(model, (3, 8, 8))
+    assert groups["a.0"].norms == ("a.1",) and "a.1" in groups["a.0"].mask_points
+    assert not groups.counted  # per-channel γ/β: covered by the analytic count
+    plan = make_plan(groups, {g.name: torch.rand(g.channels) for g in groups}, {"a.0": 3, "b.0": 5})
+    assert _masked_vs_physical(model, groups, plan, (3, 8, 8)) < 1e-6
+    from prunetune.testing import check_model
+    check_model(lambda: _InstanceNormNet(), (3, 8, 8))

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+# per-channel norms: masked after them (a masked channel's β must not leak), γ/β counted analytically
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNorm2d)
 
 Part = tuple[str, int, int]  # (group, dense channels of the group, layer channels per group channel)
 

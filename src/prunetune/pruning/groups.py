@@ -8,6 +8,7 @@ The network's output layers are never pruned.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -122,8 +123,9 @@ class ModelGroups:
 def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     """Trace ``model`` on one input of ``input_shape`` (C, H, W) and return its prunable groups.
 
-    Groups that touch a grouped (not depthwise) conv are left out: removing single channels would
-    break its group structure. Where the analytic count cannot cover a layer, the groups touching
+    Groups that touch a grouped (not depthwise) conv or a GroupNorm of several groups are left out:
+    removing single channels would break its group structure; so are groups whose removal breaks the
+    forward pass (a reshape or split the graph does not follow, checked on a pruned copy). Where the analytic count cannot cover a layer, the groups touching
     it are marked ``analytic=False`` and every cost of this model is counted instead.
     """
     example = torch.randn(1, *input_shape, device=_device_of(model))
@@ -143,6 +145,11 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
         elif made is not None:
             found.append(made)
     found.sort(key=lambda m: order[m.group.name])
+    broken = _breaks_forward(model, example, found)
+    skipped += [f"{m.group.name}: removing its channels breaks the forward pass (a reshape, split or chunk "
+                "the dependency graph does not follow, e.g. a channel shuffle?), left unpruned"
+                for m in found if m.group.name in broken]
+    found = [m for m in found if m.group.name not in broken]
     writes, reads = _parts(found)
     geo = measure_geometry(model, example, writes, reads)
     for made in found:
@@ -151,6 +158,56 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     return ModelGroups(tuple(groups), tuple(geo.layers), tuple(input_shape), geo.other_params,
                        other_macs=geo.other_macs, counted=_counted_reasons(geo.issues), skipped=tuple(skipped),
                        counter=_counter(model, input_shape, geo.issues))
+
+
+def _breaks_forward(model: nn.Module, example: torch.Tensor, found: list[_Made]) -> set[str]:
+    """Groups whose physical removal is not what the group says: one channel is removed from every
+    group of a copy at once (and only where that fails, from each group alone); each out-layer must
+    lose exactly that channel and the network must still run, to an output of the same shape.
+    Costs one more trace of the model."""
+    probe = [m.group for m in found if m.group.channels > 1]
+    with torch.no_grad():
+        want = _shapes(_eval_forward(model, example))
+
+    def runs(groups: list[Group]) -> bool:
+        pruned = copy.deepcopy(model)
+        try:
+            graph, modules = tp_bridge.build_graph(pruned, example), dict(pruned.named_modules())
+            for g in groups:  # traced on `example`: the probe draws no random numbers
+                tp_bridge.prune_channels(graph, modules[g.out_layers[0]], [g.channels - 1])
+            if any(_width(modules[layer]) != g.channels - 1 for g in groups for layer in g.out_layers):
+                return False  # e.g. the two halves of a gated unit: removal took a channel of each
+            with torch.no_grad():
+                return _shapes(_eval_forward(pruned, example)) == want
+        except Exception:  # noqa: BLE001 - whatever the user's forward raises on the pruned widths
+            return False
+
+    if not probe or runs(probe):
+        return set()
+    return {g.name for g in probe if not runs([g])}
+
+
+def _width(layer: nn.Module) -> int:
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+def _eval_forward(model: nn.Module, example: torch.Tensor) -> Any:
+    was_training = model.training
+    try:
+        return model.eval()(example)
+    finally:
+        model.train(was_training)
+
+
+def _shapes(out: Any) -> Any:
+    """The shapes of a (possibly nested) model output, comparable with ``==``."""
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape)
+    if isinstance(out, (tuple, list)):
+        return tuple(_shapes(o) for o in out)
+    if isinstance(out, Mapping):
+        return tuple((k, _shapes(v)) for k, v in sorted(out.items(), key=lambda kv: str(kv[0])))
+    return type(out).__name__
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -212,7 +269,7 @@ def _make_group(members, names, order, graph) -> _Made | str | None:
     if not outs:
         return None
     first = module_by_name[outs[0]]
-    channels = first.out_channels if isinstance(first, nn.Conv2d) else first.out_features
+    channels = _width(first)
     ins, norms, sources, consumers = [], [], [], []
     made = _Made(None, {}, {}, {})  # type: ignore[arg-type]
     for module, role, idxs, roots in members:
@@ -223,6 +280,9 @@ def _make_group(members, names, order, graph) -> _Made | str | None:
             continue
         if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
             return f"{outs[0]}: touches grouped conv {name!r} ({module.groups} groups), left unpruned"
+        if isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+            # a pruned count need not divide into its groups, and removal would regroup the channels
+            return f"{outs[0]}: touches GroupNorm {name!r} ({module.num_groups} groups), left unpruned"
         mult = _multiplier(roots, channels)
         if mult is None and role == "out" and isinstance(module, tp_bridge.PRUNABLE_TYPES):
             # e.g. convs concatenated into a depthwise conv: each writes only a slice of the group's

@@ -142,8 +142,8 @@ class ScheduleMasks:
             mod = self.modules[layer]
             tensors += [mod.weight] + ([mod.bias] if getattr(mod, "bias", None) is not None else [])
         if norms:
-            for norm in group.norms:
-                tensors += [self.modules[norm].weight, self.modules[norm].bias]
+            for norm in group.norms:  # γ and β; a norm with affine=False has neither
+                tensors += [t for t in (self.modules[norm].weight, self.modules[norm].bias) if t is not None]
         for t in tensors:
             t[idx.to(t.device)] *= scale
             if norms and self.optimizer is not None:

@@ -102,7 +102,7 @@ def weight_scores(model: nn.Module, groups: ModelGroups, name: str, params: Mapp
     modules = dict(model.named_modules())
     out = {}
     for g in groups:
-        sources = _weight_sources(g, crit.weight_source(params))
+        sources = _weight_sources(g, crit.weight_source(params), modules)
         values = [crit.from_weight(modules[s].weight.detach(), **params).to("cpu", torch.float64) for s in sources]
         out[g.name] = torch.stack(values).mean(0)
     return out
@@ -128,9 +128,11 @@ def group_weight_scores(model: nn.Module, groups: ModelGroups) -> dict[str, Tens
     return {g.name: group_energy(by_root[g.out_layers[0]], g.channels) for g in groups}
 
 
-def _weight_sources(group: Group, source: str) -> tuple[str, ...]:
-    if source == "bn" and group.norms:
-        return group.norms
+def _weight_sources(group: Group, source: str, modules: Mapping[str, nn.Module]) -> tuple[str, ...]:
+    """The group's BNs with a γ (``source="bn"``; ``affine=False`` has none), else its out-layers."""
+    norms = tuple(n for n in group.norms if getattr(modules[n], "weight", None) is not None)
+    if source == "bn" and norms:
+        return norms
     return group.out_layers
 
 
