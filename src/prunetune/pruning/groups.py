@@ -287,8 +287,8 @@ def _make_group(members, names, order, graph) -> _Made | str | None:
         if mult is None and role == "out" and isinstance(module, tp_bridge.PRUNABLE_TYPES):
             # e.g. convs concatenated into a depthwise conv: each writes only a slice of the group's
             # channels, which a group named after one out-layer (its channel count) cannot hold
-            return (f"{outs[0]}: coupled with {name!r}, which holds other channels than {outs[0]} (a "
-                    "concatenation into a depthwise conv?), left unpruned")
+            return (f"{outs[0]}: coupled with {name!r}, which holds other channels than {outs[0]} (e.g. "
+                    "a concatenation into a depthwise conv, or a reduction across channels), left unpruned")
         if mult is None:
             made.issues[name] = "reads the group's channels unevenly"
             continue
