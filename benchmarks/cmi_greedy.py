@@ -7,6 +7,8 @@ every point, on the same maps:
 * ``reference``: :func:`prunetune.pruning.criteria.cmi_reference.cmi_ranking_reference`, the greedy
   as it was (two full eigenvalue problems per candidate and step, all steps);
 * ``fast``: :func:`prunetune.pruning.criteria.renyi.cmi_greedy` at the criterion's defaults;
+* ``knee stop``: ``stop_at_knee=True``, what a recipe or search scores when only the ``cmi_knee``
+  cut-off reads ``cmi`` (its knee must equal the reference's on every point);
 * the options: ``alpha=2`` (Frobenius norms) and ``stop_gain`` (each value of ``--stop-gains``).
 
 Every row gives seconds (one run per point, wall clock and this process's CPU time, summed over the
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     points = capture(model, groups, batches, params, device)
     kw = {"alpha": args.alpha, "sigma_rule": params["sigma_rule"], "gamma": params["gamma"]}
     variants: list[tuple[str, dict[str, Any]]] = [("fast (default)", {})]
+    variants += [("knee stop (cmi_knee's cmi)", {"stop_at_knee": True})]
     variants += [("option alpha=2", {"alpha": 2.0})]
     variants += [(f"option stop_gain={g:g}", {"stop_gain": g}) for g in args.stop_gains]
 

@@ -11,6 +11,7 @@ import torch
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria import FeatureBatch, get_criterion
 from prunetune.pruning.criteria.cmi_reference import cmi_ranking_reference
+from prunetune.pruning.knee import knee_keep
 from prunetune.pruning.criteria.renyi import (
     VANISH_BOUND,
     class_blocks,
@@ -125,6 +126,28 @@ def test_stop_gain_keeps_the_full_greedys_prefix_and_orders_the_rest_by_their_la
     for bad in (1.5, -0.1, "0.1", True):
         with pytest.raises(ConfigError, match="stop_gain"):
             cmi_greedy(maps, y, alpha=alpha, stop_gain=bad)
+
+
+@pytest.mark.parametrize("alpha", [1.01, 2.0, 1.0])
+def test_the_knee_stop_keeps_the_full_greedys_prefix_knee_and_total(alpha: float) -> None:
+    """stop_at_knee: the steps taken are the full greedy's (order and values), the knee of the curve
+    (what cmi_knee reads) is the full curve's, and the values still sum to the full curve's total."""
+    early = 0
+    for seed in range(4):
+        maps, y = _case(seed, n=48, c=14, classes=4)
+        cond = conditioning_gram(_case(seed + 10, n=48, c=4)[0], [0, 1]) if seed == 3 else None
+        full = cmi_greedy(maps, y, alpha=alpha, condition=cond)
+        ref_order, ref_values = cmi_ranking_reference(maps, y, alpha=alpha, condition=cond)
+        assert full.order.tolist() == ref_order.tolist()
+        knee = cmi_greedy(maps, y, alpha=alpha, condition=cond, stop_at_knee=True)
+        assert knee.stop in ("knee", "complete", "vanished")
+        assert knee.order[: knee.steps].tolist() == ref_order[: knee.steps].tolist()
+        torch.testing.assert_close(knee.values[: knee.steps], ref_values[: knee.steps], rtol=0, atol=1e-9)
+        assert sorted(knee.order.tolist()) == list(range(14))
+        assert knee_keep(knee.values) == knee_keep(ref_values)
+        assert abs(float(knee.values.sum() - ref_values.sum())) < 1e-9
+        early += knee.steps < 13
+    assert early >= 2  # the stop is taken, not only allowed
 
 
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 1.01, 2.0, 3.0])

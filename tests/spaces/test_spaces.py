@@ -74,6 +74,33 @@ def test_ratios_are_sampled_only_for_the_ratios_allocation(resnet20) -> None:
     assert "cmi" in space_criteria(spec)
 
 
+def test_cmi_scored_only_for_the_knee_cut_off_may_stop_at_the_knee() -> None:
+    """cmi_knee reads only the knee, so cmi scored for it alone stops at the settled knee; another
+    cut-off reading the whole curve, or cmi in the blend, gets the full greedy."""
+    def stop(criteria, allocations, params=None):
+        return space_criteria(SpaceSpec(criteria=criteria, allocations=allocations), params)["cmi"]["stop_at_knee"]
+
+    assert stop(("capacity", "independence"), ("ratios", "cmi_knee")) is True
+    assert stop(("l1",), ("cmi_knee", "cmi_cumulative")) is False
+    assert stop(("l1",), ("cmi_marginal",)) is False
+    assert stop(("cmi", "l1"), ("cmi_knee",)) is False
+    assert stop(("l1",), ("cmi_knee",), {"cmi": {"stop_at_knee": False}}) is False  # asked for explicitly
+
+
+def test_a_recipe_scores_cmi_for_its_cut_off_as_a_search_does() -> None:
+    from prunetune.recipes.pipeline import recipe_criteria
+    from prunetune.recipes.schema import Recipe
+
+    def cmi(criterion, strategy):
+        recipe = Recipe.from_dict({"model": {"name": "resnet20"}, "data": {"name": "digits"}, "criterion": criterion,
+                                   "allocation": {"strategy": strategy, "macs_budget": 0.5}})
+        return recipe_criteria(recipe)["cmi"]["stop_at_knee"]
+
+    assert cmi("l1", "cmi_knee") is True
+    assert cmi("l1", "cmi_cumulative") is False
+    assert cmi("cmi", "cmi_knee") is False
+
+
 def test_replay_gives_back_the_config_and_checks_it(resnet20) -> None:
     space = build_space(SpaceSpec(ratios="per_group", lr=(0.01, 0.1), normalizers=("rank", "max"), schedules=("hard",),
                                   allocations=("ratios",)), resnet20, budget=0.5)

@@ -33,7 +33,7 @@ from prunetune.pruning.macs import count_cost
 from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
 from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
-from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
+from prunetune.pruning.strategies import STRATEGIES, strategy_criteria, strategy_scoring
 from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned
 from prunetune.recipes.schema import Recipe
 from prunetune.version import __version__
@@ -211,10 +211,11 @@ def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *,
 
 
 def recipe_criteria(recipe: Recipe) -> dict[str, dict[str, Any]]:
-    """Criteria a recipe needs scored: its criterion (or blend), plus those its strategy reads (``cmi``)."""
+    """Criteria a recipe needs scored: its criterion (or blend), plus those its strategy reads (``cmi``,
+    with the parameters the strategy allows: ``cmi_knee`` lets the greedy stop at the settled knee)."""
     out = {name: recipe.criterion.resolved_params(name) for name in recipe.criterion.criteria}
-    for name in strategy_criteria(recipe.sized().strategy):
-        out.setdefault(name, CRITERIA.get(name).resolve(None))
+    for name, params in strategy_scoring([recipe.sized().strategy], scored=out).items():
+        out[name] = CRITERIA.get(name).resolve(params)
     return out
 
 

@@ -40,7 +40,7 @@ from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.normalize import NORMALIZERS
 from prunetune.pruning.schedules import SCHEDULES
-from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
+from prunetune.pruning.strategies import STRATEGIES, strategy_scoring
 from prunetune.spaces.base import SearchSpace
 
 LR_AROUND = 2.0
@@ -217,11 +217,11 @@ def space_criteria(spec: SpaceSpec, params: Mapping[str, Mapping[str, Any]] | No
     """Every criterion the space can sample -> its resolved parameters (``params`` override defaults).
 
     The ScoreTable computed once for a search must hold all of them, plus ``cmi`` (whose per-group
-    curves the ``cmi_*`` cut-offs read) when the space can pick a CMI cut-off.
+    curves the ``cmi_*`` cut-offs read) when the space can pick a CMI cut-off; scored only for
+    ``cmi_knee``, with the greedy's stop at the settled knee (``stop_at_knee``).
     """
     params = params or {}
-    names = list(spec.criteria)
-    for name in (n for a in spec.allocations for n in strategy_criteria(a)):
-        if name not in names:
-            names.append(name)
-    return {name: CRITERIA.get(name).resolve(params.get(name)) for name in names}
+    out = {name: CRITERIA.get(name).resolve(params.get(name)) for name in spec.criteria}
+    for name, allowed in strategy_scoring(spec.allocations, scored=out).items():
+        out[name] = CRITERIA.get(name).resolve({**allowed, **(params.get(name) or {})})
+    return out

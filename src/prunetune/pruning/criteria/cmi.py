@@ -102,6 +102,7 @@ class _SampleAccumulator:
                 max_steps=self.p["max_steps"],
                 stop_gain=self.p["stop_gain"],
                 condition=self._condition(maps.shape[0]),
+                stop_at_knee=self.p["stop_at_knee"],
             )
             scores = torch.empty(self.channels, dtype=torch.float64)
             scores[ranking.order] = (
@@ -148,6 +149,10 @@ class Cmi(CheckedCriterion):
     (stop once a step's best CMI falls below that fraction of the first pick's, the paper's
     "vanished gain") and ``max_steps`` (stop after that many picks); after those two the rest are
     ordered by their CMI at the last evaluated step. benchmarks/README.md measures all three.
+    ``stop_at_knee`` (``true``: what the pipeline sets when ``cmi`` is scored only for the
+    ``cmi_knee`` cut-off) stops once the knee of the CMI curve is settled, so ``cmi_knee`` keeps the
+    same counts as after the full greedy at every scale; the order and the values after the stop
+    are not the full greedy's (see :func:`~prunetune.pruning.criteria.renyi.cmi_greedy`).
     ``extras()``: ``cmi_values`` (CMI in bits, selection order), ``cmi_order`` (channel indices)
     and ``cmi_steps`` (how many channels the greedy placed before it stopped).
 
@@ -200,6 +205,9 @@ class Cmi(CheckedCriterion):
         check_choice(self.name, params, "condition", CONDITIONS)
         check_float(self.name, params, "condition_keep", low=0.0, high=1.0, low_open=True)
         check_choice(self.name, params, "condition_joint", JOINTS)
+        if not isinstance(params["stop_at_knee"], bool):
+            raise ConfigError(f"criterion {self.name!r}: parameter 'stop_at_knee' must be true or false, "
+                              f"but got stop_at_knee={params['stop_at_knee']!r}")
 
     def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
         return frozenset({ACTIVATION, LABELS})
@@ -228,6 +236,7 @@ register(
             "max_spatial": 64,
             "max_steps": None,
             "stop_gain": None,
+            "stop_at_knee": False,
             "condition": "none",
             "condition_keep": 0.5,
             "condition_joint": "hadamard",

@@ -47,6 +47,7 @@ from torch import Tensor
 
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria._common import batched_linalg
+from prunetune.pruning.knee import knee_settled
 from prunetune.pruning.criteria.matrix_entropy import (  # noqa: F401  re-exported
     KERNELS,
     SIGMA_RULES,
@@ -72,7 +73,10 @@ VANISH_BOUND = 1e-12
 """Bits: the greedy stops once every later CMI is provably within this of 0 (far inside the tie
 tolerance, :data:`TIE_TOLERANCE`, so every later step would be a tie)."""
 
-STOPS = ("complete", "vanished", "max_steps", "stop_gain")
+KNEE_SLACK = 1e-9
+"""Bits: how far below 0 a later CMI may lie for the knee stop to stay exact (:func:`cmi_greedy`)."""
+
+STOPS = ("complete", "vanished", "knee", "max_steps", "stop_gain")
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,9 @@ class CmiRanking:
         steps: how many channels the greedy argmax placed before it stopped.
         stop: ``"complete"`` (all C), ``"vanished"`` (the rest provably tie: increasing index,
             values 0, exactly what the full greedy returns up to :data:`VANISH_BOUND`),
+            ``"knee"`` (the knee of the curve was settled, :func:`cmi_greedy`'s ``stop_at_knee``: the
+            rest ordered by their CMI at the last evaluated step, each valued at an equal share of
+            the information left, so the values sum to the full greedy's),
             ``"max_steps"`` or ``"stop_gain"`` (the rest ordered by their CMI at the last evaluated
             step, values those CMIs; not the full greedy's order).
     """
@@ -106,11 +113,12 @@ def cmi_ranking(
     stop_gain: float | None = None,
     max_memory_mb: float = 1024.0,
     condition: Tensor | None = None,
+    stop_at_knee: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Greedy within-layer CMI ranking: ``(order, values)`` of :func:`cmi_greedy`."""
     result = cmi_greedy(
         maps, labels, alpha=alpha, sigma_rule=sigma_rule, gamma=gamma, max_steps=max_steps,
-        stop_gain=stop_gain, max_memory_mb=max_memory_mb, condition=condition,
+        stop_gain=stop_gain, max_memory_mb=max_memory_mb, condition=condition, stop_at_knee=stop_at_knee,
     )
     return result.order, result.values
 
@@ -126,6 +134,7 @@ def cmi_greedy(
     stop_gain: float | None = None,
     max_memory_mb: float = 1024.0,
     condition: Tensor | None = None,
+    stop_at_knee: bool = False,
 ) -> CmiRanking:
     """Greedy within-layer CMI ranking: j* = argmax_{j∉S} I_α(Y; X_j | X_S, T) at each step.
 
@@ -149,6 +158,17 @@ def cmi_greedy(
             of the full greedy's tail, never of its prefix.
         condition: a unit-trace PSD ``Tensor[n, n]`` (e.g. :func:`normalize_gram` of a Gram
             matrix) joined (Hadamard) to X_S from the first step on.
+        stop_at_knee: stop as soon as the knee of the CMI curve (the ``cmi_knee`` cut-off,
+            :func:`prunetune.pruning.knee.knee_keep`) is settled: every curve the full greedy could
+            still produce has the same knee. What is known then: the values so far, and the sum of
+            all later ones, H(Y|X_S) − H(Y|X_all) (the values telescope; one more eigenvalue
+            problem, for the joint of all channels), each at least −:data:`KNEE_SLACK`
+            (:func:`~prunetune.pruning.knee.knee_settled`). So ``cmi_knee`` keeps the same counts
+            at every scale as after the full greedy, provided no later CMI is below −1e-9 bits. At
+            α = 1 none is below 0: the added channel's Gram matrix acts as a unital channel that
+            commutes with the label blocks, and relative entropy only falls under it; at other α
+            this is measured, not proved (benchmarks/README.md, "CMI"). The order after the stop is
+            not the full greedy's; use it for the knee only.
     """
     alpha = _check_alpha(alpha)
     n, c = maps.shape[0], maps.shape[1]
@@ -162,11 +182,21 @@ def cmi_greedy(
     a_ch = normalize_gram(gram_matrix(x, sigma_rule=sigma_rule, gamma=gamma))  # C×n×n
     ev = _Evaluator(a_ch, labels.to(x.device), alpha, max_memory_mb)
     steps = c if max_steps is None else max(0, min(int(max_steps), c))
-    return _greedy(ev, check_condition(condition, n, x.device), steps, stop_gain)
+    cond = check_condition(condition, n, x.device)
+    floor = _information_left(ev, cond) if stop_at_knee else None
+    return _greedy(ev, cond, steps, stop_gain, floor)
 
 
-def _greedy(ev: _Evaluator, a_s: Tensor | None, steps: int, stop_gain: float | None) -> CmiRanking:
-    """The greedy loop of :func:`cmi_greedy` from the joint ``a_s`` (the condition, or ``None``)."""
+def _information_left(ev: _Evaluator, condition: Tensor | None) -> float:
+    """H(Y | X_all) = S(Y, all) − S(all): what the label keeps after every channel (and the condition)."""
+    a_all = hadamard_joint(*ev.a_ch.unbind(0)) if condition is None else hadamard_joint(condition, *ev.a_ch.unbind(0))
+    return float(ev.const(a_all))
+
+
+def _greedy(ev: _Evaluator, a_s: Tensor | None, steps: int, stop_gain: float | None,
+            knee_floor: float | None = None) -> CmiRanking:
+    """The greedy loop of :func:`cmi_greedy` from the joint ``a_s`` (the condition, or ``None``);
+    ``knee_floor`` (H(Y|X_all)) turns on the knee stop."""
     remaining = list(range(ev.a_ch.shape[0]))
     order: list[int] = []
     values: list[float] = []
@@ -190,6 +220,17 @@ def _greedy(ev: _Evaluator, a_s: Tensor | None, steps: int, stop_gain: float | N
             order += remaining
             values += [0.0] * len(remaining)
             return _result(order, values, taken, "vanished")
+        if knee_floor is not None and remaining:
+            left = float(const) - knee_floor  # the sum of every later CMI (they telescope)
+            if knee_settled(torch.tensor(values), left, len(order) + len(remaining), KNEE_SLACK) is not None:
+                taken = len(order)
+                share = left / len(remaining)
+                while remaining:  # by their CMI at this step, ties to the lower index
+                    best = first_max(cmi)
+                    order.append(remaining.pop(best))
+                    values.append(share)
+                    cmi = torch.cat([cmi[:best], cmi[best + 1 :]])
+                return _result(order, values, taken, "knee")
     taken = len(order)
     if remaining:  # max_steps or stop_gain: the rest by their CMI at the last evaluated step
         if not order:

@@ -10,8 +10,9 @@ MACs budget every strategy returns a maximal plan: no group can keep one more ch
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from prunetune._registry import Registry
 
@@ -27,6 +28,10 @@ class Strategy:
             recipe's criterion does not name them).
         blend_normalizer: ``(param, default)``: the strategy compares scores across groups, so the
             blend it reads is recomputed with the normaliser named by that parameter.
+        scored_with: criterion -> parameters under which that criterion's extras still give this
+            strategy the same answer, used when the criterion is scored only for strategies that all
+            allow them (``cmi_knee``: ``{"cmi": {"stop_at_knee": True}}``, its greedy may stop once
+            the knee is settled).
     """
 
     name: str
@@ -34,6 +39,7 @@ class Strategy:
     params: tuple[str, ...] = ()
     criteria: tuple[str, ...] = ()
     blend_normalizer: tuple[str, str] | None = None
+    scored_with: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __call__(self, groups, **kwargs) -> dict[str, int]:
         return self.fn(groups, **kwargs)
@@ -43,10 +49,12 @@ STRATEGIES: Registry[Strategy] = Registry("allocation strategy")
 
 
 def register(name: str, *, params: tuple[str, ...] = (), criteria: tuple[str, ...] = (),
-             blend_normalizer: tuple[str, str] | None = None) -> Callable[[Callable], Callable]:
+             blend_normalizer: tuple[str, str] | None = None,
+             scored_with: Mapping[str, Mapping[str, Any]] | None = None) -> Callable[[Callable], Callable]:
     """Register ``fn`` as strategy ``name`` with its declarations; returns ``fn`` unchanged."""
     def deco(fn: Callable[..., dict[str, int]]) -> Callable[..., dict[str, int]]:
-        STRATEGIES.register(name, Strategy(name, fn, tuple(params), tuple(criteria), blend_normalizer))
+        STRATEGIES.register(name, Strategy(name, fn, tuple(params), tuple(criteria), blend_normalizer,
+                                           dict(scored_with or {})))
         return fn
     return deco
 
@@ -54,3 +62,16 @@ def register(name: str, *, params: tuple[str, ...] = (), criteria: tuple[str, ..
 def strategy_criteria(strategy: str) -> tuple[str, ...]:
     """The criteria a strategy needs scored for its ``extras`` (e.g. ``("cmi",)`` for the CMI cut-offs)."""
     return STRATEGIES.get(strategy).criteria
+
+
+def strategy_scoring(strategies: Iterable[str], scored: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Criteria the ``strategies`` read that are not already ``scored`` (the blend's) -> the
+    parameters all strategies reading it allow (:attr:`Strategy.scored_with`; defaults otherwise)."""
+    taken, out = set(scored), {}
+    for entry in (STRATEGIES.get(name) for name in strategies):
+        for crit in entry.criteria:
+            if crit in taken:
+                continue
+            allowed = dict(entry.scored_with.get(crit, {}))
+            out[crit] = allowed if crit not in out else {k: v for k, v in out[crit].items() if allowed.get(k, object()) == v}
+    return out

@@ -14,7 +14,10 @@ provable vanishing (the default's only early stop) zeros, in increasing channel 
 full greedy's answer up to 1e-12 bits, so every cut-off reads it as it would the full curve (a zero
 adds nothing to the cumulative sum, is below any ``epsilon`` > 0 times the first value, and sorts
 last for the knee); after ``max_steps`` or ``stop_gain`` the CMIs of the remaining channels at the
-last evaluated step, a curve the cut-offs read like any other.
+last evaluated step, a curve the cut-offs read like any other. ``cmi_knee`` reads only the knee
+(:mod:`prunetune.pruning.knee`), so where ``cmi`` is scored for it alone the greedy stops once the
+knee is settled (``stop_at_knee``; the strategy declares it in ``scored_with``): the same knee, so
+the same counts at every scale, after a fraction of the greedy's work.
 
 With a MACs budget the cut-off parameter is bisected globally (one value for every group) to the
 plan with the most MACs not above the budget; the channels that parameter step cannot reach are
@@ -35,6 +38,7 @@ from torch import Tensor
 from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.pruning.allocation import KeepRule, fill_to_budget, smallest_fraction
 from prunetune.pruning.groups import ModelGroups
+from prunetune.pruning.knee import knee_keep
 from prunetune.pruning.macs import analytic_cost
 from prunetune.pruning.strategies.base import register
 
@@ -61,23 +65,6 @@ def marginal_keep(values: Tensor, epsilon: float) -> int:
     return int(below[0]) + 1 if len(below) else v.numel()
 
 
-def knee_keep(values: Tensor) -> int:
-    """Index of the knee (max distance to the chord of the descending-sorted curve) plus one."""
-    v = torch.sort(values.to(torch.float64), descending=True).values
-    n = v.numel()
-    if n <= 2:
-        return n
-    x = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
-    span = float(v[0] - v[-1])
-    if span <= 0:
-        return n
-    y = (v - v[-1]) / span
-    distance = ((1.0 - x) - y).abs()  # to the chord from (0, 1) to (1, 0)
-    if float(distance.max()) < 1e-9:  # a straight line has no knee: no point where information drops off
-        return n
-    return int(torch.argmax(distance)) + 1
-
-
 def _curves(groups: ModelGroups, extras: Mapping[str, Mapping[str, Any]] | None, strategy: str) -> dict[str, Tensor]:
     curves = {}
     for g in groups:
@@ -90,7 +77,7 @@ def _curves(groups: ModelGroups, extras: Mapping[str, Mapping[str, Any]] | None,
 
 
 def _cutoff_strategy(name: str, param: str, param_default: float, low: float, high: float, increasing: bool,
-                     count: Callable[[Tensor, float], int]):
+                     count: Callable[[Tensor, float], int], scored_with: Mapping[str, Mapping[str, Any]] | None = None):
     """Register a strategy whose keep counts come from ``count(curve, parameter)``.
 
     ``increasing``: whether more of the parameter keeps more channels (bisection direction).
@@ -122,7 +109,7 @@ def _cutoff_strategy(name: str, param: str, param_default: float, low: float, hi
 
     strategy.__name__ = name
     strategy.__doc__ = f"Keep counts from each group's CMI curve by {name} ({param}, default {param_default})."
-    return register(name, params=(param,), criteria=("cmi",))(strategy)
+    return register(name, params=(param,), criteria=("cmi",), scored_with=scored_with)(strategy)
 
 
 def _bisect(groups, keep_at, budget, rule, low, high, increasing, name, steps: int = 40) -> dict[str, int]:
@@ -146,5 +133,7 @@ def _bisect(groups, keep_at, budget, rule, low, high, increasing, name, steps: i
 
 cmi_cumulative = _cutoff_strategy("cmi_cumulative", "rho", 0.95, 0.0, 1.0, True, cumulative_keep)
 cmi_marginal = _cutoff_strategy("cmi_marginal", "epsilon", 0.05, 0.0, 1.0, False, marginal_keep)
+# the knee is all cmi_knee reads: the greedy may stop once it is settled (renyi.cmi_greedy, stop_at_knee)
 cmi_knee = _cutoff_strategy("cmi_knee", "scale", 1.0, 0.0, 64.0, True,
-                            lambda c, s: max(1, math.floor(knee_keep(c) * s + 1e-9)))
+                            lambda c, s: max(1, math.floor(knee_keep(c) * s + 1e-9)),
+                            scored_with={"cmi": {"stop_at_knee": True}})
