@@ -52,9 +52,11 @@ def test_fast_routes_equal_the_svd_reference(shape: tuple[int, ...], route: str)
 
 
 def test_chunked_equals_unchunked_and_routes_agree() -> None:
-    maps = torch.randn(4, 10, 3, 3, dtype=torch.float64)
+    # chunked and whole batches round differently (the batched products block differently): up to
+    # 4e-12 of the largest CI over 300 seeds, so the comparison is relative, with room
+    maps = torch.randn(4, 10, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     full = chip_scores(maps)
-    torch.testing.assert_close(chip_scores(maps, max_memory_mb=1e-4), full, atol=1e-12, rtol=0)
+    torch.testing.assert_close(chip_scores(maps, max_memory_mb=1e-4), full, atol=1e-10 * float(full.abs().max()), rtol=0)
     torch.testing.assert_close(
         chip_scores(maps, route="gram"), chip_scores(maps, route="sample"), atol=1e-8, rtol=0
     )
