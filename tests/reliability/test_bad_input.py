@@ -221,6 +221,9 @@ CASES = [
     Case("pretrain-unknown-key", R, {"r.yaml": section("pretrain", warmup=1)}, match="'warmup'"),
     Case("seed-str", R, {"r.yaml": recipe(seed="abc")}, match="seed"),
     Case("seed-float", R, {"r.yaml": recipe(seed=1.5)}, match="seed"),
+    # were accepted and failed in torch.manual_seed with an OverflowError traceback (after the dense training)
+    Case("seed-huge", R, {"r.yaml": recipe(seed=10**23)}, match=r"seed must be an integer in .*100000000"),
+    Case("pretrain-seed-huge", R, {"r.yaml": section("pretrain", seed=-(10**23))}, match="pretrain.seed must be"),
     # was "malformed pruning plan: missing or bad field 'list' object has no attribute 'get'"
     Case("plan-list", R, {"r.yaml": recipe(plan=[1])}, match=r"plan must be the path of a plan JSON .* got \[1\]"),
     Case("device-tpu", R, {"r.yaml": recipe(device="tpu")}, match="device"),
