@@ -190,3 +190,56 @@ def test_a_file_that_is_no_pruned_model_says_so(tmp_path, capsys, content) -> No
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a file `prunetune prune --out` wrote" in err
     assert not (tmp_path / "m.ts").exists()
+
+
+def _damage(data: dict, how: str) -> None:
+    if how == "no-name":
+        del data["model"]["name"]
+    elif how == "model-a-string":
+        data["model"] = "zoo_shortcuts"
+    elif how == "kwargs-allow-code":
+        data["model"]["kwargs"] = {"allow_code": True}
+    elif how == "kwargs-a-list":
+        data["model"]["kwargs"] = [1]
+    elif how == "state-dict-empty":
+        data["state_dict"] = {}
+    elif how == "state-dict-bad-shape":
+        data["state_dict"][next(iter(data["state_dict"]))] = torch.zeros(1)
+    elif how == "state-dict-a-list":
+        data["state_dict"] = [1, 2]
+    elif how == "plan-a-list":
+        data["plan"] = [1, 2]
+
+
+@pytest.mark.parametrize("how", ["no-name", "model-a-string", "kwargs-allow-code", "kwargs-a-list", "state-dict-empty",
+                                 "state-dict-bad-shape", "state-dict-a-list", "plan-a-list"])
+@pytest.mark.parametrize("command", ["deploy", "bench"])
+def test_a_damaged_pruned_model_is_one_line(pruned_file, tmp_path, capfd, how, command) -> None:
+    # a file with the pruned format but a damaged body (a truncated edit, another tool's dict) was a
+    # KeyError / TypeError / RuntimeError traceback (exit status 1)
+    data = torch.load(pruned_file, weights_only=True)
+    _damage(data, how)
+    torch.save(data, pruned_file)
+    argv = (["deploy", "--model", str(pruned_file), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]
+            if command == "deploy" else ["bench", "--model", str(pruned_file), "--batch", "1", "--min-time", "0.01"])
+    capfd.readouterr()
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(pruned_file) in err, err
+    assert not (tmp_path / "m.ts").exists()
+
+
+def test_a_pickle_that_torch_refuses_is_one_line(tmp_path, capfd) -> None:
+    # torch's UserWarning about the pickle protocol came before the error line
+    import pickle
+    import warnings
+
+    path = tmp_path / "x.pt"
+    path.write_bytes(pickle.dumps({"format": 1, "x": {1, 2}}, protocol=4))
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["deploy", "--model", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 2
+    assert not caught, caught[0].message
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "is not a file `prunetune prune --out` wrote" in err, err

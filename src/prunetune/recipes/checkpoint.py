@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,10 +61,24 @@ def _read(path: Path, what: str) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _load_weights(path, "cpu")
     except Exception as exc:
-        raise CheckpointError(f"cannot read {what} {str(path)!r} as a state dict ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"cannot read {what} {str(path)!r} as a state dict ({_why(exc, 200)})") from None
+
+
+def _load_weights(path: Path, map_location) -> Any:
+    """``torch.load(weights_only=True)`` without torch's warnings (a refused file is one error line)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" before a refusal
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _why(exc: Exception, width: int) -> str:
+    """What went wrong reading a file with :func:`_load_weights`, in a few words."""
+    if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+        return "it holds pickled Python objects, not only tensors; they are not loaded, as they could run code"
+    first = str(exc).strip().splitlines()[0][:width] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: str = "model",
@@ -129,7 +145,12 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
     model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                          allow_code=allow_code, **spec.get("kwargs", {}))
     apply_plan(model, PruningPlan.from_dict(data["plan"]))
-    model.load_state_dict(data["state_dict"])
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()[:160]
+        raise CheckpointError(f"pruned model {str(path)!r} is damaged (its weights do not fit its plan: {first}); "
+                              "write it again with prunetune prune --out") from None
     return model.eval()
 
 
@@ -154,11 +175,33 @@ def _read_pruned(path: Path, map_location) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"pruned model {str(path)!r} does not exist")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = _load_weights(path, map_location)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         raise CheckpointError(f"cannot read pruned model {str(path)!r}: it is not a file `prunetune prune --out` "
-                              f"wrote ({type(exc).__name__}: {first})") from None
+                              f"wrote ({_why(exc, 120)})") from None
     if not isinstance(data, dict) or data.get("format") != PRUNED_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a prunetune pruned model (format {PRUNED_FORMAT})")
+    damage = _pruned_damage(data)
+    if damage:
+        raise CheckpointError(f"pruned model {str(path)!r} is damaged ({damage}); write it again with "
+                              "prunetune prune --out")
     return data
+
+
+def _pruned_damage(data: dict[str, Any]) -> str | None:
+    """What is wrong with the body of a pruned model file (None: nothing that building it would trip on)."""
+    spec = data.get("model")
+    if not isinstance(spec, Mapping) or not all(k in spec for k in ("name", "num_classes", "in_channels")):
+        return "'model' must be a mapping with name, num_classes and in_channels"
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        return "'model.kwargs' must be a mapping of argument names"
+    reserved = sorted({"name", "num_classes", "in_channels", "allow_code"} & set(kwargs))
+    if reserved:
+        return f"'model.kwargs' must not set {reserved[0]!r}"
+    if not isinstance(data.get("plan"), Mapping):
+        return "'plan' must be a mapping"
+    state = data.get("state_dict")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "'state_dict' must map names to tensors"
+    return None
