@@ -102,6 +102,14 @@ def _hub_repo(path: Path) -> None:
     (path / "hubconf.py").write_text("open('MARKER-hub', 'w').close()\ndef load(**kw):\n    return None\n")
 
 
+def _checkpoint(state: dict) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        import torch
+
+        torch.save({"state_dict": state}, path)
+    return write
+
+
 CASES = [
     # --- the recipe file itself -------------------------------------------------------------------
     Case("recipe-missing", "prune --recipe nope.yaml --out p.pt", match="does not exist"),
@@ -151,6 +159,11 @@ CASES = [
     Case("model-checkpoint-missing", R, {"r.yaml": section("model", checkpoint="missing.pt")}, match="does not exist"),
     Case("model-checkpoint-garbage", R, {"r.yaml": section("model", checkpoint="junk.pt"), "junk.pt": b"junk" * 10},
          match="junk.pt"),
+    # were AttributeError tracebacks ('int' object has no attribute 'shape' / 'removeprefix')
+    Case("model-checkpoint-non-tensor-value", R, {"r.yaml": section("model", checkpoint="c.pt"),
+                                                  "c.pt": _checkpoint({"conv1.weight": 5})}, match="conv1.weight"),
+    Case("model-checkpoint-non-string-key", R, {"r.yaml": section("model", checkpoint="c.pt"),
+                                                "c.pt": _checkpoint({7: 5})}, match="c.pt"),
     Case("model-checkpoint-directory", R, {"r.yaml": section("model", checkpoint="adir"), "adir/x": "1"},
          match="adir"),
     # --- data ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from prunetune._atomic import torch_save_atomic
+from prunetune._text import short
 from prunetune.exceptions import CheckpointError
 from prunetune.models import create_model
 from prunetune.pruning.plan import PruningPlan
@@ -117,11 +118,18 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
 
 
 def _find_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+    if isinstance(data, dict) and data and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in data.items()):
         return data
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
-            return data[key]
+            state = data[key]
+            bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+            if bad is not None or not state:
+                what = "is empty" if not state else f"maps {short(bad)} to {type(state[bad]).__name__}"
+                raise CheckpointError(f"checkpoint {str(path)!r} holds no usable state dict: its {key!r} {what}, "
+                                      "not parameter names to tensors; give the model's state-dict file")
+            return state
     raise CheckpointError(f"checkpoint {str(path)!r} holds no state dict (looked for a tensor dict, "
                           "or one under 'state_dict'/'model')")
 
