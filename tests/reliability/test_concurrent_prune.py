@@ -69,3 +69,21 @@ def test_two_prune_processes_share_an_empty_cache(tmp_path) -> None:
     a, b = load_pruned(tmp_path / "a.pt"), load_pruned(tmp_path / "b.pt")
     x = torch.randn(2, 1, 8, 8)
     assert torch.allclose(a(x), b(x), atol=1e-5)  # the same recipe, the same network
+
+
+def test_a_damaged_cached_dense_model_is_trained_again(tmp_path, monkeypatch) -> None:
+    # a torn cache entry (a run killed in a non-atomic copy, a full disk) failed every later run with
+    # "cannot read checkpoint '<cache>/dense/....pt'", a checkpoint the recipe never named
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PRUNETUNE_CACHE_DIR", str(cache))
+    recipe = Recipe.from_dict(copy.deepcopy(TINY_RECIPE))
+    first = prepare(recipe, show_progress=False)
+    (entry,) = (cache / "dense").glob("*.pt")
+    for damage in (entry.read_bytes()[:200], b"", None):
+        if damage is None:
+            torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, entry)
+        else:
+            entry.write_bytes(damage)
+        again = prepare(recipe, show_progress=False)
+        assert again.dense == first.dense
+        assert torch.load(entry, weights_only=True)["format"] == "prunetune-dense/1"  # replaced
