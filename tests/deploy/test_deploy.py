@@ -243,3 +243,43 @@ def test_a_pickle_that_torch_refuses_is_one_line(tmp_path, capfd) -> None:
     assert not caught, caught[0].message
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "is not a file `prunetune prune --out` wrote" in err, err
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, "differs"], ids=["interrupted", "check-fails"])
+def test_a_failed_overwrite_keeps_the_file_it_would_replace(monkeypatch, tmp_path, failure) -> None:
+    # the writers wrote straight into --out: with --overwrite, Ctrl-C in the middle left a truncated file in
+    # place of the good one, and a file that failed its check was left there as if deployed
+    real = export_mod.WRITERS["torchscript"]
+
+    def failing(model, example, out):
+        run = real(model, example, out)
+        if failure is KeyboardInterrupt:
+            out.write_bytes(out.read_bytes()[:50])
+            raise KeyboardInterrupt
+        return lambda x: run(x) * 1.01
+
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"the deployed model of yesterday")
+    monkeypatch.setitem(export_mod.WRITERS, "torchscript", failing)
+    with pytest.raises(KeyboardInterrupt if failure is KeyboardInterrupt else DeployError):
+        deploy(pruned("zoo_vgg")[0], "torchscript", out, input_shape=SHAPE, overwrite=True)
+    assert out.read_bytes() == b"the deployed model of yesterday"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="the deploy extra (onnx, onnxscript, onnxruntime) is not installed")
+def test_onnx_is_one_self_contained_file(tmp_path) -> None:
+    # the exporter put the weights in m.onnx.data beside it: not checked by --out (an existing one was
+    # replaced silently), not counted in the size printed, and lost when only m.onnx was copied
+    (tmp_path / "m.onnx.data").write_bytes(b"somebody's data")
+    result = deploy(pruned("zoo_vgg")[0], "onnx", tmp_path / "m.onnx", input_shape=SHAPE)
+    assert (tmp_path / "m.onnx.data").read_bytes() == b"somebody's data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert result.bytes == (tmp_path / "m.onnx").stat().st_size
+    moved = tmp_path / "elsewhere" / "n.onnx"
+    moved.parent.mkdir()
+    (tmp_path / "m.onnx").rename(moved)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(moved), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": torch.randn(2, *SHAPE).numpy()})[0].shape == (2, 10)
