@@ -289,6 +289,9 @@ CASES = [
     Case("search-concurrency-negative", S + " --concurrency -1", match="concurrency"),
     Case("search-experiment-slash", S + " --experiment a/b", match="experiment"),
     Case("search-experiment-list", S, {"s.yaml": search(experiment=["a"])}, match="experiment"),
+    # was an OSError traceback (File name too long) from the experiment folder, after creating prunetune-runs/
+    Case("search-experiment-too-long", S + " --experiment " + "a" * 300, match="at most 128"),
+    Case("search-experiment-dot-dot", S + " --experiment ..", match="experiment"),
     Case("search-sampler-unknown", S, {"s.yaml": search(sampler="random")}, match="sampler"),
     Case("search-asha-bad", S, {"s.yaml": search(asha={"grace": 1})}, match="asha"),
     Case("search-time-budget-negative", S + " --time-budget-s -5", match="time_budget_s"),
