@@ -110,6 +110,14 @@ def _checkpoint(state: dict) -> Callable[[Path], None]:
     return write
 
 
+def _mlflow_like_db(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.executescript("CREATE TABLE alembic_version (version_num TEXT); CREATE TABLE experiments (id INTEGER); "
+                         "CREATE TABLE runs (id INTEGER);")
+
+
 CASES = [
     # --- the recipe file itself -------------------------------------------------------------------
     Case("recipe-missing", "prune --recipe nope.yaml --out p.pt", match="does not exist"),
@@ -318,6 +326,11 @@ CASES = [
     Case("search-tracking-uri-in-config-under-file", S, {"s.yaml": search(tracking_uri="afile/m.db"), "afile": "x"},
          match="afile"),
     Case("search-tracking-uri-int", S, {"s.yaml": search(tracking_uri=5)}, match="tracking_uri"),
+    # the Optuna study was created inside the MLflow database (its tables added to the user's store), then
+    # failed with a RuntimeError traceback about the schema version both keep in alembic_version
+    Case("search-study-storage-is-the-tracking-store", S + " --study-storage mlflow.db", match="MLflow store"),
+    Case("search-study-storage-is-an-mlflow-store", S + " --study-storage other.db", {"other.db": _mlflow_like_db},
+         match="other.db.*MLflow store"),
     Case("search-storage-under-a-file", S + " --storage-path afile/runs", {"afile": "x"}, match="afile"),
     Case("search-storage-is-a-file", S + " --storage-path afile", {"afile": "x"}, match="afile"),
     Case("search-storage-under-proc", S + " --storage-path /proc/prunetune-test/runs", match="/proc"),
