@@ -63,6 +63,7 @@ def check_study_storage(url: str, tracking_uri: str | None = None) -> None:
     (``tracking_uri``'s, or any other: both keep their schema version in a table named alembic_version)."""
     db = sqlite_path(url)
     if db is None:
+        _check_driver(url)
         return
     if db.is_dir():
         raise ConfigError(f"study_storage {str(db)!r} is a directory; give a database file name")
@@ -80,6 +81,19 @@ def check_study_storage(url: str, tracking_uri: str | None = None) -> None:
                           "own (both keep their schema version in a table named alembic_version); pass "
                           "--study-storage with another file name, or leave it out (mlflow-optuna.db)")
     check_creatable(db.parent, "study_storage (the Optuna study)", target=db)
+
+
+def _check_driver(url: str) -> None:
+    """A database URL's SQLAlchemy dialect and driver must import (a missing one failed after the training)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        dialect = make_url(url).get_dialect()
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # SQLAlchemy 2, 1.4
+    except Exception as exc:  # noqa: BLE001 - ArgumentError, NoSuchModuleError, ImportError
+        raise ConfigError(f"study_storage {short(url)} cannot be opened: no database driver for it "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); install the module it "
+                          "names, or give an sqlite file") from None
 
 
 def _tables(db: Path) -> set[str]:
