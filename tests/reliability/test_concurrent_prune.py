@@ -87,3 +87,32 @@ def test_a_damaged_cached_dense_model_is_trained_again(tmp_path, monkeypatch) ->
         again = prepare(recipe, show_progress=False)
         assert again.dense == first.dense
         assert torch.load(entry, weights_only=True)["format"] == "prunetune-dense/1"  # replaced
+
+
+def test_an_out_file_that_appears_while_pruning_is_not_replaced(tmp_path, monkeypatch) -> None:
+    # --out was checked only at the start: a file written there during the fine-tune (another run with the
+    # same --out, the user's own) was replaced at the end without --overwrite
+    import prunetune
+    from prunetune.exceptions import ConfigError
+    from prunetune.recipes import pipeline
+
+    monkeypatch.setenv("PRUNETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "p.pt"
+    real = pipeline.train_pruned
+
+    def meanwhile(*args, **kwargs):
+        result = real(*args, **kwargs)
+        out.write_bytes(b"written by another run")
+        return result
+
+    monkeypatch.setattr(pipeline, "train_pruned", meanwhile)
+    try:
+        prunetune.prune(copy.deepcopy(TINY_RECIPE), out=out)
+    except ConfigError as exc:
+        assert "--overwrite" in str(exc) and str(out) in str(exc)
+    else:
+        raise AssertionError("the file that appeared was replaced")
+    assert out.read_bytes() == b"written by another run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "p.pt"]  # no temporary file, no plan
+    result = prunetune.prune(copy.deepcopy(TINY_RECIPE), out=out, overwrite=True)  # asked for: replaced
+    assert result.out == out and load_pruned(out) is not None

@@ -99,9 +99,10 @@ class PruningPlan:
         except json.JSONDecodeError as exc:
             raise InvalidPlanError(f"pruning plan is not valid JSON: {exc}") from None
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the plan as JSON, atomically (a unique temporary file, then a rename)."""
-        return write_text_atomic(path, self.to_json())
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+        """Write the plan as JSON, atomically (a unique temporary file, then a rename; ``overwrite=False``:
+        ``FileExistsError`` rather than replace a file that exists)."""
+        return write_text_atomic(path, self.to_json(), replace=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:

@@ -134,11 +134,13 @@ def _find_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
                           "or one under 'state_dict'/'model')")
 
 
-def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, model_spec: dict[str, Any]) -> Path:
-    """Save a pruned model as its state dict, its plan and how to build the dense architecture."""
+def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, model_spec: dict[str, Any], *,
+                overwrite: bool = True) -> Path:
+    """Save a pruned model as its state dict, its plan and how to build the dense architecture
+    (``overwrite=False``: ``FileExistsError`` rather than replace a file that exists)."""
     payload = {"format": PRUNED_FORMAT, "model": dict(model_spec), "plan": plan.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    return torch_save_atomic(payload, path)
+    return torch_save_atomic(payload, path, replace=overwrite)
 
 
 def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",

@@ -291,7 +291,7 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: bool = True,
+def run_recipe(recipe: Recipe, *, out: str | Path | None = None, overwrite: bool = True, show_progress: bool = True,
                base: Base | None = None) -> PruneResult:
     """Score → allocate → prune → fine-tune → evaluate; save state dict + plan when ``out`` is given."""
     t0 = time.perf_counter()
@@ -313,7 +313,13 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: 
     result = PruneResult(base.dense, pruned, plan, history, model, table.all_cached if table else None, timings)
     if out is not None:
         spec = recipe.model
-        result.out = save_pruned(out, model, plan, {"name": spec.name, "num_classes": spec.num_classes,
-                                                    "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs)})
-        result.plan_path = plan.save(Path(out).with_suffix(".plan.json"))
+        try:  # checked before the work, but a file may have appeared there since (another run, same --out)
+            result.out = save_pruned(out, model, plan, {"name": spec.name, "num_classes": spec.num_classes,
+                                                        "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs)},
+                                     overwrite=overwrite)
+            result.plan_path = plan.save(Path(out).with_suffix(".plan.json"), overwrite=overwrite)
+        except FileExistsError as exc:
+            raise ConfigError(f"{exc.filename or str(out)!r} appeared while pruning (another run with the same "
+                              "--out?) and was not replaced, so this result is not saved; run again with another "
+                              "--out, or --overwrite") from None
     return result
