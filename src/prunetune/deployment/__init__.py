@@ -79,7 +79,7 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     example = torch.randn(2, *input_shape, device=param.device)
     # written and checked under a temporary name, renamed over ``out`` only when it passed: an interrupted or
     # failed deploy leaves ``out`` as it was (an --overwrite never trades a good file for a torn one)
-    fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)  # the writers need the suffix
+    fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)  # writers need the suffix
     os.close(fd)
     written = Path(name)
     try:
