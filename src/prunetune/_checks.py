@@ -17,6 +17,16 @@ def integer(value: Any, what: str, *, minimum: int | None = None) -> int:
     return value
 
 
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
+
+
+def torch_seed(value: Any, what: str) -> int:
+    """``value`` if it is an integer torch can seed with, else a :class:`ConfigError` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise ConfigError(f"{what} must be an integer in [-2**63, 2**64 - 1], got {short(value)}")
+    return value
+
+
 def boolean(value: Any, what: str) -> bool:
     """``value`` if it is true or false, else a :class:`ConfigError` naming ``what``."""
     if not isinstance(value, bool):

@@ -96,7 +96,7 @@ def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | N
     if out is not None:
         out = check_output_file(out, "out", overwrite=overwrite, flag="out")
         check_output_file(Path(out).with_suffix(".plan.json"), "the plan file next to out", overwrite=overwrite)
-    return run_recipe(recipe, out=out, show_progress=show_progress)
+    return run_recipe(recipe, out=out, overwrite=overwrite, show_progress=show_progress)
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,24 @@ def test_wrong_data_shape_names_the_file(tmp_path: Path) -> None:
         load_dataset("cifar10", root=tmp_path, val_size=0)
 
 
+@pytest.mark.parametrize("labels", [["a", "b"], {1: 2}, [1.5, 2.0], [None, None]], ids=["str", "dict", "float", "none"])
+def test_labels_that_are_not_integers_name_the_file(tmp_path: Path, labels: object) -> None:
+    # strings and a dict were a ValueError / TypeError traceback; 1.5 was silently read as class 1
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    _dump(folder / "data_batch_2", {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels})
+    with pytest.raises(DataError, match="data_batch_2.*labels must be integers"):
+        load_dataset("cifar10", root=tmp_path, val_size=0)
+
+
+def test_class_names_that_are_not_utf8_are_left_out(tmp_path: Path) -> None:
+    # the optional meta file's names were decoded strictly: a UnicodeDecodeError traceback
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    _dump(folder / "batches.meta", {b"label_names": [b"\xff\xfe"] * 10})
+    assert load_dataset("cifar10", root=tmp_path, val_size=0).classes == ()
+
+
 def test_missing_member_in_archive(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar10(folder)

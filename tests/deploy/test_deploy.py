@@ -190,3 +190,96 @@ def test_a_file_that_is_no_pruned_model_says_so(tmp_path, capsys, content) -> No
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a file `prunetune prune --out` wrote" in err
     assert not (tmp_path / "m.ts").exists()
+
+
+def _damage(data: dict, how: str) -> None:
+    if how == "no-name":
+        del data["model"]["name"]
+    elif how == "model-a-string":
+        data["model"] = "zoo_shortcuts"
+    elif how == "kwargs-allow-code":
+        data["model"]["kwargs"] = {"allow_code": True}
+    elif how == "kwargs-a-list":
+        data["model"]["kwargs"] = [1]
+    elif how == "state-dict-empty":
+        data["state_dict"] = {}
+    elif how == "state-dict-bad-shape":
+        data["state_dict"][next(iter(data["state_dict"]))] = torch.zeros(1)
+    elif how == "state-dict-a-list":
+        data["state_dict"] = [1, 2]
+    elif how == "plan-a-list":
+        data["plan"] = [1, 2]
+
+
+@pytest.mark.parametrize("how", ["no-name", "model-a-string", "kwargs-allow-code", "kwargs-a-list", "state-dict-empty",
+                                 "state-dict-bad-shape", "state-dict-a-list", "plan-a-list"])
+@pytest.mark.parametrize("command", ["deploy", "bench"])
+def test_a_damaged_pruned_model_is_one_line(pruned_file, tmp_path, capfd, how, command) -> None:
+    # a file with the pruned format but a damaged body (a truncated edit, another tool's dict) was a
+    # KeyError / TypeError / RuntimeError traceback (exit status 1)
+    data = torch.load(pruned_file, weights_only=True)
+    _damage(data, how)
+    torch.save(data, pruned_file)
+    argv = (["deploy", "--model", str(pruned_file), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]
+            if command == "deploy" else ["bench", "--model", str(pruned_file), "--batch", "1", "--min-time", "0.01"])
+    capfd.readouterr()
+    assert main(argv) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(pruned_file) in err, err
+    assert not (tmp_path / "m.ts").exists()
+
+
+def test_a_pickle_that_torch_refuses_is_one_line(tmp_path, capfd) -> None:
+    # torch's UserWarning about the pickle protocol came before the error line
+    import pickle
+    import warnings
+
+    path = tmp_path / "x.pt"
+    path.write_bytes(pickle.dumps({"format": 1, "x": {1, 2}}, protocol=4))
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["deploy", "--model", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.ts")]) == 2
+    assert not caught, caught[0].message
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "is not a file `prunetune prune --out` wrote" in err, err
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, "differs"], ids=["interrupted", "check-fails"])
+def test_a_failed_overwrite_keeps_the_file_it_would_replace(monkeypatch, tmp_path, failure) -> None:
+    # the writers wrote straight into --out: with --overwrite, Ctrl-C in the middle left a truncated file in
+    # place of the good one, and a file that failed its check was left there as if deployed
+    real = export_mod.WRITERS["torchscript"]
+
+    def failing(model, example, out):
+        run = real(model, example, out)
+        if failure is KeyboardInterrupt:
+            out.write_bytes(out.read_bytes()[:50])
+            raise KeyboardInterrupt
+        return lambda x: run(x) * 1.01
+
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"the deployed model of yesterday")
+    monkeypatch.setitem(export_mod.WRITERS, "torchscript", failing)
+    with pytest.raises(KeyboardInterrupt if failure is KeyboardInterrupt else DeployError):
+        deploy(pruned("zoo_vgg")[0], "torchscript", out, input_shape=SHAPE, overwrite=True)
+    assert out.read_bytes() == b"the deployed model of yesterday"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="the deploy extra (onnx, onnxscript, onnxruntime) is not installed")
+def test_onnx_is_one_self_contained_file(tmp_path) -> None:
+    # the exporter put the weights in m.onnx.data beside it: not checked by --out (an existing one was
+    # replaced silently), not counted in the size printed, and lost when only m.onnx was copied
+    (tmp_path / "m.onnx.data").write_bytes(b"somebody's data")
+    result = deploy(pruned("zoo_vgg")[0], "onnx", tmp_path / "m.onnx", input_shape=SHAPE)
+    assert (tmp_path / "m.onnx.data").read_bytes() == b"somebody's data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert result.bytes == (tmp_path / "m.onnx").stat().st_size
+    moved = tmp_path / "elsewhere" / "n.onnx"
+    moved.parent.mkdir()
+    (tmp_path / "m.onnx").rename(moved)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(moved), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": torch.randn(2, *SHAPE).numpy()})[0].shape == (2, 10)

@@ -135,3 +135,30 @@ def test_score_command_says_computed_then_cached(tmp_path, capsys) -> None:
     assert set(outputs[1]["scores"]) == {"chip", "l1"}
     assert main(["score", "--recipe", str(path), "--criteria", "chipp"]) == 2
     assert "did you mean 'chip'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["a-list", "no-scores", "missing-group", "wrong-size", "non-finite", "torn"])
+def test_a_damaged_cache_entry_is_recomputed_and_replaced(setup, tmp_path, damage) -> None:
+    # a readable entry that was no score table was a TypeError traceback; one with missing, wrong-sized or
+    # non-finite scores failed every later run with "criterion 'l1' gave ... scores" until deleted by hand
+    model, groups, _, _ = setup
+    first = compute_scores(model, groups, {"l1": None}, cache_dir=tmp_path, show_progress=False)
+    (entry,) = (tmp_path / "scores").glob("*.pt")
+    good = torch.load(entry, weights_only=True)
+    name = groups.names[0]
+    if damage == "a-list":
+        torch.save([1, 2], entry)
+    elif damage == "no-scores":
+        torch.save({"extras": {}}, entry)
+    elif damage == "missing-group":
+        torch.save({"scores": {g: s for g, s in good["scores"].items() if g != name}, "extras": {}}, entry)
+    elif damage == "wrong-size":
+        torch.save({"scores": {**good["scores"], name: torch.ones(1)}, "extras": {}}, entry)
+    elif damage == "non-finite":
+        torch.save({"scores": {**good["scores"], name: good["scores"][name] * float("nan")}, "extras": {}}, entry)
+    else:
+        entry.write_bytes(entry.read_bytes()[:100])
+    again = compute_scores(model, groups, {"l1": None}, cache_dir=tmp_path, show_progress=False)
+    assert not again.cached["l1"]
+    assert all(torch.equal(first["l1"][g], again["l1"][g]) for g in groups.names)
+    assert compute_scores(model, groups, {"l1": None}, cache_dir=tmp_path, show_progress=False).cached["l1"]

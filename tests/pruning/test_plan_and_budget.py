@@ -87,6 +87,53 @@ def test_bad_ratios_and_names(resnet56) -> None:
         keep_for_budget(groups, 1.5)
 
 
+def _edited(plan: PruningPlan, how: str) -> dict:
+    data = plan.to_dict()
+    first = next(iter(data["groups"]))
+    if how == "kept-strings":
+        data["groups"][first]["kept"] = ["a", "b"]
+    elif how == "kept-floats":  # int(0.5) was 0: silently another channel
+        data["groups"][first]["kept"] = [0.5, 1.5]
+    elif how == "kept-bools":
+        data["groups"][first]["kept"] = [False, True]
+    elif how == "channels-a-string":
+        data["groups"][first]["channels"] = "many"
+    elif how == "input-shape-negative":
+        data["input_shape"] = [3, -5, 32]
+    elif how == "input-shape-a-string":
+        data["input_shape"] = "abc"
+    elif how == "input-shape-empty":
+        data["input_shape"] = []
+    elif how == "meta-a-list":
+        data["meta"] = [1]
+    return data
+
+
+@pytest.mark.parametrize("how", ["kept-strings", "kept-floats", "kept-bools", "channels-a-string",
+                                 "input-shape-negative", "input-shape-a-string", "input-shape-empty", "meta-a-list"])
+def test_an_edited_plan_is_refused_when_read(resnet56, how) -> None:
+    # ValueError / TypeError / RuntimeError tracebacks, or (floats, bools) silently other channels
+    _, groups = resnet56
+    plan = make_plan(groups, {g.name: torch.rand(g.channels) for g in groups}, keep_from_ratios(groups, {}, default=0.3))
+    with pytest.raises(InvalidPlanError, match="malformed pruning plan"):
+        PruningPlan.from_dict(_edited(plan, how))
+
+
+def test_a_plan_for_another_input_or_with_a_group_left_out_does_not_fit(resnet56) -> None:
+    # a plan without one of the model's groups was replayed with that group whole, then failed with "the
+    # analytic count is wrong for this model ... please report the model"
+    _, groups = resnet56
+    plan = make_plan(groups, {g.name: torch.rand(g.channels) for g in groups}, keep_from_ratios(groups, {}, default=0.3))
+    data = plan.to_dict()
+    data["groups"].pop(groups.names[3])
+    with pytest.raises(InvalidPlanError, match=f"no entry for group '{groups.names[3]}'"):
+        PruningPlan.from_dict(data).validate(groups)
+    data = plan.to_dict()
+    data["input_shape"] = [3, 16, 16]
+    with pytest.raises(InvalidPlanError, match=r"made for inputs of shape \(3, 16, 16\).*\(3, 32, 32\)"):
+        PruningPlan.from_dict(data).validate(groups)
+
+
 def test_plan_from_bad_json() -> None:
     with pytest.raises(InvalidPlanError, match="not valid JSON"):
         PruningPlan.from_json("{")

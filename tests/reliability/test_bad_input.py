@@ -102,6 +102,22 @@ def _hub_repo(path: Path) -> None:
     (path / "hubconf.py").write_text("open('MARKER-hub', 'w').close()\ndef load(**kw):\n    return None\n")
 
 
+def _checkpoint(state: dict) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        import torch
+
+        torch.save({"state_dict": state}, path)
+    return write
+
+
+def _mlflow_like_db(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.executescript("CREATE TABLE alembic_version (version_num TEXT); CREATE TABLE experiments (id INTEGER); "
+                         "CREATE TABLE runs (id INTEGER);")
+
+
 CASES = [
     # --- the recipe file itself -------------------------------------------------------------------
     Case("recipe-missing", "prune --recipe nope.yaml --out p.pt", match="does not exist"),
@@ -151,6 +167,11 @@ CASES = [
     Case("model-checkpoint-missing", R, {"r.yaml": section("model", checkpoint="missing.pt")}, match="does not exist"),
     Case("model-checkpoint-garbage", R, {"r.yaml": section("model", checkpoint="junk.pt"), "junk.pt": b"junk" * 10},
          match="junk.pt"),
+    # were AttributeError tracebacks ('int' object has no attribute 'shape' / 'removeprefix')
+    Case("model-checkpoint-non-tensor-value", R, {"r.yaml": section("model", checkpoint="c.pt"),
+                                                  "c.pt": _checkpoint({"conv1.weight": 5})}, match="conv1.weight"),
+    Case("model-checkpoint-non-string-key", R, {"r.yaml": section("model", checkpoint="c.pt"),
+                                                "c.pt": _checkpoint({7: 5})}, match="c.pt"),
     Case("model-checkpoint-directory", R, {"r.yaml": section("model", checkpoint="adir"), "adir/x": "1"},
          match="adir"),
     # --- data ------------------------------------------------------------------------------------
@@ -221,6 +242,9 @@ CASES = [
     Case("pretrain-unknown-key", R, {"r.yaml": section("pretrain", warmup=1)}, match="'warmup'"),
     Case("seed-str", R, {"r.yaml": recipe(seed="abc")}, match="seed"),
     Case("seed-float", R, {"r.yaml": recipe(seed=1.5)}, match="seed"),
+    # were accepted and failed in torch.manual_seed with an OverflowError traceback (after the dense training)
+    Case("seed-huge", R, {"r.yaml": recipe(seed=10**23)}, match=r"seed must be an integer in .*100000000"),
+    Case("pretrain-seed-huge", R, {"r.yaml": section("pretrain", seed=-(10**23))}, match="pretrain.seed must be"),
     # was "malformed pruning plan: missing or bad field 'list' object has no attribute 'get'"
     Case("plan-list", R, {"r.yaml": recipe(plan=[1])}, match=r"plan must be the path of a plan JSON .* got \[1\]"),
     Case("device-tpu", R, {"r.yaml": recipe(device="tpu")}, match="device"),
@@ -273,6 +297,9 @@ CASES = [
     Case("search-concurrency-negative", S + " --concurrency -1", match="concurrency"),
     Case("search-experiment-slash", S + " --experiment a/b", match="experiment"),
     Case("search-experiment-list", S, {"s.yaml": search(experiment=["a"])}, match="experiment"),
+    # was an OSError traceback (File name too long) from the experiment folder, after creating prunetune-runs/
+    Case("search-experiment-too-long", S + " --experiment " + "a" * 300, match="at most 128"),
+    Case("search-experiment-dot-dot", S + " --experiment ..", match="experiment"),
     Case("search-sampler-unknown", S, {"s.yaml": search(sampler="random")}, match="sampler"),
     Case("search-asha-bad", S, {"s.yaml": search(asha={"grace": 1})}, match="asha"),
     Case("search-time-budget-negative", S + " --time-budget-s -5", match="time_budget_s"),
@@ -299,6 +326,16 @@ CASES = [
     Case("search-tracking-uri-in-config-under-file", S, {"s.yaml": search(tracking_uri="afile/m.db"), "afile": "x"},
          match="afile"),
     Case("search-tracking-uri-int", S, {"s.yaml": search(tracking_uri=5)}, match="tracking_uri"),
+    # the Optuna study was created inside the MLflow database (its tables added to the user's store), then
+    # failed with a RuntimeError traceback about the schema version both keep in alembic_version
+    Case("search-study-storage-is-the-tracking-store", S + " --study-storage mlflow.db", match="MLflow store"),
+    Case("search-study-storage-is-an-mlflow-store", S + " --study-storage other.db", {"other.db": _mlflow_like_db},
+         match="other.db.*MLflow store"),
+    # these failed with an ImportError / MlflowException traceback after the dense model, the scores and Ray
+    Case("search-study-storage-unknown-dialect", S + " --study-storage nosuchdb://host/db", match="nosuchdb"),
+    Case("search-study-storage-driver-missing", S + " --study-storage postgresql+nosuchdriver://host/db",
+         match="driver"),
+    Case("search-tracking-file-store", S + " --tracking-uri file:mlruns", match="file:mlruns.*sqlite:///"),
     Case("search-storage-under-a-file", S + " --storage-path afile/runs", {"afile": "x"}, match="afile"),
     Case("search-storage-is-a-file", S + " --storage-path afile", {"afile": "x"}, match="afile"),
     Case("search-storage-under-proc", S + " --storage-path /proc/prunetune-test/runs", match="/proc"),
@@ -313,6 +350,7 @@ CASES = [
     Case("pareto-db-directory", "pareto --experiment e --tracking-uri adir", {"adir/x": "1"}, match="adir"),
     Case("pareto-unreachable-server", "pareto --experiment e --tracking-uri http://127.0.0.1:1",
          match="127.0.0.1:1"),
+    Case("pareto-file-store", "pareto --experiment e --tracking-uri file:mlruns", match="file:mlruns"),
     Case("pareto-plot-unknown-format", "pareto --experiment e --plot front.xyz", match="front.xyz"),
     Case("pareto-plot-under-a-file", "pareto --experiment e --plot afile/front.png", {"afile": "x"}, match="afile"),
     Case("pareto-budget-0", "pareto --experiment e --budget 0", match="--budget"),

@@ -69,3 +69,50 @@ def test_two_prune_processes_share_an_empty_cache(tmp_path) -> None:
     a, b = load_pruned(tmp_path / "a.pt"), load_pruned(tmp_path / "b.pt")
     x = torch.randn(2, 1, 8, 8)
     assert torch.allclose(a(x), b(x), atol=1e-5)  # the same recipe, the same network
+
+
+def test_a_damaged_cached_dense_model_is_trained_again(tmp_path, monkeypatch) -> None:
+    # a torn cache entry (a run killed in a non-atomic copy, a full disk) failed every later run with
+    # "cannot read checkpoint '<cache>/dense/....pt'", a checkpoint the recipe never named
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PRUNETUNE_CACHE_DIR", str(cache))
+    recipe = Recipe.from_dict(copy.deepcopy(TINY_RECIPE))
+    first = prepare(recipe, show_progress=False)
+    (entry,) = (cache / "dense").glob("*.pt")
+    for damage in (entry.read_bytes()[:200], b"", None):
+        if damage is None:
+            torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, entry)
+        else:
+            entry.write_bytes(damage)
+        again = prepare(recipe, show_progress=False)
+        assert again.dense == first.dense
+        assert torch.load(entry, weights_only=True)["format"] == "prunetune-dense/1"  # replaced
+
+
+def test_an_out_file_that_appears_while_pruning_is_not_replaced(tmp_path, monkeypatch) -> None:
+    # --out was checked only at the start: a file written there during the fine-tune (another run with the
+    # same --out, the user's own) was replaced at the end without --overwrite
+    import prunetune
+    from prunetune.exceptions import ConfigError
+    from prunetune.recipes import pipeline
+
+    monkeypatch.setenv("PRUNETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "p.pt"
+    real = pipeline.train_pruned
+
+    def meanwhile(*args, **kwargs):
+        result = real(*args, **kwargs)
+        out.write_bytes(b"written by another run")
+        return result
+
+    monkeypatch.setattr(pipeline, "train_pruned", meanwhile)
+    try:
+        prunetune.prune(copy.deepcopy(TINY_RECIPE), out=out)
+    except ConfigError as exc:
+        assert "--overwrite" in str(exc) and str(out) in str(exc)
+    else:
+        raise AssertionError("the file that appeared was replaced")
+    assert out.read_bytes() == b"written by another run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "p.pt"]  # no temporary file, no plan
+    result = prunetune.prune(copy.deepcopy(TINY_RECIPE), out=out, overwrite=True)  # asked for: replaced
+    assert result.out == out and load_pruned(out) is not None

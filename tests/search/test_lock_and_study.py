@@ -93,3 +93,19 @@ def test_repair_tells_what_mlflow_recorded_and_queues_lost_candidates(tmp_path) 
     assert waiting == [{"x": 3.0}]  # "lost" ran the third enqueued candidate
     assert study.new_study_name(storage, "exp", "abcdef123456") == "exp-abcdef12"
     assert study.new_study_name(storage, "other", "abcdef123456") == "other"
+
+
+@pytest.mark.parametrize("content", ['{"version": 3, "identity": {"recipe"', "", "[1, 2]", '{"version": 3}',
+                                     '{"version": 3, "identity": [1]}', b"\xff\xfe\x00"],
+                         ids=["truncated", "empty", "a-list", "no-identity", "identity-a-list", "binary"])
+def test_a_damaged_state_file_is_one_error_naming_it(make_config, content) -> None:
+    # a torn or edited prunetune-search.json was a JSONDecodeError / KeyError / AttributeError traceback
+    from prunetune.exceptions import PrunetuneError
+    from prunetune.search.resume import STATE_FILE, resume_state
+
+    config = make_config()
+    exp = config.settings.experiment_dir
+    exp.mkdir(parents=True)
+    (exp / STATE_FILE).write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(PrunetuneError, match=f"{STATE_FILE}.*damaged.*another --experiment"):
+        resume_state(config, exp, None)

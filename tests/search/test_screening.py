@@ -250,3 +250,21 @@ def test_the_hand_pool_is_at_most_half_the_pool(resnet20_groups) -> None:
         == [("ratios", "weight." + spec.criteria[0]), ("global", "weight." + spec.criteria[0])]
     assert len(hand_pool(spec, space, low, high, trials=1, count=1)) == 1
     assert hand_pool(SpaceSpec(allocations=("cmi_knee",)), space, low, high, trials=4, count=64) == []
+
+
+@pytest.mark.parametrize("text", ['{"seconds": 1, "candidates": [{"bogus": 1}]}', '{"seconds": 1, "cand', "[]",
+                                  '{"seconds": 1, "candidates": 3}', '{"seconds": "x", "candidates": []}',
+                                  '{"seconds": 1, "candidates": [{"number": 0, "params": 5, "source": "hand"}]}'],
+                         ids=["unknown-key", "truncated", "a-list", "candidates-an-int", "seconds-a-string",
+                              "params-an-int"])
+def test_a_damaged_screened_pool_is_one_error_naming_it(make_config, text) -> None:
+    # a damaged screening.json (an interrupted search's pool, reused on resume) was a TypeError or
+    # JSONDecodeError traceback
+    from prunetune.search.runner import SCREEN_FILE, _screen
+
+    config = make_config()
+    exp = config.settings.experiment_dir
+    exp.mkdir(parents=True)
+    (exp / SCREEN_FILE).write_text(text)
+    with pytest.raises(ConfigError, match=f"{SCREEN_FILE}.*damaged.*another --experiment"):
+        _screen(config, None, None, None, None, None)

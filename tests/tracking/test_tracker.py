@@ -201,3 +201,26 @@ def test_resume_continues_numbers_and_names_stale_runs(uri: str) -> None:
     runs = {r.data.tags["prunetune.trial_id"]: r for r in again.children()}
     assert runs["b"].info.status == "KILLED" and runs["b"].info.run_name == "t02 · interrupted"
     assert runs["c"].data.tags["prunetune.trial"] == "t03" and runs["c"].data.tags["on_front"] == "false"
+
+
+@pytest.mark.parametrize("name, content", [("plan.json", "{trunc"), ("plan.json", "[1, 2]"),
+                                           ("plan.json", b"\xff\xfe"), ("recipe.yaml", "- 1\n")],
+                         ids=["plan-torn", "plan-a-list", "plan-binary", "recipe-a-list"])
+def test_export_of_a_trial_with_damaged_artifacts_is_one_line(uri: str, tmp_path, monkeypatch, capsys,
+                                                              name, content) -> None:
+    # a torn plan.json was a JSONDecodeError traceback, a recipe.yaml that is no mapping a TypeError one
+    from prunetune.cli import main
+
+    tracker = _search(uri)
+    tracker.start_trial("t1", {"target_macs": 0.4})
+    tracker.finish_trial("t1", _result(0.8, 0.4))
+    tracker.end_search("FINISHED")
+    (run,) = tracker.children()
+    (artifact,) = tmp_path.glob(f"mlartifacts/*/{run.info.run_id}/artifacts/{name}")
+    artifact.write_bytes(content if isinstance(content, bytes) else content.encode())
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["export", "--experiment", "exp", "--out", "best.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and name in err and run.info.run_id in err, err
+    assert not (tmp_path / "best.yaml").exists()

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_file(args.out, "--out", overwrite=args.overwrite)
     # run_recipe writes the plan next to the model, as <out stem>.plan.json
     check_output_file(out.with_suffix(".plan.json"), "the plan file next to --out", overwrite=args.overwrite)
-    result = run_recipe(recipe, out=out, show_progress=args.format == "table")
+    result = run_recipe(recipe, out=out, overwrite=args.overwrite, show_progress=args.format == "table")
     if args.format == "json":
         print_json(result.summary())
         return 0

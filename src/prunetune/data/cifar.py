@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunetune._text import short
 from prunetune.data._unpickle import restricted_loads
 from prunetune.data.base import (
     DataSplits,
@@ -268,7 +269,16 @@ def _check_batch(info: CifarInfo, batch: Any, where: str) -> tuple[np.ndarray, n
             f"malformed CIFAR batch file {where}: b'data' must be uint8 N×3072, "
             f"got {rows.dtype} {rows.shape}"
         )
-    labels = np.asarray(batch[info.label_key], dtype=np.int64)
+    try:
+        labels = np.asarray(batch[info.label_key])
+    except (TypeError, ValueError):  # ragged lists
+        labels = np.asarray(None)
+    if labels.dtype.kind not in "iu" and labels.size:  # not silently truncated: 1.5 is no class
+        raise DataError(
+            f"malformed CIFAR batch file {where}: labels must be integers, got "
+            f"{short(batch[info.label_key])}"
+        )
+    labels = labels.astype(np.int64)
     if labels.shape != (rows.shape[0],):
         raise DataError(
             f"malformed CIFAR batch file {where}: {rows.shape[0]} images, {labels.size} labels"
@@ -309,4 +319,7 @@ def _class_names(info: CifarInfo, meta: tuple[Any, str] | None) -> tuple[str, ..
     names = meta[0].get(info.names_key) if meta is not None and isinstance(meta[0], dict) else None
     if not isinstance(names, (list, tuple)) or len(names) != info.num_classes:
         return ()
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    try:
+        return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    except UnicodeDecodeError:  # the names are optional: a damaged meta file leaves them out
+        return ()

@@ -8,6 +8,7 @@ dynamic) and compares with the PyTorch model. ONNX needs the ``deploy`` extra.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunetune._atomic import _umask
 from prunetune._registry import unknown_name_message
 from prunetune.deployment.export import WRITERS
 from prunetune.deployment.fold import fold_batchnorm
@@ -75,17 +77,28 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     deployed, folded = fold_batchnorm(reference, input_shape) if fold_bn else (reference, 0)
     param = next(reference.parameters())
     example = torch.randn(2, *input_shape, device=param.device)
-    run = WRITERS[format](deployed, example, out)
-    x = torch.randn(check_batch, *input_shape, generator=torch.Generator().manual_seed(seed)).to(param.device)
-    with torch.no_grad():
-        expected, got = reference(x).float().cpu(), run(x).float().cpu()
-    if got.shape != expected.shape:
-        raise DeployError(f"{format} output has shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
-    diff = float((got - expected).abs().max())
-    rel = diff / max(float(expected.abs().max()), 1e-12)
-    if rel > TOLERANCE:
-        raise DeployError(f"{format} file {str(out)!r} differs from the PyTorch model by {diff:.3g} "
-                          f"({rel:.3g} relative, more than {TOLERANCE:g}); try --no-fold-bn or another format")
+    # written and checked under a temporary name, renamed over ``out`` only when it passed: an interrupted or
+    # failed deploy leaves ``out`` as it was (an --overwrite never trades a good file for a torn one)
+    fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)  # writers need the suffix
+    os.close(fd)
+    written = Path(name)
+    try:
+        run = WRITERS[format](deployed, example, written)
+        x = torch.randn(check_batch, *input_shape, generator=torch.Generator().manual_seed(seed)).to(param.device)
+        with torch.no_grad():
+            expected, got = reference(x).float().cpu(), run(x).float().cpu()
+        if got.shape != expected.shape:
+            raise DeployError(f"{format} output has shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+        diff = float((got - expected).abs().max())
+        rel = diff / max(float(expected.abs().max()), 1e-12)
+        if rel > TOLERANCE:
+            raise DeployError(f"{format} file for {str(out)!r} differs from the PyTorch model by {diff:.3g} "
+                              f"({rel:.3g} relative, more than {TOLERANCE:g}), so it was not written; try "
+                              "--no-fold-bn or another format")
+        os.chmod(written, 0o666 & ~_umask())  # mkstemp makes 0600; a file written in place follows the umask
+        os.replace(written, out)
+    finally:
+        written.unlink(missing_ok=True)
     return DeployResult(format, str(out), out.stat().st_size, tuple(input_shape), folded, check_batch, diff, rel,
                         time.perf_counter() - t0)
 

@@ -46,7 +46,8 @@ def write_onnx(model: nn.Module, example: Tensor, out: Path) -> Runner:
     chatter = io.StringIO()  # the exporter prints its progress; keep the command's output to the result
     with contextlib.redirect_stdout(chatter), _quiet_loggers("torch.onnx", "onnxscript", "onnx_ir"):
         torch.onnx.export(model, (example,), str(out), input_names=["input"], output_names=["output"],
-                          dynamic_shapes=({0: _batch_dim()},), dynamo=True, verbose=False)
+                          dynamic_shapes=({0: _batch_dim()},), dynamo=True, verbose=False,
+                          external_data=False)  # one file: the weights inside, not in a <out>.data beside it
     ort = require("onnxruntime", extra="deploy", purpose="checking the ONNX file")
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
 

@@ -79,13 +79,14 @@ class PruningPlan:
                 raise InvalidPlanError(f"plan format {data.get('format')!r} is not supported (expected {PLAN_FORMAT})")
             groups = data["groups"]
             return cls(
-                kept={n: tuple(int(i) for i in g["kept"]) for n, g in groups.items()},
-                channels={n: int(g["channels"]) for n, g in groups.items()},
+                kept={n: _indices(g["kept"], n, "kept") for n, g in groups.items()},
+                channels={n: _indices([g["channels"]], n, "channels", minimum=1)[0] for n, g in groups.items()},
                 dense=Cost(**data["dense"]), pruned=Cost(**data["pruned"]),
-                input_shape=tuple(data["input_shape"]), meta=dict(data.get("meta", {})),
-                order={n: tuple(int(i) for i in g["order"]) for n, g in groups.items() if "order" in g},
+                input_shape=_indices(data["input_shape"], "input_shape", "", minimum=1, empty=False),
+                meta=dict(data.get("meta", {})),
+                order={n: _indices(g["order"], n, "order") for n, g in groups.items() if "order" in g},
             )
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise InvalidPlanError(f"malformed pruning plan: missing or bad field {exc}") from None
 
     def to_json(self) -> str:
@@ -98,9 +99,10 @@ class PruningPlan:
         except json.JSONDecodeError as exc:
             raise InvalidPlanError(f"pruning plan is not valid JSON: {exc}") from None
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the plan as JSON, atomically (a unique temporary file, then a rename)."""
-        return write_text_atomic(path, self.to_json())
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+        """Write the plan as JSON, atomically (a unique temporary file, then a rename; ``overwrite=False``:
+        ``FileExistsError`` rather than replace a file that exists)."""
+        return write_text_atomic(path, self.to_json(), replace=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:
@@ -116,7 +118,10 @@ class PruningPlan:
         return cls.from_dict(data)
 
     def validate(self, groups: ModelGroups) -> None:
-        """Raise :class:`InvalidPlanError` unless the plan fits ``groups`` (names, sizes, indices)."""
+        """Raise :class:`InvalidPlanError` unless the plan fits ``groups`` (input, names, sizes, indices)."""
+        if tuple(self.input_shape) != tuple(groups.input_shape):
+            raise InvalidPlanError(f"plan was made for inputs of shape {tuple(self.input_shape)}, this model's are "
+                                   f"{tuple(groups.input_shape)}; use a plan made for this model and data")
         for name, idx in self.kept.items():
             if name not in groups:
                 raise InvalidPlanError(f"plan prunes group {name!r}, which this model does not have")
@@ -127,6 +132,20 @@ class PruningPlan:
                 raise InvalidPlanError(f"plan keeps invalid indices in {name!r}: need sorted unique 0..{n - 1}")
             if name in self.order and sorted(self.order[name]) != sorted(set(range(n)) - set(idx)):
                 raise InvalidPlanError(f"plan's order for {name!r} must list exactly its pruned channels")
+        missing = [name for name in groups.names if name not in self.kept]
+        if missing:
+            raise InvalidPlanError(f"plan has no entry for group {missing[0]!r} of this model ({len(missing)} "
+                                   "missing): a plan for another model, or an edited one; make the plan again")
+
+
+def _indices(values: Any, name: str, what: str, *, minimum: int = 0, empty: bool = True) -> tuple[int, ...]:
+    """``values`` as a tuple of integers >= ``minimum`` (no floats, no bools); a ValueError naming the field."""
+    field_name = f"{name}.{what}" if what else name
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, (list, tuple)) \
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values) \
+            or (not empty and not values):
+        raise ValueError(f"{field_name!r}: expected a list of integers >= {minimum}, got {str(values)[:60]}")
+    return tuple(values)
 
 
 def _ranked(scores: Tensor) -> list[int]:

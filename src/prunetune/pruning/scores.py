@@ -172,7 +172,7 @@ def compute_scores(
             key = {**key, "batch_size": settings.batch_size}
         fp = _fingerprint(name, params, mdigest, calibration_digest if uses_data else None, key, groups)
         table.fingerprints[name] = fp
-        if use_cache and _load(cache, fp, table, name):
+        if use_cache and _load(cache, fp, table, name, groups):
             continue
         table.cached[name] = False
         if uses_data:
@@ -206,7 +206,7 @@ def _path(cache: Path, fp: str) -> Path:
     return cache / f"{fp}.pt"
 
 
-def _load(cache: Path, fp: str, table: ScoreTable, name: str) -> bool:
+def _load(cache: Path, fp: str, table: ScoreTable, name: str, groups: ModelGroups) -> bool:
     path = _path(cache, fp)
     if not path.is_file():
         return False
@@ -214,6 +214,9 @@ def _load(cache: Path, fp: str, table: ScoreTable, name: str) -> bool:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception:  # a torn or foreign file: recompute and overwrite it
         return False
+    if not isinstance(data, Mapping) or not isinstance(data.get("scores"), Mapping) \
+            or not isinstance(data.get("extras", {}), Mapping) or _scores_problem(data["scores"], groups) is not None:
+        return False  # a damaged entry, the same
     table.scores[name] = data["scores"]
     table.extras[name] = data.get("extras", {})
     table.cached[name] = True
@@ -225,9 +228,17 @@ def _save(cache: Path, fp: str, table: ScoreTable, name: str) -> None:
 
 
 def _check_scores(name: str, scores: Mapping[str, Tensor], groups: ModelGroups) -> None:
+    problem = _scores_problem(scores, groups)
+    if problem is not None:
+        raise ConfigError(f"criterion {name!r} gave {problem}")
+
+
+def _scores_problem(scores: Mapping[str, Tensor], groups: ModelGroups) -> str | None:
+    """What is wrong with ``scores`` for ``groups`` (None: one finite score per channel of every group)."""
     for g in groups:
         s = scores.get(g.name)
-        if s is None or s.numel() != g.channels:
-            raise ConfigError(f"criterion {name!r} gave no or wrong-sized scores for group {g.name!r}")
+        if not isinstance(s, Tensor) or s.numel() != g.channels:
+            return f"no or wrong-sized scores for group {g.name!r}"
         if not torch.isfinite(s).all():
-            raise ConfigError(f"criterion {name!r} gave non-finite scores for group {g.name!r}")
+            return f"non-finite scores for group {g.name!r}"
+    return None

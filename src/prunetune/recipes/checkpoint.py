@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from prunetune._atomic import torch_save_atomic
+from prunetune._text import short
 from prunetune.exceptions import CheckpointError
 from prunetune.models import create_model
 from prunetune.pruning.plan import PruningPlan
@@ -59,10 +62,24 @@ def _read(path: Path, what: str) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _load_weights(path, "cpu")
     except Exception as exc:
-        raise CheckpointError(f"cannot read {what} {str(path)!r} as a state dict ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"cannot read {what} {str(path)!r} as a state dict ({_why(exc, 200)})") from None
+
+
+def _load_weights(path: Path, map_location) -> Any:
+    """``torch.load(weights_only=True)`` without torch's warnings (a refused file is one error line)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" before a refusal
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _why(exc: Exception, width: int) -> str:
+    """What went wrong reading a file with :func:`_load_weights`, in a few words."""
+    if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+        return "it holds pickled Python objects, not only tensors; they are not loaded, as they could run code"
+    first = str(exc).strip().splitlines()[0][:width] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: str = "model",
@@ -101,20 +118,29 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
 
 
 def _find_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+    if isinstance(data, dict) and data and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in data.items()):
         return data
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
-            return data[key]
+            state = data[key]
+            bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+            if bad is not None or not state:
+                what = "is empty" if not state else f"maps {short(bad)} to {type(state[bad]).__name__}"
+                raise CheckpointError(f"checkpoint {str(path)!r} holds no usable state dict: its {key!r} {what}, "
+                                      "not parameter names to tensors; give the model's state-dict file")
+            return state
     raise CheckpointError(f"checkpoint {str(path)!r} holds no state dict (looked for a tensor dict, "
                           "or one under 'state_dict'/'model')")
 
 
-def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, model_spec: dict[str, Any]) -> Path:
-    """Save a pruned model as its state dict, its plan and how to build the dense architecture."""
+def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, model_spec: dict[str, Any], *,
+                overwrite: bool = True) -> Path:
+    """Save a pruned model as its state dict, its plan and how to build the dense architecture
+    (``overwrite=False``: ``FileExistsError`` rather than replace a file that exists)."""
     payload = {"format": PRUNED_FORMAT, "model": dict(model_spec), "plan": plan.to_dict(),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    return torch_save_atomic(payload, path)
+    return torch_save_atomic(payload, path, replace=overwrite)
 
 
 def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
@@ -129,7 +155,12 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
     model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                          allow_code=allow_code, **spec.get("kwargs", {}))
     apply_plan(model, PruningPlan.from_dict(data["plan"]))
-    model.load_state_dict(data["state_dict"])
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()[:160]
+        raise CheckpointError(f"pruned model {str(path)!r} is damaged (its weights do not fit its plan: {first}); "
+                              "write it again with prunetune prune --out") from None
     return model.eval()
 
 
@@ -154,11 +185,33 @@ def _read_pruned(path: Path, map_location) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"pruned model {str(path)!r} does not exist")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = _load_weights(path, map_location)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         raise CheckpointError(f"cannot read pruned model {str(path)!r}: it is not a file `prunetune prune --out` "
-                              f"wrote ({type(exc).__name__}: {first})") from None
+                              f"wrote ({_why(exc, 120)})") from None
     if not isinstance(data, dict) or data.get("format") != PRUNED_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a prunetune pruned model (format {PRUNED_FORMAT})")
+    damage = _pruned_damage(data)
+    if damage:
+        raise CheckpointError(f"pruned model {str(path)!r} is damaged ({damage}); write it again with "
+                              "prunetune prune --out")
     return data
+
+
+def _pruned_damage(data: dict[str, Any]) -> str | None:
+    """What is wrong with the body of a pruned model file (None: nothing that building it would trip on)."""
+    spec = data.get("model")
+    if not isinstance(spec, Mapping) or not all(k in spec for k in ("name", "num_classes", "in_channels")):
+        return "'model' must be a mapping with name, num_classes and in_channels"
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        return "'model.kwargs' must be a mapping of argument names"
+    reserved = sorted({"name", "num_classes", "in_channels", "allow_code"} & set(kwargs))
+    if reserved:
+        return f"'model.kwargs' must not set {reserved[0]!r}"
+    if not isinstance(data.get("plan"), Mapping):
+        return "'plan' must be a mapping"
+    state = data.get("state_dict")
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return "'state_dict' must map names to tensors"
+    return None

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
-from prunetune.exceptions import ConfigError
+from prunetune.exceptions import CheckpointError, ConfigError
 from prunetune.models import create_model
 from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.budget_check import check_pruned_macs
@@ -185,9 +185,12 @@ def _pretrained_dense(base: Base, show_progress: bool) -> None:
     root = Path(r.calibration.cache_dir) if r.calibration.cache_dir else default_cache_dir()
     path = root / "dense" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
     if r.calibration.use_cache and path.is_file():
-        log.info("dense model: loaded the cached brief training from %s", path)
-        load_checkpoint(base.model, path)
-        return
+        try:  # checked before any weight is copied: a refusal leaves the model as initialised
+            load_checkpoint(base.model, path)
+            log.info("dense model: loaded the cached brief training from %s", path)
+            return
+        except CheckpointError as exc:  # a torn or foreign entry: train again and replace it
+            log.warning("dense model: the cached brief training is damaged, training it again (%s)", exc)
     cfg = r.pretrain.finetune_config()
     log.info("dense model: no checkpoint given, training it for %d epochs on %s", cfg.epochs, r.data.name)
     finetune(base.model, base.loader("train", train=True, seed=r.pretrain.seed, batch_size=cfg.batch_size), cfg,
@@ -289,7 +292,7 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: bool = True,
+def run_recipe(recipe: Recipe, *, out: str | Path | None = None, overwrite: bool = True, show_progress: bool = True,
                base: Base | None = None) -> PruneResult:
     """Score → allocate → prune → fine-tune → evaluate; save state dict + plan when ``out`` is given."""
     t0 = time.perf_counter()
@@ -311,7 +314,13 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, show_progress: 
     result = PruneResult(base.dense, pruned, plan, history, model, table.all_cached if table else None, timings)
     if out is not None:
         spec = recipe.model
-        result.out = save_pruned(out, model, plan, {"name": spec.name, "num_classes": spec.num_classes,
-                                                    "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs)})
-        result.plan_path = plan.save(Path(out).with_suffix(".plan.json"))
+        try:  # checked before the work, but a file may have appeared there since (another run, same --out)
+            result.out = save_pruned(out, model, plan, {"name": spec.name, "num_classes": spec.num_classes,
+                                                        "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs)},
+                                     overwrite=overwrite)
+            result.plan_path = plan.save(Path(out).with_suffix(".plan.json"), overwrite=overwrite)
+        except FileExistsError as exc:
+            raise ConfigError(f"{exc.filename or str(out)!r} appeared while pruning (another run with the same "
+                              "--out?) and was not replaced, so this result is not saved; run again with another "
+                              "--out, or --overwrite") from None
     return result

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from prunetune._checks import boolean, integer, mapping, section, text
+from prunetune._checks import boolean, integer, mapping, section, text, torch_seed
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune._yaml import load_yaml_file
@@ -183,7 +183,7 @@ class PretrainSpec:
         spec = cls(**section("pretrain", value, {f.name for f in fields(cls)}))
         integer(spec.epochs, "pretrain.epochs", minimum=0)
         integer(spec.batch_size, "pretrain.batch_size", minimum=1)
-        integer(spec.seed, "pretrain.seed")
+        torch_seed(spec.seed, "pretrain.seed")
         for key in ("lr", "weight_decay"):
             number = getattr(spec, key)
             if not is_finite_number(number) or number < 0 or (key == "lr" and number == 0):
@@ -253,9 +253,7 @@ class Recipe:
             finetune = FinetuneConfig(**section("finetune", d.get("finetune"), {f.name for f in fields(FinetuneConfig)}))
         except TypeError as exc:
             raise ConfigError(f"recipe section 'finetune': {exc}") from None
-        seed = d.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"seed must be an integer, got {short(seed)}")
+        training_seed = torch_seed(d.get("seed", 0), "seed")
         threads = d.get("threads")
         if threads is not None:
             integer(threads, "threads", minimum=1)
@@ -272,7 +270,7 @@ class Recipe:
             calibration=CalibrationSpec.parse(d.get("calibration")),
             schedule=ScheduleSpec.parse(d.get("schedule")), finetune=finetune,
             pretrain=PretrainSpec.parse(d.get("pretrain")), plan=d.get("plan"),
-            seed=seed, device=device, threads=threads, source=source, allow_code=bool(allow_code),
+            seed=training_seed, device=device, threads=threads, source=source, allow_code=bool(allow_code),
         )
 
     @classmethod

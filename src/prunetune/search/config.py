@@ -72,6 +72,7 @@ SETTINGS_KEYS = ("macs_budget", "trials", "concurrency", "sampler", "seed", "cpu
                  "ray_address", "allow_code", "study_storage")
 TOP_KEYS = {"recipe", "space", "screen", "flops_budget", *SETTINGS_KEYS}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_NAME = 128
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,9 @@ class SearchSettings:
             raise ConfigError(f"time_budget_s must be a number of seconds > 0, got {short(self.time_budget_s)}")
         if not isinstance(self.experiment, str) or not NAME.match(self.experiment):
             raise ConfigError(f"experiment must be a name of letters, digits, '_', '.', '-', got {short(self.experiment)}")
+        if len(self.experiment) > MAX_NAME:  # it names a folder: file systems stop at 255 bytes
+            raise ConfigError(f"experiment must be a name of at most {MAX_NAME} characters, got one of "
+                              f"{len(self.experiment)} ({short(self.experiment)})")
         if self.ray_address is not None:
             ray_address_parts(self.ray_address)
         if not isinstance(self.allow_code, bool):

@@ -18,4 +18,4 @@ def check_outputs(settings: SearchSettings) -> None:
     check_output_dir(settings.storage_path, "storage_path (Ray results and resume state)")
     check_output_dir(settings.experiment_dir, "the search's results folder (storage_path/experiment)")
     check_writable_store(settings.tracking_uri)
-    check_study_storage(settings.study_url)
+    check_study_storage(settings.study_url, settings.tracking_uri)

@@ -63,8 +63,7 @@ def done_trials(runs: list[Any]) -> Done:
 
 def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> dict[str, Any] | None:
     """The saved state to resume from, None to start; errors when resuming is impossible or unsafe."""
-    path = exp_dir / STATE_FILE
-    state = json.loads(path.read_text()) if path.is_file() else None
+    state = read_state(exp_dir)
     name = config.settings.experiment
     if state is None:
         if resume:
@@ -87,6 +86,24 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
                               f"({_short(old)}, now {_short(identity.get(key))}); resume with the same config, "
                               "or start a new search with another --experiment")
     trust.check(exp_dir, state, state_file=STATE_FILE)  # ours, unchanged since it stopped?
+    return state
+
+
+def read_state(exp_dir: Path) -> dict[str, Any] | None:
+    """The state file of ``exp_dir`` (None when there is none); a damaged one is a one-line error."""
+    path = exp_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+        why = None if isinstance(state, dict) and isinstance(state.get("identity"), dict) else \
+            "not a mapping with an 'identity'"
+    except (OSError, ValueError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    if why is not None:
+        raise ConfigError(f"search state {str(path)!r} is damaged ({why}), so the search cannot be resumed; its "
+                          "finished trials stay in MLflow: start a new search with another --experiment (or move "
+                          f"{str(exp_dir)!r} away)")
     return state
 
 

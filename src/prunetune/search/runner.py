@@ -114,6 +114,8 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     status = FAILED
     with ExperimentLock(s.experiment_dir, s.experiment):
         state = resume_state(config, s.experiment_dir, resume)
+        if state is not None and config.screen.enabled:
+            _screened_pool(config)  # damaged: an error now, before anything is trained
         config = recorded_config(config, state)
         reporter.start_ticker()
         try:
@@ -248,13 +250,26 @@ def _open_tracking(config: SearchConfig, state: dict[str, Any] | None, base: Any
     return tracker, study
 
 
+def _screened_pool(config: SearchConfig) -> ScreenOutcome | None:
+    """The pool an interrupted search screened (None when it screened none); damaged, a one-line error."""
+    path = config.settings.experiment_dir / SCREEN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return ScreenOutcome.from_json(path.read_bytes().decode("utf-8"))
+    except ValueError as exc:  # JSON and UTF-8 errors too
+        raise ConfigError(f"screened pool {str(path)!r} is damaged ({str(exc).splitlines()[0][:120]}), so the "
+                          "search cannot be resumed; its finished trials stay in MLflow: start a new search with "
+                          f"another --experiment (or move {str(config.settings.experiment_dir)!r} away)") from None
+
+
 def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tracker: SearchTracker,
             progress: Progress) -> ScreenOutcome:
     """Screen candidate plans on the Ray cluster (or reload the pool an interrupted search screened)."""
     s, spec = config.settings, config.screen
     path = s.experiment_dir / SCREEN_FILE
-    if path.is_file():
-        outcome = ScreenOutcome.from_json(path.read_text())
+    outcome = _screened_pool(config)
+    if outcome is not None:
         log.info("screening: reusing the %d screened candidates in %s", len(outcome.candidates), path)
         return outcome
     import ray

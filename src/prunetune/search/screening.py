@@ -304,7 +304,14 @@ class ScreenOutcome:
 
     @classmethod
     def from_json(cls, text: str) -> ScreenOutcome:
+        """The outcome :meth:`to_json` wrote; a ``ValueError`` saying what is wrong for anything else."""
         data = json.loads(text)
-        candidates = [Candidate(**c) for c in data["candidates"]]
-        return cls(candidates, [c for c in candidates if c.selected], float(data["seconds"]))
+        try:
+            candidates = [Candidate(**c) for c in data["candidates"]]
+            seconds = float(data["seconds"])
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"not a screened pool: {type(exc).__name__}: {exc}") from None
+        if not all(isinstance(c.params, dict) and isinstance(c.config, dict) for c in candidates):
+            raise ValueError("not a screened pool: a candidate's params or config is not a mapping")
+        return cls(candidates, [c for c in candidates if c.selected], seconds)
 

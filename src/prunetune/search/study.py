@@ -15,6 +15,7 @@ database cannot hold twice. Optuna is imported only inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -57,20 +58,53 @@ def resolve_study_storage(value: Any, *, cwd: str | os.PathLike) -> str:
     return value
 
 
-def check_study_storage(url: str) -> None:
-    """Before any work: an sqlite study file must be an sqlite database or creatable."""
+def check_study_storage(url: str, tracking_uri: str | None = None) -> None:
+    """Before any work: an sqlite study file must be an sqlite database or creatable, and no MLflow store
+    (``tracking_uri``'s, or any other: both keep their schema version in a table named alembic_version)."""
     db = sqlite_path(url)
     if db is None:
+        _check_driver(url)
         return
     if db.is_dir():
         raise ConfigError(f"study_storage {str(db)!r} is a directory; give a database file name")
+    store = sqlite_path(tracking_uri) if tracking_uri else None
+    mlflow_store = store is not None and os.path.abspath(store) == os.path.abspath(db)
     if db.is_file():
         with db.open("rb") as f:
             head = f.read(16)
         if head and head != b"SQLite format 3\x00":
             raise ConfigError(f"study_storage {str(db)!r} is not an sqlite database; pass --study-storage with "
                               "another file name")
+        mlflow_store = mlflow_store or (bool(head) and {"experiments", "runs"} <= _tables(db))
+    if mlflow_store:
+        raise ConfigError(f"study_storage {str(db)!r} is an MLflow store: the Optuna study needs a database of its "
+                          "own (both keep their schema version in a table named alembic_version); pass "
+                          "--study-storage with another file name, or leave it out (mlflow-optuna.db)")
     check_creatable(db.parent, "study_storage (the Optuna study)", target=db)
+
+
+def _check_driver(url: str) -> None:
+    """A database URL's SQLAlchemy dialect and driver must import (a missing one failed after the training)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        dialect = make_url(url).get_dialect()
+        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # SQLAlchemy 2, 1.4
+    except Exception as exc:  # noqa: BLE001 - ArgumentError, NoSuchModuleError, ImportError
+        raise ConfigError(f"study_storage {short(url)} cannot be opened: no database driver for it "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); install the module it "
+                          "names, or give an sqlite file") from None
+
+
+def _tables(db: Path) -> set[str]:
+    """The table names of the sqlite database ``db``, read without writing it (empty when unreadable)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return set()
 
 
 def open_storage(url: str) -> Any:

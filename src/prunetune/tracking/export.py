@@ -60,7 +60,16 @@ def exported_recipe(uri: str, record: TrialRecord) -> Recipe:
         recipe = _artifact(mlflow_client, record, "recipe.yaml", tmp)
         plan = _artifact(mlflow_client, record, "plan.json", tmp)
         data = parse_yaml(recipe.read_bytes(), f"the recipe.yaml artifact of trial run {record.run_id}")
-        data["plan"] = json.loads(plan.read_text())
+        try:
+            plan_data = json.loads(plan.read_bytes().decode("utf-8"))
+        except ValueError as exc:  # JSON and UTF-8 errors
+            plan_data = exc
+    for name, value in (("recipe.yaml", data), ("plan.json", plan_data)):
+        if not isinstance(value, dict):
+            why = str(value).splitlines()[0][:120] if isinstance(value, ValueError) else "not a mapping"
+            raise TrackingError(f"the {name} artifact of trial run {record.run_id} is damaged ({why}); export "
+                                "another trial (--trial; `prunetune pareto --all` lists them)")
+    data["plan"] = plan_data
     return Recipe.from_dict(data)
 
 

@@ -55,7 +55,14 @@ def client(uri: str) -> Any:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     tracking = require("mlflow.tracking", extra="tracking", purpose="MLflow tracking")
     quiet_mlflow()
-    return tracking.MlflowClient(tracking_uri=uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracking.MlflowClient(tracking_uri=uri)
+    except MlflowException as exc:  # e.g. its file store, refused unless MLFLOW_ALLOW_FILE_STORE=true
+        first = str(exc).strip().split(". ")[0][:200]
+        raise TrackingError(f"MLflow cannot use the store {uri!r} ({first}); pass --tracking-uri "
+                            "sqlite:///path/mlflow.db or an http(s) server") from None
 
 
 def ui_command(uri: str) -> str:
@@ -106,6 +113,8 @@ def check_writable_store(uri: str) -> None:
         if db.is_file():
             _check_sqlite(db)
         check_creatable(db.parent, "MLflow store", target=db)
+    elif urlsplit(uri).scheme == "file":
+        client(uri)  # MLflow refuses its file store by default: say so now, not after the training
     check_server(uri)
 
 
