@@ -109,3 +109,17 @@ def test_a_damaged_state_file_is_one_error_naming_it(make_config, content) -> No
     (exp / STATE_FILE).write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(PrunetuneError, match=f"{STATE_FILE}.*damaged.*another --experiment"):
         resume_state(config, exp, None)
+
+
+def test_the_searcher_never_unpickles_a_saved_state(tmp_path) -> None:
+    """A resume starts a fresh Tuner on the Optuna study: the searcher's restore refuses the pickle
+    Ray saved (a planted one would run code) instead of loading it."""
+    import pickle
+
+    from prunetune.search.optuna_bridge import FinalOnlySearch
+
+    planted = tmp_path / "searcher-state.pkl"
+    planted.write_bytes(pickle.dumps({"study": None}))
+    searcher = FinalOnlySearch.__new__(FinalOnlySearch)
+    with pytest.raises(RuntimeError, match="does not restore its searcher"):
+        searcher.restore(str(planted))

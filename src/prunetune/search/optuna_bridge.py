@@ -75,10 +75,13 @@ class FinalOnlySearch(Searcher):
             pickle.dump(self.__dict__.copy(), f)
 
     def restore(self, checkpoint_path: str) -> None:
-        # Ray calls this on resume, for the file save() wrote in the experiment folder; that folder is
-        # checked against the seal the search recorded (search/trust.py) before Tuner.restore runs
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        """Refused: a resumed search starts a fresh Tuner on the Optuna study and MLflow's record and
+        never unpickles the searcher state Ray saved (it could run code); only ``Tuner.restore``,
+        which prunetune does not call, would ask for it."""
+        raise RuntimeError(
+            f"prunetune does not restore its searcher from {checkpoint_path!r} (unpickling could run code); "
+            "resume a search by running the same `prunetune search` command again"
+        )
 
 
 def final_state(result: Mapping[str, Any] | None, error: bool,

@@ -1,8 +1,10 @@
-"""The trust boundary of resuming a search: Ray unpickles the state it left in the storage path.
+"""The trust boundary of resuming a search: the files the search left in its storage path.
 
-``Tuner.restore`` loads ``tuner.pkl``, the searcher and callback state (``*.pkl``) and the
-experiment state (JSON holding cloudpickled trials) from ``<storage_path>/<experiment>``. Unpickling
-can run code, so whoever can write that folder can run code as the user who resumes. Before a
+Ray keeps ``tuner.pkl``, the searcher and callback state (``*.pkl``) and the experiment state (JSON
+holding cloudpickled trials) in ``<storage_path>/<experiment>``; unpickling can run code. A resumed
+search unpickles none of them (it starts a fresh Tuner on the Optuna study and MLflow's record, and
+the searcher refuses ``restore``), but it reuses what prunetune wrote there (``screening.json``,
+the screened pool), and that folder is where a planted file would wait for whoever resumes. Before a
 resume the runner therefore checks, with :func:`check`:
 
 - **owner**: the folder and every file and folder in it belong to the user resuming and are not
@@ -88,8 +90,8 @@ def check(exp_dir: str | os.PathLike, state: dict[str, Any], *, state_file: str,
         if sealed.get(rel) != now.get(rel):
             what = "appeared" if rel not in sealed else "was removed" if rel not in now else "changed"
             raise UntrustedStateError(
-                f"refusing to resume from {str(exp_dir)!r}: {rel!r} {what} after the search stopped, and Ray "
-                "would unpickle the state there (which can run code); if you did not change it, start a new "
+                f"refusing to resume from {str(exp_dir)!r}: {rel!r} {what} after the search stopped, and a "
+                "resume reuses what is there; if you did not change it, start a new "
                 "search with another --experiment (or --storage-path)")
 
 
@@ -97,7 +99,7 @@ def _check_owner(exp_dir: Path) -> None:
     uid = os.getuid()
     for path in (exp_dir, *_walk(exp_dir)):
         try:
-            st = path.stat()  # follows links: what Ray would read
+            st = path.stat()  # follows links: what a resume would read
         except OSError as exc:
             raise UntrustedStateError(f"refusing to resume from {str(exp_dir)!r}: {str(path)!r} cannot be read "
                                       f"({exc.strerror or exc}); start a new search with another --experiment") from None
@@ -108,8 +110,8 @@ def _check_owner(exp_dir: Path) -> None:
             bad = "is writable by every user"
         if bad:
             raise UntrustedStateError(
-                f"refusing to resume from {str(exp_dir)!r}: {str(path)!r} {bad}, and Ray would unpickle the "
-                "state there (which can run code); resume only a search you ran, from a folder only you "
+                f"refusing to resume from {str(exp_dir)!r}: {str(path)!r} {bad}, and a resume reuses "
+                "what is there; resume only a search you ran, from a folder only you "
                 "can write, or start a new one with another --experiment")
 
 
