@@ -353,6 +353,8 @@ CASES = [
     Case("pareto-file-store", "pareto --experiment e --tracking-uri file:mlruns", match="file:mlruns"),
     Case("pareto-plot-unknown-format", "pareto --experiment e --plot front.xyz", match="front.xyz"),
     Case("pareto-plot-under-a-file", "pareto --experiment e --plot afile/front.png", {"afile": "x"}, match="afile"),
+    # was replaced without a word
+    Case("pareto-plot-exists", "pareto --experiment e --plot front.png", {"front.png": b"keep me"}, match="--overwrite"),
     Case("pareto-budget-0", "pareto --experiment e --budget 0", match="--budget"),
     Case("export-no-store", "export --experiment e --out best.yaml", match="no MLflow store"),
     Case("export-out-exists", "export --experiment e --out best.yaml", {"best.yaml": "x: 1\n"}, match="--overwrite"),

@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="PATH", default=None,
                    help="save the plot here (front.png, .pdf, .svg, ...; front.html: interactive) and log it "
                    "to the search's parent run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --plot file")
     p.add_argument("--budget", type=fraction, default=None, metavar="F",
                    help="MACs fraction marked on the plot (default: the search's budget)")
     add_format(p, ("table", "json", "csv"))
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.tracking import front_mask
 
     if args.plot:
-        check_plot_path(args.plot)
+        check_plot_path(args.plot, overwrite=args.overwrite)
     records = load(args)
     mask = front_mask([t.accuracy for t in records.trials], [t.macs for t in records.trials])
     rows = [dict(t.as_dict(), front=bool(on)) for t, on in zip(records.trials, mask) if args.all or on]
@@ -64,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_plot_path(path: str) -> None:
-    """Refuse a plot path matplotlib cannot write (unknown format) or that cannot be created, before any work."""
+def check_plot_path(path: str, *, overwrite: bool = False) -> None:
+    """Refuse a plot path matplotlib cannot write (unknown format), that cannot be created, or that
+    exists (unless ``overwrite``), before any work."""
     from pathlib import Path
 
     from prunetune._imports import require
@@ -74,14 +76,14 @@ def check_plot_path(path: str) -> None:
 
     suffix = Path(path).suffix.lstrip(".").lower()
     if suffix == "html":  # the interactive page, no matplotlib needed
-        check_output_file(path, "--plot", overwrite=True, flag="--plot")
+        check_output_file(path, "--plot", overwrite=overwrite, flag="--plot")
         return
     backend = require("matplotlib.backend_bases", extra="tracking", purpose="the Pareto plot")
     formats = sorted(backend.FigureCanvasBase.get_supported_filetypes())
     if suffix not in formats:
         raise ConfigError(f"--plot {path!r}: the file name must end in .html or a plot format matplotlib writes "
                           f"({', '.join('.' + f for f in formats)}), e.g. front.png")
-    check_output_file(path, "--plot", overwrite=True, flag="--plot")
+    check_output_file(path, "--plot", overwrite=overwrite, flag="--plot")
 
 
 def print_front(records: Any, rows: list[dict[str, Any]], *, show_front: bool = False) -> None:
