@@ -150,6 +150,18 @@ def test_the_knee_stop_keeps_the_full_greedys_prefix_knee_and_total(alpha: float
     assert early >= 2  # the stop is taken, not only allowed
 
 
+def test_the_knee_stop_refuses_what_would_change_the_curve_or_the_order_it_settles() -> None:
+    maps, y = _case(0)
+    for kwargs in ({"stop_gain": 0.01}, {"max_steps": 3}):
+        with pytest.raises(ConfigError, match="stop_at_knee"):
+            cmi_greedy(maps, y, stop_at_knee=True, **kwargs)
+    crit = get_criterion("cmi")
+    for params in ({"condition": "previous"}, {"stop_gain": 0.01}, {"max_steps": 4}, {"stop_at_knee": "yes"}):
+        with pytest.raises(ConfigError, match="stop_at_knee"):
+            crit.resolve({"stop_at_knee": True, **params} if "stop_at_knee" not in params else params)
+    assert crit.resolve({"stop_at_knee": True})["stop_at_knee"] is True
+
+
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 1.01, 2.0, 3.0])
 def test_the_vanishing_bound_holds_near_the_uniform_matrix(alpha: float) -> None:
     g = torch.Generator().manual_seed(8)

@@ -47,6 +47,9 @@ def test_nothing_is_settled_while_an_unknown_value_could_move_the_knee() -> None
     assert knee_settled(torch.tensor([1.0, 0.99, 0.98]), 5.0, 10, 1e-9) is None
     # the rest could still be the largest values
     assert knee_settled(torch.tensor([0.5, 0.4]), 1.0, 6, 1e-9) is None
+    # a near-tie that float64 does not settle (float32-rounded, the same prefix looked settled)
+    near = [1.0, 0.45000000028322806, 0.19999999909550675, 0.1]
+    assert knee_settled(torch.tensor(near, dtype=torch.float64), 0.0, 5, 1e-9) is None
     # too little known, or nothing unknown
     assert knee_settled(torch.tensor([1.0]), 0.1, 6, 1e-9) is None
     assert knee_settled(torch.tensor([1.0, 0.5, 0.1]), 0.0, 3, 1e-9) is None

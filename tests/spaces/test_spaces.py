@@ -85,6 +85,9 @@ def test_cmi_scored_only_for_the_knee_cut_off_may_stop_at_the_knee() -> None:
     assert stop(("l1",), ("cmi_marginal",)) is False
     assert stop(("cmi", "l1"), ("cmi_knee",)) is False
     assert stop(("l1",), ("cmi_knee",), {"cmi": {"stop_at_knee": False}}) is False  # asked for explicitly
+    # a condition reads the neighbour's order past its knee, stop_gain changes the curve: full greedy
+    assert stop(("l1",), ("cmi_knee",), {"cmi": {"condition": "previous"}}) is False
+    assert stop(("l1",), ("cmi_knee",), {"cmi": {"stop_gain": 0.01}}) is False
 
 
 def test_a_recipe_scores_cmi_for_its_cut_off_as_a_search_does() -> None:

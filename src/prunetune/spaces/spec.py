@@ -40,7 +40,7 @@ from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.normalize import NORMALIZERS
 from prunetune.pruning.schedules import SCHEDULES
-from prunetune.pruning.strategies import STRATEGIES, strategy_scoring
+from prunetune.pruning.strategies import STRATEGIES, strategy_scoring, with_allowed
 from prunetune.spaces.base import SearchSpace
 
 LR_AROUND = 2.0
@@ -223,5 +223,5 @@ def space_criteria(spec: SpaceSpec, params: Mapping[str, Mapping[str, Any]] | No
     params = params or {}
     out = {name: CRITERIA.get(name).resolve(params.get(name)) for name in spec.criteria}
     for name, allowed in strategy_scoring(spec.allocations, scored=out).items():
-        out[name] = CRITERIA.get(name).resolve({**allowed, **(params.get(name) or {})})
+        out[name] = with_allowed(CRITERIA.get(name).resolve, allowed, params.get(name))
     return out

@@ -178,6 +178,9 @@ def cmi_greedy(
         isinstance(stop_gain, bool) or not isinstance(stop_gain, (int, float)) or not 0.0 <= stop_gain <= 1.0
     ):
         raise ConfigError(f"parameter 'stop_gain' must be in [0, 1] or None, but got stop_gain={stop_gain!r}")
+    if stop_at_knee and (stop_gain is not None or max_steps is not None):
+        raise ConfigError("stop_at_knee settles the knee of the full greedy's curve; it cannot be combined with "
+                          "stop_gain or max_steps, which change that curve")
     x = maps.detach().reshape(n, c, -1).to(torch.float64).transpose(0, 1)  # C×n×d
     a_ch = normalize_gram(gram_matrix(x, sigma_rule=sigma_rule, gamma=gamma))  # C×n×n
     ev = _Evaluator(a_ch, labels.to(x.device), alpha, max_memory_mb)
@@ -222,7 +225,7 @@ def _greedy(ev: _Evaluator, a_s: Tensor | None, steps: int, stop_gain: float | N
             return _result(order, values, taken, "vanished")
         if knee_floor is not None and remaining:
             left = float(const) - knee_floor  # the sum of every later CMI (they telescope)
-            if knee_settled(torch.tensor(values), left, len(order) + len(remaining), KNEE_SLACK) is not None:
+            if knee_settled(torch.tensor(values, dtype=torch.float64), left, len(order) + len(remaining), KNEE_SLACK) is not None:
                 taken = len(order)
                 share = left / len(remaining)
                 while remaining:  # by their CMI at this step, ties to the lower index

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prunetune._registry import Registry
+from prunetune.exceptions import ConfigError
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ def strategy_criteria(strategy: str) -> tuple[str, ...]:
 
 def strategy_scoring(strategies: Iterable[str], scored: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """Criteria the ``strategies`` read that are not already ``scored`` (the blend's) -> the
-    parameters all strategies reading it allow (:attr:`Strategy.scored_with`; defaults otherwise)."""
+    parameters all strategies reading it allow (:attr:`Strategy.scored_with`; defaults otherwise).
+    The caller applies them under the user's own parameters for that criterion, and drops them where
+    the two do not go together (:func:`with_allowed`)."""
     taken, out = set(scored), {}
     for entry in (STRATEGIES.get(name) for name in strategies):
         for crit in entry.criteria:
@@ -75,3 +78,13 @@ def strategy_scoring(strategies: Iterable[str], scored: Iterable[str] = ()) -> d
             allowed = dict(entry.scored_with.get(crit, {}))
             out[crit] = allowed if crit not in out else {k: v for k, v in out[crit].items() if allowed.get(k, object()) == v}
     return out
+
+
+def with_allowed(resolve: Callable[[Mapping[str, Any]], dict[str, Any]], allowed: Mapping[str, Any],
+                 own: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``resolve(allowed | own)``, or ``resolve(own)`` where the criterion refuses that combination
+    (e.g. ``cmi``'s ``stop_at_knee`` with a ``condition``): the user's parameters win."""
+    try:
+        return resolve({**allowed, **(own or {})})
+    except ConfigError:
+        return resolve(dict(own or {}))

@@ -16,8 +16,10 @@ adds nothing to the cumulative sum, is below any ``epsilon`` > 0 times the first
 last for the knee); after ``max_steps`` or ``stop_gain`` the CMIs of the remaining channels at the
 last evaluated step, a curve the cut-offs read like any other. ``cmi_knee`` reads only the knee
 (:mod:`prunetune.pruning.knee`), so where ``cmi`` is scored for it alone the greedy stops once the
-knee is settled (``stop_at_knee``; the strategy declares it in ``scored_with``): the same knee, so
-the same counts at every scale, after a fraction of the greedy's work.
+knee is settled (``stop_at_knee``; the strategy declares it in ``scored_with``; not with a
+``condition``, ``stop_gain`` or ``max_steps``): the same knee, so the same counts at every scale,
+after a fraction of the greedy's work, provided no later CMI is below −1e-9 bits (proved at α = 1,
+measured at 1.01 and 2).
 
 With a MACs budget the cut-off parameter is bisected globally (one value for every group) to the
 plan with the most MACs not above the budget; the channels that parameter step cannot reach are
