@@ -104,6 +104,7 @@ def test_failing_and_nan_trials_do_not_stop_the_search(make_config, tmp_path) ->
     parent = client(outcome.tracking_uri).get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_failed"] == 2
     assert parent.data.params["macs_budget"] == "0.5" and "dense_accuracy" in parent.data.metrics
+    assert {"prepare_s", "score_s", "ray_start_s"} <= set(parent.data.metrics)  # scoring timed apart from Ray
     for run in runs:
         if run.info.status == "FINISHED":
             assert run.data.metrics["macs_ratio"] <= float(run.data.params["target_macs"]) + 1e-12 <= 0.5 + 1e-12

@@ -162,11 +162,14 @@ def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable
         progress.phase("scoring", f"{len(criteria)} criteria ({', '.join(criteria)}), one calibration pass")
         t_score = time.perf_counter()
         table = score_table(base, criteria, show_progress=show_progress)
+        timings = {"score_s": time.perf_counter() - t_score}
         if ray_cluster.named is None:
+            t_ray = time.perf_counter()
             progress.phase("starting Ray", "a local Ray on 127.0.0.1" if not _ray_running() else "the running Ray")
             started_ray = cluster.connect(ray_cluster)
             cluster.check_resources(ray_cluster, s.cpus_per_trial, s.gpus_per_trial)
-        tracker, study = _open_tracking(config, state, base, groups, table, time.perf_counter() - t_score)
+            timings["ray_start_s"] = time.perf_counter() - t_ray
+        tracker, study = _open_tracking(config, state, base, groups, table, timings)
         try:
             _announce(config, space, tracker, study)
             shipped = base_to(base, "cpu")
@@ -231,7 +234,7 @@ def _ray_running() -> bool:
 
 
 def _open_tracking(config: SearchConfig, state: dict[str, Any] | None, base: Any, groups: ModelGroups, table: Any,
-                   score_s: float) -> tuple[SearchTracker, str]:
+                   timings: dict[str, float]) -> tuple[SearchTracker, str]:
     """Reopen the parent run of an interrupted search, or start one (and the resume state); the
     tracker and the name of the fine-tune study."""
     s = config.settings
@@ -241,7 +244,7 @@ def _open_tracking(config: SearchConfig, state: dict[str, Any] | None, base: Any
         log.info("search %s: resuming the interrupted search in %s", s.experiment, s.experiment_dir)
         return tracker, state.get("study_name") or s.experiment
     tracker.start_search(params=_parent_params(config), tags=_parent_tags(config, table, s.experiment_dir),
-                         metrics=_parent_metrics(config, base, groups, score_s), trials=s.trials,
+                         metrics=_parent_metrics(config, base, groups, timings), trials=s.trials,
                          texts={"search.yaml": config.to_yaml(), "base_recipe.yaml": config.recipe.to_yaml()})
     study = study_mod.new_study_name(study_mod.open_storage(s.study_url), s.experiment, tracker.parent_run_id)
     tracker.client.set_tag(tracker.parent_run_id, "prunetune.optuna_study", study)
@@ -393,10 +396,12 @@ def _parent_tags(config: SearchConfig, table: Any, exp_dir: Path) -> dict[str, s
             "prunetune.dashboard": dashboard_command(config.settings.study_url)}
 
 
-def _parent_metrics(config: SearchConfig, base: Any, groups: ModelGroups, score_s: float) -> dict[str, float]:
+def _parent_metrics(config: SearchConfig, base: Any, groups: ModelGroups, timings: dict[str, float]) -> dict[str, float]:
+    """The parent run's figures: the dense network's, and seconds spent preparing (data, dense model),
+    scoring (the ScoreTable) and starting a local Ray (``ray_start_s``, absent on a named cluster)."""
     from prunetune.pruning.finetune import evaluate
 
     val = evaluate(base.model, base.loader("val"), device=base.device)
     return {"dense_accuracy": base.dense["accuracy"], "dense_val_accuracy": val, "dense_macs": base.dense["macs"],
-            "dense_params": base.dense["params"], "prepare_s": sum(base.timings.values()), "score_s": score_s,
+            "dense_params": base.dense["params"], "prepare_s": sum(base.timings.values()), **timings,
             "groups": len(groups)}
