@@ -9,10 +9,15 @@ import pytest
 import torch
 
 from prunetune.exceptions import ConfigError
+from prunetune.models import create_model
+from prunetune.pruning.calibration import calibrate
+from prunetune.pruning.groups import find_groups
 from prunetune.pruning.criteria import FeatureBatch, get_criterion
 from prunetune.pruning.criteria.cmi_reference import cmi_ranking_reference
 from prunetune.pruning.knee import knee_keep
 from prunetune.pruning.criteria.renyi import (
+    finish_runs,
+    greedy_run,
     VANISH_BOUND,
     class_blocks,
     cmi_greedy,
@@ -148,6 +153,70 @@ def test_the_knee_stop_keeps_the_full_greedys_prefix_knee_and_total(alpha: float
         assert abs(float(knee.values.sum() - ref_values.sum())) < 1e-9
         early += knee.steps < 13
     assert early >= 2  # the stop is taken, not only allowed
+
+
+def test_runs_stopped_together_settle_the_knee_of_their_mean_curve() -> None:
+    """A group of several feature points reads the mean of their curves: stopped together, the mean
+    of the stored curves has the knee of the mean of the full curves (each point's own knee need not
+    be the group's), and each point's prefix is its full greedy's."""
+    early = 0
+    for seed in range(4):
+        cases = [_case(10 * seed + k, n=48, c=14, classes=4) for k in range(3)]
+        y = cases[0][1]
+        full = [cmi_greedy(maps, y) for maps, _ in cases]
+        runs = [greedy_run(maps, y, stop_at_knee=True) for maps, _ in cases]
+        finish_runs(runs)
+        got = [r.result for r in runs]
+        assert len({r.steps for r in got if r.stop == "knee"}) <= 1  # stopped at one step
+        for g, f in zip(got, full):
+            assert g.order[: g.steps].tolist() == f.order[: g.steps].tolist()
+        mean_got = torch.stack([g.values for g in got]).mean(0)
+        mean_full = torch.stack([f.values for f in full]).mean(0)
+        assert knee_keep(mean_got) == knee_keep(mean_full)
+        assert abs(float(mean_got.sum() - mean_full.sum())) < 1e-9
+        early += all(g.steps < 13 for g in got)
+    assert early >= 2
+
+
+def test_calibration_stops_a_groups_points_at_the_groups_knee() -> None:
+    """ResNet-20's residual streams are groups of several points: with the knee stop their curve
+    (the mean over the points) keeps the full greedy's knee, for every group."""
+    model = create_model("resnet20", in_channels=1).eval()
+    groups = find_groups(model, (1, 16, 16))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(48, 1, 16, 16, generator=g), torch.randint(0, 4, (48,), generator=g)
+    x = x + y[:, None, None, None].float()  # something to inform the channels
+    table = {}
+    for stop in (False, True):
+        params = get_criterion("cmi").resolve({"samples": 48, "stop_at_knee": stop})
+        table[stop] = calibrate(model, groups, {"cmi": params}, [(x, y)], show_progress=False)["cmi"]
+    assert any(len(g.out_layers) > 1 for g in groups)  # a stream: one point per block output
+    stopped = 0
+    for group in groups:
+        full, knee = table[False][group.name][1], table[True][group.name][1]
+        assert knee_keep(knee["cmi_values"]) == knee_keep(full["cmi_values"]), group.name
+        stopped += int(knee["cmi_steps"]) < group.channels
+    assert stopped > 0
+
+
+def test_a_groups_points_stop_together_in_the_group_reduction() -> None:
+    """calibration._reduce hands a group's cmi accumulators to settle_group first: with the knee
+    stop they all stop at one step, where the knee of their mean curve (the group's) is settled,
+    and that knee is the full greedies' mean curve's."""
+    from prunetune.pruning.calibration import _reduce
+
+    crit = get_criterion("cmi")
+    for seed in range(3):
+        cases = [_case(10 * seed + k, n=48, c=14, classes=4) for k in range(3)]
+        y = cases[0][1]
+        accs = {}
+        for stop in (False, True):
+            accs[stop] = [crit.accumulator(14, **crit.resolve({"samples": 48, "stop_at_knee": stop})) for _ in cases]
+            for acc, (maps, _) in zip(accs[stop], cases):
+                acc.update(FeatureBatch(activations=maps, labels=y))
+        full, knee = _reduce(accs[False]), _reduce(accs[True])
+        assert knee_keep(knee[1]["cmi_values"]) == knee_keep(full[1]["cmi_values"])
+        assert len({int(a.extras()["cmi_steps"]) for a in accs[True]}) == 1
 
 
 def test_the_knee_stop_refuses_what_would_change_the_curve_or_the_order_it_settles() -> None:

@@ -191,8 +191,13 @@ def _reduce(accs: list[Accumulator]) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean of the member points' scores (Torch-Pruning's group reduction).
 
     Floating extras (curves) are averaged across points too; integer extras (an order) cannot be
-    averaged, so the first point's is kept.
+    averaged, so the first point's is kept. An accumulator class with a ``settle_group(accs)``
+    static method is first given all of a group's points together (``cmi``: its knee stop must
+    settle the knee of the averaged curve).
     """
+    settle = getattr(type(accs[0]), "settle_group", None) if accs else None
+    if settle is not None:
+        settle(accs)
     results = [a.result().detach().to("cpu", torch.float64) for a in accs]
     scores = torch.stack(results).mean(0)
     extras: dict[str, Tensor] = {}

@@ -27,7 +27,7 @@ from prunetune.pruning.criteria._common import (
 )
 from prunetune.pruning.criteria.base import ACTIVATION, LABELS, FeatureBatch, register
 from prunetune.pruning.criteria.information import pool_to
-from prunetune.pruning.criteria.renyi import JOINTS, SIGMA_RULES, cmi_greedy, conditioning_gram
+from prunetune.pruning.criteria.renyi import JOINTS, SIGMA_RULES, GreedyRun, conditioning_gram, finish_runs, greedy_run
 
 
 class _SampleAccumulator:
@@ -43,6 +43,7 @@ class _SampleAccumulator:
         self.labels: list[Tensor] = []
         self.kept = 0
         self.neighbour: _SampleAccumulator | None = None
+        self._greedy: GreedyRun | None = None
         self._result: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def update(self, batch: FeatureBatch) -> None:
@@ -57,12 +58,12 @@ class _SampleAccumulator:
         self.maps.append(pool_to(maps.to(torch.float64), self.p["max_spatial"]))
         self.labels.append(batch.labels[:take].detach().reshape(take, -1).squeeze(1))
         self.kept += take
-        self._result = None
+        self._greedy, self._result = None, None
 
     def link(self, neighbour: _SampleAccumulator | None) -> None:
         """Condition on ``neighbour``'s kept channels (``None``: unconditioned)."""
         self.neighbour = neighbour
-        self._result = None
+        self._greedy, self._result = None, None
 
     def sample_maps(self) -> Tensor:
         """``Tensor[n, C, h, w]`` float64: the kept (pooled) maps."""
@@ -89,11 +90,13 @@ class _SampleAccumulator:
             sigma_rule=self.p["sigma_rule"], gamma=self.p["gamma"],
         )
 
-    def _run(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        if self._result is None:
+    def greedy(self) -> GreedyRun:
+        """This point's greedy ranking, set up (run by :meth:`_run`, or with the group's other points
+        by :meth:`settle_group`)."""
+        if self._greedy is None:
             maps = self.sample_maps()
             labels = torch.cat([lab.to(maps.device) for lab in self.labels])
-            ranking = cmi_greedy(
+            self._greedy = greedy_run(
                 maps,
                 labels,
                 alpha=self.p["alpha"],
@@ -104,12 +107,29 @@ class _SampleAccumulator:
                 condition=self._condition(maps.shape[0]),
                 stop_at_knee=self.p["stop_at_knee"],
             )
+        return self._greedy
+
+    @staticmethod
+    def settle_group(accs: list[_SampleAccumulator]) -> None:
+        """Run the greedies of a group's feature points together: with the knee stop, the group's
+        curve is the mean of theirs (``calibration._reduce``), so they stop when *its* knee is
+        settled (:func:`~prunetune.pruning.criteria.renyi.settle_knees`), not each at its own."""
+        if len(accs) > 1 and all(a.p["stop_at_knee"] for a in accs):
+            finish_runs([a.greedy() for a in accs])
+
+    def _run(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if self._result is None:
+            run = self.greedy()
+            finish_runs([run])
+            ranking = run.result
+            maps = self.sample_maps()
             scores = torch.empty(self.channels, dtype=torch.float64)
             scores[ranking.order] = (
                 self.channels - torch.arange(self.channels, dtype=torch.float64)
             ) / self.channels
             steps = torch.tensor(ranking.steps, dtype=torch.long)
             self._result = (scores.to(maps.device), ranking.order, ranking.values, steps)
+            self._greedy = None  # its Gram matrices: C·n² values
         return self._result
 
     def result(self) -> Tensor:

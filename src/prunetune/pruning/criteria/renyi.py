@@ -170,6 +170,28 @@ def cmi_greedy(
             this is measured, not proved (benchmarks/README.md, "CMI"). The order after the stop is
             not the full greedy's; use it for the knee only.
     """
+    run = greedy_run(
+        maps, labels, alpha=alpha, sigma_rule=sigma_rule, gamma=gamma, max_steps=max_steps, stop_gain=stop_gain,
+        max_memory_mb=max_memory_mb, condition=condition, stop_at_knee=stop_at_knee,
+    )
+    finish_runs([run])
+    return run.result
+
+
+def greedy_run(
+    maps: Tensor,
+    labels: Tensor,
+    *,
+    alpha: float = 1.01,
+    sigma_rule: str = "median",
+    gamma: float = 1.0,
+    max_steps: int | None = None,
+    stop_gain: float | None = None,
+    max_memory_mb: float = 1024.0,
+    condition: Tensor | None = None,
+    stop_at_knee: bool = False,
+) -> GreedyRun:
+    """:func:`cmi_greedy`'s greedy, set up and not yet run (:func:`finish_runs` runs it)."""
     alpha = _check_alpha(alpha)
     n, c = maps.shape[0], maps.shape[1]
     if labels.shape[0] != n:
@@ -186,8 +208,7 @@ def cmi_greedy(
     ev = _Evaluator(a_ch, labels.to(x.device), alpha, max_memory_mb)
     steps = c if max_steps is None else max(0, min(int(max_steps), c))
     cond = check_condition(condition, n, x.device)
-    floor = _information_left(ev, cond) if stop_at_knee else None
-    return _greedy(ev, cond, steps, stop_gain, floor)
+    return GreedyRun(ev, cond, steps, stop_gain, _information_left(ev, cond) if stop_at_knee else None)
 
 
 def _information_left(ev: _Evaluator, condition: Tensor | None) -> float:
@@ -196,54 +217,127 @@ def _information_left(ev: _Evaluator, condition: Tensor | None) -> float:
     return float(ev.const(a_all))
 
 
-def _greedy(ev: _Evaluator, a_s: Tensor | None, steps: int, stop_gain: float | None,
-            knee_floor: float | None = None) -> CmiRanking:
-    """The greedy loop of :func:`cmi_greedy` from the joint ``a_s`` (the condition, or ``None``);
-    ``knee_floor`` (H(Y|X_all)) turns on the knee stop."""
-    remaining = list(range(ev.a_ch.shape[0]))
-    order: list[int] = []
-    values: list[float] = []
-    const = ev.const(a_s)
-    cmi = torch.empty(0, dtype=torch.float64)
-    stop = "complete" if steps == len(remaining) else "max_steps"
-    for t in range(steps):
-        cmi, s_full, s_y = ev.step(remaining, a_s, const)
+def finish_runs(runs: list[GreedyRun]) -> None:
+    """Run every greedy to its end: those with the knee stop together, until the knee of their mean
+    curve is settled (:func:`settle_knees`), the others alone."""
+    knee = [r for r in runs if r.knee_floor is not None]
+    if knee:
+        settle_knees(knee)
+    for run in runs:
+        while run.result is None:
+            run.advance()
+
+
+def settle_knees(runs: list[GreedyRun]) -> None:
+    """Advance ``runs`` (one layer each, the same channel count) a step at a time until the knee of
+    their mean curve is settled, then stop them all there (``stop="knee"``).
+
+    The mean curve is what a group of several feature points reads (``calibration._reduce``
+    averages the curves position by position), and a single run's curve is its own mean. After t
+    steps of every run still going, its first t values are known, and the sum of the rest is the
+    mean of each run's :meth:`GreedyRun.left`; :func:`~prunetune.pruning.knee.knee_settled` says
+    when every completion has one knee. Each stopped run then gives its unplaced channels equal
+    shares of what it has left, so the mean curve stored is one of those completions.
+    """
+    total = runs[0].ev.a_ch.shape[0]
+    while True:
+        live = [r for r in runs if r.result is None]
+        if not live:
+            return
+        t = len(live[0].order)  # every live run has taken the same number of steps
+        if t >= 2:
+            prefix = torch.stack([torch.tensor(r.curve()[:t], dtype=torch.float64) for r in runs]).mean(0)
+            left = sum(r.left(t) for r in runs) / len(runs)
+            if knee_settled(prefix, left, total, KNEE_SLACK) is not None:
+                for r in live:
+                    r.stop_here()
+                return
+        for r in live:
+            r.advance()
+
+
+class GreedyRun:
+    """One layer's greedy (:func:`cmi_greedy`), a step at a time; ``result`` once it is over.
+
+    ``knee_floor`` (H(Y|X_all), set with ``stop_at_knee``) lets :func:`settle_knees` stop it.
+    """
+
+    def __init__(self, ev: _Evaluator, a_s: Tensor | None, steps: int, stop_gain: float | None,
+                 knee_floor: float | None = None) -> None:
+        self.ev, self.a_s, self.steps, self.stop_gain, self.knee_floor = ev, a_s, steps, stop_gain, knee_floor
+        self.remaining = list(range(ev.a_ch.shape[0]))
+        self.order: list[int] = []
+        self.values: list[float] = []
+        self.const = ev.const(a_s)
+        self.cmi = torch.empty(0, dtype=torch.float64)
+        self.stop = "complete" if steps == len(self.remaining) else "max_steps"
+        self.result: CmiRanking | None = None
+
+    def curve(self) -> list[float]:
+        """The values placed so far (all of them once the run is over)."""
+        return self.result.values.tolist() if self.result is not None else self.values
+
+    def left(self, t: int) -> float:
+        """The sum of the values from position ``t`` on: known once the run is over; while it runs
+        (``t`` steps taken) H(Y|X_S) − H(Y|X_all), since the values telescope."""
+        if self.result is not None:
+            return float(self.result.values[t:].sum())
+        return float(self.const) - float(self.knee_floor)
+
+    def advance(self) -> None:
+        """One greedy step; the run is over (``result`` set) after the last, or at an early stop."""
+        if self.result is not None:
+            return
+        if len(self.order) >= self.steps or not self.remaining:
+            self.result = self._finish()
+            return
+        ev = self.ev
+        cmi, s_full, s_y = ev.step(self.remaining, self.a_s, self.const)
         best = first_max(cmi)
-        if stop_gain is not None and order and values[0] > 0 and float(cmi[best]) < stop_gain * values[0]:
-            stop = "stop_gain"
-            break
-        j = remaining.pop(best)
-        order.append(j)
+        values = self.values
+        if self.stop_gain is not None and values and values[0] > 0 and float(cmi[best]) < self.stop_gain * values[0]:
+            self.stop, self.cmi = "stop_gain", cmi
+            self.result = self._finish()
+            return
+        j = self.remaining.pop(best)
+        self.order.append(j)
         values.append(float(cmi[best]))
-        cmi = torch.cat([cmi[:best], cmi[best + 1 :]])
-        a_s = ev.a_ch[j] if a_s is None else hadamard_joint(a_s, ev.a_ch[j])
-        const = ev.next_const(a_s, s_full[best], s_y[best])
-        if remaining and t + 1 < steps and vanished(a_s, ev.alpha):
-            taken = len(order)
-            order += remaining
-            values += [0.0] * len(remaining)
-            return _result(order, values, taken, "vanished")
-        if knee_floor is not None and remaining:
-            left = float(const) - knee_floor  # the sum of every later CMI (they telescope)
-            if knee_settled(torch.tensor(values, dtype=torch.float64), left, len(order) + len(remaining), KNEE_SLACK) is not None:
-                taken = len(order)
-                share = left / len(remaining)
-                while remaining:  # by their CMI at this step, ties to the lower index
-                    best = first_max(cmi)
-                    order.append(remaining.pop(best))
-                    values.append(share)
-                    cmi = torch.cat([cmi[:best], cmi[best + 1 :]])
-                return _result(order, values, taken, "knee")
-    taken = len(order)
-    if remaining:  # max_steps or stop_gain: the rest by their CMI at the last evaluated step
-        if not order:
-            cmi = ev.step(remaining, a_s, const)[0]
-        while remaining:
-            best = first_max(cmi)
-            order.append(remaining.pop(best))
-            values.append(float(cmi[best]))
-            cmi = torch.cat([cmi[:best], cmi[best + 1 :]])
-    return _result(order, values, taken, stop)
+        self.cmi = torch.cat([cmi[:best], cmi[best + 1 :]])
+        self.a_s = ev.a_ch[j] if self.a_s is None else hadamard_joint(self.a_s, ev.a_ch[j])
+        self.const = ev.next_const(self.a_s, s_full[best], s_y[best])
+        if self.remaining and len(self.order) < self.steps and vanished(self.a_s, ev.alpha):
+            taken = len(self.order)
+            self.order += self.remaining
+            values += [0.0] * len(self.remaining)
+            self.remaining = []
+            self.result = _result(self.order, values, taken, "vanished")
+        elif not self.remaining or len(self.order) >= self.steps:
+            self.result = self._finish()
+
+    def stop_here(self) -> None:
+        """The knee stop: the rest by their CMI at this step (ties to the lower index), each valued at
+        an equal share of :meth:`left`, so the values still sum to the full greedy's."""
+        taken = len(self.order)
+        share = self.left(taken) / len(self.remaining)
+        while self.remaining:
+            best = first_max(self.cmi)
+            self.order.append(self.remaining.pop(best))
+            self.values.append(share)
+            self.cmi = torch.cat([self.cmi[:best], self.cmi[best + 1 :]])
+        self.result = _result(self.order, self.values, taken, "knee")
+
+    def _finish(self) -> CmiRanking:
+        """All steps taken, or max_steps / stop_gain: the rest by their CMI at the last evaluated step."""
+        taken = len(self.order)
+        if self.remaining:
+            if not self.order:
+                self.cmi = self.ev.step(self.remaining, self.a_s, self.const)[0]
+            while self.remaining:
+                best = first_max(self.cmi)
+                self.order.append(self.remaining.pop(best))
+                self.values.append(float(self.cmi[best]))
+                self.cmi = torch.cat([self.cmi[:best], self.cmi[best + 1 :]])
+        return _result(self.order, self.values, taken, self.stop)
 
 
 def _result(order: list[int], values: list[float], steps: int, stop: str) -> CmiRanking:
