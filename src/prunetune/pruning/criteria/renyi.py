@@ -168,7 +168,8 @@ def cmi_greedy(
             α = 1 none is below 0: the added channel's Gram matrix acts as a unital channel that
             commutes with the label blocks, and relative entropy only falls under it; at other α
             this is measured, not proved (benchmarks/README.md, "CMI"). The order after the stop is
-            not the full greedy's; use it for the knee only.
+            not the full greedy's; use it for the knee only. Several layers read as one mean curve
+            (a group's feature points) stop together: :func:`greedy_run` and :func:`finish_runs`.
     """
     run = greedy_run(
         maps, labels, alpha=alpha, sigma_rule=sigma_rule, gamma=gamma, max_steps=max_steps, stop_gain=stop_gain,
@@ -359,21 +360,24 @@ class _Evaluator:
             self.sq = (a_ch * a_ch).reshape(a_ch.shape[0], n * n)
             self.diag = torch.diagonal(a_ch, dim1=-2, dim2=-1)
 
-    def entropy(self, a: Tensor) -> Tensor:
-        """S_α of unit-trace ``Tensor[B, n, n]`` (the batch split across threads)."""
+    def entropy(self, a: Tensor, trace: Tensor | None = None) -> Tensor:
+        """S_α of unit-trace ``Tensor[B, n, n]`` (the batch split across threads), or of ``a`` divided
+        by its ``trace`` (``Tensor[B]``): the eigenvalues are divided instead of the matrices."""
         if self.alpha == 2.0:
             return renyi_entropy(a, 2.0)
         lam = batched_linalg(torch.linalg.eigvalsh, a, min_chunk=self.min_chunk)
-        return entropy_of_eigenvalues(lam, self.alpha)
+        return entropy_of_eigenvalues(lam if trace is None else lam / trace[:, None], self.alpha)
 
-    def label_entropy(self, a: Tensor) -> Tensor:
-        """S_α(Y, A) of unit-trace ``Tensor[B, n, n]``: the spectra of A's class blocks."""
+    def label_entropy(self, a: Tensor, trace: Tensor | None = None) -> Tensor:
+        """S_α(Y, A) of unit-trace ``Tensor[B, n, n]`` (or of ``a / trace``): the spectra of A's
+        class blocks."""
         lams = []
         for idx in self.blocks:  # LongTensor[k, m]: k classes of m samples
             k, m = idx.shape
             sub = a[:, idx[:, :, None], idx[:, None, :]].reshape(-1, m, m)
             lams.append(batched_linalg(torch.linalg.eigvalsh, sub).reshape(a.shape[0], k * m))
-        return entropy_of_eigenvalues(torch.cat(lams, dim=1), self.alpha)
+        lam = torch.cat(lams, dim=1)
+        return entropy_of_eigenvalues(lam if trace is None else lam / trace[:, None], self.alpha)
 
     def const(self, a_s: Tensor | None) -> Tensor:
         """S(Y,S) − S(S) (S(Y) when S is empty): the part of a step's CMI shared by all candidates."""
@@ -394,17 +398,17 @@ class _Evaluator:
             return self._frobenius_step(cand, a_s, const)
         full, lab = [], []
         for i in range(0, len(remaining), self.chunk):
-            joint = self.a_ch[cand[i : i + self.chunk]]
+            joint = self.a_ch.index_select(0, cand[i : i + self.chunk])  # a copy: multiplied in place
             if a_s is not None:
-                joint = joint * a_s
+                joint.mul_(a_s)
             if self.blocks is None:  # the straightforward form (α < 1, α = 2)
                 ent = self.entropy(unit_trace(torch.cat([joint, joint * self.a_y])))
                 full.append(ent[: len(joint)])
                 lab.append(ent[len(joint) :])
-            else:
-                joint = unit_trace(joint)
-                full.append(self.entropy(joint))
-                lab.append(self.label_entropy(joint))
+            else:  # unit trace through the eigenvalues: λ(J / tr J) = λ(J) / tr J
+                trace = torch.diagonal(joint, dim1=-2, dim2=-1).sum(-1)
+                full.append(self.entropy(joint, trace))
+                lab.append(self.label_entropy(joint, trace))
         s_full, s_y = torch.cat(full), torch.cat(lab)
         return (s_full - s_y + const).cpu(), s_full, s_y
 
