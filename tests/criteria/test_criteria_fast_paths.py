@@ -120,6 +120,22 @@ def test_the_numpy_route_restores_numpys_blas_threads() -> None:
     assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
 
 
+def test_work_split_across_threads_equals_one_call() -> None:
+    """split_across_threads: a function of several LAPACK calls per chunk, results concatenated;
+    eigvalsh_here picks the routine batched_linalg would (numpy's from NUMPY_EIGVALSH_MIN_SIZE)."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(40, 12, 12, dtype=torch.float64, generator=g)
+    a = a @ a.transpose(1, 2)
+
+    def both(x):
+        return _common.eigvalsh_here(x), _common.eigvalsh_here(x[:, :6, :6])
+
+    full, corner = _common.split_across_threads(both, a)
+    assert torch.equal(full, torch.linalg.eigvalsh(a)) and torch.equal(corner, torch.linalg.eigvalsh(a[:, :6, :6]))
+    big = torch.eye(_common.NUMPY_EIGVALSH_MIN_SIZE, dtype=torch.float64)[None]
+    assert torch.equal(_common.eigvalsh_here(big), torch.from_numpy(np.linalg.eigvalsh(big.numpy())))
+
+
 def _hard_maps(seed: int, b: int, c: int, size: int) -> torch.Tensor:
     """ReLU maps with a dead channel, a scaled twin, a near-twin, and per-image scales 1e-3..1e3."""
     g = torch.Generator().manual_seed(seed)

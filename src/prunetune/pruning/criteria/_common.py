@@ -317,6 +317,21 @@ def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 6
     return _threaded(fn, x, min_chunk)
 
 
+def eigvalsh_here(x: Tensor) -> Tensor:
+    """``eigvalsh`` of a batch in one call on this thread, by the routine :func:`batched_linalg`
+    would pick (numpy's LAPACK from :data:`NUMPY_EIGVALSH_MIN_SIZE`, torch's below)."""
+    return _numpy_eigvalsh(x) if via_numpy(torch.linalg.eigvalsh, x) else torch.linalg.eigvalsh(x)
+
+
+def split_across_threads(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 1) -> Any:
+    """``fn`` on chunks of ``x``'s leading dimension in torch's CPU threads, the results (tensors or
+    tuples of tensors) concatenated; numpy's BLAS held to one thread meanwhile. For work per
+    matrix that is more than one LAPACK call (``fn`` then calls :func:`eigvalsh_here` and the like):
+    one split and one wait instead of one per call."""
+    with _one_blas_thread():
+        return _threaded(fn, x, min_chunk)
+
+
 def _threaded(fn: Callable[[Tensor], Any], x: Tensor, min_chunk: int) -> Any:
     workers = min(torch.get_num_threads(), x.shape[0] // max(1, min_chunk)) if x.dim() else 1
     if x.device.type != "cpu" or workers < 2:

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.criteria._common import batched_linalg
+from prunetune.pruning.criteria._common import batched_linalg, eigvalsh_here, split_across_threads
 from prunetune.pruning.knee import knee_settled
 from prunetune.pruning.criteria.matrix_entropy import (  # noqa: F401  re-exported
     KERNELS,
@@ -360,24 +360,29 @@ class _Evaluator:
             self.sq = (a_ch * a_ch).reshape(a_ch.shape[0], n * n)
             self.diag = torch.diagonal(a_ch, dim1=-2, dim2=-1)
 
-    def entropy(self, a: Tensor, trace: Tensor | None = None) -> Tensor:
-        """S_α of unit-trace ``Tensor[B, n, n]`` (the batch split across threads), or of ``a`` divided
-        by its ``trace`` (``Tensor[B]``): the eigenvalues are divided instead of the matrices."""
+    def entropy(self, a: Tensor) -> Tensor:
+        """S_α of unit-trace ``Tensor[B, n, n]`` (the batch split across threads)."""
         if self.alpha == 2.0:
             return renyi_entropy(a, 2.0)
         lam = batched_linalg(torch.linalg.eigvalsh, a, min_chunk=self.min_chunk)
-        return entropy_of_eigenvalues(lam if trace is None else lam / trace[:, None], self.alpha)
+        return entropy_of_eigenvalues(lam, self.alpha)
 
-    def label_entropy(self, a: Tensor, trace: Tensor | None = None) -> Tensor:
-        """S_α(Y, A) of unit-trace ``Tensor[B, n, n]`` (or of ``a / trace``): the spectra of A's
-        class blocks."""
+    def label_entropy(self, a: Tensor) -> Tensor:
+        """S_α(Y, A) of unit-trace ``Tensor[B, n, n]``: the spectra of A's class blocks."""
         lams = []
         for idx in self.blocks:  # LongTensor[k, m]: k classes of m samples
             k, m = idx.shape
             sub = a[:, idx[:, :, None], idx[:, None, :]].reshape(-1, m, m)
             lams.append(batched_linalg(torch.linalg.eigvalsh, sub).reshape(a.shape[0], k * m))
-        lam = torch.cat(lams, dim=1)
-        return entropy_of_eigenvalues(lam if trace is None else lam / trace[:, None], self.alpha)
+        return entropy_of_eigenvalues(torch.cat(lams, dim=1), self.alpha)
+
+    def _spectra(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        """The eigenvalues of ``Tensor[B, n, n]`` and of its class blocks, on this thread: what
+        :meth:`entropy` and :meth:`label_entropy` solve, by the same routines, for one chunk of a
+        step's candidates (one split across threads and one wait per step instead of one per call)."""
+        blocks = [eigvalsh_here(a[:, idx[:, :, None], idx[:, None, :]].reshape(-1, idx.shape[1], idx.shape[1]))
+                  .reshape(a.shape[0], idx.numel()) for idx in self.blocks]
+        return eigvalsh_here(a), torch.cat(blocks, dim=1)
 
     def const(self, a_s: Tensor | None) -> Tensor:
         """S(Y,S) − S(S) (S(Y) when S is empty): the part of a step's CMI shared by all candidates."""
@@ -406,9 +411,10 @@ class _Evaluator:
                 full.append(ent[: len(joint)])
                 lab.append(ent[len(joint) :])
             else:  # unit trace through the eigenvalues: λ(J / tr J) = λ(J) / tr J
-                trace = torch.diagonal(joint, dim1=-2, dim2=-1).sum(-1)
-                full.append(self.entropy(joint, trace))
-                lab.append(self.label_entropy(joint, trace))
+                trace = torch.diagonal(joint, dim1=-2, dim2=-1).sum(-1)[:, None]
+                lam, lam_y = split_across_threads(self._spectra, joint, min_chunk=self.min_chunk)
+                full.append(entropy_of_eigenvalues(lam / trace, self.alpha))
+                lab.append(entropy_of_eigenvalues(lam_y / trace, self.alpha))
         s_full, s_y = torch.cat(full), torch.cat(lab)
         return (s_full - s_y + const).cpu(), s_full, s_y
 
