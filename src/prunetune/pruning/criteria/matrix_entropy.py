@@ -1,5 +1,6 @@
 """Matrix-based Rényi α-entropy (Giraldo, Rao & Príncipe, arXiv 1211.2459; multivariate form: Yu et
-al., arXiv 1808.07912): kernel widths, Gram matrices, entropies and (conditional) mutual information.
+al., arXiv 1808.07912): kernel widths, Gram matrices, entropies and (conditional) mutual information, and the Gram matrix of
+a set of channels the cross-layer CMI conditions on.
 
 For a variable observed on n samples:
 
@@ -266,3 +267,40 @@ def check_condition(condition: Tensor | None, n: int, device: torch.device) -> T
             f"got shape {tuple(condition.shape)}"
         )
     return unit_trace(condition.to(device, torch.float64))
+
+
+JOINTS = ("hadamard", "concat")
+
+
+def conditioning_gram(
+    maps: Tensor,
+    channels: Tensor | list[int],
+    *,
+    joint: str = "hadamard",
+    sigma_rule: str = "median",
+    gamma: float = 1.0,
+) -> Tensor:
+    """Unit-trace Gram matrix ``Tensor[n, n]`` of a set of channels T, the cross-layer condition.
+
+    Args:
+        maps: ``Tensor[n, C, ...]`` maps of the conditioning layer.
+        channels: the channels of T (e.g. that layer's kept channels).
+        joint: ``"hadamard"``: the Hadamard joint of the channels' own Gram matrices, as X_S in
+            :func:`~prunetune.pruning.criteria.renyi.cmi_ranking`; ``"concat"``: one Gaussian Gram matrix of the channels' maps,
+            each divided by its own kernel width (``sigma_rule``, without ``gamma``), concatenated
+            per sample, with σ by ``sigma_rule`` and ``gamma`` on the concatenated vectors.
+    """
+    if joint not in JOINTS:
+        raise ConfigError(
+            f"parameter 'condition_joint' must be one of {', '.join(map(repr, JOINTS))}, "
+            f"but got condition_joint={joint!r}"
+        )
+    n = maps.shape[0]
+    idx = torch.as_tensor(channels, dtype=torch.long, device=maps.device)
+    x = maps.detach().reshape(n, maps.shape[1], -1).to(torch.float64)[:, idx]  # n×k×d
+    if joint == "concat":
+        width = kernel_width(x.transpose(0, 1), sigma_rule=sigma_rule)  # k: each channel's own σ
+        scaled = (x / width[None, :, None]).reshape(n, -1)
+        return normalize_gram(gram_matrix(scaled, sigma_rule=sigma_rule, gamma=gamma))
+    per = normalize_gram(gram_matrix(x.transpose(0, 1), sigma_rule=sigma_rule, gamma=gamma))
+    return hadamard_joint(*per.unbind(0))

@@ -1,7 +1,8 @@
 """Matrix-based Rényi α-entropy and the greedy CMI channel ranking.
 
 The entropy primitives (kernel widths, Gram matrices, S_α, joint entropies, (conditional) mutual
-information) live in :mod:`prunetune.pruning.criteria.matrix_entropy` and are re-exported here.
+information, the cross-layer condition's Gram matrix) live in
+:mod:`prunetune.pruning.criteria.matrix_entropy` and are re-exported here.
 
 The CMI pruning paper (Vu-Van et al., arXiv 2411.18578) is only verified at abstract level; the
 greedy rule in :func:`cmi_ranking` is the reconstruction of criteria.md §5.4 (form (a): same layer,
@@ -40,6 +41,7 @@ screen with a safe margin sends most candidates back to float64 and saves little
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,12 +51,14 @@ from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria._common import batched_linalg, eigvalsh_here, split_across_threads
 from prunetune.pruning.knee import knee_settled
 from prunetune.pruning.criteria.matrix_entropy import (  # noqa: F401  re-exported
+    JOINTS,
     KERNELS,
     SIGMA_RULES,
     TIE_TOLERANCE,
     _check_alpha,
     check_condition,
     conditional_mutual_information,
+    conditioning_gram,
     data_std,
     entropy_of_eigenvalues,
     first_max,
@@ -369,20 +373,22 @@ class _Evaluator:
 
     def label_entropy(self, a: Tensor) -> Tensor:
         """S_α(Y, A) of unit-trace ``Tensor[B, n, n]``: the spectra of A's class blocks."""
+        lam = self._block_spectra(a, lambda x: batched_linalg(torch.linalg.eigvalsh, x))
+        return entropy_of_eigenvalues(lam, self.alpha)
+
+    def _block_spectra(self, a: Tensor, solve: Callable[[Tensor], Tensor]) -> Tensor:
+        """``Tensor[B, n]``: the eigenvalues of ``a``'s class blocks, each size's blocks in one ``solve``."""
         lams = []
         for idx in self.blocks:  # LongTensor[k, m]: k classes of m samples
             k, m = idx.shape
-            sub = a[:, idx[:, :, None], idx[:, None, :]].reshape(-1, m, m)
-            lams.append(batched_linalg(torch.linalg.eigvalsh, sub).reshape(a.shape[0], k * m))
-        return entropy_of_eigenvalues(torch.cat(lams, dim=1), self.alpha)
+            lams.append(solve(a[:, idx[:, :, None], idx[:, None, :]].reshape(-1, m, m)).reshape(a.shape[0], k * m))
+        return torch.cat(lams, dim=1)
 
     def _spectra(self, a: Tensor) -> tuple[Tensor, Tensor]:
         """The eigenvalues of ``Tensor[B, n, n]`` and of its class blocks, on this thread: what
         :meth:`entropy` and :meth:`label_entropy` solve, by the same routines, for one chunk of a
         step's candidates (one split across threads and one wait per step instead of one per call)."""
-        blocks = [eigvalsh_here(a[:, idx[:, :, None], idx[:, None, :]].reshape(-1, idx.shape[1], idx.shape[1]))
-                  .reshape(a.shape[0], idx.numel()) for idx in self.blocks]
-        return eigvalsh_here(a), torch.cat(blocks, dim=1)
+        return eigvalsh_here(a), self._block_spectra(a, eigvalsh_here)
 
     def const(self, a_s: Tensor | None) -> Tensor:
         """S(Y,S) − S(S) (S(Y) when S is empty): the part of a step's CMI shared by all candidates."""
@@ -479,40 +485,3 @@ def vanished(a_s: Tensor, alpha: float) -> bool:
         return False
     e = float(torch.linalg.matrix_norm(a_s - torch.diag_embed(diag)))
     return 2.0 * vanishing_bound(e, n, alpha) <= VANISH_BOUND
-
-
-JOINTS = ("hadamard", "concat")
-
-
-def conditioning_gram(
-    maps: Tensor,
-    channels: Tensor | list[int],
-    *,
-    joint: str = "hadamard",
-    sigma_rule: str = "median",
-    gamma: float = 1.0,
-) -> Tensor:
-    """Unit-trace Gram matrix ``Tensor[n, n]`` of a set of channels T, the cross-layer condition.
-
-    Args:
-        maps: ``Tensor[n, C, ...]`` maps of the conditioning layer.
-        channels: the channels of T (e.g. that layer's kept channels).
-        joint: ``"hadamard"``: the Hadamard joint of the channels' own Gram matrices, as X_S in
-            :func:`cmi_ranking`; ``"concat"``: one Gaussian Gram matrix of the channels' maps,
-            each divided by its own kernel width (``sigma_rule``, without ``gamma``), concatenated
-            per sample, with σ by ``sigma_rule`` and ``gamma`` on the concatenated vectors.
-    """
-    if joint not in JOINTS:
-        raise ConfigError(
-            f"parameter 'condition_joint' must be one of {', '.join(map(repr, JOINTS))}, "
-            f"but got condition_joint={joint!r}"
-        )
-    n = maps.shape[0]
-    idx = torch.as_tensor(channels, dtype=torch.long, device=maps.device)
-    x = maps.detach().reshape(n, maps.shape[1], -1).to(torch.float64)[:, idx]  # n×k×d
-    if joint == "concat":
-        width = kernel_width(x.transpose(0, 1), sigma_rule=sigma_rule)  # k: each channel's own σ
-        scaled = (x / width[None, :, None]).reshape(n, -1)
-        return normalize_gram(gram_matrix(scaled, sigma_rule=sigma_rule, gamma=gamma))
-    per = normalize_gram(gram_matrix(x.transpose(0, 1), sigma_rule=sigma_rule, gamma=gamma))
-    return hadamard_joint(*per.unbind(0))
