@@ -166,6 +166,17 @@ def test_quadrature_route_zero_and_single_row_images() -> None:
     torch.testing.assert_close(out, expected, atol=1e-13, rtol=0)
 
 
+def test_quadrature_grid_ends_on_orthogonal_rows() -> None:
+    """Orthogonal rows: CI(j) is row j's norm exactly. φ_j(s) = λ_j/(λ_j + s) is 1 below the grid
+    and ~λ_j/s above it, so this sees both closed-form ends (leaving out the part below the first
+    node costs 6e-13 of σ_max; the sum above the last node, far more)."""
+    sigma = torch.tensor([3.0, 1.5, 0.75, 3e-3, 3e-6], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    maps = (sigma[:, None] * q[:5]).reshape(1, 5, 2, 4)
+    out = chip_scores(maps, route="quadrature")
+    torch.testing.assert_close(out[0], sigma, atol=1e-13 * float(sigma.max()), rtol=0)
+
+
 def test_quadrature_chunked_equals_unchunked_and_auto_picks_it() -> None:
     maps = _hard_maps(5, 6, 8, 4)
     full = chip_scores(maps, route="quadrature")
