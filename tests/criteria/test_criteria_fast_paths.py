@@ -285,3 +285,35 @@ def test_per_image_grams_are_shared_by_chip_and_sfs() -> None:
     for route in ("quadrature", "gram"):
         torch.testing.assert_close(chip_scores(m64, route=route, grams=grams), chip_scores(m64, route=route),
                                    atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize(("c", "size"), [(6, 4), (20, 2)])  # C ≤ h·w: the per-image Grams; C > h·w: one F Fᵀ
+def test_channel_gram_is_the_shared_second_moment_matrix(c: int, size: int) -> None:
+    from prunetune.pruning.criteria._common import _MEMO_ATTR, channel_gram, channel_major64
+
+    g = torch.Generator().manual_seed(4)
+    maps = torch.relu(torch.randn(5, c, size, size, generator=g))
+    batch = FeatureBatch(maps, maps, None)
+    f = channel_major64(batch, maps)
+    gram = channel_gram(batch, maps)
+    torch.testing.assert_close(gram, f @ f.T, atol=0, rtol=1e-14)
+    assert ("image_grams" in getattr(batch, _MEMO_ATTR)) == (c <= size * size)
+    assert channel_gram(batch, maps) is gram  # computed once per batch
+
+
+def test_independence_feature_streams_constant_channels_and_matches_centred_sums() -> None:
+    """The uncentred second moments cancel to rounding noise (~1e-16 of E[x²]) on a constant channel,
+    far above the 1e-20 variance rule; the channel's range marks it constant instead (correlation 0)."""
+    g = torch.Generator().manual_seed(5)
+    maps = torch.relu(torch.randn(40, 4, 5, 5, generator=g)) + 0.5  # float32, as in calibration
+    maps[:, 1] = 0.1  # a soft-pruned filter's BN bias: constant but not zero
+    maps[:, 3] = 2.0 * maps[:, 0] - 0.25
+    acc = get_criterion("independence").accumulator(4, source="feature")
+    for part in (slice(0, 16), slice(16, 40)):
+        acc.update(FeatureBatch(maps[part], maps[part], None))
+    f = maps.to(torch.float64).transpose(0, 1).reshape(4, -1)
+    keep = [0, 2, 3]
+    rho = torch.zeros(4, 4, dtype=torch.float64)
+    rho[torch.tensor(keep)[:, None], torch.tensor(keep)[None, :]] = torch.corrcoef(f[keep]).abs()
+    expected = 1.0 - rho.fill_diagonal_(0.0).sum(1) / 3
+    torch.testing.assert_close(acc.result(), expected, atol=1e-12, rtol=0)

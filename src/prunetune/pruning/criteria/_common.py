@@ -185,6 +185,25 @@ def image_grams(batch: Any, maps: Tensor) -> Tensor:
     return memo(batch, "image_grams", compute)
 
 
+def channel_gram(batch: Any, maps: Tensor) -> Tensor:
+    """``Tensor[C, C]`` float64: Σ_n M_n M_nᵀ = F Fᵀ, the second-moment matrix of the channels over
+    the batch's pixels (F: :func:`channel_major64`), shared by ``sfs``, ``dfs_sfs`` and
+    ``independence``.
+
+    Where C ≤ h·w it is the sum of the per-image Gram matrices (:func:`image_grams`), which CHIP's
+    quadrature factorises anyway and which then take no more memory than the maps themselves;
+    otherwise (B·C² values would outgrow the maps) one product F Fᵀ.
+    """
+
+    def compute() -> Tensor:
+        if maps.shape[1] <= maps[0, 0].numel():
+            return image_grams(batch, maps).sum(dim=0)
+        f = channel_major64(batch, maps)
+        return f @ f.T
+
+    return memo(batch, "channel_gram", compute)
+
+
 def population_std(x: Tensor) -> Tensor:
     """Population std (``unbiased=False``) over the last dimension, two-pass in x's dtype.
 
@@ -364,15 +383,17 @@ def scores_from_order(
     return scores if device is None else scores.to(device)
 
 
-def correlation(cov: Tensor, second_moment: Tensor) -> Tensor:
+def correlation(cov: Tensor, second_moment: Tensor, constant: Tensor | None = None) -> Tensor:
     """Pearson correlation matrix from a covariance matrix ``Tensor[C, C]``.
 
     A row whose variance is zero, or negligible next to its second moment (relative 1e-20, i.e. a
-    standard deviation below 1e-10 of the RMS value: a constant up to rounding), has correlation 0
-    with every row, itself included, so no NaN appears.
+    standard deviation below 1e-10 of the RMS value: a constant up to rounding), or that
+    ``constant`` (``BoolTensor[C]``) marks, has correlation 0 with every row, itself included, so
+    no NaN appears.
     """
     var = torch.diagonal(cov).clamp(min=0.0)
-    constant = var <= 1e-20 * second_moment.clamp(min=0.0)
+    small = var <= 1e-20 * second_moment.clamp(min=0.0)
+    constant = small if constant is None else small | constant
     std = torch.where(constant, torch.ones_like(var), var.sqrt())
     rho = cov / (std[:, None] * std[None, :])
     rho = rho.masked_fill(constant[:, None] | constant[None, :], 0.0)

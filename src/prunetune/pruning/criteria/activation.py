@@ -24,9 +24,9 @@ from prunetune.pruning.criteria._common import (
     check_choice,
     check_float,
     flat64,
+    channel_gram,
     image_grams,
     map_std,
-    memo,
     no_data,
     population_std,
     scores_from_order,
@@ -242,9 +242,7 @@ class _SfsAccumulator:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
         self.mstd.update(batch)
 
-        # Σ_n M_n M_nᵀ = F Fᵀ (F: the maps of all images concatenated per channel): the per-image
-        # Gram matrices CHIP factorises, summed (shared by sfs, dfs_sfs and chip)
-        g = memo(batch, "gram", lambda: image_grams(batch, maps).sum(dim=0))
+        g = channel_gram(batch, maps)  # F Fᵀ, shared with independence (and CHIP's per-image Grams)
         self.gram = g if self.gram is None else self.gram + g
 
     def cosine(self) -> Tensor:
