@@ -201,8 +201,8 @@ def factorisation_floor(model, groups, batches, which: tuple[str, ...]) -> None:
         x = F.relu(out.detach()).to(torch.float64)
         b, c, h, w = x.shape
         if "hrank" in which:
-            maps = x.reshape(b * c, h, w)
-            gram = maps @ maps.transpose(1, 2)
+            maps = x.reshape(b * c, h, w)  # square maps here: the row side, built as hrank builds it
+            gram = torch.einsum("...ik,...jk->...ij", maps, maps)
             batched_linalg(_cholesky_info, gram)
         if "chip" in which:
             m = x.reshape(b, c, h * w)

@@ -101,7 +101,9 @@ def gram_ranks(maps64: Tensor) -> Tensor:
     """
     h, w = maps64.shape[-2:]
     x = maps64
-    gram = x @ x.transpose(-1, -2) if h <= w else x.transpose(-1, -2) @ x
+    # (einsum's row-side product is bit-identical to matmul's and about twice as fast on these small
+    # batched matrices; on the column side matmul is the faster)
+    gram = torch.einsum("...ik,...jk->...ij", x, x) if h <= w else x.transpose(-1, -2) @ x
     k = gram.shape[-1]
     coef = (max(h, w) * torch.finfo(torch.float32).eps) ** 2
     ranks = torch.full(gram.shape[:-2], k, dtype=torch.long, device=gram.device)
