@@ -15,17 +15,14 @@ from prunetune.pruning.groups import find_groups
 from prunetune.pruning.criteria import FeatureBatch, get_criterion
 from prunetune.pruning.criteria.cmi_reference import cmi_ranking_reference
 from prunetune.pruning.knee import knee_keep
+from prunetune.pruning.criteria.cmi_steps import VANISH_BOUND, class_blocks, vanished, vanishing_bound
 from prunetune.pruning.criteria.renyi import (
     finish_runs,
     greedy_run,
-    VANISH_BOUND,
-    class_blocks,
     cmi_greedy,
     cmi_ranking,
     conditioning_gram,
     renyi_entropy,
-    vanished,
-    vanishing_bound,
 )
 
 ALPHAS = [1.01, 2.0, 1.0, 0.5, 3.0]
