@@ -11,10 +11,15 @@ divides, ``torch.roll`` or an index permutation over channels, ``x[:, :k]``, a s
 halves, ``x.mean(1, keepdim=True)`` broadcast back.
 
 The probe removes channels of every group from one copy at once and compares its output on
-``find_groups``' traced input with the masked dense model's, in eval mode (BN on its running
-statistics, no dropout): equal within a float tolerance relative to the output's scale. Only where
-that fails are the groups bisected, so a model whose groups all pass costs one copy, one trace and
-two forward passes. It draws no random numbers.
+``find_groups``' traced input with the dense model's with the same channels masked, both in eval
+mode (BN on its running statistics, no dropout) and in float64 where the model runs in float64 (the
+dense model through ``torch.func.functional_call`` with float64 parameters: no second copy), so that
+round-off (1e-16 of the output's scale there, 1e-7 in float32) neither hides a small difference nor
+fakes one: a deep network's signal may be a small part of its logits. Outputs may be nested
+tuples, lists and dicts; each tensor is compared at its own scale (:func:`tolerance`). Only where
+that fails are the groups bisected, and what is left probed together again, so a model whose groups
+all pass costs one copy, its trace and two more forward passes (the pruned copy's, the masked
+model's), as the shape-only probe before it did. It draws no random numbers.
 
 Which channels: the first and the second to last (the first where a group has two), so that no slice
 from either end, reversal or roll by one leaves them where a true equivalence would hide it
@@ -31,7 +36,9 @@ groups are only checked to run to outputs of the same shapes, as before this pro
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -58,10 +65,10 @@ def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) 
     probed = [g for g in groups if g.channels > 1]
     if not probed:
         return {}
-    maskable, shapes_only, dense = _split_maskable(model, example, probed)
+    ref = _Reference.of(model, example, probed)
     bad: dict[str, str] = {}
-    for part, check in ((maskable, lambda gs: _check(model, example, gs, dense, masked=True)),
-                        (shapes_only, lambda gs: _check(model, example, gs, dense, masked=False))):
+    for part, masked in ((ref.maskable, True), (ref.shapes_only, False)):
+        check = functools.partial(_check, model, example, ref, masked=masked)
         why = check(part) if part else None
         while why is not None:  # bisect, then probe what is left together again
             bad.update(_bisect(part, why, check))
@@ -90,9 +97,9 @@ def probe_channels(channels: int) -> tuple[int, ...]:
     return (0,) if channels == 2 else (0, channels - 2)
 
 
-def _check(model: nn.Module, example: Tensor, groups: Sequence[Any], dense: Any, *, masked: bool) -> str | None:
-    """Why removing :func:`probe_channels` of every group in ``groups`` from a copy is not masking
-    them (``masked=False``: does not run to outputs of the dense shapes), or None."""
+def _check(model: nn.Module, example: Tensor, ref: _Reference, groups: Sequence[Any], *, masked: bool) -> str | None:
+    """Why removing :func:`probe_channels` of every group in ``groups`` from a copy of ``model`` is
+    not masking them in ``ref`` (``masked=False``: does not run to outputs of the dense shapes), or None."""
     removed = {g.name: probe_channels(g.channels) for g in groups}
     pruned = copy.deepcopy(model)
     try:
@@ -102,60 +109,139 @@ def _check(model: nn.Module, example: Tensor, groups: Sequence[Any], dense: Any,
         if any(_out_width(modules[layer]) != g.channels - len(removed[g.name]) for g in groups for layer in g.out_layers):
             return BREAKS  # e.g. the two halves of a gated unit: removal took channels of each
         with torch.no_grad(), _channel_local_norms(pruned):
-            got = _eval_forward(pruned, example)
+            got = _eval_forward(pruned.to(ref.input.dtype) if ref.input.dtype != example.dtype else pruned, ref.input)
     except Exception:  # noqa: BLE001 - whatever the user's forward raises on the pruned widths
         return BREAKS
-    if _shapes(got) != _shapes(dense):
+    if _shapes(got) != ref.dense_shapes:
         return BREAKS
     if not masked:
         return None
-    with torch.no_grad(), _channel_local_norms(model), MaskHooks(model, {g.name: g for g in groups}, _masks(removed, groups)):
-        want = _eval_forward(model, example)
-    return CHANGES if _differs(want, got) else None
+    return CHANGES if _differs(ref.masked(groups), got) else None
 
 
-def _masks(removed: Mapping[str, tuple[int, ...]], groups: Sequence[Any]) -> dict[str, Tensor]:
-    masks = {}
+class _Unmaskable(Exception):
+    """A mask point's output does not hold its groups' channels at dim 1."""
+
+
+@dataclass
+class _Reference:
+    """The network masking is measured on: the model itself, run in float64 where it runs in float64
+    (its parameters and buffers swapped for float64 copies, no copy of the model), so that round-off
+    neither hides a small difference nor fakes one (a deep network's signal may be a small part of
+    its logits); its input, the shapes of its output, and which groups it can mask."""
+
+    model: nn.Module
+    tensors: dict[str, Tensor] | None  # float64 parameters and buffers; None: the model's own
+    input: Tensor
+    dense_shapes: Any = None
+    maskable: list[Any] = field(default_factory=list)
+    shapes_only: list[Any] = field(default_factory=list)
+    first: tuple[tuple[str, ...], Any] | None = None  # the masked output of the first check
+
+    @classmethod
+    def of(cls, model: nn.Module, example: Tensor, groups: Sequence[Any]) -> _Reference:
+        """Masks every group at once, which is the first check's reference; only where a mask point
+        does not hold its channels at dim 1 (a channels-last Linear) is one more forward pass run,
+        unmasked, to sort the groups."""
+        try:
+            with torch.no_grad():
+                tensors = {n: t.to(torch.float64) if t.is_floating_point() else t
+                           for n, t in (*model.named_parameters(), *model.named_buffers())}
+            return cls(model, tensors, example.to(torch.float64)).start(groups)
+        except Exception:  # noqa: BLE001 - a forward tied to its dtype, or a device without float64
+            return cls(model, None, example).start(groups)
+
+    def start(self, groups: Sequence[Any]) -> _Reference:
+        try:
+            out = self.masked(groups)
+        except _Unmaskable:
+            return self.sort(groups)
+        self.maskable, self.dense_shapes, self.first = list(groups), _shapes(out), (_names(groups), out)
+        return self
+
+    def forward(self) -> Any:
+        """The model's output on the probe input, in eval mode (hooks on the model apply)."""
+        was_training = self.model.training
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                if self.tensors is None:
+                    return self.model(self.input)
+                return torch.func.functional_call(self.model, self.tensors, (self.input,))
+        finally:
+            self.model.train(was_training)
+
+    def masked(self, groups: Sequence[Any]) -> Any:
+        """The output with :func:`probe_channels` of each group masked by MaskHooks; raises
+        :class:`_Unmaskable` before masking a point whose output does not hold the channels."""
+        if self.first is not None and self.first[0] == _names(groups):
+            return self.first[1]
+        masks = {}
+        for g in groups:
+            masks[g.name] = torch.ones(g.channels)
+            masks[g.name][list(probe_channels(g.channels))] = 0.0
+        modules = dict(self.model.named_modules())
+
+        def guard(name: str, entries: list[tuple[int, tuple[int, ...] | None]]):
+            def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+                if not all(_holds(module, output, channels, at) for channels, at in entries):
+                    raise _Unmaskable(name)
+            return hook
+
+        with _channel_local_norms(self.model), MaskHooks(self.model, {g.name: g for g in groups}, masks):
+            handles = [modules[p].register_forward_hook(guard(p, entries), prepend=True)
+                       for p, entries in _points(groups).items()]
+            try:
+                return self.forward()
+            finally:
+                for h in handles:
+                    h.remove()
+
+    def sort(self, groups: Sequence[Any]) -> _Reference:
+        """One unmasked forward pass: the output shapes, and the groups every mask point of which
+        holds the group's channels at dim 1 (maskable) apart from the others."""
+        modules = dict(self.model.named_modules())
+        fits: dict[str, set[tuple[int, tuple[int, ...] | None]]] = {}
+
+        def record(name: str, entries: list[tuple[int, tuple[int, ...] | None]]):
+            def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+                held = {e for e in entries if _holds(module, output, *e)}
+                fits[name] = fits[name] & held if name in fits else held  # every call of a shared module
+            return hook
+
+        handles = [modules[p].register_forward_hook(record(p, entries)) for p, entries in _points(groups).items()]
+        try:
+            self.dense_shapes = _shapes(self.forward())
+        finally:
+            for h in handles:
+                h.remove()
+        for g in groups:
+            at = dict(g.mask_index)
+            ok = all((g.channels, at.get(p)) in fits.get(p, ()) for p in g.mask_points)
+            (self.maskable if ok else self.shapes_only).append(g)
+        return self
+
+
+def _names(groups: Sequence[Any]) -> tuple[str, ...]:
+    return tuple(g.name for g in groups)
+
+
+def _points(groups: Sequence[Any]) -> dict[str, list[tuple[int, tuple[int, ...] | None]]]:
+    """Each mask point of ``groups``: (channels, positions in a wider tensor or None) per group."""
+    points: dict[str, list[tuple[int, tuple[int, ...] | None]]] = {}
     for g in groups:
-        mask = torch.ones(g.channels)
-        mask[list(removed[g.name])] = 0.0
-        masks[g.name] = mask
-    return masks
+        at = dict(g.mask_index)
+        for p in g.mask_points:
+            points.setdefault(p, []).append((g.channels, at.get(p)))
+    return points
 
 
-def _split_maskable(model: nn.Module, example: Tensor, groups: Sequence[Any]) -> tuple[list[Any], list[Any], Any]:
-    """Groups every mask point of which holds the group's channels at dim 1 (what MaskHooks
-    multiplies), the others, and the dense output: one forward pass with shape-recording hooks."""
-    modules = dict(model.named_modules())
-    seen: dict[str, tuple[bool, tuple[int, ...]]] = {}
-
-    def record(name: str):
-        def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, Tensor) and output.dim() >= 2:
-                seen[name] = (isinstance(module, nn.Linear) and output.dim() != 2, tuple(output.shape))
-        return hook
-
-    points = {p for g in groups for p in g.mask_points if p in modules}
-    handles = [modules[p].register_forward_hook(record(p)) for p in points]
-    try:
-        with torch.no_grad():
-            dense = _eval_forward(model, example)
-    finally:
-        for h in handles:
-            h.remove()
-
-    def fits(group: Any) -> bool:
-        index = dict(group.mask_index)
-        for point in group.mask_points:
-            if point not in seen or seen[point][0]:
-                return False
-            width = seen[point][1][1]
-            if (max(index[point]) >= width) if point in index else width != group.channels:
-                return False
-        return True
-
-    maskable = [g for g in groups if fits(g)]
-    return maskable, [g for g in groups if not fits(g)], dense
+def _holds(module: nn.Module, output: Any, channels: int, at: tuple[int, ...] | None) -> bool:
+    """Whether MaskHooks can mask ``channels`` (at positions ``at``) in a mask point's output: a
+    tensor with the channels at dim 1 (a Linear's features are its last dim: 2-D outputs only)."""
+    if not isinstance(output, Tensor) or output.dim() < 2 or (isinstance(module, nn.Linear) and output.dim() != 2):
+        return False
+    return max(at) < output.shape[1] if at else output.shape[1] == channels
 
 
 class _channel_local_norms:  # noqa: N801 - used as a context manager
@@ -209,9 +295,10 @@ def _shapes(out: Any) -> Any:
 
 
 def tolerance(dtype: torch.dtype) -> float:
-    """Largest difference the probe takes for round-off, relative to an output's largest magnitude:
-    the square root of the dtype's epsilon (3.5e-4 in float32, 1.5e-8 in float64). Removal reorders
-    no sum that masking does not, so real round-off is far below; a changed function is far above."""
+    """Largest difference the probe takes for round-off, relative to an output tensor's largest
+    magnitude: the square root of the dtype's epsilon (1.5e-8 in float64, 3.5e-4 in float32).
+    Masking and removal differ by round-off far below that (1e-16 and 1e-7 of the output's scale on
+    the registered models); a changed function differs by percents."""
     return float(torch.finfo(dtype).eps) ** 0.5
 
 
