@@ -145,6 +145,9 @@ def test_groups_whose_removal_breaks_the_forward_pass_are_left_unpruned() -> Non
     for factory in (_ChannelShuffle, _GatedHalves):
         groups = find_groups(factory().eval(), (3, 8, 8))
         assert groups.names == ["b.0"], factory.__name__
-        assert any(s.startswith("a.0:") and "breaks the forward pass" in s for s in groups.skipped)
+        # the probe removes two of the shuffle's 8 channels: 6 still divides, and the copy runs to
+        # another function; the gated unit's halves still break
+        why = "changes the network's function" if factory is _ChannelShuffle else "breaks the forward pass"
+        assert any(s.startswith("a.0:") and why in s for s in groups.skipped), groups.skipped
         assert not groups.counted
         check_model(factory, (3, 8, 8))

@@ -8,7 +8,6 @@ The network's output layers are never pruned.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from torch import nn
 
 from prunetune._registry import unknown_name_message
 from prunetune.exceptions import ConfigError, UnknownNameError
-from prunetune.pruning import tp_bridge
+from prunetune.pruning import removal_probe, tp_bridge
 from prunetune.pruning.counting import CountedCost
 from prunetune.pruning.geometry import (
     NORM_TYPES, Geometry, LayerGeometry, Part, is_depthwise, layer_macs, layer_params, measure_geometry,
@@ -124,9 +123,11 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     """Trace ``model`` on one input of ``input_shape`` (C, H, W) and return its prunable groups.
 
     Groups that touch a grouped (not depthwise) conv or a GroupNorm of several groups are left out:
-    removing single channels would break its group structure; so are groups whose removal breaks the
-    forward pass (a reshape or split the graph does not follow, checked on a pruned copy). Where the analytic count cannot cover a layer, the groups touching
-    it are marked ``analytic=False`` and every cost of this model is counted instead.
+    removing single channels would break its group structure; so are groups whose removal, tried on
+    a copy, breaks the forward pass or computes something else than masking the same channels (a
+    reshape, slice, permutation or reduction across channels the graph does not follow; see
+    :mod:`.removal_probe`). Where the analytic count cannot cover a layer, the groups touching it are
+    marked ``analytic=False`` and every cost of this model is counted instead.
     """
     example = torch.randn(1, *input_shape, device=_device_of(model))
     names = {m: n for n, m in model.named_modules()}
@@ -145,11 +146,9 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
         elif made is not None:
             found.append(made)
     found.sort(key=lambda m: order[m.group.name])
-    broken = _breaks_forward(model, example, found)
-    skipped += [f"{m.group.name}: removing its channels breaks the forward pass (a reshape, split or chunk "
-                "the dependency graph does not follow, e.g. a channel shuffle?), left unpruned"
-                for m in found if m.group.name in broken]
-    found = [m for m in found if m.group.name not in broken]
+    unfaithful = removal_probe.unfaithful_groups(model, example, [m.group for m in found])
+    skipped += [f"{m.group.name}: {unfaithful[m.group.name]}, left unpruned" for m in found if m.group.name in unfaithful]
+    found = [m for m in found if m.group.name not in unfaithful]
     writes, reads = _parts(found)
     geo = measure_geometry(model, example, writes, reads)
     for made in found:
@@ -160,54 +159,8 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
                        counter=_counter(model, input_shape, geo.issues))
 
 
-def _breaks_forward(model: nn.Module, example: torch.Tensor, found: list[_Made]) -> set[str]:
-    """Groups whose physical removal is not what the group says: one channel is removed from every
-    group of a copy at once (and only where that fails, from each group alone); each out-layer must
-    lose exactly that channel and the network must still run, to an output of the same shape.
-    Costs one more trace of the model."""
-    probe = [m.group for m in found if m.group.channels > 1]
-    with torch.no_grad():
-        want = _shapes(_eval_forward(model, example))
-
-    def runs(groups: list[Group]) -> bool:
-        pruned = copy.deepcopy(model)
-        try:
-            graph, modules = tp_bridge.build_graph(pruned, example), dict(pruned.named_modules())
-            for g in groups:  # traced on `example`: the probe draws no random numbers
-                tp_bridge.prune_channels(graph, modules[g.out_layers[0]], [g.channels - 1])
-            if any(_width(modules[layer]) != g.channels - 1 for g in groups for layer in g.out_layers):
-                return False  # e.g. the two halves of a gated unit: removal took a channel of each
-            with torch.no_grad():
-                return _shapes(_eval_forward(pruned, example)) == want
-        except Exception:  # noqa: BLE001 - whatever the user's forward raises on the pruned widths
-            return False
-
-    if not probe or runs(probe):
-        return set()
-    return {g.name for g in probe if not runs([g])}
-
-
 def _width(layer: nn.Module) -> int:
     return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
-
-
-def _eval_forward(model: nn.Module, example: torch.Tensor) -> Any:
-    was_training = model.training
-    try:
-        return model.eval()(example)
-    finally:
-        model.train(was_training)
-
-
-def _shapes(out: Any) -> Any:
-    """The shapes of a (possibly nested) model output, comparable with ``==``."""
-    if isinstance(out, torch.Tensor):
-        return tuple(out.shape)
-    if isinstance(out, (tuple, list)):
-        return tuple(_shapes(o) for o in out)
-    if isinstance(out, Mapping):
-        return tuple((k, _shapes(v)) for k, v in sorted(out.items(), key=lambda kv: str(kv[0])))
-    return type(out).__name__
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -1,0 +1,74 @@
+"""Soft channel masks: a forward hook at each mask point of a group multiplies its output by the
+group's 0/1 (or fractional) channel mask, after BN, so BN's bias never leaks through a masked channel.
+
+Kept apart from :mod:`.surgery` (which re-exports it) because it needs no groups module: the removal
+probe of :func:`~prunetune.pruning.groups.find_groups` masks with it while the groups are being found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from prunetune.exceptions import InvalidPlanError
+
+__all__ = ["GroupsByName", "MaskHooks"]
+
+
+class GroupsByName(Protocol):
+    """What :class:`MaskHooks` reads of the groups: a :class:`~prunetune.pruning.groups.ModelGroups`,
+    or any mapping of group names to :class:`~prunetune.pruning.groups.Group`."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+class MaskHooks:
+    """Multiplies every mask point's output by its group's channel mask (a soft mask after BN).
+
+    Use as a context manager or call :meth:`remove`. ``masks`` maps group names to ``Tensor[C]``;
+    the tensors are read at every forward, so editing them in place changes the mask. At a BN over
+    a concatenation the mask covers the group's positions only (``Group.mask_index``).
+    """
+
+    def __init__(self, model: nn.Module, groups: GroupsByName, masks: Mapping[str, Tensor]) -> None:
+        modules = dict(model.named_modules())
+        self.masks = dict(masks)
+        self._handles = []
+        at: dict[str, list[tuple[str, Tensor | None]]] = {}
+        for name in masks:
+            index = dict(groups[name].mask_index)
+            for point in groups[name].mask_points:
+                if point not in modules:
+                    raise InvalidPlanError(f"mask point {point!r} of group {name!r} is not in the model")
+                pos = index.get(point)
+                at.setdefault(point, []).append((name, None if pos is None else torch.as_tensor(pos)))
+        for point, entries in at.items():
+            self._handles.append(modules[point].register_forward_hook(self._hook(entries)))
+
+    def _hook(self, entries: list[tuple[str, Tensor | None]]):
+        def hook(_module, _inputs, output: Tensor) -> Tensor:
+            mask = torch.ones(output.shape[1], device=output.device, dtype=output.dtype)
+            for name, pos in entries:
+                group_mask = self.masks[name].to(device=output.device, dtype=output.dtype)
+                if pos is None:
+                    mask = mask * group_mask
+                else:
+                    pos = pos.to(output.device)
+                    mask[pos] = mask[pos] * group_mask
+            return output * mask.view(1, -1, *([1] * (output.dim() - 2)))
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> MaskHooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+

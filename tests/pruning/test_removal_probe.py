@@ -1,0 +1,301 @@
+"""find_groups' removal probe: a group is kept only where physically removing channels computes what
+masking them computes, not merely where the pruned copy still runs.
+
+Each user-style model below holds a channel dependency Torch-Pruning does not follow and whose
+removal, one channel per group as the probe used to try, still ran: the group was kept and every
+plan over it deployed a network computing something else than the masked one that was scored and
+fine-tuned.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from prunetune.models import create_model
+from prunetune.pruning.groups import find_groups
+from prunetune.pruning.plan import make_plan
+from prunetune.pruning.surgery import MaskHooks, apply_plan, channel_masks
+from prunetune.testing import check_model, randomize_bn
+
+SHAPE = (3, 8, 8)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class _Rolled(nn.Module):
+    """A fixed cyclic permutation of the channels between two convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = _block(3, 8), _block(8, 8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.b(torch.roll(self.a(x), 1, dims=1)).mean((2, 3)))
+
+
+class _EvenOdd(nn.Module):
+    """Channels reordered by index: the even ones first, then the odd ones (index_select)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = _block(3, 8), _block(8, 8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.a(x)
+        order = torch.cat([torch.arange(0, y.shape[1], 2), torch.arange(1, y.shape[1], 2)])
+        return self.fc(self.b(y.index_select(1, order)).mean((2, 3)))
+
+
+class _TailSlice(nn.Module):
+    """A head that reads only the last 4 channels of the features (``x[:, -4:]``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = _block(3, 8), _block(8, 8), nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x))[:, -4:].mean((2, 3)))
+
+
+class _HeadSlice(nn.Module):
+    """A head that reads only the first 4 channels (``x[:, :4]``): removing the last channel is a
+    true equivalence, so only removing an earlier one shows the slice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = _block(3, 8), _block(8, 8), nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x))[:, :4].mean((2, 3)))
+
+
+class _MeanBroadcast(nn.Module):
+    """The mean over channels subtracted from every channel (a hand-written cross-channel centring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.fc = _block(3, 8), _block(8, 8), nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.fc(self.b(y - y.mean(1, keepdim=True)).mean((2, 3)))
+
+
+class _ShuffledConcat(nn.Module):
+    """ShuffleNet's channel shuffle over a concatenation of two branches: one channel removed from
+    each leaves 14 channels, which still divide into 2 groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left, self.right, self.b = _block(3, 8), _block(3, 8), _block(16, 8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.cat([self.left(x), self.right(x)], 1)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(self.b(y).mean((2, 3)))
+
+
+class _ChannelsLastFlatten(nn.Module):
+    """A feature map flattened channels-last into a Linear: Torch-Pruning slices the Linear's
+    inputs as if the flatten were channels-first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.fc = _block(3, 4), nn.Linear(4 * 2 * 2, 10)
+
+    def forward(self, x):
+        y = nn.functional.adaptive_avg_pool2d(self.a(x), 2)
+        return self.fc(y.permute(0, 2, 3, 1).reshape(y.shape[0], -1))
+
+
+CHANGED = {  # model -> (the groups left unpruned, the groups kept)
+    _Rolled: (["a.0"], ["b.0"]),
+    _EvenOdd: (["a.0"], ["b.0"]),
+    _TailSlice: (["b.0"], ["a.0"]),
+    _HeadSlice: (["b.0"], ["a.0"]),
+    _MeanBroadcast: (["a.0"], ["b.0"]),
+    _ShuffledConcat: (["left.0", "right.0"], ["b.0"]),
+    _ChannelsLastFlatten: (["a.0"], []),
+}
+
+
+def _masked_vs_removed(model: nn.Module, groups, keep: dict[str, int], seed: int = 0) -> float:
+    """Max |masked − physically pruned| over a random plan, in float64, relative to the output scale."""
+    gen = torch.Generator().manual_seed(seed)
+    plan = make_plan(groups, {g.name: torch.rand(g.channels, generator=gen) for g in groups}, keep)
+    model = copy.deepcopy(model).double().eval()
+    x = torch.randn(2, *groups.input_shape, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        with MaskHooks(model, groups, channel_masks(plan)):
+            masked = model(x)
+        removed = apply_plan(copy.deepcopy(model), plan, groups)(x)
+    return float((masked - removed).abs().max() / masked.abs().max())
+
+
+@pytest.mark.parametrize("factory", list(CHANGED), ids=lambda f: f.__name__.lstrip("_"))
+def test_a_removal_that_runs_but_changes_the_function_is_left_unpruned(factory) -> None:
+    torch.manual_seed(0)
+    model = randomize_bn(factory())
+    groups = find_groups(model, SHAPE)
+    out, kept = CHANGED[factory]
+    assert groups.names == kept, groups.skipped
+    for name in out:
+        assert any(s.startswith(f"{name}: removing its channels") and s.endswith("left unpruned")
+                   for s in groups.skipped), (name, groups.skipped)
+    if kept:  # what is left is pruned faithfully: removal equals masking on random plans
+        check_model(factory, SHAPE)
+
+
+def test_the_reason_says_the_function_changed() -> None:
+    torch.manual_seed(0)
+    (reason,) = find_groups(_Rolled().eval(), SHAPE).skipped
+    assert reason.startswith("a.0: removing its channels changes the network's function: the pruned copy's "
+                             "output differs from the dense network's with those channels masked")
+
+
+class _DeepWithOneRoll(nn.Module):
+    """Eight conv blocks with a channel roll after the fifth: the bisection finds that one group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(_block(3, 8), *[_block(8, 8) for _ in range(7)])
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == 4:
+                x = torch.roll(x, 1, dims=1)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_one_bad_group_among_many_is_found_and_the_rest_are_kept() -> None:
+    torch.manual_seed(0)
+    model = _DeepWithOneRoll().eval()  # fresh BN: eight blocks of random statistics leave no signal
+    groups = find_groups(model, SHAPE)
+    assert groups.names == [f"blocks.{i}.0" for i in range(8) if i != 4]
+    assert [s.split(":")[0] for s in groups.skipped] == ["blocks.4.0"]
+    assert _masked_vs_removed(model, groups, {g.name: 3 for g in groups}) < 1e-9
+
+
+class _TwoHeads(nn.Module):
+    """A dict output with a tuple inside, dropout, and a second head that reads rolled channels:
+    only that head's leaf differs, by far less than the logits' scale: each leaf is compared at its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = _block(3, 8), _block(8, 8), _block(8, 8)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(8, 10)
+        self.aux = nn.Linear(8, 2)
+        with torch.no_grad():
+            self.fc.weight.mul_(1e9)  # at the logits' scale, float64 round-off would hide the aux head's difference
+
+    def forward(self, x):
+        y = self.b(self.drop(self.a(x)))
+        aux = self.aux(torch.roll(self.c(y), 1, dims=1).mean((2, 3)))
+        return {"logits": self.fc(y.mean((2, 3))), "more": (aux,)}
+
+
+def test_outputs_are_compared_leaf_by_leaf_in_eval_mode_without_random_numbers(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = _TwoHeads().train()  # dropout and BN as a user's model in training has them
+    groups = find_groups(model, SHAPE)
+    assert groups.names == ["a.0", "b.0"]
+    assert [s.split(":")[0] for s in groups.skipped] == ["c.0"]
+    from prunetune.pruning import removal_probe
+
+    # the probe alone, on the groups it was given: no random numbers, the model left as it was
+    with monkeypatch.context() as m:
+        m.setattr(removal_probe, "unfaithful_groups", lambda *_a: {})
+        before = find_groups(model, SHAPE)
+    state, rng = copy.deepcopy(model.state_dict()), torch.get_rng_state()
+    example = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(3))
+    assert removal_probe.unfaithful_groups(model, example, list(before)) == {"c.0": removal_probe.CHANGES}
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(("name", "count"), [("resnet20", 12), ("resnet56", 30), ("vgg16_bn", 14),
+                                              ("zoo_mobilenet", 6)])
+def test_ordinary_models_keep_every_group_and_removal_still_equals_masking(name: str, count: int) -> None:
+    shape = (3, 16, 16) if name.startswith("zoo") else (3, 32, 32)
+    model = randomize_bn(create_model(name))
+    groups = find_groups(model, shape)
+    assert len(groups) == count and groups.skipped == ()
+    keep = {g.name: max(1, g.channels // 3) for g in groups}
+    assert _masked_vs_removed(model, groups, keep) < 1e-9
+
+
+def test_the_probe_removes_channels_no_slice_reversal_or_roll_maps_onto_themselves() -> None:
+    from prunetune.pruning import removal_probe
+
+    for c in range(3, 65):
+        removed = set(removal_probe.probe_channels(c))
+        assert len(removed) == 2 and max(removed) < c - 1  # from either end: not a prefix or suffix
+        assert {c - 1 - i for i in removed} != removed  # not symmetric: a reversal moves them
+        assert {(i + 1) % c for i in removed} != removed
+    assert removal_probe.probe_channels(2) == (0,)
+
+
+def test_the_tolerance_sits_between_round_off_and_a_changed_function() -> None:
+    from prunetune.pruning import removal_probe
+
+    assert 1e-5 < removal_probe.tolerance(torch.float32) < 1e-3
+    assert 1e-9 < removal_probe.tolerance(torch.float64) < 1e-7
+
+
+class _Float32Only(_Rolled):
+    """A forward that casts its input to float32 (images stored as integers): it cannot run in float64,
+    so the probe compares in float32, at float32's tolerance."""
+
+    def forward(self, x):
+        return super().forward(x.float())
+
+
+def test_a_model_that_runs_only_in_float32_is_probed_in_float32() -> None:
+    torch.manual_seed(0)
+    groups = find_groups(randomize_bn(_Float32Only()), SHAPE)
+    assert groups.names == ["b.0"] and groups.skipped[0].startswith("a.0: removing its channels changes")
+
+
+class _ConvNeXtBlock(nn.Module):
+    """ConvNeXt's block: depthwise conv, then channels-last LayerNorm and a Linear MLP, layer scale."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.pw1, self.pw2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x):
+        y = self.pw2(nn.functional.gelu(self.pw1(self.norm(self.dw(x).permute(0, 2, 3, 1)))))
+        return x + (y * self.gamma).permute(0, 3, 1, 2)
+
+
+class _MiniConvNeXt(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 2, stride=2), nn.GroupNorm(1, 16))
+        self.block, self.head = _ConvNeXtBlock(16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:Unwrapped parameters")  # the layer scale γ, pruned with its channels
+def test_channel_normalised_and_channels_last_models_keep_their_groups() -> None:
+    # LayerNorm and GroupNorm(1) are masking ≠ removal by design (README), and MaskHooks cannot mask
+    # a Linear on channels-last features: the probe must not take either for a changed function
+    torch.manual_seed(0)
+    groups = find_groups(_MiniConvNeXt().eval(), (3, 16, 16))
+    assert groups.names == ["stem.0", "block.pw1"] and groups.skipped == ()
