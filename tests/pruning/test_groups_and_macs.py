@@ -151,3 +151,21 @@ def test_groups_whose_removal_breaks_the_forward_pass_are_left_unpruned() -> Non
         assert any(s.startswith("a.0:") and why in s for s in groups.skipped), groups.skipped
         assert not groups.counted
         check_model(factory, (3, 8, 8))
+
+
+def test_tracing_leaves_the_global_random_state_alone() -> None:
+    """find_groups, group_l2 and physical removal trace the model on an input of their own: a user's
+    seeded run draws the same random numbers after them as before."""
+    from prunetune.pruning import tp_bridge
+    from prunetune.pruning.scores import group_weight_scores
+
+    model = create_model("resnet20")
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    groups = find_groups(model, (3, 32, 32))
+    group_weight_scores(model, groups)
+    g = groups.groups[0]
+    tp_bridge.remove_channels(model, {g.out_layers[0]: [0]}, (3, 32, 32))
+    assert torch.equal(torch.get_rng_state(), before)
+    a, b = tp_bridge.example_input((3, 4, 4)), tp_bridge.example_input((3, 4, 4))
+    assert torch.equal(a, b) and a.shape == (1, 3, 4, 4)

@@ -129,7 +129,7 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     :mod:`.removal_probe`). Where the analytic count cannot cover a layer, the groups touching it are
     marked ``analytic=False`` and every cost of this model is counted instead.
     """
-    example = torch.randn(1, *input_shape, device=_device_of(model))
+    example = tp_bridge.example_input(input_shape, _device_of(model))
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     try:

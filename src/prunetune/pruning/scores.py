@@ -115,7 +115,7 @@ def group_weight_scores(model: nn.Module, groups: ModelGroups) -> dict[str, Tens
     from prunetune.pruning.criteria.group_magnitude import group_energy
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    graph = tp_bridge.build_graph(model, torch.randn(1, *groups.input_shape, device=device))
+    graph = tp_bridge.build_graph(model, tp_bridge.example_input(groups.input_shape, device))
     names = {m: n for n, m in model.named_modules()}
     by_root: dict[str, list] = {}
     for members in tp_bridge.raw_groups(graph, tp_bridge.output_layers(graph)):

@@ -129,11 +129,20 @@ def prune_channels(
     group.prune()
 
 
+def example_input(input_shape: Sequence[int], device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One input of ``input_shape`` to trace a model on: fixed random values from a generator of its
+    own, so tracing neither draws from nor depends on the global random state (a user's seeded
+    run goes on with the same random numbers)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1, *input_shape, generator=g).to(device=device, dtype=dtype)
+
+
 def remove_channels(model: nn.Module, removed: Mapping[str, Sequence[int]], input_shape: Sequence[int]) -> nn.Module:
     """Physically remove channels ``removed[layer]`` of each named out-layer (and everything that
     depends on them), in place; the one place that drives Torch-Pruning's removal."""
     param = next(model.parameters())
-    graph = build_graph(model, torch.randn(1, *input_shape, device=param.device, dtype=param.dtype))
+    graph = build_graph(model, example_input(input_shape, param.device, param.dtype))
     modules = dict(model.named_modules())
     for layer, channels in removed.items():
         if channels:
