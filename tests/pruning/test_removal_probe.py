@@ -299,3 +299,16 @@ def test_channel_normalised_and_channels_last_models_keep_their_groups() -> None
     torch.manual_seed(0)
     groups = find_groups(_MiniConvNeXt().eval(), (3, 16, 16))
     assert groups.names == ["stem.0", "block.pw1"] and groups.skipped == ()
+
+
+@pytest.mark.filterwarnings("ignore:Unwrapped parameters")
+@pytest.mark.parametrize("size", [16, 128])
+def test_a_linear_on_channels_last_features_is_masked_on_its_last_dimension(size: int) -> None:
+    """MaskHooks masks a Linear's features (its last dimension), so soft schedules run on ConvNeXt's
+    MLP and masking its group equals removing it. It masked dim 1 before: a crash on 8×8 maps, and on
+    64×64 maps (64 rows = the MLP's 64 hidden features) silently the wrong dimension."""
+    torch.manual_seed(0)
+    model = _MiniConvNeXt()
+    groups = find_groups(model, (3, size, size))
+    assert groups.names == ["stem.0", "block.pw1"]
+    assert _masked_vs_removed(model, groups, {"stem.0": 16, "block.pw1": 40}) < 1e-9

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from prunetune.exceptions import InvalidPlanError
 
-__all__ = ["GroupsByName", "MaskHooks"]
+__all__ = ["GroupsByName", "MaskHooks", "channel_dim"]
 
 
 class GroupsByName(Protocol):
@@ -25,12 +25,22 @@ class GroupsByName(Protocol):
     def __getitem__(self, name: str, /) -> Any: ...
 
 
+def channel_dim(module: nn.Module, output: Tensor) -> int:
+    """Where a mask point's output holds its channels: the last dimension for a Linear (its features,
+    also on channels-last maps as in ConvNeXt's MLP) and a LayerNorm over one dimension; dim 1 for
+    convolutions and the channel norms."""
+    if isinstance(module, nn.Linear) or (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1):
+        return output.dim() - 1
+    return 1
+
+
 class MaskHooks:
     """Multiplies every mask point's output by its group's channel mask (a soft mask after BN).
 
     Use as a context manager or call :meth:`remove`. ``masks`` maps group names to ``Tensor[C]``;
     the tensors are read at every forward, so editing them in place changes the mask. At a BN over
-    a concatenation the mask covers the group's positions only (``Group.mask_index``).
+    a concatenation the mask covers the group's positions only (``Group.mask_index``). The channels
+    are at :func:`channel_dim` of each output.
     """
 
     def __init__(self, model: nn.Module, groups: GroupsByName, masks: Mapping[str, Tensor]) -> None:
@@ -49,8 +59,9 @@ class MaskHooks:
             self._handles.append(modules[point].register_forward_hook(self._hook(entries)))
 
     def _hook(self, entries: list[tuple[str, Tensor | None]]):
-        def hook(_module, _inputs, output: Tensor) -> Tensor:
-            mask = torch.ones(output.shape[1], device=output.device, dtype=output.dtype)
+        def hook(module: nn.Module, _inputs, output: Tensor) -> Tensor:
+            dim = channel_dim(module, output)
+            mask = torch.ones(output.shape[dim], device=output.device, dtype=output.dtype)
             for name, pos in entries:
                 group_mask = self.masks[name].to(device=output.device, dtype=output.dtype)
                 if pos is None:
@@ -58,7 +69,9 @@ class MaskHooks:
                 else:
                     pos = pos.to(output.device)
                     mask[pos] = mask[pos] * group_mask
-            return output * mask.view(1, -1, *([1] * (output.dim() - 2)))
+            shape = [1] * output.dim()
+            shape[dim] = -1
+            return output * mask.view(shape)
         return hook
 
     def remove(self) -> None:

@@ -29,8 +29,9 @@ Two documented departures from strict masking: layers that normalise across chan
 (``nn.LayerNorm``, a GroupNorm of one group) change every kept channel when one is removed, so no mask
 equals removal there (README, "Masking ≠ removal"); the probe makes them the identity in both networks
 and checks the graph around them. And a group with a mask point whose output does not hold its
-channels at dim 1 (a Linear on channels-last features, as in ConvNeXt) cannot be masked at all; such
-groups are only checked to run to outputs of the same shapes, as before this probe compared values.
+channels where :class:`~.mask_hooks.MaskHooks` masks them (:func:`~.mask_hooks.channel_dim`: a
+Linear's features are its last dimension, also on channels-last maps as in ConvNeXt) cannot be
+masked; such groups are only checked to run to outputs of the same shapes.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from prunetune.pruning import tp_bridge
-from prunetune.pruning.mask_hooks import MaskHooks
+from prunetune.pruning.mask_hooks import MaskHooks, channel_dim
 
 __all__ = ["BREAKS", "CHANGES", "unfaithful_groups"]
 
@@ -120,7 +121,7 @@ def _check(model: nn.Module, example: Tensor, ref: _Reference, groups: Sequence[
 
 
 class _Unmaskable(Exception):
-    """A mask point's output does not hold its groups' channels at dim 1."""
+    """A mask point's output does not hold its groups' channels at its channel_dim."""
 
 
 @dataclass
@@ -141,7 +142,7 @@ class _Reference:
     @classmethod
     def of(cls, model: nn.Module, example: Tensor, groups: Sequence[Any]) -> _Reference:
         """Masks every group at once, which is the first check's reference; only where a mask point
-        does not hold its channels at dim 1 (a channels-last Linear) is one more forward pass run,
+        does not hold its channels at its channel_dim is one more forward pass run,
         unmasked, to sort the groups."""
         try:
             with torch.no_grad():
@@ -199,7 +200,7 @@ class _Reference:
 
     def sort(self, groups: Sequence[Any]) -> _Reference:
         """One unmasked forward pass: the output shapes, and the groups every mask point of which
-        holds the group's channels at dim 1 (maskable) apart from the others."""
+        holds the group's channels at its channel_dim (maskable) apart from the others."""
         modules = dict(self.model.named_modules())
         fits: dict[str, set[tuple[int, tuple[int, ...] | None]]] = {}
 
@@ -238,10 +239,11 @@ def _points(groups: Sequence[Any]) -> dict[str, list[tuple[int, tuple[int, ...] 
 
 def _holds(module: nn.Module, output: Any, channels: int, at: tuple[int, ...] | None) -> bool:
     """Whether MaskHooks can mask ``channels`` (at positions ``at``) in a mask point's output: a
-    tensor with the channels at dim 1 (a Linear's features are its last dim: 2-D outputs only)."""
-    if not isinstance(output, Tensor) or output.dim() < 2 or (isinstance(module, nn.Linear) and output.dim() != 2):
+    tensor with that many channels at its :func:`~.mask_hooks.channel_dim`."""
+    if not isinstance(output, Tensor) or output.dim() < 2:
         return False
-    return max(at) < output.shape[1] if at else output.shape[1] == channels
+    width = output.shape[channel_dim(module, output)]
+    return max(at) < width if at else width == channels
 
 
 class _channel_local_norms:  # noqa: N801 - used as a context manager
