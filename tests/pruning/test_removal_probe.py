@@ -294,8 +294,8 @@ class _MiniConvNeXt(nn.Module):
 
 @pytest.mark.filterwarnings("ignore:Unwrapped parameters")  # the layer scale γ, pruned with its channels
 def test_channel_normalised_and_channels_last_models_keep_their_groups() -> None:
-    # LayerNorm and GroupNorm(1) are masking ≠ removal by design (README), and MaskHooks cannot mask
-    # a Linear on channels-last features: the probe must not take either for a changed function
+    # LayerNorm and GroupNorm(1) are masking ≠ removal by design (README), and the MLP's Linear works on
+    # channels-last features: the probe must not take either for a changed function
     torch.manual_seed(0)
     groups = find_groups(_MiniConvNeXt().eval(), (3, 16, 16))
     assert groups.names == ["stem.0", "block.pw1"] and groups.skipped == ()
