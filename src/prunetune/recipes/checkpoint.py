@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from prunetune._atomic import torch_save_atomic
+from prunetune._paths import input_file_problem
 from prunetune._text import short
 from prunetune.exceptions import CheckpointError
 from prunetune.models import create_model
@@ -57,10 +58,11 @@ def _split_text(split: Mapping[str, Any]) -> str:
 
 
 def _read(path: Path, what: str) -> Any:
-    if path.is_dir():
-        raise CheckpointError(f"{what} {str(path)!r} is a directory; give the state-dict file (.pt)")
-    if not path.is_file():
+    problem = input_file_problem(path)  # a FIFO or a device is never opened (reading one would block)
+    if problem == "does not exist":
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
+    if problem is not None:
+        raise CheckpointError(f"{what} {str(path)!r} {problem}; give the state-dict file (.pt)")
     try:
         return _load_weights(path, "cpu")
     except Exception as exc:
@@ -182,8 +184,11 @@ def pruned_input_shape(path: str | os.PathLike) -> tuple[int, ...]:
 
 
 def _read_pruned(path: Path, map_location) -> dict[str, Any]:
-    if not path.is_file():
+    problem = input_file_problem(path)
+    if problem == "does not exist":
         raise CheckpointError(f"pruned model {str(path)!r} does not exist")
+    if problem is not None:
+        raise CheckpointError(f"pruned model {str(path)!r} {problem}; give the .pt file prunetune prune --out wrote")
     try:
         data = _load_weights(path, map_location)
     except Exception as exc:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prunetune._paths import check_creatable
+from prunetune._paths import check_creatable, input_file_problem
 from prunetune._text import short
 from prunetune.exceptions import ConfigError
 from prunetune.tracking.store import SQLITE, sqlite_path
@@ -67,6 +67,9 @@ def check_study_storage(url: str, tracking_uri: str | None = None) -> None:
         return
     if db.is_dir():
         raise ConfigError(f"study_storage {str(db)!r} is a directory; give a database file name")
+    problem = input_file_problem(db)
+    if problem not in (None, "does not exist"):  # a FIFO or a device: sqlite would block or fail after the work
+        raise ConfigError(f"study_storage {str(db)!r} {problem}; pass --study-storage with a database file name")
     store = sqlite_path(tracking_uri) if tracking_uri else None
     mlflow_store = store is not None and os.path.abspath(store) == os.path.abspath(db)
     if db.is_file():
