@@ -34,7 +34,7 @@ from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
 from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
 from prunetune.pruning.strategies import STRATEGIES, strategy_criteria, strategy_scoring
-from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned
+from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned_with_plan
 from prunetune.recipes.schema import Recipe
 from prunetune.version import __version__
 
@@ -315,10 +315,10 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, overwrite: bool
     if out is not None:
         spec = recipe.model
         try:  # checked before the work, but a file may have appeared there since (another run, same --out)
-            result.out = save_pruned(out, model, plan, {"name": spec.name, "num_classes": spec.num_classes,
-                                                        "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs)},
-                                     overwrite=overwrite)
-            result.plan_path = plan.save(Path(out).with_suffix(".plan.json"), overwrite=overwrite)
+            # the pair appears together: the plan first, the model last; Ctrl-C leaves neither half
+            result.out, result.plan_path = save_pruned_with_plan(
+                out, model, plan, {"name": spec.name, "num_classes": spec.num_classes,
+                                   "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs)}, overwrite=overwrite)
         except FileExistsError as exc:
             raise ConfigError(f"{exc.filename or str(out)!r} appeared while pruning (another run with the same "
                               "--out?) and was not replaced, so this result is not saved; run again with another "
