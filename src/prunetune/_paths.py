@@ -21,17 +21,18 @@ from prunetune.exceptions import ConfigError
 
 
 def check_output_file(path: str | os.PathLike, what: str, *, overwrite: bool = False,
-                      flag: str = "--out") -> Path:
+                      flag: str = "--out", overwrite_flag: str = "--overwrite") -> Path:
     """``path`` if prunetune can write a file there; else a :class:`ConfigError` naming ``what``.
 
     Refused: an existing directory, an existing file unless ``overwrite``, a folder that cannot be
-    created (a regular file on the way, a read-only or virtual file system).
+    created (a regular file on the way, a read-only or virtual file system). ``flag`` and
+    ``overwrite_flag`` name the fixes (``"path"`` and ``"overwrite=True"`` from Python).
     """
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{what} {str(path)!r} is a directory; give a file name ({flag})")
     if path.exists() and not overwrite:
-        raise ConfigError(f"{what} {str(path)!r} already exists; pass --overwrite to replace it or choose "
+        raise ConfigError(f"{what} {str(path)!r} already exists; pass {overwrite_flag} to replace it or choose "
                           f"another {flag}")
     check_creatable(path.parent, what, target=path)
     return path
