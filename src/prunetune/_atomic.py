@@ -5,14 +5,19 @@ A fixed temporary name (``x.pt.tmp``) breaks when two processes write the same f
 every write goes to its own ``mkstemp`` file in the target's folder, then ``os.replace`` puts it in
 place, so readers see the old file or the new one, never a mix, and concurrent writers never collide
 (the last rename wins; both wrote the same content when they computed the same thing).
+
+:func:`write_together` puts several files in place as one: a pruned model and its plan appear
+together or not at all, even under Ctrl-C.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,6 +43,106 @@ def write_atomic_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_together(files: Sequence[tuple[str | os.PathLike, Callable[[IO[bytes]], Any]]], *,
+                   replace: bool = True) -> list[Path]:
+    """Write several files so that they appear together: the last one never without the others.
+
+    Each ``(path, write)`` is first written to a fresh temporary file in its folder (in the order
+    given); only then are they renamed into place, in the order given, the last one last (a pruned
+    model after its plan). If anything fails or is interrupted (Ctrl-C), the temporaries are removed,
+    the files this call had put in place are removed, and the files they replaced are put back, so
+    the folder is as it was; a Ctrl-C during the renames themselves waits until they are done.
+
+    ``replace=False``: ``FileExistsError`` (naming the file) if any target exists by then; then none
+    of them is written.
+    """
+    targets = [Path(path) for path, _ in files]
+    temps: list[str] = []
+    placed: list[Path] = []
+    aside: list[tuple[str, Path]] = []  # (where an existing target was moved, the target)
+    held = _HeldInterrupt()
+    try:
+        for path, (_, write) in zip(targets, files):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temps.append(_write_temporary(path, write))
+        with held:  # a Ctrl-C now waits until every file is in place (or the renames failed)
+            if replace:  # move the old files aside, the last one first, so it is never left without the others
+                for path in reversed(targets):
+                    if os.path.lexists(path):
+                        aside.append((_reserve(path, ".old"), path))
+                        os.replace(path, aside[-1][0])
+            for tmp, path in zip(temps, targets):
+                if replace:
+                    os.replace(tmp, path)
+                else:
+                    _link_new(tmp, path)
+                placed.append(path)
+    except BaseException:
+        for path in reversed(placed):  # the last one first
+            path.unlink(missing_ok=True)
+        for backup, path in reversed(aside):  # the last one back last
+            os.replace(backup, path)
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for backup, _ in aside:
+        Path(backup).unlink(missing_ok=True)
+    held.deliver()
+    return targets
+
+
+def _write_temporary(path: Path, write: Callable[[IO[bytes]], Any]) -> str:
+    """A fresh temporary file beside ``path`` holding what ``write`` wrote (removed again if it fails)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _reserve(path: Path, suffix: str) -> str:
+    """A fresh unused name beside ``path`` (an empty file, to be renamed over)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return name
+
+
+class _HeldInterrupt:
+    """A block during which a SIGINT (Ctrl-C) is held; :meth:`deliver` raises it afterwards.
+
+    Only in the main thread (where Python runs signal handlers); elsewhere the block runs as it is.
+    """
+
+    def __init__(self) -> None:
+        self.caught: list[tuple[int, Any]] = []
+        self.previous: Any = None
+        self.active = False
+
+    def __enter__(self) -> _HeldInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, lambda signum, frame: self.caught.append((signum, frame)))
+            self.active = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+            self.active = False
+
+    def deliver(self) -> None:
+        """Hand a held SIGINT to the handler that was in place (Python's own: KeyboardInterrupt)."""
+        if not self.caught:
+            return
+        if callable(self.previous):
+            self.previous(*self.caught[0])
+        elif self.previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
 
 
 def _link_new(tmp: str, path: Path) -> None:

@@ -1,13 +1,19 @@
-"""Checks of the paths prunetune will write, made before any work, so a bad path never loses a result.
+"""Checks of the paths prunetune will read and write, made before any work, so a bad path never loses a result.
 
 A command that trains for minutes and then cannot save (``--out`` under a regular file, a store
 under ``/proc``) has wasted the time; these checks fail first, in one line, and create nothing: the
 nearest existing folder is probed with a temporary file that is removed at once.
+
+An input file (recipe, search config, checkpoint, plan, pruned model) must be a regular file:
+:func:`input_file_problem` tells a missing path from a directory, a named pipe, a device or a
+socket by ``stat`` alone, without opening it (opening a FIFO for reading blocks until someone
+writes to it).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -15,17 +21,18 @@ from prunetune.exceptions import ConfigError
 
 
 def check_output_file(path: str | os.PathLike, what: str, *, overwrite: bool = False,
-                      flag: str = "--out") -> Path:
+                      flag: str = "--out", overwrite_flag: str = "--overwrite") -> Path:
     """``path`` if prunetune can write a file there; else a :class:`ConfigError` naming ``what``.
 
     Refused: an existing directory, an existing file unless ``overwrite``, a folder that cannot be
-    created (a regular file on the way, a read-only or virtual file system).
+    created (a regular file on the way, a read-only or virtual file system). ``flag`` and
+    ``overwrite_flag`` name the fixes (``"path"`` and ``"overwrite=True"`` from Python).
     """
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{what} {str(path)!r} is a directory; give a file name ({flag})")
     if path.exists() and not overwrite:
-        raise ConfigError(f"{what} {str(path)!r} already exists; pass --overwrite to replace it or choose "
+        raise ConfigError(f"{what} {str(path)!r} already exists; pass {overwrite_flag} to replace it or choose "
                           f"another {flag}")
     check_creatable(path.parent, what, target=path)
     return path
@@ -56,3 +63,28 @@ def check_creatable(folder: str | os.PathLike, what: str, *, target: Path | None
                           f"({exc.strerror or type(exc).__name__}); choose another path") from None
     os.close(fd)
     os.unlink(probe)
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def input_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as an input file, as the rest of a sentence naming it, or None.
+
+    ``"does not exist"``, ``"is a directory"``, ``"is a named pipe (FIFO), not a regular file"`` (a
+    character or block device, a socket alike), ``"cannot be read (...)"``. Symbolic links are
+    followed (a link to ``/dev/null`` is a character device); nothing is opened.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # a dangling link, or a file on the way
+        return "does not exist"
+    except OSError as exc:  # permission on a folder, a name too long, a loop of links
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    kind = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
+    return f"is {kind}, not a regular file"

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from prunetune._paths import input_file_problem
 from prunetune._text import short
 from prunetune.exceptions import ConfigError
 
@@ -56,10 +57,13 @@ def load_yaml_file(path: str | os.PathLike, what: str) -> Any:
     """Parse the YAML file ``path``; ``what`` names it in errors ("recipe file", "search config")."""
     path = Path(path)
     shown = repr(str(path))
-    if path.is_dir():
+    problem = input_file_problem(path)  # a FIFO or a device is never opened (reading one would block)
+    if problem == "is a directory":
         raise ConfigError(f"{what} {shown} is a directory, not a file; pass the YAML file inside it")
-    if not path.is_file():
+    if problem == "does not exist":
         raise ConfigError(f"{what} {shown} does not exist")
+    if problem is not None:
+        raise ConfigError(f"{what} {shown} {problem}; pass a YAML file")
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise ConfigError(f"{what} {shown} is {size / 2**20:.1f} MB; a recipe or config is at most "

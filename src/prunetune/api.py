@@ -94,8 +94,9 @@ def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | N
     elif not isinstance(recipe, Recipe):
         recipe = Recipe.from_yaml(recipe, allow_code=allow_code)
     if out is not None:
-        out = check_output_file(out, "out", overwrite=overwrite, flag="out")
-        check_output_file(Path(out).with_suffix(".plan.json"), "the plan file next to out", overwrite=overwrite)
+        out = check_output_file(out, "out", overwrite=overwrite, flag="out", overwrite_flag="overwrite=True")
+        check_output_file(Path(out).with_suffix(".plan.json"), "the plan file next to out", overwrite=overwrite,
+                          flag="out", overwrite_flag="overwrite=True")
     return run_recipe(recipe, out=out, overwrite=overwrite, show_progress=show_progress)
 
 
@@ -118,11 +119,13 @@ class Front:
         mask = front_mask([t.accuracy for t in self.trials], [t.macs for t in self.trials])
         return tuple(t for t, on in zip(self.trials, mask) if on)
 
-    def plot(self, path: PathLike, *, budget: float | None = None, picked: str | None = None) -> Path:
-        """Save the plot (``.png``, ``.svg``, ...; ``.html``: the interactive page)."""
+    def plot(self, path: PathLike, *, budget: float | None = None, picked: str | None = None,
+             overwrite: bool = False) -> Path:
+        """Save the plot (``.png``, ``.svg``, ...; ``.html``: the interactive page); a file already at
+        ``path`` is an error unless ``overwrite=True``."""
         from prunetune.tracking.plot import plot_front
 
-        return plot_front(self.records, path, budget=budget, picked=picked)
+        return plot_front(self.records, path, budget=budget, picked=picked, overwrite=overwrite)
 
 
 def pareto(experiment: str, *, tracking_uri: str | None = None, search_run: str | None = None) -> Front:
@@ -155,6 +158,6 @@ def export(experiment: str, out: PathLike, *, pick: str = "max-acc", trial: str 
     from prunetune._paths import check_output_file
     from prunetune.tracking import export_trial
 
-    check_output_file(out, "out", overwrite=overwrite, flag="out")
+    check_output_file(out, "out", overwrite=overwrite, flag="out", overwrite_flag="overwrite=True")
     records = pareto(experiment, tracking_uri=tracking_uri, search_run=search_run).records
     return export_trial(records, out, pick=pick, budget=budget, overwrite=overwrite, trial=trial)

@@ -8,9 +8,11 @@ refusal must come before any expensive work.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import shlex
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +112,18 @@ def _checkpoint(state: dict) -> Callable[[Path], None]:
     return write
 
 
+def _fifo(path: Path) -> None:
+    """A named pipe: opening it for reading would block until a writer came (the test's alarm fails it)."""
+    import os
+
+    os.mkfifo(path)
+
+
+def _device(path: Path) -> None:
+    """A link to the character device /dev/null (reads as empty, stat says it is no regular file)."""
+    path.symlink_to("/dev/null")
+
+
 def _mlflow_like_db(path: Path) -> None:
     import sqlite3
 
@@ -122,6 +136,11 @@ CASES = [
     # --- the recipe file itself -------------------------------------------------------------------
     Case("recipe-missing", "prune --recipe nope.yaml --out p.pt", match="does not exist"),
     Case("recipe-is-directory", "prune --recipe adir --out p.pt", {"adir/x": "1"}, match="is a directory"),
+    # devices and FIFOs were reported as "does not exist"; a FIFO must not be opened (it blocks)
+    Case("recipe-is-fifo", "prune --recipe f.yaml --out p.pt", {"f.yaml": _fifo},
+         match=r"'f.yaml' is a named pipe \(FIFO\), not a regular file; pass the YAML file itself"),
+    Case("recipe-is-device", "prune --recipe d.yaml --out p.pt", {"d.yaml": _device},
+         match=r"'d.yaml' is a character device, not a regular file"),
     Case("recipe-not-utf8", R, {"r.yaml": "seed: 0\nname: caf\xe9\n".encode("latin-1")}, match="UTF-8"),
     Case("recipe-binary", R, {"r.yaml": bytes(range(256)) * 4}, match="r.yaml"),
     Case("recipe-nul-bytes", R, {"r.yaml": b"seed: 0\x00\x00\n"}, match="r.yaml"),
@@ -174,6 +193,10 @@ CASES = [
                                                 "c.pt": _checkpoint({7: 5})}, match="c.pt"),
     Case("model-checkpoint-directory", R, {"r.yaml": section("model", checkpoint="adir"), "adir/x": "1"},
          match="adir"),
+    Case("model-checkpoint-fifo", R, {"r.yaml": section("model", checkpoint="c.pt"), "c.pt": _fifo},
+         match=r"c.pt' is a named pipe \(FIFO\), not a regular file; give the state-dict file"),
+    Case("model-checkpoint-device", R, {"r.yaml": section("model", checkpoint="c.pt"), "c.pt": _device},
+         match=r"c.pt' is a character device, not a regular file"),
     # --- data ------------------------------------------------------------------------------------
     Case("data-unknown", R, {"r.yaml": recipe(data={"name": "digit"})}, match="did you mean 'digits'"),
     Case("data-no-name", R, {"r.yaml": recipe(data={"root": "x"})}, match="'name'"),
@@ -252,6 +275,8 @@ CASES = [
     Case("plan-path-missing", R, {"r.yaml": recipe(plan="missing.plan.json")}, match="missing.plan.json"),
     Case("plan-inline-garbage", R, {"r.yaml": recipe(plan={"groups": 3})}, match="plan"),
     Case("plan-file-not-json", R, {"r.yaml": recipe(plan="p.json"), "p.json": "{not json"}, match="p.json"),
+    Case("plan-file-fifo", R, {"r.yaml": recipe(plan="in.json"), "in.json": _fifo},
+         match=r"in.json' is a named pipe \(FIFO\), not a regular file; give the .plan.json file"),
     # --- prune outputs (items 8 and 11) ---------------------------------------------------------------
     Case("out-exists", R, {"p.pt": b"keep me"}, match="--overwrite"),
     Case("out-plan-json-exists", R, {"p.plan.json": "{}"}, match="p.plan.json"),
@@ -284,6 +309,10 @@ CASES = [
     Case("search-config-missing", "search --config nope.yaml --macs-budget 0.5", match="does not exist"),
     Case("search-config-directory", "search --config adir --macs-budget 0.5", {"adir/x": "1"},
          match="is a directory"),
+    Case("search-config-fifo", "search --config f.yaml --macs-budget 0.5", {"f.yaml": _fifo},
+         match=r"'f.yaml' is a named pipe \(FIFO\), not a regular file"),
+    Case("search-base-recipe-fifo", S, {"s.yaml": search(recipe=None) + "recipe: base.yaml\n", "base.yaml": _fifo},
+         match=r"base.yaml' is a named pipe \(FIFO\), not a regular file"),
     Case("search-config-not-utf8", S, {"s.yaml": b"trials: 2\nexperiment: \xff\xfe\n"}, match="UTF-8"),
     Case("search-config-duplicate-key", S, {"s.yaml": with_line(search(), "trials: 3")}, match="duplicate key"),
     Case("search-alias-bomb-experiment", S, {"s.yaml": with_line(search(experiment=None), f"experiment: {bomb()}")},
@@ -323,6 +352,10 @@ CASES = [
     Case("search-tracking-under-a-file", S + " --tracking-uri afile/mlflow.db", {"afile": "x"}, match="afile"),
     Case("search-tracking-db-not-sqlite", S, {"mlflow.db": BAD_DB}, match="mlflow.db"),
     Case("search-tracking-db-is-directory", S, {"mlflow.db/x": "1"}, match="mlflow.db"),
+    # a FIFO store passed the checks and blocked or failed in MLflow after the training and Ray
+    Case("search-tracking-db-fifo", S, {"mlflow.db": _fifo}, match=r"mlflow.db' is a named pipe \(FIFO\)"),
+    Case("search-study-storage-fifo", S + " --study-storage o.db", {"o.db": _fifo},
+         match=r"o.db' is a named pipe \(FIFO\), not a regular file; pass --study-storage"),
     Case("search-tracking-uri-in-config-under-file", S, {"s.yaml": search(tracking_uri="afile/m.db"), "afile": "x"},
          match="afile"),
     Case("search-tracking-uri-int", S, {"s.yaml": search(tracking_uri=5)}, match="tracking_uri"),
@@ -335,6 +368,11 @@ CASES = [
     Case("search-study-storage-unknown-dialect", S + " --study-storage nosuchdb://host/db", match="nosuchdb"),
     Case("search-study-storage-driver-missing", S + " --study-storage postgresql+nosuchdriver://host/db",
          match="driver"),
+    Case("search-study-storage-password-masked", S + " --study-storage postgresql+nosuchdriver://u:s3cret@host/db",
+         match=r"'postgresql\+nosuchdriver://u:\*\*\*@host/db' cannot be opened: no database driver"),
+    Case("search-study-storage-under-proc", S + " --study-storage sqlite:////proc/prunetune-test/o.db",
+         match="/proc/prunetune-test/o.db"),
+    Case("search-study-storage-under-a-file", S + " --study-storage afile/o.db", {"afile": "x"}, match="afile"),
     Case("search-tracking-file-store", S + " --tracking-uri file:mlruns", match="file:mlruns.*sqlite:///"),
     Case("search-storage-under-a-file", S + " --storage-path afile/runs", {"afile": "x"}, match="afile"),
     Case("search-storage-is-a-file", S + " --storage-path afile", {"afile": "x"}, match="afile"),
@@ -348,6 +386,7 @@ CASES = [
     Case("pareto-no-store", "pareto --experiment e", match="no MLflow store"),
     Case("pareto-db-not-sqlite", "pareto --experiment e", {"mlflow.db": BAD_DB}, match="mlflow.db"),
     Case("pareto-db-directory", "pareto --experiment e --tracking-uri adir", {"adir/x": "1"}, match="adir"),
+    Case("pareto-db-fifo", "pareto --experiment e", {"mlflow.db": _fifo}, match=r"mlflow.db' is a named pipe"),
     Case("pareto-unreachable-server", "pareto --experiment e --tracking-uri http://127.0.0.1:1",
          match="127.0.0.1:1"),
     Case("pareto-file-store", "pareto --experiment e --tracking-uri file:mlruns", match="file:mlruns"),
@@ -361,6 +400,13 @@ CASES = [
     Case("export-out-under-a-file", "export --experiment e --out afile/best.yaml", {"afile": "x"}, match="afile"),
     Case("export-db-not-sqlite", "export --experiment e --out best.yaml", {"mlflow.db": BAD_DB}, match="mlflow.db"),
     Case("export-pick-unknown", "export --experiment e --out best.yaml --pick best", match="--pick"),
+    # --- deploy and bench: the pruned model file ---------------------------------------------------
+    Case("deploy-model-missing", "deploy --model nope.pt --format onnx --out m.onnx", match="'nope.pt' does not exist"),
+    Case("deploy-model-directory", "deploy --model adir --format onnx --out m.onnx", {"adir/x": "1"},
+         match="'adir' is a directory"),
+    Case("deploy-model-fifo", "deploy --model m.pt --format onnx --out m.onnx", {"m.pt": _fifo},
+         match=r"'m.pt' is a named pipe \(FIFO\), not a regular file; pass the pruned model file \(.pt\) itself"),
+    Case("bench-model-device", "bench --model m.pt", {"m.pt": _device}, match=r"'m.pt' is a character device"),
     # --- demo and the parser ------------------------------------------------------------------------
     Case("demo-trials-0", "demo --trials 0", match="trials"),
     Case("demo-budget-2", "demo --macs-budget 2", match="--macs-budget"),
@@ -386,6 +432,21 @@ def _write(root: Path, files: dict[str, Any]) -> None:
             path.write_text(content)
 
 
+@contextlib.contextmanager
+def _alarm(seconds: int):
+    """Fail, rather than hang, if the block runs longer than ``seconds`` (a blocking open() is interrupted)."""
+    def ring(signum, frame):
+        raise AssertionError(f"still running after {seconds}s (a FIFO opened for reading?)")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_case_ids_are_unique() -> None:
     ids = [c.id for c in CASES]
     assert len(ids) == len(set(ids))
@@ -404,7 +465,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: Case, tmp_path, 
         (work / name).write_text((work / "marker_mod_a.py").read_text())
     before = snapshot(tmp_path)
     capfd.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit) as exit_info, _alarm(60):  # a FIFO opened for reading would block forever
         raise SystemExit(main(shlex.split(case.argv)))
     out, err = capfd.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]

@@ -94,11 +94,16 @@ def millions(n: float) -> str:
     return f"{n / 1e6:.2f}M"
 
 
-def need_file(path: str, what: str) -> str:
-    import os
+def need_file(path: str, what: str, kind: str = "YAML file") -> str:
+    """``path`` if it is a regular file; else a :class:`ConfigError` naming ``what`` and the ``kind``
+    of file to pass (a FIFO or a device is never opened: reading one would block or read nothing)."""
+    from prunetune._paths import input_file_problem
 
-    if os.path.isdir(path):
-        raise ConfigError(f"{what} {path!r} is a directory, not a file; pass the YAML file inside it")
-    if not os.path.isfile(path):
+    problem = input_file_problem(path)
+    if problem == "is a directory":
+        raise ConfigError(f"{what} {path!r} is a directory, not a file; pass the {kind} inside it")
+    if problem == "does not exist":
         raise ConfigError(f"{what} {path!r} does not exist")
+    if problem is not None:
+        raise ConfigError(f"{what} {path!r} {problem}; pass the {kind} itself")
     return path

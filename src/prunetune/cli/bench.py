@@ -48,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if not math.isfinite(args.min_time) or args.min_time <= 0:
         raise ConfigError(f"--min-time must be a number of seconds > 0, got {args.min_time:g}")
-    path = need_file(args.model, "pruned model")
+    path = need_file(args.model, "pruned model", "pruned model file (.pt)")
     pruned, plan = load_pruned(path, allow_code=args.allow_code), read_pruned_plan(path)
     dense = dense_architecture(path, allow_code=args.allow_code)
     if args.dense:
-        load_checkpoint(dense, need_file(args.dense, "dense checkpoint"),
+        load_checkpoint(dense, need_file(args.dense, "dense checkpoint", "state-dict file (.pt)"),
                         model_name="the pruned model's dense architecture")
     rows = compare({"dense": dense, "pruned": pruned}, tuple(plan.input_shape), batches=args.batch,
                    threads=args.threads, fold_bn=args.fold_bn, min_run_time=args.min_time,

@@ -1,4 +1,9 @@
-"""``prunetune demo``: a small real search on the bundled digits, start to finish, in minutes on a CPU."""
+"""``prunetune demo``: a small real search on the bundled digits, start to finish, in minutes on a CPU.
+
+Every demo is its own MLflow experiment (``demo-YYYYmmdd-HHMMSS``) in the one store of ``--out-dir``,
+and writes its files (``best.yaml``, ``front.png``, ``front.html``) into a folder of that name, so
+running it again keeps what the earlier demos wrote and never replaces a file.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--macs-budget", "--budget", dest="macs_budget", type=fraction, default=0.5, metavar="F",
                    help="keep at most this fraction of the dense MACs")
     p.add_argument("--out-dir", default="prunetune-demo",
-                   help="where mlflow.db, Ray results, front.png and best.yaml go")
+                   help="where mlflow.db and the Ray results go; each demo's best.yaml, front.png and front.html "
+                   "go into a new folder in it named after its experiment (demo-YYYYmmdd-HHMMSS)")
     p.set_defaults(func=run)
 
 
@@ -42,16 +48,23 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.tracking.store import client
 
     from prunetune._paths import check_output_dir
+    from prunetune.exceptions import ConfigError
 
     t0 = time.perf_counter()
     out = check_output_dir(Path(args.out_dir).resolve(), "--out-dir")
     experiment = time.strftime("demo-%Y%m%d-%H%M%S")
+    # this demo's own files, in a new folder named after its experiment: a re-run never replaces them
+    mine = out / experiment
+    if mine.exists():
+        raise ConfigError(f"--out-dir {str(out)!r} already holds a demo named {experiment!r} (started in this same "
+                          "second?); run it again in a moment, or choose another --out-dir")
+    files = {name: mine / name for name in ("best.yaml", "front.png", "front.html")}
     config = load_search_config(demo_config_path(), {  # checked before the folder is made
         "experiment": experiment, "trials": args.trials, "concurrency": args.concurrency,
         "macs_budget": args.macs_budget, "tracking_uri": str(out / "mlflow.db"), "storage_path": str(out / "runs")})
     out.mkdir(parents=True, exist_ok=True)
     log.info("prunetune demo: ResNet-20 on digits 1x16x16, %d trials (%d at a time), MACs budget %.0f%%, output in %s",
-             args.trials, args.concurrency, 100 * args.macs_budget, out)
+             args.trials, args.concurrency, 100 * args.macs_budget, mine)
     live = install(getattr(args, "quiet", False))
     try:
         outcome = run_search(config, resume=False, show_progress=live is None,
@@ -62,14 +75,14 @@ def run(args: argparse.Namespace) -> int:
     if code:
         return code
     records = load_search(outcome.tracking_uri, experiment, parent_run_id=outcome.parent_run_id)
-    record, best = export_trial(records, out / "best.yaml", pick="max-acc", overwrite=True)
-    plot = plot_front(records, out / "front.png", picked=record.run_id)
-    plot_front(records, out / "front.html", picked=record.run_id)
+    record, best = export_trial(records, files["best.yaml"], pick="max-acc")
+    plot = plot_front(records, files["front.png"], picked=record.run_id)
+    page = plot_front(records, files["front.html"], picked=record.run_id)
     client(records.uri).log_artifact(records.parent_run_id, str(plot))
     print(f"\nbest within budget: trial {record.name}, val acc {record.accuracy:.4f}, "
           f"MACs {100 * record.macs_ratio:.1f}% of dense -> {best}")
-    print(f"plot: {plot} (interactive: {out / 'front.html'})")
-    print(f"replay it: prunetune prune --recipe {best} --out {out / 'pruned.pt'}")
+    print(f"plot: {plot} (interactive: {page})")
+    print(f"replay it: prunetune prune --recipe {best} --out {mine / 'pruned.pt'}")
     print(f"browse the runs: {ui_command(outcome.tracking_uri)}   (then open http://127.0.0.1:5000)")
     print(f"the Optuna study: optuna-dashboard {outcome.study_storage}")
     print(f"demo finished in {time.perf_counter() - t0:.0f}s")

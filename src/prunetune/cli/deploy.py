@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from prunetune.deployment import deploy
 
-    result = deploy(need_file(args.model, "pruned model"), args.deploy_format, args.out, fold_bn=args.fold_bn,
+    model = need_file(args.model, "pruned model", "pruned model file (.pt)")
+    result = deploy(model, args.deploy_format, args.out, fold_bn=args.fold_bn,
                     check_batch=args.check_batch, allow_code=args.allow_code, overwrite=args.overwrite)
     if args.json:
         print_json(result.as_dict())

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     mask = front_mask([t.accuracy for t in records.trials], [t.macs for t in records.trials])
     rows = [dict(t.as_dict(), front=bool(on)) for t, on in zip(records.trials, mask) if args.all or on]
     if args.plot:
-        _plot(records, args.plot, args.budget)
+        _plot(records, args.plot, args.budget, overwrite=args.overwrite)
     if args.format == "json":
         print_json({"experiment": records.experiment, "search_run": records.parent_run_id, "budget": records.budget,
                     "dense": records.dense, "counts": records.counts, "trials": rows})
@@ -68,22 +68,9 @@ def run(args: argparse.Namespace) -> int:
 def check_plot_path(path: str, *, overwrite: bool = False) -> None:
     """Refuse a plot path matplotlib cannot write (unknown format), that cannot be created, or that
     exists (unless ``overwrite``), before any work."""
-    from pathlib import Path
+    from prunetune.tracking.plot import check_plot_path as check
 
-    from prunetune._imports import require
-    from prunetune._paths import check_output_file
-    from prunetune.exceptions import ConfigError
-
-    suffix = Path(path).suffix.lstrip(".").lower()
-    if suffix == "html":  # the interactive page, no matplotlib needed
-        check_output_file(path, "--plot", overwrite=overwrite, flag="--plot")
-        return
-    backend = require("matplotlib.backend_bases", extra="tracking", purpose="the Pareto plot")
-    formats = sorted(backend.FigureCanvasBase.get_supported_filetypes())
-    if suffix not in formats:
-        raise ConfigError(f"--plot {path!r}: the file name must end in .html or a plot format matplotlib writes "
-                          f"({', '.join('.' + f for f in formats)}), e.g. front.png")
-    check_output_file(path, "--plot", overwrite=overwrite, flag="--plot")
+    check(path, overwrite=overwrite)
 
 
 def print_front(records: Any, rows: list[dict[str, Any]], *, show_front: bool = False) -> None:
@@ -106,13 +93,13 @@ def print_front(records: Any, rows: list[dict[str, Any]], *, show_front: bool = 
               f"{d.get('params', 0) / 1e6:.3f}M params; budget {_pct(records.budget)} of dense MACs")
 
 
-def _plot(records: Any, path: str, budget: float | None) -> None:
+def _plot(records: Any, path: str, budget: float | None, *, overwrite: bool = False) -> None:
     import logging
 
     from prunetune.tracking import plot_front
     from prunetune.tracking.store import client
 
-    saved = plot_front(records, path, budget=budget)
+    saved = plot_front(records, path, budget=budget, overwrite=overwrite)
     client(records.uri).log_artifact(records.parent_run_id, str(saved))
     logging.getLogger("prunetune").info("plot saved to %s and logged to search run %s", saved, records.parent_run_id)
 

@@ -24,13 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prunetune.recipes.checkpoint import plan_file
     from prunetune.recipes.pipeline import run_recipe
     from prunetune.recipes.schema import Recipe
 
     recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
     out = check_output_file(args.out, "--out", overwrite=args.overwrite)
     # run_recipe writes the plan next to the model, as <out stem>.plan.json
-    check_output_file(out.with_suffix(".plan.json"), "the plan file next to --out", overwrite=args.overwrite)
+    check_output_file(plan_file(out), "the plan file next to --out", overwrite=args.overwrite)
     result = run_recipe(recipe, out=out, overwrite=args.overwrite, show_progress=args.format == "table")
     if args.format == "json":
         print_json(result.summary())

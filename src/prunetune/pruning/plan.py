@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from prunetune._atomic import write_text_atomic
+from prunetune._paths import input_file_problem
 from prunetune.exceptions import InvalidPlanError
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.macs import Cost, analytic_cost
@@ -107,10 +108,11 @@ class PruningPlan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruningPlan:
         path = Path(path)
-        if path.is_dir():
-            raise InvalidPlanError(f"plan file {str(path)!r} is a directory; give the .plan.json file")
-        if not path.is_file():
+        problem = input_file_problem(path)  # a FIFO or a device is never opened (reading one would block)
+        if problem == "does not exist":
             raise InvalidPlanError(f"plan file {str(path)!r} does not exist")
+        if problem is not None:
+            raise InvalidPlanError(f"plan file {str(path)!r} {problem}; give the .plan.json file")
         try:
             data = json.loads(path.read_bytes().decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunetune._atomic import torch_save_atomic
+from prunetune._atomic import torch_save_atomic, write_together
+from prunetune._paths import input_file_problem
 from prunetune._text import short
 from prunetune.exceptions import CheckpointError
 from prunetune.models import create_model
@@ -57,10 +58,11 @@ def _split_text(split: Mapping[str, Any]) -> str:
 
 
 def _read(path: Path, what: str) -> Any:
-    if path.is_dir():
-        raise CheckpointError(f"{what} {str(path)!r} is a directory; give the state-dict file (.pt)")
-    if not path.is_file():
+    problem = input_file_problem(path)  # a FIFO or a device is never opened (reading one would block)
+    if problem == "does not exist":
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
+    if problem is not None:
+        raise CheckpointError(f"{what} {str(path)!r} {problem}; give the state-dict file (.pt)")
     try:
         return _load_weights(path, "cpu")
     except Exception as exc:
@@ -138,9 +140,34 @@ def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, mo
                 overwrite: bool = True) -> Path:
     """Save a pruned model as its state dict, its plan and how to build the dense architecture
     (``overwrite=False``: ``FileExistsError`` rather than replace a file that exists)."""
-    payload = {"format": PRUNED_FORMAT, "model": dict(model_spec), "plan": plan.to_dict(),
-               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    return torch_save_atomic(payload, path, replace=overwrite)
+    return torch_save_atomic(_pruned_payload(model, plan, model_spec), path, replace=overwrite)
+
+
+def plan_file(path: str | os.PathLike) -> Path:
+    """Where the plan of the pruned model file ``path`` goes: ``<stem>.plan.json`` beside it."""
+    return Path(path).with_suffix(".plan.json")
+
+
+def save_pruned_with_plan(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, model_spec: dict[str, Any],
+                          *, overwrite: bool = True) -> tuple[Path, Path]:
+    """Save a pruned model (:func:`save_pruned`) and its plan beside it (:func:`plan_file`) as a pair.
+
+    Both are written under temporary names first, then the plan is renamed into place and the model
+    last, so a model file never exists without its plan; an error or Ctrl-C leaves the folder as it
+    was (earlier files back in place, no temporaries). ``overwrite=False``: ``FileExistsError`` if
+    either file exists by then, and neither is written. Returns (model path, plan path).
+    """
+    payload = _pruned_payload(model, plan, model_spec)
+    plan_path = plan_file(path)
+    text = plan.to_json().encode("utf-8")
+    write_together([(plan_path, lambda f: f.write(text)), (path, lambda f: torch.save(payload, f))],
+                   replace=overwrite)
+    return Path(path), plan_path
+
+
+def _pruned_payload(model: nn.Module, plan: PruningPlan, model_spec: dict[str, Any]) -> dict[str, Any]:
+    return {"format": PRUNED_FORMAT, "model": dict(model_spec), "plan": plan.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
 def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
@@ -182,8 +209,11 @@ def pruned_input_shape(path: str | os.PathLike) -> tuple[int, ...]:
 
 
 def _read_pruned(path: Path, map_location) -> dict[str, Any]:
-    if not path.is_file():
+    problem = input_file_problem(path)
+    if problem == "does not exist":
         raise CheckpointError(f"pruned model {str(path)!r} does not exist")
+    if problem is not None:
+        raise CheckpointError(f"pruned model {str(path)!r} {problem}; give the .pt file prunetune prune --out wrote")
     try:
         data = _load_weights(path, map_location)
     except Exception as exc:

@@ -14,6 +14,7 @@ from typing import Any
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.normalize import NORMALIZERS
+from prunetune.pruning.strategies import read_by_strategies, strategy_criteria
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,9 @@ class CriterionSpec:
     Attributes:
         weights: criterion name -> blend weight (one entry with weight 1 for a single criterion).
         normalizer: applied per group to each criterion's scores before the weighted sum.
-        params: criterion name -> its parameters (see each criterion's ``defaults``).
+        params: criterion name -> its parameters (see each criterion's ``defaults``): of the blend's
+            criteria, or of one an allocation strategy reads (``cmi`` for the CMI cut-offs; the
+            recipe checks that its strategy does, :meth:`check_read_by`).
     """
 
     weights: dict[str, float]
@@ -41,13 +44,22 @@ class CriterionSpec:
             raise ConfigError(f"blend weights must not all be 0, got {self.weights}")
         NORMALIZERS.get(self.normalizer)
         for name, p in self.params.items():
-            if name not in self.weights:
-                raise ConfigError(f"parameters given for {name!r}, which is not in the blend {sorted(self.weights)}")
+            if name not in self.weights and name not in read_by_strategies():
+                raise ConfigError(f"parameters given for {name!r}, which is not in the blend {sorted(self.weights)} "
+                                  "and no allocation strategy reads; remove them or add it to the blend")
             CRITERIA.get(name).resolve(p)
 
     @property
     def criteria(self) -> list[str]:
         return sorted(self.weights)
+
+    def check_read_by(self, strategy: str) -> None:
+        """Raise unless every criterion given parameters is in the blend or read by ``strategy``."""
+        unread = sorted(set(self.params) - set(self.weights) - set(strategy_criteria(strategy)))
+        if unread:
+            raise ConfigError(f"parameters given for {unread[0]!r}, which is not in the blend {sorted(self.weights)} "
+                              f"and not read by allocation strategy {strategy!r}; remove them, add {unread[0]!r} to "
+                              "the blend, or use a strategy that reads it (e.g. cmi_knee)")
 
     @classmethod
     def parse(cls, value: Any) -> CriterionSpec:
@@ -77,7 +89,7 @@ class CriterionSpec:
 
     def to_value(self) -> Any:
         """The recipe form (inverse of :meth:`parse`)."""
-        if len(self.weights) == 1 and self.normalizer == "none":
+        if len(self.weights) == 1 and self.normalizer == "none" and set(self.params) <= set(self.weights):
             (name,) = self.weights
             return {"name": name, "params": self.params[name]} if self.params.get(name) else name
         out: dict[str, Any] = {"blend": dict(self.weights), "normalizer": self.normalizer}

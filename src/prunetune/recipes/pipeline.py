@@ -26,15 +26,14 @@ from prunetune.exceptions import CheckpointError, ConfigError
 from prunetune.models import create_model
 from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.budget_check import check_pruned_macs
-from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.finetune import evaluate, finetune
 from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.pruning.macs import count_cost
 from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
 from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
-from prunetune.pruning.strategies import STRATEGIES, strategy_criteria, strategy_scoring
-from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned
+from prunetune.pruning.strategies import STRATEGIES, scoring_params, strategy_criteria
+from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned_with_plan
 from prunetune.recipes.schema import Recipe
 from prunetune.version import __version__
 
@@ -215,11 +214,10 @@ def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *,
 
 def recipe_criteria(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """Criteria a recipe needs scored: its criterion (or blend), plus those its strategy reads (``cmi``,
-    with the parameters the strategy allows: ``cmi_knee`` lets the greedy stop at the settled knee)."""
-    out = {name: recipe.criterion.resolved_params(name) for name in recipe.criterion.criteria}
-    for name, params in strategy_scoring([recipe.sized().strategy], scored=out).items():
-        out[name] = CRITERIA.get(name).resolve(params)
-    return out
+    with the recipe's own parameters for it and those the strategy allows: ``cmi_knee`` lets the greedy
+    stop at the settled knee). The rule a search's ScoreTable follows too
+    (:func:`~prunetune.pruning.strategies.scoring_params`)."""
+    return scoring_params(recipe.criterion.criteria, [recipe.sized().strategy], recipe.criterion.params)
 
 
 def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningPlan:
@@ -315,10 +313,10 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, overwrite: bool
     if out is not None:
         spec = recipe.model
         try:  # checked before the work, but a file may have appeared there since (another run, same --out)
-            result.out = save_pruned(out, model, plan, {"name": spec.name, "num_classes": spec.num_classes,
-                                                        "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs)},
-                                     overwrite=overwrite)
-            result.plan_path = plan.save(Path(out).with_suffix(".plan.json"), overwrite=overwrite)
+            # the pair appears together: the plan first, the model last; Ctrl-C leaves neither half
+            result.out, result.plan_path = save_pruned_with_plan(
+                out, model, plan, {"name": spec.name, "num_classes": spec.num_classes,
+                                   "in_channels": spec.in_channels, "kwargs": dict(spec.kwargs)}, overwrite=overwrite)
         except FileExistsError as exc:
             raise ConfigError(f"{exc.filename or str(out)!r} appeared while pruning (another run with the same "
                               "--out?) and was not replaced, so this result is not saved; run again with another "

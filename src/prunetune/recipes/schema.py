@@ -263,10 +263,13 @@ class Recipe:
         if d.get("plan") is not None and not isinstance(d["plan"], (str, Mapping)):
             raise ConfigError(f"plan must be the path of a plan JSON (e.g. pruned.plan.json) or the plan itself "
                               f"(a mapping), got {short(d['plan'])}")
+        criterion, allocation = CriterionSpec.parse(d.get("criterion", "l1")), _allocation(d, base)
+        if allocation is not None and "allocation" in d:  # parameters of a criterion only a strategy reads
+            criterion.check_read_by(allocation.strategy)
         return cls(
             model=ModelSpec.parse(d["model"]), data=DataSpec.parse(d["data"]),
-            criterion=CriterionSpec.parse(d.get("criterion", "l1")),
-            allocation=_allocation(d, base),
+            criterion=criterion,
+            allocation=allocation,
             calibration=CalibrationSpec.parse(d.get("calibration")),
             schedule=ScheduleSpec.parse(d.get("schedule")), finetune=finetune,
             pretrain=PretrainSpec.parse(d.get("pretrain")), plan=d.get("plan"),

@@ -11,6 +11,10 @@ The default is an sqlite file beside the MLflow store (``sqlite:///<dir>/<db ste
 tracking server, ``<storage_path>/optuna.db``). It is not the MLflow database itself: MLflow and
 Optuna both keep their schema version in an ``alembic_version`` table of their own, which one
 database cannot hold twice. Optuna is imported only inside the functions.
+
+A database server (``postgresql://...``, ``mysql+pymysql://...``) is checked before any work: its
+driver must import and the server must take a connection within :data:`CONNECT_TIMEOUT_S`
+(:func:`check_study_storage`); errors show the URL with its password masked (:func:`masked_url`).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import contextlib
 import logging
 import math
 import os
+import re
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from prunetune._paths import check_creatable
+from prunetune._paths import check_creatable, input_file_problem
 from prunetune._text import short
 from prunetune.exceptions import ConfigError
 from prunetune.tracking.store import SQLITE, sqlite_path
@@ -31,6 +37,18 @@ from prunetune.tracking.store import SQLITE, sqlite_path
 log = logging.getLogger("prunetune")
 RAY_TRIAL_ATTR = "ray_trial_id"  # user attribute of an Optuna trial: the Ray trial it belongs to
 SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+CONNECT_TIMEOUT_S = 5.0  # a database server that takes no connection by then is reported before any work
+# the connect argument that bounds a driver's own connection attempt, in seconds (the others are
+# bounded by waiting on the attempt in a thread, :func:`_answers`)
+_TIMEOUT_ARG = {"psycopg2": "connect_timeout", "psycopg": "connect_timeout", "psycopg2cffi": "connect_timeout",
+                "pg8000": "timeout", "pymysql": "connect_timeout", "mysqldb": "connect_timeout",
+                "mariadbconnector": "connect_timeout", "mysqlconnector": "connection_timeout",
+                "oracledb": "tcp_connect_timeout", "pyodbc": "timeout", "pymssql": "login_timeout"}
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***`` (for messages and logs)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/]*@", r"\1***@", url)  # up to the host's @
 
 
 def default_study_storage(tracking_uri: str, storage_path: str | os.PathLike) -> str:
@@ -53,20 +71,26 @@ def resolve_study_storage(value: Any, *, cwd: str | os.PathLike) -> str:
         return SQLITE + str((Path(cwd) / value).resolve())
     scheme = value.split("://", 1)[0].split("+", 1)[0]
     if scheme not in SCHEMES:
-        raise ConfigError(f"study_storage {short(value)} is not an RDB URL Optuna can open; use sqlite:///FILE, "
-                          "postgresql://... or mysql://...")
+        raise ConfigError(f"study_storage {short(masked_url(value))} is not an RDB URL Optuna can open; use "
+                          "sqlite:///FILE, postgresql://... or mysql://...")
     return value
 
 
 def check_study_storage(url: str, tracking_uri: str | None = None) -> None:
     """Before any work: an sqlite study file must be an sqlite database or creatable, and no MLflow store
-    (``tracking_uri``'s, or any other: both keep their schema version in a table named alembic_version)."""
+    (``tracking_uri``'s, or any other: both keep their schema version in a table named alembic_version);
+    a database server must have its driver installed and take a connection within
+    :data:`CONNECT_TIMEOUT_S` (nothing is written to it)."""
     db = sqlite_path(url)
     if db is None:
         _check_driver(url)
+        _check_server(url)
         return
     if db.is_dir():
         raise ConfigError(f"study_storage {str(db)!r} is a directory; give a database file name")
+    problem = input_file_problem(db)
+    if problem not in (None, "does not exist"):  # a FIFO or a device: sqlite would block or fail after the work
+        raise ConfigError(f"study_storage {str(db)!r} {problem}; pass --study-storage with a database file name")
     store = sqlite_path(tracking_uri) if tracking_uri else None
     mlflow_store = store is not None and os.path.abspath(store) == os.path.abspath(db)
     if db.is_file():
@@ -91,9 +115,76 @@ def _check_driver(url: str) -> None:
         dialect = make_url(url).get_dialect()
         (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # SQLAlchemy 2, 1.4
     except Exception as exc:  # noqa: BLE001 - ArgumentError, NoSuchModuleError, ImportError
-        raise ConfigError(f"study_storage {short(url)} cannot be opened: no database driver for it "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); install the module it "
+        raise ConfigError(f"study_storage {short(masked_url(url))} cannot be opened: no database driver for it "
+                          f"({type(exc).__name__}: {_first_line(exc, url)}); install the module it "
                           "names, or give an sqlite file") from None
+
+
+def _check_server(url: str, timeout_s: float | None = None) -> None:
+    """The database server of ``url`` must take a connection within ``timeout_s`` (default
+    :data:`CONNECT_TIMEOUT_S`): one connection, opened and closed, no table created. A server that is
+    not there, a wrong password or database failed after the dense training, the scores and Ray."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
+    shown = short(masked_url(url))
+    fix = ("start the database server or correct the URL (host, port, user, password, database), or leave "
+           "--study-storage out for an sqlite file beside the MLflow store")
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":  # a file (sqlite+pysqlite:///...), no server; connecting would create it
+        return
+    arg = _TIMEOUT_ARG.get(parsed.get_driver_name())
+    connect_args = {arg: max(1, math.ceil(timeout_s))} if arg else {}
+    try:
+        engine = create_engine(parsed, poolclass=NullPool, connect_args=connect_args)
+    except Exception as exc:  # noqa: BLE001 - e.g. an option the dialect refuses
+        raise ConfigError(f"study_storage {shown} cannot be opened ({type(exc).__name__}: "
+                          f"{_first_line(exc, url)}); {fix}") from None
+    try:
+        answered, error = _answers(lambda: engine.connect().close(), timeout_s + 1)
+    finally:
+        if answered:  # a connection attempt still running keeps its engine; it ends with its timeout
+            engine.dispose()
+    if not answered:
+        raise ConfigError(f"study_storage {shown}: no database server answered within {timeout_s:g} s; {fix}")
+    if error is not None:
+        raise ConfigError(f"study_storage {shown} cannot be opened ({type(error).__name__}: "
+                          f"{_first_line(error, url)}); {fix}") from None
+
+
+def _answers(connect: Any, timeout_s: float) -> tuple[bool, BaseException | None]:
+    """Run ``connect()`` in a daemon thread for at most ``timeout_s``: (finished, the error it raised)."""
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            connect()
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=attempt, name="prunetune-study-storage-check", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return (True, outcome[0]) if outcome else (False, None)
+
+
+def _first_line(exc: BaseException, url: str) -> str:
+    """The first line of ``exc``'s message, cut to 160 characters, with the URL's password masked."""
+    from sqlalchemy.engine import make_url
+
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    try:
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001 - an unparsable URL has no password to hide
+        password = None
+    text = text.replace(url, masked_url(url))
+    if password:  # as a whole token: a password "p" must not turn "pymysql" into "***ymysql"
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(str(password))}(?![A-Za-z0-9])", "***", text)
+    return text[:160]
 
 
 def _tables(db: Path) -> set[str]:
@@ -112,6 +203,9 @@ def open_storage(url: str) -> Any:
     import optuna
 
     kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {}
+    db = sqlite_path(url)
+    if db is not None:  # checked creatable before the work (check_study_storage); sqlite makes no folders
+        db.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 

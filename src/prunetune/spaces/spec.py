@@ -40,7 +40,7 @@ from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.normalize import NORMALIZERS
 from prunetune.pruning.schedules import SCHEDULES
-from prunetune.pruning.strategies import STRATEGIES, strategy_scoring, with_allowed
+from prunetune.pruning.strategies import STRATEGIES, scoring_params
 from prunetune.spaces.base import SearchSpace
 
 LR_AROUND = 2.0
@@ -220,8 +220,4 @@ def space_criteria(spec: SpaceSpec, params: Mapping[str, Mapping[str, Any]] | No
     curves the ``cmi_*`` cut-offs read) when the space can pick a CMI cut-off; scored only for
     ``cmi_knee``, with the greedy's stop at the settled knee (``stop_at_knee``).
     """
-    params = params or {}
-    out = {name: CRITERIA.get(name).resolve(params.get(name)) for name in spec.criteria}
-    for name, allowed in strategy_scoring(spec.allocations, scored=out).items():
-        out[name] = with_allowed(CRITERIA.get(name).resolve, allowed, params.get(name))
-    return out
+    return scoring_params(spec.criteria, spec.allocations, params)  # a recipe's rule too (recipe_criteria)

@@ -11,6 +11,7 @@ from prunetune.exceptions import ConfigError
 from prunetune.recipes.criterion import CriterionSpec
 from prunetune.pruning.allocation import KeepRule
 from prunetune.pruning.groups import ModelGroups
+from prunetune.pruning.strategies import strategy_criteria
 from prunetune.recipes.allocation import AllocationSpec
 from prunetune.recipes.schema import Recipe, ScheduleSpec
 from prunetune.spaces.presets import (
@@ -61,7 +62,10 @@ def _criterion(base: Recipe, config: Mapping[str, Any]) -> CriterionSpec:
     if sum(weights.values()) <= 0:  # all sampled at 0: no preference, weigh equally
         weights = {name: 1.0 for name in weights}
     normalizer = config.get(NORMALIZER, base.criterion.normalizer)
-    params = {c: dict(p) for c, p in base.criterion.params.items() if c in weights}
+    # the base recipe's parameters of the blend's criteria, and of those only the trial's strategy reads
+    # (cmi for a CMI cut-off): the trial's recipe, scored on its own, scores what the search scored for it
+    reads = strategy_criteria(config.get(ALLOCATION, "ratios"))
+    params = {c: dict(p) for c, p in base.criterion.params.items() if c in weights or c in reads}
     return CriterionSpec(weights, normalizer=normalizer, params=params)
 
 

@@ -7,6 +7,7 @@ version.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -15,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from prunetune._atomic import write_text_atomic
+from prunetune._atomic import write_bytes_atomic, write_text_atomic
 from prunetune._imports import require
+from prunetune._paths import check_output_file
+from prunetune.exceptions import ConfigError
 from prunetune.tracking.pareto import front_mask
 from prunetune.tracking.plot_html import front_html
 from prunetune.tracking.records import SearchRecords
@@ -24,17 +27,36 @@ from prunetune.tracking.records import SearchRecords
 LABEL_ALL = 16  # label every point up to this many trials
 
 
+def check_plot_path(path: str | os.PathLike, *, overwrite: bool = False, what: str = "--plot",
+                    flag: str | None = None, overwrite_flag: str = "--overwrite") -> Path:
+    """``path`` if a plot can be written there: ``.html`` or a format matplotlib writes, a folder that
+    can be created, no file there unless ``overwrite``; else a one-line :class:`ConfigError` naming
+    ``what`` and the fixes (``flag``, default ``what``; ``overwrite_flag``: ``--overwrite``, or
+    ``overwrite=True`` from Python)."""
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix != "html":  # the interactive page needs no matplotlib
+        backend = require("matplotlib.backend_bases", extra="tracking", purpose="the Pareto plot")
+        formats = sorted(backend.FigureCanvasBase.get_supported_filetypes())
+        if suffix not in formats:
+            raise ConfigError(f"{what} {str(path)!r}: the file name must end in .html or a plot format matplotlib "
+                              f"writes ({', '.join('.' + f for f in formats)}), e.g. front.png")
+    return check_output_file(path, what, overwrite=overwrite, flag=flag or what, overwrite_flag=overwrite_flag)
+
+
 def plot_front(records: SearchRecords, path: str | os.PathLike, *, budget: float | None = None,
-               picked: str | None = None) -> Path:
+               picked: str | None = None, overwrite: bool = False) -> Path:
     """Save the plot of ``records`` to ``path`` (format from the suffix, e.g. ``.png``; ``.html``: the
-    interactive page of :func:`~prunetune.tracking.plot_html.front_html`).
+    interactive page of :func:`~prunetune.tracking.plot_html.front_html`), atomically.
 
     Args:
         budget: MACs fraction drawn as a vertical line (default: the search's budget).
         picked: run id of a trial to circle (e.g. the exported one).
+        overwrite: replace a file at ``path``; without it an existing file is a :class:`ConfigError`
+            (checked first, and again when the file is put in place: ``FileExistsError``).
     """
-    if Path(path).suffix.lower() == ".html":
-        return write_text_atomic(path, front_html(records, budget=budget, picked=picked))
+    path = check_plot_path(path, overwrite=overwrite, what="plot", flag="path", overwrite_flag="overwrite=True")
+    if path.suffix.lower() == ".html":
+        return write_text_atomic(path, front_html(records, budget=budget, picked=picked), replace=overwrite)
     matplotlib = require("matplotlib", extra="tracking", purpose="the Pareto plot")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -56,13 +78,12 @@ def plot_front(records: SearchRecords, path: str | os.PathLike, *, budget: float
             ax.axhline(records.dense["val_accuracy"] * 100, color="0.4", linestyle=":", linewidth=1,
                        label="dense model")
         _decorate(ax, records, x, y, int(on.sum()), picked)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         fig.tight_layout()
-        fig.savefig(path)
+        image = io.BytesIO()
+        fig.savefig(image, format=path.suffix.lstrip(".").lower())
     finally:
         plt.close(fig)
-    return path
+    return write_bytes_atomic(path, image.getvalue(), replace=overwrite)
 
 
 def _decorate(ax, records: SearchRecords, x: np.ndarray, y: np.ndarray, on_front: int, picked: str | None) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prunetune._imports import require
-from prunetune._paths import check_creatable
+from prunetune._paths import check_creatable, input_file_problem
 from prunetune._registry import unknown_name_message
 from prunetune.exceptions import TrackingError
 
@@ -95,9 +95,13 @@ def check_store(uri: str) -> None:
         if db.is_dir():
             raise TrackingError(f"MLflow store {str(db)!r} is a directory; pass --tracking-uri with the "
                                 "database file the search wrote (e.g. mlflow.db)")
-        if not db.is_file():
+        problem = input_file_problem(db)
+        if problem == "does not exist":
             raise TrackingError(f"no MLflow store at {db}; run `prunetune search` first, or pass --tracking-uri "
                                 "pointing at the store the search wrote")
+        if problem is not None:
+            raise TrackingError(f"MLflow store {str(db)!r} {problem}; pass --tracking-uri with the database file "
+                                "the search wrote (e.g. mlflow.db)")
         _check_sqlite(db)
     check_server(uri)
 
@@ -110,8 +114,12 @@ def check_writable_store(uri: str) -> None:
         if db.is_dir():
             raise TrackingError(f"MLflow store {str(db)!r} is a directory; give a database file name "
                                 "(--tracking-uri sqlite:///path/mlflow.db)")
-        if db.is_file():
+        problem = input_file_problem(db)
+        if problem is None:
             _check_sqlite(db)
+        elif problem != "does not exist":  # a FIFO or a device: sqlite would block or fail after the work
+            raise TrackingError(f"MLflow store {str(db)!r} {problem}; give a database file name "
+                                "(--tracking-uri sqlite:///path/mlflow.db)")
         check_creatable(db.parent, "MLflow store", target=db)
     elif urlsplit(uri).scheme == "file":
         client(uri)  # MLflow refuses its file store by default: say so now, not after the training

@@ -6,11 +6,21 @@ parameters and criteria they declare: ``ratios`` (:mod:`.ratios`), ``global`` (:
 imported here.
 """
 
-from prunetune.pruning.strategies.base import STRATEGIES, Strategy, register, strategy_criteria, strategy_scoring, with_allowed
+from prunetune.pruning.strategies.base import (
+    STRATEGIES,
+    Strategy,
+    read_by_strategies,
+    register,
+    scoring_params,
+    strategy_criteria,
+    strategy_scoring,
+    with_allowed,
+)
 
 # registration, in the order the names were registered before the package split
 from prunetune.pruning.strategies import ratios  # noqa: E402,F401,I001
 from prunetune.pruning.strategies import cutoffs  # noqa: E402,F401
 from prunetune.pruning.strategies import global_threshold  # noqa: E402,F401
 
-__all__ = ["STRATEGIES", "Strategy", "register", "strategy_criteria", "strategy_scoring", "with_allowed"]
+__all__ = ["STRATEGIES", "Strategy", "read_by_strategies", "register", "scoring_params", "strategy_criteria",
+           "strategy_scoring", "with_allowed"]

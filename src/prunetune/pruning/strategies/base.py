@@ -80,6 +80,33 @@ def strategy_scoring(strategies: Iterable[str], scored: Iterable[str] = ()) -> d
     return out
 
 
+def read_by_strategies() -> frozenset[str]:
+    """Every criterion some registered strategy reads for its extras (``cmi`` for the CMI cut-offs):
+    a recipe may give its parameters without blending it."""
+    return frozenset(crit for name in STRATEGIES.names() for crit in STRATEGIES.get(name).criteria)
+
+
+def scoring_params(blend: Iterable[str], strategies: Iterable[str],
+                   params: Mapping[str, Mapping[str, Any] | None] | None = None) -> dict[str, dict[str, Any]]:
+    """Every criterion to score -> its resolved parameters: the one rule of a recipe
+    (:func:`prunetune.recipes.pipeline.recipe_criteria`) and of a search's ScoreTable
+    (:func:`prunetune.spaces.space_criteria`), so a trial's recipe scored on its own gets what the
+    search scored for it.
+
+    The ``blend``'s criteria get the user's ``params`` (else their defaults); a criterion only the
+    ``strategies`` read (``cmi`` for ``cmi_knee``) gets the user's parameters for it too, under the
+    parameters all those strategies allow (:func:`strategy_scoring`: ``stop_at_knee`` when
+    ``cmi_knee`` alone reads it), dropped where the criterion refuses the combination (:func:`with_allowed`).
+    """
+    from prunetune.pruning.criteria import CRITERIA
+
+    params = params or {}
+    out = {name: CRITERIA.get(name).resolve(params.get(name)) for name in blend}
+    for name, allowed in strategy_scoring(strategies, scored=out).items():
+        out[name] = with_allowed(CRITERIA.get(name).resolve, allowed, params.get(name))
+    return out
+
+
 def with_allowed(resolve: Callable[[Mapping[str, Any]], dict[str, Any]], allowed: Mapping[str, Any],
                  own: Mapping[str, Any] | None) -> dict[str, Any]:
     """``resolve(allowed | own)``, or ``resolve(own)`` where the criterion refuses that combination

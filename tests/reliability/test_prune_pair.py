@@ -1,0 +1,140 @@
+"""`prune --out p.pt` writes two files, the model and ``p.plan.json``: they appear together or not at
+all. A Ctrl-C (or an error) between the two writes left a model file without its plan; with
+``--overwrite`` it could leave the new plan beside the old model.
+
+The interrupt is simulated where it hurts: at the second of the two renames that put the files in
+place (``os.link`` without ``--overwrite``, ``os.replace`` with it), and while the model is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+from prunetune.recipes.pipeline import prepare, run_recipe
+from prunetune.recipes.schema import Recipe
+from reliability_helpers import TINY_RECIPE
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    recipe = Recipe.from_dict(copy.deepcopy({**TINY_RECIPE, "finetune": {"epochs": 0}}))
+    return recipe, prepare(recipe, show_progress=False)
+
+
+def _interrupt_second_placement(monkeypatch, folder) -> list[str]:
+    """``os.link``/``os.replace`` onto a file of ``folder`` (not a temporary): the second one raises
+    KeyboardInterrupt, as a Ctrl-C between the two would."""
+    placed: list[str] = []
+    real = {"link": os.link, "replace": os.replace}
+
+    def placing(name):
+        def call(src, dst, *args, **kwargs):
+            if os.path.dirname(os.path.abspath(dst)) == str(folder) and not os.path.basename(dst).startswith("."):
+                placed.append(os.path.basename(dst))
+                if len(placed) == 2:
+                    raise KeyboardInterrupt
+            return real[name](src, dst, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "link", placing("link"))
+    monkeypatch.setattr(os, "replace", placing("replace"))
+    return placed
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
+def test_ctrl_c_between_the_two_writes_leaves_no_half_pair(tiny, tmp_path, monkeypatch, overwrite) -> None:
+    recipe, base = tiny
+    out = tmp_path / "p.pt"
+    placed = _interrupt_second_placement(monkeypatch, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, out=out, overwrite=overwrite, show_progress=False, base=base)
+    assert placed == ["p.plan.json", "p.pt"]  # the plan first, the model last
+    assert _files(tmp_path) == {}  # no model without its plan, no plan without its model, no temporaries
+
+
+def test_ctrl_c_while_overwriting_keeps_the_earlier_pair(tiny, tmp_path, monkeypatch) -> None:
+    recipe, base = tiny
+    out = tmp_path / "p.pt"
+    (tmp_path / "p.pt").write_bytes(b"earlier model")
+    (tmp_path / "p.plan.json").write_bytes(b"earlier plan")
+    before = _files(tmp_path)
+    _interrupt_second_placement(monkeypatch, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, out=out, overwrite=True, show_progress=False, base=base)
+    assert _files(tmp_path) == before  # the old pair, as it was; not the new plan beside the old model
+
+
+def test_ctrl_c_while_the_model_is_written_leaves_nothing(tiny, tmp_path, monkeypatch) -> None:
+    recipe, base = tiny
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "plan" in obj:  # the pruned model's payload
+            f.write(b"half a model")
+            raise KeyboardInterrupt
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, out=tmp_path / "p.pt", overwrite=False, show_progress=False, base=base)
+    assert _files(tmp_path) == {}
+
+
+def test_a_plan_that_appeared_meanwhile_is_kept_and_nothing_is_written(tiny, tmp_path) -> None:
+    # checked before the work, but another run wrote the plan since: refused, and without a model left
+    # behind (the model was written first and stayed, without its plan)
+    from prunetune.exceptions import ConfigError
+
+    recipe, base = tiny
+    (tmp_path / "p.plan.json").write_bytes(b"another run's plan")
+    with pytest.raises(ConfigError, match=r"p.plan.json' appeared while pruning .* not saved"):
+        run_recipe(recipe, out=tmp_path / "p.pt", overwrite=False, show_progress=False, base=base)
+    assert _files(tmp_path) == {"p.plan.json": b"another run's plan"}
+
+
+def test_the_pair_is_written_and_loads(tiny, tmp_path) -> None:
+    from prunetune import load_pruned
+    from prunetune.pruning.plan import PruningPlan
+
+    recipe, base = tiny
+    result = run_recipe(recipe, out=tmp_path / "p.pt", overwrite=False, show_progress=False, base=base)
+    assert (result.out, result.plan_path) == (tmp_path / "p.pt", tmp_path / "p.plan.json")
+    assert sorted(_files(tmp_path)) == ["p.plan.json", "p.pt"]
+    assert PruningPlan.load(result.plan_path).kept == result.plan.kept
+    load_pruned(result.out)
+    again = run_recipe(recipe, out=tmp_path / "p.pt", overwrite=True, show_progress=False, base=base)
+    assert sorted(_files(tmp_path)) == ["p.plan.json", "p.pt"] and again.out == result.out
+
+
+def test_a_ctrl_c_during_the_renames_waits_for_them(tmp_path, monkeypatch) -> None:
+    """A real SIGINT between the two renames is held until both are done, then raised."""
+    import signal
+
+    from prunetune._atomic import write_together
+
+    real_replace, kills = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if not kills:
+            kills.append(dst)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C right after the first file is in place
+
+    monkeypatch.setattr(os, "replace", replace)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own (a test before may differ)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_together([(tmp_path / "p.plan.json", lambda f: f.write(b"plan")),
+                            (tmp_path / "p.pt", lambda f: f.write(b"model"))])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert _files(tmp_path) == {"p.plan.json": b"plan", "p.pt": b"model"}
