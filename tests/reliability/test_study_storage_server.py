@@ -8,6 +8,7 @@ SQLAlchemy engine; the driver check is skipped for it.
 
 from __future__ import annotations
 
+import json
 import shlex
 import threading
 
@@ -127,3 +128,24 @@ def test_masked_url() -> None:
     assert study.masked_url("mysql+pymysql://u:p@w:rd@host:3306/db") == "mysql+pymysql://u:***@host:3306/db"
     assert study.masked_url("postgresql://u@host/db") == "postgresql://u@host/db"
     assert study.masked_url("sqlite:////tmp/o.db") == "sqlite:////tmp/o.db"
+
+
+def test_the_password_is_not_written_down(tmp_path) -> None:
+    """What a search records (search.yaml artifact, resume state identity, parent-run tags) shows the
+    study storage's password as ***; a state written before the mask still resumes."""
+    from prunetune.search.config import parse_search_config
+    from prunetune.search.runner import _parent_tags
+
+    config = parse_search_config({**SEARCH, "study_storage": URL, "storage_path": str(tmp_path)}, cwd=tmp_path)
+    assert config.settings.study_url == URL  # the search itself connects with it
+    recorded = [config.to_yaml(), repr(config.identity()),
+                repr(_parent_tags(config, type("T", (), {"fingerprint": "f"})(), tmp_path))]
+    for text in recorded:
+        assert "s3cret-pw" not in text and "prune:***@127.0.0.1:9/studies" in text
+    from prunetune.search import resume
+    old = {"version": resume.STATE_VERSION,
+           "identity": json.loads(json.dumps({**config.identity(), "study_storage": URL}, default=str))}
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / resume.STATE_FILE).write_text(json.dumps(old))
+    assert resume.resume_state(config, exp, None)["identity"]["study_storage"] == URL  # it resumes

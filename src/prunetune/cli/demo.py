@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.cli.live import install, uninstall
     from prunetune.cli.search import report
     from prunetune.search import load_search_config, run_search
+    from prunetune.search.study import masked_url
     from prunetune.tracking import export_trial, load_search, plot_front, ui_command
     from prunetune.tracking.store import client
 
@@ -84,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"plot: {plot} (interactive: {page})")
     print(f"replay it: prunetune prune --recipe {best} --out {mine / 'pruned.pt'}")
     print(f"browse the runs: {ui_command(outcome.tracking_uri)}   (then open http://127.0.0.1:5000)")
-    print(f"the Optuna study: optuna-dashboard {outcome.study_storage}")
+    print(f"the Optuna study: optuna-dashboard {masked_url(outcome.study_storage or '')}")
     print(f"demo finished in {time.perf_counter() - t0:.0f}s")
     return 0

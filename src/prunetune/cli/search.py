@@ -83,6 +83,7 @@ def report(outcome, *, json_output: bool = False) -> int:
     """Print how a search ended and its front; 130 when it was interrupted."""
     from prunetune.cli.pareto import print_front
     from prunetune.exceptions import TrackingError
+    from prunetune.search.study import masked_url
     from prunetune.tracking import front_mask, load_search, ui_command
 
     try:
@@ -94,7 +95,7 @@ def report(outcome, *, json_output: bool = False) -> int:
         print_json({"experiment": outcome.experiment, "status": outcome.status, "counts": outcome.counts,
                     "search_run": outcome.parent_run_id, "tracking_uri": outcome.tracking_uri,
                     "storage": str(outcome.experiment_dir), "seconds": outcome.seconds, "trials": trials,
-                    "study_storage": outcome.study_storage, "study_name": outcome.study_name})
+                    "study_storage": masked_url(outcome.study_storage or ""), "study_name": outcome.study_name})
     elif records is not None:
         mask = front_mask([t.accuracy for t in records.trials], [t.macs for t in records.trials])
         print(f"\nPareto front of {outcome.experiment} ({int(mask.sum())} of {len(records.trials)} finished trials):")
@@ -104,7 +105,7 @@ def report(outcome, *, json_output: bool = False) -> int:
         print(f"      prunetune export --experiment {outcome.experiment} --out best.yaml{_uri_flag(outcome.tracking_uri)}")
         if outcome.tracking_uri.startswith("sqlite"):
             print(f"      {ui_command(outcome.tracking_uri)}")
-        print(f"      optuna-dashboard {outcome.study_storage}   (the Optuna study {outcome.study_name!r})")
+        print(f"      optuna-dashboard {masked_url(outcome.study_storage or '')}   (the Optuna study {outcome.study_name!r})")
     if outcome.interrupted:
         log.warning("search %s was interrupted (%s); run the same command again (or add --resume) to continue",
                     outcome.experiment, ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())))

@@ -61,7 +61,7 @@ from prunetune.exceptions import ConfigError
 from prunetune.pruning.allocation import MacsBudget, check_budget
 from prunetune.recipes.schema import Recipe, read_yaml
 from prunetune.search.screening import ScreenSpec
-from prunetune.search.study import default_study_storage, resolve_study_storage
+from prunetune.search.study import default_study_storage, masked_url, resolve_study_storage
 from prunetune.spaces import SpaceSpec
 from prunetune.tracking.store import resolve_tracking_uri
 
@@ -211,13 +211,22 @@ class SearchConfig:
     def identity(self) -> dict[str, Any]:
         """What a resumed search must share with the interrupted one (the base recipe as given;
         :func:`prunetune.search.resume.state_identity` for the form older state files recorded)."""
-        d = self.to_dict()
+        d = self.public_dict()
         keep = ("recipe", "space", "screen", "macs_budget", "trials", "sampler", "seed", "asha", "tracking_uri",
                 "study_storage")
         return {k: d[k] for k in keep}
 
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` as it may be written down (state file, MLflow artifact): the study storage's
+        password shown as ``***``."""
+        d = self.to_dict()
+        if isinstance(d.get("study_storage"), str):
+            d["study_storage"] = masked_url(d["study_storage"])
+        return d
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The config as YAML, as recorded with the search (:meth:`public_dict`: no password)."""
+        return yaml.safe_dump(self.public_dict(), sort_keys=False)
 
 
 def load_search_config(path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None, *,

@@ -23,6 +23,7 @@ from prunetune._atomic import write_text_atomic
 from prunetune.exceptions import ConfigError
 from prunetune.search import trust
 from prunetune.search.config import SearchConfig
+from prunetune.search.study import masked_url
 from prunetune.tracking.tracker import ENDED_TAG, FAILED, FINISHED, KILLED, TRIAL_TAG
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
     ran = _as_recorded(config, state)
     identity = json.loads(json.dumps(state_identity(ran, state.get("version", 1)), default=str))
     for key, old in state["identity"].items():
+        if key == "study_storage" and isinstance(old, str):
+            old = masked_url(old)  # state files before the mask held the password
         if identity.get(key) != old:
             raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "
                               f"({_short(old)}, now {_short(identity.get(key))}); resume with the same config, "

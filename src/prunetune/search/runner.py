@@ -32,7 +32,7 @@ from prunetune.search.lock import ExperimentLock
 from prunetune.search.objective import TrialResult, base_to, run_trial
 from prunetune.search.progress import Callback, Progress
 from prunetune.search.resume import STATE_FILE, done_trials, recorded_config, resume_state, write_state
-from prunetune.search.study import dashboard_command
+from prunetune.search.study import dashboard_command, masked_url
 from prunetune.pruning.schedules import SCHEDULES
 from prunetune.search.screening import ScreenOutcome, hand_pool, run_screening, trial_points
 from prunetune.search.selection import select, table_csv
@@ -375,7 +375,7 @@ def _announce(config: SearchConfig, space: SearchSpace, tracker: SearchTracker, 
     local = s.tracking_uri.startswith("sqlite")
     log.info("browse: %s%s", f"{ui_command(s.tracking_uri)}   then " if local else "",
              view_url(s.tracking_uri, tracker.experiment_id))
-    log.info("Optuna study %r: %s", study, dashboard_command(s.study_url))
+    log.info("Optuna study %r: %s", study, dashboard_command(masked_url(s.study_url)))
 
 
 def _parent_params(config: SearchConfig) -> dict[str, Any]:
@@ -392,8 +392,8 @@ def _parent_params(config: SearchConfig) -> dict[str, Any]:
 def _parent_tags(config: SearchConfig, table: Any, exp_dir: Path) -> dict[str, str]:
     return {"prunetune.score_fingerprint": table.fingerprint, "prunetune.storage": str(exp_dir),
             "prunetune.version": __version__, "prunetune.ui": ui_command(config.settings.tracking_uri),
-            "prunetune.optuna_storage": config.settings.study_url,
-            "prunetune.dashboard": dashboard_command(config.settings.study_url)}
+            "prunetune.optuna_storage": masked_url(config.settings.study_url),
+            "prunetune.dashboard": dashboard_command(masked_url(config.settings.study_url))}
 
 
 def _parent_metrics(config: SearchConfig, base: Any, groups: ModelGroups, timings: dict[str, float]) -> dict[str, float]:
