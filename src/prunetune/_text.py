@@ -1,7 +1,8 @@
-"""Short, bounded renderings of user values for error messages."""
+"""Short, bounded renderings of user values for error messages, and URLs without their passwords."""
 
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Any
 
@@ -24,3 +25,8 @@ def clip_line(message: str, limit: int = 800) -> str:
     """``message`` on one line (its lines joined), cut to ``limit`` characters: what the CLI prints."""
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***`` (for messages, logs and anything written down)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/]*@", r"\1***@", url)  # up to the host's @

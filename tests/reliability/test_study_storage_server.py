@@ -138,6 +138,9 @@ def test_the_password_is_not_written_down(tmp_path) -> None:
 
     config = parse_search_config({**SEARCH, "study_storage": URL, "storage_path": str(tmp_path)}, cwd=tmp_path)
     assert config.settings.study_url == URL  # the search itself connects with it
+    from prunetune.tracking.store import ui_command
+
+    assert "s3cret-pw" not in ui_command("postgresql://prune:s3cret-pw@127.0.0.1:9/mlflow")
     recorded = [config.to_yaml(), repr(config.identity()),
                 repr(_parent_tags(config, type("T", (), {"fingerprint": "f"})(), tmp_path))]
     for text in recorded:

@@ -217,11 +217,12 @@ class SearchConfig:
         return {k: d[k] for k in keep}
 
     def public_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` as it may be written down (state file, MLflow artifact): the study storage's
-        password shown as ``***``."""
+        """:meth:`to_dict` as it may be written down (state file, MLflow artifact): a password in the
+        study storage's or the tracking store's URL shown as ``***``."""
         d = self.to_dict()
-        if isinstance(d.get("study_storage"), str):
-            d["study_storage"] = masked_url(d["study_storage"])
+        for key in ("study_storage", "tracking_uri"):
+            if isinstance(d.get(key), str):
+                d[key] = masked_url(d[key])
         return d
 
     def to_yaml(self) -> str:

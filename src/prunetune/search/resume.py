@@ -82,7 +82,7 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
     ran = _as_recorded(config, state)
     identity = json.loads(json.dumps(state_identity(ran, state.get("version", 1)), default=str))
     for key, old in state["identity"].items():
-        if key == "study_storage" and isinstance(old, str):
+        if key in ("study_storage", "tracking_uri") and isinstance(old, str):
             old = masked_url(old)  # state files before the mask held the password
         if identity.get(key) != old:
             raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "

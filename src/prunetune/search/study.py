@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from prunetune._paths import check_creatable, input_file_problem
-from prunetune._text import short
+from prunetune._text import masked_url, short
 from prunetune.exceptions import ConfigError
 from prunetune.tracking.store import SQLITE, sqlite_path
 
@@ -44,11 +44,6 @@ _TIMEOUT_ARG = {"psycopg2": "connect_timeout", "psycopg": "connect_timeout", "ps
                 "pg8000": "timeout", "pymysql": "connect_timeout", "mysqldb": "connect_timeout",
                 "mariadbconnector": "connect_timeout", "mysqlconnector": "connection_timeout",
                 "oracledb": "tcp_connect_timeout", "pyodbc": "timeout", "pymssql": "login_timeout"}
-
-
-def masked_url(url: str) -> str:
-    """``url`` with its password shown as ``***`` (for messages and logs)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/]*@", r"\1***@", url)  # up to the host's @
 
 
 def default_study_storage(tracking_uri: str, storage_path: str | os.PathLike) -> str:

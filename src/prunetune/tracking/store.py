@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from prunetune._imports import require
 from prunetune._paths import check_creatable, input_file_problem
+from prunetune._text import masked_url
 from prunetune._registry import unknown_name_message
 from prunetune.exceptions import TrackingError
 
@@ -66,8 +67,9 @@ def client(uri: str) -> Any:
 
 
 def ui_command(uri: str) -> str:
-    """The light ``mlflow ui`` command line for this store (bound to 127.0.0.1)."""
-    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {uri} "
+    """The light ``mlflow ui`` command line for this store (bound to 127.0.0.1; a password in the URI
+    shown as ``***``)."""
+    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {masked_url(uri)} "
             "--workers 1 --host 127.0.0.1")
 
 
