@@ -187,8 +187,7 @@ def image_grams(batch: Any, maps: Tensor) -> Tensor:
 
 def channel_gram(batch: Any, maps: Tensor) -> Tensor:
     """``Tensor[C, C]`` float64: Σ_n M_n M_nᵀ = F Fᵀ, the second-moment matrix of the channels over
-    the batch's pixels (F: :func:`channel_major64`), shared by ``sfs``, ``dfs_sfs`` and
-    ``independence``.
+    the batch's pixels (F: :func:`channel_major64`), shared by ``sfs`` and ``dfs_sfs``.
 
     Where C ≤ h·w it is the sum of the per-image Gram matrices (:func:`image_grams`), which CHIP's
     quadrature factorises anyway and which then take no more memory than the maps themselves;
@@ -383,17 +382,15 @@ def scores_from_order(
     return scores if device is None else scores.to(device)
 
 
-def correlation(cov: Tensor, second_moment: Tensor, constant: Tensor | None = None) -> Tensor:
+def correlation(cov: Tensor, second_moment: Tensor) -> Tensor:
     """Pearson correlation matrix from a covariance matrix ``Tensor[C, C]``.
 
     A row whose variance is zero, or negligible next to its second moment (relative 1e-20, i.e. a
-    standard deviation below 1e-10 of the RMS value: a constant up to rounding), or that
-    ``constant`` (``BoolTensor[C]``) marks, has correlation 0 with every row, itself included, so
-    no NaN appears.
+    standard deviation below 1e-10 of the RMS value: a constant up to rounding), has correlation 0
+    with every row, itself included, so no NaN appears.
     """
     var = torch.diagonal(cov).clamp(min=0.0)
-    small = var <= 1e-20 * second_moment.clamp(min=0.0)
-    constant = small if constant is None else small | constant
+    constant = var <= 1e-20 * second_moment.clamp(min=0.0)
     std = torch.where(constant, torch.ones_like(var), var.sqrt())
     rho = cov / (std[:, None] * std[None, :])
     rho = rho.masked_fill(constant[:, None] | constant[None, :], 0.0)

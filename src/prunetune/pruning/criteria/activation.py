@@ -244,7 +244,7 @@ class _SfsAccumulator:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
         self.mstd.update(batch)
 
-        g = channel_gram(batch, maps)  # F Fᵀ, shared with independence (and CHIP's per-image Grams)
+        g = channel_gram(batch, maps)  # F Fᵀ (from CHIP's per-image Grams where C ≤ h·w)
         self.gram = g if self.gram is None else self.gram + g
 
     def cosine(self) -> Tensor:

@@ -25,7 +25,6 @@ from prunetune.pruning.criteria._common import (
     check_choice,
     check_float,
     check_int,
-    channel_gram,
     correlation,
     no_data,
 )
@@ -135,45 +134,37 @@ class Capacity(CheckedCriterion):
 
 
 class _CovarianceAccumulator:
-    """Streaming per-channel sums, second-moment matrix and range of the channels (float64).
-
-    The second-moment matrix Σ x xᵀ is the one ``sfs`` reads
-    (:func:`~prunetune.pruning.criteria._common.channel_gram`), so with ``sfs`` or CHIP in the pass
-    it costs nothing. The covariance is Σ x xᵀ/n − μμᵀ: the maps are float32 values, whose
-    products are exact in float64, and the cancellation costs about 1e-16 of E[x²] per entry. That
-    is above the variance of a constant channel's rounding, so constant channels are found from
-    their range (max = min over all data) instead.
-    """
+    """Streaming mean and co-moment (Chan et al. pairwise merge, float64) of the channels."""
 
     def __init__(self, name: str, channels: int) -> None:
         self.name, self.channels = name, channels
         self.n = 0
-        self.total: Tensor | None = None
-        self.sq: Tensor | None = None
-        self.lo: Tensor | None = None
-        self.hi: Tensor | None = None
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None
 
     def update(self, batch: FeatureBatch) -> None:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
         x = channel_major64(batch, maps)  # C × m, shared
-        if x.shape[1] == 0:
+        m = x.shape[1]
+        if m == 0:
             return
-        total, sq = x.sum(dim=1), channel_gram(batch, maps)
-        lo, hi = x.amin(dim=1), x.amax(dim=1)  # (torch.aminmax along a dimension is several times slower)
-        if self.total is None or self.sq is None or self.lo is None or self.hi is None:
-            self.n, self.total, self.sq, self.lo, self.hi = x.shape[1], total, sq, lo, hi
+        mean_b = x.mean(dim=1)
+        xc = x - mean_b[:, None]
+        m2_b = xc @ xc.T
+        if self.mean is None or self.m2 is None:
+            self.n, self.mean, self.m2 = m, mean_b, m2_b
             return
-        self.n += x.shape[1]
-        self.total, self.sq = self.total + total, self.sq + sq
-        self.lo, self.hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
+        n = self.n + m
+        delta = mean_b - self.mean
+        self.m2 = self.m2 + m2_b + torch.outer(delta, delta) * (self.n * m / n)
+        self.mean = self.mean + delta * (m / n)
+        self.n = n
 
     def result(self) -> Tensor:
-        if self.total is None or self.sq is None or self.lo is None or self.hi is None:
+        if self.mean is None or self.m2 is None:
             raise no_data(self.name)
-        mean = self.total / self.n
-        second = self.sq / self.n
-        cov = second - torch.outer(mean, mean)
-        rho = correlation(cov, torch.diagonal(second), constant=self.hi == self.lo)
+        cov = self.m2 / self.n
+        rho = correlation(cov, torch.diagonal(cov) + self.mean**2)
         return independence_from_correlation(rho)
 
     def extras(self) -> dict[str, Tensor]:
@@ -186,8 +177,8 @@ class Independence(CheckedCriterion):
 
     ρ is the Pearson correlation (form unverified, criteria.md §1.3) between ``source="filter"``
     (default, data-free) the flattened filters w_j (rows of the C×d weight), or ``source="feature"``
-    channel j's activations flattened over all calibration images (streamed as running sums and
-    second-moment matrix, float64). A constant row has correlation 0 with every other row; C = 1
+    channel j's activations flattened over all calibration images (streamed as running mean and
+    co-moment matrix, float64). A constant row has correlation 0 with every other row; C = 1
     gives 1.
     """
 
