@@ -28,5 +28,17 @@ def clip_line(message: str, limit: int = 800) -> str:
 
 
 def masked_url(url: str) -> str:
-    """``url`` with its password shown as ``***`` (for messages, logs and anything written down)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/]*@", r"\1***@", url)  # up to the host's @
+    """``url`` with its password shown as ``***`` (for messages, logs and anything written down): the
+    one after ``user:`` (which may hold '/', ':' or '@': it ends at the last '@' before the query, as
+    SQLAlchemy reads it) and any ``password=``, ``passwd=`` or ``pwd=`` in the query."""
+    m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*://)(.*)", url, re.S)
+    if m is None:
+        return url
+    scheme, rest = m.groups()
+    head, sep, query = rest.partition("?")
+    at = head.rfind("@")
+    colon = head.find(":", 0, max(at, 0))
+    if at >= 0 and colon >= 0:
+        head = head[: colon + 1] + "***" + head[at:]
+    query = re.sub(r"(?i)((?:^|[&;])(?:password|passwd|pwd)=)[^&;#]*", r"\1***", query)
+    return scheme + head + sep + query

@@ -138,9 +138,19 @@ def test_the_password_is_not_written_down(tmp_path) -> None:
 
     config = parse_search_config({**SEARCH, "study_storage": URL, "storage_path": str(tmp_path)}, cwd=tmp_path)
     assert config.settings.study_url == URL  # the search itself connects with it
+    from prunetune._text import masked_url
+    from prunetune.search.runner import _parent_params
     from prunetune.tracking.store import ui_command
+    from prunetune.tracking.views import run_url, view_url
 
     assert "s3cret-pw" not in ui_command("postgresql://prune:s3cret-pw@127.0.0.1:9/mlflow")
+    assert "s3cret-pw" not in repr(_parent_params(config))
+    for url in ("http://bob:s3cret-pw@mlflow:5000", "https://bob:s3cret-pw@mlflow/"):
+        assert "s3cret-pw" not in view_url(url, "1") + run_url(url, "1", "r")
+    for url in ("postgresql://u:s3cret/pw@h/db", "postgresql://u:s3c@ret-pw@h:5/db",  # what SQLAlchemy reads
+                "postgresql://u@h/db?password=s3cret-pw", "mysql://h/db?user=u&pwd=s3cret-pw&x=1"):
+        assert "s3cret" not in masked_url(url) and "h" in masked_url(url), masked_url(url)
+    assert masked_url("sqlite:////tmp/a@b.db") == "sqlite:////tmp/a@b.db"
     recorded = [config.to_yaml(), repr(config.identity()),
                 repr(_parent_tags(config, type("T", (), {"fingerprint": "f"})(), tmp_path))]
     for text in recorded:

@@ -93,7 +93,7 @@ def report(outcome, *, json_output: bool = False) -> int:
     if json_output:
         trials = [t.as_dict() for t in records.trials] if records else []
         print_json({"experiment": outcome.experiment, "status": outcome.status, "counts": outcome.counts,
-                    "search_run": outcome.parent_run_id, "tracking_uri": outcome.tracking_uri,
+                    "search_run": outcome.parent_run_id, "tracking_uri": masked_url(outcome.tracking_uri),
                     "storage": str(outcome.experiment_dir), "seconds": outcome.seconds, "trials": trials,
                     "study_storage": masked_url(outcome.study_storage or ""), "study_name": outcome.study_name})
     elif records is not None:
@@ -118,4 +118,6 @@ def _uri_flag(uri: str) -> str:
 
     from prunetune.tracking.store import resolve_tracking_uri
 
-    return "" if uri == resolve_tracking_uri(None, cwd=os.getcwd()) else f" --tracking-uri {uri}"
+    from prunetune._text import masked_url
+
+    return "" if uri == resolve_tracking_uri(None, cwd=os.getcwd()) else f" --tracking-uri {masked_url(uri)}"

@@ -371,7 +371,7 @@ def _announce(config: SearchConfig, space: SearchSpace, tracker: SearchTracker, 
     low, high = space_target_range(space)
     log.info("search %s: %d trials, %d at a time, MACs targets in [%.1f%%, %.1f%%] of dense, sampler %s%s",
              s.experiment, s.trials, s.concurrency, 100 * low, 100 * high, s.sampler, ", ASHA" if s.asha else "")
-    log.info("tracking: %s   Ray results: %s", s.tracking_uri, s.experiment_dir)
+    log.info("tracking: %s   Ray results: %s", masked_url(s.tracking_uri), s.experiment_dir)
     local = s.tracking_uri.startswith("sqlite")
     log.info("browse: %s%s", f"{ui_command(s.tracking_uri)}   then " if local else "",
              view_url(s.tracking_uri, tracker.experiment_id))
@@ -380,7 +380,7 @@ def _announce(config: SearchConfig, space: SearchSpace, tracker: SearchTracker, 
 
 def _parent_params(config: SearchConfig) -> dict[str, Any]:
     r, s = config.recipe, config.settings
-    params: dict[str, Any] = {k: v for k, v in config.to_dict().items() if k not in ("recipe", "space")}
+    params: dict[str, Any] = {k: v for k, v in config.public_dict().items() if k not in ("recipe", "space")}
     params["asha"] = "off" if s.asha is None else f"grace {s.asha.grace_period}, rf {s.asha.reduction_factor}"
     params.update({f"space.{k}": v for k, v in config.space.to_dict().items()})
     params.update({"model": r.model.name, "data": r.data.name, "checkpoint": r.model.checkpoint or "(brief training)",

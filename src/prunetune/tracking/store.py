@@ -62,7 +62,7 @@ def client(uri: str) -> Any:
         return tracking.MlflowClient(tracking_uri=uri)
     except MlflowException as exc:  # e.g. its file store, refused unless MLFLOW_ALLOW_FILE_STORE=true
         first = str(exc).strip().split(". ")[0][:200]
-        raise TrackingError(f"MLflow cannot use the store {uri!r} ({first}); pass --tracking-uri "
+        raise TrackingError(f"MLflow cannot use the store {masked_url(uri)!r} ({first}); pass --tracking-uri "
                             "sqlite:///path/mlflow.db or an http(s) server") from None
 
 
@@ -78,7 +78,7 @@ def ensure_experiment(mlflow_client: Any, uri: str, name: str) -> str:
     found = mlflow_client.get_experiment_by_name(name)
     if found is not None:
         if found.lifecycle_stage != "active":
-            raise TrackingError(f"MLflow experiment {name!r} is deleted in {uri}; restore it in MLflow "
+            raise TrackingError(f"MLflow experiment {name!r} is deleted in {masked_url(uri)}; restore it in MLflow "
                                 "or choose another --experiment")
         return found.experiment_id
     db = sqlite_path(uri)
@@ -152,13 +152,13 @@ def check_server(uri: str, *, timeout_s: float = 5.0) -> None:
     except ValueError:  # a port that is not a number
         host = None
     if not host:
-        raise TrackingError(f"tracking URI {uri!r} names no server host:port; e.g. http://127.0.0.1:5000")
+        raise TrackingError(f"tracking URI {masked_url(uri)!r} names no server host:port; e.g. http://127.0.0.1:5000")
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise TrackingError(f"no MLflow server answers at {uri} ({reason}); start it (mlflow server --host "
+        raise TrackingError(f"no MLflow server answers at {masked_url(uri)} ({reason}); start it (mlflow server --host "
                             f"{host} --port {port}) or pass another --tracking-uri") from None
 
 
@@ -170,6 +170,6 @@ def find_experiment(mlflow_client: Any, uri: str, name: str) -> str:
         known = [e.name for e in mlflow_client.search_experiments() if e.name != "Default"]
         hint = (unknown_name_message("MLflow experiment", name, known) if known
                 else f"unknown MLflow experiment {name!r}; the store has none yet")
-        raise TrackingError(f"{hint} (store {uri}); pass the --experiment name that `prunetune search` "
+        raise TrackingError(f"{hint} (store {masked_url(uri)}); pass the --experiment name that `prunetune search` "
                             "used, or --tracking-uri for another store")
     return found.experiment_id

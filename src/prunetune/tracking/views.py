@@ -18,6 +18,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from prunetune._text import masked_url
+
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 NOTE_TAG = "mlflow.note.content"
 VIEW_KEY = "prunetune"
@@ -66,10 +68,16 @@ def note(experiment_id: str) -> str:
 
 def view_url(tracking_uri: str, experiment_id: str) -> str:
     """The view's address on the tracking server (``mlflow ui``'s default address for a local store)."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}?viewStateShareKey={VIEW_KEY}"
+    return f"{_base(tracking_uri)}/#/experiments/{experiment_id}?viewStateShareKey={VIEW_KEY}"
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _base(tracking_uri: str) -> str:
+    """The server's address (its password, if the URI holds one, as ``***``); ``mlflow ui``'s default
+    for a local store."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return masked_url(tracking_uri.rstrip("/"))
+    return "http://127.0.0.1:5000"
