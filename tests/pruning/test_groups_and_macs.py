@@ -169,3 +169,11 @@ def test_tracing_leaves_the_global_random_state_alone() -> None:
     assert torch.equal(torch.get_rng_state(), before)
     a, b = tp_bridge.example_input((3, 4, 4)), tp_bridge.example_input((3, 4, 4))
     assert torch.equal(a, b) and a.shape == (1, 3, 4, 4)
+
+
+def test_a_float64_model_is_traced_in_float64() -> None:
+    """The tracing input takes the model's dtype: a float64 model used to fail to trace at all (a
+    float32 input against float64 weights)."""
+    model = create_model("resnet20").double()
+    groups = find_groups(model, (3, 16, 16))
+    assert groups.names == find_groups(create_model("resnet20"), (3, 16, 16)).names and groups.skipped == ()

@@ -13,7 +13,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from prunetune._registry import unknown_name_message
@@ -129,7 +128,7 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     :mod:`.removal_probe`). Where the analytic count cannot cover a layer, the groups touching it are
     marked ``analytic=False`` and every cost of this model is counted instead.
     """
-    example = tp_bridge.example_input(input_shape, _device_of(model))
+    example = tp_bridge.example_for(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     try:
@@ -161,11 +160,6 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
 
 def _width(layer: nn.Module) -> int:
     return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def _parts(found: list[_Made]) -> tuple[dict[str, list[Part]], dict[str, list[Part]]]:

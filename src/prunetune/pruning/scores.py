@@ -114,8 +114,7 @@ def group_weight_scores(model: nn.Module, groups: ModelGroups) -> dict[str, Tens
     from prunetune.pruning import tp_bridge
     from prunetune.pruning.criteria.group_magnitude import group_energy
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    graph = tp_bridge.build_graph(model, tp_bridge.example_input(groups.input_shape, device))
+    graph = tp_bridge.build_graph(model, tp_bridge.example_for(model, groups.input_shape))
     names = {m: n for n, m in model.named_modules()}
     by_root: dict[str, list] = {}
     for members in tp_bridge.raw_groups(graph, tp_bridge.output_layers(graph)):

@@ -138,11 +138,19 @@ def example_input(input_shape: Sequence[int], device: torch.device | str = "cpu"
     return torch.randn(1, *input_shape, generator=g).to(device=device, dtype=dtype)
 
 
+def example_for(model: nn.Module, input_shape: Sequence[int]) -> torch.Tensor:
+    """:func:`example_input` on the device and in the floating dtype of ``model``'s parameters (a
+    float64 or half-precision model traces on an input of its own dtype)."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if param is None:
+        return example_input(input_shape)
+    return example_input(input_shape, param.device, param.dtype)
+
+
 def remove_channels(model: nn.Module, removed: Mapping[str, Sequence[int]], input_shape: Sequence[int]) -> nn.Module:
     """Physically remove channels ``removed[layer]`` of each named out-layer (and everything that
     depends on them), in place; the one place that drives Torch-Pruning's removal."""
-    param = next(model.parameters())
-    graph = build_graph(model, example_input(input_shape, param.device, param.dtype))
+    graph = build_graph(model, example_for(model, input_shape))
     modules = dict(model.named_modules())
     for layer, channels in removed.items():
         if channels:
