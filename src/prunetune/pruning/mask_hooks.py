@@ -27,9 +27,10 @@ class GroupsByName(Protocol):
 
 def channel_dim(module: nn.Module, output: Tensor) -> int:
     """Where a mask point's output holds its channels: the last dimension for a Linear (its features,
-    also on channels-last maps as in ConvNeXt's MLP) and a LayerNorm over one dimension; dim 1 for
-    convolutions and the channel norms."""
-    if isinstance(module, nn.Linear) or (isinstance(module, nn.LayerNorm) and len(module.normalized_shape) == 1):
+    also on channels-last maps as in ConvNeXt's MLP); dim 1 for convolutions and the channel norms.
+    (LayerNorm is never a mask point: it normalises across channels; and torchvision's LayerNorm2d
+    is a LayerNorm over the last dimension of NCHW maps, so its type would not tell the layout.)"""
+    if isinstance(module, nn.Linear):
         return output.dim() - 1
     return 1
 
