@@ -312,3 +312,27 @@ def test_a_linear_on_channels_last_features_is_masked_on_its_last_dimension(size
     groups = find_groups(model, (3, size, size))
     assert groups.names == ["stem.0", "block.pw1"]
     assert _masked_vs_removed(model, groups, {"stem.0": 16, "block.pw1": 40}) < 1e-9
+
+
+@pytest.mark.filterwarnings("ignore:Unwrapped parameters")
+@pytest.mark.parametrize("size", [16, 128])
+def test_calibration_reads_a_linear_feature_point_on_its_features(size: int) -> None:
+    """Calibration hands the criteria a channels-last Linear's output with its features at dim 1 (it
+    handed [B, H, W, C] before: an error on 8×8 maps, the rows read as channels on 64×64), and the
+    gradient criteria its gradient the same way."""
+    from prunetune.pruning.calibration import calibrate
+    from prunetune.pruning.criteria import get_criterion, score
+
+    torch.manual_seed(0)
+    model = _MiniConvNeXt()
+    groups = find_groups(model, (3, size, size))
+    x, y = torch.randn(4, 3, size, size), torch.arange(4) % 2
+    seen: dict[str, torch.Tensor] = {}
+    handle = model.block.pw1.register_forward_hook(lambda _m, _i, out: seen.update(out=out.detach()))
+    params = {n: get_criterion(n).resolve({}) for n in ("dfs", "taylor")}
+    out = calibrate(model, groups, params, [(x, y)], activation="none", point="bn", show_progress=False)
+    handle.remove()
+    maps = seen["out"].permute(0, 3, 1, 2)
+    assert out["dfs"]["block.pw1"][0].shape == (64,)
+    torch.testing.assert_close(out["dfs"]["block.pw1"][0], score("dfs", feature_maps=maps).to(torch.float64))
+    assert out["taylor"]["block.pw1"][0].shape == (64,) and bool((out["taylor"]["block.pw1"][0] > 0).any())

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria import GRADIENT, Accumulator, FeatureBatch, get_criterion
 from prunetune.pruning.groups import ModelGroups
+from prunetune.pruning.mask_hooks import channel_dim
 from prunetune.pruning.points import check_point, group_points, neighbour_groups, sweep_order
 from prunetune.pruning.progress import progress
 
@@ -109,16 +110,19 @@ def _run_pass(model, by_point, criteria, batches, act, *, mode, device, show_pro
     pending: list[tuple[list[Accumulator], Tensor, list[Tensor]]] = []
 
     def make_hook(point: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
+        def hook(module: nn.Module, _inputs: Any, output: Tensor) -> None:
+            # the criteria read channels at dim 1; a Linear's are its last dimension (channels-last
+            # maps, as in ConvNeXt's MLP), moved there (its gradient too, in _forward_backward)
+            dim = channel_dim(module, output)
             if needs_grad and output.requires_grad:
                 grad: list[Tensor] = []
                 # NOTE: a tensor hook gets dL/d(this value) even if a later in-place op (a
                 # torchvision block's `out += identity`) changes the tensor; clone the value for
                 # the same reason
-                output.register_hook(grad.append)
-                pending.append((by_point[point], output.detach().clone(), grad))
+                output.register_hook(lambda g: grad.append(g.movedim(dim, 1)))
+                pending.append((by_point[point], output.detach().movedim(dim, 1).clone(), grad))
                 return
-            pre = output.detach()
+            pre = output.detach().movedim(dim, 1)
             batch = FeatureBatch(act(pre), pre, state.get("labels"), None)
             for acc in by_point[point]:
                 acc.update(batch)

@@ -31,6 +31,7 @@ from torch import nn
 
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.groups import ModelGroups
+from prunetune.pruning.mask_hooks import channel_dim
 
 POINTS = ("block_output", "bn")
 # autograd nodes a residual block may apply between its last BN and its output
@@ -86,9 +87,9 @@ def _probe(model: nn.Module, names: set[str], input_shape: tuple[int, ...]) -> d
     seen: dict[str, tuple[Any, int]] = {}
 
     def hook(name):
-        def fn(_m, _i, out):
+        def fn(m, _i, out):
             if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.grad_fn is not None:
-                seen[name] = (out.grad_fn, int(out.shape[1]))
+                seen[name] = (out.grad_fn, int(out.shape[channel_dim(m, out)]))
         return fn
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in names if n in modules]
