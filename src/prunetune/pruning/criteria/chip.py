@@ -22,8 +22,9 @@ here instead (float64 throughout; criteria.md §4.4):
   added as φ(s_0)·Σ_k h·e^(u_0 − kh), and φ ≤ 1 bounds what that misses by e^(−28) = 7e-13. Above
   the last node the sum is added in closed form from the asymptotic series
   φ_j(s) = m1/s + (m1² − 2·m2)/s² + O(s⁻³), m_k = Σ_i w_ji λ_i^k. In all the CIs agree with the
-  SVD definition to about 3e-13 of the image's largest CI (ResNet-56 maps and the test suite's
-  hard cases; the eigendecomposition's own error on small singular values is larger); φ ≥ 0 sums
+  SVD definition to about 3e-13 of the image's largest CI on well-conditioned maps (ResNet-56 maps
+  and the test suite's hard cases); on ill-conditioned ones (singular values down to 1e-7 of the
+  largest) squaring into G costs about 1e-8, with either grid; φ ≥ 0 sums
   positive terms, so there is no cancellation, and CI(j) ≥ 0 up to the tail term. Cost per image:
   one c×c ``eigh`` and two (c×c)·(c×116) products, instead of c eigenvalue problems. (The grid was
   h = 1/4 over [−37, 8], 181 nodes, until the products were found to cost two thirds of the ``eigh``.)
