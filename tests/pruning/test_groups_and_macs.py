@@ -177,3 +177,18 @@ def test_a_float64_model_is_traced_in_float64() -> None:
     model = create_model("resnet20").double()
     groups = find_groups(model, (3, 16, 16))
     assert groups.names == find_groups(create_model("resnet20"), (3, 16, 16)).names and groups.skipped == ()
+
+
+def test_calibration_skips_an_empty_batch() -> None:
+    from prunetune.pruning.calibration import calibrate
+    from prunetune.pruning.criteria import get_criterion
+
+    model = create_model("resnet20")
+    groups = find_groups(model, (3, 16, 16))
+    x, y = torch.randn(4, 3, 16, 16), torch.arange(4) % 2
+    params = {n: get_criterion(n).resolve({}) for n in ("sfs", "hrank", "chip")}
+    with_empty = calibrate(model, groups, params, [(x[:0], y[:0]), (x, y), (x[:0], y[:0])], show_progress=False)
+    plain = calibrate(model, groups, params, [(x, y)], show_progress=False)
+    for crit in params:
+        for g in groups:
+            assert torch.equal(with_empty[crit][g.name][0], plain[crit][g.name][0])

@@ -135,6 +135,8 @@ def _run_pass(model, by_point, criteria, batches, act, *, mode, device, show_pro
         with _bn_train_mode(model, mode == "train"):
             desc = "calibration" if mode == "eval" else "calibration (BN train mode)"
             for x, y in progress(batches, desc=desc, enabled=show_progress):
+                if len(x) == 0:  # an empty batch (a sampler's last one) holds no statistics
+                    continue
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 state["labels"] = y
                 if needs_grad:

@@ -163,7 +163,7 @@ def channel_major64(batch: Any, maps: Tensor) -> Tensor:
 
     def compute() -> Tensor:
         b, c = maps.shape[0], maps.shape[1]
-        out = torch.empty((c, b, maps[0, 0].numel()), dtype=torch.float64, device=maps.device)
+        out = torch.empty((c, b, maps.shape[2:].numel()), dtype=torch.float64, device=maps.device)
         out.copy_(maps.reshape(b, c, -1).transpose(0, 1))
         return out.reshape(c, -1)
 
@@ -195,7 +195,7 @@ def channel_gram(batch: Any, maps: Tensor) -> Tensor:
     """
 
     def compute() -> Tensor:
-        if maps.shape[1] <= maps[0, 0].numel():
+        if maps.shape[1] <= maps.shape[2:].numel():
             return image_grams(batch, maps).sum(dim=0)
         f = channel_major64(batch, maps)
         return f @ f.T
