@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+from prunetune._text import masked_url
 from prunetune.cli._common import fraction
 
 log = logging.getLogger("prunetune")
@@ -44,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.cli.live import install, uninstall
     from prunetune.cli.search import report
     from prunetune.search import load_search_config, run_search
-    from prunetune.search.study import masked_url
     from prunetune.tracking import export_trial, load_search, plot_front, ui_command
     from prunetune.tracking.store import client
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from prunetune._text import masked_url
 from prunetune.cli._common import add_allow_code, add_budget, add_format, need_file, print_json
 
 log = logging.getLogger("prunetune")
@@ -83,7 +84,6 @@ def report(outcome, *, json_output: bool = False) -> int:
     """Print how a search ended and its front; 130 when it was interrupted."""
     from prunetune.cli.pareto import print_front
     from prunetune.exceptions import TrackingError
-    from prunetune.search.study import masked_url
     from prunetune.tracking import front_mask, load_search, ui_command
 
     try:
@@ -117,7 +117,5 @@ def _uri_flag(uri: str) -> str:
     import os
 
     from prunetune.tracking.store import resolve_tracking_uri
-
-    from prunetune._text import masked_url
 
     return "" if uri == resolve_tracking_uri(None, cwd=os.getcwd()) else f" --tracking-uri {masked_url(uri)}"

@@ -57,11 +57,12 @@ import yaml
 
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
+from prunetune._text import masked_url
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.allocation import MacsBudget, check_budget
 from prunetune.recipes.schema import Recipe, read_yaml
 from prunetune.search.screening import ScreenSpec
-from prunetune.search.study import default_study_storage, masked_url, resolve_study_storage
+from prunetune.search.study import default_study_storage, resolve_study_storage
 from prunetune.spaces import SpaceSpec
 from prunetune.tracking.store import resolve_tracking_uri
 
@@ -70,6 +71,7 @@ MAX_SEED = 2**32 - 2
 SETTINGS_KEYS = ("macs_budget", "trials", "concurrency", "sampler", "seed", "cpus_per_trial", "gpus_per_trial",
                  "time_budget_s", "asha", "reuse_actors", "latency", "experiment", "tracking_uri", "storage_path",
                  "ray_address", "allow_code", "study_storage")
+URL_SETTINGS = ("study_storage", "tracking_uri")  # may hold a password: masked wherever written down
 TOP_KEYS = {"recipe", "space", "screen", "flops_budget", *SETTINGS_KEYS}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_NAME = 128
@@ -220,7 +222,7 @@ class SearchConfig:
         """:meth:`to_dict` as it may be written down (state file, MLflow artifact): a password in the
         study storage's or the tracking store's URL shown as ``***``."""
         d = self.to_dict()
-        for key in ("study_storage", "tracking_uri"):
+        for key in URL_SETTINGS:
             if isinstance(d.get(key), str):
                 d[key] = masked_url(d[key])
         return d

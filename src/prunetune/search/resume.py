@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from prunetune._atomic import write_text_atomic
+from prunetune._text import masked_url
 from prunetune.exceptions import ConfigError
 from prunetune.search import trust
-from prunetune.search.config import SearchConfig
-from prunetune.search.study import masked_url
+from prunetune.search.config import URL_SETTINGS, SearchConfig
 from prunetune.tracking.tracker import ENDED_TAG, FAILED, FINISHED, KILLED, TRIAL_TAG
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
     ran = _as_recorded(config, state)
     identity = json.loads(json.dumps(state_identity(ran, state.get("version", 1)), default=str))
     for key, old in state["identity"].items():
-        if key in ("study_storage", "tracking_uri") and isinstance(old, str):
+        if key in URL_SETTINGS and isinstance(old, str):
             old = masked_url(old)  # state files before the mask held the password
         if identity.get(key) != old:
             raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "

@@ -22,6 +22,7 @@ from typing import Any
 
 from prunetune._atomic import write_text_atomic
 from prunetune._imports import require
+from prunetune._text import masked_url
 from prunetune.exceptions import ConfigError
 from prunetune.recipes.pipeline import check_allocation, dense_base, load_inputs, score_table
 from prunetune.pruning.groups import ModelGroups
@@ -32,7 +33,7 @@ from prunetune.search.lock import ExperimentLock
 from prunetune.search.objective import TrialResult, base_to, run_trial
 from prunetune.search.progress import Callback, Progress
 from prunetune.search.resume import STATE_FILE, done_trials, recorded_config, resume_state, write_state
-from prunetune.search.study import dashboard_command, masked_url
+from prunetune.search.study import dashboard_command
 from prunetune.pruning.schedules import SCHEDULES
 from prunetune.search.screening import ScreenOutcome, hand_pool, run_screening, trial_points
 from prunetune.search.selection import select, table_csv
