@@ -93,20 +93,27 @@ def build(args: argparse.Namespace) -> tuple[torch.nn.Module, Any, list[tuple[to
 
 
 def capture(model, groups, batches, params: dict[str, Any], device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The (maps, labels) each cmi accumulator ranks, one per feature point, in calibration order."""
+    """The (maps, labels) each cmi accumulator ranks, one per feature point, in calibration order
+    (the accumulators' ranking replaced by a placeholder while calibration runs)."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    real = cmi_module.cmi_greedy
+    acc = cmi_module._SampleAccumulator
+    real = acc._run
 
-    def record(maps, labels, **_kw):
-        seen.append((maps.clone(), labels.clone()))
-        c = maps.shape[1]
-        return CmiRanking(torch.arange(c), torch.zeros(c, dtype=torch.float64), c, "complete")
+    def record(self):
+        if self._result is None:
+            maps = self.sample_maps()
+            labels = torch.cat([lab.to(maps.device) for lab in self.labels])
+            seen.append((maps.clone(), labels.clone()))
+            c = self.channels
+            self._result = (torch.zeros(c, dtype=torch.float64, device=maps.device), torch.arange(c),
+                            torch.zeros(c, dtype=torch.float64), torch.tensor([c]))
+        return self._result
 
-    cmi_module.cmi_greedy = record
+    acc._run = record
     try:
         calibrate(model.to(device), groups, {"cmi": params}, batches, device=device, show_progress=False)
     finally:
-        cmi_module.cmi_greedy = real
+        acc._run = real
     return seen
 
 
