@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from prunetune.pruning.criteria import _cusolver
 from prunetune.pruning.criteria._common import batched_linalg
 
 # (label, op, batch, n): the batches one calibration batch of 128 images (or one cmi step) hands over
@@ -40,6 +41,8 @@ CASES: list[tuple[str, str, int, int]] = [
     ("hrank uncertified 16×16", "eigvalsh", 128 * 16, 16),
     ("cmi step, 64 candidates", "eigvalsh", 64, 256),
     ("cmi step, 16 candidates", "eigvalsh", 16, 256),
+    ("cmi step, 1 candidate", "eigvalsh", 1, 256),
+    ("cmi step, 64 candidates, 128 samples", "eigvalsh", 64, 128),
     ("cmi class blocks, 64 candidates", "eigvalsh", 64 * 10, 26),
 ]
 
@@ -83,8 +86,9 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "none"
     print("# GPU linear algebra: device call against the host route\n")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device} ({gpu})\n")
-    print("| case | op | batch × n×n | device ms | host route ms | host / device | max abs diff |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| case | op | batch × n×n | torch on device ms | host route ms | host / device | max abs diff "
+          "| cuSOLVER batched ms | torch / batched | batched: max abs diff (eigenvalues / reconstruction) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     gen = torch.Generator().manual_seed(0)
     for label, op, batch, n in CASES:
         x = spd_batch(batch, n, device, gen)
@@ -92,8 +96,22 @@ def main() -> None:
         dev_s, dev_out = timed(lambda: fn(x), device, args.repeats)  # noqa: B023
         host_s, host_out = timed(lambda: batched_linalg(fn, x.cpu()).to(device), device, args.repeats)  # noqa: B023
         diff = float((dev_out - host_out).abs().max())
+        batched = "| — | — | — |"
+        if op != "cholesky" and _cusolver.available(x):
+            vectors = op == "eigh"
+            bat_s, bat_out = timed(lambda: _cusolver.eigh(x, vectors=vectors), device, args.repeats)  # noqa: B023
+            if bat_out is None:
+                batched = "| refused | — | — |"
+            else:
+                lam = bat_out.eigenvalues if vectors else bat_out
+                err = f"{float((lam - dev_out).abs().max()):.1e}"
+                if vectors:
+                    vec = bat_out.eigenvectors
+                    rebuilt = vec @ torch.diag_embed(lam) @ vec.transpose(-2, -1)
+                    err += f" / {float((rebuilt - x).abs().max()):.1e}"
+                batched = f"| {bat_s * 1e3:.2f} | {dev_s / bat_s:.2f} | {err} |"
         print(f"| {label} | {op} | {batch} × {n}×{n} | {dev_s * 1e3:.2f} | {host_s * 1e3:.2f} | "
-              f"{host_s / dev_s:.2f} | {diff:.1e} |", flush=True)
+              f"{host_s / dev_s:.2f} | {diff:.1e} {batched}", flush=True)
 
 
 if __name__ == "__main__":

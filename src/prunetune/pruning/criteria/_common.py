@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from prunetune.exceptions import ConfigError
+from prunetune.pruning.criteria import _cusolver
 from prunetune.pruning.criteria.base import Criterion
 
 
@@ -272,6 +273,22 @@ def on_host(fn: Callable[[Tensor], Any], x: Tensor) -> bool:
     )
 
 
+CUSOLVER_BATCHED_MIN_SIZE = 33
+"""Matrix size n from which a CUDA batch of symmetric eigen-solves goes to cuSOLVER's batched
+solver, ``cusolverDnXsyevBatched`` (:mod:`._cusolver`), when that route is switched on
+(``PRUNETUNE_CUSOLVER_BATCHED=1``; off by default until measured on a GPU) and the installed cuSOLVER
+has it; below, torch's own batched Jacobi solver (``syevjBatched``) is fast. Otherwise the batch goes
+the way it went before (:data:`HOST_EIGEN_SIZES`, else torch)."""
+
+
+def via_cusolver_batched(fn: Callable[[Tensor], Any], x: Tensor) -> bool:
+    """Whether :func:`batched_linalg` first tries ``cusolverDnXsyevBatched`` for ``fn(x)``."""
+    return (
+        fn in _EIGEN and x.device.type == "cuda" and x.dim() == 3 and x.shape[-1] >= CUSOLVER_BATCHED_MIN_SIZE
+        and _cusolver.enabled()
+    )
+
+
 NUMPY_EIGVALSH_MIN_SIZE = 192
 """Matrix size n from which a CPU float64 batched ``eigvalsh`` is solved by numpy's LAPACK.
 
@@ -324,9 +341,14 @@ def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 6
     that a float64 ``eigvalsh`` of matrices of :data:`NUMPY_EIGVALSH_MIN_SIZE` or more goes to
     numpy's LAPACK (its BLAS held to one thread per call), whose values agree to rounding. On CUDA,
     a batch of symmetric eigen-solves of a size where cuSOLVER solves one matrix at a time
-    (:data:`HOST_EIGEN_SIZES`) is solved this way on the host and copied back (:func:`on_host`);
+    (:data:`HOST_EIGEN_SIZES`) is solved this way on the host and copied back (:func:`on_host`),
+    unless cuSOLVER's batched solver is switched on (:func:`via_cusolver_batched`, off by default);
     other calls on other devices, and small batches, are ``fn(x)``.
     """
+    if via_cusolver_batched(fn, x):
+        out = _cusolver.eigh(x, vectors=fn is torch.linalg.eigh)
+        if out is not None:
+            return out
     if on_host(fn, x):
         return _to_device(_threaded(fn, x.cpu(), min_chunk), x.device)
     if via_numpy(fn, x):
