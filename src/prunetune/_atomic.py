@@ -13,6 +13,8 @@ together or not at all, even under Ctrl-C.
 from __future__ import annotations
 
 import errno
+import glob
+import logging
 import os
 import signal
 import tempfile
@@ -20,6 +22,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 
 def write_atomic_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, replace: bool = True) -> Path:
@@ -59,6 +63,8 @@ def write_together(files: Sequence[tuple[str | os.PathLike, Callable[[IO[bytes]]
     of them is written.
     """
     targets = [Path(path) for path, _ in files]
+    for path in targets:
+        restore_interrupted(path)
     temps: list[str] = []
     placed: list[Path] = []
     aside: list[tuple[str, Path]] = []  # (where an existing target was moved, the target)
@@ -91,6 +97,27 @@ def write_together(files: Sequence[tuple[str | os.PathLike, Callable[[IO[bytes]]
         Path(backup).unlink(missing_ok=True)
     held.deliver()
     return targets
+
+
+def restore_interrupted(path: str | os.PathLike) -> Path | None:
+    """Put back the file a hard-killed :func:`write_together` had moved aside, if ``path`` is missing.
+
+    The renames hold Ctrl-C, but a ``kill -9`` or a power cut between moving the old files aside and
+    putting the new ones in place leaves the old ones under hidden names beside their targets
+    (``.<name>.<random>.old``). The newest such backup of a missing ``path`` is renamed back (the
+    user's file is where it was); returns its former name, else ``None``. Backups of a file that
+    exists are left alone.
+    """
+    path = Path(path)
+    if os.path.lexists(path) or not path.parent.is_dir():
+        return None
+    backups = [b for b in path.parent.glob(f".{glob.escape(path.name)}.*.old") if b.is_file() and b.stat().st_size]
+    if not backups:
+        return None
+    newest = max(backups, key=lambda b: b.stat().st_mtime)
+    os.replace(newest, path)
+    log.warning("%s: put back from %s, left there by an interrupted write", path, newest.name)
+    return newest
 
 
 def _write_temporary(path: Path, write: Callable[[IO[bytes]], Any]) -> str:

@@ -17,6 +17,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from prunetune._atomic import restore_interrupted
 from prunetune.exceptions import ConfigError
 
 
@@ -26,9 +27,12 @@ def check_output_file(path: str | os.PathLike, what: str, *, overwrite: bool = F
 
     Refused: an existing directory, an existing file unless ``overwrite``, a folder that cannot be
     created (a regular file on the way, a read-only or virtual file system). ``flag`` and
-    ``overwrite_flag`` name the fixes (``"path"`` and ``"overwrite=True"`` from Python).
+    ``overwrite_flag`` name the fixes (``"path"`` and ``"overwrite=True"`` from Python). A file a
+    hard-killed write left aside is put back first (:func:`prunetune._atomic.restore_interrupted`),
+    so it counts as existing here, not after the work.
     """
     path = Path(path)
+    restore_interrupted(path)
     if path.is_dir():
         raise ConfigError(f"{what} {str(path)!r} is a directory; give a file name ({flag})")
     if path.exists() and not overwrite:

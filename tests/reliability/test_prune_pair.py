@@ -138,3 +138,38 @@ def test_a_ctrl_c_during_the_renames_waits_for_them(tmp_path, monkeypatch) -> No
     finally:
         signal.signal(signal.SIGINT, previous)
     assert _files(tmp_path) == {"p.plan.json": b"plan", "p.pt": b"model"}
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["new", "overwrite"])
+def test_a_pair_a_hard_kill_left_aside_is_put_back(tmp_path, replace, caplog) -> None:
+    """kill -9 between moving the old pair aside and putting the new one in place (no cleanup runs)
+    leaves the user's files under hidden ``.<name>.<random>.old`` names: the next write puts them back
+    first, so without --overwrite they are kept (and named), with it they are replaced as usual."""
+    from prunetune._atomic import write_together
+
+    plan, model = tmp_path / "p.plan.json", tmp_path / "p.pt"
+    write_together([(plan, lambda f: f.write(b"old plan")), (model, lambda f: f.write(b"old model"))])
+    for path in (model, plan):  # what the renames had done when the process died
+        os.replace(path, tmp_path / f".{path.name}.k1ll3d.old")
+    (tmp_path / f".{model.name}.0ld3r.old").write_bytes(b"")  # a reserved name never filled: not a backup
+    new = [(plan, lambda f: f.write(b"new plan")), (model, lambda f: f.write(b"new model"))]
+    if not replace:
+        with pytest.raises(FileExistsError):
+            write_together(new, replace=False)
+        assert plan.read_bytes() == b"old plan" and model.read_bytes() == b"old model"
+        assert "interrupted write" in caplog.text
+    else:
+        write_together(new)
+        assert plan.read_bytes() == b"new plan" and model.read_bytes() == b"new model"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.stat().st_size) == ["p.plan.json", "p.pt"]
+
+
+def test_the_output_check_sees_a_file_left_aside_before_any_work(tmp_path) -> None:
+    from prunetune._paths import check_output_file
+    from prunetune.exceptions import ConfigError
+
+    model = tmp_path / "p.pt"
+    (tmp_path / ".p.pt.k1ll3d.old").write_bytes(b"old model")
+    with pytest.raises(ConfigError, match="already exists"):
+        check_output_file(model, "--out")
+    assert model.read_bytes() == b"old model"
