@@ -143,7 +143,9 @@ def _reserve(path: Path, suffix: str) -> str:
 class _HeldInterrupt:
     """A block during which a SIGINT (Ctrl-C) is held; :meth:`deliver` raises it afterwards.
 
-    Only in the main thread (where Python runs signal handlers); elsewhere the block runs as it is.
+    Only in the main thread (where Python runs signal handlers), and only where the handler in place
+    was installed from Python: one installed from C (``signal.getsignal`` gives ``None``) could not be
+    put back, so the block then runs as it is and that handler keeps the signal.
     """
 
     def __init__(self) -> None:
@@ -152,7 +154,7 @@ class _HeldInterrupt:
         self.active = False
 
     def __enter__(self) -> _HeldInterrupt:
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
             self.previous = signal.signal(signal.SIGINT, lambda signum, frame: self.caught.append((signum, frame)))
             self.active = True
         return self

@@ -173,3 +173,19 @@ def test_the_output_check_sees_a_file_left_aside_before_any_work(tmp_path) -> No
     with pytest.raises(ConfigError, match="already exists"):
         check_output_file(model, "--out")
     assert model.read_bytes() == b"old model"
+
+
+def test_a_sigint_handler_installed_from_c_is_left_alone(tmp_path, monkeypatch) -> None:
+    """``signal.getsignal`` says ``None`` for a handler installed from C (an embedding program): it
+    could not be put back (``signal.signal(SIGINT, None)`` is a TypeError, which rolled the pair
+    back), so the renames then run without holding Ctrl-C and the pair is written."""
+    import signal
+
+    from prunetune._atomic import write_together
+
+    set_to = []
+    monkeypatch.setattr(signal, "getsignal", lambda signum: None)
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: set_to.append(handler))
+    write_together([(tmp_path / "p.plan.json", lambda f: f.write(b"plan")), (tmp_path / "p.pt", lambda f: f.write(b"model"))])
+    assert set_to == []
+    assert _files(tmp_path) == {"p.plan.json": b"plan", "p.pt": b"model"}
