@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from prunetune.exceptions import ConfigError, SearchLockedError
+from prunetune.exceptions import ConfigError
 from prunetune.search import study
 from prunetune.search.lock import LOCK_FILE, ExperimentLock
 
