@@ -186,6 +186,36 @@ def test_one_bad_group_among_many_is_found_and_the_rest_are_kept() -> None:
     assert _masked_vs_removed(model, groups, {g.name: 3 for g in groups}) < 1e-9
 
 
+class _PaddedHead(nn.Module):
+    """Features of two concatenated branches, padded with zeros to the head's 16 where fewer than 13
+    (a width check at run time): the probe's two channels off either branch leave 14, which run as
+    before; off both, 12 are padded to 16, which the pruned head (12 inputs) cannot take. Each group
+    passes alone; only the two together fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.left, self.right = _block(3, 8), _block(8, 8), _block(8, 8)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = torch.cat([self.left(y), self.right(y)], 1).mean((2, 3))
+        if y.shape[1] <= 12:
+            y = nn.functional.pad(y, (0, 16 - y.shape[1]))
+        return self.fc(y)
+
+
+def test_groups_that_fail_only_together_are_all_left_unpruned_and_the_rest_kept() -> None:
+    from prunetune.pruning import removal_probe
+
+    torch.manual_seed(0)
+    groups = find_groups(randomize_bn(_PaddedHead()), SHAPE)
+    # all three fail together; a.0 passes alone, left.0 + right.0 fail, and each of them passes alone
+    assert groups.names == ["a.0"]
+    together = f"{removal_probe.BREAKS}, found only with 1 other groups' channels removed too"
+    assert groups.skipped == (f"left.0: {together}, left unpruned", f"right.0: {together}, left unpruned")
+    check_model(_PaddedHead, SHAPE)  # what is kept is pruned faithfully: removal equals masking
+
 class _TwoHeads(nn.Module):
     """A dict output with a tuple inside, dropout, and a second head that reads rolled channels:
     only that head's leaf differs, by far less than the logits' scale: each leaf is compared at its own."""

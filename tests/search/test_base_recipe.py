@@ -53,6 +53,21 @@ def test_a_base_recipe_allocation_gives_the_search_its_keep_rule(make_config, gi
         Recipe.from_dict({**TINY_RECIPE, "criterion": "l1", "allocation": {"min_keep": 2}})
 
 
+@pytest.mark.parametrize("criterion, fix", [
+    ({"name": "chip", "params": {"max_memory_mb": 512.0}}, r"add 'chip' to space.criteria"),
+    ({"blend": {"l1": 1}, "params": {"cmi": {"samples": 64}}},  # no cmi_* cut-off in the space reads it
+     r"add 'cmi' to space.criteria or an allocation that reads it \(cmi_cumulative, cmi_knee, cmi_marginal\) to "
+     "space.allocations"),
+], ids=["not-in-space", "not-read"])
+def test_base_recipe_params_of_a_criterion_the_search_does_not_use_are_an_error(make_config, criterion, fix) -> None:
+    # the space scores capacity and l1 (ratios or global allocations): these params were dropped without a word
+    name = criterion.get("name", "cmi")
+    with pytest.raises(ConfigError, match=rf"^the base recipe gives criterion params for '{name}', which this search "
+                                          rf"does not use \(it scores capacity, l1\); remove them or {fix}$"):
+        make_config(recipe={**TINY_RECIPE, "criterion": criterion})
+    used = make_config(recipe={**TINY_RECIPE, "criterion": {"name": "capacity", "params": {"bins": 64}}})
+    assert used.recipe.criterion.params == {"capacity": {"bins": 64}}  # a criterion of the space: kept
+
 def test_a_prune_recipe_without_allocation_is_the_same_error(tmp_path, capsys) -> None:
     recipe = {**TINY_RECIPE, "criterion": "l1"}
     with pytest.raises(ConfigError) as info:

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from prunetune.exceptions import ConfigError, SearchLockedError
+from prunetune.exceptions import ConfigError
 from prunetune.search import study
 from prunetune.search.lock import LOCK_FILE, ExperimentLock
 
@@ -54,6 +54,24 @@ def test_study_storage_defaults_and_urls(tmp_path) -> None:
     (tmp_path / "bad.db").write_text("not sqlite")
     with pytest.raises(ConfigError, match="not an sqlite database"):
         study.check_study_storage(f"sqlite:///{tmp_path}/bad.db")
+
+
+def test_an_sqlite_url_with_a_driver_gets_the_sqlite_file_checks(tmp_path) -> None:
+    driver = "sqlite+pysqlite:///"  # SQLAlchemy's spelling of sqlite with its driver named: the same file
+    assert study.resolve_study_storage(driver + "x/s.db", cwd=tmp_path) == f"{driver}{tmp_path}/x/s.db"
+    assert study.default_study_storage(f"{driver}{tmp_path}/m/mlflow.db", tmp_path / "runs") == \
+        f"sqlite:///{tmp_path}/m/mlflow-optuna.db"
+    (tmp_path / "bad.db").write_text("not sqlite")
+    with pytest.raises(ConfigError, match="not an sqlite database"):
+        study.check_study_storage(f"{driver}{tmp_path}/bad.db")
+    with pytest.raises(ConfigError, match="is a directory"):
+        study.check_study_storage(f"{driver}{tmp_path}")
+    with pytest.raises(ConfigError, match="is an MLflow store"):
+        study.check_study_storage(f"{driver}{tmp_path}/m.db", f"sqlite:///{tmp_path}/m.db")
+    url = f"{driver}{tmp_path}/new/o.db"
+    study.check_study_storage(url)
+    study.open_storage(url)  # sqlite makes no folders: the missing one is created
+    assert (tmp_path / "new" / "o.db").is_file()
 
 
 def test_search_config_takes_study_storage(tmp_path) -> None:

@@ -10,7 +10,7 @@ pytest.importorskip("mlflow")
 
 from prunetune.exceptions import TrackingError  # noqa: E402
 from prunetune.tracking import SearchTracker, load_search, resolve_tracking_uri  # noqa: E402
-from prunetune.tracking.store import client  # noqa: E402
+from prunetune.tracking.store import check_store, check_writable_store, client  # noqa: E402
 from prunetune.tracking.tracker import PARENT_TAG, trial_params  # noqa: E402
 
 PLAN = {"format": 1, "input_shape": [1, 8, 8], "dense": {"macs": 100, "params": 10},
@@ -41,6 +41,23 @@ def test_tracking_uri_is_made_absolute(tmp_path) -> None:
     assert resolve_tracking_uri("sqlite:///x/m.db", cwd=tmp_path) == f"sqlite:///{tmp_path / 'x' / 'm.db'}"
     assert resolve_tracking_uri("sqlite:////abs/m.db", cwd=tmp_path) == "sqlite:////abs/m.db"
     assert resolve_tracking_uri("http://127.0.0.1:5000", cwd=tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_an_sqlite_uri_with_a_driver_is_an_sqlite_store_too(tmp_path) -> None:
+    driver = "sqlite+pysqlite:///"  # MLflow opens it as sqlite; the file checks and the artifacts folder apply
+    assert resolve_tracking_uri(driver + "x/m.db", cwd=tmp_path) == f"{driver}{tmp_path / 'x' / 'm.db'}"
+    (tmp_path / "bad.db").write_text("not sqlite")
+    with pytest.raises(TrackingError, match="not an sqlite database"):
+        check_writable_store(f"{driver}{tmp_path}/bad.db")
+    with pytest.raises(TrackingError, match="is a directory"):
+        check_writable_store(f"{driver}{tmp_path}")
+    with pytest.raises(TrackingError, match="no MLflow store at"):
+        check_store(f"{driver}{tmp_path}/nowhere.db")
+    uri = resolve_tracking_uri(driver + "m.db", cwd=tmp_path)
+    tracker = _search(uri)  # MLflow takes the driver's spelling; the artifacts go beside the database
+    assert client(uri).get_experiment(tracker.experiment_id).artifact_location == \
+        (tmp_path / "mlartifacts" / "exp").as_uri()
+    assert (tmp_path / "m.db").is_file()
 
 
 def test_nested_runs_statuses_and_artifacts(uri: str, tmp_path) -> None:

@@ -60,6 +60,7 @@ from prunetune._text import short
 from prunetune._text import masked_url
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.allocation import MacsBudget, check_budget
+from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
 from prunetune.recipes.schema import Recipe, read_yaml
 from prunetune.search.screening import ScreenSpec
 from prunetune.search.study import default_study_storage, resolve_study_storage
@@ -268,6 +269,7 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     settings = _settings(d, given, source, here, cwd)
     recipe = _base_recipe(d.get("recipe"), space, source, here, settings.allow_code)
     _check_train_params(recipe, space, screen)
+    _check_criterion_params(recipe, space)
     return SearchConfig(recipe, space, settings, source, screen)
 
 
@@ -281,6 +283,21 @@ def _check_train_params(recipe: Recipe, space: SpaceSpec, screen: ScreenSpec) ->
         raise ConfigError(f"screened trials fine-tune with the recipe's lr {recipe.finetune.lr:g} (screen.train_params: "
                           f"recipe), outside space.lr [{low:g}, {high:g}]; widen space.lr, change finetune.lr, or "
                           "set screen.train_params: sampled")
+
+
+def _check_criterion_params(recipe: Recipe, space: SpaceSpec) -> None:
+    """The base recipe's criterion parameters reach the scores and the trials only for the criteria the
+    search scores: the space's, and those its allocations read (``cmi`` for a ``cmi_*`` cut-off); any
+    other's would be dropped without a word (a typo'd or forgotten space entry)."""
+    used = {*space.criteria, *(c for a in space.allocations for c in strategy_criteria(a))}
+    unused = sorted(set(recipe.criterion.params) - used)
+    if unused:
+        name = unused[0]
+        readers = [a for a in STRATEGIES.names() if name in strategy_criteria(a)]
+        fix = f"add {name!r} to space.criteria" + (f" or an allocation that reads it ({', '.join(readers)}) to "
+                                                   "space.allocations" if readers else "")
+        raise ConfigError(f"the base recipe gives criterion params for {name!r}, which this search does not use "
+                          f"(it scores {', '.join(sorted(used))}); remove them or {fix}")
 
 
 def _settings(d: dict[str, Any], given: dict[str, Any], source: str | None, here: Path, cwd: Path) -> SearchSettings:

@@ -32,7 +32,7 @@ from typing import Any
 from prunetune._paths import check_creatable, input_file_problem
 from prunetune._text import masked_url, short
 from prunetune.exceptions import ConfigError
-from prunetune.tracking.store import SQLITE, sqlite_path
+from prunetune.tracking.store import SQLITE, sqlite_path, sqlite_prefix
 
 log = logging.getLogger("prunetune")
 RAY_TRIAL_ATTR = "ray_trial_id"  # user attribute of an Optuna trial: the Ray trial it belongs to
@@ -59,9 +59,9 @@ def resolve_study_storage(value: Any, *, cwd: str | os.PathLike) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"study_storage must be an RDB URL (sqlite:///optuna.db, postgresql://...) or an sqlite "
                           f"file path, got {short(value)}")
-    if value.startswith(SQLITE):
-        path = value[len(SQLITE):]
-        return value if path.startswith("/") else SQLITE + str((Path(cwd) / path).resolve())
+    if prefix := sqlite_prefix(value):
+        path = value[len(prefix):]
+        return value if path.startswith("/") else prefix + str((Path(cwd) / path).resolve())
     if "://" not in value:
         return SQLITE + str((Path(cwd) / value).resolve())
     scheme = value.split("://", 1)[0].split("+", 1)[0]
@@ -77,8 +77,9 @@ def check_study_storage(url: str, tracking_uri: str | None = None) -> None:
     a database server must have its driver installed and take a connection within
     :data:`CONNECT_TIMEOUT_S` (nothing is written to it)."""
     db = sqlite_path(url)
-    if db is None:
+    if db is None or not url.startswith(SQLITE):  # a server, or an sqlite file through a named driver
         _check_driver(url)
+    if db is None:
         _check_server(url)
         return
     if db.is_dir():

@@ -22,6 +22,8 @@ from prunetune._registry import unknown_name_message
 from prunetune.exceptions import TrackingError
 
 SQLITE = "sqlite:///"
+# an sqlite file, also through a named SQLAlchemy driver (sqlite+pysqlite:///path), which MLflow and Optuna take
+SQLITE_FILE = re.compile(r"sqlite(\+\w+)?:///")
 DEFAULT_DB = "mlflow.db"
 
 
@@ -30,17 +32,24 @@ def resolve_tracking_uri(uri: str | None = None, *, cwd: str | os.PathLike | Non
     base = Path(cwd) if cwd is not None else Path.cwd()
     if uri is None or uri == "":
         return SQLITE + str((base / DEFAULT_DB).resolve())
-    if uri.startswith(SQLITE):
-        path = uri[len(SQLITE):]
-        return SQLITE + str((base / path).resolve()) if not path.startswith("/") else uri
+    if prefix := sqlite_prefix(uri):
+        path = uri[len(prefix):]
+        return prefix + str((base / path).resolve()) if not path.startswith("/") else uri
     if "://" not in uri and not uri.startswith(("databricks", "file:")):
         return SQLITE + str((base / uri).resolve())
     return uri
 
 
+def sqlite_prefix(uri: str) -> str | None:
+    """``sqlite:///`` or ``sqlite+<driver>:///`` when ``uri`` names an sqlite file that way, else None."""
+    found = SQLITE_FILE.match(uri)
+    return found.group(0) if found else None
+
+
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+    """The database file of a ``sqlite:///`` (or ``sqlite+<driver>:///``) URI, else None."""
+    prefix = sqlite_prefix(uri)
+    return Path(uri[len(prefix):]) if prefix else None
 
 
 def quiet_mlflow() -> None:
