@@ -165,3 +165,14 @@ def test_a_search_started_before_recalibration_became_the_default_resumes_withou
                       "study_name": "tiny", "finished": True})
     with pytest.raises(ConfigError, match="already finished"):
         resume_state(config, exp, None)
+
+
+def test_cmi_params_in_a_base_recipe_whose_own_allocation_reads_no_cmi(make_config) -> None:
+    """A base recipe's allocation strategy is replaced by each trial's: its ``ratios`` must not
+    refuse the ``cmi`` parameters a ``cmi_knee`` of the space reads (it did, at recipe parse)."""
+    recipe = {**TINY_RECIPE, "allocation": {"ratio": 0.5},
+              "criterion": {"blend": {"l1": 1}, "params": {"cmi": {"samples": 32}}}}
+    config = make_config(recipe=recipe, space={"criteria": ["l1"], "allocations": ["ratios", "cmi_knee"]})
+    assert config.recipe.criterion.params == {"cmi": {"samples": 32}}
+    with pytest.raises(ConfigError, match="does not use"):  # without a reader in the space, still an error
+        make_config(recipe=recipe, space={"criteria": ["l1"], "allocations": ["ratios"]})

@@ -264,7 +264,8 @@ class Recipe:
             raise ConfigError(f"plan must be the path of a plan JSON (e.g. pruned.plan.json) or the plan itself "
                               f"(a mapping), got {short(d['plan'])}")
         criterion, allocation = CriterionSpec.parse(d.get("criterion", "l1")), _allocation(d, base)
-        if allocation is not None and "allocation" in d:  # parameters of a criterion only a strategy reads
+        if allocation is not None and "allocation" in d and not base:  # parameters only a strategy reads (a
+            # search's base recipe: every trial picks its own strategy, and the search checks its space)
             criterion.check_read_by(allocation.strategy)
         return cls(
             model=ModelSpec.parse(d["model"]), data=DataSpec.parse(d["data"]),
