@@ -212,7 +212,7 @@ def test_groups_that_fail_only_together_are_all_left_unpruned_and_the_rest_kept(
     groups = find_groups(randomize_bn(_PaddedHead()), SHAPE)
     # all three fail together; a.0 passes alone, left.0 + right.0 fail, and each of them passes alone
     assert groups.names == ["a.0"]
-    together = f"{removal_probe.BREAKS}, found only with 1 other groups' channels removed too"
+    together = f"{removal_probe.BREAKS}, found only with 1 other group's channels removed too"
     assert groups.skipped == (f"left.0: {together}, left unpruned", f"right.0: {together}, left unpruned")
     check_model(_PaddedHead, SHAPE)  # what is kept is pruned faithfully: removal equals masking
 

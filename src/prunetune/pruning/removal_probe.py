@@ -89,7 +89,9 @@ def _bisect(groups: Sequence[Any], why: str, check: Check) -> dict[str, str]:
         part_why = check(part)
         if part_why is not None:
             found.update(_bisect(part, part_why, check))
-    together = f"{why}, found only with {len(groups) - 1} other groups' channels removed too"
+    others = len(groups) - 1
+    owner = "group's" if others == 1 else "groups'"
+    together = f"{why}, found only with {others} other {owner} channels removed too"
     return found or {g.name: together for g in groups}
 
 
