@@ -192,3 +192,27 @@ def test_calibration_skips_an_empty_batch() -> None:
     for crit in params:
         for g in groups:
             assert torch.equal(with_empty[crit][g.name][0], plain[crit][g.name][0])
+
+
+class _AuxHead(nn.Module):
+    """An auxiliary classifier the forward runs only in training (as GoogLeNet's and Inception's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+        self.aux = nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.conv2(x)
+        out = self.fc(x.mean(dim=(2, 3)))
+        return (out, self.aux(x.flatten(1))) if self.training else out
+
+
+def test_a_layer_the_counted_forward_never_runs_costs_no_macs() -> None:
+    """MACs are one eval forward's; an unused Linear was counted as in × out MACs (a 10 240-MAC
+    error here), so a budget was measured against MACs the deployed network never spends."""
+    check_model(_AuxHead, (3, 8, 8))

@@ -136,7 +136,7 @@ def _layer(name: str, m: nn.Module, shape, writes, reads) -> LayerGeometry | Non
         return LayerGeometry(name, "conv", first(outs), first(outs) if dw else first(ins), m.out_channels,
                              m.in_channels, m.groups, kk, pixels, m.bias is not None, dw, outs, () if dw else ins)
     if isinstance(m, nn.Linear):
-        tokens = int(shape.numel() // shape[-1]) if shape else 1
+        tokens = int(shape.numel() // shape[-1]) if shape else 0  # never ran: no MACs (an eval-skipped aux head)
         return LayerGeometry(name, "linear", first(outs), first(ins), m.out_features, m.in_features,
                              pixels=tokens, bias=m.bias is not None, out_parts=outs, in_parts=ins)
     if isinstance(m, NORM_TYPES) and m.affine:
