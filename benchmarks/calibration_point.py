@@ -64,7 +64,7 @@ def run(seed: int, criterion: str, point: str, allocation: dict, epochs: int, ba
     cut = apply_plan(copy.deepcopy(base.model), plan, base.groups)
     reestimate_bn(cut, base.loader("train", train=True, seed=seed))
     before = evaluate(cut, base.loader("test"), device=base.device)
-    model, _, _ = train_pruned(r, base, plan, table=table, show_progress=False)
+    model, _, _ = train_pruned(r, base, plan, show_progress=False)  # the plan carries its prune order
     after = evaluate(model, base.loader("test"), device=base.device)
     return base, before, after
 
