@@ -32,12 +32,14 @@ from prunetune.recipes.schema import Recipe
 STREAMS = ("conv1", "layer2.0.conv2", "layer3.0.conv2")
 
 
-def recipe(seed: int, criterion: str, point: str, allocation: dict, epochs: int) -> Recipe:
+def recipe(seed: int, criterion: str, point: str, allocation: dict, epochs: int,
+           pretrain_epochs: int | None = None) -> Recipe:
     return Recipe.from_dict({
         "model": {"name": "resnet20", "num_classes": 10, "in_channels": 1},
         "data": {"name": "digits"}, "criterion": criterion, "allocation": allocation,
         "calibration": {"size": 256, "point": point}, "schedule": "hard",
         "finetune": {"epochs": epochs, "lr": 0.02}, "seed": seed, "device": "cpu",
+        **({"pretrain": {"epochs": pretrain_epochs}} if pretrain_epochs is not None else {}),
     })
 
 
@@ -54,8 +56,9 @@ def reestimate_bn(model: torch.nn.Module, batches) -> None:
     model.eval()
 
 
-def run(seed: int, criterion: str, point: str, allocation: dict, epochs: int, base=None):
-    r = recipe(seed, criterion, point, allocation, epochs)
+def run(seed: int, criterion: str, point: str, allocation: dict, epochs: int, base=None,
+        pretrain_epochs: int | None = None):
+    r = recipe(seed, criterion, point, allocation, epochs, pretrain_epochs)
     base = base or prepare(r, show_progress=False)
     base.recipe = r
     table = score_table(base, {criterion: {}}, show_progress=False)
@@ -64,12 +67,12 @@ def run(seed: int, criterion: str, point: str, allocation: dict, epochs: int, ba
     cut = apply_plan(copy.deepcopy(base.model), plan, base.groups)
     reestimate_bn(cut, base.loader("train", train=True, seed=seed))
     before = evaluate(cut, base.loader("test"), device=base.device)
-    model, _, _ = train_pruned(r, base, plan, table=table, show_progress=False)
+    model, _, _ = train_pruned(r, base, plan, show_progress=False)  # the plan carries its prune order
     after = evaluate(model, base.loader("test"), device=base.device)
     return base, before, after
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--criteria", nargs="+", default=["chip", "hrank"])
@@ -77,7 +80,9 @@ def main() -> None:
     ap.add_argument("--stream-ratio", type=float, default=0.6)
     ap.add_argument("--uniform-ratio", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    ap.add_argument("--pretrain-epochs", type=int, default=None,
+                    help="epochs of the dense model's training (default: the recipe's)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     allocations = {
         "streams": {"ratios": dict.fromkeys(STREAMS, args.stream_ratio), "default": 0.0},
@@ -90,7 +95,7 @@ def main() -> None:
         for crit in args.criteria:
             for alloc_name, alloc in allocations.items():
                 for point in ("block_output", "bn"):
-                    base, before, after = run(seed, crit, point, alloc, args.epochs, base)
+                    base, before, after = run(seed, crit, point, alloc, args.epochs, base, args.pretrain_epochs)
                     results.setdefault((crit, alloc_name, point), []).append((before, after))
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(f"\nResNet-20 on digits, seeds {args.seeds}, fine-tune {args.epochs} epochs; test accuracy %\n")

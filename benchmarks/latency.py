@@ -65,7 +65,7 @@ def _for_batch(model, batch: int, shape: tuple[int, ...]):
     return model.cache[batch]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet56")
     parser.add_argument("--budget", type=float, default=0.5)
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: thread CPU time (1 thread)")
     parser.add_argument("--torchscript", action="store_true",
                         help="also time TorchScript frozen + optimize_for_inference copies of two variants")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shape = (3, 32, 32)
     models = variants(args.model, shape, args.budget)
     if args.torchscript:

@@ -1,0 +1,27 @@
+"""benchmarks/scoring.py keeps running: every section (timing table, cmi row, CHIP against the SVD
+reference) on 8 images of ResNet-56 on the CPU, one repeat (several seconds). It reaches into the
+criteria's internals (_cholesky_info, pick_route), which move."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scoring.py"
+
+
+def test_tiny_run_fills_both_tables(capsys) -> None:
+    spec = importlib.util.spec_from_file_location("scoring_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["scoring_bench"] = module
+    try:
+        spec.loader.exec_module(module)
+        assert module.main(["--images", "8", "--batch-size", "8", "--repeats", "1", "--cmi-samples", "8",
+                            "--svd-images", "1", "--chip-repeats", "1", "--device", "cpu"]) == 0
+    finally:
+        sys.modules.pop("scoring_bench", None)
+    out = capsys.readouterr().out
+    assert "| calibration, cmi alone (samples=8, 1 run) |" in out
+    total = next(line for line in out.splitlines() if line.startswith("| **all** | 55 |"))
+    assert "55/55" in total.split("|")[10]  # CHIP's fast path orders every point as the SVD does, up to ties
