@@ -36,9 +36,9 @@ class ChannelPadShortcut(nn.Module):
         self.register_buffer("dst", torch.arange(in_channels) + pad, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x[:, :, :: self.stride, :: self.stride]
-        if self.src.numel() != x.shape[1]:
-            x = x.index_select(1, self.src)
+        # always the gather (no branch on a size: torch.jit.trace, which the deploy export uses, would
+        # freeze the branch and warn); dense, src is arange(in) and this is a copy of the strided input
+        x = x[:, :, :: self.stride, :: self.stride].index_select(1, self.src)
         out = x.new_zeros(x.shape[0], self.out_channels, x.shape[2], x.shape[3])
         return out.index_copy(1, self.dst, x)
 
