@@ -366,3 +366,23 @@ def test_calibration_reads_a_linear_feature_point_on_its_features(size: int) -> 
     assert out["dfs"]["block.pw1"][0].shape == (64,)
     torch.testing.assert_close(out["dfs"]["block.pw1"][0], score("dfs", feature_maps=maps).to(torch.float64))
     assert out["taylor"]["block.pw1"][0].shape == (64,) and bool((out["taylor"]["block.pw1"][0] > 0).any())
+
+
+def test_only_the_groups_that_fail_together_are_blamed_not_their_halves() -> None:
+    """Four groups, two of which (b, d) fail only when removed together; each half of the set holds
+    one of them and an innocent group. All four used to be left unpruned; now a and c stay."""
+    from types import SimpleNamespace
+
+    from prunetune.pruning import removal_probe
+
+    groups = [SimpleNamespace(name=n) for n in ("a", "b", "c", "d", "e")]
+    calls = []
+
+    def check(part):
+        calls.append([g.name for g in part])
+        return removal_probe.BREAKS if {"b", "d"} <= {g.name for g in part} else None
+
+    found = removal_probe._bisect(groups, removal_probe.BREAKS, check)
+    together = f"{removal_probe.BREAKS}, found only with 1 other group's channels removed too"
+    assert found == {"b": together, "d": together}
+    assert len(calls) <= 10  # halving, not every subset

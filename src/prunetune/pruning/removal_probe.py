@@ -79,20 +79,41 @@ def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) 
 
 
 def _bisect(groups: Sequence[Any], why: str, check: Check) -> dict[str, str]:
-    """The groups of a failing set that fail in a half of it (recursively); all of them where each
-    half passes alone (they fail only together)."""
+    """The groups of a failing set that fail in a half of it (recursively); where each half passes
+    alone (they fail only together), a smallest set of them that fails together (:func:`_needed`):
+    a group that merely shares a half with them stays prunable."""
     if len(groups) == 1:
         return {groups[0].name: why}
     half = len(groups) // 2
+    first, second = list(groups[:half]), list(groups[half:])
     found: dict[str, str] = {}
-    for part in (groups[:half], groups[half:]):
+    for part in (first, second):
         part_why = check(part)
         if part_why is not None:
             found.update(_bisect(part, part_why, check))
-    others = len(groups) - 1
+    if found:
+        return found
+    from_second = _needed(first, second, check)
+    culprits = _needed(from_second, first, check) + from_second
+    others = len(culprits) - 1
     owner = "group's" if others == 1 else "groups'"
     together = f"{why}, found only with {others} other {owner} channels removed too"
-    return found or {g.name: together for g in groups}
+    return {g.name: together for g in culprits}
+
+
+def _needed(fixed: list[Any], candidates: list[Any], check: Check) -> list[Any]:
+    """A smallest-by-halving part of ``candidates`` that fails together with ``fixed`` (which passes
+    alone, while ``fixed`` + ``candidates`` fails)."""
+    if len(candidates) == 1:
+        return candidates
+    half = len(candidates) // 2
+    first, second = candidates[:half], candidates[half:]
+    if check(fixed + first) is not None:
+        return _needed(fixed, first, check)
+    if check(fixed + second) is not None:
+        return _needed(fixed, second, check)
+    from_second = _needed(fixed + first, second, check)
+    return _needed(fixed + from_second, first, check) + from_second
 
 
 def probe_channels(channels: int) -> tuple[int, ...]:
