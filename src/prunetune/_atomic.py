@@ -12,13 +12,17 @@ together or not at all, even under Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import logging
 import os
+import re
 import signal
+import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -63,8 +67,7 @@ def write_together(files: Sequence[tuple[str | os.PathLike, Callable[[IO[bytes]]
     of them is written.
     """
     targets = [Path(path) for path, _ in files]
-    for path in targets:
-        restore_interrupted(path)
+    restore_interrupted(targets)
     temps: list[str] = []
     placed: list[Path] = []
     aside: list[tuple[str, Path]] = []  # (where an existing target was moved, the target)
@@ -89,7 +92,8 @@ def write_together(files: Sequence[tuple[str | os.PathLike, Callable[[IO[bytes]]
         for path in reversed(placed):  # the last one first
             path.unlink(missing_ok=True)
         for backup, path in reversed(aside):  # the last one back last
-            os.replace(backup, path)
+            with contextlib.suppress(FileNotFoundError):  # taken meanwhile: the real error is the one to raise
+                os.replace(backup, path)
         for tmp in temps:
             Path(tmp).unlink(missing_ok=True)
         raise
@@ -99,25 +103,65 @@ def write_together(files: Sequence[tuple[str | os.PathLike, Callable[[IO[bytes]]
     return targets
 
 
-def restore_interrupted(path: str | os.PathLike) -> Path | None:
-    """Put back the file a hard-killed :func:`write_together` had moved aside, if ``path`` is missing.
+BACKUP_SETTLED_S = 5.0
+"""Seconds a hidden backup must have been where it is before :func:`restore_interrupted` takes it:
+a live :func:`write_together` holds its backups for far less (they go as soon as the new files are
+in place), so one of another process's writes in flight is never taken."""
+
+
+def restore_interrupted(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """Put back the files a hard-killed :func:`write_together` of ``paths`` had moved aside.
 
     The renames hold Ctrl-C, but a ``kill -9`` or a power cut between moving the old files aside and
     putting the new ones in place leaves the old ones under hidden names beside their targets
-    (``.<name>.<random>.old``). The newest such backup of a missing ``path`` is renamed back (the
-    user's file is where it was); returns its former name, else ``None``. Backups of a file that
-    exists are left alone.
+    (``.<name>.<8 random characters>.old``), and maybe some of the new ones in place. Where one of
+    ``paths`` is missing and has such a backup, every one of ``paths`` that has a backup gets its
+    newest back, over a new file the interrupted write had already placed: the earlier set, as it was.
+    A missing target is linked back, never over a file that appeared meanwhile. Nothing is done while
+    every target exists (stale backups are left as they are), and a backup younger than
+    :data:`BACKUP_SETTLED_S` is never taken. Returns ``(target, backup it came from)`` per file put back.
     """
-    path = Path(path)
-    if os.path.lexists(path) or not path.parent.is_dir():
+    targets = [Path(p) for p in paths]
+    newest = {t: _newest_backup(t) for t in targets}
+    if not any(b is not None and not os.path.lexists(t) for t, b in newest.items()):
+        return []
+    restored = []
+    for target, backup in newest.items():
+        if backup is None:
+            continue
+        if os.path.lexists(target):
+            os.replace(backup, target)  # placed by the interrupted write: its pair is gone
+        else:
+            try:
+                os.link(backup, target)
+            except FileExistsError:  # appeared meanwhile: left alone, and so is the backup
+                continue
+            except OSError:  # no hard links on this file system
+                os.replace(backup, target)
+            else:
+                os.unlink(backup)
+        log.warning("%s: put back from %s, where an interrupted write had left it", target, backup.name)
+        restored.append((target, backup))
+    return restored
+
+
+def _newest_backup(target: Path) -> Path | None:
+    """The newest non-empty settled backup ``write_together`` made of ``target``, or None."""
+    if not target.parent.is_dir():
         return None
-    backups = [b for b in path.parent.glob(f".{glob.escape(path.name)}.*.old") if b.is_file() and b.stat().st_size]
-    if not backups:
-        return None
-    newest = max(backups, key=lambda b: b.stat().st_mtime)
-    os.replace(newest, path)
-    log.warning("%s: put back from %s, left there by an interrupted write", path, newest.name)
-    return newest
+    now, found = time.time(), []
+    for b in target.parent.glob(f".{glob.escape(target.name)}.????????.old"):
+        try:
+            st = b.stat()
+        except OSError:
+            continue
+        if _RANDOM.fullmatch(b.name[len(target.name) + 2 : -4]) and stat.S_ISREG(st.st_mode) and st.st_size \
+                and now - st.st_ctime >= BACKUP_SETTLED_S:
+            found.append((st.st_mtime, b))
+    return max(found)[1] if found else None
+
+
+_RANDOM = re.compile(r"[a-z0-9_]{8}")  # tempfile's random part of a name
 
 
 def _write_temporary(path: Path, write: Callable[[IO[bytes]], Any]) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from prunetune._atomic import restore_interrupted
@@ -22,22 +23,26 @@ from prunetune.exceptions import ConfigError
 
 
 def check_output_file(path: str | os.PathLike, what: str, *, overwrite: bool = False,
-                      flag: str = "--out", overwrite_flag: str = "--overwrite") -> Path:
+                      flag: str = "--out", overwrite_flag: str = "--overwrite",
+                      written_with: Sequence[str | os.PathLike] = ()) -> Path:
     """``path`` if prunetune can write a file there; else a :class:`ConfigError` naming ``what``.
 
     Refused: an existing directory, an existing file unless ``overwrite``, a folder that cannot be
     created (a regular file on the way, a read-only or virtual file system). ``flag`` and
-    ``overwrite_flag`` name the fixes (``"path"`` and ``"overwrite=True"`` from Python). A file a
-    hard-killed write left aside is put back first (:func:`prunetune._atomic.restore_interrupted`),
-    so it counts as existing here, not after the work.
+    ``overwrite_flag`` name the fixes (``"path"`` and ``"overwrite=True"`` from Python). Files a
+    hard-killed write of ``path`` and ``written_with`` (written as one set, as a pruned model and its
+    plan) left aside are put back first (:func:`prunetune._atomic.restore_interrupted`), so they count
+    as existing here, before the work, and the error says where they came from.
     """
     path = Path(path)
-    restore_interrupted(path)
+    restored = dict(restore_interrupted([*written_with, path]))
     if path.is_dir():
         raise ConfigError(f"{what} {str(path)!r} is a directory; give a file name ({flag})")
     if path.exists() and not overwrite:
-        raise ConfigError(f"{what} {str(path)!r} already exists; pass {overwrite_flag} to replace it or choose "
-                          f"another {flag}")
+        back = (f" (just put back from {restored[path].name}, where an interrupted write had left it)"
+                if path in restored else "")
+        raise ConfigError(f"{what} {str(path)!r} already exists{back}; pass {overwrite_flag} to replace it or "
+                          f"choose another {flag}")
     check_creatable(path.parent, what, target=path)
     return path
 

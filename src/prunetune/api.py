@@ -94,7 +94,8 @@ def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | N
     elif not isinstance(recipe, Recipe):
         recipe = Recipe.from_yaml(recipe, allow_code=allow_code)
     if out is not None:
-        out = check_output_file(out, "out", overwrite=overwrite, flag="out", overwrite_flag="overwrite=True")
+        out = check_output_file(out, "out", overwrite=overwrite, flag="out", overwrite_flag="overwrite=True",
+                                written_with=[Path(out).with_suffix(".plan.json")])
         check_output_file(Path(out).with_suffix(".plan.json"), "the plan file next to out", overwrite=overwrite,
                           flag="out", overwrite_flag="overwrite=True")
     return run_recipe(recipe, out=out, overwrite=overwrite, show_progress=show_progress)

@@ -140,39 +140,68 @@ def test_a_ctrl_c_during_the_renames_waits_for_them(tmp_path, monkeypatch) -> No
     assert _files(tmp_path) == {"p.plan.json": b"plan", "p.pt": b"model"}
 
 
-@pytest.mark.parametrize("replace", [False, True], ids=["new", "overwrite"])
-def test_a_pair_a_hard_kill_left_aside_is_put_back(tmp_path, replace, caplog) -> None:
-    """kill -9 between moving the old pair aside and putting the new one in place (no cleanup runs)
-    leaves the user's files under hidden ``.<name>.<random>.old`` names: the next write puts them back
-    first, so without --overwrite they are kept (and named), with it they are replaced as usual."""
+def _killed_pair(folder, *, new_plan_placed: bool):
+    """The folder as a kill -9 inside write_together's renames leaves it: the old pair moved aside
+    (the model first), and, if ``new_plan_placed``, the new plan already in place."""
     from prunetune._atomic import write_together
 
-    plan, model = tmp_path / "p.plan.json", tmp_path / "p.pt"
+    plan, model = folder / "p.plan.json", folder / "p.pt"
     write_together([(plan, lambda f: f.write(b"old plan")), (model, lambda f: f.write(b"old model"))])
-    for path in (model, plan):  # what the renames had done when the process died
-        os.replace(path, tmp_path / f".{path.name}.k1ll3d.old")
-    (tmp_path / f".{model.name}.0ld3r.old").write_bytes(b"")  # a reserved name never filled: not a backup
-    new = [(plan, lambda f: f.write(b"new plan")), (model, lambda f: f.write(b"new model"))]
+    for path in (model, plan):
+        os.replace(path, folder / f".{path.name}.k1ll3d0_.old")
+    if new_plan_placed:
+        plan.write_bytes(b"new plan")
+    return plan, model
+
+
+@pytest.mark.parametrize("new_plan_placed", [False, True], ids=["both-aside", "new-plan-placed"])
+@pytest.mark.parametrize("replace", [False, True], ids=["new", "overwrite"])
+def test_a_pair_a_hard_kill_left_aside_is_put_back(tmp_path, replace, new_plan_placed, caplog, monkeypatch) -> None:
+    """kill -9 between moving the old pair aside and placing the new one (no cleanup runs) leaves the
+    user's files under hidden ``.<name>.<random>.old`` names, maybe with the new plan already in place:
+    the next write puts the old pair back first (over that plan, never one file of each), so without
+    --overwrite it is kept, with it it is replaced as usual."""
+    from prunetune import _atomic
+
+    monkeypatch.setattr(_atomic, "BACKUP_SETTLED_S", 0.0)
+    plan, model = _killed_pair(tmp_path, new_plan_placed=new_plan_placed)
+    (tmp_path / f".{model.name}.0ld3r000.old").write_bytes(b"")  # a reserved name never filled: not a backup
+    new = [(plan, lambda f: f.write(b"new plan 2")), (model, lambda f: f.write(b"new model 2"))]
     if not replace:
         with pytest.raises(FileExistsError):
-            write_together(new, replace=False)
+            _atomic.write_together(new, replace=False)
         assert plan.read_bytes() == b"old plan" and model.read_bytes() == b"old model"
         assert "interrupted write" in caplog.text
     else:
-        write_together(new)
-        assert plan.read_bytes() == b"new plan" and model.read_bytes() == b"new model"
+        _atomic.write_together(new)
+        assert plan.read_bytes() == b"new plan 2" and model.read_bytes() == b"new model 2"
     assert sorted(p.name for p in tmp_path.iterdir() if p.stat().st_size) == ["p.plan.json", "p.pt"]
 
 
-def test_the_output_check_sees_a_file_left_aside_before_any_work(tmp_path) -> None:
+def test_the_output_check_puts_the_pair_back_before_any_work_and_says_so(tmp_path, monkeypatch) -> None:
+    from prunetune import _atomic
     from prunetune._paths import check_output_file
     from prunetune.exceptions import ConfigError
 
-    model = tmp_path / "p.pt"
-    (tmp_path / ".p.pt.k1ll3d.old").write_bytes(b"old model")
-    with pytest.raises(ConfigError, match="already exists"):
-        check_output_file(model, "--out")
-    assert model.read_bytes() == b"old model"
+    monkeypatch.setattr(_atomic, "BACKUP_SETTLED_S", 0.0)
+    plan, model = _killed_pair(tmp_path, new_plan_placed=True)
+    with pytest.raises(ConfigError, match=r"already exists \(just put back from \.p\.pt\.k1ll3d0_\.old, where an "
+                                          r"interrupted write had left it\); pass --overwrite"):
+        check_output_file(model, "--out", written_with=[plan])
+    assert plan.read_bytes() == b"old plan" and model.read_bytes() == b"old model"
+
+
+def test_backups_of_other_files_and_writes_in_flight_are_not_taken(tmp_path, monkeypatch) -> None:
+    from prunetune import _atomic
+
+    model = tmp_path / "m"
+    (tmp_path / ".m.plan.json.abcdefgh.old").write_bytes(b"another file's backup")  # not m's
+    assert _atomic.restore_interrupted([model]) == [] and not model.exists()
+    (tmp_path / ".m.abcdefgh.old").write_bytes(b"m, moved aside just now")  # a live write's, in flight
+    assert _atomic.restore_interrupted([model]) == [] and not model.exists()
+    monkeypatch.setattr(_atomic, "BACKUP_SETTLED_S", 0.0)  # once settled, it is m's to put back
+    assert _atomic.restore_interrupted([model]) == [(model, tmp_path / ".m.abcdefgh.old")]
+    assert model.read_bytes() == b"m, moved aside just now"
 
 
 def test_a_sigint_handler_installed_from_c_is_left_alone(tmp_path, monkeypatch) -> None:

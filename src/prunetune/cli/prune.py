@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.recipes.schema import Recipe
 
     recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
-    out = check_output_file(args.out, "--out", overwrite=args.overwrite)
-    # run_recipe writes the plan next to the model, as <out stem>.plan.json
+    # run_recipe writes the plan next to the model, as <out stem>.plan.json, the two as one pair
+    out = check_output_file(args.out, "--out", overwrite=args.overwrite, written_with=[plan_file(args.out)])
     check_output_file(plan_file(out), "the plan file next to --out", overwrite=args.overwrite)
     result = run_recipe(recipe, out=out, overwrite=args.overwrite, show_progress=args.format == "table")
     if args.format == "json":
