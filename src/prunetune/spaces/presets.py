@@ -35,7 +35,8 @@ RATIO_FLOOR = 0.01
 def stages(groups: ModelGroups) -> dict[str, tuple[str, ...]]:
     """Groups sharing one output resolution, ``stage1``, ``stage2``, ... in network order.
 
-    A group's resolution is the output pixel count of its first out-layer (1 for linear layers):
+    A group's resolution is the output pixel count of its first out-layer (1 for linear layers, 0 for
+    a layer the counted forward never runs, such as an auxiliary head):
     the three stages of a CIFAR ResNet, the five pooling stages of a VGG.
     """
     geometry = {layer.name: layer for layer in groups.layers}

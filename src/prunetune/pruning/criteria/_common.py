@@ -277,7 +277,8 @@ CUSOLVER_BATCHED_MIN_SIZE = 33
 """Matrix size n from which a CUDA batch of symmetric eigen-solves goes to cuSOLVER's batched
 solver, ``cusolverDnXsyevBatched`` (:mod:`._cusolver`), when that route is switched on
 (``PRUNETUNE_CUSOLVER_BATCHED=1``; off by default until measured on a GPU) and the installed cuSOLVER
-has it; below, torch's own batched Jacobi solver (``syevjBatched``) is fast. Otherwise the batch goes
+has it; below, torch solves a batch in one call itself (``syevjBatched``, or
+``XsyevBatched`` in builds that have it). Otherwise the batch goes
 the way it went before (:data:`HOST_EIGEN_SIZES`, else torch)."""
 
 

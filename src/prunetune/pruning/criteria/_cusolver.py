@@ -1,12 +1,12 @@
 """cuSOLVER's batched symmetric eigen-solver (``cusolverDnXsyevBatched``), called directly.
 
-torch solves a batch of symmetric eigenvalue problems on CUDA with ``syevjBatched`` only up to
-32×32; above that it calls ``syevd`` once per matrix (about 0.8 ms per 64×64 and 1.9 ms per 256×256
-float64 matrix on an H200, benchmarks/README.md, "gpu"), which is what the ``cmi`` criterion's
-256×256 joints and CHIP's 64×64 Gram matrices spend their time on. cuSOLVER 11.7.1 (CUDA 12.6.2)
-added ``cusolverDnXsyevBatched``, which solves the whole batch in one call. torch does not call it
-for these sizes, so this module does, through ``ctypes`` on the ``libcusolver`` that torch already
-loaded: no compiled extension, nothing to install.
+torch solves a batch of symmetric eigenvalue problems on CUDA in one call only up to 32×32 (with
+``syevjBatched``, or with ``cusolverDnXsyevBatched`` in builds that have it); above that it calls
+``syevd`` once per matrix (about 0.8 ms per 64×64 and 1.9 ms per 256×256 float64 matrix on an H200
+with torch 2.11, benchmarks/README.md, "gpu"), which is what the ``cmi`` criterion's 256×256 joints
+and CHIP's 64×64 Gram matrices spend their time on. ``cusolverDnXsyevBatched`` (cuSOLVER 11.7.1,
+CUDA 12.6.2) takes any n, so this module calls it for those sizes, through ``ctypes`` on the
+``libcusolver`` torch loaded: no compiled extension, nothing to install.
 
 :func:`eigh` returns what ``torch.linalg.eigh``/``eigvalsh`` (``UPLO='L'``) return, for a float32 or
 float64 CUDA ``Tensor[B, n, n]``, or ``None`` where the routine is not there (no CUDA, a cuSOLVER
@@ -14,8 +14,10 @@ older than 11.7.1, an unexpected status): the caller then uses torch. A matrix t
 as not converged is solved again by torch.
 
 **Off unless asked for** (environment variable ``PRUNETUNE_CUSOLVER_BATCHED=1``): the route was
-written and tested against the routine's documented contract on a machine without a GPU
-(tests/criteria/test_cusolver_route.py) and has not yet run on one. ``benchmarks/gpu_linalg.py``
+written on a machine without a GPU and has not yet run on one. What can be tested there is
+(tests/criteria/test_cusolver_route.py): the ctypes declarations against a C library with the
+documented prototypes, and the layout, triangle, eigenvector, workspace and not-converged handling
+against a stand-in that checks what the documentation says it receives. ``benchmarks/gpu_linalg.py``
 times it against torch's solver and checks its values whatever the switch says; once a GPU run has
 shown it right and faster, it can be made the default.
 """
@@ -42,6 +44,10 @@ _NOVECTOR, _VECTOR = 0, 1
 _FILL_UPPER = 1  # column-major upper triangle = row-major lower, what torch's UPLO='L' reads
 _DTYPES = {torch.float32: 0, torch.float64: 1}  # CUDA_R_32F, CUDA_R_64F
 
+MAX_BATCH = 32768
+"""Matrices per call: cuSOLVER refuses a batch beyond the CUDA grid's 65 535 (reported for
+``XsyevBatched``'s workspace query); larger batches go in chunks of this many."""
+
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {}  # "lib": CDLL | None; ("handle", device): (handle, params)
 
@@ -52,14 +58,21 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _find_library() -> ctypes.CDLL | None:
-    """The libcusolver torch loaded (from /proc/self/maps), else one by name or beside torch's NVIDIA wheels."""
-    paths: list[str] = []
+def _loaded_paths() -> list[str]:
     try:
         with open("/proc/self/maps") as maps:
-            paths += [line.split()[-1] for line in maps if "libcusolver.so" in line]
+            return [line.split()[-1] for line in maps if "libcusolver.so" in line]
     except OSError:
-        pass
+        return []
+
+
+def _find_library() -> ctypes.CDLL | None:
+    """The libcusolver torch uses (from /proc/self/maps, after one small solve has made torch load
+    it), else one by name or beside the NVIDIA wheels on ``sys.path``."""
+    paths = _loaded_paths()
+    if not paths and torch.cuda.is_available():  # torch may load cuSOLVER on its first solve
+        torch.linalg.eigvalsh(torch.eye(2, device="cuda"))
+        paths = _loaded_paths()
     paths += ["libcusolver.so.12", "libcusolver.so.11", "libcusolver.so"]
     for site in sys.path:
         paths += sorted(glob.glob(os.path.join(site, "nvidia", "**", "libcusolver.so*"), recursive=True))
@@ -132,12 +145,25 @@ def eigh(x: Tensor, *, vectors: bool) -> Any:
         return None
     try:
         with _LOCK, torch.cuda.device(x.device):
-            return _solve(_library(), x, vectors, torch.cuda.current_stream(x.device).cuda_stream)
+            return _solve_chunks(_library(), x, vectors, torch.cuda.current_stream(x.device).cuda_stream)
     except _Unavailable as err:  # a status cuSOLVER gives for this size and type: torch's, from now on
         log.warning("cusolverDnXsyevBatched: %s for %s %d×%d matrices; torch solves them instead",
                     err, str(x.dtype).replace("torch.", ""), x.shape[-1], x.shape[-1])
         _STATE[key] = True
         return None
+    except torch.cuda.OutOfMemoryError:  # its copy and workspace did not fit: torch's solver, as before
+        return None
+
+
+def _solve_chunks(lib: Any, x: Tensor, vectors: bool, stream: int) -> Any:
+    """:func:`_solve` on chunks of at most :data:`MAX_BATCH` matrices, the results concatenated."""
+    parts = [_solve(lib, part, vectors, stream) for part in x.split(MAX_BATCH)]
+    if len(parts) == 1:
+        return parts[0]
+    if not vectors:
+        return torch.cat(parts)
+    return torch.return_types.linalg_eigh((torch.cat([p.eigenvalues for p in parts]),
+                                           torch.cat([p.eigenvectors for p in parts])))
 
 
 def _solve(lib: Any, x: Tensor, vectors: bool, stream: int) -> Any:
