@@ -4,7 +4,7 @@ Every activation criterion that factorises (``chip``: one ``eigh`` of each image
 ``hrank``: one Cholesky of each h×w map's Gram matrix, ``eigvalsh`` of the maps it does not
 certify; ``cmi``: one ``eigvalsh`` of a samples×samples joint per candidate and step, and of its
 class blocks) hands a batch of small matrices to :func:`torch.linalg` through
-:func:`prunetune.pruning.criteria._common.batched_linalg`. On CUDA torch solves such a batch with
+:func:`prunetune.pruning.criteria._linalg.batched_linalg`. On CUDA torch solves such a batch with
 cuSOLVER; on the CPU ``batched_linalg`` splits it across torch's threads. This times, for the
 shapes ResNet-56 (512 images in batches of 128) and the ``cmi`` defaults (256 samples, 10 classes)
 produce, each call on the GPU against the same call routed through the host (copy to the CPU,
@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from prunetune.pruning.criteria import _cusolver
-from prunetune.pruning.criteria._common import batched_linalg
+from prunetune.pruning.criteria._linalg import batched_linalg
 
 # (label, op, batch, n): the batches one calibration batch of 128 images (or one cmi step) hands over
 CASES: list[tuple[str, str, int, int]] = [

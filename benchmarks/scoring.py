@@ -67,7 +67,7 @@ from torch import Tensor
 from prunetune.models import create_model
 from prunetune.pruning.calibration import calibrate
 from prunetune.pruning.criteria import ACTIVATION, CRITERIA, get_criterion
-from prunetune.pruning.criteria._common import batched_linalg
+from prunetune.pruning.criteria._linalg import batched_linalg
 from prunetune.pruning.criteria.activation import _cholesky_info
 from prunetune.pruning.criteria.chip import chip_scores, pick_route
 from prunetune.pruning.groups import find_groups

@@ -53,7 +53,7 @@ def test_fast_greedy_equals_the_reference(alpha: float, seed: int) -> None:
 
 def test_fast_greedy_equals_the_reference_at_the_criterions_sample_count() -> None:
     """256 samples, as the criterion keeps by default: the 256×256 problems go to numpy's LAPACK
-    (``_common.NUMPY_EIGVALSH_MIN_SIZE``), the reference's to torch's; same order, same values."""
+    (``_linalg.NUMPY_EIGVALSH_MIN_SIZE``), the reference's to torch's; same order, same values."""
     maps, y = _case(5, n=256, c=5, classes=10, spatial=2)
     _assert_same(cmi_ranking(maps, y), cmi_ranking_reference(maps, y))
 

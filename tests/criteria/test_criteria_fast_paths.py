@@ -8,8 +8,8 @@ import torch
 
 import prunetune.pruning.criteria.activation  # noqa: F401  (registers the activation criteria)
 import prunetune.pruning.criteria.information  # noqa: F401  (registers the information criteria)
-from prunetune.pruning.criteria import _common
-from prunetune.pruning.criteria._common import batched_linalg, on_host
+from prunetune.pruning.criteria import _linalg
+from prunetune.pruning.criteria._linalg import batched_linalg, on_host
 from prunetune.pruning.criteria.activation import gram_ranks, matrix_ranks
 from prunetune.pruning.criteria.base import FeatureBatch, get_criterion, score
 from prunetune.pruning.criteria.chip import chip_scores, chip_scores_svd
@@ -87,7 +87,7 @@ def test_cuda_eigen_solves_of_mid_sizes_go_through_the_host() -> None:
 def test_the_host_route_gives_the_one_call_values(fn, monkeypatch: pytest.MonkeyPatch) -> None:
     g = torch.randn(200, 40, 40, dtype=torch.float64)
     g = g @ g.transpose(1, 2)
-    monkeypatch.setattr(_common, "on_host", lambda f, x: x.device.type == "cpu" and f is fn)
+    monkeypatch.setattr(_linalg, "on_host", lambda f, x: x.device.type == "cpu" and f is fn)
     routed, ref = batched_linalg(fn, g, min_chunk=1), fn(g)
     if fn is torch.linalg.eigh:
         assert torch.equal(routed.eigenvalues, ref.eigenvalues) and torch.equal(routed.eigenvectors, ref.eigenvectors)
@@ -98,14 +98,14 @@ def test_the_host_route_gives_the_one_call_values(fn, monkeypatch: pytest.Monkey
 def test_large_cpu_eigvalsh_goes_to_numpy_with_its_values() -> None:
     """From NUMPY_EIGVALSH_MIN_SIZE on, CPU float64 eigvalsh is numpy's: its values, split or not,
     equal torch's to rounding; other calls, sizes, dtypes and devices keep torch's routine."""
-    n = _common.NUMPY_EIGVALSH_MIN_SIZE
+    n = _linalg.NUMPY_EIGVALSH_MIN_SIZE
     a = torch.randn(6, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     g = a @ a.transpose(1, 2) / n
-    assert _common.via_numpy(torch.linalg.eigvalsh, g)
-    assert not _common.via_numpy(torch.linalg.eigvalsh, g[:, :-1, :-1])
-    assert not _common.via_numpy(torch.linalg.eigh, g)
-    assert not _common.via_numpy(torch.linalg.eigvalsh, g.float())
-    assert not _common.via_numpy(torch.linalg.eigvalsh, _CudaLike(6, 256))
+    assert _linalg.via_numpy(torch.linalg.eigvalsh, g)
+    assert not _linalg.via_numpy(torch.linalg.eigvalsh, g[:, :-1, :-1])
+    assert not _linalg.via_numpy(torch.linalg.eigh, g)
+    assert not _linalg.via_numpy(torch.linalg.eigvalsh, g.float())
+    assert not _linalg.via_numpy(torch.linalg.eigvalsh, _CudaLike(6, 256))
     routed = batched_linalg(torch.linalg.eigvalsh, g, min_chunk=1)
     assert routed.dtype == torch.float64 and routed.shape == (6, n)
     assert torch.equal(routed, torch.from_numpy(np.linalg.eigvalsh(g.numpy())))
@@ -115,7 +115,7 @@ def test_large_cpu_eigvalsh_goes_to_numpy_with_its_values() -> None:
 def test_the_numpy_route_restores_numpys_blas_threads() -> None:
     threadpoolctl = pytest.importorskip("threadpoolctl")
     before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
-    g = torch.eye(_common.NUMPY_EIGVALSH_MIN_SIZE, dtype=torch.float64).expand(4, -1, -1).contiguous()
+    g = torch.eye(_linalg.NUMPY_EIGVALSH_MIN_SIZE, dtype=torch.float64).expand(4, -1, -1).contiguous()
     assert torch.equal(batched_linalg(torch.linalg.eigvalsh, g, min_chunk=1), torch.ones(4, g.shape[-1]).double())
     assert [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"] == before
 
@@ -128,12 +128,12 @@ def test_work_split_across_threads_equals_one_call() -> None:
     a = a @ a.transpose(1, 2)
 
     def both(x):
-        return _common.eigvalsh_here(x), _common.eigvalsh_here(x[:, :6, :6])
+        return _linalg.eigvalsh_here(x), _linalg.eigvalsh_here(x[:, :6, :6])
 
-    full, corner = _common.split_across_threads(both, a)
+    full, corner = _linalg.split_across_threads(both, a)
     assert torch.equal(full, torch.linalg.eigvalsh(a)) and torch.equal(corner, torch.linalg.eigvalsh(a[:, :6, :6]))
-    big = torch.eye(_common.NUMPY_EIGVALSH_MIN_SIZE, dtype=torch.float64)[None]
-    assert torch.equal(_common.eigvalsh_here(big), torch.from_numpy(np.linalg.eigvalsh(big.numpy())))
+    big = torch.eye(_linalg.NUMPY_EIGVALSH_MIN_SIZE, dtype=torch.float64)[None]
+    assert torch.equal(_linalg.eigvalsh_here(big), torch.from_numpy(np.linalg.eigvalsh(big.numpy())))
 
 
 def _hard_maps(seed: int, b: int, c: int, size: int) -> torch.Tensor:

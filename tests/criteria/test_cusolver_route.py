@@ -14,8 +14,8 @@ import numpy
 import pytest
 import torch
 
-from prunetune.pruning.criteria import _common, _cusolver
-from prunetune.pruning.criteria._common import batched_linalg, via_cusolver_batched
+from prunetune.pruning.criteria import _cusolver, _linalg
+from prunetune.pruning.criteria._linalg import batched_linalg, via_cusolver_batched
 
 
 class _CudaLike:
@@ -55,7 +55,7 @@ def test_batched_linalg_falls_back_when_the_routine_declines(fn, monkeypatch: py
     g = torch.randn(5, 40, 40, dtype=torch.float64)
     g = g @ g.transpose(1, 2)
     calls = []
-    monkeypatch.setattr(_common, "via_cusolver_batched", lambda f, x: True)
+    monkeypatch.setattr(_linalg, "via_cusolver_batched", lambda f, x: True)
     monkeypatch.setattr(_cusolver, "eigh", lambda x, vectors: calls.append(vectors))  # returns None
     out, ref = batched_linalg(fn, g), fn(g)
     assert calls == [fn is torch.linalg.eigh]

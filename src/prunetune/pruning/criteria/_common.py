@@ -5,20 +5,15 @@ Nothing here is registered; the criterion modules (``activation``, ``information
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy
 import torch
 from torch import Tensor
 
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.criteria import _cusolver
 from prunetune.pruning.criteria.base import Criterion
 
 
@@ -231,156 +226,6 @@ def map_std(batch: Any, maps: Tensor) -> Tensor:
         return population_std(rows).T.contiguous()
 
     return memo(batch, "map_std", compute)
-
-
-_POOL_LOCK = threading.Lock()
-_POOL: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """One shared pool with at least ``workers`` threads (rebuilt only when more are wanted)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] < workers:
-            if _POOL is not None:
-                _POOL[1].shutdown(wait=False)
-            _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="prunetune-linalg"))
-        return _POOL[1]
-
-
-HOST_EIGEN_SIZES = range(33, 65)
-"""Matrix sizes n whose batched symmetric eigen-solves a CUDA tensor sends to the host's LAPACK.
-
-Measured on an H200 with torch 2.11 + CUDA 13 (benchmarks/README.md, "gpu"): a batch of 128
-float64 64×64 ``eigh`` took 98 ms on the GPU (cuSOLVER solves such a batch one matrix at a time)
-and 40 ms through the host (copy, LAPACK in two chunks of 64 on two threads, copy back); at n ≤ 32
-cuSOLVER's batched solver took 0.2-0.3 ms, and at n = 256 the GPU was 8× faster than the host.
-``eigvalsh`` takes the same route at these sizes; it was not measured separately."""
-
-_EIGEN = (torch.linalg.eigh, torch.linalg.eigvalsh)
-
-
-def _to_device(out: Any, device: torch.device) -> Any:
-    if isinstance(out, tuple):  # eigh's (eigenvalues, eigenvectors), its named fields kept
-        return type(out)(tuple(t.to(device) for t in out))
-    return out.to(device)
-
-
-def on_host(fn: Callable[[Tensor], Any], x: Tensor) -> bool:
-    """Whether :func:`batched_linalg` solves ``fn(x)`` through the host (see :data:`HOST_EIGEN_SIZES`)."""
-    return (
-        x.device.type == "cuda" and fn in _EIGEN and x.dim() == 3 and x.shape[-1] in HOST_EIGEN_SIZES
-    )
-
-
-CUSOLVER_BATCHED_MIN_SIZE = 33
-"""Matrix size n from which a CUDA batch of symmetric eigen-solves goes to cuSOLVER's batched
-solver, ``cusolverDnXsyevBatched`` (:mod:`._cusolver`), when that route is switched on
-(``PRUNETUNE_CUSOLVER_BATCHED=1``; off by default until measured on a GPU) and the installed cuSOLVER
-has it; below, torch solves a batch in one call itself (``syevjBatched``, or
-``XsyevBatched`` in builds that have it). Otherwise the batch goes
-the way it went before (:data:`HOST_EIGEN_SIZES`, else torch)."""
-
-
-def via_cusolver_batched(fn: Callable[[Tensor], Any], x: Tensor) -> bool:
-    """Whether :func:`batched_linalg` first tries ``cusolverDnXsyevBatched`` for ``fn(x)``."""
-    return (
-        fn in _EIGEN and x.device.type == "cuda" and x.dim() == 3 and x.shape[-1] >= CUSOLVER_BATCHED_MIN_SIZE
-        and _cusolver.enabled()
-    )
-
-
-NUMPY_EIGVALSH_MIN_SIZE = 192
-"""Matrix size n from which a CPU float64 batched ``eigvalsh`` is solved by numpy's LAPACK.
-
-numpy's wheels bundle OpenBLAS, whose ``dsyevd`` reduces a matrix of this size to tridiagonal form
-faster than the MKL in torch's CPU wheels: measured on the project machine (one thread per solve,
-benchmarks/README.md, "CMI"), 2.0 against 2.7 ms per 256×256 matrix, 1.09× faster at 192 and
-equal (±5%) from 96 to 160. The eigenvalues agree to rounding (about 1e-15 of the largest). The
-CMI criterion's 256×256 problems are the case this serves."""
-
-
-def _numpy_eigvalsh(x: Tensor) -> Tensor:
-    try:
-        return torch.from_numpy(numpy.linalg.eigvalsh(x.numpy()))
-    except numpy.linalg.LinAlgError:  # let torch's routine raise its own error on the same input
-        return torch.linalg.eigvalsh(x)
-
-
-def via_numpy(fn: Callable[[Tensor], Any], x: Tensor) -> bool:
-    """Whether :func:`batched_linalg` solves ``fn(x)`` with numpy (:data:`NUMPY_EIGVALSH_MIN_SIZE`)."""
-    return (
-        fn is torch.linalg.eigvalsh and x.device.type == "cpu" and x.dtype == torch.float64
-        and x.dim() >= 2 and x.shape[-1] >= NUMPY_EIGVALSH_MIN_SIZE and not x.requires_grad
-    )
-
-
-_BLAS_CONTROLLER: list[Any] = []
-
-
-def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:
-    """Limit numpy's BLAS to one thread per call (the batch is already split across threads)."""
-    if not _BLAS_CONTROLLER:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _BLAS_CONTROLLER.append(ThreadpoolController())
-        except Exception:  # threadpoolctl missing or unable to inspect: numpy keeps its own setting
-            _BLAS_CONTROLLER.append(None)
-    controller = _BLAS_CONTROLLER[0]
-    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
-
-
-def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 64) -> Any:
-    """``fn(x)`` for a batched linear-algebra call, the batch split across torch's CPU threads.
-
-    On CPU, torch runs a batched ``eigvalsh``/``eigh``/``svdvals`` of small matrices as one LAPACK
-    call per matrix on a single thread. This splits the leading dimension into at most
-    ``torch.get_num_threads()`` chunks (of at least ``min_chunk`` matrices), runs ``fn`` on each in
-    a thread pool and concatenates the results (a tensor or a tuple of tensors) along dimension 0.
-    Each matrix is solved by the same routine as in one call, so the values are the same, except
-    that a float64 ``eigvalsh`` of matrices of :data:`NUMPY_EIGVALSH_MIN_SIZE` or more goes to
-    numpy's LAPACK (its BLAS held to one thread per call), whose values agree to rounding. On CUDA,
-    a batch of symmetric eigen-solves of a size where cuSOLVER solves one matrix at a time
-    (:data:`HOST_EIGEN_SIZES`) is solved this way on the host and copied back (:func:`on_host`),
-    unless cuSOLVER's batched solver is switched on (:func:`via_cusolver_batched`, off by default);
-    other calls on other devices, and small batches, are ``fn(x)``.
-    """
-    if via_cusolver_batched(fn, x):
-        out = _cusolver.eigh(x, vectors=fn is torch.linalg.eigh)
-        if out is not None:
-            return out
-    if on_host(fn, x):
-        return _to_device(_threaded(fn, x.cpu(), min_chunk), x.device)
-    if via_numpy(fn, x):
-        with _one_blas_thread():
-            return _threaded(_numpy_eigvalsh, x, min_chunk)
-    return _threaded(fn, x, min_chunk)
-
-
-def eigvalsh_here(x: Tensor) -> Tensor:
-    """``eigvalsh`` of a batch in one call on this thread, by the routine :func:`batched_linalg`
-    would pick (numpy's LAPACK from :data:`NUMPY_EIGVALSH_MIN_SIZE`, torch's below)."""
-    return _numpy_eigvalsh(x) if via_numpy(torch.linalg.eigvalsh, x) else torch.linalg.eigvalsh(x)
-
-
-def split_across_threads(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 1) -> Any:
-    """``fn`` on chunks of ``x``'s leading dimension in torch's CPU threads, the results (tensors or
-    tuples of tensors) concatenated; numpy's BLAS held to one thread meanwhile. For work per
-    matrix that is more than one LAPACK call (``fn`` then calls :func:`eigvalsh_here` and the like):
-    one split and one wait instead of one per call."""
-    with _one_blas_thread():
-        return _threaded(fn, x, min_chunk)
-
-
-def _threaded(fn: Callable[[Tensor], Any], x: Tensor, min_chunk: int) -> Any:
-    workers = min(torch.get_num_threads(), x.shape[0] // max(1, min_chunk)) if x.dim() else 1
-    if x.device.type != "cpu" or workers < 2:
-        return fn(x)
-    parts = list(_pool(torch.get_num_threads()).map(fn, x.chunk(workers)))
-    if isinstance(parts[0], tuple):  # eigh's (eigenvalues, eigenvectors), its named fields kept
-        return type(parts[0])(tuple(torch.cat(p) for p in zip(*parts)))
-    return torch.cat(parts)
 
 
 def no_data(crit: str) -> ConfigError:

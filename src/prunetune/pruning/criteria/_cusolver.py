@@ -53,7 +53,7 @@ _STATE: dict[str, Any] = {}  # "lib": CDLL | None; ("handle", device): (handle, 
 
 
 def enabled() -> bool:
-    """Whether :func:`~prunetune.pruning.criteria._common.batched_linalg` tries this route: the
+    """Whether :func:`~prunetune.pruning.criteria._linalg.batched_linalg` tries this route: the
     environment switch is set to ``1`` (or ``true``, ``yes``, ``on``)."""
     return os.environ.get(ENV_SWITCH, "0").strip().lower() in ("1", "true", "yes", "on")
 

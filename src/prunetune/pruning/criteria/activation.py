@@ -19,7 +19,6 @@ from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria._common import (
     CheckedCriterion,
     as_maps,
-    batched_linalg,
     channel_major64,
     check_choice,
     check_float,
@@ -31,6 +30,7 @@ from prunetune.pruning.criteria._common import (
     population_std,
     scores_from_order,
 )
+from prunetune.pruning.criteria._linalg import batched_linalg
 from prunetune.pruning.criteria.base import ACTIVATION, GRADIENT, LABELS, FeatureBatch, register
 from prunetune.pruning.criteria.chip import ROUTES, chip_scores, pick_route
 from prunetune.pruning.criteria.similarity import dfs_sfs_order, sfs_order
@@ -67,7 +67,7 @@ def matrix_ranks(maps: Tensor) -> Tensor:
     """``torch.linalg.matrix_rank`` of each h×w matrix of ``Tensor[N, h, w]`` (float32 or float64).
 
     float64 maps go to ``matrix_rank`` itself; float32 maps to :func:`gram_ranks`. The batch is split
-    over torch's CPU threads (:func:`~prunetune.pruning.criteria._common.batched_linalg`).
+    over torch's CPU threads (:func:`~prunetune.pruning.criteria._linalg.batched_linalg`).
 
     Returns:
         ``LongTensor[N]``.

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.criteria._common import batched_linalg
+from prunetune.pruning.criteria._linalg import batched_linalg
 
 ROUTES = ("auto", "quadrature", "gram", "sample")
 

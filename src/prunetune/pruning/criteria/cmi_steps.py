@@ -16,9 +16,9 @@ rounding):
 * **Shared terms once.** S(S) and S(Y,S) of step t + 1 are S(X_j*,S) and S(Y,X_j*,S) of the channel
   picked at step t, already computed; the running Hadamard joint is updated once per step.
 * **Threads and LAPACK.** The batch of a step's eigenvalue problems is split across torch's CPU
-  threads (:func:`~prunetune.pruning.criteria._common.batched_linalg`). From 192 samples on (the
+  threads (:func:`~prunetune.pruning.criteria._linalg.batched_linalg`). From 192 samples on (the
   default keeps 256), the CPU solves go to numpy's LAPACK, whose tridiagonal reduction is faster
-  there than torch's (``_common.NUMPY_EIGVALSH_MIN_SIZE``); the eigenvalues agree to rounding. On a
+  there than torch's (``_linalg.NUMPY_EIGVALSH_MIN_SIZE``); the eigenvalues agree to rounding. On a
   GPU the batched call runs there.
 * **Provable vanishing.** Once the off-diagonal part of the running joint is so small that every
   CMI of every later step is provably below :data:`VANISH_BOUND` bits (:func:`vanishing_bound`; the
@@ -39,7 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from prunetune.pruning.criteria._common import batched_linalg, eigvalsh_here, split_across_threads
+from prunetune.pruning.criteria._linalg import batched_linalg, eigvalsh_here, split_across_threads
 from prunetune.pruning.criteria.matrix_entropy import (
     entropy_of_eigenvalues,
     hadamard_joint,
