@@ -210,10 +210,17 @@ def _damage(data: dict, how: str) -> None:
         data["state_dict"] = [1, 2]
     elif how == "plan-a-list":
         data["plan"] = [1, 2]
+    elif how == "num-classes-huge":  # a Linear of 10**12 outputs: a memory-allocation traceback, or minutes
+        data["model"]["num_classes"] = 10**12
+    elif how == "num-classes-negative":
+        data["model"]["num_classes"] = -3
+    elif how == "input-shape-huge":  # a 10**12-pixel example input for tracing the groups
+        data["plan"]["input_shape"] = [3, 10**6, 10**6]
 
 
 @pytest.mark.parametrize("how", ["no-name", "model-a-string", "kwargs-allow-code", "kwargs-a-list", "state-dict-empty",
-                                 "state-dict-bad-shape", "state-dict-a-list", "plan-a-list"])
+                                 "state-dict-bad-shape", "state-dict-a-list", "plan-a-list", "num-classes-huge",
+                                 "num-classes-negative", "input-shape-huge"])
 @pytest.mark.parametrize("command", ["deploy", "bench"])
 def test_a_damaged_pruned_model_is_one_line(pruned_file, tmp_path, capfd, how, command) -> None:
     # a file with the pruned format but a damaged body (a truncated edit, another tool's dict) was a
