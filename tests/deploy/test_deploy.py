@@ -145,6 +145,19 @@ def test_bench_and_deploy_user_errors(pruned_file, tmp_path, capsys) -> None:
         main(["bench", "--model", str(pruned_file), "--batch", "0"])
 
 
+@pytest.mark.parametrize(("flag", "value", "needle"), [("--threads", "100000", "--threads 100000 is more than"),
+                                                    ("--batch", "1," + str(10**12), "--batch 1000000000000 needs")])
+def test_bench_beyond_the_machine_is_one_line(pruned_file, flag, value, needle) -> None:
+    # --threads 100000 was a segmentation fault (exit 139, no message); a batch whose input alone exceeds
+    # the memory an allocator traceback (run in a subprocess: a crash must not take pytest with it)
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "prunetune", "bench", "--model", str(pruned_file), flag, value,
+                           "--min-time", "0.01"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and needle in proc.stderr, proc.stderr
+
+
 def test_folding_a_copy_leaves_the_model_alone() -> None:
     model, _ = pruned("zoo_vgg")
     before = copy.deepcopy(model.state_dict())
