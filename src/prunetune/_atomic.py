@@ -115,19 +115,28 @@ def restore_interrupted(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, 
     The renames hold Ctrl-C, but a ``kill -9`` or a power cut between moving the old files aside and
     putting the new ones in place leaves the old ones under hidden names beside their targets
     (``.<name>.<8 random characters>.old``), and maybe some of the new ones in place. Where one of
-    ``paths`` is missing and has such a backup, every one of ``paths`` that has a backup gets its
-    newest back, over a new file the interrupted write had already placed: the earlier set, as it was.
+    ``paths`` is missing and has such a backup, every one of ``paths`` that the interrupted write moved
+    aside gets its backup back, over a new file that write had already placed: the earlier set, as it
+    was. A backup moved aside before that write began (a stale one of an earlier write) is not taken.
     A missing target is linked back, never over a file that appeared meanwhile. Nothing is done while
     every target exists (stale backups are left as they are), and a backup younger than
     :data:`BACKUP_SETTLED_S` is never taken. Returns ``(target, backup it came from)`` per file put back.
     """
     targets = [Path(p) for p in paths]
     newest = {t: _newest_backup(t) for t in targets}
-    if not any(b is not None and not os.path.lexists(t) for t, b in newest.items()):
+    missing = [b for t, b in newest.items() if b is not None and not os.path.lexists(t)]
+    if not missing:
         return []
+    # The interrupted write moved its files aside within an instant, the missing target's first; an
+    # older backup of a target that exists is a stale one of an earlier write (killed after its renames),
+    # and putting it back would pair it with the wrong file and lose the one in place.
+    began = min(ctime for ctime, _ in missing)
     restored = []
-    for target, backup in newest.items():
-        if backup is None:
+    for target, found in newest.items():
+        if found is None:
+            continue
+        ctime, backup = found
+        if os.path.lexists(target) and ctime < began:
             continue
         if os.path.lexists(target):
             os.replace(backup, target)  # placed by the interrupted write: its pair is gone
@@ -145,8 +154,9 @@ def restore_interrupted(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, 
     return restored
 
 
-def _newest_backup(target: Path) -> Path | None:
-    """The newest non-empty settled backup ``write_together`` made of ``target``, or None."""
+def _newest_backup(target: Path) -> tuple[float, Path] | None:
+    """``(when it was moved aside, path)`` of the last non-empty settled backup ``write_together`` made of
+    ``target``, or None."""
     if not target.parent.is_dir():
         return None
     now, found = time.time(), []
@@ -157,8 +167,8 @@ def _newest_backup(target: Path) -> Path | None:
             continue
         if _RANDOM.fullmatch(b.name[len(target.name) + 2 : -4]) and stat.S_ISREG(st.st_mode) and st.st_size \
                 and now - st.st_ctime >= BACKUP_SETTLED_S:
-            found.append((st.st_mtime, b))
-    return max(found)[1] if found else None
+            found.append((st.st_ctime, b))  # a rename sets the ctime (and keeps the mtime of the content)
+    return max(found) if found else None
 
 
 _RANDOM = re.compile(r"[a-z0-9_]{8}")  # tempfile's random part of a name

@@ -34,7 +34,7 @@ def check_output_file(path: str | os.PathLike, what: str, *, overwrite: bool = F
     plan) left aside are put back first (:func:`prunetune._atomic.restore_interrupted`), so they count
     as existing here, before the work, and the error says where they came from.
     """
-    path = Path(path)
+    path = check_file_name(path, what, flag=flag)
     restored = dict(restore_interrupted([*written_with, path]))
     if path.is_dir():
         raise ConfigError(f"{what} {str(path)!r} is a directory; give a file name ({flag})")
@@ -45,6 +45,19 @@ def check_output_file(path: str | os.PathLike, what: str, *, overwrite: bool = F
                           f"choose another {flag}")
     check_creatable(path.parent, what, target=path)
     return path
+
+
+def check_file_name(path: str | os.PathLike, what: str, *, flag: str = "--out") -> Path:
+    """``path`` as a Path if it names a file; a :class:`ConfigError` for an empty path, one with no name
+    (``.``, ``/``: a folder) or one ending in a slash (``newdir/`` would save a file named ``newdir``)."""
+    text = os.fspath(path)
+    if not text:
+        raise ConfigError(f"{what} is empty; give a file name ({flag})")
+    if text.endswith(("/", os.sep)) or not Path(text).name or Path(text).name == "..":
+        if Path(text).is_dir():
+            raise ConfigError(f"{what} {text!r} is a directory; give a file name ({flag})")
+        raise ConfigError(f"{what} {text!r} ends in '/', a folder; give a file name ({flag})")
+    return Path(text)
 
 
 def check_output_dir(path: str | os.PathLike, what: str) -> Path:

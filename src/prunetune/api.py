@@ -85,7 +85,7 @@ def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | N
         :class:`~prunetune.recipes.pipeline.PruneResult`: ``dense`` and ``pruned`` metrics (MACs, params,
         test ``accuracy``), the ``plan``, the fine-tune ``history``, the pruned ``model``.
     """
-    from prunetune._paths import check_output_file
+    from prunetune._paths import check_file_name, check_output_file
     from prunetune.recipes.pipeline import run_recipe
     from prunetune.recipes.schema import Recipe
 
@@ -94,6 +94,7 @@ def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | N
     elif not isinstance(recipe, Recipe):
         recipe = Recipe.from_yaml(recipe, allow_code=allow_code)
     if out is not None:
+        out = check_file_name(out, "out", flag="out")
         out = check_output_file(out, "out", overwrite=overwrite, flag="out", overwrite_flag="overwrite=True",
                                 written_with=[Path(out).with_suffix(".plan.json")])
         check_output_file(Path(out).with_suffix(".plan.json"), "the plan file next to out", overwrite=overwrite,

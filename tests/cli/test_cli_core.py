@@ -115,6 +115,19 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, capsys, changes, needle
     assert needle in err and one_error_line(err)
 
 
+@pytest.mark.parametrize(("out", "needle"), [("", "--out is empty"), (".", "is a directory"), ("/", "is a directory"),
+                                           ("{tmp}/newdir/", "ends in '/'"), ("{tmp}/p.pt/", "ends in '/'")])
+def test_out_that_names_no_file_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, out, needle) -> None:
+    """``--out .`` (or ``""``, ``/``) was a ValueError traceback from the plan file's name; ``--out newdir/``
+    silently saved a file named ``newdir``."""
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = run(capsys, "prune", "--recipe", str(recipe), "--out", out.format(tmp=tmp_path))
+    assert code == 2 and needle in err and one_error_line(err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_checkpoint_that_does_not_fit(tmp_path, capsys) -> None:
     ckpt = tmp_path / "other.pt"
     torch.save(create_model("tiny_resnet", num_classes=3, in_channels=1).state_dict(), ckpt)

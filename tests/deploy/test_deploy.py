@@ -145,6 +145,19 @@ def test_bench_and_deploy_user_errors(pruned_file, tmp_path, capsys) -> None:
         main(["bench", "--model", str(pruned_file), "--batch", "0"])
 
 
+@pytest.mark.parametrize(("flag", "value", "needle"), [("--threads", "100000", "--threads 100000 is more than"),
+                                                    ("--batch", "1," + str(10**12), "--batch 1000000000000 needs")])
+def test_bench_beyond_the_machine_is_one_line(pruned_file, flag, value, needle) -> None:
+    # --threads 100000 was a segmentation fault (exit 139, no message); a batch whose input alone exceeds
+    # the memory an allocator traceback (run in a subprocess: a crash must not take pytest with it)
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "prunetune", "bench", "--model", str(pruned_file), flag, value,
+                           "--min-time", "0.01"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and needle in proc.stderr, proc.stderr
+
+
 def test_folding_a_copy_leaves_the_model_alone() -> None:
     model, _ = pruned("zoo_vgg")
     before = copy.deepcopy(model.state_dict())
@@ -210,10 +223,17 @@ def _damage(data: dict, how: str) -> None:
         data["state_dict"] = [1, 2]
     elif how == "plan-a-list":
         data["plan"] = [1, 2]
+    elif how == "num-classes-huge":  # a Linear of 10**12 outputs: a memory-allocation traceback, or minutes
+        data["model"]["num_classes"] = 10**12
+    elif how == "num-classes-negative":
+        data["model"]["num_classes"] = -3
+    elif how == "input-shape-huge":  # a 10**12-pixel example input for tracing the groups
+        data["plan"]["input_shape"] = [3, 10**6, 10**6]
 
 
 @pytest.mark.parametrize("how", ["no-name", "model-a-string", "kwargs-allow-code", "kwargs-a-list", "state-dict-empty",
-                                 "state-dict-bad-shape", "state-dict-a-list", "plan-a-list"])
+                                 "state-dict-bad-shape", "state-dict-a-list", "plan-a-list", "num-classes-huge",
+                                 "num-classes-negative", "input-shape-huge"])
 @pytest.mark.parametrize("command", ["deploy", "bench"])
 def test_a_damaged_pruned_model_is_one_line(pruned_file, tmp_path, capfd, how, command) -> None:
     # a file with the pruned format but a damaged body (a truncated edit, another tool's dict) was a

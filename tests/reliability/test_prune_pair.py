@@ -218,3 +218,26 @@ def test_a_sigint_handler_installed_from_c_is_left_alone(tmp_path, monkeypatch) 
     write_together([(tmp_path / "p.plan.json", lambda f: f.write(b"plan")), (tmp_path / "p.pt", lambda f: f.write(b"model"))])
     assert set_to == []
     assert _files(tmp_path) == {"p.plan.json": b"plan", "p.pt": b"model"}
+
+
+def test_a_stale_backup_of_the_file_still_in_place_is_not_paired_with_the_missing_one(tmp_path, monkeypatch) -> None:
+    """Pair A was moved aside by a write killed after its renames (its backups stayed), pair B took its
+    place; a later write killed after moving B's model aside left B's plan in place. Putting back
+    every newest backup paired A's plan with B's model and lost B's plan."""
+    import time
+
+    from prunetune import _atomic
+
+    monkeypatch.setattr(_atomic, "BACKUP_SETTLED_S", 0.0)
+    plan, model = tmp_path / "p.plan.json", tmp_path / "p.pt"
+    plan.write_bytes(b"A plan")
+    model.write_bytes(b"A model")
+    os.replace(model, tmp_path / ".p.pt.aaaaaaaa.old")
+    os.replace(plan, tmp_path / ".p.plan.json.aaaaaaaa.old")
+    time.sleep(0.05)
+    plan.write_bytes(b"B plan")
+    model.write_bytes(b"B model")
+    time.sleep(0.05)
+    os.replace(model, tmp_path / ".p.pt.cccccccc.old")
+    assert _atomic.restore_interrupted([plan, model]) == [(model, tmp_path / ".p.pt.cccccccc.old")]
+    assert plan.read_bytes() == b"B plan" and model.read_bytes() == b"B model"

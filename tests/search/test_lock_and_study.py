@@ -74,6 +74,15 @@ def test_an_sqlite_url_with_a_driver_gets_the_sqlite_file_checks(tmp_path) -> No
     assert (tmp_path / "new" / "o.db").is_file()
 
 
+@pytest.mark.parametrize("url", ["sqlite://bob:hunter2@/x.db", "sqlite://", "sqlite+pysqlite://"])
+def test_an_sqlite_url_that_names_no_file_is_refused_before_any_work(url) -> None:
+    """``sqlite://user:pw@/x.db`` passed the checks and failed with an ArgumentError traceback after the
+    scoring and Ray; an in-memory study ran, and took the resume state with it when the search ended."""
+    with pytest.raises(ConfigError, match="names no sqlite file") as caught:
+        study.check_study_storage(url)
+    assert "hunter2" not in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_search_config_takes_study_storage(tmp_path) -> None:
     from prunetune.search import parse_search_config
     from search.conftest import TINY_RECIPE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from prunetune.cli._common import add_allow_code, add_format, millions, need_file, print_json, print_table
 
@@ -43,13 +44,24 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.recipes.checkpoint import dense_architecture, load_checkpoint, load_pruned, read_pruned_plan
     from prunetune.deployment.bench import compare, speedups
     from prunetune.exceptions import ConfigError
+    from prunetune.models.registry import physical_memory
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    cpus = os.cpu_count()
+    if args.threads is not None and cpus and args.threads > cpus:  # torch's thread pool crashed (SIGSEGV) at 100000
+        raise ConfigError(f"--threads {args.threads} is more than this machine's {cpus} CPUs; give at most {cpus}")
     if not math.isfinite(args.min_time) or args.min_time <= 0:
         raise ConfigError(f"--min-time must be a number of seconds > 0, got {args.min_time:g}")
     path = need_file(args.model, "pruned model", "pruned model file (.pt)")
-    pruned, plan = load_pruned(path, allow_code=args.allow_code), read_pruned_plan(path)
+    plan = read_pruned_plan(path)
+    memory = physical_memory()
+    for batch in args.batch:  # the input batch alone, in float32, must fit (else an allocator traceback)
+        if memory and 4 * batch * math.prod(plan.input_shape) > memory:
+            raise ConfigError(f"--batch {batch} needs {4 * batch * math.prod(plan.input_shape) / 2**30:.0f} GiB for "
+                              f"its input alone, more than this machine's {memory / 2**30:.0f} GiB; give smaller "
+                              "batch sizes")
+    pruned = load_pruned(path, allow_code=args.allow_code)
     dense = dense_architecture(path, allow_code=args.allow_code)
     if args.dense:
         load_checkpoint(dense, need_file(args.dense, "dense checkpoint", "state-dict file (.pt)"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from prunetune._paths import check_output_file
+from prunetune._paths import check_file_name, check_output_file
 from prunetune.cli._common import add_allow_code, add_format, millions, need_file, print_json
 
 log = logging.getLogger("prunetune")
@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
     # run_recipe writes the plan next to the model, as <out stem>.plan.json, the two as one pair
-    out = check_output_file(args.out, "--out", overwrite=args.overwrite, written_with=[plan_file(args.out)])
+    out = check_file_name(args.out, "--out")  # before plan_file, which cannot name a plan for "." or "/"
+    out = check_output_file(out, "--out", overwrite=args.overwrite, written_with=[plan_file(out)])
     check_output_file(plan_file(out), "the plan file next to --out", overwrite=args.overwrite)
     result = run_recipe(recipe, out=out, overwrite=args.overwrite, show_progress=args.format == "table")
     if args.format == "json":

@@ -79,10 +79,42 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, allo
         factory = _import_factory(name, allow_code)
     else:
         factory = MODELS.get(name).factory
+        _check_fits_memory(name, factory, num_classes, in_channels, kwargs)
     try:
         return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"model {name!r} does not accept these arguments: {exc}") from exc
+
+
+def _check_fits_memory(name: str, factory: Callable[..., nn.Module], num_classes: int, in_channels: int,
+                       kwargs: dict) -> None:
+    """Refuse arguments whose weights alone exceed this machine's memory (``num_classes: 10**12`` in a
+    shared file), counted on the meta device first: building them failed with an allocator traceback,
+    or took minutes of swapping where the memory almost sufficed. (Not for user code, run once only.)"""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    except Exception:  # noqa: BLE001 - the real build below reports it
+        return
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    memory = physical_memory()
+    if memory and size > memory:
+        raise ConfigError(f"model {name!r} with num_classes={num_classes}, in_channels={in_channels}"
+                          f"{''.join(f', {k}={short(v)}' for k, v in kwargs.items())} would hold "
+                          f"{size / 2**30:.0f} GiB of weights, more than this machine's {memory / 2**30:.0f} GiB; "
+                          "check num_classes, in_channels and the model's arguments")
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory (None where the platform does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def check_model_name(name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import warnings
@@ -15,8 +16,9 @@ from torch import nn
 from prunetune._atomic import torch_save_atomic, write_together
 from prunetune._paths import input_file_problem
 from prunetune._text import short
-from prunetune.exceptions import CheckpointError
+from prunetune.exceptions import CheckpointError, ConfigError
 from prunetune.models import create_model
+from prunetune.models.registry import physical_memory
 from prunetune.pruning.plan import PruningPlan
 from prunetune.pruning.surgery import apply_plan
 
@@ -178,9 +180,7 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
     that code (a shared file must not run code by itself).
     """
     data = _read_pruned(Path(path), map_location)
-    spec = data["model"]
-    model = create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                         allow_code=allow_code, **spec.get("kwargs", {}))
+    model = _dense_model(Path(path), data["model"], allow_code)
     apply_plan(model, PruningPlan.from_dict(data["plan"]))
     try:
         model.load_state_dict(data["state_dict"])
@@ -193,9 +193,16 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
 
 def dense_architecture(path: str | os.PathLike, *, allow_code: bool = False) -> nn.Module:
     """The dense model a pruned model file was cut from, freshly initialised (eval mode)."""
-    spec = _read_pruned(Path(path), "cpu")["model"]
-    return create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                        allow_code=allow_code, **spec.get("kwargs", {})).eval()
+    return _dense_model(Path(path), _read_pruned(Path(path), "cpu")["model"], allow_code).eval()
+
+
+def _dense_model(path: Path, spec: Mapping[str, Any], allow_code: bool) -> nn.Module:
+    """The dense model ``spec`` of a pruned model file names; a refused spec names the file."""
+    try:
+        return create_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                            allow_code=allow_code, **spec.get("kwargs", {}))
+    except ConfigError as exc:
+        raise type(exc)(f"pruned model {str(path)!r}: {exc}") from None
 
 
 def read_pruned_plan(path: str | os.PathLike) -> PruningPlan:
@@ -241,6 +248,11 @@ def _pruned_damage(data: dict[str, Any]) -> str | None:
         return f"'model.kwargs' must not set {reserved[0]!r}"
     if not isinstance(data.get("plan"), Mapping):
         return "'plan' must be a mapping"
+    shape = data["plan"].get("input_shape")
+    memory = physical_memory()
+    if isinstance(shape, list) and all(isinstance(n, int) and n > 0 for n in shape) and memory \
+            and 8 * math.prod(shape) > memory:  # one float64 example input would not fit
+        return f"its plan's input_shape {short(shape)} would not fit in this machine's memory"
     state = data.get("state_dict")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         return "'state_dict' must map names to tensors"

@@ -77,6 +77,10 @@ def check_study_storage(url: str, tracking_uri: str | None = None) -> None:
     a database server must have its driver installed and take a connection within
     :data:`CONNECT_TIMEOUT_S` (nothing is written to it)."""
     db = sqlite_path(url)
+    if db is None and _backend(url) == "sqlite":  # sqlite:// (in memory), sqlite://user@host/...
+        raise ConfigError(f"study_storage {short(masked_url(url))} names no sqlite file (an in-memory study, or "
+                          "an sqlite URL with a host or user), so the study and its resume state would be lost; "
+                          "write sqlite:///relative/path.db or sqlite:////absolute/path.db")
     if db is None or not url.startswith(SQLITE):  # a server, or an sqlite file through a named driver
         _check_driver(url)
     if db is None:
@@ -101,6 +105,16 @@ def check_study_storage(url: str, tracking_uri: str | None = None) -> None:
                           "own (both keep their schema version in a table named alembic_version); pass "
                           "--study-storage with another file name, or leave it out (mlflow-optuna.db)")
     check_creatable(db.parent, "study_storage (the Optuna study)", target=db)
+
+
+def _backend(url: str) -> str | None:
+    """The SQLAlchemy backend of ``url`` (``sqlite`` for ``sqlite+pysqlite://...``), None if it does not parse."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).get_backend_name()
+    except Exception:  # noqa: BLE001 - ArgumentError, ValueError (a port that is no number): _check_driver says so
+        return None
 
 
 def _check_driver(url: str) -> None:
