@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu.py"
+from benchmark_loader import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def gpu_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_bench"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("gpu_bench", None)
+    with benchmark_script("gpu") as module:
+        yield module
 
 
 def test_smoke_runs_the_loop_and_scoring_sections(gpu_bench, tmp_path, capsys) -> None:

@@ -3,23 +3,13 @@ TorchScript included (a few seconds)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "latency.py"
+from benchmark_loader import benchmark_script
 
 
 def test_one_round_times_every_variant(capsys) -> None:
-    spec = importlib.util.spec_from_file_location("latency_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["latency_bench"] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_script("latency") as module:
         module.main(["--model", "resnet20", "--rounds", "1", "--min-time", "0.01", "--batches", "1",
                      "--threads", "1", "--clock", "cpu", "--torchscript"])
-    finally:
-        sys.modules.pop("latency_bench", None)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + 10  # header, 8 eager variants and 2 TorchScript copies
     assert rows[1].startswith("| dense, BN | 1.000 |") and "(1.00×)" in rows[1]

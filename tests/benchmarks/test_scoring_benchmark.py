@@ -4,23 +4,13 @@ criteria's internals (_cholesky_info, pick_route), which move."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scoring.py"
+from benchmark_loader import benchmark_script
 
 
 def test_tiny_run_fills_both_tables(capsys) -> None:
-    spec = importlib.util.spec_from_file_location("scoring_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["scoring_bench"] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_script("scoring") as module:
         assert module.main(["--images", "8", "--batch-size", "8", "--repeats", "1", "--cmi-samples", "8",
                             "--svd-images", "1", "--chip-repeats", "1", "--device", "cpu"]) == 0
-    finally:
-        sys.modules.pop("scoring_bench", None)
     out = capsys.readouterr().out
     assert "| calibration, cmi alone (samples=8, 1 run) |" in out
     total = next(line for line in out.splitlines() if line.startswith("| **all** | 55 |"))
