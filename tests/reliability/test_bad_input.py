@@ -374,6 +374,13 @@ CASES = [
          match="/proc/prunetune-test/o.db"),
     Case("search-study-storage-under-a-file", S + " --study-storage afile/o.db", {"afile": "x"}, match="afile"),
     Case("search-tracking-file-store", S + " --tracking-uri file:mlruns", match="file:mlruns.*sqlite:///"),
+    # these failed after the dense model, the scores and Ray: a ModuleNotFoundError traceback, a ValueError
+    Case("search-tracking-driver-missing", S + " --tracking-uri postgresql+nosuchdriver://u:s3cret@host/db",
+         match=r"MLflow store 'postgresql\+nosuchdriver://u:\*\*\*@host/db' cannot be opened: no database driver"),
+    Case("search-tracking-uri-malformed", S + " --tracking-uri postgresql://u:s3cret@[::1:1/db",
+         match=r"MLflow store 'postgresql://u:\*\*\*@\[::1:1/db' is not a URL"),
+    Case("search-study-storage-malformed", S + " --study-storage postgresql://u:s3cret@[::1:1/db",
+         match=r"cannot be opened: it is not a database URL .*; correct the URL"),
     Case("search-storage-under-a-file", S + " --storage-path afile/runs", {"afile": "x"}, match="afile"),
     Case("search-storage-is-a-file", S + " --storage-path afile", {"afile": "x"}, match="afile"),
     Case("search-storage-under-proc", S + " --storage-path /proc/prunetune-test/runs", match="/proc"),

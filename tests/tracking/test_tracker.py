@@ -53,11 +53,11 @@ def test_an_sqlite_uri_with_a_driver_is_an_sqlite_store_too(tmp_path) -> None:
         check_writable_store(f"{driver}{tmp_path}")
     with pytest.raises(TrackingError, match="no MLflow store at"):
         check_store(f"{driver}{tmp_path}/nowhere.db")
-    uri = resolve_tracking_uri(driver + "m.db", cwd=tmp_path)
+    uri = resolve_tracking_uri(driver + "new folder/ü.db", cwd=tmp_path)  # MLflow made the folder for sqlite:/// only
     tracker = _search(uri)  # MLflow takes the driver's spelling; the artifacts go beside the database
     assert client(uri).get_experiment(tracker.experiment_id).artifact_location == \
-        (tmp_path / "mlartifacts" / "exp").as_uri()
-    assert (tmp_path / "m.db").is_file()
+        (tmp_path / "new folder" / "mlartifacts" / "exp").as_uri()
+    assert (tmp_path / "new folder" / "ü.db").is_file()
 
 
 def test_nested_runs_statuses_and_artifacts(uri: str, tmp_path) -> None:

@@ -23,12 +23,12 @@ import contextlib
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prunetune._database import first_line, url_problem
 from prunetune._paths import check_creatable, input_file_problem
 from prunetune._text import masked_url, short
 from prunetune.exceptions import ConfigError
@@ -118,16 +118,13 @@ def _backend(url: str) -> str | None:
 
 
 def _check_driver(url: str) -> None:
-    """A database URL's SQLAlchemy dialect and driver must import (a missing one failed after the training)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        dialect = make_url(url).get_dialect()
-        (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # SQLAlchemy 2, 1.4
-    except Exception as exc:  # noqa: BLE001 - ArgumentError, NoSuchModuleError, ImportError
-        raise ConfigError(f"study_storage {short(masked_url(url))} cannot be opened: no database driver for it "
-                          f"({type(exc).__name__}: {_first_line(exc, url)}); install the module it "
-                          "names, or give an sqlite file") from None
+    """A database URL must parse and its SQLAlchemy dialect and driver import (a missing one failed
+    after the training)."""
+    problem = url_problem(url)
+    if problem is not None:
+        fix = ("correct the URL" if problem.startswith("it is not") else "install the module it names")
+        raise ConfigError(f"study_storage {short(masked_url(url))} cannot be opened: {problem}; {fix}, or give "
+                          "an sqlite file")
 
 
 def _check_server(url: str, timeout_s: float | None = None) -> None:
@@ -151,7 +148,7 @@ def _check_server(url: str, timeout_s: float | None = None) -> None:
         engine = create_engine(parsed, poolclass=NullPool, connect_args=connect_args)
     except Exception as exc:  # noqa: BLE001 - e.g. an option the dialect refuses
         raise ConfigError(f"study_storage {shown} cannot be opened ({type(exc).__name__}: "
-                          f"{_first_line(exc, url)}); {fix}") from None
+                          f"{first_line(exc, url)}); {fix}") from None
     try:
         answered, error = _answers(lambda: engine.connect().close(), timeout_s + 1)
     finally:
@@ -161,7 +158,7 @@ def _check_server(url: str, timeout_s: float | None = None) -> None:
         raise ConfigError(f"study_storage {shown}: no database server answered within {timeout_s:g} s; {fix}")
     if error is not None:
         raise ConfigError(f"study_storage {shown} cannot be opened ({type(error).__name__}: "
-                          f"{_first_line(error, url)}); {fix}") from None
+                          f"{first_line(error, url)}); {fix}") from None
 
 
 def _answers(connect: Any, timeout_s: float) -> tuple[bool, BaseException | None]:
@@ -180,21 +177,6 @@ def _answers(connect: Any, timeout_s: float) -> tuple[bool, BaseException | None
     thread.start()
     thread.join(timeout_s)
     return (True, outcome[0]) if outcome else (False, None)
-
-
-def _first_line(exc: BaseException, url: str) -> str:
-    """The first line of ``exc``'s message, cut to 160 characters, with the URL's password masked."""
-    from sqlalchemy.engine import make_url
-
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    try:
-        password = make_url(url).password
-    except Exception:  # noqa: BLE001 - an unparsable URL has no password to hide
-        password = None
-    text = text.replace(url, masked_url(url))
-    if password:  # as a whole token: a password "p" must not turn "pymysql" into "***ymysql"
-        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(str(password))}(?![A-Za-z0-9])", "***", text)
-    return text[:160]
 
 
 def _tables(db: Path) -> set[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from prunetune._database import url_problem
 from prunetune._imports import require
 from prunetune._paths import check_creatable, input_file_problem
 from prunetune._text import masked_url
@@ -67,6 +68,9 @@ def client(uri: str) -> Any:
     quiet_mlflow()
     from mlflow.exceptions import MlflowException
 
+    db = sqlite_path(uri)
+    if db is not None:  # MLflow makes a missing folder for sqlite:/// only, not sqlite+<driver>:///
+        db.parent.mkdir(parents=True, exist_ok=True)
     try:
         return tracking.MlflowClient(tracking_uri=uri)
     except MlflowException as exc:  # e.g. its file store, refused unless MLFLOW_ALLOW_FILE_STORE=true
@@ -119,7 +123,13 @@ def check_store(uri: str) -> None:
 
 def check_writable_store(uri: str) -> None:
     """Raise before any work unless a search can write to ``uri``: a sqlite database that exists and is
-    one, or can be created; a server that answers. Other stores are left to MLflow."""
+    one, or can be created; a database URL that parses and whose driver imports; a server that answers.
+    Other stores are left to MLflow."""
+    try:
+        urlsplit(uri)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise TrackingError(f"MLflow store {masked_url(uri)!r} is not a URL ({exc}); pass --tracking-uri "
+                            "sqlite:///path/mlflow.db or an http(s) server") from None
     db = sqlite_path(uri)
     if db is not None:
         if db.is_dir():
@@ -134,7 +144,16 @@ def check_writable_store(uri: str) -> None:
         check_creatable(db.parent, "MLflow store", target=db)
     elif urlsplit(uri).scheme == "file":
         client(uri)  # MLflow refuses its file store by default: say so now, not after the training
+    elif uri.split("://", 1)[0].split("+", 1)[0] in DATABASE_ENGINES:  # a database server (or sqlite+driver://)
+        problem = url_problem(uri)
+        if problem is not None:
+            fix = "correct the URL" if problem.startswith("it is not") else "install the module it names"
+            raise TrackingError(f"MLflow store {masked_url(uri)!r} cannot be opened: {problem}; {fix}, or pass "
+                                "--tracking-uri sqlite:///path/mlflow.db")
     check_server(uri)
+
+
+DATABASE_ENGINES = ("postgresql", "mysql", "mssql", "sqlite")  # the SQLAlchemy stores MLflow opens
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
