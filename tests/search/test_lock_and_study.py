@@ -83,6 +83,14 @@ def test_an_sqlite_url_that_names_no_file_is_refused_before_any_work(url) -> Non
     assert "hunter2" not in str(caught.value) and "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite+pysqlite:///:memory:"])
+def test_an_in_memory_sqlite_study_is_refused_not_made_a_file(url, tmp_path) -> None:
+    """Made relative to the working folder, ``sqlite:///:memory:`` became a file named ``:memory:``."""
+    with pytest.raises(ConfigError, match="in-memory database"):
+        study.resolve_study_storage(url, cwd=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_search_config_takes_study_storage(tmp_path) -> None:
     from prunetune.search import parse_search_config
     from search.conftest import TINY_RECIPE

@@ -61,6 +61,9 @@ def resolve_study_storage(value: Any, *, cwd: str | os.PathLike) -> str:
                           f"file path, got {short(value)}")
     if prefix := sqlite_prefix(value):
         path = value[len(prefix):]
+        if path == ":memory:":  # SQLAlchemy's in-memory database; made relative, it became a file named so
+            raise ConfigError(f"study_storage {value!r} is an in-memory database: the study and its resume state "
+                              "would be lost; write sqlite:///relative/path.db or sqlite:////absolute/path.db")
         return value if path.startswith("/") else prefix + str((Path(cwd) / path).resolve())
     if "://" not in value:
         return SQLITE + str((Path(cwd) / value).resolve())
