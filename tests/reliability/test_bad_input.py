@@ -379,6 +379,7 @@ CASES = [
          match=r"MLflow store 'postgresql\+nosuchdriver://u:\*\*\*@host/db' cannot be opened: no database driver"),
     Case("search-tracking-uri-malformed", S + " --tracking-uri postgresql://u:s3cret@[::1:1/db",
          match=r"MLflow store 'postgresql://u:\*\*\*@\[::1:1/db' is not a URL"),
+    Case("search-tracking-in-memory", S + " --tracking-uri sqlite:///:memory:", match="in-memory database"),
     Case("search-study-storage-malformed", S + " --study-storage postgresql://u:s3cret@[::1:1/db",
          match=r"cannot be opened: it is not a database URL .*; correct the URL"),
     Case("search-storage-under-a-file", S + " --storage-path afile/runs", {"afile": "x"}, match="afile"),

@@ -43,6 +43,12 @@ def test_tracking_uri_is_made_absolute(tmp_path) -> None:
     assert resolve_tracking_uri("http://127.0.0.1:5000", cwd=tmp_path) == "http://127.0.0.1:5000"
 
 
+def test_an_in_memory_store_is_refused_not_made_a_file(tmp_path) -> None:
+    with pytest.raises(TrackingError, match="in-memory database"):
+        resolve_tracking_uri("sqlite:///:memory:", cwd=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_sqlite_uri_with_a_driver_is_an_sqlite_store_too(tmp_path) -> None:
     driver = "sqlite+pysqlite:///"  # MLflow opens it as sqlite; the file checks and the artifacts folder apply
     assert resolve_tracking_uri(driver + "x/m.db", cwd=tmp_path) == f"{driver}{tmp_path / 'x' / 'm.db'}"

@@ -35,6 +35,9 @@ def resolve_tracking_uri(uri: str | None = None, *, cwd: str | os.PathLike | Non
         return SQLITE + str((base / DEFAULT_DB).resolve())
     if prefix := sqlite_prefix(uri):
         path = uri[len(prefix):]
+        if path == ":memory:":  # SQLAlchemy's in-memory database; made relative, it became a file named so
+            raise TrackingError(f"MLflow store {uri!r} is an in-memory database: every result would be lost when "
+                                "the command ends; pass --tracking-uri sqlite:///path/mlflow.db")
         return prefix + str((base / path).resolve()) if not path.startswith("/") else uri
     if "://" not in uri and not uri.startswith(("databricks", "file:")):
         return SQLITE + str((base / uri).resolve())
