@@ -186,6 +186,9 @@ CASES = [
     Case("model-checkpoint-missing", R, {"r.yaml": section("model", checkpoint="missing.pt")}, match="does not exist"),
     Case("model-checkpoint-garbage", R, {"r.yaml": section("model", checkpoint="junk.pt"), "junk.pt": b"junk" * 10},
          match="junk.pt"),
+    # a JSON or text file given as a checkpoint was said to hold "pickled Python objects"
+    Case("model-checkpoint-json", R, {"r.yaml": section("model", checkpoint="p.json"), "p.json": '{"a": 1}'},
+         match=r"p\.json.*it is not a file torch\.save wrote"),
     # were AttributeError tracebacks ('int' object has no attribute 'shape' / 'removeprefix')
     Case("model-checkpoint-non-tensor-value", R, {"r.yaml": section("model", checkpoint="c.pt"),
                                                   "c.pt": _checkpoint({"conv1.weight": 5})}, match="conv1.weight"),

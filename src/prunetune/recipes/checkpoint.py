@@ -68,7 +68,7 @@ def _read(path: Path, what: str) -> Any:
     try:
         return _load_weights(path, "cpu")
     except Exception as exc:
-        raise CheckpointError(f"cannot read {what} {str(path)!r} as a state dict ({_why(exc, 200)})") from None
+        raise CheckpointError(f"cannot read {what} {str(path)!r} as a state dict ({_why(exc, 200, path)})") from None
 
 
 def _load_weights(path: Path, map_location) -> Any:
@@ -78,12 +78,24 @@ def _load_weights(path: Path, map_location) -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def _why(exc: Exception, width: int) -> str:
-    """What went wrong reading a file with :func:`_load_weights`, in a few words."""
+def _why(exc: Exception, width: int, path: Path) -> str:
+    """What went wrong reading ``path`` with :func:`_load_weights`, in a few words."""
+    if not _looks_like_torch(path):
+        return "it is not a file torch.save wrote (neither a zip archive nor a pickle)"
     if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
         return "it holds pickled Python objects, not only tensors; they are not loaded, as they could run code"
     first = str(exc).strip().splitlines()[0][:width] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {first}"
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """Whether ``path`` starts as ``torch.save`` files do: a zip archive, or (the legacy format) a pickle."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return True  # unreadable: the load's own error says why
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: str = "model",
@@ -225,7 +237,7 @@ def _read_pruned(path: Path, map_location) -> dict[str, Any]:
         data = _load_weights(path, map_location)
     except Exception as exc:
         raise CheckpointError(f"cannot read pruned model {str(path)!r}: it is not a file `prunetune prune --out` "
-                              f"wrote ({_why(exc, 120)})") from None
+                              f"wrote ({_why(exc, 120, path)})") from None
     if not isinstance(data, dict) or data.get("format") != PRUNED_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a prunetune pruned model (format {PRUNED_FORMAT})")
     damage = _pruned_damage(data)
