@@ -13,20 +13,21 @@ from prunetune._text import masked_url
 
 
 def url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be opened before any connection is tried, or None: it does not parse
-    (``"malformed: ..."``), or its dialect or driver does not import (``"no database driver for it
-    (...)"``)."""
+    """Why ``url`` cannot be opened before any connection is tried, and the fix, or None: it does not
+    parse (``"it is not a database URL (...); correct the URL"``), or its dialect or driver does not
+    import (``"no database driver for it (...); install the module it names"``)."""
     from sqlalchemy.engine import make_url
 
     try:
         parsed = make_url(url)
     except Exception as exc:  # noqa: BLE001 - ArgumentError, ValueError (a port that is no number)
-        return f"it is not a database URL ({type(exc).__name__}: {first_line(exc, url)})"
+        return f"it is not a database URL ({type(exc).__name__}: {first_line(exc, url)}); correct the URL"
     try:
         dialect = parsed.get_dialect()
         (getattr(dialect, "import_dbapi", None) or dialect.dbapi)()  # SQLAlchemy 2, 1.4
     except Exception as exc:  # noqa: BLE001 - NoSuchModuleError, ImportError
-        return f"no database driver for it ({type(exc).__name__}: {first_line(exc, url)})"
+        return (f"no database driver for it ({type(exc).__name__}: {first_line(exc, url)}); install the module "
+                "it names")
     return None
 
 

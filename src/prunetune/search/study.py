@@ -125,9 +125,8 @@ def _check_driver(url: str) -> None:
     after the training)."""
     problem = url_problem(url)
     if problem is not None:
-        fix = ("correct the URL" if problem.startswith("it is not") else "install the module it names")
-        raise ConfigError(f"study_storage {short(masked_url(url))} cannot be opened: {problem}; {fix}, or give "
-                          "an sqlite file")
+        raise ConfigError(f"study_storage {short(masked_url(url))} cannot be opened: {problem}, or give an "
+                          "sqlite file")
 
 
 def _check_server(url: str, timeout_s: float | None = None) -> None:

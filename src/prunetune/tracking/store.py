@@ -150,8 +150,7 @@ def check_writable_store(uri: str) -> None:
     elif uri.split("://", 1)[0].split("+", 1)[0] in DATABASE_ENGINES:  # a database server (or sqlite+driver://)
         problem = url_problem(uri)
         if problem is not None:
-            fix = "correct the URL" if problem.startswith("it is not") else "install the module it names"
-            raise TrackingError(f"MLflow store {masked_url(uri)!r} cannot be opened: {problem}; {fix}, or pass "
+            raise TrackingError(f"MLflow store {masked_url(uri)!r} cannot be opened: {problem}, or pass "
                                 "--tracking-uri sqlite:///path/mlflow.db")
     check_server(uri)
 
