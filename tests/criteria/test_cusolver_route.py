@@ -1,6 +1,7 @@
 """The CUDA route through cuSOLVER's batched eigen-solver (``criteria._cusolver``), tested without a GPU.
 
-The route is off unless ``PRUNETUNE_CUSOLVER_BATCHED=1``. What runs on a GPU is measured in ``benchmarks/gpu_linalg.py`` (values against torch's solver);
+The route is on unless ``PRUNETUNE_CUSOLVER_BATCHED=0``. What runs on a GPU is measured in
+``benchmarks/gpu_linalg.py`` (values against torch's solver; benchmarks/README.md, "gpu");
 here: the routing decision, the fall-back to torch, the environment switch, and the call's
 contract (column-major storage, eigenvectors returned transposed, matrices reported as not
 converged solved again by torch) against a stand-in library that behaves as the documentation says.
@@ -26,8 +27,11 @@ class _CudaLike:
         return 3
 
 
-def test_cuda_eigen_solves_above_32_try_the_batched_solver_when_switched_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert not via_cusolver_batched(torch.linalg.eigvalsh, _CudaLike(64, 256))  # off by default
+def test_cuda_eigen_solves_above_32_try_the_batched_solver_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_cusolver.ENV_SWITCH, raising=False)
+    assert via_cusolver_batched(torch.linalg.eigvalsh, _CudaLike(64, 256))  # on by default
+    monkeypatch.setenv(_cusolver.ENV_SWITCH, "0")
+    assert not via_cusolver_batched(torch.linalg.eigvalsh, _CudaLike(64, 256))
     monkeypatch.setenv(_cusolver.ENV_SWITCH, "1")
     assert via_cusolver_batched(torch.linalg.eigvalsh, _CudaLike(64, 256))
     assert via_cusolver_batched(torch.linalg.eigh, _CudaLike(128, 64))
@@ -39,11 +43,11 @@ def test_cuda_eigen_solves_above_32_try_the_batched_solver_when_switched_on(monk
 
 def test_the_switch_and_cpu_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(_cusolver.ENV_SWITCH, raising=False)
-    assert not _cusolver.enabled()
-    for on in ("1", "true", "ON"):
+    assert _cusolver.enabled()
+    for on in ("1", "true", "ON", ""):
         monkeypatch.setenv(_cusolver.ENV_SWITCH, on)
         assert _cusolver.enabled()
-    for off in ("0", "false", ""):
+    for off in ("0", "false", " Off ", "no"):
         monkeypatch.setenv(_cusolver.ENV_SWITCH, off)
         assert not _cusolver.enabled()
     x = torch.eye(40, dtype=torch.float64).expand(3, 40, 40)
@@ -202,3 +206,14 @@ def test_large_batches_go_in_chunks_the_routine_takes(vectors: bool, monkeypatch
     assert torch.allclose(lam, ref.eigenvalues, atol=1e-12, rtol=0)
     if vectors:
         assert torch.allclose(out.eigenvectors @ torch.diag_embed(lam) @ out.eigenvectors.transpose(1, 2), g, atol=1e-10)
+
+
+def test_eigvalsh_here_takes_the_batched_route_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    # cmi's greedy solves each step's joints through eigvalsh_here: on CUDA that must be
+    # batched_linalg's route (cuSOLVER's batched solver), not torch's one-matrix-at-a-time call
+    seen = []
+    monkeypatch.setattr(_linalg, "batched_linalg", lambda fn, x: seen.append((fn, x)) or "routed")
+    x = _CudaLike(64, 256)
+    assert _linalg.eigvalsh_here(x) == "routed" and seen == [(torch.linalg.eigvalsh, x)]
+    g = torch.eye(3, dtype=torch.float64).expand(2, 3, 3)
+    assert torch.equal(_linalg.eigvalsh_here(g), torch.ones(2, 3, dtype=torch.float64)) and len(seen) == 1

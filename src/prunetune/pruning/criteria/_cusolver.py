@@ -13,13 +13,14 @@ float64 CUDA ``Tensor[B, n, n]``, or ``None`` where the routine is not there (no
 older than 11.7.1, an unexpected status): the caller then uses torch. A matrix the routine reports
 as not converged is solved again by torch.
 
-**Off unless asked for** (environment variable ``PRUNETUNE_CUSOLVER_BATCHED=1``): the route was
-written on a machine without a GPU and has not yet run on one. What can be tested there is
-(tests/criteria/test_cusolver_route.py): the ctypes declarations against a C library with the
-documented prototypes, and the layout, triangle, eigenvector, workspace and not-converged handling
-against a stand-in that checks what the documentation says it receives. ``benchmarks/gpu_linalg.py``
-times it against torch's solver and checks its values whatever the switch says; once a GPU run has
-shown it right and faster, it can be made the default.
+**On by default** (``PRUNETUNE_CUSOLVER_BATCHED=0`` turns it off). Measured on an H200 with torch
+2.11 + CUDA 13 (benchmarks/README.md, "gpu"): the eigenvalues equal torch's to 5e-17 (256×256) and
+the eigenvectors reconstruct the matrices to 4e-17 (64×64); a batch of 64 float64 256×256
+``eigvalsh`` took 9.4 ms against torch's 122 ms, and 128 64×64 ``eigh`` 0.81 ms against 91 ms.
+Tested without a GPU (tests/criteria/test_cusolver_route.py): the ctypes declarations against a C
+library with the documented prototypes, and the layout, triangle, eigenvector, workspace and
+not-converged handling against a stand-in that checks what the documentation says it receives.
+``benchmarks/gpu_linalg.py`` times it against torch's solver and checks its values.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ _STATE: dict[str, Any] = {}  # "lib": CDLL | None; ("handle", device): (handle, 
 
 
 def enabled() -> bool:
-    """Whether :func:`~prunetune.pruning.criteria._linalg.batched_linalg` tries this route: the
-    environment switch is set to ``1`` (or ``true``, ``yes``, ``on``)."""
-    return os.environ.get(ENV_SWITCH, "0").strip().lower() in ("1", "true", "yes", "on")
+    """Whether :func:`~prunetune.pruning.criteria._linalg.batched_linalg` tries this route: yes
+    unless the environment switch is ``0`` (or ``false``, ``no``, ``off``)."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _loaded_paths() -> list[str]:

@@ -4,8 +4,8 @@ Every criterion that factorises (``chip``'s ``eigh`` per image, ``hrank``'s Chol
 ``eigvalsh`` per map, ``cmi``'s ``eigvalsh`` per candidate joint) hands a batch of small matrices to
 :func:`batched_linalg`, which picks how to solve it with the same values: on the CPU, split across
 torch's threads, large float64 ``eigvalsh`` by numpy's LAPACK; on CUDA, the sizes cuSOLVER solves
-one matrix at a time through the host, or (switched on) cuSOLVER's batched solver
-(:mod:`._cusolver`). Measured in benchmarks/README.md ("gpu", "CMI").
+cuSOLVER's batched solver (:mod:`._cusolver`), or where that is missing or switched off,
+the sizes cuSOLVER solves one matrix at a time through the host. Measured in benchmarks/README.md ("gpu", "CMI").
 """
 
 from __future__ import annotations
@@ -64,9 +64,8 @@ def on_host(fn: Callable[[Tensor], Any], x: Tensor) -> bool:
 
 CUSOLVER_BATCHED_MIN_SIZE = 33
 """Matrix size n from which a CUDA batch of symmetric eigen-solves goes to cuSOLVER's batched
-solver, ``cusolverDnXsyevBatched`` (:mod:`._cusolver`), when that route is switched on
-(``PRUNETUNE_CUSOLVER_BATCHED=1``; off by default until measured on a GPU) and the installed cuSOLVER
-has it; below, torch solves a batch in one call itself (``syevjBatched``, or
+solver, ``cusolverDnXsyevBatched`` (:mod:`._cusolver`), unless that route is switched off
+(``PRUNETUNE_CUSOLVER_BATCHED=0``) or the installed cuSOLVER lacks it; below, torch solves a batch in one call itself (``syevjBatched``, or
 ``XsyevBatched`` in builds that have it). Otherwise the batch goes
 the way it went before (:data:`HOST_EIGEN_SIZES`, else torch)."""
 
@@ -132,7 +131,7 @@ def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 6
     numpy's LAPACK (its BLAS held to one thread per call), whose values agree to rounding. On CUDA,
     a batch of symmetric eigen-solves of a size where cuSOLVER solves one matrix at a time
     (:data:`HOST_EIGEN_SIZES`) is solved this way on the host and copied back (:func:`on_host`),
-    unless cuSOLVER's batched solver is switched on (:func:`via_cusolver_batched`, off by default);
+    where cuSOLVER's batched solver is missing or switched off (:func:`via_cusolver_batched`);
     other calls on other devices, and small batches, are ``fn(x)``.
     """
     if via_cusolver_batched(fn, x):
@@ -149,7 +148,10 @@ def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 6
 
 def eigvalsh_here(x: Tensor) -> Tensor:
     """``eigvalsh`` of a batch in one call on this thread, by the routine :func:`batched_linalg`
-    would pick (numpy's LAPACK from :data:`NUMPY_EIGVALSH_MIN_SIZE`, torch's below)."""
+    would pick (on the CPU numpy's LAPACK from :data:`NUMPY_EIGVALSH_MIN_SIZE`, torch's below; on
+    CUDA :func:`batched_linalg`'s own route, cuSOLVER's batched solver included)."""
+    if x.device.type != "cpu":
+        return batched_linalg(torch.linalg.eigvalsh, x)
     return _numpy_eigvalsh(x) if via_numpy(torch.linalg.eigvalsh, x) else torch.linalg.eigvalsh(x)
 
 
