@@ -11,6 +11,10 @@ every point, on the same maps:
   cut-off reads ``cmi`` (its knee must equal the reference's on every point);
 * the options: ``alpha=2`` (Frobenius norms) and ``stop_gain`` (each value of ``--stop-gains``).
 
+Then the default and the knee stop once more with every point's greedy **in step**, as calibration
+runs them (``cmi.settle_groups``: each step's eigenvalue problems of all points in shared batched
+calls), against the same rankings point by point and against the reference.
+
 Every row gives seconds (one run per point, wall clock and this process's CPU time, summed over the
 points; the rankings of one point run one after the other, so load from other processes falls on
 all of them alike), the speed-up against the reference and
@@ -47,7 +51,7 @@ from prunetune.pruning.calibration import calibrate
 from prunetune.pruning.criteria import cmi as cmi_module
 from prunetune.pruning.criteria import get_criterion
 from prunetune.pruning.criteria.cmi_reference import cmi_ranking_reference
-from prunetune.pruning.criteria.renyi import CmiRanking, cmi_greedy
+from prunetune.pruning.criteria.renyi import CmiRanking, cmi_greedy, finish_sets, greedy_run
 from prunetune.pruning.strategies.cutoffs import cumulative_keep, knee_keep, marginal_keep
 
 
@@ -109,11 +113,14 @@ def capture(model, groups, batches, params: dict[str, Any], device) -> list[tupl
                             torch.zeros(c, dtype=torch.float64), torch.tensor([c]))
         return self._result
 
+    settle = acc.__dict__["settle_group"], acc.__dict__["settle_groups"]
     acc._run = record
+    acc.settle_group = acc.settle_groups = staticmethod(lambda _accs: None)  # no greedy run here
     try:
         calibrate(model.to(device), groups, {"cmi": params}, batches, device=device, show_progress=False)
     finally:
         acc._run = real
+        acc.settle_group, acc.settle_groups = settle
     return seen
 
 
@@ -189,7 +196,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  point {i} ({maps.shape[1]} ch) wall s: reference {ref[i][2][0] if i in ref else float('nan'):.2f}, "
               f"{done}", file=sys.stderr, flush=True)
     report(points, per_stage, with_ref, ref, results)
+
+    # every point's greedy in step, as calibration runs them (cmi.settle_groups: one batched solve per step)
+    in_step = {}
+    for name, extra in [("fast (default)", {}), ("knee stop (cmi_knee's cmi)", {"stop_at_knee": True})]:
+        def all_points(extra=extra):
+            runs = [greedy_run(maps, y, **{**kw, **extra}) for maps, y in points]
+            finish_sets([[r] for r in runs])
+            return [r.result for r in runs]
+
+        in_step[name] = timed(all_points)
+        print(f"  in step, {name}: wall s {in_step[name][1][0]:.2f}", file=sys.stderr, flush=True)
+    report_in_step(points, per_stage, with_ref, ref, results, in_step)
     return 0
+
+
+def report_in_step(points, per_stage, with_ref, ref, results, in_step) -> None:
+    """The layers in step against the same rankings point by point (measured in this run) and
+    against the reference (its per-point time in each stage times the stage's points: estimated)."""
+    ref_total = sum(sum(ref[i][2][0] for i in idx if i in ref) / max(1, sum(i in ref for i in idx)) * len(idx)
+                    for idx in per_stage.values())
+    print("\n**Every point's greedy in step** (as calibration runs them: each step's eigenvalue problems of "
+          f"all {len(points)} points in shared batched calls)\n")
+    print("| ranking | points | wall s | CPU s | × faster than point by point (wall) | × faster than the reference "
+          "(wall, estimated) | same order as point by point | same order as the reference |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (got, (w, c)) in in_step.items():
+        alone = results[name]
+        w_alone = sum(alone[i][1][0] for i in range(len(points)))
+        same = sum(got[i].order.tolist() == alone[i][0].order.tolist() for i in range(len(points)))
+        same_ref = sum(got[i].order.tolist() == ref[i][0].tolist() for i in with_ref)
+        print(f"| {name} | {len(points)} | {w:.2f} | {c:.2f} | {w_alone / w:.2f}× | {ref_total / w:.2f}× | "
+              f"{same}/{len(points)} | {same_ref}/{len(with_ref)} |")
+    print(f"\nThe reference's time for all points is estimated as its per-point time in each stage times the "
+          f"stage's points: {ref_total:.2f} s.")
 
 
 def report(points, per_stage, with_ref, ref, results) -> None:

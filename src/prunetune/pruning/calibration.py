@@ -189,6 +189,10 @@ def _reduce_all(groups: ModelGroups, crit: str, params: Mapping[str, Any],
     """Reduce every group; cross-layer criteria in sweep order, so each neighbour is ready first."""
     directions = get_criterion(crit).cross_layer(params, [g.name for g in groups]) or {}
     order = sweep_order(groups, directions) if directions else [g.name for g in groups]
+    first = next((accs[0] for accs in per_group.values() if accs), None)
+    settle_all = getattr(type(first), "settle_groups", None)
+    if settle_all is not None and not directions:  # no group waits for a neighbour: all at once
+        settle_all([per_group[name] for name in order])
     done = {name: _reduce(per_group[name]) for name in order}
     return {g.name: done[g.name] for g in groups}
 
@@ -199,7 +203,9 @@ def _reduce(accs: list[Accumulator]) -> tuple[Tensor, dict[str, Tensor]]:
     Floating extras (curves) are averaged across points too; integer extras (an order) cannot be
     averaged, so the first point's is kept. An accumulator class with a ``settle_group(accs)``
     static method is first given all of a group's points together (``cmi``: its knee stop must
-    settle the knee of the averaged curve).
+    settle the knee of the averaged curve); one with ``settle_groups(groups)`` is given every
+    group at once by :func:`_reduce_all` when no group is conditioned on a neighbour (``cmi``: the
+    layers' greedies run in step, their eigenvalue problems solved in shared batches).
     """
     settle = getattr(type(accs[0]), "settle_group", None) if accs else None
     if settle is not None:

@@ -27,7 +27,19 @@ from prunetune.pruning.criteria._common import (
 )
 from prunetune.pruning.criteria.base import ACTIVATION, LABELS, FeatureBatch, register
 from prunetune.pruning.criteria.information import pool_to
-from prunetune.pruning.criteria.renyi import JOINTS, SIGMA_RULES, GreedyRun, conditioning_gram, finish_runs, greedy_run
+from prunetune.pruning.criteria.renyi import (
+    JOINTS,
+    SIGMA_RULES,
+    GreedyRun,
+    conditioning_gram,
+    finish_runs,
+    finish_sets,
+    greedy_run,
+)
+
+SETTLE_MEMORY_MB = 1024
+"""MiB of channel Gram matrices :meth:`_SampleAccumulator.settle_groups` sets up at once (a wave of
+groups run in step); a group larger than this alone is one wave."""
 
 
 class _SampleAccumulator:
@@ -114,8 +126,22 @@ class _SampleAccumulator:
         """Run the greedies of a group's feature points together: with the knee stop, the group's
         curve is the mean of theirs (``calibration._reduce``), so they stop when *its* knee is
         settled (:func:`~prunetune.pruning.criteria.renyi.settle_knees`), not each at its own."""
-        if len(accs) > 1 and all(a.p["stop_at_knee"] for a in accs):
-            finish_runs([a.greedy() for a in accs])
+        _settle([accs])
+
+    @staticmethod
+    def settle_groups(groups: list[list[_SampleAccumulator]]) -> None:
+        """Run the greedies of many groups in step (``calibration`` calls this for the whole model
+        when no group is conditioned on a neighbour): each step's eigenvalue problems of all of
+        them go into one batched solve (:func:`~prunetune.pruning.criteria.renyi.finish_sets`),
+        which on a GPU costs about what the largest layer's alone does. The results are those of
+        each group alone. The greedies are set up in waves of at most :data:`SETTLE_MEMORY_MB` of
+        Gram matrices (C·n² float64 values a layer), each wave's results kept and its matrices freed
+        before the next."""
+        _settle(groups)
+
+    def gram_bytes(self) -> int:
+        """Bytes of this point's channel Gram matrices once its greedy is set up (C·n² float64)."""
+        return self.channels * self.kept * self.kept * 8
 
     def _run(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if self._result is None:
@@ -138,6 +164,28 @@ class _SampleAccumulator:
     def extras(self) -> dict[str, Tensor]:
         _, order, values, steps = self._run()
         return {"cmi_values": values, "cmi_order": order, "cmi_steps": steps}
+
+
+def _settle(groups: list[list[_SampleAccumulator]]) -> None:
+    """:meth:`_SampleAccumulator.settle_groups`: the groups' greedies in step, in waves."""
+    wave: list[list[_SampleAccumulator]] = []
+    size = 0
+    for accs in [*groups, []]:  # the empty group ends the last wave
+        need = sum(a.gram_bytes() for a in accs if a._result is None)
+        if wave and (not accs or size + need > SETTLE_MEMORY_MB * 2**20):
+            sets = []
+            for members in wave:
+                runs = [a.greedy() for a in members if a._result is None]
+                knee = [r for r in runs if r.knee_floor is not None]
+                sets += ([knee] if knee else []) + [[r] for r in runs if r.knee_floor is None]
+            finish_sets(sets)
+            for members in wave:
+                for a in members:
+                    a._run()  # keeps the result, frees the Gram matrices
+            wave, size = [], 0
+        if accs:
+            wave.append(accs)
+            size += need
 
 
 CONDITIONS = ("none", "previous", "next", "bidirectional")

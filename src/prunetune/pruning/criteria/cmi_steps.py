@@ -63,6 +63,7 @@ class Evaluator:
         self.blocks = class_blocks(labels) if alpha >= 1.0 and alpha != 2.0 else None
         self.chunk = max(1, int(max_memory_mb * 2**20) // (8 * n * n * 8))
         self.min_chunk = max(1, (64 * 32**3) // max(1, n) ** 3)  # split even a few large problems
+        self._key: tuple | None = None
         if alpha == 2.0:  # Frobenius norms: Σ_ab (X_S ∘ X_j)² is one product with X_j² for every j
             self.sq = (a_ch * a_ch).reshape(a_ch.shape[0], n * n)
             self.diag = torch.diagonal(a_ch, dim1=-2, dim2=-1)
@@ -107,26 +108,31 @@ class Evaluator:
 
     def step(self, remaining: list[int], a_s: Tensor | None, const: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(CPU CMIs, S(X_j,S), S(Y,X_j,S)) of every remaining candidate j."""
+        if self.blocks is not None:
+            return steps_together([(self, remaining, a_s, const)])[0]
         cand = torch.tensor(remaining, device=self.a_ch.device)
         if self.alpha == 2.0:
             return self._frobenius_step(cand, a_s, const)
         full, lab = [], []
-        for i in range(0, len(remaining), self.chunk):
+        for i in range(0, len(remaining), self.chunk):  # the straightforward form (α < 1)
             joint = self.a_ch.index_select(0, cand[i : i + self.chunk])  # a copy: multiplied in place
             if a_s is not None:
                 joint.mul_(a_s)
-            if self.blocks is None:  # the straightforward form (α < 1, α = 2)
-                ent = self.entropy(unit_trace(torch.cat([joint, joint * self.a_y])))
-                full.append(ent[: len(joint)])
-                lab.append(ent[len(joint) :])
-            else:  # unit trace through the eigenvalues: λ(J / tr J) = λ(J) / tr J
-                trace = torch.diagonal(joint, dim1=-2, dim2=-1).sum(-1)[:, None]
-                lam, lam_y = split_across_threads(self._spectra, joint, min_chunk=self.min_chunk)
-                full.append(entropy_of_eigenvalues(lam / trace, self.alpha))
-                lab.append(entropy_of_eigenvalues(lam_y / trace, self.alpha))
+            ent = self.entropy(unit_trace(torch.cat([joint, joint * self.a_y])))
+            full.append(ent[: len(joint)])
+            lab.append(ent[len(joint) :])
         s_full, s_y = torch.cat(full), torch.cat(lab)
         return (s_full - s_y + const).cpu(), s_full, s_y
 
+    def together_key(self) -> tuple | None:
+        """Evaluators with equal keys can solve their steps in one batch (:func:`steps_together`):
+        the label-block form, the same α, sample count, device and labels. ``None``: not that form."""
+        if self.blocks is None:
+            return None
+        if self._key is None:
+            blocks = tuple(tuple(b.flatten().tolist()) for b in self.blocks)
+            self._key = (self.alpha, self.a_ch.shape[-1], str(self.a_ch.device), hash(blocks), blocks)
+        return self._key
 
     def _frobenius_step(self, cand: Tensor, a_s: Tensor | None, const: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """α = 2: S = −log₂ ‖J‖_F² with J = X_S ∘ X_j / tr, for every candidate through two
@@ -142,6 +148,52 @@ class Evaluator:
         s_full = -torch.log2((sq @ w.reshape(-1)) / tr2)
         s_y = -torch.log2((sq @ wy.reshape(-1)) / tr2)
         return (s_full - s_y + const).cpu(), s_full, s_y
+
+
+Step = tuple[Evaluator, list[int], "Tensor | None", Tensor]
+"""One greedy step to evaluate: (evaluator, remaining candidates, running joint X_S or ``None``,
+the step's shared term S(Y,S) − S(S))."""
+
+
+def steps_together(steps: list[Step]) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """:meth:`Evaluator.step` of several greedies at once (label-block form, equal
+    :meth:`Evaluator.together_key`): every candidate joint of every step goes into the same batched
+    eigenvalue calls, chunked to the first evaluator's memory bound. Each matrix is solved by the
+    routine a step of its own would use, so the values are the same. On a GPU a batched solve of a
+    few hundred 256×256 matrices costs little more than one of a few dozen (benchmarks/README.md,
+    "gpu"), so the greedies of a model's layers, run in step, cost about what the largest does alone.
+    """
+    ev0 = steps[0][0]
+    n, alpha = ev0.a_ch.shape[-1], ev0.alpha
+    pairs = [(k, j) for k, (_, remaining, _, _) in enumerate(steps) for j in remaining]
+    if not pairs:
+        raise ValueError("steps_together needs at least one candidate")
+    full, lab = [], []
+    for i in range(0, len(pairs), ev0.chunk):
+        chunk = pairs[i : i + ev0.chunk]
+        joint = ev0.a_ch.new_empty(len(chunk), n, n)
+        at = 0
+        while at < len(chunk):  # the chunk's candidates of one step at a time
+            k = chunk[at][0]
+            end = at
+            while end < len(chunk) and chunk[end][0] == k:
+                end += 1
+            ev, _, a_s, _ = steps[k]
+            cand = torch.tensor([j for _, j in chunk[at:end]], device=ev.a_ch.device)
+            torch.index_select(ev.a_ch, 0, cand, out=joint[at:end])
+            if a_s is not None:
+                joint[at:end].mul_(a_s)
+            at = end
+        # unit trace through the eigenvalues: λ(J / tr J) = λ(J) / tr J
+        trace = torch.diagonal(joint, dim1=-2, dim2=-1).sum(-1)[:, None]
+        lam, lam_y = split_across_threads(ev0._spectra, joint, min_chunk=ev0.min_chunk)
+        full.append(entropy_of_eigenvalues(lam / trace, alpha))
+        lab.append(entropy_of_eigenvalues(lam_y / trace, alpha))
+    s_full, s_y = torch.cat(full), torch.cat(lab)
+    counts = [len(remaining) for _, remaining, _, _ in steps]
+    const = torch.stack([torch.as_tensor(c, dtype=s_full.dtype).to(s_full.device) for *_, c in steps])
+    cmi = (s_full - s_y + torch.repeat_interleave(const, torch.tensor(counts, device=s_full.device))).cpu()
+    return list(zip(cmi.split(counts), s_full.split(counts), s_y.split(counts)))
 
 
 def class_blocks(labels: Tensor) -> list[Tensor]:

@@ -25,7 +25,12 @@ import torch
 from torch import Tensor
 
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.criteria.cmi_steps import VANISH_BOUND, Evaluator, vanished  # noqa: F401  VANISH_BOUND re-exported
+from prunetune.pruning.criteria.cmi_steps import (  # noqa: F401  VANISH_BOUND re-exported
+    VANISH_BOUND,
+    Evaluator,
+    steps_together,
+    vanished,
+)
 from prunetune.pruning.knee import knee_settled
 from prunetune.pruning.criteria.matrix_entropy import (  # noqa: F401  re-exported
     JOINTS,
@@ -197,13 +202,44 @@ def _information_left(ev: Evaluator, condition: Tensor | None) -> float:
 
 def finish_runs(runs: list[GreedyRun]) -> None:
     """Run every greedy to its end: those with the knee stop together, until the knee of their mean
-    curve is settled (:func:`settle_knees`), the others alone."""
-    knee = [r for r in runs if r.knee_floor is not None]
-    if knee:
-        settle_knees(knee)
+    curve is settled (:func:`settle_knees`), the others each to its own end."""
+    finish_sets([runs])
+
+
+def finish_sets(sets: list[list[GreedyRun]]) -> None:
+    """Run the greedies of several sets (one set per group: its feature points) to their ends, in
+    step: each step's eigenvalue problems of every live greedy are solved together
+    (:func:`advance_together`). In a set, the runs with the knee stop stop together, when the knee
+    of their mean curve is settled (:func:`settle_knees`); the others run to their own ends. The
+    results are those of running each set alone."""
+    knee_sets = [[r for r in runs if r.knee_floor is not None] for runs in sets]
+    knee_sets = [k for k in knee_sets if k]
+    while True:
+        for runs in knee_sets:
+            _stop_if_knee_settled(runs)
+        live = [r for runs in sets for r in runs if r.result is None]
+        if not live:
+            return
+        advance_together(live)
+
+
+def advance_together(runs: list[GreedyRun]) -> None:
+    """One step of every run (:meth:`GreedyRun.advance`), the label-block steps of runs with equal
+    :meth:`~prunetune.pruning.criteria.cmi_steps.Evaluator.together_key` in one batched solve
+    (:func:`~prunetune.pruning.criteria.cmi_steps.steps_together`)."""
+    together: dict[tuple, list[GreedyRun]] = {}
     for run in runs:
-        while run.result is None:
+        if not run.needs_step():
+            continue
+        key = run.ev.together_key()
+        if key is None:
             run.advance()
+        else:
+            together.setdefault(key, []).append(run)
+    for group in together.values():
+        outs = steps_together([(r.ev, r.remaining, r.a_s, r.const) for r in group])
+        for run, out in zip(group, outs):
+            run.take(*out)
 
 
 def settle_knees(runs: list[GreedyRun]) -> None:
@@ -217,21 +253,23 @@ def settle_knees(runs: list[GreedyRun]) -> None:
     when every completion has one knee. Each stopped run then gives its unplaced channels equal
     shares of what it has left, so the mean curve stored is one of those completions.
     """
-    total = runs[0].ev.a_ch.shape[0]
-    while True:
-        live = [r for r in runs if r.result is None]
-        if not live:
-            return
-        t = len(live[0].order)  # every live run has taken the same number of steps
-        if t >= 2:
-            prefix = torch.stack([torch.tensor(r.curve()[:t], dtype=torch.float64) for r in runs]).mean(0)
-            left = sum(r.left(t) for r in runs) / len(runs)
-            if knee_settled(prefix, left, total, KNEE_SLACK) is not None:
-                for r in live:
-                    r.stop_here()
-                return
-        for r in live:
-            r.advance()
+    finish_sets([runs])
+
+
+def _stop_if_knee_settled(runs: list[GreedyRun]) -> None:
+    """:func:`settle_knees`'s test, before each step: stop every live run of ``runs`` if the knee of
+    their mean curve is settled."""
+    live = [r for r in runs if r.result is None]
+    if not live:
+        return
+    t = len(live[0].order)  # every live run has taken the same number of steps
+    if t >= 2:
+        total = runs[0].ev.a_ch.shape[0]
+        prefix = torch.stack([torch.tensor(r.curve()[:t], dtype=torch.float64) for r in runs]).mean(0)
+        left = sum(r.left(t) for r in runs) / len(runs)
+        if knee_settled(prefix, left, total, KNEE_SLACK) is not None:
+            for r in live:
+                r.stop_here()
 
 
 class GreedyRun:
@@ -262,15 +300,24 @@ class GreedyRun:
             return float(self.result.values[t:].sum())
         return float(self.const) - float(self.knee_floor)
 
-    def advance(self) -> None:
-        """One greedy step; the run is over (``result`` set) after the last, or at an early stop."""
+    def needs_step(self) -> bool:
+        """Whether the run has a step to take; a run with none left is finished here (``result``)."""
         if self.result is not None:
-            return
+            return False
         if len(self.order) >= self.steps or not self.remaining:
             self.result = self._finish()
-            return
+            return False
+        return True
+
+    def advance(self) -> None:
+        """One greedy step; the run is over (``result`` set) after the last, or at an early stop."""
+        if self.needs_step():
+            self.take(*self.ev.step(self.remaining, self.a_s, self.const))
+
+    def take(self, cmi: Tensor, s_full: Tensor, s_y: Tensor) -> None:
+        """Place the step's best candidate, given every remaining candidate's (CPU) CMI and its two
+        entropies S(X_j,S), S(Y,X_j,S) (:meth:`~prunetune.pruning.criteria.cmi_steps.Evaluator.step`)."""
         ev = self.ev
-        cmi, s_full, s_y = ev.step(self.remaining, self.a_s, self.const)
         best = first_max(cmi)
         values = self.values
         if self.stop_gain is not None and values and values[0] > 0 and float(cmi[best]) < self.stop_gain * values[0]:
