@@ -12,7 +12,7 @@ every point, on the same maps:
 * the options: ``alpha=2`` (Frobenius norms) and ``stop_gain`` (each value of ``--stop-gains``).
 
 Then the default and the knee stop once more with every point's greedy **in step**, as calibration
-runs them (``cmi.settle_groups``: each step's eigenvalue problems of all points in shared batched
+runs them on a GPU (``cmi.settle_groups``: each step's eigenvalue problems of all points in shared batched
 calls), against the same rankings point by point and against the reference.
 
 Every row gives seconds (one run per point, wall clock and this process's CPU time, summed over the
@@ -216,7 +216,7 @@ def report_in_step(points, per_stage, with_ref, ref, results, in_step) -> None:
     against the reference (its per-point time in each stage times the stage's points: estimated)."""
     ref_total = sum(sum(ref[i][2][0] for i in idx if i in ref) / max(1, sum(i in ref for i in idx)) * len(idx)
                     for idx in per_stage.values())
-    print("\n**Every point's greedy in step** (as calibration runs them: each step's eigenvalue problems of "
+    print("\n**Every point's greedy in step** (as calibration runs them on a GPU: each step's eigenvalue problems of "
           f"all {len(points)} points in shared batched calls)\n")
     print("| ranking | points | wall s | CPU s | × faster than point by point (wall) | × faster than the reference "
           "(wall, estimated) | same order as point by point | same order as the reference |")

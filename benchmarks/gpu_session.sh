@@ -1,6 +1,6 @@
 #!/bin/bash
-# The measurements owed on a GPU, in order of value, each under its own time limit (about 4 minutes
-# in all on an H200; the limits add up to 390 s; see benchmarks/README.md, "gpu"). From the
+# The GPU measurements of benchmarks/README.md ("gpu", second run), in order of value, each under
+# its own time limit (about 4 minutes in all on an H200; the limits add up to 390 s). From the
 # repository root:
 #
 #   OUT=gpu-session bash benchmarks/gpu_session.sh

@@ -88,9 +88,10 @@ def test_steps_together_batches_the_layers_steps_and_matches_their_own_steps(mon
 
 
 def test_calibration_runs_the_layers_in_step_with_each_groups_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``calibrate`` hands every group's cmi accumulators to ``settle_groups``: the table equals
-    the one reduced group by group (the knee stop's group curves included), and a memory bound of
-    one group per wave changes nothing either."""
+    """``calibrate`` hands every group's cmi accumulators to ``settle_groups``: on a GPU (here
+    pretended) the groups share each step's batched calls, on the CPU each group runs alone; every
+    table equals the one reduced group by group (the knee stop's group curves included), and a
+    memory bound of one group per wave changes nothing either."""
     model = create_model("resnet20", in_channels=1).eval()
     groups = find_groups(model, (1, 16, 16))
     g = torch.Generator().manual_seed(1)
@@ -105,15 +106,20 @@ def test_calibration_runs_the_layers_in_step_with_each_groups_result(monkeypatch
     sizes = []
     real = cmi_steps.steps_together
     monkeypatch.setattr("prunetune.pruning.criteria.renyi.steps_together", lambda s: sizes.append(len(s)) or real(s))
+    on_cpu = {stop: table(stop) for stop in (False, True)}
+    largest_group = max(len(g.feature_points) for g in groups)
+    assert max(sizes) <= largest_group  # on the CPU each group runs alone
+    sizes.clear()
+    monkeypatch.setattr(cmi._SampleAccumulator, "on_accelerator", lambda self: True)  # as on a GPU
     in_step = {stop: table(stop) for stop in (False, True)}
-    assert max(sizes) > 3  # layers of several groups shared a call
+    assert max(sizes) > largest_group  # layers of several groups shared a call
     monkeypatch.setattr(cmi, "SETTLE_MEMORY_MB", 0)  # every group its own wave
     waves = {stop: table(stop) for stop in (False, True)}
     monkeypatch.setattr(cmi._SampleAccumulator, "settle_groups", None)
     alone = {stop: table(stop) for stop in (False, True)}
     for stop in (False, True):
         for name in alone[stop]:
-            for got in (in_step[stop][name], waves[stop][name]):
+            for got in (in_step[stop][name], waves[stop][name], on_cpu[stop][name]):
                 torch.testing.assert_close(got[0], alone[stop][name][0], rtol=0, atol=0)
                 assert got[1]["cmi_order"].tolist() == alone[stop][name][1]["cmi_order"].tolist()
                 torch.testing.assert_close(got[1]["cmi_values"], alone[stop][name][1]["cmi_values"], rtol=0, atol=1e-12)
@@ -129,6 +135,7 @@ def test_settle_groups_frees_each_waves_gram_matrices(monkeypatch: pytest.Monkey
         acc.update(FeatureBatch(activations=_layer(40 + k, y, 6), labels=y))
         accs.append(acc)
     assert accs[0].gram_bytes() == 6 * 30 * 30 * 8
+    monkeypatch.setattr(cmi._SampleAccumulator, "on_accelerator", lambda self: True)
     monkeypatch.setattr(cmi, "SETTLE_MEMORY_MB", 2 * accs[0].gram_bytes() / 2**20)  # two points a wave
     cmi._SampleAccumulator.settle_groups([[a] for a in accs])
     assert all(a._greedy is None and a._result is not None for a in accs)

@@ -38,8 +38,9 @@ from prunetune.pruning.criteria.renyi import (
 )
 
 SETTLE_MEMORY_MB = 1024
-"""MiB of channel Gram matrices :meth:`_SampleAccumulator.settle_groups` sets up at once (a wave of
-groups run in step); a group larger than this alone is one wave."""
+"""MiB of channel Gram matrices :meth:`_SampleAccumulator.settle_groups` sets up at once on a GPU
+(a wave of groups run in step); a group larger than this alone is one wave. On the CPU every group
+is a wave of its own."""
 
 
 class _SampleAccumulator:
@@ -136,8 +137,14 @@ class _SampleAccumulator:
         which on a GPU costs about what the largest layer's alone does. The results are those of
         each group alone. The greedies are set up in waves of at most :data:`SETTLE_MEMORY_MB` of
         Gram matrices (C·n² float64 values a layer), each wave's results kept and its matrices freed
-        before the next."""
+        before the next. On the CPU each group is its own wave: there the shared batches gave
+        nothing (0.9× on one thread, ResNet-32 on digits, benchmarks/README.md, "CMI") and the
+        larger working set cost a little."""
         _settle(groups)
+
+    def on_accelerator(self) -> bool:
+        """Whether the kept maps (and so the greedy) are on a device other than the CPU."""
+        return bool(self.maps) and self.maps[0].device.type != "cpu"
 
     def gram_bytes(self) -> int:
         """Bytes of this point's channel Gram matrices once its greedy is set up (C·n² float64)."""
@@ -170,9 +177,10 @@ def _settle(groups: list[list[_SampleAccumulator]]) -> None:
     """:meth:`_SampleAccumulator.settle_groups`: the groups' greedies in step, in waves."""
     wave: list[list[_SampleAccumulator]] = []
     size = 0
+    budget = SETTLE_MEMORY_MB * 2**20 if any(a.on_accelerator() for accs in groups for a in accs) else 0
     for accs in [*groups, []]:  # the empty group ends the last wave
         need = sum(a.gram_bytes() for a in accs if a._result is None)
-        if wave and (not accs or size + need > SETTLE_MEMORY_MB * 2**20):
+        if wave and (not accs or size + need > budget):
             sets = []
             for members in wave:
                 runs = [a.greedy() for a in members if a._result is None]
