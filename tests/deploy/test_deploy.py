@@ -141,8 +141,12 @@ def test_bench_and_deploy_user_errors(pruned_file, tmp_path, capsys) -> None:
     assert main(["deploy", "--model", str(pruned_file), "--format", "export", "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.count(": error: ") == 3 and "Traceback" not in err
-    with pytest.raises(SystemExit):
-        main(["bench", "--model", str(pruned_file), "--batch", "0"])
+    for bad, why in (("0", "0 < 1"), ("1,,2", "'' is not a whole number"), ("1,x", "'x' is not"),
+                     ("4,4", "4 twice"), ("", "'' is not"), ("1.5", "'1.5' is not")):
+        with pytest.raises(SystemExit):
+            main(["bench", "--model", str(pruned_file), "--batch", bad])
+        err = capsys.readouterr().err
+        assert why in err and err.count("error:") == 1, err
 
 
 @pytest.mark.parametrize(("flag", "value", "needle"), [("--threads", "100000", "--threads 100000 is more than"),

@@ -31,13 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _batches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected batch sizes like 1,64, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive batch sizes like 1,64, got {text!r}")
-    return values
+    """Batch sizes like ``1,64``: every comma-separated field a positive integer, none twice."""
+    values = []
+    for field in text.split(","):
+        try:
+            value = int(field.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected positive batch sizes like 1,64, got {text!r} ({field.strip()!r} is not a whole number)"
+            ) from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected positive batch sizes like 1,64, got {text!r} ({value} < 1)")
+        if value in values:
+            raise argparse.ArgumentTypeError(f"expected batch sizes like 1,64, got {text!r} ({value} twice)")
+        values.append(value)
+    return tuple(values)
 
 
 def run(args: argparse.Namespace) -> int:
