@@ -173,6 +173,9 @@ def compute_scores(
         table.fingerprints[name] = fp
         if use_cache and _load(cache, fp, table, name, groups):
             continue
+        if use_cache and _load_stand_in(cache, name, params, mdigest, calibration_digest if uses_data else None,
+                                        key, groups, table):
+            continue
         table.cached[name] = False
         if uses_data:
             todo[name] = params
@@ -199,6 +202,18 @@ def _fingerprint(name, params, mdigest, cdigest, settings, groups: ModelGroups) 
         "groups": [[g.name, g.channels] for g in groups],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _load_stand_in(cache: Path, name: str, params, mdigest, cdigest, settings, groups: ModelGroups,
+                   table: ScoreTable) -> bool:
+    """Load a cached entry of one of the criterion's :meth:`~prunetune.pruning.criteria.base.Criterion.stand_ins`
+    for ``params``; the table then records that entry's fingerprint (what was read)."""
+    for other in get_criterion(name).stand_ins(params):
+        fp = _fingerprint(name, other, mdigest, cdigest, settings, groups)
+        if _load(cache, fp, table, name, groups):
+            table.fingerprints[name] = fp
+            return True
+    return False
 
 
 def _path(cache: Path, fp: str) -> Path:

@@ -102,6 +102,11 @@ class Criterion:
         calibration batch size is part of the score cache fingerprint)."""
         return False
 
+    def stand_ins(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+        """Other resolved parameters whose cached scores answer a request for ``params`` at least as
+        well (the score cache tries them when ``params`` has no entry of its own). Default: none."""
+        return ()
+
     def cross_layer(self, params: Mapping[str, Any], groups: list[str]) -> dict[str, str] | None:
         """For criteria that condition on a neighbouring group: ``{group: "previous" | "next"}``
         over ``groups`` (in model order); calibration then calls ``acc.link(neighbour_acc)`` on

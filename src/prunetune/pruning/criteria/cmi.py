@@ -297,6 +297,13 @@ class Cmi(CheckedCriterion):
     def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
         return frozenset({ACTIVATION, LABELS})
 
+    def stand_ins(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
+        """The knee stop approximates the full greedy after the knee and equals it up to there: the full
+        greedy's cached scores answer a ``stop_at_knee`` request (a ``cmi_knee`` trial replayed from a
+        search whose space also offered ``cmi_cumulative``, which scored the full greedy)."""
+        p = self.params(params)
+        return ({**p, "stop_at_knee": False},) if p["stop_at_knee"] else ()
+
     def cross_layer(self, params: Mapping[str, Any], groups: list[str]) -> dict[str, str] | None:
         condition = self.params(params)["condition"]
         if condition == "none":
