@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.recipes.checkpoint import dense_architecture, load_checkpoint, load_pruned, read_pruned_plan
     from prunetune.deployment.bench import compare, speedups
     from prunetune.exceptions import ConfigError
-    from prunetune.models.registry import physical_memory
+    from prunetune._machine import physical_memory
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")

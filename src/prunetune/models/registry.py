@@ -10,6 +10,7 @@ from functools import partial
 from torch import nn
 
 from prunetune._imports import require
+from prunetune._machine import physical_memory
 from prunetune._safety import check_user_code, is_user_code
 from prunetune._text import short
 from prunetune._registry import Registry, unknown_name_message
@@ -105,16 +106,6 @@ def _check_fits_memory(name: str, factory: Callable[..., nn.Module], num_classes
                           f"{''.join(f', {k}={short(v)}' for k, v in kwargs.items())} would hold "
                           f"{size / 2**30:.0f} GiB of weights, more than this machine's {memory / 2**30:.0f} GiB; "
                           "check num_classes, in_channels and the model's arguments")
-
-
-def physical_memory() -> int | None:
-    """Bytes of physical memory (None where the platform does not say)."""
-    import os
-
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def check_model_name(name: str) -> None:

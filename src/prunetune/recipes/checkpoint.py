@@ -18,7 +18,7 @@ from prunetune._paths import input_file_problem
 from prunetune._text import short
 from prunetune.exceptions import CheckpointError, ConfigError
 from prunetune.models import create_model
-from prunetune.models.registry import physical_memory
+from prunetune._machine import physical_memory
 from prunetune.pruning.plan import PruningPlan
 from prunetune.pruning.surgery import apply_plan
 
