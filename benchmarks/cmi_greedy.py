@@ -219,15 +219,17 @@ def report_in_step(points, per_stage, with_ref, ref, results, in_step) -> None:
     print("\n**Every point's greedy in step** (as calibration runs them on a GPU: each step's eigenvalue problems of "
           f"all {len(points)} points in shared batched calls)\n")
     print("| ranking | points | wall s | CPU s | × faster than point by point (wall) | × faster than the reference "
-          "(wall, estimated) | same order as point by point | same order as the reference |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "(wall, estimated) | same order as point by point | max \\|Δ CMI\\| against point by point (bits) | "
+          "same order as the reference |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, (got, (w, c)) in in_step.items():
         alone = results[name]
         w_alone = sum(alone[i][1][0] for i in range(len(points)))
         same = sum(got[i].order.tolist() == alone[i][0].order.tolist() for i in range(len(points)))
         same_ref = sum(got[i].order.tolist() == ref[i][0].tolist() for i in with_ref)
+        dv = max(float((got[i].values - alone[i][0].values).abs().max()) for i in range(len(points)))
         print(f"| {name} | {len(points)} | {w:.2f} | {c:.2f} | {w_alone / w:.2f}× | {ref_total / w:.2f}× | "
-              f"{same}/{len(points)} | {same_ref}/{len(with_ref)} |")
+              f"{same}/{len(points)} | {dv:.1e} | {same_ref}/{len(with_ref)} |")
     print(f"\nThe reference's time for all points is estimated as its per-point time in each stage times the "
           f"stage's points: {ref_total:.2f} s.")
 

@@ -15,4 +15,4 @@ def test_small_case_runs_and_the_default_equals_the_reference(capsys) -> None:
     assert "| 3/3 | 3/3 |" in default  # same order and same greedy prefix on the 3 reference points
     # every point's greedy in step (calibration's way): the same orders as point by point, and the reference's
     in_step = [line for line in out.splitlines() if line.startswith("| fast (default) | 55 |")]
-    assert len(in_step) == 1 and in_step[0].endswith("| 55/55 | 3/3 |")
+    assert len(in_step) == 1 and "| 55/55 | " in in_step[0] and in_step[0].endswith("| 3/3 |")

@@ -4,6 +4,9 @@ in shared batches, and every layer's result must be the one it gets alone."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -137,5 +140,23 @@ def test_settle_groups_frees_each_waves_gram_matrices(monkeypatch: pytest.Monkey
     assert accs[0].gram_bytes() == 6 * 30 * 30 * 8
     monkeypatch.setattr(cmi._SampleAccumulator, "on_accelerator", lambda self: True)
     monkeypatch.setattr(cmi, "SETTLE_MEMORY_MB", 2 * accs[0].gram_bytes() / 2**20)  # two points a wave
+    finished: list[weakref.ref] = []  # the Gram matrices of the waves run so far
+    waves = []
+    real_finish, real_greedy = cmi.finish_sets, cmi._SampleAccumulator.greedy
+
+    def finish(sets):
+        waves.append(len(sets))
+        real_finish(sets)
+        finished.extend(weakref.ref(r.ev.a_ch) for runs in sets for r in runs)
+
+    def greedy(self):  # a new greedy is set up only once nothing holds an earlier wave's matrices
+        if self._greedy is None:
+            gc.collect()
+            assert all(ref() is None for ref in finished)
+        return real_greedy(self)
+
+    monkeypatch.setattr(cmi, "finish_sets", finish)
+    monkeypatch.setattr(cmi._SampleAccumulator, "greedy", greedy)
     cmi._SampleAccumulator.settle_groups([[a] for a in accs])
+    assert waves == [2, 1]
     assert all(a._greedy is None and a._result is not None for a in accs)

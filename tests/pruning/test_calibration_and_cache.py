@@ -167,24 +167,28 @@ def test_a_damaged_cache_entry_is_recomputed_and_replaced(setup, tmp_path, damag
 def test_the_full_cmi_greedy_in_the_cache_answers_a_knee_stop_request(setup, tmp_path, monkeypatch) -> None:
     """A ``cmi_knee`` trial of a search whose space also offered ``cmi_cumulative`` was planned on the
     full greedy's scores; replayed on its own its recipe asks for the knee stop. The cached full greedy
-    answers it (same knee, exact order): no second calibration, and the table records the entry it
-    read. Not the other way round: a knee-stopped entry never stands in for the full greedy."""
+    answers it where only its extras count (the knee is the same; the order after it is not, so never
+    for a blended ``cmi``): no second calibration, and the table records the entry it read. Not the
+    other way round: a knee-stopped entry never stands in for the full greedy."""
     model, groups, x, y = setup
     calls = []
     real = scores_module.calibrate
     monkeypatch.setattr(scores_module, "calibrate", lambda *a, **k: calls.append(1) or real(*a, **k))
 
-    def table(stop: bool, cache_dir):
+    def table(stop: bool, cache_dir, extras_only=("cmi",)):
         return compute_scores(model, groups, {"cmi": {"samples": 32, "stop_at_knee": stop}},
                               calibration=lambda: _batches(x[:32], y[:32], 16), calibration_digest="d",
-                              cache_dir=cache_dir, show_progress=False)
+                              cache_dir=cache_dir, show_progress=False, extras_only=extras_only)
 
     full = table(False, tmp_path)
+    blended = table(True, tmp_path, extras_only=())  # its scores (the order after the knee) would be used
+    assert len(calls) == 2 and not blended.cached["cmi"]
+    (tmp_path / "scores" / f"{blended.fingerprints['cmi']}.pt").unlink()
     knee = table(True, tmp_path)
-    assert len(calls) == 1 and knee.cached["cmi"] and knee.fingerprints["cmi"] == full.fingerprints["cmi"]
+    assert len(calls) == 2 and knee.cached["cmi"] and knee.fingerprints["cmi"] == full.fingerprints["cmi"]
     assert all(torch.equal(full["cmi"][g], knee["cmi"][g]) for g in groups.names)
     other = tmp_path / "other"
     table(True, other)
-    assert len(calls) == 2
+    assert len(calls) == 3
     again = table(False, other)  # the knee stop's entry is not the full greedy's
-    assert len(calls) == 3 and not again.cached["cmi"]
+    assert len(calls) == 4 and not again.cached["cmi"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,7 @@ def compute_scores(
     use_cache: bool = True,
     device: str | torch.device = "cpu",
     show_progress: bool = True,
+    extras_only: Collection[str] = (),
 ) -> ScoreTable:
     """Score ``model``'s groups with every criterion in ``criteria`` (name -> parameters).
 
@@ -155,6 +156,10 @@ def compute_scores(
             criteria. ``calibration_digest`` fingerprints those images and labels.
         cache_dir: where cached scores live (default :func:`default_cache_dir`); ``use_cache=False``
             neither reads nor writes it.
+        extras_only: criteria whose scores the caller does not use, only their extras (``cmi`` read
+            by the ``cmi_knee`` cut-off alone): for these, where the request has no cache entry of its
+            own, a :meth:`~prunetune.pruning.criteria.base.Criterion.stand_ins` entry answers it (its
+            extras give the same answer; its scores may differ, so never for a blended criterion).
     """
     resolved = {name: get_criterion(name).resolve(p) for name, p in criteria.items()}
     mdigest = model_digest(model)
@@ -173,8 +178,8 @@ def compute_scores(
         table.fingerprints[name] = fp
         if use_cache and _load(cache, fp, table, name, groups):
             continue
-        if use_cache and _load_stand_in(cache, name, params, mdigest, calibration_digest if uses_data else None,
-                                        key, groups, table):
+        if use_cache and name in extras_only and _load_stand_in(
+                cache, name, params, mdigest, calibration_digest if uses_data else None, key, groups, table):
             continue
         table.cached[name] = False
         if uses_data:

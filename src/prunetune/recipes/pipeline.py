@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,8 +198,11 @@ def _pretrained_dense(base: Base, show_progress: bool) -> None:
         save_dense(path, base.model, data_split=base.splits.split)
 
 
-def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *, show_progress: bool = True) -> ScoreTable:
-    """Scores for ``criteria`` (name -> params) on the base model, from the cache when possible."""
+def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *, show_progress: bool = True,
+                blended: Collection[str] | None = None) -> ScoreTable:
+    """Scores for ``criteria`` (name -> params) on the base model, from the cache when possible.
+    ``blended``: the criteria whose scores are used (default: all); for the others only their extras
+    count, and a cached stand-in may answer them (:func:`~prunetune.pruning.scores.compute_scores`)."""
     cal = base.recipe.calibration
     split = getattr(base.splits, cal.split)
     subset = calibration_subset(split, size=cal.size, seed=cal.seed)
@@ -209,6 +212,7 @@ def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *,
         calibration=lambda: make_loader(subset, batch_size=cal.batch_size, device=base.device),
         calibration_digest=digest, settings=CalibrationSettings(cal.activation, cal.batch_size, cal.point),
         cache_dir=cal.cache_dir, use_cache=cal.use_cache, device=base.device, show_progress=show_progress,
+        extras_only=() if blended is None else set(criteria) - set(blended),
     )
 
 
@@ -297,7 +301,8 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, overwrite: bool
     recipe.sized()  # a search's base recipe has no allocation: an error before any work
     base = base or prepare(recipe, show_progress=show_progress)
     t1 = time.perf_counter()
-    table = None if recipe.plan is not None else score_table(base, recipe_criteria(recipe), show_progress=show_progress)
+    table = None if recipe.plan is not None else score_table(base, recipe_criteria(recipe), show_progress=show_progress,
+                                                             blended=recipe.criterion.criteria)
     plan = build_plan(recipe, base, table)
     t2 = time.perf_counter()
     with torch_threads(recipe.threads):  # a search trial's thread count: the same arithmetic, the same result

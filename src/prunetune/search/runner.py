@@ -162,7 +162,7 @@ def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable
         criteria = space_criteria(config.space, config.recipe.criterion.params)
         progress.phase("scoring", f"{len(criteria)} criteria ({', '.join(criteria)}), one calibration pass")
         t_score = time.perf_counter()
-        table = score_table(base, criteria, show_progress=show_progress)
+        table = score_table(base, criteria, show_progress=show_progress, blended=config.space.criteria)
         timings = {"score_s": time.perf_counter() - t_score}
         if ray_cluster.named is None:
             t_ray = time.perf_counter()

@@ -135,11 +135,12 @@ class _SampleAccumulator:
         when no group is conditioned on a neighbour): each step's eigenvalue problems of all of
         them go into one batched solve (:func:`~prunetune.pruning.criteria.renyi.finish_sets`),
         which on a GPU costs about what the largest layer's alone does. The results are those of
-        each group alone. The greedies are set up in waves of at most :data:`SETTLE_MEMORY_MB` of
-        Gram matrices (C·n² float64 values a layer), each wave's results kept and its matrices freed
-        before the next. On the CPU each group is its own wave: there the shared batches gave
-        nothing (0.9× on one thread, ResNet-32 on digits, benchmarks/README.md, "CMI") and the
-        larger working set cost a little."""
+        each group alone, up to rounding (:func:`~prunetune.pruning.criteria.renyi.finish_sets`).
+        The greedies are set up in waves of at most :data:`SETTLE_MEMORY_MB` of Gram matrices
+        (C·n² float64 values a layer), each wave's results kept and its matrices freed before the
+        next. On the CPU each group is its own wave: there the shared batches gave nothing (0.9× on
+        one thread, ResNet-32 on digits, benchmarks/README.md, "CMI") and the larger working set
+        cost a little."""
         _settle(groups)
 
     def on_accelerator(self) -> bool:
@@ -147,8 +148,9 @@ class _SampleAccumulator:
         return bool(self.maps) and self.maps[0].device.type != "cpu"
 
     def gram_bytes(self) -> int:
-        """Bytes of this point's channel Gram matrices once its greedy is set up (C·n² float64)."""
-        return self.channels * self.kept * self.kept * 8
+        """Bytes of this point's channel Gram matrices once its greedy is set up (C·n² float64; at α = 2
+        their squares as well)."""
+        return self.channels * self.kept * self.kept * 8 * (2 if self.p["alpha"] == 2.0 else 1)  # α = 2: squares too
 
     def _run(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if self._result is None:
@@ -181,19 +183,26 @@ def _settle(groups: list[list[_SampleAccumulator]]) -> None:
     for accs in [*groups, []]:  # the empty group ends the last wave
         need = sum(a.gram_bytes() for a in accs if a._result is None)
         if wave and (not accs or size + need > budget):
-            sets = []
-            for members in wave:
-                runs = [a.greedy() for a in members if a._result is None]
-                knee = [r for r in runs if r.knee_floor is not None]
-                sets += ([knee] if knee else []) + [[r] for r in runs if r.knee_floor is None]
-            finish_sets(sets)
-            for members in wave:
-                for a in members:
-                    a._run()  # keeps the result, frees the Gram matrices
+            _settle_wave(wave)
             wave, size = [], 0
         if accs:
             wave.append(accs)
             size += need
+
+
+
+def _settle_wave(wave: list[list[_SampleAccumulator]]) -> None:
+    """One wave's greedies in step; each accumulator then keeps its result and drops its greedy (the
+    Gram matrices: nothing here holds them once this returns)."""
+    sets = []
+    for members in wave:
+        runs = [a.greedy() for a in members if a._result is None]
+        knee = [r for r in runs if r.knee_floor is not None]
+        sets += ([knee] if knee else []) + [[r] for r in runs if r.knee_floor is None]
+    finish_sets(sets)
+    for members in wave:
+        for a in members:
+            a._run()
 
 
 CONDITIONS = ("none", "previous", "next", "bidirectional")

@@ -159,7 +159,9 @@ def steps_together(steps: list[Step]) -> list[tuple[Tensor, Tensor, Tensor]]:
     """:meth:`Evaluator.step` of several greedies at once (label-block form, equal
     :meth:`Evaluator.together_key`): every candidate joint of every step goes into the same batched
     eigenvalue calls, chunked to the first evaluator's memory bound. Each matrix is solved by the
-    routine a step of its own would use, so the values are the same. On a GPU a batched solve of a
+    routine a step of its own would use, so the values are the same up to rounding (a LAPACK or
+    cuSOLVER routine may round a matrix's eigenvalues differently at another place in a batch: up to
+    about 1e-13 bits here, as between the thread splits of one step). On a GPU a batched solve of a
     few hundred 256×256 matrices costs little more than one of a few dozen (benchmarks/README.md,
     "gpu"), so the greedies of a model's layers, run in step, cost about what the largest does alone.
     """

@@ -211,7 +211,8 @@ def finish_sets(sets: list[list[GreedyRun]]) -> None:
     step: each step's eigenvalue problems of every live greedy are solved together
     (:func:`advance_together`). In a set, the runs with the knee stop stop together, when the knee
     of their mean curve is settled (:func:`settle_knees`); the others run to their own ends. The
-    results are those of running each set alone."""
+    results are those of running each set alone, up to rounding (the orders the same unless two
+    candidates tie within it; :func:`~prunetune.pruning.criteria.cmi_steps.steps_together`)."""
     knee_sets = [[r for r in runs if r.knee_floor is not None] for runs in sets]
     knee_sets = [k for k in knee_sets if k]
     while True:
