@@ -160,3 +160,24 @@ def test_settle_groups_frees_each_waves_gram_matrices(monkeypatch: pytest.Monkey
     cmi._SampleAccumulator.settle_groups([[a] for a in accs])
     assert waves == [2, 1]
     assert all(a._greedy is None and a._result is not None for a in accs)
+
+
+def test_a_wave_takes_at_most_a_quarter_of_the_devices_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    crit = get_criterion("cmi")
+    y = _labels(6, n=30)
+    accs = []
+    for k in range(4):
+        acc = crit.accumulator(6, **crit.resolve({"samples": 30}))
+        acc.update(FeatureBatch(activations=_layer(50 + k, y, 6), labels=y))
+        accs.append(acc)
+    monkeypatch.setattr(cmi._SampleAccumulator, "on_accelerator", lambda self: True)
+    monkeypatch.setattr(cmi, "_free_bytes", lambda device: 4 * 2 * accs[0].gram_bytes())  # room for two a wave
+    waves = []
+    real = cmi.finish_sets
+    monkeypatch.setattr(cmi, "finish_sets", lambda sets: waves.append(len(sets)) or real(sets))
+    cmi._SampleAccumulator.settle_groups([[a] for a in accs])
+    assert waves == [2, 2]
+
+
+def test_a_device_that_does_not_say_its_free_memory_leaves_the_fixed_bound() -> None:
+    assert cmi._free_bytes(torch.device("cpu")) > 2**60

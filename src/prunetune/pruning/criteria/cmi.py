@@ -39,8 +39,8 @@ from prunetune.pruning.criteria.renyi import (
 
 SETTLE_MEMORY_MB = 1024
 """MiB of channel Gram matrices :meth:`_SampleAccumulator.settle_groups` sets up at once on a GPU
-(a wave of groups run in step); a group larger than this alone is one wave. On the CPU every group
-is a wave of its own."""
+(a wave of groups run in step), and at most a quarter of the device's free memory; a group larger
+than this alone is one wave. On the CPU every group is a wave of its own."""
 
 
 class _SampleAccumulator:
@@ -179,7 +179,8 @@ def _settle(groups: list[list[_SampleAccumulator]]) -> None:
     """:meth:`_SampleAccumulator.settle_groups`: the groups' greedies in step, in waves."""
     wave: list[list[_SampleAccumulator]] = []
     size = 0
-    budget = SETTLE_MEMORY_MB * 2**20 if any(a.on_accelerator() for accs in groups for a in accs) else 0
+    device = next((a.maps[0].device for accs in groups for a in accs if a.on_accelerator()), None)
+    budget = 0 if device is None else min(SETTLE_MEMORY_MB * 2**20, _free_bytes(device) // 4)
     for accs in [*groups, []]:  # the empty group ends the last wave
         need = sum(a.gram_bytes() for a in accs if a._result is None)
         if wave and (not accs or size + need > budget):
@@ -189,6 +190,15 @@ def _settle(groups: list[list[_SampleAccumulator]]) -> None:
             wave.append(accs)
             size += need
 
+
+def _free_bytes(device: torch.device) -> int:
+    """Free memory on ``device`` (CUDA's own count), or no limit where the device does not say."""
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:  # noqa: BLE001 - a driver that cannot say: the fixed bound alone
+            pass
+    return 2**62
 
 
 def _settle_wave(wave: list[list[_SampleAccumulator]]) -> None:
