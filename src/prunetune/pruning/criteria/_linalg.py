@@ -27,14 +27,57 @@ _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """One shared pool with at least ``workers`` threads (rebuilt only when more are wanted)."""
+    """One shared pool with at least ``workers`` threads (rebuilt only when more are wanted), each
+    thread held to one OpenMP and one MKL thread (:func:`one_thread_here`)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None or _POOL[0] < workers:
             if _POOL is not None:
                 _POOL[1].shutdown(wait=False)
-            _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="prunetune-linalg"))
+            _POOL = (workers, ThreadPoolExecutor(workers, thread_name_prefix="prunetune-linalg",
+                                                 initializer=one_thread_here))
         return _POOL[1]
+
+
+def _thread_setters() -> list[Callable[[int], Any]]:
+    """``omp_set_num_threads`` of the OpenMP runtime torch loaded and MKL's
+    ``MKL_Set_Num_Threads_Local`` (the C interface; the lower-case name is the Fortran one, which
+    takes a pointer) where torch's CPU library exports it; both set the calling
+    thread's own count. Empty where neither is found (another OpenMP runtime, no MKL)."""
+    import ctypes
+    import glob
+    import os
+
+    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    found = []
+    for pattern, name in (("libgomp*.so*", "omp_set_num_threads"), ("libiomp5*.so*", "omp_set_num_threads"),
+                          ("libtorch_cpu*", "MKL_Set_Num_Threads_Local")):  # C interface (by value)
+        for path in sorted(glob.glob(os.path.join(lib, pattern)))[:1]:
+            try:
+                fn = getattr(ctypes.CDLL(path), name)
+            except (OSError, AttributeError):
+                continue
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+            found.append(fn)
+    return found
+
+
+def one_thread_here() -> None:
+    """Hold the calling thread's OpenMP parallel regions and MKL calls to one thread.
+
+    A pool thread runs its share of a batch on one core: with the process's thread count it
+    would start an OpenMP team of its own, which lives as long as the thread does. More OpenMP
+    threads than cores make GNU OpenMP stop spinning while it waits, and MKL's LAPACK, which opens
+    a parallel region per step of a reduction, then ran 5-6× slower on the main thread for the rest
+    of the process (a 256×256 ``eigvalsh`` on 2 cores: 2.5 → 14 ms, measured; benchmarks/README.md,
+    "CMI"). Only this thread's settings change (OpenMP's count is per thread, and MKL's ``_local``
+    one too)."""
+    torch.get_num_threads()  # ATen's lazy per-thread start-up first: it sets the process's count here
+    for set_threads in _thread_setters():
+        try:
+            set_threads(1)
+        except Exception:  # noqa: BLE001 - a runtime that refuses: the thread keeps the default
+            pass
 
 
 HOST_EIGEN_SIZES = range(33, 65)
