@@ -129,14 +129,20 @@ def test_calibration_runs_the_layers_in_step_with_each_groups_result(monkeypatch
                 assert int(got[1]["cmi_steps"]) == int(alone[stop][name][1]["cmi_steps"])
 
 
-def test_settle_groups_frees_each_waves_gram_matrices(monkeypatch: pytest.MonkeyPatch) -> None:
+def _accumulators(count: int, seed: int) -> list:
+    """``count`` cmi accumulators of 6 channels, each fed one batch of 30 samples."""
     crit = get_criterion("cmi")
-    y = _labels(5, n=30)
+    y = _labels(seed, n=30)
     accs = []
-    for k in range(3):
+    for k in range(count):
         acc = crit.accumulator(6, **crit.resolve({"samples": 30}))
-        acc.update(FeatureBatch(activations=_layer(40 + k, y, 6), labels=y))
+        acc.update(FeatureBatch(activations=_layer(10 * seed + k, y, 6), labels=y))
         accs.append(acc)
+    return accs
+
+
+def test_settle_groups_frees_each_waves_gram_matrices(monkeypatch: pytest.MonkeyPatch) -> None:
+    accs = _accumulators(3, seed=4)
     assert accs[0].gram_bytes() == 6 * 30 * 30 * 8
     monkeypatch.setattr(cmi._SampleAccumulator, "on_accelerator", lambda self: True)
     monkeypatch.setattr(cmi, "SETTLE_MEMORY_MB", 2 * accs[0].gram_bytes() / 2**20)  # two points a wave
@@ -163,13 +169,7 @@ def test_settle_groups_frees_each_waves_gram_matrices(monkeypatch: pytest.Monkey
 
 
 def test_a_wave_takes_at_most_a_quarter_of_the_devices_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    crit = get_criterion("cmi")
-    y = _labels(6, n=30)
-    accs = []
-    for k in range(4):
-        acc = crit.accumulator(6, **crit.resolve({"samples": 30}))
-        acc.update(FeatureBatch(activations=_layer(50 + k, y, 6), labels=y))
-        accs.append(acc)
+    accs = _accumulators(4, seed=5)
     monkeypatch.setattr(cmi._SampleAccumulator, "on_accelerator", lambda self: True)
     monkeypatch.setattr(cmi, "_free_bytes", lambda device: 4 * 2 * accs[0].gram_bytes())  # room for two a wave
     waves = []
