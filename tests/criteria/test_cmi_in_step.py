@@ -61,6 +61,8 @@ def test_layers_run_in_step_give_each_layers_result_alone(alpha: float) -> None:
     finish_sets([[together[seed] for seed, _, _, which in specs if which == k] for k in sorted({s[3] for s in specs})])
     for seed, *_ in specs:
         _same(together[seed].result, alone[seed].result)
+    stops = {together[seed].result.stop for seed, *_ in specs}
+    assert "max_steps" in stops and len(stops) >= 2  # the early stops were taken, beside full runs
 
 
 def test_steps_together_batches_the_layers_steps_and_matches_their_own_steps(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -150,7 +150,7 @@ class _SampleAccumulator:
     def gram_bytes(self) -> int:
         """Bytes of this point's channel Gram matrices once its greedy is set up (C·n² float64; at α = 2
         their squares as well)."""
-        return self.channels * self.kept * self.kept * 8 * (2 if self.p["alpha"] == 2.0 else 1)  # α = 2: squares too
+        return self.channels * self.kept * self.kept * 8 * (2 if self.p["alpha"] == 2.0 else 1)
 
     def _run(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if self._result is None:

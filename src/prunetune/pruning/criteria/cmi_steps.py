@@ -131,7 +131,7 @@ class Evaluator:
             return None
         if self._key is None:
             blocks = tuple(tuple(b.flatten().tolist()) for b in self.blocks)
-            self._key = (self.alpha, self.a_ch.shape[-1], str(self.a_ch.device), hash(blocks), blocks)
+            self._key = (self.alpha, self.a_ch.shape[-1], str(self.a_ch.device), blocks)
         return self._key
 
     def _frobenius_step(self, cand: Tensor, a_s: Tensor | None, const: Tensor) -> tuple[Tensor, Tensor, Tensor]:

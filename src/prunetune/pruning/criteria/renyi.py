@@ -201,8 +201,9 @@ def _information_left(ev: Evaluator, condition: Tensor | None) -> float:
 
 
 def finish_runs(runs: list[GreedyRun]) -> None:
-    """Run every greedy to its end: those with the knee stop together, until the knee of their mean
-    curve is settled (:func:`settle_knees`), the others each to its own end."""
+    """Run every greedy of one set to its end (:func:`finish_sets`): those with the knee stop
+    together, until the knee of their mean curve is settled (:func:`settle_knees`), the others each
+    to its own end."""
     finish_sets([runs])
 
 
@@ -217,7 +218,7 @@ def finish_sets(sets: list[list[GreedyRun]]) -> None:
     knee_sets = [k for k in knee_sets if k]
     while True:
         for runs in knee_sets:
-            _stop_if_knee_settled(runs)
+            settle_knees(runs)
         live = [r for runs in sets for r in runs if r.result is None]
         if not live:
             return
@@ -244,8 +245,9 @@ def advance_together(runs: list[GreedyRun]) -> None:
 
 
 def settle_knees(runs: list[GreedyRun]) -> None:
-    """Advance ``runs`` (one layer each, the same channel count) a step at a time until the knee of
-    their mean curve is settled, then stop them all there (``stop="knee"``).
+    """The knee stop's test, before each step of :func:`finish_sets`: if the knee of the mean curve
+    of ``runs`` (one layer each, the same channel count) is settled, stop every live one there
+    (``stop="knee"``).
 
     The mean curve is what a group of several feature points reads (``calibration._reduce``
     averages the curves position by position), and a single run's curve is its own mean. After t
@@ -254,12 +256,6 @@ def settle_knees(runs: list[GreedyRun]) -> None:
     when every completion has one knee. Each stopped run then gives its unplaced channels equal
     shares of what it has left, so the mean curve stored is one of those completions.
     """
-    finish_sets([runs])
-
-
-def _stop_if_knee_settled(runs: list[GreedyRun]) -> None:
-    """:func:`settle_knees`'s test, before each step: stop every live run of ``runs`` if the knee of
-    their mean curve is settled."""
     live = [r for r in runs if r.result is None]
     if not live:
         return
