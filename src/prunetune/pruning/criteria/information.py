@@ -21,12 +21,14 @@ from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria._common import (
     CheckedCriterion,
     as_maps,
+    channel_gram,
     channel_major64,
     check_choice,
     check_float,
     check_int,
     correlation,
     no_data,
+    row_blocks,
 )
 from prunetune.pruning.criteria.base import ACTIVATION, WEIGHT, FeatureBatch, check_weight, register
 
@@ -37,15 +39,19 @@ def bin_counts(x: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     """Per-row histogram of ``Tensor[C, m]`` over ``bins`` equal bins of ``[lo, hi]``.
 
     Values outside the range fall into the end bins. The bin index is computed in float64 and the
-    counts are one ``scatter_add_`` along the rows (no loop over rows; exact up to 2**53 per bin).
-    Returns ``Tensor[C, bins]`` float64.
+    counts are one ``scatter_add_`` along the rows per block of rows (no loop over single rows;
+    :func:`~prunetune.pruning.criteria._common.row_blocks` keeps the index temporaries in cache;
+    exact up to 2**53 per bin). Returns ``Tensor[C, bins]`` float64.
     """
-    c = x.shape[0]
-    # floor then clamp to [0, bins − 1] = clamp then truncate (integer bounds, values ≥ 0 after it)
-    idx = torch.sub(x.to(torch.float64), lo).mul_(bins / (hi - lo)).clamp_(0, bins - 1).long()
-    one = torch.ones((), dtype=torch.float64, device=x.device).expand(idx.shape)
+    c, m = x.shape[0], x.shape[-1]
+    scale = bins / (hi - lo)
     counts = torch.zeros(c, bins, dtype=torch.float64, device=x.device)
-    return counts.scatter_add_(1, idx, one)
+    for rows in row_blocks(c, 8 * m, x.device):
+        # floor then clamp to [0, bins − 1] = clamp then truncate (integer bounds, values ≥ 0 after it)
+        idx = torch.sub(x[rows].to(torch.float64), lo).mul_(scale).clamp_(0, bins - 1).long()
+        one = torch.ones((), dtype=torch.float64, device=x.device).expand(idx.shape)
+        counts[rows].scatter_add_(1, idx, one)
+    return counts
 
 
 def entropy_bits(counts: Tensor) -> Tensor:
@@ -133,6 +139,33 @@ class Capacity(CheckedCriterion):
         return _HistogramAccumulator(self.name, channels, p["bins"], float(p["range_margin"]))
 
 
+# The batch co-moment is Σxxᵀ − m·μμᵀ unless a channel's mean is this large next to its spread
+# (Σx_i² > CANCELLATION · m2_ii): then the difference would cancel to rounding noise, and the
+# centred product is taken instead.
+CANCELLATION = 1e3
+
+
+def _co_moment(batch: FeatureBatch, maps: Tensor, x: Tensor, mean: Tensor) -> Tensor:
+    """Σ_k (x_k − μ)(x_k − μ)ᵀ over the batch's m pixels (``x``: C×m, ``mean``: μ), float64.
+
+    From the shared second-moment matrix Σxxᵀ (:func:`~prunetune.pruning.criteria._common.channel_gram`,
+    which ``sfs`` and CHIP's Gram matrices also give), as Σxxᵀ − m·μμᵀ: no centred copy of the maps
+    and no second C×C×m product. Its rounding error is about eps·(Σx_i² Σx_j²)^½ per entry, so where
+    some channel has Σx_i² > :data:`CANCELLATION` · m2_ii (a near-constant channel; m2_ii < 0 is
+    rounding of a constant one) the centred product is computed instead: the correlations then stay
+    within about 1e3·eps·(a few) of the centred product's everywhere, and a constant channel still
+    gets a co-moment of exactly 0.
+    """
+    m = x.shape[1]
+    gram = channel_gram(batch, maps)
+    m2 = gram - torch.outer(mean, mean).mul_(m)
+    var, second = torch.diagonal(m2), torch.diagonal(gram)
+    if bool(((var < 0) | (second > CANCELLATION * var)).any()):
+        xc = x - mean[:, None]
+        return xc @ xc.T
+    return m2
+
+
 class _CovarianceAccumulator:
     """Streaming mean and co-moment (Chan et al. pairwise merge, float64) of the channels."""
 
@@ -149,8 +182,7 @@ class _CovarianceAccumulator:
         if m == 0:
             return
         mean_b = x.mean(dim=1)
-        xc = x - mean_b[:, None]
-        m2_b = xc @ xc.T
+        m2_b = _co_moment(batch, maps, x, mean_b)
         if self.mean is None or self.m2 is None:
             self.n, self.mean, self.m2 = m, mean_b, m2_b
             return
