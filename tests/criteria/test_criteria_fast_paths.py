@@ -39,6 +39,45 @@ def test_gram_ranks_equal_float32_matrix_rank(h: int, w: int) -> None:
     assert torch.equal(gram_ranks(maps.double()), expected)
 
 
+def _with_zero_lines(maps: torch.Tensor, seed: int) -> torch.Tensor:
+    """``maps`` with random rows and columns zeroed (as a ReLU leaves them), fewer or more of either."""
+    g = torch.Generator().manual_seed(seed)
+    out = maps.clone()
+    n, h, w = out.shape
+    for i in range(n):
+        out[i, torch.rand(h, generator=g) < (i % 4) / 6] = 0.0
+        out[i, :, torch.rand(w, generator=g) < ((i // 4) % 4) / 6] = 0.0
+    return out
+
+
+@pytest.mark.parametrize(("h", "w"), [(8, 8), (16, 16), (5, 9), (9, 5), (1, 6)])
+def test_gram_ranks_with_zero_rows_and_columns_equal_float32_matrix_rank(
+    h: int, w: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prunetune.pruning.criteria import activation
+
+    k = min(h, w)
+    full = torch.randn(96, h, w, generator=torch.Generator().manual_seed(h * 10 + w))
+    maps = torch.cat([_with_zero_lines(full, seed=h + w), _with_zero_lines(_low_rank_float32(96, h, w, seed=w), seed=h)])
+    solved: list[int] = []
+
+    def spy(fn, x, *args, **kwargs):
+        if fn is torch.linalg.eigvalsh:
+            solved.append(x.shape[0])
+        return batched_linalg(fn, x, *args, **kwargs)
+
+    monkeypatch.setattr(activation, "batched_linalg", spy)
+    expected = torch.linalg.matrix_rank(maps)
+    assert torch.equal(gram_ranks(maps.double()), expected)
+    # full-rank maps with zero lines are settled by the Cholesky tests, whichever side has fewer:
+    # only maps whose rank is below both counts of nonzero lines reach eigvalsh
+    rows = (maps != 0).any(dim=2).sum(1)
+    cols = (maps != 0).any(dim=1).sum(1)
+    below = int((expected < torch.minimum(rows, cols)).sum())
+    assert sum(solved) == below
+    assert (expected[:96] < k).any() and (rows[:96] < h).any() and (cols[:96] < w).any()
+
+
 def test_matrix_ranks_float64_is_matrix_rank() -> None:
     maps = _low_rank_float32(30, 6, 6, seed=1).double()
     assert torch.equal(matrix_ranks(maps), torch.linalg.matrix_rank(maps))
