@@ -192,3 +192,37 @@ def test_the_full_cmi_greedy_in_the_cache_answers_a_knee_stop_request(setup, tmp
     assert len(calls) == 3
     again = table(False, other)  # the knee stop's entry is not the full greedy's
     assert len(calls) == 4 and not again.cached["cmi"]
+
+
+def test_scratch_tensors_are_reused_in_the_pass_only() -> None:
+    from prunetune.pruning.criteria._scratch import reuse_scratch, scratch
+
+    cpu = torch.device("cpu")
+    assert scratch("t", (3, 4), torch.float64, cpu) is not scratch("t", (3, 4), torch.float64, cpu)
+    with reuse_scratch():
+        a = scratch("t", (3, 4), torch.float64, cpu)
+        with reuse_scratch():  # a nested block shares the pool
+            assert scratch("t", (3, 4), torch.float64, cpu) is a
+        assert scratch("u", (3, 4), torch.float64, cpu) is not a  # one per tag
+        b = scratch("t", (4, 3), torch.float64, cpu)  # another shape replaces it
+        assert b is not a and scratch("t", (4, 3), torch.float64, cpu) is b
+    assert scratch("t", (4, 3), torch.float64, cpu) is not b  # freed with the block
+
+
+def test_pass_with_reused_scratch_equals_fresh_tensors(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No accumulator keeps a scratch tensor (or a view) past its batch: the pass, which reuses them
+    from point to point, gives bit for bit what it gives with a fresh tensor every time."""
+    from prunetune.pruning.criteria import _scratch
+
+    model, groups, x, y = setup
+    crit = {n: get_criterion(n).resolve(_params(n)) for n in ACTIVATION_CRITERIA}
+    crit["capacity"] = get_criterion("capacity").resolve({"source": "feature"})
+    reused = calibrate(model, groups, crit, _batches(x, y, 16), show_progress=False)
+    monkeypatch.setattr(_scratch, "scratch", lambda tag, shape, dtype, device: torch.full(
+        tuple(shape), float("nan"), dtype=dtype, device=device))
+    monkeypatch.setattr("prunetune.pruning.criteria._common.scratch", _scratch.scratch)
+    monkeypatch.setattr("prunetune.pruning.criteria.activation.scratch", _scratch.scratch)
+    fresh = calibrate(model, groups, crit, _batches(x, y, 16), show_progress=False)
+    for name in crit:
+        for g in groups.names:
+            assert torch.equal(reused[name][g][0], fresh[name][g][0]), (name, g)

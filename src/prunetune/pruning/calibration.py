@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria import GRADIENT, Accumulator, FeatureBatch, get_criterion
+from prunetune.pruning.criteria._scratch import reuse_scratch
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.mask_hooks import channel_dim
 from prunetune.pruning.points import check_point, group_points, neighbour_groups, sweep_order
@@ -84,8 +85,9 @@ def calibrate(
             for g in groups:
                 for p, acc in zip(reads[c][g.name], accs[c][g.name]):
                     by_point.setdefault(p, []).append(acc)
-        _run_pass(model, by_point, chosen, batches, act, mode=mode, device=device,
-                  show_progress=show_progress)
+        with reuse_scratch():  # the maps' large per-batch temporaries, reused point to point
+            _run_pass(model, by_point, chosen, batches, act, mode=mode, device=device,
+                      show_progress=show_progress)
     return {c: _reduce_all(groups, c, criteria[c], per_group) for c, per_group in accs.items()}
 
 

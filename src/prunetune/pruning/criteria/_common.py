@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from prunetune.exceptions import ConfigError
+from prunetune.pruning.criteria._scratch import scratch
 from prunetune.pruning.criteria.base import Criterion
 
 
@@ -154,12 +155,14 @@ def channel_major64(batch: Any, maps: Tensor) -> Tensor:
     """``Tensor[C, B*H*W]`` float64: channel c's maps of all images of the batch, concatenated.
 
     ``maps`` is ``as_maps(batch.activations)``. Equal to ``flat64(maps).transpose(0, 1)
-    .reshape(C, -1)``, made in one cast-and-transpose copy and shared through :func:`memo`.
+    .reshape(C, -1)``, made in one cast-and-transpose copy and shared through :func:`memo`. In a
+    calibration pass it is a scratch tensor (:mod:`~prunetune.pruning.criteria._scratch`): valid
+    during the batch's updates only.
     """
 
     def compute() -> Tensor:
         b, c = maps.shape[0], maps.shape[1]
-        out = torch.empty((c, b, maps.shape[2:].numel()), dtype=torch.float64, device=maps.device)
+        out = scratch("channel_major64", (c, b, maps.shape[2:].numel()), torch.float64, maps.device)
         out.copy_(maps.reshape(b, c, -1).transpose(0, 1))
         return out.reshape(c, -1)
 

@@ -31,6 +31,7 @@ from prunetune.pruning.criteria._common import (
     scores_from_order,
 )
 from prunetune.pruning.criteria._linalg import batched_linalg
+from prunetune.pruning.criteria._scratch import scratch
 from prunetune.pruning.criteria.base import ACTIVATION, GRADIENT, LABELS, FeatureBatch, register
 from prunetune.pruning.criteria.chip import ROUTES, chip_scores, pick_route
 from prunetune.pruning.criteria.similarity import dfs_sfs_order, sfs_order
@@ -114,7 +115,7 @@ def gram_ranks(maps64: Tensor) -> Tensor:
     h, w = maps64.shape[-2:]
     coef = (max(h, w) * torch.finfo(torch.float32).eps) ** 2
     rows_first = h <= w
-    gram = _side_gram(maps64, rows_first)
+    gram = _side_gram(maps64, rows_first, tag="hrank_gram")
     k = gram.shape[-1]
     ranks = torch.full(gram.shape[:-2], k, dtype=torch.long, device=gram.device)
     if gram.numel() == 0:
@@ -150,11 +151,14 @@ def gram_ranks(maps64: Tensor) -> Tensor:
     return ranks
 
 
-def _side_gram(x: Tensor, rows: bool) -> Tensor:
-    """x xᵀ (``rows``) or xᵀ x of each matrix of ``Tensor[N, h, w]``."""
-    # (einsum's row-side product is bit-identical to matmul's and about as fast on these small
-    # batched matrices; on the column side matmul is the faster)
-    return torch.einsum("...ik,...jk->...ij", x, x) if rows else x.transpose(-1, -2) @ x
+def _side_gram(x: Tensor, rows: bool, tag: str | None = None) -> Tensor:
+    """x xᵀ (``rows``) or xᵀ x of each matrix of ``Tensor[N, h, w]``; into a scratch tensor
+    (:mod:`~prunetune.pruning.criteria._scratch`) if ``tag`` is given."""
+    a, b = (x, x.transpose(-1, -2)) if rows else (x.transpose(-1, -2), x)
+    if tag is None:
+        return a @ b
+    k = a.shape[-2]
+    return torch.matmul(a, b, out=scratch(tag, (*x.shape[:-2], k, k), x.dtype, x.device))
 
 
 def _certify(gram: Tensor, diag: Tensor, saved: Tensor, live: Tensor, coef: float) -> Tensor:
