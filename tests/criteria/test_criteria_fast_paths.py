@@ -340,6 +340,27 @@ def test_channel_gram_is_the_shared_second_moment_matrix(c: int, size: int) -> N
     assert channel_gram(batch, maps) is gram  # computed once per batch
 
 
+def test_independence_co_moment_from_the_shared_gram_keeps_its_accuracy_at_the_guard() -> None:
+    """The co-moment comes from Σxxᵀ − m·μμᵀ while Σx_i² ≤ 1e3·m2_ii: a channel with mean 30 times
+    its spread (Σx²/m2 ≈ 900, just inside) keeps its correlations to 1e-12; one with mean 1e4 times
+    its spread (or 1e3) is taken through the centred product."""
+    from prunetune.pruning.criteria.information import CANCELLATION
+
+    g = torch.Generator().manual_seed(8)
+    base = torch.randn(64, 2, 6, 6, generator=g)
+    noise = torch.randn(64, 2, 6, 6, generator=g)
+    maps = torch.stack([base[:, 0], 30.0 + base[:, 0] + 0.3 * noise[:, 0], base[:, 1],
+                        1e4 + base[:, 1] + 0.5 * noise[:, 1], 1e3 + base[:, 0]], dim=1)  # float32
+    f = maps.to(torch.float64).transpose(0, 1).reshape(5, -1)
+    ratio = (f * f).sum(1) / ((f - f.mean(1, keepdim=True)) ** 2).sum(1)
+    assert 500 < float(ratio[1]) < CANCELLATION < 1e5 < float(ratio[4]) < float(ratio[3])
+    acc = get_criterion("independence").accumulator(5, source="feature")
+    for part in (slice(0, 24), slice(24, 64)):
+        acc.update(FeatureBatch(maps[part], maps[part], None))
+    rho = torch.corrcoef(f).abs().fill_diagonal_(0.0)
+    torch.testing.assert_close(acc.result(), 1.0 - rho.sum(1) / 4, atol=1e-12, rtol=0)
+
+
 def test_independence_feature_streams_constant_and_offset_channels() -> None:
     """Per-batch centred co-moments merged exactly (Chan): a constant channel of 0.1 gets correlation
     0, and a channel whose mean is 1e9 times its spread keeps its correlation (uncentred sums,

@@ -185,9 +185,13 @@ def _chip_quadrature(m: Tensor, max_memory_mb: float, grams: Tensor | None = Non
         lam = torch.where(lam > c * eps, lam, torch.zeros_like(lam))  # rounding noise of a zero
         w = vec * vec  # w[n, j, i] = U_ji², rows sum to 1
         w = torch.where(w > 1e-150, w, torch.zeros_like(w))  # no subnormals in the products
-        r = torch.add(lam[:, :, None], s).reciprocal_()  # 1/(λ_i + s), contiguous
-        q = torch.mul(r, r).mul_(lam[:, :, None])  # λ_i/(λ_i + s)²
-        phi = (w @ q).div_(w @ r)  # Σ wλ/(λ+s)² / Σ w/(λ+s) per channel and node
+        # [λ_i/(λ_i + s)² | 1/(λ_i + s)] side by side: both sums over i in one product
+        qr = torch.empty(*lam.shape, 2 * nodes, dtype=lam.dtype, device=lam.device)
+        q, r = qr[..., :nodes], qr[..., nodes:]
+        torch.add(lam[:, :, None], s, out=r).reciprocal_()
+        torch.mul(r, r, out=q).mul_(lam[:, :, None])
+        sums = w @ qr
+        phi = sums[..., :nodes].div_(sums[..., nodes:])  # Σ wλ/(λ+s)² / Σ w/(λ+s) per channel and node
         moments = w @ torch.stack([lam, lam * lam], dim=2)  # m1, m2
         m1, m2 = moments[:, :, 0], moments[:, :, 1]
         ci = phi @ weight + head * phi[:, :, 0] + tail1 * m1 + tail3 * (m1 * m1 - 2.0 * m2)
