@@ -78,6 +78,14 @@ def test_gram_ranks_with_zero_rows_and_columns_equal_float32_matrix_rank(
     assert (expected[:96] < k).any() and (rows[:96] < h).any() and (cols[:96] < w).any()
 
 
+def test_gram_ranks_keeps_leading_dimensions_and_refuses_nan() -> None:
+    maps = _with_zero_lines(_low_rank_float32(24, 6, 6, seed=3), seed=1).reshape(2, 3, 4, 6, 6)
+    assert torch.equal(gram_ranks(maps.double()), torch.linalg.matrix_rank(maps))
+    maps[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(torch.linalg.LinAlgError):
+        gram_ranks(maps.double())
+
+
 def test_matrix_ranks_float64_is_matrix_rank() -> None:
     maps = _low_rank_float32(30, 6, 6, seed=1).double()
     assert torch.equal(matrix_ranks(maps), torch.linalg.matrix_rank(maps))
@@ -250,8 +258,13 @@ def test_shared_batch_statistics_equal_separate_batches() -> None:
     torch.testing.assert_close(own["dfs"].result(), expected, atol=0, rtol=1e-14)
 
 
-def test_population_std_is_torch_std_and_exactly_zero_on_constant_maps() -> None:
+@pytest.mark.parametrize("block_rows", [None, 3])  # None: one block; 3: rows taken 3 at a time
+def test_population_std_is_torch_std_and_exactly_zero_on_constant_maps(block_rows, monkeypatch) -> None:
+    from prunetune.pruning.criteria import _common
     from prunetune.pruning.criteria._common import population_std
+
+    if block_rows:
+        monkeypatch.setattr(_common, "BLOCK_BYTES", block_rows * 49 * 8)
 
     g = torch.Generator().manual_seed(4)
     x = torch.relu(torch.randn(50, 7, 49, generator=g)).to(torch.float64) * 1e3 + 5.0
@@ -292,10 +305,15 @@ def test_sfs_order_equals_the_naive_rule_with_ties() -> None:
         assert sfs_order(cos, mstd) == _sfs_order_naive(cos, mstd), trial
 
 
-def test_bin_counts_equal_numpy_histogram_per_row() -> None:
+@pytest.mark.parametrize("block_rows", [None, 2])  # None: one block; 2: rows taken 2 at a time
+def test_bin_counts_equal_numpy_histogram_per_row(block_rows, monkeypatch) -> None:
     import numpy as np
 
+    from prunetune.pruning.criteria import _common
     from prunetune.pruning.criteria.information import bin_counts
+
+    if block_rows:
+        monkeypatch.setattr(_common, "BLOCK_BYTES", block_rows * 3000 * 8)
 
     g = torch.Generator().manual_seed(5)
     # ReLU'd rows with many exact zeros, plus values beyond both ends of the range
@@ -341,24 +359,33 @@ def test_channel_gram_is_the_shared_second_moment_matrix(c: int, size: int) -> N
 
 
 def test_independence_co_moment_from_the_shared_gram_keeps_its_accuracy_at_the_guard() -> None:
-    """The co-moment comes from Σxxᵀ − m·μμᵀ while Σx_i² ≤ 1e3·m2_ii: a channel with mean 30 times
-    its spread (Σx²/m2 ≈ 900, just inside) keeps its correlations to 1e-12; one with mean 1e4 times
-    its spread (or 1e3) is taken through the centred product."""
-    from prunetune.pruning.criteria.information import CANCELLATION
+    """The co-moment is Σxxᵀ − m·μμᵀ while every channel has Σx_i² ≤ 1e3·m2_ii: a channel with mean 30
+    times its spread (Σx²/m2 ≈ 900, just inside) keeps its correlations to 1e-12 through it. A batch
+    with a channel whose mean is 1e3 or 1e4 times its spread takes the centred product."""
+    from prunetune.pruning.criteria._common import channel_gram, channel_major64
+    from prunetune.pruning.criteria.information import CANCELLATION, _co_moment
 
     g = torch.Generator().manual_seed(8)
     base = torch.randn(64, 2, 6, 6, generator=g)
     noise = torch.randn(64, 2, 6, 6, generator=g)
-    maps = torch.stack([base[:, 0], 30.0 + base[:, 0] + 0.3 * noise[:, 0], base[:, 1],
-                        1e4 + base[:, 1] + 0.5 * noise[:, 1], 1e3 + base[:, 0]], dim=1)  # float32
-    f = maps.to(torch.float64).transpose(0, 1).reshape(5, -1)
-    ratio = (f * f).sum(1) / ((f - f.mean(1, keepdim=True)) ** 2).sum(1)
-    assert 500 < float(ratio[1]) < CANCELLATION < 1e5 < float(ratio[4]) < float(ratio[3])
-    acc = get_criterion("independence").accumulator(5, source="feature")
-    for part in (slice(0, 24), slice(24, 64)):
-        acc.update(FeatureBatch(maps[part], maps[part], None))
-    rho = torch.corrcoef(f).abs().fill_diagonal_(0.0)
-    torch.testing.assert_close(acc.result(), 1.0 - rho.sum(1) / 4, atol=1e-12, rtol=0)
+    inside = torch.stack([base[:, 0], 30.0 + base[:, 0] + 0.3 * noise[:, 0], base[:, 1]], dim=1)  # float32
+    outside = torch.cat([inside, torch.stack([1e4 + base[:, 1] + 0.5 * noise[:, 1], 1e3 + base[:, 0]], dim=1)], 1)
+    for maps, fast in ((inside, True), (outside, False)):
+        c = maps.shape[1]
+        f = maps.to(torch.float64).transpose(0, 1).reshape(c, -1)
+        ratio = (f * f).sum(1) / ((f - f.mean(1, keepdim=True)) ** 2).sum(1)
+        assert 500 < float(ratio[1]) < CANCELLATION and (float(ratio.max()) > 1e5) != fast
+        acc = get_criterion("independence").accumulator(c, source="feature")
+        for part in (slice(0, 24), slice(24, 64)):
+            batch = FeatureBatch(maps[part], maps[part], None)
+            x = channel_major64(batch, maps[part])
+            mean = x.mean(dim=1)
+            xc = x - mean[:, None]
+            uncentred = channel_gram(batch, maps[part]) - torch.outer(mean, mean) * x.shape[1]
+            assert torch.equal(_co_moment(batch, maps[part], x, mean), uncentred if fast else xc @ xc.T)
+            acc.update(batch)
+        rho = torch.corrcoef(f).abs().fill_diagonal_(0.0)
+        torch.testing.assert_close(acc.result(), 1.0 - rho.sum(1) / (c - 1), atol=1e-12, rtol=0)
 
 
 def test_independence_feature_streams_constant_and_offset_channels() -> None:

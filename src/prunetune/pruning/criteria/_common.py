@@ -186,7 +186,8 @@ def image_grams(batch: Any, maps: Tensor) -> Tensor:
 
 def channel_gram(batch: Any, maps: Tensor) -> Tensor:
     """``Tensor[C, C]`` float64: Σ_n M_n M_nᵀ = F Fᵀ, the second-moment matrix of the channels over
-    the batch's pixels (F: :func:`channel_major64`), shared by ``sfs`` and ``dfs_sfs``.
+    the batch's pixels (F: :func:`channel_major64`), shared by ``sfs``, ``dfs_sfs`` and
+    ``independence[feature]``.
 
     Where C ≤ h·w it is the sum of the per-image Gram matrices (:func:`image_grams`), which CHIP's
     quadrature factorises anyway and which then take no more memory than the maps themselves;
@@ -209,9 +210,12 @@ BLOCK_BYTES = 1 << 21
 
 
 def row_blocks(rows: int, row_bytes: int, device: torch.device) -> Iterator[slice]:
-    """Slices of ``range(rows)`` of about :data:`BLOCK_BYTES` each (at least one row) on the CPU;
-    one slice on other devices, where more kernels would cost more than the memory saved."""
-    step = rows if device.type != "cpu" else max(1, BLOCK_BYTES // max(1, row_bytes))
+    """Slices of ``range(rows)`` of about :data:`BLOCK_BYTES` each on the CPU; one slice on other
+    devices, where more kernels would cost more than the memory saved, and for rows over half a block."""
+    # rows over half a block: one slice, as the whole tensor was taken before (blocks of one row would
+    # save nothing, and a one-row reduction may be split across threads in another order)
+    big = device.type != "cpu" or 2 * row_bytes > BLOCK_BYTES
+    step = rows if big else BLOCK_BYTES // max(1, row_bytes)
     for start in range(0, rows, max(1, step)):
         yield slice(start, min(rows, start + step))
 
@@ -233,7 +237,7 @@ def population_std(x: Tensor) -> Tensor:
     for rows in row_blocks(flat.shape[0], n * x.element_size(), x.device):
         block = flat[rows]
         dev = block - block.mean(dim=-1, keepdim=True)
-        torch.linalg.vector_norm(dev, dim=-1, out=out[rows])
+        out[rows] = torch.linalg.vector_norm(dev, dim=-1)
     return out.div_(math.sqrt(n)).reshape(x.shape[:-1])
 
 

@@ -81,7 +81,7 @@ def matrix_ranks(maps: Tensor) -> Tensor:
 
 
 def gram_ranks(maps64: Tensor) -> Tensor:
-    """float32 ``matrix_rank`` of ``Tensor[N, h, w]`` float32 values held in a float64 tensor.
+    """float32 ``matrix_rank`` of ``Tensor[..., h, w]`` float32 values held in a float64 tensor.
 
     The rule of ``torch.linalg.matrix_rank`` in float32, σ_i > tol with tol = max(h, w) ·
     eps(float32) · σ_max, applied to λ = σ² of the float64 Gram matrix G of the smaller side
@@ -110,9 +110,15 @@ def gram_ranks(maps64: Tensor) -> Tensor:
     8×8 that step 1 alone left open are settled by the zero lines.
 
     Returns:
-        ``LongTensor[N]``.
+        ``LongTensor[...]``, the leading shape.
     """
     h, w = maps64.shape[-2:]
+    lead = maps64.shape[:-2]
+    maps64 = maps64.detach().reshape(lead.numel(), h, w)  # one batch dimension; no gradient
+    return _gram_ranks(maps64, h, w).reshape(lead)
+
+
+def _gram_ranks(maps64: Tensor, h: int, w: int) -> Tensor:
     coef = (max(h, w) * torch.finfo(torch.float32).eps) ** 2
     rows_first = h <= w
     gram = _side_gram(maps64, rows_first, tag="hrank_gram")
@@ -140,7 +146,7 @@ def gram_ranks(maps64: Tensor) -> Tensor:
         s2 = d2.clone()
         still = _certify(g2, d2, s2, s2 != 0, coef)
         settled = idx[fewer][~still]
-        ranks[settled] = other[fewer][~still]
+        ranks[settled] = (s2 != 0).sum(dim=-1)[~still]  # the lines the test certified
         keep = torch.ones_like(fewer)
         keep[fewer.nonzero().squeeze(1)[~still]] = False
         idx = idx[keep]
@@ -164,11 +170,12 @@ def _side_gram(x: Tensor, rows: bool, tag: str | None = None) -> Tensor:
 def _certify(gram: Tensor, diag: Tensor, saved: Tensor, live: Tensor, coef: float) -> Tensor:
     """Step 1 of :func:`gram_ranks` on ``gram`` (modified in place: its diagonal ``diag`` becomes
     G_ii − τ' on the nonzero lines ``live`` and tr(G) on the zero ones; ``saved`` holds G's).
-    Returns the maps it did not certify (``BoolTensor[N]``); all-zero maps count as certified."""
+    Returns the maps it did not certify (``BoolTensor[N]``); all-zero maps count as certified (a
+    map with a NaN does not, and reaches ``eigvalsh``, which raises as ``matrix_rank`` does)."""
     trace = saved.sum(dim=-1, keepdim=True)
     diag.copy_(torch.where(live, saved - (2.0 * coef) * trace, trace))
     info = batched_linalg(_cholesky_info, gram)
-    return (info != 0) & (trace[:, 0] > 0)
+    return (info != 0) & (trace[:, 0] != 0)
 
 
 def _cholesky_info(x: Tensor) -> Tensor:
