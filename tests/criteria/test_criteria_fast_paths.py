@@ -234,6 +234,20 @@ def test_quadrature_chunked_equals_unchunked_and_auto_picks_it() -> None:
     torch.testing.assert_close(chip_scores(maps, route="gram"), full, atol=1e-9, rtol=1e-6)
 
 
+def test_quadrature_node_work_in_blocks_of_images_equals_one_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunetune.pruning.criteria import chip
+
+    maps = _hard_maps(7, 6, 8, 4)
+    whole = chip_scores(maps, route="quadrature")
+    per_image = 8 * (4 * 8 * 116 + 2 * 8 * 8)
+    monkeypatch.setattr(chip, "NODE_BLOCK_BYTES", 2 * per_image)  # blocks of 2 images
+    assert torch.equal(chip_scores(maps, route="quadrature"), whole)
+    # inside memory chunks of 3 images (blocks of 2 and 1 in each): each image's row in its place
+    chunk_mb = 3 * 8 * (3 * 8 * 8 + 5 * 8 * 116 + 8 * 16) / 2**20
+    torch.testing.assert_close(chip_scores(maps, route="quadrature", max_memory_mb=chunk_mb), whole,
+                               atol=1e-13, rtol=0)
+
+
 def test_shared_batch_statistics_equal_separate_batches() -> None:
     """Accumulators fed one FeatureBatch (as calibration does) equal accumulators fed their own."""
     g = torch.Generator().manual_seed(3)

@@ -209,13 +209,15 @@ def channel_gram(batch: Any, maps: Tensor) -> Tensor:
 BLOCK_BYTES = 1 << 21
 
 
-def row_blocks(rows: int, row_bytes: int, device: torch.device) -> Iterator[slice]:
-    """Slices of ``range(rows)`` of about :data:`BLOCK_BYTES` each on the CPU; one slice on other
-    devices, where more kernels would cost more than the memory saved, and for rows over half a block."""
+def row_blocks(rows: int, row_bytes: int, device: torch.device, block_bytes: int | None = None) -> Iterator[slice]:
+    """Slices of ``range(rows)`` of about ``block_bytes`` (default :data:`BLOCK_BYTES`) each on the
+    CPU; one slice on other devices, where more kernels would cost more than the memory saved, and
+    for rows over half a block."""
     # rows over half a block: one slice, as the whole tensor was taken before (blocks of one row would
     # save nothing, and a one-row reduction may be split across threads in another order)
-    big = device.type != "cpu" or 2 * row_bytes > BLOCK_BYTES
-    step = rows if big else BLOCK_BYTES // max(1, row_bytes)
+    block = BLOCK_BYTES if block_bytes is None else block_bytes
+    big = device.type != "cpu" or 2 * row_bytes > block
+    step = rows if big else block // max(1, row_bytes)
     for start in range(0, rows, max(1, step)):
         yield slice(start, min(rows, start + step))
 

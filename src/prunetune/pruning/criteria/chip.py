@@ -41,7 +41,8 @@ used outside its regime (rank-deficient Gram matrix) is off by about 1e-8 per ze
 (the quadrature route zeroes them by the same rule, in Λ). The stacked matrices take B·c·k²·8 bytes
 (k = c − 1 or hw); when that would exceed ``max_memory_mb`` the stack is processed in chunks of
 (image, channel) pairs (of images for the quadrature route), so the peak stays bounded whatever the
-batch size. On CPU the batched eigenvalue calls are split across torch's threads.
+batch size. On CPU the batched eigenvalue calls are split across torch's threads, and the quadrature's
+work over its nodes runs over blocks of images that fit in cache (``NODE_BLOCK_BYTES``).
 
 :func:`chip_scores_svd` is the official per-image definition (c + 1 nuclear norms through SVD), kept
 as the reference for tests and benchmarks.
@@ -55,6 +56,7 @@ import torch
 from torch import Tensor
 
 from prunetune.exceptions import ConfigError
+from prunetune.pruning.criteria._common import row_blocks
 from prunetune.pruning.criteria._linalg import batched_linalg
 
 ROUTES = ("auto", "quadrature", "gram", "sample")
@@ -63,6 +65,10 @@ ROUTES = ("auto", "quadrature", "gram", "sample")
 _QUAD_STEP = 0.3
 _QUAD_LOW = -28.0
 _QUAD_HIGH = 6.5
+
+# quadrature route on the CPU: the node work runs over blocks of images of about this many bytes
+# (their [q | r], sums and weights stay in cache: 64 channels, 128 images, 45 -> 33 ms a batch)
+NODE_BLOCK_BYTES = 1 << 23
 
 # eigvalsh needs workspace beyond its input; budget this many input-sized copies per matrix
 _WORKSPACE_FACTOR = 4
@@ -173,31 +179,43 @@ def _chip_quadrature(m: Tensor, max_memory_mb: float, grams: Tensor | None = Non
     per_image = 8 * (3 * c * c + 5 * c * nodes + c * m.shape[2])
     chunk = max(1, int(max_memory_mb * 2**20) // per_image)
     out = torch.empty(b, c, dtype=torch.float64, device=m.device)
-    eps = torch.finfo(torch.float64).eps
+    node_bytes = 8 * (4 * c * nodes + 2 * c * c)  # per image: [q | r], their sums, w
     for start in range(0, b, chunk):
         mm = m[start : start + chunk]
         g = mm @ mm.transpose(1, 2) if grams is None else grams[start : start + chunk]
         lam, vec = batched_linalg(torch.linalg.eigh, g)
-        lam_max = lam[:, -1:].clamp(min=0.0)
-        nonzero = lam_max > 0
-        scale = torch.where(nonzero, lam_max, torch.ones_like(lam_max))
-        lam = lam / scale
-        lam = torch.where(lam > c * eps, lam, torch.zeros_like(lam))  # rounding noise of a zero
-        w = vec * vec  # w[n, j, i] = U_ji², rows sum to 1
-        w = torch.where(w > 1e-150, w, torch.zeros_like(w))  # no subnormals in the products
-        # [λ_i/(λ_i + s)² | 1/(λ_i + s)] side by side: both sums over i in one product
-        qr = torch.empty(*lam.shape, 2 * nodes, dtype=lam.dtype, device=lam.device)
-        q, r = qr[..., :nodes], qr[..., nodes:]
-        torch.add(lam[:, :, None], s, out=r).reciprocal_()
-        torch.mul(r, r, out=q).mul_(lam[:, :, None])
-        sums = w @ qr
-        phi = sums[..., :nodes].div_(sums[..., nodes:])  # Σ wλ/(λ+s)² / Σ w/(λ+s) per channel and node
-        moments = w @ torch.stack([lam, lam * lam], dim=2)  # m1, m2
-        m1, m2 = moments[:, :, 0], moments[:, :, 1]
-        ci = phi @ weight + head * phi[:, :, 0] + tail1 * m1 + tail3 * (m1 * m1 - 2.0 * m2)
-        ci = ci * ((2.0 / math.pi) * scale.sqrt())
-        out[start : start + chunk] = torch.where(nonzero, ci, torch.zeros_like(ci))
+        # the node work over blocks of images whose temporaries stay in cache (CPU)
+        for rows in row_blocks(lam.shape[0], node_bytes, lam.device, NODE_BLOCK_BYTES):
+            at = slice(start + rows.start, start + rows.stop)
+            out[at] = _quadrature_sums(lam[rows], vec[rows], s, weight, head, tail1, tail3)
     return out
+
+
+def _quadrature_sums(lam: Tensor, vec: Tensor, s: Tensor, weight: Tensor, head: float, tail1: float,
+                     tail3: float) -> Tensor:
+    """CI of each channel of a block of images from their ``eigh`` (λ ascending, U): ``Tensor[b, c]``."""
+    c = lam.shape[1]
+    nodes = s.numel()
+    eps = torch.finfo(torch.float64).eps
+    lam_max = lam[:, -1:].clamp(min=0.0)
+    nonzero = lam_max > 0
+    scale = torch.where(nonzero, lam_max, 1.0)
+    lam = lam / scale
+    lam = torch.where(lam > c * eps, lam, 0.0)  # rounding noise of a zero
+    w = vec * vec  # w[n, j, i] = U_ji², rows sum to 1
+    w = w.masked_fill_(w <= 1e-150, 0.0)  # no subnormals in the products
+    # [λ_i/(λ_i + s)² | 1/(λ_i + s)] side by side: both sums over i in one product
+    qr = torch.empty(*lam.shape, 2 * nodes, dtype=lam.dtype, device=lam.device)
+    q, r = qr[..., :nodes], qr[..., nodes:]
+    torch.add(lam[:, :, None], s, out=r).reciprocal_()
+    torch.mul(r, r, out=q).mul_(lam[:, :, None])
+    sums = w @ qr
+    phi = sums[..., :nodes].div_(sums[..., nodes:])  # Σ wλ/(λ+s)² / Σ w/(λ+s) per channel and node
+    moments = w @ torch.stack([lam, lam * lam], dim=2)  # m1, m2
+    m1, m2 = moments[:, :, 0], moments[:, :, 1]
+    ci = phi @ weight + head * phi[:, :, 0] + tail1 * m1 + tail3 * (m1 * m1 - 2.0 * m2)
+    ci = ci * ((2.0 / math.pi) * scale.sqrt())
+    return torch.where(nonzero, ci, 0.0)
 
 
 def _leave_one_out_index(c: int, device: torch.device) -> Tensor:
