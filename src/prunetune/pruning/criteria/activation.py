@@ -126,30 +126,19 @@ def _gram_ranks(maps64: Tensor, h: int, w: int) -> Tensor:
     ranks = torch.full(gram.shape[:-2], k, dtype=torch.long, device=gram.device)
     if gram.numel() == 0:
         return ranks
-    diag = torch.diagonal(gram, dim1=-2, dim2=-1)
-    saved = diag.clone()
-    live = saved != 0  # nonzero lines of this side
-    lines = live.sum(dim=-1)
-    open_ = _certify(gram, diag, saved, live, coef)
-    diag.copy_(saved)  # G again
+    open_, lines = _certify(gram, coef)
     ranks = torch.where(open_, ranks, lines)
     idx = open_.nonzero().squeeze(1)
     if idx.numel() == 0:
         return ranks
     # open maps with fewer nonzero lines on the other side (zero columns of a ReLU'd map): step 2
     x = maps64.index_select(0, idx)
-    other = (x != 0).any(dim=-2 if rows_first else -1).sum(dim=-1)
-    fewer = other < lines[idx]
+    fewer = (x != 0).any(dim=-2 if rows_first else -1).sum(dim=-1) < lines[idx]
     if bool(fewer.any()):
-        g2 = _side_gram(x[fewer], not rows_first)
-        d2 = torch.diagonal(g2, dim1=-2, dim2=-1)
-        s2 = d2.clone()
-        still = _certify(g2, d2, s2, s2 != 0, coef)
-        settled = idx[fewer][~still]
-        ranks[settled] = (s2 != 0).sum(dim=-1)[~still]  # the lines the test certified
-        keep = torch.ones_like(fewer)
-        keep[fewer.nonzero().squeeze(1)[~still]] = False
-        idx = idx[keep]
+        still, other = _certify(_side_gram(x[fewer], not rows_first), coef)
+        sub = idx[fewer]
+        ranks[sub[~still]] = other[~still]
+        idx = torch.cat([idx[~fewer], sub[still]])
     if idx.numel():
         lam = batched_linalg(torch.linalg.eigvalsh, gram.index_select(0, idx))
         tol = coef * lam[..., -1:].clamp(min=0.0)
@@ -167,15 +156,19 @@ def _side_gram(x: Tensor, rows: bool, tag: str | None = None) -> Tensor:
     return torch.matmul(a, b, out=scratch(tag, (*x.shape[:-2], k, k), x.dtype, x.device))
 
 
-def _certify(gram: Tensor, diag: Tensor, saved: Tensor, live: Tensor, coef: float) -> Tensor:
-    """Step 1 of :func:`gram_ranks` on ``gram`` (modified in place: its diagonal ``diag`` becomes
-    G_ii − τ' on the nonzero lines ``live`` and tr(G) on the zero ones; ``saved`` holds G's).
-    Returns the maps it did not certify (``BoolTensor[N]``); all-zero maps count as certified (a
-    map with a NaN does not, and reaches ``eigvalsh``, which raises as ``matrix_rank`` does)."""
+def _certify(gram: Tensor, coef: float) -> tuple[Tensor, Tensor]:
+    """Step 1 of :func:`gram_ranks` on the Gram matrices ``Tensor[N, k, k]`` (their diagonal is
+    changed for the test and restored). Returns the maps it did not certify (``BoolTensor[N]``) and
+    each map's number of nonzero lines (its rank where certified). All-zero maps count as certified;
+    a map with a NaN does not, and reaches ``eigvalsh``, which raises as ``matrix_rank`` does."""
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1)
+    saved = diag.clone()
+    live = saved != 0  # nonzero lines
     trace = saved.sum(dim=-1, keepdim=True)
     diag.copy_(torch.where(live, saved - (2.0 * coef) * trace, trace))
     info = batched_linalg(_cholesky_info, gram)
-    return (info != 0) & (trace[:, 0] != 0)
+    diag.copy_(saved)  # G again
+    return (info != 0) & (trace[:, 0] != 0), live.sum(dim=-1)
 
 
 def _cholesky_info(x: Tensor) -> Tensor:

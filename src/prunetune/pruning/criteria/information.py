@@ -46,11 +46,11 @@ def bin_counts(x: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     c, m = x.shape[0], x.shape[-1]
     scale = bins / (hi - lo)
     counts = torch.zeros(c, bins, dtype=torch.float64, device=x.device)
+    one = torch.ones((), dtype=torch.float64, device=x.device)
     for rows in row_blocks(c, 8 * m, x.device):
         # floor then clamp to [0, bins − 1] = clamp then truncate (integer bounds, values ≥ 0 after it)
         idx = torch.sub(x[rows].to(torch.float64), lo).mul_(scale).clamp_(0, bins - 1).long()
-        one = torch.ones((), dtype=torch.float64, device=x.device).expand(idx.shape)
-        counts[rows].scatter_add_(1, idx, one)
+        counts[rows].scatter_add_(1, idx, one.expand(idx.shape))
     return counts
 
 
