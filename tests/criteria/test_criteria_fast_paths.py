@@ -205,6 +205,51 @@ def test_quadrature_route_equals_the_svd_reference(b: int, c: int, size: int) ->
     torch.testing.assert_close(score("chip", feature_maps=maps), out.mean(0), atol=0, rtol=0)
 
 
+def test_quadrature_rational_levels_reach_below_a_near_dependent_channels_deflated_eigenvalue() -> None:
+    """Image 0: channel 4 = channel 0 + 1e-5·channel 1, so G has one zero eigenvalue, channel 1 has a
+    weight of about 1e-10 on it, and deleting channel 1 leaves an eigenvalue of about 1e-10·λ⁺: the
+    level must reach it (12 here) or CI(1) is off by about √(1e-10·λ⁺). Image 1 adds an exact
+    dependence that channel 1 is fully part of (level 2)."""
+    from prunetune.pruning.criteria import chip
+
+    g = torch.Generator().manual_seed(3)
+    maps = torch.relu(torch.randn(2, 5, 36, generator=g, dtype=torch.float64))
+    maps[:, 4] = maps[:, 0] + 1e-5 * maps[:, 1]
+    maps[1, 3] = maps[1, 2] + maps[1, 1]
+    lam, vec = torch.linalg.eigh(maps @ maps.transpose(1, 2))
+    lam, _, nonzero = chip._unit_spectrum(lam)
+    assert chip.rational_levels(lam, vec * vec, nonzero).tolist() == [12, 2]
+    ref = chip_scores_svd(maps)
+    out = chip_scores(maps, route="quadrature")
+    assert bool(((out - ref).abs() <= 1e-12 * ref.abs().amax(dim=1, keepdim=True)).all())
+
+
+def test_quadrature_rational_and_trapezoid_agree_and_an_image_scores_alone_as_in_its_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prunetune.pruning.criteria import chip
+
+    g = torch.Generator().manual_seed(11)
+    maps = torch.relu(torch.randn(6, 12, 7, 7, generator=g, dtype=torch.float64))
+    maps[0, 5] = 0.0  # a zero row: zero eigenvalue, weight 1 or 0 on it
+    maps[1, 7] = maps[1, 2] + 1e-4 * maps[1, 3]
+    maps[2] *= 1e-3
+    maps[3, 4] *= 1e-3  # a weak channel: λ_min about 1e-6·λ_max
+    m = maps.reshape(6, 12, -1)
+    lam, vec = torch.linalg.eigh(m @ m.transpose(1, 2))
+    lam, _, nonzero = chip._unit_spectrum(lam)
+    levels = chip.rational_levels(lam, vec * vec, nonzero)
+    assert len(set(levels.tolist())) >= 3 and int(levels.max()) <= chip.MAX_LEVEL  # mixed, all rational
+    out = chip_scores(maps, route="quadrature")
+    for i in range(6):
+        assert torch.equal(chip_scores(maps[i : i + 1], route="quadrature")[0], out[i])
+    monkeypatch.setattr(chip, "MAX_LEVEL", 0)  # the trapezoid rule for every image
+    trapezoid = chip_scores(maps, route="quadrature")
+    scale = out.abs().amax(dim=1, keepdim=True)
+    assert bool(((out - trapezoid).abs() <= 3e-13 * scale).all())
+    assert not torch.equal(out, trapezoid)
+
+
 def test_quadrature_route_zero_and_single_row_images() -> None:
     maps = torch.zeros(2, 3, 2, 2, dtype=torch.float64)
     maps[1, 0] = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # one nonzero row: CI = its norm
