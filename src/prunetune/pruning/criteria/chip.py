@@ -64,11 +64,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as nnf
 from torch import Tensor
 
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria._common import row_blocks
 from prunetune.pruning.criteria._linalg import batched_linalg
+from prunetune.pruning.criteria._scratch import scratch
 from prunetune.pruning.criteria.sqrt_rational import MAX_LEVEL, sqrt_rational
 
 ROUTES = ("auto", "quadrature", "gram", "sample")
@@ -82,8 +84,11 @@ _QUAD_HIGH = 6.5
 # (their [q | r], sums and weights stay in cache: 64 channels, 128 images, 45 -> 33 ms a batch)
 NODE_BLOCK_BYTES = 1 << 23
 
-# rational_levels: a channel's weight on the zero eigenvalues at most this is rounding (exactly 0)
-ZERO_WEIGHT = 1e-28
+# rational_levels: a channel's share of weight on the zero eigenvalues up to this counts as 0
+ZERO_WEIGHT = 1e-26
+# _exact_zero_rows: eigenvector rounding up to this (a weight) is set to its exact value where the
+# image's zero eigenvalues are those of its zero rows
+STRAY_WEIGHT = 1e-8
 
 # eigvalsh needs workspace beyond its input; budget this many input-sized copies per matrix
 _WORKSPACE_FACTOR = 4
@@ -205,9 +210,12 @@ def _chip_quadrature(m: Tensor, max_memory_mb: float, grams: Tensor | None = Non
         g = mm @ mm.transpose(1, 2) if grams is None else grams[start : start + chunk]
         lam, vec = batched_linalg(torch.linalg.eigh, g)
         lam, scale, nonzero = _unit_spectrum(lam)
-        w = vec * vec  # w[n, j, i] = U_ji², rows sum to 1
-        w = w.masked_fill_(w <= 1e-150, 0.0)  # no subnormals in the products
-        out[start : start + lam.shape[0]] = torch.where(nonzero, _spectral_ci(lam, w, nonzero) * scale.sqrt(), 0.0)
+        # w[n, j, i] = U_ji², rows sum to 1; no subnormals in the products
+        w = torch.mul(vec, vec, out=scratch("chip_weights", vec.shape, vec.dtype, vec.device))
+        nnf.threshold_(w, 1e-150, 0.0)
+        share = _exact_zero_rows(lam, w, torch.diagonal(g, dim1=1, dim2=2) == 0)
+        level = rational_levels(lam, w, nonzero, share)
+        out[start : start + lam.shape[0]] = torch.where(nonzero, _spectral_ci(lam, w, level) * scale.sqrt(), 0.0)
     return out
 
 
@@ -222,45 +230,76 @@ def _unit_spectrum(lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.where(lam > lam.shape[1] * eps, lam, 0.0), scale, nonzero
 
 
-def rational_levels(lam: Tensor, w: Tensor, nonzero: Tensor) -> Tensor:
+def _zero_shares(lam: Tensor, w: Tensor) -> Tensor:
+    """Each channel's share of weight on the zero eigenvalues, Σ_{λ_i = 0} w_ji / Σ_i w_ji: ``[B, c]``."""
+    sums = w @ torch.stack([(lam == 0).to(w.dtype), torch.ones_like(lam)], dim=2)
+    return sums[:, :, 0] / sums[:, :, 1]
+
+
+def _exact_zero_rows(lam: Tensor, w: Tensor, zero_rows: Tensor) -> Tensor:
+    """Set the eigenvector rounding of exact zero rows of M to its exact value, 0, in ``w`` (in place);
+    return the channels' zero shares (:func:`_zero_shares`) of the result.
+
+    A zero row j of M (``zero_rows``: G_jj = 0, exact) is a zero row and column of G: e_j is an
+    eigenvector for 0, and the rest of the spectrum is that of the other rows. Where an image has
+    as many zero eigenvalues as zero rows (``lam`` as from :func:`_unit_spectrum`), the weights of the
+    zero rows on the nonzero eigenvalues, and of the other rows on the zero ones, are exactly 0; the
+    computed eigenvectors carry rounding there, about (eps/λ⁺)² and up to 1e-25 on ResNet-56's maps,
+    which would otherwise stand for a spurious tiny eigenvalue of G_{−j,−j} (:func:`rational_levels`).
+    Images where some row has more than :data:`STRAY_WEIGHT` there keep their ``w``.
+    """
+    share = _zero_shares(lam, w)
+    zero = lam == 0
+    z = zero.sum(dim=1)
+    stray = torch.where(zero_rows, 1.0 - share, share).amax(dim=1)
+    fix = (z > 0) & (z == zero_rows.sum(dim=1)) & (stray <= STRAY_WEIGHT)
+    if bool(fix.any()):
+        idx = fix.nonzero()[:, 0]
+        rows = zero_rows.index_select(0, idx)
+        off = rows[:, :, None] != zero.index_select(0, idx)[:, None, :]
+        w[idx] = w.index_select(0, idx).masked_fill_(off, 0.0)
+        share[idx] = rows.to(share.dtype)
+    return share
+
+
+def rational_levels(lam: Tensor, w: Tensor, nonzero: Tensor, share: Tensor | None = None) -> Tensor:
     """Per image, the smallest level L for which :func:`~.sqrt_rational.sqrt_rational` covers every
     eigenvalue that CI(j) of any channel j involves; ``sqrt_rational.MAX_LEVEL + 1`` where none does.
 
     ``lam``: ``[B, c]`` ascending, scaled to λ_max = 1 with zeros set to 0 (:func:`_unit_spectrum`);
-    ``w``: ``[B, c, c]``, w[n, j, i] = U_ji². The nonzero λ are at least λ⁺ (the smallest nonzero
-    one), and so are the eigenvalues μ of every G_{−j,−j} by interlacing, with one exception where
-    G has z > 0 zero eigenvalues: z − 1 of the μ are exactly 0, and one, μ*, solves
-    W_j/μ = Σ_{λ_i > 0} w_ji/(λ_i − μ) in (0, λ⁺), W_j = Σ_{λ_i = 0} w_ji (rows of w sum to 1). From
-    that equation W_j·λ⁺ ≤ μ* ≤ W_j/(1 − W_j). A channel with W_j ≤ :data:`ZERO_WEIGHT` (in
-    exact arithmetic 0: rounding of an eigenvector) has √μ* ≤ 2e-14, which the approximation, 0 ≤
-    r(y) ≤ √y below its interval, misses by at most that; the other channels need the interval to
-    reach down to W_j·λ⁺ (with a factor 1/2 for the rounding of Σ_i w_ji). Zero images get level 1
-    (their CI is 0 whatever the nodes).
+    ``w``: ``[B, c, c]``, w[n, j, i] = U_ji²; ``share``: :func:`_zero_shares` if already computed. The
+    nonzero λ are at least λ⁺ (the smallest nonzero one), and so are the eigenvalues μ of every
+    G_{−j,−j} by interlacing, with one exception where G has z > 0 zero eigenvalues: z − 1 of the μ
+    are exactly 0, and one, μ*, solves W_j/μ = Σ_{λ_i > 0} w_ji/(λ_i − μ) in (0, λ⁺), with
+    W_j = Σ_{λ_i = 0} w_ji / Σ_i w_ji. From that equation W_j·λ⁺ ≤ μ* ≤ W_j/(1 − W_j). A channel with
+    W_j ≤ :data:`ZERO_WEIGHT` has √μ* ≤ 1.5e-13, which the approximation (0 ≤ r(y) ≤ √y below its
+    interval) misses by at most that, as the trapezoid grid's closed-form head may (4.4e-13); the
+    other channels need the interval to reach down to W_j·λ⁺. Zero images get level 1 (their CI is
+    0 whatever the nodes).
     """
     c = lam.shape[1]
-    zero = lam == 0
-    z = zero.sum(dim=1, keepdim=True)
+    z = (lam == 0).sum(dim=1, keepdim=True)
     smallest = lam.gather(1, z.clamp(max=c - 1))[:, 0]
-    weight0 = (w * zero[:, None, :]).sum(dim=2)  # [B, c]
-    factor = torch.where(weight0 > ZERO_WEIGHT, 0.5 * weight0, 1.0).amin(dim=1).clamp(max=1.0)
-    delta = smallest * factor
-    level = torch.ceil(-torch.log10(delta)).clamp(min=1.0, max=MAX_LEVEL + 1.0)
+    share = _zero_shares(lam, w) if share is None else share
+    factor = torch.where(share > ZERO_WEIGHT, (1.0 - 1e-6) * share, 1.0).amin(dim=1).clamp(max=1.0)
+    level = torch.ceil(-torch.log10(smallest * factor)).clamp(min=1.0, max=MAX_LEVEL + 1.0)
     return torch.where(nonzero[:, 0], level, 1.0).long()
 
 
-def _spectral_ci(lam: Tensor, w: Tensor, nonzero: Tensor) -> Tensor:
-    """CI of each channel for spectra scaled to λ_max = 1: ``Tensor[B, c]``.
+def _spectral_ci(lam: Tensor, w: Tensor, level: Tensor) -> Tensor:
+    """CI of each channel for spectra scaled to λ_max = 1 (``level``: :func:`rational_levels`):
+    ``Tensor[B, c]``.
 
-    Images whose spectrum a rational approximation covers (:func:`rational_levels`) take it, the
-    rest the trapezoid rule; each image's value depends on that image alone. The node work runs
-    per level, over blocks of images that fit in cache on the CPU (``NODE_BLOCK_BYTES``).
+    Each level's images take its rational approximation, those past ``MAX_LEVEL`` the trapezoid
+    rule; an image's value depends on that image alone. The node work runs per level, over blocks of
+    images that fit in cache on the CPU (``NODE_BLOCK_BYTES``).
     """
     b, c = lam.shape
-    level = rational_levels(lam, w, nonzero)
     counts = torch.bincount(level, minlength=MAX_LEVEL + 2).tolist()
-    single = max(counts) == b  # one level: no reordering
-    order = None if single else torch.argsort(level, stable=True)
-    lam_o, w_o = (lam, w) if order is None else (lam.index_select(0, order), w.index_select(0, order))
+    order = None if max(counts) == b else torch.argsort(level, stable=True)  # one level: as they are
+    if order is not None:
+        lam = lam.index_select(0, order)
+        w = torch.index_select(w, 0, order, out=scratch("chip_weights_sorted", w.shape, w.dtype, w.device))
     ci = torch.empty_like(lam)
     first = 0
     for lev, count in enumerate(counts):
@@ -271,13 +310,11 @@ def _spectral_ci(lam: Tensor, w: Tensor, nonzero: Tensor) -> Tensor:
         for rows in row_blocks(count, node_bytes, lam.device, NODE_BLOCK_BYTES):
             at = slice(first + rows.start, first + rows.stop)
             if lev > MAX_LEVEL:
-                ci[at] = _trapezoid_sums(lam_o[at], w_o[at])
+                ci[at] = _trapezoid_sums(lam[at], w[at])
             else:
-                ci[at] = _rational_sums(lam_o[at], w_o[at], lev)
+                ci[at] = _rational_sums(lam[at], w[at], lev)
         first += count
-    if order is not None:
-        ci = torch.empty_like(ci).index_copy_(0, order, ci)
-    return ci
+    return ci if order is None else torch.empty_like(ci).index_copy_(0, order, ci)
 
 
 def _trapezoid_count() -> int:
