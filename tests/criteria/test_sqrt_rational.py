@@ -48,3 +48,13 @@ def test_poles_equal_a_high_precision_evaluation_of_zolotarevs_formula(level: in
 def test_a_level_outside_the_table_is_refused(level) -> None:
     with pytest.raises(ValueError, match="level must be an int"):
         sqrt_rational(level)
+
+
+@pytest.mark.parametrize("level", [1, 7, MAX_LEVEL])
+def test_below_its_interval_the_approximation_stays_between_zero_and_the_square_root(level: int) -> None:
+    """What chip.rational_levels relies on for an eigenvalue below 10^(−level): the error there is at
+    most √y itself."""
+    m, a, b = sqrt_rational(level)
+    y = np.logspace(-level - 30, -level, 3001)
+    approx = m * y + (np.asarray(a) * y[:, None] / (y[:, None] + np.asarray(b))).sum(axis=1)
+    assert bool((approx >= 0).all()) and bool((approx <= np.sqrt(y) * (1 + RELATIVE_ERROR)).all())

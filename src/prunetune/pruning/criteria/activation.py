@@ -126,7 +126,7 @@ def _gram_ranks(maps64: Tensor, h: int, w: int) -> Tensor:
     ranks = torch.full(gram.shape[:-2], k, dtype=torch.long, device=gram.device)
     if gram.numel() == 0:
         return ranks
-    open_, lines = _certify(gram, coef)
+    open_, lines, diag = _certify(gram, coef)
     ranks = torch.where(open_, ranks, lines)
     idx = open_.nonzero().squeeze(1)
     if idx.numel() == 0:
@@ -135,12 +135,14 @@ def _gram_ranks(maps64: Tensor, h: int, w: int) -> Tensor:
     x = maps64.index_select(0, idx)
     fewer = (x != 0).any(dim=-2 if rows_first else -1).sum(dim=-1) < lines[idx]
     if bool(fewer.any()):
-        still, other = _certify(_side_gram(x[fewer], not rows_first), coef)
+        still, other, _ = _certify(_side_gram(x[fewer], not rows_first), coef)
         sub = idx[fewer]
         ranks[sub[~still]] = other[~still]
         idx = torch.cat([idx[~fewer], sub[still]])
     if idx.numel():
-        lam = batched_linalg(torch.linalg.eigvalsh, gram.index_select(0, idx))
+        open_gram = gram.index_select(0, idx)
+        torch.diagonal(open_gram, dim1=-2, dim2=-1).copy_(diag.index_select(0, idx))  # G again
+        lam = batched_linalg(torch.linalg.eigvalsh, open_gram)
         tol = coef * lam[..., -1:].clamp(min=0.0)
         ranks[idx] = (lam > tol).sum(dim=-1)
     return ranks
@@ -156,19 +158,20 @@ def _side_gram(x: Tensor, rows: bool, tag: str | None = None) -> Tensor:
     return torch.matmul(a, b, out=scratch(tag, (*x.shape[:-2], k, k), x.dtype, x.device))
 
 
-def _certify(gram: Tensor, coef: float) -> tuple[Tensor, Tensor]:
-    """Step 1 of :func:`gram_ranks` on the Gram matrices ``Tensor[N, k, k]`` (their diagonal is
-    changed for the test and restored). Returns the maps it did not certify (``BoolTensor[N]``) and
-    each map's number of nonzero lines (its rank where certified). All-zero maps count as certified;
-    a map with a NaN does not, and reaches ``eigvalsh``, which raises as ``matrix_rank`` does."""
+def _certify(gram: Tensor, coef: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 1 of :func:`gram_ranks` on the Gram matrices ``Tensor[N, k, k]``, whose diagonal it
+    changes for the test and leaves changed (a strided pass over the diagonal costs as much as the
+    test's own bookkeeping; only the maps that go on need it back). Returns the maps it did not
+    certify (``BoolTensor[N]``), each map's number of nonzero lines (its rank where certified) and
+    the original diagonal (``Tensor[N, k]``). All-zero maps count as certified; a map with a NaN does
+    not, and reaches ``eigvalsh``, which raises as ``matrix_rank`` does."""
     diag = torch.diagonal(gram, dim1=-2, dim2=-1)
     saved = diag.clone()
     live = saved != 0  # nonzero lines
     trace = saved.sum(dim=-1, keepdim=True)
     diag.copy_(torch.where(live, saved - (2.0 * coef) * trace, trace))
     info = batched_linalg(_cholesky_info, gram)
-    diag.copy_(saved)  # G again
-    return (info != 0) & (trace[:, 0] != 0), live.sum(dim=-1)
+    return (info != 0) & (trace[:, 0] != 0), live.sum(dim=-1), saved
 
 
 def _cholesky_info(x: Tensor) -> Tensor:
