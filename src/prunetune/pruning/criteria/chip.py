@@ -34,8 +34,8 @@ here instead (float64 throughout; criteria.md §4.4):
   approximation's error on each λ_i and μ_k. Zolotarev's rational approximation
   (:mod:`~prunetune.pruning.criteria.sqrt_rational`) holds a relative error of 3e-14 on [10^(−L), 1]
   with about 4L + 5 poles, so an image whose λ and μ all lie in {0} ∪ [10^(−L), 1] takes those
-  poles as its nodes: at ResNet-56's points mostly L = 2-3 at 16 and 32 channels (13-17 nodes) and
-  L = 6-10 at 64 (27-43). :func:`rational_levels` finds each image's L from its own spectrum (the
+  poles as its nodes: at ResNet-56's points L = 2 at 16 channels, 3-4 at 32 (12-20 nodes) and
+  mostly 6-10 at 64 (27-43). :func:`rational_levels` finds each image's L from its own spectrum (the
   μ need no solve: interlacing bounds them, see there); an image no level up to
   ``sqrt_rational.MAX_LEVEL`` covers takes the trapezoid grid. The two agree to about 1e-13 of the
   image's largest CI, and an image's value never depends on the other images of its batch.
