@@ -208,7 +208,7 @@ def test_quadrature_route_equals_the_svd_reference(b: int, c: int, size: int) ->
 def test_quadrature_rational_levels_reach_below_a_near_dependent_channels_deflated_eigenvalue() -> None:
     """Image 0: channel 4 = channel 0 + 1e-5·channel 1, so G has one zero eigenvalue, channel 1 has a
     weight of about 1e-10 on it, and deleting channel 1 leaves an eigenvalue of about 1e-10·λ⁺: the
-    level must reach it (12 here) or CI(1) is off by about √(1e-10·λ⁺). Image 1 adds an exact
+    level must reach it (11 here) or CI(1) is off by about √(1e-10·λ⁺). Image 1 adds an exact
     dependence that channel 1 is fully part of (level 2)."""
     from prunetune.pruning.criteria import chip
 
@@ -224,7 +224,7 @@ def test_quadrature_rational_levels_reach_below_a_near_dependent_channels_deflat
     assert bool(((out - ref).abs() <= 1e-12 * ref.abs().amax(dim=1, keepdim=True)).all())
 
 
-def test_quadrature_rational_and_trapezoid_agree_and_an_image_scores_alone_as_in_its_batch(
+def test_quadrature_rational_and_trapezoid_agree_and_an_image_gets_the_same_bits_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from prunetune.pruning.criteria import chip
@@ -241,13 +241,61 @@ def test_quadrature_rational_and_trapezoid_agree_and_an_image_scores_alone_as_in
     levels = chip.rational_levels(lam, vec * vec, nonzero)
     assert len(set(levels.tolist())) >= 3 and int(levels.max()) <= chip.MAX_LEVEL  # mixed, all rational
     out = chip_scores(maps, route="quadrature")
-    for i in range(6):
-        assert torch.equal(chip_scores(maps[i : i + 1], route="quadrature")[0], out[i])
+    # from an image's spectrum on, its CIs are the bits it gets alone, on either grid (torch's batched
+    # eigh itself may differ from a single one in the last bits: seen at 5×5)
+    for c in (5, 10, 16):
+        many = torch.relu(torch.randn(15, c, 6, 6, generator=g, dtype=torch.float64)).reshape(15, c, 36)
+        lam_m, vec_m = torch.linalg.eigh(many @ many.transpose(1, 2))
+        lam_m, _, nonzero_m = chip._unit_spectrum(lam_m)
+        w_m = vec_m * vec_m
+        for grid_max in (chip.MAX_LEVEL, 0):
+            monkeypatch.setattr(chip, "MAX_LEVEL", grid_max)
+            level_m = chip.rational_levels(lam_m, w_m, nonzero_m)
+            batch = chip._spectral_ci(lam_m, w_m, level_m)
+            for i in range(15):
+                alone = chip._spectral_ci(lam_m[i : i + 1], w_m[i : i + 1], level_m[i : i + 1])
+                assert torch.equal(alone[0], batch[i])
+        monkeypatch.undo()
     monkeypatch.setattr(chip, "MAX_LEVEL", 0)  # the trapezoid rule for every image
     trapezoid = chip_scores(maps, route="quadrature")
     scale = out.abs().amax(dim=1, keepdim=True)
     assert bool(((out - trapezoid).abs() <= 3e-13 * scale).all())
     assert not torch.equal(out, trapezoid)
+
+
+def test_exact_zero_rows_get_exact_weights_only_where_the_zero_eigenvalues_are_theirs() -> None:
+    """Channel 0 is a zero row: G's eigenvector for 0 is e_0, so w[0] sits on λ = 0 alone and the other
+    rows have no weight there. Rounding of 1e-20 there would stand for a deleted-row eigenvalue of
+    about 1e-20 and push the level past the table; set to 0, the level is that of λ⁺ = 0.02."""
+    from prunetune.pruning.criteria import chip
+
+    lam = torch.tensor([[0.0, 0.02, 0.3, 1.0]], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    w = torch.zeros(1, 4, 4, dtype=torch.float64)
+    w[0, 0, 0] = 1.0
+    w[0, 1:, 1:] = q * q
+    zero_rows = torch.tensor([[True, False, False, False]])
+    nonzero = torch.ones(1, 1, dtype=torch.bool)
+    exact_level = chip.rational_levels(lam, w, nonzero)
+    assert exact_level.tolist() == [2]
+    for stray, cleaned in ((1e-20, True), (1e-6, False)):  # STRAY_WEIGHT = 1e-8
+        noisy = w.clone()
+        noisy[0, 1:, 0] = stray
+        noisy[0, 0, 1:] = stray
+        assert int(chip.rational_levels(lam, noisy, nonzero)[0]) > 2
+        given = noisy.clone()
+        share = chip._exact_zero_rows(lam, given, zero_rows)
+        assert torch.equal(given, w if cleaned else noisy)
+        assert torch.equal(chip.rational_levels(lam, given, nonzero, share), chip.rational_levels(lam, given, nonzero))
+        assert (chip.rational_levels(lam, given, nonzero, share).tolist() == [2]) == cleaned
+    # as many zero eigenvalues as zero rows is required: a second zero eigenvalue leaves w as it is
+    two = lam.clone()
+    two[0, 1] = 0.0
+    given = w.clone()
+    given[0, 1:, 0] = 1e-20
+    kept = given.clone()
+    chip._exact_zero_rows(two, given, zero_rows)
+    assert torch.equal(given, kept)
 
 
 def test_quadrature_route_zero_and_single_row_images() -> None:
@@ -285,7 +333,7 @@ def test_quadrature_node_work_in_blocks_of_images_equals_one_block(monkeypatch: 
     maps = _hard_maps(7, 6, 8, 4)
     whole = chip_scores(maps, route="quadrature")
     per_image = 8 * (4 * 8 * 116 + 2 * 8 * 8)
-    monkeypatch.setattr(chip, "NODE_BLOCK_BYTES", 2 * per_image)  # blocks of 2 images
+    monkeypatch.setattr(chip, "NODE_BLOCK_BYTES", 2 * per_image)  # blocks of 2 images (3 on fewer nodes)
     assert torch.equal(chip_scores(maps, route="quadrature"), whole)
     # inside memory chunks of 3 images (blocks of 2 and 1 in each): each image's row in its place
     chunk_mb = 3 * 8 * (3 * 8 * 8 + 5 * 8 * 116 + 8 * 16) / 2**20
