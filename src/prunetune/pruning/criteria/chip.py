@@ -37,11 +37,11 @@ here instead (float64 throughout; criteria.md §4.4):
   poles as its nodes: at ResNet-56's points L = 2 at 16 channels (13 nodes), 3-4 at 32 (16-20) and
   mostly 6-10 at 64 (27-43). :func:`rational_levels` finds each image's L from its own spectrum (the
   μ need no solve: interlacing bounds them, see there); an image no level up to
-  ``sqrt_rational.MAX_LEVEL`` covers takes the trapezoid grid. The approximation's error, 3e-14 of each √λ and √μ,
-  grows with the channels as 3e-14·(Σ√λ + Σ√μ): against the SVD definition about 4e-13 of the
-  image's largest CI on random 64-channel maps, where the trapezoid grid gives about 1.2e-13 (both
-  far below what squaring into G costs on ill-conditioned maps). From its spectrum on, an image's
-  value never depends on the other images of its batch.
+  ``sqrt_rational.MAX_LEVEL`` covers takes the trapezoid grid. The approximation's error, 3e-14 of
+  each √λ and √μ, grows with the channels as 3e-14·(Σ√λ + Σ√μ): against the SVD definition about
+  4e-13 of the image's largest CI on random 64-channel maps, where the trapezoid grid gives about
+  1.2e-13 (both far below what squaring into G costs on ill-conditioned maps). From its spectrum
+  on, an image's value never depends on the other images of its batch.
 
 * **gram** (cheap when c ≤ hw): G = M Mᵀ (c×c), ‖M‖_* = Σ√λ(G). Zeroing row j of M deletes row and
   column j of G, so ‖M^{(j)}‖_* = Σ√λ(G_{−j,−j}). All B·c principal submatrices of a batch go into
