@@ -162,6 +162,33 @@ def test_bench_beyond_the_machine_is_one_line(pruned_file, flag, value, needle) 
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and needle in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize(("fmt", "value", "needle"), [("export", "70000", "more than a torch.export program's"),
+                                                   ("onnx", str(10**12), "needs")])
+def test_deploy_check_batch_beyond_the_format_or_machine_is_one_line(pruned_file, tmp_path, capsys, fmt, value,
+                                                                     needle) -> None:
+    # both were tracebacks: torch.export's guard on its batch dimension, the allocator's refusal
+    out = tmp_path / ("m.pt2" if fmt == "export" else "m.onnx")
+    assert main(["deploy", "--model", str(pruned_file), "--format", fmt, "--out", str(out), "--check-batch", value]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not out.exists() and list(tmp_path.glob(".m.*")) == []
+
+
+def test_recipe_threads_above_the_machine_run_with_its_cpus(monkeypatch, caplog) -> None:
+    import os
+
+    from prunetune.recipes.pipeline import torch_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    with caplog.at_level("WARNING", logger="prunetune"), torch_threads(100000):
+        inside = torch.get_num_threads()
+    assert inside == 2 and torch.get_num_threads() == before
+    assert "recipe threads: 100000 is more than this machine's 2 CPUs" in caplog.text
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+
+
 def test_folding_a_copy_leaves_the_model_alone() -> None:
     model, _ = pruned("zoo_vgg")
     before = copy.deepcopy(model.state_dict())

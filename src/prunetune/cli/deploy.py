@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                    help="keep batch norms (by default they are folded into the convs before export)")
-    p.add_argument("--check-batch", type=int, default=3, help="batch size of the random check (default 3)")
+    p.add_argument("--check-batch", type=int, default=3,
+                   help="batch size of the random check (default 3; at most 65536 for export)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (--format names the file format)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_allow_code(p)

@@ -7,6 +7,7 @@ dynamic) and compares with the PyTorch model. ONNX needs the ``deploy`` extra.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -17,8 +18,9 @@ import torch
 from torch import nn
 
 from prunetune._atomic import _umask
+from prunetune._machine import physical_memory
 from prunetune._registry import unknown_name_message
-from prunetune.deployment.export import WRITERS
+from prunetune.deployment.export import EXPORT_MAX_BATCH, WRITERS
 from prunetune.deployment.fold import fold_batchnorm
 from prunetune.exceptions import ConfigError, DeployError, UnknownNameError
 
@@ -64,6 +66,9 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
         raise UnknownNameError(unknown_name_message("deploy format", format, FORMATS))
     if not isinstance(check_batch, int) or check_batch < 1:
         raise ConfigError(f"check_batch must be a positive integer, got {check_batch!r}")
+    if format == "export" and check_batch > EXPORT_MAX_BATCH:
+        raise ConfigError(f"check_batch {check_batch} is more than a torch.export program's batch dimension takes "
+                          f"({EXPORT_MAX_BATCH}); give at most {EXPORT_MAX_BATCH}")
     out = Path(out)
     if format == "export" and out.suffix != ".pt2":
         raise ConfigError(f"a torch.export program is saved as .pt2 (torch.export.load needs it), got {str(out)!r}")
@@ -71,6 +76,11 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
 
     check_output_file(out, "--out", overwrite=overwrite)  # an existing file, a directory, an unwritable place
     model, input_shape = _resolve(model, input_shape, allow_code)
+    memory = physical_memory()
+    need = 4 * max(check_batch, 2) * math.prod(input_shape)  # the check batch alone, in float32
+    if memory and need > memory:
+        raise ConfigError(f"check_batch {check_batch} needs {need / 2**30:.0f} GiB for its input alone, more than "
+                          f"this machine's {memory / 2**30:.0f} GiB; give a smaller check batch")
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     reference = model.eval()

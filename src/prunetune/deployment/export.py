@@ -18,8 +18,11 @@ from prunetune._imports import require
 Runner = Callable[[Tensor], Tensor]
 
 
+EXPORT_MAX_BATCH = 65536  # the largest batch a torch.export program's dynamic batch dimension takes
+
+
 def _batch_dim() -> torch.export.Dim:
-    return torch.export.Dim("batch", min=1, max=65536)
+    return torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
 
 
 @contextlib.contextmanager

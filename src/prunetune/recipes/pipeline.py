@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -284,8 +285,17 @@ def train_pruned(recipe: Recipe, base: Base, plan: PruningPlan, *,
 
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` CPU threads (None: as it is); the count is restored after."""
+    """Run the block with ``threads`` CPU threads (None: as it is); the count is restored after.
+
+    A count above this machine's CPUs (a recipe recorded on a larger machine) runs with the CPUs
+    there are, with a warning: oversubscribed it ran 8× slower, and torch's thread pool crashed at
+    100 000 threads. Results may then differ from the recorded run's in the last bits."""
     previous = torch.get_num_threads()
+    cpus = os.cpu_count()
+    if threads and cpus and threads > cpus:
+        log.warning("recipe threads: %d is more than this machine's %d CPUs; running with %d (results may "
+                    "differ from the recorded run's in the last bits)", threads, cpus, cpus)
+        threads = cpus
     if threads:
         torch.set_num_threads(threads)
     try:
