@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from prunetune.exceptions import BudgetInfeasibleError, ConfigError
+from prunetune.exceptions import BudgetExceededError, BudgetInfeasibleError, ConfigError
 from prunetune.models import create_model
 from prunetune.pruning.allocation import KeepRule, keep_for_budget, keep_from_ratios, smallest_fraction
 from prunetune.pruning.groups import find_groups
@@ -115,6 +115,27 @@ def _recipe(allocation):
 
     return Recipe.from_dict({"model": {"name": "resnet20", "in_channels": 1}, "data": "digits", "criterion": "l1",
                              "allocation": allocation})
+
+
+def test_a_carried_plan_above_the_recipe_budget_fails_before_any_training(groups) -> None:
+    """An inline plan that keeps every channel under macs_budget 0.5 was counted only after the dense
+    training, and the error blamed the analytic count."""
+    from prunetune.pruning.plan import PruningPlan
+    from prunetune.recipes.pipeline import check_allocation
+    from prunetune.recipes.schema import Recipe
+
+    def recipe(keep):
+        from prunetune.pruning.macs import Cost
+
+        plan = PruningPlan(kept={n: tuple(range(keep(groups[n].channels))) for n in groups.names},
+                           channels={n: groups[n].channels for n in groups.names}, dense=Cost(1, 1),
+                           pruned=Cost(1, 1), input_shape=tuple(groups.input_shape)).to_dict()
+        return Recipe.from_dict({"model": {"name": "resnet20", "in_channels": 1}, "data": "digits", "criterion": "l1",
+                                 "allocation": {"macs_budget": 0.5}, "plan": plan})
+
+    with pytest.raises(BudgetExceededError, match="the recipe's plan keeps 1.0000 of the dense MACs"):
+        check_allocation(recipe(lambda c: c), groups)
+    check_allocation(recipe(lambda c: c // 2), groups)  # about a quarter of the MACs: within
 
 
 def test_a_budget_that_relative_zeros_make_unreachable_fails_before_any_training(groups) -> None:

@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
-from prunetune.exceptions import CheckpointError, ConfigError
+from prunetune.exceptions import BudgetExceededError, CheckpointError, ConfigError
 from prunetune.models import create_model
 from prunetune.pruning.blend import blend_scores
-from prunetune.pruning.budget_check import check_pruned_macs
+from prunetune.pruning.budget_check import ROUNDING, check_pruned_macs
 from prunetune.pruning.finetune import evaluate, finetune
 from prunetune.pruning.groups import ModelGroups, find_groups
-from prunetune.pruning.macs import count_cost
+from prunetune.pruning.macs import analytic_cost, count_cost
 from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
 from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
@@ -166,7 +166,15 @@ def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
         if a.budget is not None:
             a.budget.reachable(groups, a.rule, dense=a.dense_groups(groups.names))
     if recipe.plan is not None:
-        _carried_plan(recipe).validate(groups)
+        plan = _carried_plan(recipe)
+        plan.validate(groups)
+        budget = a.macs_budget if a is not None else None
+        if budget is not None:  # counted after training too; an over-budget plan fails here, in seconds
+            dense, kept = analytic_cost(groups).macs, analytic_cost(groups, plan.keep_counts).macs
+            if kept > budget * dense * (1.0 + ROUNDING):
+                raise BudgetExceededError(
+                    f"the recipe's plan keeps {kept / dense:.4f} of the dense MACs, above its allocation.macs_budget "
+                    f"{budget:g}; give a plan within the budget, or raise or remove allocation.macs_budget")
 
 
 def splits_to(splits: DataSplits, device: torch.device | str) -> DataSplits:
