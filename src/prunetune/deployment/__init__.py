@@ -79,8 +79,9 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     memory = physical_memory()
     need = 4 * max(check_batch, 2) * math.prod(input_shape)  # the check batch alone, in float32
     if memory and need > memory:
-        raise ConfigError(f"check_batch {check_batch} needs {need / 2**30:.0f} GiB for its input alone, more than "
-                          f"this machine's {memory / 2**30:.0f} GiB; give a smaller check batch")
+        raise ConfigError(f"check_batch {check_batch} of inputs {tuple(input_shape)} needs {need / 2**30:.0f} GiB for "
+                          f"the input alone, more than this machine's {memory / 2**30:.0f} GiB; give a smaller check "
+                          "batch")
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     reference = model.eval()
