@@ -27,6 +27,10 @@ _SCRIPT = textwrap.dedent("""
     torch.linalg.eigvalsh(x[0])  # the main thread's own OpenMP team, before counting
     (x @ x).sum()
     before = threads()
+    # both pool threads started (ThreadPoolExecutor starts them lazily and reuses an idle one, so a
+    # loaded machine could otherwise finish the first share before the second thread was needed)
+    wait = threading.Barrier(2)
+    [f.result() for f in [_linalg._pool(2).submit(wait.wait) for _ in range(2)]]
     seen = []
     out = _linalg._threaded(lambda a: seen.append(torch.get_num_threads()) or torch.linalg.eigvalsh(a), x, 1)
     assert torch.allclose(out, torch.linalg.eigvalsh(x))
