@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 
 
 def physical_memory() -> int | None:
@@ -11,3 +13,15 @@ def physical_memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def check_input_fits(batch: int, input_shape: Sequence[int], what: str, fix: str) -> None:
+    """Refuse a float32 input batch larger than this machine's memory, before the allocator would fail
+    with a traceback; the one-line error names ``what`` and ends with ``fix``."""
+    from prunetune.exceptions import ConfigError
+
+    memory = physical_memory()
+    need = 4 * batch * math.prod(input_shape)
+    if memory and need > memory:
+        raise ConfigError(f"{what} needs {need / 2**30:.0f} GiB for its input alone, more than this machine's "
+                          f"{memory / 2**30:.0f} GiB; {fix}")

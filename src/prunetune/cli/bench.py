@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.recipes.checkpoint import dense_architecture, load_checkpoint, load_pruned, read_pruned_plan
     from prunetune.deployment.bench import compare, speedups
     from prunetune.exceptions import ConfigError
-    from prunetune._machine import physical_memory
+    from prunetune._machine import check_input_fits
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
@@ -63,12 +63,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--min-time must be a number of seconds > 0, got {args.min_time:g}")
     path = need_file(args.model, "pruned model", "pruned model file (.pt)")
     plan = read_pruned_plan(path)
-    memory = physical_memory()
-    for batch in args.batch:  # the input batch alone, in float32, must fit (else an allocator traceback)
-        if memory and 4 * batch * math.prod(plan.input_shape) > memory:
-            raise ConfigError(f"--batch {batch} needs {4 * batch * math.prod(plan.input_shape) / 2**30:.0f} GiB for "
-                              f"its input alone, more than this machine's {memory / 2**30:.0f} GiB; give smaller "
-                              "batch sizes")
+    for batch in args.batch:
+        check_input_fits(batch, plan.input_shape, f"--batch {batch}", "give smaller batch sizes")
     pruned = load_pruned(path, allow_code=args.allow_code)
     dense = dense_architecture(path, allow_code=args.allow_code)
     if args.dense:

@@ -7,7 +7,6 @@ dynamic) and compares with the PyTorch model. ONNX needs the ``deploy`` extra.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -18,7 +17,7 @@ import torch
 from torch import nn
 
 from prunetune._atomic import _umask
-from prunetune._machine import physical_memory
+from prunetune._machine import check_input_fits
 from prunetune._registry import unknown_name_message
 from prunetune.deployment.export import EXPORT_MAX_BATCH, WRITERS
 from prunetune.deployment.fold import fold_batchnorm
@@ -76,12 +75,8 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
 
     check_output_file(out, "--out", overwrite=overwrite)  # an existing file, a directory, an unwritable place
     model, input_shape = _resolve(model, input_shape, allow_code)
-    memory = physical_memory()
-    need = 4 * max(check_batch, 2) * math.prod(input_shape)  # the check batch alone, in float32
-    if memory and need > memory:
-        raise ConfigError(f"check_batch {check_batch} of inputs {tuple(input_shape)} needs {need / 2**30:.0f} GiB for "
-                          f"the input alone, more than this machine's {memory / 2**30:.0f} GiB; give a smaller check "
-                          "batch")
+    check_input_fits(max(check_batch, 2), input_shape, f"check_batch {check_batch} of inputs {tuple(input_shape)}",
+                     "give a smaller check batch")
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     reference = model.eval()
