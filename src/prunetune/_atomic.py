@@ -7,7 +7,8 @@ place, so readers see the old file or the new one, never a mix, and concurrent w
 (the last rename wins; both wrote the same content when they computed the same thing).
 
 :func:`write_together` puts several files in place as one: a pruned model and its plan appear
-together or not at all, even under Ctrl-C.
+together or not at all, even under Ctrl-C (or a SIGTERM, which the command line turns into an
+interrupt: :mod:`prunetune._signals`).
 """
 
 from __future__ import annotations
@@ -195,37 +196,44 @@ def _reserve(path: Path, suffix: str) -> str:
 
 
 class _HeldInterrupt:
-    """A block during which a SIGINT (Ctrl-C) is held; :meth:`deliver` raises it afterwards.
+    """A block during which a SIGINT (Ctrl-C) or a SIGTERM is held; :meth:`deliver` raises it afterwards.
 
-    Only in the main thread (where Python runs signal handlers), and only where the handler in place
-    was installed from Python: one installed from C (``signal.getsignal`` gives ``None``) could not be
-    put back, so the block then runs as it is and that handler keeps the signal.
+    Only in the main thread (where Python runs signal handlers), and only for a signal whose handler
+    in place was installed from Python: one installed from C (``signal.getsignal`` gives ``None``)
+    could not be put back, so that signal keeps its handler during the block.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.caught: list[tuple[int, Any]] = []
-        self.previous: Any = None
-        self.active = False
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> _HeldInterrupt:
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None:
-            self.previous = signal.signal(signal.SIGINT, lambda signum, frame: self.caught.append((signum, frame)))
-            self.active = True
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is not None:
+                    self.previous[signum] = signal.signal(signum, lambda s, frame: self.caught.append((s, frame)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.active:
-            signal.signal(signal.SIGINT, self.previous)
-            self.active = False
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
     def deliver(self) -> None:
-        """Hand a held SIGINT to the handler that was in place (Python's own: KeyboardInterrupt)."""
+        """Hand the first held signal to the handler that was in place for it: Python's own raises
+        KeyboardInterrupt for a SIGINT; the default action of a SIGTERM ends the process."""
         if not self.caught:
             return
-        if callable(self.previous):
-            self.previous(*self.caught[0])
-        elif self.previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
+        signum, frame = self.caught[0]
+        handler = self.previous[signum]
+        if callable(handler):
+            handler(signum, frame)
+        elif handler == signal.SIG_DFL:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
 
 
 def _link_new(tmp: str, path: Path) -> None:

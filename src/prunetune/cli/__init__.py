@@ -2,7 +2,7 @@
 
 Each command lives in its own module with ``register(subparsers)``; heavy imports (Ray, Optuna,
 MLflow) happen inside the command that needs them. User errors print one line and exit 2; a
-traceback only with ``--debug``.
+traceback only with ``--debug``. Ctrl-C exits 130 and a SIGTERM 143, both after the same clean-up.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import importlib
 import logging
 import os
 import select
+import signal
 import sys
 from collections.abc import Sequence
 
+from prunetune._signals import Terminated, terminate_as_interrupt
 from prunetune._text import clip_line
 from prunetune.exceptions import PrunetuneError
 from prunetune.version import __version__
@@ -50,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr, force=True)
     try:
-        code = int(args.func(args) or 0)
+        with terminate_as_interrupt():  # a SIGTERM cleans up as a Ctrl-C does (no half-written files left)
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, so that a reader gone away (`... | head`) is handled below
         return code
     except BrokenPipeError:
@@ -63,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"prunetune {args.command}: error: {clip_line(str(exc))}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"prunetune {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"prunetune {args.command}: interrupted", file=sys.stderr)
         return 130

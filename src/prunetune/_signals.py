@@ -1,0 +1,43 @@
+"""SIGTERM handled like Ctrl-C, so that a scheduler's kill cleans up as an interrupt does.
+
+A SIGTERM (``kill``, ``timeout``, a batch scheduler ending a job) ends a Python process at once by
+default: no ``finally`` runs, and a file being written stays behind under its hidden temporary name.
+:func:`terminate_as_interrupt` makes it raise :class:`Terminated` instead, a ``KeyboardInterrupt``,
+so every path that cleans up after a Ctrl-C (temporary files removed, a search marked killed, a
+pair of files put back) does the same after a SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler :func:`terminate_as_interrupt` installs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"terminated by signal {signum}")
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, a SIGTERM raises :class:`Terminated` in the main thread.
+
+    Only where Python can (the main thread) and only over the default action: a handler someone
+    else installed (an embedding program, a test runner) is left alone. The previous handler is put
+    back afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

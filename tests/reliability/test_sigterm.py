@@ -1,0 +1,114 @@
+"""A SIGTERM (``kill``, ``timeout``, a batch scheduler) cleans up as a Ctrl-C does.
+
+By default a SIGTERM ends Python at once: a file being written stayed behind under its hidden
+temporary name (``.out.XXXX.tmp``). The command line turns it into :class:`Terminated` (a
+``KeyboardInterrupt``), exits 143 with one line, and the renames of a pair of files hold it.
+The kills are real signals, sent by the process to itself; the ones that could end the process run
+in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from prunetune._atomic import write_together
+from prunetune._signals import Terminated, _raise_terminated, terminate_as_interrupt
+
+
+def _python(code: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_a_sigterm_during_a_write_leaves_no_temporary_file(tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    done = _python("""
+        import os, signal, sys
+        from prunetune._atomic import write_atomic_with
+        from prunetune._signals import Terminated, terminate_as_interrupt
+
+        def write(f):
+            f.write(b"half")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGTERM)
+            f.write(b" and the rest")
+
+        try:
+            with terminate_as_interrupt():
+                write_atomic_with("out/model.pt", write)
+        except Terminated:
+            sys.exit(143)
+        """, tmp_path)
+    assert done.returncode == 143, done.stderr
+    assert os.listdir(out) == []
+
+
+def test_the_command_line_exits_143_with_one_line_and_no_temporary(tmp_path) -> None:
+    done = _python("""
+        import os, signal, sys
+        import prunetune.cli.groups as groups
+        from prunetune.cli import main
+
+        def run(args):
+            def write(f):
+                f.write(b"half")
+                f.flush()
+                os.kill(os.getpid(), signal.SIGTERM)
+            from prunetune._atomic import write_atomic_with
+            write_atomic_with("report.json", write)
+
+        groups.run = run  # before the parser is built: the command's function
+        sys.exit(main(["groups", "--model", "resnet20"]))
+        """, tmp_path)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines() == ["prunetune groups: terminated"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_default_action_is_put_back_and_a_handler_of_others_left_alone() -> None:
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("this test runner handles SIGTERM itself")
+    with terminate_as_interrupt():
+        assert signal.getsignal(signal.SIGTERM) is _raise_terminated
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+    def theirs(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, theirs)
+    try:
+        with terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is theirs
+        assert signal.getsignal(signal.SIGTERM) is theirs
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_sigterm_during_the_renames_waits_for_them(tmp_path, monkeypatch) -> None:
+    """A real SIGTERM between the two renames of a pair is held until both are done, then raised."""
+    real_replace, kills = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        if not kills:
+            kills.append(dst)
+            os.kill(os.getpid(), signal.SIGTERM)  # right after the first file is in place
+
+    monkeypatch.setattr(os, "replace", replace)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)  # as the command line installs it
+    try:
+        with pytest.raises(Terminated):
+            write_together([(tmp_path / "p.plan.json", lambda f: f.write(b"plan")),
+                            (tmp_path / "p.pt", lambda f: f.write(b"model"))])
+        assert signal.getsignal(signal.SIGTERM) is _raise_terminated  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sorted(os.listdir(tmp_path)) == ["p.plan.json", "p.pt"]
+    assert (tmp_path / "p.pt").read_bytes() == b"model"
