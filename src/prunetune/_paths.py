@@ -61,7 +61,10 @@ def check_file_name(path: str | os.PathLike, what: str, *, flag: str = "--out") 
 
 
 def check_output_dir(path: str | os.PathLike, what: str) -> Path:
-    """``path`` if it is a folder prunetune can fill (existing, or creatable); else a :class:`ConfigError`."""
+    """``path`` if it is a folder prunetune can fill (existing, or creatable); else a :class:`ConfigError`.
+    An empty path is refused (``Path("")`` would be the working directory, which nobody asked for)."""
+    if not os.fspath(path).strip():
+        raise ConfigError(f"{what} is empty; give a folder name")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {str(path)!r} is a file, not a folder; choose another path")

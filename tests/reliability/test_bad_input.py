@@ -290,6 +290,8 @@ CASES = [
     # --- score ------------------------------------------------------------------------------------
     Case("score-criteria-empty", "score --recipe r.yaml --criteria ''", match="--criteria"),
     Case("score-criteria-commas", "score --recipe r.yaml --criteria ,,", match="--criteria"),
+    Case("score-criteria-empty-name", "score --recipe r.yaml --criteria l1,,fpgm", match="empty name"),
+    Case("score-criteria-trailing-comma", "score --recipe r.yaml --criteria l1,", match="empty name"),
     Case("score-criteria-unknown", "score --recipe r.yaml --criteria l1,chipp", match="did you mean 'chip'"),
     Case("score-recipe-directory", "score --recipe adir", {"adir/x": "1"}, match="is a directory"),
     # --- groups -----------------------------------------------------------------------------------
@@ -422,6 +424,7 @@ CASES = [
     Case("demo-trials-0", "demo --trials 0", match="trials"),
     Case("demo-budget-2", "demo --macs-budget 2", match="--macs-budget"),
     Case("demo-out-dir-under-a-file", "demo --out-dir afile/demo", {"afile": "x"}, match="afile"),
+    Case("demo-out-dir-empty", "demo --out-dir ''", match="--out-dir is empty"),
     Case("cli-unknown-command", "prunes", match="prunes"),
     Case("cli-missing-argument", "prune --recipe r.yaml", match="--out"),
     Case("cli-unknown-flag", "groups --model resnet20 --colour red", match="--colour"),

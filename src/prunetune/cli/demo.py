@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.exceptions import ConfigError
 
     t0 = time.perf_counter()
-    out = check_output_dir(Path(args.out_dir).resolve(), "--out-dir")
+    out = check_output_dir(args.out_dir, "--out-dir").resolve()
     experiment = time.strftime("demo-%Y%m%d-%H%M%S")
     # this demo's own files, in a new folder named after its experiment: a re-run never replaces them
     mine = out / experiment

@@ -29,9 +29,10 @@ def run(args: argparse.Namespace) -> int:
     recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
     criteria = recipe_criteria(recipe)
     if args.criteria is not None:
-        names = [name.strip() for name in args.criteria.split(",") if name.strip()]
-        if not names:
-            raise ConfigError(f"--criteria {args.criteria!r} names no criterion; give comma-separated names, "
+        names = [name.strip() for name in args.criteria.split(",")]
+        if not all(names):
+            what = "names no criterion" if not any(names) else "has an empty name (commas in a row, or one at an end)"
+            raise ConfigError(f"--criteria {args.criteria!r} {what}; give comma-separated names, "
                               f"e.g. --criteria l1,fpgm (known: {', '.join(CRITERIA.names())})")
         criteria = {name: CRITERIA.get(name).resolve(None) for name in names}
     base = prepare(recipe, show_progress=args.format == "table")
