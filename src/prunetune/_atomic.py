@@ -32,13 +32,13 @@ log = logging.getLogger(__name__)
 
 
 def write_atomic_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, replace: bool = True) -> Path:
-    """Create ``path``'s folder, call ``write(file)`` on a fresh temporary file next to it, rename it over ``path``.
+    """Create ``path``'s folder (:func:`make_folder`), call ``write(file)`` on a fresh temporary file next to it, rename it over ``path``.
 
     ``replace=False``: never replace a file that exists by then (``FileExistsError``): an output checked
     before minutes of work may have appeared meanwhile (another run writing the same ``--out``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a file written in place would follow the umask
@@ -52,6 +52,14 @@ def write_atomic_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, and say so (a mistyped ``--out`` folder is seen at once)."""
+    if folder.is_dir():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("created folder %s", folder)
 
 
 def write_together(files: Sequence[tuple[str | os.PathLike, Callable[[IO[bytes]], Any]]], *,
@@ -75,7 +83,7 @@ def write_together(files: Sequence[tuple[str | os.PathLike, Callable[[IO[bytes]]
     held = _HeldInterrupt()
     try:
         for path, (_, write) in zip(targets, files):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(path.parent)
             temps.append(_write_temporary(path, write))
         with held:  # a Ctrl-C now waits until every file is in place (or the renames failed)
             if replace:  # move the old files aside, the last one first, so it is never left without the others

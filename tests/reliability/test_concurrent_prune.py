@@ -116,3 +116,18 @@ def test_an_out_file_that_appears_while_pruning_is_not_replaced(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "p.pt"]  # no temporary file, no plan
     result = prunetune.prune(copy.deepcopy(TINY_RECIPE), out=out, overwrite=True)  # asked for: replaced
     assert result.out == out and load_pruned(out) is not None
+
+
+def test_a_missing_folder_is_created_and_named_once(tmp_path, caplog) -> None:
+    """A mistyped ``--out`` folder is made, as ``mkdir -p`` would, and the log says so (once)."""
+    import logging
+
+    from prunetune._atomic import write_together
+
+    caplog.set_level(logging.INFO, logger="prunetune._atomic")
+    write_bytes_atomic(tmp_path / "new" / "deeper" / "a.bin", b"a")
+    write_together([(tmp_path / "new" / "deeper" / "b.json", lambda f: f.write(b"b")),
+                    (tmp_path / "other" / "c.pt", lambda f: f.write(b"c"))])
+    made = [r.getMessage() for r in caplog.records if r.getMessage().startswith("created folder")]
+    assert made == [f"created folder {tmp_path / 'new' / 'deeper'}", f"created folder {tmp_path / 'other'}"]
+    assert (tmp_path / "other" / "c.pt").read_bytes() == b"c"
