@@ -119,6 +119,21 @@ def _fifo(path: Path) -> None:
     os.mkfifo(path)
 
 
+def _sqlite_tables(*tables: str):
+    """An sqlite database holding empty ``tables`` (an Optuna study: studies, trials)."""
+
+    def make(path: Path) -> None:
+        import contextlib
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            for table in tables:
+                conn.execute(f"CREATE TABLE {table} (id INTEGER)")
+            conn.commit()
+
+    return make
+
+
 def _device(path: Path) -> None:
     """A link to the character device /dev/null (reads as empty, stat says it is no regular file)."""
     path.symlink_to("/dev/null")
@@ -356,6 +371,8 @@ CASES = [
          match="/proc"),
     Case("search-tracking-under-a-file", S + " --tracking-uri afile/mlflow.db", {"afile": "x"}, match="afile"),
     Case("search-tracking-db-not-sqlite", S, {"mlflow.db": BAD_DB}, match="mlflow.db"),
+    Case("search-tracking-db-optuna-study", S + " --tracking-uri sqlite:///mlflow-optuna.db",
+         {"mlflow-optuna.db": _sqlite_tables("studies", "trials")}, match="an Optuna study, not an MLflow store"),
     Case("search-tracking-db-is-directory", S, {"mlflow.db/x": "1"}, match="mlflow.db"),
     # a FIFO store passed the checks and blocked or failed in MLflow after the training and Ray
     Case("search-tracking-db-fifo", S, {"mlflow.db": _fifo}, match=r"mlflow.db' is a named pipe \(FIFO\)"),
@@ -407,6 +424,14 @@ CASES = [
     Case("pareto-plot-under-a-file", "pareto --experiment e --plot afile/front.png", {"afile": "x"}, match="afile"),
     # was replaced without a word
     Case("pareto-plot-exists", "pareto --experiment e --plot front.png", {"front.png": b"keep me"}, match="--overwrite"),
+    # MLflow adds its tables to any database it opens: an Optuna study so changed broke every later search
+    Case("pareto-db-optuna-study", "pareto --experiment e --tracking-uri sqlite:///mlflow-optuna.db",
+         {"mlflow-optuna.db": _sqlite_tables("studies", "trials")}, match="an Optuna study, not an MLflow store"),
+    Case("pareto-db-other-database", "pareto --experiment e", {"mlflow.db": _sqlite_tables("t")},
+         match=r"another database \(tables t\)"),
+    Case("pareto-db-empty-database", "pareto --experiment e", {"mlflow.db": b""}, match="empty database"),
+    Case("export-db-optuna-study", "export --experiment e --out best.yaml --tracking-uri sqlite:///mlflow-optuna.db",
+         {"mlflow-optuna.db": _sqlite_tables("studies", "trials")}, match="an Optuna study"),
     Case("pareto-budget-0", "pareto --experiment e --budget 0", match="--budget"),
     Case("export-no-store", "export --experiment e --out best.yaml", match="no MLflow store"),
     Case("export-out-exists", "export --experiment e --out best.yaml", {"best.yaml": "x: 1\n"}, match="--overwrite"),

@@ -19,7 +19,6 @@ driver must import and the server must take a connection within :data:`CONNECT_T
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -32,7 +31,7 @@ from prunetune._database import first_line, url_problem
 from prunetune._paths import check_creatable, input_file_problem
 from prunetune._text import masked_url, short
 from prunetune.exceptions import ConfigError
-from prunetune.tracking.store import SQLITE, sqlite_path, sqlite_prefix
+from prunetune.tracking.store import MLFLOW_TABLES, SQLITE, sqlite_path, sqlite_prefix, sqlite_tables
 
 log = logging.getLogger("prunetune")
 RAY_TRIAL_ATTR = "ray_trial_id"  # user attribute of an Optuna trial: the Ray trial it belongs to
@@ -102,7 +101,7 @@ def check_study_storage(url: str, tracking_uri: str | None = None) -> None:
         if head and head != b"SQLite format 3\x00":
             raise ConfigError(f"study_storage {str(db)!r} is not an sqlite database; pass --study-storage with "
                               "another file name")
-        mlflow_store = mlflow_store or (bool(head) and {"experiments", "runs"} <= _tables(db))
+        mlflow_store = mlflow_store or (bool(head) and MLFLOW_TABLES <= sqlite_tables(db))
     if mlflow_store:
         raise ConfigError(f"study_storage {str(db)!r} is an MLflow store: the Optuna study needs a database of its "
                           "own (both keep their schema version in a table named alembic_version); pass "
@@ -179,17 +178,6 @@ def _answers(connect: Any, timeout_s: float) -> tuple[bool, BaseException | None
     thread.start()
     thread.join(timeout_s)
     return (True, outcome[0]) if outcome else (False, None)
-
-
-def _tables(db: Path) -> set[str]:
-    """The table names of the sqlite database ``db``, read without writing it (empty when unreadable)."""
-    import sqlite3
-
-    try:
-        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error:
-        return set()
 
 
 def open_storage(url: str) -> Any:

@@ -7,6 +7,7 @@ go next to the database (``<db dir>/mlartifacts/<experiment>``) so a local store
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -120,7 +121,7 @@ def check_store(uri: str) -> None:
         if problem is not None:
             raise TrackingError(f"MLflow store {str(db)!r} {problem}; pass --tracking-uri with the database file "
                                 "the search wrote (e.g. mlflow.db)")
-        _check_sqlite(db)
+        _check_sqlite(db, reading=True)
     check_server(uri)
 
 
@@ -161,7 +162,15 @@ DATABASE_ENGINES = ("postgresql", "mysql", "mssql", "sqlite")  # the SQLAlchemy 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def _check_sqlite(db: Path) -> None:
+MLFLOW_TABLES = frozenset({"experiments", "runs"})  # in every MLflow sqlite store, whatever its schema version
+
+
+def _check_sqlite(db: Path, *, reading: bool = False) -> None:
+    """An sqlite file given as the MLflow store must be one: MLflow adds its tables (some 60) to any
+    database it opens, so another database (an Optuna study beside the store, whose URL a search prints
+    next to the store's) would be changed, and a study so changed breaks every later search there.
+    ``reading``: the file must already hold an MLflow store (a reader never creates one); otherwise an
+    empty database (no tables) is a new store."""
     try:
         with db.open("rb") as f:
             head = f.read(len(SQLITE_HEADER))
@@ -170,6 +179,27 @@ def _check_sqlite(db: Path) -> None:
     if head and head != SQLITE_HEADER:  # an empty file is a new database to sqlite
         raise TrackingError(f"MLflow store {str(db)!r} is not an sqlite database; pass --tracking-uri with "
                             "the store a search wrote, or a new file name")
+    tables = sqlite_tables(db) if head else set()
+    if MLFLOW_TABLES <= tables or (not tables and not reading):
+        return
+    if not tables:
+        raise TrackingError(f"MLflow store {str(db)!r} is an empty database, not a store a search wrote; pass "
+                            "--tracking-uri with the store the search wrote (e.g. mlflow.db)")
+    names = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+    what = "an Optuna study" if {"studies", "trials"} <= tables else f"another database (tables {names})"
+    raise TrackingError(f"{str(db)!r} is {what}, not an MLflow store, and is left unchanged; pass --tracking-uri "
+                        "with the store the search wrote (e.g. mlflow.db)" + ("" if reading else " or a new file name"))
+
+
+def sqlite_tables(db: Path) -> set[str]:
+    """The table names of the sqlite database ``db``, read without writing it (empty when unreadable)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return set()
 
 
 def check_server(uri: str, *, timeout_s: float = 5.0) -> None:
