@@ -15,13 +15,16 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_input_fits(batch: int, input_shape: Sequence[int], what: str, fix: str) -> None:
+def check_input_fits(batch: int, input_shape: Sequence[int], what: str, fix: str, *, activation: int = 0) -> None:
     """Refuse a float32 input batch larger than this machine's memory, before the allocator would fail
-    with a traceback; the one-line error names ``what`` and ends with ``fix``."""
+    with a traceback (or the kernel end the process); the one-line error names ``what`` and ends with
+    ``fix``. ``activation``: the most elements one layer outputs per input, if known; two of those
+    (a layer's input and output) count too."""
     from prunetune.exceptions import ConfigError
 
     memory = physical_memory()
-    need = 4 * batch * math.prod(input_shape)
+    need = 4 * batch * (math.prod(input_shape) + 2 * activation)
     if memory and need > memory:
-        raise ConfigError(f"{what} needs {need / 2**30:.0f} GiB for its input alone, more than this machine's "
+        alone = "its input and largest activations" if activation else "its input alone"
+        raise ConfigError(f"{what} needs {need / 2**30:.0f} GiB for {alone}, more than this machine's "
                           f"{memory / 2**30:.0f} GiB; {fix}")

@@ -91,6 +91,14 @@ def test_exported_plan_replays_to_the_same_network(tmp_path, capsys) -> None:
     assert code == 0, err
     again = json.loads(second.with_suffix(".plan.json").read_text())
     assert again["groups"] == plan["groups"] and again["pruned"] == plan["pruned"]
+    # a carried plan's recorded costs are not copied forward: the new pair records what was counted
+    edited = write_recipe(tmp_path, plan={**plan, "pruned": {"macs": 1, "params": 1}, "dense": {"macs": 2, "params": 2}})
+    third = tmp_path / "c.pt"
+    code, out, err = run(capsys, "prune", "--recipe", str(edited), "--out", str(third), "--format", "json")
+    assert code == 0, err
+    recounted = json.loads(third.with_suffix(".plan.json").read_text())
+    assert recounted["pruned"] == plan["pruned"] and recounted["dense"] == plan["dense"]
+    assert main(["deploy", "--model", str(third), "--format", "torchscript", "--out", str(tmp_path / "c.ts")]) == 0
 
 
 @pytest.mark.parametrize(

@@ -335,3 +335,53 @@ def test_onnx_is_one_self_contained_file(tmp_path) -> None:
 
     session = onnxruntime.InferenceSession(str(moved), providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": torch.randn(2, *SHAPE).numpy()})[0].shape == (2, 10)
+
+
+@pytest.mark.parametrize(("shape", "needle"), [
+    ([16, 16], "cannot run on an input of shape (16, 16)"),
+    ([3, 64, 64], "is damaged: at its plan's input_shape (3, 64, 64) the network counts"),
+    ([3, 4096, 4096], "at its plan's input_shape (3, 4096, 4096)"),  # was the kernel's OOM kill (exit 137)
+])
+@pytest.mark.parametrize("command", ["deploy", "bench"])
+def test_a_plan_edited_to_another_input_shape_is_refused(pruned_file, tmp_path, capsys, shape, needle,
+                                                         command) -> None:
+    """A 2-D shape was a traceback; one the network takes (64×64 for a 16×16 model) deployed for the
+    wrong inputs and benched at 16 times the plan's MACs, without a word."""
+    data = torch.load(pruned_file, weights_only=True)
+    data["plan"]["input_shape"] = shape
+    edited = tmp_path / "edited.pt"
+    torch.save(data, edited)
+    out = tmp_path / "m.pt"
+    argv = (["deploy", "--model", str(edited), "--format", "torchscript", "--out", str(out)] if command == "deploy"
+            else ["bench", "--model", str(edited), "--batch", "1", "--min-time", "0.01"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_a_one_channel_plan_edited_to_two_dimensions_is_one_line(tmp_path, capsys) -> None:
+    """A (H, W) shape for a 1-channel network: its first conv takes the input as unbatched, and the
+    batch norm after it raised a ValueError, a traceback."""
+    model = randomize_bn(create_model("resnet20", in_channels=1))
+    groups = find_groups(model, (1, 16, 16))
+    plan = make_plan(groups, {g.name: torch.rand(g.channels) for g in groups}, {g.name: g.channels // 2 for g in groups})
+    path = save_pruned(tmp_path / "p.pt", apply_plan(model, plan, groups).eval(), plan,
+                       {"name": "resnet20", "num_classes": 10, "in_channels": 1, "kwargs": {}})
+    data = torch.load(path, weights_only=True)
+    data["plan"]["input_shape"] = [16, 16]
+    torch.save(data, path)
+    assert main(["deploy", "--model", str(path), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run on an input of shape (16, 16)" in err and err.count("\n") == 1, err
+
+
+def test_deploy_counts_the_activations_against_the_memory(monkeypatch, tmp_path) -> None:
+    """The memory check counted the input alone; a large input's activations then took the machine."""
+    import prunetune._machine as machine
+
+    model, _ = pruned("zoo_vgg")
+    monkeypatch.setattr(machine, "physical_memory", lambda: 64 * 2**20)  # 64 MiB
+    with pytest.raises(ConfigError, match="for its input and largest activations"):
+        deploy(model, "torchscript", tmp_path / "m.pt", input_shape=(3, 1024, 1024), check_batch=8)
+    assert not (tmp_path / "m.pt").exists()

@@ -18,6 +18,7 @@ from torch import nn
 
 from prunetune._atomic import _umask
 from prunetune._machine import check_input_fits
+from prunetune.pruning.cost import shape_cost
 from prunetune._registry import unknown_name_message
 from prunetune.deployment.export import EXPORT_MAX_BATCH, WRITERS
 from prunetune.deployment.fold import fold_batchnorm
@@ -75,8 +76,12 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
 
     check_output_file(out, "--out", overwrite=overwrite)  # an existing file, a directory, an unwritable place
     model, input_shape = _resolve(model, input_shape, allow_code)
+    try:
+        activation = shape_cost(model, tuple(input_shape))[1]
+    except Exception:  # noqa: BLE001 - code that needs real values: the input alone is checked
+        activation = 0
     check_input_fits(max(check_batch, 2), input_shape, f"check_batch {check_batch} of inputs {tuple(input_shape)}",
-                     "give a smaller check batch")
+                     "give a smaller check batch", activation=activation)
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     reference = model.eval()

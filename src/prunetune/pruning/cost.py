@@ -9,6 +9,7 @@ so everything (groups, counting on pruned copies, plans) can use it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,28 @@ def count_cost(model: nn.Module, input_shape: tuple[int, ...]) -> Cost:
     finally:
         model.train(was_training)
     return Cost(counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters()))
+
+
+def shape_cost(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Cost, int]:
+    """:func:`count_cost` from shapes alone, and the most elements one module outputs for one input.
+
+    A copy of ``model`` on the ``meta`` device takes a meta input, so nothing is computed or allocated
+    for the activations, whatever the input size (a check before the real work). Raises whatever the
+    model raises on such an input (a shape it does not take, or code that needs real values).
+    """
+    meta = copy.deepcopy(model).to("meta").eval()
+    largest = [0]
+
+    def seen(_module: nn.Module, _inputs: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel())
+
+    for module in meta.modules():
+        module.register_forward_hook(seen)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        meta(torch.zeros(1, *input_shape, device="meta"))
+    return Cost(counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters())), largest[0]
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -133,7 +133,8 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     order = {n: i for i, n in enumerate(names.values())}
     try:
         graph = tp_bridge.build_graph(model, example)
-    except RuntimeError as exc:  # the forward pass itself failed: a shape the model cannot take
+    except (RuntimeError, ValueError) as exc:  # the forward pass failed: a shape the model cannot take
+        # (ValueError: a batch norm given 3-D maps, where a conv took a (C, H) input as unbatched)
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"the model ({type(model).__name__}) cannot run on an input of shape "
                           f"{tuple(input_shape)} ({reason}); check the input size and in_channels") from None

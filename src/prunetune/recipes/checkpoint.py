@@ -19,6 +19,8 @@ from prunetune._text import short
 from prunetune.exceptions import CheckpointError, ConfigError
 from prunetune.models import create_model
 from prunetune._machine import physical_memory
+from prunetune.pruning.budget_check import ROUNDING
+from prunetune.pruning.cost import count_cost, shape_cost
 from prunetune.pruning.plan import PruningPlan
 from prunetune.pruning.surgery import apply_plan
 
@@ -200,7 +202,34 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
         first = str(exc).strip().splitlines()[-1].strip()[:160]
         raise CheckpointError(f"pruned model {str(path)!r} is damaged (its weights do not fit its plan: {first}); "
                               "write it again with prunetune prune --out") from None
-    return model.eval()
+    check_plan_cost(model.eval(), PruningPlan.from_dict(data["plan"]), f"pruned model {str(path)!r}")
+    return model
+
+
+def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str) -> None:
+    """Raise :class:`CheckpointError` unless ``model`` takes inputs of the plan's ``input_shape`` and
+    counts the MACs the plan records there (within the budget check's rounding).
+
+    The shape is what a deployed file is exported for and what ``bench`` measures with: an edited or
+    damaged one that the network still takes (a 64×64 input for a model trained on 16×16) would give a
+    deployed model for the wrong inputs and MACs 16 times the plan's, without a word. Counted from
+    shapes alone (:func:`~prunetune.pruning.cost.shape_cost`), so a huge shape costs no memory.
+    """
+    shape = tuple(plan.input_shape)
+    fix = "write it again with prunetune prune --out"
+    try:
+        counted, _ = shape_cost(model, shape)
+    except Exception as exc:  # noqa: BLE001 - whatever the network raises on that shape
+        try:  # a network whose code needs real values: count it for real (the shape fits in memory)
+            counted = count_cost(model, shape)
+        except Exception:  # noqa: BLE001
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{what}: the network does not take inputs of its plan's input_shape {shape} "
+                                  f"({reason}); {fix}") from None
+    recorded = plan.pruned.macs
+    if abs(counted.macs - recorded) > ROUNDING * max(recorded, 1):
+        raise CheckpointError(f"{what} is damaged: at its plan's input_shape {shape} the network counts "
+                              f"{counted.macs} MACs, and the plan records {recorded}; {fix}")
 
 
 def dense_architecture(path: str | os.PathLike, *, allow_code: bool = False) -> nn.Module:

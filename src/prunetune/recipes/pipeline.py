@@ -328,6 +328,11 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, overwrite: bool
         t3 = time.perf_counter()
         cost = check_pruned_macs(model, base.input_shape, plan, macs_budget=recipe.sized().macs_budget,
                                  dense_macs=int(base.dense["macs"]))
+        # the plan saved with the model records what was counted: a carried plan's figures (edited,
+        # or of another shape) are not copied forward, and a pruned file's check on loading holds
+        plan = dataclasses.replace(plan, pruned=cost,
+                                   dense=dataclasses.replace(plan.dense, macs=int(base.dense["macs"]),
+                                                             params=int(base.dense["params"])))
         pruned = {"macs": cost.macs, "params": cost.params,
                   "accuracy": evaluate(model, base.loader("test"), device=base.device)}
     timings = {**base.timings, "prepare_s": t1 - t0, "score_plan_s": t2 - t1, "finetune_s": t3 - t2,
