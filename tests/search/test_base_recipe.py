@@ -110,8 +110,9 @@ def test_a_search_interrupted_before_the_change_resumes_with_the_same_budget_onl
     exp.mkdir(parents=True)
     (exp / STATE_FILE).write_text(json.dumps(state))
     assert resume_state(config, exp, None) == state
-    for other in (make_config(macs_budget=0.4), make_config(recipe={**TINY_RECIPE, "seed": 1})):
-        with pytest.raises(ConfigError, match="was started with another 'recipe'"):
+    for other, where in ((make_config(macs_budget=0.4), r"'recipe.allocation.macs_budget' \(0.5, now 0.4\)"),
+                         (make_config(recipe={**TINY_RECIPE, "seed": 1}), r"'recipe.seed' \(0, now 1\)")):
+        with pytest.raises(ConfigError, match="was started with another " + where):  # the key, not the recipe
             resume_state(other, exp, None)
     # with a budget given in the base recipe's own allocation, 8c351a4 recorded that allocation as is
     given = make_config(recipe={**TINY_RECIPE, "allocation": {"macs_budget": 0.5}})
@@ -156,7 +157,7 @@ def test_a_search_started_before_recalibration_became_the_default_resumes_withou
     now = json.loads((exp / STATE_FILE).read_text())
     assert recorded_config(config, now) is config
     off = make_config(recipe={**TINY_RECIPE, "finetune": {**TINY_RECIPE.get("finetune", {}), "recalibrate_bn": False}})
-    with pytest.raises(ConfigError, match="was started with another 'recipe'"):
+    with pytest.raises(ConfigError, match=r"another 'recipe.finetune.recalibrate_bn' \(true, now false\)"):
         resume_state(off, exp, None)
     # the old search finished after the change (its end writes a version-3 state recording false):
     # the same command again says it finished, not that the recipe changed
@@ -165,6 +166,9 @@ def test_a_search_started_before_recalibration_became_the_default_resumes_withou
                       "study_name": "tiny", "finished": True})
     with pytest.raises(ConfigError, match="already finished"):
         resume_state(config, exp, None)
+    # asked again for more trials: the count is the one it ran (4), not the one asked now
+    with pytest.raises(ConfigError, match=r"already finished \(4 trials\)"):
+        resume_state(make_config(trials=7), exp, None)
 
 
 def test_cmi_params_in_a_base_recipe_whose_own_allocation_reads_no_cmi(make_config) -> None:

@@ -75,7 +75,8 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
         raise ConfigError(f"search {name!r} already exists in {exp_dir}; resume it (same command) or choose "
                           "another --experiment")
     if state.get("finished"):  # before the identity: a finished search is never resumed, whatever changed
-        raise ConfigError(f"search {name!r} already finished ({config.settings.trials} trials) in {exp_dir}; "
+        trials = state.get("identity", {}).get("trials", config.settings.trials)  # as it ran, not as asked now
+        raise ConfigError(f"search {name!r} already finished ({trials} trials) in {exp_dir}; "
                           f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
                           "another --experiment")
     # compared as the search ran: the run takes the same config (recorded_config)
@@ -85,11 +86,28 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
         if key in URL_SETTINGS and isinstance(old, str):
             old = masked_url(old)  # state files before the mask held the password
         if identity.get(key) != old:
-            raise ConfigError(f"search {name!r} in {exp_dir} was started with another {key!r} "
-                              f"({_short(old)}, now {_short(identity.get(key))}); resume with the same config, "
+            where, was, now = first_difference(key, old, identity.get(key))
+            raise ConfigError(f"search {name!r} in {exp_dir} was started with another {where!r} "
+                              f"({_short(was)}, now {_short(now)}); resume with the same config, "
                               "or start a new search with another --experiment")
     trust.check(exp_dir, state, state_file=STATE_FILE)  # ours, unchanged since it stopped?
     return state
+
+
+def first_difference(path: str, old: Any, new: Any) -> tuple[str, Any, Any]:
+    """The dotted key of the first place where two JSON-like values differ, and the two values there
+    (a changed ``recipe.finetune.epochs`` rather than the whole recipe, whose start may be the same)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            if key not in old or key not in new:
+                return f"{path}.{key}", old.get(key, "absent"), new.get(key, "absent")
+            if old[key] != new[key]:
+                return first_difference(f"{path}.{key}", old[key], new[key])
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            if a != b:
+                return first_difference(f"{path}[{i}]", a, b)
+    return path, old, new
 
 
 def read_state(exp_dir: Path) -> dict[str, Any] | None:
