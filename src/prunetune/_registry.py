@@ -16,7 +16,7 @@ def unknown_name_message(kind: str, name: object, known: Iterable[str]) -> str:
     known = sorted(known)
     close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown {kind} {name!r}{hint} known: {', '.join(known)}"
+    return f"unknown {kind} {name!r}{hint or ';'} known: {', '.join(known)}"
 
 
 class Registry(Generic[T]):

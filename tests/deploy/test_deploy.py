@@ -385,3 +385,25 @@ def test_deploy_counts_the_activations_against_the_memory(monkeypatch, tmp_path)
     with pytest.raises(ConfigError, match="for its input and largest activations"):
         deploy(model, "torchscript", tmp_path / "m.pt", input_shape=(3, 1024, 1024), check_batch=8)
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_the_check_always_runs_another_batch_size_than_the_export(monkeypatch, tmp_path) -> None:
+    """Exported with batch 2, a --check-batch of 2 tested no other batch size, yet the output said dynamic."""
+    from prunetune.deployment import WRITERS
+
+    traced, real = [], WRITERS["torchscript"]
+    monkeypatch.setitem(WRITERS, "torchscript", lambda model, example, path: traced.append(len(example)) or
+                        real(model, example, path))
+    model, _ = pruned("zoo_vgg")
+    for check in (1, 2, 3):
+        deploy(model, "torchscript", tmp_path / f"m{check}.pt", input_shape=SHAPE, check_batch=check)
+    assert traced == [2, 3, 2]
+
+
+def test_deploy_over_its_own_model_file_is_refused(pruned_file, capsys) -> None:
+    before = pruned_file.read_bytes()
+    assert main(["deploy", "--model", str(pruned_file), "--format", "torchscript", "--out", str(pruned_file),
+                 "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "is the pruned model file itself" in err and err.count("\n") == 1, err
+    assert pruned_file.read_bytes() == before

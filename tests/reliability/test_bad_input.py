@@ -432,6 +432,7 @@ CASES = [
     Case("pareto-db-empty-database", "pareto --experiment e", {"mlflow.db": b""}, match="empty database"),
     Case("export-db-optuna-study", "export --experiment e --out best.yaml --tracking-uri sqlite:///mlflow-optuna.db",
          {"mlflow-optuna.db": _sqlite_tables("studies", "trials")}, match="an Optuna study"),
+    Case("pareto-plot-empty", "pareto --experiment e --plot ''", match="--plot"),  # was: no plot, exit 0
     Case("pareto-budget-0", "pareto --experiment e --budget 0", match="--budget"),
     Case("export-no-store", "export --experiment e --out best.yaml", match="no MLflow store"),
     Case("export-out-exists", "export --experiment e --out best.yaml", {"best.yaml": "x: 1\n"}, match="--overwrite"),

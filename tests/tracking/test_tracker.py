@@ -144,6 +144,14 @@ def test_load_search_reads_finished_trials_only(uri: str) -> None:
     assert [t.trial_id for t in records.trials] == ["t2", "t0", "t1"]  # by MACs
     assert records.budget == 0.5 and records.dense == {"accuracy": 0.9, "macs": 100.0}
     assert records.counts == {"FINISHED": 3, "FAILED": 1}
+    assert load_search(uri, "exp", parent_run_id=tracker.parent_run_id).trials == records.trials
+    # a wrong --search-run said "no finished trials yet (no trial runs)" of a search that had three
+    with pytest.raises(TrackingError, match="is a trial run, not a search run of experiment 'exp'"):
+        load_search(uri, "exp", parent_run_id=records.trials[0].run_id)
+    other = _search(uri, "other")
+    other.end_search("FINISHED")
+    with pytest.raises(TrackingError, match="is of another experiment, not a search run of experiment 'exp'"):
+        load_search(uri, "exp", parent_run_id=other.parent_run_id)
 
 
 def test_unknown_experiment_suggests_close_names(uri: str) -> None:

@@ -43,7 +43,7 @@ def load(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from prunetune.tracking import front_mask
 
-    if args.plot:
+    if args.plot is not None:  # --plot "" too: refused there, not skipped without a word
         check_plot_path(args.plot, overwrite=args.overwrite)
     records = load(args)
     mask = front_mask([t.accuracy for t in records.trials], [t.macs for t in records.trials])

@@ -55,7 +55,8 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
         format: ``onnx``, ``torchscript`` or ``export``.
         input_shape: ``(C, H, W)``; read from the pruned file's plan when ``model`` is a path.
         fold_bn: fold batch norms into the convs before writing.
-        check_batch: batch size of the random check (the file is exported with batch 2).
+        check_batch: batch size of the random check (the file is exported with batch 2, or 3 when
+            ``check_batch`` is 2, so the check always runs another batch size than the export's).
         allow_code: let a pruned file whose model is a ``package.module:function`` import and run it.
         overwrite: replace an existing ``out`` (otherwise that is an error, before any work).
 
@@ -75,19 +76,25 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     from prunetune._paths import check_output_file
 
     check_output_file(out, "--out", overwrite=overwrite)  # an existing file, a directory, an unwritable place
+    if isinstance(model, (str, os.PathLike)) and out.exists() and os.path.exists(model) \
+            and os.path.samefile(model, out):
+        raise ConfigError(f"--out {str(out)!r} is the pruned model file itself (--model); writing it would replace "
+                          "the model the deployed file is made from; choose another --out")
     model, input_shape = _resolve(model, input_shape, allow_code)
     try:
         activation = shape_cost(model, tuple(input_shape))[1]
     except Exception:  # noqa: BLE001 - code that needs real values: the input alone is checked
         activation = 0
-    check_input_fits(max(check_batch, 2), input_shape, f"check_batch {check_batch} of inputs {tuple(input_shape)}",
+    check_input_fits(max(check_batch, 3), input_shape, f"check_batch {check_batch} of inputs {tuple(input_shape)}",
                      "give a smaller check batch", activation=activation)
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     reference = model.eval()
     deployed, folded = fold_batchnorm(reference, input_shape) if fold_bn else (reference, 0)
     param = next(reference.parameters())
-    example = torch.randn(2, *input_shape, device=param.device)
+    # exported with a batch of 2, checked on ``check_batch``: with 2 itself, exported with 3, so the check
+    # always runs the file on a batch size it was not traced with (what "the batch is dynamic" promises)
+    example = torch.randn(3 if check_batch == 2 else 2, *input_shape, device=param.device)
     # written and checked under a temporary name, renamed over ``out`` only when it passed: an interrupted or
     # failed deploy leaves ``out`` as it was (an --overwrite never trades a good file for a torn one)
     fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)  # writers need the suffix

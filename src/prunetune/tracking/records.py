@@ -68,7 +68,7 @@ def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None) 
     if not trials:
         seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trial runs"
         raise TrackingError(f"experiment {experiment!r} has no finished trials yet ({seen}); run or resume "
-                            f"`prunetune search --experiment {experiment}` and wait for trials to finish")
+                            f"`prunetune search --config CONFIG --experiment {experiment}` and wait for trials to finish")
     metrics, params = parent.data.metrics, parent.data.params
     budget = float(params["macs_budget"]) if "macs_budget" in params else None
     dense = {k[len("dense_"):]: v for k, v in metrics.items() if k.startswith("dense_")}
@@ -79,10 +79,18 @@ def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None) 
 def _parent(mlflow_client: Any, experiment_id: str, experiment: str, run_id: str | None) -> Any:
     if run_id is not None:
         try:
-            return mlflow_client.get_run(run_id)
+            run = mlflow_client.get_run(run_id)
         except Exception as exc:  # MlflowException: unknown run
             raise TrackingError(f"no MLflow run {run_id!r} ({type(exc).__name__}); pass a search run id "
                                 f"of experiment {experiment!r}") from None
+        role = run.data.tags.get(ROLE_TAG)
+        if run.info.experiment_id != experiment_id or role != "search":
+            what = "of another experiment" if run.info.experiment_id != experiment_id else \
+                "a trial run" if PARENT_TAG in run.data.tags else "not a prunetune search run"
+            raise TrackingError(f"MLflow run {run_id!r} is {what}, not a search run of experiment {experiment!r}; "
+                                "pass the search run's id (prunetune search prints it), or leave --search-run out "
+                                "for the latest search")
+        return run
     runs = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'search'",
                                      order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
