@@ -195,40 +195,55 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
     """
     data = _read_pruned(Path(path), map_location)
     model = _dense_model(Path(path), data["model"], allow_code)
-    apply_plan(model, PruningPlan.from_dict(data["plan"]))
+    plan = PruningPlan.from_dict(data["plan"])
+    what = f"pruned model {str(path)!r}"
+    check_plan_cost(model.eval(), plan, what, dense=True)  # before removal traces the model at that shape
+    apply_plan(model, plan)
     try:
         model.load_state_dict(data["state_dict"])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1].strip()[:160]
         raise CheckpointError(f"pruned model {str(path)!r} is damaged (its weights do not fit its plan: {first}); "
                               "write it again with prunetune prune --out") from None
-    check_plan_cost(model.eval(), PruningPlan.from_dict(data["plan"]), f"pruned model {str(path)!r}")
+    check_plan_cost(model.eval(), plan, what)
     return model
 
 
-def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str) -> None:
+REAL_COUNT_LIMIT = 1 << 20
+"""Input elements up to which a network the meta device cannot run is counted for real instead."""
+
+
+def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bool = False) -> None:
     """Raise :class:`CheckpointError` unless ``model`` takes inputs of the plan's ``input_shape`` and
-    counts the MACs the plan records there (within the budget check's rounding).
+    counts the MACs the plan records there (``plan.pruned``, or ``plan.dense`` for the dense model
+    before removal), within the budget check's rounding.
 
     The shape is what a deployed file is exported for and what ``bench`` measures with: an edited or
     damaged one that the network still takes (a 64×64 input for a model trained on 16×16) would give a
-    deployed model for the wrong inputs and MACs 16 times the plan's, without a word. Counted from
-    shapes alone (:func:`~prunetune.pruning.cost.shape_cost`), so a huge shape costs no memory.
+    deployed model for the wrong inputs and MACs 16 times the plan's, without a word; a huge one made
+    the removal's trace take the machine's memory. Counted from shapes alone
+    (:func:`~prunetune.pruning.cost.shape_cost`), so no shape costs memory; a network whose code needs
+    real values is counted for real, for inputs up to :data:`REAL_COUNT_LIMIT` elements.
     """
     shape = tuple(plan.input_shape)
     fix = "write it again with prunetune prune --out"
     try:
         counted, _ = shape_cost(model, shape)
     except Exception as exc:  # noqa: BLE001 - whatever the network raises on that shape
-        try:  # a network whose code needs real values: count it for real (the shape fits in memory)
+        error = exc
+        try:  # the real error says more than the meta device's ("Invalid channel dimensions")
+            if math.prod(shape) > REAL_COUNT_LIMIT:
+                raise
             counted = count_cost(model, shape)
-        except Exception:  # noqa: BLE001
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        except Exception as real:  # noqa: BLE001
+            error = real
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
             raise CheckpointError(f"{what}: the network does not take inputs of its plan's input_shape {shape} "
                                   f"({reason}); {fix}") from None
-    recorded = plan.pruned.macs
+    recorded = (plan.dense if dense else plan.pruned).macs
     if abs(counted.macs - recorded) > ROUNDING * max(recorded, 1):
-        raise CheckpointError(f"{what} is damaged: at its plan's input_shape {shape} the network counts "
+        which = "dense network" if dense else "network"
+        raise CheckpointError(f"{what} is damaged: at its plan's input_shape {shape} the {which} counts "
                               f"{counted.macs} MACs, and the plan records {recorded}; {fix}")
 
 
