@@ -41,3 +41,20 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def sigterm_kept() -> Iterator[None]:
+    """Put :func:`terminate_as_interrupt`'s handler back if the block replaced it.
+
+    ``ray.init`` installs its own SIGTERM handler in the driver (it exits with a ``SystemExit``): a
+    search killed by a scheduler would then be recorded as failed, not as killed, and the command
+    would exit 15 without its line.
+    """
+    ours = threading.current_thread() is threading.main_thread() \
+        and signal.getsignal(signal.SIGTERM) is _raise_terminated
+    try:
+        yield
+    finally:
+        if ours and signal.getsignal(signal.SIGTERM) is not _raise_terminated:
+            signal.signal(signal.SIGTERM, _raise_terminated)

@@ -73,17 +73,15 @@ def test_the_command_line_exits_143_with_one_line_and_no_temporary(tmp_path) -> 
 
 
 def test_the_default_action_is_put_back_and_a_handler_of_others_left_alone() -> None:
-    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        pytest.skip("this test runner handles SIGTERM itself")
-    with terminate_as_interrupt():
-        assert signal.getsignal(signal.SIGTERM) is _raise_terminated
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-
     def theirs(signum, frame):
         pass
 
-    previous = signal.signal(signal.SIGTERM, theirs)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a Ray started by an earlier test installs its own
     try:
+        with terminate_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) is _raise_terminated
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        signal.signal(signal.SIGTERM, theirs)
         with terminate_as_interrupt():
             assert signal.getsignal(signal.SIGTERM) is theirs
         assert signal.getsignal(signal.SIGTERM) is theirs
@@ -112,3 +110,24 @@ def test_a_sigterm_during_the_renames_waits_for_them(tmp_path, monkeypatch) -> N
         signal.signal(signal.SIGTERM, previous)
     assert sorted(os.listdir(tmp_path)) == ["p.plan.json", "p.pt"]
     assert (tmp_path / "p.pt").read_bytes() == b"model"
+
+
+def test_a_local_ray_keeps_the_sigterm_handler_of_the_command_line() -> None:
+    """``ray.init`` installs its own SIGTERM handler (a SystemExit): a search killed by a scheduler was
+    recorded as failed and exited 15 without its line. What Ray installs is put back to ours."""
+    from prunetune._signals import sigterm_kept
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with terminate_as_interrupt(), sigterm_kept():
+            signal.signal(signal.SIGTERM, lambda signum, frame: None)  # as ray.init does
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the command line's block put its default back
+        with terminate_as_interrupt():
+            with sigterm_kept():
+                signal.signal(signal.SIGTERM, lambda signum, frame: None)
+            assert signal.getsignal(signal.SIGTERM) is _raise_terminated
+        with sigterm_kept():  # not ours to keep: left as the block set it
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prunetune._signals import sigterm_kept
 from prunetune.exceptions import ConfigError
 from prunetune.search.config import ray_address_parts
 
@@ -67,14 +68,15 @@ def connect(cluster: Cluster) -> bool:
     if cluster.named is not None:
         log.info("connecting to the Ray cluster at %s", cluster.named)
     try:
-        if cluster.named is None or is_loopback(cluster.named):
-            # a head on 127.0.0.1 (`ray start --head` on loopback) needs this driver on loopback too:
-            # Ray would otherwise rewrite 127.0.0.1 to the machine's address and find nothing there
-            _init_on_loopback(ray, address=cluster.address, include_dashboard=False,
-                              logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            ray.init(address=cluster.address, include_dashboard=False, logging_level=logging.WARNING,
-                     log_to_driver=False)
+        with sigterm_kept():  # Ray's own SIGTERM handler would record a killed search as failed
+            if cluster.named is None or is_loopback(cluster.named):
+                # a head on 127.0.0.1 (`ray start --head` on loopback) needs this driver on loopback too:
+                # Ray would otherwise rewrite 127.0.0.1 to the machine's address and find nothing there
+                _init_on_loopback(ray, address=cluster.address, include_dashboard=False,
+                                  logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                ray.init(address=cluster.address, include_dashboard=False, logging_level=logging.WARNING,
+                         log_to_driver=False)
     except ConnectionError as exc:
         raise ConfigError(_connection_error(cluster, exc)) from None
     return True
