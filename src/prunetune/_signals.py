@@ -49,7 +49,7 @@ def sigterm_kept() -> Iterator[None]:
 
     ``ray.init`` installs its own SIGTERM handler in the driver (it exits with a ``SystemExit``): a
     search killed by a scheduler would then be recorded as failed, not as killed, and the command
-    would exit 15 without its line.
+    would exit 15 without its line. A SIGTERM during ``ray.init`` itself (seconds) still meets Ray's.
     """
     ours = threading.current_thread() is threading.main_thread() \
         and signal.getsignal(signal.SIGTERM) is _raise_terminated

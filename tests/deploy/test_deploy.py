@@ -382,11 +382,46 @@ def test_deploy_counts_the_activations_against_the_memory(monkeypatch, tmp_path)
     """The memory check counted the input alone; a large input's activations then took the machine."""
     import prunetune._machine as machine
 
+    from prunetune.pruning.cost import shape_cost
+
     model, _ = pruned("zoo_vgg")
-    monkeypatch.setattr(machine, "physical_memory", lambda: 64 * 2**20)  # 64 MiB
+    shape, batch = (3, 256, 256), 8
+    largest = shape_cost(model, shape)[1]
+    alone, total = 4 * batch * 3 * 256 * 256, 4 * batch * (3 * 256 * 256 + 2 * largest)
+    assert total > 2 * alone  # the activations decide here, not the input
+    monkeypatch.setattr(machine, "physical_memory", lambda: (alone + total) // 2)
     with pytest.raises(ConfigError, match="for its input and largest activations"):
-        deploy(model, "torchscript", tmp_path / "m.pt", input_shape=(3, 1024, 1024), check_batch=8)
+        deploy(model, "torchscript", tmp_path / "m.pt", input_shape=shape, check_batch=batch)
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_network_the_meta_device_cannot_run_is_counted_for_real_or_loaded_with_a_warning(caplog) -> None:
+    """A plain tensor attribute (not a buffer) cannot meet a meta input. Small inputs are counted for
+    real; above ``REAL_COUNT_LIMIT`` the plan is loaded unchecked with a warning, not refused as damaged."""
+    import dataclasses
+
+    from prunetune.recipes.checkpoint import check_plan_cost
+
+    class Normalised(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mean = torch.full((3, 1, 1), 0.5)  # a plain attribute: stays on the CPU in a meta copy
+            self.conv, self.bn, self.fc = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.bn(self.conv(x - self.mean)))
+            return self.fc(x.mean(dim=(2, 3)))
+
+    model = Normalised().eval()
+    groups = find_groups(model, SHAPE)
+    plan = make_plan(groups, {g.name: torch.rand(g.channels) for g in groups}, {g.name: 4 for g in groups})
+    small = apply_plan(model, plan, groups).eval()
+    check_plan_cost(small, plan, "small")  # counted for real: passes
+    with pytest.raises(Exception, match="the network counts"):
+        check_plan_cost(small, dataclasses.replace(plan, input_shape=(3, 64, 64)), "edited")
+    with caplog.at_level("WARNING", logger="prunetune"):
+        check_plan_cost(small, dataclasses.replace(plan, input_shape=(3, 1100, 1000)), "large")
+    assert "were not checked (the network cannot run on shapes alone" in caplog.text
 
 
 def test_the_check_always_runs_another_batch_size_than_the_export(monkeypatch, tmp_path) -> None:

@@ -48,7 +48,11 @@ def shape_cost(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Cost, in
     for the activations, whatever the input size (a check before the real work). Raises whatever the
     model raises on such an input (a shape it does not take, or code that needs real values).
     """
-    meta = copy.deepcopy(model).to("meta").eval()
+    # the copy gets meta stand-ins for the weights and buffers: no second copy of their data (on a GPU)
+    memo: dict[int, object] = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+                               for p in model.parameters()}
+    memo.update({id(b): torch.empty_like(b, device="meta") for b in model.buffers()})
+    meta = copy.deepcopy(model, memo).to("meta").eval()
     largest = [0]
 
     def seen(_module: nn.Module, _inputs: object, out: object) -> None:

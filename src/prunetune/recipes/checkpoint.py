@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -26,6 +27,8 @@ from prunetune.pruning.surgery import apply_plan
 
 PRUNED_FORMAT = 1
 DENSE_FORMAT = "prunetune-dense/1"
+
+log = logging.getLogger(__name__)
 
 
 def save_dense(path: str | os.PathLike, model: nn.Module, *, data_split: Mapping[str, Any]) -> Path:
@@ -210,7 +213,13 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
 
 
 REAL_COUNT_LIMIT = 1 << 20
-"""Input elements up to which a network the meta device cannot run is counted for real instead."""
+"""Input elements up to which a network the meta device cannot run is counted for real instead
+(above it, such a network's plan is loaded unchecked, with a warning)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bool = False) -> None:
@@ -223,23 +232,24 @@ def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bo
     deployed model for the wrong inputs and MACs 16 times the plan's, without a word; a huge one made
     the removal's trace take the machine's memory. Counted from shapes alone
     (:func:`~prunetune.pruning.cost.shape_cost`), so no shape costs memory; a network whose code needs
-    real values is counted for real, for inputs up to :data:`REAL_COUNT_LIMIT` elements.
+    real values is counted for real, for inputs up to :data:`REAL_COUNT_LIMIT` elements, and above
+    that loaded unchecked with a warning (its file is not damaged for that).
     """
     shape = tuple(plan.input_shape)
     fix = "write it again with prunetune prune --out"
     try:
         counted, _ = shape_cost(model, shape)
     except Exception as exc:  # noqa: BLE001 - whatever the network raises on that shape
-        error = exc
+        if math.prod(shape) > REAL_COUNT_LIMIT:  # a network the meta device cannot run (a plain tensor
+            # attribute, code that reads values): not counted for real at a size that may not fit
+            log.warning("%s: its plan's MACs at input_shape %s were not checked (the network cannot run on "
+                        "shapes alone: %s)", what, shape, _first_line(exc))
+            return
         try:  # the real error says more than the meta device's ("Invalid channel dimensions")
-            if math.prod(shape) > REAL_COUNT_LIMIT:
-                raise
             counted = count_cost(model, shape)
         except Exception as real:  # noqa: BLE001
-            error = real
-            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
             raise CheckpointError(f"{what}: the network does not take inputs of its plan's input_shape {shape} "
-                                  f"({reason}); {fix}") from None
+                                  f"({_first_line(real)}); {fix}") from None
     recorded = (plan.dense if dense else plan.pruned).macs
     if abs(counted.macs - recorded) > ROUNDING * max(recorded, 1):
         which = "dense network" if dense else "network"

@@ -183,7 +183,8 @@ def _check_sqlite(db: Path, *, reading: bool = False) -> None:
     if MLFLOW_TABLES <= tables or (not tables and not reading):
         return
     if not tables:
-        raise TrackingError(f"MLflow store {str(db)!r} is an empty database, not a store a search wrote; pass "
+        why = "is an empty database" if not head else "holds no tables (an empty database, or one locked or damaged)"
+        raise TrackingError(f"MLflow store {str(db)!r} {why}, not a store a search wrote; pass "
                             "--tracking-uri with the store the search wrote (e.g. mlflow.db)")
     names = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
     what = "an Optuna study" if {"studies", "trials"} <= tables else f"another database (tables {names})"
