@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def write_atomic_with(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *, replace: bool = True) -> Path:
-    """Create ``path``'s folder (:func:`make_folder`), call ``write(file)`` on a fresh temporary file next to it, rename it over ``path``.
+    """Create ``path``'s folder (:func:`make_folder`), call ``write(file)`` on a fresh temporary file
+    next to it, rename it over ``path``.
 
     ``replace=False``: never replace a file that exists by then (``FileExistsError``): an output checked
     before minutes of work may have appeared meanwhile (another run writing the same ``--out``).

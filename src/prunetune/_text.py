@@ -27,6 +27,12 @@ def clip_line(message: str, limit: int = 800) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def exception_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of ``exc``'s message cut to ``limit`` characters, or its type's name if it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 def masked_url(url: str) -> str:
     """``url`` with its password shown as ``***`` (for messages, logs and anything written down): the
     one after ``user:`` (which may hold '/', ':' or '@': it ends at the last '@' before the query, as

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunetune._atomic import _umask
+from prunetune._atomic import _umask, make_folder
 from prunetune._machine import check_input_fits
 from prunetune.pruning.cost import shape_cost
 from prunetune._registry import unknown_name_message
@@ -88,7 +88,7 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     check_input_fits(max(check_batch, 3), input_shape, f"check_batch {check_batch} of inputs {tuple(input_shape)}",
                      "give a smaller check batch", activation=activation)
     t0 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     reference = model.eval()
     deployed, folded = fold_batchnorm(reference, input_shape) if fold_bn else (reference, 0)
     param = next(reference.parameters())

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from prunetune._registry import unknown_name_message
+from prunetune._text import exception_line
 from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.pruning import removal_probe, tp_bridge
 from prunetune.pruning.counting import CountedCost
@@ -135,7 +136,7 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
         graph = tp_bridge.build_graph(model, example)
     except (RuntimeError, ValueError) as exc:  # the forward pass failed: a shape the model cannot take
         # (ValueError: a batch norm given 3-D maps, where a conv took a (C, H) input as unbatched)
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = exception_line(exc, 200)
         raise ConfigError(f"the model ({type(model).__name__}) cannot run on an input of shape "
                           f"{tuple(input_shape)} ({reason}); check the input size and in_channels") from None
     found, skipped = [], []

@@ -16,7 +16,7 @@ from torch import nn
 
 from prunetune._atomic import torch_save_atomic, write_together
 from prunetune._paths import input_file_problem
-from prunetune._text import short
+from prunetune._text import exception_line, short
 from prunetune.exceptions import CheckpointError, ConfigError
 from prunetune.models import create_model
 from prunetune._machine import physical_memory
@@ -217,11 +217,6 @@ REAL_COUNT_LIMIT = 1 << 20
 (above it, such a network's plan is loaded unchecked, with a warning)."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
-
-
 def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bool = False) -> None:
     """Raise :class:`CheckpointError` unless ``model`` takes inputs of the plan's ``input_shape`` and
     counts the MACs the plan records there (``plan.pruned``, or ``plan.dense`` for the dense model
@@ -243,13 +238,13 @@ def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bo
         if math.prod(shape) > REAL_COUNT_LIMIT:  # a network the meta device cannot run (a plain tensor
             # attribute, code that reads values): not counted for real at a size that may not fit
             log.warning("%s: its plan's MACs at input_shape %s were not checked (the network cannot run on "
-                        "shapes alone: %s)", what, shape, _first_line(exc))
+                        "shapes alone: %s)", what, shape, exception_line(exc))
             return
         try:  # the real error says more than the meta device's ("Invalid channel dimensions")
             counted = count_cost(model, shape)
         except Exception as real:  # noqa: BLE001
             raise CheckpointError(f"{what}: the network does not take inputs of its plan's input_shape {shape} "
-                                  f"({_first_line(real)}); {fix}") from None
+                                  f"({exception_line(real)}); {fix}") from None
     recorded = (plan.dense if dense else plan.pruned).macs
     if abs(counted.macs - recorded) > ROUNDING * max(recorded, 1):
         which = "dense network" if dense else "network"

@@ -29,7 +29,7 @@ from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.budget_check import ROUNDING, check_pruned_macs
 from prunetune.pruning.finetune import evaluate, finetune
 from prunetune.pruning.groups import ModelGroups, find_groups
-from prunetune.pruning.macs import analytic_cost, count_cost
+from prunetune.pruning.macs import Cost, analytic_cost, count_cost
 from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
 from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
@@ -330,9 +330,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, overwrite: bool
                                  dense_macs=int(base.dense["macs"]))
         # the plan saved with the model records what was counted: a carried plan's figures (edited,
         # or of another shape) are not copied forward, and a pruned file's check on loading holds
-        plan = dataclasses.replace(plan, pruned=cost,
-                                   dense=dataclasses.replace(plan.dense, macs=int(base.dense["macs"]),
-                                                             params=int(base.dense["params"])))
+        plan = dataclasses.replace(plan, pruned=cost, dense=Cost(int(base.dense["macs"]), int(base.dense["params"])))
         pruned = {"macs": cost.macs, "params": cost.params,
                   "accuracy": evaluate(model, base.loader("test"), device=base.device)}
     timings = {**base.timings, "prepare_s": t1 - t0, "score_plan_s": t2 - t1, "finetune_s": t3 - t2,
