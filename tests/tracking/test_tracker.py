@@ -154,6 +154,34 @@ def test_load_search_reads_finished_trials_only(uri: str) -> None:
         load_search(uri, "exp", parent_run_id=other.parent_run_id)
 
 
+def test_export_of_a_trial_without_a_result_says_what_became_of_it(uri: str) -> None:
+    """`export --trial t02` of an interrupted trial said "unknown finished trial"; it says why now."""
+    from prunetune.exceptions import ConfigError
+    from prunetune.tracking.export import find_trial
+
+    tracker = _search(uri)
+    tracker.start_trial("a", {"target_macs": 0.4})
+    tracker.finish_trial("a", _result(0.8, 0.4))
+    ends = {"b": ("KILLED", False), "c": ("KILLED", True), "d": ("FAILED", False)}
+    for trial_id, (status, early) in ends.items():
+        tracker.start_trial(trial_id, {"target_macs": 0.3})
+        tracker.stop_trial(trial_id, status, early=early)
+    tracker.start_trial("e", {"target_macs": 0.3})  # left RUNNING: a killed driver
+    records = load_search(uri, "exp")
+    assert find_trial(records, "t01").trial_id == "a"
+    run_of = {r.data.tags["prunetune.trial_id"]: r.info.run_id for r in tracker.children()}
+    for name in ("t02", "b", run_of["b"]):  # short name, Ray trial id, MLflow run id
+        with pytest.raises(ConfigError, match=r"^trial t02 was interrupted, so it has no result to export; "
+                                              r"pick a finished trial \(`prunetune pareto --experiment exp --all`"):
+            find_trial(records, name)
+    for name, what in [("t03", "was stopped early by the scheduler"), ("t04", "failed"),
+                       ("t05", "is still running")]:
+        with pytest.raises(ConfigError, match=f"^trial {name} {what}"):
+            find_trial(records, name)
+    with pytest.raises(ConfigError, match="unknown finished trial 't09'"):
+        find_trial(records, "t09")
+
+
 def test_unknown_experiment_suggests_close_names(uri: str) -> None:
     _search(uri, "resnet-search").end_search("FINISHED")
     with pytest.raises(TrackingError, match="unknown MLflow experiment 'resnet-serach'; did you mean 'resnet-search'"):

@@ -47,6 +47,10 @@ def find_trial(records: SearchRecords, trial: str) -> TrialRecord:
     for record in records.trials:
         if trial in (record.label, record.trial_id, record.run_id):
             return record
+    if trial in records.others:
+        name, what = records.others[trial]
+        raise ConfigError(f"trial {name} {what}, so it has no result to export; pick a finished trial "
+                          f"(`prunetune pareto --experiment {records.experiment} --all` lists them)")
     known = [r.name for r in records.trials]
     hint = unknown_name_message("finished trial", trial, known)
     raise ConfigError(f"{hint} (experiment {records.experiment!r}); list them with "

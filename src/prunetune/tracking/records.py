@@ -10,7 +10,9 @@ from typing import Any
 from prunetune._numbers import is_finite_number
 from prunetune.exceptions import TrackingError
 from prunetune.tracking.store import check_store, client, find_experiment
-from prunetune.tracking.tracker import FINISHED, LABEL_TAG, PARENT_TAG, ROLE_TAG, TRIAL_TAG
+from prunetune.tracking.tracker import (
+    ENDED_TAG, FAILED, FINISHED, KILLED, LABEL_TAG, PARENT_TAG, ROLE_TAG, RUNNING, TRIAL_TAG,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class SearchRecords:
     dense: dict[str, float]
     trials: tuple[TrialRecord, ...]
     counts: dict[str, int] = field(default_factory=dict)
+    # every trial run that is not in ``trials``: its short name, Ray trial id and MLflow run id, each
+    # -> (short name, what became of it: "was interrupted", ...), so a command asked for one can say so
+    others: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None) -> SearchRecords:
@@ -65,6 +70,9 @@ def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None) 
                                          max_results=50000)
     counts = dict(Counter(run.info.status for run in children))
     trials = tuple(r for r in (_record(run) for run in children if run.info.status == FINISHED) if r is not None)
+    kept = {t.run_id for t in trials}
+    others = {key: entry for run in children if run.info.run_id not in kept
+              for entry in [_other(run)] for key in _names(run) if key}
     if not trials:
         seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trial runs"
         raise TrackingError(f"experiment {experiment!r} has no finished trials yet ({seen}); run or resume "
@@ -74,7 +82,29 @@ def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None) 
     budget = float(params["macs_budget"]) if "macs_budget" in params else None
     dense = {k[len("dense_"):]: v for k, v in metrics.items() if k.startswith("dense_")}
     return SearchRecords(experiment, uri, parent.info.run_id, budget, dense,
-                         tuple(sorted(trials, key=lambda t: (t.macs, -t.accuracy, t.trial_id))), counts)
+                         tuple(sorted(trials, key=lambda t: (t.macs, -t.accuracy, t.trial_id))), counts, others)
+
+
+def _names(run: Any) -> tuple[str | None, ...]:
+    """The names a user may give a trial run by: short name, Ray trial id, MLflow run id."""
+    return (run.data.tags.get(LABEL_TAG), run.data.tags.get(TRIAL_TAG), run.info.run_id)
+
+
+def _other(run: Any) -> tuple[str, str]:
+    """(short name, what became of it) of a trial run without a result."""
+    label, trial_id, run_id = _names(run)
+    status = run.info.status
+    if status == KILLED:
+        what = "was stopped early by the scheduler" if run.data.tags.get(ENDED_TAG) == "stopped early" else "was interrupted"
+    elif status == FAILED:
+        what = "failed"
+    elif status == RUNNING:
+        what = "is still running (or its search was killed; resume it to close the run)"
+    elif status == FINISHED:
+        what = "finished without accuracy and MACs"
+    else:
+        what = f"ended with MLflow status {status}"
+    return (label or trial_id or run_id, what)
 
 
 def _parent(mlflow_client: Any, experiment_id: str, experiment: str, run_id: str | None) -> Any:
