@@ -241,3 +241,39 @@ def test_a_stale_backup_of_the_file_still_in_place_is_not_paired_with_the_missin
     os.replace(model, tmp_path / ".p.pt.cccccccc.old")
     assert _atomic.restore_interrupted([plan, model]) == [(model, tmp_path / ".p.pt.cccccccc.old")]
     assert plan.read_bytes() == b"B plan" and model.read_bytes() == b"B model"
+
+
+def test_a_plan_file_that_differs_from_the_model_files_plan_is_named_on_load(tiny, tmp_path, caplog) -> None:
+    """The ``.plan.json`` beside the model was never compared with the plan inside it: an edit there
+    passed without a word. The model file's own plan is still the one used (its weights fit it)."""
+    import json
+    import logging
+
+    from prunetune import load_pruned
+
+    recipe, base = tiny
+    result = run_recipe(recipe, out=tmp_path / "p.pt", overwrite=False, show_progress=False, base=base)
+    with caplog.at_level(logging.WARNING, logger="prunetune"):
+        load_pruned(result.out)
+    assert not caplog.records  # the pair as written: silent
+    plan = json.loads(result.plan_path.read_text())
+    group = next(iter(plan["groups"]))
+    plan["groups"][group]["kept"] = plan["groups"][group]["kept"][:-1]  # one channel fewer
+    result.plan_path.write_text(json.dumps(plan))
+    with caplog.at_level(logging.WARNING, logger="prunetune"):
+        model = load_pruned(result.out)
+    [record] = caplog.records
+    assert "p.plan.json differs from the plan inside pruned model" in record.getMessage()
+    assert "the plan inside the model file is used" in record.getMessage()
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in load_pruned(result.out).parameters())
+    caplog.clear()
+    result.plan_path.write_text("{trunc")
+    with caplog.at_level(logging.WARNING, logger="prunetune"):
+        load_pruned(result.out)
+    assert "p.plan.json beside pruned model" in caplog.records[0].getMessage() and "cannot be read" in caplog.records[0].getMessage()
+    result.plan_path.unlink()  # no plan beside it: loads, silently
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="prunetune"):
+        load_pruned(result.out)
+    assert not caplog.records

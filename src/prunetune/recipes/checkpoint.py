@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -200,6 +201,7 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
     model = _dense_model(Path(path), data["model"], allow_code)
     plan = PruningPlan.from_dict(data["plan"])
     what = f"pruned model {str(path)!r}"
+    _compare_plan_file(Path(path), plan)
     check_plan_cost(model.eval(), plan, what, dense=True)  # before removal traces the model at that shape
     apply_plan(model, plan)
     try:
@@ -210,6 +212,28 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
                               "write it again with prunetune prune --out") from None
     check_plan_cost(model.eval(), plan, what)
     return model
+
+
+def _compare_plan_file(path: Path, plan: PruningPlan) -> None:
+    """Warn if the ``.plan.json`` beside a pruned model file says something else than the plan inside it.
+
+    The file's own plan is the one its weights fit, so it is the one used; the copy beside it is for
+    reading and for a recipe's ``plan:``. An edit there, or a plan left from another ``prune --out``, would
+    otherwise pass without a word.
+    """
+    side = plan_file(path)
+    if not side.is_file():
+        return
+    try:
+        theirs = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.warning("%s beside pruned model %s cannot be read (%s); the plan inside the model file is used",
+                    side, path, exception_line(exc))
+        return
+    if theirs != json.loads(plan.to_json()):
+        log.warning("%s differs from the plan inside pruned model %s (edited, or left from another prune); "
+                    "the plan inside the model file is used, as its weights fit it; to use the other plan, "
+                    "name it under plan: in a recipe and run prunetune prune --recipe", side, path)
 
 
 REAL_COUNT_LIMIT = 1 << 20
