@@ -10,7 +10,9 @@ pair of files put back) does the same after a SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -58,3 +60,27 @@ def sigterm_kept() -> Iterator[None]:
     finally:
         if ours and signal.getsignal(signal.SIGTERM) is not _raise_terminated:
             signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def keep_exit_status(code: int) -> None:
+    """From now on a SIGINT or SIGTERM ends the process at once with ``code``.
+
+    For the moment a command has ended and the interpreter is exiting (threads joined, ``atexit``
+    callbacks, modules torn down): everything it wrote is in place, and an interrupt there only
+    turned the command's own status into 130 (or killed it with no line). Standard output and error
+    are flushed first; the rest of the exit is skipped. Python puts the default action back late in
+    its exit, so the last moments still meet it. Main thread only, as any signal handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def leave(_signum: int, _frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, leave)

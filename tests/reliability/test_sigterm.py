@@ -131,3 +131,30 @@ def test_a_local_ray_keeps_the_sigterm_handler_of_the_command_line() -> None:
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_command_ended_keeps_its_exit_status(tmp_path, signame) -> None:
+    """A Ctrl-C just after `deploy` printed its success, while Python exited, made the command exit
+    130 (or die by the signal, with no line): the command's own status stands now."""
+    done = _python(f"""
+        import atexit, os, signal, sys, time
+        import prunetune.cli.groups as groups
+        from prunetune.cli import main
+
+        def late():  # the interpreter's exit: the signal lands here
+            os.kill(os.getpid(), signal.{signame})
+            time.sleep(5)
+            print("the rest of the exit ran", flush=True)
+
+        def run(args):
+            print("written", flush=True)
+            return 0
+
+        groups.run = run
+        sys.argv = ["prunetune", "groups", "--model", "resnet20"]
+        code = main()
+        atexit.register(late)
+        sys.exit(code)
+        """, tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "written\n", "")

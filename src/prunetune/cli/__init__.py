@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from prunetune._signals import Terminated, terminate_as_interrupt
+from prunetune._signals import Terminated, keep_exit_status, terminate_as_interrupt
 from prunetune._text import clip_line
 from prunetune.exceptions import PrunetuneError
 from prunetune.version import __version__
@@ -47,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` (default: the command line); its exit status.
+
+    Run as the process's own command (``argv`` None), a Ctrl-C or SIGTERM that lands after the
+    command ended, while the interpreter exits, ends the process at once with that status
+    (:func:`~prunetune._signals.keep_exit_status`): a finished command exited 130 without a word.
+    """
+    code = _main(argv)
+    if argv is None:
+        keep_exit_status(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
