@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prunetune._atomic import write_text_atomic
-from prunetune._text import masked_url
+from prunetune._text import exception_line, masked_url
 from prunetune.exceptions import ConfigError
 from prunetune.search import trust
 from prunetune.search.config import URL_SETTINGS, SearchConfig
@@ -120,7 +120,7 @@ def read_state(exp_dir: Path) -> dict[str, Any] | None:
         why = None if isinstance(state, dict) and isinstance(state.get("identity"), dict) else \
             "not a mapping with an 'identity'"
     except (OSError, ValueError) as exc:  # JSON and UTF-8 errors are ValueErrors
-        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        why = exception_line(exc, 120)
     if why is not None:
         raise ConfigError(f"search state {str(path)!r} is damaged ({why}), so the search cannot be resumed; its "
                           "finished trials stay in MLflow: start a new search with another --experiment (or move "

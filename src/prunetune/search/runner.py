@@ -22,7 +22,7 @@ from typing import Any
 
 from prunetune._atomic import write_text_atomic
 from prunetune._imports import require
-from prunetune._text import masked_url
+from prunetune._text import exception_line, masked_url
 from prunetune.exceptions import ConfigError
 from prunetune.recipes.pipeline import check_allocation, dense_base, load_inputs, score_table
 from prunetune.pruning.groups import ModelGroups
@@ -262,7 +262,7 @@ def _screened_pool(config: SearchConfig) -> ScreenOutcome | None:
     try:
         return ScreenOutcome.from_json(path.read_bytes().decode("utf-8"))
     except ValueError as exc:  # JSON and UTF-8 errors too
-        raise ConfigError(f"screened pool {str(path)!r} is damaged ({str(exc).splitlines()[0][:120]}), so the "
+        raise ConfigError(f"screened pool {str(path)!r} is damaged ({exception_line(exc, 120)}), so the "
                           "search cannot be resumed; its finished trials stay in MLflow: start a new search with "
                           f"another --experiment (or move {str(config.settings.experiment_dir)!r} away)") from None
 

@@ -19,6 +19,7 @@ import yaml
 from prunetune._atomic import write_text_atomic
 from prunetune._registry import unknown_name_message
 from prunetune._yaml import parse_yaml
+from prunetune._text import exception_line
 from prunetune.exceptions import ConfigError, TrackingError
 from prunetune.recipes.schema import Recipe
 from prunetune.tracking.pareto import pick_index
@@ -70,7 +71,7 @@ def exported_recipe(uri: str, record: TrialRecord) -> Recipe:
             plan_data = exc
     for name, value in (("recipe.yaml", data), ("plan.json", plan_data)):
         if not isinstance(value, dict):
-            why = str(value).splitlines()[0][:120] if isinstance(value, ValueError) else "not a mapping"
+            why = exception_line(value, 120) if isinstance(value, ValueError) else "not a mapping"
             raise TrackingError(f"the {name} artifact of trial run {record.run_id} is damaged ({why}); export "
                                 "another trial (--trial; `prunetune pareto --all` lists them)")
     data["plan"] = plan_data
