@@ -184,3 +184,31 @@ def test_output_piped_into_a_reader_that_stops_is_no_traceback() -> None:
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 1
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_holds_back_ray_tunes_own_warnings(monkeypatch, quiet) -> None:
+    """On Ctrl-C, `search -q` printed Ray Tune's "Stop signal received ... Press CTRL+C to skip"
+    (Ray's loggers have their own handler, which the root level does not reach); without -q it stays."""
+    import logging
+
+    import prunetune.cli.groups as groups_cli
+    from prunetune.cli import main
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    tune_log = logging.getLogger("ray.tune.tune")
+    handler = Keep()
+    tune_log.addHandler(handler)
+    before = logging.getLogger("ray.tune").level
+    monkeypatch.setattr(groups_cli, "run", lambda args: tune_log.warning("Stop signal received") or 0)
+    try:
+        assert main((["-q"] if quiet else []) + ["groups", "--model", "resnet20"]) == 0
+    finally:
+        tune_log.removeHandler(handler)
+    assert seen == ([] if quiet else ["Stop signal received"])
+    assert logging.getLogger("ray.tune").level == before  # put back after the command

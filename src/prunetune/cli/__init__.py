@@ -8,13 +8,14 @@ traceback only with ``--debug``. Ctrl-C exits 130 and a SIGTERM 143, both after 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import select
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from prunetune._signals import Terminated, keep_exit_status, terminate_as_interrupt
 from prunetune._text import clip_line
@@ -36,13 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prunetune", description="Automatic CNN filter pruning under a MACs budget.")
     parser.add_argument("--version", action="version", version=f"prunetune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr (no progress)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr (no progress)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"prunetune.cli.{name}").register(sub)
         # after the command too: `prunetune search --quiet ...` (SUPPRESS: the top-level value stands if absent)
         sub.choices[name].add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                                       help="only errors on stderr: no progress lines, no status line")
+                                       help="only warnings and errors on stderr: no progress lines, no status line")
     return parser
 
 
@@ -65,7 +66,7 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s", stream=sys.stderr, force=True)
     try:
-        with terminate_as_interrupt():  # a SIGTERM cleans up as a Ctrl-C does (no half-written files left)
+        with terminate_as_interrupt(), _ray_tune_quiet(args.quiet):  # a SIGTERM cleans up as a Ctrl-C does
             code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, so that a reader gone away (`... | head`) is handled below
         return code
@@ -85,6 +86,23 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"prunetune {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _ray_tune_quiet(quiet: bool) -> Iterator[None]:
+    """With ``--quiet``, Ray Tune's own warnings held back too: on Ctrl-C it printed "Stop signal
+    received ... Press CTRL+C ... to skip" beside our one line about how to resume. Ray gives its
+    loggers a handler of their own, so the root logger's level does not reach them."""
+    if not quiet:
+        yield
+        return
+    tune_log = logging.getLogger("ray.tune")
+    before = tune_log.level
+    tune_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tune_log.setLevel(before)
 
 
 def _stdout_is_open() -> bool:
