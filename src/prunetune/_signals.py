@@ -62,6 +62,26 @@ def sigterm_kept() -> Iterator[None]:
             signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+@contextlib.contextmanager
+def handlers_restored(*signums: int) -> Iterator[None]:
+    """Put the handlers of ``signums`` back as they were once the block ends.
+
+    Ray Tune's ``Tuner.fit`` installs a SIGINT (and SIGUSR1) handler that stops the experiment and
+    leaves it in place afterwards: the next Ctrl-C, in the demo's export or in the program that
+    called :func:`prunetune.search`, only logged "Stop signal received" and was otherwise lost.
+    Main thread only; a handler installed from C (``getsignal`` gives ``None``) is not touched.
+    """
+    saved: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        saved = {n: h for n in signums if (h := signal.getsignal(n)) is not None}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if signal.getsignal(signum) is not handler:
+                signal.signal(signum, handler)
+
+
 def keep_exit_status(code: int) -> None:
     """From now on a SIGINT or SIGTERM ends the process at once with ``code``.
 

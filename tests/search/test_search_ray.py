@@ -165,8 +165,13 @@ def test_screening_picks_the_fine_tuned_trials_and_logs_their_proxies(make_confi
 
 
 def test_screen_false_samples_every_trial_directly(make_config) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)
     outcome = run_search(make_config(trials=3, screen=False), objective=plan_only, show_progress=False)
     assert outcome.status == "FINISHED" and outcome.counts == {"FINISHED": 3}
+    # Tune's fit left its stop handler in place: the caller's next Ctrl-C was logged and lost
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGUSR1)) == before
     assert not (outcome.experiment_dir / "screening.json").exists()
     parent = client(outcome.tracking_uri).get_run(outcome.parent_run_id)
     assert not any(k.startswith("screen") for k in parent.data.metrics)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from typing import Any
 
 from prunetune._atomic import write_text_atomic
 from prunetune._imports import require
+from prunetune._signals import handlers_restored
 from prunetune._text import exception_line, masked_url
 from prunetune.exceptions import ConfigError
 from prunetune.recipes.pipeline import check_allocation, dense_base, load_inputs, score_table
@@ -45,6 +47,9 @@ from prunetune.tracking.views import view_url
 from prunetune.version import __version__
 
 log = logging.getLogger("prunetune")
+
+# the handlers Ray Tune's Tuner.fit replaces (to stop an experiment) and does not put back
+TUNE_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name))
 SCREEN_FILE = "screening.json"
 
 
@@ -223,7 +228,8 @@ def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, 
     tuner = _tuner(config, space, base, table, objective, [tracking, *callbacks], storage=storage, study=study,
                    points=points, samples=left)
     try:
-        tuner.fit()
+        with handlers_restored(*TUNE_SIGNALS):  # Tune leaves its stop handler in place otherwise
+            tuner.fit()
     finally:  # checksums of what Ray left, checked before a resume
         trust.seal_state(s.experiment_dir, STATE_FILE)
 
