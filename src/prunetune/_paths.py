@@ -38,6 +38,12 @@ def check_output_file(path: str | os.PathLike, what: str, *, overwrite: bool = F
     restored = dict(restore_interrupted([*written_with, path]))
     if path.is_dir():
         raise ConfigError(f"{what} {str(path)!r} is a directory; give a file name ({flag})")
+    problem = input_file_problem(path) if path.exists() else None
+    if problem is not None and "not a regular file" in problem:
+        # a device, a FIFO, a socket: the atomic write would replace the node itself with a file
+        # (`--out /dev/null --overwrite` as root took the system's /dev/null)
+        raise ConfigError(f"{what} {str(path)!r} {problem}; prunetune writes regular files only, so choose "
+                          f"another {flag} (nothing is replaced)")
     if path.exists() and not overwrite:
         back = (f" (just put back from {restored[path].name}, where an interrupted write had left it)"
                 if path in restored else "")

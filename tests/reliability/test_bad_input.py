@@ -300,6 +300,11 @@ CASES = [
     Case("out-plan-json-exists", R, {"p.plan.json": "{}"}, match="p.plan.json"),
     Case("out-under-a-file", "prune --recipe r.yaml --out afile/p.pt", {"afile": "x"}, match="afile"),
     Case("out-is-directory", "prune --recipe r.yaml --out adir", {"adir/x": "1"}, match="adir"),
+    # the atomic write replaced the node itself with a file (`--out /dev/null --overwrite` as root)
+    Case("out-is-fifo-overwrite", "prune --recipe r.yaml --out p.pt --overwrite", {"r.yaml": recipe(), "p.pt": _fifo},
+         match=r"'p.pt' is a named pipe \(FIFO\), not a regular file; prunetune writes regular files only"),
+    Case("out-is-device-overwrite", "prune --recipe r.yaml --out d.pt --overwrite", {"r.yaml": recipe(), "d.pt": _device},
+         match=r"'d.pt' is a character device, not a regular file"),
     Case("out-under-proc", "prune --recipe r.yaml --out /proc/prunetune-test/p.pt", match="/proc"),
     Case("out-plan-json-is-directory", R, {"p.plan.json/x": "1"}, match="p.plan.json"),
     # --- score ------------------------------------------------------------------------------------
