@@ -72,3 +72,34 @@ def test_search_pareto_export_prune_and_the_replay_equals_the_trial(tmp_path, mo
     # the training loss is sensitive to the last bit of every weight: with 2 threads it differs
     assert [h["loss"] for h in result.history] == losses
     assert torch.get_num_threads() == 2  # restored after the replay
+
+
+@pytest.mark.parametrize("call", [
+    lambda: prunetune.create_model("evilmod:build", allow_code="false"),
+    lambda: prunetune.load_pruned("x.pt", allow_code="False"),
+    lambda: prunetune.deploy("x.pt", "torchscript", "x.ts", allow_code="off"),
+    lambda: prunetune.prune({"model": "evilmod:build", "data": "digits"}, allow_code="false"),
+    lambda: prunetune.prune({"model": "tiny_convnet", "data": "digits"}, out="p.pt", overwrite="no"),
+    lambda: prunetune.deploy("x.pt", "torchscript", "x.ts", overwrite=1),
+])
+def test_opt_ins_from_python_must_be_booleans(call) -> None:
+    """Any truthy value opted in: allow_code="false" (from a config string or an environment variable)
+    ran the factory, overwrite="no" replaced the file."""
+    with pytest.raises(prunetune.PrunetuneError, match=r"^(allow_code|overwrite) must be true or false, got "):
+        call()
+
+
+def test_allow_code_counts_for_a_recipe_object_built_without_it(monkeypatch) -> None:
+    """prune(Recipe, allow_code=True) said "... or call with allow_code=True" while the caller just did."""
+    from prunetune.exceptions import UntrustedCodeError
+    from prunetune.recipes import pipeline
+    from prunetune.recipes.schema import Recipe
+
+    recipe = Recipe.from_dict({"model": {"name": "evilmod:build", "in_channels": 1}, "data": "digits", "criterion": "l1",
+                               "allocation": {"ratio": 0.5}})
+    with pytest.raises(UntrustedCodeError):
+        prunetune.prune(recipe)
+    seen = []
+    monkeypatch.setattr(pipeline, "run_recipe", lambda r, **kw: seen.append(r.allow_code))
+    prunetune.prune(recipe, allow_code=True)
+    assert seen == [True] and recipe.allow_code is False  # the caller's object is left as it was

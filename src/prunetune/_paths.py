@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prunetune._atomic import restore_interrupted
+from prunetune._checks import boolean
 from prunetune.exceptions import ConfigError
 
 
@@ -34,6 +35,7 @@ def check_output_file(path: str | os.PathLike, what: str, *, overwrite: bool = F
     plan) left aside are put back first (:func:`prunetune._atomic.restore_interrupted`), so they count
     as existing here, before the work, and the error says where they came from.
     """
+    boolean(overwrite, overwrite_flag.split("=")[0].lstrip("-"))  # "no" from a config is not a yes
     path = check_file_name(path, what, flag=flag)
     restored = dict(restore_interrupted([*written_with, path]))
     if path.is_dir():

@@ -13,6 +13,7 @@ or repository; ``builtins:eval``, ``os:system``, ...).
 
 from __future__ import annotations
 
+from prunetune._checks import boolean
 from prunetune._text import short
 from prunetune.exceptions import UntrustedCodeError
 
@@ -39,6 +40,7 @@ def check_user_code(name: str, *, allow_code: bool, what: str = "model") -> tupl
     Raises:
         UntrustedCodeError: a refused module (always), a malformed name, or no opt-in.
     """
+    boolean(allow_code, "allow_code")  # "false" from a config or an environment variable is no opt-in
     module, _, attr = name.partition(":")
     if not module or not attr or not all(part.isidentifier() for part in module.split(".")) \
             or not attr.isidentifier():

@@ -14,6 +14,7 @@ Ray, Optuna and MLflow are imported only when a function runs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -85,13 +86,19 @@ def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | N
         :class:`~prunetune.recipes.pipeline.PruneResult`: ``dense`` and ``pruned`` metrics (MACs, params,
         test ``accuracy``), the ``plan``, the fine-tune ``history``, the pruned ``model``.
     """
+    from prunetune._checks import boolean
     from prunetune._paths import check_file_name, check_output_file
     from prunetune.recipes.pipeline import run_recipe
     from prunetune.recipes.schema import Recipe
 
+    boolean(allow_code, "allow_code")
+    boolean(overwrite, "overwrite")
     if isinstance(recipe, Mapping):
         recipe = Recipe.from_dict(recipe, allow_code=allow_code)
-    elif not isinstance(recipe, Recipe):
+    elif isinstance(recipe, Recipe):
+        if allow_code and not recipe.allow_code:  # the caller's opt-in counts for a Recipe built without it
+            recipe = dataclasses.replace(recipe, allow_code=True)
+    else:
         recipe = Recipe.from_yaml(recipe, allow_code=allow_code)
     if out is not None:
         out = check_file_name(out, "out", flag="out")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from prunetune._atomic import _umask, make_folder
+from prunetune._checks import boolean
 from prunetune._machine import check_input_fits
 from prunetune.pruning.cost import shape_cost
 from prunetune._registry import unknown_name_message
@@ -63,6 +64,8 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     Raises:
         DeployError: the written model differs from PyTorch by more than 1e-4 (relative).
     """
+    boolean(allow_code, "allow_code")
+    boolean(overwrite, "overwrite")
     if format not in WRITERS:
         raise UnknownNameError(unknown_name_message("deploy format", format, FORMATS))
     if not isinstance(check_batch, int) or check_batch < 1:

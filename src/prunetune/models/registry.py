@@ -9,6 +9,7 @@ from functools import partial
 
 from torch import nn
 
+from prunetune._checks import boolean
 from prunetune._imports import require
 from prunetune._machine import physical_memory
 from prunetune._safety import check_user_code, is_user_code
@@ -70,6 +71,7 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, allo
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"a model name must be a non-empty string, got {short(name)}")
+    boolean(allow_code, "allow_code")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {short(num_classes)}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:

@@ -17,6 +17,7 @@ from torch import nn
 
 from prunetune._atomic import torch_save_atomic, write_together
 from prunetune._paths import input_file_problem
+from prunetune._checks import boolean
 from prunetune._text import exception_line, short
 from prunetune.exceptions import CheckpointError, ConfigError
 from prunetune.models import create_model
@@ -160,6 +161,7 @@ def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, mo
                 overwrite: bool = True) -> Path:
     """Save a pruned model as its state dict, its plan and how to build the dense architecture
     (``overwrite=False``: ``FileExistsError`` rather than replace a file that exists)."""
+    boolean(overwrite, "overwrite")
     return torch_save_atomic(_pruned_payload(model, plan, model_spec), path, replace=overwrite)
 
 
@@ -197,6 +199,7 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
     ``allow_code`` lets a ``package.module:function`` model name stored in the file import and run
     that code (a shared file must not run code by itself).
     """
+    boolean(allow_code, "allow_code")
     data = _read_pruned(Path(path), map_location)
     model = _dense_model(Path(path), data["model"], allow_code)
     plan = PruningPlan.from_dict(data["plan"])

@@ -238,6 +238,7 @@ class Recipe:
                 when given, it may hold only the keep rule (``min_keep``, ``round_to``,
                 ``max_ratio``), which becomes the search's.
         """
+        boolean(allow_code, "allow_code")
         if isinstance(data, Mapping) and "allow_code" in data:
             raise UntrustedCodeError("allow_code is not read from a recipe (a shared recipe must not grant itself "
                                      "the right to run code); pass --allow-code, or set allow_code: true in your "
@@ -274,7 +275,7 @@ class Recipe:
             calibration=CalibrationSpec.parse(d.get("calibration")),
             schedule=ScheduleSpec.parse(d.get("schedule")), finetune=finetune,
             pretrain=PretrainSpec.parse(d.get("pretrain")), plan=d.get("plan"),
-            seed=training_seed, device=device, threads=threads, source=source, allow_code=bool(allow_code),
+            seed=training_seed, device=device, threads=threads, source=source, allow_code=allow_code,
         )
 
     @classmethod
