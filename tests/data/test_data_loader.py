@@ -246,3 +246,52 @@ def test_fingerprint_of_subset_and_unsupported() -> None:
     assert split_fingerprint(Subset(ds, [0])) != split_fingerprint(Subset(ds, [1]))
     with pytest.raises(DataError, match="fingerprint"):
         split_fingerprint(TensorDataset(torch.zeros(2)))
+
+
+def test_a_folder_datasets_fingerprint_changes_when_a_file_is_replaced(tmp_path) -> None:
+    """Paths and labels alone were hashed: images replaced under the same names kept the key, and the
+    caches keyed by it (scores, the dense model's brief training) answered for the old data."""
+    import os
+
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"old image")
+
+    class Folder(torch.utils.data.Dataset):
+        samples = [(str(tmp_path / "a.png"), 0), (str(tmp_path / "b.png"), 1)]
+
+    before = split_fingerprint(Folder())
+    assert split_fingerprint(Folder()) == before
+    (tmp_path / "b.png").write_bytes(b"another, longer image")
+    changed = split_fingerprint(Folder())
+    assert changed != before
+    stamp = os.stat(tmp_path / "b.png")
+    (tmp_path / "b.png").write_bytes(b"another, LONGER image")  # same size: the time tells
+    os.utime(tmp_path / "b.png", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
+    assert split_fingerprint(Folder()) != changed
+
+
+def test_the_dense_cache_key_follows_the_training_data_and_the_models_code(tmp_path, monkeypatch) -> None:
+    """The same recipe text in two folders (a relative data root, other files there) loaded the other
+    folder's brief training: accuracy 0.0 instead of 1.0."""
+    import sys
+    from types import SimpleNamespace
+
+    from prunetune.recipes.pipeline import dense_cache_path
+    from prunetune.recipes.schema import Recipe
+
+    recipe = Recipe.from_dict({"model": {"name": "tiny_convnet", "in_channels": 1}, "data": "digits",
+                               "criterion": "l1", "allocation": {"ratio": 0.5}})
+    a, b = _split(8), _split(8)
+    b.x[0] += 1.0
+    path_a = dense_cache_path(SimpleNamespace(recipe=recipe, splits=SimpleNamespace(train=a)))
+    assert dense_cache_path(SimpleNamespace(recipe=recipe, splits=SimpleNamespace(train=_split(8)))) == path_a
+    assert dense_cache_path(SimpleNamespace(recipe=recipe, splits=SimpleNamespace(train=b))) != path_a
+    # a package.module:function model: an edit of its source is another model
+    (tmp_path / "mynets.py").write_text("def build(**kw):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("mynets", None)
+    coded = Recipe.from_dict({"model": {"name": "mynets:build", "in_channels": 1}, "data": "digits",
+                              "criterion": "l1", "allocation": {"ratio": 0.5}}, allow_code=True)
+    first = dense_cache_path(SimpleNamespace(recipe=coded, splits=SimpleNamespace(train=a)))
+    (tmp_path / "mynets.py").write_text("def build(**kw):\n    return 1\n")
+    assert dense_cache_path(SimpleNamespace(recipe=coded, splits=SimpleNamespace(train=a))) != first

@@ -249,6 +249,15 @@ def split_fingerprint(split: Split) -> str:
     return digest.hexdigest()[:16]
 
 
+def _stamp(path: Any) -> tuple[int, int]:
+    """(size, modification time in ns) of a data file; (-1, -1) where it cannot be read."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return (-1, -1)
+    return (st.st_size, st.st_mtime_ns)
+
+
 def _feed(digest: Any, split: object) -> None:
     if isinstance(split, TensorSplit):
         for t in (split.x, split.y):
@@ -259,7 +268,8 @@ def _feed(digest: Any, split: object) -> None:
         digest.update(repr([int(i) for i in split.indices]).encode())
     elif isinstance(getattr(split, "samples", None), Sequence):
         samples = split.samples  # type: ignore[attr-defined]
-        digest.update(repr([(str(p), int(t)) for p, t in samples]).encode())
+        # each file's size and modification time too: a file replaced under the same name is other data
+        digest.update(repr([(str(p), int(t), *_stamp(p)) for p, t in samples]).encode())
     else:
         raise DataError(
             f"cannot fingerprint a {type(split).__name__}: pass a TensorSplit, a Subset or a "

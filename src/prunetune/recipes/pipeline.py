@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune._safety import is_user_code
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import BudgetExceededError, CheckpointError, ConfigError
 from prunetune.models import create_model
@@ -188,10 +189,7 @@ def splits_to(splits: DataSplits, device: torch.device | str) -> DataSplits:
 def _pretrained_dense(base: Base, show_progress: bool) -> None:
     """Train the dense model briefly (no checkpoint given), cached by everything that shapes it."""
     r = base.recipe
-    key = json.dumps({"model": r.model.__dict__, "data": r.data.to_dict(), "pretrain": r.pretrain.__dict__,
-                      "version": __version__}, sort_keys=True, default=str)
-    root = Path(r.calibration.cache_dir) if r.calibration.cache_dir else default_cache_dir()
-    path = root / "dense" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+    path = dense_cache_path(base)
     if r.calibration.use_cache and path.is_file():
         try:  # checked before any weight is copied: a refusal leaves the model as initialised
             load_checkpoint(base.model, path)
@@ -205,6 +203,34 @@ def _pretrained_dense(base: Base, show_progress: bool) -> None:
              device=base.device, show_progress=show_progress)
     if r.calibration.use_cache:
         save_dense(path, base.model, data_split=base.splits.split)
+
+
+def dense_cache_path(base: Base) -> Path:
+    """Where the brief training of ``base``'s dense model is cached: keyed by the model, data and
+    pretrain sections, the training split's content and, for a ``package.module:function`` model, its
+    source file. The recipe's text alone named the data and the code: the same recipe in another folder
+    (a relative root, other files) or after an edit of the model's code got the other's model."""
+    r = base.recipe
+    key = json.dumps({"model": r.model.__dict__, "data": r.data.to_dict(), "pretrain": r.pretrain.__dict__,
+                      "train": split_fingerprint(base.splits.train), "code": _code_fingerprint(r.model.name),
+                      "version": __version__}, sort_keys=True, default=str)
+    root = Path(r.calibration.cache_dir) if r.calibration.cache_dir else default_cache_dir()
+    return root / "dense" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+
+def _code_fingerprint(name: str) -> str | None:
+    """A hash of the source file of a ``package.module:function`` model (None for other names, or where
+    the module has no readable source file)."""
+    if not is_user_code(name):
+        return None
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name.partition(":")[0])
+        origin = spec.origin if spec is not None else None
+        return hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:16] if origin else None
+    except (ImportError, ValueError, OSError):
+        return None
 
 
 def score_table(base: Base, criteria: Mapping[str, Mapping[str, Any] | None], *, show_progress: bool = True,
