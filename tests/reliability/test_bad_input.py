@@ -300,6 +300,9 @@ CASES = [
     Case("out-plan-json-exists", R, {"p.plan.json": "{}"}, match="p.plan.json"),
     Case("out-under-a-file", "prune --recipe r.yaml --out afile/p.pt", {"afile": "x"}, match="afile"),
     Case("out-is-directory", "prune --recipe r.yaml --out adir", {"adir/x": "1"}, match="adir"),
+    # failed only when the dense model's brief training was saved, after the training
+    Case("cache-dir-is-a-file", R, {"r.yaml": section("calibration", cache_dir="afile"), "afile": "x"},
+         match=r"the cache folder \(calibration.cache_dir\) '.*afile' is a file, not a folder"),
     # the atomic write replaced the node itself with a file (`--out /dev/null --overwrite` as root)
     Case("out-is-fifo-overwrite", "prune --recipe r.yaml --out p.pt --overwrite", {"r.yaml": recipe(), "p.pt": _fifo},
          match=r"'p.pt' is a named pipe \(FIFO\), not a regular file; prunetune writes regular files only"),

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune._paths import check_output_dir
 from prunetune._safety import is_user_code
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import BudgetExceededError, CheckpointError, ConfigError
@@ -33,7 +34,7 @@ from prunetune.pruning.groups import ModelGroups, find_groups
 from prunetune.pruning.macs import Cost, analytic_cost, count_cost
 from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
-from prunetune.pruning.scores import CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
+from prunetune.pruning.scores import CACHE_ENV, CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
 from prunetune.pruning.strategies import STRATEGIES, scoring_params, strategy_criteria
 from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned_with_plan
 from prunetune.recipes.schema import Recipe
@@ -112,6 +113,10 @@ class Inputs:
 def load_inputs(recipe: Recipe) -> Inputs:
     """Load the data, build the model, find its groups (the Torch-Pruning graph); no training."""
     t0 = time.perf_counter()
+    cal = recipe.calibration
+    if cal.use_cache:  # a file there failed only when the brief training was saved, after it
+        where = "calibration.cache_dir" if cal.cache_dir else f"${CACHE_ENV} (or ~/.cache/prunetune)"
+        check_output_dir(Path(cal.cache_dir) if cal.cache_dir else default_cache_dir(), f"the cache folder ({where})")
     device = resolve_device(recipe.device)
     splits = load_data(recipe)
     if splits.in_channels != recipe.model.in_channels or splits.num_classes != recipe.model.num_classes:
