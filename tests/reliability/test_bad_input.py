@@ -300,6 +300,10 @@ CASES = [
     Case("out-plan-json-exists", R, {"p.plan.json": "{}"}, match="p.plan.json"),
     Case("out-under-a-file", "prune --recipe r.yaml --out afile/p.pt", {"afile": "x"}, match="afile"),
     Case("out-is-directory", "prune --recipe r.yaml --out adir", {"adir/x": "1"}, match="adir"),
+    Case("model-kwargs-num-classes", R, {"r.yaml": section("model", kwargs={"num_classes": 3})},
+         match="model.kwargs must not set 'num_classes': it is a key of the model section; move it there"),
+    Case("model-kwargs-allow-code", R, {"r.yaml": section("model", kwargs={"allow_code": True})},
+         match=r"model.kwargs must not set 'allow_code': it is --allow-code \(never a recipe\)"),
     # failed only when the dense model's brief training was saved, after the training
     Case("cache-dir-is-a-file", R, {"r.yaml": section("calibration", cache_dir="afile"), "afile": "x"},
          match=r"the cache folder \(calibration.cache_dir\) '.*afile' is a file, not a folder"),

@@ -26,6 +26,7 @@ from prunetune.pruning.budget_check import ROUNDING
 from prunetune.pruning.cost import count_cost, shape_cost
 from prunetune.pruning.plan import PruningPlan
 from prunetune.pruning.surgery import apply_plan
+from prunetune.recipes.schema import MODEL_ARGUMENTS
 
 PRUNED_FORMAT = 1
 DENSE_FORMAT = "prunetune-dense/1"
@@ -344,7 +345,7 @@ def _pruned_damage(data: dict[str, Any]) -> str | None:
     kwargs = spec.get("kwargs", {})
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
         return "'model.kwargs' must be a mapping of argument names"
-    reserved = sorted({"name", "num_classes", "in_channels", "allow_code"} & set(kwargs))
+    reserved = sorted(MODEL_ARGUMENTS & set(kwargs))
     if reserved:
         return f"'model.kwargs' must not set {reserved[0]!r}"
     if not isinstance(data.get("plan"), Mapping):

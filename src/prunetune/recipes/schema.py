@@ -56,7 +56,15 @@ class ModelSpec:
                 integer(d[key], f"model.{key}", minimum=1)
         text(d.get("checkpoint"), "model.checkpoint", optional=True)
         d["kwargs"] = mapping(d.get("kwargs"), "model.kwargs")
+        reserved = sorted(MODEL_ARGUMENTS & set(d["kwargs"]))
+        if reserved:  # create_model's own arguments: "got multiple values", a traceback, after the data loaded
+            where = "a key of the model section" if reserved[0] != "allow_code" else "--allow-code (never a recipe)"
+            raise ConfigError(f"model.kwargs must not set {reserved[0]!r}: it is {where}; move it there")
         return cls(**d)
+
+
+# create_model's own arguments, which model.kwargs must not repeat
+MODEL_ARGUMENTS = frozenset({"name", "num_classes", "in_channels", "allow_code"})
 
 
 @dataclass(frozen=True)
