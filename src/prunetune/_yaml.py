@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from prunetune._paths import input_file_problem
-from prunetune._text import short
+from prunetune._text import exception_line, short
 from prunetune.exceptions import ConfigError
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -93,6 +93,8 @@ def parse_yaml(raw: bytes | str, where: str) -> Any:
         raise ConfigError(f"{where} is not valid YAML: {_describe(exc)}") from None
     except RecursionError:
         raise ConfigError(f"{where} nests too deeply to be a recipe or config") from None
+    except ValueError as exc:  # a constructor's own limit: an integer of more than 4300 digits
+        raise ConfigError(f"{where} is not valid YAML: {exception_line(exc, 120).split(';')[0]}") from None
     check_expansion(data, where)
     return data
 

@@ -162,6 +162,8 @@ CASES = [
     Case("recipe-bad-yaml", R, {"r.yaml": "model: [unclosed\n"}, match="not valid YAML"),
     Case("recipe-tab-indent", R, {"r.yaml": "model:\n\tname: x\n"}, match="not valid YAML"),
     Case("recipe-too-big", R, {"r.yaml": _big_yaml}, match="MB"),
+    Case("recipe-integer-too-long", R, {"r.yaml": "seed: " + "9" * 5000 + "\n"},  # PyYAML's ValueError, a traceback
+         match=r"r.yaml' is not valid YAML: Exceeds the limit \(4300 digits\) for integer string conversion"),
     Case("recipe-alias-bomb-seed", R, {"r.yaml": with_line(recipe(seed=None), f"seed: {bomb()}")}, match="alias"),
     Case("recipe-alias-bomb-model", R, {"r.yaml": with_line(recipe(model=None), f"model: {bomb()}")}, match="alias"),
     Case("recipe-recursive-alias", R, {"r.yaml": with_line(recipe(seed=None), "seed: &s [*s]")}, match="contains itself"),
