@@ -267,3 +267,29 @@ def test_download_with_matching_md5_is_used(
     root = tmp_path / "data"
     splits = cifar_mod.load_cifar(info, root=root, download=True, seed=0, val_size=0)
     assert len(splits.test) == TEST_N and (root / "cifar-10-python.tar.gz").is_file()
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_member_larger_than_any_cifar_file_is_refused_before_it_is_read(tmp_path: Path, monkeypatch,
+                                                                         packed: bool) -> None:
+    """A 3 MB archive held a 3 GiB member, read whole into memory before anything was checked."""
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    if packed:
+        make_tar(tmp_path, "cifar-10-batches-py", "cifar-10-python.tar.gz")
+    monkeypatch.setattr(cifar_mod, "MAX_MEMBER_BYTES", 1000)  # the test batches are larger than this
+    with pytest.raises(DataError, match=r"data_batch_1.* holds \d+ bytes, more than any file of the official archive"):
+        load_dataset("cifar10", root=tmp_path, val_size=0)
+
+
+def test_a_batch_that_asks_for_memory_its_size_cannot_hold_is_refused(tmp_path: Path) -> None:
+    """A 740 KB batch file whose pickle called bytearray(4 GiB) took 4.4 GB (bytearray is data)."""
+
+    class Alloc:
+        def __reduce__(self):
+            return (bytearray, (4 * 2**30,))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    _dump(folder / "data_batch_2", {b"data": Alloc(), b"labels": [0]})
+    with pytest.raises(DataError, match=r"data_batch_2: cannot unpickle \(it asks for 4294967296 bytes of memory"):
+        load_dataset("cifar10", root=tmp_path, val_size=0)

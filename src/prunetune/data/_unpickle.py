@@ -37,10 +37,21 @@ def _allowed() -> dict[tuple[str, str], Any]:
     return table
 
 
+# a pickle of data holds its values: nothing it builds needs much more memory than the payload itself.
+# bytes(n), bytearray(n) and ndarray(shape) allocate from a number alone (a 740 KB batch file asked for
+# 4 GiB), so their sizes are held to this many times the payload (and at least ALLOC_FLOOR bytes)
+ALLOC_FACTOR = 4
+ALLOC_FLOOR = 1 << 20
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals of :func:`_allowed`."""
+    """An unpickler that resolves only the globals of :func:`_allowed`, and sizes allocations."""
 
     _table: dict[tuple[str, str], Any] | None = None
+
+    def __init__(self, file: Any, *, limit: int, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.limit = limit
 
     def find_class(self, module: str, name: str) -> Any:
         table = RestrictedUnpickler._table
@@ -50,9 +61,42 @@ class RestrictedUnpickler(pickle.Unpickler):
         if found is None:
             raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a data archive never holds "
                                          "(only lists, dicts, strings, numbers and numpy arrays are read)")
+        if found in (bytes, bytearray, np.ndarray):
+            return _Sized(found, self.limit)
+        if name == "_reconstruct":  # _reconstruct(numpy.ndarray, ...) needs the class itself
+            return _unsized_first(found)
         return found
+
+
+def _unsized_first(reconstruct: Any) -> Any:
+    def call(cls: Any, *args: Any) -> Any:
+        return reconstruct(cls.make if isinstance(cls, _Sized) else cls, *args)
+
+    return call
+
+
+class _Sized:
+    """``make`` (bytes, bytearray or numpy.ndarray) refusing a size above ``limit`` bytes."""
+
+    def __init__(self, make: Any, limit: int) -> None:
+        self.make, self.limit = make, limit
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        make, limit = self.make, self.limit
+        if make is np.ndarray:
+            shape = args[0] if args else kwargs.get("shape", ())
+            dims = (shape,) if isinstance(shape, int) else tuple(shape)
+            itemsize = np.dtype(args[1] if len(args) > 1 else kwargs.get("dtype", float)).itemsize
+            size = itemsize * int(np.prod([max(0, int(d)) for d in dims], dtype=object))
+        else:
+            size = args[0] if args and isinstance(args[0], int) and not isinstance(args[0], bool) else 0
+        if size > limit:
+            raise pickle.UnpicklingError(f"it asks for {size} bytes of memory, more than data of this file's size "
+                                         "ever needs")
+        return make(*args, **kwargs)
 
 
 def restricted_loads(payload: bytes, *, encoding: str = "bytes") -> Any:
     """Unpickle ``payload`` admitting only data (see the module docstring)."""
-    return RestrictedUnpickler(io.BytesIO(payload), encoding=encoding).load()
+    limit = max(ALLOC_FLOOR, ALLOC_FACTOR * len(payload))
+    return RestrictedUnpickler(io.BytesIO(payload), limit=limit, encoding=encoding).load()

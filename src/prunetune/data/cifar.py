@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunetune._text import short
+from prunetune._text import exception_line, short
 from prunetune.data._unpickle import restricted_loads
 from prunetune.data.base import (
     DataSplits,
@@ -196,7 +196,7 @@ def read_members(info: CifarInfo, source: Path) -> dict[str, tuple[Any, str]]:
         ``{file name: (unpickled object, description of where it came from)}``.
     """
     wanted = (*info.train_files, *info.test_files, info.meta_file)
-    raw = _read_folder(source, wanted) if source.is_dir() else _read_archive(info, source, wanted)
+    raw = _read_folder(info, source, wanted) if source.is_dir() else _read_archive(info, source, wanted)
     for name in (*info.train_files, *info.test_files):
         if name not in raw:
             where = source / name if source.is_dir() else f"{source} (member {info.folder}/{name})"
@@ -206,11 +206,23 @@ def read_members(info: CifarInfo, source: Path) -> dict[str, tuple[Any, str]]:
     return {name: (_unpickle(payload, where), where) for name, (payload, where) in raw.items()}
 
 
-def _read_folder(folder: Path, wanted: tuple[str, ...]) -> dict[str, tuple[bytes, str]]:
+# the largest file of the official archives is CIFAR-100's 'train', 155 MB; a member above this is no
+# CIFAR batch (a 3 MB archive held a 3 GiB member, read whole before anything was checked)
+MAX_MEMBER_BYTES = 256 * 2**20
+
+
+def _too_big(info: CifarInfo, size: int, where: str) -> DataError:
+    return DataError(f"{info.title} file {where} holds {size} bytes, more than any file of the official "
+                     f"archive ({MAX_MEMBER_BYTES >> 20} MiB at most); re-extract or re-download {info.archive}")
+
+
+def _read_folder(info: CifarInfo, folder: Path, wanted: tuple[str, ...]) -> dict[str, tuple[bytes, str]]:
     found = {}
     for name in wanted:
         path = folder / name
         if path.is_file():
+            if path.stat().st_size > MAX_MEMBER_BYTES:
+                raise _too_big(info, path.stat().st_size, str(path))
             try:
                 found[name] = (path.read_bytes(), str(path))
             except OSError as exc:
@@ -230,7 +242,9 @@ def _read_archive(
                 name = members.get(member.name.removeprefix("./"))
                 handle = tar.extractfile(member) if name and member.isfile() else None
                 if handle is not None:
-                    found[name] = (handle.read(), f"{archive}:{member.name}")
+                    if member.size > MAX_MEMBER_BYTES:  # the header's size, before a byte is inflated
+                        raise _too_big(info, member.size, f"{archive} (member {member.name})")
+                    found[name] = (handle.read(MAX_MEMBER_BYTES + 1), f"{archive}:{member.name}")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(
             f"{info.title} archive {archive} is unreadable ({exc}); download it again"
@@ -242,7 +256,7 @@ def _unpickle(payload: bytes, where: str) -> Any:
     try:
         return restricted_loads(payload, encoding="bytes")
     except Exception as exc:  # noqa: BLE001 - pickle raises many types on bad input
-        raise DataError(f"malformed CIFAR batch file {where}: cannot unpickle ({exc}); re-extract or "
+        raise DataError(f"malformed CIFAR batch file {where}: cannot unpickle ({exception_line(exc)}); re-extract or "
                         "re-download the official archive") from None
 
 
