@@ -61,10 +61,13 @@ def test_imagefolder_missing_train_folder_is_named(tmp_path: Path) -> None:
 class _FakeFolder:
     """Just what the loader reads of torchvision's ImageFolder: classes and (path, target) samples."""
 
-    def __init__(self, root: str, transform: object = None) -> None:
+    def __init__(self, root: str, transform: object = None, **_reading: object) -> None:
         self.classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
         self.samples = [(str(f), i) for i, c in enumerate(self.classes) for f in sorted((Path(root) / c).iterdir())]
         self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
 
 class _AnyTransform:
@@ -77,7 +80,8 @@ def test_imagefolder_without_val_holds_out_a_split_fixed_by_split_seed(tmp_path,
         (tmp_path / "train" / cls).mkdir(parents=True)
         for i in range(10):
             (tmp_path / "train" / cls / f"{i}.png").touch()
-    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder), transforms=_AnyTransform())
+    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder, folder=SimpleNamespace(default_loader=None)),
+                           transforms=_AnyTransform())
     monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
 
     def held_out(**kw):
@@ -126,7 +130,8 @@ def test_held_out_val_with_a_mismatched_test_folder_is_a_data_error(tmp_path, mo
             (tmp_path / split / cls).mkdir(parents=True)
             for i in range(5):
                 (tmp_path / split / cls / f"{i}.png").touch()
-    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder), transforms=_AnyTransform())
+    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder, folder=SimpleNamespace(default_loader=None)),
+                           transforms=_AnyTransform())
     monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
     with pytest.raises(DataError, match="same class folders"):
         load_dataset("imagefolder", root=tmp_path)
@@ -136,6 +141,7 @@ def test_imagefolder_records_val_fraction_only_when_it_holds_out(tmp_path, monke
     for split in ("train", "val"):
         (tmp_path / split / "ant").mkdir(parents=True)
         (tmp_path / split / "ant" / "0.png").touch()
-    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder), transforms=_AnyTransform())
+    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder, folder=SimpleNamespace(default_loader=None)),
+                           transforms=_AnyTransform())
     monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
     assert load_dataset("imagefolder", root=tmp_path).split == {"dataset": "imagefolder", "split_seed": 0}

@@ -196,6 +196,11 @@ def load_dataset(
     root_path = Path(root).expanduser() if root is not None else None
     merged = {**spec.defaults, **params}
     splits = spec.build(root=root_path, download=bool(download), seed=int(split_seed), **merged)
+    for which in ("train", "val", "test"):  # an empty one failed after the dense training ("evaluation set is empty")
+        if len(getattr(splits, which)) == 0:
+            where = f" under {root_path}" if root_path is not None else ""
+            raise DataError(f"dataset {name!r}{where} gives an empty {which} split; it needs images in every split "
+                            "(more images per class, or its own folder or file for that split)")
     split = {"dataset": name, "split_seed": int(split_seed), **{k: merged[k] for k in spec.split_params},
              **splits.split}  # a builder may add what only it knows decides the split
     return replace(splits, split=split)

@@ -17,6 +17,7 @@ Parameters: ``image_size`` (default 224), ``val_fraction`` (default 0.1; used wi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 import torch
 
 from prunetune._imports import require
+from prunetune._paths import input_file_problem
+from prunetune._text import exception_line
 from prunetune.data.base import (
     DataSplits,
     fraction_param,
@@ -62,15 +65,15 @@ def load_imagefolder(
     folders = split_folders(root)
     tv = _torchvision()
     train_tf, eval_tf = build_transforms(tv, image_size)
-    train = tv.datasets.ImageFolder(str(folders["train"]), transform=train_tf)
+    train = _image_folder(tv, folders["train"], train_tf)
     classes = list(train.classes)
     split_info: dict[str, object] = {}  # recorded in dense checkpoints: only a held-out val depends on it
     if "val" in folders:
-        val = tv.datasets.ImageFolder(str(folders["val"]), transform=eval_tf)
+        val = _image_folder(tv, folders["val"], eval_tf)
     else:
         train, val = _hold_out(tv, folders["train"], train, eval_tf, val_fraction, seed)
         split_info["val_fraction"] = val_fraction
-    test = tv.datasets.ImageFolder(str(folders["test"]), transform=eval_tf) if "test" in folders else val
+    test = _image_folder(tv, folders["test"], eval_tf) if "test" in folders else val
     for name, split in (("val", val), ("test", test)):
         found = list(getattr(split, "dataset", split).classes)
         if found != classes:
@@ -103,8 +106,52 @@ def _hold_out(tv: ModuleType, folder: Path, train: Any, eval_tf: Any, val_fracti
         raise DataError(f"imagefolder {folder} has {targets.numel()} image(s); holding out a val split "
                         "needs at least 2 (or add a val/ folder)")
     train_idx, val_idx, _ = stratified_split(targets, val_fraction, 0.0, seed, salt=0x1F01)
-    evaluated = tv.datasets.ImageFolder(str(folder), transform=eval_tf)
+    evaluated = _image_folder(tv, folder, eval_tf)
     return Subset(train, train_idx.tolist()), Subset(evaluated, val_idx.tolist())
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+"""The file names read as images (torchvision's ``IMG_EXTENSIONS``); hidden files (``.name``) are not."""
+
+
+def _image_folder(tv: ModuleType, folder: Path, transform: Any) -> Any:
+    """``ImageFolder(folder)`` reading regular image files only, a damaged image named in one line.
+
+    A class folder without images (or an empty split folder) was torchvision's FileNotFoundError with
+    a traceback; a FIFO named like an image hung a loader worker for ever; an image PIL cannot decode
+    was a traceback in the middle of an epoch.
+    """
+    try:
+        return tv.datasets.ImageFolder(str(folder), transform=transform,
+                                       loader=_ImageLoader(tv.datasets.folder.default_loader),
+                                       is_valid_file=_is_image)
+    except FileNotFoundError as exc:
+        raise DataError(f"imagefolder {folder}: {exception_line(exc, 200)}; every class folder needs at least "
+                        f"one image ({', '.join(IMAGE_EXTENSIONS)})") from None
+
+
+def _is_image(path: str) -> bool:
+    """A visible file with an image name; such a name on anything but a regular file is an error."""
+    if os.path.basename(path).startswith(".") or not path.lower().endswith(IMAGE_EXTENSIONS):
+        return False
+    problem = input_file_problem(path)
+    if problem is not None:
+        raise DataError(f"imagefolder file {path} {problem}; remove it (only regular image files are read)")
+    return True
+
+
+class _ImageLoader:
+    """torchvision's image loader, with a file it cannot decode named (a class: loader workers pickle it)."""
+
+    def __init__(self, load: Any) -> None:
+        self.load = load
+
+    def __call__(self, path: str) -> Any:
+        try:
+            return self.load(path)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated files
+            raise DataError(f"imagefolder image {path} cannot be read ({exception_line(exc)}); "
+                            "remove or replace it") from None
 
 
 def split_folders(root: Path) -> dict[str, Path]:

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from prunetune.data.base import Split, TensorSplit, seeded_generator
-from prunetune.exceptions import ConfigError, DataError
+from prunetune.exceptions import ConfigError, DataError, PrunetuneError
 
 Batch = tuple[Tensor, Tensor]
 _SHUFFLE_STREAM = 0
@@ -189,8 +189,23 @@ class DatasetLoader:
 
     def _batches(self) -> Iterator[Batch]:
         move = {"device": self.device, "non_blocking": self.device.type == "cuda"}
-        for x, y in self.loader:
-            yield x.to(**move), y.to(**move)
+        try:
+            for x, y in self.loader:
+                yield x.to(**move), y.to(**move)
+        except PrunetuneError as exc:  # from a worker it reads "Caught DataError in DataLoader worker ..." and
+            # the worker's traceback, whose last line is the error itself
+            raise type(exc)(worker_error_line(str(exc))) from None
+
+
+def worker_error_line(message: str) -> str:
+    """The error a DataLoader worker raised, from the message the main process re-raises it with
+    ("Caught X in DataLoader worker process 0", the traceback, then "module.X: the message")."""
+    if not message.startswith("Caught "):
+        return message
+    lines = [line for line in message.splitlines() if line.strip()]
+    last = lines[-1] if lines else message
+    head, sep, rest = last.partition(": ")
+    return rest if sep and "." in head and " " not in head else last
 
 
 def make_loader(
