@@ -9,12 +9,13 @@ import random
 
 import pytest
 import torch
+from torch import nn
 
 from prunetune.recipes.checkpoint import save_pruned
 from prunetune.cli import main
 from prunetune.deployment import deploy, fold_batchnorm
 from prunetune.deployment import export as export_mod
-from prunetune.exceptions import ConfigError, DeployError, MissingExtraError
+from prunetune.exceptions import ConfigError, DeployError, MissingExtraError, UnknownNameError
 from prunetune.models import create_model, list_models
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.plan import make_plan
@@ -471,3 +472,44 @@ def test_a_small_count_difference_loads_with_a_warning_when_asked(pruned_file, t
     with pytest.raises(CheckpointError, match=r"the dense network counts \d+ MACs, and the plan records \d+; "
                                               r"write it again with prunetune prune --out$"):
         load_pruned(off)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"input_shape": (3, -8, 8)}, r"input_shape must be \(C, H, W\): 1 to 3 positive integers, got \(3, -8, 8\)"),
+    ({"input_shape": "3,8,8"}, r"input_shape must be \(C, H, W\)"),
+    ({"input_shape": (3, 8, 8), "check_batch": True}, "check_batch must be a positive integer, got True"),
+    ({"input_shape": (3, 8, 8), "seed": float("nan")}, "seed must be an integer"),
+    ({"input_shape": (3, 8, 8), "format": ["onnx"]}, "unknown deploy format"),
+    ({"input_shape": (3, 8, 8), "model": 5}, "model must be a torch.nn.Module or the path of a pruned model file"),
+    ({"input_shape": (3, 8, 8), "model": "double"}, "the module given to deploy has float64 parameters"),
+])
+def test_deploy_of_a_module_checks_its_arguments_in_one_line(tmp_path, kwargs, message) -> None:
+    """Each was a TypeError, RuntimeError or StopIteration from deep inside (deploy(module) checked
+    almost none of its arguments)."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    kwargs = dict(kwargs)
+    model = kwargs.pop("model", net)
+    if model == "double":
+        model = net.double()
+    fmt = kwargs.pop("format", "torchscript")
+    with pytest.raises((ConfigError, UnknownNameError), match=message):
+        deploy(model, fmt, tmp_path / "m.pt", **kwargs)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_deploy_leaves_the_callers_module_in_its_mode_and_names_a_tuple_output(tmp_path) -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).train()
+    deploy(net, "torchscript", tmp_path / "m.pt", input_shape=(3, 8, 8))
+    assert net.training  # deploy left it in eval mode
+
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.head(x.mean((2, 3))), x
+
+    with pytest.raises(ConfigError, match="the model returns a tuple; deploy writes models whose forward returns one"):
+        deploy(Pair(), "torchscript", tmp_path / "p.pt", input_shape=(3, 8, 8))
+    assert not (tmp_path / "p.pt").exists()

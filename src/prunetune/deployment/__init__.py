@@ -17,13 +17,15 @@ import torch
 from torch import nn
 
 from prunetune._atomic import _umask, make_folder
-from prunetune._checks import boolean
+from prunetune._checks import boolean, torch_seed
+from prunetune._text import short
 from prunetune._machine import check_input_fits
 from prunetune.pruning.cost import shape_cost
 from prunetune._registry import unknown_name_message
 from prunetune.deployment.export import EXPORT_MAX_BATCH, WRITERS
 from prunetune.deployment.fold import fold_batchnorm
 from prunetune.exceptions import ConfigError, DeployError, UnknownNameError
+from prunetune.models.registry import check_built
 
 FORMATS = tuple(WRITERS)
 TOLERANCE = 1e-4  # max |exported − PyTorch| relative to max |PyTorch output|
@@ -66,10 +68,16 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     """
     boolean(allow_code, "allow_code")
     boolean(overwrite, "overwrite")
-    if format not in WRITERS:
-        raise UnknownNameError(unknown_name_message("deploy format", format, FORMATS))
-    if not isinstance(check_batch, int) or check_batch < 1:
+    torch_seed(seed, "seed")
+    if not isinstance(model, (nn.Module, str, os.PathLike)):
+        raise ConfigError(f"model must be a torch.nn.Module or the path of a pruned model file, got {short(model)}")
+    if not isinstance(format, str) or format not in WRITERS:
+        raise UnknownNameError(unknown_name_message("deploy format", short(format) if not isinstance(format, str)
+                                                    else format, FORMATS))
+    if isinstance(check_batch, bool) or not isinstance(check_batch, int) or check_batch < 1:
         raise ConfigError(f"check_batch must be a positive integer, got {check_batch!r}")
+    if input_shape is not None:
+        input_shape = _shape(input_shape)
     if format == "export" and check_batch > EXPORT_MAX_BATCH:
         raise ConfigError(f"check_batch {check_batch} is more than a torch.export program's batch dimension takes "
                           f"({EXPORT_MAX_BATCH}); give at most {EXPORT_MAX_BATCH}")
@@ -92,9 +100,17 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
                      "give a smaller check batch", activation=activation)
     t0 = time.perf_counter()
     make_folder(out.parent)
-    reference = model.eval()
+    was_training = model.training
+    try:
+        return _write(model.eval(), format, out, input_shape, fold_bn, check_batch, seed, t0)
+    finally:
+        model.train(was_training)  # the caller's module is left in the mode it came in
+
+
+def _write(reference: nn.Module, format: str, out: Path, input_shape: tuple[int, ...], fold_bn: bool,  # noqa: A002
+           check_batch: int, seed: int, t0: float) -> DeployResult:
     deployed, folded = fold_batchnorm(reference, input_shape) if fold_bn else (reference, 0)
-    param = next(reference.parameters())
+    param = next(reference.parameters(), torch.empty(0))
     # exported with a batch of 2, checked on ``check_batch``: with 2 itself, exported with 3, so the check
     # always runs the file on a batch size it was not traced with (what "the batch is dynamic" promises)
     example = torch.randn(3 if check_batch == 2 else 2, *input_shape, device=param.device)
@@ -107,7 +123,11 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
         run = WRITERS[format](deployed, example, written)
         x = torch.randn(check_batch, *input_shape, generator=torch.Generator().manual_seed(seed)).to(param.device)
         with torch.no_grad():
-            expected, got = reference(x).float().cpu(), run(x).float().cpu()
+            expected = reference(x)
+            if not isinstance(expected, torch.Tensor):
+                raise ConfigError(f"the model returns a {type(expected).__name__}; deploy writes models whose "
+                                  "forward returns one Tensor (return only the logits)")
+            expected, got = expected.float().cpu(), run(x).float().cpu()
         if got.shape != expected.shape:
             raise DeployError(f"{format} output has shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
         diff = float((got - expected).abs().max())
@@ -124,11 +144,20 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
                         time.perf_counter() - t0)
 
 
+def _shape(value: object) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of 1 to 3 positive integers (C, H, W), or a one-line ConfigError."""
+    ok = isinstance(value, (tuple, list)) and 1 <= len(value) <= 3 and all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in value)
+    if not ok:
+        raise ConfigError(f"input_shape must be (C, H, W): 1 to 3 positive integers, got {short(value)}")
+    return tuple(value)
+
+
 def _resolve(model, input_shape, allow_code: bool = False) -> tuple[nn.Module, tuple[int, ...]]:
     if isinstance(model, nn.Module):
         if input_shape is None:
             raise ConfigError("deploy(module, ...) needs input_shape=(C, H, W); a pruned file carries its own")
-        return model, tuple(input_shape)
+        return check_built(model, "", what="the module given to deploy"), tuple(input_shape)
     from prunetune.recipes.checkpoint import load_pruned, pruned_input_shape
 
     path = Path(model)

@@ -13,7 +13,7 @@ from prunetune._checks import boolean
 from prunetune._imports import require
 from prunetune._machine import physical_memory
 from prunetune._safety import check_user_code, is_user_code
-from prunetune._text import short
+from prunetune._text import exception_line, short
 from prunetune._registry import Registry, unknown_name_message
 from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.models.cifar_resnet import CifarResNet
@@ -84,9 +84,31 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, allo
         factory = MODELS.get(name).factory
         _check_fits_memory(name, factory, num_classes, in_channels, kwargs)
     try:
-        return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+        model = factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"model {name!r} does not accept these arguments: {exc}") from exc
+    except (ConfigError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user's factory raises what it raises: named, one line
+        if not is_user_code(name):
+            raise
+        raise ConfigError(f"model factory {name!r} raised {type(exc).__name__}: {exception_line(exc)}") from exc
+    return check_built(model, name)
+
+
+def check_built(model: object, name: str, *, what: str | None = None) -> nn.Module:
+    """``model`` if it is an ``nn.Module`` of float32 parameters; else a one-line
+    :class:`ConfigError` saying what to change (a float64 or half model failed in the first
+    training step with "Input type (float) and bias type (double) should be the same")."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module; "
+                          "return the model itself")
+    params = list(model.parameters())
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params if p.is_floating_point()} - {"float32"})
+    if dtypes:
+        raise ConfigError(f"{what or f'model {name!r}'} has {', '.join(dtypes)} parameters; prunetune trains and prunes "
+                          "float32 models: build it in float32 (model.float())")
+    return model
 
 
 def _check_fits_memory(name: str, factory: Callable[..., nn.Module], num_classes: int, in_channels: int,

@@ -24,6 +24,7 @@ from torch import nn
 
 from prunetune._paths import check_output_dir
 from prunetune._safety import is_user_code
+from prunetune._text import exception_line
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import BudgetExceededError, CheckpointError, ConfigError
 from prunetune.models import create_model
@@ -130,8 +131,36 @@ def load_inputs(recipe: Recipe) -> Inputs:
     model = create_model(spec.name, num_classes=spec.num_classes, in_channels=spec.in_channels,
                          allow_code=recipe.allow_code, **spec.kwargs)
     t_data = time.perf_counter()
-    groups = find_groups(model, (splits.in_channels, splits.image_size, splits.image_size))
+    shape = (splits.in_channels, splits.image_size, splits.image_size)
+    check_trainable(model, spec.name, shape, splits.num_classes)
+    groups = find_groups(model, shape)
     return Inputs(splits, model, groups, device, t_data - t0, t_data)
+
+
+def check_trainable(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Refuse, in one line and before any training, a model that takes a batch of ``input_shape``
+    images but does not return its logits as one ``Tensor[B, num_classes]`` (a tuple of logits and
+    features failed in the first loss; a dict input deep in the dependency graph), or whose every
+    parameter is frozen (the first backward pass failed)."""
+    params = list(model.parameters())
+    if params and not any(p.requires_grad for p in params):
+        raise ConfigError(f"model {name!r} has every parameter frozen (requires_grad=False): nothing could be "
+                          "fine-tuned; unfreeze the layers to prune")
+    x = torch.zeros(2, *input_shape)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises on an image batch
+        raise ConfigError(f"model {name!r} fails on a batch of images of shape {tuple(x.shape)} "
+                          f"({type(exc).__name__}: {exception_line(exc)}); prunetune calls model(x) with x a "
+                          "Tensor[B, C, H, W]") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
+        raise ConfigError(f"model {name!r} returns {got} for a batch of 2 images; prunetune needs the logits "
+                          f"as one Tensor[B, {num_classes}] (return only the logits from forward)")
 
 
 def dense_base(recipe: Recipe, inputs: Inputs, *, show_progress: bool = True) -> Base:

@@ -1,0 +1,109 @@
+"""Models a user builds (``package.module:function``) that prunetune cannot train: one line each,
+before any training. Each was a traceback: a float64 or half model in the first training step, a
+forward returning (logits, features) in the first loss, a dict input deep in the dependency graph,
+a factory returning 42 or raising, every parameter frozen in the first backward pass."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+import prunetune
+from prunetune.exceptions import ConfigError
+
+MODULE = '''
+import torch
+from torch import nn
+
+
+def _net(in_channels, num_classes):
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+def double(num_classes=10, in_channels=1):
+    return _net(in_channels, num_classes).double()
+
+
+def half(num_classes=10, in_channels=1):
+    return _net(in_channels, num_classes).half()
+
+
+class Pair(nn.Module):
+    def __init__(self, in_channels, num_classes):
+        super().__init__()
+        self.net = _net(in_channels, num_classes)
+
+    def forward(self, x):
+        return self.net(x), x
+
+
+def pair(num_classes=10, in_channels=1):
+    return Pair(in_channels, num_classes)
+
+
+class DictIn(Pair):
+    def forward(self, batch):
+        return self.net(batch["image"])
+
+
+def dict_in(num_classes=10, in_channels=1):
+    return DictIn(in_channels, num_classes)
+
+
+def forty_two(num_classes=10, in_channels=1):
+    return 42
+
+
+def boom(num_classes=10, in_channels=1):
+    raise ValueError("boom")
+
+
+def frozen(num_classes=10, in_channels=1):
+    net = _net(in_channels, num_classes)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def fine(num_classes=10, in_channels=1):
+    return _net(in_channels, num_classes)
+'''
+
+
+@pytest.fixture()
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "usernets28.py").write_text(textwrap.dedent(MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("usernets28", None)
+    yield "usernets28"
+    sys.modules.pop("usernets28", None)
+
+
+def _recipe(factory: str) -> dict:
+    return {"model": {"name": f"usernets28:{factory}", "in_channels": 1}, "data": "digits", "criterion": "l1",
+            "allocation": {"ratio": 0.5}, "pretrain": {"epochs": 1}, "finetune": {"epochs": 0},
+            "calibration": {"use_cache": False}}
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    ("double", r"^model 'usernets28:double' has float64 parameters; .* build it in float32 \(model.float\(\)\)$"),
+    ("half", r"^model 'usernets28:half' has float16 parameters"),
+    ("pair", r"^model 'usernets28:pair' returns a tuple for a batch of 2 images; prunetune needs the logits as "
+             r"one Tensor\[B, 10\] \(return only the logits from forward\)$"),
+    ("dict_in", r"^model 'usernets28:dict_in' fails on a batch of images of shape \(2, 1, 16, 16\) \(IndexError: "),
+    ("forty_two", r"^model factory 'usernets28:forty_two' returned int, not a torch.nn.Module"),
+    ("boom", r"^model factory 'usernets28:boom' raised ValueError: boom$"),
+    ("frozen", r"^model 'usernets28:frozen' has every parameter frozen \(requires_grad=False\)"),
+])
+def test_a_model_prunetune_cannot_train_is_one_line_before_training(user_module, factory, message, caplog) -> None:
+    with caplog.at_level("INFO", logger="prunetune"), pytest.raises(ConfigError, match=message):
+        prunetune.prune(_recipe(factory), allow_code=True)
+    assert not any("training it for" in r.getMessage() for r in caplog.records)
+
+
+def test_a_model_it_can_train_passes_the_checks(user_module) -> None:
+    result = prunetune.prune(_recipe("fine"), allow_code=True)
+    assert result.plan.pruned.macs < result.plan.dense.macs
