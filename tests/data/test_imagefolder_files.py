@@ -89,3 +89,21 @@ def test_a_held_out_val_split_with_no_image_is_refused_at_load(tmp_path, tv) -> 
         _image(tmp_path / "train" / cls / "0.png")  # one image a class: nothing to hold out
     with pytest.raises(DataError, match=r"gives an empty val split"):
         load_dataset("imagefolder", root=tmp_path, image_size=8)
+
+
+def test_a_batch_of_decoded_images_larger_than_memory_is_refused_before_training(monkeypatch) -> None:
+    """A lazy dataset decodes image_size at every batch: image_size 30000 took 21 GB before the run
+    was stopped. The size is a stand-in here (digits at a faked image_size), so no torchvision is needed."""
+    import dataclasses
+
+    from prunetune.exceptions import ConfigError
+    from prunetune.recipes import pipeline
+    from prunetune.recipes.schema import Recipe
+
+    real = pipeline.load_data
+    monkeypatch.setattr(pipeline, "load_data", lambda r: dataclasses.replace(real(r), image_size=30000))
+    recipe = Recipe.from_dict({"model": {"name": "tiny_convnet", "in_channels": 1}, "data": "digits",
+                               "criterion": "l1", "allocation": {"ratio": 0.5}})
+    with pytest.raises(ConfigError, match=r"^a batch of 128 images of 30000x30000 needs \d+ GiB .*; give a smaller "
+                                          r"image_size or data.batch_size$"):
+        pipeline.load_inputs(recipe)

@@ -302,6 +302,11 @@ CASES = [
     Case("out-plan-json-exists", R, {"p.plan.json": "{}"}, match="p.plan.json"),
     Case("out-under-a-file", "prune --recipe r.yaml --out afile/p.pt", {"afile": "x"}, match="afile"),
     Case("out-is-directory", "prune --recipe r.yaml --out adir", {"adir/x": "1"}, match="adir"),
+    # in-memory data built whole: an allocator traceback, or the machine's memory taken
+    Case("data-digits-image-size-huge", R, {"r.yaml": recipe(data={"name": "digits", "image_size": 100000})},
+         match=r"dataset 'digits' at image_size 100000 needs \d+ GiB .* give a smaller image_size"),
+    Case("data-synthetic-train-size-huge", R, {"r.yaml": recipe(data={"name": "synthetic", "train_size": 10**12})},
+         match=r"dataset 'synthetic' with \d+ images .* give smaller train_size"),
     Case("model-kwargs-num-classes", R, {"r.yaml": section("model", kwargs={"num_classes": 3})},
          match="model.kwargs must not set 'num_classes': it is a key of the model section; move it there"),
     Case("model-kwargs-allow-code", R, {"r.yaml": section("model", kwargs={"allow_code": True})},

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prunetune._machine import check_input_fits
 from prunetune.data.base import (
     DataSplits,
     TensorSplit,
@@ -64,6 +65,9 @@ def load_digits_dataset(
             f"got {val_fraction} + {test_fraction}"
         )
     x, y = _raw_digits()
+    # the upsampled images and their normalised copy: a large image_size was an allocator traceback
+    check_input_fits(2 * len(x), (1, image_size, image_size), f"dataset 'digits' at image_size {image_size}",
+                     "give a smaller image_size")
     x = _resize(x, image_size)
     train_idx, val_idx, test_idx = stratified_split(y, val_fraction, test_fraction, seed)
     mean, std = x[train_idx].mean(), x[train_idx].std()

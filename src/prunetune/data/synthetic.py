@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from prunetune._machine import check_input_fits
 from prunetune.data.base import (
     DataSplits,
     TensorSplit,
@@ -69,6 +70,10 @@ def load_synthetic(
         int_param("synthetic", "test_size", test_size, minimum=1),
     )
     noise = _noise_param(noise)
+    # the samples and their noise are built whole: a huge train_size asked the allocator for terabytes
+    check_input_fits(2 * sum(sizes), (in_channels, image_size, image_size),
+                     f"dataset 'synthetic' with {sum(sizes)} images of {in_channels}x{image_size}x{image_size}",
+                     "give smaller train_size, val_size, test_size or image_size")
     gen = seeded_generator(seed, 0x5147)
     templates = make_templates(num_classes, in_channels, image_size, gen)
     train, val, test = (sample_split(templates, n, noise, gen) if n else None for n in sizes)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune._machine import check_input_fits
 from prunetune._paths import check_output_dir
 from prunetune._safety import is_user_code
 from prunetune._text import exception_line
@@ -125,6 +126,9 @@ def load_inputs(recipe: Recipe) -> Inputs:
             f"data {recipe.data.name!r} has {splits.in_channels} input channels and {splits.num_classes} classes, "
             f"the model is set to in_channels={recipe.model.in_channels}, num_classes={recipe.model.num_classes}; "
             "fix the recipe's model section")
+    batch, side = recipe.data.batch_size, splits.image_size  # a lazy dataset decodes image_size at each batch
+    check_input_fits(batch, (splits.in_channels, side, side), f"a batch of {batch} images of {side}x{side}",
+                     "give a smaller image_size or data.batch_size")
     splits = splits_to(splits, device)
     torch.manual_seed(recipe.pretrain.seed)  # the dense initialisation (it matters without a checkpoint)
     spec = recipe.model
