@@ -513,3 +513,32 @@ def test_deploy_leaves_the_callers_module_in_its_mode_and_names_a_tuple_output(t
     with pytest.raises(ConfigError, match="the model returns a tuple; deploy writes models whose forward returns one"):
         deploy(Pair(), "torchscript", tmp_path / "p.pt", input_shape=(3, 8, 8))
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_save_pruned_keeps_what_exists_and_refuses_what_load_pruned_would(tmp_path) -> None:
+    """It replaced an unrelated existing file by default, and wrote files load_pruned then called
+    damaged (an unknown model name, a model that does not match its plan)."""
+    from prunetune.exceptions import UnknownNameError
+    from prunetune.recipes.checkpoint import load_pruned
+
+    model, plan = pruned("zoo_shortcuts")
+    spec = {"name": "zoo_shortcuts", "num_classes": 10, "in_channels": 3, "kwargs": {}}
+    precious = tmp_path / "precious.pt"
+    precious.write_bytes(b"a user's file")
+    with pytest.raises(ConfigError, match="precious.pt' already exists; pass overwrite=True to replace it"):
+        save_pruned(precious, model, plan, spec)
+    assert precious.read_bytes() == b"a user's file"
+    with pytest.raises(UnknownNameError, match="nope"):
+        save_pruned(tmp_path / "a.pt", model, plan, {**spec, "name": "nope"})
+    with pytest.raises(ConfigError, match="model_spec' must be a mapping with name, num_classes and in_channels"):
+        save_pruned(tmp_path / "a.pt", model, plan, {"name": "zoo_shortcuts"})
+    dense = create_model("zoo_shortcuts")  # the dense network with the pruned one's plan
+    with pytest.raises(ConfigError, match=r"save_pruned: the model does not match its plan: .*; pass the model the "
+                                          r"plan was applied to$"):
+        save_pruned(tmp_path / "a.pt", dense, plan, spec)
+    with pytest.raises(ConfigError, match="is a directory"):
+        save_pruned(tmp_path, model, plan, spec)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.pt"]
+    written = save_pruned(tmp_path / "a.pt", model, plan, spec)
+    assert sum(p.numel() for p in load_pruned(written).parameters()) == sum(p.numel() for p in model.parameters())
+    save_pruned(written, model, plan, spec, overwrite=True)

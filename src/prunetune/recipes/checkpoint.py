@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from prunetune._atomic import torch_save_atomic, write_together
-from prunetune._paths import input_file_problem
+from prunetune._paths import check_output_file, input_file_problem
 from prunetune._checks import boolean
 from prunetune._text import exception_line, short
 from prunetune.exceptions import CheckpointError, ConfigError
 from prunetune.models import create_model
+from prunetune.models.registry import check_model_name
 from prunetune._machine import physical_memory
 from prunetune.pruning.budget_check import ROUNDING
 from prunetune.pruning.cost import count_cost, shape_cost
@@ -159,11 +160,26 @@ def _find_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, model_spec: dict[str, Any], *,
-                overwrite: bool = True) -> Path:
-    """Save a pruned model as its state dict, its plan and how to build the dense architecture
-    (``overwrite=False``: ``FileExistsError`` rather than replace a file that exists)."""
+                overwrite: bool = False) -> Path:
+    """Save a pruned model as its state dict, its plan and how to build the dense architecture.
+
+    An existing ``path`` is a :class:`ConfigError` unless ``overwrite=True`` (a race that creates it
+    meanwhile, ``FileExistsError``). What :func:`load_pruned` would refuse is refused here, before
+    anything is written: a ``model_spec`` without name, num_classes and in_channels (or naming an
+    unknown model), and a model whose MACs at the plan's input shape are not the plan's.
+    """
     boolean(overwrite, "overwrite")
-    return torch_save_atomic(_pruned_payload(model, plan, model_spec), path, replace=overwrite)
+    if not isinstance(model, nn.Module) or not isinstance(plan, PruningPlan):
+        raise ConfigError(f"save_pruned needs the pruned nn.Module and its PruningPlan, got {type(model).__name__} "
+                          f"and {type(plan).__name__}")
+    path = check_output_file(path, "path", overwrite=overwrite, flag="path", overwrite_flag="overwrite=True")
+    payload = _pruned_payload(model, plan, model_spec) if isinstance(model_spec, Mapping) else {"model": model_spec}
+    problem = _pruned_damage({**payload, "plan": plan.to_dict(), "state_dict": {}})
+    if problem is not None:
+        raise ConfigError(f"save_pruned: {problem.replace('model', 'model_spec', 1)}")
+    check_model_name(str(model_spec["name"]))
+    check_plan_cost(model, plan, "save_pruned: the model", fix="pass the model the plan was applied to", saving=True)
+    return torch_save_atomic(payload, path, replace=overwrite)
 
 
 def plan_file(path: str | os.PathLike) -> Path:
@@ -250,7 +266,8 @@ REAL_COUNT_LIMIT = 1 << 20
 (above it, such a network's plan is loaded unchecked, with a warning)."""
 
 
-def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bool = False) -> None:
+def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bool = False,
+                    fix: str = "write it again with prunetune prune --out", saving: bool = False) -> None:
     """Raise :class:`CheckpointError` unless ``model`` takes inputs of the plan's ``input_shape`` and
     counts the MACs the plan records there (``plan.pruned``, or ``plan.dense`` for the dense model
     before removal), within the budget check's rounding.
@@ -264,7 +281,6 @@ def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bo
     that loaded unchecked with a warning (its file is not damaged for that).
     """
     shape = tuple(plan.input_shape)
-    fix = "write it again with prunetune prune --out"
     try:
         counted, _ = shape_cost(model, shape)
     except Exception as exc:  # noqa: BLE001 - whatever the network raises on that shape
@@ -284,6 +300,8 @@ def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bo
         found = f"at its plan's input_shape {shape} the {which} counts {counted.macs} MACs, and the plan records {recorded}"
         # a counting change moves the figure a little; an edited shape or a damaged plan, by factors (a
         # shape twice as large counts 4×, and its removal trace would take that memory): never let through
+        if saving:  # save_pruned: the caller's model and plan, no file yet
+            raise ConfigError(f"{what} does not match its plan: {found}; {fix}")
         near = recorded > 0 and 0.5 <= counted.macs / recorded <= 2.0
         if near and os.environ.get(PLAN_CHECK_ENV, "").strip().lower() == "warn":
             log.warning("%s: %s (loaded anyway: %s=warn)", what, found, PLAN_CHECK_ENV)
