@@ -139,3 +139,26 @@ def test_plan_from_bad_json() -> None:
         PruningPlan.from_json("{")
     with pytest.raises(InvalidPlanError, match="format"):
         PruningPlan.from_dict({"format": 99})
+
+
+@pytest.mark.parametrize("shape", [(3, -1, 32), "3,32,32", (3, 32.5, 32), (3, 32, 32, 32, 1)])
+def test_find_groups_names_a_bad_input_shape(shape) -> None:
+    """Each was a raw error from deep inside the trace (the pruning core checked none of its inputs)."""
+
+    with pytest.raises(ConfigError, match=r"input_shape must be \(C, H, W\): 1 to 3 positive integers"):
+        find_groups(create_model("resnet20"), shape)
+
+
+def test_find_groups_refuses_an_input_larger_than_memory_and_make_plan_a_fractional_count(monkeypatch) -> None:
+    """(3, 100000, 100000) asked the allocator for 120 GB; keep 3.5 kept 3 channels without a word."""
+    import prunetune._machine as machine
+
+    model = create_model("resnet20")
+    monkeypatch.setattr(machine, "physical_memory", lambda: 1 << 20)  # 1 MiB: a 3x1000x1000 input needs 11
+    with pytest.raises(ConfigError, match=r"one input of shape \(3, 1000, 1000\) needs"):
+        find_groups(model, (3, 1000, 1000))
+    monkeypatch.undo()
+    groups = find_groups(model, (3, 16, 16))
+    scores = {g.name: torch.rand(g.channels) for g in groups}
+    with pytest.raises(ConfigError, match=r"keeps 3.5 channels; a channel count is an integer"):
+        make_plan(groups, scores, {groups.names[0]: 3.5})

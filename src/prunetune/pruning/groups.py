@@ -13,10 +13,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 
+from prunetune._machine import check_input_fits
 from prunetune._registry import unknown_name_message
-from prunetune._text import exception_line
+from prunetune._text import exception_line, short
 from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.pruning import removal_probe, tp_bridge
 from prunetune.pruning.counting import CountedCost
@@ -115,6 +117,8 @@ class ModelGroups:
         """Raise :class:`ConfigError` if ``keep`` names unknown groups or counts out of range."""
         for name, k in keep.items():
             group = self[name]
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)):  # 3.5 was kept as 3, silently
+                raise ConfigError(f"group {name!r} keeps {k!r} channels; a channel count is an integer")
             if not 1 <= int(k) <= group.channels:
                 raise ConfigError(f"group {name!r} keeps {k} channels; it must keep 1..{group.channels}")
 
@@ -129,6 +133,12 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     :mod:`.removal_probe`). Where the analytic count cannot cover a layer, the groups touching it are
     marked ``analytic=False`` and every cost of this model is counted instead.
     """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"find_groups needs a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(input_shape, (tuple, list)) or not 1 <= len(input_shape) <= 3 or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in input_shape):
+        raise ConfigError(f"input_shape must be (C, H, W): 1 to 3 positive integers, got {short(input_shape)}")
+    check_input_fits(1, input_shape, f"one input of shape {tuple(input_shape)}", "give a smaller input_shape")
     example = tp_bridge.example_for(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
