@@ -11,6 +11,10 @@ _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
 
 
+# what YAML 1.1 (PyYAML) reads as a string though it looks like a number: an exponent without a '.'
+_YAML_TEXT_NUMBER = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
+
+
 def short(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to about ``limit`` characters, without building the whole repr first.
 
@@ -18,7 +22,11 @@ def short(value: Any, limit: int = 80) -> str:
     rendering looks at a bounded part of it only.
     """
     text = _REPR.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    if isinstance(value, str) and _YAML_TEXT_NUMBER.match(value):  # `5e-1`: YAML 1.1 needs a '.' in it
+        text += f" (text: YAML reads a number with an exponent only with a '.', e.g. {float(value)!r} or " \
+                f"{value.lower().replace('e', '.0e', 1)})"
+    return text
 
 
 def clip_line(message: str, limit: int = 800) -> str:

@@ -162,6 +162,9 @@ CASES = [
     Case("recipe-bad-yaml", R, {"r.yaml": "model: [unclosed\n"}, match="not valid YAML"),
     Case("recipe-tab-indent", R, {"r.yaml": "model:\n\tname: x\n"}, match="not valid YAML"),
     Case("recipe-too-big", R, {"r.yaml": _big_yaml}, match="MB"),
+    # PyYAML reads 5e-1 as the text '5e-1': "got '5e-1'" alone left the user puzzled
+    Case("recipe-number-read-as-text", R, {"r.yaml": recipe().replace("macs_budget: 0.5", "macs_budget: 5e-1")},
+         match=r"got '5e-1' \(text: YAML reads a number with an exponent only with a '.', e.g. 0.5 or 5.0e-1\)"),
     Case("recipe-integer-too-long", R, {"r.yaml": "seed: " + "9" * 5000 + "\n"},  # PyYAML's ValueError, a traceback
          match=r"r.yaml' is not valid YAML: Exceeds the limit \(4300 digits\) for integer string conversion"),
     Case("recipe-alias-bomb-seed", R, {"r.yaml": with_line(recipe(seed=None), f"seed: {bomb()}")}, match="alias"),
