@@ -298,6 +298,7 @@ CASES = [
     Case("plan-path-missing", R, {"r.yaml": recipe(plan="missing.plan.json")}, match="missing.plan.json"),
     Case("plan-inline-garbage", R, {"r.yaml": recipe(plan={"groups": 3})}, match="plan"),
     Case("plan-file-not-json", R, {"r.yaml": recipe(plan="p.json"), "p.json": "{not json"}, match="p.json"),
+    Case("plan-empty", R, {"r.yaml": recipe(plan="")}, match=r"plan is empty; give the path of a plan JSON"),
     Case("plan-file-fifo", R, {"r.yaml": recipe(plan="in.json"), "in.json": _fifo},
          match=r"in.json' is a named pipe \(FIFO\), not a regular file; give the .plan.json file"),
     # --- prune outputs (items 8 and 11) ---------------------------------------------------------------

@@ -269,6 +269,8 @@ class Recipe:
         device = d.get("device", "auto")
         if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {short(device)}")
+        if isinstance(d.get("plan"), str) and not d["plan"].strip():  # was "plan file '<recipe folder>' is a directory"
+            raise ConfigError("plan is empty; give the path of a plan JSON (e.g. pruned.plan.json), or leave plan out")
         if d.get("plan") is not None and not isinstance(d["plan"], (str, Mapping)):
             raise ConfigError(f"plan must be the path of a plan JSON (e.g. pruned.plan.json) or the plan itself "
                               f"(a mapping), got {short(d['plan'])}")
