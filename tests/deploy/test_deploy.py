@@ -542,3 +542,15 @@ def test_save_pruned_keeps_what_exists_and_refuses_what_load_pruned_would(tmp_pa
     written = save_pruned(tmp_path / "a.pt", model, plan, spec)
     assert sum(p.numel() for p in load_pruned(written).parameters()) == sum(p.numel() for p in model.parameters())
     save_pruned(written, model, plan, spec, overwrite=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
+def test_load_pruned_on_a_device_this_machine_lacks_names_the_device(pruned_file) -> None:
+    """It said the file was not one prunetune wrote; the file was fine."""
+    from prunetune.recipes.checkpoint import load_pruned
+
+    with pytest.raises(ConfigError, match=r"map_location 'cuda': CUDA is not available here; load it with "
+                                          r"map_location='cpu'"):
+        load_pruned(pruned_file, map_location="cuda")
+    with pytest.raises(ConfigError, match="map_location 'gpu' is not a device"):
+        load_pruned(pruned_file, map_location="gpu")

@@ -336,6 +336,13 @@ def pruned_input_shape(path: str | os.PathLike) -> tuple[int, ...]:
 
 
 def _read_pruned(path: Path, map_location) -> dict[str, Any]:
+    try:  # a device this machine lacks was reported as a file prunetune did not write
+        device = torch.device(map_location) if isinstance(map_location, (str, torch.device)) else None
+    except RuntimeError:
+        raise ConfigError(f"map_location {short(map_location)} is not a device; give 'cpu', 'cuda' or 'cuda:N'") from None
+    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"map_location {short(map_location)}: CUDA is not available here; load it with "
+                          "map_location='cpu'")
     problem = input_file_problem(path)
     if problem == "does not exist":
         raise CheckpointError(f"pruned model {str(path)!r} does not exist")
