@@ -554,3 +554,11 @@ def test_load_pruned_on_a_device_this_machine_lacks_names_the_device(pruned_file
         load_pruned(pruned_file, map_location="cuda")
     with pytest.raises(ConfigError, match="map_location 'gpu' is not a device"):
         load_pruned(pruned_file, map_location="gpu")
+
+
+def test_bench_with_a_pruned_file_as_its_dense_checkpoint_says_so(pruned_file, capsys) -> None:
+    """`bench --dense p.pt` (a pruned file) said "check num_classes and in_channels"."""
+    assert main(["bench", "--model", str(pruned_file), "--dense", str(pruned_file), "--batch", "1",
+                 "--min-time", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "is a pruned model (prunetune prune --out), not a dense state dict" in err and err.count("\n") == 1, err

@@ -123,6 +123,9 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
     if data_split is not None:
         recorded = data.get("data_split") if isinstance(data, dict) else None
         check_split(path, recorded if isinstance(recorded, Mapping) else None, data_split)
+    if isinstance(data, dict) and data.get("format") == PRUNED_FORMAT:  # its keys missed the dense model's
+        raise CheckpointError(f"checkpoint {str(path)!r} is a pruned model (prunetune prune --out), not a dense "
+                              f"state dict for {model_name}; give the dense model's checkpoint")
     state = _find_state_dict(data, path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
