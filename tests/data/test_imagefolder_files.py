@@ -107,3 +107,11 @@ def test_a_batch_of_decoded_images_larger_than_memory_is_refused_before_training
     with pytest.raises(ConfigError, match=r"^a batch of 128 images of 30000x30000 needs \d+ GiB .*; give a smaller "
                                           r"image_size or data.batch_size$"):
         pipeline.load_inputs(recipe)
+
+
+def test_a_single_class_folder_is_refused(tmp_path, tv) -> None:
+    """One class trained to an accuracy of 1.0 that meant nothing."""
+    for i in range(4):
+        _image(tmp_path / "train" / "only" / f"{i}.png")
+    with pytest.raises(DataError, match=r"has 1 class; a classifier needs at least 2"):
+        load_dataset("imagefolder", root=tmp_path, image_size=8)

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.pruning.groups import find_groups
     from prunetune.pruning.macs import analytic_cost
 
+    if args.max_ratio is not None and args.ratio is None and args.macs_budget is None:  # it was ignored
+        raise ConfigError(f"--max-ratio {args.max_ratio:g} caps what --ratio or --macs-budget prunes; give one of them")
     model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
                          allow_code=args.allow_code)
     size = args.input_size or default_input_size(args.model)

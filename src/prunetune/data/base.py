@@ -196,6 +196,9 @@ def load_dataset(
     root_path = Path(root).expanduser() if root is not None else None
     merged = {**spec.defaults, **params}
     splits = spec.build(root=root_path, download=bool(download), seed=int(split_seed), **merged)
+    if splits.num_classes < 2:  # one class folder trained to an accuracy of 1.0 that meant nothing
+        raise DataError(f"dataset {name!r}{f' under {root_path}' if root_path is not None else ''} has "
+                        f"{splits.num_classes} class; a classifier needs at least 2 (one folder per class)")
     for which in ("train", "val", "test"):  # an empty one failed after the dense training ("evaluation set is empty")
         if len(getattr(splits, which)) == 0:
             where = f" under {root_path}" if root_path is not None else ""

@@ -91,7 +91,11 @@ class DataSpec:
             raise ConfigError(f"recipe section 'data' needs the key 'name', got {short(value)}")
         own = {"name", "root", "download", "batch_size", "split_seed"}
         params = {k: v for k, v in value.items() if k not in own}
-        params.update(mapping(params.pop("params", None), "data.params"))
+        nested = mapping(params.pop("params", None), "data.params")
+        both = sorted(set(nested) & set(params))
+        if both:  # one of the two values won without a word
+            raise ConfigError(f"data.{both[0]} is given twice, in the data section and in data.params; keep one")
+        params.update(nested)
         text(value["name"], "data.name")
         DATASETS.get(value["name"]).check_params(params)  # a bad name or parameter fails here, before any work
         text(value.get("root"), "data.root", optional=True)
