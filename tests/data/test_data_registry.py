@@ -139,8 +139,9 @@ def test_held_out_val_with_a_mismatched_test_folder_is_a_data_error(tmp_path, mo
 
 def test_imagefolder_records_val_fraction_only_when_it_holds_out(tmp_path, monkeypatch) -> None:
     for split in ("train", "val"):
-        (tmp_path / split / "ant").mkdir(parents=True)
-        (tmp_path / split / "ant" / "0.png").touch()
+        for cls in ("ant", "bee"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            (tmp_path / split / cls / "0.png").touch()
     fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder, folder=SimpleNamespace(default_loader=None)),
                            transforms=_AnyTransform())
     monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
