@@ -103,3 +103,14 @@ def test_allow_code_counts_for_a_recipe_object_built_without_it(monkeypatch) -> 
     monkeypatch.setattr(pipeline, "run_recipe", lambda r, **kw: seen.append(r.allow_code))
     prunetune.prune(recipe, allow_code=True)
     assert seen == [True] and recipe.allow_code is False  # the caller's object is left as it was
+
+
+def test_a_plan_that_removes_nothing_is_warned_about(caplog) -> None:
+    """allocation {ratio: 0.3, min_keep: 10**9} kept every channel (100% of the MACs) without a word."""
+    recipe = {"model": {"name": "tiny_convnet", "in_channels": 1}, "data": "digits", "criterion": "l1",
+              "allocation": {"ratio": 0.3, "min_keep": 10**9}, "pretrain": {"epochs": 1},
+              "finetune": {"epochs": 0}, "calibration": {"use_cache": False}}
+    with caplog.at_level(logging.WARNING, logger="prunetune"):
+        result = prunetune.prune(recipe)
+    assert result.plan.pruned.macs == result.plan.dense.macs
+    assert any("the plan removes no channel (min_keep 1000000000" in r.getMessage() for r in caplog.records)

@@ -386,6 +386,10 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, overwrite: bool
     table = None if recipe.plan is not None else score_table(base, recipe_criteria(recipe), show_progress=show_progress,
                                                              blended=recipe.criterion.criteria)
     plan = build_plan(recipe, base, table)
+    if plan.kept and all(len(idx) == plan.channels[n] for n, idx in plan.kept.items()):
+        a = recipe.allocation  # e.g. a min_keep above every group's width: 100% of the MACs, without a word
+        rule = f" (min_keep {a.rule.min_keep}, max_ratio {a.rule.max_ratio:g})" if a is not None else ""
+        log.warning("the plan removes no channel%s; every group stays dense: check the allocation", rule)
     t2 = time.perf_counter()
     with torch_threads(recipe.threads):  # a search trial's thread count: the same arithmetic, the same result
         model, history, plan = train_pruned(recipe, base, plan, show_progress=show_progress)
