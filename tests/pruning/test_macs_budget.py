@@ -43,8 +43,11 @@ def test_target_and_reachable(groups) -> None:
     assert budget.target(1000) == 500.0
     rule = KeepRule(max_ratio=0.8)
     assert budget.reachable(groups, rule) == smallest_fraction(groups, rule)
-    with pytest.raises(BudgetInfeasibleError, match="raise --macs-budget to at least"):
+    with pytest.raises(BudgetInfeasibleError, match=r"raise --macs-budget to at least .* \(or raise allocation.max_ratio\)"):
         MacsBudget(0.01).reachable(groups, rule, flag="--macs-budget")
+    # with max_ratio already 1 only min_keep and round_to can move the floor (it said "raise max_ratio")
+    with pytest.raises(BudgetInfeasibleError, match=r"\(or lower allocation.min_keep or round_to\)"):
+        MacsBudget(0.01).reachable(groups, KeepRule(min_keep=4, max_ratio=1.0), flag="--macs-budget")
 
 
 def test_the_space_carries_its_range(groups) -> None:

@@ -110,7 +110,9 @@ def infeasible_budget(macs_budget: float, floor: float, rule: KeepRule, *, flag:
            f"{', ...' if len(whole) > 3 else ''}) and min_keep={rule.min_keep}, round_to={rule.round_to}, "
            f"max_ratio={rule.max_ratio:g}" if whole else
            f"under min_keep={rule.min_keep}, round_to={rule.round_to}, max_ratio={rule.max_ratio:g}")
-    fix = "give those groups a ratio above 0" if whole else "raise allocation.max_ratio"
+    # what can still move the floor: max_ratio only below 1, else min_keep and round_to
+    lower = "lower allocation.min_keep or round_to" if rule.max_ratio >= 1 else "raise allocation.max_ratio"
+    fix = "give those groups a ratio above 0" if whole else lower
     return BudgetInfeasibleError(
         f"MACs budget {macs_budget:g} is below the smallest reachable fraction {floor:.4f} of dense MACs {why}; "
         f"raise {flag} to at least {floor:.4f} (or {fix})")
