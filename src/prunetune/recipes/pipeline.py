@@ -227,8 +227,8 @@ def splits_to(splits: DataSplits, device: torch.device | str) -> DataSplits:
 def _pretrained_dense(base: Base, show_progress: bool) -> None:
     """Train the dense model briefly (no checkpoint given), cached by everything that shapes it."""
     r = base.recipe
-    path = dense_cache_path(base)
-    if r.calibration.use_cache and path.is_file():
+    path = dense_cache_path(base) if r.calibration.use_cache else None  # the key hashes the training data
+    if path is not None and path.is_file():
         try:  # checked before any weight is copied: a refusal leaves the model as initialised
             load_checkpoint(base.model, path)
             log.info("dense model: loaded the cached brief training from %s", path)
@@ -239,7 +239,7 @@ def _pretrained_dense(base: Base, show_progress: bool) -> None:
     log.info("dense model: no checkpoint given, training it for %d epochs on %s", cfg.epochs, r.data.name)
     finetune(base.model, base.loader("train", train=True, seed=r.pretrain.seed, batch_size=cfg.batch_size), cfg,
              device=base.device, show_progress=show_progress)
-    if r.calibration.use_cache:
+    if path is not None:
         save_dense(path, base.model, data_split=base.splits.split)
 
 
