@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import codecs
 import pickle
 import sys
 
@@ -89,6 +90,41 @@ def test_old_numpy_module_names_load() -> None:
     assert b"cnumpy.core.multiarray\n_reconstruct" in payload
     loaded = restricted_loads(payload)
     assert loaded[b"labels"] == [1, 2] and loaded[b"data"].tolist() == [[7, 9]]
+
+
+class _Call:
+    """Pickles as ``fn(*args)``: how a crafted file asks an admitted global for memory."""
+
+    def __init__(self, fn, *args) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return (self.fn, self.args)
+
+
+def _numpy_core():
+    return getattr(np, "_core", None) or np.core
+
+
+@pytest.mark.parametrize("name, crafted, message", [
+    ("bytearray(n)", lambda: _Call(bytearray, 4 * 2**30), "asks for 4294967296 bytes of memory"),
+    ("bytes(n)", lambda: _Call(bytes, 10**10), "asks for 10000000000 bytes of memory"),
+    # the array class handed to _reconstruct, with a shape: 241 KB of these gave a 95 000-image split
+    ("_reconstruct", lambda: _Call(_numpy_core().multiarray._reconstruct, np.ndarray, (40000, 3072), b"B"),
+     "asks for 122880000 bytes of memory"),
+    ("scalar without bytes", lambda: [_Call(_numpy_core().multiarray.scalar, np.dtype("V200000000"))] * 5,
+     "asks for 200000000 bytes of memory"),
+    ("codecs hex", lambda: _Call(codecs.encode, _Call(codecs.encode, b"A", "hex"), "hex"),
+     "encodes with 'hex'; pickled bytes use latin1 only"),
+    ("str of list", lambda: _Call(str, _Call(list, "A" * 10)), "which a data archive never holds"),
+])
+def test_a_small_batch_file_cannot_ask_for_much_memory(name, crafted, message) -> None:
+    """Each admitted call that allocates from a number is held to a few times the file's size; the
+    calls real batch files never make (str, list, a 'hex' codec) are refused."""
+    payload = pickle.dumps(crafted(), protocol=2)
+    assert len(payload) < 1000
+    with pytest.raises(pickle.UnpicklingError, match=message):
+        restricted_loads(payload)
 
 
 def _factory_module(folder, name: str):
