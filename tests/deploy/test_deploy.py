@@ -498,9 +498,11 @@ def test_deploy_of_a_module_checks_its_arguments_in_one_line(tmp_path, kwargs, m
 
 
 def test_deploy_leaves_the_callers_module_in_its_mode_and_names_a_tuple_output(tmp_path) -> None:
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).train()
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2)).train()
+    net[1].eval()  # a frozen batch norm inside a training model
     deploy(net, "torchscript", tmp_path / "m.pt", input_shape=(3, 8, 8))
-    assert net.training  # deploy left it in eval mode
+    assert net.training and not net[1].training  # deploy left it all in eval mode
 
     class Pair(nn.Module):
         def __init__(self) -> None:

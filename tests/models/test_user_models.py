@@ -107,3 +107,21 @@ def test_a_model_prunetune_cannot_train_is_one_line_before_training(user_module,
 def test_a_model_it_can_train_passes_the_checks(user_module) -> None:
     result = prunetune.prune(_recipe("fine"), allow_code=True)
     assert result.plan.pruned.macs < result.plan.dense.macs
+
+
+def test_a_float64_model_is_built_for_what_does_not_train(user_module) -> None:
+    """The dtype check belongs to training and export: `groups` and create_model take a float64 model
+    (the dependency graph traces it in its own dtype)."""
+    from prunetune.pruning.groups import find_groups
+
+    model = prunetune.create_model("usernets28:double", in_channels=1, allow_code=True)
+    assert len(find_groups(model, (1, 8, 8))) >= 1
+
+
+def test_the_forward_check_leaves_every_submodules_mode_as_it_was(user_module) -> None:
+    from prunetune.recipes.pipeline import check_trainable
+
+    model = prunetune.create_model("usernets28:fine", in_channels=1, allow_code=True).train()
+    model[1].eval()  # a frozen batch norm inside a training model
+    check_trainable(model, "fine", (1, 8, 8), 10)
+    assert model.training and not model[1].training

@@ -25,7 +25,7 @@ from prunetune._registry import unknown_name_message
 from prunetune.deployment.export import EXPORT_MAX_BATCH, WRITERS
 from prunetune.deployment.fold import fold_batchnorm
 from prunetune.exceptions import ConfigError, DeployError, UnknownNameError
-from prunetune.models.registry import check_built
+from prunetune.models.registry import check_float32, modes_kept
 
 FORMATS = tuple(WRITERS)
 TOLERANCE = 1e-4  # max |exported − PyTorch| relative to max |PyTorch output|
@@ -100,11 +100,8 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
                      "give a smaller check batch", activation=activation)
     t0 = time.perf_counter()
     make_folder(out.parent)
-    was_training = model.training
-    try:
+    with modes_kept(model):  # the caller's module is left in the modes it came in
         return _write(model.eval(), format, out, input_shape, fold_bn, check_batch, seed, t0)
-    finally:
-        model.train(was_training)  # the caller's module is left in the mode it came in
 
 
 def _write(reference: nn.Module, format: str, out: Path, input_shape: tuple[int, ...], fold_bn: bool,  # noqa: A002
@@ -157,7 +154,8 @@ def _resolve(model, input_shape, allow_code: bool = False) -> tuple[nn.Module, t
     if isinstance(model, nn.Module):
         if input_shape is None:
             raise ConfigError("deploy(module, ...) needs input_shape=(C, H, W); a pruned file carries its own")
-        return check_built(model, "", what="the module given to deploy"), tuple(input_shape)
+        check_float32(model, "the module given to deploy")
+        return model, tuple(input_shape)
     from prunetune.recipes.checkpoint import load_pruned, pruned_input_shape
 
     path = Path(model)

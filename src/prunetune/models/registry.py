@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -96,19 +97,36 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3, allo
     return check_built(model, name)
 
 
-def check_built(model: object, name: str, *, what: str | None = None) -> nn.Module:
-    """``model`` if it is an ``nn.Module`` of float32 parameters; else a one-line
-    :class:`ConfigError` saying what to change (a float64 or half model failed in the first
-    training step with "Input type (float) and bias type (double) should be the same")."""
+def check_built(model: object, name: str) -> nn.Module:
+    """``model`` if it is an ``nn.Module``; else a one-line :class:`ConfigError` (a factory that
+    returned 42 failed later with "'int' object has no attribute 'parameters'")."""
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module; "
                           "return the model itself")
-    params = list(model.parameters())
-    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params if p.is_floating_point()} - {"float32"})
-    if dtypes:
-        raise ConfigError(f"{what or f'model {name!r}'} has {', '.join(dtypes)} parameters; prunetune trains and prunes "
-                          "float32 models: build it in float32 (model.float())")
     return model
+
+
+def check_float32(model: nn.Module, what: str) -> None:
+    """A one-line :class:`ConfigError` unless every floating parameter of ``model`` is float32, for the
+    paths that train or export it (a float64 or half model failed in the first training step with
+    "Input type (float) and bias type (double) should be the same"). ``what`` names the model."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.is_floating_point()}
+                    - {"float32"})
+    if dtypes:
+        raise ConfigError(f"{what} has {', '.join(dtypes)} parameters; prunetune trains and deploys float32 "
+                          "models: build it in float32 (model.float())")
+
+
+@contextlib.contextmanager
+def modes_kept(model: nn.Module) -> Iterator[None]:
+    """Put back every submodule's train/eval mode after the block (``model.train(was)`` would set all
+    of them to the top module's, a frozen ``bn.eval()`` included)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def _check_fits_memory(name: str, factory: Callable[..., nn.Module], num_classes: int, in_channels: int,

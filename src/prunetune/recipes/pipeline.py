@@ -29,6 +29,7 @@ from prunetune._text import exception_line
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import BudgetExceededError, CheckpointError, ConfigError
 from prunetune.models import create_model
+from prunetune.models.registry import check_float32, modes_kept
 from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.budget_check import ROUNDING, check_pruned_macs
 from prunetune.pruning.finetune import evaluate, finetune
@@ -146,21 +147,19 @@ def check_trainable(model: nn.Module, name: str, input_shape: tuple[int, ...], n
     images but does not return its logits as one ``Tensor[B, num_classes]`` (a tuple of logits and
     features failed in the first loss; a dict input deep in the dependency graph), or whose every
     parameter is frozen (the first backward pass failed)."""
+    check_float32(model, f"model {name!r}")
     params = list(model.parameters())
     if params and not any(p.requires_grad for p in params):
         raise ConfigError(f"model {name!r} has every parameter frozen (requires_grad=False): nothing could be "
                           "fine-tuned; unfreeze the layers to prune")
-    x = torch.zeros(2, *input_shape)
-    was_training = model.training
+    x = torch.zeros(2, *input_shape, device=params[0].device if params else "cpu")  # where the factory put it
     try:
-        with torch.no_grad():
+        with torch.no_grad(), modes_kept(model):
             out = model.eval()(x)
     except Exception as exc:  # noqa: BLE001 - whatever the model raises on an image batch
         raise ConfigError(f"model {name!r} fails on a batch of images of shape {tuple(x.shape)} "
                           f"({type(exc).__name__}: {exception_line(exc)}); prunetune calls model(x) with x a "
                           "Tensor[B, C, H, W]") from None
-    finally:
-        model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
         raise ConfigError(f"model {name!r} returns {got} for a batch of 2 images; prunetune needs the logits "
