@@ -11,8 +11,20 @@ _REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 3, 
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
 
 
-# what YAML 1.1 (PyYAML) reads as a string though it looks like a number: an exponent without a '.'
-_YAML_TEXT_NUMBER = re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$")
+# a number with an exponent, which YAML 1.1 (PyYAML) reads as a float only with a '.' in the mantissa
+# and a sign on the exponent (1.0e+5): 1e5, 5e-1 and 1.0e5 are strings there
+_EXPONENT_NUMBER = re.compile(r"^([-+]?[0-9][0-9_]*)(\.[0-9_]*)?[eE]([-+]?)([0-9]+)$")
+
+
+def _yaml_number_hint(value: str) -> str:
+    """How to write ``value`` (a number YAML read as text) so that YAML reads a number; '' if it is not one."""
+    m = _EXPONENT_NUMBER.match(value)
+    if m is None or (m.group(2) and m.group(3)):  # both there: YAML reads it as a number already
+        return ""
+    written = f"{m.group(1)}{m.group(2) or '.0'}e{m.group(3) or '+'}{m.group(4)}"
+    plain = repr(float(value.replace("_", "")))
+    also = f"{plain} or " if "e" not in plain and "inf" not in plain else ""  # repr(1e-05) is text again
+    return f" (text: YAML reads a number with an exponent only with a '.' and a signed exponent, e.g. {also}{written})"
 
 
 def short(value: Any, limit: int = 80) -> str:
@@ -23,9 +35,8 @@ def short(value: Any, limit: int = 80) -> str:
     """
     text = _REPR.repr(value)
     text = text if len(text) <= limit else text[: limit - 3] + "..."
-    if isinstance(value, str) and _YAML_TEXT_NUMBER.match(value):  # `5e-1`: YAML 1.1 needs a '.' in it
-        text += f" (text: YAML reads a number with an exponent only with a '.', e.g. {float(value)!r} or " \
-                f"{value.lower().replace('e', '.0e', 1)})"
+    if isinstance(value, str):  # `5e-1` in a YAML file is the text '5e-1'
+        text += _yaml_number_hint(value)
     return text
 
 

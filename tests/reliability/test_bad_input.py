@@ -164,7 +164,8 @@ CASES = [
     Case("recipe-too-big", R, {"r.yaml": _big_yaml}, match="MB"),
     # PyYAML reads 5e-1 as the text '5e-1': "got '5e-1'" alone left the user puzzled
     Case("recipe-number-read-as-text", R, {"r.yaml": recipe().replace("macs_budget: 0.5", "macs_budget: 5e-1")},
-         match=r"got '5e-1' \(text: YAML reads a number with an exponent only with a '.', e.g. 0.5 or 5.0e-1\)"),
+         match=r"got '5e-1' \(text: YAML reads a number with an exponent only with a '.' and a signed exponent, "
+               r"e.g. 0.5 or 5.0e-1\)"),
     Case("recipe-integer-too-long", R, {"r.yaml": "seed: " + "9" * 5000 + "\n"},  # PyYAML's ValueError, a traceback
          match=r"r.yaml' is not valid YAML: Exceeds the limit \(4300 digits\) for integer string conversion"),
     Case("recipe-alias-bomb-seed", R, {"r.yaml": with_line(recipe(seed=None), f"seed: {bomb()}")}, match="alias"),
@@ -562,3 +563,19 @@ def test_the_installed_command_prints_one_line_too(case_id: str, tmp_path) -> No
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and re.search(case.match, lines[0]), done.stderr
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("text", ["5e-1", "1e5", "1.0e5", "1E+5", "1e-5", "1_000e3"])
+def test_the_hint_for_a_number_yaml_read_as_text_is_a_spelling_yaml_reads_as_a_number(text) -> None:
+    """The first hint suggested 1.0e5 for 1e5, which PyYAML reads as text too (it needs 1.0e+5)."""
+    import re
+
+    import yaml
+
+    from prunetune._text import short
+
+    assert isinstance(yaml.safe_load(f"a: {text}")["a"], str)
+    suggestions = re.search(r"e\.g\. (.*)\)$", short(text)).group(1).split(" or ")
+    for spelled in suggestions:
+        assert yaml.safe_load(f"a: {spelled}")["a"] == pytest.approx(float(text.replace("_", ""))), spelled
+    assert short("1.0e+5") == "'1.0e+5'" and short("abc") == "'abc'"  # what YAML reads as a number, or no number
