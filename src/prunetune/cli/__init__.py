@@ -47,20 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command ``argv`` (default: the command line); its exit status.
-
-    Run as the process's own command (``argv`` None), a Ctrl-C or SIGTERM that lands after the
-    command ended, while the interpreter exits, ends the process at once with that status
-    (:func:`~prunetune._signals.keep_exit_status`): a finished command exited 130 without a word.
-    """
-    code = _main(argv)
-    if argv is None:
-        keep_exit_status(code)
+def console() -> int:
+    """The ``prunetune`` command itself (console script, ``python -m prunetune``): :func:`main` on the
+    command line, then a Ctrl-C or SIGTERM that lands while the interpreter exits ends the process at
+    once with the command's status (:func:`~prunetune._signals.keep_exit_status`): a finished command
+    exited 130 without a word. A program that calls :func:`main` keeps its own signal handling."""
+    code = main()
+    keep_exit_status(code)
     return code
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` (default: the command line); its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -116,4 +114,4 @@ def _stdout_is_open() -> bool:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console())

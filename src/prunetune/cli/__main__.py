@@ -1,5 +1,5 @@
 import sys
 
-from prunetune.cli import main
+from prunetune.cli import console
 
-sys.exit(main())
+sys.exit(console())

@@ -193,7 +193,9 @@ class DatasetLoader:
             for x, y in self.loader:
                 yield x.to(**move), y.to(**move)
         except PrunetuneError as exc:  # from a worker it reads "Caught DataError in DataLoader worker ..." and
-            # the worker's traceback, whose last line is the error itself
+            # the worker's traceback, whose last line is the error itself; raised here, it is left as it is
+            if not str(exc).startswith("Caught "):
+                raise
             raise type(exc)(worker_error_line(str(exc))) from None
 
 
