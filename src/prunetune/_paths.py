@@ -80,6 +80,20 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def check_folder_shape(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if it is a folder or could become one (no file on the way); else a :class:`ConfigError`.
+    Nothing is written: a folder only read from (a cache on a read-only mount) passes."""
+    path = Path(os.path.abspath(path))
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        shown = f"{str(path)!r} is a file, not a folder" if existing == path else \
+            f"{str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder"
+        raise ConfigError(f"{what} {shown}; choose another path")
+    return path
+
+
 def check_creatable(folder: str | os.PathLike, what: str, *, target: Path | None = None) -> None:
     """Raise a :class:`ConfigError` unless ``folder`` exists or can be created, and files can be written in it."""
     folder = Path(os.path.abspath(folder))

@@ -579,3 +579,19 @@ def test_the_hint_for_a_number_yaml_read_as_text_is_a_spelling_yaml_reads_as_a_n
     for spelled in suggestions:
         assert yaml.safe_load(f"a: {spelled}")["a"] == pytest.approx(float(text.replace("_", ""))), spelled
     assert short("1.0e+5") == "'1.0e+5'" and short("abc") == "'abc'"  # what YAML reads as a number, or no number
+
+
+def test_the_cache_folder_check_writes_nothing(tmp_path, monkeypatch) -> None:
+    """The early check of the cache folder probed it with a file, so a pre-filled cache on a read-only
+    mount was refused before any work; it only looks at what is on the path now."""
+    import tempfile
+
+    from prunetune._paths import check_folder_shape
+    from prunetune.exceptions import ConfigError
+
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, **k: pytest.fail("the check wrote a probe file"))
+    assert check_folder_shape(tmp_path / "new" / "cache", "the cache folder") == tmp_path / "new" / "cache"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"'.*afile/cache' cannot be created: '.*afile' is a file, not a folder"):
+        check_folder_shape(tmp_path / "afile" / "cache", "the cache folder")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from prunetune._machine import check_input_fits
-from prunetune._paths import check_output_dir
+from prunetune._paths import check_folder_shape
 from prunetune._safety import is_user_code
 from prunetune._text import exception_line
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
@@ -119,7 +119,7 @@ def load_inputs(recipe: Recipe) -> Inputs:
     cal = recipe.calibration
     if cal.use_cache:  # a file there failed only when the brief training was saved, after it
         where = "calibration.cache_dir" if cal.cache_dir else f"${CACHE_ENV} (or ~/.cache/prunetune)"
-        check_output_dir(Path(cal.cache_dir) if cal.cache_dir else default_cache_dir(), f"the cache folder ({where})")
+        check_folder_shape(Path(cal.cache_dir) if cal.cache_dir else default_cache_dir(), f"the cache folder ({where})")
     device = resolve_device(recipe.device)
     splits = load_data(recipe)
     if splits.in_channels != recipe.model.in_channels or splits.num_classes != recipe.model.num_classes:
