@@ -449,7 +449,7 @@ def test_deploy_over_its_own_model_file_is_refused(pruned_file, capsys) -> None:
 
 def test_a_small_count_difference_loads_with_a_warning_when_asked(pruned_file, tmp_path, monkeypatch, caplog) -> None:
     """The plan check had no override: a torch whose counter counted some layer differently would have
-    made every earlier file unloadable. PRUNETUNE_PLAN_CHECK=warn lets a difference under 2× through,
+    made every earlier file unloadable. PRUNETUNE_PLAN_CHECK=warn lets a difference under 15% through,
     with a warning; an edited shape (a factor of 16 here) stays refused."""
     import logging
 
@@ -457,7 +457,7 @@ def test_a_small_count_difference_loads_with_a_warning_when_asked(pruned_file, t
     from prunetune.recipes.checkpoint import load_pruned
 
     data = torch.load(pruned_file, weights_only=True)
-    data["plan"]["pruned"]["macs"] = int(data["plan"]["pruned"]["macs"] * 1.1)
+    data["plan"]["pruned"]["macs"] = int(data["plan"]["pruned"]["macs"] * 1.1)  # within NEAR_COUNT
     off = tmp_path / "off.pt"
     torch.save(data, off)
     with pytest.raises(CheckpointError, match="PRUNETUNE_PLAN_CHECK=warn loads it with a warning"):
@@ -467,7 +467,7 @@ def test_a_small_count_difference_loads_with_a_warning_when_asked(pruned_file, t
         load_pruned(off)
     assert any("loaded anyway: PRUNETUNE_PLAN_CHECK=warn" in r.getMessage() for r in caplog.records)
     data = torch.load(pruned_file, weights_only=True)
-    data["plan"]["input_shape"] = [3, 64, 64]
+    data["plan"]["input_shape"] = [3, 20, 20]  # a side 25% longer: 56% more MACs, beyond the window
     torch.save(data, off)
     with pytest.raises(CheckpointError, match=r"the dense network counts \d+ MACs, and the plan records \d+; "
                                               r"write it again with prunetune prune --out$"):

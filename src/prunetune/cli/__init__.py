@@ -37,13 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prunetune", description="Automatic CNN filter pruning under a MACs budget.")
     parser.add_argument("--version", action="version", version=f"prunetune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr (no progress)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only prunetune's warnings and errors on stderr (no progress, no Ray Tune warnings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"prunetune.cli.{name}").register(sub)
         # after the command too: `prunetune search --quiet ...` (SUPPRESS: the top-level value stands if absent)
         sub.choices[name].add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                                       help="only warnings and errors on stderr: no progress lines, no status line")
+                                       help="only prunetune's warnings and errors on stderr: no progress lines, no status line")
     return parser
 
 

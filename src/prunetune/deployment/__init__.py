@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -144,10 +145,10 @@ def _write(reference: nn.Module, format: str, out: Path, input_shape: tuple[int,
 def _shape(value: object) -> tuple[int, ...]:
     """``input_shape`` as a tuple of 1 to 3 positive integers (C, H, W), or a one-line ConfigError."""
     ok = isinstance(value, (tuple, list)) and 1 <= len(value) <= 3 and all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in value)
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in value)
     if not ok:
         raise ConfigError(f"input_shape must be (C, H, W): 1 to 3 positive integers, got {short(value)}")
-    return tuple(value)
+    return tuple(int(d) for d in value)
 
 
 def _resolve(model, input_shape, allow_code: bool = False) -> tuple[nn.Module, tuple[int, ...]]:
