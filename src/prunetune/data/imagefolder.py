@@ -131,22 +131,22 @@ def _image_folder(tv: ModuleType, folder: Path, transform: Any) -> Any:
 
 
 def _is_image(path: str) -> bool:
-    """A visible file with an image name; such a name on anything but a regular file is an error."""
-    if os.path.basename(path).startswith(".") or not path.lower().endswith(IMAGE_EXTENSIONS):
-        return False
-    problem = input_file_problem(path)
-    if problem is not None:
-        raise DataError(f"imagefolder file {path} {problem}; remove it (only regular image files are read)")
-    return True
+    """A visible file with an image name (from the name alone: a listing of a million files stats none)."""
+    return not os.path.basename(path).startswith(".") and path.lower().endswith(IMAGE_EXTENSIONS)
 
 
 class _ImageLoader:
-    """torchvision's image loader, with a file it cannot decode named (a class: loader workers pickle it)."""
+    """torchvision's image loader, with a file it cannot decode named and one that is no regular file
+    refused before it is opened (a FIFO named like an image hung a loader worker for ever); a class,
+    as loader workers pickle it."""
 
     def __init__(self, load: Any) -> None:
         self.load = load
 
     def __call__(self, path: str) -> Any:
+        problem = input_file_problem(path)
+        if problem is not None:
+            raise DataError(f"imagefolder file {path} {problem}; remove it (only regular image files are read)")
         try:
             return self.load(path)
         except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated files
