@@ -60,3 +60,25 @@ def test_evaluation_is_full_precision_unless_amp(monkeypatch: pytest.MonkeyPatch
         ft.finetune(model, batches, ft.FinetuneConfig(epochs=1, amp=amp), eval_batches=batches,
                     show_progress=False)
     assert asked == [False, True]
+
+
+def test_a_model_with_auxiliary_outputs_in_train_mode_is_one_line() -> None:
+    """An Inception-style net returns (logits, aux) in train mode only, past the eval-mode check before
+    training: the first loss was a TypeError traceback."""
+    from torch import nn
+
+    from prunetune.exceptions import ConfigError
+    from prunetune.pruning.finetune import FinetuneConfig, finetune
+
+    class Aux(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            logits = self.head(x)
+            return (logits, logits) if self.training else logits
+
+    batches = [(torch.randn(2, 4), torch.tensor([0, 2]))]
+    with pytest.raises(ConfigError, match=r"^the model returns a tuple in train mode; fine-tuning needs the logits"):
+        finetune(Aux(), batches, FinetuneConfig(epochs=1))

@@ -132,7 +132,11 @@ def finetune(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+                out = model(x)
+                if not isinstance(out, torch.Tensor):  # e.g. (logits, aux) of an Inception net in train mode
+                    raise ConfigError(f"the model returns a {type(out).__name__} in train mode; fine-tuning needs "
+                                      "the logits as one Tensor (turn auxiliary outputs off, e.g. aux_logits=False)")
+                loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
