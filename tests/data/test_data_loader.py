@@ -268,6 +268,12 @@ def test_a_folder_datasets_fingerprint_changes_when_a_file_is_replaced(tmp_path)
     (tmp_path / "b.png").write_bytes(b"another, LONGER image")  # same size: the time tells
     os.utime(tmp_path / "b.png", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000_000))  # a second on
     assert split_fingerprint(Folder()) != changed
+    # a subset of a folder answers for its own files only (a calibration subset of a large folder)
+    only_a = split_fingerprint(Subset(Folder(), [0]))
+    (tmp_path / "b.png").write_bytes(b"b changes again, at another length")
+    assert split_fingerprint(Subset(Folder(), [0])) == only_a != split_fingerprint(Subset(Folder(), [1]))
+    (tmp_path / "a.png").write_bytes(b"a changes, at another length")
+    assert split_fingerprint(Subset(Folder(), [0])) != only_a
 
 
 def test_the_dense_cache_key_follows_the_training_data_and_the_models_code(tmp_path, monkeypatch) -> None:

@@ -280,6 +280,11 @@ def _feed(digest: Any, split: object) -> None:
         for t in (split.x, split.y):
             digest.update(f"{tuple(t.shape)}:{t.dtype};".encode())
             digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(split, Subset) and isinstance(getattr(split.dataset, "samples", None), Sequence):
+        # a subset of a folder: its own files only (a 256-image calibration subset of ImageNet stats 256)
+        samples = split.dataset.samples  # type: ignore[attr-defined]
+        chosen = [samples[int(i)] for i in split.indices]
+        digest.update(repr([(str(p), int(t), *_stamp(p)) for p, t in chosen]).encode())
     elif isinstance(split, Subset):
         _feed(digest, split.dataset)
         digest.update(repr([int(i) for i in split.indices]).encode())
