@@ -46,7 +46,7 @@ def pair(num_classes=10, in_channels=1):
 
 class DictIn(Pair):
     def forward(self, batch):
-        return self.net(batch["image"])
+        return self.net(batch.get("image"))
 
 
 def dict_in(num_classes=10, in_channels=1):
@@ -93,7 +93,7 @@ def _recipe(factory: str) -> dict:
     ("half", r"^model 'usernets28:half' has float16 parameters"),
     ("pair", r"^model 'usernets28:pair' returns a tuple for a batch of 2 images; prunetune needs the logits as "
              r"one Tensor\[B, 10\] \(return only the logits from forward\)$"),
-    ("dict_in", r"^model 'usernets28:dict_in' fails on a batch of images of shape \(2, 1, 16, 16\) \(IndexError: "),
+    ("dict_in", r"^model 'usernets28:dict_in' fails on a batch of images of shape \(2, 1, 16, 16\) \(AttributeError: "),
     ("forty_two", r"^model factory 'usernets28:forty_two' returned int, not a torch.nn.Module"),
     ("boom", r"^model factory 'usernets28:boom' raised ValueError: boom$"),
     ("frozen", r"^model 'usernets28:frozen' has every parameter frozen \(requires_grad=False\)"),
