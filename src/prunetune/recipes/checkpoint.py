@@ -178,13 +178,15 @@ def save_pruned(path: str | os.PathLike, model: nn.Module, plan: PruningPlan, mo
         raise ConfigError(f"save_pruned needs the pruned nn.Module and its PruningPlan, got {type(model).__name__} "
                           f"and {type(plan).__name__}")
     path = check_output_file(path, "path", overwrite=overwrite, flag="path", overwrite_flag="overwrite=True")
-    payload = _pruned_payload(model, plan, model_spec) if isinstance(model_spec, Mapping) else {"model": model_spec}
-    problem = _pruned_damage({**payload, "plan": plan.to_dict(), "state_dict": {}})
+    problem = _spec_problem(model_spec, "model_spec")
     if problem is not None:
-        raise ConfigError(f"save_pruned: {problem.replace('model', 'model_spec', 1)}")
+        raise ConfigError(f"save_pruned: {problem}")
     check_model_name(str(model_spec["name"]))
-    check_plan_cost(model, plan, "save_pruned: the model", fix="pass the model the plan was applied to", saving=True)
-    return torch_save_atomic(payload, path, replace=overwrite)
+    fix = "pass the model the plan was applied to"
+    mismatch = _plan_mismatch(model, plan, "save_pruned: the model", fix=fix)
+    if mismatch is not None:
+        raise ConfigError(f"save_pruned: the model does not match its plan: {mismatch[2]}; {fix}")
+    return torch_save_atomic(_pruned_payload(model, plan, model_spec), path, replace=overwrite)
 
 
 def plan_file(path: str | os.PathLike) -> Path:
@@ -275,11 +277,11 @@ REAL_COUNT_LIMIT = 1 << 20
 (above it, such a network's plan is loaded unchecked, with a warning)."""
 
 
-def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bool = False,
-                    fix: str = "write it again with prunetune prune --out", saving: bool = False) -> None:
+def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bool = False) -> None:
     """Raise :class:`CheckpointError` unless ``model`` takes inputs of the plan's ``input_shape`` and
     counts the MACs the plan records there (``plan.pruned``, or ``plan.dense`` for the dense model
-    before removal), within the budget check's rounding.
+    before removal), within the budget check's rounding (:func:`_plan_mismatch`); with
+    ``PRUNETUNE_PLAN_CHECK=warn``, a difference under :data:`NEAR_COUNT` is a warning.
 
     The shape is what a deployed file is exported for and what ``bench`` measures with: an edited or
     damaged one that the network still takes (a 64×64 input for a model trained on 16×16) would give a
@@ -289,6 +291,27 @@ def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bo
     real values is counted for real, for inputs up to :data:`REAL_COUNT_LIMIT` elements, and above
     that loaded unchecked with a warning (its file is not damaged for that).
     """
+    fix = "write it again with prunetune prune --out"
+    mismatch = _plan_mismatch(model, plan, what, dense=dense, fix=fix)
+    if mismatch is None:
+        return
+    counted, recorded, found = mismatch
+    # a counting change moves the figure by a few percent; an edited shape or a damaged plan by more
+    # (a side 10% longer counts 21% more, twice as long 4×, and its removal trace takes that memory)
+    near = recorded > 0 and 1 / NEAR_COUNT <= counted / recorded <= NEAR_COUNT
+    if near and os.environ.get(PLAN_CHECK_ENV, "").strip().lower() == "warn":
+        log.warning("%s: %s (loaded anyway: %s=warn)", what, found, PLAN_CHECK_ENV)
+        return
+    hint = (f" (if only the count changed, e.g. after a torch upgrade, {PLAN_CHECK_ENV}=warn loads it "
+            "with a warning)") if near else ""
+    raise CheckpointError(f"{what} is damaged: {found}; {fix}{hint}")
+
+
+def _plan_mismatch(model: nn.Module, plan: PruningPlan, what: str, *, dense: bool = False,
+                   fix: str) -> tuple[int, int, str] | None:
+    """(counted MACs, recorded MACs, the sentence the errors use) where ``model``'s MACs at the plan's
+    ``input_shape`` differ from what the plan records; None where they agree (or could not be counted, with a warning; see :func:`check_plan_cost`). A model
+    that does not take that shape is a :class:`CheckpointError` ending with ``fix``."""
     shape = tuple(plan.input_shape)
     try:
         counted, _ = shape_cost(model, shape)
@@ -297,27 +320,18 @@ def check_plan_cost(model: nn.Module, plan: PruningPlan, what: str, *, dense: bo
             # attribute, code that reads values): not counted for real at a size that may not fit
             log.warning("%s: its plan's MACs at input_shape %s were not checked (the network cannot run on "
                         "shapes alone: %s)", what, shape, exception_line(exc))
-            return
+            return None
         try:  # the real error says more than the meta device's ("Invalid channel dimensions")
             counted = count_cost(model, shape)
         except Exception as real:  # noqa: BLE001
             raise CheckpointError(f"{what}: the network does not take inputs of its plan's input_shape {shape} "
                                   f"({exception_line(real)}); {fix}") from None
     recorded = (plan.dense if dense else plan.pruned).macs
-    if abs(counted.macs - recorded) > ROUNDING * max(recorded, 1):
-        which = "dense network" if dense else "network"
-        found = f"at its plan's input_shape {shape} the {which} counts {counted.macs} MACs, and the plan records {recorded}"
-        if saving:  # save_pruned: the caller's model and plan, no file yet
-            raise ConfigError(f"{what} does not match its plan: {found}; {fix}")
-        # a counting change moves the figure by a few percent; an edited shape or a damaged plan by more
-        # (a side 10% longer counts 21% more, twice as long 4×, and its removal trace takes that memory)
-        near = recorded > 0 and 1 / NEAR_COUNT <= counted.macs / recorded <= NEAR_COUNT
-        if near and os.environ.get(PLAN_CHECK_ENV, "").strip().lower() == "warn":
-            log.warning("%s: %s (loaded anyway: %s=warn)", what, found, PLAN_CHECK_ENV)
-            return
-        hint = (f" (if only the count changed, e.g. after a torch upgrade, {PLAN_CHECK_ENV}=warn loads it "
-                "with a warning)") if near else ""
-        raise CheckpointError(f"{what} is damaged: {found}; {fix}{hint}")
+    if abs(counted.macs - recorded) <= ROUNDING * max(recorded, 1):
+        return None
+    which = "dense network" if dense else "network"
+    return (counted.macs, recorded,
+            f"at its plan's input_shape {shape} the {which} counts {counted.macs} MACs, and the plan records {recorded}")
 
 
 def dense_architecture(path: str | os.PathLike, *, allow_code: bool = False) -> nn.Module:
@@ -371,17 +385,24 @@ def _read_pruned(path: Path, map_location) -> dict[str, Any]:
     return data
 
 
-def _pruned_damage(data: dict[str, Any]) -> str | None:
-    """What is wrong with the body of a pruned model file (None: nothing that building it would trip on)."""
-    spec = data.get("model")
+def _spec_problem(spec: Any, key: str = "model") -> str | None:
+    """What is wrong with the model spec of a pruned model file (its ``key`` entry), or None."""
     if not isinstance(spec, Mapping) or not all(k in spec for k in ("name", "num_classes", "in_channels")):
-        return "'model' must be a mapping with name, num_classes and in_channels"
+        return f"'{key}' must be a mapping with name, num_classes and in_channels"
     kwargs = spec.get("kwargs", {})
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
-        return "'model.kwargs' must be a mapping of argument names"
+        return f"'{key}.kwargs' must be a mapping of argument names"
     reserved = sorted(MODEL_ARGUMENTS & set(kwargs))
     if reserved:
-        return f"'model.kwargs' must not set {reserved[0]!r}"
+        return f"'{key}.kwargs' must not set {reserved[0]!r}"
+    return None
+
+
+def _pruned_damage(data: dict[str, Any]) -> str | None:
+    """What is wrong with the body of a pruned model file (None: nothing that building it would trip on)."""
+    problem = _spec_problem(data.get("model"))
+    if problem is not None:
+        return problem
     if not isinstance(data.get("plan"), Mapping):
         return "'plan' must be a mapping"
     shape = data["plan"].get("input_shape")
