@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,16 @@ def integer(value: Any, what: str, *, minimum: int | None = None) -> int:
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
+
+
+def input_shape(value: Any, what: str = "input_shape") -> tuple[int, ...]:
+    """``value`` as a tuple of 1 to 3 positive integers ``(C, H, W)`` (numpy integers too), else a
+    :class:`ConfigError` naming ``what``."""
+    ok = isinstance(value, (tuple, list)) and 1 <= len(value) <= 3 and all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in value)
+    if not ok:
+        raise ConfigError(f"{what} must be (C, H, W): 1 to 3 positive integers, got {short(value)}")
+    return tuple(int(d) for d in value)
 
 
 def torch_seed(value: Any, what: str) -> int:

@@ -80,13 +80,18 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself if something is there (a dangling link too), else its nearest existing ancestor."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 def check_folder_shape(path: str | os.PathLike, what: str) -> Path:
     """``path`` if it is a folder or could become one (no file on the way); else a :class:`ConfigError`.
     Nothing is written: a folder only read from (a cache on a read-only mount) passes."""
     path = Path(os.path.abspath(path))
-    existing = path
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(path)
     if not existing.is_dir():
         shown = f"{str(path)!r} is a file, not a folder" if existing == path else \
             f"{str(path)!r} cannot be created: {str(existing)!r} is a file, not a folder"
@@ -98,9 +103,7 @@ def check_creatable(folder: str | os.PathLike, what: str, *, target: Path | None
     """Raise a :class:`ConfigError` unless ``folder`` exists or can be created, and files can be written in it."""
     folder = Path(os.path.abspath(folder))
     shown = str(target if target is not None else folder)
-    existing = folder
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(folder)
     if not existing.is_dir():
         raise ConfigError(f"{what} {shown!r} cannot be created: {str(existing)!r} is a file, not a folder")
     try:  # os.access says yes to root everywhere; a real file tells the truth (/proc, read-only mounts)

@@ -221,8 +221,9 @@ def _read_folder(info: CifarInfo, folder: Path, wanted: tuple[str, ...]) -> dict
     for name in wanted:
         path = folder / name
         if path.is_file():
-            if path.stat().st_size > MAX_MEMBER_BYTES:
-                raise _too_big(info, path.stat().st_size, str(path))
+            size = path.stat().st_size
+            if size > MAX_MEMBER_BYTES:
+                raise _too_big(info, size, str(path))
             try:
                 found[name] = (path.read_bytes(), str(path))
             except OSError as exc:

@@ -13,12 +13,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from prunetune._atomic import _umask, make_folder
 from prunetune._checks import boolean, torch_seed
+from prunetune._checks import input_shape as check_input_shape
 from prunetune._text import short
 from prunetune._machine import check_input_fits
 from prunetune.pruning.cost import shape_cost
@@ -78,7 +78,7 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     if isinstance(check_batch, bool) or not isinstance(check_batch, int) or check_batch < 1:
         raise ConfigError(f"check_batch must be a positive integer, got {check_batch!r}")
     if input_shape is not None:
-        input_shape = _shape(input_shape)
+        input_shape = check_input_shape(input_shape)
     if format == "export" and check_batch > EXPORT_MAX_BATCH:
         raise ConfigError(f"check_batch {check_batch} is more than a torch.export program's batch dimension takes "
                           f"({EXPORT_MAX_BATCH}); give at most {EXPORT_MAX_BATCH}")
@@ -140,15 +140,6 @@ def _write(reference: nn.Module, format: str, out: Path, input_shape: tuple[int,
         written.unlink(missing_ok=True)
     return DeployResult(format, str(out), out.stat().st_size, tuple(input_shape), folded, check_batch, diff, rel,
                         time.perf_counter() - t0)
-
-
-def _shape(value: object) -> tuple[int, ...]:
-    """``input_shape`` as a tuple of 1 to 3 positive integers (C, H, W), or a one-line ConfigError."""
-    ok = isinstance(value, (tuple, list)) and 1 <= len(value) <= 3 and all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in value)
-    if not ok:
-        raise ConfigError(f"input_shape must be (C, H, W): 1 to 3 positive integers, got {short(value)}")
-    return tuple(int(d) for d in value)
 
 
 def _resolve(model, input_shape, allow_code: bool = False) -> tuple[nn.Module, tuple[int, ...]]:

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from prunetune._checks import input_shape as check_input_shape
 from prunetune._machine import check_input_fits
 from prunetune._registry import unknown_name_message
-from prunetune._text import exception_line, short
+from prunetune._text import exception_line
 from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.pruning import removal_probe, tp_bridge
 from prunetune.pruning.counting import CountedCost
@@ -135,9 +136,7 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"find_groups needs a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(input_shape, (tuple, list)) or not 1 <= len(input_shape) <= 3 or not all(
-            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in input_shape):
-        raise ConfigError(f"input_shape must be (C, H, W): 1 to 3 positive integers, got {short(input_shape)}")
+    input_shape = check_input_shape(input_shape)
     check_input_fits(1, input_shape, f"one input of shape {tuple(input_shape)}", "give a smaller input_shape")
     example = tp_bridge.example_for(model, input_shape)
     names = {m: n for n, m in model.named_modules()}

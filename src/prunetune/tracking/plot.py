@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from prunetune._atomic import write_bytes_atomic, write_text_atomic
-from prunetune._checks import boolean
 from prunetune._imports import require
 from prunetune._paths import check_output_file
 from prunetune.exceptions import ConfigError
@@ -34,7 +33,6 @@ def check_plot_path(path: str | os.PathLike, *, overwrite: bool = False, what: s
     can be created, no file there unless ``overwrite``; else a one-line :class:`ConfigError` naming
     ``what`` and the fixes (``flag``, default ``what``; ``overwrite_flag``: ``--overwrite``, or
     ``overwrite=True`` from Python)."""
-    boolean(overwrite, overwrite_flag.split("=")[0].lstrip("-"))
     suffix = Path(path).suffix.lstrip(".").lower()
     if suffix != "html":  # the interactive page needs no matplotlib
         backend = require("matplotlib.backend_bases", extra="tracking", purpose="the Pareto plot")
