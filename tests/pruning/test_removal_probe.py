@@ -10,6 +10,7 @@ fine-tuned.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -206,13 +207,13 @@ class _PaddedHead(nn.Module):
 
 
 def test_groups_that_fail_only_together_are_all_left_unpruned_and_the_rest_kept() -> None:
-    from prunetune.pruning import removal_probe
-
     torch.manual_seed(0)
     groups = find_groups(randomize_bn(_PaddedHead()), SHAPE)
     # all three fail together; a.0 passes alone, left.0 + right.0 fail, and each of them passes alone
     assert groups.names == ["a.0"]
-    together = f"{removal_probe.BREAKS}, found only with 1 other group's channels removed too"
+    raised = "RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x16 and 12x10)"
+    together = (f"removing its channels breaks the forward pass ({raised}; a reshape, split or chunk the dependency "
+                "graph does not follow?), found only with 1 other group's channels removed too")
     assert groups.skipped == (f"left.0: {together}, left unpruned", f"right.0: {together}, left unpruned")
     check_model(_PaddedHead, SHAPE)  # what is kept is pruned faithfully: removal equals masking
 
@@ -322,7 +323,6 @@ class _MiniConvNeXt(nn.Module):
         return self.head(self.block(self.stem(x)).mean((2, 3)))
 
 
-@pytest.mark.filterwarnings("ignore:Unwrapped parameters")  # the layer scale γ, pruned with its channels
 def test_channel_normalised_and_channels_last_models_keep_their_groups() -> None:
     # LayerNorm and GroupNorm(1) are masking ≠ removal by design (README), and the MLP's Linear works on
     # channels-last features: the probe must not take either for a changed function
@@ -331,7 +331,6 @@ def test_channel_normalised_and_channels_last_models_keep_their_groups() -> None
     assert groups.names == ["stem.0", "block.pw1"] and groups.skipped == ()
 
 
-@pytest.mark.filterwarnings("ignore:Unwrapped parameters")
 @pytest.mark.parametrize("size", [16, 128])
 def test_a_linear_on_channels_last_features_is_masked_on_its_last_dimension(size: int) -> None:
     """MaskHooks masks a Linear's features (its last dimension), so soft schedules run on ConvNeXt's
@@ -344,7 +343,6 @@ def test_a_linear_on_channels_last_features_is_masked_on_its_last_dimension(size
     assert _masked_vs_removed(model, groups, {"stem.0": 16, "block.pw1": 40}) < 1e-9
 
 
-@pytest.mark.filterwarnings("ignore:Unwrapped parameters")
 @pytest.mark.parametrize("size", [16, 128])
 def test_calibration_reads_a_linear_feature_point_on_its_features(size: int) -> None:
     """Calibration hands the criteria a channels-last Linear's output with its features at dim 1 (it
@@ -386,3 +384,42 @@ def test_only_the_groups_that_fail_together_are_blamed_not_their_halves() -> Non
     together = f"{removal_probe.BREAKS}, found only with 1 other group's channels removed too"
     assert found == {"b": together, "d": together}
     assert len(calls) <= 10  # halving, not every subset
+
+
+class _Scaled(nn.Module):
+    """A per-channel scale between two blocks, held as ``kind``: a plain tensor attribute, a buffer, a
+    frozen or a trainable parameter. Only the trainable parameter is in the autograd graph that
+    Torch-Pruning traces, so only then is it pruned with the channels it scales."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.a, self.b = _block(3, 8), _block(8, 8)
+        scale = torch.linspace(0.5, 1.5, 8).reshape(1, 8, 1, 1)
+        if kind == "buffer":
+            self.register_buffer("scale", scale)
+        elif kind in ("frozen", "parameter"):
+            self.scale = nn.Parameter(scale, requires_grad=kind == "parameter")
+        else:
+            self.scale = scale
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.b(self.a(x) * self.scale).mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["attribute", "buffer", "frozen"])
+def test_a_tensor_the_graph_cannot_follow_is_named_with_what_the_pruned_copy_raised(kind: str) -> None:
+    groups = find_groups(_Scaled(kind), SHAPE)
+    assert groups.names == ["b.0"]
+    (skipped,) = groups.skipped
+    assert skipped.startswith("a.0: removing its channels breaks the forward pass (RuntimeError: The size of tensor")
+    assert ("; likely cause: scale, a tensor of shape (1, 8, 1, 1) that is not a trainable nn.Parameter, which the "
+            "dependency graph cannot follow, so it keeps its 8 channels (make it a trainable nn.Parameter") in skipped
+
+
+def test_a_trainable_parameter_of_the_group_width_is_pruned_with_it_and_named_nowhere() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Torch-Pruning's "Unwrapped parameters detected" is not the user's to read
+        groups = find_groups(_Scaled("parameter"), SHAPE)
+    assert groups.names == ["a.0", "b.0"] and not groups.skipped
+    check_model(lambda: _Scaled("parameter"), SHAPE)  # removal equals masking, the scale pruned with a.0

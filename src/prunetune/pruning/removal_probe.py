@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunetune._text import exception_line
 from prunetune.pruning import tp_bridge
 from prunetune.pruning.mask_hooks import MaskHooks, channel_dim
 
@@ -56,17 +57,28 @@ CHANGES = ("removing its channels changes the network's function: the pruned cop
            "dense network's with those channels masked (a reshape, slice, permutation or reduction across "
            "channels the dependency graph does not follow?)")
 
+
+
+def broke(exc: BaseException) -> str:
+    """:data:`BREAKS` with what the pruned copy raised."""
+    return (f"removing its channels breaks the forward pass ({type(exc).__name__}: {exception_line(exc, 120)}; "
+            "a reshape, split or chunk the dependency graph does not follow?)")
+
+
 Check = Callable[[Sequence[Any]], "str | None"]
 
 
 def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) -> dict[str, str]:
     """Names of the ``groups`` (:class:`~prunetune.pruning.groups.Group`) whose removal is not
-    masking, each with why (:data:`BREAKS` or :data:`CHANGES`). The groups kept were removed
-    together from one copy: their joint removal equals masking them jointly."""
+    masking, each with why (:data:`BREAKS`, what the pruned copy raised (:func:`broke`), or
+    :data:`CHANGES`, and a likely cause where the model holds a tensor of the group's width the
+    dependency graph cannot follow). The groups kept were removed together from one copy: their
+    joint removal equals masking them jointly."""
     probed = [g for g in groups if g.channels > 1]
     if not probed:
         return {}
     ref = _Reference.of(model, example, probed)
+    widths = {g.name: g.channels for g in probed}
     bad: dict[str, str] = {}
     for part, masked in ((ref.maskable, True), (ref.shapes_only, False)):
         check = functools.partial(_check, model, example, ref, masked=masked)
@@ -75,7 +87,30 @@ def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) 
             bad.update(_bisect(part, why, check))
             part = [g for g in part if g.name not in bad]
             why = check(part) if part else None
-    return bad
+    return {name: why + _unresized_hint(model, widths[name]) for name, why in bad.items()}
+
+
+def _unresized_hint(model: nn.Module, channels: int) -> str:
+    """Where ``model`` holds a tensor with ``channels`` entries along a dimension that the dependency
+    graph cannot follow, so that removal leaves it at that width: a plain tensor attribute, a buffer or
+    a frozen parameter of a module that is not one of torch's own layers (Torch-Pruning follows
+    channels through autograd, so only trainable parameters are pruned with them). The first such
+    tensor, as a likely cause with its fix; empty when there is none."""
+    found: list[tuple[str, tuple[int, ...]]] = []
+    for prefix, module in model.named_modules():
+        own: dict[str, Any] = {k: v for k, v in vars(module).items() if isinstance(v, Tensor)}
+        if not type(module).__module__.startswith("torch.nn"):
+            own.update(module._buffers)
+            own.update((k, p) for k, p in module._parameters.items() if p is not None and not p.requires_grad)
+        found += [(f"{prefix}.{key}" if prefix else key, tuple(value.shape)) for key, value in own.items()
+                  if isinstance(value, Tensor) and not (isinstance(value, nn.Parameter) and value.requires_grad)
+                  and channels in value.shape]
+    if not found:
+        return ""
+    (name, shape), more = found[0], (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
+    return (f"; likely cause: {name}{more}, a tensor of shape {shape} that is not a trainable nn.Parameter, which "
+            f"the dependency graph cannot follow, so it keeps its {channels} channels (make it a trainable "
+            "nn.Parameter so that it is pruned with them)")
 
 
 def _bisect(groups: Sequence[Any], why: str, check: Check) -> dict[str, str]:
@@ -134,8 +169,8 @@ def _check(model: nn.Module, example: Tensor, ref: _Reference, groups: Sequence[
             return BREAKS  # e.g. the two halves of a gated unit: removal took channels of each
         with torch.no_grad(), _channel_local_norms(pruned):
             got = _eval_forward(pruned.to(ref.input.dtype) if ref.input.dtype != example.dtype else pruned, ref.input)
-    except Exception:  # noqa: BLE001 - whatever the user's forward raises on the pruned widths
-        return BREAKS
+    except Exception as exc:  # noqa: BLE001 - whatever the user's forward raises on the pruned widths
+        return broke(exc)
     if _shapes(got) != ref.dense_shapes:
         return BREAKS
     if not masked:

@@ -6,6 +6,7 @@ indices, never in Torch-Pruning objects.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -65,7 +66,10 @@ CUSTOM_LAYER_TYPES: tuple[type[nn.Module], ...] = tuple(CUSTOM_PRUNERS)
 def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
     """Trace ``model`` once and return Torch-Pruning's dependency graph (autograd must be on)."""
     was_training = model.training
-    with torch.enable_grad():
+    with torch.enable_grad(), warnings.catch_warnings():
+        # "Unwrapped parameters detected ... will prune the last non-singleton dimension": a parameter
+        # outside any layer (a layer scale) is what find_groups reports, and the removal probe checks
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=example_input, customized_pruners=CUSTOM_PRUNERS
         )
