@@ -82,6 +82,31 @@ def handlers_restored(*signums: int) -> Iterator[None]:
                 signal.signal(signum, handler)
 
 
+@contextlib.contextmanager
+def sigint_kept_ignored() -> Iterator[None]:
+    """While inside, Ray Tune's fit leaves an ignored SIGINT ignored.
+
+    A program started with SIGINT ignored (``nohup``, ``cmd &`` in a script) is not meant to stop on
+    a Ctrl-C at its terminal, but ``Tuner.fit`` installs its stop handler whatever was there: the
+    background search ended at the first Ctrl-C given to the shell in front. Tune reads
+    ``TUNE_DISABLE_SIGINT_HANDLER`` for this; it is set only while inside, and only where SIGINT is
+    ignored when the block starts (main thread)."""
+    name = "TUNE_DISABLE_SIGINT_HANDLER"
+    ignored = (threading.current_thread() is threading.main_thread()
+               and signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+    before = os.environ.get(name)
+    if ignored:
+        os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if ignored:
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before
+
+
 def keep_exit_status(code: int) -> None:
     """From now on a SIGINT or SIGTERM ends the process at once with ``code``.
 

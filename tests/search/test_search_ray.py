@@ -178,6 +178,32 @@ def test_screen_false_samples_every_trial_directly(make_config) -> None:
     assert not any("proxy_accuracy" in r.data.metrics for r in _children(outcome))
 
 
+class _SigintSeen(tune.Callback):
+    """Records the driver's SIGINT handler at every step of the fit."""
+
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        self.seen.append(signal.getsignal(signal.SIGINT))
+
+
+def test_a_search_started_with_sigint_ignored_keeps_it_ignored_during_the_fit(make_config) -> None:
+    """``nohup`` or ``cmd &`` in a script: Tune's fit installed its stop handler anyway, so the background
+    search ended at the first Ctrl-C given to the shell in front of it."""
+    seen = _SigintSeen()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        outcome = run_search(make_config(trials=2, screen=False), objective=plan_only, callbacks=[seen],
+                             show_progress=False)
+        assert outcome.status == "FINISHED"
+        assert seen.seen and set(seen.seen) == {signal.SIG_IGN}
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ  # set only while inside the fit
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_screening_never_starts_more_actors_than_the_cluster_can_place(make_config) -> None:
     """The module's Ray has 2 CPUs: concurrency 3 at 1 CPU each screens with 2 actors (a third would
     never be placed, and its chunk would be waited for forever); the trials queue as Tune queues them."""

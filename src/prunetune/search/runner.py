@@ -23,7 +23,7 @@ from typing import Any
 
 from prunetune._atomic import write_text_atomic
 from prunetune._imports import require
-from prunetune._signals import handlers_restored
+from prunetune._signals import handlers_restored, sigint_kept_ignored
 from prunetune._text import exception_line, masked_url
 from prunetune.exceptions import ConfigError
 from prunetune.recipes.pipeline import check_allocation, dense_base, load_inputs, score_table
@@ -228,7 +228,8 @@ def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, 
     tuner = _tuner(config, space, base, table, objective, [tracking, *callbacks], storage=storage, study=study,
                    points=points, samples=left)
     try:
-        with handlers_restored(*TUNE_SIGNALS):  # Tune leaves its stop handler in place otherwise
+        # Tune leaves its stop handler in place, and would install it where SIGINT is ignored
+        with handlers_restored(*TUNE_SIGNALS), sigint_kept_ignored():
             tuner.fit()
     finally:  # checksums of what Ray left, checked before a resume
         trust.seal_state(s.experiment_dir, STATE_FILE)
