@@ -51,12 +51,18 @@ def sigterm_kept() -> Iterator[None]:
 
     ``ray.init`` installs its own SIGTERM handler in the driver (it exits with a ``SystemExit``): a
     search killed by a scheduler would then be recorded as failed, not as killed, and the command
-    would exit 15 without its line. A SIGTERM during ``ray.init`` itself (seconds) still meets Ray's.
+    would exit 15 without its line. A SIGTERM that meets Ray's handler inside the block (during
+    ``ray.init`` itself, seconds) comes out as :class:`Terminated` too: Ray's handler is
+    ``sys.exit(signum)``, the only ``SystemExit`` with that code.
     """
     ours = threading.current_thread() is threading.main_thread() \
         and signal.getsignal(signal.SIGTERM) is _raise_terminated
     try:
         yield
+    except SystemExit as exc:
+        if ours and exc.code == signal.SIGTERM:
+            raise Terminated(f"terminated by signal {exc.code}") from None
+        raise
     finally:
         if ours and signal.getsignal(signal.SIGTERM) is not _raise_terminated:
             signal.signal(signal.SIGTERM, _raise_terminated)

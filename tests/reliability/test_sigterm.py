@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -129,6 +130,33 @@ def test_a_local_ray_keeps_the_sigterm_handler_of_the_command_line() -> None:
         with sigterm_kept():  # not ours to keep: left as the block set it
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_sigterm_that_meets_rays_handler_inside_ray_init_is_ours() -> None:
+    """Ray's handler is ``sys.exit(signum)``: a SIGTERM during ``ray.init`` itself exited 15 with no
+    line and the search recorded as failed. Inside the block it is :class:`Terminated`, as elsewhere;
+    another SystemExit, or one outside our handler, goes on as it was."""
+    from prunetune._signals import sigterm_kept
+
+    def ray_init() -> None:  # what ray.init does, with the SIGTERM arriving during it
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with terminate_as_interrupt():
+            with pytest.raises(Terminated, match="terminated by signal 15"), sigterm_kept():
+                ray_init()
+            assert signal.getsignal(signal.SIGTERM) is _raise_terminated
+            with pytest.raises(SystemExit) as other, sigterm_kept():
+                sys.exit(3)
+            assert other.value.code == 3
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with pytest.raises(SystemExit), sigterm_kept():  # not ours: Ray's exit stands
+            ray_init()
     finally:
         signal.signal(signal.SIGTERM, previous)
 

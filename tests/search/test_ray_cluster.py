@@ -123,6 +123,27 @@ def test_ray_connection_errors_become_config_errors(monkeypatch, listening_port,
     assert ("RAY_AUTH_MODE=token" in message) == hint
 
 
+@pytest.mark.parametrize("address", [None, "auto"])
+def test_an_interrupt_inside_ray_init_stops_what_it_started(monkeypatch, address) -> None:
+    """A Ctrl-C or SIGTERM (``Terminated``) during ``ray.init``, the seconds a local Ray takes to start:
+    the search never learned that Ray was started, so its processes were left running."""
+    from prunetune._signals import Terminated
+
+    calls: list[str] = []
+
+    def interrupted(**kwargs):
+        calls.append("init")
+        raise Terminated("terminated by signal 15")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", interrupted)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(Terminated):
+        cluster.connect(cluster.Cluster.of(address))
+    assert calls == ["init", "shutdown"]
+
+
 def test_unmet_resources_names_what_is_missing() -> None:
     assert cluster.unmet_resources(1, 0.5, {"CPU": 2.0, "GPU": 1.0}) is None  # a fraction of one GPU fits
     assert cluster.unmet_resources(2, 0, {"CPU": 2.0}) is None

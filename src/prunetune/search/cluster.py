@@ -79,6 +79,9 @@ def connect(cluster: Cluster) -> bool:
                          log_to_driver=False)
     except ConnectionError as exc:
         raise ConfigError(_connection_error(cluster, exc)) from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM inside ray.init: stop what it had started
+        ray.shutdown()
+        raise
     return True
 
 
