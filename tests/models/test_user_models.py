@@ -70,6 +70,29 @@ def frozen(num_classes=10, in_channels=1):
 
 def fine(num_classes=10, in_channels=1):
     return _net(in_channels, num_classes)
+
+
+class AuxTuple(Pair):
+    """(logits, aux) in train mode only, as torchvision's Inception with aux_logits=True."""
+
+    def forward(self, x):
+        out = self.net(x)
+        return (out, out.detach()) if self.training else out
+
+
+def aux_tuple(num_classes=10, in_channels=1):
+    return AuxTuple(in_channels, num_classes)
+
+
+class TrainBoom(Pair):
+    def forward(self, x):
+        if self.training:
+            raise RuntimeError("only eval works")
+        return self.net(x)
+
+
+def train_boom(num_classes=10, in_channels=1):
+    return TrainBoom(in_channels, num_classes)
 '''
 
 
@@ -97,6 +120,10 @@ def _recipe(factory: str) -> dict:
     ("forty_two", r"^model factory 'usernets28:forty_two' returned int, not a torch.nn.Module"),
     ("boom", r"^model factory 'usernets28:boom' raised ValueError: boom$"),
     ("frozen", r"^model 'usernets28:frozen' has every parameter frozen \(requires_grad=False\)"),
+    ("aux_tuple", r"^model 'usernets28:aux_tuple' returns a tuple in train mode for a batch of 2 images; training "
+                  r"needs the logits as one Tensor\[B, 10\] \(turn auxiliary outputs off, e.g. aux_logits=False\)$"),
+    ("train_boom", r"^model 'usernets28:train_boom' fails in train mode on a batch of images of shape "
+                   r"\(2, 1, 16, 16\) \(RuntimeError: only eval works\); prunetune also runs model.train\(\)\(x\)$"),
 ])
 def test_a_model_prunetune_cannot_train_is_one_line_before_training(user_module, factory, message, caplog) -> None:
     with caplog.at_level("INFO", logger="prunetune"), pytest.raises(ConfigError, match=message):
@@ -125,3 +152,32 @@ def test_the_forward_check_leaves_every_submodules_mode_as_it_was(user_module) -
     model[1].eval()  # a frozen batch norm inside a training model
     check_trainable(model, "fine", (1, 8, 8), 10)
     assert model.training and not model[1].training
+
+
+def test_a_tuple_in_train_mode_is_refused_only_where_the_model_trains(user_module, tmp_path) -> None:
+    """With a checkpoint and no fine-tuning nothing trains: BN re-estimation reads no output."""
+    import torch
+
+    model = prunetune.create_model("usernets28:aux_tuple", in_channels=1, allow_code=True)
+    torch.save(model.state_dict(), tmp_path / "dense.pt")
+    recipe = _recipe("aux_tuple")
+    recipe["model"]["checkpoint"] = str(tmp_path / "dense.pt")
+    result = prunetune.prune(recipe, allow_code=True)
+    assert result.plan.pruned.macs < result.plan.dense.macs
+    recipe["finetune"] = {"epochs": 1}
+    with pytest.raises(ConfigError, match="returns a tuple in train mode"):
+        prunetune.prune(recipe, allow_code=True)
+
+
+def test_the_train_mode_check_leaves_statistics_modes_and_random_numbers_as_they_were(user_module) -> None:
+    import torch
+
+    from prunetune.recipes.pipeline import check_trainable
+
+    model = prunetune.create_model("usernets28:fine", in_channels=1, allow_code=True).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    check_trainable(model, "fine", (1, 8, 8), 10)
+    assert not any(m.training for m in model.modules())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # BN running statistics too
+    assert torch.equal(torch.get_rng_state(), rng)

@@ -7,8 +7,10 @@ import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from prunetune._checks import boolean
 from prunetune._imports import require
@@ -127,6 +129,20 @@ def modes_kept(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+def train_forward(model: nn.Module, x: Tensor) -> Any:
+    """``model.train()(x)`` without a trace: every buffer (BN running statistics), every submodule's
+    mode and the random number generators as they were before."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        with torch.no_grad(), modes_kept(model), \
+                torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            return model.train()(x)
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def _check_fits_memory(name: str, factory: Callable[..., nn.Module], num_classes: int, in_channels: int,

@@ -29,7 +29,7 @@ from prunetune._text import exception_line
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import BudgetExceededError, CheckpointError, ConfigError
 from prunetune.models import create_model
-from prunetune.models.registry import check_float32, modes_kept
+from prunetune.models.registry import check_float32, modes_kept, train_forward
 from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.budget_check import ROUNDING, check_pruned_macs
 from prunetune.pruning.finetune import evaluate, finetune
@@ -137,16 +137,21 @@ def load_inputs(recipe: Recipe) -> Inputs:
                          allow_code=recipe.allow_code, **spec.kwargs)
     t_data = time.perf_counter()
     shape = (splits.in_channels, splits.image_size, splits.image_size)
-    check_trainable(model, spec.name, shape, splits.num_classes)
+    trains = recipe.finetune.epochs > 0 or (not spec.checkpoint and recipe.pretrain.epochs > 0)
+    check_trainable(model, spec.name, shape, splits.num_classes, trains=trains)
     groups = find_groups(model, shape)
     return Inputs(splits, model, groups, device, t_data - t0, t_data)
 
 
-def check_trainable(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+def check_trainable(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int, *,
+                    trains: bool = True) -> None:
     """Refuse, in one line and before any training, a model that takes a batch of ``input_shape``
     images but does not return its logits as one ``Tensor[B, num_classes]`` (a tuple of logits and
     features failed in the first loss; a dict input deep in the dependency graph), or whose every
-    parameter is frozen (the first backward pass failed)."""
+    parameter is frozen (the first backward pass failed). A model that fails in train mode too, and,
+    where it will be trained (``trains``), one whose train-mode output is not its logits (an Inception
+    net's ``(logits, aux)`` failed only at the first fine-tuning step, after the scoring). The
+    train-mode check leaves the BN statistics, the modes and the random numbers as they were."""
     check_float32(model, f"model {name!r}")
     params = list(model.parameters())
     if params and not any(p.requires_grad for p in params):
@@ -164,6 +169,17 @@ def check_trainable(model: nn.Module, name: str, input_shape: tuple[int, ...], n
         got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
         raise ConfigError(f"model {name!r} returns {got} for a batch of 2 images; prunetune needs the logits "
                           f"as one Tensor[B, {num_classes}] (return only the logits from forward)")
+    try:  # fine-tuning, BN re-estimation and the search's proxy all run the model in train mode
+        out = train_forward(model, x)
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises in train mode
+        raise ConfigError(f"model {name!r} fails in train mode on a batch of images of shape {tuple(x.shape)} "
+                          f"({type(exc).__name__}: {exception_line(exc)}); prunetune also runs model.train()(x)"
+                          ) from None
+    if trains and (not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes)):
+        got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
+        raise ConfigError(f"model {name!r} returns {got} in train mode for a batch of 2 images; training needs "
+                          f"the logits as one Tensor[B, {num_classes}] (turn auxiliary outputs off, e.g. "
+                          "aux_logits=False)")
 
 
 def dense_base(recipe: Recipe, inputs: Inputs, *, show_progress: bool = True) -> Base:
