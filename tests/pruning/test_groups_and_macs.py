@@ -98,6 +98,31 @@ class _GroupNormNet(nn.Module):
         return self.fc(self.b(self.a(x)).mean((2, 3)))
 
 
+class _Grouped(nn.Module):
+    """A depthwise conv with a channel multiplier of 2 (TensorFlow's depth_multiplier), a conv of 2
+    groups, and a plain depthwise conv, which is pruned through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.mult = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.b, self.two = nn.Conv2d(16, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.c, self.dw = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.dw(self.c(self.two(self.b(self.mult(self.a(x)))))).mean((2, 3)))
+
+
+def test_a_grouped_conv_is_named_with_why_and_a_plain_depthwise_one_is_pruned_through() -> None:
+    groups = find_groups(_Grouped().eval(), (3, 8, 8))
+    assert "c" in groups.names and "a" not in groups.names and "b" not in groups.names
+    assert ("a: touches grouped conv 'mult' (8 groups of 1 input and 2 output channels each; a depthwise conv with a "
+            "channel multiplier: only depthwise convs with as many outputs as inputs are pruned through), "
+            "left unpruned") in groups.skipped
+    assert ("b: touches grouped conv 'two' (2 groups of 4 input and 4 output channels each; removing single "
+            "channels would break its groups), left unpruned") in groups.skipped
+
+
 def test_a_group_norm_with_several_groups_is_left_unpruned() -> None:
     # keeping 7 of 8 channels left GroupNorm(2, 7): every count of the pruned copy (the budget
     # projection, the budget check) crashed with "channels ... divisible by num_groups"

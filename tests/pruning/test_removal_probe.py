@@ -10,6 +10,7 @@ fine-tuned.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -423,3 +424,66 @@ def test_a_trainable_parameter_of_the_group_width_is_pruned_with_it_and_named_no
         groups = find_groups(_Scaled("parameter"), SHAPE)
     assert groups.names == ["a.0", "b.0"] and not groups.skipped
     check_model(lambda: _Scaled("parameter"), SHAPE)  # removal equals masking, the scale pruned with a.0
+
+
+class _DeepSupervision(nn.Module):
+    """In train mode an auxiliary head on a's features adds to the logits (one Tensor either way): the
+    eval-mode trace never sees ``aux``, so removing a's channels left it 8 inputs wide, and every
+    training step of the pruned network failed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _block(3, 8), _block(8, 8)
+        self.fc, self.aux = nn.Linear(8, 10), nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.a(x)
+        out = self.fc(self.b(y).mean((2, 3)))
+        return out + 0.3 * self.aux(y.mean((2, 3))) if self.training else out
+
+
+def test_channels_a_train_only_head_reads_are_not_pruned_and_the_probe_leaves_the_model_as_it_was() -> None:
+    torch.manual_seed(0)
+    model = _DeepSupervision().eval()
+    state, rng = copy.deepcopy(model.state_dict()), torch.get_rng_state()
+    groups = find_groups(model, SHAPE)
+    assert groups.names == ["b.0"]
+    (skipped,) = groups.skipped
+    assert skipped.startswith("a.0: removing its channels breaks the forward pass in train mode (RuntimeError: mat1 "
+                              "and mat2 shapes cannot be multiplied")
+    assert "; 'aux' runs only in train mode, which the dependency graph does not trace (an auxiliary head?" in skipped
+    assert torch.equal(torch.get_rng_state(), rng) and not model.training
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # BN statistics untouched
+    check_model(_DeepSupervision, SHAPE)
+    plan = make_plan(groups, {"b.0": torch.arange(8.0)}, {"b.0": 4})
+    apply_plan(model, plan, groups).train()(torch.randn(2, *SHAPE))  # what is kept trains
+
+
+class _Positional(nn.Module):
+    """A learned term added to a's output: per channel (1, 8, 1, 1), which Torch-Pruning prunes on its
+    channels but masking a's channels does not reach, or per position (1, 8, 8, 8), which it prunes on
+    its last dimension."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.a, self.b = _block(3, 8), _block(8, 8)
+        self.pos = nn.Parameter(torch.linspace(0.5, 1.5, math.prod(shape)).reshape(shape))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.b(self.a(x) + self.pos).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("shape", "why"), [
+    ((1, 8, 1, 1), "(dim 1), and which masking the channels does not reach (a bias added to a layer's output is "
+                   "best that layer's own bias)"),
+    ((1, 8, 8, 8), "(dim 3), not necessarily its 8 channels (hold it in an nn.Conv2d or nn.Linear, or put its "
+                   "channels last)"),
+])
+def test_a_parameter_outside_the_layers_is_named_where_its_group_is_not_pruned(shape, why) -> None:
+    torch.manual_seed(0)
+    groups = find_groups(_Positional(shape), SHAPE)
+    assert groups.names == ["b.0"]
+    (skipped,) = groups.skipped
+    assert (f"; likely cause: pos, an nn.Parameter of shape {shape} outside torch's layers, which Torch-Pruning "
+            f"prunes along its last non-singleton dimension {why}, left unpruned") in skipped

@@ -237,7 +237,12 @@ def _make_group(members, names, order, graph) -> _Made | str | None:
                 made.issues["*"] = "a parameter outside any layer is pruned with a group"
             continue
         if isinstance(module, nn.Conv2d) and module.groups > 1 and not is_depthwise(module):
-            return f"{outs[0]}: touches grouped conv {name!r} ({module.groups} groups), left unpruned"
+            per = (f"{module.in_channels // module.groups} input and {module.out_channels // module.groups} "
+                   "output channels each")
+            kind = ("a depthwise conv with a channel multiplier: only depthwise convs with as many outputs as "
+                    "inputs are pruned through" if module.groups == module.in_channels else
+                    "removing single channels would break its groups")
+            return f"{outs[0]}: touches grouped conv {name!r} ({module.groups} groups of {per}; {kind}), left unpruned"
         if isinstance(module, nn.GroupNorm) and module.num_groups > 1:
             # a pruned count need not divide into its groups, and removal would regroup the channels
             return f"{outs[0]}: touches GroupNorm {name!r} ({module.num_groups} groups), left unpruned"
@@ -246,7 +251,8 @@ def _make_group(members, names, order, graph) -> _Made | str | None:
             # e.g. convs concatenated into a depthwise conv: each writes only a slice of the group's
             # channels, which a group named after one out-layer (its channel count) cannot hold
             return (f"{outs[0]}: coupled with {name!r}, which holds other channels than {outs[0]} (e.g. "
-                    "a concatenation into a depthwise conv, or a reduction across channels), left unpruned")
+                    "a concatenation into a depthwise conv, a split or chunk of the channels, a channel shuffle, "
+                    "or a reduction across channels), left unpruned")
         if mult is None:
             made.issues[name] = "reads the group's channels unevenly"
             continue

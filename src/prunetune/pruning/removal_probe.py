@@ -25,6 +25,11 @@ Which channels: the first and the second to last (the first where a group has tw
 from either end, reversal or roll by one leaves them where a true equivalence would hide it
 (removing only the last channel before ``x[:, :k]`` *is* masking it, for that plan).
 
+Layers the model runs only in train mode (an auxiliary head, deep supervision) are outside the
+eval-mode trace, so removal leaves them at the dense width: where the model has such layers
+(:func:`train_only_layers`, one forward pass in each mode), the pruned copy must also run in train
+mode, and a group whose removal breaks that is not pruned.
+
 Two documented departures from strict masking: layers that normalise across channels
 (``nn.LayerNorm``, a GroupNorm of one group) change every kept channel when one is removed, so no mask
 equals removal there (README, "Masking ≠ removal"); the probe makes them the identity in both networks
@@ -46,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from prunetune._text import exception_line
+from prunetune.models.registry import train_forward
 from prunetune.pruning import tp_bridge
 from prunetune.pruning.mask_hooks import MaskHooks, channel_dim
 
@@ -61,7 +67,7 @@ CHANGES = ("removing its channels changes the network's function: the pruned cop
 
 def broke(exc: BaseException) -> str:
     """:data:`BREAKS` with what the pruned copy raised."""
-    return (f"removing its channels breaks the forward pass ({type(exc).__name__}: {exception_line(exc, 120)}; "
+    return (f"removing its channels breaks the forward pass ({type(exc).__name__}: {exception_line(exc, 300)}; "
             "a reshape, split or chunk the dependency graph does not follow?)")
 
 
@@ -91,26 +97,43 @@ def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) 
 
 
 def _unresized_hint(model: nn.Module, channels: int) -> str:
-    """Where ``model`` holds a tensor with ``channels`` entries along a dimension that the dependency
-    graph cannot follow, so that removal leaves it at that width: a plain tensor attribute, a buffer or
-    a frozen parameter of a module that is not one of torch's own layers (Torch-Pruning follows
-    channels through autograd, so only trainable parameters are pruned with them). The first such
-    tensor, as a likely cause with its fix; empty when there is none."""
-    found: list[tuple[str, tuple[int, ...]]] = []
+    """A likely cause, with its fix, where ``model`` holds a tensor with ``channels`` entries along a
+    dimension outside torch's own layers; empty where there is none. First a tensor the dependency
+    graph cannot follow, which removal leaves at that width: a plain tensor attribute, a buffer or a
+    frozen parameter (Torch-Pruning follows channels through autograd, so only trainable parameters
+    are pruned with them). Then a trainable parameter outside any layer, which Torch-Pruning prunes
+    along its last non-singleton dimension, and which masking the channels does not reach."""
+    unfollowed: list[tuple[str, tuple[int, ...]]] = []
+    loose: list[tuple[str, tuple[int, ...]]] = []
     for prefix, module in model.named_modules():
         own: dict[str, Any] = {k: v for k, v in vars(module).items() if isinstance(v, Tensor)}
         if not type(module).__module__.startswith("torch.nn"):
             own.update(module._buffers)
-            own.update((k, p) for k, p in module._parameters.items() if p is not None and not p.requires_grad)
-        found += [(f"{prefix}.{key}" if prefix else key, tuple(value.shape)) for key, value in own.items()
-                  if isinstance(value, Tensor) and not (isinstance(value, nn.Parameter) and value.requires_grad)
-                  and channels in value.shape]
-    if not found:
-        return ""
-    (name, shape), more = found[0], (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
-    return (f"; likely cause: {name}{more}, a tensor of shape {shape} that is not a trainable nn.Parameter, which "
-            f"the dependency graph cannot follow, so it keeps its {channels} channels (make it a trainable "
-            "nn.Parameter so that it is pruned with them)")
+            own.update((k, p) for k, p in module._parameters.items() if p is not None)
+        for key, value in own.items():
+            if isinstance(value, Tensor) and channels in value.shape:
+                trainable = isinstance(value, nn.Parameter) and value.requires_grad
+                (loose if trainable else unfollowed).append((f"{prefix}.{key}" if prefix else key, tuple(value.shape)))
+    if unfollowed:
+        (name, shape), more = unfollowed[0], _more(unfollowed)
+        return (f"; likely cause: {name}{more}, a tensor of shape {shape} that is not a trainable nn.Parameter, "
+                f"which the dependency graph cannot follow, so it keeps its {channels} channels (make it a "
+                "trainable nn.Parameter so that it is pruned with them)")
+    if loose:
+        (name, shape), more = loose[0], _more(loose)
+        dim = max((i for i, n in enumerate(shape) if n > 1), default=0)
+        where = f"an nn.Parameter of shape {shape} outside torch's layers, which Torch-Pruning prunes along its last " \
+                f"non-singleton dimension (dim {dim})"
+        if [i for i, n in enumerate(shape) if n == channels] != [dim]:
+            return (f"; likely cause: {name}{more}, {where}, not necessarily its {channels} channels (hold it in "
+                    "an nn.Conv2d or nn.Linear, or put its channels last)")
+        return (f"; likely cause: {name}{more}, {where}, and which masking the channels does not reach (a bias "
+                "added to a layer's output is best that layer's own bias)")
+    return ""
+
+
+def _more(found: Sequence[Any]) -> str:
+    return f" (and {len(found) - 1} more)" if len(found) > 1 else ""
 
 
 def _bisect(groups: Sequence[Any], why: str, check: Check) -> dict[str, str]:
@@ -171,6 +194,14 @@ def _check(model: nn.Module, example: Tensor, ref: _Reference, groups: Sequence[
             got = _eval_forward(pruned.to(ref.input.dtype) if ref.input.dtype != example.dtype else pruned, ref.input)
     except Exception as exc:  # noqa: BLE001 - whatever the user's forward raises on the pruned widths
         return broke(exc)
+    if ref.train_only:  # layers the eval-mode trace never saw (an auxiliary head): the pruned copy must train
+        try:
+            train_forward(pruned, torch.cat([ref.input, ref.input]))
+        except Exception as exc:  # noqa: BLE001
+            return (f"removing its channels breaks the forward pass in train mode ({type(exc).__name__}: "
+                    f"{exception_line(exc, 300)}); {_listed(ref.train_only)} "
+                    f"{'runs' if len(ref.train_only) == 1 else 'run'} only in train mode, which the dependency graph "
+                    "does not trace (an auxiliary head? turn it off to prune these channels)")
     if _shapes(got) != ref.dense_shapes:
         return BREAKS
     if not masked:
@@ -196,6 +227,7 @@ class _Reference:
     maskable: list[Any] = field(default_factory=list)
     shapes_only: list[Any] = field(default_factory=list)
     first: tuple[tuple[str, ...], Any] | None = None  # the masked output of the first check
+    train_only: tuple[str, ...] = ()  # layers run in train mode only (:func:`train_only_layers`)
 
     @classmethod
     def of(cls, model: nn.Module, example: Tensor, groups: Sequence[Any]) -> _Reference:
@@ -206,9 +238,11 @@ class _Reference:
             with torch.no_grad():
                 tensors = {n: t.to(torch.float64) if t.is_floating_point() else t
                            for n, t in (*model.named_parameters(), *model.named_buffers())}
-            return cls(model, tensors, example.to(torch.float64)).start(groups)
+            ref = cls(model, tensors, example.to(torch.float64)).start(groups)
         except Exception:  # noqa: BLE001 - a forward tied to its dtype, or a device without float64
-            return cls(model, None, example).start(groups)
+            ref = cls(model, None, example).start(groups)
+        ref.train_only = train_only_layers(model, example)
+        return ref
 
     def start(self, groups: Sequence[Any]) -> _Reference:
         try:
@@ -320,6 +354,34 @@ class _channel_local_norms:  # noqa: N801 - used as a context manager
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+
+def train_only_layers(model: nn.Module, example: Tensor) -> tuple[str, ...]:
+    """The layers with parameters of their own that ``model`` runs in train mode but not in eval mode
+    (an Inception or deep-supervision auxiliary head), on two copies of ``example``: the dependency
+    graph, traced in eval mode, never sees them. Empty where the model fails in train mode (refused
+    elsewhere, where it matters)."""
+    called: dict[bool, set[str]] = {False: set(), True: set()}
+    state = {"train": False}
+    owners = [(name, m) for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    handles = [m.register_forward_hook(lambda _m, _i, _o, n=name: called[state["train"]].add(n)) for name, m in owners]
+    batch = torch.cat([example, example])
+    try:
+        with torch.no_grad():
+            _eval_forward(model, batch)
+        state["train"] = True
+        train_forward(model, batch)
+    except Exception:  # noqa: BLE001 - whatever the user's forward raises
+        return ()
+    finally:
+        for h in handles:
+            h.remove()
+    return tuple(name for name, _m in owners if name in called[True] - called[False])
+
+
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def _out_width(layer: nn.Module) -> int:
