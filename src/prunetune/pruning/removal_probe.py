@@ -64,7 +64,6 @@ CHANGES = ("removing its channels changes the network's function: the pruned cop
            "channels the dependency graph does not follow?)")
 
 
-
 def broke(exc: BaseException) -> str:
     """:data:`BREAKS` with what the pruned copy raised."""
     return (f"removing its channels breaks the forward pass ({type(exc).__name__}: {exception_line(exc, 300)}; "

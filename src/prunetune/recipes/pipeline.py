@@ -165,8 +165,7 @@ def check_trainable(model: nn.Module, name: str, input_shape: tuple[int, ...], n
         raise ConfigError(f"model {name!r} fails on a batch of images of shape {tuple(x.shape)} "
                           f"({type(exc).__name__}: {exception_line(exc)}); prunetune calls model(x) with x a "
                           "Tensor[B, C, H, W]") from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
-        got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
+    if (got := _not_logits(out, 2, num_classes)) is not None:
         raise ConfigError(f"model {name!r} returns {got} for a batch of 2 images; prunetune needs the logits "
                           f"as one Tensor[B, {num_classes}] (return only the logits from forward)")
     try:  # fine-tuning, BN re-estimation and the search's proxy all run the model in train mode
@@ -175,11 +174,17 @@ def check_trainable(model: nn.Module, name: str, input_shape: tuple[int, ...], n
         raise ConfigError(f"model {name!r} fails in train mode on a batch of images of shape {tuple(x.shape)} "
                           f"({type(exc).__name__}: {exception_line(exc)}); prunetune also runs model.train()(x)"
                           ) from None
-    if trains and (not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes)):
-        got = f"a {type(out).__name__}" if not isinstance(out, torch.Tensor) else f"shape {tuple(out.shape)}"
+    if trains and (got := _not_logits(out, 2, num_classes)) is not None:
         raise ConfigError(f"model {name!r} returns {got} in train mode for a batch of 2 images; training needs "
                           f"the logits as one Tensor[B, {num_classes}] (turn auxiliary outputs off, e.g. "
                           "aux_logits=False)")
+
+
+def _not_logits(out: Any, batch: int, num_classes: int) -> str | None:
+    """What ``out`` is, where it is not a ``Tensor[batch, num_classes]``; None where it is."""
+    if not isinstance(out, torch.Tensor):
+        return f"a {type(out).__name__}"
+    return None if tuple(out.shape) == (batch, num_classes) else f"shape {tuple(out.shape)}"
 
 
 def dense_base(recipe: Recipe, inputs: Inputs, *, show_progress: bool = True) -> Base:
