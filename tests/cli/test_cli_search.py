@@ -146,3 +146,23 @@ def test_every_flag_of_every_command_has_help() -> None:
                if a.option_strings and not (a.help and a.help.strip())]
     missing += [a.option_strings[0] for a in parser._actions if a.option_strings and not a.help]
     assert missing == []
+
+
+def test_a_search_interrupted_before_its_trials_says_how_to_continue(tmp_path, capsys, monkeypatch) -> None:
+    """A Ctrl-C in scoring or screening printed only "interrupted"; one in the trials already said how to
+    continue (Tune reports that stop itself)."""
+    import prunetune.search as search_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_mod, "run_search", interrupted)
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump({"recipe": {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
+                                                 "data": {"name": "digits", "image_size": 8}}, "macs_budget": 0.5,
+                                      "experiment": "cut"}))
+    code = main(["search", "--config", str(config), "--storage-path", str(tmp_path / "runs"),
+                 "--tracking-uri", str(tmp_path / "m.db")])
+    err = capsys.readouterr().err
+    assert code == 130 and "prunetune search: interrupted" in err
+    assert "search cut was interrupted; run the same command again to continue" in err

@@ -268,3 +268,34 @@ def test_a_damaged_screened_pool_is_one_error_naming_it(make_config, text) -> No
     (exp / SCREEN_FILE).write_text(text)
     with pytest.raises(ConfigError, match=f"{SCREEN_FILE}.*damaged.*another --experiment"):
         _screen(config, None, None, None, None, None)
+
+
+def test_candidates_that_give_one_plan_are_fine_tuned_once() -> None:
+    """A global threshold and uniform ratios at two targets may give one plan: its copies have equal MACs
+    and proxy, so the next fronts held them, and each took a fine-tune of the same network."""
+    front = [(0.2, 0.5), (0.3, 0.6), (0.4, 0.7)]
+    pool = _candidates(front + [(0.3, 0.6), (0.3, 0.6), (0.25, 0.4)])  # two copies of the 0.3 plan, one other
+    for c in pool:
+        c.plan_id = f"plan-{c.macs_ratio}"
+    chosen = select(pool, 4)
+    assert [(c.macs_ratio, c.proxy) for c in chosen] == [(0.2, 0.5), (0.25, 0.4), (0.3, 0.6), (0.4, 0.7)]
+    assert len({c.plan_id for c in chosen}) == 4
+    assert [c.number for c in select(pool, 6)] == [0, 5, 1, 2]  # fewer than asked: no plan twice
+
+
+def test_screening_records_what_identifies_a_plan(shared) -> None:
+    """The identity of the plan each candidate gave: its kept channels and the order of the pruned ones,
+    whatever parameters produced it."""
+    from prunetune.pruning.plan import PruningPlan
+    from prunetune.recipes.pipeline import build_plan
+    from prunetune.search.screening import plan_identity
+
+    _, base, table, _ = shared
+    configs = [{"target_macs": 0.5}, {"target_macs": 0.3}]
+    (_, _, _, a), (_, _, _, b) = evaluate_candidates(configs, base, table, bn_batches=1, val_images=32)
+    assert a != b and a == plan_identity(build_plan(trial_recipe(base.recipe, configs[0], base.groups), base, table))
+    kept, channels = {"g": (0, 1)}, {"g": 4}
+    one = PruningPlan(kept, channels, None, None, (3, 8, 8), order={"g": (2, 3)})
+    assert plan_identity(one) != plan_identity(PruningPlan(kept, channels, None, None, (3, 8, 8), order={"g": (3, 2)}))
+    assert plan_identity(one) == plan_identity(PruningPlan(kept, channels, None, None, (3, 8, 8)))  # index order
+    assert plan_identity(one) != plan_identity(PruningPlan({"g": (0, 2)}, channels, None, None, (3, 8, 8)))

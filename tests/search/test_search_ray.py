@@ -204,6 +204,33 @@ def test_a_search_started_with_sigint_ignored_keeps_it_ignored_during_the_fit(ma
         signal.signal(signal.SIGINT, previous)
 
 
+def test_a_search_interrupted_in_screening_is_sealed_and_resumes_without_a_warning(make_config, monkeypatch,
+                                                                                    caplog) -> None:
+    """A Ctrl-C in screening left the search state without checksums: the resume called it an unclean
+    stop ("e.g. kill -9")."""
+    import json
+
+    from prunetune.search import runner
+    from prunetune.search.resume import STATE_FILE
+    from prunetune.search.trust import SEAL_KEY
+
+    config = make_config(trials=2, screen={"candidates": 4, "bn_batches": 1})
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "run_screening", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_search(config, objective=plan_only, show_progress=False)
+    state = json.loads((config.settings.experiment_dir / STATE_FILE).read_text())
+    assert SEAL_KEY in state
+    with caplog.at_level("WARNING", logger="prunetune"):
+        outcome = run_search(config, objective=plan_only, show_progress=False)
+    assert outcome.status == "FINISHED" and outcome.counts == {"FINISHED": 2}
+    assert not any("carries no checksums" in r.getMessage() for r in caplog.records)
+
+
 def test_screening_never_starts_more_actors_than_the_cluster_can_place(make_config) -> None:
     """The module's Ray has 2 CPUs: concurrency 3 at 1 CPU each screens with 2 actors (a third would
     never be placed, and its chunk would be waited for forever); the trials queue as Tune queues them."""

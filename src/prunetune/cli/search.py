@@ -72,8 +72,13 @@ def run(args: argparse.Namespace) -> int:
         from prunetune.search import load_search_config, run_search
 
         config = load_search_config(need_file(args.config, "search config"), overrides(args))
-        outcome = run_search(config, resume=True if args.resume else None, progress=progress,
-                             show_progress=False if live else args.format == "table" and not args.quiet)
+        try:
+            outcome = run_search(config, resume=True if args.resume else None, progress=progress,
+                                 show_progress=False if live else args.format == "table" and not args.quiet)
+        except KeyboardInterrupt:  # in scoring or screening (Tune reports a stop in its fit itself): what is done is kept
+            log.warning("search %s was interrupted; run the same command again to continue",
+                        config.settings.experiment)
+            raise
     finally:
         progress.close("ended")  # no-op after the search closed it; stops the ticker after an early error
         uninstall(live)

@@ -186,6 +186,8 @@ def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable
                        state=state, screened=screened, study=study)
         except BaseException as exc:
             tracker.end_search(KILLED if isinstance(exc, KeyboardInterrupt) else FAILED)
+            if isinstance(exc, KeyboardInterrupt):  # a stop in screening, before the fit seals the state
+                trust.seal_state(s.experiment_dir, STATE_FILE)
             raise
     finally:
         if started_ray:
@@ -212,7 +214,8 @@ def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, 
     total = len(screened.selected) if screened is not None else s.trials  # with screening: exactly those
     left = total - (done.count if done else 0)
     if state is not None:  # checked again right before Ray writes there, then unsealed
-        trust.check_and_unseal(s.experiment_dir, STATE_FILE)
+        trust.check_and_unseal(s.experiment_dir, STATE_FILE,  # after a stop in screening, this run screened again
+                               written=(SCREEN_FILE,) if screened is not None and screened.fresh else ())
         log.info("resume: %d of %d trials done, %d to run", total - left, total, max(0, left))
     proxies = [(dict(c.params), c.proxy) for c in screened.selected] if screened is not None else None
     tracking = ray_parts.TrackingCallback(tracker, total, time_limited=s.time_budget_s is not None,
@@ -304,16 +307,17 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
     finally:
         pool.close()
     selected = select(candidates, s.trials)
-    outcome = ScreenOutcome(candidates, selected, time.perf_counter() - t0)
+    outcome = ScreenOutcome(candidates, selected, time.perf_counter() - t0, fresh=True)
     failed = sum(1 for c in candidates if not c.ok)
     if not selected:
         first = next((c.error for c in candidates if c.error), "no candidate")
         raise ConfigError(f"screening evaluated none of its {len(candidates)} candidates (first error: {first}); "
                           "fix the cause, or run with screen: false")
     if len(selected) < s.trials:
-        log.warning("screening: only %d candidates could be evaluated (%d failed); fine-tuning those %d of "
-                    "the %d trials asked for (raise screen.candidates for more)", len(selected), failed,
-                    len(selected), s.trials)
+        distinct = len({c.plan_id or c.number for c in candidates if c.ok})
+        log.warning("screening: only %d distinct plans could be evaluated (%d candidates failed, %d gave a plan "
+                    "another had given); fine-tuning those %d of the %d trials asked for (raise screen.candidates "
+                    "for more)", distinct, failed, len(candidates) - failed - distinct, len(selected), s.trials)
     log.info("screening: %d candidates in %.1fs (%d failed); fine-tuning %d of the proxy front, MACs %s",
              len(candidates), outcome.seconds, failed, len(selected),
              ", ".join(f"{100 * c.macs_ratio:.1f}%" for c in selected))

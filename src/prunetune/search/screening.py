@@ -21,6 +21,7 @@ Nothing here imports Ray: the runner passes a pool that evaluates chunks of cand
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,8 @@ from prunetune.spaces.presets import RATIO_PREFIX, TARGET, WEIGHT_PREFIX
 
 CANDIDATES_PER_TRIAL = 16
 TRAIN_PARAMS = ("recipe", "sampled")
-Result = tuple[float, float, "str | None"]  # (MACs ratio, proxy accuracy, error)
+# (MACs ratio, proxy accuracy, error[, the plan's identity: plan_identity]); a pool may leave out the last
+Result = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -238,8 +240,9 @@ def run_screening(space: SearchSpace, hand: list[dict[str, Any]], count: int, po
                 asked += 1
             in_flight[pool.submit([c.config for _, c in batch])] = batch
         handle, results = pool.next_done(list(in_flight))
-        for (trial, candidate), (macs, proxy, error) in zip(in_flight.pop(handle), results):
+        for (trial, candidate), (macs, proxy, error, *identity) in zip(in_flight.pop(handle), results):
             candidate.macs_ratio, candidate.proxy, candidate.error = macs, proxy, error
+            candidate.plan_id = identity[0] if identity else None
             if candidate.ok:
                 study.tell(trial, [proxy, macs])
             else:
@@ -280,11 +283,21 @@ def evaluate_candidates(params: list[dict[str, Any]], base: Any, table: Any, *, 
             bn = base.loader("train", train=True, seed=recipe.seed + 1)
             proxy = bn_proxy(base.model, base.groups, plan, bn_batches=bn, val_batches=val_loader,
                              max_bn_batches=bn_batches, device=base.device)
-            out.append((plan.macs_ratio, proxy, None))
+            out.append((plan.macs_ratio, proxy, None, plan_identity(plan)))
         except Exception as exc:  # noqa: BLE001 - one candidate's failure (a target its strategy cannot
             # reach, a numerical error) must not end the screening: it is recorded and never selected
             out.append((math.nan, math.nan, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
     return out
+
+
+def plan_identity(plan: Any) -> str:
+    """What makes two candidates one trial: the channels their plan keeps and the order in which a
+    gradual schedule prunes the rest (:class:`~prunetune.pruning.plan.PruningPlan`), whatever
+    parameters produced them (a ``global`` threshold and ``ratios`` at two targets may give one plan).
+    The rest of a trial (schedule, lr) is sampled by the fine-tune study, not by the candidate."""
+    order = {name: plan.pruned_order(name) for name in plan.kept}
+    text = json.dumps({"kept": {k: list(v) for k, v in plan.kept.items()}, "order": order}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 @dataclass
@@ -294,6 +307,7 @@ class ScreenOutcome:
     candidates: list[Candidate]
     selected: list[Candidate]
     seconds: float
+    fresh: bool = False  # screened by this run (not read back from an interrupted one's file)
 
     def proxies(self) -> dict[str, float]:
         return {plan_key(c.params): c.proxy for c in self.selected}

@@ -32,6 +32,7 @@ class Candidate:
     error: str | None = None
     selected: bool = False
     config: dict[str, Any] = field(default_factory=dict)
+    plan_id: str | None = None  # the plan it gave (screening.plan_identity); candidates giving one plan are one
 
     @property
     def ok(self) -> bool:
@@ -40,14 +41,16 @@ class Candidate:
 
 def select(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
     """``k`` candidates to fine-tune: the proxy front (maximise proxy, minimise MACs) first, then the
-    next fronts; within a front, spread over log-MACs (farthest point first, from the cheapest)."""
+    next fronts; within a front, spread over log-MACs (farthest point first, from the cheapest). No
+    two give the same plan (``plan_id``, else the same parameters): the fine-tunes of one plan were
+    one network trained twice, and both on the front."""
     pool = [c for c in candidates if c.ok]
     chosen: list[Candidate] = []
     seen: set[str] = set()
     while pool and len(chosen) < k:
         front = _front(pool)
         for c in _spread(front, k - len(chosen), chosen):
-            key = plan_key(c.params)
+            key = c.plan_id or plan_key(c.params)  # one fine-tune per distinct plan, not per parameter set
             if key not in seen:
                 seen.add(key)
                 chosen.append(c)

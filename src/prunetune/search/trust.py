@@ -57,20 +57,22 @@ def seal_state(exp_dir: str | os.PathLike, state_file: str) -> None:
     write_text_atomic(path, json.dumps(state, indent=1, default=str))
 
 
-def check_and_unseal(exp_dir: str | os.PathLike, state_file: str) -> None:
+def check_and_unseal(exp_dir: str | os.PathLike, state_file: str, *, written: tuple[str, ...] = ()) -> None:
     """:func:`check` the state right before it is restored, then drop its checksums from the state file.
 
     A resumed search changes the files until it stops and seals them again; a stale seal would
-    refuse the next resume after a ``kill -9``.
+    refuse the next resume after a ``kill -9``. ``written``: files this run wrote itself since the
+    check on loading (the pool it screened again after a stop in screening), left out of this one.
     """
     path = Path(exp_dir) / state_file
     state = json.loads(path.read_text())
-    check(exp_dir, state, state_file=state_file, warn=False)
+    check(exp_dir, state, state_file=state_file, warn=False, written=written)
     state.pop(SEAL_KEY, None)
     write_text_atomic(path, json.dumps(state, indent=1, default=str))
 
 
-def check(exp_dir: str | os.PathLike, state: dict[str, Any], *, state_file: str, warn: bool = True) -> None:
+def check(exp_dir: str | os.PathLike, state: dict[str, Any], *, state_file: str, warn: bool = True,
+          written: tuple[str, ...] = ()) -> None:
     """Refuse to resume from ``exp_dir`` unless it is yours and unchanged since the search stopped.
 
     Raises:
@@ -82,11 +84,11 @@ def check(exp_dir: str | os.PathLike, state: dict[str, Any], *, state_file: str,
     sealed = state.get(SEAL_KEY)
     if sealed is None:
         if warn:
-                log.warning("search state in %s carries no checksums (the search did not stop cleanly, e.g. kill -9); "
+            log.warning("search state in %s carries no checksums (the search did not stop cleanly, e.g. kill -9); "
                         "resuming after checking only that its files are yours", exp_dir)
         return
-    now = seal(exp_dir, skip=(state_file,))
-    for rel in sorted(set(sealed) | set(now)):
+    now = seal(exp_dir, skip=(state_file, *written))
+    for rel in sorted((set(sealed) | set(now)) - set(written)):
         if sealed.get(rel) != now.get(rel):
             what = "appeared" if rel not in sealed else "was removed" if rel not in now else "changed"
             raise UntrustedStateError(
