@@ -241,3 +241,23 @@ def test_a_layer_the_counted_forward_never_runs_costs_no_macs() -> None:
     """MACs are one eval forward's; an unused Linear was counted as in × out MACs (a 10 240-MAC
     error here), so a budget was measured against MACs the deployed network never spends."""
     check_model(_AuxHead, (3, 8, 8))
+
+
+class _FunctionalMix(nn.Module):
+    """A fixed spatial mix of the input image through ``torch.matmul``: MACs outside any layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mix", torch.eye(8) * 0.5)
+        self.a, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.a(x + x @ self.mix)).mean((2, 3)))
+
+
+def test_macs_shares_are_of_every_dense_mac_functional_ops_included() -> None:
+    """`groups` printed the shares of layer MACs only beside a total holding the functional ops too."""
+    groups = find_groups(_FunctionalMix().eval(), (3, 8, 8))
+    (group,) = groups
+    layers = 8 * 3 * 9 * 64 + 8 * 10
+    assert math.isclose(group.macs_share, layers / (layers + 3 * 8 * 8 * 8), rel_tol=1e-12)

@@ -69,12 +69,14 @@ class Geometry:
         other_params: parameters outside those layers (constant under pruning).
         other_macs: counted MACs of layers no group touches (constant under pruning).
         issues: ``layer -> reason`` for layers the analytic count does not cover; ``"*"`` = all.
+        outside_macs: counted MACs of functional ops outside any layer (``F.conv2d``, ``torch.matmul``).
     """
 
     layers: list[LayerGeometry]
     other_params: int
     other_macs: int
     issues: dict[str, str] = field(default_factory=dict)
+    outside_macs: int = 0
 
 
 def layer_macs(layer: LayerGeometry, out_c: int, in_c: int) -> int:
@@ -123,7 +125,7 @@ def measure_geometry(model: nn.Module, example: torch.Tensor, writes: Mapping[st
     if outside:
         issues["*"] = f"{outside} MACs in functional ops outside layers"
     other = sum(p.numel() for p in model.parameters() if id(p) not in counted)
-    return Geometry(layers, other, other_macs, issues)
+    return Geometry(layers, other, other_macs, issues, outside)
 
 
 def _layer(name: str, m: nn.Module, shape, writes, reads) -> LayerGeometry | None:
