@@ -281,6 +281,10 @@ def test_candidates_that_give_one_plan_are_fine_tuned_once() -> None:
     assert [(c.macs_ratio, c.proxy) for c in chosen] == [(0.2, 0.5), (0.25, 0.4), (0.3, 0.6), (0.4, 0.7)]
     assert len({c.plan_id for c in chosen}) == 4
     assert [c.number for c in select(pool, 6)] == [0, 5, 1, 2]  # fewer than asked: no plan twice
+    same_kept = _candidates([(0.2, 0.5), (0.2, 0.5)])
+    same_kept[0].plan_id, same_kept[1].plan_id = "kept:order-a", "kept:order-b"  # the pruned ones in other orders
+    assert len(select(same_kept, 2)) == 2  # a gradual schedule prunes them in that order: two trials
+    assert len(select(same_kept, 2, by_order=False)) == 1  # one-shot: one network
 
 
 def test_screening_records_what_identifies_a_plan(shared) -> None:
@@ -296,6 +300,7 @@ def test_screening_records_what_identifies_a_plan(shared) -> None:
     assert a != b and a == plan_identity(build_plan(trial_recipe(base.recipe, configs[0], base.groups), base, table))
     kept, channels = {"g": (0, 1)}, {"g": 4}
     one = PruningPlan(kept, channels, None, None, (3, 8, 8), order={"g": (2, 3)})
-    assert plan_identity(one) != plan_identity(PruningPlan(kept, channels, None, None, (3, 8, 8), order={"g": (3, 2)}))
+    other_order = plan_identity(PruningPlan(kept, channels, None, None, (3, 8, 8), order={"g": (3, 2)}))
+    assert plan_identity(one) != other_order and plan_identity(one).split(":")[0] == other_order.split(":")[0]
     assert plan_identity(one) == plan_identity(PruningPlan(kept, channels, None, None, (3, 8, 8)))  # index order
     assert plan_identity(one) != plan_identity(PruningPlan({"g": (0, 2)}, channels, None, None, (3, 8, 8)))

@@ -306,7 +306,8 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
                                    progress=_screen_progress(progress))
     finally:
         pool.close()
-    selected = select(candidates, s.trials)
+    fixed = _recipe_train_params(config).get(SCHEDULE)  # the trials' schedule, when screening fixes it
+    selected = select(candidates, s.trials, by_order=fixed is None or not SCHEDULES.get(fixed).one_shot)
     outcome = ScreenOutcome(candidates, selected, time.perf_counter() - t0, fresh=True)
     failed = sum(1 for c in candidates if not c.ok)
     if not selected:
@@ -314,7 +315,7 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
         raise ConfigError(f"screening evaluated none of its {len(candidates)} candidates (first error: {first}); "
                           "fix the cause, or run with screen: false")
     if len(selected) < s.trials:
-        distinct = len({c.plan_id or c.number for c in candidates if c.ok})
+        distinct = len(selected)  # select stops early only when every distinct plan is taken
         log.warning("screening: only %d distinct plans could be evaluated (%d candidates failed, %d gave a plan "
                     "another had given); fine-tuning those %d of the %d trials asked for (raise screen.candidates "
                     "for more)", distinct, failed, len(candidates) - failed - distinct, len(selected), s.trials)

@@ -291,13 +291,18 @@ def evaluate_candidates(params: list[dict[str, Any]], base: Any, table: Any, *, 
 
 
 def plan_identity(plan: Any) -> str:
-    """What makes two candidates one trial: the channels their plan keeps and the order in which a
-    gradual schedule prunes the rest (:class:`~prunetune.pruning.plan.PruningPlan`), whatever
-    parameters produced them (a ``global`` threshold and ``ratios`` at two targets may give one plan).
-    The rest of a trial (schedule, lr) is sampled by the fine-tune study, not by the candidate."""
-    order = {name: plan.pruned_order(name) for name in plan.kept}
-    text = json.dumps({"kept": {k: list(v) for k, v in plan.kept.items()}, "order": order}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
+    """What makes two candidates one trial, whatever parameters produced them (a ``global`` threshold
+    and ``ratios`` at two targets may give one plan): ``"<kept>:<order>"``, digests of the channels the
+    plan keeps and of the order in which a gradual schedule prunes the rest
+    (:class:`~prunetune.pruning.plan.PruningPlan`). Under a one-shot schedule the kept channels
+    alone decide the trial (:func:`~prunetune.search.selection.select`'s ``by_order``)."""
+    kept = json.dumps({k: list(v) for k, v in plan.kept.items()}, sort_keys=True)
+    order = json.dumps({name: plan.pruned_order(name) for name in plan.kept}, sort_keys=True)
+    return f"{_digest(kept)}:{_digest(order)}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -39,18 +39,19 @@ class Candidate:
         return self.error is None and math.isfinite(self.proxy) and math.isfinite(self.macs_ratio)
 
 
-def select(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
+def select(candidates: Sequence[Candidate], k: int, *, by_order: bool = True) -> list[Candidate]:
     """``k`` candidates to fine-tune: the proxy front (maximise proxy, minimise MACs) first, then the
     next fronts; within a front, spread over log-MACs (farthest point first, from the cheapest). No
     two give the same plan (``plan_id``, else the same parameters): the fine-tunes of one plan were
-    one network trained twice, and both on the front."""
+    one network trained twice, and both on the front. ``by_order=False`` where the trials' schedule is
+    one-shot: the kept channels alone make the plan, not the order of the pruned ones."""
     pool = [c for c in candidates if c.ok]
     chosen: list[Candidate] = []
     seen: set[str] = set()
     while pool and len(chosen) < k:
         front = _front(pool)
         for c in _spread(front, k - len(chosen), chosen):
-            key = c.plan_id or plan_key(c.params)  # one fine-tune per distinct plan, not per parameter set
+            key = _plan_of(c, by_order)  # one fine-tune per distinct plan, not per parameter set
             if key not in seen:
                 seen.add(key)
                 chosen.append(c)
@@ -58,6 +59,12 @@ def select(candidates: Sequence[Candidate], k: int) -> list[Candidate]:
     for c in chosen:
         c.selected = True
     return sorted(chosen, key=lambda c: c.macs_ratio)
+
+
+def _plan_of(c: Candidate, by_order: bool) -> str:
+    if c.plan_id is None:
+        return plan_key(c.params)
+    return c.plan_id if by_order else c.plan_id.split(":")[0]
 
 
 MACS_TOLERANCE = 0.02  # relative MACs differences below this do not make a worse proxy worth a trial
