@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             outcome = run_search(config, resume=True if args.resume else None, progress=progress,
                                  show_progress=False if live else args.format == "table" and not args.quiet)
-        except KeyboardInterrupt:  # in scoring or screening (Tune reports a stop in its fit itself): what is done is kept
+        except KeyboardInterrupt:  # in scoring or screening (Tune reports a stop in its fit): what is done stays
             log.warning("search %s was interrupted; run the same command again to continue",
                         config.settings.experiment)
             raise

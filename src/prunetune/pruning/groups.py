@@ -188,7 +188,8 @@ def _parts(found: list[_Made]) -> tuple[dict[str, list[Part]], dict[str, list[Pa
 def _finish(found: list[_Made], geo: Geometry) -> list[Group]:
     """Groups with their MACs shares and whether the analytic count covers every layer they touch."""
     # every dense MAC, functional ops outside the layers too: the total `groups` prints beside the shares
-    total = sum(layer_macs(l, l.out_channels, l.in_channels) for l in geo.layers) + geo.other_macs + geo.outside_macs or 1
+    layers = sum(layer_macs(l, l.out_channels, l.in_channels) for l in geo.layers)
+    total = layers + geo.other_macs + geo.outside_macs or 1
     shares: dict[str, int] = {}
     for layer in geo.layers:
         for gname in {p[0] for p in (*layer.out_parts, *layer.in_parts)}:

@@ -315,10 +315,11 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
         raise ConfigError(f"screening evaluated none of its {len(candidates)} candidates (first error: {first}); "
                           "fix the cause, or run with screen: false")
     if len(selected) < s.trials:
-        distinct = len(selected)  # select stops early only when every distinct plan is taken
+        # select stops short only when it has taken every distinct plan
         log.warning("screening: only %d distinct plans could be evaluated (%d candidates failed, %d gave a plan "
                     "another had given); fine-tuning those %d of the %d trials asked for (raise screen.candidates "
-                    "for more)", distinct, failed, len(candidates) - failed - distinct, len(selected), s.trials)
+                    "for more)", len(selected), failed, len(candidates) - failed - len(selected), len(selected),
+                    s.trials)
     log.info("screening: %d candidates in %.1fs (%d failed); fine-tuning %d of the proxy front, MACs %s",
              len(candidates), outcome.seconds, failed, len(selected),
              ", ".join(f"{100 * c.macs_ratio:.1f}%" for c in selected))
