@@ -26,7 +26,7 @@ from prunetune.search.screening import (
     startup_trials,
     trial_points,
 )
-from prunetune.search.selection import Candidate, select, spearman
+from prunetune.search.selection import Candidate, at_budget, select, spearman
 from prunetune.spaces import SpaceSpec, build_space, plan_space, target_range, trial_recipe
 from tests.conftest import randomize_bn
 
@@ -224,6 +224,27 @@ def test_a_plan_cheaper_by_a_hair_but_worse_by_the_proxy_is_not_fine_tuned() -> 
     assert [(c.macs_ratio, c.proxy) for c in chosen] == front  # the cheapest worth a trial comes first
     far = (0.12 * (1 - 4 * MACS_TOLERANCE), 0.10)  # 8% cheaper: a real point of the front
     assert (far[0], far[1]) in [(c.macs_ratio, c.proxy) for c in select(_candidates([far, *front]), 4)]
+
+
+def test_one_trial_goes_to_the_best_plan_at_the_budget() -> None:
+    """A zoo_vgg search's case: near the budget the proxy saturates, so the plans at 49.9% tie with
+    one at 40.9%, the tie goes to the cheaper plan, and the proxy front ended at 40.9% of a 50% budget.
+    With the budget the best candidate within the MACs tolerance below it is fine-tuned too."""
+    points = [(0.12, 0.55), (0.15, 0.78), (0.2, 0.87), (0.3, 0.94), (0.409, 0.9591),
+              (0.499, 0.9591), (0.4995, 0.9591), (0.5, 0.9294), (0.486, 0.9405), (0.45, 0.944)]
+    assert max(c.macs_ratio for c in select(_candidates(points), 4)) == 0.409  # the front stops short
+    chosen = select(_candidates(points), 4, budget=0.5)
+    picked = [(c.macs_ratio, c.proxy) for c in chosen]
+    assert (0.4995, 0.9591) in picked  # the best proxy within 2% below the budget, ties to more MACs
+    assert picked[:3] == [(0.12, 0.55), (0.2, 0.87), (0.3, 0.94)]  # then the front, spread from the cheapest
+    assert at_budget(_candidates([*points, (0.485, 0.99)]), 0.5).macs_ratio == 0.4995  # 3% below: not at it
+    assert [(c.macs_ratio, c.proxy) for c in select(_candidates(points), 1, budget=0.5)] == [(0.4995, 0.9591)]
+    assert len({c.number for c in chosen}) == 4
+    # the budget's plan is the front's own top where the proxy prefers it: nothing changes then
+    plain = [(0.12, 0.55), (0.2, 0.87), (0.3, 0.94), (0.495, 0.97)]
+    assert ([c.number for c in select(_candidates(plain), 3, budget=0.5)]
+            == [c.number for c in select(_candidates(plain), 3)])
+    assert select(_candidates([(0.3, 0.9)]), 2, budget=0.5)[0].macs_ratio == 0.3  # none near it: the front
 
 
 def test_a_dense_front_is_thinned_not_collapsed() -> None:

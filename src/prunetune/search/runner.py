@@ -307,7 +307,8 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
     finally:
         pool.close()
     fixed = _recipe_train_params(config).get(SCHEDULE)  # the trials' schedule, when screening fixes it
-    selected = select(candidates, s.trials, by_order=fixed is None or not SCHEDULES.get(fixed).one_shot)
+    selected = select(candidates, s.trials, by_order=fixed is None or not SCHEDULES.get(fixed).one_shot,
+                      budget=high)
     outcome = ScreenOutcome(candidates, selected, time.perf_counter() - t0, fresh=True)
     failed = sum(1 for c in candidates if not c.ok)
     if not selected:

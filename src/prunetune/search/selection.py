@@ -1,9 +1,9 @@
 """Which screened candidates are fine-tuned: the proxy front, spread over log-MACs.
 
 A :class:`Candidate` is one screened plan and what screening measured of it. :func:`select` takes
-the non-dominated candidates of the proxy front (maximise proxy, minimise MACs; a plan less than
-:data:`MACS_TOLERANCE` cheaper than a better one does not count), then the next fronts if the first
-is too small, spread over log-MACs from the cheapest. :func:`spearman` is the rank correlation the
+the best candidate at the budget, then the non-dominated candidates of the proxy front (maximise
+proxy, minimise MACs; a plan less than :data:`MACS_TOLERANCE` cheaper than a better one does not
+count), then the next fronts if the first is too small, spread over log-MACs from the cheapest. :func:`spearman` is the rank correlation the
 search reports between proxy and fine-tuned accuracy.
 """
 
@@ -39,18 +39,29 @@ class Candidate:
         return self.error is None and math.isfinite(self.proxy) and math.isfinite(self.macs_ratio)
 
 
-def select(candidates: Sequence[Candidate], k: int, *, by_order: bool = True) -> list[Candidate]:
+def select(candidates: Sequence[Candidate], k: int, *, by_order: bool = True,
+           budget: float | None = None) -> list[Candidate]:
     """``k`` candidates to fine-tune: the proxy front (maximise proxy, minimise MACs) first, then the
     next fronts; within a front, spread over log-MACs (farthest point first, from the cheapest). No
     two give the same plan (``plan_id``, else the same parameters): the fine-tunes of one plan were
     one network trained twice, and both on the front. ``by_order=False`` where the trials' schedule is
-    one-shot: the kept channels alone make the plan, not the order of the pruned ones."""
+    one-shot: the kept channels alone make the plan, not the order of the pruned ones.
+
+    With a ``budget`` (the top of the MACs range the space samples) the first trial goes to the best
+    proxy among the candidates within :data:`MACS_TOLERANCE` below it (:func:`at_budget`), whatever
+    cheaper plan the proxy prefers. That plan is the one a user exports most, and near the budget the
+    proxy saturates at the dense network's accuracy: plans there tie with cheaper ones or differ by an
+    image, a tie goes to the cheaper plan, and the front could end well below the budget."""
     pool = [c for c in candidates if c.ok]
     chosen: list[Candidate] = []
     seen: set[str] = set()
+    top = at_budget(pool, budget) if budget is not None and k > 0 else None
+    if top is not None:  # it stays in the pool: the fronts are those of the plain selection
+        chosen.append(top)
+        seen.add(_plan_of(top, by_order))
     while pool and len(chosen) < k:
         front = _front(pool)
-        for c in _spread(front, k - len(chosen), chosen):
+        for c in _spread([c for c in front if c is not top], k - len(chosen), chosen):
             key = _plan_of(c, by_order)  # one fine-tune per distinct plan, not per parameter set
             if key not in seen:
                 seen.add(key)
@@ -59,6 +70,13 @@ def select(candidates: Sequence[Candidate], k: int, *, by_order: bool = True) ->
     for c in chosen:
         c.selected = True
     return sorted(chosen, key=lambda c: c.macs_ratio)
+
+
+def at_budget(pool: Sequence[Candidate], budget: float) -> Candidate | None:
+    """The best-proxy candidate of ``pool`` with MACs within :data:`MACS_TOLERANCE` below ``budget``
+    (ties: the more MACs, then the earlier candidate); ``None`` if there is none."""
+    near = [c for c in pool if c.ok and budget / (1 + MACS_TOLERANCE) <= c.macs_ratio <= budget * (1 + 1e-9)]
+    return max(near, key=lambda c: (c.proxy, c.macs_ratio, -c.number), default=None)
 
 
 def _plan_of(c: Candidate, by_order: bool) -> str:
