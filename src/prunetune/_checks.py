@@ -6,7 +6,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from prunetune._text import short
+from prunetune._text import exception_line, short
 from prunetune.exceptions import ConfigError
 
 
@@ -29,6 +29,12 @@ def input_shape(value: Any, what: str = "input_shape") -> tuple[int, ...]:
     if not ok:
         raise ConfigError(f"{what} must be (C, H, W): 1 to 3 positive integers, got {short(value)}")
     return tuple(int(d) for d in value)
+
+
+def unrunnable(model: Any, shape: tuple[int, ...], exc: BaseException) -> ConfigError:
+    """The one-line error for a model whose forward pass raised ``exc`` on one input of ``shape``."""
+    return ConfigError(f"the model ({type(model).__name__}) cannot run on an input of shape {tuple(shape)} "
+                       f"({exception_line(exc, 200)}); check the input size and in_channels")
 
 
 def torch_seed(value: Any, what: str) -> int:

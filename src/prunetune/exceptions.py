@@ -46,6 +46,10 @@ class BudgetExceededError(PrunetuneError, RuntimeError):
     """A pruned network, counted, is above the MACs target its plan was made for."""
 
 
+class DivergedError(PrunetuneError, FloatingPointError):
+    """Training diverged: its loss is not finite (NaN or inf)."""
+
+
 class DeployError(PrunetuneError, RuntimeError):
     """A deployed file does not compute what the PyTorch model computes."""
 

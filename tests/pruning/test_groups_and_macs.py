@@ -261,3 +261,80 @@ def test_macs_shares_are_of_every_dense_mac_functional_ops_included() -> None:
     (group,) = groups
     layers = 8 * 3 * 9 * 64 + 8 * 10
     assert math.isclose(group.macs_share, layers / (layers + 3 * 8 * 8 * 8), rel_tol=1e-12)
+
+
+def test_groups_are_found_under_inference_mode_and_with_frozen_layers() -> None:
+    """Under torch.inference_mode() no group was found (autograd off), and a frozen stem's groups
+    vanished without a reason: Torch-Pruning follows channels through autograd. Both give all 12
+    groups of ResNet-20 now, the frozen parameters stay frozen through removal, and a model built in
+    inference mode is one line."""
+    import pytest
+
+    from prunetune.exceptions import ConfigError
+    from prunetune.pruning.plan import make_plan
+    from prunetune.pruning.surgery import apply_plan
+
+    dense = find_groups(create_model("resnet20", in_channels=1), (1, 16, 16))
+    assert len(dense.names) == 12 and not dense.skipped
+    model = create_model("resnet20", in_channels=1)
+    with torch.inference_mode():
+        groups = find_groups(model, (1, 16, 16))
+        plan = make_plan(groups, {g.name: torch.arange(g.channels, dtype=torch.float64) for g in groups},
+                         {g.name: g.channels // 2 for g in groups})
+        apply_plan(model, plan, groups)
+    assert groups.names == dense.names and not groups.skipped
+    assert not any(p.is_inference() for p in model.parameters())  # trainable after the block
+    frozen = create_model("resnet20", in_channels=1)
+    for name, p in frozen.named_parameters():
+        if name.startswith(("conv1", "bn1", "layer1")):
+            p.requires_grad_(False)
+    stiff = {n for n, p in frozen.named_parameters() if not p.requires_grad}
+    groups = find_groups(frozen, (1, 16, 16))
+    assert groups.names == dense.names and not groups.skipped
+    assert {n for n, p in frozen.named_parameters() if not p.requires_grad} == stiff  # as the trace found them
+    apply_plan(frozen, plan, groups)
+    assert {n for n, p in frozen.named_parameters() if not p.requires_grad} == stiff  # and after removal
+    with torch.inference_mode():
+        built_there = create_model("resnet20", in_channels=1)
+    with pytest.raises(ConfigError, match=r"holds tensors created under torch.inference_mode\(\), which autograd "
+                                          r"cannot trace; build or load it outside inference mode$"):
+        find_groups(built_there, (1, 16, 16))
+
+
+def test_counting_a_shape_the_model_cannot_take_is_one_line() -> None:
+    import pytest
+
+    from prunetune.exceptions import ConfigError
+    from prunetune.pruning import count_cost
+
+    model = create_model("tiny_convnet", in_channels=1)
+    with pytest.raises(ConfigError, match=r"cannot run on an input of shape \(3, 16, 16\) \(Given groups=1"):
+        count_cost(model, (3, 16, 16))
+    with pytest.raises(ConfigError, match=r"input_shape must be \(C, H, W\)"):
+        count_cost(model, "16x16")
+    assert model.training  # its mode as it came
+
+
+def test_a_frozen_batch_norm_stays_in_eval_mode_through_every_pass() -> None:
+    """Each pass put the model back with ``model.train(was_training)``, which sets every submodule to the
+    top module's mode: a BN frozen with ``bn.eval()`` inside a training model (a detection backbone, a
+    head-only fine-tune) came back in train mode from find_groups, count_cost, calibrate, evaluate and
+    BN re-estimation, and its statistics then moved on the next training step."""
+    from prunetune.pruning import count_cost
+    from prunetune.pruning.calibration import calibrate
+    from prunetune.pruning.finetune import evaluate, recalibrate_bn
+
+    model = create_model("resnet20", in_channels=1).train()
+    model.bn1.eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    batches = [(torch.randn(4, 1, 16, 16), torch.randint(0, 10, (4,)))]
+    groups = find_groups(model, (1, 16, 16))
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    count_cost(model, (1, 16, 16))
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    calibrate(model, groups, {"hrank": {}}, batches, show_progress=False)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    evaluate(model, batches)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    recalibrate_bn(model, batches)
+    assert {n: m.training for n, m in model.named_modules()} == modes

@@ -85,6 +85,24 @@ def test_bad_ratios_and_names(resnet56) -> None:
         keep_from_ratios(groups, {"layer1.0.conv": 0.2})
     with pytest.raises(ConfigError, match="macs_budget"):
         keep_for_budget(groups, 1.5)
+    with pytest.raises(UnknownNameError, match="did you mean 'layer1.0.conv1'"):  # was a uniform ratio, silently
+        keep_for_budget(groups, 0.5, relative={"layer1.0.conv": 0.3})
+    with pytest.raises(ConfigError, match=r"relative ratio of group 'conv1' must be a number in \[0, 1\), got '0.3'"):
+        keep_for_budget(groups, 0.5, relative={"conv1": "0.3"})
+
+
+def test_non_finite_scores_are_refused_not_ranked_as_the_first_channels(resnet56) -> None:
+    """NaN compares false: a group with NaN scores kept its first channels, whatever the others scored."""
+    _, groups = resnet56
+    scores = {g.name: torch.rand(g.channels, dtype=torch.float64) for g in groups}
+    scores["conv1"][::2] = float("nan")
+    keep = {g.name: g.channels // 2 for g in groups}
+    with pytest.raises(InvalidPlanError, match=r"scores for 'conv1' have 8 non-finite value\(s\) \(NaN or inf\) of 16"):
+        make_plan(groups, scores, keep)
+    scores["conv1"] = torch.rand(16, dtype=torch.float64)
+    scores["layer1.0.conv1"][3] = float("inf")
+    with pytest.raises(InvalidPlanError, match="layer1.0.conv1"):
+        make_plan(groups, scores, keep)
 
 
 def _edited(plan: PruningPlan, how: str) -> dict:

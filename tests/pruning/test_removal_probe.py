@@ -389,8 +389,8 @@ def test_only_the_groups_that_fail_together_are_blamed_not_their_halves() -> Non
 
 class _Scaled(nn.Module):
     """A per-channel scale between two blocks, held as ``kind``: a plain tensor attribute, a buffer, a
-    frozen or a trainable parameter. Only the trainable parameter is in the autograd graph that
-    Torch-Pruning traces, so only then is it pruned with the channels it scales."""
+    frozen or a trainable parameter. Only a parameter is in the autograd graph that Torch-Pruning
+    traces (a frozen one is traced as trainable), so only then is it pruned with the channels it scales."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()
@@ -408,22 +408,29 @@ class _Scaled(nn.Module):
         return self.fc(self.b(self.a(x) * self.scale).mean((2, 3)))
 
 
-@pytest.mark.parametrize("kind", ["attribute", "buffer", "frozen"])
+@pytest.mark.parametrize("kind", ["attribute", "buffer"])
 def test_a_tensor_the_graph_cannot_follow_is_named_with_what_the_pruned_copy_raised(kind: str) -> None:
     groups = find_groups(_Scaled(kind), SHAPE)
     assert groups.names == ["b.0"]
     (skipped,) = groups.skipped
     assert skipped.startswith("a.0: removing its channels breaks the forward pass (RuntimeError: The size of tensor")
-    assert ("; likely cause: scale, a tensor of shape (1, 8, 1, 1) that is not a trainable nn.Parameter, which the "
-            "dependency graph cannot follow, so it keeps its 8 channels (make it a trainable nn.Parameter") in skipped
+    assert ("; likely cause: scale, a tensor of shape (1, 8, 1, 1) that is not an nn.Parameter, which the "
+            "dependency graph cannot follow, so it keeps its 8 channels (make it an nn.Parameter, frozen or not") in skipped
 
 
-def test_a_trainable_parameter_of_the_group_width_is_pruned_with_it_and_named_nowhere() -> None:
+@pytest.mark.parametrize("kind", ["parameter", "frozen"])
+def test_a_parameter_of_the_group_width_is_pruned_with_it_and_named_nowhere(kind: str) -> None:
+    """A frozen scale was invisible to the autograd trace: the group was left unpruned and the
+    parameter blamed. Every parameter is traced now, and one frozen stays frozen once pruned."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Torch-Pruning's "Unwrapped parameters detected" is not the user's to read
-        groups = find_groups(_Scaled("parameter"), SHAPE)
+        groups = find_groups(_Scaled(kind), SHAPE)
     assert groups.names == ["a.0", "b.0"] and not groups.skipped
-    check_model(lambda: _Scaled("parameter"), SHAPE)  # removal equals masking, the scale pruned with a.0
+    check_model(lambda: _Scaled(kind), SHAPE)  # removal equals masking, the scale pruned with a.0
+    model = _Scaled(kind)
+    apply_plan(model, make_plan(groups, {g.name: torch.arange(g.channels, dtype=torch.float64) for g in groups},
+                                {"a.0": 5, "b.0": 6}), groups)
+    assert model.scale.shape == (1, 5, 1, 1) and model.scale.requires_grad == (kind == "parameter")
 
 
 class _DeepSupervision(nn.Module):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -15,6 +14,7 @@ from torch import Tensor, nn
 from prunetune._checks import boolean
 from prunetune._imports import require
 from prunetune._machine import physical_memory
+from prunetune._modes import modes_kept
 from prunetune._safety import check_user_code, is_user_code
 from prunetune._text import exception_line, short
 from prunetune._registry import Registry, unknown_name_message
@@ -117,18 +117,6 @@ def check_float32(model: nn.Module, what: str) -> None:
     if dtypes:
         raise ConfigError(f"{what} has {', '.join(dtypes)} parameters; prunetune trains and deploys float32 "
                           "models: build it in float32 (model.float())")
-
-
-@contextlib.contextmanager
-def modes_kept(model: nn.Module) -> Iterator[None]:
-    """Put back every submodule's train/eval mode after the block (``model.train(was)`` would set all
-    of them to the top module's, a frozen ``bn.eval()`` included)."""
-    modes = {m: m.training for m in model.modules()}
-    try:
-        yield
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def train_forward(model: nn.Module, x: Tensor) -> Any:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune.exceptions import BudgetInfeasibleError, ConfigError
 from prunetune.pruning.groups import ModelGroups
@@ -161,8 +162,9 @@ def keep_for_budget(
     check_budget(macs_budget)
     given = dict(relative or {})
     for name, ratio in given.items():
-        if not math.isfinite(ratio) or not 0 <= ratio < 1:
-            raise ConfigError(f"relative ratio of group {name!r} must be in [0, 1), got {ratio}")
+        groups[name]  # raises UnknownNameError with close matches (a typo was silently a uniform ratio)
+        if not is_finite_number(ratio) or not 0 <= ratio < 1:
+            raise ConfigError(f"relative ratio of group {name!r} must be a number in [0, 1), got {short(ratio)}")
     shape = {g.name: 1.0 - given.get(g.name, 0.5) for g in groups}  # keep fraction at c = 1
     dense = analytic_cost(groups).macs
     target = macs_budget * dense

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunetune._modes import modes_kept
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria import GRADIENT, Accumulator, FeatureBatch, get_criterion
 from prunetune.pruning.criteria._scratch import reuse_scratch
@@ -131,10 +132,8 @@ def _run_pass(model, by_point, criteria, batches, act, *, mode, device, show_pro
         return hook
 
     handles = [modules[p].register_forward_hook(make_hook(p)) for p in by_point]
-    was_training = model.training
-    model.eval()
     try:
-        with _bn_train_mode(model, mode == "train"):
+        with modes_kept(model), _bn_train_mode(model.eval(), mode == "train"):  # eval, then BN to train
             desc = "calibration" if mode == "eval" else "calibration (BN train mode)"
             for x, y in progress(batches, desc=desc, enabled=show_progress):
                 if len(x) == 0:  # an empty batch (a sampler's last one) holds no statistics
@@ -149,7 +148,6 @@ def _run_pass(model, by_point, criteria, batches, act, *, mode, device, show_pro
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
         model.zero_grad(set_to_none=True)
 
 

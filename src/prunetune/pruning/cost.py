@@ -16,6 +16,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunetune._modes import modes_kept
+from prunetune._checks import input_shape as check_input_shape
+from prunetune._checks import unrunnable
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -30,14 +34,15 @@ class Cost:
 
 def count_cost(model: nn.Module, input_shape: tuple[int, ...]) -> Cost:
     """Count the MACs of one input (every convolution and matrix product) and all parameter elements."""
+    input_shape = check_input_shape(input_shape)
     counter = FlopCounterMode(display=False)
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad(), counter:
-            model(torch.zeros(1, *input_shape, device=_device_of(model)))
-    finally:
-        model.train(was_training)
+        with modes_kept(model), torch.no_grad(), counter:
+            model.eval()(torch.zeros(1, *input_shape, device=_device_of(model)))
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError) as exc:  # a shape the model cannot take (the cause is kept)
+        raise unrunnable(model, input_shape, exc) from exc
     return Cost(counter.get_total_flops() // 2, sum(p.numel() for p in model.parameters()))
 
 

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunetune._modes import modes_kept
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
-from prunetune.exceptions import ConfigError
+from prunetune.exceptions import ConfigError, DivergedError
 from prunetune.pruning.progress import progress
 
 
@@ -99,8 +100,10 @@ def finetune(
     eval_batches: Iterable[tuple[Tensor, Tensor]] | None = None,
     callbacks: Sequence[Any] = (),
     show_progress: bool = True,
+    section: str = "finetune",
 ) -> list[dict[str, float]]:
-    """Train ``model`` for ``config.epochs`` epochs; return per-epoch metrics (loss, lr, accuracy)."""
+    """Train ``model`` for ``config.epochs`` epochs; return per-epoch metrics (loss, lr, accuracy).
+    ``section``: the recipe section ``config`` came from, named in the error if the loss diverges."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     model.to(device)
@@ -148,7 +151,7 @@ def finetune(
         metrics = {"epoch": epoch + 1, "loss": float(loss_sum) / max(1, seen),
                    "lr": lr_at(step - 1, total_steps, warmup, config.lr)}
         if not math.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"fine-tune loss became {metrics['loss']} at epoch {epoch + 1}; lower finetune.lr")
+            raise DivergedError(f"{section} loss became {metrics['loss']} at epoch {epoch + 1}; lower {section}.lr")
         if eval_batches is not None:
             metrics["accuracy"] = evaluate(model, eval_batches, device=device, amp=config.amp)
         _call(callbacks, "on_epoch_end", epoch, config.epochs, metrics)
@@ -187,18 +190,15 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, devi
     precision on ``device``, :func:`autocast_dtype`; none on CPU)."""
     device = torch.device(device)
     amp_dtype = autocast_dtype(device) if amp else None
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    try:
+    with modes_kept(model):
+        model.eval()
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(x)
             correct += int((logits.argmax(1) == y).sum())
             total += int(y.shape[0])
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ConfigError("evaluation set is empty")
     return correct / total
@@ -215,14 +215,13 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches seen
-    was_training = model.training
-    model.train()
     try:
-        for i, (x, _y) in enumerate(batches):
-            if i >= max_batches:
-                break
-            model(x.to(device))
+        with modes_kept(model):
+            model.train()
+            for i, (x, _y) in enumerate(batches):
+                if i >= max_batches:
+                    break
+                model(x.to(device))
     finally:
         for m, mom in zip(norms, momenta):
             m.momentum = mom
-        model.train(was_training)

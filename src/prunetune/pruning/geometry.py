@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunetune._modes import modes_kept
+
 # per-channel norms: masked after them (a masked channel's β must not leak), γ/β counted analytically
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNorm2d)
 
@@ -171,13 +173,10 @@ def _counted_pass(model: nn.Module, example: torch.Tensor) -> tuple[dict, dict[s
 
     handles = [m.register_forward_pre_hook(pre(n)) for n, m in leaves.items()]
     handles += [m.register_forward_hook(post(n)) for n, m in leaves.items()]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad(), counter:
-            model(example)
+        with modes_kept(model), torch.no_grad(), counter:
+            model.eval()(example)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return shapes, macs, counter.get_total_flops() // 2 - sum(macs.values())

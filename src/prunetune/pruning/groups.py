@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from prunetune._checks import input_shape as check_input_shape
+from prunetune._checks import unrunnable
 from prunetune._machine import check_input_fits
 from prunetune._registry import unknown_name_message
-from prunetune._text import exception_line
 from prunetune.exceptions import ConfigError, UnknownNameError
 from prunetune.pruning import removal_probe, tp_bridge
 from prunetune.pruning.counting import CountedCost
@@ -138,6 +139,12 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
         raise ConfigError(f"find_groups needs a torch.nn.Module, got {type(model).__name__}")
     input_shape = check_input_shape(input_shape)
     check_input_fits(1, input_shape, f"one input of shape {tuple(input_shape)}", "give a smaller input_shape")
+    tp_bridge.check_traceable(model)
+    with torch.inference_mode(False):  # the trace, and the probe's copies, are normal tensors in any mode
+        return _find_groups(model, input_shape)
+
+
+def _find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     example = tp_bridge.example_for(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
@@ -145,9 +152,7 @@ def find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
         graph = tp_bridge.build_graph(model, example)
     except (RuntimeError, ValueError) as exc:  # the forward pass failed: a shape the model cannot take
         # (ValueError: a batch norm given 3-D maps, where a conv took a (C, H) input as unbatched)
-        reason = exception_line(exc, 200)
-        raise ConfigError(f"the model ({type(model).__name__}) cannot run on an input of shape "
-                          f"{tuple(input_shape)} ({reason}); check the input size and in_channels") from None
+        raise unrunnable(model, input_shape, exc) from None
     found, skipped = [], []
     for members in tp_bridge.raw_groups(graph, tp_bridge.output_layers(graph)):
         made = _make_group(members, names, order, graph)

@@ -181,6 +181,10 @@ def make_plan(
         s = torch.as_tensor(scores[g.name]).detach().flatten().cpu()
         if s.numel() != g.channels:
             raise InvalidPlanError(f"scores for {g.name!r} have {s.numel()} entries, the group has {g.channels}")
+        if s.is_floating_point() and not bool(s.isfinite().all()):  # NaN compares false: no ranking at all
+            bad = int((~s.isfinite()).sum())
+            raise InvalidPlanError(f"scores for {g.name!r} have {bad} non-finite value(s) (NaN or inf) of "
+                                   f"{g.channels}; a criterion that gives them cannot rank this group's channels")
         ranked = _ranked(s)  # most important first
         kept[g.name] = tuple(sorted(ranked[:k]))
         order[g.name] = tuple(reversed(ranked[k:]))

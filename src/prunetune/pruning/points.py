@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunetune._modes import modes_kept
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.mask_hooks import channel_dim
@@ -93,18 +94,15 @@ def _probe(model: nn.Module, names: set[str], input_shape: tuple[int, ...]) -> d
         return fn
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in names if n in modules]
-    was_training = model.training
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.zeros(2, *input_shape, device=device, requires_grad=True)
     try:
-        model.eval()
-        with torch.enable_grad():
-            model(x)
+        with modes_kept(model), torch.enable_grad():
+            model.eval()(x)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return seen
 
 

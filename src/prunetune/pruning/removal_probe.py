@@ -50,6 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prunetune._modes import modes_kept
 from prunetune._text import exception_line
 from prunetune.models.registry import train_forward
 from prunetune.pruning import tp_bridge
@@ -98,10 +99,11 @@ def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) 
 def _unresized_hint(model: nn.Module, channels: int) -> str:
     """A likely cause, with its fix, where ``model`` holds a tensor with ``channels`` entries along a
     dimension outside torch's own layers; empty where there is none. First a tensor the dependency
-    graph cannot follow, which removal leaves at that width: a plain tensor attribute, a buffer or a
-    frozen parameter (Torch-Pruning follows channels through autograd, so only trainable parameters
-    are pruned with them). Then a trainable parameter outside any layer, which Torch-Pruning prunes
-    along its last non-singleton dimension, and which masking the channels does not reach."""
+    graph cannot follow, which removal leaves at that width: a plain tensor attribute or a buffer
+    (Torch-Pruning follows channels through autograd; every parameter, frozen or not, is traced as
+    trainable, :func:`~prunetune.pruning.tp_bridge.build_graph`). Then a parameter outside any layer,
+    which Torch-Pruning prunes along its last non-singleton dimension, and which masking the channels
+    does not reach."""
     unfollowed: list[tuple[str, tuple[int, ...]]] = []
     loose: list[tuple[str, tuple[int, ...]]] = []
     for prefix, module in model.named_modules():
@@ -111,13 +113,12 @@ def _unresized_hint(model: nn.Module, channels: int) -> str:
             own.update((k, p) for k, p in module._parameters.items() if p is not None)
         for key, value in own.items():
             if isinstance(value, Tensor) and channels in value.shape:
-                trainable = isinstance(value, nn.Parameter) and value.requires_grad
-                (loose if trainable else unfollowed).append((f"{prefix}.{key}" if prefix else key, tuple(value.shape)))
+                (loose if isinstance(value, nn.Parameter) else unfollowed).append((f"{prefix}.{key}" if prefix else key, tuple(value.shape)))
     if unfollowed:
         (name, shape), more = unfollowed[0], _more(unfollowed)
-        return (f"; likely cause: {name}{more}, a tensor of shape {shape} that is not a trainable nn.Parameter, "
-                f"which the dependency graph cannot follow, so it keeps its {channels} channels (make it a "
-                "trainable nn.Parameter so that it is pruned with them)")
+        return (f"; likely cause: {name}{more}, a tensor of shape {shape} that is not an nn.Parameter, "
+                f"which the dependency graph cannot follow, so it keeps its {channels} channels (make it an "
+                "nn.Parameter, frozen or not, so that it is pruned with them)")
     if loose:
         (name, shape), more = loose[0], _more(loose)
         dim = max((i for i, n in enumerate(shape) if n > 1), default=0)
@@ -253,15 +254,11 @@ class _Reference:
 
     def forward(self) -> Any:
         """The model's output on the probe input, in eval mode (hooks on the model apply)."""
-        was_training = self.model.training
-        try:
+        with modes_kept(self.model), torch.no_grad():
             self.model.eval()
-            with torch.no_grad():
-                if self.tensors is None:
-                    return self.model(self.input)
-                return torch.func.functional_call(self.model, self.tensors, (self.input,))
-        finally:
-            self.model.train(was_training)
+            if self.tensors is None:
+                return self.model(self.input)
+            return torch.func.functional_call(self.model, self.tensors, (self.input,))
 
     def masked(self, groups: Sequence[Any]) -> Any:
         """The output with :func:`probe_channels` of each group masked by MaskHooks; raises
@@ -388,11 +385,8 @@ def _out_width(layer: nn.Module) -> int:
 
 
 def _eval_forward(model: nn.Module, example: Tensor) -> Any:
-    was_training = model.training
-    try:
+    with modes_kept(model):
         return model.eval()(example)
-    finally:
-        model.train(was_training)
 
 
 def _leaves(out: Any) -> list[Any]:

@@ -6,13 +6,16 @@ indices, never in Torch-Pruning objects.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from prunetune._modes import modes_kept
+from prunetune.exceptions import ConfigError
 from prunetune.models.cifar_resnet import ChannelPadShortcut
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
@@ -64,17 +67,42 @@ CUSTOM_LAYER_TYPES: tuple[type[nn.Module], ...] = tuple(CUSTOM_PRUNERS)
 
 
 def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
-    """Trace ``model`` once and return Torch-Pruning's dependency graph (autograd must be on)."""
-    was_training = model.training
-    with torch.enable_grad(), warnings.catch_warnings():
+    """Trace ``model`` once and return Torch-Pruning's dependency graph, with autograd on whatever the
+    caller's mode (``no_grad``, ``inference_mode``) and every parameter traced (:func:`_all_traced`)."""
+    with torch.inference_mode(False), torch.enable_grad(), _all_traced(model), modes_kept(model), \
+            warnings.catch_warnings():
         # "Unwrapped parameters detected ... will prune the last non-singleton dimension": a parameter
         # outside any layer (a layer scale) is what find_groups reports, and the removal probe checks
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
-        graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input, customized_pruners=CUSTOM_PRUNERS
+        graph = tp.DependencyGraph().build_dependency(  # (an input made in inference mode is cloned out of it)
+            model, example_inputs=example_input.clone(), customized_pruners=CUSTOM_PRUNERS
         )
-    model.train(was_training)
     return graph
+
+
+def check_traceable(model: nn.Module) -> None:
+    """A :class:`ConfigError` if ``model`` holds tensors made under ``torch.inference_mode()``, which
+    autograd (and so the dependency graph) cannot trace."""
+    if any(t.is_inference() for t in (*model.parameters(), *model.buffers())):
+        raise ConfigError(f"the model ({type(model).__name__}) holds tensors created under "
+                          "torch.inference_mode(), which autograd cannot trace; build or load it outside "
+                          "inference mode")
+
+
+@contextlib.contextmanager
+def _all_traced(model: nn.Module) -> Iterator[None]:
+    """Every parameter requires grad while inside, as it was afterwards. Torch-Pruning follows channels
+    through autograd, so a frozen parameter (a frozen stem, a head-only fine-tune) was invisible: its
+    layers' groups vanished from ``find_groups`` with no reason given, or a group was blamed on it."""
+    check_traceable(model)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def output_layers(graph: tp.DependencyGraph) -> list[nn.Module]:
@@ -156,7 +184,13 @@ def remove_channels(model: nn.Module, removed: Mapping[str, Sequence[int]], inpu
     depends on them), in place; the one place that drives Torch-Pruning's removal."""
     graph = build_graph(model, example_for(model, input_shape))
     modules = dict(model.named_modules())
-    for layer, channels in removed.items():
-        if channels:
-            prune_channels(graph, modules[layer], sorted(channels))
+    # Torch-Pruning puts a new, trainable nn.Parameter where it slices one: the frozen ones stay frozen
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    with torch.inference_mode(False):  # slices of normal tensors, trainable later, whatever the caller's mode
+        for layer, channels in removed.items():
+            if channels:
+                prune_channels(graph, modules[layer], sorted(channels))
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
     return model

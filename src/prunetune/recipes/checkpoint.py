@@ -324,6 +324,7 @@ def _plan_mismatch(model: nn.Module, plan: PruningPlan, what: str, *, dense: boo
         try:  # the real error says more than the meta device's ("Invalid channel dimensions")
             counted = count_cost(model, shape)
         except Exception as real:  # noqa: BLE001
+            real = real.__cause__ or real  # what the forward pass raised, not count_cost's sentence around it
             raise CheckpointError(f"{what}: the network does not take inputs of its plan's input_shape {shape} "
                                   f"({exception_line(real)}); {fix}") from None
     recorded = (plan.dense if dense else plan.pruned).macs
