@@ -4,6 +4,10 @@ and a replayed exported recipe reproduces its trial's test accuracy (its thread 
 from __future__ import annotations
 
 import copy
+import faulthandler
+import os
+import signal
+import sys
 import logging
 import subprocess
 import sys
@@ -47,10 +51,19 @@ def test_search_pareto_export_prune_and_the_replay_equals_the_trial(tmp_path, mo
     recipe = copy.deepcopy(TINY_RECIPE)
     recipe["finetune"]["epochs"] = 3
     events = []
+    process = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.excepthook,
+               faulthandler.is_enabled(), dict(os.environ))
+    torch.manual_seed(123)
+    stream = torch.random.get_rng_state()
     outcome = prunetune.search({"recipe": recipe, "space": {"ratios": "uniform", "criteria": ["l1"]},
                                 "screen": {"candidates": 8}}, macs_budget=0.6, trials=2, experiment="api",
                                progress=events.append)
     assert outcome.status == "FINISHED" and outcome.counts == {"FINISHED": 2}
+    # what the local Ray changed in this process (its SIGTERM handler sys.exit, its excepthook, faulthandler,
+    # PYTHONBREAKPOINT and RAY_* variables) and the caller's random stream are as they were
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), sys.excepthook,
+            faulthandler.is_enabled(), dict(os.environ)) == process
+    assert torch.equal(torch.random.get_rng_state(), stream)
     phases = [e.phase for e in events if e.kind == "phase"]
     assert phases == ["loading", "scoring", "starting Ray", "screening", "trials"]
     assert f"optuna-dashboard {outcome.study_storage}" in caplog.text and events[-1].kind == "done"
@@ -114,3 +127,44 @@ def test_a_plan_that_removes_nothing_is_warned_about(caplog) -> None:
         result = prunetune.prune(recipe)
     assert result.plan.pruned.macs == result.plan.dense.macs
     assert any("the plan removes no channel (min_keep 1000000000" in r.getMessage() for r in caplog.records)
+
+
+def test_prune_leaves_the_callers_random_streams_and_gives_the_model_in_eval_mode() -> None:
+    """prune seeded torch with the recipe's seed and left it so: the caller's next torch.rand was the
+    recipe's stream. The model came back in train mode, so calling it moved its BN statistics."""
+    import random
+
+    import numpy as np
+    import torch
+
+    recipe = {"model": {"name": "tiny_convnet", "in_channels": 1}, "data": "digits", "criterion": "l1",
+              "allocation": {"ratio": np.float32(0.5)}, "pretrain": {"epochs": np.int64(1)},
+              "finetune": {"epochs": np.int64(1)}, "calibration": {"use_cache": False}, "seed": np.int64(3)}
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)
+    states = torch.random.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    result = prunetune.prune(recipe)  # numpy scalars are the numbers they hold
+    assert torch.equal(torch.random.get_rng_state(), states[0])
+    assert random.getstate() == states[1] and (np.random.get_state()[1] == states[2]).all()
+    assert not result.model.training
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: prunetune.prune([{}]), r"recipe must be a recipe file, a mapping or a Recipe, got \[\{\}\] \(of type list\)$"),
+    (lambda: prunetune.prune(None), "recipe must be a recipe file, a mapping or a Recipe, got None"),
+    (lambda: prunetune.prune(b"r.yaml"), "got b'r.yaml' \\(of type bytes\\)"),
+    (lambda: prunetune.prune({"model": "tiny_convnet", "data": "digits", "criterion": "l1", "allocation": {"ratio": 0.5}},
+                             out=123), "out must be a file name or None"),
+    (lambda: prunetune.search([{}]), "config must be a search config file, a mapping or a SearchConfig"),
+    (lambda: prunetune.search({"macs_budget": 0.5}, progress="print"),
+     "progress must be a function of one ProgressEvent \\(or None\\), got 'print'"),
+    (lambda: prunetune.search({"macs_budget": 0.5}, resume="yes"), "resume must be None, True or False, got 'yes'"),
+    (lambda: prunetune.export("exp", None), "out must be a file name, got None"),
+    (lambda: prunetune.deploy("x.pt", "torchscript", None), "out must be a file name, got None"),
+    (lambda: prunetune.deploy("x.pt", "torchscript", "x.ts", fold_bn="no"), "fold_bn must be true or false"),
+])
+def test_wrong_types_from_python_are_one_line(call, message) -> None:
+    """Each was a TypeError from pathlib (or accepted as truthy) rather than a PrunetuneError naming the argument."""
+    with pytest.raises(prunetune.PrunetuneError, match=message):
+        call()

@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prunetune._numbers import plain
+from prunetune._text import short
+from prunetune.exceptions import ConfigError
+
 if TYPE_CHECKING:  # pragma: no cover
     from prunetune.recipes.pipeline import PruneResult
     from prunetune.recipes.schema import Recipe
@@ -56,17 +60,27 @@ def search(config: PathLike | Mapping[str, Any] | SearchConfig, /, *, resume: bo
         ``parent_run_id``, ``status`` (FINISHED, or KILLED when interrupted), ``counts`` of trial
         runs by status, ``study_storage`` / ``study_name`` of the Optuna study.
     """
+    from prunetune._caller_state import process_state_kept, random_state_kept
+    from prunetune._checks import boolean
     from prunetune.search.config import SearchConfig, load_search_config, parse_search_config
     from prunetune.search.runner import run_search
 
+    if resume is not None and not isinstance(resume, bool):
+        raise ConfigError(f"resume must be None, True or False, got {_kind(resume)}")
+    boolean(show_progress, "show_progress")
+    if progress is not None and not callable(progress):
+        raise ConfigError(f"progress must be a function of one ProgressEvent (or None), got {_kind(progress)}")
+    overrides = plain(overrides)  # numpy scalars as the numbers they hold
     if isinstance(config, SearchConfig):
         if overrides:
             config = parse_search_config(config.to_dict(), source=config.source, overrides=overrides)
     elif isinstance(config, Mapping):
-        config = parse_search_config(config, overrides=overrides)
+        config = parse_search_config(plain(config), overrides=overrides)
     else:
-        config = load_search_config(config, overrides)
-    return run_search(config, resume=resume, progress=progress, show_progress=show_progress)
+        config = load_search_config(_path(config, "config", "a search config file, a mapping or a SearchConfig"),
+                                    overrides)
+    with random_state_kept(), process_state_kept():  # the caller's streams; what a local Ray changes
+        return run_search(config, resume=resume, progress=progress, show_progress=show_progress)
 
 
 def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | None = None,
@@ -86,6 +100,7 @@ def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | N
         :class:`~prunetune.recipes.pipeline.PruneResult`: ``dense`` and ``pruned`` metrics (MACs, params,
         test ``accuracy``), the ``plan``, the fine-tune ``history``, the pruned ``model``.
     """
+    from prunetune._caller_state import random_state_kept
     from prunetune._checks import boolean
     from prunetune._paths import check_file_name, check_output_file
     from prunetune.recipes.pipeline import run_recipe
@@ -93,20 +108,34 @@ def prune(recipe: PathLike | Mapping[str, Any] | Recipe, /, *, out: PathLike | N
 
     boolean(allow_code, "allow_code")
     boolean(overwrite, "overwrite")
+    boolean(show_progress, "show_progress")
     if isinstance(recipe, Mapping):
-        recipe = Recipe.from_dict(recipe, allow_code=allow_code)
+        recipe = Recipe.from_dict(plain(recipe), allow_code=allow_code)
     elif isinstance(recipe, Recipe):
         if allow_code and not recipe.allow_code:  # the caller's opt-in counts for a Recipe built without it
             recipe = dataclasses.replace(recipe, allow_code=True)
     else:
-        recipe = Recipe.from_yaml(recipe, allow_code=allow_code)
+        recipe = Recipe.from_yaml(_path(recipe, "recipe", "a recipe file, a mapping or a Recipe"),
+                                  allow_code=allow_code)
     if out is not None:
-        out = check_file_name(out, "out", flag="out")
+        out = check_file_name(_path(out, "out", "a file name or None"), "out", flag="out")
         out = check_output_file(out, "out", overwrite=overwrite, flag="out", overwrite_flag="overwrite=True",
                                 written_with=[Path(out).with_suffix(".plan.json")])
         check_output_file(Path(out).with_suffix(".plan.json"), "the plan file next to out", overwrite=overwrite,
                           flag="out", overwrite_flag="overwrite=True")
-    return run_recipe(recipe, out=out, overwrite=overwrite, show_progress=show_progress)
+    with random_state_kept():  # the recipe's seed is its own; the caller's random streams stay theirs
+        return run_recipe(recipe, out=out, overwrite=overwrite, show_progress=show_progress)
+
+
+def _kind(value: object) -> str:
+    return f"{short(value)} (of type {type(value).__name__})"
+
+
+def _path(value: object, what: str, expected: str) -> str | os.PathLike:
+    """``value`` if it is a path (str or os.PathLike, not bytes); else a one-line error naming what it was."""
+    if isinstance(value, (str, os.PathLike)) and not isinstance(value, bytes):
+        return value
+    raise ConfigError(f"{what} must be {expected}, got {_kind(value)}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +176,8 @@ def pareto(experiment: str, *, tracking_uri: str | None = None, search_run: str 
     """
     from prunetune.tracking import load_search, resolve_tracking_uri
 
+    if isinstance(tracking_uri, os.PathLike):  # a path of the sqlite store
+        tracking_uri = os.fspath(tracking_uri)
     return Front(load_search(resolve_tracking_uri(tracking_uri), experiment, parent_run_id=search_run))
 
 
@@ -167,6 +198,7 @@ def export(experiment: str, out: PathLike, *, pick: str = "max-acc", trial: str 
     from prunetune._paths import check_output_file
     from prunetune.tracking import export_trial
 
-    check_output_file(out, "out", overwrite=overwrite, flag="out", overwrite_flag="overwrite=True")
+    check_output_file(_path(out, "out", "a file name"), "out", overwrite=overwrite, flag="out",
+                      overwrite_flag="overwrite=True")
     records = pareto(experiment, tracking_uri=tracking_uri, search_run=search_run).records
     return export_trial(records, out, pick=pick, budget=budget, overwrite=overwrite, trial=trial)

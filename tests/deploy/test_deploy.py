@@ -482,6 +482,8 @@ def test_a_small_count_difference_loads_with_a_warning_when_asked(pruned_file, t
     ({"input_shape": (3, 8, 8), "format": ["onnx"]}, "unknown deploy format"),
     ({"input_shape": (3, 8, 8), "model": 5}, "model must be a torch.nn.Module or the path of a pruned model file"),
     ({"input_shape": (3, 8, 8), "model": "double"}, "the module given to deploy has float64 parameters"),
+    ({"input_shape": (1, 8, 8)}, r"the model \(Sequential\) cannot run on an input of shape \(1, 8, 8\) \(Given "
+                                 r"groups=1, .*\); check the input size and in_channels$"),
 ])
 def test_deploy_of_a_module_checks_its_arguments_in_one_line(tmp_path, kwargs, message) -> None:
     """Each was a TypeError, RuntimeError or StopIteration from deep inside (deploy(module) checked
@@ -564,3 +566,29 @@ def test_bench_with_a_pruned_file_as_its_dense_checkpoint_says_so(pruned_file, c
                  "--min-time", "0.01"]) == 2
     err = capsys.readouterr().err
     assert "is a pruned model (prunetune prune --out), not a dense state dict" in err and err.count("\n") == 1, err
+
+
+def test_deploy_refuses_a_non_finite_output_and_leaves_the_global_random_stream(tmp_path, monkeypatch) -> None:
+    """A NaN weight gave NaN against NaN: the relative difference was NaN, which `rel > 1e-4` let through,
+    and the file was written as checked. A file whose output is NaN where PyTorch's is finite is refused too."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    deploy(net, "torchscript", tmp_path / "ok.pt", input_shape=(3, 8, 8))
+    assert torch.equal(torch.random.get_rng_state(), before)  # the example batch has its own generator
+    bad = copy.deepcopy(net)
+    with torch.no_grad():
+        bad[3].weight[0, 0] = float("nan")
+    with pytest.raises(DeployError, match="the model's own output on a random batch is not finite"):
+        deploy(bad, "torchscript", tmp_path / "nan.pt", input_shape=(3, 8, 8))
+    assert not (tmp_path / "nan.pt").exists()
+    real = export_mod.WRITERS["torchscript"]
+
+    def nan_file(model, example, path):
+        run = real(model, example, path)
+        return lambda x: run(x) * float("nan")
+
+    monkeypatch.setitem(export_mod.WRITERS, "torchscript", nan_file)
+    with pytest.raises(DeployError, match=r"differs from the PyTorch model by nan \(nan relative"):
+        deploy(net, "torchscript", tmp_path / "nanfile.pt", input_shape=(3, 8, 8))
+    assert not (tmp_path / "nanfile.pt").exists()

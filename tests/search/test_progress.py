@@ -74,7 +74,7 @@ def test_resumed_trials_count_the_earlier_ones_and_a_heartbeat_repeats_the_statu
     assert out[-1].startswith("[0:31] trials: t07 starting | 6/10 finished, 0 failed, 1 running") and len(out) == 2
 
 
-def test_a_broken_callback_does_not_stop_the_search() -> None:
+def test_a_broken_callback_does_not_stop_the_search(caplog) -> None:
     calls = []
 
     def broken(event):
@@ -82,9 +82,14 @@ def test_a_broken_callback_does_not_stop_the_search() -> None:
         raise RuntimeError("display gone")
 
     p = Progress(broken)
-    p.phase("loading")  # raises nothing
-    p.phase("scoring")  # and the progress goes on being reported
+    with caplog.at_level(logging.DEBUG, logger="prunetune"):
+        p.phase("loading")  # raises nothing
+        p.phase("scoring")  # and the progress goes on being reported
     assert calls == ["loading", "scoring"] and "scoring" in p.status()
+    # the first failure is a warning the user sees (it was a DEBUG line only: a silent broken callback)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["the progress callback raised RuntimeError: display gone; the search goes on (later errors "
+                      "of the callback are logged at DEBUG)"]
 
 
 def test_live_status_keeps_one_line_below_the_log() -> None:

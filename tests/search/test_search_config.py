@@ -43,6 +43,11 @@ def test_paths_in_the_file_are_relative_to_the_file(tmp_path) -> None:
     assert config.settings.tracking_uri == f"sqlite:///{folder / 'runs.db'}"
     assert config.settings.storage_path == str(tmp_path / "here")  # a flag: relative to the working dir
     assert config.settings.experiment == "s"
+    # from Python a Path is a path (it was "storage_path must be a string", though the API's hints say PathLike)
+    config = load_search_config(folder / "s.yaml", {"storage_path": tmp_path / "here", "tracking_uri": tmp_path / "t.db"},
+                                cwd=tmp_path)
+    assert config.settings.storage_path == str(tmp_path / "here")
+    assert config.settings.tracking_uri == f"sqlite:///{tmp_path / 't.db'}"
 
 
 @pytest.mark.parametrize("data, match", [

@@ -18,15 +18,17 @@ from torch import nn
 
 from prunetune._atomic import _umask, make_folder
 from prunetune._checks import boolean, torch_seed
+from prunetune._numbers import plain
 from prunetune._checks import input_shape as check_input_shape
 from prunetune._text import short
 from prunetune._machine import check_input_fits
-from prunetune.pruning.cost import shape_cost
+from prunetune.pruning.cost import count_cost, shape_cost
 from prunetune._registry import unknown_name_message
 from prunetune.deployment.export import EXPORT_MAX_BATCH, WRITERS
 from prunetune.deployment.fold import fold_batchnorm
 from prunetune.exceptions import ConfigError, DeployError, UnknownNameError
-from prunetune.models.registry import check_float32, modes_kept
+from prunetune._modes import modes_kept
+from prunetune.models.registry import check_float32
 
 FORMATS = tuple(WRITERS)
 TOLERANCE = 1e-4  # max |exported − PyTorch| relative to max |PyTorch output|
@@ -69,6 +71,8 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     """
     boolean(allow_code, "allow_code")
     boolean(overwrite, "overwrite")
+    boolean(fold_bn, "fold_bn")
+    seed, check_batch = plain(seed), plain(check_batch)  # numpy scalars as the numbers they hold
     torch_seed(seed, "seed")
     if not isinstance(model, (nn.Module, str, os.PathLike)):
         raise ConfigError(f"model must be a torch.nn.Module or the path of a pruned model file, got {short(model)}")
@@ -82,6 +86,8 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
     if format == "export" and check_batch > EXPORT_MAX_BATCH:
         raise ConfigError(f"check_batch {check_batch} is more than a torch.export program's batch dimension takes "
                           f"({EXPORT_MAX_BATCH}); give at most {EXPORT_MAX_BATCH}")
+    if not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(f"out must be a file name, got {short(out)}")
     out = Path(out)
     if format == "export" and out.suffix != ".pt2":
         raise ConfigError(f"a torch.export program is saved as .pt2 (torch.export.load needs it), got {str(out)!r}")
@@ -97,6 +103,7 @@ def deploy(model: nn.Module | str | os.PathLike, format: str, out: str | os.Path
         activation = shape_cost(model, tuple(input_shape))[1]
     except Exception:  # noqa: BLE001 - code that needs real values: the input alone is checked
         activation = 0
+    count_cost(model, tuple(input_shape))  # one input, before anything is written: a shape it cannot take
     check_input_fits(max(check_batch, 3), input_shape, f"check_batch {check_batch} of inputs {tuple(input_shape)}",
                      "give a smaller check batch", activation=activation)
     t0 = time.perf_counter()
@@ -111,7 +118,8 @@ def _write(reference: nn.Module, format: str, out: Path, input_shape: tuple[int,
     param = next(reference.parameters(), torch.empty(0))
     # exported with a batch of 2, checked on ``check_batch``: with 2 itself, exported with 3, so the check
     # always runs the file on a batch size it was not traced with (what "the batch is dynamic" promises)
-    example = torch.randn(3 if check_batch == 2 else 2, *input_shape, device=param.device)
+    example = torch.randn(3 if check_batch == 2 else 2, *input_shape,  # the caller's random stream is left alone
+                          generator=torch.Generator().manual_seed(seed)).to(param.device)
     # written and checked under a temporary name, renamed over ``out`` only when it passed: an interrupted or
     # failed deploy leaves ``out`` as it was (an --overwrite never trades a good file for a torn one)
     fd, name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)  # writers need the suffix
@@ -128,9 +136,12 @@ def _write(reference: nn.Module, format: str, out: Path, input_shape: tuple[int,
             expected, got = expected.float().cpu(), run(x).float().cpu()
         if got.shape != expected.shape:
             raise DeployError(f"{format} output has shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
+        if not bool(expected.isfinite().all()):
+            raise DeployError(f"the model's own output on a random batch is not finite (NaN or inf), so {str(out)!r} "
+                              "was not written: check its weights (a NaN there reaches every output)")
         diff = float((got - expected).abs().max())
         rel = diff / max(float(expected.abs().max()), 1e-12)
-        if rel > TOLERANCE:
+        if not rel <= TOLERANCE:  # NaN too: a file whose output is NaN where PyTorch's is finite
             raise DeployError(f"{format} file for {str(out)!r} differs from the PyTorch model by {diff:.3g} "
                               f"({rel:.3g} relative, more than {TOLERANCE:g}), so it was not written; try "
                               "--no-fold-bn or another format")

@@ -59,8 +59,8 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], *, batch: int, threa
         raise ConfigError(f"clock must be 'wall', or 'cpu' with one thread; got clock={clock!r}, threads={threads}")
     model = model.eval()
     param = next(model.parameters(), None)  # None: a frozen TorchScript module holds constants only
-    x = torch.randn(batch, *input_shape, device=param.device if param is not None else "cpu",
-                    dtype=param.dtype if param is not None else torch.float32)
+    x = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0)).to(  # the caller's stream stays
+        device=param.device if param is not None else "cpu", dtype=param.dtype if param is not None else torch.float32)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -20,9 +20,7 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[nn.Module, int]:
     """A copy of ``model`` (eval mode) with every foldable BN folded; returns it and the count folded."""
     model = copy.deepcopy(model).eval()
-    param = next(model.parameters())
-    example = torch.randn(1, *input_shape, device=param.device, dtype=param.dtype)
-    graph = tp_bridge.build_graph(model, example)
+    graph = tp_bridge.build_graph(model, tp_bridge.example_for(model, input_shape))  # (its own generator)
     names = {m: n for n, m in model.named_modules()}
     pairs = []
     for module, node in graph.module2node.items():

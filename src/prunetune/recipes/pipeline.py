@@ -29,7 +29,8 @@ from prunetune._text import exception_line
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import BudgetExceededError, CheckpointError, ConfigError
 from prunetune.models import create_model
-from prunetune.models.registry import check_float32, modes_kept, train_forward
+from prunetune._modes import modes_kept
+from prunetune.models.registry import check_float32, train_forward
 from prunetune.pruning.blend import blend_scores
 from prunetune.pruning.budget_check import ROUNDING, check_pruned_macs
 from prunetune.pruning.finetune import evaluate, finetune
@@ -258,7 +259,7 @@ def _pretrained_dense(base: Base, show_progress: bool) -> None:
     cfg = r.pretrain.finetune_config()
     log.info("dense model: no checkpoint given, training it for %d epochs on %s", cfg.epochs, r.data.name)
     finetune(base.model, base.loader("train", train=True, seed=r.pretrain.seed, batch_size=cfg.batch_size), cfg,
-             device=base.device, show_progress=show_progress)
+             device=base.device, show_progress=show_progress, section="pretrain")
     if path is not None:
         save_dense(path, base.model, data_split=base.splits.split)
 
@@ -423,6 +424,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, overwrite: bool
                   "accuracy": evaluate(model, base.loader("test"), device=base.device)}
     timings = {**base.timings, "prepare_s": t1 - t0, "score_plan_s": t2 - t1, "finetune_s": t3 - t2,
                "total_s": time.perf_counter() - t0}
+    model.eval()  # as evaluated and as load_pruned gives it: a call on it must not move its BN statistics
     result = PruneResult(base.dense, pruned, plan, history, model, table.all_cached if table else None, timings)
     if out is not None:
         spec = recipe.model

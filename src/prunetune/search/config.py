@@ -328,6 +328,8 @@ def _settings(d: dict[str, Any], given: dict[str, Any], source: str | None, here
 
 
 def _absolute(value: Any, root: Path, key: str) -> str:
+    if isinstance(value, os.PathLike):  # a Path from Python
+        value = os.fspath(value)
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {short(value)}")
     if key == "tracking_uri":

@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunetune._text import exception_line
+
 log = logging.getLogger("prunetune")
 PHASES = ("loading", "scoring", "starting Ray", "screening", "trials", "done")
 
@@ -85,6 +87,7 @@ class Progress:
         self.best: float | None = None
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
+        self._callback_failed = False
 
     # -- what the runner reports -------------------------------------------------------------
     def release(self) -> None:
@@ -200,8 +203,13 @@ class Progress:
                               self.best, trial)
         try:
             self.callback(event)
-        except Exception:  # a broken display must not stop a search
-            log.debug("progress callback failed", exc_info=True)
+        except Exception as exc:  # a broken display must not stop a search, nor hide that it broke
+            if self._callback_failed:
+                log.debug("progress callback failed", exc_info=True)
+            else:
+                self._callback_failed = True
+                log.warning("the progress callback raised %s: %s; the search goes on (later errors of the "
+                            "callback are logged at DEBUG)", type(exc).__name__, exception_line(exc, 200))
 
     def _counts(self) -> str:
         done = self._done_before + self.finished
