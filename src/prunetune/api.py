@@ -48,7 +48,9 @@ def search(config: PathLike | Mapping[str, Any] | SearchConfig, /, *, resume: bo
             one; True: only continue (an error if there is none); False: never (an error if it exists).
         progress: called with a :class:`~prunetune.search.progress.ProgressEvent` on every change
             (phase, trial started / ended, epoch) and once a second; ``event.status`` is a one-line
-            summary. Status lines also go to the ``prunetune`` logger either way.
+            summary. Status lines also go to the ``prunetune`` logger either way. It runs in the
+            search's own threads: keep it quick (hand slow work to a queue), as the search waits
+            for it; an exception it raises is logged once as a warning and does not stop the search.
         show_progress: progress bars of the dense training and scoring (tqdm, on stderr).
         **overrides: search settings that win over the config, as the command's flags do:
             ``macs_budget``, ``trials``, ``concurrency``, ``experiment``, ``tracking_uri``,

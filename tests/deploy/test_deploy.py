@@ -558,6 +558,10 @@ def test_load_pruned_on_a_device_this_machine_lacks_names_the_device(pruned_file
         load_pruned(pruned_file, map_location="cuda")
     with pytest.raises(ConfigError, match="map_location 'gpu' is not a device"):
         load_pruned(pruned_file, map_location="gpu")
+    # 'meta' said the file was damaged ("its weights do not fit its plan"); 5 was read as the default
+    for where in ("meta", 5):
+        with pytest.raises(ConfigError, match=r"is not a device a model runs on; give 'cpu', 'cuda' or 'cuda:N'$"):
+            load_pruned(pruned_file, map_location=where)
 
 
 def test_bench_with_a_pruned_file_as_its_dense_checkpoint_says_so(pruned_file, capsys) -> None:

@@ -63,3 +63,20 @@ def test_pareto_plot_html_and_the_search_run_artifacts(tmp_path, capsys) -> None
     out = tmp_path / "page.html"
     assert main(["pareto", "--experiment", "exp", "--tracking-uri", uri, "--plot", str(out)]) == 0
     assert "<svg" in out.read_text() and "t01" in capsys.readouterr().out
+
+
+def test_a_plots_budget_and_picked_trial_are_checked(tmp_path) -> None:
+    """budget=nan drew no line and picked='t99' circled nothing, both without a word; export's budget
+    too ('no finished trial within MACs budget nan ... raise --budget')."""
+    from prunetune.exceptions import ConfigError
+    from prunetune.tracking import plot_front
+    from prunetune.tracking.export import choose
+
+    with pytest.raises(ConfigError, match=r"budget must be a fraction of dense MACs in \(0, 1\], got nan"):
+        plot_front(_records(), tmp_path / "front.html", budget=float("nan"))
+    with pytest.raises(ConfigError, match="picked 't99' is not the run id of a finished trial of this search"):
+        plot_front(_records(), tmp_path / "front.html", picked="t99")
+    assert not (tmp_path / "front.html").exists()
+    with pytest.raises(ConfigError, match=r"budget must be a fraction of dense MACs in \(0, 1\], got nan"):
+        choose(_records(), budget=float("nan"))
+    assert choose(_records(), budget=0.45).label == "t01"

@@ -364,7 +364,10 @@ def _read_pruned(path: Path, map_location) -> dict[str, Any]:
         device = torch.device(map_location) if isinstance(map_location, (str, torch.device)) else None
     except RuntimeError:
         raise ConfigError(f"map_location {short(map_location)} is not a device; give 'cpu', 'cuda' or 'cuda:N'") from None
-    if device is not None and device.type == "cuda" and not torch.cuda.is_available():
+    if device is None or device.type not in ("cpu", "cuda"):  # meta: no weights to check the plan with
+        raise ConfigError(f"map_location {short(map_location)} is not a device a model runs on; give 'cpu', "
+                          "'cuda' or 'cuda:N'")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"map_location {short(map_location)}: CUDA is not available here; load it with "
                           "map_location='cpu'")
     problem = input_file_problem(path)

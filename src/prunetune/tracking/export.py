@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from prunetune.pruning.allocation import check_budget
 from prunetune._atomic import write_text_atomic
 from prunetune._registry import unknown_name_message
 from prunetune._yaml import parse_yaml
@@ -31,6 +32,8 @@ def choose(records: SearchRecords, pick: str = "max-acc", budget: float | None =
            trial: str | None = None) -> TrialRecord:
     """The trial ``pick`` selects among the finished ones (``budget`` defaults to the search's), or the
     finished trial named ``trial``: its short name (``t07``), Ray trial id or MLflow run id."""
+    if budget is not None:
+        check_budget(budget, "budget")
     if trial is not None:
         record = find_trial(records, trial)
         if budget is not None and record.macs_ratio > budget + 1e-9:

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from prunetune.pruning.allocation import check_budget
 from prunetune._atomic import write_bytes_atomic, write_text_atomic
 from prunetune._imports import require
 from prunetune._paths import check_output_file
+from prunetune._text import short
 from prunetune.exceptions import ConfigError
 from prunetune.tracking.pareto import front_mask
 from prunetune.tracking.plot_html import front_html
@@ -54,6 +56,10 @@ def plot_front(records: SearchRecords, path: str | os.PathLike, *, budget: float
         overwrite: replace a file at ``path``; without it an existing file is a :class:`ConfigError`
             (checked first, and again when the file is put in place: ``FileExistsError``).
     """
+    if budget is not None:
+        check_budget(budget, "budget")
+    if picked is not None and picked not in {t.run_id for t in records.trials}:
+        raise ConfigError(f"picked {short(picked)} is not the run id of a finished trial of this search")
     path = check_plot_path(path, overwrite=overwrite, what="plot", flag="path", overwrite_flag="overwrite=True")
     if path.suffix.lower() == ".html":
         return write_text_atomic(path, front_html(records, budget=budget, picked=picked), replace=overwrite)
