@@ -6,7 +6,7 @@ import difflib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
-from prunetune.exceptions import UnknownNameError
+from prunetune.exceptions import ConfigError, UnknownNameError
 
 T = TypeVar("T")
 
@@ -31,11 +31,17 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
-        """Register ``obj`` under ``name``; without ``obj`` return a decorator."""
+        """Register ``obj`` under ``name``; without ``obj`` return a decorator.
+
+        Raises:
+            ConfigError: ``name`` is not a non-empty string, or is already registered.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"a {self.kind} name must be a non-empty string, got {name!r}")
 
         def _add(item: T) -> T:
             if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                raise ConfigError(f"{self.kind} {name!r} is already registered; register it under another name")
             self._items[name] = item
             return item
 

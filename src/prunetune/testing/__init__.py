@@ -1,8 +1,8 @@
 """Contract suites for every registered entry, shipped so that a plugin can run them on its own.
 
-Each ``check_*`` function takes a registered name (or, for models, a factory), raises
-:class:`AssertionError` naming the entry and what broke, and returns ``None`` otherwise. They need
-torch and prunetune only (no pytest). The project's tests run them over every registry; a plugin
+Each ``check_*`` function takes a registered name (or, for models, a factory or a module), raises
+:class:`AssertionError` naming the entry, what broke and the value, and returns ``None`` otherwise (the
+checks are explicit, so ``python -O`` keeps them). They need torch and prunetune only (no pytest). The project's tests run them over every registry; a plugin
 that registers, say, a schedule runs the same contract on it::
 
     from prunetune.pruning.schedules import SCHEDULES

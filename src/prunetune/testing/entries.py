@@ -7,17 +7,37 @@ exactly as the built-in ones are.
 from __future__ import annotations
 
 import functools
-import math
+import numbers
 from collections.abc import Iterable, Mapping
 
 import torch
 
+from prunetune._text import short
 from prunetune.pruning.allocation import KeepRule
 from prunetune.pruning.groups import ModelGroups
 
 C = 6
 BUDGETS = (0.6, 0.35, 0.15)
 RULES = (KeepRule(max_ratio=0.8), KeepRule(min_keep=2, round_to=4, max_ratio=0.9))
+
+
+def ensure(ok: object, message: str) -> None:
+    """An ``assert`` that ``python -O`` keeps: raise :class:`AssertionError` with ``message`` unless ``ok``."""
+    if not ok:
+        raise AssertionError(message)
+
+
+def show(value: object) -> str:
+    """A returned value as a failure message shows it: a small tensor's values, else its shape."""
+    if isinstance(value, torch.Tensor):
+        small = value.numel() <= 8 and not value.is_meta
+        return f"tensor {short(value.tolist())}" if small else f"Tensor{tuple(value.shape)} {value.dtype}"
+    return f"{type(value).__name__} {short(value)}"
+
+
+def is_fraction(value: object) -> bool:
+    """A real number (not a bool) in [0, 1]."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 def evidence(seed: int = 0, channels: int = C) -> dict[str, torch.Tensor]:
@@ -49,39 +69,55 @@ def score_evidence(name: str, ev: Mapping[str, torch.Tensor]) -> torch.Tensor:
 def check_criterion(name: str) -> None:
     """Finite, one score per channel, deterministic."""
     a, b = score_evidence(name, evidence()), score_evidence(name, evidence())
-    assert a.shape == (C,) and torch.isfinite(a).all(), f"criterion {name!r}: not one finite score per channel"
-    assert torch.equal(a, b), f"criterion {name!r}: two runs on the same evidence differ"
+    ensure(isinstance(a, torch.Tensor) and a.shape == (C,) and torch.isfinite(a).all(),
+           f"criterion {name!r}: not one finite score per channel of {C}, got {show(a)}")
+    ensure(torch.equal(a, b), f"criterion {name!r}: two runs on the same evidence differ: {show(a)} and {show(b)}")
 
 
 def check_normalizer(name: str) -> None:
     """Keeps shape and order; constant scores give no NaN."""
     from prunetune.pruning.normalize import get_normalizer
 
+    for s in (torch.tensor([3.0, -1.0, 2.0, 10.0]), torch.ones(3)):
+        out = get_normalizer(name)(s)
+        ensure(isinstance(out, torch.Tensor) and out.shape == s.shape and torch.isfinite(out).all(),
+               f"normalizer {name!r}: scores {s.tolist()} give {show(out)}, not {len(s)} finite scores")
     s = torch.tensor([3.0, -1.0, 2.0, 10.0])
     out = get_normalizer(name)(s)
-    assert out.shape == s.shape and torch.isfinite(out).all(), f"normalizer {name!r}: shape or finiteness"
-    assert torch.equal(torch.argsort(out), torch.argsort(s)), f"normalizer {name!r}: changes the order"
-    assert torch.isfinite(get_normalizer(name)(torch.ones(3))).all(), f"normalizer {name!r}: NaN on constant scores"
+    ensure(torch.equal(torch.argsort(out), torch.argsort(s)),
+           f"normalizer {name!r}: changes the order: scores {s.tolist()} give {show(out)}")
+
+
+def schedule_state(name: str, epoch: int, total: int, **params):
+    """The state of ``epoch`` of ``total``, checked: an ``EpochState`` whose fractions are numbers in
+    [0, 1], ``rescore`` a bool and ``pool`` one of the pools."""
+    from prunetune.pruning.schedules import POOLS, SCHEDULES, EpochState
+
+    s = SCHEDULES.get(name).state(epoch, total, **params)
+    where = f"schedule {name!r}{f' {params}' if params else ''} at epoch {epoch} of {total}"
+    ensure(isinstance(s, EpochState), f"{where}: returns {show(s)}, not an EpochState")
+    for key in ("prune", "hard", "soft_scale"):
+        ensure(is_fraction(getattr(s, key)), f"{where}: {key}={getattr(s, key)!r} is not a number in [0, 1]")
+    ensure(isinstance(s.rescore, bool), f"{where}: rescore={s.rescore!r} is not a bool")
+    ensure(isinstance(s.pool, str) and s.pool in POOLS,
+           f"{where}: pool={s.pool!r} is not one of {', '.join(map(repr, POOLS))}")
+    return s
 
 
 def check_schedule_states(name: str, totals: Iterable[int] = (1, 4, 10), **params) -> None:
     """States in the unit range; prune and hard fractions never fall."""
-    from prunetune.pruning.schedules import SCHEDULES
-
     for total in totals:
-        states = [SCHEDULES.get(name).state(e, total, **params) for e in range(total)]
-        for s in states:
-            assert 0.0 <= s.prune <= 1.0 and 0.0 <= s.hard <= 1.0 and 0.0 <= s.soft_scale <= 1.0, (name, total, s)
-        assert all(a.prune <= b.prune for a, b in zip(states, states[1:])), f"schedule {name!r}: prune falls"
-        assert all(a.hard <= b.hard for a, b in zip(states, states[1:])), f"schedule {name!r}: hard falls"
+        states = [schedule_state(name, e, total, **params) for e in range(total)]
+        for e, (a, b) in enumerate(zip(states, states[1:]), start=1):
+            for key in ("prune", "hard"):
+                ensure(getattr(a, key) <= getattr(b, key), f"schedule {name!r}{f' {params}' if params else ''}: "
+                       f"{key} falls from {getattr(a, key)} to {getattr(b, key)} at epoch {e} of {total}")
 
 
 def check_schedule_end(name: str, total: int, **params) -> None:
     """The last epoch is fully pruned and hard (what it measures is what removal keeps)."""
-    from prunetune.pruning.schedules import SCHEDULES
-
-    last = SCHEDULES.get(name).state(total - 1, total, **params)
-    assert last.prune == 1.0 and last.hard == 1.0, f"schedule {name!r} {params}: ends at {last} after {total}"
+    last = schedule_state(name, total - 1, total, **params)
+    ensure(last.prune == 1.0 and last.hard == 1.0, f"schedule {name!r} {params}: ends at {last} after {total}")
 
 
 def check_schedule(name: str, seeds: int = 8) -> None:
@@ -95,14 +131,16 @@ def check_schedule(name: str, seeds: int = 8) -> None:
     for total in (1, 2, 3, 4, 10):
         check_schedule_end(name, total)
     undeclared = sorted(set(schedule.space) - set(schedule.defaults))
-    assert not undeclared, f"schedule {name!r} searches {undeclared[0]!r}, which is not one of its parameters"
+    if undeclared:
+        raise AssertionError(f"schedule {name!r} searches {undeclared[0]!r}, which is not one of its parameters")
     for seed in range(seeds if schedule.space else 0):
         trial = RandomTrial(seed)
         params = {key: searched.suggest(trial, key) for key, searched in schedule.space.items()}
         schedule.validate(params)
         check_schedule_states(name, **params)
     if schedule.one_shot:
-        assert all(schedule.state(e, 4).hard == 1.0 for e in range(4)), f"one-shot schedule {name!r} has soft epochs"
+        soft = [e for e in range(4) if schedule.state(e, 4).hard != 1.0]
+        ensure(not soft, f"one-shot schedule {name!r} has soft epochs: {soft} of 4")
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,11 +164,14 @@ def check_ratio_preset(name: str, groups: ModelGroups | None = None, seeds: int 
     for seed in range(seeds):
         config = space.define(RandomTrial(seed))
         ratios = relative_ratios(config, groups)
-        assert not ratios or set(ratios) == set(groups.names), f"ratio preset {name!r}: not every group has a ratio"
-        assert all(RATIO_FLOOR <= r < 1.0 for r in ratios.values()), f"ratio preset {name!r}: ratio out of range"
+        for g in groups.names if ratios else ():
+            ensure(g in ratios, f"ratio preset {name!r}: group {g!r} has no ratio")
+            ensure(RATIO_FLOOR <= ratios[g] < 1.0,
+                   f"ratio preset {name!r}: group {g!r} has ratio {ratios[g]!r}, outside [{RATIO_FLOOR}, 1)")
         read = set(RATIO_SPACES.get(name).keys(groups).values())
         unread = sorted(k for k in config if k.startswith(RATIO_PREFIX) and k not in read)
-        assert not unread, f"ratio preset {name!r} samples {unread[0]!r}, which no group reads"
+        if unread:
+            raise AssertionError(f"ratio preset {name!r} samples {unread[0]!r}, which no group reads")
 
 
 def strategy_inputs(groups: ModelGroups, seed: int = 0) -> tuple[dict, dict]:
@@ -142,20 +183,33 @@ def strategy_inputs(groups: ModelGroups, seed: int = 0) -> tuple[dict, dict]:
     return scores, extras
 
 
-def check_keep(groups: ModelGroups, keep: Mapping[str, int], budget: float, rule: KeepRule) -> None:
-    """Within the budget, within [floor, C] per group (and the max ratio), and maximal: no group can
-    keep one more step without going over."""
+def check_keep(groups: ModelGroups, keep: Mapping[str, int], budget: float, rule: KeepRule, *,
+               what: str = "plan") -> None:
+    """One integer keep count (not a bool) per group and no other name; within the budget, within
+    [floor, C] per group (and the max ratio), and maximal: no group can keep one more step without
+    going over. ``what`` names the plan in failure messages."""
     from prunetune.pruning.macs import analytic_cost
 
-    target = budget * analytic_cost(groups).macs
-    assert analytic_cost(groups, keep).macs <= target
+    ensure(isinstance(keep, Mapping), f"{what}: keep counts are {show(keep)}, not a mapping of group to count")
+    known = set(groups.names)
+    unknown = [name for name in keep if name not in known]
+    if unknown:
+        raise AssertionError(f"{what}: keeps {unknown[0]!r}, which is not a group")
     for g in groups:
-        assert rule.floor(g.channels) <= keep[g.name] <= g.channels
-        assert keep[g.name] >= math.ceil((1 - rule.max_ratio) * g.channels - 1e-9)
+        ensure(g.name in keep, f"{what}: group {g.name!r} has no keep count")
+        k = keep[g.name]
+        ensure(isinstance(k, numbers.Integral) and not isinstance(k, bool),
+               f"{what}: group {g.name!r} keeps {show(k)}, not an integer channel count")
+        floor = rule.floor(g.channels)  # min_keep, max_ratio and round_to
+        ensure(floor <= k <= g.channels, f"{what}: group {g.name!r} keeps {k}, outside [{floor}, {g.channels}]")
+    dense = analytic_cost(groups).macs
+    target = budget * dense
+    macs = analytic_cost(groups, keep).macs
+    ensure(macs <= target, f"{what}: {macs} MACs, over the budget {budget:g} of {dense} dense MACs")
     for g in groups:
         grown = rule.clamp(g.channels, keep[g.name] + 1)
-        if grown > keep[g.name]:
-            assert analytic_cost(groups, {**keep, g.name: grown}).macs > target, g.name
+        ensure(grown == keep[g.name] or analytic_cost(groups, {**keep, g.name: grown}).macs > target,
+               f"{what}: not maximal: group {g.name!r} could keep {grown} instead of {keep[g.name]} within budget")
 
 
 def check_strategy(name: str, groups: ModelGroups | None = None, budgets: Iterable[float] = BUDGETS,
@@ -168,4 +222,4 @@ def check_strategy(name: str, groups: ModelGroups | None = None, budgets: Iterab
     for budget in budgets:
         for rule in rules:
             keep = STRATEGIES.get(name)(groups, rule=rule, macs_budget=budget, extras=extras, scores=scores)
-            check_keep(groups, keep, budget, rule)
+            check_keep(groups, keep, budget, rule, what=f"strategy {name!r} at macs_budget={budget:g} and {rule}")

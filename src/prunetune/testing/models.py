@@ -9,11 +9,13 @@ from collections.abc import Callable
 
 import torch
 
-from prunetune.pruning.allocation import keep_for_budget
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.allocation import keep_for_budget, smallest_fraction
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.macs import analytic_cost, count_cost
 from prunetune.pruning.plan import make_plan
 from prunetune.pruning.surgery import MaskHooks, apply_plan, channel_masks
+from prunetune.testing.entries import ensure
 
 
 def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -36,18 +38,31 @@ def _random_plan(groups, seed: int):
     return make_plan(groups, {g.name: torch.rand(g.channels, generator=gen) for g in groups}, keep)
 
 
-def check_model(factory: Callable[[], torch.nn.Module], shape: tuple[int, ...], *, seeds: int = 2,
-                masks: bool = True) -> None:
-    """Everything a model must satisfy to be pruned under a budget (see module doc)."""
-    model = randomize_bn(factory())
+def check_model(factory: Callable[[], torch.nn.Module] | torch.nn.Module, shape: tuple[int, ...], *,
+                seeds: int = 2, masks: bool = True) -> None:
+    """Everything a model must satisfy to be pruned under a budget (see module doc). ``factory``
+    builds the model; a module given instead is checked on a deep copy (it is left as it is)."""
+    if isinstance(factory, torch.nn.Module):
+        model = copy.deepcopy(factory)
+    elif callable(factory):
+        model = factory()
+    else:
+        raise ConfigError(f"check_model needs a model factory (or a torch.nn.Module), got {type(factory).__name__}")
+    ensure(isinstance(model, torch.nn.Module),
+           f"check_model: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    name = type(model).__name__
+    model = randomize_bn(model)
     groups = find_groups(model, shape)
-    assert len(groups) > 0
-    assert analytic_cost(groups) == count_cost(model, shape)
+    ensure(len(groups) > 0, f"model {name}: no prunable channel groups at input shape {tuple(shape)}")
+    analytic, counted = analytic_cost(groups), count_cost(model, shape)
+    ensure(analytic == counted, f"model {name}: analytic cost {analytic} differs from the counted {counted}")
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     for seed in range(seeds):
         plan = _random_plan(groups, seed)
         pruned = apply_plan(copy.deepcopy(model), plan, groups)
-        assert count_cost(pruned, shape) == plan.pruned == analytic_cost(groups, plan.keep_counts)
+        counted, analytic = count_cost(pruned, shape), analytic_cost(groups, plan.keep_counts)
+        ensure(counted == plan.pruned == analytic, f"model {name}, random plan {seed}: the pruned network counts "
+               f"{counted}, its plan says {plan.pruned}, the analytic cost is {analytic}")
         if not masks:
             continue
         double = copy.deepcopy(model).double()
@@ -56,8 +71,13 @@ def check_model(factory: Callable[[], torch.nn.Module], shape: tuple[int, ...], 
                 masked = double(x)
             removed = pruned.double()(x)
         scale = float(masked.abs().max()) or 1.0
-        assert float((masked - removed).abs().max()) <= 1e-6 * max(1.0, scale)
-    keep = keep_for_budget(groups, 0.5)
+        error = float((masked - removed).abs().max())
+        ensure(error <= 1e-6 * max(1.0, scale), f"model {name}, random plan {seed}: masking and removal differ "
+               f"by {error:.3g} (outputs up to {scale:.3g})")
+    budget = max(0.5, (1.0 + smallest_fraction(groups)) / 2)  # 0.5, or halfway to dense where 0.5 is out of reach
+    keep = keep_for_budget(groups, budget)
     plan = make_plan(groups, {g.name: torch.arange(g.channels, 0, -1.0) for g in groups}, keep)
     dense = count_cost(model, shape).macs
-    assert count_cost(apply_plan(copy.deepcopy(model), plan, groups), shape).macs <= 0.5 * dense
+    macs = count_cost(apply_plan(copy.deepcopy(model), plan, groups), shape).macs
+    ensure(macs <= budget * dense, f"model {name}: the plan for a MACs budget of {budget:.4g} counts {macs} MACs, "
+           f"above {budget:.4g} × {dense}")

@@ -21,7 +21,7 @@ are then averaged across members (Torch-Pruning's "mean" group reduction).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -157,15 +157,21 @@ def score(
 
     Args:
         name: a registered criterion name or object.
-        feature_maps: ``Tensor[N, C, H, W]`` (after the activation) for activation criteria.
+        feature_maps: ``Tensor[N, C, H, W]`` or ``Tensor[N, C]`` (after the activation) for
+            activation criteria.
         weight: ``Tensor[C, ...]`` for weight criteria.
-        labels: ``Tensor[N]`` class labels (``cmi``).
-        gradients: d(loss)/d(preactivations) (``taylor``).
+        labels: ``Tensor[N]`` integer class labels (``cmi``).
+        gradients: d(loss)/d(preactivations), shaped as ``feature_maps`` (``taylor``).
         preactivations: BN outputs before the activation (``taylor``); defaults to ``feature_maps``.
         **params: the criterion's parameters (see its ``defaults``).
 
     Returns:
         ``Tensor[C]``, higher = keep.
+
+    Raises:
+        ConfigError: a tensor given (of those the criterion's kind reads) is of another shape or
+            dtype, has an empty dimension, holds NaN or inf, or is on the meta device
+            (:func:`check_evidence`), before the criterion runs.
     """
     crit = get_criterion(name)
     resolved = crit.resolve(params)
@@ -173,6 +179,8 @@ def score(
     if WEIGHT in needs:
         if weight is None:
             raise ConfigError(f"criterion {crit.name!r} needs weight=Tensor[C, ...]")
+        check_evidence(crit.name, "weight", weight, "Tensor[C, ...] with no empty dimension",
+                       lambda w: w.dim() >= 1)
         return crit.from_weight(weight, **resolved)
     if feature_maps is None:
         raise ConfigError(f"criterion {crit.name!r} needs feature_maps=Tensor[N, C, H, W]")
@@ -180,6 +188,16 @@ def score(
         raise ConfigError(f"criterion {crit.name!r} needs labels=Tensor[N]")
     if GRADIENT in needs and gradients is None:
         raise ConfigError(f"criterion {crit.name!r} needs gradients= (d loss / d preactivations)")
+    check_evidence(crit.name, "feature_maps", feature_maps, "Tensor[N, C, H, W] or Tensor[N, C] with no empty "
+                   "dimension", lambda x: x.dim() in (2, 4))
+    shape = feature_maps.shape
+    for arg, x in (("gradients", gradients), ("preactivations", preactivations)):
+        if x is not None:
+            check_evidence(crit.name, arg, x, f"Tensor{list(shape)} (the shape of feature_maps)",
+                           lambda t: t.shape == shape)
+    if labels is not None:
+        check_evidence(crit.name, "labels", labels, f"Tensor[{shape[0]}] (one class label per feature map)",
+                       lambda y: y.shape == shape[:1], integer=True)
     acc = crit.accumulator(feature_maps.shape[1], **resolved)
     acc.update(
         FeatureBatch(
@@ -190,6 +208,26 @@ def score(
         )
     )
     return acc.result()
+
+
+def check_evidence(crit: str, arg: str, x: Tensor, expected: str, fits: Callable[[Tensor], bool], *,
+                   integer: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``x``, argument ``arg`` of :func:`score`, is a tensor of the
+    ``expected`` shape (``fits``) and no empty dimension, real (``integer``: of an integer dtype),
+    finite and not on the meta device. Only :func:`score` checks this much: calibration's
+    accumulators see tensors the model made and make no extra pass over them."""
+    want = f"{'an integer' if integer else 'a finite real'} {expected}"
+    if not isinstance(x, torch.Tensor):
+        raise ConfigError(f"criterion {crit!r}: {arg} must be {want}, got {type(x).__name__}")
+    got = f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+    wrong_dtype = x.is_complex() or integer and (x.is_floating_point() or x.dtype == torch.bool)
+    if x.is_meta:
+        got += " on the meta device (no values)"
+    elif fits(x) and x.numel() and not wrong_dtype:
+        if bool(torch.isfinite(x).all()):
+            return
+        got += " holding NaN or inf"
+    raise ConfigError(f"criterion {crit!r}: {arg} must be {want}, got {got}")
 
 
 def check_weight(weight: Tensor, name: str) -> Tensor:

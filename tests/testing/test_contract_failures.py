@@ -1,0 +1,143 @@
+"""The contract checks of :mod:`prunetune.testing` catch broken entries with a one-line message, also
+under ``python -O`` (they are explicit checks, not ``assert`` statements)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from prunetune.exceptions import ConfigError
+from prunetune.pruning.allocation import KeepRule, keep_for_budget
+from prunetune.pruning.normalize import NORMALIZERS
+from prunetune.pruning.schedules import SCHEDULES, EpochState, Schedule
+from prunetune.pruning.strategies import STRATEGIES
+from prunetune.pruning.strategies.base import Strategy
+from prunetune.testing import check_model, check_normalizer, check_schedule, check_strategy
+
+
+def _strategy(monkeypatch, fn) -> str:
+    monkeypatch.setitem(STRATEGIES._items, "broken", Strategy("broken", fn))
+    return "broken"
+
+
+def _fitting(groups, *, rule: KeepRule, macs_budget: float, **_) -> dict[str, int]:
+    return keep_for_budget(groups, macs_budget, rule=rule)
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda groups, **kw: {g.name: g.channels for g in groups}, "MACs, over the budget 0.6"),
+    (lambda groups, **kw: {groups.names[0]: 1}, "keeps 1, outside"),
+    (lambda groups, **kw: {k: v + 0.5 for k, v in _fitting(groups, **kw).items()}, r"keeps float \d+\.5, not an integer"),
+    (lambda groups, **kw: {k: torch.tensor(v) for k, v in _fitting(groups, **kw).items()}, "keeps tensor"),
+    (lambda groups, **kw: {k: True for k in _fitting(groups, **kw)}, "keeps bool True"),
+    (lambda groups, **kw: {**_fitting(groups, **kw), "bogus_group": 3}, "keeps 'bogus_group', which is not a group"),
+    (lambda groups, **kw: {k: v for k, v in list(_fitting(groups, **kw).items())[1:]}, "has no keep count"),
+])
+def test_a_broken_strategy_fails_naming_itself_and_the_value(monkeypatch, fn, message) -> None:
+    with pytest.raises(AssertionError, match=message) as err:
+        check_strategy(_strategy(monkeypatch, fn))
+    assert str(err.value).startswith("strategy 'broken' at macs_budget=0.6") and "\n" not in str(err.value)
+
+
+def _schedule(monkeypatch, fn) -> str:
+    monkeypatch.setitem(SCHEDULES._items, "broken", Schedule("broken", fn))
+    return "broken"
+
+
+@pytest.mark.parametrize("state, message", [
+    (EpochState(prune=1.0, hard=1.0, pool="bogus"), "pool='bogus' is not one of 'plan', 'all'"),
+    (EpochState(prune=True, hard=1.0), "prune=True is not a number in"),
+    (EpochState(prune=1.0, hard=1.5), "hard=1.5 is not a number in"),
+    (EpochState(prune=1.0, hard=1.0, rescore="yes"), "rescore='yes' is not a bool"),
+    ({"prune": 1.0, "hard": 1.0}, "returns dict .*, not an EpochState"),
+    ("hard", "returns str 'hard', not an EpochState"),
+])
+def test_a_broken_schedule_fails_naming_itself_and_the_value(monkeypatch, state, message) -> None:
+    with pytest.raises(AssertionError, match=message) as err:
+        check_schedule(_schedule(monkeypatch, lambda epoch, total: state))
+    assert str(err.value).startswith("schedule 'broken' at epoch 0 of 1: ")
+
+
+def test_a_falling_schedule_names_the_epoch(monkeypatch) -> None:
+    name = _schedule(monkeypatch, lambda epoch, total: EpochState(prune=1.0, hard=1.0 if epoch != 1 else 0.5))
+    with pytest.raises(AssertionError, match="schedule 'broken': hard falls from 1.0 to 0.5 at epoch 1 of 4"):
+        check_schedule(name)
+
+
+def test_a_normalizer_giving_nan_on_constant_scores_fails(monkeypatch) -> None:
+    monkeypatch.setitem(NORMALIZERS._items, "broken", lambda s: s / (s.max() - s.min()))
+    with pytest.raises(AssertionError, match=r"normalizer 'broken': scores \[1.0, 1.0, 1.0\] give tensor"):
+        check_normalizer("broken")
+
+
+_BAD_UNDER_O = """
+import torch
+from prunetune.pruning.normalize import NORMALIZERS
+from prunetune.pruning.strategies import STRATEGIES
+from prunetune.pruning.strategies.base import Strategy
+from prunetune.testing import check_normalizer, check_strategy
+assert False, "asserts are on"  # proves -O is in force: this line is skipped
+STRATEGIES._items["dense"] = Strategy("dense", lambda groups, **kw: {g.name: g.channels for g in groups})
+NORMALIZERS._items["nan_norm"] = lambda s: s / (s.max() - s.min())
+for check, name in ((check_strategy, "dense"), (check_normalizer, "nan_norm")):
+    try:
+        check(name)
+    except AssertionError as e:
+        print("caught:", e)
+"""
+
+
+def test_checks_still_fail_under_python_O(tmp_path) -> None:
+    env = {**os.environ, "PRUNETUNE_CACHE_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-O", "-c", _BAD_UNDER_O], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    caught = run.stdout.splitlines()
+    assert len(caught) == 2, run.stdout
+    assert caught[0].startswith("caught: strategy 'dense'") and "over the budget" in caught[0]
+    assert caught[1].startswith("caught: normalizer 'nan_norm'")
+
+
+class _Flipped(nn.Module):
+    """conv → BN → channel flip → conv → linear: only the second conv's group is prunable, so a MACs
+    budget of 0.5 is out of reach (the smallest reachable fraction is about 0.66)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.fc = nn.Conv2d(8, 2, 3, padding=1), nn.Linear(2 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.fc(self.conv2(self.bn(self.conv1(x)).flip(1)).flatten(1))
+
+
+def test_check_model_picks_a_budget_the_model_can_reach() -> None:
+    check_model(_Flipped, (1, 8, 8))
+
+
+def _small() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3))
+
+
+def test_check_model_takes_a_module_and_leaves_it_as_it_is() -> None:
+    model = _small()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    check_model(model, (1, 8, 8))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training
+
+
+def test_check_model_refuses_what_is_neither_a_factory_nor_a_module() -> None:
+    with pytest.raises(ConfigError, match="check_model needs a model factory .*, got str"):
+        check_model("resnet20", (1, 8, 8))
+    with pytest.raises(AssertionError, match="the factory returned a str, not a torch.nn.Module"):
+        check_model(lambda: "resnet20", (1, 8, 8))
+
+
+def test_check_model_names_a_model_without_prunable_groups() -> None:
+    with pytest.raises(AssertionError, match=r"model Conv2d: no prunable channel groups at input shape \(1, 8, 8\)"):
+        check_model(nn.Conv2d(1, 2, 3), (1, 8, 8))
