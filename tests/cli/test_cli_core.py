@@ -145,6 +145,20 @@ def test_checkpoint_that_does_not_fit(tmp_path, capsys) -> None:
     assert code == 2 and "does not fit" in err and "fc.weight" in err and one_error_line(err)
 
 
+def test_a_checkpoint_with_a_nan_weight_is_one_line_before_any_work(tmp_path, capsys) -> None:
+    """With an activation criterion it was a LinAlgError traceback from inside the scoring."""
+    model = create_model("tiny_resnet", num_classes=10, in_channels=1)
+    state = model.state_dict()
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    ckpt = tmp_path / "diverged.pt"
+    torch.save(state, ckpt)
+    recipe = write_recipe(tmp_path, model={"name": "tiny_resnet", "num_classes": 10, "in_channels": 1,
+                                           "checkpoint": str(ckpt)}, criterion="hrank")
+    code, _, err = run(capsys, "prune", "--recipe", str(recipe), "--out", str(tmp_path / "x.pt"))
+    assert code == 2 and one_error_line(err)
+    assert "holds 1 non-finite value(s) (NaN or inf) in 'conv1.weight'; a diverged training?" in err
+
+
 def test_missing_recipe_and_unknown_model(capsys, tmp_path) -> None:
     code, _, err = run(capsys, "prune", "--recipe", str(tmp_path / "nope.yaml"), "--out", "x.pt")
     assert code == 2 and "does not exist" in err

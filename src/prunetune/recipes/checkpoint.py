@@ -142,6 +142,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model_name}: {key!r} has shape "
                                   f"{tuple(state[key].shape)}, the model expects {tuple(value.shape)}; check "
                                   "num_classes and in_channels")
+    for key, value in state.items():  # a NaN weight reached every activation criterion as a LinAlgError
+        if value.is_floating_point() and not bool(value.isfinite().all()):
+            bad = int((~value.isfinite()).sum())
+            raise CheckpointError(f"checkpoint {str(path)!r} holds {bad} non-finite value(s) (NaN or inf) in "
+                                  f"{key!r}; a diverged training? give a checkpoint of finite weights")
     model.load_state_dict(state)
     return model
 
