@@ -215,6 +215,10 @@ def test_quiet_holds_back_ray_tunes_own_warnings(monkeypatch, quiet) -> None:
         def emit(self, record: logging.LogRecord) -> None:
             seen.append(record.getMessage())
 
+    # a local Ray started earlier in this process leaves the "ray" logger at ERROR: the default, here
+    ray_log = logging.getLogger("ray")
+    ray_level = ray_log.level
+    ray_log.setLevel(logging.NOTSET)
     tune_log = logging.getLogger("ray.tune.tune")
     handler = Keep()
     tune_log.addHandler(handler)
@@ -224,5 +228,6 @@ def test_quiet_holds_back_ray_tunes_own_warnings(monkeypatch, quiet) -> None:
         assert main((["-q"] if quiet else []) + ["groups", "--model", "resnet20"]) == 0
     finally:
         tune_log.removeHandler(handler)
+        ray_log.setLevel(ray_level)
     assert seen == ([] if quiet else ["Stop signal received"])
     assert logging.getLogger("ray.tune").level == before  # put back after the command
