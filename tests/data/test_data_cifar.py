@@ -276,7 +276,7 @@ def test_a_member_larger_than_any_cifar_file_is_refused_before_it_is_read(tmp_pa
     write_cifar10(tmp_path / "cifar-10-batches-py")
     if packed:
         make_tar(tmp_path, "cifar-10-batches-py", "cifar-10-python.tar.gz")
-    monkeypatch.setattr(cifar_mod, "MAX_MEMBER_BYTES", 1000)  # the test batches are larger than this
+    monkeypatch.setattr(cifar_mod, "CIFAR10", dataclasses.replace(cifar_mod.CIFAR10, max_member=1000))  # < the batches
     with pytest.raises(DataError, match=r"data_batch_1.* holds \d+ bytes, more than any file of the official archive"):
         load_dataset("cifar10", root=tmp_path, val_size=0)
 

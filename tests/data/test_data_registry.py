@@ -58,16 +58,11 @@ def test_imagefolder_missing_train_folder_is_named(tmp_path: Path) -> None:
     assert str(tmp_path / "train") in str(err.value)
 
 
-class _FakeFolder:
-    """Just what the loader reads of torchvision's ImageFolder: classes and (path, target) samples."""
+def _png(path: Path) -> None:
+    from PIL import Image  # installed with torch's dependencies; torchvision itself is faked here
 
-    def __init__(self, root: str, transform: object = None, **_reading: object) -> None:
-        self.classes = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
-        self.samples = [(str(f), i) for i, c in enumerate(self.classes) for f in sorted((Path(root) / c).iterdir())]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (10, 20, 30)).save(path)
 
 
 class _AnyTransform:
@@ -77,11 +72,9 @@ class _AnyTransform:
 
 def test_imagefolder_without_val_holds_out_a_split_fixed_by_split_seed(tmp_path, monkeypatch) -> None:
     for cls in ("ant", "bee", "cat"):
-        (tmp_path / "train" / cls).mkdir(parents=True)
         for i in range(10):
-            (tmp_path / "train" / cls / f"{i}.png").touch()
-    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder, folder=SimpleNamespace(default_loader=None)),
-                           transforms=_AnyTransform())
+            _png(tmp_path / "train" / cls / f"{i}.png")
+    fake = SimpleNamespace(transforms=_AnyTransform())
     monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
 
     def held_out(**kw):
@@ -90,7 +83,8 @@ def test_imagefolder_without_val_holds_out_a_split_fixed_by_split_seed(tmp_path,
         val = set(splits.val.indices)
         assert not val & set(splits.train.indices) and len(val) + len(splits.train) == 30
         assert sorted(t for _, t in (splits.val.dataset.samples[i] for i in val)) == [0, 0, 1, 1, 2, 2]
-        assert splits.split == {"dataset": "imagefolder", "split_seed": kw.get("split_seed", 0), "val_fraction": 0.2}
+        assert splits.split == {"dataset": "imagefolder", "split_seed": kw.get("split_seed", 0), "val_fraction": 0.2,
+                                "files": imagefolder_mod.files_digest(splits.train.dataset)}
         return val
 
     assert held_out() == held_out(split_seed=0) != held_out(split_seed=1)
@@ -127,11 +121,9 @@ def test_imagefolder_broken_torchvision_gives_install_hint(
 def test_held_out_val_with_a_mismatched_test_folder_is_a_data_error(tmp_path, monkeypatch) -> None:
     for split, classes in (("train", ("ant", "bee")), ("test", ("ant", "cat"))):
         for cls in classes:
-            (tmp_path / split / cls).mkdir(parents=True)
             for i in range(5):
-                (tmp_path / split / cls / f"{i}.png").touch()
-    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder, folder=SimpleNamespace(default_loader=None)),
-                           transforms=_AnyTransform())
+                _png(tmp_path / split / cls / f"{i}.png")
+    fake = SimpleNamespace(transforms=_AnyTransform())
     monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
     with pytest.raises(DataError, match="same class folders"):
         load_dataset("imagefolder", root=tmp_path)
@@ -140,9 +132,7 @@ def test_held_out_val_with_a_mismatched_test_folder_is_a_data_error(tmp_path, mo
 def test_imagefolder_records_val_fraction_only_when_it_holds_out(tmp_path, monkeypatch) -> None:
     for split in ("train", "val"):
         for cls in ("ant", "bee"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            (tmp_path / split / cls / "0.png").touch()
-    fake = SimpleNamespace(datasets=SimpleNamespace(ImageFolder=_FakeFolder, folder=SimpleNamespace(default_loader=None)),
-                           transforms=_AnyTransform())
+            _png(tmp_path / split / cls / "0.png")
+    fake = SimpleNamespace(transforms=_AnyTransform())
     monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
     assert load_dataset("imagefolder", root=tmp_path).split == {"dataset": "imagefolder", "split_seed": 0}

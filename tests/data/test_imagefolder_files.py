@@ -63,25 +63,27 @@ def test_a_class_folder_without_images_is_one_line(tmp_path, tv) -> None:
 
 
 def test_a_fifo_named_like_an_image_is_refused_not_read(tmp_path, tv) -> None:
-    for cls in ("a", "b"):
-        for i in range(3):
-            _image(tmp_path / "train" / cls / f"{i}.png")
+    for split in ("train", "val"):  # a train file is checked when read (val and test files at load)
+        for cls in ("a", "b"):
+            for i in range(3):
+                _image(tmp_path / split / cls / f"{i}.png")
     os.mkfifo(tmp_path / "train" / "a" / "fifo.png")
-    splits = load_dataset("imagefolder", root=tmp_path, image_size=8, val_fraction=0.5)
-    loader = DatasetLoader(splits.train.dataset, batch_size=16, num_workers=1)
+    splits = load_dataset("imagefolder", root=tmp_path, image_size=8)
+    loader = DatasetLoader(splits.train, batch_size=16, num_workers=1)
     with pytest.raises(DataError, match=r"fifo.png is a named pipe \(FIFO\), not a regular file; remove it"):
         for _ in loader:
             pass
 
 
 def test_an_image_that_cannot_be_decoded_is_named(tmp_path, tv) -> None:
-    for cls in ("a", "b"):
-        for i in range(3):
-            _image(tmp_path / "train" / cls / f"{i}.png")
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            for i in range(3):
+                _image(tmp_path / split / cls / f"{i}.png")
     (tmp_path / "train" / "b" / "bad.jpg").write_text("not an image")
     (tmp_path / "train" / "b" / ".hidden.png").write_text("a hidden file is not read")
-    splits = load_dataset("imagefolder", root=tmp_path, image_size=8, val_fraction=0.5)
-    loader = DatasetLoader(splits.train.dataset, batch_size=16, num_workers=1)  # every file, whatever the split
+    splits = load_dataset("imagefolder", root=tmp_path, image_size=8)
+    loader = DatasetLoader(splits.train, batch_size=16, num_workers=1)
     with pytest.raises(DataError, match=r"^imagefolder image .*bad.jpg cannot be read \(.*\); remove or replace it$"):
         for _ in loader:
             pass
@@ -121,26 +123,17 @@ def test_a_single_class_folder_is_refused(tmp_path, tv) -> None:
 
 
 def test_the_image_reader_refuses_what_is_no_regular_file_and_names_what_it_cannot_decode(tmp_path) -> None:
-    """The reading half of the folder's checks, without torchvision: a stand-in decoder."""
-    from prunetune.data.imagefolder import _ImageLoader, _is_image
+    """The reading half of the folder's checks, without torchvision (PIL comes with torch's dependencies)."""
+    from prunetune.data.imagefolder import read_image
 
-    assert _is_image(str(tmp_path / "a.PNG")) and not _is_image(str(tmp_path / ".hidden.png"))
-    assert not _is_image(str(tmp_path / "notes.txt"))
-
-    def decode(path):
-        if path.endswith("bad.png"):
-            raise OSError("cannot identify image file")
-        return "decoded"
-
-    read = _ImageLoader(decode)
-    (tmp_path / "good.png").write_bytes(b"x")
+    _image(tmp_path / "good.png")
     (tmp_path / "bad.png").write_bytes(b"x")
     os.mkfifo(tmp_path / "fifo.png")
     (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
-    assert read(str(tmp_path / "good.png")) == "decoded"
-    with pytest.raises(DataError, match=r"bad.png cannot be read \(cannot identify image file\); remove or replace"):
-        read(str(tmp_path / "bad.png"))
+    assert read_image(str(tmp_path / "good.png")).mode == "RGB"
+    with pytest.raises(DataError, match=r"bad.png cannot be read \(cannot identify image file.*\); remove or replace"):
+        read_image(str(tmp_path / "bad.png"))
     with pytest.raises(DataError, match=r"fifo.png is a named pipe \(FIFO\), not a regular file; remove it"):
-        read(str(tmp_path / "fifo.png"))  # refused, not opened: opening a FIFO waits for a writer
+        read_image(str(tmp_path / "fifo.png"))  # refused, not opened: opening a FIFO waits for a writer
     with pytest.raises(DataError, match=r"dangling.png does not exist"):
-        read(str(tmp_path / "dangling.png"))
+        read_image(str(tmp_path / "dangling.png"))

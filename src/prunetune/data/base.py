@@ -202,8 +202,9 @@ def load_dataset(
     for which in ("train", "val", "test"):  # an empty one failed after the dense training ("evaluation set is empty")
         if len(getattr(splits, which)) == 0:
             where = f" under {root_path}" if root_path is not None else ""
+            fraction = f", a larger {which}_fraction" if f"{which}_fraction" in merged else ""
             raise DataError(f"dataset {name!r}{where} gives an empty {which} split; it needs images in every split "
-                            "(more images per class, or its own folder or file for that split)")
+                            f"(more images per class{fraction}, or its own folder or file for that split)")
     split = {"dataset": name, "split_seed": int(split_seed), **{k: merged[k] for k in spec.split_params},
              **splits.split}  # a builder may add what only it knows decides the split
     return replace(splits, split=split)

@@ -2,7 +2,9 @@
 
 ``root`` must hold either the extracted folder (``cifar-10-batches-py/`` or ``cifar-100-python/``)
 or the unextracted archive (``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``); the folder
-wins when both exist. ``root`` may also be the extracted folder itself. The batch files are pickled
+wins when both exist. ``root`` may also be the extracted folder or the archive itself. A batch file
+larger than the official ones (CIFAR-10: 36 MiB, CIFAR-100: 180 MiB) is refused before it is read, each
+file is checked as it is read, and the whole dataset's float32 size is checked against memory. The batch files are pickled
 dicts (read with ``encoding="bytes"``) holding ``b"data"`` (uint8 ``N×3072``, channel-major rows)
 and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100).
 
@@ -24,12 +26,15 @@ import tarfile
 import tempfile
 import urllib.request
 from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from prunetune._machine import check_input_fits
+from prunetune._paths import input_file_problem
 from prunetune._text import exception_line, short
 from prunetune.data._unpickle import restricted_loads
 from prunetune.data.base import (
@@ -63,6 +68,7 @@ class CifarInfo:
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    max_member: int  # bytes: a little more than the largest file of the official archive
 
 
 CIFAR10 = CifarInfo(
@@ -80,6 +86,7 @@ CIFAR10 = CifarInfo(
     num_classes=10,
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
+    max_member=36 * 2**20,  # a batch is 31 MB
 )
 
 CIFAR100 = CifarInfo(
@@ -97,6 +104,7 @@ CIFAR100 = CifarInfo(
     num_classes=100,
     mean=(0.5071, 0.4865, 0.4409),
     std=(0.2673, 0.2564, 0.2762),
+    max_member=180 * 2**20,  # 'train' is 155 MB
 )
 
 _DEFAULTS = {"val_size": 5000}
@@ -126,6 +134,8 @@ def load_cifar(
     files = read_members(info, source)
     x_train, y_train = _join(info, files, info.train_files)
     x_test, y_test = _join(info, files, info.test_files)
+    check_input_fits(len(x_train) + len(x_test), (3, 32, 32), f"{info.title} under {source} "
+                     f"({len(x_train) + len(x_test)} images) as float32", f"re-extract or re-download {info.archive}")
     train_all = TensorSplit(_normalise(info, x_train), y_train)
     test = TensorSplit(_normalise(info, x_test), y_test)
     train, val = _hold_out(info, train_all, val_size, seed, test)
@@ -143,19 +153,32 @@ def load_cifar(
 
 
 def locate(info: CifarInfo, root: Path, download: bool) -> Path:
-    """Return the extracted folder or the archive under ``root``, downloading it if asked."""
-    if root.name == info.folder and root.is_dir():
+    """Return the extracted folder or the archive under ``root`` (or ``root`` itself, when it is one of
+    them), downloading it if asked."""
+    if root.name in (info.folder, info.archive) and (root.is_dir() if root.name == info.folder else root.is_file()):
         return root
+    if root.is_file():
+        raise DataError(f"{info.title} root {root} is a file; give the folder holding {info.archive} "
+                        f"(or the extracted {info.folder}/)")
     if (root / info.folder).is_dir():
         return root / info.folder
     archive = root / info.archive
     if archive.is_file():
         return archive
+    for path, kind in ((root / info.folder, "folder"), (archive, "file")):
+        if path.exists():
+            problem = input_file_problem(path) or "is a file"
+            raise DataError(f"{info.title} {path} {problem}, not the {'extracted folder' if kind == 'folder' else 'archive'}; "
+                            f"replace it with the official {info.archive} (or its extracted {info.folder}/)")
     if download:
         return download_archive(info, root)
+    other = next((o for o in (CIFAR10, CIFAR100) if o is not info and
+                  ((root / o.folder).exists() or (root / o.archive).exists() or root.name == o.folder)), None)
+    hint = f"; {root} holds {other.title} ({other.folder}): for it use dataset {other.name!r}" if other else ""
     raise DataError(
         f"{info.title} archive not found under {root}: put {info.archive} "
-        f"(or the extracted {info.folder}/) there, or pass download=True"
+        f"(or the extracted {info.folder}/) there, or set the recipe's data download: true "
+        f"(download=True from Python){hint}"
     )
 
 
@@ -190,67 +213,76 @@ def download_archive(info: CifarInfo, root: Path) -> Path:
 
 
 def read_members(info: CifarInfo, source: Path) -> dict[str, tuple[Any, str]]:
-    """Unpickle every batch file (and the meta file when present) of a folder or archive.
+    """Unpickle every batch file (and the meta file when present) of a folder or archive, each checked
+    (:func:`_check_batch`) as it is read, before the next is.
 
     Returns:
-        ``{file name: (unpickled object, description of where it came from)}``.
+        ``{file name: (checked (rows, labels) of a batch file, or the meta file's object, where it came from)}``.
     """
     wanted = (*info.train_files, *info.test_files, info.meta_file)
-    raw = _read_folder(info, source, wanted) if source.is_dir() else _read_archive(info, source, wanted)
+    read = _read_folder if source.is_dir() else _read_archive
+    found = {}
+    for name, payload, where in read(info, source, wanted):
+        obj = _unpickle(payload, where)
+        del payload  # the batch's bytes are not kept beside its array
+        found[name] = (obj if name == info.meta_file else _check_batch(info, obj, where), where)
     for name in (*info.train_files, *info.test_files):
-        if name not in raw:
+        if name not in found:
             where = source / name if source.is_dir() else f"{source} (member {info.folder}/{name})"
             raise DataError(
                 f"{info.title} file {where} is missing; re-extract or re-download {info.archive}"
             )
-    return {name: (_unpickle(payload, where), where) for name, (payload, where) in raw.items()}
-
-
-# the largest file of the official archives is CIFAR-100's 'train', 155 MB; a member above this is no
-# CIFAR batch (a 3 MB archive held a 3 GiB member, read whole before anything was checked)
-MAX_MEMBER_BYTES = 256 * 2**20
-
-
-def _too_big(info: CifarInfo, size: int, where: str) -> DataError:
-    return DataError(f"{info.title} file {where} holds {size} bytes, more than any file of the official "
-                     f"archive ({MAX_MEMBER_BYTES >> 20} MiB at most); re-extract or re-download {info.archive}")
-
-
-def _read_folder(info: CifarInfo, folder: Path, wanted: tuple[str, ...]) -> dict[str, tuple[bytes, str]]:
-    found = {}
-    for name in wanted:
-        path = folder / name
-        if path.is_file():
-            size = path.stat().st_size
-            if size > MAX_MEMBER_BYTES:
-                raise _too_big(info, size, str(path))
-            try:
-                found[name] = (path.read_bytes(), str(path))
-            except OSError as exc:
-                raise DataError(f"cannot read CIFAR file {path} ({exc})") from exc
     return found
 
 
-def _read_archive(
-    info: CifarInfo, archive: Path, wanted: tuple[str, ...]
-) -> dict[str, tuple[bytes, str]]:
+def _too_big(info: CifarInfo, size: int, where: str) -> DataError:
+    # a 3 MB archive held a 3 GiB member, read whole before anything was checked
+    return DataError(f"{info.title} file {where} holds {size} bytes, more than any file of the official "
+                     f"archive ({info.max_member >> 20} MiB at most); re-extract or re-download {info.archive}")
+
+
+def _read_folder(info: CifarInfo, folder: Path, wanted: tuple[str, ...]) -> Iterator[tuple[str, bytes, str]]:
+    for name in wanted:
+        path = folder / name
+        problem = input_file_problem(path)
+        if problem is not None and problem != "does not exist":
+            raise DataError(f"{info.title} file {path} {problem}; re-extract or re-download {info.archive}")
+        if problem is None:
+            size = path.stat().st_size
+            if size > info.max_member:
+                raise _too_big(info, size, str(path))
+            try:
+                payload = path.read_bytes()
+            except OSError as exc:
+                raise DataError(f"cannot read CIFAR file {path} ({exc})") from exc
+            yield name, payload, str(path)
+
+
+def _read_archive(info: CifarInfo, archive: Path, wanted: tuple[str, ...]) -> Iterator[tuple[str, bytes, str]]:
     """Read the wanted members in one streaming pass over the gzipped tar."""
     members = {f"{info.folder}/{name}": name for name in wanted}
-    found = {}
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
                 name = members.get(member.name.removeprefix("./"))
-                handle = tar.extractfile(member) if name and member.isfile() else None
+                if name and not member.isfile():
+                    raise DataError(f"{info.title} archive {archive}: member {member.name} is {_member_kind(member)}, "
+                                    f"not a regular file; download the official {info.archive} again")
+                handle = tar.extractfile(member) if name else None
                 if handle is not None:
-                    if member.size > MAX_MEMBER_BYTES:  # the header's size, before a byte is inflated
+                    if member.size > info.max_member:  # the header's size, before a byte is inflated
                         raise _too_big(info, member.size, f"{archive} (member {member.name})")
-                    found[name] = (handle.read(MAX_MEMBER_BYTES + 1), f"{archive}:{member.name}")
+                    yield name, handle.read(info.max_member + 1), f"{archive}:{member.name}"
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(
             f"{info.title} archive {archive} is unreadable ({exc}); download it again"
         ) from exc
-    return found
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    kinds = ((member.issym(), f"a symbolic link to {member.linkname}"), (member.islnk(), f"a hard link to {member.linkname}"),
+             (member.isdir(), "a folder"), (member.isfifo(), "a named pipe (FIFO)"), (member.isdev(), "a device"))
+    return next((kind for test, kind in kinds if test), "a special file")
 
 
 def _unpickle(payload: bytes, where: str) -> Any:
@@ -264,40 +296,47 @@ def _unpickle(payload: bytes, where: str) -> Any:
 def _join(
     info: CifarInfo, files: dict[str, tuple[Any, str]], names: tuple[str, ...]
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """Validate and concatenate batch files: uint8 ``N×3072`` rows and int64 labels."""
-    checked = [_check_batch(info, *files[name]) for name in names]
+    """Concatenate checked batch files: uint8 ``N×3072`` rows and int64 labels."""
+    checked = [files[name][0] for name in names]
     rows = np.concatenate([c[0] for c in checked])
     labels = np.concatenate([c[1] for c in checked])
     return rows, torch.from_numpy(labels)
 
 
 def _check_batch(info: CifarInfo, batch: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Validate one unpickled batch dict and return its rows and labels."""
+    """Validate one unpickled batch dict and return its rows and labels.
+
+    ``data`` must be a numpy array (a nested list of shared references asked ``np.asarray`` for tens of
+    GB) and the labels a flat list of ints or a 1-D integer array, checked before any conversion."""
+    if isinstance(batch, dict) and "data" in batch and b"data" not in batch:
+        raise DataError(f"malformed CIFAR batch file {where}: its keys are str ('data'), the official python "
+                        "batches' are bytes (b'data'); re-extract or re-download the official archive")
     if not isinstance(batch, dict) or b"data" not in batch or info.label_key not in batch:
         raise DataError(
             f"malformed CIFAR batch file {where}: expected a dict with keys b'data' and "
             f"{info.label_key!r}"
         )
-    rows = np.asarray(batch[b"data"])
-    if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3072:
+    rows = batch[b"data"]
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3072:
+        got = f"{rows.dtype} {rows.shape}" if isinstance(rows, np.ndarray) else f"a {type(rows).__name__}"
         raise DataError(
-            f"malformed CIFAR batch file {where}: b'data' must be uint8 N×3072, "
-            f"got {rows.dtype} {rows.shape}"
+            f"malformed CIFAR batch file {where}: b'data' must be a uint8 N×3072 numpy array, got {got}"
         )
-    try:
-        labels = np.asarray(batch[info.label_key])
-    except (TypeError, ValueError):  # ragged lists
-        labels = np.asarray(None)
-    if labels.dtype.kind not in "iu" and labels.size:  # not silently truncated: 1.5 is no class
-        raise DataError(
-            f"malformed CIFAR batch file {where}: labels must be integers, got "
-            f"{short(batch[info.label_key])}"
+    labels = batch[info.label_key]
+    if isinstance(labels, np.ndarray) and labels.ndim != 1:
+        raise DataError(f"malformed CIFAR batch file {where}: labels must be 1-D (one per image), got shape "
+                        f"{labels.shape}")
+    if not isinstance(labels, (list, np.ndarray)):
+        raise DataError(f"malformed CIFAR batch file {where}: labels must be integers (a list of ints or a 1-D "
+                        f"integer array), got a {type(labels).__name__}")
+    if len(labels) != rows.shape[0]:
+        raise DataError(f"malformed CIFAR batch file {where}: {rows.shape[0]} images, {len(labels)} labels")
+    if (labels.dtype.kind not in "iu" if isinstance(labels, np.ndarray) else
+            not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and abs(v) < 2**63 for v in labels)):
+        raise DataError(  # not silently truncated: 1.5 is no class
+            f"malformed CIFAR batch file {where}: labels must be integers, got {short(labels)}"
         )
-    labels = labels.astype(np.int64)
-    if labels.shape != (rows.shape[0],):
-        raise DataError(
-            f"malformed CIFAR batch file {where}: {rows.shape[0]} images, {labels.size} labels"
-        )
+    labels = np.asarray(labels, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= info.num_classes):
         raise DataError(
             f"malformed CIFAR batch file {where}: labels must lie in 0..{info.num_classes - 1}, "

@@ -1,4 +1,4 @@
-"""ImageNet-style class-folder datasets, decoded lazily by torchvision (optional ``vision`` extra).
+"""ImageNet-style class-folder datasets, read with PIL and transformed by torchvision (optional ``vision`` extra).
 
 Layout under ``root``::
 
@@ -6,22 +6,37 @@ Layout under ``root``::
 
 Without ``test/`` the test split is the val split (the same object). Without ``val/`` a stratified
 ``val_fraction`` of each class of ``train/`` is held out as the val split, chosen by the dataset's
-``split_seed`` (default 0; never the recipe's training seed), so every run sees the same split. Train images get
-``RandomResizedCrop(image_size)`` + ``RandomHorizontalFlip``; val/test images get
-``Resize(round(256·image_size/224))`` + ``CenterCrop(image_size)``; all are normalised with the
-ImageNet mean/std. The splits are torchvision ``ImageFolder`` datasets, so their augmentation
-lives in the transforms and ``DataSplits.augment`` is ``False`` (no second, tensor-level pass).
+``split_seed`` (default 0; never the recipe's training seed), so every run sees the same split; the split
+records a digest of the files it split (``files``), so a dense checkpoint is not used on a folder that
+changed. Train images get ``RandomResizedCrop(image_size)`` + ``RandomHorizontalFlip``; val/test images
+(and calibration subsets, see :meth:`FolderImages.unaugmented`) get ``Resize(round(256·image_size/224))``
++ ``CenterCrop(image_size)``; all are normalised with the ImageNet mean/std. The splits are
+:class:`FolderImages` datasets (torchvision ``ImageFolder``'s interface), so their augmentation lives in
+the transforms and ``DataSplits.augment`` is ``False`` (no second, tensor-level pass).
+
+Listing (:func:`list_images`) skips hidden files and folders, and, with one logged warning, files that are
+no image by name and files outside a class folder; a folder reached twice through symbolic links is an
+error. Every val and test file is opened (its header only) when the data is loaded, before any training;
+a train image is checked when it is first read.
 
 Parameters: ``image_size`` (default 224), ``val_fraction`` (default 0.1; used without ``val/``).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import logging
 import os
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 
 from prunetune._imports import require
@@ -41,6 +56,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _PURPOSE = "the 'imagefolder' dataset"
 
+log = logging.getLogger(__name__)
+
 
 @register_dataset(
     "imagefolder", defaults={"image_size": 224, "val_fraction": 0.1},
@@ -49,10 +66,11 @@ _PURPOSE = "the 'imagefolder' dataset"
 def load_imagefolder(
     *, root: Path | None, download: bool, seed: int, image_size: int, val_fraction: float
 ) -> DataSplits:
-    """Build lazy train / val / test ``ImageFolder`` datasets (see the module docstring).
+    """Build lazy train / val / test :class:`FolderImages` datasets (see the module docstring).
 
     Raises:
-        DataError: ``root`` or a split folder is missing, or the splits disagree on classes.
+        DataError: ``root`` or a split folder is missing, the splits disagree on classes, a folder is
+            reached twice (a symbolic link loop), or a val/test file is no image PIL can open.
         MissingExtraError: torchvision cannot be imported.
     """
     image_size = int_param("imagefolder", "image_size", image_size, minimum=1)
@@ -65,15 +83,16 @@ def load_imagefolder(
     folders = split_folders(root)
     tv = _torchvision()
     train_tf, eval_tf = build_transforms(tv, image_size)
-    train = _image_folder(tv, folders["train"], train_tf)
+    train = FolderImages(folders["train"], train_tf, eval_tf)
     classes = list(train.classes)
     split_info: dict[str, object] = {}  # recorded in dense checkpoints: only a held-out val depends on it
     if "val" in folders:
-        val = _image_folder(tv, folders["val"], eval_tf)
+        val = FolderImages(folders["val"], eval_tf)
     else:
-        train, val = _hold_out(tv, folders["train"], train, eval_tf, val_fraction, seed)
-        split_info["val_fraction"] = val_fraction
-    test = _image_folder(tv, folders["test"], eval_tf) if "test" in folders else val
+        train, val = _hold_out(folders["train"], train, val_fraction, seed)
+        # which files were split: one more image a class moved every held-out image, under the same seed
+        split_info.update(val_fraction=val_fraction, files=files_digest(train.dataset))
+    test = FolderImages(folders["test"], eval_tf) if "test" in folders else val
     for name, split in (("val", val), ("test", test)):
         found = list(getattr(split, "dataset", split).classes)
         if found != classes:
@@ -81,6 +100,8 @@ def load_imagefolder(
                 f"imagefolder {folders.get(name, folders['train'])} has classes {found}, but train has "
                 f"{classes}; every split needs the same class folders"
             )
+    for split in (val, test) if test is not val else (val,):  # before any training: the held-out images only
+        check_headers(split)
     return DataSplits(
         train=train,
         val=val,
@@ -95,63 +116,208 @@ def load_imagefolder(
     )
 
 
-def _hold_out(tv: ModuleType, folder: Path, train: Any, eval_tf: Any, val_fraction: float,
-              seed: int) -> tuple[Any, Any]:
+def _hold_out(folder: Path, train: FolderImages, val_fraction: float, seed: int) -> tuple[Any, Any]:
     """Stratified hold-out of ``val_fraction`` of ``train`` (seeded by the split seed): ``(train, val)``
     subsets, val read with the evaluation transforms."""
     from torch.utils.data import Subset
 
-    targets = torch.as_tensor([int(t) for _, t in train.samples], dtype=torch.long)
+    targets = torch.as_tensor(train.targets, dtype=torch.long)
     if targets.numel() < 2:
         raise DataError(f"imagefolder {folder} has {targets.numel()} image(s); holding out a val split "
                         "needs at least 2 (or add a val/ folder)")
     train_idx, val_idx, _ = stratified_split(targets, val_fraction, 0.0, seed, salt=0x1F01)
-    evaluated = _image_folder(tv, folder, eval_tf)
-    return Subset(train, train_idx.tolist()), Subset(evaluated, val_idx.tolist())
+    return Subset(train, train_idx.tolist()), Subset(train.unaugmented(), val_idx.tolist())
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-"""The file names read as images (torchvision's ``IMG_EXTENSIONS``); hidden files (``.name``) are not."""
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+"""The file names read as images (torchvision's ``IMG_EXTENSIONS``, and ``.gif``: its first frame);
+hidden files and folders (``.name``) are not."""
 
 
-def _image_folder(tv: ModuleType, folder: Path, transform: Any) -> Any:
-    """``ImageFolder(folder)`` reading regular image files only, a damaged image named in one line.
+class FolderImages(torch.utils.data.Dataset):
+    """The images of one split folder, ``folder/<class>/.../<image>``, as torchvision's ``ImageFolder``
+    lists them (``classes``, ``class_to_idx``, ``samples``, ``targets``), read by :func:`read_image`.
 
-    A class folder without images (or an empty split folder) was torchvision's FileNotFoundError with
-    a traceback; a FIFO named like an image hung a loader worker for ever; an image PIL cannot decode
-    was a traceback in the middle of an epoch.
+    Listed by :func:`list_images`: hidden files and folders are skipped, and so (with one logged
+    warning) are files that are no image by name and files lying outside a class folder. ``eval_transform``:
+    the transform of :meth:`unaugmented` (default: ``transform``).
     """
+
+    def __init__(self, folder: Path, transform: Any = None, eval_transform: Any = None) -> None:
+        self.root = str(folder)
+        self.classes, self.samples = list_images(folder)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.targets = [t for _, t in self.samples]
+        self.transform = transform
+        self.eval_transform = transform if eval_transform is None else eval_transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, target = self.samples[index]
+        image = read_image(path)
+        return (self.transform(image) if self.transform is not None else image), target
+
+    def unaugmented(self) -> FolderImages:
+        """The same images (the same lists, not listed again) read with the evaluation transform."""
+        view = copy.copy(self)
+        view.transform = self.eval_transform
+        return view
+
+
+def list_images(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """``(classes, samples)`` of a split folder, in torchvision's order (classes sorted; each class's
+    files by folder path, then name). Folders reached through symbolic links are read, but none twice.
+
+    Raises:
+        DataError: a folder is reached twice (a link loop, or two links to one folder), a class folder
+            holds no image, there is no class folder, or a folder cannot be listed.
+    """
+    seen: dict[tuple[int, int], str] = {}
+    skipped: Counter[str] = Counter()
+    classes = []
+    for entry in _entries(folder, seen):
+        if entry.name.startswith("."):
+            skipped["hidden folder" if _is_dir(entry) else "hidden file"] += 1
+        elif _is_dir(entry):
+            classes.append(entry.name)
+        else:
+            skipped[f"loose in {folder.name}/ (not in a class folder)"] += 1
+    samples, empty = [], []
+    for target, name in enumerate(classes):
+        found: list[tuple[str, str]] = []
+        stack = [os.path.join(folder, name)]
+        while stack:
+            here = stack.pop()
+            for entry in _entries(Path(here), seen):
+                if entry.name.startswith("."):
+                    skipped["hidden folder" if _is_dir(entry) else "hidden file"] += 1
+                elif _is_dir(entry):
+                    stack.append(entry.path)
+                elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    found.append((here, entry.name))
+                else:
+                    skipped[f"named {os.path.splitext(entry.name)[1].lower() or '(no extension)'}"] += 1
+        if not found:
+            empty.append(name)
+        samples.extend((os.path.join(here, fname), target) for here, fname in sorted(found))
+    if not classes:
+        raise DataError(f"imagefolder {folder}: no class folder found; put each class's images in "
+                        f"{folder}/<class>/ ({', '.join(IMAGE_EXTENSIONS)})")
+    if empty:
+        raise DataError(f"imagefolder {folder}: class folder(s) {', '.join(empty)} hold no image; every class "
+                        f"folder needs at least one image ({', '.join(IMAGE_EXTENSIONS)})")
+    if skipped:
+        log.warning("imagefolder %s: skipped %d file(s) or folder(s) that are not read: %s", folder,
+                    sum(skipped.values()), ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+    return classes, samples
+
+
+def _entries(folder: Path, seen: dict[tuple[int, int], str]) -> list[os.DirEntry]:
+    """The entries of ``folder`` by name, refusing a folder already listed (by device and inode)."""
     try:
-        return tv.datasets.ImageFolder(str(folder), transform=transform,
-                                       loader=_ImageLoader(tv.datasets.folder.default_loader),
-                                       is_valid_file=_is_image)
-    except FileNotFoundError as exc:
-        raise DataError(f"imagefolder {folder}: {exception_line(exc, 200)}; every class folder needs at least "
-                        f"one image ({', '.join(IMAGE_EXTENSIONS)})") from None
+        st = os.stat(folder)
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise DataError(f"imagefolder folder {folder} is {seen[key]} again (a symbolic link loop, or two "
+                            "links to one folder): its images would be read twice; remove the link")
+        seen[key] = str(folder)
+        with os.scandir(folder) as listing:
+            return sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        raise DataError(f"imagefolder folder {folder} cannot be listed ({exc.strerror or exc}); "
+                        "fix its permissions or remove it") from None
 
 
-def _is_image(path: str) -> bool:
-    """A visible file with an image name (from the name alone: a listing of a million files stats none)."""
-    return not os.path.basename(path).startswith(".") and path.lower().endswith(IMAGE_EXTENSIONS)
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # through a link: a linked folder is read
+    except OSError:
+        return False
 
 
-class _ImageLoader:
-    """torchvision's image loader, with a file it cannot decode named and one that is no regular file
-    refused before it is opened (a FIFO named like an image hung a loader worker for ever); a class,
-    as loader workers pickle it."""
+def files_digest(images: FolderImages) -> str:
+    """16 hex digits of a sha256 of the split folder's files (paths relative to it, sorted) and classes."""
+    digest = hashlib.sha256()
+    for path, target in sorted((os.path.relpath(p, images.root), t) for p, t in images.samples):
+        digest.update(f"{images.classes[target]}\0{path}\0".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
 
-    def __init__(self, load: Any) -> None:
-        self.load = load
 
-    def __call__(self, path: str) -> Any:
-        problem = input_file_problem(path)
-        if problem is not None:
-            raise DataError(f"imagefolder file {path} {problem}; remove it (only regular image files are read)")
-        try:
-            return self.load(path)
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated files
-            raise DataError(f"imagefolder image {path} cannot be read ({exception_line(exc)}); "
-                            "remove or replace it") from None
+def check_headers(split: Any) -> None:
+    """Open the header of every image of ``split`` (a :class:`FolderImages` or a ``Subset`` of one),
+    refusing the first that is no regular file or that PIL cannot open, in one line; nothing is decoded."""
+    from PIL import Image
+
+    images, indices = (split.dataset, split.indices) if hasattr(split, "indices") else (split, range(len(split)))
+    for i in indices:
+        path = images.samples[int(i)][0]
+        _check_file(path)
+        with _reading(path):
+            with Image.open(path) as image:
+                _check_mode(image, path)
+
+
+def read_image(path: str) -> Any:
+    """The image at ``path`` as an 8-bit RGB PIL image, or a one-line :class:`DataError`.
+
+    16-bit greyscale (``I;16`` modes) is scaled to 8 bits (value / 257) first: ``convert("RGB")`` saturated
+    every pixel to 255. 32-bit integer and float images (modes ``I``, ``F``) are refused, their value range
+    unknown. A file that is no regular file (a FIFO hung a loader worker) is refused before it is opened.
+    """
+    from PIL import Image
+
+    _check_file(path)
+    with _reading(path):
+        with Image.open(path) as image:
+            _check_mode(image, path)
+            if image.mode.startswith("I;16"):
+                levels = np.asarray(image).astype(np.float32) / 257
+                return Image.fromarray(levels.round().astype(np.uint8), "L").convert("RGB")
+            return image.convert("RGB")
+
+
+def _check_file(path: str) -> None:
+    problem = input_file_problem(path)
+    if problem is not None:
+        raise DataError(f"imagefolder file {path} {problem}; remove it (only regular image files are read)")
+
+
+def _check_mode(image: Any, path: str) -> None:
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise DataError(f"imagefolder image {path} has {kind} pixels (PIL mode {image.mode}), whose range is "
+                        "unknown; convert it to an 8- or 16-bit image")
+
+
+@contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """Name ``path`` in one line for any failure to read it; PIL's decompression-bomb warning (an image of
+    more than ``Image.MAX_IMAGE_PIXELS`` pixels) becomes one logged warning naming the file."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            yield
+        for warning in caught:
+            if issubclass(warning.category, Image.DecompressionBombWarning) and path not in _WARNED:
+                _WARNED.add(path)
+                log.warning("imagefolder image %s is very large (%s)", path, warning.message)
+            elif not issubclass(warning.category, Image.DecompressionBombWarning):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"imagefolder image {path} is refused as a decompression bomb ({exception_line(exc)}); "
+                        "shrink or remove it") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated files
+        raise DataError(f"imagefolder image {path} cannot be read ({exception_line(exc)}); "
+                        "remove or replace it") from None
+
+
+_WARNED: set[str] = set()  # the images warned about in this process (each once, not once an epoch)
 
 
 def split_folders(root: Path) -> dict[str, Path]:

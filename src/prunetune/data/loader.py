@@ -12,6 +12,7 @@ to a given epoch. Use :func:`make_loader` to get the right one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -19,10 +20,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from prunetune.data.base import Split, TensorSplit, seeded_generator
 from prunetune.exceptions import ConfigError, DataError, PrunetuneError
+
+log = logging.getLogger(__name__)
 
 Batch = tuple[Tensor, Tensor]
 _SHUFFLE_STREAM = 0
@@ -82,7 +85,8 @@ class BatchLoader:
     Args:
         split: the split to iterate.
         batch_size: samples per batch.
-        shuffle: reshuffle every epoch (order depends only on ``seed`` and the epoch number).
+        shuffle: reshuffle every epoch (order depends only on ``seed`` and the epoch number). A
+            shuffled (training) loader drops a final batch of exactly one sample (see :func:`make_loader`).
         augment: apply :func:`augment_batch` to every batch (seeded by ``seed`` and the epoch).
         device: where the split is copied once, at construction, and where batches live.
         seed: seed of shuffling and augmentation.
@@ -118,7 +122,8 @@ class BatchLoader:
 
     def __len__(self) -> int:
         n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return n // self.batch_size if self.drop_last or _lone_last(n, self.batch_size, self.shuffle) \
+            else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, self.epoch = self.epoch, self.epoch + 1
@@ -143,9 +148,11 @@ class BatchLoader:
 class DatasetLoader:
     """A torch ``DataLoader`` over a lazily decoded ``Dataset`` that yields batches on ``device``.
 
-    Augmentation is whatever the dataset's transforms do. The shuffle order and the worker seeds
-    are reseeded from ``(seed, epoch)`` at every ``__iter__``. The underlying loader is
-    :attr:`loader`.
+    Augmentation is whatever the dataset's transforms do; each sample is read with the global torch RNG
+    seeded from ``(seed, epoch, sample index)`` (and restored afterwards), so its random crop and flip do
+    not depend on the number of workers, nor on which worker reads it. The shuffle order is reseeded
+    from ``(seed, epoch)`` at every ``__iter__``; a shuffled (training) loader drops a final batch of
+    exactly one sample (see :func:`make_loader`). The underlying loader is :attr:`loader`.
     """
 
     def __init__(
@@ -160,13 +167,16 @@ class DatasetLoader:
         drop_last: bool = False,
     ) -> None:
         workers = _num_workers(num_workers)
+        batch_size = _positive_batch_size(batch_size)
         self.device = torch.device(device)
         self.seed, self.epoch = int(seed), 0
         self._generator = torch.Generator()
+        self._sampler = _SeededSampler(len(dataset), bool(shuffle),  # type: ignore[arg-type]
+                                       drop_one=_lone_last(len(dataset), batch_size, bool(shuffle)))  # type: ignore[arg-type]
         self.loader = DataLoader(
-            dataset,
-            batch_size=_positive_batch_size(batch_size),
-            shuffle=bool(shuffle),
+            _SeededDataset(dataset),
+            batch_size=batch_size,
+            sampler=self._sampler,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             drop_last=bool(drop_last),
@@ -185,6 +195,7 @@ class DatasetLoader:
         epoch, self.epoch = self.epoch, self.epoch + 1
         epoch_seed = seeded_generator(self.seed, epoch, _SHUFFLE_STREAM).initial_seed()
         self._generator.manual_seed(epoch_seed)
+        self._sampler.epoch_seed = epoch_seed
         return self._batches()
 
     def _batches(self) -> Iterator[Batch]:
@@ -197,6 +208,41 @@ class DatasetLoader:
             if not str(exc).startswith("Caught "):
                 raise
             raise type(exc)(worker_error_line(str(exc))) from None
+
+
+class _SeededSampler(Sampler):
+    """``(index, seed of that sample's randomness)`` pairs in the epoch's order; runs in the main process,
+    so the epoch seed set there reaches persistent workers too."""
+
+    def __init__(self, n: int, shuffle: bool, *, drop_one: bool) -> None:
+        self.n, self.shuffle, self.drop_one = n, shuffle, drop_one
+        self.epoch_seed = 0
+
+    def __len__(self) -> int:
+        return self.n - self.drop_one
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        # its own generator: the DataLoader draws its worker seed from the loader's one, per epoch or only once
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epoch_seed)).tolist() \
+            if self.shuffle else range(self.n)
+        for i in order[: len(self)]:
+            yield i, seeded_generator(self.epoch_seed, _AUGMENT_STREAM, i).initial_seed()
+
+
+class _SeededDataset(Dataset):
+    """Reads sample ``i`` of ``dataset`` with the global torch RNG seeded for it, then restored."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def worker_error_line(message: str) -> str:
@@ -223,7 +269,12 @@ def make_loader(
 ) -> BatchLoader | DatasetLoader:
     """The right loader for ``split``: :class:`BatchLoader` for a :class:`TensorSplit`, else a
     :class:`DatasetLoader` (``augment`` is then ignored: the dataset's transforms augment, and
-    ``num_workers`` defaults to ``min(8, cpu count)``; for a TensorSplit it is unused)."""
+    ``num_workers`` defaults to ``min(8, cpu count)``; for a TensorSplit it is unused).
+
+    A shuffled loader is a training loader: where the last batch would hold exactly one sample (and
+    ``batch_size > 1``) that sample is left out of the epoch, as BatchNorm in train mode cannot normalise
+    a batch of one (a shuffled epoch leaves out another sample each time). Unshuffled (evaluation)
+    loaders keep every sample."""
     if isinstance(split, TensorSplit):
         return BatchLoader(split, batch_size=batch_size, shuffle=shuffle, augment=augment,
                            device=device, seed=seed, drop_last=drop_last)
@@ -239,7 +290,9 @@ def calibration_subset(split: Split, *, size: int, seed: int) -> Split:
 
     The same ``(split, size, seed)`` always gives the same samples in the same order. A
     :class:`TensorSplit` gives a :class:`TensorSplit`; a ``Dataset`` gives a
-    ``torch.utils.data.Subset``.
+    ``torch.utils.data.Subset``, read without augmentation where the dataset offers an ``unaugmented()``
+    view (imagefolder's train split: its evaluation transforms, as in-memory splits are never augmented
+    here either).
     """
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ConfigError(
@@ -248,10 +301,21 @@ def calibration_subset(split: Split, *, size: int, seed: int) -> Split:
     n = len(split)  # type: ignore[arg-type]
     if n == 0:
         raise DataError("cannot draw a calibration subset from an empty split")
+    if size > n:  # said, not silently fewer
+        log.info("calibration size %d is more than the split's %d images: all %d are used", size, n, n)
     perm = torch.randperm(n, generator=seeded_generator(seed, _CALIBRATION_STREAM))[:size]
     if isinstance(split, TensorSplit):
         return split.subset(perm)
-    return Subset(split, perm.tolist())
+    return Subset(_unaugmented(split), perm.tolist())
+
+
+def _unaugmented(split: Any) -> Any:
+    """``split`` read without augmentation: its ``unaugmented()`` view, through Subsets; else itself."""
+    if isinstance(split, Subset):
+        inner = _unaugmented(split.dataset)
+        return split if inner is split.dataset else Subset(inner, split.indices)
+    view = getattr(split, "unaugmented", None)
+    return view() if callable(view) else split
 
 
 def split_fingerprint(split: Split) -> str:
@@ -297,6 +361,11 @@ def _feed(digest: Any, split: object) -> None:
             f"cannot fingerprint a {type(split).__name__}: pass a TensorSplit, a Subset or a "
             "dataset with a .samples list of (path, target)"
         )
+
+
+def _lone_last(n: int, batch_size: int, shuffle: bool) -> bool:
+    """Whether a training (shuffled) loader drops its last batch: it would hold one sample of several."""
+    return shuffle and batch_size > 1 and n > 1 and n % batch_size == 1
 
 
 def _positive_batch_size(batch_size: object) -> int:

@@ -14,6 +14,7 @@ noise std relative to the unit-std templates).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -70,10 +71,12 @@ def load_synthetic(
         int_param("synthetic", "test_size", test_size, minimum=1),
     )
     noise = _noise_param(noise)
-    # the samples and their noise are built whole: a huge train_size asked the allocator for terabytes
-    check_input_fits(2 * sum(sizes), (in_channels, image_size, image_size),
-                     f"dataset 'synthetic' with {sum(sizes)} images of {in_channels}x{image_size}x{image_size}",
-                     "give smaller train_size, val_size, test_size or image_size")
+    # the samples and their noise are built whole: a huge train_size asked the allocator for terabytes; so
+    # are the class templates and their temporaries (num_classes 1000000 was an allocator traceback)
+    check_input_fits(2 * sum(sizes) + 3 * num_classes, (in_channels, image_size, image_size),
+                     f"dataset 'synthetic' with {sum(sizes)} images and {num_classes} class templates of "
+                     f"{in_channels}x{image_size}x{image_size}",
+                     "give smaller train_size, val_size, test_size, num_classes or image_size")
     gen = seeded_generator(seed, 0x5147)
     templates = make_templates(num_classes, in_channels, image_size, gen)
     train, val, test = (sample_split(templates, n, noise, gen) if n else None for n in sizes)
@@ -113,6 +116,7 @@ def sample_split(templates: Tensor, size: int, noise: float, gen: torch.Generato
 
 
 def _noise_param(noise: object) -> float:
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise ConfigError(f"dataset 'synthetic': noise must be a number >= 0, got {noise!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+        # nan or inf trained to a nan loss, found after the pretraining
+        raise ConfigError(f"dataset 'synthetic': noise must be a finite number >= 0, got {noise!r}")
     return float(noise)

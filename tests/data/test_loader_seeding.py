@@ -1,0 +1,82 @@
+"""Training loaders: no final batch of one image, and a lazily read sample's randomness seeded per sample.
+
+A training batch of one image crashed BatchNorm in train mode ("Expected more than 1 value per channel")
+after the pretraining and the scoring; the random crops of a folder's images depended on the number of
+DataLoader workers (so on the machine's core count); and calibration read the train split augmented.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import Dataset, Subset
+
+from prunetune.data import BatchLoader, DatasetLoader, TensorSplit, calibration_subset, make_loader
+
+
+class _Random(Dataset):
+    """Each read draws from the global torch RNG, as torchvision's random transforms do."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int):
+        return torch.rand(3) + i, i
+
+
+def _split(n: int) -> TensorSplit:
+    return TensorSplit(torch.zeros(n, 1, 2, 2), torch.arange(n))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_training_loader_drops_a_final_batch_of_one(lazy: bool) -> None:
+    split = _split(17)
+    data = Subset(torch.utils.data.TensorDataset(split.x, split.y), range(17)) if lazy else split
+    train = make_loader(data, batch_size=8, shuffle=True, num_workers=0)
+    sizes = [len(y) for _, y in train]
+    assert sizes == [8, 8] and len(train) == 2
+    assert len(set(torch.cat([y for _, y in train]).tolist())) == 16  # another sample left out each epoch
+    evaluate = make_loader(data, batch_size=8, num_workers=0)
+    assert [len(y) for _, y in evaluate] == [8, 8, 1] and len(evaluate) == 3  # evaluation keeps every image
+    for n, batch, expected in ((18, 8, [8, 8, 2]), (3, 1, [1, 1, 1]), (1, 8, [1])):  # only a lone last one
+        assert [len(y) for _, y in make_loader(_split(n), batch_size=batch, shuffle=True)] == expected
+
+
+def test_a_lazy_split_gives_the_same_batches_whatever_the_number_of_workers() -> None:
+    def epochs(workers: int) -> list[torch.Tensor]:
+        loader = DatasetLoader(_Random(), batch_size=4, shuffle=True, seed=3, num_workers=workers)
+        return [torch.cat([x for x, _ in loader]) for _ in range(2)]
+
+    state = torch.random.get_rng_state()
+    zero = epochs(0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the main process's RNG is left alone
+    assert not torch.equal(zero[0], zero[1])  # the epochs differ
+    for workers in (1, 2):
+        assert all(torch.equal(a, b) for a, b in zip(zero, epochs(workers)))
+
+
+class _Augmented(Dataset):
+    def __init__(self, augmented: bool = True) -> None:
+        self.augmented = augmented
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int):
+        return torch.tensor([float(i), float(self.augmented)]), i
+
+    def unaugmented(self) -> _Augmented:
+        return _Augmented(False)
+
+
+def test_calibration_subsets_read_the_split_unaugmented() -> None:
+    for split in (_Augmented(), Subset(_Augmented(), [5, 4, 3, 2])):
+        subset = calibration_subset(split, size=3, seed=0)
+        assert all(x[1] == 0.0 for x, _ in subset)
+        plain = calibration_subset(Subset(torch.utils.data.TensorDataset(torch.zeros(4)), range(4)), size=2, seed=0)
+        assert len(plain) == 2
+
+
+def test_batch_loader_len_matches_what_it_yields() -> None:
+    loader = BatchLoader(_split(9), batch_size=4, shuffle=True)
+    assert len(loader) == len(list(loader)) == 2
