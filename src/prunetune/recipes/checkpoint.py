@@ -57,6 +57,16 @@ def check_split(path: str | os.PathLike, recorded: Mapping[str, Any] | None, cur
     if recorded is None or dict(recorded) == dict(current):
         return
     changed = sorted(k for k in {*recorded, *current} if recorded.get(k) != current.get(k))
+    if changed == ["files"] and "files" not in recorded:  # written before splits recorded their files
+        log.warning("checkpoint %r predates the file digest of generated splits: that the folder still holds "
+                    "the files it was split from cannot be checked (train the dense model again to record it)",
+                    str(path))
+        return
+    if changed == ["files"]:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained on a split of other files: images were added, removed, "
+            "renamed or moved between class folders since, so this split's val/test images would overlap the "
+            "checkpoint's training images; restore the folder as it was or train the dense model on it")
     raise CheckpointError(
         f"checkpoint {str(path)!r} was trained on the data split {_split_text(recorded)}, this recipe's data gives "
         f"{_split_text(current)} (differs in {', '.join(changed)}): its val/test images would overlap the "

@@ -25,7 +25,7 @@ from torch import nn
 from prunetune._machine import check_input_fits
 from prunetune._paths import check_folder_shape
 from prunetune._safety import is_user_code
-from prunetune._text import exception_line
+from prunetune._text import exception_line, short
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import BudgetExceededError, CheckpointError, ConfigError
 from prunetune.models import create_model
@@ -125,9 +125,9 @@ def load_inputs(recipe: Recipe) -> Inputs:
     splits = load_data(recipe)
     if splits.in_channels != recipe.model.in_channels or splits.num_classes != recipe.model.num_classes:
         raise ConfigError(
-            f"data {recipe.data.name!r} has {splits.in_channels} input channels and {splits.num_classes} classes, "
-            f"the model is set to in_channels={recipe.model.in_channels}, num_classes={recipe.model.num_classes}; "
-            "fix the recipe's model section")
+            f"data {recipe.data.name!r} has {splits.in_channels} input channels and {splits.num_classes} classes"
+            f"{_named(splits.classes)}, the model is set to in_channels={recipe.model.in_channels}, "
+            f"num_classes={recipe.model.num_classes}; fix the recipe's model section")
     batch, side = recipe.data.batch_size, splits.image_size  # a lazy dataset decodes image_size at each batch
     check_input_fits(batch, (splits.in_channels, side, side), f"a batch of {batch} images of {side}x{side}",
                      "give a smaller image_size or data.batch_size")
@@ -142,6 +142,14 @@ def load_inputs(recipe: Recipe) -> Inputs:
     check_trainable(model, spec.name, shape, splits.num_classes, trains=trains)
     groups = find_groups(model, shape)
     return Inputs(splits, model, groups, device, t_data - t0, t_data)
+
+
+def _named(classes: tuple[str, ...], shown: int = 8) -> str:
+    """`` (a, b, ...)``: the class names a dataset gave, the first ``shown`` of them; '' where it gave none."""
+    if not classes:
+        return ""
+    more = f", ... {len(classes) - shown} more" if len(classes) > shown else ""
+    return f" ({', '.join(short(c, 40) for c in classes[:shown])}{more})"
 
 
 def check_trainable(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int, *,
