@@ -338,3 +338,30 @@ def test_a_frozen_batch_norm_stays_in_eval_mode_through_every_pass() -> None:
     assert {n: m.training for n, m in model.named_modules()} == modes
     recalibrate_bn(model, batches)
     assert {n: m.training for n, m in model.named_modules()} == modes
+
+
+
+def test_weight_scores_refuse_groups_found_on_another_model() -> None:
+    """Groups of another model gave a KeyError (group_l2: a RuntimeError calling itself a bug) where the
+    layer names differed, and scores of the wrong length where a width did."""
+    import dataclasses
+
+    import pytest
+
+    from prunetune.exceptions import ConfigError
+    from prunetune.pruning.scores import weight_scores
+
+    model = create_model("resnet20", num_classes=10, in_channels=3)
+    deeper = find_groups(create_model("resnet32", num_classes=10, in_channels=3), (3, 16, 16))
+    for name in ("l1", "group_l2"):
+        with pytest.raises(ConfigError, match=r"^group .* names layer .*, which CifarResNet has not: the groups were "
+                                              r"found on another model; pass find_groups\(model, input_shape\)"):
+            weight_scores(model, deeper, name, {})
+    groups = find_groups(model, (3, 16, 16))
+    first = groups.groups[0]
+    wider = dataclasses.replace(groups, groups=(dataclasses.replace(first, channels=first.channels + 1),
+                                                *groups.groups[1:]))
+    with pytest.raises(ConfigError, match=rf"^group {first.name!r} has {first.channels + 1} channels, but this "
+                                          rf"model's layer .* has {first.channels}: the groups were found on another"):
+        weight_scores(model, wider, "l1", {})
+    assert len(weight_scores(model, groups, "l1", {})) == len(groups.groups)

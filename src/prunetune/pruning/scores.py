@@ -97,15 +97,31 @@ def model_digest(model: nn.Module) -> str:
 def weight_scores(model: nn.Module, groups: ModelGroups, name: str, params: Mapping[str, Any]) -> dict[str, Tensor]:
     """Score every group with a weight criterion: the mean over the group's out-layers (or BNs)."""
     crit = get_criterion(name)
+    modules = dict(model.named_modules())
+    _check_groups_of(model, groups, modules)
     if crit.weight_source(params) == "group":
         return group_weight_scores(model, groups)
-    modules = dict(model.named_modules())
     out = {}
     for g in groups:
         sources = _weight_sources(g, crit.weight_source(params), modules)
         values = [crit.from_weight(modules[s].weight.detach(), **params).to("cpu", torch.float64) for s in sources]
         out[g.name] = torch.stack(values).mean(0)
+        if out[g.name].shape != (g.channels,):
+            raise ConfigError(f"group {g.name!r} has {g.channels} channels, but this model's layer {sources[0]!r} "
+                              f"has {out[g.name].shape[0]}: {_OTHER_MODEL}")
     return out
+
+
+_OTHER_MODEL = "the groups were found on another model; pass find_groups(model, input_shape) of this one"
+
+
+def _check_groups_of(model: nn.Module, groups: ModelGroups, modules: Mapping[str, nn.Module]) -> None:
+    """Refuse ``groups`` that name a layer ``model`` has not (groups found on another model)."""
+    for g in groups:
+        for layer in (*g.out_layers, *g.in_layers, *g.norms):
+            if layer not in modules:
+                raise ConfigError(f"group {g.name!r} names layer {layer!r}, which {type(model).__name__} has not: "
+                                  f"{_OTHER_MODEL}")
 
 
 def group_weight_scores(model: nn.Module, groups: ModelGroups) -> dict[str, Tensor]:
