@@ -45,7 +45,12 @@ def test_proxy_equals_evaluating_the_pruned_model_after_recalibrating_bn() -> No
     proxy = bn_proxy(model, groups, plan, bn_batches=train, val_batches=val, max_bn_batches=3)
     pruned = apply_plan(copy.deepcopy(model), plan, groups)
     recalibrate_bn(pruned, train, max_batches=3)
-    assert proxy == evaluate(pruned, val)
+    assert proxy.accuracy == evaluate(pruned, val)
+    with torch.no_grad():  # the likelihood: exp(−mean cross-entropy) over all images, by hand
+        pruned.eval()
+        logp = torch.cat([torch.log_softmax(pruned(x), 1).gather(1, y[:, None])[:, 0] for x, y in val])
+    assert proxy.likelihood == pytest.approx(math.exp(float(logp.mean())), rel=1e-6)
+    assert 0 < proxy.likelihood <= 1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the dense model is untouched
     stale = evaluate(apply_plan(copy.deepcopy(model), plan, groups), val)
     assert isinstance(stale, float)
@@ -213,6 +218,10 @@ def test_a_failing_candidate_is_recorded_not_raised(shared) -> None:
                                   val_images=32)
     (macs, proxy, error), = results
     assert math.isnan(macs) and math.isnan(proxy) and "nonsense" in error
+    (macs, proxy, error, _, accuracy), = evaluate_candidates([{"target_macs": 0.5}], base, table, bn_batches=1,
+                                                             val_images=32)
+    assert error is None and 0 < proxy < 1 and 0 <= accuracy <= 1
+    assert proxy != accuracy  # the likelihood ranks candidates, the accuracy rides along
 
 
 def test_a_plan_cheaper_by_a_hair_but_worse_by_the_proxy_is_not_fine_tuned() -> None:
@@ -317,7 +326,7 @@ def test_screening_records_what_identifies_a_plan(shared) -> None:
 
     _, base, table, _ = shared
     configs = [{"target_macs": 0.5}, {"target_macs": 0.3}]
-    (_, _, _, a), (_, _, _, b) = evaluate_candidates(configs, base, table, bn_batches=1, val_images=32)
+    (_, _, _, a, _), (_, _, _, b, _) = evaluate_candidates(configs, base, table, bn_batches=1, val_images=32)
     assert a != b and a == plan_identity(build_plan(trial_recipe(base.recipe, configs[0], base.groups), base, table))
     kept, channels = {"g": (0, 1)}, {"g": 4}
     one = PruningPlan(kept, channels, None, None, (3, 8, 8), order={"g": (2, 3)})
@@ -325,3 +334,37 @@ def test_screening_records_what_identifies_a_plan(shared) -> None:
     assert plan_identity(one) != other_order and plan_identity(one).split(":")[0] == other_order.split(":")[0]
     assert plan_identity(one) == plan_identity(PruningPlan(kept, channels, None, None, (3, 8, 8)))  # index order
     assert plan_identity(one) != plan_identity(PruningPlan({"g": (0, 2)}, channels, None, None, (3, 8, 8)))
+
+
+def test_a_pool_screened_before_the_likelihood_still_loads_and_logs_its_accuracy() -> None:
+    """screening.json of an interrupted search written when the proxy was the accuracy (no
+    ``proxy_accuracy`` field): it resumes, its trials log ``proxy_accuracy`` and no likelihood; the CSV
+    has both columns."""
+    import json
+
+    from prunetune.search.screening import ScreenOutcome
+    from prunetune.search.selection import proxy_metrics, table_csv
+
+    old = {"seconds": 1.0, "candidates": [{"number": 0, "params": {"target_macs": 0.5}, "source": "hand",
+                                           "macs_ratio": 0.49, "proxy": 0.8, "error": None, "selected": True,
+                                           "config": {"target_macs": 0.5}, "plan_id": "a:b"}]}
+    outcome = ScreenOutcome.from_json(json.dumps(old))
+    (c,) = outcome.selected
+    assert proxy_metrics(c) == {"proxy_accuracy": 0.8}
+    new = Candidate(1, {"target_macs": 0.4}, "sampled", 0.39, 0.3, proxy_accuracy=0.7)
+    assert proxy_metrics(new) == {"proxy_likelihood": 0.3, "proxy_accuracy": 0.7}
+    assert ScreenOutcome.from_json(ScreenOutcome([new], [], 1.0).to_json()).candidates[0].proxy_accuracy == 0.7
+    header, row = table_csv([new]).splitlines()[:2]
+    assert header == "number,source,selected,macs_ratio,proxy_likelihood,proxy_accuracy,error,params"
+    assert row.startswith("1,sampled,0,0.390000,0.300000,0.700000,,")
+
+
+def test_the_tracking_callback_logs_the_proxy_metrics_of_a_trial_and_reads_an_older_pickled_number() -> None:
+    from prunetune.search.ray_parts import TrackingCallback
+
+    callback = TrackingCallback.__new__(TrackingCallback)
+    callback.proxies = [({"target_macs": 0.5}, {"proxy_likelihood": 0.3, "proxy_accuracy": 0.7}),
+                        ({"target_macs": 0.4}, 0.6)]  # the second as a callback pickled before stored it
+    assert callback.proxy_of({"target_macs": 0.5, "lr": 0.1}) == {"proxy_likelihood": 0.3, "proxy_accuracy": 0.7}
+    assert callback.proxy_of({"target_macs": 0.4}) == {"proxy_accuracy": 0.6}
+    assert callback.proxy_of({"target_macs": 0.3}) == {}

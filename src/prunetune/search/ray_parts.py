@@ -140,12 +140,12 @@ class TrackingCallback(tune.Callback):
     Args:
         total: trials of the whole search; ``expected``: trials this run of it starts (fewer when
             it resumes an interrupted search).
-        proxies: ``(params, proxy accuracy)`` of the screened candidates; a trial whose config holds
-            one's params logs its ``proxy_accuracy``.
+        proxies: ``(params, proxy metrics)`` of the screened candidates (:func:`proxy_metrics`); a
+            trial whose config holds one's params logs them.
     """
 
     def __init__(self, tracker: SearchTracker, total: int, *, time_limited: bool = False,
-                 proxies: list[tuple[dict[str, Any], float]] | None = None, progress: Progress | None = None,
+                 proxies: list[tuple[dict[str, Any], Any]] | None = None, progress: Progress | None = None,
                  expected: int | None = None) -> None:
         self.tracker, self.total, self.time_limited = tracker, total, time_limited
         self.expected = total if expected is None else expected
@@ -161,11 +161,13 @@ class TrackingCallback(tune.Callback):
         self.__init__(state["tracker"], state["total"], time_limited=state["time_limited"],  # type: ignore[misc]
                       proxies=state.get("proxies"), expected=state.get("expected"))
 
-    def proxy_of(self, config: Mapping[str, Any]) -> float:
+    def proxy_of(self, config: Mapping[str, Any]) -> dict[str, float]:
+        """The proxy metrics of the candidate ``config`` holds the params of ({} for none). A callback
+        pickled before the likelihood existed holds the accuracy alone, as a number."""
         for params, proxy in self.proxies:
             if all(config.get(k) == v for k, v in params.items()):
-                return proxy
-        return math.nan
+                return dict(proxy) if isinstance(proxy, Mapping) else {"proxy_accuracy": float(proxy)}
+        return {}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._started[trial.trial_id] = time.time()
@@ -182,8 +184,7 @@ class TrackingCallback(tune.Callback):
         wall = time.time() - self._started.pop(trial.trial_id, time.time())
         label = self.tracker.label(trial.trial_id)
         if result.get("final"):
-            self.tracker.finish_trial(trial.trial_id, {**result, "wall_s": wall,
-                                                       "proxy_accuracy": self.proxy_of(trial.config)})
+            self.tracker.finish_trial(trial.trial_id, {**result, "wall_s": wall, **self.proxy_of(trial.config)})
             self.progress.trial_finished(label, result["accuracy"], result["macs_ratio"], wall)
             self._log_front(png=False)
         else:
@@ -211,13 +212,15 @@ class TrackingCallback(tune.Callback):
         self._log_front(png=True)
 
     def _proxy_correlation(self, runs: list[Any]) -> dict[str, float]:
-        """Spearman's ρ of proxy vs fine-tuned val (and test) accuracy over the finished trials (all runs,
+        """Spearman's ρ of the proxy that ranked the candidates (the likelihood; the accuracy in a search
+        screened before it) vs fine-tuned val (and test) accuracy over the finished trials (all runs,
         so a resumed search counts the trials of its first part too)."""
         rows = [r.data.metrics for r in runs if r.info.status == FINISHED]
-        rows = [m for m in rows if math.isfinite(m.get("proxy_accuracy", math.nan))]
+        proxy = "proxy_likelihood" if any("proxy_likelihood" in m for m in rows) else "proxy_accuracy"
+        rows = [m for m in rows if math.isfinite(m.get(proxy, math.nan))]
         out = {}
         for key, name in (("accuracy", "proxy_rank_correlation"), ("test_accuracy", "proxy_rank_correlation_test")):
-            rho = spearman([m["proxy_accuracy"] for m in rows], [m.get(key, math.nan) for m in rows])
+            rho = spearman([m[proxy] for m in rows], [m.get(key, math.nan) for m in rows])
             if math.isfinite(rho):
                 out[name] = rho
         return out

@@ -38,7 +38,7 @@ from prunetune.search.resume import STATE_FILE, done_trials, recorded_config, re
 from prunetune.search.study import dashboard_command
 from prunetune.pruning.schedules import SCHEDULES
 from prunetune.search.screening import ScreenOutcome, hand_pool, run_screening, trial_points
-from prunetune.search.selection import select, table_csv
+from prunetune.search.selection import proxy_metrics, select, table_csv
 from prunetune.spaces.presets import LR, SCHEDULE, SCHEDULE_PARAM_PREFIX
 from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, space_target_range
 from prunetune.tracking.store import ui_command
@@ -217,7 +217,7 @@ def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, 
         trust.check_and_unseal(s.experiment_dir, STATE_FILE,  # after a stop in screening, this run screened again
                                written=(SCREEN_FILE,) if screened is not None and screened.fresh else ())
         log.info("resume: %d of %d trials done, %d to run", total - left, total, max(0, left))
-    proxies = [(dict(c.params), c.proxy) for c in screened.selected] if screened is not None else None
+    proxies = [(dict(c.params), proxy_metrics(c)) for c in screened.selected] if screened is not None else None
     tracking = ray_parts.TrackingCallback(tracker, total, time_limited=s.time_budget_s is not None,
                                           proxies=proxies, progress=progress, expected=max(0, left))
     progress.start_trials(total, done=total - max(0, left),

@@ -1,10 +1,11 @@
 """Screening: many candidate plans ranked by a cheap proxy; only the promising few are fine-tuned.
 
 A *candidate* is the plan part of a trial config (MACs target, allocation, ratios, blend weights,
-normaliser: :data:`prunetune.spaces.PLAN_PARTS`). Its *proxy* is the validation accuracy of the
-physically pruned network after its BN statistics are re-estimated on a few training batches, with
-no weight update (:func:`prunetune.pruning.proxy.bn_proxy`; EagleEye, ECCV 2020): a few forward
-passes instead of a fine-tune.
+normaliser: :data:`prunetune.spaces.PLAN_PARTS`). Its *proxy* is the validation likelihood
+(exp of minus the mean cross-entropy) of the physically pruned network after its BN statistics are
+re-estimated on a few training batches, with no weight update (:func:`prunetune.pruning.proxy.bn_proxy`;
+adaptive BN as in EagleEye, ECCV 2020, which reads accuracy; the accuracy is recorded beside it): a few
+forward passes instead of a fine-tune.
 
 How the proxy informs Optuna: a *screening study* (multi-objective TPE: proxy ↑, MACs ↓) samples
 the candidates over the plan space, told each proxy as it arrives, so later candidates concentrate
@@ -30,12 +31,13 @@ from typing import Any, Protocol
 
 from prunetune.exceptions import ConfigError
 from prunetune.spaces import SearchSpace, SpaceSpec
-from prunetune.search.selection import Candidate, plan_key
+from prunetune.search.selection import Candidate
 from prunetune.spaces.presets import RATIO_PREFIX, TARGET, WEIGHT_PREFIX
 
 CANDIDATES_PER_TRIAL = 16
 TRAIN_PARAMS = ("recipe", "sampled")
-# (MACs ratio, proxy accuracy, error[, the plan's identity: plan_identity]); a pool may leave out the last
+# (MACs ratio, proxy likelihood, error[, the plan's identity: plan_identity[, proxy accuracy]]); a pool may
+# leave out the last ones
 Result = tuple[Any, ...]
 
 
@@ -240,9 +242,10 @@ def run_screening(space: SearchSpace, hand: list[dict[str, Any]], count: int, po
                 asked += 1
             in_flight[pool.submit([c.config for _, c in batch])] = batch
         handle, results = pool.next_done(list(in_flight))
-        for (trial, candidate), (macs, proxy, error, *identity) in zip(in_flight.pop(handle), results):
+        for (trial, candidate), (macs, proxy, error, *rest) in zip(in_flight.pop(handle), results):
             candidate.macs_ratio, candidate.proxy, candidate.error = macs, proxy, error
-            candidate.plan_id = identity[0] if identity else None
+            candidate.plan_id = rest[0] if rest else None
+            candidate.proxy_accuracy = rest[1] if len(rest) > 1 else math.nan
             if candidate.ok:
                 study.tell(trial, [proxy, macs])
             else:
@@ -261,7 +264,8 @@ def startup_trials(count: int, hand: int) -> int:
 
 def evaluate_candidates(params: list[dict[str, Any]], base: Any, table: Any, *, bn_batches: int,
                         val_images: int) -> list[Result]:
-    """Plan and proxy of each candidate config (in a worker): ``(MACs ratio, proxy accuracy, error)``.
+    """Plan and proxy of each candidate config (in a worker): ``(MACs ratio, proxy likelihood, error,
+    plan identity, proxy accuracy)``.
 
     The proxy is measured on a seeded random subset of ``val_images`` validation images (a folder's
     val split lists its images class by class, so its first images would be its first classes).
@@ -283,7 +287,7 @@ def evaluate_candidates(params: list[dict[str, Any]], base: Any, table: Any, *, 
             bn = base.loader("train", train=True, seed=recipe.seed + 1)
             proxy = bn_proxy(base.model, base.groups, plan, bn_batches=bn, val_batches=val_loader,
                              max_bn_batches=bn_batches, device=base.device)
-            out.append((plan.macs_ratio, proxy, None, plan_identity(plan)))
+            out.append((plan.macs_ratio, proxy.likelihood, None, plan_identity(plan), proxy.accuracy))
         except Exception as exc:  # noqa: BLE001 - one candidate's failure (a target its strategy cannot
             # reach, a numerical error) must not end the screening: it is recorded and never selected
             out.append((math.nan, math.nan, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
@@ -313,9 +317,6 @@ class ScreenOutcome:
     selected: list[Candidate]
     seconds: float
     fresh: bool = False  # screened by this run (not read back from an interrupted one's file)
-
-    def proxies(self) -> dict[str, float]:
-        return {plan_key(c.params): c.proxy for c in self.selected}
 
     def to_json(self) -> str:
         return json.dumps({"seconds": self.seconds, "candidates": [c.__dict__ for c in self.candidates]},

@@ -28,15 +28,25 @@ class Candidate:
     params: dict[str, Any]
     source: str  # "hand" (a hand recipe: one criterion, uniform ratios or a global threshold) or "sampled"
     macs_ratio: float = math.nan
-    proxy: float = math.nan
+    proxy: float = math.nan  # what ranks candidates: the proxy likelihood (prunetune.pruning.proxy)
     error: str | None = None
     selected: bool = False
     config: dict[str, Any] = field(default_factory=dict)
     plan_id: str | None = None  # the plan it gave (screening.plan_identity); candidates giving one plan are one
+    proxy_accuracy: float = math.nan  # the proxy network's accuracy, for people (NaN in pools screened before it)
 
     @property
     def ok(self) -> bool:
         return self.error is None and math.isfinite(self.proxy) and math.isfinite(self.macs_ratio)
+
+
+def proxy_metrics(candidate: Candidate) -> dict[str, float]:
+    """What a fine-tune trial of ``candidate`` logs of its screening: ``proxy_likelihood`` and
+    ``proxy_accuracy``; from a pool screened before the likelihood existed (its ``proxy`` an accuracy,
+    ``proxy_accuracy`` NaN) the accuracy alone."""
+    if math.isnan(candidate.proxy_accuracy):
+        return {"proxy_accuracy": candidate.proxy}
+    return {"proxy_likelihood": candidate.proxy, "proxy_accuracy": candidate.proxy_accuracy}
 
 
 def select(candidates: Sequence[Candidate], k: int, *, by_order: bool = True,
@@ -132,13 +142,15 @@ def plan_key(params: Mapping[str, Any]) -> str:
 
 
 def table_csv(candidates: Sequence[Candidate]) -> str:
-    """The screened pool as CSV: number, source, selected, MACs ratio, proxy, error, parameters (JSON)."""
+    """The screened pool as CSV: number, source, selected, MACs ratio, proxy likelihood and accuracy, error,
+    parameters (JSON)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["number", "source", "selected", "macs_ratio", "proxy_accuracy", "error", "params"])
+    writer.writerow(["number", "source", "selected", "macs_ratio", "proxy_likelihood", "proxy_accuracy", "error",
+                     "params"])
     for c in candidates:
         writer.writerow([c.number, c.source, int(c.selected), f"{c.macs_ratio:.6f}", f"{c.proxy:.6f}",
-                         c.error or "", json.dumps(c.params, sort_keys=True)])
+                         f"{c.proxy_accuracy:.6f}", c.error or "", json.dumps(c.params, sort_keys=True)])
     return buf.getvalue()
 
 

@@ -35,7 +35,7 @@ LABEL_TAG = "prunetune.trial"  # the short name, t07
 ENDED_TAG = "prunetune.ended"  # "stopped early": a KILLED run the scheduler stopped (not an interrupted one)
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 TRIAL_METRICS = ("accuracy", "test_accuracy", "macs", "params", "macs_ratio", "params_ratio", "target_macs",
-                 "proxy_accuracy", "work_s", "wall_s", "latency_ms")
+                 "proxy_likelihood", "proxy_accuracy", "work_s", "wall_s", "latency_ms")
 MAX_PARAMS = 100
 
 
