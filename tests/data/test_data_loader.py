@@ -301,3 +301,27 @@ def test_the_dense_cache_key_follows_the_training_data_and_the_models_code(tmp_p
     first = dense_cache_path(SimpleNamespace(recipe=coded, splits=SimpleNamespace(train=a)))
     (tmp_path / "mynets.py").write_text("def build(**kw):\n    return 1\n")
     assert dense_cache_path(SimpleNamespace(recipe=coded, splits=SimpleNamespace(train=a))) != first
+
+
+def test_a_folder_datasets_fingerprint_holds_how_it_reads_its_files() -> None:
+    """The transform was not hashed: scores cached from an augmented calibration subset (as before
+    stop 30), or at another normalisation, answered for the unaugmented one. A lambda's address is
+    left out, so such a transform still hits the cache in the next run."""
+
+    class Folder(torch.utils.data.Dataset):
+        samples = [("a.png", 0), ("b.png", 1)]
+
+        def __init__(self, transform) -> None:
+            self.transform = transform
+
+    class Crop:
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+        def __repr__(self) -> str:
+            return f"Crop(size={self.size})"
+
+    plain = split_fingerprint(Folder(None))
+    assert split_fingerprint(Folder(Crop(8))) not in (plain, split_fingerprint(Folder(Crop(16))))
+    assert split_fingerprint(Subset(Folder(Crop(8)), [0])) != split_fingerprint(Subset(Folder(Crop(16)), [0]))
+    assert split_fingerprint(Folder(lambda x: x)) == split_fingerprint(Folder(lambda x: x))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -323,7 +324,9 @@ def split_fingerprint(split: Split) -> str:
 
     A :class:`TensorSplit` hashes the shape, dtype and raw bytes of ``x`` and ``y`` (device
     independent). A folder dataset (with ``samples``, like ``ImageFolder``) hashes its file
-    paths and targets; a ``Subset`` adds its indices.
+    paths and targets, and how it reads them (its ``transform``: the image size, the normalisation,
+    augmented or not; object addresses in its text left out, so a lambda does not change it from run
+    to run); a ``Subset`` adds its indices.
     """
     digest = hashlib.sha256()
     _feed(digest, split)
@@ -339,6 +342,11 @@ def _stamp(path: Any) -> tuple[int, int]:
     return (st.st_size, st.st_mtime_ns)
 
 
+def _reading(dataset: object) -> str:
+    """How a folder dataset turns a file into a sample: its ``transform``'s text without addresses."""
+    return re.sub(r" at 0x[0-9A-Fa-f]+", "", repr(getattr(dataset, "transform", None)))
+
+
 def _feed(digest: Any, split: object) -> None:
     if isinstance(split, TensorSplit):
         for t in (split.x, split.y):
@@ -349,6 +357,7 @@ def _feed(digest: Any, split: object) -> None:
         samples = split.dataset.samples  # type: ignore[attr-defined]
         chosen = [samples[int(i)] for i in split.indices]
         digest.update(repr([(str(p), int(t), *_stamp(p)) for p, t in chosen]).encode())
+        digest.update(_reading(split.dataset).encode())
     elif isinstance(split, Subset):
         _feed(digest, split.dataset)
         digest.update(repr([int(i) for i in split.indices]).encode())
@@ -356,6 +365,7 @@ def _feed(digest: Any, split: object) -> None:
         samples = split.samples  # type: ignore[attr-defined]
         # each file's size and modification time too: a file replaced under the same name is other data
         digest.update(repr([(str(p), int(t), *_stamp(p)) for p, t in samples]).encode())
+        digest.update(_reading(split).encode())
     else:
         raise DataError(
             f"cannot fingerprint a {type(split).__name__}: pass a TensorSplit, a Subset or a "
