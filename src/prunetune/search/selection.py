@@ -60,8 +60,9 @@ def select(candidates: Sequence[Candidate], k: int, *, by_order: bool = True,
     With a ``budget`` (the top of the MACs range the space samples) the first trial goes to the best
     proxy among the candidates within :data:`MACS_TOLERANCE` below it (:func:`at_budget`), whatever
     cheaper plan the proxy prefers. That plan is the one a user exports most, and near the budget the
-    proxy saturates at the dense network's accuracy: plans there tie with cheaper ones or differ by an
-    image, a tie goes to the cheaper plan, and the front could end well below the budget."""
+    proxy saturates at the dense network's: plans there tie with cheaper ones or differ by noise (read
+    as accuracy, by an image), a cheaper plan wins such a tie, and the front could end well below the
+    budget."""
     pool = [c for c in candidates if c.ok]
     chosen: list[Candidate] = []
     seen: set[str] = set()
