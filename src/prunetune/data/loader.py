@@ -342,7 +342,7 @@ def _stamp(path: Any) -> tuple[int, int]:
     return (st.st_size, st.st_mtime_ns)
 
 
-def _reading(dataset: object) -> str:
+def _transform_text(dataset: object) -> str:
     """How a folder dataset turns a file into a sample: its ``transform``'s text without addresses."""
     return re.sub(r" at 0x[0-9A-Fa-f]+", "", repr(getattr(dataset, "transform", None)))
 
@@ -357,7 +357,7 @@ def _feed(digest: Any, split: object) -> None:
         samples = split.dataset.samples  # type: ignore[attr-defined]
         chosen = [samples[int(i)] for i in split.indices]
         digest.update(repr([(str(p), int(t), *_stamp(p)) for p, t in chosen]).encode())
-        digest.update(_reading(split.dataset).encode())
+        digest.update(_transform_text(split.dataset).encode())
     elif isinstance(split, Subset):
         _feed(digest, split.dataset)
         digest.update(repr([int(i) for i in split.indices]).encode())
@@ -365,7 +365,7 @@ def _feed(digest: Any, split: object) -> None:
         samples = split.samples  # type: ignore[attr-defined]
         # each file's size and modification time too: a file replaced under the same name is other data
         digest.update(repr([(str(p), int(t), *_stamp(p)) for p, t in samples]).encode())
-        digest.update(_reading(split).encode())
+        digest.update(_transform_text(split).encode())
     else:
         raise DataError(
             f"cannot fingerprint a {type(split).__name__}: pass a TensorSplit, a Subset or a "

@@ -188,20 +188,36 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, devi
              amp: bool = False) -> float:
     """Top-1 accuracy in [0, 1], in full precision unless ``amp`` (then in the fine-tune's mixed
     precision on ``device``, :func:`autocast_dtype`; none on CPU)."""
+    correct = 0
+
+    def count(logits: Tensor, y: Tensor) -> None:
+        nonlocal correct
+        correct += int((logits.argmax(1) == y).sum())
+
+    total = eval_pass(model, batches, count, device=device, amp=amp)
+    return correct / total
+
+
+@torch.no_grad()
+def eval_pass(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], on_batch: Any, *,
+              device: str | torch.device = "cpu", amp: bool = False) -> int:
+    """``on_batch(logits, labels)`` for every batch, ``model`` in eval mode without gradients (its modes
+    put back after), in full precision unless ``amp`` (as :func:`evaluate`); returns the number of
+    samples, and refuses an empty set."""
     device = torch.device(device)
     amp_dtype = autocast_dtype(device) if amp else None
-    correct = total = 0
+    total = 0
     with modes_kept(model):
         model.eval()
         for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(x)
-            correct += int((logits.argmax(1) == y).sum())
+            on_batch(logits, y)
             total += int(y.shape[0])
     if total == 0:
         raise ConfigError("evaluation set is empty")
-    return correct / total
+    return total
 
 
 @torch.no_grad()

@@ -26,9 +26,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor, nn
 
-from prunetune._modes import modes_kept
-from prunetune.exceptions import ConfigError
-from prunetune.pruning.finetune import recalibrate_bn
+from prunetune.pruning.finetune import eval_pass, recalibrate_bn
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.plan import PruningPlan
 from prunetune.pruning.surgery import apply_plan
@@ -53,21 +51,15 @@ def bn_proxy(model: nn.Module, groups: ModelGroups, plan: PruningPlan, *,
     return likelihood_and_accuracy(pruned, val_batches, device=device)
 
 
-@torch.no_grad()
 def likelihood_and_accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *,
                             device: str | torch.device = "cpu") -> Proxy:
     """exp(−mean cross-entropy) and top-1 accuracy of ``model`` on ``batches``, in eval mode, float32."""
-    device = torch.device(device)
-    nll = 0.0
-    correct = total = 0
-    with modes_kept(model):
-        model.eval()
-        for x, y in batches:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x).float()
-            nll += float(nnf.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            total += int(y.shape[0])
-    if total == 0:
-        raise ConfigError("evaluation set is empty")
+    nll, correct = 0.0, 0
+
+    def add(logits: Tensor, y: Tensor) -> None:
+        nonlocal nll, correct
+        nll += float(nnf.cross_entropy(logits.float(), y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+
+    total = eval_pass(model, batches, add, device=device)
     return Proxy(math.exp(-nll / total), correct / total)
