@@ -96,6 +96,24 @@ def test_the_held_out_split_records_which_files_it_split(tmp_path, fake_tv) -> N
     assert load_dataset("imagefolder", root=tmp_path, image_size=8).split["files"] not in (added, before["files"])
 
 
+
+def test_the_split_digest_reads_paths_the_same_on_windows(monkeypatch) -> None:
+    import ntpath
+    import posixpath
+
+    # a checkpoint's held-out split moved between Linux and Windows must keep its digest: the relative
+    # paths are joined by "/" whatever the system's separator
+    windows = imagefolder_mod.posix_relative(r"D:\data\train\cat\sub\0.png", r"D:\data\train", ntpath)
+    assert windows == "cat/sub/0.png"
+    assert imagefolder_mod.posix_relative("/data/train/cat/sub/0.png", "/data/train", posixpath) == windows
+    linux = imagefolder_mod.files_digest(
+        SimpleNamespace(root="/data/train", classes=["cat"], samples=[("/data/train/cat/sub/0.png", 0)]))
+    real = imagefolder_mod.posix_relative
+    monkeypatch.setattr(imagefolder_mod, "posix_relative", lambda path, root: real(path, root, ntpath))
+    assert imagefolder_mod.files_digest(SimpleNamespace(
+        root=r"D:\data\train", classes=["cat"], samples=[(r"D:\data\train\cat\sub\0.png", 0)])) == linux
+
+
 @pytest.mark.parametrize("bad", ["undecodable", "fifo"])
 @pytest.mark.parametrize("where", ["val", "test", "held_out"])
 def test_a_bad_val_or_test_file_is_refused_at_load(tmp_path, fake_tv, bad: str, where: str) -> None:

@@ -238,11 +238,18 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 
 def files_digest(images: FolderImages) -> str:
-    """16 hex digits of a sha256 of the split folder's files (paths relative to it, sorted) and classes."""
+    """16 hex digits of a sha256 of the split folder's files (paths relative to it, ``/``-separated, sorted)
+    and classes."""
     digest = hashlib.sha256()
-    for path, target in sorted((os.path.relpath(p, images.root), t) for p, t in images.samples):
+    for path, target in sorted((posix_relative(p, images.root), t) for p, t in images.samples):
         digest.update(f"{images.classes[target]}\0{path}\0".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
+
+
+def posix_relative(path: str, root: str, paths: Any = os.path) -> str:
+    """``path`` relative to ``root`` with ``/`` between its parts on every system (``paths``: the
+    platform's path module), so a split's digest is the same on Windows as on Linux."""
+    return paths.relpath(path, root).replace(paths.sep, "/")
 
 
 def check_headers(split: Any) -> None:
