@@ -14,7 +14,9 @@ with uniform ratios and with one global threshold, at targets spread over the MA
 first. From the pool,
 :func:`prunetune.search.selection.select` takes the non-dominated candidates of the proxy front (then the next fronts, if the
 first is too small), spread over log-MACs, one per fine-tune trial. They are enqueued into the
-fine-tune study, which samples the rest of each trial (schedule, its parameters, lr) itself.
+fine-tune study. What the proxy cannot judge (schedule, its parameters, lr) follows
+``screen.train_params``: ``recipe`` (the default) gives every trial the recipe's lr and the space's
+first schedule at its defaults; ``sampled`` leaves them to the fine-tune study.
 
 Nothing here imports Ray: the runner passes a pool that evaluates chunks of candidates in parallel
 (Ray actors holding the dense model and the ScoreTable once), or evaluates them in this process.
