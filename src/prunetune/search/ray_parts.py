@@ -1,7 +1,10 @@
-"""The Ray Tune side of a search: trainable, searcher, scheduler and the tracking callback.
+"""The Ray Tune side of a search: the trainable, the Optuna sampler of the fine-tune study, the
+scheduler, the screening actors and the tracking callback. The searcher itself is
+:class:`prunetune.search.optuna_bridge.FinalOnlySearch`.
 
-Imported only by :mod:`prunetune.search.runner` (extra ``search``): this module imports Ray and
-Optuna at import time.
+Imported by :mod:`prunetune.search.runner` and, for its log filter, by
+:func:`prunetune.search.cluster.connect`, both inside functions (extra ``search``): this module
+imports Ray and Optuna at import time.
 """
 
 from __future__ import annotations

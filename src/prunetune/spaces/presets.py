@@ -4,8 +4,9 @@ Every component is a small frozen dataclass (picklable, cheap). The keys they wr
 config are the names below; :func:`prunetune.spaces.translate.trial_recipe` reads them back.
 
 Ratios are *relative* prune ratios: the shape of the allocation. The trial's MACs target
-(``target_macs``) sets its level: the budget projection scales all ratios by one factor until the
-plan fits the target (:func:`prunetune.pruning.allocation.keep_for_budget`). A sampled ratio below
+(``target_macs``) sets its level: the budget projection scales every group's keep fraction
+(1 − ratio) by one factor until the plan fits the target, then gives back channels that still fit
+(:func:`prunetune.pruning.allocation.keep_for_budget`). A sampled ratio below
 :data:`RATIO_FLOOR` is raised to it, so that every group can be thinned and every target down to the
 smallest reachable fraction stays feasible.
 """
