@@ -11,8 +11,9 @@ that registers, say, a schedule runs the same contract on it::
     SCHEDULES.register("mine", ...)
     check_schedule("mine")
 
-:func:`check_all` runs every suite over every registry (what a plugin's CI can call after importing
-the plugin).
+:func:`check_all` runs the criterion, normaliser, schedule, ratio-preset and strategy suites over their
+registries (what a plugin's CI can call after importing the plugin). Models are not among them:
+:func:`check_model` takes a factory (or a module) and an input shape; datasets have no suite here.
 """
 
 from __future__ import annotations
