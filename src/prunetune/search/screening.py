@@ -11,10 +11,10 @@ How the proxy informs Optuna: a *screening study* (multi-objective TPE: proxy â†
 the candidates over the plan space, told each proxy as it arrives, so later candidates concentrate
 where the proxy front is. The pool always holds the hand recipes (each criterion of the space alone,
 with uniform ratios and with one global threshold, at targets spread over the MACs range), enqueued
-first. From the pool,
-:func:`prunetune.search.selection.select` takes the non-dominated candidates of the proxy front (then the next fronts, if the
-first is too small), spread over log-MACs, one per fine-tune trial. They are enqueued into the
-fine-tune study. What the proxy cannot judge (schedule, its parameters, lr) follows
+first. From the pool, :func:`prunetune.search.selection.select` takes the best proxy just under the
+budget, then the non-dominated candidates of the proxy front (then the next fronts, if the first is
+too small), spread over log-MACs, one per fine-tune trial. They are enqueued into the fine-tune
+study. What the proxy cannot judge (schedule, its parameters, lr) follows
 ``screen.train_params``: ``recipe`` (the default) gives every trial the recipe's lr and the space's
 first schedule at its defaults; ``sampled`` leaves them to the fine-tune study.
 
