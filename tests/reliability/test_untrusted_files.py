@@ -90,6 +90,11 @@ def test_old_numpy_module_names_load() -> None:
     assert b"cnumpy.core.multiarray\n_reconstruct" in payload
     loaded = restricted_loads(payload)
     assert loaded[b"labels"] == [1, 2] and loaded[b"data"].tolist() == [[7, 9]]
+    # Python 2 wrote the dtype's name and byte order as str (SHORT_BINSTRING), read back as bytes
+    py2 = payload.replace(b"X\x02\x00\x00\x00u1", b"U\x02u1").replace(b"X\x01\x00\x00\x00|", b"U\x01|")
+    assert py2.count(b"U\x02u1") == 1 and py2.count(b"U\x01|") == 1
+    loaded = restricted_loads(py2)
+    assert type(loaded[b"data"]) is np.ndarray and loaded[b"data"].tolist() == [[7, 9]]
 
 
 class _Call:
@@ -125,6 +130,59 @@ def test_a_small_batch_file_cannot_ask_for_much_memory(name, crafted, message) -
     assert len(payload) < 1000
     with pytest.raises(pickle.UnpicklingError, match=message):
         restricted_loads(payload)
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _unicode(text: str) -> bytes:
+    return b"X" + len(text).to_bytes(4, "little") + text.encode()
+
+
+_EMPTY_ARRAY = (_global("numpy.core.multiarray", "_reconstruct") + _global("numpy", "ndarray")
+                + b"K\x00\x85" + b"C\x01b" + b"\x87R")  # _reconstruct(ndarray, (0,), b'b'): 0 bytes
+
+
+def _dtype(name: str) -> bytes:
+    return _global("numpy", "dtype") + _unicode(name) + b"\x89\x88\x87R"  # dtype(name, False, True)
+
+
+def _array_state(shape: int, dtype: bytes, raw: bytes) -> bytes:  # BUILD (1, (shape,), dtype, False, raw)
+    return b"(K\x01" + pickle.dumps((shape,), 2)[2:-1] + dtype + b"\x89" + raw + b"tb"
+
+
+# BUILD hands a state to what a pickle made; numpy's own __setstate__ trusts it
+_REBUILT = {
+    # an object array of 10 entries from an empty list: numpy read past the list (segmentation fault)
+    "object array": (_EMPTY_ARRAY + _array_state(10, _dtype("O8"), b"]") + b".", "holds Python objects"),
+    # 10 GB of zeros asked for by a 90-byte file
+    "huge shape": (_EMPTY_ARRAY + _array_state(10**10, _dtype("u1"), b"C\x00") + b".", "asks for 10000000000 bytes"),
+    "short bytes": (_EMPTY_ARRAY + _array_state(8, _dtype("u1"), b"C\x02ab") + b".", "of 8 bytes from 2 bytes"),
+    # a harmless dtype whose state then says 'holds objects' (flags 0x1F), used by an array
+    "dtype state": (_dtype("V8") + b"(K\x03" + _unicode("|") + b"NNNK\x08K\x01K\x1ftb" + b"q\x010" + _EMPTY_ARRAY
+                    + b"(K\x01K\x01\x85h\x01\x89]tb.", "rewrites numpy dtype '|V8'"),
+    "built twice": (_EMPTY_ARRAY + _array_state(1, _dtype("u1"), b"C\x01a") + _array_state(1, _dtype("u1"), b"C\x01a")
+                    + b".", "rebuilds one numpy array twice"),
+}
+
+
+def test_a_batch_file_cannot_rebuild_an_array_into_what_data_never_is() -> None:
+    """Each payload in a child process: before the check, the first crashed the interpreter."""
+    import subprocess
+
+    code = ("import pickle, sys\nfrom prunetune.data._unpickle import restricted_loads\n"
+            "for name, payload in eval(sys.stdin.read()).items():\n"
+            "    try:\n        restricted_loads(payload)\n        print(name, '| LOADED', flush=True)\n"
+            "    except pickle.UnpicklingError as exc:\n        print(name, '|', exc, flush=True)\n")
+    payloads = {name: payload for name, (payload, _) in _REBUILT.items()}
+    assert all(len(p) < 200 for p in payloads.values())
+    done = subprocess.run([sys.executable, "-c", code], input=repr(payloads), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-2000:])
+    lines = dict(line.split(" | ", 1) for line in done.stdout.splitlines())
+    for name, (_, message) in _REBUILT.items():
+        assert message in lines.get(name, ""), (name, lines.get(name))
 
 
 def _factory_module(folder, name: str):

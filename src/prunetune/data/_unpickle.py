@@ -13,6 +13,14 @@ Nor may a small file ask for much memory: every admitted call that allocates fro
 array's shape, a dtype's size, ``bytes(n)``) is held to :data:`ALLOC_FACTOR` times the file's size.
 A 740 KB batch file asked ``bytearray`` for 4 GiB; 241 KB of ``_reconstruct`` calls for a 95 000-image
 train split.
+
+Nor may it rebuild what it made. The pickle's BUILD opcode hands any object a state through its
+``__setstate__``, and numpy's own trust theirs: an array rebuilt with an object dtype and a list
+shorter than its shape read past the list (a 96-byte batch file crashed the process), a large shape
+zero-filled gigabytes, and a dtype's state could rewrite its size or flags. So every array made here
+is a :class:`_CheckedArray`, whose state must hold plain data of exactly its shape's bytes within the
+bound, and a dtype is a :class:`_DtypeArg` whose state may set its byte order and nothing else.
+Object dtypes are refused wherever a dtype is read: data never holds them.
 """
 
 from __future__ import annotations
@@ -52,29 +60,127 @@ class _Limit:
         return np.dtype(dtype).itemsize
 
 
+class _DtypeArg:
+    """A dtype the pickle made (``numpy.dtype(...)``), until an array or scalar reads it. BUILD on a real
+    dtype would run numpy's ``dtype.__setstate__``, which can rewrite its size and flags; here the
+    state may carry the byte order (what numpy writes) and must say nothing else."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+
+    def __setstate__(self, state: Any) -> None:
+        self.dtype = _dtype_with_state(self.dtype, state)
+
+
+def _dtype_with_state(dtype: np.dtype, state: Any) -> np.dtype:
+    """``dtype`` as a plain dtype's pickled state leaves it: (version, byte order, subarray, names, fields,
+    size, alignment[, flags[, metadata]]) from numpy ≥ 1.7, (byte order, subarray, fields, size,
+    alignment) before; every part but the byte order must be what numpy writes for ``dtype`` itself."""
+    if not isinstance(state, tuple) or not state:
+        raise pickle.UnpicklingError("it rebuilds a numpy dtype from a state that is no tuple")
+    if isinstance(state[0], int):  # versioned: (version, order, subarray, names, fields, size, align, ...)
+        order, rest = (state[1] if len(state) > 1 else "|"), state[2:]
+        structure, sizes, tail = rest[:3], rest[3:5], rest[5:]
+    else:
+        order, structure, sizes, tail = state[0], state[1:3], state[3:5], state[5:]
+    order = order.decode("latin1") if isinstance(order, bytes) else order  # Python 2's str, read as bytes
+    own = dtype.__reduce__()[2]
+    allowed_sizes = {-1, dtype.itemsize, dtype.alignment}
+    if (order not in ("|", "<", ">", "=") or any(part is not None for part in structure)
+            or any(not isinstance(n, int) or n not in allowed_sizes for n in sizes)
+            or (tail[:1] and tail[0] not in (0, own[7] if len(own) > 7 else 0))
+            or any(part not in (None, {}) for part in tail[1:])):
+        raise pickle.UnpicklingError(f"it rewrites numpy dtype {dtype.str!r} through its state {state!r}, "
+                                     "which plain data never does")
+    return dtype.newbyteorder(order) if order in "<>" and dtype.byteorder != "|" else dtype
+
+
+def _plain_dtype(dtype: Any) -> np.dtype:
+    made = np.dtype(dtype.dtype if isinstance(dtype, _DtypeArg) else
+                    dtype.decode("latin1") if isinstance(dtype, bytes) else dtype)
+    if made.hasobject:
+        raise pickle.UnpicklingError(f"it builds numpy data of dtype {made.str!r}, which holds Python objects; "
+                                     "data archives hold numbers")
+    return made
+
+
+class _CheckedArray(np.ndarray):
+    """An array made by the pickle, whose BUILD state is checked before numpy reads it (see the module
+    docstring); :func:`restricted_loads` hands back plain arrays."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("it rebuilds a numpy array from a state that is no array's")
+        version, (shape, dtype, fortran, raw) = (state[0], state[1:]) if len(state) == 5 else (None, state)
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise pickle.UnpicklingError(f"it rebuilds a numpy array with the shape {shape!r}")
+        dtype = _plain_dtype(dtype)
+        raw = raw.encode("latin1") if isinstance(raw, str) else raw
+        if not isinstance(raw, (bytes, bytearray)):
+            raise pickle.UnpicklingError("it rebuilds a numpy array from something that is not its bytes")
+        size = dtype.itemsize * math.prod(shape)
+        bound = self.__dict__.pop("bound", None)  # set where the pickle made it (_bound), for one BUILD
+        if bound is None:
+            raise pickle.UnpicklingError("it rebuilds one numpy array twice")
+        bound.check(size)
+        if len(raw) != size:
+            raise pickle.UnpicklingError(f"it rebuilds a numpy array of {size} bytes from {len(raw)} bytes")
+        parts = (shape, dtype, bool(fortran), raw)
+        super().__setstate__(parts if version is None else (version, *parts))
+
+
+def _bound(array: np.ndarray, limit: _Limit) -> _CheckedArray:
+    checked = array.view(_CheckedArray)
+    checked.bound = limit  # what its BUILD may allocate
+    return checked
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with the :class:`_CheckedArray` at its top or one level down (a batch's dict or list)
+    as plain arrays; deeper ones are left as they are (they behave as arrays)."""
+    if isinstance(value, _CheckedArray):
+        return value.view(np.ndarray)
+    if isinstance(value, dict):
+        return {k: v.view(np.ndarray) if isinstance(v, _CheckedArray) else v for k, v in value.items()}
+    if isinstance(value, list):
+        return [v.view(np.ndarray) if isinstance(v, _CheckedArray) else v for v in value]
+    return value
+
+
 def _allowed(limit: _Limit) -> dict[tuple[str, str], Any]:
     core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
     multiarray, numeric = core.multiarray, core.numeric
 
     def reconstruct(cls: Any, shape: Any, dtype: Any) -> Any:
+        if cls is not array and cls is not np.ndarray:
+            raise pickle.UnpicklingError(f"it rebuilds an array of class {cls!r}; data arrays are numpy.ndarray")
+        dtype = _plain_dtype(dtype)
         limit.check(limit.array_bytes(shape, dtype))
-        return multiarray._reconstruct(np.ndarray if cls is array else cls, shape, dtype)
+        return _bound(multiarray._reconstruct(np.ndarray, shape, dtype), limit)
 
     def scalar(dtype: Any, obj: Any = None) -> Any:
         if not isinstance(obj, bytes):  # scalar(dtype) alone allocates dtype.itemsize zero bytes
             raise pickle.UnpicklingError("it builds a numpy scalar without its bytes, which data never holds")
         limit.check(len(obj))
-        return multiarray.scalar(dtype, obj)
+        return multiarray.scalar(_plain_dtype(dtype), obj)  # a numpy scalar's __setstate__ does nothing
 
-    def dtype(*args: Any, **kwargs: Any) -> np.dtype:
+    def dtype(*args: Any, **kwargs: Any) -> _DtypeArg:
         made = np.dtype(*args, **kwargs)
         limit.check(made.itemsize)  # dtype('V200000000'), then scalar or ndarray of it
-        return made
+        return _DtypeArg(_plain_dtype(made))
 
     def array(*args: Any, **kwargs: Any) -> np.ndarray:
+        args = list(args)
+        if len(args) > 1:
+            args[1] = _plain_dtype(args[1])
+        elif "dtype" in kwargs:
+            kwargs["dtype"] = _plain_dtype(kwargs["dtype"])
         shape = args[0] if args else kwargs.get("shape", ())
         limit.check(limit.array_bytes(shape, args[1] if len(args) > 1 else kwargs.get("dtype", float)))
-        return np.ndarray(*args, **kwargs)
+        return _bound(np.ndarray(*args, **kwargs), limit)
+
+    def frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+        return _bound(numeric._frombuffer(buffer, _plain_dtype(dtype), shape, order), limit)
 
     def encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
         if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):  # 'hex' doubles at each call
@@ -95,7 +201,7 @@ def _allowed(limit: _Limit) -> dict[tuple[str, str], Any]:
         table[(f"{prefix}.multiarray", "_reconstruct")] = reconstruct
         table[(f"{prefix}.multiarray", "scalar")] = scalar
         if hasattr(numeric, "_frombuffer"):  # reads its array from the payload's own bytes
-            table[(f"{prefix}.numeric", "_frombuffer")] = numeric._frombuffer
+            table[(f"{prefix}.numeric", "_frombuffer")] = frombuffer
     for module in ("builtins", "__builtin__"):  # Python 3 and Python 2 names
         for name in _BUILTIN_CALLS:
             made = getattr(builtins, name)
@@ -121,4 +227,4 @@ class RestrictedUnpickler(pickle.Unpickler):
 def restricted_loads(payload: bytes, *, encoding: str = "bytes") -> Any:
     """Unpickle ``payload`` admitting only data (see the module docstring)."""
     limit = max(ALLOC_FLOOR, ALLOC_FACTOR * len(payload))
-    return RestrictedUnpickler(io.BytesIO(payload), limit=limit, encoding=encoding).load()
+    return _plain(RestrictedUnpickler(io.BytesIO(payload), limit=limit, encoding=encoding).load())
