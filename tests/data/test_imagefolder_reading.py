@@ -69,6 +69,31 @@ def test_a_linked_class_folder_is_read_once(tmp_path) -> None:
     assert classes == ["a", "b", "c", "d"] and len(samples) == 7
 
 
+def test_a_link_to_a_missing_folder_is_one_line_not_a_dropped_class(tmp_path) -> None:
+    _classes(tmp_path, 2)
+    _png(tmp_path / "disk" / "d" / "0.png")
+    os.symlink(tmp_path / "disk" / "d", tmp_path / "train" / "d")
+    assert list_images(tmp_path / "train")[0] == ["a", "b", "c", "d"]
+    os.rename(tmp_path / "disk", tmp_path / "unmounted")  # skipped, class d was gone and later labels moved
+    with pytest.raises(DataError, match=r"^imagefolder .*train/d is a link to .*disk/d, which does not exist; "
+                                        r"mount or restore its target, or remove the link$"):
+        list_images(tmp_path / "train")
+    os.symlink(tmp_path / "gone", tmp_path / "train" / "a" / "more")  # inside a class too
+    os.unlink(tmp_path / "train" / "d")
+    with pytest.raises(DataError, match=r"train/a/more is a link to .*gone, which does not exist"):
+        list_images(tmp_path / "train")
+
+
+def test_a_class_lists_its_files_by_folder_then_name(tmp_path) -> None:
+    # by the folder's /-joined path, then the name: "2019/jan" before "2019A" on every system (a backslash
+    # sorts after "A", a slash before it), so a held-out split is the same files on Windows and Linux
+    for rel in ("cat/b.png", "cat/2019A/0.png", "cat/2019/jan/1.png", "cat/2019/jan/0.png", "cat/a.png", "dog/0.png"):
+        _png(tmp_path / "train" / rel)
+    _, samples = list_images(tmp_path / "train")
+    assert [os.path.relpath(p, tmp_path / "train") for p, _ in samples] == [
+        "cat/a.png", "cat/b.png", "cat/2019/jan/0.png", "cat/2019/jan/1.png", "cat/2019A/0.png", "dog/0.png"]
+
+
 def test_16_bit_grey_is_scaled_not_saturated_and_32_bit_is_refused(tmp_path) -> None:
     levels = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000)
     Image.fromarray(levels).save(tmp_path / "grey16.png")

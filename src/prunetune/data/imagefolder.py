@@ -178,30 +178,30 @@ def list_images(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
     skipped: Counter[str] = Counter()
     classes = []
     for entry in _entries(folder, seen):
-        if entry.name.startswith("."):
-            skipped["hidden folder" if _is_dir(entry) else "hidden file"] += 1
-        elif _is_dir(entry):
+        kind = _classify(entry)
+        if kind == "folder":
             classes.append(entry.name)
         else:
-            skipped[f"loose in {folder.name}/ (not in a class folder)"] += 1
+            skipped[kind if kind.startswith("hidden") else f"loose in {folder.name}/ (not in a class folder)"] += 1
     samples, empty = [], []
     for target, name in enumerate(classes):
-        found: list[tuple[str, str]] = []
+        found: list[tuple[str, str, str]] = []
         stack = [os.path.join(folder, name)]
         while stack:
             here = stack.pop()
             for entry in _entries(Path(here), seen):
-                if entry.name.startswith("."):
-                    skipped["hidden folder" if _is_dir(entry) else "hidden file"] += 1
-                elif _is_dir(entry):
+                kind = _classify(entry)
+                if kind == "folder":
                     stack.append(entry.path)
-                elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                    found.append((here, entry.name))
+                elif kind.startswith("hidden"):
+                    skipped[kind] += 1
+                elif entry.name.lower().endswith(IMAGE_EXTENSIONS):  # by folder (as /-joined text), then name:
+                    found.append((posix_relative(here, str(folder)), entry.name, here))  # one order on every system
                 else:
                     skipped[f"named {os.path.splitext(entry.name)[1].lower() or '(no extension)'}"] += 1
         if not found:
             empty.append(name)
-        samples.extend((os.path.join(here, fname), target) for here, fname in sorted(found))
+        samples.extend((os.path.join(here, fname), target) for _, fname, here in sorted(found))
     if not classes:
         raise DataError(f"imagefolder {folder}: no class folder found; put each class's images in "
                         f"{folder}/<class>/ ({', '.join(IMAGE_EXTENSIONS)})")
@@ -228,6 +228,22 @@ def _entries(folder: Path, seen: dict[tuple[int, int], str]) -> list[os.DirEntry
     except OSError as exc:
         raise DataError(f"imagefolder folder {folder} cannot be listed ({exc.strerror or exc}); "
                         "fix its permissions or remove it") from None
+
+
+def _classify(entry: os.DirEntry) -> str:
+    """``"folder"``, ``"file"``, ``"hidden folder"`` or ``"hidden file"``; a link whose target is missing
+    (a class folder on an unmounted disk) is an error, not a file: skipped, it would drop a class and
+    renumber every later one."""
+    hidden = entry.name.startswith(".")
+    if not hidden and entry.is_symlink() and not os.path.exists(entry.path):
+        try:
+            target = os.readlink(entry.path)
+        except OSError:
+            target = "?"
+        raise DataError(f"imagefolder {entry.path} is a link to {target}, which does not exist; mount or "
+                        "restore its target, or remove the link")
+    kind = "folder" if _is_dir(entry) else "file"
+    return f"hidden {kind}" if hidden else kind
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
