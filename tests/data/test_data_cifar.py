@@ -234,6 +234,29 @@ def test_corrupt_archive_names_the_file(tmp_path: Path) -> None:
         load_dataset("cifar10", root=tmp_path, val_size=0)
 
 
+def test_an_archive_whose_compressed_data_was_damaged_fails_its_crc(tmp_path: Path) -> None:
+    """tar stopped at its end marker and never read the gzip trailer: damaged deflate data that still
+    decompressed loaded as other pixels or labels. A wrong CRC in the trailer stands for such damage."""
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    archive = make_tar(tmp_path, "cifar-10-batches-py", "cifar-10-python.tar.gz")
+    good = archive.read_bytes()
+    assert len(load_dataset("cifar10", root=tmp_path, val_size=0).test) == TEST_N
+    archive.write_bytes(good[:-8] + bytes(b ^ 0xFF for b in good[-8:-4]) + good[-4:])  # CRC32 flipped
+    with pytest.raises(DataError, match=r"cifar-10-python.tar.gz is unreadable \(CRC check failed"):
+        load_dataset("cifar10", root=tmp_path, val_size=0)
+
+
+def test_an_interrupted_download_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Interrupted(io.BytesIO):
+        def read(self, *args):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cifar_mod.urllib.request, "urlopen", lambda url, timeout: Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset("cifar10", root=tmp_path, download=True)
+    assert not any(tmp_path.iterdir())  # each try left a .part file of its own
+
+
 def test_download_failure_says_where_to_put_archive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

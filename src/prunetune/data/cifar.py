@@ -25,6 +25,7 @@ import os
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,6 +203,10 @@ def download_archive(info: CifarInfo, root: Path) -> Path:
         raise DataError(
             f"could not download {info.title} from {info.url} ({exc}); {by_hand}"
         ) from exc
+    except BaseException:  # Ctrl-C: no partial file left behind, one more at every try
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        raise
     if digest.hexdigest() != info.md5:
         partial.unlink(missing_ok=True)
         raise DataError(
@@ -273,7 +278,11 @@ def _read_archive(info: CifarInfo, archive: Path, wanted: tuple[str, ...]) -> It
                     if member.size > info.max_member:  # the header's size, before a byte is inflated
                         raise _too_big(info, member.size, f"{archive} (member {member.name})")
                     yield name, handle.read(info.max_member + 1), f"{archive}:{member.name}"
-    except (tarfile.TarError, OSError, EOFError) as exc:
+            # tar stops at its end marker and never reaches the gzip trailer: read to it, so that
+            # damaged compressed data fails the CRC instead of loading as other pixels or labels
+            while tar.fileobj.read(_CHUNK):
+                pass
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise DataError(
             f"{info.title} archive {archive} is unreadable ({exc}); download it again"
         ) from exc
