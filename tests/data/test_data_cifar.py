@@ -134,10 +134,26 @@ def test_cifar10_val_size_zero_uses_test(tmp_path: Path) -> None:
     assert splits.val is splits.test and len(splits.train) == 5 * PER_BATCH
 
 
-def test_cifar10_val_size_too_large(tmp_path: Path) -> None:
+def test_cifar10_val_size_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_cifar10(tmp_path / "cifar-10-batches-py")
+
+    def normalise(*args):  # 60 000 images as float32: 740 MB before the error came
+        raise AssertionError("normalised before val_size was checked")
+
+    monkeypatch.setattr(cifar_mod, "_normalise", normalise)
     with pytest.raises(ConfigError, match="val_size=5000"):
         load_dataset("cifar10", root=tmp_path)
+
+
+def test_a_damaged_meta_file_leaves_the_class_names_out(tmp_path: Path, caplog) -> None:
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    meta = tmp_path / "cifar-10-batches-py" / "batches.meta"
+    assert load_dataset("cifar10", root=tmp_path, val_size=0).classes[:2] == ("c0", "c1")
+    meta.write_bytes(meta.read_bytes()[:20])  # optional names: not worth refusing the whole data set
+    with caplog.at_level("WARNING", logger="prunetune.data.cifar"):
+        splits = load_dataset("cifar10", root=tmp_path, val_size=0)
+    assert splits.classes == () and len(splits.test) == TEST_N
+    assert "batches.meta cannot be unpickled" in caplog.text and "class names it holds are left out" in caplog.text
 
 
 def test_root_may_be_the_extracted_folder(tmp_path: Path) -> None:

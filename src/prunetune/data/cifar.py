@@ -21,6 +21,7 @@ split. ``val_size=0`` keeps the full training set and makes
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tarfile
 import tempfile
@@ -48,6 +49,7 @@ from prunetune.data.base import (
 )
 from prunetune.exceptions import ConfigError, DataError
 
+log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
@@ -134,6 +136,7 @@ def load_cifar(
     source = locate(info, require_root(info.name, root, hint), download)
     files = read_members(info, source)
     x_train, y_train = _join(info, files, info.train_files)
+    _check_val_size(info, val_size, len(x_train))  # before the test files are joined and all is normalised
     x_test, y_test = _join(info, files, info.test_files)
     check_input_fits(len(x_train) + len(x_test), (3, 32, 32), f"{info.title} under {source} "
                      f"({len(x_train) + len(x_test)} images) as float32", f"re-extract or re-download {info.archive}")
@@ -228,9 +231,16 @@ def read_members(info: CifarInfo, source: Path) -> dict[str, tuple[Any, str]]:
     read = _read_folder if source.is_dir() else _read_archive
     found = {}
     for name, payload, where in read(info, source, wanted):
+        if name == info.meta_file:  # only the class names: optional, so a damaged one is left out
+            try:
+                found[name] = (restricted_loads(payload, encoding="bytes"), where)
+            except Exception as exc:  # noqa: BLE001 - pickle raises many types on bad input
+                log.warning("CIFAR meta file %s cannot be unpickled (%s); the class names it holds are left out",
+                            where, exception_line(exc))
+            continue
         obj = _unpickle(payload, where)
         del payload  # the batch's bytes are not kept beside its array
-        found[name] = (obj if name == info.meta_file else _check_batch(info, obj, where), where)
+        found[name] = (_check_batch(info, obj, where), where)
     for name in (*info.train_files, *info.test_files):
         if name not in found:
             where = source / name if source.is_dir() else f"{source} (member {info.folder}/{name})"
@@ -368,13 +378,17 @@ def _hold_out(
     """Split a seeded hold-out of ``val_size`` images off ``train`` (``0`` → val is test)."""
     if val_size == 0:
         return train, test
-    if val_size >= len(train):
-        raise ConfigError(
-            f"dataset {info.name!r}: val_size={val_size} must be smaller than the "
-            f"{len(train)} training images (0 uses the test split for validation)"
-        )
+    _check_val_size(info, val_size, len(train))
     perm = torch.randperm(len(train), generator=seeded_generator(seed, 0xC1FA))
     return train.subset(perm[val_size:]), train.subset(perm[:val_size])
+
+
+def _check_val_size(info: CifarInfo, val_size: int, train_images: int) -> None:
+    if val_size >= train_images:
+        raise ConfigError(
+            f"dataset {info.name!r}: val_size={val_size} must be smaller than the "
+            f"{train_images} training images (0 uses the test split for validation)"
+        )
 
 
 def _class_names(info: CifarInfo, meta: tuple[Any, str] | None) -> tuple[str, ...]:
