@@ -40,6 +40,13 @@ def short(value: Any, limit: int = 80) -> str:
     return text
 
 
+def listed(items: Any, shown: int = 8) -> str:
+    """``a, b, ... N more``: the first ``shown`` of ``items``, each clipped, for a one-line message."""
+    items = list(items)
+    more = f", ... {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(short(i, 40) for i in items[:shown]) + more
+
+
 def clip_line(message: str, limit: int = 800) -> str:
     """``message`` on one line (its lines joined), cut to ``limit`` characters: what the CLI prints."""
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())

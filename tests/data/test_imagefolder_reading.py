@@ -122,6 +122,18 @@ def test_the_held_out_split_records_which_files_it_split(tmp_path, fake_tv) -> N
 
 
 
+def test_a_split_with_other_classes_names_what_differs(tmp_path, fake_tv) -> None:
+    names = [f"class{i:03d}" for i in range(30)]
+    for name in names:
+        _png(tmp_path / "train" / name / "0.png")
+    for name in names[:12] + names[13:] + ["zebra"]:
+        _png(tmp_path / "val" / name / "0.png")
+    with pytest.raises(DataError) as err:  # both lists in full: 26 000 characters for a thousand classes
+        load_dataset("imagefolder", root=tmp_path, image_size=8)
+    assert str(err.value) == (f"imagefolder {tmp_path / 'val'} lacks 'class012' and has 'zebra', which train has not "
+                              "(30 classes, train 30); every split needs the same class folders")
+
+
 def test_the_split_digest_reads_paths_the_same_on_windows(monkeypatch) -> None:
     import ntpath
     import posixpath

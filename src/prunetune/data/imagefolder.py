@@ -41,7 +41,7 @@ import torch
 
 from prunetune._imports import require
 from prunetune._paths import input_file_problem
-from prunetune._text import exception_line
+from prunetune._text import exception_line, listed
 from prunetune.data.base import (
     DataSplits,
     fraction_param,
@@ -95,11 +95,12 @@ def load_imagefolder(
     test = FolderImages(folders["test"], eval_tf) if "test" in folders else val
     for name, split in (("val", val), ("test", test)):
         found = list(getattr(split, "dataset", split).classes)
-        if found != classes:
-            raise DataError(
-                f"imagefolder {folders.get(name, folders['train'])} has classes {found}, but train has "
-                f"{classes}; every split needs the same class folders"
-            )
+        if found != classes:  # what differs, not both lists: a thousand classes made a 26 000-character line
+            missing, extra = [c for c in classes if c not in set(found)], [c for c in found if c not in set(classes)]
+            what = " and ".join([f"lacks {listed(missing)}"] * bool(missing) + [f"has {listed(extra)}, which train has not"]
+                                * bool(extra))
+            raise DataError(f"imagefolder {folders.get(name, folders['train'])} {what} ({len(found)} classes, train "
+                            f"{len(classes)}); every split needs the same class folders")
     for split in (val, test) if test is not val else (val,):  # before any training: the held-out images only
         check_headers(split)
     return DataSplits(

@@ -25,7 +25,7 @@ from torch import nn
 from prunetune._machine import check_input_fits
 from prunetune._paths import check_folder_shape
 from prunetune._safety import is_user_code
-from prunetune._text import exception_line, short
+from prunetune._text import exception_line, listed
 from prunetune.data import DataSplits, TensorSplit, calibration_subset, load_dataset, make_loader, split_fingerprint
 from prunetune.exceptions import BudgetExceededError, CheckpointError, ConfigError
 from prunetune.models import create_model
@@ -146,10 +146,7 @@ def load_inputs(recipe: Recipe) -> Inputs:
 
 def _named(classes: tuple[str, ...], shown: int = 8) -> str:
     """`` (a, b, ...)``: the class names a dataset gave, the first ``shown`` of them; '' where it gave none."""
-    if not classes:
-        return ""
-    more = f", ... {len(classes) - shown} more" if len(classes) > shown else ""
-    return f" ({', '.join(short(c, 40) for c in classes[:shown])}{more})"
+    return f" ({listed(classes, shown)})" if classes else ""
 
 
 def check_trainable(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int, *,
