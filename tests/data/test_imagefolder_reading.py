@@ -134,6 +134,20 @@ def test_a_split_with_other_classes_names_what_differs(tmp_path, fake_tv) -> Non
                               "(30 classes, train 30); every split needs the same class folders")
 
 
+def test_a_pil_warning_is_passed_on_once_not_for_every_image(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(imagefolder_mod, "_PIL_WARNINGS", set())
+    for i in range(3):  # palette images with their transparency in bytes: PIL warns on convert
+        image = Image.new("P", (4, 4))
+        image.putpalette([0, 0, 0, 255, 0, 0] * 128)
+        image.save(tmp_path / f"{i}.png", transparency=b"\x00\x80")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # two epochs
+            for i in range(3):
+                read_image(str(tmp_path / f"{i}.png"))
+    assert len([w for w in caught if "Transparency" in str(w.message)]) == 1, [str(w.message) for w in caught]
+
+
 def test_the_split_digest_reads_paths_the_same_on_windows(monkeypatch) -> None:
     import ntpath
     import posixpath

@@ -330,7 +330,10 @@ def _reading(path: str) -> Iterator[None]:
                 _WARNED.add(path)
                 log.warning("imagefolder image %s is very large (%s)", path, warning.message)
             elif not issubclass(warning.category, Image.DecompressionBombWarning):
-                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+                key = (str(warning.message), warning.category, warning.filename, warning.lineno)
+                if key not in _PIL_WARNINGS:  # once, as PIL's own would be, not for every image and epoch
+                    _PIL_WARNINGS.add(key)  # (a registry would not do: every catch_warnings resets them)
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     except DataError:
         raise
     except Image.DecompressionBombError as exc:
@@ -342,6 +345,7 @@ def _reading(path: str) -> Iterator[None]:
 
 
 _WARNED: set[str] = set()  # the images warned about in this process (each once, not once an epoch)
+_PIL_WARNINGS: set[tuple] = set()  # PIL's other warnings passed on in this process (each text and place once)
 
 
 def split_folders(root: Path) -> dict[str, Path]:
