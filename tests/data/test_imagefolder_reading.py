@@ -69,6 +69,21 @@ def test_a_linked_class_folder_is_read_once(tmp_path) -> None:
     assert classes == ["a", "b", "c", "d"] and len(samples) == 7
 
 
+def test_a_val_or_test_folder_linked_to_a_training_folder_is_refused(tmp_path, fake_tv) -> None:
+    _classes(tmp_path, 2)
+    _classes(tmp_path, 2, "val")
+    os.symlink(tmp_path / "train", tmp_path / "test")  # the test split: the training images
+    with pytest.raises(DataError, match=r"test is .*train again .*training and held-out images at once"):
+        load_dataset("imagefolder", root=tmp_path, image_size=8)
+    os.unlink(tmp_path / "test")
+    os.symlink(tmp_path / "val", tmp_path / "test")  # val and test may share their images
+    assert len(load_dataset("imagefolder", root=tmp_path, image_size=8).test) == 6
+    os.rename(tmp_path / "val" / "c", tmp_path / "c-held")
+    os.symlink(tmp_path / "train" / "c", tmp_path / "val" / "c")  # val's class c: train's images
+    with pytest.raises(DataError, match=r"val/c is .*train/c again .*training and held-out images at once"):
+        load_dataset("imagefolder", root=tmp_path, image_size=8)
+
+
 def test_a_link_to_a_missing_folder_is_one_line_not_a_dropped_class(tmp_path) -> None:
     _classes(tmp_path, 2)
     _png(tmp_path / "disk" / "d" / "0.png")

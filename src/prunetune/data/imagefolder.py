@@ -83,16 +83,18 @@ def load_imagefolder(
     folders = split_folders(root)
     tv = _torchvision()
     train_tf, eval_tf = build_transforms(tv, image_size)
-    train = FolderImages(folders["train"], train_tf, eval_tf)
+    # train's folders are refused in val and test (val/cat linked to train/cat: held-out images trained on)
+    seen: dict[tuple[int, int], str] = {}
+    train = FolderImages(folders["train"], train_tf, eval_tf, seen=seen)
     classes = list(train.classes)
     split_info: dict[str, object] = {}  # recorded in dense checkpoints: only a held-out val depends on it
     if "val" in folders:
-        val = FolderImages(folders["val"], eval_tf)
+        val = FolderImages(folders["val"], eval_tf, seen=dict(seen))
     else:
         train, val = _hold_out(folders["train"], train, val_fraction, seed)
         # which files were split: one more image a class moved every held-out image, under the same seed
         split_info.update(val_fraction=val_fraction, files=files_digest(train.dataset))
-    test = FolderImages(folders["test"], eval_tf) if "test" in folders else val
+    test = FolderImages(folders["test"], eval_tf, seen=dict(seen)) if "test" in folders else val
     for name, split in (("val", val), ("test", test)):
         found = list(getattr(split, "dataset", split).classes)
         if found != classes:  # what differs, not both lists: a thousand classes made a 26 000-character line
@@ -144,9 +146,10 @@ class FolderImages(torch.utils.data.Dataset):
     the transform of :meth:`unaugmented` (default: ``transform``).
     """
 
-    def __init__(self, folder: Path, transform: Any = None, eval_transform: Any = None) -> None:
+    def __init__(self, folder: Path, transform: Any = None, eval_transform: Any = None, *,
+                 seen: dict[tuple[int, int], str] | None = None) -> None:
         self.root = str(folder)
-        self.classes, self.samples = list_images(folder)
+        self.classes, self.samples = list_images(folder, seen)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.targets = [t for _, t in self.samples]
         self.transform = transform
@@ -167,15 +170,18 @@ class FolderImages(torch.utils.data.Dataset):
         return view
 
 
-def list_images(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def list_images(folder: Path, seen: dict[tuple[int, int], str] | None = None,
+                ) -> tuple[list[str], list[tuple[str, int]]]:
     """``(classes, samples)`` of a split folder, in torchvision's order (classes sorted; each class's
-    files by folder path, then name). Folders reached through symbolic links are read, but none twice.
+    files by folder path, then name). Folders reached through symbolic links are read, but none twice;
+    ``seen`` (device and inode → path) holds folders listed before, of another split, none of which may
+    come again.
 
     Raises:
         DataError: a folder is reached twice (a link loop, or two links to one folder), a class folder
             holds no image, there is no class folder, or a folder cannot be listed.
     """
-    seen: dict[tuple[int, int], str] = {}
+    seen = {} if seen is None else seen
     skipped: Counter[str] = Counter()
     classes = []
     for entry in _entries(folder, seen):
@@ -222,7 +228,8 @@ def _entries(folder: Path, seen: dict[tuple[int, int], str]) -> list[os.DirEntry
         key = (st.st_dev, st.st_ino)
         if key in seen:
             raise DataError(f"imagefolder folder {folder} is {seen[key]} again (a symbolic link loop, or two "
-                            "links to one folder): its images would be read twice; remove the link")
+                            "links to one folder): its images would be read twice, or be training and held-out "
+                            "images at once; remove the link")
         seen[key] = str(folder)
         with os.scandir(folder) as listing:
             return sorted(listing, key=lambda e: e.name)
