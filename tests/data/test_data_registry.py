@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,8 @@ import pytest
 
 from prunetune.data import DATASETS, dataset_defaults, load_dataset
 from prunetune.data import imagefolder as imagefolder_mod
-from prunetune.exceptions import ConfigError, DataError, MissingExtraError, UnknownNameError
+from prunetune.exceptions import CheckpointError, ConfigError, DataError, MissingExtraError, UnknownNameError
+from prunetune.recipes.checkpoint import check_split
 
 
 def test_registered_names() -> None:
@@ -135,4 +137,14 @@ def test_imagefolder_records_val_fraction_only_when_it_holds_out(tmp_path, monke
             _png(tmp_path / split / cls / "0.png")
     fake = SimpleNamespace(transforms=_AnyTransform())
     monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
-    assert load_dataset("imagefolder", root=tmp_path).split == {"dataset": "imagefolder", "split_seed": 0}
+    split = load_dataset("imagefolder", root=tmp_path).split
+    assert set(split) == {"dataset", "split_seed", "files"} and split["dataset"] == "imagefolder"  # no val_fraction
+    # an image moved from train/ to val/ after a dense model trained on it: the record says so
+    _png(tmp_path / "train" / "ant" / "1.png")
+    before = load_dataset("imagefolder", root=tmp_path).split
+    os.rename(tmp_path / "train" / "ant" / "1.png", tmp_path / "val" / "ant" / "1.png")
+    after = load_dataset("imagefolder", root=tmp_path).split
+    assert after["files"] != before["files"]
+    with pytest.raises(CheckpointError, match="split of other files"):
+        check_split("dense.pt", before, after)
+    check_split("dense.pt", {k: v for k, v in before.items() if k != "files"}, after)  # older checkpoints: a warning

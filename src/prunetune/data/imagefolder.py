@@ -87,20 +87,25 @@ def load_imagefolder(
     seen: dict[tuple[int, int], str] = {}
     train = FolderImages(folders["train"], train_tf, eval_tf, seen=seen)
     classes = list(train.classes)
-    split_info: dict[str, object] = {}  # recorded in dense checkpoints: only a held-out val depends on it
-    if "val" in folders:
-        val = FolderImages(folders["val"], eval_tf, seen=dict(seen))
+    split_info: dict[str, object] = {}  # recorded in dense checkpoints (recipes.checkpoint.check_split)
+    val = FolderImages(folders["val"], eval_tf, seen=dict(seen)) if "val" in folders else None
+    test = FolderImages(folders["test"], eval_tf, seen=dict(seen)) if "test" in folders else None
+    if val is not None:
+        # which files each split folder holds: images moved from train/ to val/ after a dense model
+        # trained on them would otherwise pass as the split it was trained on
+        named = [("train", train), ("val", val)] + ([("test", test)] if test is not None else [])
+        split_info.update(files=_digest_of(*named))
     else:
         train, val = _hold_out(folders["train"], train, val_fraction, seed)
         # which files were split: one more image a class moved every held-out image, under the same seed
         split_info.update(val_fraction=val_fraction, files=files_digest(train.dataset))
-    test = FolderImages(folders["test"], eval_tf, seen=dict(seen)) if "test" in folders else val
+    test = val if test is None else test
     for name, split in (("val", val), ("test", test)):
         found = list(getattr(split, "dataset", split).classes)
         if found != classes:  # what differs, not both lists: a thousand classes made a 26 000-character line
             missing, extra = [c for c in classes if c not in set(found)], [c for c in found if c not in set(classes)]
-            what = " and ".join([f"lacks {listed(missing)}"] * bool(missing) + [f"has {listed(extra)}, which train has not"]
-                                * bool(extra))
+            what = " and ".join([f"lacks {listed(missing)}"] * bool(missing)
+                                + [f"has {listed(extra)}, which train has not"] * bool(extra))
             raise DataError(f"imagefolder {folders.get(name, folders['train'])} {what} ({len(found)} classes, train "
                             f"{len(classes)}); every split needs the same class folders")
     for split in (val, test) if test is not val else (val,):  # before any training: the held-out images only
@@ -268,6 +273,12 @@ def files_digest(images: FolderImages) -> str:
     for path, target in sorted((posix_relative(p, images.root), t) for p, t in images.samples):
         digest.update(f"{images.classes[target]}\0{path}\0".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
+
+
+def _digest_of(*splits: tuple[str, FolderImages]) -> str:
+    """16 hex digits over the :func:`files_digest` of several named split folders."""
+    return hashlib.sha256("\0".join(f"{name}:{files_digest(images)}" for name, images in splits).encode()
+                          ).hexdigest()[:16]
 
 
 def posix_relative(path: str, root: str, paths: Any = os.path) -> str:
