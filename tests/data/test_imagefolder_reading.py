@@ -121,6 +121,10 @@ def test_16_bit_grey_is_scaled_not_saturated_and_32_bit_is_refused(tmp_path) -> 
         read_image(str(tmp_path / "int32.tif"))
     with pytest.raises(DataError, match=r"float.tif has floating-point pixels \(PIL mode F\)"):
         read_image(str(tmp_path / "float.tif"))
+    # a 16-bit PGM (a listed extension), which PIL opens in mode I: scaled like the PNG, not refused
+    (tmp_path / "grey16.pgm").write_bytes(b"P5 4 4 65535\n" + levels.astype(">u2").tobytes())
+    assert Image.open(tmp_path / "grey16.pgm").mode == "I"
+    assert np.array_equal(np.asarray(read_image(str(tmp_path / "grey16.pgm")))[..., 0], rgb[..., 0])
 
 
 def test_the_held_out_split_records_which_files_it_split(tmp_path, fake_tv) -> None:

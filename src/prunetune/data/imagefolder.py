@@ -304,9 +304,9 @@ def check_headers(split: Any) -> None:
 def read_image(path: str) -> Any:
     """The image at ``path`` as an 8-bit RGB PIL image, or a one-line :class:`DataError`.
 
-    16-bit greyscale (``I;16`` modes) is scaled to 8 bits (value / 257) first: ``convert("RGB")`` saturated
-    every pixel to 255. 32-bit integer and float images (modes ``I``, ``F``) are refused, their value range
-    unknown. A file that is no regular file (a FIFO hung a loader worker) is refused before it is opened.
+    16-bit greyscale (``I;16`` modes, and 16-bit PGM, which PIL opens as ``I``) is scaled to 8 bits
+    (value / 257) first: ``convert("RGB")`` saturated every pixel to 255. Other 32-bit integer and float
+    images (modes ``I``, ``F``) are refused, their value range unknown. A file that is no regular file (a FIFO hung a loader worker) is refused before it is opened.
     """
     from PIL import Image
 
@@ -314,8 +314,12 @@ def read_image(path: str) -> Any:
     with _reading(path):
         with Image.open(path) as image:
             _check_mode(image, path)
-            if image.mode.startswith("I;16"):
-                levels = np.asarray(image).astype(np.float32) / 257
+            if image.mode.startswith("I;16") or _sixteen_bit(image):
+                values = np.asarray(image)
+                if values.size and (values.min() < 0 or values.max() > 65535):
+                    raise DataError(f"imagefolder image {path} has pixel values outside 0..65535 in a 16-bit "
+                                    "format; re-save it as an 8- or 16-bit image")
+                levels = values.astype(np.float32) / 257
                 return Image.fromarray(levels.round().astype(np.uint8), "L").convert("RGB")
             return image.convert("RGB")
 
@@ -326,8 +330,13 @@ def _check_file(path: str) -> None:
         raise DataError(f"imagefolder file {path} {problem}; remove it (only regular image files are read)")
 
 
+def _sixteen_bit(image: Any) -> bool:
+    """PIL opens a 16-bit PGM (maxval up to 65535) in mode ``I``, not ``I;16``: its range is known."""
+    return image.mode == "I" and image.format == "PPM"
+
+
 def _check_mode(image: Any, path: str) -> None:
-    if image.mode in ("I", "F"):
+    if image.mode in ("I", "F") and not _sixteen_bit(image):
         kind = "32-bit integer" if image.mode == "I" else "floating-point"
         raise DataError(f"imagefolder image {path} has {kind} pixels (PIL mode {image.mode}), whose range is "
                         "unknown; convert it to an 8- or 16-bit image")
