@@ -401,10 +401,10 @@ def build_transforms(tv: ModuleType, image_size: int) -> tuple[Any, Any]:
 
 
 def _torchvision() -> ModuleType:
-    """Import torchvision (datasets, transforms); any import failure becomes an install hint."""
+    """Import torchvision's transforms (the folders are listed and read here); any import failure becomes
+    an install hint."""
     try:
         tv = require("torchvision", extra="vision", purpose=_PURPOSE)
-        require("torchvision.datasets", extra="vision", purpose=_PURPOSE)
         require("torchvision.transforms", extra="vision", purpose=_PURPOSE)
     except (RuntimeError, OSError, AttributeError) as exc:  # e.g. built for another torch
         raise MissingExtraError(
