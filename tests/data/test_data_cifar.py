@@ -16,7 +16,7 @@ import torch
 
 from prunetune.data import load_dataset
 from prunetune.data import cifar as cifar_mod
-from prunetune.exceptions import ConfigError, DataError
+from prunetune.exceptions import CheckpointError, ConfigError, DataError
 
 C10_MEAN, C10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 C100_MEAN, C100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -143,6 +143,19 @@ def test_cifar10_val_size_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(cifar_mod, "_normalise", normalise)
     with pytest.raises(ConfigError, match="val_size=5000"):
         load_dataset("cifar10", root=tmp_path)
+
+
+def test_the_split_seed_is_recorded_only_where_it_draws_the_split(tmp_path: Path) -> None:
+    from prunetune.recipes.checkpoint import check_split
+
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    held_out = load_dataset("cifar10", root=tmp_path, val_size=5, split_seed=3).split
+    assert held_out == {"dataset": "cifar10", "split_seed": 3, "val_size": 5}
+    test_as_val = load_dataset("cifar10", root=tmp_path, val_size=0, split_seed=3).split
+    assert test_as_val == {"dataset": "cifar10", "val_size": 0}  # another seed changes nothing: not refused
+    check_split("dense.pt", {**test_as_val, "split_seed": 0}, test_as_val)  # as checkpoints recorded it
+    with pytest.raises(CheckpointError, match="differs in split_seed"):
+        check_split("dense.pt", {**held_out, "split_seed": 0}, held_out)
 
 
 def test_a_damaged_meta_file_leaves_the_class_names_out(tmp_path: Path, caplog) -> None:

@@ -138,7 +138,9 @@ def test_imagefolder_records_val_fraction_only_when_it_holds_out(tmp_path, monke
     fake = SimpleNamespace(transforms=_AnyTransform())
     monkeypatch.setattr(imagefolder_mod, "_torchvision", lambda: fake)
     split = load_dataset("imagefolder", root=tmp_path).split
-    assert set(split) == {"dataset", "split_seed", "files"} and split["dataset"] == "imagefolder"  # no val_fraction
+    assert set(split) == {"dataset", "files"} and split["dataset"] == "imagefolder"  # nothing drawn: no seed
+    assert load_dataset("imagefolder", root=tmp_path, split_seed=1).split == split
+    check_split("dense.pt", {**split, "split_seed": 0}, split)  # checkpoints recorded the seed regardless
     # an image moved from train/ to val/ after a dense model trained on it: the record says so
     _png(tmp_path / "train" / "ant" / "1.png")
     before = load_dataset("imagefolder", root=tmp_path).split

@@ -86,7 +86,9 @@ class DataSplits:
             :func:`prunetune.data.loader.augment_batch`) suits this data.
         classes: human-readable class names when the dataset provides them, else empty.
         split: what fixes which sample lands in which split (dataset name, ``split_seed`` and the
-            dataset's split parameters); set by :func:`load_dataset`, recorded in dense checkpoints.
+            dataset's split parameters); set by :func:`load_dataset`, recorded in dense checkpoints. A
+            builder adds what only it knows (a digest of the files), and ``split_seed: None`` where no
+            split is drawn (the seed then decides nothing and is not recorded).
     """
 
     train: Split
@@ -207,6 +209,8 @@ def load_dataset(
                             f"(more images per class{fraction}, or its own folder or file for that split)")
     split = {"dataset": name, "split_seed": int(split_seed), **{k: merged[k] for k in spec.split_params},
              **splits.split}  # a builder may add what only it knows decides the split
+    if split["split_seed"] is None:  # the builder drew no split: the seed decides nothing
+        del split["split_seed"]
     return replace(splits, split=split)
 
 

@@ -153,6 +153,7 @@ def load_cifar(
         name=info.name,
         augment=True,
         classes=_class_names(info, files.get(info.meta_file)),
+        split={} if val_size else {"split_seed": None},  # val_size 0: val is test, nothing is drawn
     )
 
 

@@ -94,7 +94,7 @@ def load_imagefolder(
         # which files each split folder holds: images moved from train/ to val/ after a dense model
         # trained on them would otherwise pass as the split it was trained on
         named = [("train", train), ("val", val)] + ([("test", test)] if test is not None else [])
-        split_info.update(files=_digest_of(*named))
+        split_info.update(files=_digest_of(*named), split_seed=None)  # nothing drawn: the seed decides nothing
     else:
         train, val = _hold_out(folders["train"], train, val_fraction, seed)
         # which files were split: one more image a class moved every held-out image, under the same seed

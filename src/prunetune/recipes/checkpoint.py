@@ -57,6 +57,10 @@ def check_split(path: str | os.PathLike, recorded: Mapping[str, Any] | None, cur
     if recorded is None or dict(recorded) == dict(current):
         return
     changed = sorted(k for k in {*recorded, *current} if recorded.get(k) != current.get(k))
+    if "split_seed" not in current and "split_seed" in changed:  # this split draws nothing (its own val/
+        changed.remove("split_seed")  # folder, CIFAR's val_size 0): checkpoints recorded the seed regardless
+        if not changed:
+            return
     if changed == ["files"] and "files" not in recorded:  # written before splits recorded their files
         log.warning("checkpoint %r predates the file digest of generated splits: that the folder still holds "
                     "the files it was split from cannot be checked (train the dense model again to record it)",
