@@ -90,6 +90,14 @@ def test_old_numpy_module_names_load() -> None:
     assert b"cnumpy.core.multiarray\n_reconstruct" in payload
     loaded = restricted_loads(payload)
     assert loaded[b"labels"] == [1, 2] and loaded[b"data"].tolist() == [[7, 9]]
+    # the oldest dtype states: version 1 (1, order, subarray, fields, size, alignment), version 0 without it
+    v3 = b"(K\x03X\x01\x00\x00\x00|"
+    assert payload.count(v3) == 1
+    for older in (b"(K\x01X\x01\x00\x00\x00|NNJ\xff\xff\xff\xffJ\xff\xff\xff\xfft",
+                  b"(X\x01\x00\x00\x00|NNJ\xff\xff\xff\xffJ\xff\xff\xff\xfft"):
+        i = payload.index(v3)
+        j = payload.index(b"t", payload.index(b"K\x00", i + len(v3))) + 1  # (3, '|', None, None, None, -1, -1, 0)
+        assert restricted_loads(payload[:i] + older + payload[j:])[b"data"].tolist() == [[7, 9]]
     # Python 2 wrote the dtype's name and byte order as str (SHORT_BINSTRING), read back as bytes
     py2 = payload.replace(b"X\x02\x00\x00\x00u1", b"U\x02u1").replace(b"X\x01\x00\x00\x00|", b"U\x01|")
     assert py2.count(b"U\x02u1") == 1 and py2.count(b"U\x01|") == 1
@@ -164,6 +172,16 @@ _REBUILT = {
                     + b"(K\x01K\x01\x85h\x01\x89]tb.", "rewrites numpy dtype '|V8'"),
     "built twice": (_EMPTY_ARRAY + _array_state(1, _dtype("u1"), b"C\x01a") + _array_state(1, _dtype("u1"), b"C\x01a")
                     + b".", "rebuilds one numpy array twice"),
+    # numpy.ndarray called on a bytearray the pickle then grows (APPENDS calls extend): the array kept
+    # the freed pointer, and SETITEM wrote into the heap
+    "array on a buffer": (pickle.dumps(_Call(np.ndarray, (4,), "u1", _Call(bytearray, 4)), 2),
+                          "builds a numpy array on a buffer"),
+    # one call repeated from the memo: 8 × 600 KB from a file of about a hundred bytes
+    "repeated calls": (pickle.dumps([_Call(bytearray, 600_000) for _ in range(8)], 2), "asks for 1200000 bytes"),
+    "subarray dtype": (_EMPTY_ARRAY + _array_state(1, _dtype("(1000,1000)u1"), b"C\x00") + b".",
+                       "data archives hold plain numbers"),
+    "zero-size dtype": (_EMPTY_ARRAY + _array_state(10**12, _dtype("S0"), b"C\x00") + b".",
+                        "data archives hold plain numbers"),
 }
 
 

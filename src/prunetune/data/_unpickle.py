@@ -41,15 +41,21 @@ ALLOC_FLOOR = 1 << 20
 
 
 class _Limit:
-    """The allocation bound of one :func:`restricted_loads` call, and the checks against it."""
+    """The allocation bound of one :func:`restricted_loads` call, for all its allocations together: one
+    call repeated from the memo (five bytes each) made a 5 KB file allocate a gigabyte."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.spent = 0
 
     def check(self, size: int) -> None:
         if size > self.limit:
             raise pickle.UnpicklingError(f"it asks for {size} bytes of memory, more than data of this file's "
                                          "size ever needs")
+        self.spent += size
+        if self.spent > self.limit:
+            raise pickle.UnpicklingError(f"it asks for {self.spent} bytes of memory in all, more than data of this "
+                                         "file's size ever needs")
 
     def array_bytes(self, shape: Any, dtype: Any) -> int:
         dims = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -76,13 +82,15 @@ def _dtype_with_state(dtype: np.dtype, state: Any) -> np.dtype:
     """``dtype`` as a plain dtype's pickled state leaves it: (version, byte order, subarray, names, fields,
     size, alignment[, flags[, metadata]]) from numpy ≥ 1.7, (byte order, subarray, fields, size,
     alignment) before; every part but the byte order must be what numpy writes for ``dtype`` itself."""
-    if not isinstance(state, tuple) or not state:
-        raise pickle.UnpicklingError("it rebuilds a numpy dtype from a state that is no tuple")
-    if isinstance(state[0], int):  # versioned: (version, order, subarray, names, fields, size, align, ...)
-        order, rest = (state[1] if len(state) > 1 else "|"), state[2:]
-        structure, sizes, tail = rest[:3], rest[3:5], rest[5:]
-    else:
-        order, structure, sizes, tail = state[0], state[1:3], state[3:5], state[5:]
+    layouts = {5: (0, slice(1, 3), slice(3, 5)),  # (order, subarray, fields, size, alignment)
+               6: (1, slice(2, 4), slice(4, 6)),  # (1, order, subarray, fields, size, alignment)
+               7: (1, slice(2, 5), slice(5, 7)),  # (2, order, subarray, names, fields, size, alignment)
+               8: (1, slice(2, 5), slice(5, 7)),  # (3, ... , flags)
+               9: (1, slice(2, 5), slice(5, 7))}  # (4, ... , flags, metadata)
+    if not isinstance(state, tuple) or len(state) not in layouts:
+        raise pickle.UnpicklingError("it rebuilds a numpy dtype from a state that is no dtype's")
+    at, structure_at, sizes_at = layouts[len(state)]
+    order, structure, sizes, tail = state[at], state[structure_at], state[sizes_at], state[7:]
     order = order.decode("latin1") if isinstance(order, bytes) else order  # Python 2's str, read as bytes
     own = dtype.__reduce__()[2]
     allowed_sizes = {-1, dtype.itemsize, dtype.alignment}
@@ -101,6 +109,8 @@ def _plain_dtype(dtype: Any) -> np.dtype:
     if made.hasobject:
         raise pickle.UnpicklingError(f"it builds numpy data of dtype {made.str!r}, which holds Python objects; "
                                      "data archives hold numbers")
+    if made.fields is not None or made.subdtype is not None or made.itemsize == 0:  # S0 × 10¹² passed the bound
+        raise pickle.UnpicklingError(f"it builds numpy data of dtype {made!s}; data archives hold plain numbers")
     return made
 
 
@@ -137,7 +147,10 @@ def _bound(array: np.ndarray, limit: _Limit) -> _CheckedArray:
 
 def _plain(value: Any) -> Any:
     """``value`` with the :class:`_CheckedArray` at its top or one level down (a batch's dict or list)
-    as plain arrays; deeper ones are left as they are (they behave as arrays)."""
+    as plain arrays (and a dtype at the top as itself); deeper ones are left as they are (they behave
+    as arrays)."""
+    if isinstance(value, _DtypeArg):
+        return value.dtype
     if isinstance(value, _CheckedArray):
         return value.view(np.ndarray)
     if isinstance(value, dict):
@@ -170,6 +183,10 @@ def _allowed(limit: _Limit) -> dict[tuple[str, str], Any]:
         return _DtypeArg(_plain_dtype(made))
 
     def array(*args: Any, **kwargs: Any) -> np.ndarray:
+        # numpy's pickles name ndarray only as _reconstruct's class; a call with a buffer made a view
+        # of a bytearray the pickle then grew (extend), and the array read freed memory
+        if len(args) > 2 or set(kwargs) - {"shape", "dtype"}:
+            raise pickle.UnpicklingError("it builds a numpy array on a buffer, which numpy's pickles never do")
         args = list(args)
         if len(args) > 1:
             args[1] = _plain_dtype(args[1])
