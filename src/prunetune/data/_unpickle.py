@@ -9,8 +9,9 @@ scalar reconstruction (``numpy.core.multiarray._reconstruct`` as Python 2 / old 
 ``numpy._core...`` as numpy 2 writes it, ``numpy.ndarray``, ``numpy.dtype``). Anything else is an
 :class:`UnpicklingError` naming the refused global; nothing is imported to find out.
 
-Nor may a small file ask for much memory: every admitted call that allocates from a number (an
-array's shape, a dtype's size, ``bytes(n)``) is held to :data:`ALLOC_FACTOR` times the file's size.
+Nor may a small file ask for much memory: what the admitted calls allocate from a number (an array's
+shape, a dtype's size, ``bytes(n)``), all of them together, is held to :data:`ALLOC_FACTOR` times the
+file's size.
 A 740 KB batch file asked ``bytearray`` for 4 GiB; 241 KB of ``_reconstruct`` calls for a 95 000-image
 train split.
 
