@@ -141,9 +141,12 @@ def test_imagefolder_records_val_fraction_only_when_it_holds_out(tmp_path, monke
     assert set(split) == {"dataset", "files"} and split["dataset"] == "imagefolder"  # nothing drawn: no seed
     assert load_dataset("imagefolder", root=tmp_path, split_seed=1).split == split
     check_split("dense.pt", {**split, "split_seed": 0}, split)  # checkpoints recorded the seed regardless
-    # an image moved from train/ to val/ after a dense model trained on it: the record says so
+    # an image moved from train/ to val/ after a dense model trained on it: the record says so; one
+    # added to val/ was never trained on, and changes nothing
     _png(tmp_path / "train" / "ant" / "1.png")
     before = load_dataset("imagefolder", root=tmp_path).split
+    _png(tmp_path / "val" / "bee" / "new.png")
+    assert load_dataset("imagefolder", root=tmp_path).split == before
     os.rename(tmp_path / "train" / "ant" / "1.png", tmp_path / "val" / "ant" / "1.png")
     after = load_dataset("imagefolder", root=tmp_path).split
     assert after["files"] != before["files"]

@@ -97,6 +97,12 @@ def test_a_link_to_a_missing_folder_is_one_line_not_a_dropped_class(tmp_path) ->
     os.unlink(tmp_path / "train" / "d")
     with pytest.raises(DataError, match=r"train/a/more is a link to .*gone, which does not exist"):
         list_images(tmp_path / "train")
+    os.unlink(tmp_path / "train" / "a" / "more")
+    os.symlink(tmp_path / "gone", tmp_path / "train" / "a" / "notes.txt")  # never read: skipped as before
+    assert list_images(tmp_path / "train")[0] == ["a", "b", "c"]
+    os.symlink("d", tmp_path / "train" / "d")  # a link to itself: a loop, not "does not exist"
+    with pytest.raises(DataError, match=r"train/d is a link to d, which cannot be followed \(Too many levels"):
+        list_images(tmp_path / "train")
 
 
 def test_a_class_lists_its_files_by_folder_then_name(tmp_path) -> None:

@@ -91,10 +91,10 @@ def load_imagefolder(
     val = FolderImages(folders["val"], eval_tf, seen=dict(seen)) if "val" in folders else None
     test = FolderImages(folders["test"], eval_tf, seen=dict(seen)) if "test" in folders else None
     if val is not None:
-        # which files each split folder holds: images moved from train/ to val/ after a dense model
-        # trained on them would otherwise pass as the split it was trained on
-        named = [("train", train), ("val", val)] + ([("test", test)] if test is not None else [])
-        split_info.update(files=_digest_of(*named), split_seed=None)  # nothing drawn: the seed decides nothing
+        # which files train/ holds: images moved from train/ to val/ after a dense model trained on them
+        # would otherwise pass as the split it was trained on (images added to val/ or test/ were never
+        # trained on, so they do not count); nothing is drawn, so the seed decides nothing
+        split_info.update(files=files_digest(train), split_seed=None)
     else:
         train, val = _hold_out(folders["train"], train, val_fraction, seed)
         # which files were split: one more image a class moved every held-out image, under the same seed
@@ -190,7 +190,7 @@ def list_images(folder: Path, seen: dict[tuple[int, int], str] | None = None,
     skipped: Counter[str] = Counter()
     classes = []
     for entry in _entries(folder, seen):
-        kind = _classify(entry)
+        kind = _classify(entry, top=True)
         if kind == "folder":
             classes.append(entry.name)
         else:
@@ -243,18 +243,29 @@ def _entries(folder: Path, seen: dict[tuple[int, int], str]) -> list[os.DirEntry
                         "fix its permissions or remove it") from None
 
 
-def _classify(entry: os.DirEntry) -> str:
-    """``"folder"``, ``"file"``, ``"hidden folder"`` or ``"hidden file"``; a link whose target is missing
-    (a class folder on an unmounted disk) is an error, not a file: skipped, it would drop a class and
-    renumber every later one."""
+def _classify(entry: os.DirEntry, *, top: bool = False) -> str:
+    """``"folder"``, ``"file"``, ``"hidden folder"`` or ``"hidden file"``. A link that cannot be followed
+    (its target missing, as a class folder on an unmounted disk, a loop, no permission) and that would be
+    read (any name at the ``top`` of a split folder, where each entry is a class; below, a name without
+    extension or with an image's) is an error: skipped, it would drop a class and renumber every later
+    one, or drop images. Other names (``notes.txt``) are skipped files, as before."""
     hidden = entry.name.startswith(".")
-    if not hidden and entry.is_symlink() and not os.path.exists(entry.path):
+    extension = os.path.splitext(entry.name)[1].lower()
+    if not hidden and (top or not extension or extension in IMAGE_EXTENSIONS) and entry.is_symlink():
         try:
-            target = os.readlink(entry.path)
-        except OSError:
-            target = "?"
-        raise DataError(f"imagefolder {entry.path} is a link to {target}, which does not exist; mount or "
-                        "restore its target, or remove the link")
+            os.stat(entry.path)
+        except FileNotFoundError:
+            why = "which does not exist; mount or restore its target, or remove the link"
+        except OSError as exc:
+            why = f"which cannot be followed ({exc.strerror or exc}); fix or remove the link"
+        else:
+            why = None
+        if why is not None:
+            try:
+                target = os.readlink(entry.path)
+            except OSError:
+                target = "?"
+            raise DataError(f"imagefolder {entry.path} is a link to {target}, {why}")
     kind = "folder" if _is_dir(entry) else "file"
     return f"hidden {kind}" if hidden else kind
 
@@ -273,12 +284,6 @@ def files_digest(images: FolderImages) -> str:
     for path, target in sorted((posix_relative(p, images.root), t) for p, t in images.samples):
         digest.update(f"{images.classes[target]}\0{path}\0".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
-
-
-def _digest_of(*splits: tuple[str, FolderImages]) -> str:
-    """16 hex digits over the :func:`files_digest` of several named split folders."""
-    return hashlib.sha256("\0".join(f"{name}:{files_digest(images)}" for name, images in splits).encode()
-                          ).hexdigest()[:16]
 
 
 def posix_relative(path: str, root: str, paths: Any = os.path) -> str:
