@@ -252,12 +252,16 @@ def equal_compute_hypervolume(points: list[dict], fine_tunes: int | None, hyperv
     best of more fine-tunes per target against it. Returns the area, the fine-tunes pooled in each
     choice, and how it was pooled."""
     seeds = sorted({p["seed"] for p in points})
-    n = len(seeds) if fine_tunes is None else min(len(seeds), max(1, round(fine_tunes * len(seeds) / len(points))))
+    per_seed = len(points) // len(seeds)
+    n = len(seeds) if fine_tunes is None else min(len(seeds), max(1, fine_tunes // per_seed))  # never more
     choices = list(itertools.combinations(seeds, n))
     area = statistics.mean(hypervolume_of([(p["macs_ratio"], p["test_accuracy"]) for p in points if p["seed"] in c])
                            for c in choices)
     pooled = sum(p["seed"] in choices[0] for p in points)
-    how = "all seeds pooled" if n == len(seeds) else f"{n} of {len(seeds)} seeds pooled, mean of {len(choices)} choices"
+    how = (f"all {n} seeds pooled" if n == len(seeds) else
+           f"{n} of {len(seeds)} seeds pooled, mean of {len(choices)} choices")
+    if fine_tunes is not None and pooled < fine_tunes:  # the search had more fine-tunes: it is favoured
+        how += f"; FEWER fine-tunes than the search's {fine_tunes}"
     return area, pooled, how
 
 
@@ -278,7 +282,7 @@ def report(results: dict, targets: list[float], dense: dict) -> None:
     base = {k: [(p["macs_ratio"], p["test_accuracy"]) for p in results[k]["points"]] for k in ("hand", "tp")
             if k in results}
     searches = results.get("search", [])
-    fine_tunes = len(searches[0]["points"]) if searches else None
+    fine_tunes = max((len(s["points"]) for s in searches), default=None)  # a search whose trial failed has fewer
     hv, pooled = {}, {}
     for k in base:  # at the search's fine-tune count: more seeds than that would pool more fine-tunes
         hv[k], *pooled[k] = equal_compute_hypervolume(results[k]["points"], fine_tunes, hypervolume_in)
@@ -290,6 +294,7 @@ def report(results: dict, targets: list[float], dense: dict) -> None:
     print("|---|---|---|---|---|---|")
     for k, v in hv.items():
         counted = f"{pooled[k][0]}" if pooled[k][0] == len(base[k]) else f"{pooled[k][0]} (wall s: all {len(base[k])})"
+        # (a search with fewer trials than the others, a failed one, is judged against the same baseline)
         print(f"| {k} ({pooled[k][1]}) | {counted} | {v:.4f} | "
               f"{ratio(v, 'hand')} | {ratio(v, 'tp')} | {results[k]['wall_s']:.1f} |")
     for s in searches:
