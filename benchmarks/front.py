@@ -282,7 +282,8 @@ def report(results: dict, targets: list[float], dense: dict) -> None:
     base = {k: [(p["macs_ratio"], p["test_accuracy"]) for p in results[k]["points"]] for k in ("hand", "tp")
             if k in results}
     searches = results.get("search", [])
-    fine_tunes = max((len(s["points"]) for s in searches), default=None)  # a search whose trial failed has fewer
+    # the most trials a search ran (one whose trial failed has fewer, and is judged against the same baseline)
+    fine_tunes = max((len(s["points"]) for s in searches), default=None)
     hv, pooled = {}, {}
     for k in base:  # at the search's fine-tune count: more seeds than that would pool more fine-tunes
         hv[k], *pooled[k] = equal_compute_hypervolume(results[k]["points"], fine_tunes, hypervolume_in)
@@ -294,7 +295,6 @@ def report(results: dict, targets: list[float], dense: dict) -> None:
     print("|---|---|---|---|---|---|")
     for k, v in hv.items():
         counted = f"{pooled[k][0]}" if pooled[k][0] == len(base[k]) else f"{pooled[k][0]} (wall s: all {len(base[k])})"
-        # (a search with fewer trials than the others, a failed one, is judged against the same baseline)
         print(f"| {k} ({pooled[k][1]}) | {counted} | {v:.4f} | "
               f"{ratio(v, 'hand')} | {ratio(v, 'tp')} | {results[k]['wall_s']:.1f} |")
     for s in searches:

@@ -61,7 +61,8 @@ def main() -> None:
     dense = front.train_dense(work)
     if abs(dense["accuracy"] - baselines["dense"]["accuracy"]) > 1e-9:
         raise SystemExit(f"the dense model ({dense['accuracy']:.4f}) is not the baselines' "
-                         f"({baselines['dense']['accuracy']:.4f}): run both with the same --model and --pretrain-epochs")
+                         f"({baselines['dense']['accuracy']:.4f}): run both with the same --model and "
+                         "--pretrain-epochs")
     results = {"dense": dense, "budget": args.budget, "trials": args.trials, "seeds": {}}
     for seed in range(args.seeds):
         results["seeds"][str(seed)] = pool_of_one_search(work, dense["checkpoint"], args, seed)

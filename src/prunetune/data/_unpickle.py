@@ -80,9 +80,9 @@ class _DtypeArg:
 
 
 def _dtype_with_state(dtype: np.dtype, state: Any) -> np.dtype:
-    """``dtype`` as a plain dtype's pickled state leaves it: (version, byte order, subarray, names, fields,
-    size, alignment[, flags[, metadata]]) from numpy ≥ 1.7, (byte order, subarray, fields, size,
-    alignment) before; every part but the byte order must be what numpy writes for ``dtype`` itself."""
+    """``dtype`` as a plain dtype's pickled state leaves it. numpy tells its state layouts (versions 0 to 4)
+    apart by their length, as here; every part but the byte order must be what numpy writes for
+    ``dtype`` itself (no subarray, names or fields; sizes -1 or its own; flags 0 or its own)."""
     layouts = {5: (0, slice(1, 3), slice(3, 5)),  # (order, subarray, fields, size, alignment)
                6: (1, slice(2, 4), slice(4, 6)),  # (1, order, subarray, fields, size, alignment)
                7: (1, slice(2, 5), slice(5, 7)),  # (2, order, subarray, names, fields, size, alignment)

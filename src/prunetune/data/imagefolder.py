@@ -311,7 +311,8 @@ def read_image(path: str) -> Any:
 
     16-bit greyscale (``I;16`` modes, and 16-bit PGM, which PIL opens as ``I``) is scaled to 8 bits
     (value / 257) first: ``convert("RGB")`` saturated every pixel to 255. Other 32-bit integer and float
-    images (modes ``I``, ``F``) are refused, their value range unknown. A file that is no regular file (a FIFO hung a loader worker) is refused before it is opened.
+    images (modes ``I``, ``F``) are refused, their value range unknown. A file that is no regular file (a
+    FIFO hung a loader worker) is refused before it is opened.
     """
     from PIL import Image
 
