@@ -150,15 +150,16 @@ def _plain(value: Any) -> Any:
     """``value`` with the :class:`_CheckedArray` at its top or one level down (a batch's dict or list)
     as plain arrays (and a dtype at the top as itself); deeper ones are left as they are (they behave
     as arrays)."""
+    def one(v: Any) -> Any:
+        return v.view(np.ndarray) if isinstance(v, _CheckedArray) else v
+
     if isinstance(value, _DtypeArg):
         return value.dtype
-    if isinstance(value, _CheckedArray):
-        return value.view(np.ndarray)
     if isinstance(value, dict):
-        return {k: v.view(np.ndarray) if isinstance(v, _CheckedArray) else v for k, v in value.items()}
+        return {k: one(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [v.view(np.ndarray) if isinstance(v, _CheckedArray) else v for v in value]
-    return value
+        return [one(v) for v in value]
+    return one(value)
 
 
 def _allowed(limit: _Limit) -> dict[tuple[str, str], Any]:

@@ -103,7 +103,8 @@ def load_imagefolder(
     for name, split in (("val", val), ("test", test)):
         found = list(getattr(split, "dataset", split).classes)
         if found != classes:  # what differs, not both lists: a thousand classes made a 26 000-character line
-            missing, extra = [c for c in classes if c not in set(found)], [c for c in found if c not in set(classes)]
+            have, want = set(found), set(classes)
+            missing, extra = [c for c in classes if c not in have], [c for c in found if c not in want]
             what = " and ".join([f"lacks {listed(missing)}"] * bool(missing)
                                 + [f"has {listed(extra)}, which train has not"] * bool(extra))
             raise DataError(f"imagefolder {folders.get(name, folders['train'])} {what} ({len(found)} classes, train "
