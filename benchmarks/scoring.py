@@ -17,7 +17,9 @@ defaults; ``capacity`` and ``independence`` score from weights by default and ar
 ``source="feature"``. Steps are timed round-robin (every step once per repeat, in turn), so load
 from other processes falls on all of them alike; the table gives the median of the repeats,
 "× plain forward" is the median over repeats of step time / forward time of the same repeat, and
-"× floor (both)" the same against the "floor: forward + both" row.
+"× floor (both)" the same against the "floor: forward + both" row, with the range of the
+per-repeat ratios in brackets (on this project's 2-core machine one run's median has moved by more
+than the 1.3× target's margin; the range shows how far to trust it).
 
 Then CHIP's fast path (:func:`prunetune.pruning.criteria.chip.chip_scores`, default route) against
 a straightforward per-image SVD implementation written here, the official code's method: per image,
@@ -216,6 +218,13 @@ def factorisation_floor(model, groups, batches, which: tuple[str, ...]) -> None:
             h.remove()
 
 
+def _ratio_cell(ratios: list[float]) -> str:
+    """The median of per-repeat ratios and, over several repeats, their range: on a shared machine
+    the spread says how far one run's median can be trusted."""
+    med = f"{statistics.median(ratios):.2f}×"
+    return med if len(ratios) < 2 else f"{med} ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
 def kendall_tau(a: Tensor, b: Tensor) -> float:
     """Kendall's tau-a of two score vectors (O(C²); C ≤ 64 here)."""
     da = torch.sign(a[:, None] - a[None, :])
@@ -372,14 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         fwd_cmi = []
 
     floor = times[FLOOR_BOTH]
-    print(f"| step | seconds (median of {args.repeats}) | × plain forward | × floor (both) |")
+    print(f"| step | seconds (median of {args.repeats}) | × plain forward | × floor (both): median (range) |")
     print("|---|---:|---:|---:|")
     for name, _ in steps:
         ts = times[name]
         is_cmi = name.startswith(f"calibration, {cmi_label} alone")
         base = fwd_cmi if is_cmi else fwd
         ratio = statistics.median(t / f for t, f in zip(ts, base))
-        to_floor = "—" if is_cmi else f"{statistics.median(t / f for t, f in zip(ts, floor)):.2f}×"
+        to_floor = "—" if is_cmi else _ratio_cell([t / f for t, f in zip(ts, floor)])
         print(f"| {name} | {statistics.median(ts):.3f} | {ratio:.2f}× | {to_floor} |")
     if fwd_cmi:
         print(f"\n(the cmi row is compared with plain forward passes timed next to it; "
