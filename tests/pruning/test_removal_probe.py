@@ -190,9 +190,10 @@ def test_one_bad_group_among_many_is_found_and_the_rest_are_kept() -> None:
 
 class _PaddedHead(nn.Module):
     """Features of two concatenated branches, padded with zeros to the head's 16 where fewer than 13
-    (a width check at run time): the probe's two channels off either branch leave 14, which run as
-    before; off both, 12 are padded to 16, which the pruned head (12 inputs) cannot take. Each group
-    passes alone; only the two together fail."""
+    (a width check at run time): the probe's three channels off either branch (each is the second or
+    third group of its width, so it loses three) leave 13, which run as before; off both, 10 are padded
+    to 16, which the pruned head (10 inputs) cannot take. Each group passes alone; only the two
+    together fail."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -212,9 +213,10 @@ def test_groups_that_fail_only_together_are_all_left_unpruned_and_the_rest_kept(
     groups = find_groups(randomize_bn(_PaddedHead()), SHAPE)
     # all three fail together; a.0 passes alone, left.0 + right.0 fail, and each of them passes alone
     assert groups.names == ["a.0"]
-    raised = "RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x16 and 12x10)"
+    raised = "RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x16 and 10x10)"
     together = (f"removing its channels breaks the forward pass ({raised}; a reshape, split or chunk the dependency "
-                "graph does not follow?), found only with 1 other group's channels removed too")
+                "graph does not follow, or channels paired through detach() or pooling indices?), found only with 1 "
+                "other group's channels removed too")
     assert groups.skipped == (f"left.0: {together}, left unpruned", f"right.0: {together}, left unpruned")
     check_model(_PaddedHead, SHAPE)  # what is kept is pruned faithfully: removal equals masking
 
@@ -276,6 +278,112 @@ def test_the_probe_removes_channels_no_slice_reversal_or_roll_maps_onto_themselv
         assert {c - 1 - i for i in removed} != removed  # not symmetric: a reversal moves them
         assert {(i + 1) % c for i in removed} != removed
     assert removal_probe.probe_channels(2) == (0,)
+
+
+def test_groups_of_one_width_lose_different_channels_each_from_either_end_unsymmetric() -> None:
+    from types import SimpleNamespace
+
+    from prunetune.pruning import removal_probe
+
+    for c in (4, 5, 16, 64):
+        groups = [SimpleNamespace(name=f"g{i}", channels=c) for i in range(40)] + [SimpleNamespace(name="x", channels=2)]
+        sets = removal_probe.probe_sets(groups)
+        assert sets["g0"] == removal_probe.probe_channels(c) and sets["x"] == (0,)
+        distinct = min(40, 2 ** (c - 3))  # the subsets of the channels between the first set's two
+        assert len({sets[f"g{i}"] for i in range(40)}) == distinct
+        for i in range(40):
+            removed = set(sets[f"g{i}"])
+            assert 0 in removed and c - 1 not in removed and len(removed) < c
+            assert {c - 1 - j for j in removed} != removed and {(j + 1) % c for j in removed} != removed
+
+
+class _DetachedShortcut(nn.Module):
+    """A residual added through ``detach()``: the shortcut pairs the stem's channels with the block's
+    index by index, on a path autograd (and so the dependency graph) does not see. With the same
+    channels removed from both, removal equals masking; keeping different ones computes something
+    else, and different counts crash."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _block(3, 8)
+        self.c1 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.head = _block(8, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        a = self.stem(x)
+        return self.fc(self.head(torch.relu(self.c1(a) + a.detach())).mean((2, 3)))
+
+
+class _Unpooled(nn.Module):
+    """SegNet's decoder: ``max_unpool2d`` of one layer's maps with the pooling indices of another's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.e1, self.d1, self.head = _block(3, 8), _block(8, 8), _block(8, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        p, idx = nn.functional.max_pool2d(self.e1(x), 2, return_indices=True)
+        return self.fc(self.head(nn.functional.max_unpool2d(self.d1(p), idx, 2)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("net", "paired"), [(_DetachedShortcut, ["stem.0", "c1.0"]), (_Unpooled, ["e1.0", "d1.0"])])
+def test_groups_paired_through_a_path_autograd_does_not_see_are_left_unpruned(net, paired) -> None:
+    torch.manual_seed(0)
+    model = randomize_bn(net())
+    groups = find_groups(model, SHAPE)
+    assert groups.names == ["head.0"]
+    assert [s.split(":")[0] for s in groups.skipped] == paired
+    assert all("breaks the forward pass" in s and "pooling indices" in s for s in groups.skipped)
+    check_model(net, SHAPE)
+
+
+class _CReLU(nn.Module):
+    """A BN over a tensor concatenated with itself (CReLU: ``cat([a, -a])``): each channel of ``a`` is two
+    channels of the BN, which masking has to cover both of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(24)
+        self.b = _block(24, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        a = self.a(x)
+        return self.fc(self.b(torch.relu(self.bn(torch.cat([a, -a, a], 1)))).mean((2, 3)))
+
+
+def test_a_tensor_concatenated_with_itself_is_masked_at_each_copy_and_pruned() -> None:
+    torch.manual_seed(0)
+    model = randomize_bn(_CReLU())
+    groups = find_groups(model, SHAPE)
+    assert groups.names == ["a", "b.0"] and groups.skipped == ()
+    assert dict(groups["a"].mask_index)["bn"][:3] == (0, 8, 16)  # channel 0 at each of the three copies
+    check_model(_CReLU, SHAPE)  # analytic == counted, masking == removal on random plans
+    assert _masked_vs_removed(model, groups, {"a": 5, "b.0": 9}) < 1e-9
+
+
+def test_a_group_whose_mask_fails_is_left_unpruned_with_the_error_not_raised(monkeypatch) -> None:
+    from prunetune.pruning import removal_probe
+
+    class Failing(MaskHooks):
+        def __init__(self, model, groups, masks) -> None:
+            if "b.0" in masks:
+                raise RuntimeError("the mask does not fit")
+            super().__init__(model, groups, masks)
+
+    torch.manual_seed(0)
+    model = randomize_bn(_CReLU())
+    with monkeypatch.context() as m:
+        m.setattr(removal_probe, "unfaithful_groups", lambda *_a: {})
+        groups = list(find_groups(model, SHAPE))
+    monkeypatch.setattr(removal_probe, "MaskHooks", Failing)
+    example = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(3))
+    assert removal_probe.unfaithful_groups(model, example, groups) == {
+        "b.0": "masking its channels fails (RuntimeError: the mask does not fit), so it can be neither scored nor "
+               "soft-pruned"}
 
 
 def test_the_tolerance_sits_between_round_off_and_a_changed_function() -> None:

@@ -47,7 +47,8 @@ class Group:
             group's channels (an option-A shortcut feeding a later stage's stream).
         macs_share: fraction of the dense MACs spent in layers that read or write these channels.
         mask_index: mask points where the group's channels sit inside a wider tensor (a BN over a
-            concatenation), as ``(point, positions)``: channel ``i`` is at ``positions[i]``.
+            concatenation), as ``(point, positions)``: channel ``i`` is at ``positions[i]``, or, where
+            the tensor is concatenated with itself k times (``cat([a, a])``), at ``positions[k·i : k·(i+1)]``.
         analytic: False where a layer the group touches is not covered by the analytic count
             (see :attr:`ModelGroups.counted`).
     """

@@ -40,8 +40,9 @@ class MaskHooks:
 
     Use as a context manager or call :meth:`remove`. ``masks`` maps group names to ``Tensor[C]``;
     the tensors are read at every forward, so editing them in place changes the mask. At a BN over
-    a concatenation the mask covers the group's positions only (``Group.mask_index``). The channels
-    are at :func:`channel_dim` of each output.
+    a concatenation the mask covers the group's positions only (``Group.mask_index``; a tensor
+    concatenated with itself, ``cat([a, a])``, has each of its channels at several of them). The
+    channels are at :func:`channel_dim` of each output.
     """
 
     def __init__(self, model: nn.Module, groups: GroupsByName, masks: Mapping[str, Tensor]) -> None:
@@ -67,9 +68,9 @@ class MaskHooks:
                 group_mask = self.masks[name].to(device=output.device, dtype=output.dtype)
                 if pos is None:
                     mask = mask * group_mask
-                else:
+                else:  # sorted by group channel: a channel concatenated k times has k positions in a row
                     pos = pos.to(output.device)
-                    mask[pos] = mask[pos] * group_mask
+                    mask[pos] = mask[pos] * group_mask.repeat_interleave(pos.numel() // group_mask.numel())
             shape = [1] * output.dim()
             shape[dim] = -1
             return output * mask.view(shape)

@@ -23,7 +23,13 @@ model's), as the shape-only probe before it did. It draws no random numbers.
 
 Which channels: the first and the second to last (the first where a group has two), so that no slice
 from either end, reversal or roll by one leaves them where a true equivalence would hide it
-(removing only the last channel before ``x[:, :k]`` *is* masking it, for that plan).
+(removing only the last channel before ``x[:, :k]`` *is* masking it, for that plan). Groups of one
+width get different sets (:func:`probe_sets`: the same two, then more channels from between them, one
+set per group): two groups whose channels a path the dependency graph does not see pairs index by
+index (a residual added through ``detach()``, SegNet's ``max_unpool2d`` indices of another layer) look
+like one group when the same channels leave both, and then a plan keeping different channels of each
+runs and computes something else, or crashes on unequal counts. With different counts the pruned copy
+breaks, or computes something else, and both groups are refused.
 
 Layers the model runs only in train mode (an auxiliary head, deep supervision) are outside the
 eval-mode trace, so removal leaves them at the dense width: where the model has such layers
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,10 +63,10 @@ from prunetune.models.registry import train_forward
 from prunetune.pruning import tp_bridge
 from prunetune.pruning.mask_hooks import MaskHooks, channel_dim
 
-__all__ = ["BREAKS", "CHANGES", "unfaithful_groups"]
+__all__ = ["BREAKS", "CHANGES", "channel_local_norms", "output_leaves", "unfaithful_groups"]
 
 BREAKS = ("removing its channels breaks the forward pass (a reshape, split or chunk the dependency graph "
-          "does not follow, e.g. a channel shuffle?)")
+          "does not follow, e.g. a channel shuffle, or channels paired through detach() or pooling indices?)")
 CHANGES = ("removing its channels changes the network's function: the pruned copy's output differs from the "
            "dense network's with those channels masked (a reshape, slice, permutation or reduction across "
            "channels the dependency graph does not follow?)")
@@ -68,7 +75,8 @@ CHANGES = ("removing its channels changes the network's function: the pruned cop
 def broke(exc: BaseException) -> str:
     """:data:`BREAKS` with what the pruned copy raised."""
     return (f"removing its channels breaks the forward pass ({type(exc).__name__}: {exception_line(exc, 300)}; "
-            "a reshape, split or chunk the dependency graph does not follow?)")
+            "a reshape, split or chunk the dependency graph does not follow, or channels paired through detach() "
+            "or pooling indices?)")
 
 
 Check = Callable[[Sequence[Any]], "str | None"]
@@ -83,11 +91,12 @@ def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) 
     probed = [g for g in groups if g.channels > 1]
     if not probed:
         return {}
-    ref = _Reference.of(model, example, probed)
+    removed = probe_sets(probed)
+    ref = _Reference.of(model, example, probed, removed)
     widths = {g.name: g.channels for g in probed}
     bad: dict[str, str] = {}
     for part, masked in ((ref.maskable, True), (ref.shapes_only, False)):
-        check = functools.partial(_check, model, example, ref, masked=masked)
+        check = functools.partial(_check, model, example, ref, removed, masked=masked)
         why = check(part) if part else None
         while why is not None:  # bisect, then probe what is left together again
             bad.update(_bisect(part, why, check))
@@ -175,14 +184,41 @@ def _needed(fixed: list[Any], candidates: list[Any], check: Check) -> list[Any]:
 
 
 def probe_channels(channels: int) -> tuple[int, ...]:
-    """The channels the probe removes from a group of ``channels`` (> 1)."""
+    """The channels the probe removes from the first group of ``channels`` (> 1)."""
     return (0,) if channels == 2 else (0, channels - 2)
 
 
-def _check(model: nn.Module, example: Tensor, ref: _Reference, groups: Sequence[Any], *, masked: bool) -> str | None:
-    """Why removing :func:`probe_channels` of every group in ``groups`` from a copy of ``model`` is
-    not masking them in ``ref`` (``masked=False``: does not run to outputs of the dense shapes), or None."""
-    removed = {g.name: probe_channels(g.channels) for g in groups}
+def probe_sets(groups: Sequence[Any]) -> dict[str, tuple[int, ...]]:
+    """The channels the probe removes from each group (``channels`` > 1): :func:`probe_channels`, and
+    for each further group of the same width, in order, the next set of the channels strictly between
+    those two added to them (one more channel, then two, ...), so that no two groups of one width lose
+    the same channels. Every set holds the first channel and never the last, so no slice from either
+    end, reversal or roll by one maps it onto itself. Widths of 2 and 3 have no channel between the
+    two, so their groups share the one set (none of the registered or zoo models has such groups)."""
+    by_width: dict[int, Any] = {}
+    out: dict[str, tuple[int, ...]] = {}
+    for g in groups:
+        c = g.channels
+        if c not in by_width:
+            by_width[c] = _sets_of(c)
+        out[g.name] = next(by_width[c], probe_channels(c))
+    return out
+
+
+def _sets_of(channels: int):
+    base = probe_channels(channels)
+    middle = range(1, channels - 2)
+    for r in range(len(middle) + 1):
+        for extra in itertools.combinations(middle, r):
+            yield tuple(sorted((*base, *extra)))
+
+
+def _check(model: nn.Module, example: Tensor, ref: _Reference, probe: Mapping[str, tuple[int, ...]],
+           groups: Sequence[Any], *, masked: bool) -> str | None:
+    """Why removing its :func:`probe_sets` channels (``probe``) of every group in ``groups`` from a copy
+    of ``model`` is not masking them in ``ref`` (``masked=False``: does not run to outputs of the dense
+    shapes), or None."""
+    removed = {g.name: probe[g.name] for g in groups}
     pruned = copy.deepcopy(model)
     try:
         graph, modules = tp_bridge.build_graph(pruned, example), dict(pruned.named_modules())
@@ -190,7 +226,7 @@ def _check(model: nn.Module, example: Tensor, ref: _Reference, groups: Sequence[
             tp_bridge.prune_channels(graph, modules[g.out_layers[0]], list(removed[g.name]))
         if any(_out_width(modules[layer]) != g.channels - len(removed[g.name]) for g in groups for layer in g.out_layers):
             return BREAKS  # e.g. the two halves of a gated unit: removal took channels of each
-        with torch.no_grad(), _channel_local_norms(pruned):
+        with torch.no_grad(), channel_local_norms(pruned):
             got = _eval_forward(pruned.to(ref.input.dtype) if ref.input.dtype != example.dtype else pruned, ref.input)
     except Exception as exc:  # noqa: BLE001 - whatever the user's forward raises on the pruned widths
         return broke(exc)
@@ -206,7 +242,12 @@ def _check(model: nn.Module, example: Tensor, ref: _Reference, groups: Sequence[
         return BREAKS
     if not masked:
         return None
-    return CHANGES if _differs(ref.masked(groups), got) else None
+    try:
+        want = ref.masked(groups)
+    except Exception as exc:  # noqa: BLE001 - a mask the hooks cannot apply: the group cannot be scored or soft-pruned
+        return (f"masking its channels fails ({type(exc).__name__}: {exception_line(exc, 300)}), so it can be "
+                "neither scored nor soft-pruned")
+    return CHANGES if _differs(want, got) else None
 
 
 class _Unmaskable(Exception):
@@ -223,6 +264,7 @@ class _Reference:
     model: nn.Module
     tensors: dict[str, Tensor] | None  # float64 parameters and buffers; None: the model's own
     input: Tensor
+    removed: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # each group's probe_sets channels
     dense_shapes: Any = None
     maskable: list[Any] = field(default_factory=list)
     shapes_only: list[Any] = field(default_factory=list)
@@ -230,7 +272,8 @@ class _Reference:
     train_only: tuple[str, ...] = ()  # layers run in train mode only (:func:`train_only_layers`)
 
     @classmethod
-    def of(cls, model: nn.Module, example: Tensor, groups: Sequence[Any]) -> _Reference:
+    def of(cls, model: nn.Module, example: Tensor, groups: Sequence[Any],
+           removed: Mapping[str, tuple[int, ...]]) -> _Reference:
         """Masks every group at once, which is the first check's reference; only where a mask point
         does not hold its channels at its channel_dim is one more forward pass run,
         unmasked, to sort the groups."""
@@ -238,16 +281,16 @@ class _Reference:
             with torch.no_grad():
                 tensors = {n: t.to(torch.float64) if t.is_floating_point() else t
                            for n, t in (*model.named_parameters(), *model.named_buffers())}
-            ref = cls(model, tensors, example.to(torch.float64)).start(groups)
+            ref = cls(model, tensors, example.to(torch.float64), removed).start(groups)
         except Exception:  # noqa: BLE001 - a forward tied to its dtype, or a device without float64
-            ref = cls(model, None, example).start(groups)
+            ref = cls(model, None, example, removed).start(groups)
         ref.train_only = train_only_layers(model, example)
         return ref
 
     def start(self, groups: Sequence[Any]) -> _Reference:
         try:
             out = self.masked(groups)
-        except _Unmaskable:
+        except Exception:  # noqa: BLE001 - _Unmaskable, or a mask that fails: each group is then checked on its own
             return self.sort(groups)
         self.maskable, self.dense_shapes, self.first = list(groups), _shapes(out), (_names(groups), out)
         return self
@@ -261,14 +304,14 @@ class _Reference:
             return torch.func.functional_call(self.model, self.tensors, (self.input,))
 
     def masked(self, groups: Sequence[Any]) -> Any:
-        """The output with :func:`probe_channels` of each group masked by MaskHooks; raises
+        """The output with the :func:`probe_sets` channels of each group masked by MaskHooks; raises
         :class:`_Unmaskable` before masking a point whose output does not hold the channels."""
         if self.first is not None and self.first[0] == _names(groups):
             return self.first[1]
         masks = {}
         for g in groups:
             masks[g.name] = torch.ones(g.channels)
-            masks[g.name][list(probe_channels(g.channels))] = 0.0
+            masks[g.name][list(self.removed[g.name])] = 0.0
         modules = dict(self.model.named_modules())
 
         def guard(name: str, entries: list[tuple[int, tuple[int, ...] | None]]):
@@ -277,7 +320,7 @@ class _Reference:
                     raise _Unmaskable(name)
             return hook
 
-        with _channel_local_norms(self.model), MaskHooks(self.model, {g.name: g for g in groups}, masks):
+        with channel_local_norms(self.model), MaskHooks(self.model, {g.name: g for g in groups}, masks):
             handles = [modules[p].register_forward_hook(guard(p, entries), prepend=True)
                        for p, entries in _points(groups).items()]
             try:
@@ -334,13 +377,13 @@ def _holds(module: nn.Module, output: Any, channels: int, at: tuple[int, ...] | 
     return max(at) < width if at else width == channels
 
 
-class _channel_local_norms:  # noqa: N801 - used as a context manager
+class channel_local_norms:  # noqa: N801 - used as a context manager
     """Makes nn.LayerNorm and one-group GroupNorm layers the identity while inside (see module doc)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model, self.handles = model, []
 
-    def __enter__(self) -> _channel_local_norms:
+    def __enter__(self) -> channel_local_norms:
         for m in self.model.modules():
             if isinstance(m, nn.LayerNorm) or (isinstance(m, nn.GroupNorm) and m.num_groups == 1):
                 self.handles.append(m.register_forward_hook(lambda _m, inputs, _out: inputs[0], prepend=True))
@@ -389,12 +432,12 @@ def _eval_forward(model: nn.Module, example: Tensor) -> Any:
         return model.eval()(example)
 
 
-def _leaves(out: Any) -> list[Any]:
+def output_leaves(out: Any) -> list[Any]:
     """The leaves of a (possibly nested) model output, in a fixed order."""
     if isinstance(out, (tuple, list)):
-        return [leaf for o in out for leaf in _leaves(o)]
+        return [leaf for o in out for leaf in output_leaves(o)]
     if isinstance(out, Mapping):
-        return [leaf for _, v in sorted(out.items(), key=lambda kv: str(kv[0])) for leaf in _leaves(v)]
+        return [leaf for _, v in sorted(out.items(), key=lambda kv: str(kv[0])) for leaf in output_leaves(v)]
     return [out]
 
 
@@ -419,7 +462,7 @@ def tolerance(dtype: torch.dtype) -> float:
 
 def _differs(want: Any, got: Any) -> bool:
     """Whether two outputs of equal shapes differ beyond round-off (see :func:`tolerance`)."""
-    for a, b in zip(_leaves(want), _leaves(got)):
+    for a, b in zip(output_leaves(want), output_leaves(got)):
         if not isinstance(a, Tensor):
             if type(a) is not type(b) or (isinstance(a, (int, float, str, bool)) and a != b):
                 return True
