@@ -141,3 +141,49 @@ def test_check_model_refuses_what_is_neither_a_factory_nor_a_module() -> None:
 def test_check_model_names_a_model_without_prunable_groups() -> None:
     with pytest.raises(AssertionError, match=r"model Conv2d: no prunable channel groups at input shape \(1, 8, 8\)"):
         check_model(nn.Conv2d(1, 2, 3), (1, 8, 8))
+
+
+class _Heads(nn.Module):
+    """Two heads in a dict, with a list holding a number and a None beside a tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.cls, self.reg = nn.Linear(8, 3), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        f = torch.relu(self.b(torch.relu(self.a(x))))
+        return {"logits": self.cls(f.mean((2, 3))), "aux": [self.reg(f), 3, None]}
+
+
+class _ChannelsLastNorm(nn.Module):
+    """A LayerNorm over the channels (ConvNeXt's): masking is not removal there, as documented."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.norm, self.b, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.LayerNorm(8), nn.Conv2d(8, 4, 1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.norm(self.a(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(torch.relu(self.b(y)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("factory", [_Heads, _ChannelsLastNorm])
+def test_check_model_takes_nested_outputs_and_the_documented_norms(factory) -> None:
+    check_model(factory, (1, 8, 8))
+
+
+def test_check_model_still_finds_a_difference_in_one_head(monkeypatch) -> None:
+    from prunetune.testing import models
+
+    real = models.apply_plan
+
+    def off_by_a_bit(model, plan, groups):
+        pruned = real(model, plan, groups)
+        with torch.no_grad():
+            pruned.reg.bias.add_(1e-3)  # the second head's output moves; the logits do not
+        return pruned
+
+    monkeypatch.setattr(models, "apply_plan", off_by_a_bit)
+    with pytest.raises(AssertionError, match=r"masking and removal differ by 0\.001 at the output\['aux'\]\[0\] "):
+        check_model(_Heads, (1, 8, 8), seeds=1)

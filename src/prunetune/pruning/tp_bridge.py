@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -74,10 +75,36 @@ def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
         # "Unwrapped parameters detected ... will prune the last non-singleton dimension": a parameter
         # outside any layer (a layer scale) is what find_groups reports, and the removal probe checks
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
-        graph = tp.DependencyGraph().build_dependency(  # (an input made in inference mode is cloned out of it)
-            model, example_inputs=example_input.clone(), customized_pruners=CUSTOM_PRUNERS
-        )
+        try:
+            graph = tp.DependencyGraph().build_dependency(  # (an input made in inference mode is cloned out of it)
+                model, example_inputs=example_input.clone(), customized_pruners=CUSTOM_PRUNERS
+            )
+        except TypeError:  # Torch-Pruning cannot flatten an output holding None or a number: trace its tensors
+            graph = tp.DependencyGraph().build_dependency(
+                _TensorOutputs(model), example_inputs=example_input.clone(), customized_pruners=CUSTOM_PRUNERS
+            )
     return graph
+
+
+class _TensorOutputs(nn.Module):
+    """``model`` with only the tensors of its (nested tuple, list or dict) output returned, as a list."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return _tensors(self.model(x))
+
+
+def _tensors(out: Any) -> list[Tensor]:
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _tensors(v)]
+    return []
 
 
 def check_traceable(model: nn.Module) -> None:

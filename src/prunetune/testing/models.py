@@ -1,11 +1,17 @@
 """The model contract: analytic MACs/params equal the counted ones of the physically pruned network on
-random plans, a budget projection holds when counted, and masking equals removal."""
+random plans, a budget projection holds when counted, and masking equals removal.
+
+Masking is compared with removal output by output (a model may return nested tuples, lists and
+dicts of tensors), with layers that normalise across channels (``nn.LayerNorm``, a GroupNorm of
+one group) taken as the identity in both networks: removing a channel there changes the statistics
+of the others, so no mask equals removal (README, "Masking ≠ removal"), and the rest of the graph is
+what can be checked, as :func:`~prunetune.pruning.groups.find_groups`' removal probe does."""
 
 from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -14,6 +20,7 @@ from prunetune.pruning.allocation import keep_for_budget, smallest_fraction
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.macs import analytic_cost, count_cost
 from prunetune.pruning.plan import make_plan
+from prunetune.pruning.removal_probe import channel_local_norms, output_leaves
 from prunetune.pruning.surgery import MaskHooks, apply_plan, channel_masks
 from prunetune.testing.entries import ensure
 
@@ -29,6 +36,15 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
     return model.eval()
+
+
+def _leaf_paths(out, path: str) -> list[str]:
+    """Where each leaf of :func:`~prunetune.pruning.removal_probe.output_leaves` sits (``the output['aux'][0]``)."""
+    if isinstance(out, (tuple, list)):
+        return [p for i, o in enumerate(out) for p in _leaf_paths(o, f"{path}[{i}]")]
+    if isinstance(out, Mapping):
+        return [p for k, v in sorted(out.items(), key=lambda kv: str(kv[0])) for p in _leaf_paths(v, f"{path}[{k!r}]")]
+    return [path]
 
 
 def _random_plan(groups, seed: int):
@@ -65,15 +81,21 @@ def check_model(factory: Callable[[], torch.nn.Module] | torch.nn.Module, shape:
                f"{counted}, its plan says {plan.pruned}, the analytic cost is {analytic}")
         if not masks:
             continue
-        double = copy.deepcopy(model).double()
-        with torch.no_grad():
+        double, pruned = copy.deepcopy(model).double(), pruned.double()
+        with torch.no_grad(), channel_local_norms(double), channel_local_norms(pruned):
             with MaskHooks(double, groups, channel_masks(plan)):
                 masked = double(x)
-            removed = pruned.double()(x)
-        scale = float(masked.abs().max()) or 1.0
-        error = float((masked - removed).abs().max())
-        ensure(error <= 1e-6 * max(1.0, scale), f"model {name}, random plan {seed}: masking and removal differ "
-               f"by {error:.3g} (outputs up to {scale:.3g})")
+            removed = pruned(x)
+        for where, want, got in zip(_leaf_paths(masked, "the output"), output_leaves(masked), output_leaves(removed)):
+            if not isinstance(want, torch.Tensor) or not want.is_floating_point():
+                ensure(type(want) is type(got) and (torch.equal(want, got) if isinstance(want, torch.Tensor)
+                                                    else want == got),
+                       f"model {name}, random plan {seed}: masking and removal differ at {where}")
+                continue
+            scale = float(want.abs().max()) if want.numel() else 0.0
+            error = float((want - got).abs().max()) if want.numel() else 0.0
+            ensure(error <= 1e-6 * max(1.0, scale), f"model {name}, random plan {seed}: masking and removal differ "
+                   f"by {error:.3g} at {where} (values up to {scale:.3g})")
     budget = max(0.5, (1.0 + smallest_fraction(groups)) / 2)  # 0.5, or halfway to dense where 0.5 is out of reach
     keep = keep_for_budget(groups, budget)
     plan = make_plan(groups, {g.name: torch.arange(g.channels, 0, -1.0) for g in groups}, keep)
