@@ -386,6 +386,25 @@ def test_a_group_whose_mask_fails_is_left_unpruned_with_the_error_not_raised(mon
                "soft-pruned"}
 
 
+class _TrackedInstanceNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(8, affine=True, track_running_stats=True)
+        self.b, self.fc = _block(8, 16), nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.b(torch.relu(self.norm(self.a(x)))).mean((2, 3)))
+
+
+def test_an_instance_norm_tracking_running_statistics_is_named_as_the_cause() -> None:
+    groups = find_groups(_TrackedInstanceNorm(), SHAPE)
+    assert groups.names == ["b.0"]
+    (why,) = groups.skipped
+    assert why.startswith("a: removing its channels breaks the forward pass (RuntimeError: running_mean should contain")
+    assert "likely cause: 'norm', an instance norm with track_running_stats=True" in why
+
+
 def test_the_tolerance_sits_between_round_off_and_a_changed_function() -> None:
     from prunetune.pruning import removal_probe
 

@@ -115,6 +115,13 @@ def _unresized_hint(model: nn.Module, channels: int) -> str:
     does not reach."""
     unfollowed: list[tuple[str, tuple[int, ...]]] = []
     loose: list[tuple[str, tuple[int, ...]]] = []
+    tracked = [name for name, m in model.named_modules()
+               if isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats
+               and m.num_features == channels]
+    if tracked:
+        return (f"; likely cause: {tracked[0]!r}{_more(tracked)}, an instance norm with track_running_stats=True, "
+                "whose running statistics Torch-Pruning does not prune (build it with track_running_stats=False, "
+                "torch's default, to prune these channels)")
     for prefix, module in model.named_modules():
         own: dict[str, Any] = {k: v for k, v in vars(module).items() if isinstance(v, Tensor)}
         if not type(module).__module__.startswith("torch.nn"):
