@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from prunetune.models import create_model
 from prunetune.pruning.allocation import KeepRule, keep_from_ratios
 from prunetune.pruning.groups import find_groups
+from prunetune.pruning.macs import count_cost
 from prunetune.testing import check_model
 
 SHAPE = (3, 32, 32)
@@ -365,3 +367,18 @@ def test_weight_scores_refuse_groups_found_on_another_model() -> None:
                                           rf"model's layer .* has {first.channels}: the groups were found on another"):
         weight_scores(model, wider, "l1", {})
     assert len(weight_scores(model, groups, "l1", {})) == len(groups.groups)
+
+
+def test_a_groups_macs_share_counts_the_transposed_conv_it_feeds() -> None:
+    class Up(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.u, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 3, 2, stride=2), nn.Linear(3, 10)
+
+        def forward(self, x):
+            return self.fc(self.u(torch.relu(self.a(x))).mean((2, 3)))
+
+    groups = find_groups(Up(), (3, 8, 8))
+    # a: 4·3·9·64 = 6912 MACs, u (counted, not modelled): 4·3·4·64 = 3072, fc: 30 (the total 10014 counted)
+    assert count_cost(Up(), (3, 8, 8)).macs == 10014
+    assert groups["a"].macs_share == pytest.approx((6912 + 3072) / 10014, rel=1e-12)

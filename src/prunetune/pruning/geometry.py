@@ -72,6 +72,8 @@ class Geometry:
         other_macs: counted MACs of layers no group touches (constant under pruning).
         issues: ``layer -> reason`` for layers the analytic count does not cover; ``"*"`` = all.
         outside_macs: counted MACs of functional ops outside any layer (``F.conv2d``, ``torch.matmul``).
+        unmodelled_macs: ``layer -> counted dense MACs`` of the layers a group touches that the analytic
+            count does not model (a transposed conv): in the groups' MACs shares, not in any cost.
     """
 
     layers: list[LayerGeometry]
@@ -79,6 +81,7 @@ class Geometry:
     other_macs: int
     issues: dict[str, str] = field(default_factory=dict)
     outside_macs: int = 0
+    unmodelled_macs: dict[str, int] = field(default_factory=dict)
 
 
 def layer_macs(layer: LayerGeometry, out_c: int, in_c: int) -> int:
@@ -111,7 +114,7 @@ def measure_geometry(model: nn.Module, example: torch.Tensor, writes: Mapping[st
     """
     shapes, macs, outside = _counted_pass(model, example)
     members = set(writes) | set(reads)
-    layers, issues, counted = [], {}, set()
+    layers, issues, counted, unmodelled = [], {}, set(), {}
     other_macs = 0
     for name, m in model.named_modules():
         geo = _layer(name, m, shapes.get(name), writes, reads)
@@ -122,12 +125,13 @@ def measure_geometry(model: nn.Module, example: torch.Tensor, writes: Mapping[st
                 issues[name] = f"{type(m).__name__} does {macs[name]} MACs, its shape says otherwise"
         elif name in members and any(True for _ in m.parameters(recurse=False)):
             issues[name] = f"{type(m).__name__} is pruned with the group but not modelled"
+            unmodelled[name] = macs.get(name, 0)
         elif name in macs:
             other_macs += macs[name]
     if outside:
         issues["*"] = f"{outside} MACs in functional ops outside layers"
     other = sum(p.numel() for p in model.parameters() if id(p) not in counted)
-    return Geometry(layers, other, other_macs, issues, outside)
+    return Geometry(layers, other, other_macs, issues, outside, unmodelled)
 
 
 def _layer(name: str, m: nn.Module, shape, writes, reads) -> LayerGeometry | None:

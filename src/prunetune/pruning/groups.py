@@ -195,7 +195,7 @@ def _finish(found: list[_Made], geo: Geometry) -> list[Group]:
     """Groups with their MACs shares and whether the analytic count covers every layer they touch."""
     # every dense MAC, functional ops outside the layers too: the total `groups` prints beside the shares
     layers = sum(layer_macs(l, l.out_channels, l.in_channels) for l in geo.layers)
-    total = layers + geo.other_macs + geo.outside_macs or 1
+    total = layers + geo.other_macs + geo.outside_macs + sum(geo.unmodelled_macs.values()) or 1
     shares: dict[str, int] = {}
     for layer in geo.layers:
         for gname in {p[0] for p in (*layer.out_parts, *layer.in_parts)}:
@@ -203,6 +203,8 @@ def _finish(found: list[_Made], geo: Geometry) -> list[Group]:
     out = []
     for made in found:
         touched = set(made.writes) | set(made.reads)
+        for layer in touched & set(geo.unmodelled_macs):  # a transposed conv's MACs: counted, not modelled
+            shares[made.group.name] = shares.get(made.group.name, 0) + geo.unmodelled_macs[layer]
         analytic = "*" not in geo.issues and not touched & set(geo.issues)
         out.append(dataclasses.replace(made.group, macs_share=shares.get(made.group.name, 0) / total,
                                        analytic=analytic))
@@ -260,7 +262,8 @@ def _make_group(members, names, order, graph) -> _Made | str | None:
             # channels, which a group named after one out-layer (its channel count) cannot hold
             return (f"{outs[0]}: coupled with {name!r}, which holds other channels than {outs[0]} (e.g. "
                     "a concatenation into a depthwise conv, a split or chunk of the channels, a channel shuffle, "
-                    "or a reduction across channels), left unpruned")
+                    "a reduction across channels, or a feature map flattened with its positions into a "
+                    "concatenation, which the dependency graph does not follow), left unpruned")
         if mult is None:
             made.issues[name] = "reads the group's channels unevenly"
             continue
