@@ -80,3 +80,36 @@ def test_calibration_subsets_read_the_split_unaugmented() -> None:
 def test_batch_loader_len_matches_what_it_yields() -> None:
     loader = BatchLoader(_split(9), batch_size=4, shuffle=True)
     assert len(loader) == len(list(loader)) == 2
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_an_iter_that_draws_nothing_does_not_move_the_epoch_on(lazy: bool) -> None:
+    """tqdm's asyncio class (``tqdm.auto`` on a terminal) calls ``iter()`` once more than it draws:
+    a fine-tune with a progress bar trained on the next epoch's shuffle and gave another network."""
+    split = _split(16)
+    data = Subset(torch.utils.data.TensorDataset(split.x, split.y), range(16)) if lazy else split
+    plain, wrapped = (make_loader(data, batch_size=4, shuffle=True, num_workers=0, seed=3) for _ in range(2))
+    want = [torch.cat([y for _, y in plain]) for _ in range(2)]
+    for epoch in range(2):
+        iter(wrapped)  # never drawn from
+        assert torch.equal(torch.cat([y for _, y in wrapped]), want[epoch])
+
+
+def test_a_progress_bar_iterates_its_items_once(monkeypatch) -> None:
+    pytest.importorskip("tqdm")
+    from prunetune.pruning import progress as progress_module
+
+    class Counted:
+        calls = 0
+
+        def __len__(self) -> int:
+            return 3
+
+        def __iter__(self):
+            Counted.calls += 1
+            return iter(range(3))
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("PRUNETUNE_PROGRESS", "1")
+    assert list(progress_module.progress(Counted(), desc="epoch 1/1")) == [0, 1, 2]
+    assert Counted.calls == 1

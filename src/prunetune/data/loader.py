@@ -127,13 +127,16 @@ class BatchLoader:
             else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
+        """The next epoch's batches. The epoch advances when the first batch is drawn, not at ``iter()``:
+        a wrapper that calls ``iter()`` once more without drawing (tqdm's asyncio class does) must not
+        move training on to the next epoch's shuffle and augmentation."""
         epoch, self.epoch = self.epoch, self.epoch + 1
         order = None
         if self.shuffle:
             gen = seeded_generator(self.seed, epoch, _SHUFFLE_STREAM)
             order = torch.randperm(len(self.split), generator=gen).to(self.device)
         gen = seeded_generator(self.seed, epoch, _AUGMENT_STREAM) if self.augment else None
-        return self._batches(order, gen)
+        yield from self._batches(order, gen)
 
     def _batches(self, order: Tensor | None, gen: torch.Generator | None) -> Iterator[Batch]:
         x, y = self.split.x, self.split.y
@@ -193,11 +196,13 @@ class DatasetLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
+        """The next epoch's batches; the epoch advances when the first batch is drawn (see
+        :meth:`BatchLoader.__iter__`)."""
         epoch, self.epoch = self.epoch, self.epoch + 1
         epoch_seed = seeded_generator(self.seed, epoch, _SHUFFLE_STREAM).initial_seed()
         self._generator.manual_seed(epoch_seed)
         self._sampler.epoch_seed = epoch_seed
-        return self._batches()
+        yield from self._batches()
 
     def _batches(self) -> Iterator[Batch]:
         move = {"device": self.device, "non_blocking": self.device.type == "cuda"}

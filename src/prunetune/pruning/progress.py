@@ -26,4 +26,7 @@ def progress(items: Iterable[T], *, desc: str, total: int | None = None, enabled
 
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    yield from tqdm(items, desc=desc, total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
+    # an iterator, not the iterable: tqdm.auto's class calls iter() in its constructor and again when
+    # iterated, and each iter() of a training loader is an epoch (its shuffle and augmentation), so a
+    # bar on a terminal trained on the next epoch's batches and changed the result
+    yield from tqdm(iter(items), desc=desc, total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
