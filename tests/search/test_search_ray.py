@@ -132,6 +132,31 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(make_conf
         run_search(make_config(trials=6, experiment="other"), resume=True, objective=objective, show_progress=False)
 
 
+class InterruptAtLastStart(tune.Callback):
+    """SIGINT (as Ctrl-C) once the last of ``n`` trials has started, once (a marker file)."""
+
+    def __init__(self, n: int, marker: str) -> None:
+        self.n, self.marker, self.started = n, marker, 0
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.started += 1
+        if self.started == self.n and not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_search_interrupted_in_its_last_trial_is_not_finished_and_resumes(make_config, tmp_path) -> None:
+    """Tune ends the running trial as TERMINATED on Ctrl-C: with every trial started, the search was
+    sealed as finished, exit status 0, and its last trial could never be run."""
+    config = make_config(trials=3, concurrency=1)
+    objective = functools.partial(plan_only, sleep=2.0)
+    first = run_search(config, objective=objective, show_progress=False,
+                       callbacks=[InterruptAtLastStart(3, str(tmp_path / "interrupted"))])
+    assert first.interrupted and first.status == "KILLED" and first.counts.get("FINISHED") == 2
+    second = run_search(config, objective=objective, show_progress=False)
+    assert second.resumed and second.status == "FINISHED" and second.counts.get("FINISHED") == 3
+
+
 def test_a_trial_the_running_ray_cannot_hold_is_an_error_before_tracking(make_config, tmp_path) -> None:
     # the module's Ray has 2 CPUs; the time budget ends the search should the check be missing
     config = make_config(cpus_per_trial=3, time_budget_s=20)

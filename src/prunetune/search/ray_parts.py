@@ -204,7 +204,9 @@ class TrackingCallback(tune.Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         done = (Trial.TERMINATED, Trial.ERROR)
-        interrupted = (any(t.status not in done for t in trials)
+        # a trial started here and never completed: Tune's stop on Ctrl-C ends the last running trial as
+        # TERMINATED without a completion, so a search stopped in its last trial read as finished
+        interrupted = (any(t.status not in done for t in trials) or bool(self._started)
                        or (len(trials) < self.expected and not self.time_limited))
         runs = self.tracker.children()
         statuses = [r.info.status for r in runs]
