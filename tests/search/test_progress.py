@@ -74,6 +74,15 @@ def test_resumed_trials_count_the_earlier_ones_and_a_heartbeat_repeats_the_statu
     assert out[-1].startswith("[0:31] trials: t07 starting | 6/10 finished, 0 failed, 1 running") and len(out) == 2
 
 
+def test_a_resumed_search_counts_the_earlier_trials_in_its_best_accuracy(lines) -> None:
+    p = Progress(budget=0.5, clock=Clock(), heartbeat_s=0)
+    p.start_trials(4, done=2, earlier=[(0.9, 0.45), (0.95, 0.7)])  # the second is over the budget
+    p.trial_finished("t03", 0.8, 0.4, 1.0)
+    p.close("FINISHED")
+    assert p.best == 0.9
+    assert lines()[-1].endswith("; best val acc 0.9000 within budget")
+
+
 def test_a_broken_callback_does_not_stop_the_search(caplog) -> None:
     calls = []
 

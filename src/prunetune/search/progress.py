@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,11 +107,19 @@ class Progress:
             self._screen = (done, total)
             self._emit("screening", f"screening: {done}/{total} candidates{self._eta_text()}" if line else None)
 
-    def start_trials(self, total: int, *, done: int = 0, detail: str = "") -> None:
-        """The fine-tune phase: ``total`` trials in all, ``done`` of them finished by an earlier run."""
+    def start_trials(self, total: int, *, done: int = 0, detail: str = "",
+                     earlier: Iterable[tuple[float, float]] = ()) -> None:
+        """The fine-tune phase: ``total`` trials in all, ``done`` of them finished by an earlier run,
+        whose ``(val accuracy, MACs ratio)`` pairs (``earlier``) count towards the best accuracy."""
         with self._lock:
             self.total, self._done_before = total, done
+            for accuracy, macs_ratio in earlier:
+                self._count_best(accuracy, macs_ratio)
             self.phase("trials", detail or f"{total - done} of {total} trials to fine-tune")
+
+    def _count_best(self, accuracy: float, macs_ratio: float) -> None:
+        if _finite(accuracy) and (self.budget is None or macs_ratio <= self.budget + 1e-9):
+            self.best = accuracy if self.best is None else max(self.best, accuracy)
 
     # -- what the tracking callback reports ----------------------------------------------------
     def trial_started(self, label: str) -> None:
@@ -130,8 +138,7 @@ class Progress:
         with self._lock:
             self.running.pop(label, None)
             self.finished += 1
-            if _finite(accuracy) and (self.budget is None or macs_ratio <= self.budget + 1e-9):
-                self.best = accuracy if self.best is None else max(self.best, accuracy)
+            self._count_best(accuracy, macs_ratio)
             self._emit("trial", f"{label} finished: val acc {accuracy:.4f}, MACs {100 * macs_ratio:.1f}%, "
                        f"{_clock_text(seconds)} | {self._counts()}", trial=label)
 

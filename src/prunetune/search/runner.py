@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import signal
 import time
 from collections import Counter
@@ -220,7 +221,9 @@ def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, 
     proxies = [(dict(c.params), proxy_metrics(c)) for c in screened.selected] if screened is not None else None
     tracking = ray_parts.TrackingCallback(tracker, total, time_limited=s.time_budget_s is not None,
                                           proxies=proxies, progress=progress, expected=max(0, left))
-    progress.start_trials(total, done=total - max(0, left),
+    earlier = [(r.data.metrics.get("accuracy", math.nan), r.data.metrics.get("macs_ratio", math.nan))
+               for r in tracker.children() if r.info.status == FINISHED] if state is not None else []
+    progress.start_trials(total, done=total - max(0, left), earlier=earlier,
                           detail=f"{max(0, left)} of {total} to fine-tune, {s.concurrency} at a time")
     if left <= 0:
         tracking.on_experiment_end([])
