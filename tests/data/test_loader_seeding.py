@@ -113,3 +113,22 @@ def test_a_progress_bar_iterates_its_items_once(monkeypatch) -> None:
     monkeypatch.setenv("PRUNETUNE_PROGRESS", "1")
     assert list(progress_module.progress(Counted(), desc="epoch 1/1")) == [0, 1, 2]
     assert Counted.calls == 1
+
+
+class _Handlers(Dataset):
+    """Each read returns the reading process's SIGINT and SIGTERM handlers."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int):
+        import signal
+
+        return torch.tensor([signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGTERM) == signal.SIG_IGN]), i
+
+
+def test_loader_workers_leave_ctrl_c_and_sigterm_to_the_main_process() -> None:
+    loader = make_loader(_Handlers(), batch_size=2, num_workers=1)
+    ((ignored, _),) = list(loader)
+    assert ignored.all()

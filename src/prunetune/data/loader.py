@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -186,6 +187,7 @@ class DatasetLoader:
             drop_last=bool(drop_last),
             generator=self._generator,
             persistent_workers=workers > 0,
+            worker_init_fn=_stops_go_to_the_main_process,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -376,6 +378,17 @@ def _feed(digest: Any, split: object) -> None:
             f"cannot fingerprint a {type(split).__name__}: pass a TensorSplit, a Subset or a "
             "dataset with a .samples list of (path, target)"
         )
+
+
+def _stops_go_to_the_main_process(_worker_id: int) -> None:
+    """A DataLoader worker ignores Ctrl-C and SIGTERM. A terminal's Ctrl-C, GNU ``timeout`` and service
+    managers signal the whole process group; a worker killed by SIGTERM made the main process's loader
+    print a traceback ("DataLoader worker ... is killed by signal: Terminated") after its one-line stop
+    message. The main process stops, and its loader shuts the workers down (torch's workers also end
+    when the main process is gone)."""
+    for name in ("SIGINT", "SIGTERM"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def _lone_last(n: int, batch_size: int, shuffle: bool) -> bool:
