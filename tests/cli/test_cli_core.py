@@ -231,3 +231,52 @@ def test_quiet_holds_back_ray_tunes_own_warnings(monkeypatch, quiet) -> None:
         ray_log.setLevel(ray_level)
     assert seen == ([] if quiet else ["Stop signal received"])
     assert logging.getLogger("ray.tune").level == before  # put back after the command
+
+
+@pytest.mark.parametrize(("other", "hint"), [
+    ({"num_classes": 3, "in_channels": 1}, "check num_classes"),
+    ({"num_classes": 10, "in_channels": 3}, "check in_channels"),
+])
+def test_a_checkpoint_of_other_classes_or_inputs_says_which(tmp_path, other, hint) -> None:
+    from prunetune.exceptions import CheckpointError
+    from prunetune.recipes.checkpoint import load_checkpoint
+
+    ckpt = tmp_path / "other.pt"
+    torch.save(create_model("tiny_resnet", **other).state_dict(), ckpt)
+    with pytest.raises(CheckpointError, match=f"; {hint}$"):
+        load_checkpoint(create_model("tiny_resnet", num_classes=10, in_channels=1), ckpt)
+
+
+def test_a_checkpoint_of_another_width_does_not_blame_classes_or_inputs(tmp_path) -> None:
+    from prunetune.exceptions import CheckpointError
+    from prunetune.recipes.checkpoint import load_checkpoint
+
+    def net(width: int) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Conv2d(1, width, 3), torch.nn.BatchNorm2d(width), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(width, 16, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                   torch.nn.Linear(16, 10))
+
+    ckpt = tmp_path / "narrow.pt"
+    torch.save(net(8).state_dict(), ckpt)
+    with pytest.raises(CheckpointError, match=r"'0\.weight' has shape \(8, 1, 3, 3\), the model expects "
+                                              r"\(16, 1, 3, 3\); the checkpoint is of another width or architecture"):
+        load_checkpoint(net(16), ckpt)
+
+
+def test_exports_replay_command_adds_allow_code_for_the_users_own_model(tmp_path) -> None:
+    from prunetune.cli.export import _code_flag
+
+    (tmp_path / "own.yaml").write_text("model: {name: 'mynet:build', num_classes: 10}\ndata: {name: digits}\n")
+    (tmp_path / "zoo.yaml").write_text("model: {name: resnet20, num_classes: 10}\ndata: {name: digits}\n")
+    assert _code_flag(tmp_path / "own.yaml") == " --allow-code" and _code_flag(tmp_path / "zoo.yaml") == ""
+
+
+def test_a_dense_checkpoint_given_as_a_pruned_model_says_what_to_give(tmp_path) -> None:
+    from prunetune.exceptions import CheckpointError
+    from prunetune.recipes.checkpoint import load_pruned
+
+    ckpt = tmp_path / "dense.pt"
+    torch.save(create_model("tiny_resnet", num_classes=10, in_channels=1).state_dict(), ckpt)
+    with pytest.raises(CheckpointError, match=r"is not a pruned model written by prunetune prune --out \(a dense "
+                                              r"checkpoint or another file\?\); give the \.pt file"):
+        load_pruned(ckpt)

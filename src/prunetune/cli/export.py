@@ -42,5 +42,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported trial {record.name} ({record.trial_id}; val acc {record.accuracy:.4f}, test acc "
           f"{record.test_accuracy if record.test_accuracy is not None else float('nan'):.4f}, MACs "
           f"{100 * record.macs_ratio:.1f}% of dense, {record.macs / 1e6:.2f}M) to {path}")
-    print(f"rebuild it with: prunetune prune --recipe {path} --out pruned.pt")
+    print(f"rebuild it with: prunetune prune --recipe {path} --out pruned.pt{_code_flag(path)}")
     return 0
+
+
+def _code_flag(path) -> str:
+    """`` --allow-code`` where the exported recipe's model is the user's own ``package.module:function``
+    (the replay imports it, which prune refuses without the flag)."""
+    from prunetune._safety import is_user_code
+    from prunetune._yaml import load_yaml_file
+
+    recipe = load_yaml_file(path, "the exported recipe")
+    model = recipe.get("model") if isinstance(recipe, dict) else None
+    return " --allow-code" if isinstance(model, dict) and is_user_code(model.get("name")) else ""

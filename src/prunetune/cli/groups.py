@@ -21,7 +21,10 @@ MAX_INPUT_SIZE = 1024  # a dry run traces one input; larger sides take minutes a
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("groups", help="list prunable groups, channels, kept channels, MACs (no weights needed)",
-                       description="Prunable groups of a model and what a prune ratio or MACs budget keeps.")
+                       description="Prunable groups of a model and what a prune ratio or MACs budget keeps. "
+                                   "A group's 'MACs share' is the part of the dense MACs spent in the layers "
+                                   "that read or write its channels; a layer between two groups counts for "
+                                   "both, so the shares add up to more than 100%.")
     p.add_argument("--model", required=True, help="model name (prunetune.list_models()), tv:NAME or pkg.mod:fn")
     p.add_argument("--num-classes", type=int_in(1), default=10, help="classes of the model's output layer")
     p.add_argument("--in-channels", type=int_in(1), default=3, help="input channels (1: grey images, 3: RGB)")

@@ -151,11 +151,13 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model_name}: {what} "
                               f"({len(missing)} missing, {len(unexpected)} unexpected); check model name, "
                               "num_classes and in_channels")
+    first_key = next(iter(own), None)
+    last_key = next(reversed(own), None) if own else None
     for key, value in own.items():
         if tuple(state[key].shape) != tuple(value.shape):
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model_name}: {key!r} has shape "
-                                  f"{tuple(state[key].shape)}, the model expects {tuple(value.shape)}; check "
-                                  "num_classes and in_channels")
+                                  f"{tuple(state[key].shape)}, the model expects {tuple(value.shape)}; "
+                                  f"{_shape_hint(key, first_key, last_key, state[key].shape, value.shape)}")
     for key, value in state.items():  # a NaN weight reached every activation criterion as a LinAlgError
         if value.is_floating_point() and not bool(value.isfinite().all()):
             bad = int((~value.isfinite()).sum())
@@ -163,6 +165,17 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
                                   f"{key!r}; a diverged training? give a checkpoint of finite weights")
     model.load_state_dict(state)
     return model
+
+
+def _shape_hint(key: str, first: str | None, last: str | None, got: Any, want: Any) -> str:
+    """What a weight of another shape most likely means: the input channels where the first layer's
+    second dimension differs, the classes at the last layer, otherwise another width or architecture."""
+    if key == first and len(got) > 1 and len(got) == len(want) and got[0] == want[0] and got[1] != want[1]:
+        return "check in_channels"
+    if key in (last, last and last.rsplit(".", 1)[0] + ".weight") and got[0] != want[0]:
+        return "check num_classes"
+    return ("the checkpoint is of another width or architecture: check the model name (and any width "
+            "argument of your own model's function), num_classes and in_channels")
 
 
 def _find_state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -400,7 +413,8 @@ def _read_pruned(path: Path, map_location) -> dict[str, Any]:
         raise CheckpointError(f"cannot read pruned model {str(path)!r}: it is not a file `prunetune prune --out` "
                               f"wrote ({_why(exc, 120, path)})") from None
     if not isinstance(data, dict) or data.get("format") != PRUNED_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a prunetune pruned model (format {PRUNED_FORMAT})")
+        raise CheckpointError(f"{str(path)!r} is not a pruned model written by prunetune prune --out (a dense "
+                              "checkpoint or another file?); give the .pt file prunetune prune --out wrote")
     damage = _pruned_damage(data)
     if damage:
         raise CheckpointError(f"pruned model {str(path)!r} is damaged ({damage}); write it again with "
