@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prunetune._text import exception_line, short
@@ -69,16 +70,26 @@ def mapping(value: Any, what: str) -> dict[str, Any]:
     return dict(value)
 
 
+def unknown_key(key: Any, where: str, allowed: Iterable[str]) -> ConfigError:
+    """``unknown key 'epoch' in <where> (did you mean 'epochs'?); allowed: ...``: the closest allowed
+    key, where one is close, for a typo."""
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) if isinstance(key, str) else []
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown key {short(key)} in {where}{hint}; allowed: {', '.join(allowed)}")
+
+
 def section(section: str, value: Any, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
     """A recipe section as a dict: a mapping with only ``allowed`` keys and every ``required`` one."""
+    where = "the recipe" if section == "recipe" else f"recipe section {short(section)}"
     if value is None:
         value = {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"recipe section {short(section)} must be a mapping, got {short(value)}")
+        raise ConfigError(f"{where} must be a mapping, got {short(value)}")
     unknown = sorted(set(value) - allowed, key=str)
     if unknown:
-        raise ConfigError(f"unknown key {short(unknown[0])} in recipe section {short(section)}; allowed: {', '.join(sorted(allowed))}")
+        raise unknown_key(unknown[0], where, allowed)
     missing = sorted(required - set(value))
     if missing:
-        raise ConfigError(f"recipe section {short(section)} needs the key {short(missing[0])}")
+        raise ConfigError(f"{where} needs the key {short(missing[0])}")
     return dict(value)

@@ -111,6 +111,8 @@ def test_exported_plan_replays_to_the_same_network(tmp_path, capsys) -> None:
         ({"allocation": {"ratios": {"layer1.0.conv": 0.3}, "default": 0.2}}, "did you mean 'layer1.0.conv1'"),
         ({"allocation": {"macs_budget": 0.0001}}, "smallest reachable fraction"),
         ({"finetune": {"epochs": 1, "lrr": 0.1}}, "'lrr'"),
+        ({"finetune": {"epoch": 1}}, "unknown key 'epoch' in recipe section 'finetune' (did you mean 'epochs'?)"),
+        ({"critrion": "l1"}, "unknown key 'critrion' in the recipe (did you mean 'criterion'?)"),
         ({"colour": "red"}, "unknown key 'colour'"),
         ({"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1, "checkpoint": "missing.pt"}},
          "does not exist"),

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunetune._checks import unknown_key
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria import CRITERIA
 from prunetune.pruning.normalize import NORMALIZERS
@@ -73,7 +74,7 @@ class CriterionSpec:
             raise ConfigError(f"criterion must be a name or a mapping, got {value!r}")
         unknown = set(value) - {"name", "blend", "normalizer", "params"}
         if unknown:
-            raise ConfigError(f"unknown key {sorted(unknown)[0]!r} in criterion; allowed: name, blend, normalizer, params")
+            raise unknown_key(sorted(unknown, key=str)[0], "criterion", ("name", "blend", "normalizer", "params"))
         if ("name" in value) == ("blend" in value):
             raise ConfigError("criterion needs exactly one of 'name' or 'blend'")
         params = dict(value.get("params") or {})

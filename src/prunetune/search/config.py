@@ -55,6 +55,7 @@ from typing import Any
 
 import yaml
 
+from prunetune._checks import unknown_key
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune._text import masked_url
@@ -250,7 +251,7 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
         raise ConfigError(f"a search config must be a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - TOP_KEYS)
     if unknown:
-        raise ConfigError(f"unknown key {short(unknown[0])} in the search config; allowed: {', '.join(sorted(TOP_KEYS))}")
+        raise unknown_key(unknown[0], "the search config", TOP_KEYS)
     cwd = Path(cwd) if cwd is not None else Path.cwd()
     here = Path(source).parent if source else cwd
     d = dict(data)
@@ -320,7 +321,7 @@ def _settings(d: dict[str, Any], given: dict[str, Any], source: str | None, here
     elif isinstance(asha, Mapping):
         allowed = {f.name for f in fields(AshaSpec)}
         if set(asha) - allowed:
-            raise ConfigError(f"unknown key {short(sorted(set(asha) - allowed)[0])} in asha; allowed: {', '.join(sorted(allowed))}")
+            raise unknown_key(sorted(set(asha) - allowed, key=str)[0], "asha", allowed)
         values["asha"] = AshaSpec(**asha)
     elif not isinstance(asha, AshaSpec):
         raise ConfigError(f"asha must be true, false or {{grace_period: 1, reduction_factor: 2}}, got {short(asha)}")

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from prunetune._checks import unknown_key
 from prunetune.exceptions import ConfigError
 from prunetune.spaces import SearchSpace, SpaceSpec
 from prunetune.search.selection import Candidate
@@ -83,7 +84,7 @@ class ScreenSpec:
         allowed = {"candidates", "bn_batches", "val_images", "train_params"}
         unknown = sorted(set(value) - allowed)
         if unknown:
-            raise ConfigError(f"unknown key {unknown[0]!r} in screen; allowed: {', '.join(sorted(allowed))}")
+            raise unknown_key(unknown[0], "screen", allowed)
         return cls(**value)
 
     def count(self, trials: int) -> int:

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from prunetune._checks import unknown_key
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.allocation import KeepRule, MacsBudget
 from prunetune.pruning.criteria import CRITERIA
@@ -102,8 +103,7 @@ class SpaceSpec:
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - allowed)
         if unknown:
-            raise ConfigError(f"unknown key {unknown[0]!r} in search config section 'space'; "
-                              f"allowed: {', '.join(sorted(allowed))}")
+            raise unknown_key(unknown[0], "search config section 'space'", allowed)
         d: dict[str, Any] = dict(value)
         for key in ("criteria", "normalizers", "schedules", "allocations"):
             if key in d:
