@@ -82,3 +82,22 @@ def test_a_model_with_auxiliary_outputs_in_train_mode_is_one_line() -> None:
     batches = [(torch.randn(2, 4), torch.tensor([0, 2]))]
     with pytest.raises(ConfigError, match=r"^the model returns a tuple in train mode; fine-tuning needs the logits"):
         finetune(Aux(), batches, FinetuneConfig(epochs=1))
+
+
+def test_without_a_bar_each_epoch_is_one_log_line(caplog) -> None:
+    """A prune whose stderr is a file or a pipe (no progress bar) said nothing for the whole fine-tune."""
+    import logging
+
+    from torch import nn
+
+    from prunetune.pruning.finetune import FinetuneConfig, finetune
+
+    batches = [(torch.randn(4, 4), torch.tensor([0, 2, 1, 0]))]
+    caplog.set_level(logging.INFO, logger="prunetune")
+    finetune(nn.Linear(4, 3), batches, FinetuneConfig(epochs=2), eval_batches=batches)  # PRUNETUNE_PROGRESS=0 here
+    lines = [r.getMessage() for r in caplog.records if r.name == "prunetune"]
+    assert [line.split(":")[0] for line in lines] == ["finetune epoch 1/2", "finetune epoch 2/2"]
+    assert "val acc" in lines[0]
+    caplog.clear()
+    finetune(nn.Linear(4, 3), batches, FinetuneConfig(epochs=1), show_progress=False)  # a search's trial: silent
+    assert not [r for r in caplog.records if r.name == "prunetune"]

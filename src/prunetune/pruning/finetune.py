@@ -7,6 +7,7 @@ without the loop knowing about them.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -20,7 +21,9 @@ from prunetune._modes import modes_kept
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune.exceptions import ConfigError, DivergedError
-from prunetune.pruning.progress import progress
+from prunetune.pruning.progress import progress, progress_enabled
+
+log = logging.getLogger("prunetune")
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,9 @@ def finetune(
             metrics["accuracy"] = evaluate(model, eval_batches, device=device, amp=config.amp)
         _call(callbacks, "on_epoch_end", epoch, config.epochs, metrics)
         history.append(metrics)
+        if show_progress and not progress_enabled():  # no bar (a log file, a pipe): one line per epoch
+            acc = f", val acc {metrics['accuracy']:.4f}" if "accuracy" in metrics else ""
+            log.info("%s epoch %d/%d: loss %.4f%s", section, epoch + 1, config.epochs, metrics["loss"], acc)
     return history
 
 
