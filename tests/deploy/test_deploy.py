@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import random
@@ -596,3 +597,20 @@ def test_deploy_refuses_a_non_finite_output_and_leaves_the_global_random_stream(
     with pytest.raises(DeployError, match=r"differs from the PyTorch model by nan \(nan relative"):
         deploy(net, "torchscript", tmp_path / "nanfile.pt", input_shape=(3, 8, 8))
     assert not (tmp_path / "nanfile.pt").exists()
+
+
+def test_bench_warns_when_its_timings_are_too_noisy_to_compare(pruned_file, capsys, monkeypatch) -> None:
+    """On a loaded machine wall-clock medians swung from 0.27 to 82 ms between runs, with no word said."""
+    from prunetune.deployment import bench
+
+    real = bench.compare
+
+    def noisy(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        return [dataclasses.replace(rows[0], iqr_ms=3 * rows[0].median_ms), *rows[1:]]
+
+    monkeypatch.setattr(bench, "compare", noisy)
+    assert main(["bench", "--model", str(pruned_file), "--batch", "1", "--threads", "1", "--min-time", "0.02"]) == 0
+    out, err = capsys.readouterr()
+    assert "the timings are noisy (dense at batch 1: IQR " in err and "--threads 1 --clock cpu" in err
+    assert "speed-up" in out  # the table still comes

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 
 from prunetune.cli._common import add_allow_code, add_format, millions, need_file, print_json, print_table
+
+log = logging.getLogger("prunetune")
+NOISY = 0.5  # an IQR above half the median: the timings say little about the speed-up
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
                    threads=args.threads, fold_bn=args.fold_bn, min_run_time=args.min_time,
                    clock=args.clock)
     ratio = speedups(rows)
+    noisy = [r for r in rows if r.iqr_ms > NOISY * r.median_ms]
+    if noisy:  # a loaded machine: the medians (and so the speed-ups) may be off by far more than their spread
+        worst = max(noisy, key=lambda r: r.iqr_ms / r.median_ms)
+        log.warning("the timings are noisy (%s at batch %d: IQR %.3g ms around a median of %.3g ms), so the "
+                    "speed-ups are unreliable; another process is busy? use --threads 1 --clock cpu, or a longer "
+                    "--min-time", worst.model, worst.batch, worst.iqr_ms, worst.median_ms)
     if args.format == "json":
         print_json({"input_shape": list(plan.input_shape), "fold_bn": args.fold_bn,
                     "rows": [{**r.as_dict(), "speedup": ratio.get((r.model, r.batch))} for r in rows]})
