@@ -157,6 +157,14 @@ def test_a_search_interrupted_in_its_last_trial_is_not_finished_and_resumes(make
     assert second.resumed and second.status == "FINISHED" and second.counts.get("FINISHED") == 3
 
 
+def test_a_search_whose_time_budget_runs_out_in_a_trial_is_finished(make_config) -> None:
+    """Tune ends the running trial as it does on Ctrl-C: the time budget must not read as an interrupt."""
+    config = make_config(trials=4, concurrency=1, time_budget_s=10)
+    outcome = run_search(config, objective=functools.partial(plan_only, sleep=4.0), show_progress=False)
+    assert outcome.status == "FINISHED" and not outcome.interrupted
+    assert outcome.counts.get("KILLED") == 1 and 1 <= outcome.counts.get("FINISHED", 0) <= 2
+
+
 def test_a_trial_the_running_ray_cannot_hold_is_an_error_before_tracking(make_config, tmp_path) -> None:
     # the module's Ray has 2 CPUs; the time budget ends the search should the check be missing
     config = make_config(cpus_per_trial=3, time_budget_s=20)

@@ -149,20 +149,32 @@ class TrackingCallback(tune.Callback):
 
     def __init__(self, tracker: SearchTracker, total: int, *, time_limited: bool = False,
                  proxies: list[tuple[dict[str, Any], Any]] | None = None, progress: Progress | None = None,
-                 expected: int | None = None) -> None:
-        self.tracker, self.total, self.time_limited = tracker, total, time_limited
+                 expected: int | None = None, time_budget_s: float | None = None) -> None:
+        self.tracker, self.total, self.time_limited = tracker, total, time_limited or time_budget_s is not None
+        self.time_budget_s = time_budget_s
         self.expected = total if expected is None else expected
         self.proxies = list(proxies or [])
         self.progress = progress or Progress()
         self._started: dict[str, float] = {}
+        self._t0 = time.time()  # before the fit, so before Tune's clock of the time budget starts
 
     def __getstate__(self) -> dict[str, Any]:
         return {"tracker": self.tracker, "total": self.total, "time_limited": self.time_limited,
-                "proxies": self.proxies, "expected": self.expected}
+                "proxies": self.proxies, "expected": self.expected, "time_budget_s": self.time_budget_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["tracker"], state["total"], time_limited=state["time_limited"],  # type: ignore[misc]
-                      proxies=state.get("proxies"), expected=state.get("expected"))
+                      proxies=state.get("proxies"), expected=state.get("expected"),
+                      time_budget_s=state.get("time_budget_s"))
+
+    def _cut_short(self) -> bool:
+        """A trial started and never completed, and not because the time budget ran out: Tune ends the
+        running trials as TERMINATED, without a completion, both on Ctrl-C and when the budget is spent."""
+        if not self._started:
+            return False
+        if not self.time_limited:
+            return True
+        return self.time_budget_s is not None and time.time() - self._t0 < self.time_budget_s
 
     def proxy_of(self, config: Mapping[str, Any]) -> dict[str, float]:
         """The proxy metrics of the candidate ``config`` holds the params of ({} for none). A callback
@@ -204,9 +216,8 @@ class TrackingCallback(tune.Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         done = (Trial.TERMINATED, Trial.ERROR)
-        # a trial started here and never completed: Tune's stop on Ctrl-C ends the last running trial as
-        # TERMINATED without a completion, so a search stopped in its last trial read as finished
-        interrupted = (any(t.status not in done for t in trials) or bool(self._started)
+        # a search stopped by Ctrl-C in its last trial (every trial started) read as finished
+        interrupted = (any(t.status not in done for t in trials) or self._cut_short()
                        or (len(trials) < self.expected and not self.time_limited))
         runs = self.tracker.children()
         statuses = [r.info.status for r in runs]

@@ -207,7 +207,8 @@ def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, 
     s = config.settings
     storage = study_mod.open_storage(s.study_url)
     exists = study_mod.study_exists(storage, study)
-    done = done_trials(tracker.children()) if state is not None else None
+    earlier_runs = tracker.children() if state is not None else []
+    done = done_trials(earlier_runs) if state is not None else None
     if done is not None and exists:
         again = study_mod.repair(storage, study, done.finished, done.ended)
         if again:
@@ -219,10 +220,10 @@ def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, 
                                written=(SCREEN_FILE,) if screened is not None and screened.fresh else ())
         log.info("resume: %d of %d trials done, %d to run", total - left, total, max(0, left))
     proxies = [(dict(c.params), proxy_metrics(c)) for c in screened.selected] if screened is not None else None
-    tracking = ray_parts.TrackingCallback(tracker, total, time_limited=s.time_budget_s is not None,
+    tracking = ray_parts.TrackingCallback(tracker, total, time_budget_s=s.time_budget_s,
                                           proxies=proxies, progress=progress, expected=max(0, left))
     earlier = [(r.data.metrics.get("accuracy", math.nan), r.data.metrics.get("macs_ratio", math.nan))
-               for r in tracker.children() if r.info.status == FINISHED] if state is not None else []
+               for r in earlier_runs if r.info.status == FINISHED]
     progress.start_trials(total, done=total - max(0, left), earlier=earlier,
                           detail=f"{max(0, left)} of {total} to fine-tune, {s.concurrency} at a time")
     if left <= 0:
