@@ -187,3 +187,42 @@ def test_check_model_still_finds_a_difference_in_one_head(monkeypatch) -> None:
     monkeypatch.setattr(models, "apply_plan", off_by_a_bit)
     with pytest.raises(AssertionError, match=r"masking and removal differ by 0\.001 at the output\['aux'\]\[0\] "):
         check_model(_Heads, (1, 8, 8), seeds=1)
+
+
+def test_an_output_object_without_tensors_in_containers_is_one_line_not_zero_groups() -> None:
+    """A forward returning a dataclass was traced with no outputs: no groups, and no reason given."""
+    from dataclasses import dataclass
+
+    from prunetune.pruning.groups import find_groups
+
+    @dataclass
+    class Out:
+        logits: torch.Tensor
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return Out(self.fc(torch.relu(self.a(x)).mean((2, 3))))
+
+    with pytest.raises(ConfigError, match=r"^the model \(Net\) returns a Out, which holds no tensor in a tuple, list "
+                                          r"or dict; return the logits"):
+        find_groups(Net(), (1, 8, 8))
+
+
+def test_a_type_error_of_the_forward_itself_is_raised_once_unchained() -> None:
+    from prunetune.pruning.groups import find_groups
+
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.a(x) + "oops"
+
+    with pytest.raises(TypeError, match="unsupported operand") as info:
+        find_groups(Broken(), (1, 8, 8))
+    assert info.value.__cause__ is None and info.value.__suppress_context__

@@ -151,6 +151,8 @@ def _find_groups(model: nn.Module, input_shape: tuple[int, ...]) -> ModelGroups:
     order = {n: i for i, n in enumerate(names.values())}
     try:
         graph = tp_bridge.build_graph(model, example)
+    except ConfigError:  # said already (an output the trace cannot take)
+        raise
     except (RuntimeError, ValueError) as exc:  # the forward pass failed: a shape the model cannot take
         # (ValueError: a batch norm given 3-D maps, where a conv took a (C, H) input as unbatched)
         raise unrunnable(model, input_shape, exc) from None

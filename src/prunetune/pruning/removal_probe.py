@@ -62,8 +62,9 @@ from prunetune._text import exception_line
 from prunetune.models.registry import train_forward
 from prunetune.pruning import tp_bridge
 from prunetune.pruning.mask_hooks import MaskHooks, channel_dim
+from prunetune.pruning.outputs import output_leaves
 
-__all__ = ["BREAKS", "CHANGES", "channel_local_norms", "output_leaves", "unfaithful_groups"]
+__all__ = ["BREAKS", "CHANGES", "channel_local_norms", "unfaithful_groups"]
 
 BREAKS = ("removing its channels breaks the forward pass (a reshape, split or chunk the dependency graph "
           "does not follow, e.g. a channel shuffle, or channels paired through detach() or pooling indices?)")
@@ -437,15 +438,6 @@ def _out_width(layer: nn.Module) -> int:
 def _eval_forward(model: nn.Module, example: Tensor) -> Any:
     with modes_kept(model):
         return model.eval()(example)
-
-
-def output_leaves(out: Any) -> list[Any]:
-    """The leaves of a (possibly nested) model output, in a fixed order."""
-    if isinstance(out, (tuple, list)):
-        return [leaf for o in out for leaf in output_leaves(o)]
-    if isinstance(out, Mapping):
-        return [leaf for _, v in sorted(out.items(), key=lambda kv: str(kv[0])) for leaf in output_leaves(v)]
-    return [out]
 
 
 def _shapes(out: Any) -> Any:

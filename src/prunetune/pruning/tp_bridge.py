@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 from prunetune._modes import modes_kept
 from prunetune.exceptions import ConfigError
 from prunetune.models.cifar_resnet import ChannelPadShortcut
+from prunetune.pruning.outputs import output_leaves
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
@@ -79,32 +79,31 @@ def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
             graph = tp.DependencyGraph().build_dependency(  # (an input made in inference mode is cloned out of it)
                 model, example_inputs=example_input.clone(), customized_pruners=CUSTOM_PRUNERS
             )
-        except TypeError:  # Torch-Pruning cannot flatten an output holding None or a number: trace its tensors
-            graph = tp.DependencyGraph().build_dependency(
-                _TensorOutputs(model), example_inputs=example_input.clone(), customized_pruners=CUSTOM_PRUNERS
-            )
+        except TypeError as exc:  # Torch-Pruning cannot flatten an output holding None or a number: trace its tensors
+            try:
+                graph = tp.DependencyGraph().build_dependency(
+                    _TensorOutputs(model), example_inputs=example_input.clone(), customized_pruners=CUSTOM_PRUNERS
+                )
+            except TypeError:  # the forward's own TypeError, raised again: the first one, unchained
+                raise exc from None
     return graph
 
 
 class _TensorOutputs(nn.Module):
-    """``model`` with only the tensors of its (nested tuple, list or dict) output returned, as a list."""
+    """``model`` with only the tensors of its (nested tuple, list or dict) output returned, as a list;
+    an output with no tensor there (an object of the user's own type) is a :class:`ConfigError`."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        return _tensors(self.model(x))
-
-
-def _tensors(out: Any) -> list[Tensor]:
-    if isinstance(out, Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _tensors(o)]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _tensors(v)]
-    return []
+        out = self.model(x)
+        tensors = [t for t in output_leaves(out) if isinstance(t, Tensor)]
+        if not tensors:
+            raise ConfigError(f"the model ({type(self.model).__name__}) returns a {type(out).__name__}, which holds no "
+                              "tensor in a tuple, list or dict; return the logits (or a tuple or dict of tensors)")
+        return tensors
 
 
 def check_traceable(model: nn.Module) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import torch
 
@@ -20,7 +20,8 @@ from prunetune.pruning.allocation import keep_for_budget, smallest_fraction
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.macs import analytic_cost, count_cost
 from prunetune.pruning.plan import make_plan
-from prunetune.pruning.removal_probe import channel_local_norms, output_leaves
+from prunetune.pruning.outputs import output_leaves, output_paths
+from prunetune.pruning.removal_probe import channel_local_norms
 from prunetune.pruning.surgery import MaskHooks, apply_plan, channel_masks
 from prunetune.testing.entries import ensure
 
@@ -36,15 +37,6 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=gen) * 2 - 1)
     return model.eval()
-
-
-def _leaf_paths(out, path: str) -> list[str]:
-    """Where each leaf of :func:`~prunetune.pruning.removal_probe.output_leaves` sits (``the output['aux'][0]``)."""
-    if isinstance(out, (tuple, list)):
-        return [p for i, o in enumerate(out) for p in _leaf_paths(o, f"{path}[{i}]")]
-    if isinstance(out, Mapping):
-        return [p for k, v in sorted(out.items(), key=lambda kv: str(kv[0])) for p in _leaf_paths(v, f"{path}[{k!r}]")]
-    return [path]
 
 
 def _random_plan(groups, seed: int):
@@ -86,7 +78,12 @@ def check_model(factory: Callable[[], torch.nn.Module] | torch.nn.Module, shape:
             with MaskHooks(double, groups, channel_masks(plan)):
                 masked = double(x)
             removed = pruned(x)
-        for where, want, got in zip(_leaf_paths(masked, "the output"), output_leaves(masked), output_leaves(removed)):
+        wanted, got_leaves = output_paths(masked), output_leaves(removed)
+        ensure(len(wanted) == len(got_leaves) and all(
+            not isinstance(w, torch.Tensor) or (isinstance(g, torch.Tensor) and g.shape == w.shape)
+            for (_, w), g in zip(wanted, got_leaves)),
+            f"model {name}, random plan {seed}: masking and removal give outputs of other structures or shapes")
+        for (where, want), got in zip(wanted, got_leaves):
             if not isinstance(want, torch.Tensor) or not want.is_floating_point():
                 ensure(type(want) is type(got) and (torch.equal(want, got) if isinstance(want, torch.Tensor)
                                                     else want == got),
