@@ -381,14 +381,20 @@ def _feed(digest: Any, split: object) -> None:
 
 
 def _stops_go_to_the_main_process(_worker_id: int) -> None:
-    """A DataLoader worker ignores Ctrl-C and SIGTERM. A terminal's Ctrl-C, GNU ``timeout`` and service
-    managers signal the whole process group; a worker killed by SIGTERM made the main process's loader
-    print a traceback ("DataLoader worker ... is killed by signal: Terminated") after its one-line stop
-    message. The main process stops, and its loader shuts the workers down (torch's workers also end
-    when the main process is gone)."""
-    for name in ("SIGINT", "SIGTERM"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    """A DataLoader worker ignores Ctrl-C and ends quietly on SIGTERM. A terminal's Ctrl-C, GNU
+    ``timeout`` and service managers signal the whole process group; a worker killed by SIGTERM made the
+    main process's loader print a traceback ("DataLoader worker ... is killed by signal: Terminated")
+    after its one-line stop message. On Ctrl-C the main process stops and its loader shuts the workers
+    down; on SIGTERM a worker exits with status 0, which the loader does not report, and the loader's
+    own ``terminate()`` of a stuck worker still ends it (torch's workers also end when the main process
+    is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(_signum: int, _frame: Any) -> None:
+    os._exit(0)
 
 
 def _lone_last(n: int, batch_size: int, shuffle: bool) -> bool:
