@@ -282,3 +282,31 @@ def test_a_dense_checkpoint_given_as_a_pruned_model_says_what_to_give(tmp_path) 
     with pytest.raises(CheckpointError, match=r"is not a pruned model written by prunetune prune --out \(a dense "
                                               r"checkpoint or another file\?\); give the \.pt file"):
         load_pruned(ckpt)
+
+
+def test_the_checkpoint_hint_reads_the_first_and_last_layers_not_the_first_and_last_keys(tmp_path) -> None:
+    """A model starting with a data BN, or ending in a BatchNorm1d (last key num_batches_tracked), or a
+    scalar parameter of another shape: a wrong hint, or a raw IndexError."""
+    from prunetune.exceptions import CheckpointError
+    from prunetune.recipes.checkpoint import load_checkpoint
+
+    class Net(torch.nn.Module):
+        def __init__(self, cin: int, classes: int, scale_shape: tuple[int, ...] = ()) -> None:
+            super().__init__()
+            self.data_bn = torch.nn.BatchNorm2d(cin)
+            self.conv = torch.nn.Conv2d(cin, 8, 3)
+            self.fc = torch.nn.Linear(8, classes)
+            self.out_bn = torch.nn.BatchNorm1d(classes)
+            self.scale = torch.nn.Parameter(torch.ones(scale_shape))
+
+    def fails(saved: torch.nn.Module, loaded: torch.nn.Module) -> str:
+        torch.save(saved.state_dict(), tmp_path / "w.pt")
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(loaded, tmp_path / "w.pt")
+        return str(info.value)
+
+    message = fails(Net(3, 10), Net(1, 10))  # the data BN's statistics come first: not a layer's inputs
+    assert "'data_bn.weight' has shape (3,)" in message and "num_classes and in_channels" in message
+    assert fails(Net(1, 3), Net(1, 10)).endswith("'fc.weight' has shape (3, 8), the model expects (10, 8); "
+                                                  "check num_classes")
+    assert "another width or architecture" in fails(Net(1, 10, (1,)), Net(1, 10))

@@ -405,6 +405,26 @@ def test_an_instance_norm_tracking_running_statistics_is_named_as_the_cause() ->
     assert "likely cause: 'norm', an instance norm with track_running_stats=True" in why
 
 
+class _RolledBesideATrackedNorm(nn.Module):
+    """A rolled group, and elsewhere a tracked instance norm of the same width that has nothing to do with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _block(3, 8), _block(8, 8)
+        self.side = nn.Sequential(nn.Conv2d(3, 8, 1), nn.InstanceNorm2d(8, track_running_stats=True))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        main = self.b(torch.roll(self.a(x), 1, dims=1)).mean((2, 3))
+        return self.fc(torch.cat([main, self.side(x).mean((2, 3))], 1))
+
+
+def test_a_tracked_instance_norm_is_named_only_where_its_statistics_broke_the_copy() -> None:
+    groups = find_groups(_RolledBesideATrackedNorm(), SHAPE)
+    why = next(s for s in groups.skipped if s.startswith("a.0:"))
+    assert "changes the network's function" in why and "instance norm" not in why
+
+
 def test_the_tolerance_sits_between_round_off_and_a_changed_function() -> None:
     from prunetune.pruning import removal_probe
 

@@ -4,9 +4,10 @@ In-memory splits (:class:`TensorSplit`) are iterated by :class:`BatchLoader`, wh
 whole split to the target device once and slices batches there (no worker processes, no per-batch
 host→device copies). Lazily decoded torch ``Dataset`` splits (imagefolder) go through a torch
 ``DataLoader`` with workers, wrapped by :class:`DatasetLoader` so that both loaders share one
-contract: iterating yields ``(x, y)`` batches already on ``device``; each ``__iter__`` is one epoch
-whose shuffle order (and augmentation) is a pure function of ``(seed, epoch)``; ``set_epoch`` jumps
-to a given epoch. Use :func:`make_loader` to get the right one.
+contract: iterating yields ``(x, y)`` batches already on ``device``; each iteration started (its
+first ``next()``, not the ``iter()`` call alone) is one epoch whose shuffle order (and augmentation)
+is a pure function of ``(seed, epoch)``; ``set_epoch`` jumps to a given epoch. Use
+:func:`make_loader` to get the right one.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class BatchLoader:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next ``__iter__`` produce epoch ``epoch`` (later ones follow on from it)."""
+        """Make the next iteration produce epoch ``epoch`` (later ones follow on from it)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -128,9 +129,10 @@ class BatchLoader:
             else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        """The next epoch's batches. The epoch advances when the first batch is drawn, not at ``iter()``:
-        a wrapper that calls ``iter()`` once more without drawing (tqdm's asyncio class does) must not
-        move training on to the next epoch's shuffle and augmentation."""
+        """The next epoch's batches. The epoch advances at the first ``next()`` (also on an empty loader),
+        not at ``iter()``: a wrapper that calls ``iter()`` once more without drawing (tqdm's asyncio
+        class does; :func:`~prunetune.pruning.progress.progress` now hands it an iterator) must not move
+        training on to the next epoch's shuffle and augmentation."""
         epoch, self.epoch = self.epoch, self.epoch + 1
         order = None
         if self.shuffle:
@@ -191,7 +193,7 @@ class DatasetLoader:
         )
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next ``__iter__`` produce epoch ``epoch``."""
+        """Make the next iteration produce epoch ``epoch``."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

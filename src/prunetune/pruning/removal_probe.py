@@ -103,10 +103,10 @@ def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) 
             bad.update(_bisect(part, why, check))
             part = [g for g in part if g.name not in bad]
             why = check(part) if part else None
-    return {name: why + _unresized_hint(model, widths[name]) for name, why in bad.items()}
+    return {name: why + _unresized_hint(model, widths[name], why) for name, why in bad.items()}
 
 
-def _unresized_hint(model: nn.Module, channels: int) -> str:
+def _unresized_hint(model: nn.Module, channels: int, why: str = "") -> str:
     """A likely cause, with its fix, where ``model`` holds a tensor with ``channels`` entries along a
     dimension outside torch's own layers; empty where there is none. First a tensor the dependency
     graph cannot follow, which removal leaves at that width: a plain tensor attribute or a buffer
@@ -119,7 +119,7 @@ def _unresized_hint(model: nn.Module, channels: int) -> str:
     tracked = [name for name, m in model.named_modules()
                if isinstance(m, nn.modules.instancenorm._InstanceNorm) and m.track_running_stats
                and m.num_features == channels]
-    if tracked:
+    if tracked and "running_mean" in why:  # what the pruned copy raised names those statistics
         return (f"; likely cause: {tracked[0]!r}{_more(tracked)}, an instance norm with track_running_stats=True, "
                 "whose running statistics Torch-Pruning does not prune (build it with track_running_stats=False, "
                 "torch's default, to prune these channels)")
@@ -201,8 +201,9 @@ def probe_sets(groups: Sequence[Any]) -> dict[str, tuple[int, ...]]:
     for each further group of the same width, in order, the next set of the channels strictly between
     those two added to them (one more channel, then two, ...), so that no two groups of one width lose
     the same channels. Every set holds the first channel and never the last, so no slice from either
-    end, reversal or roll by one maps it onto itself. Widths of 2 and 3 have no channel between the
-    two, so their groups share the one set (none of the registered or zoo models has such groups)."""
+    end, reversal or roll by one maps it onto itself. A width of c has 2^(c−3) such sets (one for c of
+    2 or 3, two for 4, four for 5): further groups of that width take the first set again, so a
+    pairing among those is not seen (none of the registered or zoo models has such narrow groups)."""
     by_width: dict[int, Any] = {}
     out: dict[str, tuple[int, ...]] = {}
     for g in groups:

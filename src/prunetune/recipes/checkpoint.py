@@ -151,13 +151,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model_name}: {what} "
                               f"({len(missing)} missing, {len(unexpected)} unexpected); check model name, "
                               "num_classes and in_channels")
-    first_key = next(iter(own), None)
-    last_key = next(reversed(own), None) if own else None
     for key, value in own.items():
         if tuple(state[key].shape) != tuple(value.shape):
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit {model_name}: {key!r} has shape "
                                   f"{tuple(state[key].shape)}, the model expects {tuple(value.shape)}; "
-                                  f"{_shape_hint(key, first_key, last_key, state[key].shape, value.shape)}")
+                                  f"{_shape_hint(model, key, tuple(state[key].shape), tuple(value.shape))}")
     for key, value in state.items():  # a NaN weight reached every activation criterion as a LinAlgError
         if value.is_floating_point() and not bool(value.isfinite().all()):
             bad = int((~value.isfinite()).sum())
@@ -167,12 +165,15 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, model_name: st
     return model
 
 
-def _shape_hint(key: str, first: str | None, last: str | None, got: Any, want: Any) -> str:
-    """What a weight of another shape most likely means: the input channels where the first layer's
-    second dimension differs, the classes at the last layer, otherwise another width or architecture."""
-    if key == first and len(got) > 1 and len(got) == len(want) and got[0] == want[0] and got[1] != want[1]:
+def _shape_hint(model: nn.Module, key: str, got: tuple[int, ...], want: tuple[int, ...]) -> str:
+    """What a weight of another shape most likely means: the input channels at the first conv or linear
+    layer's inputs, the classes at the last one's outputs, otherwise another width or architecture."""
+    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    owner, _, what = key.rpartition(".")
+    if layers and owner == layers[0] and what == "weight" and len(got) == len(want) > 1 \
+            and got[0] == want[0] and got[1] != want[1]:
         return "check in_channels"
-    if key in (last, last and last.rsplit(".", 1)[0] + ".weight") and got[0] != want[0]:
+    if layers and owner == layers[-1] and what in ("weight", "bias") and got and want and got[0] != want[0]:
         return "check num_classes"
     return ("the checkpoint is of another width or architecture: check the model name (and any width "
             "argument of your own model's function), num_classes and in_channels")

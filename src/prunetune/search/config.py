@@ -249,7 +249,7 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     """Validate a search config mapping; ``overrides`` (CLI flags, None = not given) win."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"a search config must be a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - TOP_KEYS)
+    unknown = sorted(set(data) - TOP_KEYS, key=str)
     if unknown:
         raise unknown_key(unknown[0], "the search config", TOP_KEYS)
     cwd = Path(cwd) if cwd is not None else Path.cwd()
@@ -260,7 +260,7 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
             raise ConfigError("give one of macs_budget or flops_budget (a synonym) in the search config")
         d["macs_budget"] = d.pop("flops_budget")
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(given) - set(SETTINGS_KEYS))
+    unknown = sorted(set(given) - set(SETTINGS_KEYS), key=str)
     if unknown:
         raise ConfigError(f"unknown search setting {short(unknown[0])}; known: {', '.join(SETTINGS_KEYS)}")
     if "macs_budget" not in d and "macs_budget" not in given:

@@ -82,7 +82,7 @@ class ScreenSpec:
             raise ConfigError(f"screen must be true, false or {{candidates: N, bn_batches: B, val_images: V}}, "
                               f"got {value!r}")
         allowed = {"candidates", "bn_batches", "val_images", "train_params"}
-        unknown = sorted(set(value) - allowed)
+        unknown = sorted(set(value) - allowed, key=str)
         if unknown:
             raise unknown_key(unknown[0], "screen", allowed)
         return cls(**value)

@@ -101,7 +101,7 @@ class SpaceSpec:
         if not isinstance(value, Mapping):
             raise ConfigError(f"search config section 'space' must be a mapping, got {value!r}")
         allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - allowed)
+        unknown = sorted(set(value) - allowed, key=str)
         if unknown:
             raise unknown_key(unknown[0], "search config section 'space'", allowed)
         d: dict[str, Any] = dict(value)
