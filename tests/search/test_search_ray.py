@@ -120,8 +120,13 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(make_conf
     assert 2 <= len(done_first) < 6
     with pytest.raises(ConfigError, match="another 'trials'"):
         run_search(make_config(trials=8), objective=objective, show_progress=False)
-    second = run_search(config, objective=objective, show_progress=False)
+    earlier_best = max(r.data.metrics["accuracy"] for r in _children(first)
+                       if r.info.status == "FINISHED" and r.data.metrics["macs_ratio"] <= 0.5 + 1e-9)
+    events = []
+    second = run_search(config, objective=objective, show_progress=False, progress=events.append)
     assert second.resumed and second.status == "FINISHED" and second.parent_run_id == first.parent_run_id
+    # the resumed run's best accuracy counts the first run's trials from its start
+    assert next(e for e in events if e.phase == "trials").best_accuracy == pytest.approx(earlier_best)
     finished = [r.data.tags[TRIAL_TAG] for r in _children(second) if r.info.status == "FINISHED"]
     assert len(finished) == 6 and len(set(finished)) == 6  # all trials, none twice
     assert done_first <= set(finished)
