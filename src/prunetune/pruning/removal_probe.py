@@ -201,8 +201,8 @@ def probe_sets(groups: Sequence[Any]) -> dict[str, tuple[int, ...]]:
     for each further group of the same width, in order, the next set of the channels strictly between
     those two added to them (one more channel, then two, ...), so that no two groups of one width lose
     the same channels. Every set holds the first channel and never the last, so no slice from either
-    end, reversal or roll by one maps it onto itself. A width of c has 2^(c−3) such sets (one for c of
-    2 or 3, two for 4, four for 5): further groups of that width take the first set again, so a
+    end, reversal or roll by one maps it onto itself. A width of c has max(1, 2^(c−3)) such sets (one for
+    c of 2 or 3, two for 4, four for 5): further groups of that width take the first set again, so a
     pairing among those is not seen (none of the registered or zoo models has such narrow groups)."""
     by_width: dict[int, Any] = {}
     out: dict[str, tuple[int, ...]] = {}
