@@ -9,8 +9,10 @@ loads what is cached and computes the rest, all missing activation criteria in o
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
+import sys
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,16 +187,20 @@ def compute_scores(
     for name, params in resolved.items():
         needs = get_criterion(name).needs(params)
         uses_data = WEIGHT not in needs
+        code = plugin_code_digest(get_criterion(name))
+        cached = use_cache and code is not None  # a plugin whose source cannot be read is computed afresh
         if uses_data and (calibration is None or calibration_digest is None):
             raise ConfigError(f"criterion {name!r} needs calibration images; set 'calibration' in the recipe")
         key = settings.key() if uses_data else None
         if uses_data and get_criterion(name).batch_dependent(params):
             key = {**key, "batch_size": settings.batch_size}
+        if code:
+            key = {**(key or {}), "plugin_code": code}
         fp = _fingerprint(name, params, mdigest, calibration_digest if uses_data else None, key, groups)
         table.fingerprints[name] = fp
-        if use_cache and _load(cache, fp, table, name, groups):
+        if cached and _load(cache, fp, table, name, groups):
             continue
-        if use_cache and name in extras_only and _load_stand_in(
+        if cached and name in extras_only and _load_stand_in(
                 cache, name, params, mdigest, calibration_digest if uses_data else None, key, groups, table):
             continue
         table.cached[name] = False
@@ -211,9 +217,27 @@ def compute_scores(
             table.extras[name] = {g: e for g, (_, e) in per_group.items()}
     for name in resolved:
         _check_scores(name, table.scores[name], groups)
-        if use_cache and not table.cached[name]:
+        if use_cache and not table.cached[name] and plugin_code_digest(get_criterion(name)) is not None:
             _save(cache, table.fingerprints[name], table, name)
     return table
+
+
+def plugin_code_digest(criterion: Any) -> str | None:
+    """The digest of a plugin criterion's source: its scores are cached under it, since the package
+    version (in every fingerprint) says nothing of code outside the package, and an edited formula
+    read the old scores back. ``""`` for a criterion built from prunetune's own code alone; None where a
+    module it comes from has no readable source (defined in a notebook or ``python -c``): not cached."""
+    objects = [criterion, *getattr(criterion, "__dict__", {}).values()]
+    modules = {getattr(o, "__module__", None) or type(o).__module__ for o in objects if callable(o) or o is criterion}
+    modules.add(type(criterion).__module__)
+    outside = sorted(m for m in modules if m and m != "prunetune" and not m.startswith("prunetune."))
+    digest = hashlib.sha256()
+    for name in outside:
+        try:
+            digest.update(Path(inspect.getsourcefile(sys.modules[name]) or "").read_bytes())
+        except (KeyError, TypeError, OSError):
+            return None
+    return digest.hexdigest()[:16] if outside else ""
 
 
 def _fingerprint(name, params, mdigest, cdigest, settings, groups: ModelGroups) -> str:

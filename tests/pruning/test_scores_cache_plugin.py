@@ -1,0 +1,49 @@
+"""The score cache and a plugin criterion's code: the package version in every fingerprint says nothing
+of code outside the package, so an edited plugin formula read its old scores back."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from prunetune.pruning.criteria import get_criterion
+from prunetune.pruning.scores import plugin_code_digest
+
+PLUGIN = '''
+from dataclasses import dataclass
+from prunetune.pruning.criteria import WEIGHT, Criterion
+
+@dataclass(frozen=True)
+class MyCrit(Criterion):
+    def needs(self, params):
+        return frozenset({WEIGHT})
+
+    def from_weight(self, weight, **params):
+        return {sign}weight.detach().reshape(weight.shape[0], -1).abs().sum(1).double()
+
+CRIT = MyCrit("my_l1_for_the_cache_test")
+'''
+
+
+def test_a_plugin_criterions_cache_key_follows_its_source(tmp_path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "my_cache_plugin.py"
+    path.write_text(PLUGIN.replace("{sign}", ""))
+    module = importlib.import_module("my_cache_plugin")
+    try:
+        first = plugin_code_digest(module.CRIT)
+        path.write_text(PLUGIN.replace("{sign}", "-"))  # the developer edits the formula
+        assert first and plugin_code_digest(module.CRIT) != first
+    finally:
+        sys.modules.pop("my_cache_plugin", None)
+    assert plugin_code_digest(get_criterion("l1")) == ""  # prunetune's own: the package version covers it
+
+
+def test_a_plugin_without_readable_source_is_not_cached(monkeypatch) -> None:
+    import types
+
+    module = types.ModuleType("made_in_a_notebook")
+    exec(PLUGIN.replace("{sign}", ""), module.__dict__)  # noqa: S102 - a module with no file, as in a notebook
+    module.MyCrit.__module__ = "made_in_a_notebook"
+    monkeypatch.setitem(sys.modules, "made_in_a_notebook", module)
+    assert plugin_code_digest(module.CRIT) is None
