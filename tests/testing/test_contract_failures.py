@@ -226,3 +226,23 @@ def test_a_type_error_of_the_forward_itself_is_raised_once_unchained() -> None:
     with pytest.raises(TypeError, match="unsupported operand") as info:
         find_groups(Broken(), (1, 8, 8))
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_a_normalizer_failing_on_wide_groups_fails_its_check_and_the_global_threshold(monkeypatch) -> None:
+    """NaN for groups of 5 or more passed check_normalizer (it tried 4 and 3 scores), and `global` then
+    sorted the NaNs into an arbitrary plan without a word."""
+    from prunetune.models import create_model
+    from prunetune.pruning.groups import find_groups
+
+    def nan_when_wide(s: torch.Tensor) -> torch.Tensor:
+        return s / s.abs().mean() if s.numel() < 5 else torch.full_like(s, float("nan"))
+
+    monkeypatch.setitem(NORMALIZERS._items, "nan_when_wide", nan_when_wide)
+    with pytest.raises(AssertionError, match=r"normalizer 'nan_when_wide': scores \[0\.0, .* not 5 finite scores"):
+        check_normalizer("nan_when_wide")
+    groups = find_groups(create_model("resnet20", in_channels=1), (1, 16, 16))
+    scores = {g.name: torch.rand(g.channels, generator=torch.Generator().manual_seed(1)) for g in groups}
+    with pytest.raises(ConfigError, match=r"^normalizer 'nan_when_wide' gave non-finite values for a group of 16 "
+                                          r"scores; the global threshold needs one finite score per channel"):
+        STRATEGIES.get("global")(groups, rule=KeepRule(), macs_budget=0.5, scores=scores,
+                                 params={"normalizer": "nan_when_wide"})

@@ -75,10 +75,12 @@ def check_criterion(name: str) -> None:
 
 
 def check_normalizer(name: str) -> None:
-    """Keeps shape and order; constant scores give no NaN."""
+    """Keeps shape and order; constant scores, a single score, zeros and a wide group (64 scores in
+    float64, as allocation passes them) give no NaN."""
     from prunetune.pruning.normalize import get_normalizer
 
-    for s in (torch.tensor([3.0, -1.0, 2.0, 10.0]), torch.ones(3)):
+    wide = torch.linspace(-2.0, 5.0, 64, dtype=torch.float64)[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    for s in (torch.tensor([3.0, -1.0, 2.0, 10.0]), torch.ones(3), torch.ones(1), torch.zeros(5), wide):
         out = get_normalizer(name)(s)
         ensure(isinstance(out, torch.Tensor) and out.shape == s.shape and torch.isfinite(out).all(),
                f"normalizer {name!r}: scores {s.tolist()} give {show(out)}, not {len(s)} finite scores")

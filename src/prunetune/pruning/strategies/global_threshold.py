@@ -40,7 +40,8 @@ def global_strategy(groups: ModelGroups, *, rule: KeepRule, macs_budget: float |
     unknown = sorted(set(params) - {"normalizer"})
     if unknown:
         raise ConfigError(f"allocation strategy 'global' takes only 'normalizer', got {unknown[0]!r}")
-    normalize = NORMALIZERS.get(params.get("normalizer", "mean"))
+    name = params.get("normalizer", "mean")
+    normalize = _checked(NORMALIZERS.get(name), name)
     if scores is None:
         raise ConfigError("allocation strategy 'global' needs the recipe's scores (pass scores=...)")
     dense = analytic_cost(groups).macs
@@ -72,6 +73,19 @@ def global_strategy(groups: ModelGroups, *, rule: KeepRule, macs_budget: float |
                 break
     return keep
 
+
+
+def _checked(normalize, name: str):
+    """``normalize`` whose output is refused unless it is one finite score per channel: a normaliser
+    giving NaN (or fewer values) made the threshold's order arbitrary, with no error."""
+    def checked(scores: torch.Tensor) -> torch.Tensor:
+        out = torch.as_tensor(normalize(scores), dtype=torch.float64).flatten()
+        if out.shape != scores.shape or not bool(torch.isfinite(out).all()):
+            bad = "non-finite values" if out.shape == scores.shape else f"{out.numel()} values"
+            raise ConfigError(f"normalizer {name!r} gave {bad} for a group of {scores.numel()} scores; the global "
+                              "threshold needs one finite score per channel (fix the normalizer or choose another)")
+        return out
+    return checked
 
 
 def _order(groups, scores, normalize, rule) -> tuple[dict[str, int], list[str]]:
