@@ -342,8 +342,15 @@ def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningP
         counted = blend_scores(table.scores, spec.weights, normalizer=a.params.get(*own))
     keep = strategy(base.groups, rule=a.rule, ratio=a.ratio, ratios=a.ratios, default=a.default,
                     macs_budget=a.macs_budget, params=a.params, extras=extras, scores=counted)
-    return make_plan(base.groups, scores, keep, meta={"model": recipe.model.name, "criterion": spec.to_value(),
+    plan = make_plan(base.groups, scores, keep, meta={"model": recipe.model.name, "criterion": spec.to_value(),
                                                        "allocation": a.to_dict(), "fingerprint": table.fingerprint})
+    if a.macs_budget is not None and plan.macs_ratio > a.macs_budget * (1.0 + ROUNDING):
+        # before any training: a plugin strategy over its budget was found only by the count after the fine-tune
+        raise BudgetExceededError(
+            f"allocation strategy {a.strategy!r} keeps {plan.macs_ratio:.4f} of the dense MACs, above "
+            f"allocation.macs_budget {a.macs_budget:g}; a strategy must stay within the budget "
+            "(prunetune.testing.check_strategy checks it)")
+    return plan
 
 
 def blended_scores(recipe: Recipe, table: ScoreTable) -> dict[str, torch.Tensor]:

@@ -1,0 +1,30 @@
+"""A strategy's plan above the recipe's MACs budget is refused when the plan is made, before any
+training: it was found only by the count after the fine-tune, with an error that blamed the analytic
+MACs count and asked to report the model."""
+
+from __future__ import annotations
+
+import pytest
+
+from prunetune.exceptions import BudgetExceededError
+from prunetune.pruning.allocation import keep_for_budget
+from prunetune.pruning.strategies import STRATEGIES
+from prunetune.pruning.strategies.base import Strategy
+from prunetune.recipes.pipeline import build_plan
+from prunetune.recipes.schema import Recipe
+
+
+def test_a_strategy_over_its_budget_is_refused_when_the_plan_is_made(shared, monkeypatch) -> None:
+    config, base, table, _space = shared
+
+    def generous(groups, *, rule, macs_budget=None, **_):
+        return keep_for_budget(groups, min(1.0, macs_budget * 1.3), rule=rule)  # 30% over the budget
+
+    monkeypatch.setitem(STRATEGIES._items, "generous", Strategy("generous", generous))
+    def recipe(allocation):
+        return Recipe.from_dict({**config.recipe.to_dict(), "criterion": "l1", "allocation": allocation})
+
+    with pytest.raises(BudgetExceededError, match=r"^allocation strategy 'generous' keeps 0\.6\d* of the dense MACs, "
+                                                  r"above allocation\.macs_budget 0\.5; a strategy must stay within"):
+        build_plan(recipe({"strategy": "generous", "macs_budget": 0.5}), base, table)
+    assert build_plan(recipe({"macs_budget": 0.5}), base, table).macs_ratio <= 0.5
