@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
@@ -29,6 +30,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._plugins: dict[str, str] = {}  # name -> the module outside prunetune that registered it
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; without ``obj`` return a decorator.
@@ -43,9 +45,17 @@ class Registry(Generic[T]):
             if name in self._items:
                 raise ConfigError(f"{self.kind} {name!r} is already registered; register it under another name")
             self._items[name] = item
+            origin = _registering_module()
+            if origin is not None:
+                self._plugins[name] = origin
             return item
 
         return _add if obj is None else _add(obj)
+
+    def plugins(self) -> dict[str, str]:
+        """Entries registered by code outside prunetune (name -> that module): a process that imports
+        only prunetune, such as a search's Ray worker, does not have them."""
+        return dict(self._plugins)
 
     def get(self, name: str) -> T:
         """Return the entry called ``name`` or raise :class:`UnknownNameError` with close matches."""
@@ -73,3 +83,19 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _registering_module() -> str | None:
+    """The module outside prunetune whose code registers an entry now, or None where prunetune's own
+    module code does (at its import): walking out from the registry, the first frame of a module
+    outside the package, before any prunetune module's top level, is the plugin's."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module == "prunetune" or module.startswith("prunetune."):
+            if frame.f_code.co_name == "<module>":
+                return None
+        else:
+            return module
+        frame = frame.f_back
+    return None

@@ -28,3 +28,33 @@ def test_a_strategy_over_its_budget_is_refused_when_the_plan_is_made(shared, mon
                                                   r"above allocation\.macs_budget 0\.5; a strategy must stay within"):
         build_plan(recipe({"strategy": "generous", "macs_budget": 0.5}), base, table)
     assert build_plan(recipe({"macs_budget": 0.5}), base, table).macs_ratio <= 0.5
+
+
+def test_a_search_naming_a_plugin_entry_is_refused_before_any_work(make_config, tmp_path) -> None:
+    """The trials' Ray workers import prunetune, not the plugin: every candidate and trial failed on the
+    unknown name, after the data, the scoring and Ray's start."""
+    from dataclasses import dataclass
+
+    from prunetune.exceptions import ConfigError
+    from prunetune.pruning.criteria import CRITERIA, WEIGHT, Criterion, register
+    from prunetune.search import run_search
+
+    @dataclass(frozen=True)
+    class Mine(Criterion):
+        def needs(self, params):
+            return frozenset({WEIGHT})
+
+        def from_weight(self, weight, **params):
+            return weight.detach().reshape(weight.shape[0], -1).abs().sum(1).double()
+
+    register(Mine("mine_for_the_worker_test"))
+    try:
+        assert CRITERIA.plugins() == {"mine_for_the_worker_test": __name__}
+        config = make_config(space={"ratios": "uniform", "criteria": ["l1", "mine_for_the_worker_test"]})
+        with pytest.raises(ConfigError, match=r"^criterion 'mine_for_the_worker_test' is registered by "
+                                              rf"'{__name__}' in this process only; a search's trials run in Ray"):
+            run_search(config, show_progress=False)
+        assert not (tmp_path / "mlflow.db").exists()
+    finally:
+        CRITERIA._items.pop("mine_for_the_worker_test", None)
+        CRITERIA._plugins.pop("mine_for_the_worker_test", None)

@@ -1,4 +1,5 @@
-"""What a search checks before any work: where it will write (results, resume state, MLflow store, Optuna study).
+"""What a search checks before any work: where it will write (results, resume state, MLflow store, Optuna study),
+and that its trials' processes will know every entry it names.
 
 A search that trains for minutes and then cannot write its results (``storage_path`` under a
 regular file, a tracking store under ``/proc``, an MLflow server that is not there) loses them; these
@@ -7,7 +8,10 @@ checks fail first, in one line, and create nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prunetune._paths import check_output_dir
+from prunetune.exceptions import ConfigError
 from prunetune.search.config import SearchSettings
 from prunetune.search.study import check_study_storage
 from prunetune.tracking.store import check_writable_store
@@ -19,3 +23,36 @@ def check_outputs(settings: SearchSettings) -> None:
     check_output_dir(settings.experiment_dir, "the search's results folder (storage_path/experiment)")
     check_writable_store(settings.tracking_uri)
     check_study_storage(settings.study_url, settings.tracking_uri)
+
+
+def check_plugins(config: Any) -> None:
+    """A :class:`ConfigError` where the search's recipe or space names an entry (criterion,
+    normaliser, schedule, strategy, ratio preset) that code outside prunetune registered in this
+    process: the trials run in Ray worker processes, which import prunetune but not that code, so every
+    candidate and trial failed on the unknown name after the scoring and Ray's start."""
+    from prunetune.pruning.criteria import CRITERIA
+    from prunetune.pruning.normalize import NORMALIZERS
+    from prunetune.pruning.schedules import SCHEDULES
+    from prunetune.pruning.strategies import STRATEGIES
+    from prunetune.spaces.presets import RATIO_SPACES
+
+    named = _strings(config.recipe.to_dict()) | _strings(config.space.to_dict())
+    for registry in (CRITERIA, NORMALIZERS, SCHEDULES, STRATEGIES, RATIO_SPACES):
+        for name, module in sorted(registry.plugins().items()):
+            if name in named:
+                raise ConfigError(
+                    f"{registry.kind} {name!r} is registered by {module!r} in this process only; a search's trials run "
+                    f"in Ray worker processes, which import prunetune but not {module!r}, so every trial would fail "
+                    "on the name. A plugin entry works with prunetune.prune and the library; search with "
+                    "prunetune's own entries")
+
+
+def _strings(value: Any) -> set[str]:
+    """Every string among the keys and values of nested mappings and sequences."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return {s for k, v in value.items() for s in (*_strings(k), *_strings(v))}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return {s for v in value for s in _strings(v)}
+    return set()

@@ -118,6 +118,7 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     reporter = progress if isinstance(progress, Progress) else Progress(progress, hold=True)
     reporter.budget, reporter.epochs = s.macs_budget, config.recipe.finetune.epochs
     preflight.check_outputs(s)  # where results go: before anything is read, trained or written
+    preflight.check_plugins(config)  # entries the trials' Ray workers would not know
     status = FAILED
     with ExperimentLock(s.experiment_dir, s.experiment):
         state = resume_state(config, s.experiment_dir, resume)
