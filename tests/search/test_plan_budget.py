@@ -58,3 +58,24 @@ def test_a_search_naming_a_plugin_entry_is_refused_before_any_work(make_config, 
     finally:
         CRITERIA._items.pop("mine_for_the_worker_test", None)
         CRITERIA._plugins.pop("mine_for_the_worker_test", None)
+
+
+def test_a_strategy_that_ignores_round_to_is_refused_and_fails_its_contract(shared, monkeypatch) -> None:
+    """The recipe's round_to was dropped without a word, and check_strategy passed such a strategy."""
+    from prunetune.exceptions import ConfigError
+    from prunetune.pruning.allocation import KeepRule
+    from prunetune.testing import check_strategy
+
+    config, base, table, _space = shared
+
+    def unrounded(groups, *, rule, macs_budget=None, **_):
+        return keep_for_budget(groups, macs_budget, rule=KeepRule(min_keep=rule.min_keep, max_ratio=rule.max_ratio))
+
+    monkeypatch.setitem(STRATEGIES._items, "unrounded", Strategy("unrounded", unrounded))
+    recipe = Recipe.from_dict({**config.recipe.to_dict(), "criterion": "l1",
+                               "allocation": {"strategy": "unrounded", "macs_budget": 0.5, "round_to": 4}})
+    with pytest.raises(ConfigError, match=r"^allocation strategy 'unrounded' keeps \d+ of the \d+ channels of '.*', "
+                                          r"which the keep rule \(min_keep 1, round_to 4, max_ratio 0\.8\) does not"):
+        build_plan(recipe, base, table)
+    with pytest.raises(AssertionError, match=r"not a count the keep rule allows \(round_to=4"):
+        check_strategy("unrounded")

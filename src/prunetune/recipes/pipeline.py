@@ -342,6 +342,13 @@ def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningP
         counted = blend_scores(table.scores, spec.weights, normalizer=a.params.get(*own))
     keep = strategy(base.groups, rule=a.rule, ratio=a.ratio, ratios=a.ratios, default=a.default,
                     macs_budget=a.macs_budget, params=a.params, extras=extras, scores=counted)
+    for g in base.groups:  # a strategy that ignores the recipe's round_to (or min_keep, max_ratio)
+        k = keep.get(g.name, g.channels)
+        if isinstance(k, int) and 1 <= k <= g.channels and a.rule.clamp(g.channels, k) != k:
+            raise ConfigError(f"allocation strategy {a.strategy!r} keeps {k} of the {g.channels} channels of "
+                              f"{g.name!r}, which the keep rule (min_keep {a.rule.min_keep}, round_to {a.rule.round_to}, max_ratio "
+                              f"{a.rule.max_ratio:g}) does not allow; a strategy "
+                              "must apply it (KeepRule.clamp; prunetune.testing.check_strategy checks it)")
     plan = make_plan(base.groups, scores, keep, meta={"model": recipe.model.name, "criterion": spec.to_value(),
                                                        "allocation": a.to_dict(), "fingerprint": table.fingerprint})
     if a.macs_budget is not None and plan.macs_ratio > a.macs_budget * (1.0 + ROUNDING):

@@ -204,6 +204,8 @@ def check_keep(groups: ModelGroups, keep: Mapping[str, int], budget: float, rule
                f"{what}: group {g.name!r} keeps {show(k)}, not an integer channel count")
         floor = rule.floor(g.channels)  # min_keep, max_ratio and round_to
         ensure(floor <= k <= g.channels, f"{what}: group {g.name!r} keeps {k}, outside [{floor}, {g.channels}]")
+        ensure(rule.clamp(g.channels, k) == k, f"{what}: group {g.name!r} keeps {k} of {g.channels}, not a count "
+               f"the keep rule allows (round_to={rule.round_to}: {rule.clamp(g.channels, k)})")
     dense = analytic_cost(groups).macs
     target = budget * dense
     macs = analytic_cost(groups, keep).macs
