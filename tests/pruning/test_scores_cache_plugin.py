@@ -47,3 +47,21 @@ def test_a_plugin_without_readable_source_is_not_cached(monkeypatch) -> None:
     module.MyCrit.__module__ = "made_in_a_notebook"
     monkeypatch.setitem(sys.modules, "made_in_a_notebook", module)
     assert plugin_code_digest(module.CRIT) is None
+
+
+def test_weight_scores_takes_the_criterions_defaults_and_refuses_unknown_parameters() -> None:
+    """The README's core snippet path: 'random' raised KeyError('seed') with {}, and unknown
+    parameters were accepted silently by l1, l2, bn_scale and group_l2."""
+    import pytest
+
+    from prunetune.exceptions import ConfigError
+    from prunetune.models import create_model
+    from prunetune.pruning import find_groups
+    from prunetune.pruning.scores import weight_scores
+
+    model = create_model("tiny_resnet", in_channels=1)
+    groups = find_groups(model, (1, 8, 8))
+    assert set(weight_scores(model, groups, "random", {})) == set(groups.names)
+    assert set(weight_scores(model, groups, "l1")) == set(groups.names)
+    with pytest.raises(ConfigError, match="criterion 'l1' has no parameter 'bogus'"):
+        weight_scores(model, groups, "l1", {"bogus": 1})

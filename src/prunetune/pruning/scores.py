@@ -96,9 +96,13 @@ def model_digest(model: nn.Module) -> str:
     return tensor_digest(sorted(model.state_dict().items()))
 
 
-def weight_scores(model: nn.Module, groups: ModelGroups, name: str, params: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Score every group with a weight criterion: the mean over the group's out-layers (or BNs)."""
+def weight_scores(model: nn.Module, groups: ModelGroups, name: str,
+                  params: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+    """Score every group with a weight criterion: the mean over the group's out-layers (or BNs).
+    ``params`` are merged into the criterion's defaults and checked, as a recipe's are (``{}`` or None:
+    the defaults)."""
     crit = get_criterion(name)
+    params = crit.resolve(dict(params or {}))
     modules = dict(model.named_modules())
     _check_groups_of(model, groups, modules)
     if crit.weight_source(params) == "group":
