@@ -27,8 +27,10 @@ class Registry(Generic[T]):
         kind: what the entries are, used in error messages ("criterion", "model", ...).
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, entry: type | Callable[[object], bool] | None = None, how: str = "") -> None:
         self.kind = kind
+        # what an entry must be (a class, or a test such as ``callable``; None: anything), and how to make one
+        self.entry, self.how = entry, how
         self._items: dict[str, T] = {}
         self._plugins: dict[str, str] = {}  # name -> the module outside prunetune that registered it
 
@@ -42,6 +44,11 @@ class Registry(Generic[T]):
             raise ConfigError(f"a {self.kind} name must be a non-empty string, got {name!r}")
 
         def _add(item: T) -> T:
+            if self.entry is not None and not (isinstance(item, self.entry) if isinstance(self.entry, type)
+                                               else self.entry(item)):
+                want = f"a {self.entry.__name__}" if isinstance(self.entry, type) else self.entry.__name__
+                raise ConfigError(f"{self.kind} {name!r}: an entry must be {want}, got {type(item).__name__}"
+                                  f"{'; ' + self.how if self.how else ''}")
             if name in self._items:
                 raise ConfigError(f"{self.kind} {name!r} is already registered; register it under another name")
             self._items[name] = item

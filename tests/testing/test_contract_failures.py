@@ -246,3 +246,23 @@ def test_a_normalizer_failing_on_wide_groups_fails_its_check_and_the_global_thre
                                           r"scores; the global threshold needs one finite score per channel"):
         STRATEGIES.get("global")(groups, rule=KeepRule(), macs_budget=0.5, scores=scores,
                                  params={"normalizer": "nan_when_wide"})
+
+
+@pytest.mark.parametrize(("registry", "entry", "want"), [
+    (NORMALIZERS, "rank", "must be callable, got str"),
+    (STRATEGIES, len, "must be a Strategy, got builtin_function_or_method; register a function with"),
+    (SCHEDULES, len, "must be a Schedule, got builtin_function_or_method"),
+])
+def test_an_entry_of_the_wrong_kind_is_refused_when_registered(registry, entry, want) -> None:
+    """A string registered as a normaliser was accepted and failed after loading and scoring ('str' object
+    is not callable); a plain function as a schedule or strategy failed on a missing attribute."""
+    with pytest.raises(ConfigError, match=want):
+        registry.register("wrong_kind_for_the_test", entry)
+    assert "wrong_kind_for_the_test" not in registry
+
+
+def test_a_criterion_that_is_not_a_criterion_is_refused_when_registered() -> None:
+    from prunetune.pruning.criteria import CRITERIA
+
+    with pytest.raises(ConfigError, match="criterion 'not_one': an entry must be a Criterion, got object; subclass"):
+        CRITERIA.register("not_one", object())

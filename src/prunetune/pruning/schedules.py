@@ -150,7 +150,8 @@ def unknown_param_message(schedule: str, key: str, known: Iterable[str]) -> str:
     return f"schedule {schedule!r} has no parameter {key!r}; its parameters: {', '.join(known) or 'none'}{hint}"
 
 
-SCHEDULES: Registry[Schedule] = Registry("schedule")
+SCHEDULES: Registry[Schedule] = Registry("schedule", entry=Schedule,
+                                       how="register Schedule(name, fn, defaults, choices, summary, space) (prunetune.pruning.schedules)")
 
 
 def _register(name: str, defaults: Mapping[str, Any], summary: str, choices: Mapping[str, tuple] | None = None,

@@ -129,7 +129,8 @@ class Criterion:
         return {**self.defaults, **params}
 
 
-CRITERIA: Registry[Criterion] = Registry("criterion")
+CRITERIA: Registry[Criterion] = Registry("criterion", entry=Criterion,
+                                         how="subclass Criterion and call criteria.register(MyCriterion(name))")
 
 
 def register(criterion: Criterion) -> Criterion:

@@ -46,7 +46,8 @@ class Strategy:
         return self.fn(groups, **kwargs)
 
 
-STRATEGIES: Registry[Strategy] = Registry("allocation strategy")
+STRATEGIES: Registry[Strategy] = Registry("allocation strategy", entry=Strategy,
+                                          how="register a function with @strategies.register(name)")
 
 
 def register(name: str, *, params: tuple[str, ...] = (), criteria: tuple[str, ...] = (),
