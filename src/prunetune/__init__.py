@@ -14,11 +14,11 @@ search (Ray Tune + Optuna) and tracking (MLflow) are imported only when they run
 
 from prunetune.recipes.checkpoint import load_pruned, save_pruned
 from prunetune.deployment import deploy
-from prunetune.exceptions import PrunetuneError
+from prunetune.exceptions import ConfigError, PrunetuneError
 from prunetune.models import create_model, list_models
 from prunetune.version import __version__
 
-__all__ = ["PrunetuneError", "__version__", "create_model", "deploy", "export", "list_models", "load_pruned", "pareto", "prune",
+__all__ = ["ConfigError", "PrunetuneError", "__version__", "create_model", "deploy", "export", "list_models", "load_pruned", "pareto", "prune",
            "save_pruned", "search"]
 _API = ("prune", "pareto", "export")
 

@@ -310,3 +310,12 @@ def test_the_checkpoint_hint_reads_the_first_and_last_layers_not_the_first_and_l
     assert fails(Net(1, 3), Net(1, 10)).endswith("'fc.weight' has shape (3, 8), the model expects (10, 8); "
                                                   "check num_classes")
     assert "another width or architecture" in fails(Net(1, 10, (1,)), Net(1, 10))
+
+
+def test_a_model_object_in_a_recipe_says_how_to_name_it_instead() -> None:
+    import prunetune
+
+    with pytest.raises(prunetune.ConfigError, match=r"^recipe section 'model' takes a name, not a model object "
+                                                     r"\(CifarResNet\); name your model's function as"):
+        prunetune.prune({"model": create_model("resnet20"), "data": {"name": "digits"}, "criterion": "l1",
+                         "allocation": {"ratio": 0.5}})

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 from prunetune._checks import boolean, integer, mapping, section, text, torch_seed
 from prunetune._numbers import is_finite_number
@@ -48,6 +49,10 @@ class ModelSpec:
     def parse(cls, value: Any) -> ModelSpec:
         if isinstance(value, str):
             value = {"name": value}
+        if isinstance(value, nn.Module):  # a recipe is data to share and replay: it names its model
+            raise ConfigError(f"recipe section 'model' takes a name, not a model object ({type(value).__name__}); "
+                              "name your model's function as 'package.module:function' (with allow_code=True), or "
+                              "prune the object itself with prunetune.pruning (find_groups, make_plan, apply_plan)")
         d = section("model", value, {f.name for f in fields(cls)}, {"name"})
         text(d["name"], "model.name")
         check_model_name(d["name"])  # an unknown registered name fails here, before the data is loaded
