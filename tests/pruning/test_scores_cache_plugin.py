@@ -65,3 +65,38 @@ def test_weight_scores_takes_the_criterions_defaults_and_refuses_unknown_paramet
     assert set(weight_scores(model, groups, "l1")) == set(groups.names)
     with pytest.raises(ConfigError, match="criterion 'l1' has no parameter 'bogus'"):
         weight_scores(model, groups, "l1", {"bogus": 1})
+
+
+def test_a_criterion_returning_something_else_than_one_score_per_channel_is_named() -> None:
+    from dataclasses import dataclass
+
+    import pytest
+    import torch
+
+    from prunetune.exceptions import ConfigError
+    from prunetune.models import create_model
+    from prunetune.pruning import find_groups
+    from prunetune.pruning.criteria import CRITERIA, WEIGHT, Criterion
+    from prunetune.pruning.scores import weight_scores
+
+    @dataclass(frozen=True)
+    class Odd(Criterion):
+        kind: str = "list"
+
+        def needs(self, params):
+            return frozenset({WEIGHT})
+
+        def from_weight(self, weight, **params):
+            norms = weight.reshape(weight.shape[0], -1).abs().sum(1)
+            return norms.tolist() if self.kind == "list" else norms[:, None]
+
+    model = create_model("tiny_resnet", in_channels=1)
+    groups = find_groups(model, (1, 8, 8))
+    for kind, got in (("list", "a list"), ("column", r"a torch\.float32 tensor of shape \(\d+, 1\)")):
+        CRITERIA._items["odd_for_the_test"] = Odd("odd_for_the_test", kind=kind)
+        try:
+            with pytest.raises(ConfigError, match=rf"^criterion 'odd_for_the_test' returned {got} for layer "):
+                weight_scores(model, groups, "odd_for_the_test", {})
+        finally:
+            CRITERIA._items.pop("odd_for_the_test", None)
+    assert torch.is_tensor(weight_scores(model, groups, "l1")[groups.names[0]])

@@ -110,7 +110,7 @@ def weight_scores(model: nn.Module, groups: ModelGroups, name: str,
     out = {}
     for g in groups:
         sources = _weight_sources(g, crit.weight_source(params), modules)
-        values = [crit.from_weight(modules[s].weight.detach(), **params).to("cpu", torch.float64) for s in sources]
+        values = [_weight_score(crit, name, modules[s].weight.detach(), params, s) for s in sources]
         out[g.name] = torch.stack(values).mean(0)
         if out[g.name].shape != (g.channels,):
             raise ConfigError(f"group {g.name!r} has {g.channels} channels, but this model's layer {sources[0]!r} "
@@ -119,6 +119,17 @@ def weight_scores(model: nn.Module, groups: ModelGroups, name: str,
 
 
 _OTHER_MODEL = "the groups were found on another model; pass find_groups(model, input_shape) of this one"
+
+
+def _weight_score(crit: Any, name: str, weight: Tensor, params: Mapping[str, Any], layer: str) -> Tensor:
+    """``crit.from_weight`` as a float64 CPU ``Tensor[C]``; what else a (plugin) criterion returns is a
+    one-line error naming it (a list or a numpy array was an AttributeError deep in the scoring)."""
+    out = crit.from_weight(weight, **params)
+    if not isinstance(out, Tensor) or out.is_complex() or out.dim() != 1 or out.shape[0] != weight.shape[0]:
+        got = f"a {type(out).__name__}" if not isinstance(out, Tensor) else f"a {out.dtype} tensor of shape {tuple(out.shape)}"
+        raise ConfigError(f"criterion {name!r} returned {got} for layer {layer!r}; a criterion's from_weight returns "
+                          f"one real score per output channel, a Tensor[{weight.shape[0]}]")
+    return out.to("cpu", torch.float64)
 
 
 def _check_groups_of(model: nn.Module, groups: ModelGroups, modules: Mapping[str, nn.Module]) -> None:
