@@ -266,3 +266,20 @@ def test_a_criterion_that_is_not_a_criterion_is_refused_when_registered() -> Non
 
     with pytest.raises(ConfigError, match="criterion 'not_one': an entry must be a Criterion, got object; subclass"):
         CRITERIA.register("not_one", object())
+
+
+@pytest.mark.parametrize(("returned", "message"), [
+    ((0.5, 0.5), r"returned a tuple, not an EpochState"),
+    (EpochState(prune=-0.5, hard=0.0), r"returned prune=-0\.5; it must be a fraction in \[0, 1\]"),
+    (EpochState(prune=0.5, hard=0.0, soft_scale=5.0), r"returned soft_scale=5\.0"),
+    (EpochState(prune=0.5, hard=0.0, pool="everything"), r"returned pool='everything'; it must be one of"),
+])
+def test_a_schedules_state_is_checked_when_the_fine_tune_reads_it(returned, message) -> None:
+    """A tuple failed deep in the masks (AttributeError); out-of-range fractions ran without a word."""
+    from prunetune.pruning.schedules import checked_state
+
+    with pytest.raises(ConfigError, match=rf"^schedule 'mine' at epoch 2 of 4 {message}"):
+        checked_state("mine", lambda epoch, total: returned, 1, 4)
+    with pytest.raises(ConfigError, match=r"^schedule 'mine' at epoch 1 of 4 raised KeyError: 'step'"):
+        checked_state("mine", lambda epoch, total: {}["step"], 0, 4)
+    assert checked_state("sfp", SCHEDULES.get("sfp").state, 0, 4, **SCHEDULES.get("sfp").resolve({})).prune >= 0

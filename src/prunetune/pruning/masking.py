@@ -22,7 +22,7 @@ from prunetune.pruning.finetune import FinetuneConfig, finetune, recalibrate_bn
 from prunetune.pruning.groups import ModelGroups
 from prunetune.pruning.macs import analytic_cost
 from prunetune.pruning.plan import PruningPlan
-from prunetune.pruning.schedules import SCHEDULES, EpochState
+from prunetune.pruning.schedules import SCHEDULES, EpochState, checked_state
 from prunetune.pruning.surgery import MaskHooks, apply_plan
 
 
@@ -189,8 +189,11 @@ def run_schedule(
         history = finetune(model, train_batches, config, device=device, eval_batches=eval_batches,
                            callbacks=callbacks, show_progress=show_progress)
         return model, history, plan
-    masks = ScheduleMasks(model, groups, plan, lambda e, t: schedule.state(e, t, **resolved), ranking,
-                          rescore_criterion=resolved.get("criterion", "l2"), reselect=reselect)
+    def state(epoch: int, total: int) -> EpochState:
+        return checked_state(name, schedule.state, epoch, total, **resolved)
+
+    masks = ScheduleMasks(model, groups, plan, state, ranking, rescore_criterion=resolved.get("criterion", "l2"),
+                          reselect=reselect)
     try:
         history = finetune(model, train_batches, config, device=device, eval_batches=eval_batches,
                            callbacks=[masks, *callbacks], show_progress=show_progress)

@@ -60,6 +60,26 @@ class EpochState:
     pool: str = "plan"
 
 
+def checked_state(name: str, state_fn: Callable[..., Any], epoch: int, total: int, **params: Any) -> EpochState:
+    """``state_fn(epoch, total, **params)`` of schedule ``name``, refused in one line unless it is an
+    :class:`EpochState` of fractions in [0, 1] and a known pool: a (plugin) schedule's tuple, or its
+    ``prune=-0.5``, ran silently or failed deep inside the fine-tune."""
+    where = f"schedule {name!r} at epoch {epoch + 1} of {total}"
+    try:
+        state = state_fn(epoch, total, **params)
+    except Exception as exc:  # noqa: BLE001 - a plugin's own error, named with its schedule and epoch
+        raise ConfigError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, EpochState):
+        raise ConfigError(f"{where} returned a {type(state).__name__}, not an EpochState")
+    for key in ("prune", "hard", "soft_scale"):
+        value = getattr(state, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{where} returned {key}={value!r}; it must be a fraction in [0, 1]")
+    if state.pool not in POOLS:
+        raise ConfigError(f"{where} returned pool={state.pool!r}; it must be one of {', '.join(map(repr, POOLS))}")
+    return state
+
+
 @dataclass(frozen=True)
 class Floats:
     """A searched float parameter, uniform in ``[low, high]``."""
@@ -151,7 +171,8 @@ def unknown_param_message(schedule: str, key: str, known: Iterable[str]) -> str:
 
 
 SCHEDULES: Registry[Schedule] = Registry("schedule", entry=Schedule,
-                                       how="register Schedule(name, fn, defaults, choices, summary, space) (prunetune.pruning.schedules)")
+                                       how="register Schedule(name, fn, defaults, choices, summary, space) "
+                                           "(prunetune.pruning.schedules)")
 
 
 def _register(name: str, defaults: Mapping[str, Any], summary: str, choices: Mapping[str, tuple] | None = None,

@@ -126,7 +126,8 @@ def _weight_score(crit: Any, name: str, weight: Tensor, params: Mapping[str, Any
     one-line error naming it (a list or a numpy array was an AttributeError deep in the scoring)."""
     out = crit.from_weight(weight, **params)
     if not isinstance(out, Tensor) or out.is_complex() or out.dim() != 1 or out.shape[0] != weight.shape[0]:
-        got = f"a {type(out).__name__}" if not isinstance(out, Tensor) else f"a {out.dtype} tensor of shape {tuple(out.shape)}"
+        got = (f"a {type(out).__name__}" if not isinstance(out, Tensor)
+               else f"a {out.dtype} tensor of shape {tuple(out.shape)}")
         raise ConfigError(f"criterion {name!r} returned {got} for layer {layer!r}; a criterion's from_weight returns "
                           f"one real score per output channel, a Tensor[{weight.shape[0]}]")
     return out.to("cpu", torch.float64)

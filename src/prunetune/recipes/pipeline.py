@@ -346,8 +346,8 @@ def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningP
         k = keep.get(g.name, g.channels)
         if isinstance(k, int) and 1 <= k <= g.channels and a.rule.clamp(g.channels, k) != k:
             raise ConfigError(f"allocation strategy {a.strategy!r} keeps {k} of the {g.channels} channels of "
-                              f"{g.name!r}, which the keep rule (min_keep {a.rule.min_keep}, round_to {a.rule.round_to}, max_ratio "
-                              f"{a.rule.max_ratio:g}) does not allow; a strategy "
+                              f"{g.name!r}, which the keep rule (min_keep {a.rule.min_keep}, round_to "
+                              f"{a.rule.round_to}, max_ratio {a.rule.max_ratio:g}) does not allow; a strategy "
                               "must apply it (KeepRule.clamp; prunetune.testing.check_strategy checks it)")
     plan = make_plan(base.groups, scores, keep, meta={"model": recipe.model.name, "criterion": spec.to_value(),
                                                        "allocation": a.to_dict(), "fingerprint": table.fingerprint})
