@@ -283,3 +283,14 @@ def test_a_schedules_state_is_checked_when_the_fine_tune_reads_it(returned, mess
     with pytest.raises(ConfigError, match=r"^schedule 'mine' at epoch 1 of 4 raised KeyError: 'step'"):
         checked_state("mine", lambda epoch, total: {}["step"], 0, 4)
     assert checked_state("sfp", SCHEDULES.get("sfp").state, 0, 4, **SCHEDULES.get("sfp").resolve({})).prune >= 0
+
+
+def test_a_normalizers_nan_in_a_blend_is_blamed_on_the_normalizer(monkeypatch) -> None:
+    from prunetune.pruning.blend import blend_scores
+
+    monkeypatch.setitem(NORMALIZERS._items, "nan_norm", lambda s: torch.full_like(s, float("nan")))
+    table = {"l1": {"conv1": torch.rand(8)}, "l2": {"conv1": torch.rand(8)}}
+    with pytest.raises(ConfigError, match=r"^normalizer 'nan_norm' gave non-finite values for the 8 finite 'l1' "
+                                          r"scores of group 'conv1'; fix the normalizer"):
+        blend_scores(table, {"l1": 0.5, "l2": 0.5}, normalizer="nan_norm")
+    assert set(blend_scores(table, {"l1": 0.5, "l2": 0.5})) == {"conv1"}

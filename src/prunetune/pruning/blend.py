@@ -24,5 +24,18 @@ def blend_scores(
     groups = next(iter(table[c] for c in active)).keys()
     out = {}
     for g in groups:
-        out[g] = sum(w * norm(table[c][g].to(torch.float64)) for c, w in active.items())
+        out[g] = sum(w * _normalized(norm, normalizer, table[c][g].to(torch.float64), c, g) for c, w in active.items())
+    return out
+
+
+def _normalized(norm, name: str, scores: Tensor, criterion: str, group: str) -> Tensor:
+    """``norm(scores)``, refused unless one finite value per score: a normaliser's NaN was blamed on the
+    criterion whose (finite) scores it was given."""
+    out = norm(scores)
+    if not bool(torch.isfinite(scores).all()):  # the criterion's own: its check names it
+        return out
+    if not isinstance(out, Tensor) or out.shape != scores.shape or not bool(torch.isfinite(out).all()):
+        what = "non-finite values" if isinstance(out, Tensor) and out.shape == scores.shape else "another shape"
+        raise ConfigError(f"normalizer {name!r} gave {what} for the {scores.numel()} finite {criterion!r} scores of "
+                          f"group {group!r}; fix the normalizer or choose another")
     return out
