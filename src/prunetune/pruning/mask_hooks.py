@@ -49,28 +49,30 @@ class MaskHooks:
         modules = dict(model.named_modules())
         self.masks = dict(masks)
         self._handles = []
-        at: dict[str, list[tuple[str, Tensor | None]]] = {}
+        at: dict[str, list[tuple[str, Tensor | None, int]]] = {}
         for name in masks:
             index = dict(groups[name].mask_index)
             for point in groups[name].mask_points:
                 if point not in modules:
                     raise InvalidPlanError(f"mask point {point!r} of group {name!r} is not in the model")
                 pos = index.get(point)
-                at.setdefault(point, []).append((name, None if pos is None else torch.as_tensor(pos)))
+                # positions sorted by group channel: a channel concatenated k times has k positions in a row
+                copies = 1 if pos is None else max(1, len(pos) // groups[name].channels)
+                at.setdefault(point, []).append((name, None if pos is None else torch.as_tensor(pos), copies))
         for point, entries in at.items():
             self._handles.append(modules[point].register_forward_hook(self._hook(entries)))
 
-    def _hook(self, entries: list[tuple[str, Tensor | None]]):
+    def _hook(self, entries: list[tuple[str, Tensor | None, int]]):
         def hook(module: nn.Module, _inputs, output: Tensor) -> Tensor:
             dim = channel_dim(module, output)
             mask = torch.ones(output.shape[dim], device=output.device, dtype=output.dtype)
-            for name, pos in entries:
+            for name, pos, copies in entries:
                 group_mask = self.masks[name].to(device=output.device, dtype=output.dtype)
                 if pos is None:
                     mask = mask * group_mask
-                else:  # sorted by group channel: a channel concatenated k times has k positions in a row
+                else:
                     pos = pos.to(output.device)
-                    mask[pos] = mask[pos] * group_mask.repeat_interleave(pos.numel() // group_mask.numel())
+                    mask[pos] = mask[pos] * (group_mask if copies == 1 else group_mask.repeat_interleave(copies))
             shape = [1] * output.dim()
             shape[dim] = -1
             return output * mask.view(shape)

@@ -200,10 +200,11 @@ def compute_scores(
     cache = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "scores"
     table = ScoreTable()
     todo: dict[str, dict[str, Any]] = {}
+    codes = {name: plugin_code_digest(get_criterion(name)) for name in resolved}  # source files read once
     for name, params in resolved.items():
         needs = get_criterion(name).needs(params)
         uses_data = WEIGHT not in needs
-        code = plugin_code_digest(get_criterion(name))
+        code = codes[name]
         cached = use_cache and code is not None  # a plugin whose source cannot be read is computed afresh
         if uses_data and (calibration is None or calibration_digest is None):
             raise ConfigError(f"criterion {name!r} needs calibration images; set 'calibration' in the recipe")
@@ -233,7 +234,7 @@ def compute_scores(
             table.extras[name] = {g: e for g, (_, e) in per_group.items()}
     for name in resolved:
         _check_scores(name, table.scores[name], groups)
-        if use_cache and not table.cached[name] and plugin_code_digest(get_criterion(name)) is not None:
+        if use_cache and not table.cached[name] and codes[name] is not None:
             _save(cache, table.fingerprints[name], table, name)
     return table
 
