@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,15 +70,33 @@ def checked_state(name: str, state_fn: Callable[..., Any], epoch: int, total: in
         state = state_fn(epoch, total, **params)
     except Exception as exc:  # noqa: BLE001 - a plugin's own error, named with its schedule and epoch
         raise ConfigError(f"{where} raised {type(exc).__name__}: {exc}") from exc
-    if not isinstance(state, EpochState):
+    fault = state_fault(state)
+    if fault == "type":
         raise ConfigError(f"{where} returned a {type(state).__name__}, not an EpochState")
+    if fault is not None:
+        raise ConfigError(f"{where} returned {fault}={getattr(state, fault)!r}; it must be {field_range(fault)}")
+    return state
+
+
+def field_range(field: str, number: str = "a fraction") -> str:
+    """What a state's ``field`` must hold (``number``: how a fraction field is worded)."""
+    return {"rescore": "a bool", "pool": f"one of {', '.join(map(repr, POOLS))}"}.get(field, f"{number} in [0, 1]")
+
+
+def state_fault(state: Any) -> str | None:
+    """What is wrong with a schedule's state: ``"type"`` (not an :class:`EpochState`), the first field
+    out of its range (``prune``, ``hard``, ``soft_scale``: a real number in [0, 1]; ``rescore``: a
+    bool; ``pool``: one of :data:`POOLS`), or None. The fine-tune (:func:`checked_state`) and the
+    contract suite (``prunetune.testing``) both ask it."""
+    if not isinstance(state, EpochState):
+        return "type"
     for key in ("prune", "hard", "soft_scale"):
         value = getattr(state, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ConfigError(f"{where} returned {key}={value!r}; it must be a fraction in [0, 1]")
-    if state.pool not in POOLS:
-        raise ConfigError(f"{where} returned pool={state.pool!r}; it must be one of {', '.join(map(repr, POOLS))}")
-    return state
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+            return key
+    if not isinstance(state.rescore, bool):
+        return "rescore"
+    return None if isinstance(state.pool, str) and state.pool in POOLS else "pool"
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,6 @@ def show(value: object) -> str:
     return f"{type(value).__name__} {short(value)}"
 
 
-def is_fraction(value: object) -> bool:
-    """A real number (not a bool) in [0, 1]."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value <= 1.0
-
-
 def evidence(seed: int = 0, channels: int = C) -> dict[str, torch.Tensor]:
     """Random weights, feature maps, labels and gradients of one ``channels``-channel layer."""
     gen = torch.Generator().manual_seed(seed)
@@ -93,16 +88,14 @@ def check_normalizer(name: str) -> None:
 def schedule_state(name: str, epoch: int, total: int, **params):
     """The state of ``epoch`` of ``total``, checked: an ``EpochState`` whose fractions are numbers in
     [0, 1], ``rescore`` a bool and ``pool`` one of the pools."""
-    from prunetune.pruning.schedules import POOLS, SCHEDULES, EpochState
+    from prunetune.pruning.schedules import SCHEDULES, field_range, state_fault
 
     s = SCHEDULES.get(name).state(epoch, total, **params)
     where = f"schedule {name!r}{f' {params}' if params else ''} at epoch {epoch} of {total}"
-    ensure(isinstance(s, EpochState), f"{where}: returns {show(s)}, not an EpochState")
-    for key in ("prune", "hard", "soft_scale"):
-        ensure(is_fraction(getattr(s, key)), f"{where}: {key}={getattr(s, key)!r} is not a number in [0, 1]")
-    ensure(isinstance(s.rescore, bool), f"{where}: rescore={s.rescore!r} is not a bool")
-    ensure(isinstance(s.pool, str) and s.pool in POOLS,
-           f"{where}: pool={s.pool!r} is not one of {', '.join(map(repr, POOLS))}")
+    fault = state_fault(s)
+    ensure(fault != "type", f"{where}: returns {show(s)}, not an EpochState")
+    if fault is not None:
+        raise AssertionError(f"{where}: {fault}={getattr(s, fault)!r} is not {field_range(fault, 'a number')}")
     return s
 
 
