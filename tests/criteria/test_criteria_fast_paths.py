@@ -378,6 +378,12 @@ def test_population_std_is_torch_std_and_exactly_zero_on_constant_maps(block_row
     torch.testing.assert_close(population_std(x), x.std(dim=-1, unbiased=False), atol=0, rtol=1e-13)
     const = torch.full((3, 49), 0.1, dtype=torch.float32).to(torch.float64)  # 49: not a power of 2
     assert bool((population_std(const) == 0).all())
+    # near-constant rows (mean 1e4, std 1e-2) beside ordinary ones: the one-pass difference would
+    # cancel to noise (about 1e-4 relative), so those rows must take the two-pass formula, whose
+    # mean carries about eps·1e4 (1e-10 of the std)
+    near = torch.cat([1e4 + 1e-2 * torch.randn(5, 49, generator=g, dtype=torch.float64), x[0, :3]])
+    torch.testing.assert_close(population_std(near), near.std(dim=-1, unbiased=False), atol=0, rtol=1e-8)
+    assert bool((population_std(torch.zeros(2, 49, dtype=torch.float64)) == 0).all())
 
 
 def _sfs_order_naive(cos: torch.Tensor, mstd: torch.Tensor) -> list[int]:
