@@ -166,3 +166,30 @@ def test_a_search_interrupted_before_its_trials_says_how_to_continue(tmp_path, c
     err = capsys.readouterr().err
     assert code == 130 and "prunetune search: interrupted" in err
     assert "search cut was interrupted; run the same command again to continue" in err
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_search_whose_every_trial_failed_exits_1_with_the_first_error(tmp_path, capsys, monkeypatch, fmt) -> None:
+    """It printed nothing but the search's end, exit 0, as if it had finished."""
+    import prunetune.search as search_mod
+    from prunetune.search.runner import SearchOutcome
+
+    def all_failed(config, **kwargs):
+        return SearchOutcome("broken", tmp_path / "runs" / "broken", resolve_tracking_uri("m.db", cwd=tmp_path),
+                             "0" * 32, "FAILED", {"FAILED": 3}, error="RuntimeError: CUDA out of memory")
+
+    monkeypatch.setattr(search_mod, "run_search", all_failed)
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump({"recipe": {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
+                                                 "data": {"name": "digits", "image_size": 8}}, "macs_budget": 0.5,
+                                      "experiment": "broken"}))
+    code = main(["search", "--config", str(config), "--storage-path", str(tmp_path / "runs"),
+                 "--tracking-uri", str(tmp_path / "m.db"), "--format", fmt])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert ("search broken: every trial failed (3 failed); the first error: RuntimeError: CUDA out of memory. "
+            "Fix it and start again with another --experiment") in err
+    assert "interrupted" not in err
+    if fmt == "json":
+        data = json.loads(out)
+        assert data["status"] == "FAILED" and data["error"] == "RuntimeError: CUDA out of memory"

@@ -110,6 +110,23 @@ def test_failing_and_nan_trials_do_not_stop_the_search(make_config, tmp_path) ->
             assert run.data.metrics["macs_ratio"] <= float(run.data.params["target_macs"]) + 1e-12 <= 0.5 + 1e-12
 
 
+def broken(config, base, table, *, report=None) -> TrialResult:
+    raise RuntimeError("injected failure in every trial")
+
+
+def test_a_search_whose_every_trial_failed_ends_failed_not_finished(make_config) -> None:
+    config = make_config(trials=3)
+    outcome = run_search(config, objective=broken, show_progress=False)
+    assert outcome.status == "FAILED" and outcome.failed and not outcome.interrupted
+    assert outcome.counts == {"FAILED": 3}
+    assert outcome.error == "RuntimeError: injected failure in every trial"
+    parent = client(outcome.tracking_uri).get_run(outcome.parent_run_id)
+    assert parent.info.status == "FAILED" and parent.data.metrics["trials_failed"] == 3
+    # a rerun would resume a search with nothing left to run: it says why and what to do
+    with pytest.raises(ConfigError, match="every one of its 3 trials failed.*another --experiment"):
+        run_search(config, objective=plan_only, show_progress=False)
+
+
 def test_interrupted_search_resumes_without_losing_or_repeating_trials(make_config, tmp_path) -> None:
     config = make_config(trials=6)
     objective = functools.partial(plan_only, sleep=1.0)

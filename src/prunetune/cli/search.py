@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(outcome, *, json_output: bool = False) -> int:
-    """Print how a search ended and its front; 130 when it was interrupted."""
+    """Print how a search ended and its front; 130 when it was interrupted, 1 when every trial failed."""
     from prunetune.cli.pareto import print_front
     from prunetune.exceptions import TrackingError
     from prunetune.tracking import front_mask, load_search, ui_command
@@ -100,7 +100,8 @@ def report(outcome, *, json_output: bool = False) -> int:
         print_json({"experiment": outcome.experiment, "status": outcome.status, "counts": outcome.counts,
                     "search_run": outcome.parent_run_id, "tracking_uri": masked_url(outcome.tracking_uri),
                     "storage": str(outcome.experiment_dir), "seconds": outcome.seconds, "trials": trials,
-                    "study_storage": masked_url(outcome.study_storage or ""), "study_name": outcome.study_name})
+                    "study_storage": masked_url(outcome.study_storage or ""), "study_name": outcome.study_name,
+                    "error": outcome.error})
     elif records is not None:
         mask = front_mask([t.accuracy for t in records.trials], [t.macs for t in records.trials])
         print(f"\nPareto front of {outcome.experiment} ({int(mask.sum())} of {len(records.trials)} finished trials):")
@@ -111,6 +112,11 @@ def report(outcome, *, json_output: bool = False) -> int:
         if outcome.tracking_uri.startswith("sqlite"):
             print(f"      {ui_command(outcome.tracking_uri)}")
         print(f"      optuna-dashboard {masked_url(outcome.study_storage or '')}   (the Optuna study {outcome.study_name!r})")
+    if outcome.failed:
+        log.error("search %s: every trial failed (%s); the first error: %s. Fix it and start again with another "
+                  "--experiment", outcome.experiment,
+                  ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())), outcome.error or "unknown")
+        return 1
     if outcome.interrupted:
         log.warning("search %s was interrupted (%s); run the same command again (or add --resume) to continue",
                     outcome.experiment, ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())))

@@ -137,7 +137,8 @@ class TrackingCallback(tune.Callback):
     Statuses: FINISHED (a final result), KILLED (stopped early, or still open when the experiment
     ends: interrupted or out of time), FAILED (an error). After every finished trial the search run's
     ``front.html`` is rewritten. At the end it closes the parent run: KILLED when trials were left
-    unfinished (an interrupted search), else FINISHED, with the trial counts of the whole search, the
+    unfinished (an interrupted search), FAILED when every trial of the whole search failed, else
+    FINISHED, with the trial counts of the whole search, the
     rank correlation of the screening proxy and the fine-tuned validation accuracy, and ``front.png``.
 
     Args:
@@ -224,7 +225,9 @@ class TrackingCallback(tune.Callback):
         metrics = {"trials_finished": statuses.count(FINISHED), "trials_failed": statuses.count(FAILED),
                    "trials_started": len(runs)}
         metrics.update(self._proxy_correlation(runs))
-        self.tracker.end_search(KILLED if interrupted else FINISHED, metrics)
+        # every trial failed (a broken objective, a device out of memory): no result, so not FINISHED
+        failed = not interrupted and FAILED in statuses and FINISHED not in statuses
+        self.tracker.end_search(KILLED if interrupted else FAILED if failed else FINISHED, metrics)
         self._log_front(png=True)
 
     def _proxy_correlation(self, runs: list[Any]) -> dict[str, float]:

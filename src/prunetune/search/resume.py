@@ -76,6 +76,10 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
                           "another --experiment")
     if state.get("finished"):  # before the identity: a finished search is never resumed, whatever changed
         trials = state.get("identity", {}).get("trials", config.settings.trials)  # as it ran, not as asked now
+        if state.get("failed"):
+            raise ConfigError(f"search {name!r} in {exp_dir} ended with every one of its {trials} trials failed; "
+                              "their errors are in MLflow (the trial runs' prunetune.error tags): fix the cause and "
+                              "start a new search with another --experiment")
         raise ConfigError(f"search {name!r} already finished ({trials} trials) in {exp_dir}; "
                           f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
                           "another --experiment")

@@ -43,7 +43,7 @@ from prunetune.search.selection import proxy_metrics, select, table_csv
 from prunetune.spaces.presets import LR, SCHEDULE, SCHEDULE_PARAM_PREFIX
 from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, space_target_range
 from prunetune.tracking.store import ui_command
-from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
+from prunetune.tracking.tracker import ERROR_TAG, FAILED, FINISHED, KILLED, SearchTracker
 from prunetune.tracking.views import view_url
 from prunetune.version import __version__
 
@@ -56,7 +56,8 @@ SCREEN_FILE = "screening.json"
 
 @dataclass(frozen=True)
 class SearchOutcome:
-    """Where a search's results are and how it ended (``status``: FINISHED, or KILLED if interrupted).
+    """Where a search's results are and how it ended (``status``: FINISHED; KILLED if interrupted;
+    FAILED if every trial failed, ``error`` then holding the first trial's error line).
 
     Attributes:
         experiment, tracking_uri, parent_run_id: the MLflow experiment, store and search run.
@@ -76,10 +77,17 @@ class SearchOutcome:
     seconds: float = 0.0
     study_storage: str | None = None
     study_name: str | None = None
+    error: str | None = None
 
     @property
     def interrupted(self) -> bool:
-        return self.status != FINISHED
+        """Stopped before its trials ran (Ctrl-C, a signal): the same call continues it."""
+        return self.status == KILLED
+
+    @property
+    def failed(self) -> bool:
+        """Every trial failed: there is no result, and resuming would run nothing."""
+        return self.status == FAILED
 
 
 def probe_groups(config: SearchConfig) -> ModelGroups:
@@ -129,18 +137,25 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
         try:
             tracker, study = _run(config, state, objective, list(callbacks), show_progress, reporter)
             status = tracker.client.get_run(tracker.parent_run_id).info.status
-            if status == FINISHED:  # still under the lock: no second process resumes a finished search
+            if status in (FINISHED, FAILED):  # still under the lock: no second process resumes it; every
+                # trial of a failed one ended, so a resume would run nothing
                 write_state(s.experiment_dir, {"identity": config.identity(), "parent_run_id": tracker.parent_run_id,
-                                               "study_name": study, "finished": True})
+                                               "study_name": study, "finished": True,
+                                               **({"failed": True} if status == FAILED else {})})
         except KeyboardInterrupt:
             status = KILLED
             raise
         finally:
             reporter.close(status)
-    counts = dict(Counter(run.info.status for run in tracker.children()))
+    runs = tracker.children()
+    counts = dict(Counter(run.info.status for run in runs))
+    error = None
+    if status == FAILED:  # the first trial's error (by start time), as its run's tag holds it
+        failed = sorted((r for r in runs if r.info.status == FAILED), key=lambda r: r.info.start_time or 0)
+        error = next((r.data.tags[ERROR_TAG] for r in failed if r.data.tags.get(ERROR_TAG)), None)
     return SearchOutcome(s.experiment, s.experiment_dir, s.tracking_uri, tracker.parent_run_id, status, counts,
                          resumed=state is not None, seconds=time.perf_counter() - t0, study_storage=s.study_url,
-                         study_name=study)
+                         study_name=study, error=error)
 
 
 def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable[..., Any], callbacks: list[Any],

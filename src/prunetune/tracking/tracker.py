@@ -32,6 +32,7 @@ PARENT_TAG = "mlflow.parentRunId"
 ROLE_TAG = "prunetune.role"
 TRIAL_TAG = "prunetune.trial_id"
 LABEL_TAG = "prunetune.trial"  # the short name, t07
+ERROR_TAG = "prunetune.error"  # a FAILED trial run's error line
 ENDED_TAG = "prunetune.ended"  # "stopped early": a KILLED run the scheduler stopped (not an interrupted one)
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 TRIAL_METRICS = ("accuracy", "test_accuracy", "macs", "params", "macs_ratio", "params_ratio", "target_macs",
@@ -200,7 +201,7 @@ class SearchTracker:
         if run_id is None:
             return
         if error and error.strip():  # a traceback's last line is the exception and its message
-            self.client.set_tag(run_id, "prunetune.error", error.strip().splitlines()[-1][:4000])
+            self.client.set_tag(run_id, ERROR_TAG, error.strip().splitlines()[-1][:4000])
         if early:
             self.client.set_tag(run_id, ENDED_TAG, "stopped early")
         what = "failed" if status == FAILED else "stopped early" if early else "interrupted"
