@@ -27,8 +27,10 @@ class Registry(Generic[T]):
         kind: what the entries are, used in error messages ("criterion", "model", ...).
     """
 
-    def __init__(self, kind: str, *, entry: type | Callable[[object], bool] | None = None, how: str = "") -> None:
+    def __init__(self, kind: str, *, entry: type | Callable[[object], bool] | None = None, how: str = "",
+                 pluggable: bool = False) -> None:
         self.kind = kind
+        self.pluggable = pluggable  # plugin modules add entries (prunetune._plugins): unknown names say how
         # what an entry must be (a class, or a test such as ``callable``; None: anything), and how to make one
         self.entry, self.how = entry, how
         self._items: dict[str, T] = {}
@@ -72,7 +74,11 @@ class Registry(Generic[T]):
             raise UnknownNameError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: object) -> str:
-        return unknown_name_message(self.kind, name, self._items)
+        message = unknown_name_message(self.kind, name, self._items)
+        if self.pluggable:
+            message += (f". A plugin's {self.kind}? Import its module first (--plugin MODULE --allow-code on the "
+                        "command line, plugins: in a search config)")
+        return message
 
     def names(self) -> list[str]:
         """All registered names, sorted."""

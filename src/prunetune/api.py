@@ -55,12 +55,14 @@ def search(config: PathLike | Mapping[str, Any] | SearchConfig, /, *, resume: bo
         **overrides: search settings that win over the config, as the command's flags do:
             ``macs_budget``, ``trials``, ``concurrency``, ``experiment``, ``tracking_uri``,
             ``storage_path``, ``study_storage``, ``ray_address``, ``cpus_per_trial``,
-            ``gpus_per_trial``, ``sampler``, ``seed``, ``time_budget_s``, ``asha``, ``allow_code``, ...
+            ``gpus_per_trial``, ``sampler``, ``seed``, ``time_budget_s``, ``asha``, ``allow_code``,
+            ``plugins`` (modules the Ray workers import: your registered entries), ...
 
     Returns:
         :class:`~prunetune.search.SearchOutcome`: ``experiment``, ``tracking_uri``,
-        ``parent_run_id``, ``status`` (FINISHED, or KILLED when interrupted), ``counts`` of trial
-        runs by status, ``study_storage`` / ``study_name`` of the Optuna study.
+        ``parent_run_id``, ``status`` (FINISHED; KILLED when interrupted; FAILED when every trial
+        failed, ``error`` then holding the first one's error line), ``counts`` of trial runs by
+        status, ``study_storage`` / ``study_name`` of the Optuna study.
     """
     from prunetune._caller_state import process_state_kept, random_state_kept
     from prunetune._checks import boolean

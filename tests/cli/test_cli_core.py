@@ -265,12 +265,15 @@ def test_a_checkpoint_of_another_width_does_not_blame_classes_or_inputs(tmp_path
         load_checkpoint(net(16), ckpt)
 
 
-def test_exports_replay_command_adds_allow_code_for_the_users_own_model(tmp_path) -> None:
-    from prunetune.cli.export import _code_flag
+def test_exports_replay_command_adds_allow_code_for_the_users_own_model_and_plugins(tmp_path) -> None:
+    from prunetune.cli.export import _code_flags
 
     (tmp_path / "own.yaml").write_text("model: {name: 'mynet:build', num_classes: 10}\ndata: {name: digits}\n")
     (tmp_path / "zoo.yaml").write_text("model: {name: resnet20, num_classes: 10}\ndata: {name: digits}\n")
-    assert _code_flag(tmp_path / "own.yaml") == " --allow-code" and _code_flag(tmp_path / "zoo.yaml") == ""
+    assert _code_flags(tmp_path / "own.yaml", None) == " --allow-code"
+    assert _code_flags(tmp_path / "zoo.yaml", None) == ""
+    # the plugins the export needed, the replay needs too
+    assert _code_flags(tmp_path / "zoo.yaml", ["a.b", "c", "a.b"]) == " --plugin a.b --plugin c --allow-code"
 
 
 def test_a_dense_checkpoint_given_as_a_pruned_model_says_what_to_give(tmp_path) -> None:

@@ -193,3 +193,18 @@ def test_a_search_whose_every_trial_failed_exits_1_with_the_first_error(tmp_path
     if fmt == "json":
         data = json.loads(out)
         assert data["status"] == "FAILED" and data["error"] == "RuntimeError: CUDA out of memory"
+
+
+def test_a_finished_searchs_export_hint_carries_its_plugin_modules(tmp_path, capsys) -> None:
+    """The export of a search with plugins needs them (its recipes name their entries)."""
+    from prunetune.cli.search import report
+    from prunetune.search.runner import SearchOutcome
+
+    from prunetune.tracking import load_search
+
+    uri = _store(tmp_path)
+    parent = load_search(uri, "exp").parent_run_id
+    outcome = SearchOutcome("exp", tmp_path / "runs" / "exp", uri, parent, "FINISHED", {"FINISHED": 5})
+    assert report(outcome, plugins=("mypkg.criteria",)) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "prunetune export" in x)
+    assert line.endswith(" --plugin mypkg.criteria --allow-code"), line

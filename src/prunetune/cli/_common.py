@@ -27,6 +27,23 @@ def add_allow_code(parser: argparse.ArgumentParser) -> None:
                         "recipes and configs you trust; torch.hub, builtins and the like are refused anyway)")
 
 
+def add_plugins(parser: argparse.ArgumentParser, *, config: bool = False) -> None:
+    """``--plugin MODULE`` (repeatable): modules that register criteria, normalisers, schedules,
+    strategies or ratio presets, imported before the recipe is read (with ``--allow-code``)."""
+    where = " and in every Ray worker; replaces the config's plugins" if config else ""
+    parser.add_argument("--plugin", action="append", default=None, metavar="MODULE",
+                        help="import this module first: your own criteria, normalisers, schedules, strategies or "
+                        f"ratio presets, registered at its import{where} (repeatable; needs --allow-code; the "
+                        "module must be importable, e.g. PYTHONPATH=.)")
+
+
+def load_cli_plugins(args: argparse.Namespace) -> None:
+    """Import the ``--plugin`` modules (checked, with the ``--allow-code`` opt-in)."""
+    from prunetune._plugins import load_plugins
+
+    load_plugins(args.plugin, allow_code=args.allow_code, what="--plugin")
+
+
 def fraction(text: str) -> float:
     try:
         value = float(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunetune.cli._common import add_format, fraction, print_json
+from prunetune.cli._common import add_allow_code, add_format, add_plugins, fraction, load_cli_plugins, print_json
 from prunetune.cli.pareto import add_tracking_args, load
 
 
@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=fraction, default=None, metavar="F",
                    help="only trials within this MACs fraction (default: the search's budget)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_plugins(p)
+    add_allow_code(p)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -33,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.tracking import export_trial
 
     check_output_file(args.out, "--out", overwrite=args.overwrite)
+    load_cli_plugins(args)  # a search with plugins: its recipes name their entries
     records = load(args)
     record, path = export_trial(records, args.out, pick=args.pick, budget=args.budget, overwrite=args.overwrite,
                                 trial=args.trial)
@@ -42,16 +45,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported trial {record.name} ({record.trial_id}; val acc {record.accuracy:.4f}, test acc "
           f"{record.test_accuracy if record.test_accuracy is not None else float('nan'):.4f}, MACs "
           f"{100 * record.macs_ratio:.1f}% of dense, {record.macs / 1e6:.2f}M) to {path}")
-    print(f"rebuild it with: prunetune prune --recipe {path} --out pruned.pt{_code_flag(path)}")
+    print(f"rebuild it with: prunetune prune --recipe {path} --out pruned.pt{_code_flags(path, args.plugin)}")
     return 0
 
 
-def _code_flag(path) -> str:
-    """`` --allow-code`` where the exported recipe's model is the user's own ``package.module:function``
-    (the replay imports it, which prune refuses without the flag)."""
+def _code_flags(path, plugins: list[str] | None) -> str:
+    """The ``--plugin`` modules this export imported, and `` --allow-code`` with them or where the
+    exported recipe's model is the user's own ``package.module:function``: the replay imports that
+    code, which prune refuses without the flag."""
     from prunetune._safety import is_user_code
     from prunetune._yaml import load_yaml_file
 
     recipe = load_yaml_file(path, "the exported recipe")
     model = recipe.get("model") if isinstance(recipe, dict) else None
-    return " --allow-code" if isinstance(model, dict) and is_user_code(model.get("name")) else ""
+    flags = "".join(f" --plugin {name}" for name in dict.fromkeys(plugins or ()))
+    user_model = isinstance(model, dict) and is_user_code(model.get("name"))
+    return flags + (" --allow-code" if flags or user_model else "")

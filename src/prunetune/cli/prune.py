@@ -6,7 +6,15 @@ import argparse
 import logging
 
 from prunetune._paths import check_file_name, check_output_file
-from prunetune.cli._common import add_allow_code, add_format, millions, need_file, print_json
+from prunetune.cli._common import (
+    add_allow_code,
+    add_format,
+    add_plugins,
+    load_cli_plugins,
+    millions,
+    need_file,
+    print_json,
+)
 
 log = logging.getLogger("prunetune")
 
@@ -19,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="where to save the pruned model (.pt); the plan goes next to it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file (and its plan)")
     add_allow_code(p)
+    add_plugins(p)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -28,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.recipes.pipeline import run_recipe
     from prunetune.recipes.schema import Recipe
 
+    load_cli_plugins(args)  # before the recipe: it may name their entries
     recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
     # run_recipe writes the plan next to the model, as <out stem>.plan.json, the two as one pair
     out = check_file_name(args.out, "--out")  # before plan_file, which cannot name a plan for "." or "/"

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from prunetune.cli._common import add_allow_code, add_format, need_file, print_json, print_table
+from prunetune.cli._common import (
+    add_allow_code,
+    add_format,
+    add_plugins,
+    load_cli_plugins,
+    need_file,
+    print_json,
+    print_table,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", required=True, help="recipe YAML")
     p.add_argument("--criteria", default=None, help="comma-separated criteria instead of the recipe's")
     add_allow_code(p)
+    add_plugins(p)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -26,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.pruning.criteria import CRITERIA
     from prunetune.recipes.schema import Recipe
 
+    load_cli_plugins(args)  # before the recipe: it may name their entries
     recipe = Recipe.from_yaml(need_file(args.recipe, "recipe"), allow_code=args.allow_code)
     criteria = recipe_criteria(recipe)
     if args.criteria is not None:

@@ -6,7 +6,7 @@ import argparse
 import logging
 
 from prunetune._text import masked_url
-from prunetune.cli._common import add_allow_code, add_budget, add_format, need_file, print_json
+from prunetune.cli._common import add_allow_code, add_budget, add_format, add_plugins, need_file, print_json
 
 log = logging.getLogger("prunetune")
 INTERRUPTED = 130
@@ -48,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the Optuna study: an RDB URL or an sqlite file (default: <MLflow db stem>-optuna.db beside "
                    "an sqlite MLflow store, else <storage-path>/optuna.db); open it with optuna-dashboard URL")
     add_allow_code(p)
+    add_plugins(p, config=True)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -57,6 +58,7 @@ def overrides(args: argparse.Namespace) -> dict:
             "gpus_per_trial", "time_budget_s", "asha", "ray_address", "tracking_uri", "storage_path", "study_storage")
     given = {k: getattr(args, k) for k in keys}
     given["allow_code"] = True if args.allow_code else None  # the flag can grant, never revoke, the config's
+    given["plugins"] = args.plugin
     return given
 
 
@@ -82,11 +84,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close("ended")  # no-op after the search closed it; stops the ticker after an early error
         uninstall(live)
-    return report(outcome, json_output=args.format == "json")
+    return report(outcome, json_output=args.format == "json", plugins=config.settings.plugins)
 
 
-def report(outcome, *, json_output: bool = False) -> int:
-    """Print how a search ended and its front; 130 when it was interrupted, 1 when every trial failed."""
+def report(outcome, *, json_output: bool = False, plugins: tuple[str, ...] = ()) -> int:
+    """Print how a search ended and its front; 130 when it was interrupted, 1 when every trial failed.
+    ``plugins``: the search's plugin modules, which the export command it suggests needs too."""
     from prunetune.cli.pareto import print_front
     from prunetune.exceptions import TrackingError
     from prunetune.tracking import front_mask, load_search, ui_command
@@ -108,7 +111,9 @@ def report(outcome, *, json_output: bool = False) -> int:
         print_front(records, [dict(t.as_dict(), front=True) for t, on in zip(records.trials, mask) if on])
         print(f"\nnext: prunetune pareto --experiment {outcome.experiment} --plot front.png"
               f"{_uri_flag(outcome.tracking_uri)}")
-        print(f"      prunetune export --experiment {outcome.experiment} --out best.yaml{_uri_flag(outcome.tracking_uri)}")
+        flags = "".join(f" --plugin {name}" for name in plugins) + (" --allow-code" if plugins else "")
+        print(f"      prunetune export --experiment {outcome.experiment} --out best.yaml{_uri_flag(outcome.tracking_uri)}"
+              f"{flags}")
         if outcome.tracking_uri.startswith("sqlite"):
             print(f"      {ui_command(outcome.tracking_uri)}")
         print(f"      optuna-dashboard {masked_url(outcome.study_storage or '')}   (the Optuna study {outcome.study_name!r})")

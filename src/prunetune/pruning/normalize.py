@@ -10,7 +10,7 @@ from torch import Tensor
 from prunetune._registry import Registry
 
 Normalizer = Callable[[Tensor], Tensor]
-NORMALIZERS: Registry[Normalizer] = Registry("normalizer", entry=callable,
+NORMALIZERS: Registry[Normalizer] = Registry("normalizer", pluggable=True, entry=callable,
                                                how="a function of a score tensor to a tensor of its shape")
 
 

@@ -189,7 +189,7 @@ def unknown_param_message(schedule: str, key: str, known: Iterable[str]) -> str:
     return f"schedule {schedule!r} has no parameter {key!r}; its parameters: {', '.join(known) or 'none'}{hint}"
 
 
-SCHEDULES: Registry[Schedule] = Registry("schedule", entry=Schedule,
+SCHEDULES: Registry[Schedule] = Registry("schedule", pluggable=True, entry=Schedule,
                                        how="register Schedule(name, fn, defaults, choices, summary, space) "
                                            "(prunetune.pruning.schedules)")
 

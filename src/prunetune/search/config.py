@@ -38,6 +38,9 @@ Schema (unknown keys are errors that name the key)::
     allow_code: false          # let a package.module:function model name import and run that code
                                # (honoured here, in your own config, or as --allow-code; never from
                                # a recipe file)
+    plugins: []                # modules that register criteria, normalisers, schedules, strategies
+                               # or ratio presets, e.g. [mypkg.criteria]: imported here and in every
+                               # Ray worker (needs allow_code; importable: installed or on PYTHONPATH)
 
 Paths in the file are relative to the file; paths given on the command line and the defaults are
 relative to the working directory. All are made absolute (Ray trials run in their own directories).
@@ -56,6 +59,7 @@ from typing import Any
 import yaml
 
 from prunetune._checks import unknown_key
+from prunetune._plugins import load_plugins, plugin_names
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune._text import masked_url
@@ -72,7 +76,7 @@ SAMPLERS = ("tpe", "nsga2")
 MAX_SEED = 2**32 - 2
 SETTINGS_KEYS = ("macs_budget", "trials", "concurrency", "sampler", "seed", "cpus_per_trial", "gpus_per_trial",
                  "time_budget_s", "asha", "reuse_actors", "latency", "experiment", "tracking_uri", "storage_path",
-                 "ray_address", "allow_code", "study_storage")
+                 "ray_address", "allow_code", "study_storage", "plugins")
 URL_SETTINGS = ("study_storage", "tracking_uri")  # may hold a password: masked wherever written down
 TOP_KEYS = {"recipe", "space", "screen", "flops_budget", *SETTINGS_KEYS}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -114,6 +118,7 @@ class SearchSettings:
     allow_code: bool = False
     latency: bool = False
     study_storage: str | None = None
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_budget(self.macs_budget)
@@ -144,6 +149,8 @@ class SearchSettings:
             raise ConfigError(f"reuse_actors must be true or false, got {short(self.reuse_actors)}")
         if not isinstance(self.latency, bool):
             raise ConfigError(f"latency must be true or false, got {short(self.latency)}")
+        if plugin_names(self.plugins) != self.plugins:
+            raise ConfigError(f"plugins must be a tuple of distinct module names, got {short(self.plugins)}")
 
     @property
     def budget(self) -> MacsBudget:
@@ -209,6 +216,7 @@ class SearchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         settings = dataclasses.asdict(self.settings)
+        settings["plugins"] = list(settings["plugins"])  # YAML and JSON lists
         return {"recipe": self.recipe.to_dict(), "space": self.space.to_dict(), "screen": self.screen.to_value(),
                 **settings}
 
@@ -218,7 +226,8 @@ class SearchConfig:
         d = self.public_dict()
         keep = ("recipe", "space", "screen", "macs_budget", "trials", "sampler", "seed", "asha", "tracking_uri",
                 "study_storage")
-        return {k: d[k] for k in keep}
+        # plugin modules only where there are some: a search without keeps the identity it had before them
+        return {k: d[k] for k in keep} | ({"plugins": d["plugins"]} if d["plugins"] else {})
 
     def public_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` as it may be written down (state file, MLflow artifact): a password in the
@@ -265,9 +274,13 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
         raise ConfigError(f"unknown search setting {short(unknown[0])}; known: {', '.join(SETTINGS_KEYS)}")
     if "macs_budget" not in d and "macs_budget" not in given:
         raise ConfigError("the search needs a MACs budget: pass --macs-budget F or set macs_budget in the config")
+    # plugin modules register their entries before the space and the recipe name them
+    plugins = load_plugins(given.get("plugins", d.get("plugins")),
+                           allow_code=given.get("allow_code", d.get("allow_code", False)))
     space = SpaceSpec.parse(d.get("space"))
     screen = ScreenSpec.parse(d.get("screen"))
-    settings = _settings(d, given, source, here, cwd)
+    settings = _settings({**d, "plugins": plugins}, {k: v for k, v in given.items() if k != "plugins"}, source, here,
+                         cwd)
     recipe = _base_recipe(d.get("recipe"), space, source, here, settings.allow_code)
     _check_train_params(recipe, space, screen)
     _check_criterion_params(recipe, space)

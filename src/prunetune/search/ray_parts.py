@@ -23,6 +23,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+from prunetune._plugins import import_plugins
 from prunetune.recipes.pipeline import Base, resolve_device
 from prunetune.pruning.scores import ScoreTable
 from prunetune.search.config import AshaSpec
@@ -38,12 +39,17 @@ MODES = ["max", "min"]
 
 
 def trainable(config: dict[str, Any], base: Base | None = None, table: ScoreTable | None = None,
-              objective: Callable[..., TrialResult] | None = None, threads: int = 1, latency: bool = False) -> None:
+              objective: Callable[..., TrialResult] | None = None, threads: int = 1, latency: bool = False,
+              plugins: tuple[str, ...] = ()) -> None:
     """One trial in a Ray worker: ``base`` and ``table`` arrive once through the object store.
+
+    ``plugins``: the search's plugin modules (:mod:`prunetune._plugins`), imported first, so the
+    entries they register are known here too (the driver checked the opt-in).
 
     It runs with the base recipe's ``threads`` (the runner sets it to ``cpus_per_trial``), which the
     trial's exported recipe records, so a replay computes exactly what the trial computed.
     """
+    import_plugins(plugins)
     torch.set_num_threads(max(1, base.recipe.threads or threads))
     base = base_to(base, resolve_device(base.recipe.device))
     result = objective(config, base, table, report=tune.report)
@@ -83,7 +89,9 @@ def make_scheduler(asha: AshaSpec | None, epochs: int) -> Any:
 class Screener:
     """Holds the dense model and the ScoreTable once; evaluates chunks of screening candidates."""
 
-    def __init__(self, base: Base, table: ScoreTable, threads: int, bn_batches: int, val_images: int) -> None:
+    def __init__(self, base: Base, table: ScoreTable, threads: int, bn_batches: int, val_images: int,
+                 plugins: tuple[str, ...] = ()) -> None:
+        import_plugins(plugins)  # the search's plugin modules (see trainable)
         torch.set_num_threads(max(1, threads))
         self.base, self.table = base_to(base, resolve_device(base.recipe.device)), table
         self.bn_batches, self.val_images = bn_batches, val_images
@@ -108,9 +116,9 @@ class RayPool:
     each with one trial's resources; :meth:`close` frees them for the fine-tune trials."""
 
     def __init__(self, base_ref: Any, table_ref: Any, *, slots: int, cpus: float, gpus: float, bn_batches: int,
-                 val_images: int) -> None:
+                 val_images: int, plugins: tuple[str, ...] = ()) -> None:
         make = Screener.options(num_cpus=cpus, num_gpus=gpus)
-        self.actors = [make.remote(base_ref, table_ref, max(1, int(cpus)), bn_batches, val_images)
+        self.actors = [make.remote(base_ref, table_ref, max(1, int(cpus)), bn_batches, val_images, plugins)
                        for _ in range(slots)]
         self.slots, self._free, self._owner = slots, list(self.actors), {}
 

@@ -319,7 +319,8 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
                    f"adaptive-BN proxy, {slots} at a time")
     t0 = time.perf_counter()
     pool = ray_parts.RayPool(ray.put(base), ray.put(table), slots=slots, cpus=s.cpus_per_trial,
-                             gpus=s.gpus_per_trial, bn_batches=spec.bn_batches, val_images=spec.val_images)
+                             gpus=s.gpus_per_trial, bn_batches=spec.bn_batches, val_images=spec.val_images,
+                             plugins=s.plugins)
     try:
         chunk = max(1, min(8, count // (4 * slots)))
         candidates = run_screening(plans, hand, count, pool, seed=s.seed, chunk=chunk,
@@ -385,7 +386,7 @@ def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, obje
 
     s = config.settings
     fn = tune.with_parameters(ray_parts.trainable, base=base, table=table, objective=objective,
-                              threads=max(1, int(s.cpus_per_trial)), latency=s.latency)
+                              threads=max(1, int(s.cpus_per_trial)), latency=s.latency, plugins=s.plugins)
     fn = tune.with_resources(fn, ray_parts.resources(s.cpus_per_trial, s.gpus_per_trial))
     # with screening, another seed than the screening study's (its first draws would repeat them)
     seed = s.seed + 1 if config.screen.enabled else s.seed

@@ -191,7 +191,7 @@ def each_group(groups: ModelGroups) -> dict[str, str]:
     return {g: g for g in groups.names}
 
 
-RATIO_SPACES: Registry[RatioPreset] = Registry("ratio space")
+RATIO_SPACES: Registry[RatioPreset] = Registry("ratio space", pluggable=True)
 RATIO_SPACES.register("uniform", RatioPreset(
     "uniform", None, "Every group pruned at the same ratio, scaled to the trial's MACs target."))
 RATIO_SPACES.register("per_stage", RatioPreset(

@@ -129,7 +129,7 @@ class Criterion:
         return {**self.defaults, **params}
 
 
-CRITERIA: Registry[Criterion] = Registry("criterion", entry=Criterion,
+CRITERIA: Registry[Criterion] = Registry("criterion", pluggable=True, entry=Criterion,
                                          how="subclass Criterion and call criteria.register(MyCriterion(name))")
 
 

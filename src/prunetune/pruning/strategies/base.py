@@ -46,7 +46,7 @@ class Strategy:
         return self.fn(groups, **kwargs)
 
 
-STRATEGIES: Registry[Strategy] = Registry("allocation strategy", entry=Strategy,
+STRATEGIES: Registry[Strategy] = Registry("allocation strategy", pluggable=True, entry=Strategy,
                                           how="register a function with @strategies.register(name)")
 
 

@@ -1,0 +1,77 @@
+"""Plugin modules: code outside prunetune that registers entries when it is imported.
+
+A plugin module registers criteria, normalisers, schedules, allocation strategies or ratio presets at
+its import (``prunetune.pruning.criteria.register`` and the like). A search names such modules in its
+config (``plugins: [mypkg.criteria]``) or with ``--plugin``, and ``prune`` and ``score`` take
+``--plugin`` to replay a recipe that names their entries. The driver imports them before it reads
+the recipe and the space, and every Ray worker of a search before its first trial or screening chunk:
+a worker imports prunetune, not the user's code, so without this every trial failed on the name.
+
+Importing a module runs its code, so naming one needs the same opt-in as a user model's
+``package.module:function`` (:mod:`prunetune._safety`): ``--allow-code``, ``allow_code: true`` in
+the user's own search config, or ``allow_code=True`` from Python. The modules must be importable
+(installed, or on ``PYTHONPATH``; the current folder is not searched).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+from prunetune._checks import boolean
+from prunetune._safety import OPT_IN, REFUSED_MODULES
+from prunetune._text import short
+from prunetune.exceptions import ConfigError, UntrustedCodeError
+
+
+def plugin_names(value: Any, *, what: str = "plugins") -> tuple[str, ...]:
+    """``value`` (None, a module name or a list of them) as a tuple of dotted module names."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, Sequence) or isinstance(names, (bytes, bytearray)):
+        raise ConfigError(f"{what} must be a list of module names (e.g. [mypkg.criteria]), got {short(value)}")
+    out: list[str] = []
+    for name in names:
+        if not isinstance(name, str) or not name or not all(p.isidentifier() for p in name.split(".")):
+            raise ConfigError(f"{what}: {short(name)} is not a module name; give a dotted name such as "
+                              "mypkg.criteria (a module, not a file path)")
+        if any(name == m or name.startswith(m + ".") for m in REFUSED_MODULES):
+            raise UntrustedCodeError(f"{what}: {name!r} is refused: it registers no prunetune entry, and its "
+                                     "import could run or load arbitrary code")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def load_plugins(value: Any, *, allow_code: bool, what: str = "plugins") -> tuple[str, ...]:
+    """Check ``value`` (:func:`plugin_names`) and the opt-in, import each module; return the names.
+
+    Raises:
+        UntrustedCodeError: modules named without ``allow_code``, or a refused module.
+        ConfigError: a malformed name, a module that is not importable, or one that fails on import.
+    """
+    boolean(allow_code, "allow_code")
+    names = plugin_names(value, what=what)
+    if names and not allow_code:
+        raise UntrustedCodeError(f"{what} {', '.join(map(repr, names))} would import and run Python code; if you "
+                                 f"trust it, {OPT_IN}")
+    import_plugins(names)
+    return names
+
+
+def import_plugins(names: Sequence[str]) -> None:
+    """Import each of ``names`` (already checked and allowed); a missing or failing module is a
+    :class:`ConfigError` naming it. Modules already imported are not imported again."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+                raise ConfigError(f"plugin module {name!r} is not importable ({exc}); install it, or put its "
+                                  "folder on PYTHONPATH (the current folder is not searched: PYTHONPATH=. "
+                                  "prunetune ...)") from None
+            raise ConfigError(f"plugin module {name!r} failed on import: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # the plugin's own code: one line naming it, the cause chained
+            raise ConfigError(f"plugin module {name!r} failed on import: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,150 @@
+"""Plugin modules (``plugins:`` / ``--plugin``): checked, imported with the opt-in, and imported in the
+search's Ray workers, whose screening and trials then know the entries they register."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+
+import pytest
+
+from prunetune.exceptions import ConfigError, UntrustedCodeError
+from prunetune.pruning.criteria import CRITERIA
+
+PLUGIN = "ptplug_criteria"
+CRITERION = "ptplug_l1"
+SOURCE = textwrap.dedent(f"""
+    from dataclasses import dataclass
+
+    from prunetune.pruning.criteria import WEIGHT, Criterion, register
+
+
+    @dataclass(frozen=True)
+    class PlugL1(Criterion):
+        def needs(self, params):
+            return frozenset({{WEIGHT}})
+
+        def from_weight(self, weight, **params):
+            return weight.detach().reshape(weight.shape[0], -1).abs().sum(1).double()
+
+
+    register(PlugL1({CRITERION!r}, summary="a plugin's L1 norm"))
+""")
+
+
+@pytest.fixture(scope="module")
+def plugin_dir(tmp_path_factory):
+    """A folder holding the plugin module, on the driver's path; the entry and module gone afterwards."""
+    folder = tmp_path_factory.mktemp("plugins")
+    (folder / f"{PLUGIN}.py").write_text(SOURCE)
+    (folder / "ptplug_broken.py").write_text("raise RuntimeError('the plugin is broken')\n")
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+    for name in (PLUGIN, "ptplug_broken"):
+        sys.modules.pop(name, None)
+    CRITERIA._items.pop(CRITERION, None)
+    CRITERIA._plugins.pop(CRITERION, None)
+
+
+def test_plugin_names_need_the_opt_in_and_importable_modules(plugin_dir) -> None:
+    from prunetune._plugins import load_plugins
+
+    assert load_plugins(None, allow_code=False) == ()
+    with pytest.raises(UntrustedCodeError, match=rf"^plugins '{PLUGIN}' would import and run Python code; if you "
+                                                 "trust it, pass --allow-code"):
+        load_plugins([PLUGIN], allow_code=False)
+    assert CRITERION not in CRITERIA  # refused before the import
+    with pytest.raises(ConfigError, match=r"'plugins/x\.py' is not a module name; give a dotted name"):
+        load_plugins(["plugins/x.py"], allow_code=True)
+    with pytest.raises(ConfigError, match=r"^plugins must be a list of module names"):
+        load_plugins({"a": 1}, allow_code=True)
+    with pytest.raises(UntrustedCodeError, match=r"'os\.path' is refused"):
+        load_plugins(["os.path"], allow_code=True)
+    with pytest.raises(ConfigError, match=r"^plugin module 'ptplug_missing' is not importable \(No module named "
+                                          r"'ptplug_missing'\); install it, or put its folder on PYTHONPATH"):
+        load_plugins(["ptplug_missing"], allow_code=True)
+    with pytest.raises(ConfigError, match=r"^plugin module 'ptplug_broken' failed on import: RuntimeError: the "
+                                          "plugin is broken"):
+        load_plugins(["ptplug_broken"], allow_code=True)
+    assert load_plugins([PLUGIN, PLUGIN], allow_code=True) == (PLUGIN,)
+    assert CRITERIA.plugins()[CRITERION] == PLUGIN
+
+
+def test_an_unknown_criterion_says_how_a_plugins_entry_is_imported() -> None:
+    from prunetune.exceptions import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match=r"A plugin's criterion\? Import its module first \(--plugin MODULE "
+                                               "--allow-code"):
+        CRITERIA.get("no_such_criterion")
+
+
+def test_a_search_config_imports_its_plugins_before_reading_the_space(plugin_dir, make_config, tmp_path) -> None:
+    from prunetune.search import preflight
+
+    space = {"ratios": "uniform", "criteria": ["l1", CRITERION]}
+    with pytest.raises(UntrustedCodeError, match="would import and run Python code"):
+        make_config(space=space, plugins=[PLUGIN])
+    config = make_config(space=space, plugins=[PLUGIN], allow_code=True)
+    assert config.settings.plugins == (PLUGIN,) and config.to_dict()["plugins"] == [PLUGIN]
+    assert config.identity()["plugins"] == [PLUGIN]  # a resume with other plugins is refused
+    preflight.check_plugins(config)  # named in plugins: the workers import it
+    # the same entry, its module not named: refused before any work, saying how to name it
+    bare = make_config(space=space, allow_code=True)
+    with pytest.raises(ConfigError, match=rf"is registered by '{PLUGIN}' in this process only.*To search with it, "
+                                          rf"name the module in the search config's plugins \(plugins: \[{PLUGIN}\]"):
+        preflight.check_plugins(bare)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_searchs_workers_import_its_plugins(plugin_dir, make_config) -> None:
+    """Screening and trials run in Ray workers that import prunetune only: before ``plugins``, every
+    candidate and trial failed on the plugin's criterion name."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("optuna")
+    pytest.importorskip("mlflow")
+    from prunetune.recipes.pipeline import build_plan
+    from prunetune.search import TrialResult, run_search
+    from prunetune.spaces import trial_recipe
+
+    def plan_only(config, base, table, *, report=None) -> TrialResult:
+        time.sleep(0.1)
+        recipe = trial_recipe(base.recipe, config, base.groups)
+        plan = build_plan(recipe, base, table)  # resolves the plugin's criterion name in the worker
+        metrics = {"accuracy": 0.5 + config["target_macs"] / 2, "macs": float(plan.pruned.macs),
+                   "params": float(plan.pruned.params), "macs_ratio": plan.macs_ratio,
+                   "target_macs": config["target_macs"]}
+        return TrialResult(metrics, [], plan, recipe)
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
+    # the workers find the plugin as a user's would, on PYTHONPATH (not on the driver's sys.path)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": str(plugin_dir)}})
+    try:
+        # the base recipe's criterion: the space's one, the plugin's
+        config = make_config(space={"ratios": "uniform", "criteria": [CRITERION]}, plugins=[PLUGIN],
+                             allow_code=True, trials=3)
+        outcome = run_search(config, objective=plan_only, show_progress=False)
+    finally:
+        ray.shutdown()
+    assert outcome.status == "FINISHED" and outcome.counts == {"FINISHED": 3}, outcome
+
+
+def test_score_takes_plugin_modules_with_the_opt_in(plugin_dir, tmp_path, capsys) -> None:
+    import yaml
+
+    from prunetune.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
+        "data": {"name": "digits", "image_size": 8, "batch_size": 128},
+        "pretrain": {"epochs": 1, "batch_size": 128}, "finetune": {"epochs": 1, "batch_size": 128},
+        "criterion": CRITERION, "allocation": {"ratio": 0.5}, "device": "cpu"}))
+    assert main(["score", "--recipe", str(recipe), "--plugin", PLUGIN]) == 2
+    err = capsys.readouterr().err
+    assert f"--plugin '{PLUGIN}' would import and run Python code; if you trust it, pass --allow-code" in err
+    assert main(["score", "--recipe", str(recipe), "--plugin", PLUGIN, "--allow-code", "--format", "json"]) == 0
+    assert CRITERION in capsys.readouterr().out
