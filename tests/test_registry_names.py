@@ -29,3 +29,14 @@ def test_a_duplicate_name_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="normalizer 'max' is already registered") as err:
         reg.register("max")(lambda s: s)
     assert isinstance(err.value, ValueError)
+
+
+def test_a_name_differing_only_in_case_is_refused_and_suggested() -> None:
+    """'L1' could sit beside 'l1', and a recipe naming 'L1' got no suggestion (too short for difflib)."""
+    reg = Registry("criterion")
+    reg.register("l1", object())
+    with pytest.raises(ConfigError, match="criterion 'L1' differs from the registered 'l1' only in case"):
+        reg.register("L1", object())
+    assert reg.names() == ["l1"]
+    with pytest.raises(UnknownNameError, match="unknown criterion 'L1'; did you mean 'l1'\\?"):
+        reg.get("L1")

@@ -15,8 +15,10 @@ T = TypeVar("T")
 def unknown_name_message(kind: str, name: object, known: Iterable[str]) -> str:
     """``unknown <kind> 'x'; did you mean 'y'? known: ...`` for any list of names."""
     known = sorted(known)
-    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    # the same name in another case first ('L1' for 'l1': too short for difflib's ratio to find it)
+    same = [k for k in known if k.casefold() == str(name).casefold()]
+    close = same + [c for c in difflib.get_close_matches(str(name), known, n=3, cutoff=0.6) if c not in same]
+    hint = f"; did you mean {' or '.join(repr(c) for c in close[:3])}?" if close else ""
     return f"unknown {kind} {name!r}{hint or ';'} known: {', '.join(known)}"
 
 
@@ -40,7 +42,8 @@ class Registry(Generic[T]):
         """Register ``obj`` under ``name``; without ``obj`` return a decorator.
 
         Raises:
-            ConfigError: ``name`` is not a non-empty string, or is already registered.
+            ConfigError: ``name`` is not a non-empty string, or is already registered (also in another
+                case: ``"L1"`` beside ``"l1"``).
         """
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"a {self.kind} name must be a non-empty string, got {name!r}")
@@ -53,6 +56,10 @@ class Registry(Generic[T]):
                                   f"{'; ' + self.how if self.how else ''}")
             if name in self._items:
                 raise ConfigError(f"{self.kind} {name!r} is already registered; register it under another name")
+            twin = next((k for k in self._items if k.casefold() == name.casefold()), None)
+            if twin is not None:  # 'L1' beside 'l1': a recipe could name either by mistake
+                raise ConfigError(f"{self.kind} {name!r} differs from the registered {twin!r} only in case, and "
+                                  "would be confused with it; register it under another name")
             self._items[name] = item
             origin = _registering_module()
             if origin is not None:
