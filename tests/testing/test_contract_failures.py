@@ -294,3 +294,37 @@ def test_a_normalizers_nan_in_a_blend_is_blamed_on_the_normalizer(monkeypatch) -
                                           r"scores of group 'conv1'; fix the normalizer"):
         blend_scores(table, {"l1": 0.5, "l2": 0.5}, normalizer="nan_norm")
     assert set(blend_scores(table, {"l1": 0.5, "l2": 0.5})) == {"conv1"}
+
+
+def _weight_criterion(monkeypatch, fn) -> str:
+    from dataclasses import dataclass
+
+    from prunetune.pruning.criteria import CRITERIA, WEIGHT, Criterion
+
+    @dataclass(frozen=True)
+    class Broken(Criterion):
+        def needs(self, params):
+            return frozenset({WEIGHT})
+
+        def from_weight(self, weight, **params):
+            return fn(weight)
+
+    monkeypatch.setitem(CRITERIA._items, "broken_crit", Broken("broken_crit"))
+    return "broken_crit"
+
+
+@pytest.mark.parametrize("fn, message", [
+    # writes into the weight it scores: in a model, the layer's weights change
+    (lambda w: w.abs_().sum(dim=(1, 2, 3)).double(), "changes the weight it scores"),
+    (lambda w: w.sum(dim=(1, 2, 3)).to(torch.complex64), "not one finite real score per channel of 6"),
+    (lambda w: w.sum(dim=(1, 2, 3)) > 0, "not one finite real score per channel of 6"),
+    # takes 4-D conv weights only: a Linear layer's group breaks it
+    (lambda w: w.abs().sum(dim=(1, 2, 3)).double(), r"a Linear layer's \(6, 27\) weight"),
+])
+def test_a_broken_criterion_fails_its_check(monkeypatch, fn, message) -> None:
+    """Complex or bool scores, a criterion writing into its weight, and one taking 4-D weights only
+    passed ``check_criterion``."""
+    from prunetune.testing import check_criterion
+
+    with pytest.raises(AssertionError, match=rf"^criterion 'broken_crit': .*{message}"):
+        check_criterion(_weight_criterion(monkeypatch, fn))

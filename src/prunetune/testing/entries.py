@@ -62,11 +62,30 @@ def score_evidence(name: str, ev: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def check_criterion(name: str) -> None:
-    """Finite, one score per channel, deterministic."""
-    a, b = score_evidence(name, evidence()), score_evidence(name, evidence())
-    ensure(isinstance(a, torch.Tensor) and a.shape == (C,) and torch.isfinite(a).all(),
-           f"criterion {name!r}: not one finite score per channel of {C}, got {show(a)}")
+    """One finite real score per channel, deterministic, the evidence left as it was (a criterion
+    writing into a layer's weight would change the model it scores), and the same for a Linear
+    layer's 2-D weight and its ``[B, C]`` outputs, which groups hold too."""
+    ev = evidence()
+    before = {key: value.clone() for key, value in ev.items()}
+    a, b = score_evidence(name, ev), score_evidence(name, evidence())
+    ensure(isinstance(a, torch.Tensor) and a.shape == (C,) and a.is_floating_point() and torch.isfinite(a).all(),
+           f"criterion {name!r}: not one finite real score per channel of {C}, got {show(a)}")
     ensure(torch.equal(a, b), f"criterion {name!r}: two runs on the same evidence differ: {show(a)} and {show(b)}")
+    changed = [key for key in ev if not torch.equal(ev[key], before[key])]
+    ensure(not changed, f"criterion {name!r}: changes the {changed[0] if changed else ''} it scores (in place); "
+           "score a copy")
+    linear = evidence(seed=1)
+    linear["weight"] = linear["weight"].reshape(C, -1)  # a Linear layer: out × in
+    linear["feature_maps"] = linear["feature_maps"].mean(dim=(2, 3))  # its outputs, [B, C]
+    linear["gradients"] = linear["gradients"].mean(dim=(2, 3))
+    where = f"criterion {name!r}: a Linear layer's {tuple(linear['weight'].shape)} weight (or [B, C] outputs)"
+    try:
+        out = score_evidence(name, linear)
+    except Exception as exc:  # noqa: BLE001 (a contract failure, with what the criterion raised)
+        raise AssertionError(f"{where} raises {type(exc).__name__}: {exc}") from exc
+    ensure(isinstance(out, torch.Tensor) and out.shape == (C,) and out.is_floating_point()
+           and torch.isfinite(out).all(),
+           f"{where} does not give one finite real score per channel of {C}, got {show(out)}")
 
 
 def check_normalizer(name: str) -> None:
