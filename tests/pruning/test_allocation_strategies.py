@@ -158,3 +158,20 @@ def test_strategy_parameters_are_checked_when_the_recipe_is_read(allocation, mat
 
     with pytest.raises(PrunetuneError, match=match):
         _recipe(allocation)
+
+
+def test_a_plugin_strategys_declared_parameters_are_read_from_a_recipe(monkeypatch) -> None:
+    """A strategy's register(params=...) were checked against the recipe's allocation, but the section
+    admitted only the built-in strategies' keys: 'unknown key' for the plugin's own parameter. (The
+    pipeline hands ``allocation.params`` to the strategy as ``params``.)"""
+    from prunetune.pruning.strategies.base import Strategy
+
+    def tempered(groups, *, rule, macs_budget=None, **_):
+        return keep_for_budget(groups, macs_budget, rule=rule)
+
+    monkeypatch.setitem(STRATEGIES._items, "tempered", Strategy("tempered", tempered, params=("temperature",)))
+    recipe = _recipe({"strategy": "tempered", "macs_budget": 0.5, "temperature": 2.5})
+    assert recipe.allocation.params == {"temperature": 2.5}
+    assert recipe.allocation.to_dict()["temperature"] == 2.5  # an exported recipe keeps it
+    with pytest.raises(ConfigError, match="'ratios' takes no parameter 'temperature'; its parameters: none"):
+        _recipe({"macs_budget": 0.5, "temperature": 2.5})

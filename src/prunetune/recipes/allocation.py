@@ -13,8 +13,18 @@ from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, MacsBudget
 
 
 ALLOCATION_KEYS = {"strategy", "ratio", "ratios", "default", "macs_budget", "flops_budget", "min_keep",
-                   "round_to", "max_ratio", "rho", "epsilon", "scale", "normalizer"}
-STRATEGY_PARAMS = ("rho", "epsilon", "scale", "normalizer")
+                   "round_to", "max_ratio"}
+
+
+def strategy_params() -> tuple[str, ...]:
+    """Every parameter some registered strategy declares (``register(params=...)``: ``rho``,
+    ``epsilon``, ``scale``, ``normalizer`` for the built-in ones, and a plugin strategy's own): an
+    allocation section may hold them, and :meth:`AllocationSpec.check` refuses the ones its own
+    strategy does not take."""
+    from prunetune.pruning.strategies import STRATEGIES
+
+    declared = (p for name in STRATEGIES.in_order() for p in STRATEGIES.get(name).params)
+    return tuple(p for p in dict.fromkeys(declared) if p not in ALLOCATION_KEYS)
 
 
 @dataclass(frozen=True)
@@ -60,12 +70,13 @@ class AllocationSpec:
     def parse(cls, value: Any, *, sized: bool = True) -> AllocationSpec:
         """Validate an ``allocation:`` section; ``sized=False`` (a search's base recipe, whose trials size
         their own plans) lets it hold only the keep rule (``min_keep``, ``round_to``, ``max_ratio``)."""
-        d = section("allocation", value, ALLOCATION_KEYS)
+        declared = strategy_params()
+        d = section("allocation", value, ALLOCATION_KEYS | set(declared))
         if "flops_budget" in d:  # the papers' "FLOPs" are MACs
             if "macs_budget" in d:
                 raise ConfigError("give one of allocation.macs_budget or allocation.flops_budget (a synonym)")
             d["macs_budget"] = d.pop("flops_budget")
-        params = {k: d.pop(k) for k in STRATEGY_PARAMS if k in d}
+        params = {k: d.pop(k) for k in declared if k in d}
         if "round_to" in d:  # a multiple, or a hardware preset (cpu, gpu)
             from prunetune.pruning.rounding import resolve_round_to
 
