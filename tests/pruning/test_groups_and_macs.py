@@ -382,3 +382,33 @@ def test_a_groups_macs_share_counts_the_transposed_conv_it_feeds() -> None:
     # a: 4·3·9·64 = 6912 MACs, u (counted, not modelled): 4·3·4·64 = 3072, fc: 30 (the total 10014 counted)
     assert count_cost(Up(), (3, 8, 8)).macs == 10014
     assert groups["a"].macs_share == pytest.approx((6912 + 3072) / 10014, rel=1e-12)
+
+
+def test_a_slow_trace_says_it_is_still_running(monkeypatch, caplog) -> None:
+    """Torch-Pruning's graph fix took 123 s on a multi-scale concatenating head, silently: it looked
+    like a hang."""
+    import logging
+    import time
+
+    import torch_pruning as tp
+
+    from prunetune.models import create_model
+    from prunetune.pruning import tp_bridge
+
+    build = tp.DependencyGraph.build_dependency
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.5)
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(tp_bridge, "SLOW_TRACE_S", 0.05)
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", slow)
+    with caplog.at_level(logging.WARNING, logger="prunetune"):
+        tp_bridge.build_graph(create_model("tiny_resnet", in_channels=1), torch.randn(1, 1, 8, 8))
+    assert "tracing CifarResNet's channel dependencies (Torch-Pruning) has taken over 0 s" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", build)
+    monkeypatch.setattr(tp_bridge, "SLOW_TRACE_S", 600.0)
+    with caplog.at_level(logging.WARNING, logger="prunetune"):
+        tp_bridge.build_graph(create_model("tiny_resnet", in_channels=1), torch.randn(1, 1, 8, 8))
+    assert "still running" not in caplog.text  # a quick trace says nothing (the timer is cancelled)

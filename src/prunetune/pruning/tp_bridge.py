@@ -7,6 +7,8 @@ indices, never in Torch-Pruning objects.
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -18,6 +20,11 @@ from prunetune._modes import modes_kept
 from prunetune.exceptions import ConfigError
 from prunetune.models.cifar_resnet import ChannelPadShortcut
 from prunetune.pruning.outputs import output_leaves
+
+log = logging.getLogger("prunetune")
+# a trace still running after this many seconds says so once: Torch-Pruning's graph fix can take
+# minutes on some heads (flattened maps of several scales concatenated), which looked like a hang
+SLOW_TRACE_S = 20.0
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
@@ -71,7 +78,7 @@ def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
     """Trace ``model`` once and return Torch-Pruning's dependency graph, with autograd on whatever the
     caller's mode (``no_grad``, ``inference_mode``) and every parameter traced (:func:`_all_traced`)."""
     with torch.inference_mode(False), torch.enable_grad(), _all_traced(model), modes_kept(model), \
-            warnings.catch_warnings():
+            warnings.catch_warnings(), _slow_notice(type(model).__name__):
         # "Unwrapped parameters detected ... will prune the last non-singleton dimension": a parameter
         # outside any layer (a layer scale) is what find_groups reports, and the removal probe checks
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected", category=UserWarning)
@@ -87,6 +94,21 @@ def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
             except TypeError:  # the forward's own TypeError, raised again: the first one, unchained
                 raise exc from None
     return graph
+
+
+@contextlib.contextmanager
+def _slow_notice(name: str) -> Iterator[None]:
+    """Log once, from a timer thread, if the block is still running after :data:`SLOW_TRACE_S`."""
+    timer = threading.Timer(SLOW_TRACE_S, lambda: log.warning(
+        "tracing %s's channel dependencies (Torch-Pruning) has taken over %.0f s and is still running; large "
+        "graphs, and heads that concatenate flattened maps of several scales, can take minutes here", name,
+        SLOW_TRACE_S))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 class _TensorOutputs(nn.Module):
