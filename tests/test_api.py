@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import copy
 import faulthandler
+import logging
 import os
 import signal
-import sys
-import logging
 import subprocess
 import sys
 
@@ -168,3 +167,23 @@ def test_wrong_types_from_python_are_one_line(call, message) -> None:
     """Each was a TypeError from pathlib (or accepted as truthy) rather than a PrunetuneError naming the argument."""
     with pytest.raises(prunetune.PrunetuneError, match=message):
         call()
+
+
+def test_pareto_and_export_errors_name_keyword_arguments_not_flags(tmp_path) -> None:
+    """From Python, 'pass --tracking-uri ...' and 'pass --overwrite' named flags there is no way to give;
+    the commands they quote in backquotes stay commands."""
+    pytest.importorskip("mlflow")
+    from prunetune.exceptions import ConfigError, PrunetuneError
+
+    with pytest.raises(PrunetuneError) as err:
+        prunetune.pareto("exp", tracking_uri=tmp_path / "missing.db")
+    message = str(err.value)
+    assert "or pass tracking_uri pointing at the store" in message and "--tracking-uri" not in message, message
+    assert "run `prunetune search` first" in message  # a command stays as it is
+    from prunetune.api import _keyword_names
+
+    with pytest.raises(ConfigError, match=r"^x; pass tracking_uri=sqlite:///m\.db or overwrite=True; "
+                                          r"`prunetune pareto --experiment e --all`$"):
+        with _keyword_names():
+            raise ConfigError("x; pass --tracking-uri sqlite:///m.db or --overwrite; "
+                              "`prunetune pareto --experiment e --all`")
