@@ -328,3 +328,22 @@ def test_a_broken_criterion_fails_its_check(monkeypatch, fn, message) -> None:
 
     with pytest.raises(AssertionError, match=rf"^criterion 'broken_crit': .*{message}"):
         check_criterion(_weight_criterion(monkeypatch, fn))
+
+
+def test_check_all_names_an_entry_whose_own_method_raises(monkeypatch) -> None:
+    """A criterion without needs() failed check_all with a bare NotImplementedError naming nothing."""
+    from dataclasses import dataclass
+
+    from prunetune.pruning.criteria import CRITERIA, Criterion
+    from prunetune.testing import check_all
+
+    @dataclass(frozen=True)
+    class NoNeeds(Criterion):
+        def from_weight(self, weight, **params):
+            return weight.reshape(weight.shape[0], -1).abs().sum(1).double()
+
+    monkeypatch.setitem(CRITERIA._items, "aaa_no_needs", NoNeeds("aaa_no_needs"))  # checked first
+    with pytest.raises(AssertionError, match=r"^criterion 'aaa_no_needs': its check raised NotImplementedError: "
+                                             r"criterion 'aaa_no_needs' does not say which evidence it needs; "
+                                             r"define needs\(self, params\)"):
+        check_all()

@@ -45,6 +45,11 @@ def check_all() -> list[str]:
                                   ("schedule", SCHEDULES, check_schedule), ("ratios", RATIO_SPACES, check_ratio_preset),
                                   ("strategy", STRATEGIES, check_strategy)):
         for name in registry.names():
-            check(name)
+            try:
+                check(name)
+            except AssertionError:
+                raise  # names its entry already
+            except Exception as exc:  # an entry's own error (a criterion without needs()): say whose
+                raise AssertionError(f"{registry.kind} {name!r}: its check raised {type(exc).__name__}: {exc}") from exc
             checked.append(f"{kind}:{name}")
     return checked

@@ -84,7 +84,8 @@ class Criterion:
 
     def needs(self, params: Mapping[str, Any]) -> frozenset[str]:
         """Which evidence the criterion needs under ``params``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"criterion {self.name!r} does not say which evidence it needs; define "
+                                  "needs(self, params) returning e.g. frozenset({WEIGHT}) or frozenset({ACTIVATION})")
 
     def from_weight(self, weight: Tensor, **params: Any) -> Tensor:
         raise ConfigError(f"criterion {self.name!r} does not score from weights")
