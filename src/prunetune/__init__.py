@@ -12,7 +12,7 @@ The core (``prunetune.pruning``, ``prunetune.models``, ``prunetune.data``) needs
 search (Ray Tune + Optuna) and tracking (MLflow) are imported only when they run.
 """
 
-from prunetune.recipes.checkpoint import load_pruned, save_pruned
+from prunetune.recipes.pruned_file import load_pruned, save_pruned
 from prunetune.deployment import deploy
 from prunetune.exceptions import ConfigError, PrunetuneError
 from prunetune.models import create_model, list_models

@@ -278,7 +278,7 @@ def test_exports_replay_command_adds_allow_code_for_the_users_own_model_and_plug
 
 def test_a_dense_checkpoint_given_as_a_pruned_model_says_what_to_give(tmp_path) -> None:
     from prunetune.exceptions import CheckpointError
-    from prunetune.recipes.checkpoint import load_pruned
+    from prunetune.recipes.pruned_file import load_pruned
 
     ckpt = tmp_path / "dense.pt"
     torch.save(create_model("tiny_resnet", num_classes=10, in_channels=1).state_dict(), ckpt)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunetune.recipes.checkpoint import save_pruned
+from prunetune.recipes.pruned_file import save_pruned
 from prunetune.cli import main
 from prunetune.deployment import deploy, fold_batchnorm
 from prunetune.deployment import export as export_mod
@@ -402,7 +402,7 @@ def test_a_network_the_meta_device_cannot_run_is_counted_for_real_or_loaded_with
     real; above ``REAL_COUNT_LIMIT`` the plan is loaded unchecked with a warning, not refused as damaged."""
     import dataclasses
 
-    from prunetune.recipes.checkpoint import check_plan_cost
+    from prunetune.recipes.pruned_file import check_plan_cost
 
     class Normalised(torch.nn.Module):
         def __init__(self) -> None:
@@ -455,7 +455,7 @@ def test_a_small_count_difference_loads_with_a_warning_when_asked(pruned_file, t
     import logging
 
     from prunetune.exceptions import CheckpointError
-    from prunetune.recipes.checkpoint import load_pruned
+    from prunetune.recipes.pruned_file import load_pruned
 
     data = torch.load(pruned_file, weights_only=True)
     data["plan"]["pruned"]["macs"] = int(data["plan"]["pruned"]["macs"] * 1.1)  # within NEAR_COUNT
@@ -524,7 +524,7 @@ def test_save_pruned_keeps_what_exists_and_refuses_what_load_pruned_would(tmp_pa
     """It replaced an unrelated existing file by default, and wrote files load_pruned then called
     damaged (an unknown model name, a model that does not match its plan)."""
     from prunetune.exceptions import UnknownNameError
-    from prunetune.recipes.checkpoint import load_pruned
+    from prunetune.recipes.pruned_file import load_pruned
 
     model, plan = pruned("zoo_shortcuts")
     spec = {"name": "zoo_shortcuts", "num_classes": 10, "in_channels": 3, "kwargs": {}}
@@ -552,7 +552,7 @@ def test_save_pruned_keeps_what_exists_and_refuses_what_load_pruned_would(tmp_pa
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
 def test_load_pruned_on_a_device_this_machine_lacks_names_the_device(pruned_file) -> None:
     """It said the file was not one prunetune wrote; the file was fine."""
-    from prunetune.recipes.checkpoint import load_pruned
+    from prunetune.recipes.pruned_file import load_pruned
 
     with pytest.raises(ConfigError, match=r"map_location 'cuda': CUDA is not available here; load it with "
                                           r"map_location='cpu'"):

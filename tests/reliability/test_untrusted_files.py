@@ -257,7 +257,7 @@ def test_allow_code_comes_from_the_search_config_never_from_a_recipe(tmp_path) -
 
 def test_a_pruned_model_file_naming_a_factory_needs_the_opt_in(tmp_path, monkeypatch) -> None:
     from prunetune import load_pruned
-    from prunetune.recipes.checkpoint import save_pruned
+    from prunetune.recipes.pruned_file import save_pruned
     from prunetune.pruning.groups import find_groups
     from prunetune.pruning.plan import make_plan
 
@@ -279,7 +279,7 @@ def test_a_pruned_model_file_naming_a_factory_needs_the_opt_in(tmp_path, monkeyp
 @pytest.mark.parametrize("command", ["deploy", "bench"])
 def test_deploy_and_bench_take_the_opt_in_their_error_asks_for(tmp_path, monkeypatch, capfd, command) -> None:
     # the refusal says "pass --allow-code": the command it comes from must accept that flag
-    from prunetune.recipes.checkpoint import save_pruned
+    from prunetune.recipes.pruned_file import save_pruned
     from prunetune.pruning.groups import find_groups
     from prunetune.pruning.plan import make_plan
 

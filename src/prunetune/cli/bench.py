@@ -53,7 +53,8 @@ def _batches(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunetune.recipes.checkpoint import dense_architecture, load_checkpoint, load_pruned, read_pruned_plan
+    from prunetune.recipes.checkpoint import load_checkpoint
+    from prunetune.recipes.pruned_file import dense_architecture, load_pruned, read_pruned_plan
     from prunetune.deployment.bench import compare, speedups
     from prunetune.exceptions import ConfigError
     from prunetune._machine import check_input_fits

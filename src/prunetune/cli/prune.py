@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunetune.recipes.checkpoint import plan_file
+    from prunetune.recipes.pruned_file import plan_file
     from prunetune.recipes.pipeline import run_recipe
     from prunetune.recipes.schema import Recipe
 

@@ -159,7 +159,7 @@ def _resolve(model, input_shape, allow_code: bool = False) -> tuple[nn.Module, t
             raise ConfigError("deploy(module, ...) needs input_shape=(C, H, W); a pruned file carries its own")
         check_float32(model, "the module given to deploy")
         return model, tuple(input_shape)
-    from prunetune.recipes.checkpoint import load_pruned, pruned_input_shape
+    from prunetune.recipes.pruned_file import load_pruned, pruned_input_shape
 
     path = Path(model)
     return load_pruned(path, allow_code=allow_code), tuple(input_shape or pruned_input_shape(path))

@@ -40,7 +40,8 @@ from prunetune.pruning.plan import PruningPlan, make_plan
 from prunetune.pruning.masking import plan_ranking, run_schedule
 from prunetune.pruning.scores import CACHE_ENV, CalibrationSettings, ScoreTable, compute_scores, default_cache_dir, weight_scores
 from prunetune.pruning.strategies import STRATEGIES, scoring_params, strategy_criteria
-from prunetune.recipes.checkpoint import load_checkpoint, save_dense, save_pruned_with_plan
+from prunetune.recipes.checkpoint import load_checkpoint, save_dense
+from prunetune.recipes.pruned_file import save_pruned_with_plan
 from prunetune.recipes.schema import Recipe
 from prunetune.version import __version__
 
