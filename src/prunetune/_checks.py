@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prunetune._text import exception_line, short
+from prunetune._text import close_names, exception_line, short
 from prunetune.exceptions import ConfigError
 
 
@@ -74,7 +73,7 @@ def unknown_key(key: Any, where: str, allowed: Iterable[str]) -> ConfigError:
     """``unknown key 'epoch' in <where> (did you mean 'epochs'?); allowed: ...``: the closest allowed
     key, where one is close, for a typo."""
     allowed = sorted(allowed)
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) if isinstance(key, str) else []
+    close = close_names(key, allowed)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ConfigError(f"unknown key {short(key)} in {where}{hint}; allowed: {', '.join(allowed)}")
 

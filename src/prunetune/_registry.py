@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
+from prunetune._text import close_names
 from prunetune.exceptions import ConfigError, UnknownNameError
 
 T = TypeVar("T")
@@ -15,10 +15,8 @@ T = TypeVar("T")
 def unknown_name_message(kind: str, name: object, known: Iterable[str]) -> str:
     """``unknown <kind> 'x'; did you mean 'y'? known: ...`` for any list of names."""
     known = sorted(known)
-    # the same name in another case first ('L1' for 'l1': too short for difflib's ratio to find it)
-    same = [k for k in known if k.casefold() == str(name).casefold()]
-    close = same + [c for c in difflib.get_close_matches(str(name), known, n=3, cutoff=0.6) if c not in same]
-    hint = f"; did you mean {' or '.join(repr(c) for c in close[:3])}?" if close else ""
+    close = close_names(str(name), known, n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     return f"unknown {kind} {name!r}{hint or ';'} known: {', '.join(known)}"
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import reprlib
+from collections.abc import Iterable
 from typing import Any
 
 _REPR = reprlib.Repr()
@@ -25,6 +27,17 @@ def _yaml_number_hint(value: str) -> str:
     plain = repr(float(value.replace("_", "")))
     also = f"{plain} or " if "e" not in plain and "inf" not in plain else ""  # repr(1e-05) is text again
     return f" (text: YAML reads a number with an exponent only with a '.' and a signed exponent, e.g. {also}{written})"
+
+
+def close_names(name: Any, known: Iterable[str], n: int = 1) -> list[str]:
+    """Up to ``n`` of ``known`` that ``name`` was likely meant to be, for a "did you mean": the same
+    name in another case first ('L1' for 'l1', too short for difflib's ratio to find), then difflib's
+    close matches (ratio 0.6). None for a name that is not a string."""
+    if not isinstance(name, str):
+        return []
+    known = sorted(known)
+    same = [k for k in known if k.casefold() == name.casefold() and k != name]
+    return (same + [c for c in difflib.get_close_matches(name, known, n=n, cutoff=0.6) if c not in same])[:n]
 
 
 def short(value: Any, limit: int = 80) -> str:

@@ -38,7 +38,6 @@ them. Applied at the start, the last epoch trains under λ = 1, on the final arc
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prunetune._registry import Registry
+from prunetune._text import close_names
 from prunetune.exceptions import ConfigError
 
 
@@ -184,7 +184,7 @@ class Schedule:
 def unknown_param_message(schedule: str, key: str, known: Iterable[str]) -> str:
     """``schedule 'sfp' has no parameter 'hardfraction'; its parameters: ...`` (+ did you mean)."""
     known = sorted(known)
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = close_names(key, known)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"schedule {schedule!r} has no parameter {key!r}; its parameters: {', '.join(known) or 'none'}{hint}"
 
