@@ -24,7 +24,9 @@ import time
 
 import torch
 
-from prunetune.recipes.pipeline import build_plan, prepare, score_table, train_pruned
+from prunetune.recipes.pipeline import prepare, score_table, train_pruned
+
+from prunetune.recipes.planning import build_plan
 from prunetune.pruning.finetune import evaluate
 from prunetune.pruning.surgery import apply_plan
 from prunetune.recipes.schema import Recipe

@@ -23,7 +23,8 @@ import torch
 
 from prunetune.pruning.finetune import evaluate
 from prunetune.pruning.proxy import bn_proxy
-from prunetune.recipes.pipeline import build_plan, prepare, score_table, train_pruned
+from prunetune.recipes.pipeline import prepare, score_table, train_pruned
+from prunetune.recipes.planning import build_plan
 from prunetune.recipes.schema import Recipe
 from prunetune.search.selection import spearman
 from prunetune.spaces import RandomTrial, SpaceSpec, build_space, plan_space, space_criteria, trial_recipe

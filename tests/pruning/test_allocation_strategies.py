@@ -121,7 +121,7 @@ def test_a_carried_plan_above_the_recipe_budget_fails_before_any_training(groups
     """An inline plan that keeps every channel under macs_budget 0.5 was counted only after the dense
     training, and the error blamed the analytic count."""
     from prunetune.pruning.plan import PruningPlan
-    from prunetune.recipes.pipeline import check_allocation
+    from prunetune.recipes.planning import check_allocation
     from prunetune.recipes.schema import Recipe
 
     def recipe(keep):
@@ -140,7 +140,7 @@ def test_a_carried_plan_above_the_recipe_budget_fails_before_any_training(groups
 
 def test_a_budget_that_relative_zeros_make_unreachable_fails_before_any_training(groups) -> None:
     """A relative ratio of 0 keeps a group whole under a budget: the feasibility check knows it."""
-    from prunetune.recipes.pipeline import check_allocation
+    from prunetune.recipes.planning import check_allocation
 
     with pytest.raises(BudgetInfeasibleError, match="kept whole by a relative ratio of 0") as err:
         check_allocation(_recipe({"macs_budget": 0.3, "ratios": {n: 0.0 for n in groups.names}}), groups)

@@ -118,7 +118,7 @@ def test_resume_refuses_a_changed_state_and_runs_no_planted_pickle(tmp_path, mon
 
 def _plan_only(config, base, table, *, report=None):
     """A trial without fine-tuning (milliseconds)."""
-    from prunetune.recipes.pipeline import build_plan
+    from prunetune.recipes.planning import build_plan
     from prunetune.search import TrialResult
     from prunetune.spaces import trial_recipe
 

@@ -10,7 +10,7 @@ from prunetune.exceptions import BudgetExceededError
 from prunetune.pruning.allocation import keep_for_budget
 from prunetune.pruning.strategies import STRATEGIES
 from prunetune.pruning.strategies.base import Strategy
-from prunetune.recipes.pipeline import build_plan
+from prunetune.recipes.planning import build_plan
 from prunetune.recipes.schema import Recipe
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from prunetune.exceptions import ConfigError
-from prunetune.recipes.pipeline import recipe_criteria
+from prunetune.recipes.planning import recipe_criteria
 from prunetune.recipes.schema import Recipe
 from prunetune.search import parse_search_config, probe_groups
 from prunetune.spaces import RandomTrial, build_space, space_criteria

@@ -176,7 +176,7 @@ def test_screened_trials_take_the_recipes_lr_and_first_schedule_or_leave_them_to
 def test_screening_evaluates_the_plan_its_trial_will_fine_tune(shared) -> None:
     """A single-choice part of the space (here the allocation) is a constant the trial gets from the
     space: the candidate is evaluated with it, not with the base recipe's fallback."""
-    from prunetune.recipes.pipeline import build_plan
+    from prunetune.recipes.planning import build_plan
 
     config, base, table, _ = shared
     spec = SpaceSpec(criteria=("capacity", "l1"), normalizers=("rank",), allocations=("global",))
@@ -321,7 +321,7 @@ def test_screening_records_what_identifies_a_plan(shared) -> None:
     """The identity of the plan each candidate gave: its kept channels and the order of the pruned ones,
     whatever parameters produced it."""
     from prunetune.pruning.plan import PruningPlan
-    from prunetune.recipes.pipeline import build_plan
+    from prunetune.recipes.planning import build_plan
     from prunetune.search.screening import plan_identity
 
     _, base, table, _ = shared

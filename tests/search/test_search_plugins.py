@@ -105,7 +105,7 @@ def test_a_searchs_workers_import_its_plugins(plugin_dir, make_config) -> None:
     ray = pytest.importorskip("ray")
     pytest.importorskip("optuna")
     pytest.importorskip("mlflow")
-    from prunetune.recipes.pipeline import build_plan
+    from prunetune.recipes.planning import build_plan
     from prunetune.search import TrialResult, run_search
     from prunetune.spaces import trial_recipe
 

@@ -24,7 +24,7 @@ pytest.importorskip("mlflow")
 from ray import tune  # noqa: E402
 
 from prunetune.exceptions import ConfigError  # noqa: E402
-from prunetune.recipes.pipeline import build_plan  # noqa: E402
+from prunetune.recipes.planning import build_plan  # noqa: E402
 from prunetune.search import TrialResult, run_search  # noqa: E402
 from prunetune.spaces import trial_recipe  # noqa: E402
 from prunetune.tracking.store import client  # noqa: E402

@@ -91,7 +91,7 @@ def test_cmi_scored_only_for_the_knee_cut_off_may_stop_at_the_knee() -> None:
 
 
 def test_a_recipe_scores_cmi_for_its_cut_off_as_a_search_does() -> None:
-    from prunetune.recipes.pipeline import recipe_criteria
+    from prunetune.recipes.planning import recipe_criteria
     from prunetune.recipes.schema import Recipe
 
     def cmi(criterion, strategy):

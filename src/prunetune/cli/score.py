@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from prunetune.exceptions import ConfigError
-    from prunetune.recipes.pipeline import prepare, recipe_criteria, score_table
+    from prunetune.recipes.pipeline import prepare, score_table
+    from prunetune.recipes.planning import recipe_criteria
     from prunetune.pruning.criteria import CRITERIA
     from prunetune.recipes.schema import Recipe
 

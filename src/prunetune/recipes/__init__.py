@@ -5,6 +5,7 @@
 - :mod:`~prunetune.recipes.criterion`: its ``criterion:`` section (one criterion or a blend);
 - :mod:`~prunetune.recipes.allocation`: its ``allocation:`` section (strategy, budget, keep rule);
 - :mod:`~prunetune.recipes.pipeline`: prepare → score → plan → fine-tune → evaluate;
+- :mod:`~prunetune.recipes.planning`: the plan (scores → blend → strategy) and the allocation's early checks;
 - :mod:`~prunetune.recipes.checkpoint`: dense checkpoints (no pickled modules);
 - :mod:`~prunetune.recipes.pruned_file`: pruned-model files (state dict + plan + dense model spec).
 

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from prunetune.exceptions import PrunetuneError
-from prunetune.recipes.pipeline import Base, build_plan, splits_to, train_pruned
+from prunetune.recipes.pipeline import Base, splits_to, train_pruned
+from prunetune.recipes.planning import build_plan
 from prunetune.pruning.finetune import evaluate
 from prunetune.pruning.budget_check import check_pruned_macs
 from prunetune.pruning.plan import PruningPlan

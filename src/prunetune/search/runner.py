@@ -27,7 +27,8 @@ from prunetune._imports import require
 from prunetune._signals import handlers_restored, sigint_kept_ignored
 from prunetune._text import exception_line, masked_url
 from prunetune.exceptions import ConfigError
-from prunetune.recipes.pipeline import check_allocation, dense_base, load_inputs, score_table
+from prunetune.recipes.pipeline import dense_base, load_inputs, score_table
+from prunetune.recipes.planning import check_allocation
 from prunetune.pruning.groups import ModelGroups
 from prunetune.search import cluster, preflight, trust
 from prunetune.search import study as study_mod

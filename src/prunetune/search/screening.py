@@ -274,7 +274,7 @@ def evaluate_candidates(params: list[dict[str, Any]], base: Any, table: Any, *, 
     val split lists its images class by class, so its first images would be its first classes).
     """
     from prunetune.data import calibration_subset, make_loader
-    from prunetune.recipes.pipeline import build_plan
+    from prunetune.recipes.planning import build_plan
     from prunetune.pruning.proxy import bn_proxy
     from prunetune.spaces import trial_recipe
 

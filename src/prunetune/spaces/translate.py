@@ -30,7 +30,7 @@ from prunetune.spaces.presets import (
 
 def trial_recipe(base: Recipe, config: Mapping[str, Any], groups: ModelGroups) -> Recipe:
     """The full recipe of one trial: ``base`` with the sampled criterion blend and normaliser,
-    allocation (MACs target + relative ratios, projected in :func:`prunetune.recipes.pipeline.build_plan`),
+    allocation (MACs target + relative ratios, projected in :func:`prunetune.recipes.planning.build_plan`),
     schedule and fine-tune learning rate. Keys absent from ``config`` keep ``base``'s values.
 
     Args:

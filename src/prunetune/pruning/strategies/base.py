@@ -90,7 +90,7 @@ def read_by_strategies() -> frozenset[str]:
 def scoring_params(blend: Iterable[str], strategies: Iterable[str],
                    params: Mapping[str, Mapping[str, Any] | None] | None = None) -> dict[str, dict[str, Any]]:
     """Every criterion to score -> its resolved parameters: the one rule of a recipe
-    (:func:`prunetune.recipes.pipeline.recipe_criteria`) and of a search's ScoreTable
+    (:func:`prunetune.recipes.planning.recipe_criteria`) and of a search's ScoreTable
     (:func:`prunetune.spaces.space_criteria`), so a trial's recipe scored on its own gets what the
     search scored for it.
 
