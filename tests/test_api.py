@@ -187,3 +187,6 @@ def test_pareto_and_export_errors_name_keyword_arguments_not_flags(tmp_path) -> 
         with _keyword_names():
             raise ConfigError("x; pass --tracking-uri sqlite:///m.db or --overwrite; "
                               "`prunetune pareto --experiment e --all`")
+    with pytest.raises(ConfigError, match=r"^no store at '/data/--budget/m\.db'; drop budget\.$"):
+        with _keyword_names():  # a path holding a flag's text is the user's, not a flag
+            raise ConfigError("no store at '/data/--budget/m.db'; drop --budget.")

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from prunetune._checks import boolean
-from prunetune._safety import OPT_IN, REFUSED_MODULES
+from prunetune._registry import crediting
+from prunetune._safety import OPT_IN, refused_module
 from prunetune._text import short
 from prunetune.exceptions import ConfigError, UntrustedCodeError
 
@@ -37,7 +38,7 @@ def plugin_names(value: Any, *, what: str = "plugins") -> tuple[str, ...]:
         if not isinstance(name, str) or not name or not all(p.isidentifier() for p in name.split(".")):
             raise ConfigError(f"{what}: {short(name)} is not a module name; give a dotted name such as "
                               "mypkg.criteria (a module, not a file path)")
-        if any(name == m or name.startswith(m + ".") for m in REFUSED_MODULES):
+        if refused_module(name) is not None:
             raise UntrustedCodeError(f"{what}: {name!r} is refused: it registers no prunetune entry, and its "
                                      "import could run or load arbitrary code")
         if name not in out:
@@ -61,12 +62,19 @@ def load_plugins(value: Any, *, allow_code: bool, what: str = "plugins") -> tupl
     return names
 
 
+def plugin_flags(names: Sequence[str]) -> str:
+    """`` --plugin a --plugin b --allow-code`` for a command that needs ``names`` imported ('' for none)."""
+    names = list(dict.fromkeys(names))
+    return "".join(f" --plugin {name}" for name in names) + (" --allow-code" if names else "")
+
+
 def import_plugins(names: Sequence[str]) -> None:
     """Import each of ``names`` (already checked and allowed); a missing or failing module is a
     :class:`ConfigError` naming it. Modules already imported are not imported again."""
     for name in names:
         try:
-            importlib.import_module(name)
+            with crediting(name):  # what it registers is this plugin's (a search's workers import it)
+                importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
                 raise ConfigError(f"plugin module {name!r} is not importable ({exc}); install it, or put its "

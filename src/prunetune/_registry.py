@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
@@ -10,6 +11,22 @@ from prunetune._text import close_names
 from prunetune.exceptions import ConfigError, UnknownNameError
 
 T = TypeVar("T")
+
+# the plugin module being imported by name (prunetune._plugins), innermost last: what code outside
+# prunetune registers meanwhile is that plugin's, wherever its registering helper lives
+_LOADING: list[str] = []
+
+
+@contextlib.contextmanager
+def crediting(plugin: str) -> Iterator[None]:
+    """Entries registered by code outside prunetune inside this block are recorded as ``plugin``'s
+    (:meth:`Registry.plugins`), not as the module whose frame registers them (a helper decorator in
+    another module of the package)."""
+    _LOADING.append(plugin)
+    try:
+        yield
+    finally:
+        _LOADING.pop()
 
 
 def unknown_name_message(kind: str, name: object, known: Iterable[str]) -> str:
@@ -60,15 +77,16 @@ class Registry(Generic[T]):
                                   "would be confused with it; register it under another name")
             self._items[name] = item
             origin = _registering_module()
-            if origin is not None:
-                self._plugins[name] = origin
+            if origin is not None:  # prunetune's own entries (imported by a plugin, too) stay its own
+                self._plugins[name] = _LOADING[-1] if _LOADING else origin
             return item
 
         return _add if obj is None else _add(obj)
 
     def plugins(self) -> dict[str, str]:
-        """Entries registered by code outside prunetune (name -> that module): a process that imports
-        only prunetune, such as a search's Ray worker, does not have them."""
+        """Entries registered by code outside prunetune (name -> that module: the plugin module whose
+        import by name registered it, else the module whose code did): a process that imports only
+        prunetune, such as a search's Ray worker, does not have them."""
         return dict(self._plugins)
 
     def get(self, name: str) -> T:

@@ -29,6 +29,11 @@ REFUSED_MODULES = frozenset({
 REFUSED_FUNCTIONS = frozenset({("torch", "load"), ("numpy", "load"), ("pandas", "read_pickle")})
 
 
+def refused_module(module: str) -> str | None:
+    """The entry of :data:`REFUSED_MODULES` that ``module`` is or lies under, None if none."""
+    return next((m for m in sorted(REFUSED_MODULES) if module == m or module.startswith(m + ".")), None)
+
+
 def is_user_code(name: object) -> bool:
     """True for a ``package.module:function`` name (the form that imports code)."""
     return isinstance(name, str) and ":" in name and not name.startswith("tv:")
@@ -46,7 +51,7 @@ def check_user_code(name: str, *, allow_code: bool, what: str = "model") -> tupl
             or not attr.isidentifier():
         raise UntrustedCodeError(f"{what} {short(name)} is not a 'package.module:function' name; use a "
                                  "registered name or package.module:function")
-    refused = [m for m in REFUSED_MODULES if module == m or module.startswith(m + ".")]
+    refused = [m for m in (refused_module(module),) if m is not None]
     if (module, attr) in REFUSED_FUNCTIONS:
         refused = [f"{module}:{attr}"]
     if refused:

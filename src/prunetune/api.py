@@ -215,7 +215,7 @@ def export(experiment: str, out: PathLike, *, pick: str = "max-acc", trial: str 
 # the command's flags that the tracking errors name, and the keyword arguments that say the same here
 _KEYWORDS = {"--tracking-uri": "tracking_uri", "--search-run": "search_run", "--experiment": "experiment",
              "--budget": "budget", "--overwrite": "overwrite=True", "--trial": "trial", "--out": "out"}
-_FLAG = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, _KEYWORDS)) + r")(?![\w-])( (?=\S*[:/]))?")
+_FLAG = re.compile(r"(?<![\w/.-])(" + "|".join(map(re.escape, _KEYWORDS)) + r")(?![\w/-])( (?=\S*[:/]))?")
 
 
 @contextmanager

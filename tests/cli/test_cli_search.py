@@ -187,7 +187,7 @@ def test_a_search_whose_every_trial_failed_exits_1_with_the_first_error(tmp_path
                  "--tracking-uri", str(tmp_path / "m.db"), "--format", fmt])
     out, err = capsys.readouterr()
     assert code == 1
-    assert ("search broken: every trial failed (3 failed); the first error: RuntimeError: CUDA out of memory. "
+    assert ("search broken: no trial finished (3 failed); the first error: RuntimeError: CUDA out of memory. "
             "Fix it and start again with another --experiment") in err
     assert "interrupted" not in err
     if fmt == "json":

@@ -175,3 +175,8 @@ def test_a_plugin_strategys_declared_parameters_are_read_from_a_recipe(monkeypat
     assert recipe.allocation.to_dict()["temperature"] == 2.5  # an exported recipe keeps it
     with pytest.raises(ConfigError, match="'ratios' takes no parameter 'temperature'; its parameters: none"):
         _recipe({"macs_budget": 0.5, "temperature": 2.5})
+    monkeypatch.delitem(STRATEGIES._items, "tempered")  # a replay without the plugin: the strategy is unknown
+    from prunetune.exceptions import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match=r"^unknown allocation strategy 'tempered'.*A plugin's allocation strategy\?"):
+        _recipe({"strategy": "tempered", "macs_budget": 0.5, "temperature": 2.5})

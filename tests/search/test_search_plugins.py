@@ -39,13 +39,21 @@ def plugin_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plugins")
     (folder / f"{PLUGIN}.py").write_text(SOURCE)
     (folder / "ptplug_broken.py").write_text("raise RuntimeError('the plugin is broken')\n")
+    package = folder / "ptplugpkg"  # registers through a helper in another module of the package
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "utils.py").write_text(SOURCE.replace(f"register(PlugL1({CRITERION!r}, summary=\"a plugin's L1 norm\"))",
+                                                     "def add(name):\n    register(PlugL1(name))"))
+    (package / "criteria.py").write_text("from ptplugpkg.utils import add\n\nadd('ptpkg_helper_l1')\n")
+    (package / "direct.py").write_text("from ptplugpkg.utils import add\n\nadd('ptpkg_direct_l1')\n")
     sys.path.insert(0, str(folder))
     yield folder
     sys.path.remove(str(folder))
-    for name in (PLUGIN, "ptplug_broken"):
+    for name in (PLUGIN, "ptplug_broken", "ptplugpkg", "ptplugpkg.utils", "ptplugpkg.criteria", "ptplugpkg.direct"):
         sys.modules.pop(name, None)
-    CRITERIA._items.pop(CRITERION, None)
-    CRITERIA._plugins.pop(CRITERION, None)
+    for name in (CRITERION, "ptpkg_helper_l1", "ptpkg_direct_l1"):
+        CRITERIA._items.pop(name, None)
+        CRITERIA._plugins.pop(name, None)
 
 
 def test_plugin_names_need_the_opt_in_and_importable_modules(plugin_dir) -> None:
@@ -88,7 +96,11 @@ def test_a_search_config_imports_its_plugins_before_reading_the_space(plugin_dir
         make_config(space=space, plugins=[PLUGIN])
     config = make_config(space=space, plugins=[PLUGIN], allow_code=True)
     assert config.settings.plugins == (PLUGIN,) and config.to_dict()["plugins"] == [PLUGIN]
-    assert config.identity()["plugins"] == [PLUGIN]  # a resume with other plugins is refused
+    assert config.identity()["plugins"] == [PLUGIN]  # a resume with other plugins is refused (resume_state)
+    from prunetune.search.config import SearchSettings
+
+    with pytest.raises(UntrustedCodeError, match="would import and run Python code"):  # from Python, too
+        SearchSettings(**{**vars(config.settings), "allow_code": False})
     preflight.check_plugins(config)  # named in plugins: the workers import it
     # the same entry, its module not named: refused before any work, saying how to name it
     bare = make_config(space=space, allow_code=True)
@@ -132,6 +144,27 @@ def test_a_searchs_workers_import_its_plugins(plugin_dir, make_config) -> None:
     assert outcome.status == "FINISHED" and outcome.counts == {"FINISHED": 3}, outcome
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_workers_that_cannot_import_a_plugin_say_so_in_one_line(plugin_dir, make_config) -> None:
+    """The driver imports the plugin (its folder on sys.path), the workers cannot (no PYTHONPATH): the
+    screening actors died in their constructor, and the driver printed Ray's traceback."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("optuna")
+    pytest.importorskip("mlflow")
+    from prunetune.search import run_search
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        config = make_config(space={"ratios": "uniform", "criteria": [CRITERION]}, plugins=[PLUGIN],
+                             allow_code=True, trials=2)
+        with pytest.raises(ConfigError, match=rf"^screening evaluated none of its \d+ candidates \(first error: "
+                                              rf"ConfigError: plugin module '{PLUGIN}' is not importable"):
+            run_search(config, show_progress=False)
+    finally:
+        ray.shutdown()
+
+
 def test_score_takes_plugin_modules_with_the_opt_in(plugin_dir, tmp_path, capsys) -> None:
     import yaml
 
@@ -148,3 +181,23 @@ def test_score_takes_plugin_modules_with_the_opt_in(plugin_dir, tmp_path, capsys
     assert f"--plugin '{PLUGIN}' would import and run Python code; if you trust it, pass --allow-code" in err
     assert main(["score", "--recipe", str(recipe), "--plugin", PLUGIN, "--allow-code", "--format", "json"]) == 0
     assert CRITERION in capsys.readouterr().out
+
+
+def test_an_entry_is_credited_to_the_plugin_whose_import_registered_it(plugin_dir, make_config) -> None:
+    """Credited by the registering frame's module, an entry a package registers through a helper in
+    another of its modules was refused although its plugin was named; and a submodule the plugin does
+    not import passed the check by its name's prefix, to fail on every worker."""
+    import importlib
+
+    from prunetune.search import preflight
+
+    config = make_config(space={"ratios": "uniform", "criteria": ["l1", "ptpkg_helper_l1"]},
+                         plugins=["ptplugpkg.criteria"], allow_code=True)
+    assert CRITERIA.plugins()["ptpkg_helper_l1"] == "ptplugpkg.criteria"  # not ptplugpkg.utils
+    preflight.check_plugins(config)
+    importlib.import_module("ptplugpkg.direct")  # the user's own code, not a named plugin
+    assert CRITERIA.plugins()["ptpkg_direct_l1"] == "ptplugpkg.utils"
+    config = make_config(space={"ratios": "uniform", "criteria": ["l1", "ptpkg_direct_l1"]},
+                         plugins=["ptplugpkg"], allow_code=True)
+    with pytest.raises(ConfigError, match="'ptpkg_direct_l1' is registered by 'ptplugpkg.utils' in this process only"):
+        preflight.check_plugins(config)

@@ -53,11 +53,12 @@ def _code_flags(path, plugins: list[str] | None) -> str:
     """The ``--plugin`` modules this export imported, and `` --allow-code`` with them or where the
     exported recipe's model is the user's own ``package.module:function``: the replay imports that
     code, which prune refuses without the flag."""
+    from prunetune._plugins import plugin_flags
     from prunetune._safety import is_user_code
     from prunetune._yaml import load_yaml_file
 
     recipe = load_yaml_file(path, "the exported recipe")
     model = recipe.get("model") if isinstance(recipe, dict) else None
-    flags = "".join(f" --plugin {name}" for name in dict.fromkeys(plugins or ()))
+    flags = plugin_flags(plugins or ())
     user_model = isinstance(model, dict) and is_user_code(model.get("name"))
-    return flags + (" --allow-code" if flags or user_model else "")
+    return flags or (" --allow-code" if user_model else "")

@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(outcome, *, json_output: bool = False, plugins: tuple[str, ...] = ()) -> int:
-    """Print how a search ended and its front; 130 when it was interrupted, 1 when every trial failed.
+    """Print how a search ended and its front; 130 when it was interrupted, 1 when no trial finished and
+    one failed.
     ``plugins``: the search's plugin modules, which the export command it suggests needs too."""
     from prunetune.cli.pareto import print_front
     from prunetune.exceptions import TrackingError
@@ -111,14 +112,16 @@ def report(outcome, *, json_output: bool = False, plugins: tuple[str, ...] = ())
         print_front(records, [dict(t.as_dict(), front=True) for t, on in zip(records.trials, mask) if on])
         print(f"\nnext: prunetune pareto --experiment {outcome.experiment} --plot front.png"
               f"{_uri_flag(outcome.tracking_uri)}")
-        flags = "".join(f" --plugin {name}" for name in plugins) + (" --allow-code" if plugins else "")
+        from prunetune._plugins import plugin_flags
+
+        flags = plugin_flags(plugins)
         print(f"      prunetune export --experiment {outcome.experiment} --out best.yaml{_uri_flag(outcome.tracking_uri)}"
               f"{flags}")
         if outcome.tracking_uri.startswith("sqlite"):
             print(f"      {ui_command(outcome.tracking_uri)}")
         print(f"      optuna-dashboard {masked_url(outcome.study_storage or '')}   (the Optuna study {outcome.study_name!r})")
     if outcome.failed:
-        log.error("search %s: every trial failed (%s); the first error: %s. Fix it and start again with another "
+        log.error("search %s: no trial finished (%s); the first error: %s. Fix it and start again with another "
                   "--experiment", outcome.experiment,
                   ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())), outcome.error or "unknown")
         return 1

@@ -70,6 +70,10 @@ class AllocationSpec:
     def parse(cls, value: Any, *, sized: bool = True) -> AllocationSpec:
         """Validate an ``allocation:`` section; ``sized=False`` (a search's base recipe, whose trials size
         their own plans) lets it hold only the keep rule (``min_keep``, ``round_to``, ``max_ratio``)."""
+        if isinstance(value, Mapping) and "strategy" in value:  # an unknown (plugin) strategy is named as
+            from prunetune.pruning.strategies import STRATEGIES  # such, not its parameters as unknown keys
+
+            STRATEGIES.get(value["strategy"])
         declared = strategy_params()
         d = section("allocation", value, ALLOCATION_KEYS | set(declared))
         if "flops_budget" in d:  # the papers' "FLOPs" are MACs

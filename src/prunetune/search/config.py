@@ -60,10 +60,11 @@ import yaml
 
 from prunetune._checks import unknown_key
 from prunetune._plugins import load_plugins, plugin_names
+from prunetune._safety import OPT_IN
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune._text import masked_url
-from prunetune.exceptions import ConfigError
+from prunetune.exceptions import ConfigError, UntrustedCodeError
 from prunetune.pruning.allocation import MacsBudget, check_budget
 from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
 from prunetune.recipes.schema import Recipe, read_yaml
@@ -151,6 +152,9 @@ class SearchSettings:
             raise ConfigError(f"latency must be true or false, got {short(self.latency)}")
         if plugin_names(self.plugins) != self.plugins:
             raise ConfigError(f"plugins must be a tuple of distinct module names, got {short(self.plugins)}")
+        if self.plugins and not self.allow_code:  # the workers import them: never without the opt-in
+            raise UntrustedCodeError(f"plugins {', '.join(map(repr, self.plugins))} would import and run Python "
+                                     f"code; if you trust it, {OPT_IN}")
 
     @property
     def budget(self) -> MacsBudget:
@@ -227,7 +231,8 @@ class SearchConfig:
         keep = ("recipe", "space", "screen", "macs_budget", "trials", "sampler", "seed", "asha", "tracking_uri",
                 "study_storage")
         # plugin modules only where there are some: a search without keeps the identity it had before them
-        return {k: d[k] for k in keep} | ({"plugins": d["plugins"]} if d["plugins"] else {})
+        # (and may be resumed with some added); their order does not change what they register
+        return {k: d[k] for k in keep} | ({"plugins": sorted(d["plugins"])} if d["plugins"] else {})
 
     def public_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` as it may be written down (state file, MLflow artifact): a password in the

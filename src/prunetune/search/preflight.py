@@ -28,9 +28,9 @@ def check_outputs(settings: SearchSettings) -> None:
 def check_plugins(config: Any) -> None:
     """A :class:`ConfigError` where the search's recipe or space names an entry (criterion,
     normaliser, schedule, strategy, ratio preset) that code outside prunetune registered in this
-    process, other than one of the search's ``plugins`` modules (or their submodules): the trials run
-    in Ray worker processes, which import prunetune and those modules only, so every candidate and
-    trial failed on the unknown name after the scoring and Ray's start."""
+    process, other than by importing one of the search's ``plugins`` modules (or in that module's
+    own code): the trials run in Ray worker processes, which import prunetune and those modules
+    only, so every candidate and trial failed on the unknown name after the scoring and Ray's start."""
     from prunetune.pruning.criteria import CRITERIA
     from prunetune.pruning.normalize import NORMALIZERS
     from prunetune.pruning.schedules import SCHEDULES
@@ -41,7 +41,7 @@ def check_plugins(config: Any) -> None:
     named = _strings(config.recipe.to_dict()) | _strings(config.space.to_dict())
     for registry in (CRITERIA, NORMALIZERS, SCHEDULES, STRATEGIES, RATIO_SPACES):
         for name, module in sorted(registry.plugins().items()):
-            if name in named and not any(module == p or module.startswith(p + ".") for p in plugins):
+            if name in named and module not in plugins:
                 fix = (f"name the module in the search config's plugins (plugins: [{module}], with allow_code: "
                        f"true) or pass --plugin {module} --allow-code; the workers then import it"
                        if module != "__main__" else "move the registration into a module of its own and name "

@@ -24,6 +24,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from prunetune._plugins import import_plugins
+from prunetune.exceptions import ConfigError
 from prunetune.recipes.pipeline import Base, resolve_device
 from prunetune.pruning.scores import ScoreTable
 from prunetune.search.config import AshaSpec
@@ -91,12 +92,21 @@ class Screener:
 
     def __init__(self, base: Base, table: ScoreTable, threads: int, bn_batches: int, val_images: int,
                  plugins: tuple[str, ...] = ()) -> None:
-        import_plugins(plugins)  # the search's plugin modules (see trainable)
+        # the search's plugin modules (see trainable); one this worker cannot import fails each candidate
+        # with the reason, which the screening reports in one line (raised here, the actor died with a
+        # traceback at the driver)
+        try:
+            import_plugins(plugins)
+            self.fault = None
+        except ConfigError as exc:
+            self.fault = f"{type(exc).__name__}: {exc}"
         torch.set_num_threads(max(1, threads))
         self.base, self.table = base_to(base, resolve_device(base.recipe.device)), table
         self.bn_batches, self.val_images = bn_batches, val_images
 
     def evaluate(self, params: list[dict[str, Any]]) -> list[Result]:
+        if self.fault is not None:
+            return [(math.nan, math.nan, self.fault) for _ in params]
         return evaluate_candidates(params, self.base, self.table, bn_batches=self.bn_batches,
                                    val_images=self.val_images)
 
@@ -145,7 +155,8 @@ class TrackingCallback(tune.Callback):
     Statuses: FINISHED (a final result), KILLED (stopped early, or still open when the experiment
     ends: interrupted or out of time), FAILED (an error). After every finished trial the search run's
     ``front.html`` is rewritten. At the end it closes the parent run: KILLED when trials were left
-    unfinished (an interrupted search), FAILED when every trial of the whole search failed, else
+    unfinished (an interrupted search), FAILED when no trial of the whole search finished and one failed
+    (the others stopped early or cut by the time budget), else
     FINISHED, with the trial counts of the whole search, the
     rank correlation of the screening proxy and the fine-tuned validation accuracy, and ``front.png``.
 
@@ -233,7 +244,7 @@ class TrackingCallback(tune.Callback):
         metrics = {"trials_finished": statuses.count(FINISHED), "trials_failed": statuses.count(FAILED),
                    "trials_started": len(runs)}
         metrics.update(self._proxy_correlation(runs))
-        # every trial failed (a broken objective, a device out of memory): no result, so not FINISHED
+        # no trial finished and one failed (a broken objective, a device out of memory): no result, not FINISHED
         failed = not interrupted and FAILED in statuses and FINISHED not in statuses
         self.tracker.end_search(KILLED if interrupted else FAILED if failed else FINISHED, metrics)
         self._log_front(png=True)

@@ -77,7 +77,8 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
     if state.get("finished"):  # before the identity: a finished search is never resumed, whatever changed
         trials = state.get("identity", {}).get("trials", config.settings.trials)  # as it ran, not as asked now
         if state.get("failed"):
-            raise ConfigError(f"search {name!r} in {exp_dir} ended with every one of its {trials} trials failed; "
+            raise ConfigError(f"search {name!r} in {exp_dir} ended without a finished trial (its trials failed, or "
+                              "were stopped early or cut by the time budget); "
                               "their errors are in MLflow (the trial runs' prunetune.error tags): fix the cause and "
                               "start a new search with another --experiment")
         raise ConfigError(f"search {name!r} already finished ({trials} trials) in {exp_dir}; "

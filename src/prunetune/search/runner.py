@@ -58,7 +58,7 @@ SCREEN_FILE = "screening.json"
 @dataclass(frozen=True)
 class SearchOutcome:
     """Where a search's results are and how it ended (``status``: FINISHED; KILLED if interrupted;
-    FAILED if every trial failed, ``error`` then holding the first trial's error line).
+    FAILED if no trial finished and one failed, ``error`` then holding the first failed trial's error line).
 
     Attributes:
         experiment, tracking_uri, parent_run_id: the MLflow experiment, store and search run.
