@@ -82,20 +82,21 @@ def _read(path: Path, what: str) -> Any:
     if problem is not None:
         raise CheckpointError(f"{what} {str(path)!r} {problem}; give the state-dict file (.pt)")
     try:
-        return _load_weights(path, "cpu")
+        return load_weights(path, "cpu")
     except Exception as exc:
-        raise CheckpointError(f"cannot read {what} {str(path)!r} as a state dict ({_why(exc, 200, path)})") from None
+        raise CheckpointError(f"cannot read {what} {str(path)!r} as a state dict "
+                              f"({unreadable_reason(exc, 200, path)})") from None
 
 
-def _load_weights(path: Path, map_location) -> Any:
+def load_weights(path: Path, map_location) -> Any:
     """``torch.load(weights_only=True)`` without torch's warnings (a refused file is one error line)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" before a refusal
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def _why(exc: Exception, width: int, path: Path) -> str:
-    """What went wrong reading ``path`` with :func:`_load_weights`, in a few words."""
+def unreadable_reason(exc: Exception, width: int, path: Path) -> str:
+    """What went wrong reading ``path`` with :func:`load_weights`, in a few words."""
     if not _looks_like_torch(path):
         return "it is not a file torch.save wrote (neither a zip archive nor a pickle)"
     if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):

@@ -32,7 +32,7 @@ from prunetune.pruning.budget_check import ROUNDING
 from prunetune.pruning.cost import count_cost, shape_cost
 from prunetune.pruning.plan import PruningPlan
 from prunetune.pruning.surgery import apply_plan
-from prunetune.recipes.checkpoint import PRUNED_FORMAT, _load_weights, _why
+from prunetune.recipes.checkpoint import PRUNED_FORMAT, load_weights, unreadable_reason
 from prunetune.recipes.schema import MODEL_ARGUMENTS
 
 log = logging.getLogger(__name__)
@@ -251,10 +251,10 @@ def _read_pruned(path: Path, map_location) -> dict[str, Any]:
     if problem is not None:
         raise CheckpointError(f"pruned model {str(path)!r} {problem}; give the .pt file prunetune prune --out wrote")
     try:
-        data = _load_weights(path, map_location)
+        data = load_weights(path, map_location)
     except Exception as exc:
         raise CheckpointError(f"cannot read pruned model {str(path)!r}: it is not a file `prunetune prune --out` "
-                              f"wrote ({_why(exc, 120, path)})") from None
+                              f"wrote ({unreadable_reason(exc, 120, path)})") from None
     if not isinstance(data, dict) or data.get("format") != PRUNED_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a pruned model written by prunetune prune --out (a dense "
                               "checkpoint or another file?); give the .pt file prunetune prune --out wrote")

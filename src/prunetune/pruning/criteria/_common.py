@@ -249,8 +249,9 @@ def population_std(x: Tensor) -> Tensor:
     one_pass = ((var > 0) & (squares <= (STD_CANCELLATION * n) * var)) | (squares == 0)
     out = var.clamp_(min=0.0).sqrt_()
     rows = (~one_pass).nonzero()[:, 0]
-    if rows.numel():
-        out[rows] = two_pass_std(flat.index_select(0, rows))
+    step = max(1, BLOCK_BYTES // max(1, n * x.element_size()))  # copies of at most a block at a time
+    for part in rows.split(step):
+        out[part] = two_pass_std(flat.index_select(0, part))
     return out.reshape(x.shape[:-1])
 
 

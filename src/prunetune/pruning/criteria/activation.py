@@ -254,7 +254,8 @@ class Chip(CheckedCriterion):
 def spatial_std(maps: Tensor) -> Tensor:
     """Population (``unbiased=False``) std over the h·w pixels of each map -> ``Tensor[B, C]``.
 
-    float64, two-pass (:func:`~prunetune.pruning.criteria._common.population_std`).
+    float64 (:func:`~prunetune.pruning.criteria._common.population_std`: one pass, two for
+    near-constant maps).
     """
     return population_std(flat64(maps))
 
