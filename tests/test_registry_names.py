@@ -37,6 +37,8 @@ def test_a_name_differing_only_in_case_is_refused_and_suggested() -> None:
     reg.register("l1", object())
     with pytest.raises(ConfigError, match="criterion 'L1' differs from the registered 'l1' only in case"):
         reg.register("L1", object())
+    with pytest.raises(ConfigError, match="differs from the registered 'l1' only in case or character form"):
+        reg.register("l\uff11", object())  # a full-width digit one
     assert reg.names() == ["l1"]
     with pytest.raises(UnknownNameError, match="unknown criterion 'L1'; did you mean 'l1'\\?"):
         reg.get("L1")

@@ -15,15 +15,23 @@ the user's own search config, or ``allow_code=True`` from Python. The modules mu
 
 from __future__ import annotations
 
+import hashlib
 import importlib
-from collections.abc import Sequence
+import importlib.util
+import logging
+import sys
+import sysconfig
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from prunetune._checks import boolean
-from prunetune._registry import crediting
+from prunetune._registry import crediting, credited
 from prunetune._safety import OPT_IN, refused_module
 from prunetune._text import short
 from prunetune.exceptions import ConfigError, UntrustedCodeError
+
+log = logging.getLogger("prunetune")
 
 
 def plugin_names(value: Any, *, what: str = "plugins") -> tuple[str, ...]:
@@ -38,7 +46,7 @@ def plugin_names(value: Any, *, what: str = "plugins") -> tuple[str, ...]:
         if not isinstance(name, str) or not name or not all(p.isidentifier() for p in name.split(".")):
             raise ConfigError(f"{what}: {short(name)} is not a module name; give a dotted name such as "
                               "mypkg.criteria (a module, not a file path)")
-        if refused_module(name) is not None:
+        if refused_module(name) is not None or name.split(".")[-1] == "__main__":  # a package's script
             raise UntrustedCodeError(f"{what}: {name!r} is refused: it registers no prunetune entry, and its "
                                      "import could run or load arbitrary code")
         if name not in out:
@@ -70,11 +78,16 @@ def plugin_flags(names: Sequence[str]) -> str:
 
 def import_plugins(names: Sequence[str]) -> None:
     """Import each of ``names`` (already checked and allowed); a missing or failing module is a
-    :class:`ConfigError` naming it. Modules already imported are not imported again."""
+    :class:`ConfigError` naming it, as is one that exits (``sys.exit`` at its top level). Modules
+    already imported are not imported again; one whose first import registers nothing is warned about."""
     for name in names:
+        fresh = name not in sys.modules
         try:
             with crediting(name):  # what it registers is this plugin's (a search's workers import it)
                 importlib.import_module(name)
+        except SystemExit as exc:  # an unguarded main(): the command ended without a word
+            raise ConfigError(f"plugin module {name!r} exited on import (SystemExit {exc.code!r}); guard its script "
+                              "code with `if __name__ == '__main__':`") from None
         except ModuleNotFoundError as exc:
             if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
                 raise ConfigError(f"plugin module {name!r} is not importable ({exc}); install it, or put its "
@@ -83,3 +96,67 @@ def import_plugins(names: Sequence[str]) -> None:
             raise ConfigError(f"plugin module {name!r} failed on import: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # the plugin's own code: one line naming it, the cause chained
             raise ConfigError(f"plugin module {name!r} failed on import: {type(exc).__name__}: {exc}") from exc
+        if fresh and name not in credited():
+            log.warning("plugin module %r registered nothing at its import (no criterion, normaliser, schedule, "
+                        "strategy, ratio preset, model or dataset)", name)
+
+
+def _outside_roots() -> list[Path]:
+    """The standard library, the installed packages and prunetune itself: code a version pins."""
+    paths = sysconfig.get_paths()
+    roots = {Path(paths[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if paths.get(k)}
+    roots.add(Path(__file__).resolve().parent)
+    return sorted(roots)
+
+
+def user_modules() -> list[str]:
+    """The loaded modules whose source lies outside the standard library, the installed packages and
+    prunetune: the user's own code (plugins and what they import, their model), sorted."""
+    roots = _outside_roots()
+    out = []
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str) or not file.endswith(".py"):
+            continue
+        path = Path(file).resolve()
+        if not any(path.is_relative_to(root) for root in roots):
+            out.append(name)
+    return sorted(out)
+
+
+def source_digest(modules: Iterable[str]) -> str:
+    """A digest of the source files of ``modules`` (loaded ones; unreadable sources are skipped)."""
+    digest = hashlib.sha256()
+    for name in modules:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        try:
+            digest.update(name.encode() + b"\0" + Path(file).read_bytes())
+        except (TypeError, OSError):
+            continue
+    return digest.hexdigest()[:16]
+
+
+def plugin_files_digest(names: Iterable[str]) -> str:
+    """A digest of the source of the plugin modules ``names``: each module's file and, for a module of
+    a package, every ``.py`` file of its top-level package (its helpers), so an edited plugin is seen
+    without importing anything. Found through the import system's spec (no import); a module not
+    found counts as absent."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        try:
+            spec = importlib.util.find_spec(name.split(".")[0])
+        except (ImportError, ValueError):
+            spec = None
+        files: list[Path] = []
+        if spec is not None and spec.submodule_search_locations:  # a package: all of its files
+            for folder in spec.submodule_search_locations:
+                files += sorted(Path(folder).rglob("*.py"))
+        elif spec is not None and spec.origin and spec.origin.endswith(".py"):
+            files.append(Path(spec.origin))
+        digest.update(name.encode() + b"\0")
+        for file in files:
+            try:
+                digest.update(str(file).encode() + b"\0" + file.read_bytes())
+            except OSError:
+                continue
+    return digest.hexdigest()[:16]

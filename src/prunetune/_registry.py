@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
@@ -15,6 +16,12 @@ T = TypeVar("T")
 # the plugin module being imported by name (prunetune._plugins), innermost last: what code outside
 # prunetune registers meanwhile is that plugin's, wherever its registering helper lives
 _LOADING: list[str] = []
+_CREDITED: set[str] = set()  # the plugins something was credited to
+
+
+def credited() -> frozenset[str]:
+    """The plugin modules whose import registered at least one entry (:func:`crediting`)."""
+    return frozenset(_CREDITED)
 
 
 @contextlib.contextmanager
@@ -71,14 +78,15 @@ class Registry(Generic[T]):
                                   f"{'; ' + self.how if self.how else ''}")
             if name in self._items:
                 raise ConfigError(f"{self.kind} {name!r} is already registered; register it under another name")
-            twin = next((k for k in self._items if k.casefold() == name.casefold()), None)
-            if twin is not None:  # 'L1' beside 'l1': a recipe could name either by mistake
-                raise ConfigError(f"{self.kind} {name!r} differs from the registered {twin!r} only in case, and "
-                                  "would be confused with it; register it under another name")
+            twin = next((k for k in self._items if _folded(k) == _folded(name)), None)
+            if twin is not None:  # 'L1' (or a full-width 'l１') beside 'l1': a recipe could name either by mistake
+                raise ConfigError(f"{self.kind} {name!r} differs from the registered {twin!r} only in case or "
+                                  "character form, and would be confused with it; register it under another name")
             self._items[name] = item
             origin = _registering_module()
             if origin is not None:  # prunetune's own entries (imported by a plugin, too) stay its own
                 self._plugins[name] = _LOADING[-1] if _LOADING else origin
+                _CREDITED.update(_LOADING[-1:])
             return item
 
         return _add if obj is None else _add(obj)
@@ -119,6 +127,11 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _folded(name: str) -> str:
+    """``name`` as a reader would confuse it: compatibility forms (full-width digits) and case folded."""
+    return unicodedata.normalize("NFKC", name).casefold()
 
 
 def _registering_module() -> str | None:

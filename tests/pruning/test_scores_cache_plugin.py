@@ -39,6 +39,27 @@ def test_a_plugin_criterions_cache_key_follows_its_source(tmp_path, monkeypatch)
     assert plugin_code_digest(get_criterion("l1")) == ""  # prunetune's own: the package version covers it
 
 
+def test_a_plugin_criterions_cache_key_follows_the_helper_modules_it_calls(tmp_path, monkeypatch) -> None:
+    """Only the module defining the criterion was hashed: an edited helper module it calls (another
+    file of the user's) read the old scores back."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    helper = tmp_path / "my_cache_helper.py"
+    helper.write_text("def norm(w):\n    return w.abs().sum(1)\n")
+    (tmp_path / "my_helped_plugin.py").write_text(
+        PLUGIN.replace("{sign}weight.detach().reshape(weight.shape[0], -1).abs().sum(1).double()",
+                       "my_cache_helper.norm(weight.detach().reshape(weight.shape[0], -1)).double()")
+        .replace("from dataclasses import dataclass", "from dataclasses import dataclass\nimport my_cache_helper"))
+    module = importlib.import_module("my_helped_plugin")
+    try:
+        first = plugin_code_digest(module.CRIT)
+        assert first == plugin_code_digest(module.CRIT)  # stable while nothing changes
+        helper.write_text("def norm(w):\n    return -w.pow(2).sum(1)\n")  # the helper's formula is edited
+        assert plugin_code_digest(module.CRIT) != first
+    finally:
+        sys.modules.pop("my_helped_plugin", None)
+        sys.modules.pop("my_cache_helper", None)
+
+
 def test_a_plugin_without_readable_source_is_not_cached(monkeypatch) -> None:
     import types
 

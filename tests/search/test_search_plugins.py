@@ -39,6 +39,8 @@ def plugin_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plugins")
     (folder / f"{PLUGIN}.py").write_text(SOURCE)
     (folder / "ptplug_broken.py").write_text("raise RuntimeError('the plugin is broken')\n")
+    (folder / "ptplug_exits.py").write_text("import sys\nsys.exit(0)\n")  # an unguarded main()
+    (folder / "ptplug_empty.py").write_text("X = 1\n")  # registers nothing
     package = folder / "ptplugpkg"  # registers through a helper in another module of the package
     package.mkdir()
     (package / "__init__.py").write_text("")
@@ -49,14 +51,14 @@ def plugin_dir(tmp_path_factory):
     sys.path.insert(0, str(folder))
     yield folder
     sys.path.remove(str(folder))
-    for name in (PLUGIN, "ptplug_broken", "ptplugpkg", "ptplugpkg.utils", "ptplugpkg.criteria", "ptplugpkg.direct"):
+    for name in (PLUGIN, "ptplug_broken", "ptplug_exits", "ptplug_empty", "ptplugpkg", "ptplugpkg.utils", "ptplugpkg.criteria", "ptplugpkg.direct"):
         sys.modules.pop(name, None)
     for name in (CRITERION, "ptpkg_helper_l1", "ptpkg_direct_l1"):
         CRITERIA._items.pop(name, None)
         CRITERIA._plugins.pop(name, None)
 
 
-def test_plugin_names_need_the_opt_in_and_importable_modules(plugin_dir) -> None:
+def test_plugin_names_need_the_opt_in_and_importable_modules(plugin_dir, caplog) -> None:
     from prunetune._plugins import load_plugins
 
     assert load_plugins(None, allow_code=False) == ()
@@ -70,14 +72,22 @@ def test_plugin_names_need_the_opt_in_and_importable_modules(plugin_dir) -> None
         load_plugins({"a": 1}, allow_code=True)
     with pytest.raises(UntrustedCodeError, match=r"'os\.path' is refused"):
         load_plugins(["os.path"], allow_code=True)
+    with pytest.raises(UntrustedCodeError, match=r"'unittest\.__main__' is refused"):  # a package's script
+        load_plugins(["unittest.__main__"], allow_code=True)
     with pytest.raises(ConfigError, match=r"^plugin module 'ptplug_missing' is not importable \(No module named "
                                           r"'ptplug_missing'\); install it, or put its folder on PYTHONPATH"):
         load_plugins(["ptplug_missing"], allow_code=True)
     with pytest.raises(ConfigError, match=r"^plugin module 'ptplug_broken' failed on import: RuntimeError: the "
                                           "plugin is broken"):
         load_plugins(["ptplug_broken"], allow_code=True)
+    with pytest.raises(ConfigError, match=r"^plugin module 'ptplug_exits' exited on import \(SystemExit 0\); "
+                                          "guard its script code"):
+        load_plugins(["ptplug_exits"], allow_code=True)  # the command ended with status 0 and no word
     assert load_plugins([PLUGIN, PLUGIN], allow_code=True) == (PLUGIN,)
     assert CRITERIA.plugins()[CRITERION] == PLUGIN
+    with caplog.at_level("WARNING", logger="prunetune"):
+        load_plugins(["ptplug_empty"], allow_code=True)
+    assert "plugin module 'ptplug_empty' registered nothing at its import" in caplog.text
 
 
 def test_an_unknown_criterion_says_how_a_plugins_entry_is_imported() -> None:
@@ -201,3 +211,51 @@ def test_an_entry_is_credited_to_the_plugin_whose_import_registered_it(plugin_di
                          plugins=["ptplugpkg"], allow_code=True)
     with pytest.raises(ConfigError, match="'ptpkg_direct_l1' is registered by 'ptplugpkg.utils' in this process only"):
         preflight.check_plugins(config)
+
+
+def test_a_search_resumed_after_its_plugins_code_changed_is_refused(plugin_dir, make_config) -> None:
+    """Resuming after an edit of the plugin took the old screening pool and fine-tuned with the new code."""
+    from prunetune.search.resume import resume_state, write_state
+
+    space = {"ratios": "uniform", "criteria": ["l1", CRITERION]}
+    config = make_config(space=space, plugins=[PLUGIN], allow_code=True)
+    exp = config.settings.experiment_dir
+    exp.mkdir(parents=True)
+    write_state(exp, {"identity": config.identity(), "parent_run_id": "r", "study_name": "tiny", "finished": False})
+    assert resume_state(config, exp, None) is not None  # unchanged: resumes
+    source = plugin_dir / f"{PLUGIN}.py"
+    text = source.read_text()
+    try:
+        source.write_text(text + "\n# edited\n")
+        with pytest.raises(ConfigError, match="was started with another 'plugins_code'"):
+            resume_state(make_config(space=space, plugins=[PLUGIN], allow_code=True), exp, None)
+    finally:
+        source.write_text(text)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_screening_worker_that_dies_ends_the_search_in_one_line(plugin_dir, make_config, monkeypatch) -> None:
+    """A plugin that exits in a worker (os._exit, a crash) killed the screening actor, and the driver
+    printed Ray's 40-line ActorDiedError."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("optuna")
+    pytest.importorskip("mlflow")
+    import os
+
+    from prunetune.search import run_search
+
+    (plugin_dir / "ptplug_wexit.py").write_text(
+        "import os\nfrom ptplug_criteria import *  # noqa\n"
+        "if os.getpid() != int(os.environ['PTPLUG_DRIVER_PID']):\n    os._exit(1)\n")
+    monkeypatch.setenv("PTPLUG_DRIVER_PID", str(os.getpid()))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": str(plugin_dir), "PTPLUG_DRIVER_PID": str(os.getpid())}})
+    try:
+        config = make_config(space={"ratios": "uniform", "criteria": [CRITERION]},
+                             plugins=[PLUGIN, "ptplug_wexit"], allow_code=True, trials=2)
+        with pytest.raises(ConfigError, match=r"^a screening worker died \(.*\); if a plugin"):
+            run_search(config, show_progress=False)
+    finally:
+        ray.shutdown()
+        sys.modules.pop("ptplug_wexit", None)

@@ -23,8 +23,9 @@ def add_budget(parser: argparse.ArgumentParser, *, required: bool = False) -> No
 
 def add_allow_code(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-code", action="store_true",
-                        help="let a model named package.module:function import and run that code (only for "
-                        "recipes and configs you trust; torch.hub, builtins and the like are refused anyway)")
+                        help="let a model named package.module:function, and --plugin modules (a search config's "
+                        "plugins:), import and run that code (only for recipes and configs you trust; torch.hub, "
+                        "builtins and the like are refused anyway)")
 
 
 def add_plugins(parser: argparse.ArgumentParser, *, config: bool = False) -> None:
@@ -32,9 +33,9 @@ def add_plugins(parser: argparse.ArgumentParser, *, config: bool = False) -> Non
     strategies or ratio presets, imported before the recipe is read (with ``--allow-code``)."""
     where = " and in every Ray worker; replaces the config's plugins" if config else ""
     parser.add_argument("--plugin", action="append", default=None, metavar="MODULE",
-                        help="import this module first: your own criteria, normalisers, schedules, strategies or "
-                        f"ratio presets, registered at its import{where} (repeatable; needs --allow-code; the "
-                        "module must be importable, e.g. PYTHONPATH=.)")
+                        help="import this module first: your own criteria, normalisers, schedules, strategies, "
+                        f"ratio presets, models or datasets, registered at its import{where} (repeatable; needs "
+                        "--allow-code; the module must be importable, e.g. PYTHONPATH=.)")
 
 
 def load_cli_plugins(args: argparse.Namespace) -> None:

@@ -7,7 +7,16 @@ import logging
 import math
 import os
 
-from prunetune.cli._common import add_allow_code, add_format, millions, need_file, print_json, print_table
+from prunetune.cli._common import (
+    add_allow_code,
+    add_format,
+    add_plugins,
+    load_cli_plugins,
+    millions,
+    need_file,
+    print_json,
+    print_table,
+)
 
 log = logging.getLogger("prunetune")
 NOISY = 0.5  # an IQR above half the median: the timings say little about the speed-up
@@ -30,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                    help="time the models with their batch norms (default: folded, as `deploy` writes them)")
     add_allow_code(p)
+    add_plugins(p)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -58,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.deployment.bench import compare, speedups
     from prunetune.exceptions import ConfigError
     from prunetune._machine import check_input_fits
+
+    load_cli_plugins(args)  # a model (or other entry) a plugin registers
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from prunetune.cli._common import add_allow_code, need_file, print_json
+from prunetune.cli._common import add_allow_code, add_plugins, load_cli_plugins, need_file, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,12 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON (--format names the file format)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_allow_code(p)
+    add_plugins(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from prunetune.deployment import deploy
 
+    load_cli_plugins(args)  # a model a plugin registers
     model = need_file(args.model, "pruned model", "pruned model file (.pt)")
     result = deploy(model, args.deploy_format, args.out, fold_bn=args.fold_bn,
                     check_batch=args.check_batch, allow_code=args.allow_code, overwrite=args.overwrite)

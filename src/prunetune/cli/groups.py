@@ -7,6 +7,8 @@ import argparse
 from prunetune.cli._common import (
     add_allow_code,
     add_budget,
+    add_plugins,
+    load_cli_plugins,
     add_format,
     fraction,
     int_in,
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-ratio", type=fraction, default=None, metavar="F",
                    help="the largest share of one group an allocation may prune (default: the recipe default, 0.8)")
     add_allow_code(p)
+    add_plugins(p)
     add_format(p)
     p.set_defaults(func=run)
 
@@ -49,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from prunetune.pruning.allocation import DEFAULT_MAX_RATIO, KeepRule, keep_for_budget, keep_from_ratios
     from prunetune.pruning.groups import find_groups
     from prunetune.pruning.macs import analytic_cost
+
+    load_cli_plugins(args)  # a model a plugin registers
 
     if args.max_ratio is not None and args.ratio is None and args.macs_budget is None:  # it was ignored
         raise ConfigError(f"--max-ratio {args.max_ratio:g} caps what --ratio or --macs-budget prunes; give one of them")

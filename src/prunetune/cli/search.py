@@ -126,8 +126,9 @@ def report(outcome, *, json_output: bool = False, plugins: tuple[str, ...] = ())
                   ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())), outcome.error or "unknown")
         return 1
     if outcome.interrupted:
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())) or "no trial run"
         log.warning("search %s was interrupted (%s); run the same command again (or add --resume) to continue",
-                    outcome.experiment, ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())))
+                    outcome.experiment, counts)
         return INTERRUPTED
     return 0
 

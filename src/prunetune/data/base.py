@@ -143,7 +143,7 @@ class DatasetSpec:
             )
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
+DATASETS: Registry[DatasetSpec] = Registry("dataset", pluggable=True)
 
 
 def register_dataset(

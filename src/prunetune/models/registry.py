@@ -40,7 +40,7 @@ class ModelEntry:
     summary: str
 
 
-MODELS: Registry[ModelEntry] = Registry("model")
+MODELS: Registry[ModelEntry] = Registry("model", pluggable=True)
 
 for _depth in (20, 32, 56, 110):
     MODELS.register(

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from prunetune._atomic import torch_save_atomic
+from prunetune._plugins import source_digest, user_modules
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.calibration import calibrate
 from prunetune.pruning.criteria import WEIGHT, get_criterion
@@ -242,8 +243,11 @@ def compute_scores(
 def plugin_code_digest(criterion: Any) -> str | None:
     """The digest of a plugin criterion's source: its scores are cached under it, since the package
     version (in every fingerprint) says nothing of code outside the package, and an edited formula
-    read the old scores back. ``""`` for a criterion built from prunetune's own code alone; None where a
-    module it comes from has no readable source (defined in a notebook or ``python -c``): not cached."""
+    read the old scores back. It covers the modules the criterion comes from and every other loaded
+    module of the user's own code (:func:`prunetune._plugins.user_modules`: outside the standard
+    library, the installed packages and prunetune), since the formula may call into any of them (a
+    helper module). ``""`` for a criterion built from prunetune's own code alone; None where a module
+    it comes from has no readable source (defined in a notebook or ``python -c``): not cached."""
     objects = [criterion, *getattr(criterion, "__dict__", {}).values()]
     modules = {getattr(o, "__module__", None) or type(o).__module__ for o in objects if callable(o) or o is criterion}
     modules.add(type(criterion).__module__)
@@ -254,6 +258,8 @@ def plugin_code_digest(criterion: Any) -> str | None:
             digest.update(Path(inspect.getsourcefile(sys.modules[name]) or "").read_bytes())
         except (KeyError, TypeError, OSError):
             return None
+    if outside:
+        digest.update(source_digest(m for m in user_modules() if m not in outside).encode())
     return digest.hexdigest()[:16] if outside else ""
 
 

@@ -59,7 +59,7 @@ from typing import Any
 import yaml
 
 from prunetune._checks import unknown_key
-from prunetune._plugins import load_plugins, plugin_names
+from prunetune._plugins import load_plugins, plugin_files_digest, plugin_names
 from prunetune._safety import OPT_IN
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
@@ -231,8 +231,10 @@ class SearchConfig:
         keep = ("recipe", "space", "screen", "macs_budget", "trials", "sampler", "seed", "asha", "tracking_uri",
                 "study_storage")
         # plugin modules only where there are some: a search without keeps the identity it had before them
-        # (and may be resumed with some added); their order does not change what they register
-        return {k: d[k] for k in keep} | ({"plugins": sorted(d["plugins"])} if d["plugins"] else {})
+        # (and may be resumed with some added); their order does not change what they register, their
+        # code does (a resume would screen with the old code's pool and fine-tune with the new)
+        plugins = {"plugins": sorted(d["plugins"]), "plugins_code": plugin_files_digest(d["plugins"])}
+        return {k: d[k] for k in keep} | (plugins if d["plugins"] else {})
 
     def public_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` as it may be written down (state file, MLflow artifact): a password in the

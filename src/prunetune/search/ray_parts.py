@@ -141,7 +141,14 @@ class RayPool:
     def next_done(self, handles: list[Any]) -> tuple[Any, list[Result]]:
         (ref,), _ = ray.wait(handles, num_returns=1)
         self._free.append(self._owner.pop(ref))
-        return ref, ray.get(ref)
+        try:
+            return ref, ray.get(ref)
+        except ray.exceptions.RayActorError as exc:  # the worker process died (an exit or a crash in user
+            # code, out of memory): one line, not Ray's traceback
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise ConfigError(f"a screening worker died ({lines[-1][:300] if lines else type(exc).__name__}); "
+                              "if a plugin or your model's code exits or crashes in a worker, fix it; or run with "
+                              "screen: false") from None
 
     def close(self) -> None:
         for actor in self.actors:
