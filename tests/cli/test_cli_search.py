@@ -148,6 +148,16 @@ def test_every_flag_of_every_command_has_help() -> None:
     assert missing == []
 
 
+def _search_cli(tmp_path, experiment: str, *flags: str) -> int:
+    """``prunetune search`` on a tiny config in ``tmp_path`` (its run_search patched by the caller)."""
+    config = tmp_path / "s.yaml"
+    config.write_text(yaml.safe_dump({"recipe": {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
+                                                 "data": {"name": "digits", "image_size": 8}}, "macs_budget": 0.5,
+                                      "experiment": experiment}))
+    return main(["search", "--config", str(config), "--storage-path", str(tmp_path / "runs"),
+                 "--tracking-uri", str(tmp_path / "m.db"), *flags])
+
+
 def test_a_search_interrupted_before_its_trials_says_how_to_continue(tmp_path, capsys, monkeypatch) -> None:
     """A Ctrl-C in scoring or screening printed only "interrupted"; one in the trials already said how to
     continue (Tune reports that stop itself)."""
@@ -157,12 +167,7 @@ def test_a_search_interrupted_before_its_trials_says_how_to_continue(tmp_path, c
         raise KeyboardInterrupt
 
     monkeypatch.setattr(search_mod, "run_search", interrupted)
-    config = tmp_path / "s.yaml"
-    config.write_text(yaml.safe_dump({"recipe": {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
-                                                 "data": {"name": "digits", "image_size": 8}}, "macs_budget": 0.5,
-                                      "experiment": "cut"}))
-    code = main(["search", "--config", str(config), "--storage-path", str(tmp_path / "runs"),
-                 "--tracking-uri", str(tmp_path / "m.db")])
+    code = _search_cli(tmp_path, "cut")
     err = capsys.readouterr().err
     assert code == 130 and "prunetune search: interrupted" in err
     assert "search cut was interrupted; run the same command again to continue" in err
@@ -179,12 +184,7 @@ def test_a_search_whose_every_trial_failed_exits_1_with_the_first_error(tmp_path
                              "0" * 32, "FAILED", {"FAILED": 3}, error="RuntimeError: CUDA out of memory")
 
     monkeypatch.setattr(search_mod, "run_search", all_failed)
-    config = tmp_path / "s.yaml"
-    config.write_text(yaml.safe_dump({"recipe": {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
-                                                 "data": {"name": "digits", "image_size": 8}}, "macs_budget": 0.5,
-                                      "experiment": "broken"}))
-    code = main(["search", "--config", str(config), "--storage-path", str(tmp_path / "runs"),
-                 "--tracking-uri", str(tmp_path / "m.db"), "--format", fmt])
+    code = _search_cli(tmp_path, "broken", "--format", fmt)
     out, err = capsys.readouterr()
     assert code == 1
     assert ("search broken: no trial finished (3 failed); the first error: RuntimeError: CUDA out of memory. "
