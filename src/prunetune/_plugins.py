@@ -1,11 +1,14 @@
 """Plugin modules: code outside prunetune that registers entries when it is imported.
 
-A plugin module registers criteria, normalisers, schedules, allocation strategies or ratio presets at
-its import (``prunetune.pruning.criteria.register`` and the like). A search names such modules in its
-config (``plugins: [mypkg.criteria]``) or with ``--plugin``, and ``prune`` and ``score`` take
-``--plugin`` to replay a recipe that names their entries. The driver imports them before it reads
-the recipe and the space, and every Ray worker of a search before its first trial or screening chunk:
-a worker imports prunetune, not the user's code, so without this every trial failed on the name.
+A plugin module registers criteria, normalisers, schedules, allocation strategies, ratio presets,
+models or datasets at its import (``prunetune.pruning.criteria.register`` and the like); what it
+registers is credited to it (:func:`prunetune._registry.crediting`). A search names such modules in
+its config (``plugins: [mypkg.criteria]``) or with ``--plugin``, and every other command that reads a
+recipe or a model takes ``--plugin`` too. The driver imports them before it reads the recipe and the
+space, and every Ray worker of a search before its first trial or screening chunk: a worker imports
+prunetune, not the user's code, so without this every trial failed on the name. Digests of the user's
+code key a plugin criterion's cached scores (:func:`user_modules`, :func:`source_digest`) and a
+search's identity (:func:`plugin_files_digest`).
 
 Importing a module runs its code, so naming one needs the same opt-in as a user model's
 ``package.module:function`` (:mod:`prunetune._safety`): ``--allow-code``, ``allow_code: true`` in
