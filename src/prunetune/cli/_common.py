@@ -30,7 +30,8 @@ def add_allow_code(parser: argparse.ArgumentParser) -> None:
 
 def add_plugins(parser: argparse.ArgumentParser, *, config: bool = False) -> None:
     """``--plugin MODULE`` (repeatable): modules that register criteria, normalisers, schedules,
-    strategies or ratio presets, imported before the recipe is read (with ``--allow-code``)."""
+    strategies, ratio presets, models or datasets, imported before the recipe or model is read (with
+    ``--allow-code``)."""
     where = " and in every Ray worker; replaces the config's plugins" if config else ""
     parser.add_argument("--plugin", action="append", default=None, metavar="MODULE",
                         help="import this module first: your own criteria, normalisers, schedules, strategies, "

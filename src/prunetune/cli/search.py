@@ -89,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 def report(outcome, *, json_output: bool = False, plugins: tuple[str, ...] = ()) -> int:
     """Print how a search ended and its front; 130 when it was interrupted, 1 when no trial finished and
-    one failed.
-    ``plugins``: the search's plugin modules, which the export command it suggests needs too."""
+    one failed. ``plugins``: the search's plugin modules, which the export command it suggests needs too."""
     from prunetune.cli.pareto import print_front
     from prunetune.exceptions import TrackingError
     from prunetune.tracking import front_mask, load_search, ui_command
@@ -120,13 +119,12 @@ def report(outcome, *, json_output: bool = False, plugins: tuple[str, ...] = ())
         if outcome.tracking_uri.startswith("sqlite"):
             print(f"      {ui_command(outcome.tracking_uri)}")
         print(f"      optuna-dashboard {masked_url(outcome.study_storage or '')}   (the Optuna study {outcome.study_name!r})")
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())) or "no trial run"
     if outcome.failed:
         log.error("search %s: no trial finished (%s); the first error: %s. Fix it and start again with another "
-                  "--experiment", outcome.experiment,
-                  ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())), outcome.error or "unknown")
+                  "--experiment", outcome.experiment, counts, outcome.error or "unknown")
         return 1
     if outcome.interrupted:
-        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())) or "no trial run"
         log.warning("search %s was interrupted (%s); run the same command again (or add --resume) to continue",
                     outcome.experiment, counts)
         return INTERRUPTED

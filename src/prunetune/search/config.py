@@ -38,9 +38,10 @@ Schema (unknown keys are errors that name the key)::
     allow_code: false          # let a package.module:function model name import and run that code
                                # (honoured here, in your own config, or as --allow-code; never from
                                # a recipe file)
-    plugins: []                # modules that register criteria, normalisers, schedules, strategies
-                               # or ratio presets, e.g. [mypkg.criteria]: imported here and in every
-                               # Ray worker (needs allow_code; importable: installed or on PYTHONPATH)
+    plugins: []                # modules that register criteria, normalisers, schedules, strategies,
+                               # ratio presets, models or datasets, e.g. [mypkg.criteria]: imported
+                               # here and in every Ray worker (needs allow_code; importable: installed
+                               # or on PYTHONPATH)
 
 Paths in the file are relative to the file; paths given on the command line and the defaults are
 relative to the working directory. All are made absolute (Ray trials run in their own directories).
