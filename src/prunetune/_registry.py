@@ -65,7 +65,7 @@ class Registry(Generic[T]):
 
         Raises:
             ConfigError: ``name`` is not a non-empty string, or is already registered (also in another
-                case: ``"L1"`` beside ``"l1"``).
+                case or character form: ``"L1"`` or a full-width ``"l１"`` beside ``"l1"``).
         """
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"a {self.kind} name must be a non-empty string, got {name!r}")

@@ -62,9 +62,9 @@ def search(config: PathLike | Mapping[str, Any] | SearchConfig, /, *, resume: bo
 
     Returns:
         :class:`~prunetune.search.SearchOutcome`: ``experiment``, ``tracking_uri``,
-        ``parent_run_id``, ``status`` (FINISHED; KILLED when interrupted; FAILED when every trial
-        failed, ``error`` then holding the first one's error line), ``counts`` of trial runs by
-        status, ``study_storage`` / ``study_name`` of the Optuna study.
+        ``parent_run_id``, ``status`` (FINISHED; KILLED when interrupted; FAILED when no trial
+        finished and one failed, ``error`` then holding the first failed one's error line),
+        ``counts`` of trial runs by status, ``study_storage`` / ``study_name`` of the Optuna study.
     """
     from prunetune._caller_state import process_state_kept, random_state_kept
     from prunetune._checks import boolean
