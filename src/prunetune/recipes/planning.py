@@ -8,7 +8,7 @@ the groups before training anything.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
@@ -22,8 +22,12 @@ from prunetune.pruning.scores import ScoreTable
 from prunetune.pruning.strategies import STRATEGIES, scoring_params, strategy_criteria
 from prunetune.recipes.schema import Recipe
 
-if TYPE_CHECKING:  # pragma: no cover
-    from prunetune.recipes.pipeline import Base
+
+class Prepared(Protocol):
+    """What :func:`build_plan` reads of a prepared :class:`~prunetune.recipes.pipeline.Base` (the
+    pipeline imports this module, not the other way round)."""
+
+    groups: ModelGroups
 
 
 def check_allocation(recipe: Recipe, groups: ModelGroups) -> None:
@@ -55,7 +59,7 @@ def recipe_criteria(recipe: Recipe) -> dict[str, dict[str, Any]]:
     return scoring_params(recipe.criterion.criteria, [recipe.sized().strategy], recipe.criterion.params)
 
 
-def build_plan(recipe: Recipe, base: Base, table: ScoreTable | None) -> PruningPlan:
+def build_plan(recipe: Recipe, base: Prepared, table: ScoreTable | None) -> PruningPlan:
     """The plan a recipe asks for: its carried plan, or scores → allocation → top-k per group."""
     if recipe.plan is not None:
         plan = _carried_plan(recipe)
