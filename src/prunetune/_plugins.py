@@ -79,6 +79,50 @@ def plugin_flags(names: Sequence[str]) -> str:
     return "".join(f" --plugin {name}" for name in names) + (" --allow-code" if names else "")
 
 
+def strings_in(value: Any) -> set[str]:
+    """Every string among the keys and values of nested mappings and sequences."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return {s for k, v in value.items() for s in (*strings_in(k), *strings_in(v))}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return {s for v in value for s in strings_in(v)}
+    return set()
+
+
+def plugin_registries() -> list[Any]:
+    """The registries plugin modules add entries to (criteria, normalisers, schedules, strategies,
+    ratio presets, models, datasets)."""
+    from prunetune.data.base import DATASETS
+    from prunetune.models.registry import MODELS
+    from prunetune.pruning.criteria import CRITERIA
+    from prunetune.pruning.normalize import NORMALIZERS
+    from prunetune.pruning.schedules import SCHEDULES
+    from prunetune.pruning.strategies import STRATEGIES
+    from prunetune.spaces.presets import RATIO_SPACES
+
+    return [CRITERIA, NORMALIZERS, SCHEDULES, STRATEGIES, RATIO_SPACES, MODELS, DATASETS]
+
+
+def plugins_named(data: Any) -> list[str]:
+    """The modules that registered (in this process) the plugin entries whose names appear in ``data``
+    (a recipe as a mapping): what a replay of it must import, sorted."""
+    named = strings_in(data)
+    return sorted({module for registry in plugin_registries() for name, module in registry.plugins().items()
+                   if name in named})
+
+
+def replay_flags(recipe: Any) -> str:
+    """The flags ``prunetune prune --recipe`` needs for ``recipe`` (a mapping): ``--plugin`` for each
+    module that registered an entry it names (:func:`plugins_named`) and ``--allow-code`` with them or
+    for the user's own ``package.module:function`` model; '' for none."""
+    from prunetune._safety import is_user_code
+
+    model = recipe.get("model") if isinstance(recipe, dict) else None
+    user_model = isinstance(model, dict) and is_user_code(model.get("name"))
+    return plugin_flags(plugins_named(recipe)) or (" --allow-code" if user_model else "")
+
+
 def import_plugins(names: Sequence[str]) -> None:
     """Import each of ``names`` (already checked and allowed); a missing or failing module is a
     :class:`ConfigError` naming it, as is one that exits (``sys.exit`` at its top level). Modules

@@ -266,14 +266,31 @@ def test_a_checkpoint_of_another_width_does_not_blame_classes_or_inputs(tmp_path
 
 
 def test_exports_replay_command_adds_allow_code_for_the_users_own_model_and_plugins(tmp_path) -> None:
+    from dataclasses import dataclass
+
+    from prunetune._registry import crediting
     from prunetune.cli.export import _code_flags
+    from prunetune.pruning.criteria import CRITERIA, WEIGHT, Criterion, register
 
     (tmp_path / "own.yaml").write_text("model: {name: 'mynet:build', num_classes: 10}\ndata: {name: digits}\n")
     (tmp_path / "zoo.yaml").write_text("model: {name: resnet20, num_classes: 10}\ndata: {name: digits}\n")
-    assert _code_flags(tmp_path / "own.yaml", None) == " --allow-code"
-    assert _code_flags(tmp_path / "zoo.yaml", None) == ""
-    # the plugins the export needed, the replay needs too
-    assert _code_flags(tmp_path / "zoo.yaml", ["a.b", "c", "a.b"]) == " --plugin a.b --plugin c --allow-code"
+    assert _code_flags(tmp_path / "own.yaml") == " --allow-code"
+    assert _code_flags(tmp_path / "zoo.yaml") == ""
+
+    @dataclass(frozen=True)
+    class Mine(Criterion):
+        def needs(self, params):
+            return frozenset({WEIGHT})
+
+    try:  # the recipe names an entry the plugin module 'a.b' registered: its replay imports it
+        with crediting("a.b"):
+            register(Mine("mine_for_the_replay_test"))
+        (tmp_path / "plug.yaml").write_text("model: {name: resnet20}\ndata: {name: digits}\n"
+                                            "criterion: {blend: {l1: 1.0, mine_for_the_replay_test: 1.0}}\n")
+        assert _code_flags(tmp_path / "plug.yaml") == " --plugin a.b --allow-code"
+    finally:
+        CRITERIA._items.pop("mine_for_the_replay_test", None)
+        CRITERIA._plugins.pop("mine_for_the_replay_test", None)
 
 
 def test_a_dense_checkpoint_given_as_a_pruned_model_says_what_to_give(tmp_path) -> None:

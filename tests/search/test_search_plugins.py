@@ -112,6 +112,9 @@ def test_a_search_config_imports_its_plugins_before_reading_the_space(plugin_dir
     with pytest.raises(UntrustedCodeError, match="would import and run Python code"):  # from Python, too
         SearchSettings(**{**vars(config.settings), "allow_code": False})
     preflight.check_plugins(config)  # named in plugins: the workers import it
+    with pytest.raises(ConfigError, match="^plugins are not read from a recipe"):  # the base recipe's: refused
+        make_config(recipe={"model": {"name": "tiny_resnet", "in_channels": 1}, "data": "digits", "plugins": [PLUGIN]},
+                    space=space, allow_code=True)
     # the same entry, its module not named: refused before any work, saying how to name it
     bare = make_config(space=space, allow_code=True)
     with pytest.raises(ConfigError, match=rf"is registered by '{PLUGIN}' in this process only.*To search with it, "

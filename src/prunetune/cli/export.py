@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from prunetune.cli._common import add_allow_code, add_format, add_plugins, fraction, load_cli_plugins, print_json
 from prunetune.cli.pareto import add_tracking_args, load
@@ -45,20 +46,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported trial {record.name} ({record.trial_id}; val acc {record.accuracy:.4f}, test acc "
           f"{record.test_accuracy if record.test_accuracy is not None else float('nan'):.4f}, MACs "
           f"{100 * record.macs_ratio:.1f}% of dense, {record.macs / 1e6:.2f}M) to {path}")
-    print(f"rebuild it with: prunetune prune --recipe {path} --out pruned.pt{_code_flags(path, args.plugin)}")
+    print(f"rebuild it with: prunetune prune --recipe {shlex.quote(str(path))} --out pruned.pt{_code_flags(path)}")
     return 0
 
 
-def _code_flags(path, plugins: list[str] | None) -> str:
-    """The ``--plugin`` modules this export imported, and `` --allow-code`` with them or where the
-    exported recipe's model is the user's own ``package.module:function``: the replay imports that
-    code, which prune refuses without the flag."""
-    from prunetune._plugins import plugin_flags
-    from prunetune._safety import is_user_code
+def _code_flags(path) -> str:
+    """The flags the replay of the exported recipe at ``path`` needs (:func:`prunetune._plugins.replay_flags`:
+    the plugin modules of the entries it names, ``--allow-code`` with them or for the user's own model)."""
+    from prunetune._plugins import replay_flags
     from prunetune._yaml import load_yaml_file
 
-    recipe = load_yaml_file(path, "the exported recipe")
-    model = recipe.get("model") if isinstance(recipe, dict) else None
-    flags = plugin_flags(plugins or ())
-    user_model = isinstance(model, dict) and is_user_code(model.get("name"))
-    return flags or (" --allow-code" if user_model else "")
+    return replay_flags(load_yaml_file(path, "the exported recipe"))

@@ -260,6 +260,9 @@ class Recipe:
             raise UntrustedCodeError("allow_code is not read from a recipe (a shared recipe must not grant itself "
                                      "the right to run code); pass --allow-code, or set allow_code: true in your "
                                      "own search config")
+        if isinstance(data, Mapping) and "plugins" in data:  # a recipe never makes prunetune import code
+            raise ConfigError("plugins are not read from a recipe (a shared recipe must not import code); pass "
+                              "--plugin MODULE --allow-code, or set plugins: in your own search config")
         d = section("recipe", data, RECIPE_KEYS, {"model", "data"})
         if base and "plan" in d:
             raise ConfigError("a search's base recipe must not carry a 'plan' (every trial builds its own); remove it")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prunetune._paths import check_output_dir
+from prunetune._plugins import strings_in
 from prunetune.exceptions import ConfigError
 from prunetune.search.config import SearchSettings
 from prunetune.search.study import check_study_storage
@@ -38,7 +39,7 @@ def check_plugins(config: Any) -> None:
     from prunetune.spaces.presets import RATIO_SPACES
 
     plugins = config.settings.plugins
-    named = _strings(config.recipe.to_dict()) | _strings(config.space.to_dict())
+    named = strings_in(config.recipe.to_dict()) | strings_in(config.space.to_dict())
     for registry in (CRITERIA, NORMALIZERS, SCHEDULES, STRATEGIES, RATIO_SPACES):
         for name, module in sorted(registry.plugins().items()):
             if name in named and module not in plugins:
@@ -50,14 +51,3 @@ def check_plugins(config: Any) -> None:
                     f"{registry.kind} {name!r} is registered by {module!r} in this process only; a search's trials run "
                     f"in Ray worker processes, which import prunetune but not {module!r}, so every trial would fail "
                     f"on the name. To search with it, {fix}")
-
-
-def _strings(value: Any) -> set[str]:
-    """Every string among the keys and values of nested mappings and sequences."""
-    if isinstance(value, str):
-        return {value}
-    if isinstance(value, dict):
-        return {s for k, v in value.items() for s in (*_strings(k), *_strings(v))}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return {s for v in value for s in _strings(v)}
-    return set()

@@ -18,6 +18,7 @@ import yaml
 
 from prunetune.pruning.allocation import check_budget
 from prunetune._atomic import write_text_atomic
+from prunetune._plugins import replay_flags
 from prunetune._registry import unknown_name_message
 from prunetune._yaml import parse_yaml
 from prunetune._text import exception_line
@@ -86,7 +87,8 @@ def recipe_text(recipe: Recipe, record: TrialRecord, records: SearchRecords) -> 
     header = (f"# exported by prunetune from experiment {records.experiment!r}, trial {record.name} ({record.trial_id})"
               f" (MLflow run {record.run_id})\n"
               f"# validation accuracy {record.accuracy:.4f}, MACs {record.macs_ratio:.2%} of dense"
-              f" ({record.macs / 1e6:.2f}M); replay: prunetune prune --recipe <this file> --out pruned.pt\n")
+              f" ({record.macs / 1e6:.2f}M); replay: prunetune prune --recipe <this file> --out pruned.pt"
+              f"{replay_flags(recipe.to_dict())}\n")
     return header + yaml.safe_dump(recipe.to_dict(), sort_keys=False, default_flow_style=None, width=110)
 
 
