@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prunetune._paths import check_output_dir
-from prunetune._plugins import strings_in
+from prunetune._plugins import plugin_registries, strings_in
 from prunetune.exceptions import ConfigError
 from prunetune.search.config import SearchSettings
 from prunetune.search.study import check_study_storage
@@ -32,15 +32,10 @@ def check_plugins(config: Any) -> None:
     process, other than by importing one of the search's ``plugins`` modules (or in that module's
     own code): the trials run in Ray worker processes, which import prunetune and those modules
     only, so every candidate and trial failed on the unknown name after the scoring and Ray's start."""
-    from prunetune.pruning.criteria import CRITERIA
-    from prunetune.pruning.normalize import NORMALIZERS
-    from prunetune.pruning.schedules import SCHEDULES
-    from prunetune.pruning.strategies import STRATEGIES
-    from prunetune.spaces.presets import RATIO_SPACES
-
     plugins = config.settings.plugins
     named = strings_in(config.recipe.to_dict()) | strings_in(config.space.to_dict())
-    for registry in (CRITERIA, NORMALIZERS, SCHEDULES, STRATEGIES, RATIO_SPACES):
+    # models and datasets reach the workers as objects (the model pickled, the data loaded here), not names
+    for registry in (r for r in plugin_registries() if r.kind not in ("model", "dataset")):
         for name, module in sorted(registry.plugins().items()):
             if name in named and module not in plugins:
                 fix = (f"name the module in the search config's plugins (plugins: [{module}], with allow_code: "

@@ -68,8 +68,7 @@ def check_criterion(name: str) -> None:
     ev = evidence()
     before = {key: value.clone() for key, value in ev.items()}
     a, b = score_evidence(name, ev), score_evidence(name, evidence())
-    ensure(isinstance(a, torch.Tensor) and a.shape == (C,) and a.is_floating_point() and torch.isfinite(a).all(),
-           f"criterion {name!r}: not one finite real score per channel of {C}, got {show(a)}")
+    ensure(_real_scores(a), f"criterion {name!r}: not one finite real score per channel of {C}, got {show(a)}")
     ensure(torch.equal(a, b), f"criterion {name!r}: two runs on the same evidence differ: {show(a)} and {show(b)}")
     changed = [key for key in ev if not torch.equal(ev[key], before[key])]
     ensure(not changed, f"criterion {name!r}: changes the {changed[0] if changed else ''} it scores (in place); "
@@ -83,9 +82,13 @@ def check_criterion(name: str) -> None:
         out = score_evidence(name, linear)
     except Exception as exc:  # noqa: BLE001 (a contract failure, with what the criterion raised)
         raise AssertionError(f"{where} raises {type(exc).__name__}: {exc}") from exc
-    ensure(isinstance(out, torch.Tensor) and out.shape == (C,) and out.is_floating_point()
-           and torch.isfinite(out).all(),
-           f"{where} does not give one finite real score per channel of {C}, got {show(out)}")
+    ensure(_real_scores(out), f"{where} does not give one finite real score per channel of {C}, got {show(out)}")
+
+
+def _real_scores(scores: object) -> bool:
+    """One finite real (floating-point) score per channel of the contract's layer."""
+    return (isinstance(scores, torch.Tensor) and scores.shape == (C,) and scores.is_floating_point()
+            and bool(torch.isfinite(scores).all()))
 
 
 def check_normalizer(name: str) -> None:
