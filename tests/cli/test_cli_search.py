@@ -21,12 +21,12 @@ RECIPE = {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
 POINTS = {"a": (0.80, 0.20), "b": (0.90, 0.35), "c": (0.85, 0.40), "d": (0.95, 0.50), "e": (0.95, 0.50)}
 
 
-def _store(tmp_path, points=POINTS, name: str = "exp") -> str:
+def _store(tmp_path, points=POINTS, name: str = "exp", tags: dict[str, str] | None = None) -> str:
     uri = resolve_tracking_uri("mlflow.db", cwd=tmp_path)
     tracker = SearchTracker(uri, name)
     tracker.start_search(params={"macs_budget": 0.5}, metrics={"dense_accuracy": 0.97, "dense_macs": 1000.0,
                                                                  "dense_params": 100.0, "dense_val_accuracy": 0.96},
-                         tags={}, texts={})
+                         tags=tags or {}, texts={})
     for trial, (acc, ratio) in points.items():
         tracker.start_trial(trial, {"target_macs": ratio})
         tracker.finish_trial(trial, {"accuracy": acc, "test_accuracy": acc, "macs": 1000 * ratio, "params": 50.0,
@@ -62,6 +62,28 @@ def test_pareto_table_json_csv_and_plot(tmp_path, capsys) -> None:
 
     parent = load_search(uri, "exp").parent_run_id
     assert "front.png" in {a.path for a in client(uri).list_artifacts(parent)}
+
+
+def test_pareto_prints_the_export_command_this_search_needs(tmp_path, capsys) -> None:
+    """The store, the search run and the search's plugin modules as given: the bare command failed on
+    another store, and on a plugin search's recipes (their entries are unknown without the plugin)."""
+    from prunetune.tracking.tracker import PLUGINS_TAG
+
+    uri = _store(tmp_path)
+    assert main(["pareto", "--experiment", "exp"]) == 2  # not the store in the working directory
+    capsys.readouterr()
+    assert main(["pareto", "--experiment", "exp", "--tracking-uri", uri]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"export one with `prunetune export --experiment exp --tracking-uri {uri} --out best.yaml`")
+    (tmp_path / "two").mkdir()
+    uri = _store(tmp_path / "two", name="my exp", tags={PLUGINS_TAG: "mypkg.crit,other"})
+    from prunetune.tracking import load_search
+
+    run = load_search(uri, "my exp").parent_run_id
+    assert main(["pareto", "--experiment", "my exp", "--tracking-uri", uri, "--search-run", run]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"`prunetune export --experiment 'my exp' --tracking-uri {uri} --search-run {run} --plugin mypkg.crit "
+        "--plugin other --allow-code --out best.yaml`")
 
 
 def test_export_picks_writes_and_refuses_to_overwrite(tmp_path, capsys) -> None:

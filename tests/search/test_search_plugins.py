@@ -155,6 +155,10 @@ def test_a_searchs_workers_import_its_plugins(plugin_dir, make_config) -> None:
     finally:
         ray.shutdown()
     assert outcome.status == "FINISHED" and outcome.counts == {"FINISHED": 3}, outcome
+    from prunetune.tracking import load_search
+
+    # the search's record names its plugins: `prunetune pareto` prints them in its export command
+    assert load_search(config.settings.tracking_uri, config.settings.experiment).plugins == (PLUGIN,)
 
 
 @pytest.mark.ray
@@ -172,7 +176,8 @@ def test_workers_that_cannot_import_a_plugin_say_so_in_one_line(plugin_dir, make
         config = make_config(space={"ratios": "uniform", "criteria": [CRITERION]}, plugins=[PLUGIN],
                              allow_code=True, trials=2)
         with pytest.raises(ConfigError, match=rf"^screening evaluated none of its \d+ candidates \(first error: "
-                                              rf"ConfigError: plugin module '{PLUGIN}' is not importable"):
+                                              rf"ConfigError: plugin module '{PLUGIN}' is not importable.*\); fix the cause "
+                                              r"\(the trials would meet it too\)$"):
             run_search(config, show_progress=False)
     finally:
         ray.shutdown()
@@ -257,7 +262,7 @@ def test_a_screening_worker_that_dies_ends_the_search_in_one_line(plugin_dir, ma
     try:
         config = make_config(space={"ratios": "uniform", "criteria": [CRITERION]},
                              plugins=[PLUGIN, "ptplug_wexit"], allow_code=True, trials=2)
-        with pytest.raises(ConfigError, match=r"^a screening worker died \(.*\); if a plugin"):
+        with pytest.raises(ConfigError, match=r"^a screening worker died \(.*\); if a plugin.*lower concurrency$"):
             run_search(config, show_progress=False)
     finally:
         ray.shutdown()

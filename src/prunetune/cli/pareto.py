@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shlex
 import sys
 from typing import Any
 
@@ -60,9 +61,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_front(records, rows, show_front=args.all)
         print(f"\n{int(mask.sum())} of {len(records.trials)} finished trials on the front"
-              f" ({_counts(records.counts)}); export one with "
-              f"`prunetune export --experiment {records.experiment} --out best.yaml`")
+              f" ({_counts(records.counts)}); export one with `{export_command(args, records)}`")
     return 0
+
+
+def export_command(args: argparse.Namespace, records: Any) -> str:
+    """The export command for this search: the store and search run as given here, and the plugin
+    modules the search imported (its recipes name their entries; export needs them, with the opt-in)."""
+    from prunetune._plugins import plugin_flags
+
+    words = ["prunetune", "export", "--experiment", records.experiment]
+    for flag, value in (("--tracking-uri", args.tracking_uri), ("--search-run", args.search_run)):
+        if value is not None:
+            words += [flag, value]
+    return f"{shlex.join(words)}{plugin_flags(records.plugins)} --out best.yaml"
 
 
 def check_plot_path(path: str, *, overwrite: bool = False) -> None:

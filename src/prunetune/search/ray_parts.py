@@ -147,8 +147,8 @@ class RayPool:
             # code, out of memory): one line, not Ray's traceback
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             raise ConfigError(f"a screening worker died ({lines[-1][:300] if lines else type(exc).__name__}); "
-                              "if a plugin or your model's code exits or crashes in a worker, fix it; or run with "
-                              "screen: false") from None
+                              "if a plugin or your model's code exits or crashes in a worker, fix it (the trials run "
+                              "the same code); if it ran out of memory, lower concurrency") from None
 
     def close(self) -> None:
         for actor in self.actors:

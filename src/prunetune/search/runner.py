@@ -44,7 +44,7 @@ from prunetune.search.selection import proxy_metrics, select, table_csv
 from prunetune.spaces.presets import LR, SCHEDULE, SCHEDULE_PARAM_PREFIX
 from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, space_target_range
 from prunetune.tracking.store import ui_command
-from prunetune.tracking.tracker import ERROR_TAG, FAILED, FINISHED, KILLED, SearchTracker
+from prunetune.tracking.tracker import ERROR_TAG, FAILED, FINISHED, KILLED, PLUGINS_TAG, SearchTracker
 from prunetune.tracking.views import view_url
 from prunetune.version import __version__
 
@@ -335,8 +335,10 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
     failed = sum(1 for c in candidates if not c.ok)
     if not selected:
         first = next((c.error for c in candidates if c.error), "no candidate")
-        raise ConfigError(f"screening evaluated none of its {len(candidates)} candidates (first error: {first}); "
-                          "fix the cause, or run with screen: false")
+        # a plugin the workers cannot import fails the trials alike: screen: false would not help
+        fix = "fix the cause (the trials would meet it too)" if "plugin module" in first else \
+            "fix the cause, or run with screen: false"
+        raise ConfigError(f"screening evaluated none of its {len(candidates)} candidates (first error: {first}); {fix}")
     if len(selected) < s.trials:
         # select stops short only when it has taken every distinct plan
         log.warning("screening: only %d distinct plans could be evaluated (%d candidates failed, %d gave a plan "
@@ -427,10 +429,11 @@ def _parent_params(config: SearchConfig) -> dict[str, Any]:
 
 
 def _parent_tags(config: SearchConfig, table: Any, exp_dir: Path) -> dict[str, str]:
+    plugins = {PLUGINS_TAG: ",".join(config.settings.plugins)} if config.settings.plugins else {}
     return {"prunetune.score_fingerprint": table.fingerprint, "prunetune.storage": str(exp_dir),
             "prunetune.version": __version__, "prunetune.ui": ui_command(config.settings.tracking_uri),
             "prunetune.optuna_storage": masked_url(config.settings.study_url),
-            "prunetune.dashboard": dashboard_command(masked_url(config.settings.study_url))}
+            "prunetune.dashboard": dashboard_command(masked_url(config.settings.study_url)), **plugins}
 
 
 def _parent_metrics(config: SearchConfig, base: Any, groups: ModelGroups, timings: dict[str, float]) -> dict[str, float]:

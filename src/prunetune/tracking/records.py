@@ -11,7 +11,7 @@ from prunetune._numbers import is_finite_number
 from prunetune.exceptions import TrackingError
 from prunetune.tracking.store import check_store, client, find_experiment
 from prunetune.tracking.tracker import (
-    ENDED_TAG, FAILED, FINISHED, KILLED, LABEL_TAG, PARENT_TAG, ROLE_TAG, RUNNING, TRIAL_TAG,
+    ENDED_TAG, FAILED, FINISHED, KILLED, LABEL_TAG, PARENT_TAG, PLUGINS_TAG, ROLE_TAG, RUNNING, TRIAL_TAG,
 )
 
 
@@ -54,6 +54,8 @@ class SearchRecords:
     # every trial run that is not in ``trials``: its short name, Ray trial id and MLflow run id, each
     # -> (short name, what became of it: "was interrupted", ...), so a command asked for one can say so
     others: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # the plugin modules the search imported (its ``plugins:``); commands that read its recipes need them
+    plugins: tuple[str, ...] = ()
 
 
 def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None) -> SearchRecords:
@@ -81,8 +83,10 @@ def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None) 
     metrics, params = parent.data.metrics, parent.data.params
     budget = float(params["macs_budget"]) if "macs_budget" in params else None
     dense = {k[len("dense_"):]: v for k, v in metrics.items() if k.startswith("dense_")}
+    plugins = tuple(name for name in parent.data.tags.get(PLUGINS_TAG, "").split(",") if name)
     return SearchRecords(experiment, uri, parent.info.run_id, budget, dense,
-                         tuple(sorted(trials, key=lambda t: (t.macs, -t.accuracy, t.trial_id))), counts, others)
+                         tuple(sorted(trials, key=lambda t: (t.macs, -t.accuracy, t.trial_id))), counts, others,
+                         plugins)
 
 
 def _names(run: Any) -> tuple[str | None, ...]:

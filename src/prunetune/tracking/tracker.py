@@ -33,6 +33,7 @@ ROLE_TAG = "prunetune.role"
 TRIAL_TAG = "prunetune.trial_id"
 LABEL_TAG = "prunetune.trial"  # the short name, t07
 ERROR_TAG = "prunetune.error"  # a FAILED trial run's error line
+PLUGINS_TAG = "prunetune.plugins"  # a search's plugin modules, comma-separated (absent without any)
 ENDED_TAG = "prunetune.ended"  # "stopped early": a KILLED run the scheduler stopped (not an interrupted one)
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 TRIAL_METRICS = ("accuracy", "test_accuracy", "macs", "params", "macs_ratio", "params_ratio", "target_macs",
