@@ -180,13 +180,35 @@ def test_pareto_and_export_errors_name_keyword_arguments_not_flags(tmp_path) -> 
     message = str(err.value)
     assert "or pass tracking_uri pointing at the store" in message and "--tracking-uri" not in message, message
     assert "run `prunetune search` first" in message  # a command stays as it is
-    from prunetune.api import _keyword_names
+    with pytest.raises(PrunetuneError, match=r"pass tracking_uri='sqlite:///path/mlflow\.db'$"):
+        prunetune.pareto("exp", tracking_uri="sqlite:///:memory:")
 
-    with pytest.raises(ConfigError, match=r"^x; pass tracking_uri=sqlite:///m\.db or overwrite=True; "
-                                          r"`prunetune pareto --experiment e --all`$"):
-        with _keyword_names():
-            raise ConfigError("x; pass --tracking-uri sqlite:///m.db or --overwrite; "
-                              "`prunetune pareto --experiment e --all`")
-    with pytest.raises(ConfigError, match=r"^no store at '/data/--budget/m\.db'; drop budget\.$"):
-        with _keyword_names():  # a path holding a flag's text is the user's, not a flag
-            raise ConfigError("no store at '/data/--budget/m.db'; drop --budget.")
+    from prunetune.tracking import SearchTracker, resolve_tracking_uri
+
+    uri = resolve_tracking_uri("mlflow.db", cwd=tmp_path)
+    tracker = SearchTracker(uri, "exp")
+    tracker.start_search(params={"macs_budget": 0.5}, metrics={}, tags={}, texts={})
+    tracker.start_trial("a", {"target_macs": 0.4})
+    tracker.finish_trial("a", {"accuracy": 0.9, "test_accuracy": 0.9, "macs": 400.0, "params": 50.0,
+                               "macs_ratio": 0.4, "params_ratio": 0.5, "final": True})
+    tracker.end_search("FINISHED")
+    cases = [
+        (lambda: prunetune.pareto("exq", tracking_uri=uri),
+         r"pass the experiment name that `prunetune search` used, or tracking_uri for another store$"),
+        (lambda: prunetune.pareto("exp", tracking_uri=uri, search_run="nope"), r"pass a search run id"),
+        (lambda: prunetune.pareto("exp", tracking_uri=uri, search_run=tracker.children()[0].info.run_id),
+         r"or leave search_run out for the latest search$"),
+        (lambda: prunetune.export("exp", tmp_path / "b.yaml", tracking_uri=uri, budget=0.3),
+         r"raise budget to at least that$"),
+        (lambda: prunetune.export("exp", tmp_path / "b.yaml", tracking_uri=uri, budget=0.3, trial="t01"),
+         r"above budget=0\.3; drop budget to export it anyway"),
+    ]
+    for call, message in cases:
+        with pytest.raises(PrunetuneError, match=message) as err:
+            call()
+        assert "--" not in str(err.value).replace("`prunetune", ""), err.value
+    from prunetune.tracking import export_trial, load_search
+
+    (tmp_path / "taken.yaml").write_text("mine")  # the API checks first; the function says it in its caller's words
+    with pytest.raises(ConfigError, match=r"already exists; pass --overwrite to replace it or choose another --out$"):
+        export_trial(load_search(uri, "exp"), tmp_path / "taken.yaml")

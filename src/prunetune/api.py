@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prunetune._numbers import plain
+from prunetune._spelling import KEYWORDS
 from prunetune._text import short
 from prunetune.exceptions import ConfigError
 
@@ -184,8 +183,8 @@ def pareto(experiment: str, *, tracking_uri: str | None = None, search_run: str 
 
     if isinstance(tracking_uri, os.PathLike):  # a path of the sqlite store
         tracking_uri = os.fspath(tracking_uri)
-    with _keyword_names():
-        return Front(load_search(resolve_tracking_uri(tracking_uri), experiment, parent_run_id=search_run))
+    return Front(load_search(resolve_tracking_uri(tracking_uri, names=KEYWORDS), experiment, parent_run_id=search_run,
+                             names=KEYWORDS))
 
 
 def export(experiment: str, out: PathLike, *, pick: str = "max-acc", trial: str | None = None,
@@ -208,33 +207,4 @@ def export(experiment: str, out: PathLike, *, pick: str = "max-acc", trial: str 
     check_output_file(_path(out, "out", "a file name"), "out", overwrite=overwrite, flag="out",
                       overwrite_flag="overwrite=True")
     records = pareto(experiment, tracking_uri=tracking_uri, search_run=search_run).records
-    with _keyword_names():
-        return export_trial(records, out, pick=pick, budget=budget, overwrite=overwrite, trial=trial)
-
-
-# the command's flags that the tracking errors name, and the keyword arguments that say the same here
-_KEYWORDS = {"--tracking-uri": "tracking_uri", "--search-run": "search_run", "--experiment": "experiment",
-             "--budget": "budget", "--overwrite": "overwrite=True", "--trial": "trial", "--out": "out"}
-_FLAG = re.compile(r"(?<![\w/.-])(" + "|".join(map(re.escape, _KEYWORDS)) + r")(?![\w/-])( (?=\S*[:/]))?")
-
-
-@contextmanager
-def _keyword_names() -> Iterator[None]:
-    """Errors written for the command (``pass --tracking-uri sqlite:///mlflow.db``) name the keyword
-    arguments instead (``pass tracking_uri=sqlite:///mlflow.db``), outside backquoted commands,
-    which stay as they are; the exception keeps its type and traceback."""
-    from prunetune.exceptions import PrunetuneError
-
-    try:
-        yield
-    except PrunetuneError as exc:
-        if len(exc.args) == 1 and isinstance(exc.args[0], str):
-            parts = exc.args[0].split("`")
-            parts[::2] = [_FLAG.sub(_keyword, part) for part in parts[::2]]
-            exc.args = ("`".join(parts),)
-        raise
-
-
-def _keyword(match: re.Match) -> str:
-    name = _KEYWORDS[match.group(1)]
-    return f"{name}=" if match.group(2) else name
+    return export_trial(records, out, pick=pick, budget=budget, overwrite=overwrite, trial=trial, names=KEYWORDS)

@@ -22,6 +22,7 @@ from prunetune._plugins import replay_flags
 from prunetune._registry import unknown_name_message
 from prunetune._yaml import parse_yaml
 from prunetune._text import exception_line
+from prunetune._spelling import FLAGS, Spelling
 from prunetune.exceptions import ConfigError, TrackingError
 from prunetune.recipes.schema import Recipe
 from prunetune.tracking.pareto import pick_index
@@ -30,20 +31,22 @@ from prunetune.tracking.store import client
 
 
 def choose(records: SearchRecords, pick: str = "max-acc", budget: float | None = None, *,
-           trial: str | None = None) -> TrialRecord:
+           trial: str | None = None, names: Spelling = FLAGS) -> TrialRecord:
     """The trial ``pick`` selects among the finished ones (``budget`` defaults to the search's), or the
-    finished trial named ``trial``: its short name (``t07``), Ray trial id or MLflow run id."""
+    finished trial named ``trial``: its short name (``t07``), Ray trial id or MLflow run id. (``names``:
+    how errors name the options, :mod:`prunetune._spelling`; so below.)"""
     if budget is not None:
         check_budget(budget, "budget")
     if trial is not None:
         record = find_trial(records, trial)
         if budget is not None and record.macs_ratio > budget + 1e-9:
-            raise ConfigError(f"trial {record.name} uses {record.macs_ratio:.1%} of the dense MACs, above --budget "
-                              f"{budget:g}; drop --budget to export it anyway, or pick a trial within it")
+            raise ConfigError(f"trial {record.name} uses {record.macs_ratio:.1%} of the dense MACs, above "
+                              f"{names.given('budget', budget)}; drop {names.name('budget')} to export it "
+                              "anyway, or pick a trial within it")
         return record
     budget = records.budget if budget is None else budget
     t = records.trials
-    i = pick_index(pick, [r.accuracy for r in t], [r.macs for r in t], [r.macs_ratio for r in t], budget)
+    i = pick_index(pick, [r.accuracy for r in t], [r.macs for r in t], [r.macs_ratio for r in t], budget, names=names)
     return t[i]
 
 
@@ -62,9 +65,9 @@ def find_trial(records: SearchRecords, trial: str) -> TrialRecord:
                       f"`prunetune pareto --experiment {records.experiment} --all`")
 
 
-def exported_recipe(uri: str, record: TrialRecord) -> Recipe:
+def exported_recipe(uri: str, record: TrialRecord, names: Spelling = FLAGS) -> Recipe:
     """The trial's recipe with its final plan inline, validated."""
-    mlflow_client = client(uri)
+    mlflow_client = client(uri, names)
     with tempfile.TemporaryDirectory() as tmp:
         recipe = _artifact(mlflow_client, record, "recipe.yaml", tmp)
         plan = _artifact(mlflow_client, record, "plan.json", tmp)
@@ -77,7 +80,7 @@ def exported_recipe(uri: str, record: TrialRecord) -> Recipe:
         if not isinstance(value, dict):
             why = exception_line(value, 120) if isinstance(value, ValueError) else "not a mapping"
             raise TrackingError(f"the {name} artifact of trial run {record.run_id} is damaged ({why}); export "
-                                "another trial (--trial; `prunetune pareto --all` lists them)")
+                                f"another trial ({names.name('trial')}; `prunetune pareto --all` lists them)")
     data["plan"] = plan_data
     return Recipe.from_dict(data)
 
@@ -94,12 +97,13 @@ def recipe_text(recipe: Recipe, record: TrialRecord, records: SearchRecords) -> 
 
 def export_trial(records: SearchRecords, out: str | os.PathLike, *, pick: str = "max-acc",
                  budget: float | None = None, overwrite: bool = False,
-                 trial: str | None = None) -> tuple[TrialRecord, Path]:
+                 trial: str | None = None, names: Spelling = FLAGS) -> tuple[TrialRecord, Path]:
     """Choose a trial (``pick``, or the one named ``trial``), build its recipe with plan and write it to ``out``."""
     if Path(out).exists() and not overwrite:
-        raise ConfigError(f"{str(out)!r} already exists; pass --overwrite to replace it or choose another --out")
-    record = choose(records, pick, budget, trial=trial)
-    recipe = exported_recipe(records.uri, record)
+        raise ConfigError(f"{str(out)!r} already exists; pass {names.switch('overwrite')} to replace it or choose "
+                          f"another {names.name('out')}")
+    record = choose(records, pick, budget, trial=trial, names=names)
+    recipe = exported_recipe(records.uri, record, names)
     return record, write_text_atomic(out, recipe_text(recipe, record, records))
 
 
