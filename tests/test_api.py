@@ -182,6 +182,19 @@ def test_pareto_and_export_errors_name_keyword_arguments_not_flags(tmp_path) -> 
     assert "run `prunetune search` first" in message  # a command stays as it is
     with pytest.raises(PrunetuneError, match=r"pass tracking_uri='sqlite:///path/mlflow\.db'$"):
         prunetune.pareto("exp", tracking_uri="sqlite:///:memory:")
+    with pytest.raises(PrunetuneError, match=r"is not a URL .*; pass tracking_uri='sqlite:///path/mlflow\.db' or an"):
+        prunetune.pareto("exp", tracking_uri="http://[::1")
+    with pytest.raises(PrunetuneError, match=r"or pass another tracking_uri$"):
+        prunetune.pareto("exp", tracking_uri="http://127.0.0.1:1")
+    import sqlite3
+
+    study = tmp_path / "study.db"  # an Optuna study beside the store: named, and left unchanged
+    with sqlite3.connect(study) as conn:
+        conn.execute("CREATE TABLE studies (id INTEGER)")
+        conn.execute("CREATE TABLE trials (id INTEGER)")
+    with pytest.raises(PrunetuneError, match=r"is an Optuna study, not an MLflow store, and is left unchanged; pass "
+                                             r"tracking_uri with the store"):
+        prunetune.pareto("exp", tracking_uri=study)
 
     from prunetune.tracking import SearchTracker, resolve_tracking_uri
 
@@ -199,6 +212,8 @@ def test_pareto_and_export_errors_name_keyword_arguments_not_flags(tmp_path) -> 
         (lambda: prunetune.pareto("exp", tracking_uri=uri, search_run=tracker.children()[0].info.run_id),
          r"or leave search_run out for the latest search$"),
         (lambda: prunetune.export("exp", tmp_path / "b.yaml", tracking_uri=uri, budget=0.3),
+         r"raise budget to at least that$"),
+        (lambda: prunetune.export("exp", tmp_path / "b.yaml", tracking_uri=uri, budget=0.3, pick="knee"),
          r"raise budget to at least that$"),
         (lambda: prunetune.export("exp", tmp_path / "b.yaml", tracking_uri=uri, budget=0.3, trial="t01"),
          r"above budget=0\.3; drop budget to export it anyway"),

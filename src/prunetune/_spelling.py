@@ -2,7 +2,7 @@
 
 The tracking code serves ``prunetune pareto``/``export`` and :func:`prunetune.pareto`/:func:`prunetune.export`
 alike; its errors end with the fix, and the fix must name what the caller can type. Functions take a
-``names`` argument (default :data:`FLAGS`); the API passes :data:`KEYWORDS`.
+``spelling`` argument (default :data:`FLAGS`); the API passes :data:`KEYWORDS`.
 """
 
 from __future__ import annotations

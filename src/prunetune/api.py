@@ -183,8 +183,8 @@ def pareto(experiment: str, *, tracking_uri: str | None = None, search_run: str 
 
     if isinstance(tracking_uri, os.PathLike):  # a path of the sqlite store
         tracking_uri = os.fspath(tracking_uri)
-    return Front(load_search(resolve_tracking_uri(tracking_uri, names=KEYWORDS), experiment, parent_run_id=search_run,
-                             names=KEYWORDS))
+    return Front(load_search(resolve_tracking_uri(tracking_uri, spelling=KEYWORDS), experiment, parent_run_id=search_run,
+                             spelling=KEYWORDS))
 
 
 def export(experiment: str, out: PathLike, *, pick: str = "max-acc", trial: str | None = None,
@@ -207,4 +207,4 @@ def export(experiment: str, out: PathLike, *, pick: str = "max-acc", trial: str 
     check_output_file(_path(out, "out", "a file name"), "out", overwrite=overwrite, flag="out",
                       overwrite_flag="overwrite=True")
     records = pareto(experiment, tracking_uri=tracking_uri, search_run=search_run).records
-    return export_trial(records, out, pick=pick, budget=budget, overwrite=overwrite, trial=trial, names=KEYWORDS)
+    return export_trial(records, out, pick=pick, budget=budget, overwrite=overwrite, trial=trial, spelling=KEYWORDS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 
 import pytest
 import yaml
@@ -74,7 +75,7 @@ def test_pareto_prints_the_export_command_this_search_needs(tmp_path, capsys) ->
     capsys.readouterr()
     assert main(["pareto", "--experiment", "exp", "--tracking-uri", uri]) == 0
     assert capsys.readouterr().out.rstrip().endswith(
-        f"export one with `prunetune export --experiment exp --tracking-uri {uri} --out best.yaml`")
+        f"export one with `prunetune export --experiment exp --tracking-uri {shlex.quote(uri)} --out best.yaml`")
     (tmp_path / "two").mkdir()
     uri = _store(tmp_path / "two", name="my exp", tags={PLUGINS_TAG: "mypkg.crit,other"})
     from prunetune.tracking import load_search
@@ -82,8 +83,18 @@ def test_pareto_prints_the_export_command_this_search_needs(tmp_path, capsys) ->
     run = load_search(uri, "my exp").parent_run_id
     assert main(["pareto", "--experiment", "my exp", "--tracking-uri", uri, "--search-run", run]) == 0
     assert capsys.readouterr().out.rstrip().endswith(
-        f"`prunetune export --experiment 'my exp' --tracking-uri {uri} --search-run {run} --plugin mypkg.crit "
-        "--plugin other --allow-code --out best.yaml`")
+        f"`prunetune export --experiment 'my exp' --tracking-uri {shlex.quote(uri)} --search-run {run} "
+        "--plugin mypkg.crit --plugin other --allow-code --out best.yaml`")
+    # a server's password is not printed; a value that starts with '-' is joined to its flag; odd tags quoted
+    import argparse
+
+    from prunetune.cli.pareto import export_command
+    from prunetune.tracking.records import SearchRecords
+
+    records = SearchRecords("-x", "", "", None, {}, (), plugins=("a;rm",))
+    args = argparse.Namespace(tracking_uri="http://alice:s3cret@host:5000", search_run=None)
+    assert export_command(args, records) == ("prunetune export --experiment=-x --tracking-uri 'http://alice:***@host:5000' "
+                                             "--plugin 'a;rm' --allow-code --out best.yaml")
 
 
 def test_export_picks_writes_and_refuses_to_overwrite(tmp_path, capsys) -> None:

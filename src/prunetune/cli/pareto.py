@@ -66,15 +66,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace, records: Any) -> str:
-    """The export command for this search: the store and search run as given here, and the plugin
-    modules the search imported (its recipes name their entries; export needs them, with the opt-in)."""
-    from prunetune._plugins import plugin_flags
+    """The export command for this search: the store (a password shown as ``***``) and search run as
+    given here, and the plugin modules the search imported (its recipes name their entries; export
+    needs them, with the opt-in); every word quoted for the shell, and a value that starts with ``-``
+    joined to its flag (``--experiment=-x``), which argparse would take for a flag."""
+    from prunetune._text import masked_url
 
-    words = ["prunetune", "export", "--experiment", records.experiment]
-    for flag, value in (("--tracking-uri", args.tracking_uri), ("--search-run", args.search_run)):
-        if value is not None:
-            words += [flag, value]
-    return f"{shlex.join(words)}{plugin_flags(records.plugins)} --out best.yaml"
+    def option(flag: str, value: str) -> list[str]:
+        return [f"{flag}={value}"] if value.startswith("-") else [flag, value]
+
+    words = ["prunetune", "export", *option("--experiment", records.experiment)]
+    if args.tracking_uri is not None:
+        words += option("--tracking-uri", masked_url(args.tracking_uri))
+    if args.search_run is not None:
+        words += option("--search-run", args.search_run)
+    for name in records.plugins:
+        words += option("--plugin", name)
+    return shlex.join([*words, *(["--allow-code"] if records.plugins else []), "--out", "best.yaml"])
 
 
 def check_plot_path(path: str, *, overwrite: bool = False) -> None:

@@ -273,6 +273,8 @@ def _open_tracking(config: SearchConfig, state: dict[str, Any] | None, base: Any
     tracker = SearchTracker(s.tracking_uri, s.experiment, budget=s.macs_budget)
     if state is not None:
         tracker.resume_search(state["parent_run_id"], trials=s.trials)
+        if s.plugins:  # a resume may add plugins (the identity allows it); the record names the ones it has now
+            tracker.client.set_tag(tracker.parent_run_id, PLUGINS_TAG, ",".join(s.plugins))
         log.info("search %s: resuming the interrupted search in %s", s.experiment, s.experiment_dir)
         return tracker, state.get("study_name") or s.experiment
     tracker.start_search(params=_parent_params(config), tags=_parent_tags(config, table, s.experiment_dir),
@@ -336,7 +338,7 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
     if not selected:
         first = next((c.error for c in candidates if c.error), "no candidate")
         # a plugin the workers cannot import fails the trials alike: screen: false would not help
-        fix = "fix the cause (the trials would meet it too)" if "plugin module" in first else \
+        fix = "fix the cause (the trials would meet it too)" if first.startswith("ConfigError: plugin module '") else \
             "fix the cause, or run with screen: false"
         raise ConfigError(f"screening evaluated none of its {len(candidates)} candidates (first error: {first}); {fix}")
     if len(selected) < s.trials:

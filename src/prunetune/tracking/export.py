@@ -31,22 +31,23 @@ from prunetune.tracking.store import client
 
 
 def choose(records: SearchRecords, pick: str = "max-acc", budget: float | None = None, *,
-           trial: str | None = None, names: Spelling = FLAGS) -> TrialRecord:
+           trial: str | None = None, spelling: Spelling = FLAGS) -> TrialRecord:
     """The trial ``pick`` selects among the finished ones (``budget`` defaults to the search's), or the
-    finished trial named ``trial``: its short name (``t07``), Ray trial id or MLflow run id. (``names``:
-    how errors name the options, :mod:`prunetune._spelling`; so below.)"""
+    finished trial named ``trial``: its short name (``t07``), Ray trial id or MLflow run id. ``spelling``
+    (here and in every function of this module): how errors name the options, flags or keywords
+    (:mod:`prunetune._spelling`)."""
     if budget is not None:
         check_budget(budget, "budget")
     if trial is not None:
         record = find_trial(records, trial)
         if budget is not None and record.macs_ratio > budget + 1e-9:
             raise ConfigError(f"trial {record.name} uses {record.macs_ratio:.1%} of the dense MACs, above "
-                              f"{names.given('budget', budget)}; drop {names.name('budget')} to export it "
+                              f"{spelling.given('budget', budget)}; drop {spelling.name('budget')} to export it "
                               "anyway, or pick a trial within it")
         return record
     budget = records.budget if budget is None else budget
     t = records.trials
-    i = pick_index(pick, [r.accuracy for r in t], [r.macs for r in t], [r.macs_ratio for r in t], budget, names=names)
+    i = pick_index(pick, [r.accuracy for r in t], [r.macs for r in t], [r.macs_ratio for r in t], budget, spelling=spelling)
     return t[i]
 
 
@@ -65,9 +66,9 @@ def find_trial(records: SearchRecords, trial: str) -> TrialRecord:
                       f"`prunetune pareto --experiment {records.experiment} --all`")
 
 
-def exported_recipe(uri: str, record: TrialRecord, names: Spelling = FLAGS) -> Recipe:
+def exported_recipe(uri: str, record: TrialRecord, spelling: Spelling = FLAGS) -> Recipe:
     """The trial's recipe with its final plan inline, validated."""
-    mlflow_client = client(uri, names)
+    mlflow_client = client(uri, spelling)
     with tempfile.TemporaryDirectory() as tmp:
         recipe = _artifact(mlflow_client, record, "recipe.yaml", tmp)
         plan = _artifact(mlflow_client, record, "plan.json", tmp)
@@ -80,7 +81,7 @@ def exported_recipe(uri: str, record: TrialRecord, names: Spelling = FLAGS) -> R
         if not isinstance(value, dict):
             why = exception_line(value, 120) if isinstance(value, ValueError) else "not a mapping"
             raise TrackingError(f"the {name} artifact of trial run {record.run_id} is damaged ({why}); export "
-                                f"another trial ({names.name('trial')}; `prunetune pareto --all` lists them)")
+                                f"another trial ({spelling.name('trial')}; `prunetune pareto --all` lists them)")
     data["plan"] = plan_data
     return Recipe.from_dict(data)
 
@@ -97,13 +98,13 @@ def recipe_text(recipe: Recipe, record: TrialRecord, records: SearchRecords) -> 
 
 def export_trial(records: SearchRecords, out: str | os.PathLike, *, pick: str = "max-acc",
                  budget: float | None = None, overwrite: bool = False,
-                 trial: str | None = None, names: Spelling = FLAGS) -> tuple[TrialRecord, Path]:
+                 trial: str | None = None, spelling: Spelling = FLAGS) -> tuple[TrialRecord, Path]:
     """Choose a trial (``pick``, or the one named ``trial``), build its recipe with plan and write it to ``out``."""
     if Path(out).exists() and not overwrite:
-        raise ConfigError(f"{str(out)!r} already exists; pass {names.switch('overwrite')} to replace it or choose "
-                          f"another {names.name('out')}")
-    record = choose(records, pick, budget, trial=trial, names=names)
-    recipe = exported_recipe(records.uri, record, names)
+        raise ConfigError(f"{str(out)!r} already exists; pass {spelling.switch('overwrite')} to replace it or choose "
+                          f"another {spelling.name('out')}")
+    record = choose(records, pick, budget, trial=trial, spelling=spelling)
+    recipe = exported_recipe(records.uri, record, spelling)
     return record, write_text_atomic(out, recipe_text(recipe, record, records))
 
 

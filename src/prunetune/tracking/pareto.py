@@ -71,9 +71,9 @@ def knee_index(accuracy: Sequence[float], macs: Sequence[float]) -> int:
 
 
 def max_acc_index(accuracy: Sequence[float], macs_ratio: Sequence[float], budget: float | None = None, *,
-                  names: Spelling = FLAGS) -> int:
+                  spelling: Spelling = FLAGS) -> int:
     """Index of the most accurate trial whose MACs fraction is within ``budget`` (ties: cheaper).
-    ``names``: how the error names the budget option (:mod:`prunetune._spelling`).
+    ``spelling``: how the error names the budget option (:mod:`prunetune._spelling`).
 
     Raises:
         ConfigError: no trial within the budget; the message names the cheapest measured fraction.
@@ -86,22 +86,22 @@ def max_acc_index(accuracy: Sequence[float], macs_ratio: Sequence[float], budget
     if len(idx) == 0:
         cheapest = float(np.nanmin(ratio)) if np.isfinite(ratio).any() else float("nan")
         raise ConfigError(f"no finished trial within MACs budget {budget}; the cheapest trial keeps "
-                          f"{cheapest:.4f} of dense MACs; raise {names.name('budget')} to at least that")
+                          f"{cheapest:.4f} of dense MACs; raise {spelling.name('budget')} to at least that")
     return _best(acc, ratio, idx)
 
 
 def pick_index(how: str, accuracy: Sequence[float], macs: Sequence[float], macs_ratio: Sequence[float],
-               budget: float | None = None, *, names: Spelling = FLAGS) -> int:
+               budget: float | None = None, *, spelling: Spelling = FLAGS) -> int:
     """``max-acc``: the most accurate trial within ``budget``; ``knee``: the knee of the front of
     the trials within ``budget``."""
     if how not in PICKS:
         raise ConfigError(f"unknown pick {how!r}; choose one of {', '.join(PICKS)}")
     if how == "max-acc":
-        return max_acc_index(accuracy, macs_ratio, budget, names=names)
+        return max_acc_index(accuracy, macs_ratio, budget, spelling=spelling)
     ratio = np.asarray(macs_ratio, float)
     within = np.flatnonzero(ratio <= budget + 1e-12) if budget is not None else np.arange(len(ratio))
     if len(within) == 0:
-        max_acc_index(accuracy, macs_ratio, budget, names=names)  # raises the budget message
+        max_acc_index(accuracy, macs_ratio, budget, spelling=spelling)  # raises the budget message
     sub = knee_index(np.asarray(accuracy, float)[within], np.asarray(macs, float)[within])
     return int(within[sub])
 

@@ -60,17 +60,17 @@ class SearchRecords:
 
 
 def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None,
-                names: Spelling = FLAGS) -> SearchRecords:
+                spelling: Spelling = FLAGS) -> SearchRecords:
     """The latest search of ``experiment`` (or the one with ``parent_run_id``) and its finished trials.
-    ``names``: how errors name the options (:mod:`prunetune._spelling`).
+    ``spelling``: how errors name the options (:mod:`prunetune._spelling`).
 
     Raises:
         TrackingError: unknown experiment, no search in it, or no finished trial yet.
     """
-    check_store(uri, names)
-    mlflow_client = client(uri, names)
-    experiment_id = find_experiment(mlflow_client, uri, experiment, names)
-    parent = _parent(mlflow_client, experiment_id, experiment, parent_run_id, names)
+    check_store(uri, spelling)
+    mlflow_client = client(uri, spelling)
+    experiment_id = find_experiment(mlflow_client, uri, experiment, spelling)
+    parent = _parent(mlflow_client, experiment_id, experiment, parent_run_id, spelling)
     children = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
                                          max_results=50000)
     counts = dict(Counter(run.info.status for run in children))
@@ -114,7 +114,7 @@ def _other(run: Any) -> tuple[str, str]:
     return (label or trial_id or run_id, what)
 
 
-def _parent(mlflow_client: Any, experiment_id: str, experiment: str, run_id: str | None, names: Spelling) -> Any:
+def _parent(mlflow_client: Any, experiment_id: str, experiment: str, run_id: str | None, spelling: Spelling) -> Any:
     if run_id is not None:
         try:
             run = mlflow_client.get_run(run_id)
@@ -127,7 +127,7 @@ def _parent(mlflow_client: Any, experiment_id: str, experiment: str, run_id: str
                 "a trial run" if PARENT_TAG in run.data.tags else "not a prunetune search run"
             raise TrackingError(f"MLflow run {run_id!r} is {what}, not a search run of experiment {experiment!r}; "
                                 f"pass the search run's id (prunetune search prints it), or leave "
-                                f"{names.name('search_run')} out for the latest search")
+                                f"{spelling.name('search_run')} out for the latest search")
         return run
     runs = mlflow_client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'search'",
                                      order_by=["attributes.start_time DESC"], max_results=1)

@@ -31,9 +31,12 @@ DEFAULT_DB = "mlflow.db"
 
 
 def resolve_tracking_uri(uri: str | None = None, *, cwd: str | os.PathLike | None = None,
-                         names: Spelling = FLAGS) -> str:
-    """An absolute tracking URI: default ``sqlite:///<cwd>/mlflow.db``; servers pass through. (``names``:
-    how the error's fix names the option, :mod:`prunetune._spelling`; so in the functions below.)"""
+                         spelling: Spelling = FLAGS) -> str:
+    """An absolute tracking URI: default ``sqlite:///<cwd>/mlflow.db``; servers pass through.
+
+    ``spelling`` (here and in every function of this module that raises for the reader's input): how
+    an error's fix names the option, the command's flag or the API's keyword (:mod:`prunetune._spelling`).
+    """
     base = Path(cwd) if cwd is not None else Path.cwd()
     if uri is None or uri == "":
         return SQLITE + str((base / DEFAULT_DB).resolve())
@@ -41,7 +44,7 @@ def resolve_tracking_uri(uri: str | None = None, *, cwd: str | os.PathLike | Non
         path = uri[len(prefix):]
         if path == ":memory:":  # SQLAlchemy's in-memory database; made relative, it became a file named so
             raise TrackingError(f"MLflow store {uri!r} is an in-memory database: every result would be lost when "
-                                f"the command ends; pass {names.given('tracking_uri', 'sqlite:///path/mlflow.db')}")
+                                f"the command ends; pass {spelling.given('tracking_uri', 'sqlite:///path/mlflow.db')}")
         return prefix + str((base / path).resolve()) if not path.startswith("/") else uri
     if "://" not in uri and not uri.startswith(("databricks", "file:")):
         return SQLITE + str((base / uri).resolve())
@@ -66,7 +69,7 @@ def quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def client(uri: str, names: Spelling = FLAGS) -> Any:
+def client(uri: str, spelling: Spelling = FLAGS) -> Any:
     """An ``MlflowClient`` for ``uri`` (extra: tracking)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars on export
     # against a server, MLflow prints "View run ... at: URL" on stdout per ended run (breaks --format json)
@@ -83,7 +86,7 @@ def client(uri: str, names: Spelling = FLAGS) -> Any:
     except MlflowException as exc:  # e.g. its file store, refused unless MLFLOW_ALLOW_FILE_STORE=true
         first = str(exc).strip().split(". ")[0][:200]
         raise TrackingError(f"MLflow cannot use the store {masked_url(uri)!r} ({first}); pass "
-                            f"{names.given('tracking_uri', 'sqlite:///path/mlflow.db')} or an http(s) server") from None
+                            f"{spelling.given('tracking_uri', 'sqlite:///path/mlflow.db')} or an http(s) server") from None
 
 
 def ui_command(uri: str) -> str:
@@ -109,23 +112,23 @@ def ensure_experiment(mlflow_client: Any, uri: str, name: str) -> str:
     return mlflow_client.create_experiment(name, artifact_location=location)
 
 
-def check_store(uri: str, names: Spelling = FLAGS) -> None:
+def check_store(uri: str, spelling: Spelling = FLAGS) -> None:
     """Raise :class:`TrackingError` unless ``uri`` is a store to read from: an existing sqlite database
     (reading one must not create an empty database as a side effect), or a server that answers."""
     db = sqlite_path(uri)
     if db is not None:
         if db.is_dir():
-            raise TrackingError(f"MLflow store {str(db)!r} is a directory; pass {names.name('tracking_uri')} with "
+            raise TrackingError(f"MLflow store {str(db)!r} is a directory; pass {spelling.name('tracking_uri')} with "
                                 "the database file the search wrote (e.g. mlflow.db)")
         problem = input_file_problem(db)
         if problem == "does not exist":
             raise TrackingError(f"no MLflow store at {db}; run `prunetune search` first, or pass "
-                                f"{names.name('tracking_uri')} pointing at the store the search wrote")
+                                f"{spelling.name('tracking_uri')} pointing at the store the search wrote")
         if problem is not None:
-            raise TrackingError(f"MLflow store {str(db)!r} {problem}; pass {names.name('tracking_uri')} with the "
+            raise TrackingError(f"MLflow store {str(db)!r} {problem}; pass {spelling.name('tracking_uri')} with the "
                                 "database file the search wrote (e.g. mlflow.db)")
-        _check_sqlite(db, reading=True, names=names)
-    check_server(uri, names=names)
+        _check_sqlite(db, reading=True, spelling=spelling)
+    check_server(uri, spelling=spelling)
 
 
 def check_writable_store(uri: str) -> None:
@@ -168,7 +171,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = frozenset({"experiments", "runs"})  # in every MLflow sqlite store, whatever its schema version
 
 
-def _check_sqlite(db: Path, *, reading: bool = False, names: Spelling = FLAGS) -> None:
+def _check_sqlite(db: Path, *, reading: bool = False, spelling: Spelling = FLAGS) -> None:
     """An sqlite file given as the MLflow store must be one: MLflow adds its tables (some 60) to any
     database it opens, so another database (an Optuna study beside the store, whose URL a search prints
     next to the store's) would be changed, and a study so changed breaks every later search there.
@@ -180,7 +183,7 @@ def _check_sqlite(db: Path, *, reading: bool = False, names: Spelling = FLAGS) -
     except OSError as exc:
         raise TrackingError(f"cannot read MLflow store {str(db)!r} ({exc.strerror or exc})") from None
     if head and head != SQLITE_HEADER:  # an empty file is a new database to sqlite
-        raise TrackingError(f"MLflow store {str(db)!r} is not an sqlite database; pass {names.name('tracking_uri')} "
+        raise TrackingError(f"MLflow store {str(db)!r} is not an sqlite database; pass {spelling.name('tracking_uri')} "
                             "with the store a search wrote, or a new file name")
     tables = sqlite_tables(db) if head else set()
     if MLFLOW_TABLES <= tables or (not tables and not reading):
@@ -188,11 +191,11 @@ def _check_sqlite(db: Path, *, reading: bool = False, names: Spelling = FLAGS) -
     if not tables:
         why = "is an empty database" if not head else "holds no tables (an empty database, or one locked or damaged)"
         raise TrackingError(f"MLflow store {str(db)!r} {why}, not a store a search wrote; pass "
-                            f"{names.name('tracking_uri')} with the store the search wrote (e.g. mlflow.db)")
-    names = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
-    what = "an Optuna study" if {"studies", "trials"} <= tables else f"another database (tables {names})"
+                            f"{spelling.name('tracking_uri')} with the store the search wrote (e.g. mlflow.db)")
+    listed = ", ".join(sorted(tables)[:4]) + (", ..." if len(tables) > 4 else "")
+    what = "an Optuna study" if {"studies", "trials"} <= tables else f"another database (tables {listed})"
     raise TrackingError(f"{str(db)!r} is {what}, not an MLflow store, and is left unchanged; pass "
-                        f"{names.name('tracking_uri')} with the store the search wrote (e.g. mlflow.db)"
+                        f"{spelling.name('tracking_uri')} with the store the search wrote (e.g. mlflow.db)"
                         + ("" if reading else " or a new file name"))
 
 
@@ -207,9 +210,13 @@ def sqlite_tables(db: Path) -> set[str]:
         return set()
 
 
-def check_server(uri: str, *, timeout_s: float = 5.0, names: Spelling = FLAGS) -> None:
+def check_server(uri: str, *, timeout_s: float = 5.0, spelling: Spelling = FLAGS) -> None:
     """Fail fast if an ``http(s)://`` tracking server takes no connections (MLflow would retry for minutes)."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise TrackingError(f"MLflow store {masked_url(uri)!r} is not a URL ({exc}); pass "
+                            f"{spelling.given('tracking_uri', 'sqlite:///path/mlflow.db')} or an http(s) server") from None
     if parts.scheme not in ("http", "https"):
         return
     try:
@@ -224,17 +231,17 @@ def check_server(uri: str, *, timeout_s: float = 5.0, names: Spelling = FLAGS) -
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise TrackingError(f"no MLflow server answers at {masked_url(uri)} ({reason}); start it (mlflow server --host "
-                            f"{host} --port {port}) or pass another {names.name('tracking_uri')}") from None
+                            f"{host} --port {port}) or pass another {spelling.name('tracking_uri')}") from None
 
 
-def find_experiment(mlflow_client: Any, uri: str, name: str, names: Spelling = FLAGS) -> str:
+def find_experiment(mlflow_client: Any, uri: str, name: str, spelling: Spelling = FLAGS) -> str:
     """The id of an existing experiment, or a :class:`TrackingError` naming close matches."""
-    check_store(uri, names)
+    check_store(uri, spelling)
     found = mlflow_client.get_experiment_by_name(name)
     if found is None or found.lifecycle_stage != "active":
         known = [e.name for e in mlflow_client.search_experiments() if e.name != "Default"]
         hint = (unknown_name_message("MLflow experiment", name, known) if known
                 else f"unknown MLflow experiment {name!r}; the store has none yet")
-        raise TrackingError(f"{hint} (store {masked_url(uri)}); pass the {names.name('experiment')} name that "
-                            f"`prunetune search` used, or {names.name('tracking_uri')} for another store")
+        raise TrackingError(f"{hint} (store {masked_url(uri)}); pass the {spelling.name('experiment')} name that "
+                            f"`prunetune search` used, or {spelling.name('tracking_uri')} for another store")
     return found.experiment_id
