@@ -91,6 +91,15 @@ def test_pareto_prints_the_export_command_this_search_needs(tmp_path, capsys) ->
     from prunetune.cli.pareto import export_command
     from prunetune.tracking.records import SearchRecords
 
+    out = tmp_path / "b.yaml"  # the commands quoted in errors and printed commands are copy-pasteable too
+    line = _error_line(capsys, ["export", "--experiment", "my exp", "--tracking-uri", uri, "--trial", "t9",
+                                "--out", str(out)])
+    assert line.endswith("list them with `prunetune pareto --experiment 'my exp' --all`"), line
+    from prunetune.search.study import dashboard_command
+    from prunetune.tracking import ui_command
+
+    assert "--backend-store-uri 'sqlite:////data/a b/mlflow.db' " in ui_command("sqlite:////data/a b/mlflow.db")
+    assert dashboard_command("sqlite:////data/a b/o.db") == "optuna-dashboard 'sqlite:////data/a b/o.db'"
     records = SearchRecords("-x", "", "", None, {}, (), plugins=("a;rm",))
     args = argparse.Namespace(tracking_uri="http://alice:s3cret@host:5000", search_run=None)
     assert export_command(args, records) == ("prunetune export --experiment=-x --tracking-uri 'http://alice:***@host:5000' "

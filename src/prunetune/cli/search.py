@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 
 from prunetune._text import masked_url
 from prunetune.cli._common import add_allow_code, add_budget, add_format, add_plugins, need_file, print_json
@@ -109,16 +110,17 @@ def report(outcome, *, json_output: bool = False, plugins: tuple[str, ...] = ())
         mask = front_mask([t.accuracy for t in records.trials], [t.macs for t in records.trials])
         print(f"\nPareto front of {outcome.experiment} ({int(mask.sum())} of {len(records.trials)} finished trials):")
         print_front(records, [dict(t.as_dict(), front=True) for t, on in zip(records.trials, mask) if on])
-        print(f"\nnext: prunetune pareto --experiment {outcome.experiment} --plot front.png"
+        print(f"\nnext: prunetune pareto --experiment {shlex.quote(outcome.experiment)} --plot front.png"
               f"{_uri_flag(outcome.tracking_uri)}")
         from prunetune._plugins import plugin_flags
 
         flags = plugin_flags(plugins)
-        print(f"      prunetune export --experiment {outcome.experiment} --out best.yaml{_uri_flag(outcome.tracking_uri)}"
-              f"{flags}")
+        print(f"      prunetune export --experiment {shlex.quote(outcome.experiment)} --out best.yaml"
+              f"{_uri_flag(outcome.tracking_uri)}{flags}")
         if outcome.tracking_uri.startswith("sqlite"):
             print(f"      {ui_command(outcome.tracking_uri)}")
-        print(f"      optuna-dashboard {masked_url(outcome.study_storage or '')}   (the Optuna study {outcome.study_name!r})")
+        print(f"      optuna-dashboard {shlex.quote(masked_url(outcome.study_storage or ''))}   "
+              f"(the Optuna study {outcome.study_name!r})")
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(outcome.counts.items())) or "no trial run"
     if outcome.failed:
         log.error("search %s: no trial finished (%s); the first error: %s. Fix it and start again with another "
@@ -136,4 +138,4 @@ def _uri_flag(uri: str) -> str:
 
     from prunetune.tracking.store import resolve_tracking_uri
 
-    return "" if uri == resolve_tracking_uri(None, cwd=os.getcwd()) else f" --tracking-uri {masked_url(uri)}"
+    return "" if uri == resolve_tracking_uri(None, cwd=os.getcwd()) else f" --tracking-uri {shlex.quote(masked_url(uri))}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -203,7 +204,7 @@ def new_study_name(storage: Any, experiment: str, parent_run_id: str) -> str:
 
 
 def dashboard_command(url: str) -> str:
-    return f"optuna-dashboard {url}"
+    return f"optuna-dashboard {shlex.quote(url)}"
 
 
 def repair(storage: Any, name: str, finished: Mapping[str, tuple[float, float]], ended: Mapping[str, str]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,11 @@ def find_trial(records: SearchRecords, trial: str) -> TrialRecord:
     if trial in records.others:
         name, what = records.others[trial]
         raise ConfigError(f"trial {name} {what}, so it has no result to export; pick a finished trial "
-                          f"(`prunetune pareto --experiment {records.experiment} --all` lists them)")
+                          f"(`prunetune pareto --experiment {shlex.quote(records.experiment)} --all` lists them)")
     known = [r.name for r in records.trials]
     hint = unknown_name_message("finished trial", trial, known)
     raise ConfigError(f"{hint} (experiment {records.experiment!r}); list them with "
-                      f"`prunetune pareto --experiment {records.experiment} --all`")
+                      f"`prunetune pareto --experiment {shlex.quote(records.experiment)} --all`")
 
 
 def exported_recipe(uri: str, record: TrialRecord, spelling: Spelling = FLAGS) -> Recipe:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +82,7 @@ def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None,
     if not trials:
         seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trial runs"
         raise TrackingError(f"experiment {experiment!r} has no finished trials yet ({seen}); run or resume "
-                            f"`prunetune search --config CONFIG --experiment {experiment}` and wait for trials "
+                            f"`prunetune search --config CONFIG --experiment {shlex.quote(experiment)}` and wait for trials "
                             "to finish")
     metrics, params = parent.data.metrics, parent.data.params
     budget = float(params["macs_budget"]) if "macs_budget" in params else None

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import re
+import shlex
 import socket
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def client(uri: str, spelling: Spelling = FLAGS) -> Any:
 def ui_command(uri: str) -> str:
     """The light ``mlflow ui`` command line for this store (bound to 127.0.0.1; a password in the URI
     shown as ``***``)."""
-    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {masked_url(uri)} "
+    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri {shlex.quote(masked_url(uri))} "
             "--workers 1 --host 127.0.0.1")
 
 
