@@ -55,6 +55,12 @@ def test_a_plugin_criterions_cache_key_follows_the_helper_modules_it_calls(tmp_p
         assert first == plugin_code_digest(module.CRIT)  # stable while nothing changes
         helper.write_text("def norm(w):\n    return -w.pow(2).sum(1)\n")  # the helper's formula is edited
         assert plugin_code_digest(module.CRIT) != first
+        # score_table hands one cached lister to all its plugin criteria: sys.modules is walked once
+        from prunetune._plugins import user_modules
+
+        calls = []
+        listed = plugin_code_digest(module.CRIT, lambda: calls.append(1) or user_modules())
+        assert calls == [1] and listed == plugin_code_digest(module.CRIT)
     finally:
         sys.modules.pop("my_helped_plugin", None)
         sys.modules.pop("my_cache_helper", None)

@@ -8,6 +8,7 @@ loads what is cached and computes the rest, all missing activation criteria in o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -201,7 +202,8 @@ def compute_scores(
     cache = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "scores"
     table = ScoreTable()
     todo: dict[str, dict[str, Any]] = {}
-    codes = {name: plugin_code_digest(get_criterion(name)) for name in resolved}  # source files read once
+    scan = functools.cache(user_modules)  # sys.modules walked once for all the plugin criteria
+    codes = {name: plugin_code_digest(get_criterion(name), scan) for name in resolved}  # source files read once
     for name, params in resolved.items():
         needs = get_criterion(name).needs(params)
         uses_data = WEIGHT not in needs
@@ -240,14 +242,16 @@ def compute_scores(
     return table
 
 
-def plugin_code_digest(criterion: Any) -> str | None:
+def plugin_code_digest(criterion: Any, modules_of_user: Callable[[], list[str]] = user_modules) -> str | None:
     """The digest of a plugin criterion's source: its scores are cached under it, since the package
     version (in every fingerprint) says nothing of code outside the package, and an edited formula
     read the old scores back. It covers the modules the criterion comes from and every other loaded
     module of the user's own code (:func:`prunetune._plugins.user_modules`: outside the standard
     library, the installed packages and prunetune), since the formula may call into any of them (a
     helper module). ``""`` for a criterion built from prunetune's own code alone; None where a module
-    it comes from has no readable source (defined in a notebook or ``python -c``): not cached."""
+    it comes from has no readable source (defined in a notebook or ``python -c``): not cached.
+    ``modules_of_user``: what lists those modules (a caller digesting several criteria passes one
+    that walks ``sys.modules`` once)."""
     objects = [criterion, *getattr(criterion, "__dict__", {}).values()]
     modules = {getattr(o, "__module__", None) or type(o).__module__ for o in objects if callable(o) or o is criterion}
     modules.add(type(criterion).__module__)
@@ -259,7 +263,7 @@ def plugin_code_digest(criterion: Any) -> str | None:
         except (KeyError, TypeError, OSError):
             return None
     if outside:
-        digest.update(source_digest(m for m in user_modules() if m not in outside).encode())
+        digest.update(source_digest(m for m in modules_of_user() if m not in outside).encode())
     return digest.hexdigest()[:16] if outside else ""
 
 
