@@ -54,17 +54,27 @@ def test_only_the_published_sfp_end_is_soft(name) -> None:
 
 
 @pytest.mark.parametrize(("name", "params"), [v for v in VARIANTS if v[0] != "hard"], ids=lambda v: str(v))
-def test_a_soft_schedule_returns_the_network_its_last_epoch_measured(name, params) -> None:
-    """As a recipe runs it (default config, a recalibration loader given): no BN re-estimation after
-    the fine-tune, whose last epoch trained and measured the pruned network already."""
+def test_a_soft_schedule_ends_with_the_bn_statistics_of_the_pruned_network(name, params) -> None:
+    """With ``recalibrate_bn`` (the default) the removed network's BN statistics are re-estimated after
+    the fine-tune, as after one-shot removal: the running statistics still held the soft epochs'.
+    Without it, the network is the one the last epoch measured."""
+    from prunetune.pruning.finetune import recalibrate_bn
     from prunetune.pruning.masking import run_schedule
 
-    model, groups, plan, data = _setup()
-    cfg = FinetuneConfig(epochs=3, lr=0.05, amp=False)
-    assert cfg.recalibrate_bn  # the default
-    final_model, history, _ = run_schedule(name, params, model, groups, plan, cfg, train_batches=data,
-                                           eval_batches=data, recalibration=data, show_progress=False)
-    assert evaluate(final_model, data) == history[-1]["accuracy"]
+    runs = {}
+    for recalibrate in (False, True):
+        model, groups, plan, data = _setup()
+        cfg = FinetuneConfig(epochs=3, lr=0.05, amp=False, recalibrate_bn=recalibrate, recalibrate_batches=2)
+        runs[recalibrate] = run_schedule(name, params, model, groups, plan, cfg, train_batches=data,
+                                         eval_batches=data, recalibration=data, show_progress=False)
+    (kept_model, kept_history, _), (final_model, _, _) = runs[False], runs[True]
+    assert evaluate(kept_model, data) == kept_history[-1]["accuracy"]
+    expected = copy.deepcopy(kept_model)
+    recalibrate_bn(expected, data, max_batches=2)
+    got, want = final_model.state_dict(), expected.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    norms = [k for k in want if k.endswith("running_var")]
+    assert norms and any(not torch.equal(want[k], kept_model.state_dict()[k]) for k in norms)  # it changed them
 
 
 @pytest.mark.parametrize(("name", "params"), VARIANTS, ids=lambda v: str(v))

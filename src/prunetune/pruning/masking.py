@@ -200,7 +200,11 @@ def run_schedule(
         final = masks.finish()
     finally:
         masks.hooks.remove()
-    # no re-estimation here: the last epochs ran with every pruned channel hard, so the running BN
-    # statistics are already the pruned network's, and the last epoch's accuracy is the final one
     apply_plan(model, final, groups)
+    # the last epochs ran with every pruned channel hard, but each training step keeps 0.9 of the running
+    # BN statistics, so after a fine-tune of few steps they still hold much of the soft epochs', when the
+    # pruned filters were live (digits, 2 epochs of about 17 steps: sfp 63% and iterative 31% test
+    # accuracy, 97% and 98% re-estimated): re-estimated on the pruned network, as after one-shot removal
+    if config.recalibrate_bn and recalibration is not None:
+        recalibrate_bn(model, recalibration, max_batches=config.recalibrate_batches, device=device)
     return model, history, final
