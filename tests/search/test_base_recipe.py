@@ -53,6 +53,23 @@ def test_a_base_recipe_allocation_gives_the_search_its_keep_rule(make_config, gi
         Recipe.from_dict({**TINY_RECIPE, "criterion": "l1", "allocation": {"min_keep": 2}})
 
 
+def test_what_of_a_reused_recipe_the_trials_do_not_use_is_said(make_config, caplog) -> None:
+    """A recipe file reused as the base recipe: its criterion and its budget were dropped without a word."""
+    with caplog.at_level("WARNING", logger="prunetune"):
+        make_config(recipe={**TINY_RECIPE, "criterion": "l1", "allocation": {"macs_budget": 0.3, "max_ratio": 0.7}})
+    assert ("the base recipe's criterion (l1) is not what the trials use: they blend the space's criteria "
+            "(capacity, l1); to search l1 alone, set space.criteria: [l1]") in caplog.text
+    assert ("the base recipe's allocation macs_budget is not used: every trial gets its own allocation under the "
+            "search's macs_budget and space.allocations; only min_keep, round_to, max_ratio apply there") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prunetune"):  # what the trials use says nothing
+        make_config(recipe={**TINY_RECIPE, "criterion": {"blend": {"l1": 1, "capacity": 2}},
+                            "allocation": {"max_ratio": 0.7}})
+        make_config(recipe={**TINY_RECIPE, "criterion": {"name": "capacity", "params": {"bins": 64}}})
+        make_config(recipe=TINY_RECIPE)
+    assert "base recipe" not in caplog.text, caplog.text
+
+
 @pytest.mark.parametrize("criterion, fix", [
     ({"name": "chip", "params": {"max_memory_mb": 512.0}}, r"add 'chip' to space.criteria"),
     ({"blend": {"l1": 1}, "params": {"cmi": {"samples": 64}}},  # no cmi_* cut-off in the space reads it

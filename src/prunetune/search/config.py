@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -73,6 +74,8 @@ from prunetune.search.screening import ScreenSpec
 from prunetune.search.study import default_study_storage, resolve_study_storage
 from prunetune.spaces import SpaceSpec
 from prunetune.tracking.store import resolve_tracking_uri
+
+log = logging.getLogger("prunetune")
 
 SAMPLERS = ("tpe", "nsga2")
 MAX_SEED = 2**32 - 2
@@ -382,7 +385,30 @@ def _base_recipe(value: Any, space: SpaceSpec, source: str | None, here: Path, a
         raise ConfigError("allow_code belongs in the search config itself (or --allow-code), not in its base "
                           "recipe: a recipe must not grant itself the right to run code")
     recipe = Recipe.from_dict(data, source=recipe_source, allow_code=allow_code, base=True)
+    _warn_unsearched(value, recipe, space)
     return absolute_paths(recipe)
+
+
+KEEP_RULE = ("min_keep", "round_to", "max_ratio")  # what the trials take from the base recipe's allocation
+
+
+def _warn_unsearched(given: Mapping[str, Any], recipe: Recipe, space: SpaceSpec) -> None:
+    """Say what of the base recipe the trials do not use (a reused recipe file): its criterion, where the
+    space's are searched instead and it carries no ``params`` for them, and its allocation beyond the
+    keep rule (every trial gets its own under the search's budget)."""
+    crit = given.get("criterion")
+    if crit is not None and not (isinstance(crit, Mapping) and crit.get("params")):
+        names = sorted(recipe.criterion.weights)
+        if set(names) != set(space.criteria):
+            log.warning("the base recipe's criterion (%s) is not what the trials use: they blend the space's "
+                        "criteria (%s); to search %s alone, set space.criteria: [%s]", ", ".join(names),
+                        ", ".join(space.criteria), " and ".join(names), ", ".join(names))
+    alloc = given.get("allocation")
+    unused = sorted(k for k in alloc if k not in KEEP_RULE) if isinstance(alloc, Mapping) else []
+    if unused:
+        log.warning("the base recipe's allocation %s %s not used: every trial gets its own allocation under the "
+                    "search's macs_budget and space.allocations; only %s apply there", ", ".join(unused),
+                    "is" if len(unused) == 1 else "are", ", ".join(KEEP_RULE))
 
 
 def absolute_paths(recipe: Recipe) -> Recipe:
