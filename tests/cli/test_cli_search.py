@@ -116,7 +116,10 @@ def test_export_picks_writes_and_refuses_to_overwrite(tmp_path, capsys) -> None:
     assert exported["plan"] == PLAN and exported["model"]["name"] == "tiny_resnet"
     assert "already exists; pass --overwrite" in _error_line(capsys, base)
     assert main(base + ["--overwrite", "--budget", "0.3"]) == 0
-    assert "exported trial t01 (a;" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "exported trial t01 (a;" in printed
+    # the replay writes beside the recipe, named after it (every export printed --out pruned.pt)
+    assert f"prunetune prune --recipe {shlex.quote(str(out))} --out {shlex.quote(str(tmp_path / 'best.pt'))}" in printed
     assert main(base + ["--overwrite", "--pick", "knee"]) == 0
     assert "exported trial t02 (b;" in capsys.readouterr().out
     assert "raise --budget to at least that" in _error_line(capsys, base + ["--overwrite", "--budget", "0.1"])

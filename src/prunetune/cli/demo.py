@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nbest within budget: trial {record.name}, val acc {record.accuracy:.4f}, "
           f"MACs {100 * record.macs_ratio:.1f}% of dense -> {best}")
     print(f"plot: {plot} (interactive: {page})")
-    print(f"replay it: prunetune prune --recipe {best} --out {mine / 'pruned.pt'}")
+    print(f"replay it: prunetune prune --recipe {shlex.quote(str(best))} --out {shlex.quote(str(mine / 'pruned.pt'))}")
     print(f"browse the runs: {ui_command(outcome.tracking_uri)}   (then open http://127.0.0.1:5000)")
     print(f"the Optuna study: optuna-dashboard {masked_url(outcome.study_storage or '')}")
     print(f"demo finished in {time.perf_counter() - t0:.0f}s")
