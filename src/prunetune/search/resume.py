@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,8 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
                               "their errors are in MLflow (the trial runs' prunetune.error tags): fix the cause and "
                               "start a new search with another --experiment")
         raise ConfigError(f"search {name!r} already finished ({trials} trials) in {exp_dir}; "
-                          f"inspect it with `prunetune pareto --experiment {name}`, or start a new one with "
-                          "another --experiment")
+                          f"inspect it with `prunetune pareto --experiment {shlex.quote(name)}`, or start a new one "
+                          "(more trials included) with another --experiment")
     # compared as the search ran: the run takes the same config (recorded_config)
     ran = _as_recorded(config, state)
     identity = json.loads(json.dumps(state_identity(ran, state.get("version", 1)), default=str))
