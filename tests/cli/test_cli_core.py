@@ -339,3 +339,14 @@ def test_a_model_object_in_a_recipe_says_how_to_name_it_instead() -> None:
                                                      r"\(CifarResNet\); name your model's function as"):
         prunetune.prune({"model": create_model("resnet20"), "data": {"name": "digits"}, "criterion": "l1",
                          "allocation": {"ratio": 0.5}})
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_goes_before_or_after_the_command_and_shows_the_traceback(where, capsys) -> None:
+    """After the command it was 'unrecognized arguments: --debug' (README: before only), as -q once was."""
+    from prunetune.exceptions import PrunetuneError
+
+    argv = ["groups", "--model", "no_such_model"]
+    assert main(argv) == 2 and "error" in capsys.readouterr().err  # one line without it
+    with pytest.raises(PrunetuneError):
+        main(["--debug", *argv] if where == "before" else [*argv, "--debug"])

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         # after the command too: `prunetune search --quiet ...` (SUPPRESS: the top-level value stands if absent)
         sub.choices[name].add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                                        help="only prunetune's warnings and errors on stderr: no progress lines, no status line")
+        sub.choices[name].add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                       help="show tracebacks on errors")
     return parser
 
 
