@@ -341,6 +341,23 @@ def test_quadrature_node_work_in_blocks_of_images_equals_one_block(monkeypatch: 
                                atol=1e-13, rtol=0)
 
 
+def test_zero_shares_sum_the_weights_on_zero_eigenvalues_per_image() -> None:
+    """Images with 0, 1 and 3 zero eigenvalues (ascending, so first) side by side: each channel's
+    share is its weight on them over its total weight, and exactly 0 for an image without any."""
+    from prunetune.pruning.criteria import chip
+
+    g = torch.Generator().manual_seed(6)
+    lam = torch.sort(torch.rand(5, 6, generator=g, dtype=torch.float64) + 0.1, dim=1).values
+    zeros = [0, 1, 3, 0, 2]
+    for n, z in enumerate(zeros):
+        lam[n, :z] = 0.0
+    w = torch.rand(5, 6, 6, generator=g, dtype=torch.float64)
+    direct = torch.stack([w[n, :, :z].sum(dim=1) / w[n].sum(dim=1) for n, z in enumerate(zeros)])
+    share = chip._zero_shares(lam, w)
+    torch.testing.assert_close(share, direct, atol=1e-15, rtol=0)
+    assert bool((share[[0, 3]] == 0).all()) and bool((share[[1, 2, 4]] > 0).all())
+
+
 def test_shared_batch_statistics_equal_separate_batches() -> None:
     """Accumulators fed one FeatureBatch (as calibration does) equal accumulators fed their own."""
     g = torch.Generator().manual_seed(3)

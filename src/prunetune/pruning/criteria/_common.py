@@ -227,10 +227,11 @@ def row_blocks(rows: int, row_bytes: int, device: torch.device, block_bytes: int
 STD_CANCELLATION = 100.0
 
 
-def population_std(x: Tensor) -> Tensor:
+def population_std(x: Tensor, total: Tensor | None = None) -> Tensor:
     """Population std (``unbiased=False``) over the last dimension, in x's dtype.
 
     From each row's sum and sum of squares (two reductions, no temporaries): var = (Σx² − Σx·μ)/n.
+    ``total``: the rows' sums ``x.sum(dim=-1)`` if already taken (:func:`map_sums`).
     Its rounding error is a few eps of Σx²/n, so a row whose Σx²/n exceeds
     :data:`STD_CANCELLATION` times that variance (a near-constant row), or whose difference is not
     positive, takes the two-pass formula instead (:func:`two_pass_std`). Either way the result
@@ -243,7 +244,7 @@ def population_std(x: Tensor) -> Tensor:
     if n == 0:
         return x.std(dim=-1, unbiased=False)
     flat = x.reshape(-1, n)
-    total = flat.sum(dim=-1)
+    total = flat.sum(dim=-1) if total is None else total.reshape(-1)
     squares = torch.linalg.vector_norm(flat, dim=-1).square_()
     var = (squares - total * (total / n)).div_(n)
     one_pass = ((var > 0) & (squares <= (STD_CANCELLATION * n) * var)) | (squares == 0)
@@ -268,16 +269,28 @@ def two_pass_std(x: Tensor) -> Tensor:
     return out.div_(math.sqrt(n))
 
 
+def map_sums(batch: Any, maps: Tensor) -> Tensor:
+    """Σ over the h·w pixels of each map, ``Tensor[C, B]`` float64 (shared): the sums
+    :func:`map_std` starts from, and the channel means of ``independence[feature]``."""
+
+    def compute() -> Tensor:
+        b, c = maps.shape[0], maps.shape[1]
+        return channel_major64(batch, maps).reshape(c, b, -1).sum(dim=-1)
+
+    return memo(batch, "map_sums", compute)
+
+
 def map_std(batch: Any, maps: Tensor) -> Tensor:
     """Population std over the h·w pixels of each map, ``Tensor[B, C]`` float64 (shared).
 
-    :func:`population_std` of each map's h·w values in float64, read from the channel-major copy.
+    :func:`population_std` of each map's h·w values in float64, read from the channel-major copy,
+    with the sums of :func:`map_sums`.
     """
 
     def compute() -> Tensor:
         b, c = maps.shape[0], maps.shape[1]
         rows = channel_major64(batch, maps).reshape(c, b, -1)
-        return population_std(rows).T.contiguous()
+        return population_std(rows, map_sums(batch, maps)).T.contiguous()
 
     return memo(batch, "map_std", compute)
 

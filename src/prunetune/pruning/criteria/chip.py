@@ -234,9 +234,23 @@ def _unit_spectrum(lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _zero_shares(lam: Tensor, w: Tensor) -> Tensor:
-    """Each channel's share of weight on the zero eigenvalues, Σ_{λ_i = 0} w_ji / Σ_i w_ji: ``[B, c]``."""
-    sums = w @ torch.stack([(lam == 0).to(w.dtype), torch.ones_like(lam)], dim=2)
-    return sums[:, :, 0] / sums[:, :, 1]
+    """Each channel's share of weight on the zero eigenvalues, Σ_{λ_i = 0} w_ji / Σ_i w_ji: ``[B, c]``.
+
+    The zeros of ``lam`` (ascending, zeros set by :func:`_unit_spectrum`) come first, so an image with
+    z of them sums its first z columns, each row by itself; an image without any has shares of
+    exactly 0 and takes no sums. Most images have none (on ResNet-56's maps none at 16 and 32
+    channels, a fifth at 64, with at most 4), and a batched product for the few was 3× slower.
+    """
+    zero = lam == 0
+    z = zero.sum(dim=1)
+    share = torch.zeros(w.shape[:2], dtype=w.dtype, device=w.device)
+    idx = (z > 0).nonzero()[:, 0]
+    if idx.numel():
+        first = int(z.max())
+        some = w.index_select(0, idx)
+        mask = zero.index_select(0, idx)[:, None, :first].to(w.dtype)
+        share[idx] = (some[:, :, :first] * mask).sum(dim=-1) / some.sum(dim=-1)
+    return share
 
 
 def _exact_zero_rows(lam: Tensor, w: Tensor, zero_rows: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from prunetune.pruning.criteria._common import (
     check_float,
     check_int,
     correlation,
+    map_sums,
     no_data,
     row_blocks,
 )
@@ -182,7 +183,7 @@ class _CovarianceAccumulator:
         m = x.shape[1]
         if m == 0:
             return
-        mean_b = x.mean(dim=1)
+        mean_b = map_sums(batch, maps).sum(dim=1).div_(m)  # shared with the M-std's sums
         m2_b = _co_moment(batch, maps, x, mean_b)
         if self.mean is None or self.m2 is None:
             self.n, self.mean, self.m2 = m, mean_b, m2_b
