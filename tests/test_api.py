@@ -117,6 +117,26 @@ def test_allow_code_counts_for_a_recipe_object_built_without_it(monkeypatch) -> 
     assert seen == [True] and recipe.allow_code is False  # the caller's object is left as it was
 
 
+def test_search_names_its_plugins_keyword_in_the_opt_in_error(tmp_path) -> None:
+    """search(config, plugins=[...]) without allow_code said "--plugin 'm' would import ...", a flag the
+    caller never typed; the keyword it typed is named, before any work."""
+    from prunetune.exceptions import UntrustedCodeError
+
+    config = {"recipe": {"model": {"name": "tiny_resnet", "in_channels": 1}, "data": "digits"},
+              "space": {"ratios": "uniform", "criteria": ["l1"]}, "macs_budget": 0.5}
+    for given in (config, _write_yaml(tmp_path / "search.yaml", config)):
+        with pytest.raises(UntrustedCodeError, match=r"^plugins 'json' would import and run Python code; if you "
+                                                     "trust it, "):
+            prunetune.search(given, plugins=["json"])
+
+
+def _write_yaml(path, data):
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 def test_a_plan_that_removes_nothing_is_warned_about(caplog) -> None:
     """allocation {ratio: 0.3, min_keep: 10**9} kept every channel (100% of the MACs) without a word."""
     recipe = {"model": {"name": "tiny_convnet", "in_channels": 1}, "data": "digits", "criterion": "l1",

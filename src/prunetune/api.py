@@ -78,12 +78,13 @@ def search(config: PathLike | Mapping[str, Any] | SearchConfig, /, *, resume: bo
     overrides = plain(overrides)  # numpy scalars as the numbers they hold
     if isinstance(config, SearchConfig):
         if overrides:
-            config = parse_search_config(config.to_dict(), source=config.source, overrides=overrides)
+            config = parse_search_config(config.to_dict(), source=config.source, overrides=overrides,
+                                         spelling=KEYWORDS)
     elif isinstance(config, Mapping):
-        config = parse_search_config(plain(config), overrides=overrides)
+        config = parse_search_config(plain(config), overrides=overrides, spelling=KEYWORDS)
     else:
         config = load_search_config(_path(config, "config", "a search config file, a mapping or a SearchConfig"),
-                                    overrides)
+                                    overrides, spelling=KEYWORDS)
     with random_state_kept(), process_state_kept():  # the caller's streams; what a local Ray changes
         return run_search(config, resume=resume, progress=progress, show_progress=show_progress)
 

@@ -102,8 +102,18 @@ def test_a_search_config_imports_its_plugins_before_reading_the_space(plugin_dir
     from prunetune.search import preflight
 
     space = {"ratios": "uniform", "criteria": ["l1", CRITERION]}
-    with pytest.raises(UntrustedCodeError, match="would import and run Python code"):
+    with pytest.raises(UntrustedCodeError, match=rf"^the search config's plugins '{PLUGIN}' would import and run"):
         make_config(space=space, plugins=[PLUGIN])
+    # given beside the config, the message names what was typed: the flag, or the API's keyword
+    from prunetune._spelling import KEYWORDS
+    from prunetune.search import parse_search_config
+
+    data = {"recipe": {"model": {"name": "tiny_resnet", "in_channels": 1}, "data": "digits"}, "space": space,
+            "macs_budget": 0.5}
+    with pytest.raises(UntrustedCodeError, match=rf"^--plugin '{PLUGIN}' would import and run"):
+        parse_search_config(data, overrides={"plugins": [PLUGIN]}, cwd=tmp_path)
+    with pytest.raises(UntrustedCodeError, match=rf"^plugins '{PLUGIN}' would import and run"):
+        parse_search_config(data, overrides={"plugins": [PLUGIN]}, cwd=tmp_path, spelling=KEYWORDS)
     config = make_config(space=space, plugins=[PLUGIN], allow_code=True)
     assert config.settings.plugins == (PLUGIN,) and config.to_dict()["plugins"] == [PLUGIN]
     assert config.identity()["plugins"] == [PLUGIN]  # a resume with other plugins is refused (resume_state)

@@ -62,6 +62,7 @@ import yaml
 
 from prunetune._checks import unknown_key
 from prunetune._plugins import load_plugins, plugin_files_digest, plugin_names
+from prunetune._spelling import FLAGS, Spelling
 from prunetune._safety import OPT_IN
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
@@ -255,18 +256,20 @@ class SearchConfig:
 
 
 def load_search_config(path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None, *,
-                       cwd: str | os.PathLike | None = None) -> SearchConfig:
+                       cwd: str | os.PathLike | None = None, spelling: Spelling = FLAGS) -> SearchConfig:
     """Read a search config file (or none: everything from ``overrides``) and apply ``overrides``."""
     data: Any = {}
     if path is not None:
         data = read_yaml(path, "search config") or {}
     return parse_search_config(data, source=str(Path(path).resolve()) if path else None,
-                               overrides=overrides, cwd=cwd)
+                               overrides=overrides, cwd=cwd, spelling=spelling)
 
 
 def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapping[str, Any] | None = None,
-                        cwd: str | os.PathLike | None = None) -> SearchConfig:
-    """Validate a search config mapping; ``overrides`` (CLI flags, None = not given) win."""
+                        cwd: str | os.PathLike | None = None, spelling: Spelling = FLAGS) -> SearchConfig:
+    """Validate a search config mapping; ``overrides`` (CLI flags, None = not given) win.
+
+    ``spelling``: how errors name an override (a command's flags, or the API's keywords)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"a search config must be a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - TOP_KEYS, key=str)
@@ -286,8 +289,9 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     if "macs_budget" not in d and "macs_budget" not in given:
         raise ConfigError("the search needs a MACs budget: pass --macs-budget F or set macs_budget in the config")
     # plugin modules register their entries before the space and the recipe name them
+    plugins_from = ("plugins" if spelling.keywords else "--plugin") if "plugins" in given else "the search config's plugins"
     plugins = load_plugins(given.get("plugins", d.get("plugins")),
-                           allow_code=given.get("allow_code", d.get("allow_code", False)))
+                           allow_code=given.get("allow_code", d.get("allow_code", False)), what=plugins_from)
     space = SpaceSpec.parse(d.get("space"))
     screen = ScreenSpec.parse(d.get("screen"))
     settings = _settings({**d, "plugins": plugins}, {k: v for k, v in given.items() if k != "plugins"}, source, here,
