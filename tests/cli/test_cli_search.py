@@ -253,3 +253,11 @@ def test_a_finished_searchs_export_hint_carries_its_plugin_modules(tmp_path, cap
     assert report(outcome, plugins=("mypkg.criteria",)) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "prunetune export" in x)
     assert line.endswith(" --plugin mypkg.criteria --allow-code"), line
+    # a name that starts with '-' is joined to its flag in both commands (argparse took it for a flag)
+    (tmp_path / "two").mkdir()
+    uri = _store(tmp_path / "two", name="-x y")
+    parent = load_search(uri, "-x y").parent_run_id
+    assert report(SearchOutcome("-x y", tmp_path / "runs" / "x", uri, parent, "FINISHED", {"FINISHED": 5})) == 0
+    out = capsys.readouterr().out
+    assert f"next: prunetune pareto '--experiment=-x y' --plot front.png --tracking-uri {shlex.quote(uri)}\n" in out
+    assert f"      prunetune export '--experiment=-x y' --out best.yaml --tracking-uri {shlex.quote(uri)}\n" in out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shlex
 import sys
 from typing import Any
 
@@ -71,18 +70,15 @@ def export_command(args: argparse.Namespace, records: Any) -> str:
     needs them, with the opt-in); every word quoted for the shell, and a value that starts with ``-``
     joined to its flag (``--experiment=-x``), which argparse would take for a flag."""
     from prunetune._text import masked_url
+    from prunetune.cli._common import command_line
 
-    def option(flag: str, value: str) -> list[str]:
-        return [f"{flag}={value}"] if value.startswith("-") else [flag, value]
-
-    words = ["prunetune", "export", *option("--experiment", records.experiment)]
+    parts: list[str | tuple[str, str]] = ["prunetune", "export", ("--experiment", records.experiment)]
     if args.tracking_uri is not None:
-        words += option("--tracking-uri", masked_url(args.tracking_uri))
+        parts.append(("--tracking-uri", masked_url(args.tracking_uri)))
     if args.search_run is not None:
-        words += option("--search-run", args.search_run)
-    for name in records.plugins:
-        words += option("--plugin", name)
-    return shlex.join([*words, *(["--allow-code"] if records.plugins else []), "--out", "best.yaml"])
+        parts.append(("--search-run", args.search_run))
+    parts += [("--plugin", name) for name in records.plugins]
+    return command_line(*parts, *(["--allow-code"] if records.plugins else []), "--out", "best.yaml")
 
 
 def check_plot_path(path: str, *, overwrite: bool = False) -> None:

@@ -7,7 +7,15 @@ import logging
 import shlex
 
 from prunetune._text import masked_url
-from prunetune.cli._common import add_allow_code, add_budget, add_format, add_plugins, need_file, print_json
+from prunetune.cli._common import (
+    add_allow_code,
+    add_budget,
+    add_format,
+    add_plugins,
+    command_line,
+    need_file,
+    print_json,
+)
 
 log = logging.getLogger("prunetune")
 INTERRUPTED = 130
@@ -110,13 +118,10 @@ def report(outcome, *, json_output: bool = False, plugins: tuple[str, ...] = ())
         mask = front_mask([t.accuracy for t in records.trials], [t.macs for t in records.trials])
         print(f"\nPareto front of {outcome.experiment} ({int(mask.sum())} of {len(records.trials)} finished trials):")
         print_front(records, [dict(t.as_dict(), front=True) for t, on in zip(records.trials, mask) if on])
-        print(f"\nnext: prunetune pareto --experiment {shlex.quote(outcome.experiment)} --plot front.png"
-              f"{_uri_flag(outcome.tracking_uri)}")
-        from prunetune._plugins import plugin_flags
-
-        flags = plugin_flags(plugins)
-        print(f"      prunetune export --experiment {shlex.quote(outcome.experiment)} --out best.yaml"
-              f"{_uri_flag(outcome.tracking_uri)}{flags}")
+        experiment, store = ("--experiment", outcome.experiment), _uri_option(outcome.tracking_uri)
+        print(f"\nnext: {command_line('prunetune', 'pareto', experiment, '--plot', 'front.png', *store)}")
+        code = [*(("--plugin", name) for name in dict.fromkeys(plugins)), *(["--allow-code"] if plugins else [])]
+        print(f"      {command_line('prunetune', 'export', experiment, '--out', 'best.yaml', *store, *code)}")
         if outcome.tracking_uri.startswith("sqlite"):
             print(f"      {ui_command(outcome.tracking_uri)}")
         print(f"      optuna-dashboard {shlex.quote(masked_url(outcome.study_storage or ''))}   "
@@ -133,9 +138,10 @@ def report(outcome, *, json_output: bool = False, plugins: tuple[str, ...] = ())
     return 0
 
 
-def _uri_flag(uri: str) -> str:
+def _uri_option(uri: str) -> list[tuple[str, str]]:
+    """``--tracking-uri`` (a password masked) unless ``uri`` is the store a command finds by default."""
     import os
 
     from prunetune.tracking.store import resolve_tracking_uri
 
-    return "" if uri == resolve_tracking_uri(None, cwd=os.getcwd()) else f" --tracking-uri {shlex.quote(masked_url(uri))}"
+    return [] if uri == resolve_tracking_uri(None, cwd=os.getcwd()) else [("--tracking-uri", masked_url(uri))]
