@@ -289,7 +289,9 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     if "macs_budget" not in d and "macs_budget" not in given:
         raise ConfigError("the search needs a MACs budget: pass --macs-budget F or set macs_budget in the config")
     # plugin modules register their entries before the space and the recipe name them
-    plugins_from = ("plugins" if spelling.keywords else "--plugin") if "plugins" in given else "the search config's plugins"
+    plugins_from = "the search config's plugins"
+    if "plugins" in given:  # named as the caller typed them
+        plugins_from = "plugins" if spelling.keywords else "--plugin"
     plugins = load_plugins(given.get("plugins", d.get("plugins")),
                            allow_code=given.get("allow_code", d.get("allow_code", False)), what=plugins_from)
     space = SpaceSpec.parse(d.get("space"))

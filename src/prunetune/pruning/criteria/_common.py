@@ -231,14 +231,13 @@ def population_std(x: Tensor, total: Tensor | None = None) -> Tensor:
     """Population std (``unbiased=False``) over the last dimension, in x's dtype.
 
     From each row's sum and sum of squares (two reductions, no temporaries): var = (Σx² − Σx·μ)/n.
-    ``total``: the rows' sums ``x.sum(dim=-1)`` if already taken (:func:`map_sums`).
     Its rounding error is a few eps of Σx²/n, so a row whose Σx²/n exceeds
     :data:`STD_CANCELLATION` times that variance (a near-constant row), or whose difference is not
     positive, takes the two-pass formula instead (:func:`two_pass_std`). Either way the result
     agrees with ``Tensor.std`` (a Welford pass, several times slower) to about 1e-13 relative (a
     few units in the last place on ResNet-56 maps); an all-zero row gives 0, and a constant row
     whose float64 sum is exact (any float32 data) exactly 0. A row's value does not depend on the
-    other rows.
+    other rows. ``total``: the rows' sums ``x.sum(dim=-1)`` if already taken (:func:`map_sums`).
     """
     n = x.shape[-1]
     if n == 0:

@@ -239,7 +239,7 @@ def _zero_shares(lam: Tensor, w: Tensor) -> Tensor:
     The zeros of ``lam`` (ascending, zeros set by :func:`_unit_spectrum`) come first, so an image with
     z of them sums its first z columns, each row by itself; an image without any has shares of
     exactly 0 and takes no sums. Most images have none (on ResNet-56's maps none at 16 and 32
-    channels, a fifth at 64, with at most 4), and a batched product for the few was 3× slower.
+    channels, a fifth at 64, with at most 4); a batched product over every image took 3× as long.
     """
     zero = lam == 0
     z = zero.sum(dim=1)
