@@ -356,6 +356,16 @@ def test_zero_shares_sum_the_weights_on_zero_eigenvalues_per_image() -> None:
     share = chip._zero_shares(lam, w)
     torch.testing.assert_close(share, direct, atol=1e-15, rtol=0)
     assert bool((share[[0, 3]] == 0).all()) and bool((share[[1, 2, 4]] > 0).all())
+    # an image's shares are the same bits beside any neighbour (64 channels, 3 to 40 zero eigenvalues,
+    # beside one with 63: summed over the batch's longest run of zeros they moved by up to 2e-16)
+    for z in range(3, 41):
+        one = torch.sort(torch.rand(1, 64, generator=g, dtype=torch.float64), dim=1).values
+        one[0, :z] = 0.0
+        other = torch.zeros(1, 64, dtype=torch.float64)
+        other[0, 63] = 1.0
+        weights = torch.rand(2, 64, 64, generator=g, dtype=torch.float64)
+        alone = chip._zero_shares(one, weights[:1])
+        assert torch.equal(chip._zero_shares(torch.cat([one, other]), weights)[:1], alone), z
 
 
 def test_shared_batch_statistics_equal_separate_batches() -> None:

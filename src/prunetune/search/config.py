@@ -269,7 +269,8 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
                         cwd: str | os.PathLike | None = None, spelling: Spelling = FLAGS) -> SearchConfig:
     """Validate a search config mapping; ``overrides`` (CLI flags, None = not given) win.
 
-    ``spelling``: how errors name an override (a command's flags, or the API's keywords)."""
+    ``spelling``: how the plugin opt-in error names plugins given as an override (``--plugin`` or
+    the API's ``plugins``)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"a search config must be a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - TOP_KEYS, key=str)
