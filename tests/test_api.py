@@ -130,6 +130,17 @@ def test_search_names_its_plugins_keyword_in_the_opt_in_error(tmp_path) -> None:
             prunetune.search(given, plugins=["json"])
 
 
+def test_search_config_errors_name_the_keywords_a_python_caller_passes() -> None:
+    """The API said "pass --macs-budget F" and "(or --allow-code)", flags of the command line."""
+    recipe = {"model": {"name": "tiny_resnet", "in_channels": 1}, "data": "digits"}
+    space = {"ratios": "uniform", "criteria": ["l1"]}
+    with pytest.raises(prunetune.PrunetuneError, match=r"needs a MACs budget: pass macs_budget=0\.5 or set "):
+        prunetune.search({"recipe": recipe, "space": space})
+    with pytest.raises(prunetune.PrunetuneError, match=r"^allow_code belongs in the search config itself \(or "
+                                                       r"allow_code=True\), not in its base recipe"):
+        prunetune.search({"recipe": {**recipe, "allow_code": True}, "space": space, "macs_budget": 0.5})
+
+
 def _write_yaml(path, data):
     import yaml
 

@@ -269,8 +269,8 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
                         cwd: str | os.PathLike | None = None, spelling: Spelling = FLAGS) -> SearchConfig:
     """Validate a search config mapping; ``overrides`` (CLI flags, None = not given) win.
 
-    ``spelling``: how the plugin opt-in error names plugins given as an override (``--plugin`` or
-    the API's ``plugins``)."""
+    ``spelling``: how errors name what the caller can pass beside the config: a command's flags
+    (``--macs-budget 0.5``, ``--plugin``) or the API's keywords (``macs_budget=0.5``, ``plugins``)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"a search config must be a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - TOP_KEYS, key=str)
@@ -288,7 +288,8 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     if unknown:
         raise ConfigError(f"unknown search setting {short(unknown[0])}; known: {', '.join(SETTINGS_KEYS)}")
     if "macs_budget" not in d and "macs_budget" not in given:
-        raise ConfigError("the search needs a MACs budget: pass --macs-budget F or set macs_budget in the config")
+        raise ConfigError(f"the search needs a MACs budget: pass {spelling.given('macs_budget', 0.5)} or set "
+                          "macs_budget in the config")
     # plugin modules register their entries before the space and the recipe name them
     plugins_from = "the search config's plugins"
     if "plugins" in given:  # named as the caller typed them
@@ -299,7 +300,7 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     screen = ScreenSpec.parse(d.get("screen"))
     settings = _settings({**d, "plugins": plugins}, {k: v for k, v in given.items() if k != "plugins"}, source, here,
                          cwd)
-    recipe = _base_recipe(d.get("recipe"), space, source, here, settings.allow_code)
+    recipe = _base_recipe(d.get("recipe"), space, source, here, settings.allow_code, spelling)
     _check_train_params(recipe, space, screen)
     _check_criterion_params(recipe, space)
     return SearchConfig(recipe, space, settings, source, screen)
@@ -371,7 +372,8 @@ def _absolute(value: Any, root: Path, key: str) -> str:
     return str((root / value).resolve())
 
 
-def _base_recipe(value: Any, space: SpaceSpec, source: str | None, here: Path, allow_code: bool = False) -> Recipe:
+def _base_recipe(value: Any, space: SpaceSpec, source: str | None, here: Path, allow_code: bool = False,
+                 spelling: Spelling = FLAGS) -> Recipe:
     """The base recipe (``Recipe.from_dict(base=True)``: no plan, no allocation needed: every trial
     sizes its own under ``settings.budget``); a criterion left out is the space's blend."""
     if value is None:
@@ -389,8 +391,8 @@ def _base_recipe(value: Any, space: SpaceSpec, source: str | None, here: Path, a
         data["criterion"] = ({"blend": {c: 1.0 for c in space.criteria}, "normalizer": space.normalizers[0]}
                              if len(space.criteria) > 1 else space.criteria[0])
     if "allow_code" in data:
-        raise ConfigError("allow_code belongs in the search config itself (or --allow-code), not in its base "
-                          "recipe: a recipe must not grant itself the right to run code")
+        raise ConfigError(f"allow_code belongs in the search config itself (or {spelling.switch('allow_code')}), not "
+                          "in its base recipe: a recipe must not grant itself the right to run code")
     recipe = Recipe.from_dict(data, source=recipe_source, allow_code=allow_code, base=True)
     _warn_unsearched(value, recipe, space)
     return absolute_paths(recipe)
