@@ -87,3 +87,19 @@ def masked_url(url: str) -> str:
         head = head[: colon + 1] + "***" + head[at:]
     query = re.sub(r"(?i)((?:^|[&;])(?:password|passwd|pwd)=)[^&;#]*", r"\1***", query)
     return scheme + head + sep + query
+
+
+def command_line(*parts: str | tuple[str, str]) -> str:
+    """A command to print for the user to run: each part a word or a ``(flag, value)`` pair, every word
+    quoted for the shell, and a value that starts with ``-`` joined to its flag (``--experiment=-x``),
+    which argparse would otherwise take for a flag."""
+    import shlex
+
+    words: list[str] = []
+    for part in parts:
+        if isinstance(part, tuple):
+            flag, value = part
+            words += [f"{flag}={value}"] if value.startswith("-") else [flag, value]
+        else:
+            words.append(part)
+    return shlex.join(words)

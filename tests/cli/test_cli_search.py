@@ -104,6 +104,11 @@ def test_pareto_prints_the_export_command_this_search_needs(tmp_path, capsys) ->
     args = argparse.Namespace(tracking_uri="http://alice:s3cret@host:5000", search_run=None)
     assert export_command(args, records) == ("prunetune export --experiment=-x --tracking-uri 'http://alice:***@host:5000' "
                                              "--plugin 'a;rm' --allow-code --out best.yaml")
+    from prunetune.exceptions import PrunetuneError
+    from prunetune.tracking.export import find_trial
+
+    with pytest.raises(PrunetuneError, match=r"list them with `prunetune pareto --experiment=-x --all`$"):
+        find_trial(records, "t9")  # the commands in errors too (they said `--experiment -x`)
 
 
 def test_export_picks_writes_and_refuses_to_overwrite(tmp_path, capsys) -> None:

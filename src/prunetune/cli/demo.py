@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import time
 from pathlib import Path
 
-from prunetune._text import masked_url
+from prunetune._text import command_line, masked_url
 from prunetune.cli._common import fraction
 
 log = logging.getLogger("prunetune")
@@ -84,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nbest within budget: trial {record.name}, val acc {record.accuracy:.4f}, "
           f"MACs {100 * record.macs_ratio:.1f}% of dense -> {best}")
     print(f"plot: {plot} (interactive: {page})")
-    print(f"replay it: prunetune prune --recipe {shlex.quote(str(best))} --out {shlex.quote(str(mine / 'pruned.pt'))}")
+    replay = command_line("prunetune", "prune", ("--recipe", str(best)), ("--out", str(mine / "pruned.pt")))
+    print(f"replay it: {replay}")
     print(f"browse the runs: {ui_command(outcome.tracking_uri)}   (then open http://127.0.0.1:5000)")
     print(f"the Optuna study: optuna-dashboard {masked_url(outcome.study_storage or '')}")
     print(f"demo finished in {time.perf_counter() - t0:.0f}s")

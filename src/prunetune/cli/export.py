@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 from pathlib import Path
 
+from prunetune._text import command_line
 from prunetune.cli._common import add_allow_code, add_format, add_plugins, fraction, load_cli_plugins, print_json
 from prunetune.cli.pareto import add_tracking_args, load
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
           f"{record.test_accuracy if record.test_accuracy is not None else float('nan'):.4f}, MACs "
           f"{100 * record.macs_ratio:.1f}% of dense, {record.macs / 1e6:.2f}M) to {path}")
     out = Path(path).with_suffix(".pt")  # beside the recipe, named after it: two exports, two models
-    print(f"rebuild it with: prunetune prune --recipe {shlex.quote(str(path))} --out {shlex.quote(str(out))}"
+    print(f"rebuild it with: {command_line('prunetune', 'prune', ('--recipe', str(path)), ('--out', str(out)))}"
           f"{_code_flags(path)}")
     return 0
 

@@ -69,8 +69,7 @@ def export_command(args: argparse.Namespace, records: Any) -> str:
     given here, and the plugin modules the search imported (its recipes name their entries; export
     needs them, with the opt-in); every word quoted for the shell, and a value that starts with ``-``
     joined to its flag (``--experiment=-x``), which argparse would take for a flag."""
-    from prunetune._text import masked_url
-    from prunetune.cli._common import command_line
+    from prunetune._text import command_line, masked_url
 
     parts: list[str | tuple[str, str]] = ["prunetune", "export", ("--experiment", records.experiment)]
     if args.tracking_uri is not None:

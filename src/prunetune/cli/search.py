@@ -6,13 +6,12 @@ import argparse
 import logging
 import shlex
 
-from prunetune._text import masked_url
+from prunetune._text import command_line, masked_url
 from prunetune.cli._common import (
     add_allow_code,
     add_budget,
     add_format,
     add_plugins,
-    command_line,
     need_file,
     print_json,
 )

@@ -15,13 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prunetune._atomic import write_text_atomic
-from prunetune._text import exception_line, masked_url
+from prunetune._text import command_line, exception_line, masked_url
 from prunetune.exceptions import ConfigError
 from prunetune.search import trust
 from prunetune.search.config import URL_SETTINGS, SearchConfig
@@ -82,9 +81,9 @@ def resume_state(config: SearchConfig, exp_dir: Path, resume: bool | None) -> di
                               "were stopped early or cut by the time budget); "
                               "their errors are in MLflow (the trial runs' prunetune.error tags): fix the cause and "
                               "start a new search with another --experiment")
-        raise ConfigError(f"search {name!r} already finished ({trials} trials) in {exp_dir}; "
-                          f"inspect it with `prunetune pareto --experiment {shlex.quote(name)}`, or start a new one "
-                          "(more trials included) with another --experiment")
+        inspect = command_line("prunetune", "pareto", ("--experiment", name))
+        raise ConfigError(f"search {name!r} already finished ({trials} trials) in {exp_dir}; inspect it with "
+                          f"`{inspect}`, or start a new one (more trials included) with another --experiment")
     # compared as the search ran: the run takes the same config (recorded_config)
     ran = _as_recorded(config, state)
     identity = json.loads(json.dumps(state_identity(ran, state.get("version", 1)), default=str))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from prunetune._atomic import write_text_atomic
 from prunetune._plugins import replay_flags
 from prunetune._registry import unknown_name_message
 from prunetune._yaml import parse_yaml
-from prunetune._text import exception_line
+from prunetune._text import command_line, exception_line
 from prunetune._spelling import FLAGS, Spelling
 from prunetune.exceptions import ConfigError, TrackingError
 from prunetune.recipes.schema import Recipe
@@ -57,14 +56,14 @@ def find_trial(records: SearchRecords, trial: str) -> TrialRecord:
     for record in records.trials:
         if trial in (record.label, record.trial_id, record.run_id):
             return record
+    listing = command_line("prunetune", "pareto", ("--experiment", records.experiment), "--all")
     if trial in records.others:
         name, what = records.others[trial]
         raise ConfigError(f"trial {name} {what}, so it has no result to export; pick a finished trial "
-                          f"(`prunetune pareto --experiment {shlex.quote(records.experiment)} --all` lists them)")
+                          f"(`{listing}` lists them)")
     known = [r.name for r in records.trials]
     hint = unknown_name_message("finished trial", trial, known)
-    raise ConfigError(f"{hint} (experiment {records.experiment!r}); list them with "
-                      f"`prunetune pareto --experiment {shlex.quote(records.experiment)} --all`")
+    raise ConfigError(f"{hint} (experiment {records.experiment!r}); list them with `{listing}`")
 
 
 def exported_recipe(uri: str, record: TrialRecord, spelling: Spelling = FLAGS) -> Recipe:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from prunetune._numbers import is_finite_number
 from prunetune._spelling import FLAGS, Spelling
+from prunetune._text import command_line
 from prunetune.exceptions import TrackingError
 from prunetune.tracking.store import check_store, client, find_experiment
 from prunetune.tracking.tracker import (
@@ -81,9 +81,9 @@ def load_search(uri: str, experiment: str, *, parent_run_id: str | None = None,
               for entry in [_other(run)] for key in _names(run) if key}
     if not trials:
         seen = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trial runs"
+        search = command_line("prunetune", "search", "--config", "CONFIG", ("--experiment", experiment))
         raise TrackingError(f"experiment {experiment!r} has no finished trials yet ({seen}); run or resume "
-                            f"`prunetune search --config CONFIG --experiment {shlex.quote(experiment)}` and wait for trials "
-                            "to finish")
+                            f"`{search}` and wait for trials to finish")
     metrics, params = parent.data.metrics, parent.data.params
     budget = float(params["macs_budget"]) if "macs_budget" in params else None
     dense = {k[len("dense_"):]: v for k, v in metrics.items() if k.startswith("dense_")}
