@@ -445,26 +445,38 @@ def test_sfs_order_equals_the_naive_rule_with_ties() -> None:
         assert sfs_order(cos, mstd) == _sfs_order_naive(cos, mstd), trial
 
 
+@pytest.mark.parametrize("int64_counts", [False, True])  # rows short enough for int32 counts, or not
 @pytest.mark.parametrize("block_rows", [None, 2])  # None: one block; 2: rows taken 2 at a time
-def test_bin_counts_equal_numpy_histogram_per_row(block_rows, monkeypatch) -> None:
+def test_bin_counts_equal_numpy_histogram_per_row(block_rows, int64_counts, monkeypatch) -> None:
     import numpy as np
 
-    from prunetune.pruning.criteria import _common
+    from prunetune.pruning.criteria import _common, information
+    from prunetune.pruning.criteria._scratch import reuse_scratch
     from prunetune.pruning.criteria.information import bin_counts
 
     if block_rows:
         monkeypatch.setattr(_common, "BLOCK_BYTES", block_rows * 3000 * 8)
+    if int64_counts:
+        monkeypatch.setattr(information, "INT32_COUNTS_BELOW", 3000)
 
     g = torch.Generator().manual_seed(5)
     # ReLU'd rows with many exact zeros, plus values beyond both ends of the range
     x = torch.relu(torch.randn(7, 3000, generator=g)) * 3.0 - 0.25
     x[:, :5] = torch.tensor([-9.0, -0.3, 4.0, 7.5, 100.0])
     lo, hi, bins = -0.2, 4.0, 37
+    # float32 values at and next to the bin edges: float32 arithmetic would bin some of them apart
+    edges = torch.tensor([lo + k * (hi - lo) / bins for k in range(1, bins)], dtype=torch.float64).float()
+    near = torch.cat([edges, torch.nextafter(edges, torch.tensor(9.0)), torch.nextafter(edges, torch.tensor(-9.0))])
+    x[:, 5 : 5 + near.numel()] = near
     counts = bin_counts(x, lo, hi, bins)
     assert counts.shape == (7, bins) and counts.dtype == torch.float64
     for row, got in zip(x.to(torch.float64).numpy(), counts.numpy()):
         expected, _ = np.histogram(np.clip(row, lo, np.nextafter(hi, lo)), bins=bins, range=(lo, hi))
         assert np.array_equal(got, expected.astype(np.float64))
+    with reuse_scratch():  # as in a calibration pass: the index buffers reused, then a smaller input
+        assert torch.equal(bin_counts(x, lo, hi, bins), counts)
+        small = bin_counts(x[:3, :2000], lo, hi, bins)
+    assert torch.equal(small, bin_counts(x[:3, :2000], lo, hi, bins))
 
 
 def test_per_image_grams_are_shared_by_chip_and_sfs() -> None:
