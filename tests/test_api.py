@@ -130,6 +130,22 @@ def test_search_names_its_plugins_keyword_in_the_opt_in_error(tmp_path) -> None:
             prunetune.search(given, plugins=["json"])
 
 
+def test_search_allow_code_false_over_a_config_that_opts_in_says_so(tmp_path) -> None:
+    """search(config with allow_code: true, allow_code=False) blamed the config's plugins and advised
+    setting allow_code: true, which the config already had; the caller's False is what refuses."""
+    from prunetune.exceptions import UntrustedCodeError
+
+    config = {"recipe": {"model": {"name": "tiny_resnet", "in_channels": 1}, "data": "digits"},
+              "space": {"ratios": "uniform", "criteria": ["l1"]}, "macs_budget": 0.5, "plugins": ["json"],
+              "allow_code": True}
+    with pytest.raises(UntrustedCodeError, match=r"^the search config's plugins 'json' would import and run Python "
+                                                 r"code; if you trust it, drop allow_code=False, which overrides the "
+                                                 r"config's allow_code: true, or pass allow_code=True$"):
+        prunetune.search(config, allow_code=False)
+    with pytest.raises(UntrustedCodeError, match=r"set allow_code: true in your own search config"):
+        prunetune.search({**config, "allow_code": False})  # the config's own False: the usual advice
+
+
 def test_search_config_errors_name_the_keywords_a_python_caller_passes() -> None:
     """The API said "pass --macs-budget F" and "(or --allow-code)", flags of the command line."""
     recipe = {"model": {"name": "tiny_resnet", "in_channels": 1}, "data": "digits"}

@@ -57,8 +57,10 @@ def plugin_names(value: Any, *, what: str = "plugins") -> tuple[str, ...]:
     return tuple(out)
 
 
-def load_plugins(value: Any, *, allow_code: bool, what: str = "plugins") -> tuple[str, ...]:
+def load_plugins(value: Any, *, allow_code: bool, what: str = "plugins", advice: str = OPT_IN) -> tuple[str, ...]:
     """Check ``value`` (:func:`plugin_names`) and the opt-in, import each module; return the names.
+
+    ``advice``: how the caller opts in, ending the error without it (default: every way there is).
 
     Raises:
         UntrustedCodeError: modules named without ``allow_code``, or a refused module.
@@ -68,7 +70,7 @@ def load_plugins(value: Any, *, allow_code: bool, what: str = "plugins") -> tupl
     names = plugin_names(value, what=what)
     if names and not allow_code:
         raise UntrustedCodeError(f"{what} {', '.join(map(repr, names))} would import and run Python code; if you "
-                                 f"trust it, {OPT_IN}")
+                                 f"trust it, {advice}")
     import_plugins(names)
     return names
 

@@ -294,8 +294,13 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     plugins_from = "the search config's plugins"
     if "plugins" in given:  # named as the caller typed them
         plugins_from = "plugins" if spelling.keywords else "--plugin"
+    advice = OPT_IN
+    if given.get("allow_code") is False and d.get("allow_code") is True:  # the caller's False wins over the config
+        advice = (f"drop {spelling.given('allow_code', False)}, which overrides the config's allow_code: true, "
+                  f"or pass {spelling.switch('allow_code')}")
     plugins = load_plugins(given.get("plugins", d.get("plugins")),
-                           allow_code=given.get("allow_code", d.get("allow_code", False)), what=plugins_from)
+                           allow_code=given.get("allow_code", d.get("allow_code", False)), what=plugins_from,
+                           advice=advice)
     space = SpaceSpec.parse(d.get("space"))
     screen = ScreenSpec.parse(d.get("screen"))
     settings = _settings({**d, "plugins": plugins}, {k: v for k, v in given.items() if k != "plugins"}, source, here,
