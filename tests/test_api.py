@@ -130,7 +130,7 @@ def test_search_names_its_plugins_keyword_in_the_opt_in_error(tmp_path) -> None:
             prunetune.search(given, plugins=["json"])
 
 
-def test_search_allow_code_false_over_a_config_that_opts_in_says_so(tmp_path) -> None:
+def test_search_allow_code_false_over_a_config_that_opts_in_says_so() -> None:
     """search(config with allow_code: true, allow_code=False) blamed the config's plugins and advised
     setting allow_code: true, which the config already had; the caller's False is what refuses."""
     from prunetune.exceptions import UntrustedCodeError
