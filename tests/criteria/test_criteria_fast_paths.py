@@ -479,6 +479,23 @@ def test_bin_counts_equal_numpy_histogram_per_row(block_rows, int64_counts, monk
     assert torch.equal(small, bin_counts(x[:3, :2000], lo, hi, bins))
 
 
+def test_bin_counts_keeps_only_block_sized_buffers_for_the_pass() -> None:
+    """Inside a calibration pass the index buffers of a block of rows are kept for the next call; those
+    of rows too long for a block (one block of the whole tensor, as large as the maps' float64 copy)
+    are not, or they would sit beside the pass's other scratch tensors until it ends."""
+    from prunetune.pruning.criteria import _common, _scratch
+    from prunetune.pruning.criteria.information import bin_counts
+
+    short_rows = torch.rand(64, 2048, dtype=torch.float64)  # 16 KB a row: blocks of 128 rows
+    long_rows = torch.rand(4, _common.BLOCK_BYTES // 8, dtype=torch.float64)  # a row over half a block
+    with _scratch.reuse_scratch():
+        bin_counts(long_rows, 0.0, 1.0, 8)
+        assert not any(tag.startswith("bin_counts") for tag in _scratch._LOCAL.pool)
+        bin_counts(short_rows, 0.0, 1.0, 8)
+        assert {tag for tag in _scratch._LOCAL.pool if tag.startswith("bin_counts")} == {"bin_counts_pos",
+                                                                                          "bin_counts_idx"}
+
+
 def test_per_image_grams_are_shared_by_chip_and_sfs() -> None:
     """CHIP factorises each image's Gram matrix; sfs sums them (= the Gram of the concatenated maps)."""
     from prunetune.pruning.criteria._common import channel_major64, image_grams

@@ -2,10 +2,10 @@
 
 A calibration pass makes the same large temporaries at every feature point of a stage: the float64
 channel-major copy of the maps, HRank's per-map Gram matrices (16 MB per batch of 128 at a
-ResNet-56 stage-1 point) and CHIP's squared eigenvector components (and their copy in level
-order). Fresh, each is new pages from the operating system, and how much that costs depends on
-what the allocator did just before (on the benchmark machine one such Gram matrix took 6 ms warm
-and 24 ms as fresh pages). Inside :func:`reuse_scratch` (entered by
+ResNet-56 stage-1 point), CHIP's squared eigenvector components (and their copy in level order)
+and the histograms' bin indices. Fresh, each is new pages from the operating system, and how much
+that costs depends on what the allocator did just before (on the benchmark machine one such Gram
+matrix took 6 ms warm and 24 ms as fresh pages). Inside :func:`reuse_scratch` (entered by
 :func:`~prunetune.pruning.calibration.calibrate`), :func:`scratch` hands back the tensor of the
 previous request with the same tag, shape, dtype and device instead.
 

@@ -31,6 +31,7 @@ from prunetune.pruning.criteria._common import (
     no_data,
     row_blocks,
 )
+from prunetune.pruning.criteria import _common
 from prunetune.pruning.criteria._scratch import scratch
 from prunetune.pruning.criteria.base import ACTIVATION, WEIGHT, FeatureBatch, check_weight, register
 
@@ -45,13 +46,15 @@ INT32_COUNTS_BELOW = 2**31
 def bin_counts(x: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     """Per-row histogram of ``Tensor[C, m]`` over ``bins`` equal bins of ``[lo, hi]``.
 
-    Values outside the range fall into the end bins. The bin index is floor((x − lo) · bins/(hi − lo))
-    computed in float64 and the counts are one ``scatter_add_`` along the rows per block of rows (no
-    loop over single rows; :func:`~prunetune.pruning.criteria._common.row_blocks` keeps the index
-    temporaries in cache, and on the CPU one pair of them, from :func:`.scratch`, serves every block
-    and, in a calibration pass, every point). The counts are integers, int32 where a row has fewer than
-    :data:`INT32_COUNTS_BELOW` values (exact; the scatter is most of the cost, and into int32 it took
-    half the time of int64), and are returned as ``Tensor[C, bins]`` float64.
+    Values outside the range fall into the end bins. The bin index is floor((x − lo) · s) with
+    s = bins/(hi − lo) rounded first, all in float64, and the counts are one ``scatter_add_`` along
+    the rows per block of rows (no loop over single rows;
+    :func:`~prunetune.pruning.criteria._common.row_blocks` keeps the index temporaries in cache; on
+    the CPU one pair of them, from :func:`.scratch`, serves every block and, in a calibration pass,
+    the next points of the same shape; rows too long for a block take fresh ones, freed on return).
+    The counts are integers, int32 where a row has fewer than :data:`INT32_COUNTS_BELOW` values
+    (exact; the scatter is most of the cost, and into int32 it took half the time of int64), and
+    are returned as ``Tensor[C, bins]`` float64.
     """
     c, m = x.shape[0], x.shape[-1]
     scale = bins / (hi - lo)
@@ -60,16 +63,23 @@ def bin_counts(x: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     one = torch.ones((), dtype=kind, device=x.device)
     pos = idx = None
     for rows in row_blocks(c, 8 * m, x.device):
-        block = x[rows].to(torch.float64)  # float64 arithmetic whatever the input (weights: float32)
+        block = x[rows].to(torch.float64)  # float64 arithmetic (the package's callers pass float64 already)
         if pos is None or pos.shape[0] < block.shape[0]:  # the first block is the largest
-            pos = scratch("bin_counts_pos", block.shape, torch.float64, x.device)
-            idx = scratch("bin_counts_idx", block.shape, torch.int64, x.device)
+            # a block of streamed rows is kept for the next call; one whole-tensor block is not (it
+            # would sit beside the pass's other scratch tensors until the pass ends)
+            buffer = scratch if 8 * block.numel() <= _common.BLOCK_BYTES else _fresh
+            pos = buffer("bin_counts_pos", block.shape, torch.float64, x.device)
+            idx = buffer("bin_counts_idx", block.shape, torch.int64, x.device)
         at, where = pos[: block.shape[0]], idx[: block.shape[0]]
         # floor then clamp to [0, bins − 1] = clamp then truncate (integer bounds, values ≥ 0 after it)
         torch.sub(block, lo, out=at).mul_(scale).clamp_(0, bins - 1)
         where.copy_(at)
         counts[rows].scatter_add_(1, where, one.expand(where.shape))
     return counts.to(torch.float64)
+
+
+def _fresh(_tag: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def entropy_bits(counts: Tensor) -> Tensor:
@@ -100,8 +110,8 @@ class _HistogramAccumulator:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
         x = channel_major64(batch, maps)  # C × (B·h·w), shared
         if self.range is None:
-            # the same extremes from the maps themselves (float64 holds every float exactly): half the
-            # bytes of the float64 copy to read
+            # the same extremes (up to the sign of a zero, which bins alike) from the maps themselves:
+            # float64 holds every float exactly, and float32 maps are half the bytes of the copy
             lo_t, hi_t = torch.aminmax(maps if maps.is_floating_point() else x)
             lo, hi = float(lo_t), float(hi_t)
             width = hi - lo if hi > lo else max(abs(lo), 1.0)
