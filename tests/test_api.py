@@ -142,6 +142,14 @@ def test_search_allow_code_false_over_a_config_that_opts_in_says_so() -> None:
                                                  r"code; if you trust it, drop allow_code=False, which overrides the "
                                                  r"config's allow_code: true, or pass allow_code=True$"):
         prunetune.search(config, allow_code=False)
+    with pytest.raises(UntrustedCodeError, match=r"^plugins 'json' would .* drop allow_code=False, which overrides"):
+        prunetune.search({**config, "plugins": []}, plugins=["json"], allow_code=False)  # the caller's plugins
+    # a model that is code: refused at once, with the same advice (it used to fail later, in the dense
+    # training, advising the config setting)
+    model = {**config["recipe"], "model": {"name": "json:loads", "in_channels": 1}}
+    with pytest.raises(UntrustedCodeError, match=r"^model 'json:loads' would import and run Python code from 'json'; "
+                                                 r"if you trust it, drop allow_code=False, which overrides"):
+        prunetune.search({**config, "plugins": [], "recipe": model}, allow_code=False)
     with pytest.raises(UntrustedCodeError, match=r"set allow_code: true in your own search config"):
         prunetune.search({**config, "allow_code": False})  # the config's own False: the usual advice
 

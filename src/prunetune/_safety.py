@@ -39,8 +39,9 @@ def is_user_code(name: object) -> bool:
     return isinstance(name, str) and ":" in name and not name.startswith("tv:")
 
 
-def check_user_code(name: str, *, allow_code: bool, what: str = "model") -> tuple[str, str]:
+def check_user_code(name: str, *, allow_code: bool, what: str = "model", advice: str = OPT_IN) -> tuple[str, str]:
     """Refuse to import ``name`` (``module:attr``) unless allowed; return ``(module, attr)``.
+    ``advice``: how the caller opts in, ending the error without it (default: every way there is).
 
     Raises:
         UntrustedCodeError: a refused module (always), a malformed name, or no opt-in.
@@ -62,5 +63,5 @@ def check_user_code(name: str, *, allow_code: bool, what: str = "model") -> tupl
         raise UntrustedCodeError(f"{what} {short(name)} is refused: {attr!r} is not a model factory")
     if not allow_code:
         raise UntrustedCodeError(f"{what} {short(name)} would import and run Python code from {module!r}; "
-                                 f"if you trust it, {OPT_IN}")
+                                 f"if you trust it, {advice}")
     return module, attr

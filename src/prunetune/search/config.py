@@ -63,7 +63,7 @@ import yaml
 from prunetune._checks import unknown_key
 from prunetune._plugins import load_plugins, plugin_files_digest, plugin_names
 from prunetune._spelling import FLAGS, Spelling
-from prunetune._safety import OPT_IN
+from prunetune._safety import OPT_IN, check_user_code, is_user_code
 from prunetune._numbers import is_finite_number
 from prunetune._text import short
 from prunetune._text import masked_url
@@ -306,6 +306,8 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     settings = _settings({**d, "plugins": plugins}, {k: v for k, v in given.items() if k != "plugins"}, source, here,
                          cwd)
     recipe = _base_recipe(d.get("recipe"), space, source, here, settings.allow_code, spelling)
+    if advice is not OPT_IN and is_user_code(recipe.model.name):  # refused by the caller's False: say so now
+        check_user_code(recipe.model.name, allow_code=False, advice=advice)
     _check_train_params(recipe, space, screen)
     _check_criterion_params(recipe, space)
     return SearchConfig(recipe, space, settings, source, screen)
