@@ -31,7 +31,7 @@ from typing import Any
 from prunetune._checks import boolean
 from prunetune._registry import crediting, credited
 from prunetune._safety import OPT_IN, refused_module
-from prunetune._text import short
+from prunetune._text import command_line, short
 from prunetune.exceptions import ConfigError, UntrustedCodeError
 
 log = logging.getLogger("prunetune")
@@ -75,10 +75,17 @@ def load_plugins(value: Any, *, allow_code: bool, what: str = "plugins", advice:
     return names
 
 
+def plugin_options(names: Sequence[str]) -> list[str | tuple[str, str]]:
+    """The ``--plugin NAME`` options and ``--allow-code`` of a command that needs ``names`` imported
+    (none for none), as parts of :func:`~prunetune._text.command_line`; each name once."""
+    names = list(dict.fromkeys(names))
+    return [*(("--plugin", name) for name in names), *(["--allow-code"] if names else [])]
+
+
 def plugin_flags(names: Sequence[str]) -> str:
     """`` --plugin a --plugin b --allow-code`` for a command that needs ``names`` imported ('' for none)."""
-    names = list(dict.fromkeys(names))
-    return "".join(f" --plugin {name}" for name in names) + (" --allow-code" if names else "")
+    options = plugin_options(names)
+    return " " + command_line(*options) if options else ""
 
 
 def strings_in(value: Any) -> set[str]:

@@ -69,6 +69,7 @@ def export_command(args: argparse.Namespace, records: Any) -> str:
     given here, and the plugin modules the search imported (its recipes name their entries; export
     needs them, with the opt-in); every word quoted for the shell, and a value that starts with ``-``
     joined to its flag (``--experiment=-x``), which argparse would take for a flag."""
+    from prunetune._plugins import plugin_options
     from prunetune._text import command_line, masked_url
 
     parts: list[str | tuple[str, str]] = ["prunetune", "export", ("--experiment", records.experiment)]
@@ -76,8 +77,7 @@ def export_command(args: argparse.Namespace, records: Any) -> str:
         parts.append(("--tracking-uri", masked_url(args.tracking_uri)))
     if args.search_run is not None:
         parts.append(("--search-run", args.search_run))
-    parts += [("--plugin", name) for name in records.plugins]
-    return command_line(*parts, *(["--allow-code"] if records.plugins else []), "--out", "best.yaml")
+    return command_line(*parts, *plugin_options(records.plugins), "--out", "best.yaml")
 
 
 def check_plot_path(path: str, *, overwrite: bool = False) -> None:

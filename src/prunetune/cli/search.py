@@ -119,7 +119,9 @@ def report(outcome, *, json_output: bool = False, plugins: tuple[str, ...] = ())
         print_front(records, [dict(t.as_dict(), front=True) for t, on in zip(records.trials, mask) if on])
         experiment, store = ("--experiment", outcome.experiment), _uri_option(outcome.tracking_uri)
         print(f"\nnext: {command_line('prunetune', 'pareto', experiment, '--plot', 'front.png', *store)}")
-        code = [*(("--plugin", name) for name in dict.fromkeys(plugins)), *(["--allow-code"] if plugins else [])]
+        from prunetune._plugins import plugin_options
+
+        code = plugin_options(plugins)
         print(f"      {command_line('prunetune', 'export', experiment, '--out', 'best.yaml', *store, *code)}")
         if outcome.tracking_uri.startswith("sqlite"):
             print(f"      {ui_command(outcome.tracking_uri)}")
