@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import prunetune.pruning.criteria.information  # noqa: F401  (registers the criteria)
+from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria.base import (
     ACTIVATION,
     LABELS,
@@ -48,6 +49,25 @@ def test_capacity_feature_entropy() -> None:
     torch.testing.assert_close(
         out, torch.tensor([2.0, 0.0], dtype=torch.float64), atol=1e-12, rtol=0
     )
+
+
+@pytest.mark.parametrize("first_batch", [True, False])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_capacity_feature_names_non_finite_maps(first_batch: bool, bad: float) -> None:
+    # score() refuses such maps before any work; calibration's accumulators see the model's own
+    # maps unchecked, and a NaN's bin index used to fail as "index ... is out of bounds"
+    acc = get_criterion("capacity").accumulator(2, source="feature")
+    good = torch.rand(4, 2, 3, 3)
+    broken = good.clone()
+    broken[1, 0, 2, 2] = bad
+    if not first_batch:
+        acc.update(FeatureBatch(good))
+    if bad == math.inf and not first_batch:  # outside the range fixed by the first batch: the end bin
+        acc.update(FeatureBatch(broken))
+        assert acc.result().shape == (2,)
+        return
+    with pytest.raises(ConfigError, match=r"criterion 'capacity': the feature maps hold NaN or inf"):
+        acc.update(FeatureBatch(broken))
 
 
 def test_independence_filter_duplicate_pair_scores_lower() -> None:

@@ -114,11 +114,24 @@ class _HistogramAccumulator:
             # float64 holds every float exactly, and float32 maps are half the bytes of the copy
             lo_t, hi_t = torch.aminmax(maps if maps.is_floating_point() else x)
             lo, hi = float(lo_t), float(hi_t)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise self._non_finite()
             width = hi - lo if hi > lo else max(abs(lo), 1.0)
             pad = self.margin * width if (hi > lo or self.margin > 0) else 0.5 * width
             self.range = (lo - pad, hi + pad)
-        counts = bin_counts(x, *self.range, self.bins)
+        try:
+            counts = bin_counts(x, *self.range, self.bins)
+        except RuntimeError as err:  # a NaN's bin index is out of range; no pass over the maps before
+            if not bool(torch.isfinite(x).all()):
+                raise self._non_finite() from err
+            raise
         self.counts = counts if self.counts is None else self.counts + counts
+
+    def _non_finite(self) -> ConfigError:
+        return ConfigError(
+            f"criterion {self.name!r}: the feature maps hold NaN or inf, so they have no histogram; "
+            "the model's activations overflow or its calibration images hold such values: check both"
+        )
 
     def result(self) -> Tensor:
         if self.counts is None:
