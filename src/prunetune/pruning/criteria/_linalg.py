@@ -3,7 +3,8 @@
 Every criterion that factorises (``chip``'s ``eigh`` per image, ``hrank``'s Cholesky and
 ``eigvalsh`` per map, ``cmi``'s ``eigvalsh`` per candidate joint) hands a batch of small matrices to
 :func:`batched_linalg`, which picks how to solve it with the same values: on the CPU, split across
-torch's threads, large float64 ``eigvalsh`` by numpy's LAPACK; on CUDA, the sizes cuSOLVER solves
+torch's threads (the calling thread's own OpenMP team where torch runs GNU OpenMP, else a thread
+pool), large float64 ``eigvalsh`` by numpy's LAPACK; on CUDA, the sizes cuSOLVER solves
 cuSOLVER's batched solver (:mod:`._cusolver`), or where that is missing or switched off,
 the sizes cuSOLVER solves one matrix at a time through the host. Measured in benchmarks/README.md ("gpu", "CMI").
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -167,8 +168,10 @@ def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 6
 
     On CPU, torch runs a batched ``eigvalsh``/``eigh``/``svdvals`` of small matrices as one LAPACK
     call per matrix on a single thread. This splits the leading dimension into at most
-    ``torch.get_num_threads()`` chunks (of at least ``min_chunk`` matrices), runs ``fn`` on each in
-    a thread pool and concatenates the results (a tensor or a tuple of tensors) along dimension 0.
+    ``torch.get_num_threads()`` chunks (of at least ``min_chunk`` matrices), runs ``fn`` on each,
+    one chunk per thread of the calling thread's OpenMP team (:func:`_in_team`) or, where no team
+    can be formed, in a thread pool, and concatenates the results (a tensor or a tuple of tensors)
+    along dimension 0.
     Each matrix is solved by the same routine as in one call, so the values are the same, except
     that a float64 ``eigvalsh`` of matrices of :data:`NUMPY_EIGVALSH_MIN_SIZE` or more goes to
     numpy's LAPACK (its BLAS held to one thread per call), whose values agree to rounding. On CUDA,
@@ -182,11 +185,11 @@ def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 6
         if out is not None:
             return out
     if on_host(fn, x):
-        return _to_device(_threaded(fn, x.cpu(), min_chunk), x.device)
+        return _to_device(_threaded(fn, x.cpu(), min_chunk, team=True), x.device)
     if via_numpy(fn, x):
         with _one_blas_thread():
-            return _threaded(_numpy_eigvalsh, x, min_chunk)
-    return _threaded(fn, x, min_chunk)
+            return _threaded(_numpy_eigvalsh, x, min_chunk, team=True)
+    return _threaded(fn, x, min_chunk, team=True)
 
 
 def eigvalsh_here(x: Tensor) -> Tensor:
@@ -202,16 +205,84 @@ def split_across_threads(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: i
     """``fn`` on chunks of ``x``'s leading dimension in torch's CPU threads, the results (tensors or
     tuples of tensors) concatenated; numpy's BLAS held to one thread meanwhile. For work per
     matrix that is more than one LAPACK call (``fn`` then calls :func:`eigvalsh_here` and the like):
-    one split and one wait instead of one per call."""
+    one split and one wait instead of one per call. Always the thread pool, not the OpenMP team:
+    ``fn`` is more than one routine, and a team's worker runs Python with a fresh thread state on
+    every call (no thread-local state survives), inside a parallel region."""
     with _one_blas_thread():
         return _threaded(fn, x, min_chunk)
 
 
-def _threaded(fn: Callable[[Tensor], Any], x: Tensor, min_chunk: int) -> Any:
+def _threaded(fn: Callable[[Tensor], Any], x: Tensor, min_chunk: int, *, team: bool = False) -> Any:
     workers = min(torch.get_num_threads(), x.shape[0] // max(1, min_chunk)) if x.dim() else 1
     if x.device.type != "cpu" or workers < 2:
         return fn(x)
-    parts = list(_pool(torch.get_num_threads()).map(fn, x.chunk(workers)))
+    chunks = x.chunk(workers)
+    parts = (_in_team(fn, chunks) if team else None) or list(_pool(torch.get_num_threads()).map(fn, chunks))
     if isinstance(parts[0], tuple):  # eigh's (eigenvalues, eigenvectors), its named fields kept
         return type(parts[0])(tuple(torch.cat(p) for p in zip(*parts)))
     return torch.cat(parts)
+
+
+_GOMP: list[Any] = []
+
+
+def _gomp() -> Any:
+    """The GNU OpenMP runtime torch loaded (``ctypes.CDLL``), with ``GOMP_parallel``'s argument types
+    set; ``None`` where torch's library folder has no libgomp (another OpenMP runtime)."""
+    if not _GOMP:
+        import ctypes
+        import glob
+        import os
+
+        lib = None
+        for path in sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*")))[:1]:
+            try:
+                lib = ctypes.CDLL(path)
+                lib.GOMP_parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+                lib.GOMP_parallel.restype = None
+                for name in ("omp_get_thread_num", "omp_get_num_threads", "omp_in_parallel"):
+                    getattr(lib, name).restype = ctypes.c_int
+            except (OSError, AttributeError):
+                lib = None
+        _GOMP.append(lib)
+    return _GOMP[0]
+
+
+def _team_body_type() -> Any:
+    import ctypes
+
+    return ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+_TEAM_BODY = _team_body_type()
+
+
+def _in_team(fn: Callable[[Tensor], Any], chunks: Sequence[Tensor]) -> list[Any] | None:
+    """``[fn(c) for c in chunks]``, one chunk per thread of the calling thread's own OpenMP team, or
+    ``None`` where that cannot be done (no libgomp, or already inside a parallel region).
+
+    Measured on the project's 2-core machine (benchmarks/README.md, "scoring", stop 38): after a
+    parallel region of the calling thread (a convolution, a Gram product), GNU OpenMP's worker spins
+    for some milliseconds before it sleeps, and two pool threads solving a batch then share the
+    cores with it; in the team, that worker solves a chunk instead. Each thread runs ``fn`` inside
+    the parallel region, where MKL and ATen run on that thread alone, so every matrix is solved by
+    the same routine as in the pool, with the same values. The GIL is released while the team runs
+    (``ctypes``) and taken by each thread for its Python; an error in a chunk is raised here.
+    """
+    gomp = _gomp()
+    if gomp is None or gomp.omp_in_parallel():
+        return None
+    parts: list[Any] = [None] * len(chunks)
+    errors: list[BaseException] = []
+
+    def body(_data: Any) -> None:
+        try:
+            for i in range(gomp.omp_get_thread_num(), len(chunks), gomp.omp_get_num_threads()):
+                parts[i] = fn(chunks[i])
+        except BaseException as err:  # noqa: BLE001 - raised on the calling thread below
+            errors.append(err)
+
+    gomp.GOMP_parallel(_TEAM_BODY(body), None, len(chunks), 0)
+    if errors:
+        raise errors[0]
+    return parts
