@@ -47,6 +47,28 @@ def test_each_thread_of_the_team_solves_its_chunk_with_the_values_of_one_call(tw
     assert torch.equal(batched.eigenvectors, pooled.eigenvectors)
 
 
+@pytest.mark.parametrize("k", [96, 128])
+def test_the_team_gives_the_pools_values_where_mkl_would_solve_otherwise_with_more_threads(two_threads, k) -> None:
+    # from about 88 on, MKL left at the process's count solves a matrix another way even on one
+    # thread inside the region: the team holds it to one thread, as the pool's threads are held
+    x = _grams(64, k)
+    for fn in (torch.linalg.eigh, torch.linalg.eigvalsh):
+        team = _linalg._threaded(fn, x, 8, team=True)
+        pooled = _linalg._threaded(fn, x, 8)
+        for a, b in zip(*(t if isinstance(t, tuple) else (t,) for t in (team, pooled))):
+            assert torch.equal(a, b)
+
+
+def test_only_the_main_thread_forms_a_team(two_threads) -> None:
+    import threading
+
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(_linalg._in_team(torch.sum, torch.ones(2, 3).chunk(2))))
+    worker.start()
+    worker.join()
+    assert seen == [None]  # another thread's team would be a team of its own: the pool serves it
+
+
 def test_batched_linalg_takes_the_team_on_the_cpu(two_threads, monkeypatch) -> None:
     calls = []
     real = _linalg._in_team

@@ -3,8 +3,8 @@
 Every criterion that factorises (``chip``'s ``eigh`` per image, ``hrank``'s Cholesky and
 ``eigvalsh`` per map, ``cmi``'s ``eigvalsh`` per candidate joint) hands a batch of small matrices to
 :func:`batched_linalg`, which picks how to solve it with the same values: on the CPU, split across
-torch's threads (the calling thread's own OpenMP team where torch runs GNU OpenMP, else a thread
-pool), large float64 ``eigvalsh`` by numpy's LAPACK; on CUDA, the sizes cuSOLVER solves
+torch's threads (the main thread's own OpenMP team where torch's runtime has GNU OpenMP's entry
+points, else a thread pool), large float64 ``eigvalsh`` by numpy's LAPACK; on CUDA, the sizes cuSOLVER solves
 cuSOLVER's batched solver (:mod:`._cusolver`), or where that is missing or switched off,
 the sizes cuSOLVER solves one matrix at a time through the host. Measured in benchmarks/README.md ("gpu", "CMI").
 """
@@ -169,16 +169,17 @@ def batched_linalg(fn: Callable[[Tensor], Any], x: Tensor, *, min_chunk: int = 6
     On CPU, torch runs a batched ``eigvalsh``/``eigh``/``svdvals`` of small matrices as one LAPACK
     call per matrix on a single thread. This splits the leading dimension into at most
     ``torch.get_num_threads()`` chunks (of at least ``min_chunk`` matrices), runs ``fn`` on each,
-    one chunk per thread of the calling thread's OpenMP team (:func:`_in_team`) or, where no team
-    can be formed, in a thread pool, and concatenates the results (a tensor or a tuple of tensors)
-    along dimension 0.
-    Each matrix is solved by the same routine as in one call, so the values are the same, except
-    that a float64 ``eigvalsh`` of matrices of :data:`NUMPY_EIGVALSH_MIN_SIZE` or more goes to
-    numpy's LAPACK (its BLAS held to one thread per call), whose values agree to rounding. On CUDA,
-    a batch of symmetric eigen-solves of a size where cuSOLVER solves one matrix at a time
-    (:data:`HOST_EIGEN_SIZES`) is solved this way on the host and copied back (:func:`on_host`),
-    where cuSOLVER's batched solver is missing or switched off (:func:`via_cusolver_batched`);
-    other calls on other devices, and small batches, are ``fn(x)``.
+    one chunk per thread of the main thread's OpenMP team (:func:`_in_team`) or, elsewhere, in a
+    thread pool, and concatenates the results (a tensor or a tuple of tensors) along dimension 0.
+    Each chunk is solved by the same routine on one thread, so the values do not depend on the route
+    or the split; against one multi-threaded call they can differ by rounding (MKL solves matrices
+    from about 88 on another way with more threads). A float64 ``eigvalsh`` of matrices of
+    :data:`NUMPY_EIGVALSH_MIN_SIZE` or more goes to numpy's LAPACK (its BLAS held to one thread per
+    call), whose values agree to rounding. On CUDA, a batch of symmetric eigen-solves of a size
+    where cuSOLVER solves one matrix at a time (:data:`HOST_EIGEN_SIZES`) is solved this way on the
+    host and copied back (:func:`on_host`), where cuSOLVER's batched solver is missing or switched
+    off (:func:`via_cusolver_batched`); other calls on other devices, and small batches, are
+    ``fn(x)``.
     """
     if via_cusolver_batched(fn, x):
         out = _cusolver.eigh(x, vectors=fn is torch.linalg.eigh)
@@ -227,15 +228,18 @@ _GOMP: list[Any] = []
 
 
 def _gomp() -> Any:
-    """The GNU OpenMP runtime torch loaded (``ctypes.CDLL``), with ``GOMP_parallel``'s argument types
-    set; ``None`` where torch's library folder has no libgomp (another OpenMP runtime)."""
+    """The OpenMP entry points torch itself is bound to, looked up through torch's CPU library
+    (``ctypes``; a dlsym there finds the runtime that library was linked against, also where another
+    copy of libgomp was loaded first), with ``GOMP_parallel``'s argument types set, and MKL's
+    ``MKL_Set_Num_Threads_Local`` (``None`` without MKL) as ``.mkl_local``; ``None`` where torch's
+    runtime has no ``GOMP_parallel``."""
     if not _GOMP:
         import ctypes
         import glob
         import os
 
         lib = None
-        for path in sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*")))[:1]:
+        for path in sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu*")))[:1]:
             try:
                 lib = ctypes.CDLL(path)
                 lib.GOMP_parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
@@ -244,6 +248,13 @@ def _gomp() -> Any:
                     getattr(lib, name).restype = ctypes.c_int
             except (OSError, AttributeError):
                 lib = None
+                continue
+            try:
+                lib.MKL_Set_Num_Threads_Local.argtypes = [ctypes.c_int]
+                lib.MKL_Set_Num_Threads_Local.restype = ctypes.c_int
+                lib.mkl_local = lib.MKL_Set_Num_Threads_Local
+            except AttributeError:
+                lib.mkl_local = None
         _GOMP.append(lib)
     return _GOMP[0]
 
@@ -258,29 +269,36 @@ _TEAM_BODY = _team_body_type()
 
 
 def _in_team(fn: Callable[[Tensor], Any], chunks: Sequence[Tensor]) -> list[Any] | None:
-    """``[fn(c) for c in chunks]``, one chunk per thread of the calling thread's own OpenMP team, or
-    ``None`` where that cannot be done (no libgomp, or already inside a parallel region).
+    """``[fn(c) for c in chunks]``, one chunk per thread of the main thread's own OpenMP team, or
+    ``None`` where that is not done (torch's runtime has no ``GOMP_parallel``, another thread calls:
+    each would start a team of its own, or the call is already inside a parallel region).
 
     Measured on the project's 2-core machine (benchmarks/README.md, "scoring", stop 38): after a
     parallel region of the calling thread (a convolution, a Gram product), GNU OpenMP's worker spins
     for some milliseconds before it sleeps, and two pool threads solving a batch then share the
     cores with it; in the team, that worker solves a chunk instead. Each thread runs ``fn`` inside
-    the parallel region, where MKL and ATen run on that thread alone, so every matrix is solved by
-    the same routine as in the pool, with the same values. The GIL is released while the team runs
+    the parallel region, where ATen runs on that thread alone, and with MKL held to one thread for
+    the call, as a pool thread is, so every matrix is solved as in the pool, with the same values. The GIL is released while the team runs
     (``ctypes``) and taken by each thread for its Python; an error in a chunk is raised here.
     """
     gomp = _gomp()
-    if gomp is None or gomp.omp_in_parallel():
+    if gomp is None or threading.current_thread() is not threading.main_thread() or gomp.omp_in_parallel():
         return None
     parts: list[Any] = [None] * len(chunks)
     errors: list[BaseException] = []
 
     def body(_data: Any) -> None:
+        # MKL held to one thread here, as in the pool: with the process's count it runs on one
+        # thread inside the region too, but solves matrices from about 88 on another way
+        previous = gomp.mkl_local(1) if gomp.mkl_local is not None else None
         try:
             for i in range(gomp.omp_get_thread_num(), len(chunks), gomp.omp_get_num_threads()):
                 parts[i] = fn(chunks[i])
         except BaseException as err:  # noqa: BLE001 - raised on the calling thread below
             errors.append(err)
+        finally:
+            if previous is not None:
+                gomp.mkl_local(previous)
 
     gomp.GOMP_parallel(_TEAM_BODY(body), None, len(chunks), 0)
     if errors:
