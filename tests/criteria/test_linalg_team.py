@@ -1,6 +1,6 @@
-"""``batched_linalg`` solves a CPU batch in the calling thread's own OpenMP team (``_linalg._in_team``):
-one chunk per thread, with the values of the chunks solved one call at a time, an error in a chunk
-raised to the caller, and the thread pool used where no team can be formed."""
+"""``batched_linalg`` solves a CPU batch in the main thread's own OpenMP team (``_linalg._in_team``):
+one chunk per thread, with the thread pool's values, an error in a chunk raised to the caller, and the
+pool used where no team is formed (another thread, inside a parallel region)."""
 
 from __future__ import annotations
 

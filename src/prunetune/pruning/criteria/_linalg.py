@@ -4,8 +4,8 @@ Every criterion that factorises (``chip``'s ``eigh`` per image, ``hrank``'s Chol
 ``eigvalsh`` per map, ``cmi``'s ``eigvalsh`` per candidate joint) hands a batch of small matrices to
 :func:`batched_linalg`, which picks how to solve it with the same values: on the CPU, split across
 torch's threads (the main thread's own OpenMP team where torch's runtime has GNU OpenMP's entry
-points, else a thread pool), large float64 ``eigvalsh`` by numpy's LAPACK; on CUDA, the sizes cuSOLVER solves
-cuSOLVER's batched solver (:mod:`._cusolver`), or where that is missing or switched off,
+points, else a thread pool), large float64 ``eigvalsh`` by numpy's LAPACK; on CUDA, the sizes
+cuSOLVER solves cuSOLVER's batched solver (:mod:`._cusolver`), or where that is missing or switched off,
 the sizes cuSOLVER solves one matrix at a time through the host. Measured in benchmarks/README.md ("gpu", "CMI").
 """
 
@@ -277,9 +277,10 @@ def _in_team(fn: Callable[[Tensor], Any], chunks: Sequence[Tensor]) -> list[Any]
     parallel region of the calling thread (a convolution, a Gram product), GNU OpenMP's worker spins
     for some milliseconds before it sleeps, and two pool threads solving a batch then share the
     cores with it; in the team, that worker solves a chunk instead. Each thread runs ``fn`` inside
-    the parallel region, where ATen runs on that thread alone, and with MKL held to one thread for
-    the call, as a pool thread is, so every matrix is solved as in the pool, with the same values. The GIL is released while the team runs
-    (``ctypes``) and taken by each thread for its Python; an error in a chunk is raised here.
+    the parallel region, where ATen runs on that thread alone, with MKL held to one thread for the
+    call as a pool thread is, so every matrix is solved as in the pool, with the same values. The
+    GIL is released while the team runs (``ctypes``) and taken by each thread for its Python; an
+    error in a chunk is raised here.
     """
     gomp = _gomp()
     if gomp is None or threading.current_thread() is not threading.main_thread() or gomp.omp_in_parallel():
