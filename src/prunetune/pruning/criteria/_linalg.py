@@ -12,6 +12,9 @@ the sizes cuSOLVER solves one matrix at a time through the host. Measured in ben
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import glob
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,26 +43,38 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL[1]
 
 
-def _thread_setters() -> list[Callable[[int], Any]]:
-    """``omp_set_num_threads`` of the OpenMP runtime torch loaded and MKL's
-    ``MKL_Set_Num_Threads_Local`` (the C interface; the lower-case name is the Fortran one, which
-    takes a pointer) where torch's CPU library exports it; both set the calling
-    thread's own count. Empty where neither is found (another OpenMP runtime, no MKL)."""
-    import ctypes
-    import glob
-    import os
+_TORCH_CPU: list[Any] = []
 
-    lib = os.path.join(os.path.dirname(torch.__file__), "lib")
-    found = []
-    for pattern, name in (("libgomp*.so*", "omp_set_num_threads"), ("libiomp5*.so*", "omp_set_num_threads"),
-                          ("libtorch_cpu*", "MKL_Set_Num_Threads_Local")):  # C interface (by value)
-        for path in sorted(glob.glob(os.path.join(lib, pattern)))[:1]:
+
+def _torch_cpu() -> Any:
+    """torch's CPU library (``ctypes.CDLL``), once; ``None`` where it is not found. A symbol looked up
+    there resolves through the libraries it was linked against, so the OpenMP runtime and MKL found
+    are the ones torch is bound to, also where another copy of a runtime was loaded first."""
+    if not _TORCH_CPU:
+        lib = None
+        for path in sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu*")))[:1]:
             try:
-                fn = getattr(ctypes.CDLL(path), name)
-            except (OSError, AttributeError):
-                continue
-            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-            found.append(fn)
+                lib = ctypes.CDLL(path)
+            except OSError:
+                lib = None
+        _TORCH_CPU.append(lib)
+    return _TORCH_CPU[0]
+
+
+def _thread_setters() -> list[Callable[[int], Any]]:
+    """``omp_set_num_threads`` of the OpenMP runtime torch is bound to and MKL's
+    ``MKL_Set_Num_Threads_Local`` (the C interface; the lower-case name is the Fortran one, which
+    takes a pointer), found through torch's CPU library (:func:`_torch_cpu`); both set the calling
+    thread's own count. Empty where neither is found (no OpenMP runtime, no MKL)."""
+    lib = _torch_cpu()
+    found = []
+    for name in ("omp_set_num_threads", "MKL_Set_Num_Threads_Local"):  # C interface (by value)
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:  # also lib None
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        found.append(fn)
     return found
 
 
@@ -228,44 +243,26 @@ _GOMP: list[Any] = []
 
 
 def _gomp() -> Any:
-    """The OpenMP entry points torch itself is bound to, looked up through torch's CPU library
-    (``ctypes``; a dlsym there finds the runtime that library was linked against, also where another
-    copy of libgomp was loaded first), with ``GOMP_parallel``'s argument types set, and MKL's
-    ``MKL_Set_Num_Threads_Local`` (``None`` without MKL) as ``.mkl_local``; ``None`` where torch's
-    runtime has no ``GOMP_parallel``."""
+    """torch's CPU library (:func:`_torch_cpu`) with ``GOMP_parallel``'s argument types set, and
+    MKL's ``MKL_Set_Num_Threads_Local`` (``None`` without MKL) as ``.mkl_local``; ``None`` where
+    torch's OpenMP runtime has no ``GOMP_parallel``."""
     if not _GOMP:
-        import ctypes
-        import glob
-        import os
-
-        lib = None
-        for path in sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu*")))[:1]:
-            try:
-                lib = ctypes.CDLL(path)
-                lib.GOMP_parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-                lib.GOMP_parallel.restype = None
-                for name in ("omp_get_thread_num", "omp_get_num_threads", "omp_in_parallel"):
-                    getattr(lib, name).restype = ctypes.c_int
-            except (OSError, AttributeError):
-                lib = None
-                continue
-            try:
-                lib.MKL_Set_Num_Threads_Local.argtypes = [ctypes.c_int]
-                lib.MKL_Set_Num_Threads_Local.restype = ctypes.c_int
-                lib.mkl_local = lib.MKL_Set_Num_Threads_Local
-            except AttributeError:
-                lib.mkl_local = None
+        lib = _torch_cpu()
+        try:
+            lib.GOMP_parallel.argtypes = [_TEAM_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+            lib.GOMP_parallel.restype = None
+            for name in ("omp_get_thread_num", "omp_get_num_threads", "omp_in_parallel"):
+                getattr(lib, name).restype = ctypes.c_int
+        except AttributeError:  # also lib None
+            lib = None
+        if lib is not None:
+            setters = {fn.__name__: fn for fn in _thread_setters()}
+            lib.mkl_local = setters.get("MKL_Set_Num_Threads_Local")
         _GOMP.append(lib)
     return _GOMP[0]
 
 
-def _team_body_type() -> Any:
-    import ctypes
-
-    return ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-
-_TEAM_BODY = _team_body_type()
+_TEAM_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
 def _in_team(fn: Callable[[Tensor], Any], chunks: Sequence[Tensor]) -> list[Any] | None:
