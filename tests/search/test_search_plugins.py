@@ -117,8 +117,10 @@ def test_a_search_config_imports_its_plugins_before_reading_the_space(plugin_dir
     # the command line's other advice names its flags
     with pytest.raises(ConfigError, match=r"needs a MACs budget: pass --macs-budget 0\.5 or set macs_budget"):
         parse_search_config({k: v for k, v in data.items() if k != "macs_budget"}, cwd=tmp_path)
+    # (a space of built-in criteria: without the plugin imported, the space would be refused first)
     with pytest.raises(ConfigError, match=r"^allow_code belongs in the search config itself \(or --allow-code\)"):
-        parse_search_config({**data, "recipe": {**data["recipe"], "allow_code": True}}, cwd=tmp_path)
+        parse_search_config({**data, "space": {"ratios": "uniform", "criteria": ["l1"]},
+                             "recipe": {**data["recipe"], "allow_code": True}}, cwd=tmp_path)
     config = make_config(space=space, plugins=[PLUGIN], allow_code=True)
     assert config.settings.plugins == (PLUGIN,) and config.to_dict()["plugins"] == [PLUGIN]
     assert config.identity()["plugins"] == [PLUGIN]  # a resume with other plugins is refused (resume_state)
