@@ -51,6 +51,16 @@ def plugin_dir(tmp_path_factory):
     sys.path.insert(0, str(folder))
     yield folder
     sys.path.remove(str(folder))
+    _unload_plugins()
+
+
+@pytest.fixture(autouse=True)
+def _no_plugin_loaded_before():
+    """Each test starts with none of the plugins imported or registered, whatever ran before it."""
+    _unload_plugins()
+
+
+def _unload_plugins() -> None:
     for name in (PLUGIN, "ptplug_broken", "ptplug_exits", "ptplug_empty", "ptplugpkg", "ptplugpkg.utils", "ptplugpkg.criteria", "ptplugpkg.direct"):
         sys.modules.pop(name, None)
     for name in (CRITERION, "ptpkg_helper_l1", "ptpkg_direct_l1"):
