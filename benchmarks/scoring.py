@@ -19,7 +19,13 @@ from other processes falls on all of them alike; the table gives the median of t
 "× plain forward" is the median over repeats of step time / forward time of the same repeat, and
 "× floor (both)" the same against the "floor: forward + both" row, with the range of the
 per-repeat ratios in brackets (on this project's 2-core machine one run's median has moved by more
-than the 1.3× target's margin; the range shows how far to trust it).
+than the 1.3× target's margin; the range shows how far to trust it). The last column is the median
+number of minor page faults of the step (Unix): a step that gets fresh pages from the kernel for its
+temporaries pays for each (about 2.5 µs a 4 KiB page there), and whether it does depends on the
+allocator's state, which the steps before it leave. Compare times only between rows whose faults
+are alike: in a round of only the forward pass, the all-row and the floor, the floor paid some
+240,000 faults a pass and took 0.6 s longer than in this round, and such rounds put the all-row
+at 1.29-1.36× its floor where this table puts it near 1.5×.
 
 Then CHIP's fast path (:func:`prunetune.pruning.criteria.chip.chip_scores`, default route) against
 a straightforward per-image SVD implementation written here, the official code's method: per image,
@@ -174,6 +180,15 @@ def timed(fn: Callable[[], Any]) -> float:
     fn()
     sync()
     return time.perf_counter() - t0
+
+
+def minor_faults() -> int | None:
+    """This process's minor page faults so far; None where ``resource`` is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def plain_forward(model: torch.nn.Module, batches: list[tuple[Tensor, Tensor]]) -> None:
@@ -362,9 +377,13 @@ def main(argv: list[str] | None = None) -> int:
     for _name, fn in steps[:2]:  # warm-up (allocator, thread pools, lazy imports)
         fn()
     times: dict[str, list[float]] = {name: [] for name, _ in steps}
+    faults: dict[str, list[int]] = {name: [] for name, _ in steps}
     for r in range(args.repeats):
         for name, fn in steps:
+            before = minor_faults()
             times[name].append(timed(fn))
+            if before is not None:
+                faults[name].append(minor_faults() - before)
         print(f"  repeat {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     fwd = times[steps[0][0]]
     cmi_label = next((lab for lab in crits if crits[lab][0] == "cmi"), None)
@@ -381,15 +400,17 @@ def main(argv: list[str] | None = None) -> int:
         fwd_cmi = []
 
     floor = times[FLOOR_BOTH]
-    print(f"| step | seconds (median of {args.repeats}) | × plain forward | × floor (both): median (range) |")
-    print("|---|---:|---:|---:|")
+    print(f"| step | seconds (median of {args.repeats}) | × plain forward | × floor (both): median (range) "
+          "| minor page faults |")
+    print("|---|---:|---:|---:|---:|")
     for name, _ in steps:
         ts = times[name]
         is_cmi = name.startswith(f"calibration, {cmi_label} alone")
         base = fwd_cmi if is_cmi else fwd
         ratio = statistics.median(t / f for t, f in zip(ts, base))
         to_floor = "—" if is_cmi else _ratio_cell([t / f for t, f in zip(ts, floor)])
-        print(f"| {name} | {statistics.median(ts):.3f} | {ratio:.2f}× | {to_floor} |")
+        paged = f"{statistics.median(faults[name]):,.0f}" if faults.get(name) else "—"
+        print(f"| {name} | {statistics.median(ts):.3f} | {ratio:.2f}× | {to_floor} | {paged} |")
     if fwd_cmi:
         print(f"\n(the cmi row is compared with plain forward passes timed next to it; "
               f"it ran {args.cmi_repeats} time(s))")

@@ -13,5 +13,10 @@ def test_tiny_run_fills_both_tables(capsys) -> None:
                             "--svd-images", "1", "--chip-repeats", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "| calibration, cmi alone (samples=8, 1 run) |" in out
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
+    assert rows["| step"][-1] == "minor page faults |"
+    # a count for every timed step (Unix), none for cmi, timed apart from the round
+    assert rows["| floor: forward + both"][-1].rstrip(" |").replace(",", "").isdigit()
+    assert rows["| calibration, cmi alone (samples=8, 1 run)"][-1] == "— |"
     total = next(line for line in out.splitlines() if line.startswith("| **all** | 55 |"))
     assert "55/55" in total.split("|")[10]  # CHIP's fast path orders every point as the SVD does, up to ties
