@@ -45,7 +45,6 @@ def _mlflow_tables_from_a_template(tmp_path_factory: pytest.TempPathFactory):
             made.dispose()
         engine.dispose()  # no connection may hold the empty file while it is replaced
         shutil.copyfile(template, path)
-        engine.dispose()
 
     db_utils._initialize_tables = initialize
     yield
