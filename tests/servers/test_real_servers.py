@@ -2,7 +2,7 @@
 root, artifacts through the server) and a Ray head started with `ray start --head`.
 
 Each test starts its server as a child process in its own session, waits until it answers, and
-ends it (by its process group) afterwards, whatever happened.
+ends it (and what is left of its process group) afterwards, whatever happened.
 """
 
 from __future__ import annotations
@@ -52,16 +52,20 @@ def start(cmd: list[str], log: Path, **env: str) -> subprocess.Popen:
 
 
 def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group (it shuts its children down), SIGKILL what is left."""
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM to the server's own process, which shuts its children down, then SIGKILL to whatever is
+    left of its process group. Not SIGTERM to the whole group: the Ray head's GCS then ended first, and
+    `ray start --block`, draining its node through the GCS, waited 30 s for it (2 s when it alone is
+    asked)."""
+    try:
+        process.terminate()
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    process.wait(timeout=10)
 
 
 def wait_until(ready, what: str, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
