@@ -7,6 +7,7 @@ objective runs end to end in tests/cli/test_cli_search_e2e.py.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import signal
@@ -198,15 +199,61 @@ def test_a_trial_the_running_ray_cannot_hold_is_an_error_before_tracking(make_co
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_screening_picks_the_fine_tuned_trials_and_logs_their_proxies(make_config) -> None:
-    config = make_config(trials=4, screen={"candidates": 10, "bn_batches": 2})
-    outcome = run_search(config, objective=plan_only, show_progress=False)
+class LoadStudy(tune.Callback):
+    """Open the fine-tune study from its storage URL, as optuna-dashboard would, while trials finish."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url, self.name, self.seen = url, name, []
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        import optuna
+
+        study = optuna.load_study(study_name=self.name, storage=self.url)
+        self.seen.append(sum(t.state.name == "COMPLETE" for t in study.trials))
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def screened(local_ray, tmp_path_factory):
+    """``(config, outcome, watch, log lines)`` of one search on the default path (screening 10 candidates,
+    4 trials), which the screening and study tests below both read: one search instead of two."""
+    import copy
+
+    from prunetune.search import parse_search_config
+    from search.conftest import TINY_RECIPE, TINY_SPACE
+
+    config = parse_search_config({"recipe": copy.deepcopy(TINY_RECIPE), "space": copy.deepcopy(TINY_SPACE),
+                                  "macs_budget": 0.5, "trials": 4, "concurrency": 2, "experiment": "tiny",
+                                  "screen": {"candidates": 10, "bn_batches": 2}},
+                                 cwd=tmp_path_factory.mktemp("screened"))
+    watch, lines, logger = LoadStudy(config.settings.study_url, "tiny"), _Lines(), logging.getLogger("prunetune")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(lines)
+    try:
+        outcome = run_search(config, objective=plan_only, show_progress=False, callbacks=[watch])
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    return config, outcome, watch, lines.lines
+
+
+def test_screening_picks_the_fine_tuned_trials_and_logs_their_proxies(screened) -> None:
+    config, outcome, _, _ = screened
     assert outcome.status == "FINISHED" and outcome.counts == {"FINISHED": 4}
     from prunetune.search.screening import ScreenOutcome
 
-    screened = ScreenOutcome.from_json((outcome.experiment_dir / "screening.json").read_text())
-    assert len(screened.candidates) == 10 and len(screened.selected) == 4
-    assert any(c.source == "hand" for c in screened.candidates)
+    pool = ScreenOutcome.from_json((outcome.experiment_dir / "screening.json").read_text())
+    assert len(pool.candidates) == 10 and len(pool.selected) == 4
+    assert any(c.source == "hand" for c in pool.candidates)
     mlflow_client = client(outcome.tracking_uri)
     parent = mlflow_client.get_run(outcome.parent_run_id)
     assert parent.data.metrics["screen_candidates"] == 10 and parent.data.metrics["screen_selected"] == 4
@@ -214,8 +261,8 @@ def test_screening_picks_the_fine_tuned_trials_and_logs_their_proxies(make_confi
     assert "screening.csv" in {a.path for a in mlflow_client.list_artifacts(outcome.parent_run_id)}
     runs = _children(outcome)
     for metric, field in (("proxy_likelihood", "proxy"), ("proxy_accuracy", "proxy_accuracy")):
-        assert sorted(r.data.metrics[metric] for r in runs) == sorted(getattr(c, field) for c in screened.selected)
-    targets = sorted(c.params["target_macs"] for c in screened.selected)
+        assert sorted(r.data.metrics[metric] for r in runs) == sorted(getattr(c, field) for c in pool.selected)
+    targets = sorted(c.params["target_macs"] for c in pool.selected)
     assert sorted(float(r.data.params["target_macs"]) for r in runs) == pytest.approx(targets)
     for run in runs:  # the recipe's lr (train_params: recipe), never a plan over its target
         assert float(run.data.params["finetune.lr"]) == config.recipe.finetune.lr
@@ -316,31 +363,13 @@ def test_fine_tuned_trials_are_exactly_the_screened_plans(make_config) -> None:
     assert all("proxy_accuracy" in r.data.metrics for r in runs)
 
 
-class LoadStudy(tune.Callback):
-    """Open the fine-tune study from its storage URL, as optuna-dashboard would, while trials finish."""
-
-    def __init__(self, url: str, name: str) -> None:
-        self.url, self.name, self.seen = url, name, []
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        import optuna
-
-        study = optuna.load_study(study_name=self.name, storage=self.url)
-        self.seen.append(sum(t.state.name == "COMPLETE" for t in study.trials))
-
-
-def test_the_study_is_in_its_storage_while_and_after_the_search(make_config, caplog) -> None:
-    import logging
-
+def test_the_study_is_in_its_storage_while_and_after_the_search(screened) -> None:
     import optuna
 
-    caplog.set_level(logging.INFO, logger="prunetune")
-    config = make_config(trials=3, screen={"candidates": 8, "bn_batches": 2})
+    config, outcome, watch, lines = screened
     url = config.settings.study_url
-    watch = LoadStudy(url, "tiny")
-    outcome = run_search(config, objective=plan_only, show_progress=False, callbacks=[watch])
-    assert f"optuna-dashboard {url}" in caplog.text and outcome.study_storage == url
-    assert outcome.study_name == "tiny" and watch.seen == [1, 2, 3]
+    assert any(f"optuna-dashboard {url}" in line for line in lines) and outcome.study_storage == url
+    assert outcome.study_name == "tiny" and watch.seen == [1, 2, 3, 4]
     study = optuna.load_study(study_name="tiny", storage=url)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     runs = {r.data.tags[TRIAL_TAG]: r for r in _children(outcome)}
