@@ -48,3 +48,15 @@ def test_samplers_and_schedulers() -> None:
     assert isinstance(make_scheduler(None, 3), FIFOScheduler)
     asha = make_scheduler(AshaSpec(grace_period=5, reduction_factor=3), 3)
     assert isinstance(asha, ASHAScheduler) and asha._max_t == 3 and asha._reduction_factor == 3
+
+
+def test_a_screening_worker_imports_no_ray_tune() -> None:
+    """The screening actors' module loads without Ray Tune, Optuna or MLflow: each screening worker imports
+    it to build its actor, and Ray Tune alone took about 1.4 s of that start-up on a 2-core machine."""
+    import subprocess
+    import sys
+
+    code = ("import sys, prunetune.search.ray_screening as m; m.Screener, m.RayPool; "
+            "bad = [n for n in ('ray.tune', 'optuna', 'mlflow') if n in sys.modules]; print(bad); sys.exit(bool(bad))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

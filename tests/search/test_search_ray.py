@@ -339,7 +339,7 @@ def test_a_search_interrupted_in_screening_is_sealed_and_resumes_without_a_warni
 def test_screening_never_starts_more_actors_than_the_cluster_can_place(make_config) -> None:
     """The module's Ray has 2 CPUs: concurrency 3 at 1 CPU each screens with 2 actors (a third would
     never be placed, and its chunk would be waited for forever); the trials queue as Tune queues them."""
-    from prunetune.search.ray_parts import placeable
+    from prunetune.search.ray_screening import placeable
 
     assert placeable(3, 1, 0) == 2 and placeable(3, 2, 0) == 1 and placeable(1, 0.5, 0) == 1
     config = make_config(trials=3, concurrency=3, screen={"candidates": 6, "bn_batches": 1})

@@ -1,6 +1,7 @@
 """The Ray Tune side of a search: the trainable, the Optuna sampler of the fine-tune study, the
-scheduler, the screening actors and the tracking callback. The searcher itself is
-:class:`prunetune.search.optuna_bridge.FinalOnlySearch`.
+scheduler and the tracking callback. The searcher itself is
+:class:`prunetune.search.optuna_bridge.FinalOnlySearch`; the screening actors are in
+:mod:`prunetune.search.ray_screening`.
 
 Imported by :mod:`prunetune.search.runner` and, for its log filter, by
 :func:`prunetune.search.cluster.connect`, both inside functions (extra ``search``): this module
@@ -17,20 +18,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
-import ray
 import torch
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from prunetune._plugins import import_plugins
-from prunetune.exceptions import ConfigError
 from prunetune.recipes.pipeline import Base, resolve_device
 from prunetune.pruning.scores import ScoreTable
 from prunetune.search.config import AshaSpec
 from prunetune.search.objective import TrialResult, base_to, check_finite
 from prunetune.search.progress import Progress
-from prunetune.search.screening import Result, evaluate_candidates
 from prunetune.search.selection import spearman
 from prunetune.tracking.tracker import FAILED, FINISHED, KILLED, SearchTracker
 
@@ -84,76 +82,6 @@ def make_scheduler(asha: AshaSpec | None, epochs: int) -> Any:
         return FIFOScheduler()
     return ASHAScheduler(time_attr="training_iteration", metric="accuracy", mode="max", max_t=max(1, epochs),
                          grace_period=min(asha.grace_period, max(1, epochs)), reduction_factor=asha.reduction_factor)
-
-
-@ray.remote
-class Screener:
-    """Holds the dense model and the ScoreTable once; evaluates chunks of screening candidates."""
-
-    def __init__(self, base: Base, table: ScoreTable, threads: int, bn_batches: int, val_images: int,
-                 plugins: tuple[str, ...] = ()) -> None:
-        # the search's plugin modules (see trainable); one this worker cannot import fails each candidate
-        # with the reason, which the screening reports in one line (raised here, the actor died with a
-        # traceback at the driver)
-        try:
-            import_plugins(plugins)
-            self.fault = None
-        except ConfigError as exc:
-            self.fault = f"{type(exc).__name__}: {exc}"
-        torch.set_num_threads(max(1, threads))
-        self.base, self.table = base_to(base, resolve_device(base.recipe.device)), table
-        self.bn_batches, self.val_images = bn_batches, val_images
-
-    def evaluate(self, params: list[dict[str, Any]]) -> list[Result]:
-        if self.fault is not None:
-            return [(math.nan, math.nan, self.fault) for _ in params]
-        return evaluate_candidates(params, self.base, self.table, bn_batches=self.bn_batches,
-                                   val_images=self.val_images)
-
-
-def placeable(wanted: int, cpus: float, gpus: float) -> int:
-    """How many actors of ``cpus``/``gpus`` each the cluster can hold at once now, at most ``wanted``
-    (at least 1): an actor Ray cannot place would never run, and its chunk would be waited for forever."""
-    free = ray.available_resources()
-    fits = [math.floor(free.get("CPU", 0.0) / cpus + 1e-9)] if cpus > 0 else []
-    if gpus > 0:
-        fits.append(math.floor(free.get("GPU", 0.0) / gpus + 1e-9))
-    return max(1, min([wanted, *fits]))
-
-
-class RayPool:
-    """A :class:`~prunetune.search.screening.Pool` of ``slots`` screening actors on the Ray cluster,
-    each with one trial's resources; :meth:`close` frees them for the fine-tune trials."""
-
-    def __init__(self, base_ref: Any, table_ref: Any, *, slots: int, cpus: float, gpus: float, bn_batches: int,
-                 val_images: int, plugins: tuple[str, ...] = ()) -> None:
-        make = Screener.options(num_cpus=cpus, num_gpus=gpus)
-        self.actors = [make.remote(base_ref, table_ref, max(1, int(cpus)), bn_batches, val_images, plugins)
-                       for _ in range(slots)]
-        self.slots, self._free, self._owner = slots, list(self.actors), {}
-
-    def submit(self, params: list[dict[str, Any]]) -> Any:
-        actor = self._free.pop()
-        ref = actor.evaluate.remote(params)
-        self._owner[ref] = actor
-        return ref
-
-    def next_done(self, handles: list[Any]) -> tuple[Any, list[Result]]:
-        (ref,), _ = ray.wait(handles, num_returns=1)
-        self._free.append(self._owner.pop(ref))
-        try:
-            return ref, ray.get(ref)
-        except ray.exceptions.RayActorError as exc:  # the worker process died (an exit or a crash in user
-            # code, out of memory): one line, not Ray's traceback
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            raise ConfigError(f"a screening worker died ({lines[-1][:300] if lines else type(exc).__name__}); "
-                              "if a plugin or your model's code exits or crashes in a worker, fix it (the trials run "
-                              "the same code); if it ran out of memory, lower concurrency") from None
-
-    def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors, self._free = [], []
 
 
 class TrackingCallback(tune.Callback):

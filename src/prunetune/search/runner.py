@@ -311,17 +311,17 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
         return outcome
     import ray
 
-    from prunetune.search import ray_parts
+    from prunetune.search import ray_screening
 
     low, high = space_target_range(space)  # the range the space was built with
     plans = plan_space(space)
     count = spec.count(s.trials)
     hand = hand_pool(config.space, plans, low, high, trials=s.trials, count=count)
-    slots = ray_parts.placeable(s.concurrency, s.cpus_per_trial, s.gpus_per_trial)
+    slots = ray_screening.placeable(s.concurrency, s.cpus_per_trial, s.gpus_per_trial)
     progress.phase("screening", f"{count} candidate plans ({len(hand)} of them hand recipes: each criterion alone, uniform or global) by "
                    f"adaptive-BN proxy, {slots} at a time")
     t0 = time.perf_counter()
-    pool = ray_parts.RayPool(ray.put(base), ray.put(table), slots=slots, cpus=s.cpus_per_trial,
+    pool = ray_screening.RayPool(ray.put(base), ray.put(table), slots=slots, cpus=s.cpus_per_trial,
                              gpus=s.gpus_per_trial, bn_batches=spec.bn_batches, val_images=spec.val_images,
                              plugins=s.plugins)
     try:
