@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import pytest
@@ -20,17 +21,19 @@ TINY_SPACE: dict[str, Any] = {"ratios": "per_stage", "criteria": ["capacity", "l
                               "lr": [0.01, 0.1]}
 
 
+def tiny_config(cwd, recipe: dict | None = None, space: dict | None = None, **settings: Any):
+    """A tiny search config whose store and results live in ``cwd`` (for fixtures of any scope)."""
+    from prunetune.search import parse_search_config
+
+    data = {"recipe": copy.deepcopy(recipe or TINY_RECIPE), "space": copy.deepcopy(space or TINY_SPACE),
+            "macs_budget": 0.5, "trials": 4, "concurrency": 2, "experiment": "tiny", **settings}
+    return parse_search_config(data, cwd=cwd)
+
+
 @pytest.fixture()
 def make_config(tmp_path):
     """``make_config(**settings)``: a tiny search config whose store and results live in ``tmp_path``."""
-    from prunetune.search import parse_search_config
-
-    def make(recipe: dict | None = None, space: dict | None = None, **settings: Any):
-        data = {"recipe": copy.deepcopy(recipe or TINY_RECIPE), "space": copy.deepcopy(space or TINY_SPACE),
-                "macs_budget": 0.5, "trials": 4, "concurrency": 2, "experiment": "tiny", **settings}
-        return parse_search_config(data, cwd=tmp_path)
-
-    return make
+    return functools.partial(tiny_config, tmp_path)
 
 
 @pytest.fixture(scope="module")

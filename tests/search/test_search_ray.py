@@ -225,15 +225,9 @@ class _Lines(logging.Handler):
 def screened(local_ray, tmp_path_factory):
     """``(config, outcome, watch, log lines)`` of one search on the default path (screening 10 candidates,
     4 trials), which the screening and study tests below both read: one search instead of two."""
-    import copy
+    from search.conftest import tiny_config
 
-    from prunetune.search import parse_search_config
-    from search.conftest import TINY_RECIPE, TINY_SPACE
-
-    config = parse_search_config({"recipe": copy.deepcopy(TINY_RECIPE), "space": copy.deepcopy(TINY_SPACE),
-                                  "macs_budget": 0.5, "trials": 4, "concurrency": 2, "experiment": "tiny",
-                                  "screen": {"candidates": 10, "bn_batches": 2}},
-                                 cwd=tmp_path_factory.mktemp("screened"))
+    config = tiny_config(tmp_path_factory.mktemp("screened"), trials=4, screen={"candidates": 10, "bn_batches": 2})
     watch, lines, logger = LoadStudy(config.settings.study_url, "tiny"), _Lines(), logging.getLogger("prunetune")
     level = logger.level
     logger.setLevel(logging.INFO)

@@ -29,9 +29,9 @@ class Screener:
 
     def __init__(self, base: Base, table: ScoreTable, threads: int, bn_batches: int, val_images: int,
                  plugins: tuple[str, ...] = ()) -> None:
-        # the search's plugin modules (see ray_parts.trainable); one this worker cannot import fails each candidate
-        # with the reason, which the screening reports in one line (raised here, the actor died with a
-        # traceback at the driver)
+        # the search's plugin modules (see ray_parts.trainable); one this worker cannot import fails
+        # each candidate with the reason, which the screening reports in one line (raised here, the
+        # actor died with a traceback at the driver)
         try:
             import_plugins(plugins)
             self.fault = None

@@ -322,8 +322,8 @@ def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tra
                    f"adaptive-BN proxy, {slots} at a time")
     t0 = time.perf_counter()
     pool = ray_screening.RayPool(ray.put(base), ray.put(table), slots=slots, cpus=s.cpus_per_trial,
-                             gpus=s.gpus_per_trial, bn_batches=spec.bn_batches, val_images=spec.val_images,
-                             plugins=s.plugins)
+                                 gpus=s.gpus_per_trial, bn_batches=spec.bn_batches, val_images=spec.val_images,
+                                 plugins=s.plugins)
     try:
         chunk = max(1, min(8, count // (4 * slots)))
         candidates = run_screening(plans, hand, count, pool, seed=s.seed, chunk=chunk,
