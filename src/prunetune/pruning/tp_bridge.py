@@ -42,7 +42,7 @@ class ChannelPadShortcutPruner(tp.pruner.function.BasePruningFunc):
     TARGET_MODULES = ChannelPadShortcut
 
     def prune_out_channels(self, layer: ChannelPadShortcut, idxs: Sequence[int]) -> nn.Module:
-        keep = _keep_mask(layer.out_channels, idxs)
+        keep = _keep_mask(layer.out_channels, idxs, layer.dst.device)
         pairs = keep[layer.dst]
         new_pos = torch.cumsum(keep.long(), 0) - 1
         layer.src, layer.dst = layer.src[pairs], new_pos[layer.dst[pairs]]
@@ -50,7 +50,7 @@ class ChannelPadShortcutPruner(tp.pruner.function.BasePruningFunc):
         return layer
 
     def prune_in_channels(self, layer: ChannelPadShortcut, idxs: Sequence[int]) -> nn.Module:
-        keep = _keep_mask(layer.in_channels, idxs)
+        keep = _keep_mask(layer.in_channels, idxs, layer.src.device)
         pairs = keep[layer.src]
         new_pos = torch.cumsum(keep.long(), 0) - 1
         layer.src, layer.dst = new_pos[layer.src[pairs]], layer.dst[pairs]
@@ -64,8 +64,10 @@ class ChannelPadShortcutPruner(tp.pruner.function.BasePruningFunc):
         return layer.in_channels
 
 
-def _keep_mask(n: int, idxs: Sequence[int]) -> Tensor:
-    keep = torch.ones(n, dtype=torch.bool)
+def _keep_mask(n: int, idxs: Sequence[int], device: torch.device) -> Tensor:
+    """Which of ``n`` channels stay, on the device of the index buffers it will index (a CPU mask
+    indexed by CUDA buffers raises, which left a GPU model's residual streams unprunable)."""
+    keep = torch.ones(n, dtype=torch.bool, device=device)
     keep[list(idxs)] = False
     return keep
 
