@@ -87,6 +87,33 @@ def test_taylor_runs_with_gradients_and_leaves_no_grads(setup) -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+@pytest.mark.parametrize("name", ["dfs", "taylor"])
+def test_the_pass_runs_in_full_float32_and_restores_the_flags(setup, name) -> None:
+    """No TF32 while the pass runs (a CUDA convolution would round to 10-bit mantissas), forward
+    and backward; the caller's flags come back after it, also after an error."""
+    model, groups, x, y = setup
+    seen = []
+    hook = model.conv1.register_forward_hook(
+        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)))
+    kept = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        calibrate(model, groups, {name: get_criterion(name).resolve({})}, _batches(x, y, 16), show_progress=False)
+        assert seen and set(seen) == {(False, False)}
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+
+        def failing():
+            yield x[:8], y[:8]
+            raise RuntimeError("disk on fire")
+
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            calibrate(model, groups, {name: get_criterion(name).resolve({})}, failing(), show_progress=False)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        hook.remove()
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = kept
+
+
 def test_cache_loads_and_recomputes_on_any_change(setup, tmp_path, monkeypatch) -> None:
     model, groups, x, y = setup
     model = randomize_bn(create_model("tiny_resnet"))
