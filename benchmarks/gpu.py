@@ -16,6 +16,11 @@ Three sections, each a markdown table:
 * **scoring**: every registered criterion at its defaults (``cmi`` at ``--cmi-samples``) scored in
   one calibration pass on the device (:func:`prunetune.pruning.scores.compute_scores`, no cache),
   against one plain forward pass over the same calibration images.
+* **agreement**: every registered criterion scored twice from the same weights and the same
+  ``--agreement-images`` calibration images, once on the CPU and once on the device: per criterion,
+  the largest difference relative to the largest score, and in how many groups the order and the
+  kept half (stable sort, ties by channel index) are the same. Where a kept half differs, the gap
+  between the scores at its boundary tells rounding (a near-tie) from a wrong path.
 * **search**: a ``--trials`` search (default 8) of ResNet-56 on the synthetic data with
   ``gpus_per_trial`` (default 0.25: four trials share one GPU), one fine-tune epoch, sqlite MLflow
   in a temporary folder; wall time, trials per hour, statuses.
@@ -26,13 +31,15 @@ Usage::
     python benchmarks/gpu.py --smoke          # CPU, tiny sizes, tiny_resnet, loop + scoring: seconds (CI runs it)
     python benchmarks/gpu.py --smoke --sections search    # the search section too, tiny (about a minute)
     python benchmarks/gpu.py --sections loop,scoring --json numbers.json
+    python benchmarks/gpu.py --sections agreement --cmi-samples 64   # the device's scores against the CPU's
 
-Not yet run on a GPU (see benchmarks/README.md, "gpu").
+Results of the runs on GPUs: benchmarks/README.md, "gpu".
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import platform
@@ -54,7 +61,7 @@ from prunetune.pruning.finetune import FinetuneConfig, finetune
 from prunetune.pruning.groups import find_groups
 from prunetune.pruning.scores import CalibrationSettings, compute_scores
 
-SECTIONS = ("loop", "scoring", "search")
+SECTIONS = ("loop", "scoring", "agreement", "search")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,11 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="default 256 (--smoke 64)")
     p.add_argument("--epochs", type=int, default=None, help="timed epochs per loop (default 2; --smoke 1)")
     p.add_argument("--calibration", type=int, default=None, help="calibration images (default 1024; --smoke 64)")
-    p.add_argument("--cmi-samples", type=int, default=64, help="cmi's sample count in the scoring section")
+    p.add_argument("--cmi-samples", type=int, default=64, help="cmi's sample count in the scoring and agreement sections")
+    p.add_argument("--agreement-images", type=int, default=None, help="calibration images of the agreement section "
+                   "(default 128; --smoke 32)")
     p.add_argument("--trials", type=int, default=None, help="search trials (default 8; --smoke 2)")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="default 0.25 on CUDA (0 on CPU)")
     p.add_argument("--sections", default=None, help=f"comma-separated, of {', '.join(SECTIONS)} (default: all; "
-                   "--smoke: loop,scoring, the search takes a minute even when tiny)")
+                   "--smoke: loop,scoring,agreement, the search takes a minute even when tiny)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers as JSON here")
     args = p.parse_args(argv)
     small = args.smoke
@@ -78,13 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.model = args.model or ("tiny_resnet" if small else "resnet56")
     args.image_size = 8 if small else 32
     defaults = {"images": (256, 20000), "batch_size": (64, 256), "epochs": (1, 2), "calibration": (64, 1024),
-                "trials": (2, 8)}
+                "agreement_images": (32, 128), "trials": (2, 8)}
     for key, (smoke, full) in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, smoke if small else full)
     if args.gpus_per_trial is None:
         args.gpus_per_trial = 0.25 if args.device == "cuda" else 0.0
-    args.sections = [s.strip() for s in (args.sections or ("loop,scoring" if small else ",".join(SECTIONS))).split(",")
+    args.sections = [s.strip() for s in (args.sections or ("loop,scoring,agreement" if small else ",".join(SECTIONS))).split(",")
                      if s.strip()]
     unknown = sorted(set(args.sections) - set(SECTIONS))
     if unknown:
@@ -200,6 +209,65 @@ def scoring_section(args: argparse.Namespace, device: torch.device) -> dict[str,
             "x_forward": score_s / forward_s if forward_s else math.nan, "all_finite": finite}
 
 
+def kept_half(scores: torch.Tensor) -> torch.Tensor:
+    """Indices of the higher-scoring half (ties by channel index), sorted: what a 50% cut keeps."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[: (len(scores) + 1) // 2].sort().values
+
+
+def boundary_gap(scores: torch.Tensor) -> float:
+    """The gap between the last kept and the first removed score of a 50% cut, relative to the largest."""
+    ordered = torch.sort(scores, descending=True, stable=True).values
+    k = (len(scores) + 1) // 2
+    if k >= len(scores):
+        return math.inf
+    return float((ordered[k - 1] - ordered[k]).abs() / ordered.abs().max().clamp_min(1e-300))
+
+
+def agreement_section(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(0)
+    shape = (3, args.image_size, args.image_size)
+    split = synthetic(args, args.agreement_images, seed=2)
+    host_batches = [(x.cpu(), y.cpu()) for x, y in make_loader(split, batch_size=64, device="cpu")]
+    host_model = create_model(args.model, num_classes=10, in_channels=3).eval()
+    # every criterion at its defaults, then the two whose feature source is not their default
+    passes = {"": all_criteria(args.cmi_samples),
+              "[source=feature]": {name: {"source": "feature"} for name in ("capacity", "independence")}}
+    scores: dict[str, dict[str, dict[str, torch.Tensor]]] = {"cpu": {}, "device": {}}
+    seconds = {"cpu": 0.0, "device": 0.0}
+    for where in ("cpu", "device"):
+        at = torch.device("cpu") if where == "cpu" else device
+        model = copy.deepcopy(host_model).to(at)
+        batches = [(x.to(at), y.to(at)) for x, y in host_batches]
+        for suffix, criteria in passes.items():
+            t0 = time.perf_counter()
+            table = compute_scores(model, find_groups(model, shape), criteria, calibration=lambda b=batches: b,
+                                   calibration_digest="gpu-agreement", settings=CalibrationSettings(),
+                                   use_cache=False, device=at, show_progress=False)
+            sync(at)
+            seconds[where] += time.perf_counter() - t0
+            scores[where].update({name + suffix: per for name, per in table.scores.items()})
+    rows = {}
+    for name, per in scores["cpu"].items():
+        other = scores["device"][name]
+        worst, same_order, same_half, near_ties, finite = 0.0, 0, 0, 0, True
+        for group, a in per.items():
+            b = other[group]
+            finite &= bool(torch.isfinite(a).all() and torch.isfinite(b).all())
+            scale = float(a.abs().max().clamp_min(1e-300))
+            worst = max(worst, float((a - b).abs().max()) / scale)
+            same_order += torch.equal(torch.sort(a, descending=True, stable=True).indices,
+                                      torch.sort(b, descending=True, stable=True).indices)
+            if torch.equal(kept_half(a), kept_half(b)):
+                same_half += 1
+            elif boundary_gap(a) < 1e-6:
+                near_ties += 1
+        rows[name] = {"groups": len(per), "max_rel_diff": worst, "same_order": same_order,
+                      "same_half": same_half, "half_differs_at_near_tie": near_ties, "finite": finite}
+    return {"images": args.agreement_images, "cpu_s": seconds["cpu"], "device_s": seconds["device"],
+            "criteria": rows}
+
+
 def search_config(args: argparse.Namespace, folder: str) -> Any:
     """The search config of the search section (its store and results in ``folder``)."""
     from prunetune.search import parse_search_config
@@ -256,6 +324,16 @@ def report(args: argparse.Namespace, numbers: dict[str, Any], device: torch.devi
         print(f"| one forward pass | {n['forward_s']:.3f} | 1.0 |")
         print(f"| all criteria, one calibration pass | {n['score_s']:.3f} | {n['x_forward']:.1f} |")
         print(f"\nevery score finite: {n['all_finite']}\n")
+    if "agreement" in numbers:
+        n = numbers["agreement"]
+        print(f"## agreement: every criterion on the CPU and on {device.type}, {n['images']} calibration images "
+              f"(CPU {n['cpu_s']:.1f} s, {device.type} {n['device_s']:.1f} s)\n")
+        print("| criterion | groups | max rel. diff | same order | same kept half | kept half differs at a near-tie "
+              "(gap < 1e-6) | finite |\n|---|---:|---:|---:|---:|---:|---|")
+        for name, r in n["criteria"].items():
+            print(f"| {name} | {r['groups']} | {r['max_rel_diff']:.1e} | {r['same_order']} | {r['same_half']} | "
+                  f"{r['half_differs_at_near_tie']} | {r['finite']} |")
+        print()
     if "search" in numbers:
         n = numbers["search"]
         print(f"## search: {n['trials']} trials, gpus_per_trial {n['gpus_per_trial']}, {n['concurrency']} at a time\n")
@@ -269,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu.py: error: --device cuda but CUDA is not available; use --smoke or --device cpu", file=sys.stderr)
         return 2
-    sections = {"loop": loop_section, "scoring": scoring_section, "search": search_section}
+    sections = {"loop": loop_section, "scoring": scoring_section, "agreement": agreement_section,
+                "search": search_section}
     numbers = {name: sections[name](args, device) for name in SECTIONS if name in args.sections}
     report(args, numbers, device)
     if args.json:

@@ -15,7 +15,7 @@ def gpu_bench():
         yield module
 
 
-def test_smoke_runs_the_loop_and_scoring_sections(gpu_bench, tmp_path, capsys) -> None:
+def test_smoke_runs_the_loop_scoring_and_agreement_sections(gpu_bench, tmp_path, capsys) -> None:
     out = tmp_path / "numbers.json"
     assert gpu_bench.main(["--smoke", "--json", str(out)]) == 0
     table = capsys.readouterr().out
@@ -23,6 +23,9 @@ def test_smoke_runs_the_loop_and_scoring_sections(gpu_bench, tmp_path, capsys) -
     numbers = json.loads(out.read_text())
     assert numbers["loop"]["ratio"] > 0 and numbers["loop"]["prunetune"]["images_per_s"] > 0
     assert numbers["scoring"]["all_finite"] and numbers["scoring"]["criteria"] >= 10
+    agreement = numbers["agreement"]["criteria"]  # the CPU against itself here: every score equal
+    assert {"chip", "hrank", "taylor", "capacity[source=feature]"} <= agreement.keys()
+    assert all(r["max_rel_diff"] == 0 and r["same_half"] == r["groups"] and r["finite"] for r in agreement.values())
     assert "search" not in numbers
 
 
