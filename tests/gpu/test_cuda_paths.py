@@ -72,11 +72,11 @@ def _scores(model, groups, batches, device: torch.device) -> dict[str, dict[str,
 
 def test_every_criterion_ranks_on_the_gpu_as_on_the_cpu() -> None:
     """Scores differ by rounding only (1e-2 of a group's largest; TF32 is on by default and the
-    calibration pass turns it off), and each criterion keeps the same half of every group up to
-    near-ties at the cut. The histogram of ``capacity[source=feature]`` is the exception: a channel
-    that is constant up to rounding sits in one bin on one device and straddles an edge on the other
-    (at most 1 bit apart, measured 4.5% of a group's largest score), so it must keep the same half
-    in 90% of the groups."""
+    calibration pass turns it off), and where a group's kept half differs, every channel that
+    changed sides lies within twice that group's largest difference of the cut. The histogram of
+    ``capacity[source=feature]`` is the exception: a channel that is constant up to rounding sits
+    in one bin on one device and straddles an edge on the other (at most 1 bit apart, measured up
+    to 4.6% of a group's largest score), so at most a tenth of its channels may differ by more."""
     model = randomize_bn(create_model("resnet20", num_classes=10, in_channels=1)).eval()
     groups = find_groups(model, (1, 16, 16))
     gen = torch.Generator().manual_seed(1)
@@ -86,19 +86,24 @@ def test_every_criterion_ranks_on_the_gpu_as_on_the_cpu() -> None:
     assert cpu.keys() == gpu.keys()
     for name, per in cpu.items():
         histogram = name == "capacity[source=feature]"
-        same_half = 0
+        far, channels = 0, 0
         for group, a in per.items():
             b = gpu[name][group]
-            scale = float(a.abs().max())
             assert torch.isfinite(b).all(), (name, group)
-            assert float((a - b).abs().max()) <= (1.0 if histogram else 1e-2 * scale), (name, group)
+            scale, diff = float(a.abs().max()), (a - b).abs()
+            far, channels = far + int((diff > 1e-2 * scale).sum()), channels + len(a)
+            assert float(diff.max()) <= (1.0 if histogram else 1e-2 * scale), (name, group)
             ordered = a.sort(descending=True, stable=True)
             k = (len(a) + 1) // 2
-            keep_a = ordered.indices[:k].sort().values
-            keep_b = b.sort(descending=True, stable=True).indices[:k].sort().values
-            tie = k < len(a) and float(ordered.values[k - 1] - ordered.values[k]) < 1e-3 * scale
-            same_half += bool(torch.equal(keep_a, keep_b) or (tie and not histogram))
-        assert same_half >= (0.9 if histogram else 1.0) * len(per), (name, same_half, len(per))
+            if k == len(a):
+                continue
+            keep_a = set(ordered.indices[:k].tolist())
+            keep_b = set(b.sort(descending=True, stable=True).indices[:k].tolist())
+            cut = float(ordered.values[k - 1] + ordered.values[k]) / 2
+            moved = torch.tensor(sorted(keep_a ^ keep_b), dtype=torch.long)
+            assert bool(((a[moved] - cut).abs() <= 2 * float(diff.max())).all()), (name, group)
+        if histogram:
+            assert far <= channels // 10, (name, far, channels)
 
 
 def test_a_recipe_runs_end_to_end_on_the_gpu(tmp_path) -> None:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from prunetune._atomic import torch_save_atomic
 from prunetune._plugins import source_digest, user_modules
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.calibration import calibrate
+from prunetune.pruning.calibration import PRECISION, calibrate
 from prunetune.pruning.criteria import WEIGHT, get_criterion
 from prunetune.pruning.groups import Group, ModelGroups
 from prunetune.version import __version__
@@ -270,7 +270,8 @@ def plugin_code_digest(criterion: Any, modules_of_user: Callable[[], list[str]] 
 def _fingerprint(name, params, mdigest, cdigest, settings, groups: ModelGroups) -> str:
     key = {
         "criterion": name, "params": params, "model": mdigest, "calibration": cdigest,
-        "settings": settings, "version": __version__, "input_shape": list(groups.input_shape),
+        "settings": settings, "version": __version__, "precision": PRECISION,
+        "input_shape": list(groups.input_shape),
         "groups": [[g.name, g.channels] for g in groups],
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
