@@ -66,10 +66,32 @@ def test_paths_in_the_file_are_relative_to_the_file(tmp_path) -> None:
     # Optuna seeds numpy with it: a negative or too large seed crashed the search with a traceback
     ({"recipe": RECIPE, "macs_budget": 0.5, "seed": -1}, r"seed must be an integer in \[0, 4294967294\], got -1"),
     ({"recipe": RECIPE, "macs_budget": 0.5, "seed": 2**32}, r"seed must be an integer in \[0, 4294967294\]"),
+    # Ray hides the GPUs from a trial that asks for none, and numbers a trial's own from 0: every trial failed
+    ({"recipe": {**RECIPE, "device": "cuda"}, "macs_budget": 0.5}, "device 'cuda' but gpus_per_trial is 0"),
+    ({"recipe": {**RECIPE, "device": "cuda:1"}, "macs_budget": 0.5, "gpus_per_trial": 1}, "sees as cuda:0"),
 ])
 def test_schema_errors_name_the_key(tmp_path, data, match: str) -> None:
     with pytest.raises((ConfigError, UnknownNameError), match=match):
         parse_search_config(data, cwd=tmp_path)
+
+
+def test_a_gpu_search_asks_ray_for_gpus(tmp_path) -> None:
+    config = parse_search_config({"recipe": {**RECIPE, "device": "cuda"}, "macs_budget": 0.5,
+                                  "gpus_per_trial": 0.25}, cwd=tmp_path)
+    assert config.recipe.device == "cuda" and config.settings.gpus_per_trial == 0.25
+    # the flag counts as the file's key does
+    config = load_search_config(_written(tmp_path, {"recipe": {**RECIPE, "device": "cuda:0"}, "macs_budget": 0.5}),
+                                {"gpus_per_trial": 1}, cwd=tmp_path)
+    assert config.settings.gpus_per_trial == 1
+    with pytest.raises(ConfigError, match="gpus_per_trial is 0"):
+        load_search_config(_written(tmp_path, {"recipe": {**RECIPE, "device": "cuda"}, "macs_budget": 0.5,
+                                               "gpus_per_trial": 1}), {"gpus_per_trial": 0}, cwd=tmp_path)
+
+
+def _written(folder: Path, data: dict) -> Path:
+    path = folder / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def test_flops_budget_is_a_synonym_and_flags_win(tmp_path) -> None:

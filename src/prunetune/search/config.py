@@ -310,7 +310,24 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
         check_user_code(recipe.model.name, allow_code=False, advice=advice)
     _check_train_params(recipe, space, screen)
     _check_criterion_params(recipe, space)
+    _check_device(recipe, settings)
     return SearchConfig(recipe, space, settings, source, screen)
+
+
+def _check_device(recipe: Recipe, settings: SearchSettings) -> None:
+    """A trial sees the GPUs Ray gives it, numbered from 0, and none where it asks for none: a
+    ``device: cuda`` search with ``gpus_per_trial: 0`` failed every trial after the dense model and
+    the scores were made, and ``cuda:1`` is no GPU a trial has."""
+    device = str(recipe.device)
+    if not device.startswith("cuda"):
+        return
+    if device not in ("cuda", "cuda:0"):
+        raise ConfigError(f"device {device!r}: in a search Ray gives each trial its GPU(s), which the trial sees "
+                          "as cuda:0; write device: cuda (Ray picks the GPUs; CUDA_VISIBLE_DEVICES limits them)")
+    if not settings.gpus_per_trial:
+        raise ConfigError(f"device {device!r} but gpus_per_trial is 0: Ray hides the GPUs from a trial that asks "
+                          "for none; set gpus_per_trial (0.25 lets four trials share one GPU; --gpus-per-trial) or "
+                          "device: auto (the trials on the CPU, the dense model and the scores on a GPU if there is one)")
 
 
 def _check_train_params(recipe: Recipe, space: SpaceSpec, screen: ScreenSpec) -> None:
