@@ -87,55 +87,6 @@ def test_taylor_runs_with_gradients_and_leaves_no_grads(setup) -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
-def _precision() -> tuple:
-    """The TF32 settings as torch has them: ``fp32_precision`` per backend since torch 2.9."""
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        return torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
-    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-
-
-FULL = ("ieee", "ieee") if hasattr(torch.backends.cuda.matmul, "fp32_precision") else (False, False)
-
-
-@pytest.mark.parametrize("name, start", [("dfs", "new"), ("taylor", "new"), ("dfs", "legacy")])
-def test_the_pass_runs_in_full_float32_and_restores_the_settings(setup, name, start) -> None:
-    """No TF32 while the pass runs (a CUDA convolution would round to 10-bit mantissas): the forward
-    passes see full float32 (taylor's backward runs inside the same pass); the caller's settings
-    come back after it, also after an error, whether set through torch's newer ``fp32_precision``
-    (reading the older flags then raises) or the older ``allow_tf32`` flags."""
-    model, groups, x, y = setup
-    seen = []
-    hook = model.conv1.register_forward_hook(lambda *_: seen.append(_precision()))
-    backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
-    kept = [b.fp32_precision for b in backends] if start == "new" else None
-    legacy = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    if start == "new":
-        for b in backends:
-            b.fp32_precision = "tf32"
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    before = _precision()
-    try:
-        calibrate(model, groups, {name: get_criterion(name).resolve({})}, _batches(x, y, 16), show_progress=False)
-        assert seen and set(seen) == {FULL}
-        assert _precision() == before != FULL
-
-        def failing():
-            yield x[:8], y[:8]
-            raise RuntimeError("disk on fire")
-
-        with pytest.raises(RuntimeError, match="disk on fire"):
-            calibrate(model, groups, {name: get_criterion(name).resolve({})}, failing(), show_progress=False)
-        assert _precision() == before
-    finally:
-        hook.remove()
-        if kept is not None:
-            for b, value in zip(backends, kept):
-                b.fp32_precision = value
-        else:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
-
-
 def test_cache_loads_and_recomputes_on_any_change(setup, tmp_path, monkeypatch) -> None:
     model, groups, x, y = setup
     model = randomize_bn(create_model("tiny_resnet"))

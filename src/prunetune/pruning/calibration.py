@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunetune._modes import modes_kept
+from prunetune._precision import full_float32
 from prunetune.exceptions import ConfigError
 from prunetune.pruning.criteria import GRADIENT, Accumulator, FeatureBatch, get_criterion
 from prunetune.pruning.criteria._scratch import reuse_scratch
@@ -33,42 +34,6 @@ ACTIVATIONS = {"relu": F.relu, "none": lambda x: x}
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 Accs = dict[str, dict[str, list[Accumulator]]]
-
-
-# what the pass computes in, part of every score's cache fingerprint (pruning/scores.py): entries made
-# with TF32 on a GPU, before the pass turned it off, are not served again
-PRECISION = "float32, no TF32"
-
-
-@contextmanager
-def full_float32() -> Iterator[None]:
-    """Full float32 arithmetic for the block: no TF32 in CUDA convolutions and matrix products.
-
-    TF32 keeps 10 bits of mantissa. On an H200 with it on (PyTorch's default for cuDNN
-    convolutions), a random ResNet-56's ``taylor`` scores differed from the CPU's by up to 23% (17 of
-    its 30 groups kept another half) and ``cmi``'s by up to 53% (benchmarks/README.md, "gpu", third
-    run); a calibration pass is a few forward passes, so full precision costs little. The caller's
-    settings are restored afterwards, also after an error; on the CPU they change nothing.
-    :func:`calibrate` runs inside it. Since torch 2.9 the settings are ``fp32_precision`` per
-    backend (reading the older ``allow_tf32`` flags raises once those are set), before it the
-    ``allow_tf32`` flags."""
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        settings = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
-        kept = [backend.fp32_precision for backend in settings]
-        try:
-            for backend in settings:
-                backend.fp32_precision = "ieee"
-            yield
-        finally:
-            for backend, value in zip(settings, kept):
-                backend.fp32_precision = value
-        return
-    kept_flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = kept_flags
 
 
 @full_float32()

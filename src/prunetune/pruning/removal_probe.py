@@ -58,6 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from prunetune._modes import modes_kept
+from prunetune._precision import full_float32
 from prunetune._text import exception_line
 from prunetune.models.registry import train_forward
 from prunetune.pruning import tp_bridge
@@ -84,6 +85,7 @@ def broke(exc: BaseException) -> str:
 Check = Callable[[Sequence[Any]], "str | None"]
 
 
+@full_float32()  # where float64 fails and float32 is compared, TF32's rounding would exceed its tolerance
 def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) -> dict[str, str]:
     """Names of the ``groups`` (:class:`~prunetune.pruning.groups.Group`) whose removal is not
     masking, each with why (:data:`BREAKS`, what the pruned copy raised (:func:`broke`), or

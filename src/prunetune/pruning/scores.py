@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from prunetune._atomic import torch_save_atomic
 from prunetune._plugins import source_digest, user_modules
+from prunetune._precision import PRECISION
 from prunetune.exceptions import ConfigError
-from prunetune.pruning.calibration import PRECISION, calibrate
+from prunetune.pruning.calibration import calibrate
 from prunetune.pruning.criteria import WEIGHT, get_criterion
 from prunetune.pruning.groups import Group, ModelGroups
 from prunetune.version import __version__
