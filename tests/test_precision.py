@@ -1,12 +1,14 @@
-"""Full float32 where prunetune compares or scores: no TF32 while the calibration pass, the removal
-probe or deploy's check runs; the caller's settings, set through either of torch's APIs, come back
-after each, also after an error."""
+"""Full float32 where prunetune compares or scores on CUDA: no TF32 while the calibration pass, the
+removal probe or deploy's check runs; the caller's settings, set through either of torch's APIs, come
+back after each, also after an error. On this CPU machine the tests pretend the device is CUDA
+(the settings are torch's own Python-level switches, and are left alone on a real CPU run)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import prunetune._precision as precision_module
 from prunetune._precision import full_float32
 from prunetune.deployment import deploy
 from prunetune.models import create_model
@@ -16,7 +18,16 @@ from prunetune.pruning import removal_probe, tp_bridge
 from prunetune.pruning.groups import find_groups
 
 NEW_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
-FULL = ("ieee", "ieee") if NEW_API else (False, False)
+
+
+def tf32_off() -> bool:
+    """Whether CUDA matrix products and cuDNN convolutions run in full float32 now: through the newer
+    API, ``ieee``, or a convolution's ``none`` (the older flag decides) with that flag off."""
+    if not NEW_API:
+        return not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    conv = torch.backends.cudnn.conv.fp32_precision
+    return torch.backends.cuda.matmul.fp32_precision == "ieee" and (
+        conv == "ieee" or (conv == "none" and torch.backends.cudnn.allow_tf32 is False))
 
 
 def precision() -> tuple:
@@ -26,7 +37,7 @@ def precision() -> tuple:
 
 
 @pytest.fixture(params=["new", "legacy"] if NEW_API else ["legacy"])
-def tf32_on(request):
+def tf32_on(request, monkeypatch):
     """TF32 on as a user sets it (through ``fp32_precision`` since torch 2.9, after which reading the
     older ``allow_tf32`` flags raises, or through those flags), put back as it was after the test."""
     backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
@@ -38,6 +49,7 @@ def tf32_on(request):
     else:
         kept = [torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    monkeypatch.setattr(precision_module, "_cuda", lambda device: True)  # every device counts as CUDA here
     yield precision()
     if request.param == "new":
         for b, value in zip(backends, kept):
@@ -46,19 +58,27 @@ def tf32_on(request):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = kept
 
 
-def _seen_in_forwards(model: torch.nn.Module) -> list:
+def _seen_in_forwards(model: torch.nn.Module, batch: int = 2) -> list:
+    """Whether TF32 was off, in each forward on at least ``batch`` inputs (cost counting and tracing
+    run one input first, outside the blocks: their values are not used)."""
     seen: list = []
-    model.conv1.register_forward_hook(lambda *_: seen.append(precision()))
+    model.conv1.register_forward_hook(lambda m, i, o: seen.append(tf32_off()) if i[0].shape[0] >= batch else None)
     return seen
 
 
 def test_the_block_turns_tf32_off_and_restores_it(tf32_on) -> None:
-    with full_float32():
-        assert precision() == FULL
-    assert precision() == tf32_on != FULL
-    with pytest.raises(KeyError), full_float32():
+    with full_float32("cuda"):
+        assert tf32_off()
+    assert precision() == tf32_on
+    with pytest.raises(KeyError), full_float32("cuda"):
         raise KeyError("x")
     assert precision() == tf32_on
+
+
+def test_on_the_cpu_the_settings_are_left_alone() -> None:
+    before = precision()
+    with full_float32("cpu"):
+        assert precision() == before
 
 
 def test_the_removal_probe_runs_in_full_float32(tf32_on) -> None:
@@ -66,7 +86,7 @@ def test_the_removal_probe_runs_in_full_float32(tf32_on) -> None:
     groups = find_groups(model, (1, 16, 16))
     seen = _seen_in_forwards(model)
     assert removal_probe.unfaithful_groups(model, tp_bridge.example_for(model, (1, 16, 16)), list(groups)) == {}
-    assert seen and set(seen) == {FULL}
+    assert seen and set(seen) == {True}
     assert precision() == tf32_on
 
 
@@ -74,7 +94,7 @@ def test_deploy_writes_and_checks_in_full_float32(tf32_on, tmp_path) -> None:
     model = create_model("tiny_resnet", num_classes=10, in_channels=1)
     seen = _seen_in_forwards(model)
     result = deploy(model, "torchscript", tmp_path / "m.pt", input_shape=(1, 8, 8))
-    assert result.rel_diff <= 1e-4 and seen and set(seen) == {FULL}
+    assert result.rel_diff <= 1e-4 and seen and set(seen) == {True}
     assert precision() == tf32_on
 
 
@@ -85,10 +105,10 @@ def test_the_calibration_pass_runs_in_full_float32(tf32_on, name) -> None:
     groups = find_groups(model, (3, 16, 16))
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 3, 16, 16, generator=gen), torch.randint(0, 10, (32,), generator=gen)
-    seen = _seen_in_forwards(model)
+    seen = _seen_in_forwards(model, batch=8)  # the calibration batches
     calibrate(model, groups, {name: get_criterion(name).resolve({})}, [(x[:16], y[:16]), (x[16:], y[16:])],
               show_progress=False)
-    assert seen and set(seen) == {FULL}
+    assert seen and set(seen) == {True}
     assert precision() == tf32_on
 
     def failing():

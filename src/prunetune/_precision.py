@@ -3,14 +3,21 @@
 TF32 keeps 10 bits of mantissa. On an H200 with it on (PyTorch's default for cuDNN convolutions), a
 random ResNet-56's ``taylor`` scores differed from the CPU's by up to 23% (17 of its 30 groups kept
 another half) and ``cmi``'s by up to 53% (benchmarks/README.md, "gpu", third run). The calibration
-pass, the removal probe and deploy's checks (a 1e-4 tolerance) run inside :func:`full_float32`;
-the fine-tune keeps torch's settings (its autocast is reduced precision anyway).
+pass, the removal probe and deploy's check (a 1e-4 tolerance) run inside :func:`full_float32`; the
+fine-tune keeps torch's settings (its autocast is reduced precision anyway).
+
+torch has two APIs for these settings, and mixing them makes later reads raise ("a mix of the legacy
+and new APIs"): torch's own code (``torch.jit.trace``, for one) reads the older ``allow_tf32`` flags.
+So each setting is changed through the API it can still be read with: the older one
+(``torch.set_float32_matmul_precision``, ``torch.backends.cudnn.allow_tf32``) unless the caller's
+own use of the newer per-backend ``fp32_precision`` makes it unreadable, then that one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -19,28 +26,40 @@ import torch
 PRECISION = "float32, no TF32"
 
 
-@contextmanager
-def full_float32() -> Iterator[None]:
-    """No TF32 in CUDA convolutions and matrix products within the block (also as a decorator).
+def _cuda(device: str | torch.device) -> bool:
+    return torch.device(device).type == "cuda"
 
-    The caller's settings are restored afterwards, also after an error; on the CPU they change
-    nothing. Since torch 2.9 the settings are ``fp32_precision`` per backend (reading the older
-    ``allow_tf32`` flags raises once those are set), before it the ``allow_tf32`` flags. The
-    settings are process-wide: blocks running at once in two threads would restore each other's."""
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        settings = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
-        kept = [backend.fp32_precision for backend in settings]
-        try:
-            for backend in settings:
-                backend.fp32_precision = "ieee"
-            yield
-        finally:
-            for backend, value in zip(settings, kept):
-                backend.fp32_precision = value
+
+@contextmanager
+def full_float32(device: str | torch.device) -> Iterator[None]:
+    """No TF32 in CUDA convolutions and matrix products within the block, where ``device`` is CUDA
+    (elsewhere the settings are left alone: they change nothing there). Restored afterwards, also
+    after an error. The settings are process-wide: blocks running at once in two threads would
+    restore each other's."""
+    if not _cuda(device):
+        yield
         return
-    kept_flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    restores: list[Callable[[], None]] = []
     try:
+        restores.append(_set(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, "highest",
+                             "matmul"))
+        restores.append(_set(lambda: torch.backends.cudnn.allow_tf32,
+                             lambda value: setattr(torch.backends.cudnn, "allow_tf32", value), False, "conv"))
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = kept_flags
+        for restore in reversed(restores):
+            restore()
+
+
+def _set(get: Callable[[], Any], put: Callable[[Any], None], full: Any, backend: str) -> Callable[[], None]:
+    """Set one setting to full precision through the older API, or through ``fp32_precision`` where
+    reading the older one raises; returns what puts the caller's value back."""
+    try:
+        kept = get()
+    except RuntimeError:  # the caller set the newer API in a way the older one cannot express
+        holder = torch.backends.cuda.matmul if backend == "matmul" else torch.backends.cudnn.conv
+        old = holder.fp32_precision
+        holder.fp32_precision = "ieee"
+        return lambda: setattr(holder, "fp32_precision", old)
+    put(full)
+    return lambda: put(kept)

@@ -20,6 +20,7 @@ from prunetune.pruning.groups import find_groups
 from prunetune.pruning.plan import make_plan
 from prunetune.pruning.scores import CalibrationSettings, compute_scores
 from prunetune.pruning.surgery import MaskHooks, apply_plan, channel_masks
+from prunetune.recipes.pruned_file import load_pruned
 from prunetune.testing.models import randomize_bn
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -119,3 +120,8 @@ def test_a_recipe_runs_end_to_end_on_the_gpu(tmp_path) -> None:
     assert result.pruned["macs"] <= 0.5 * result.dense["macs"]
     assert len(result.plan.kept["conv1"]) < 16  # the first residual stream is pruned on the GPU too
     assert 0.0 <= result.pruned["accuracy"] <= 1.0 and (tmp_path / "pruned.pt").exists()
+    loaded = load_pruned(tmp_path / "pruned.pt", map_location="cuda")  # it came back on the CPU before
+    assert {p.device.type for p in loaded.parameters()} == {"cuda"}
+    x = torch.randn(8, 1, 8, 8, device=CUDA)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(x), result.model.eval()(x), atol=1e-5)

@@ -36,7 +36,6 @@ BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 Accs = dict[str, dict[str, list[Accumulator]]]
 
 
-@full_float32()
 def calibrate(
     model: nn.Module,
     groups: ModelGroups,
@@ -81,16 +80,17 @@ def calibrate(
     passes = sorted(set(modes.values()))
     if len(passes) > 1 and iter(batches) is batches:
         batches = list(batches)
-    for mode in passes:
-        chosen = {c: p for c, p in criteria.items() if modes[c] == mode}
-        by_point: dict[str, list[Accumulator]] = {}
-        for c in chosen:
-            for g in groups:
-                for p, acc in zip(reads[c][g.name], accs[c][g.name]):
-                    by_point.setdefault(p, []).append(acc)
-        with reuse_scratch():  # the maps' large per-batch temporaries, reused point to point
-            _run_pass(model, by_point, chosen, batches, act, mode=mode, device=device,
-                      show_progress=show_progress)
+    with full_float32(device):  # no TF32 on CUDA: _precision's docstring
+        for mode in passes:
+            chosen = {c: p for c, p in criteria.items() if modes[c] == mode}
+            by_point: dict[str, list[Accumulator]] = {}
+            for c in chosen:
+                for g in groups:
+                    for p, acc in zip(reads[c][g.name], accs[c][g.name]):
+                        by_point.setdefault(p, []).append(acc)
+            with reuse_scratch():  # the maps' large per-batch temporaries, reused point to point
+                _run_pass(model, by_point, chosen, batches, act, mode=mode, device=device,
+                          show_progress=show_progress)
     return {c: _reduce_all(groups, c, criteria[c], per_group) for c, per_group in accs.items()}
 
 

@@ -85,7 +85,6 @@ def broke(exc: BaseException) -> str:
 Check = Callable[[Sequence[Any]], "str | None"]
 
 
-@full_float32()  # where float64 fails and float32 is compared, TF32's rounding would exceed its tolerance
 def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) -> dict[str, str]:
     """Names of the ``groups`` (:class:`~prunetune.pruning.groups.Group`) whose removal is not
     masking, each with why (:data:`BREAKS`, what the pruned copy raised (:func:`broke`), or
@@ -95,17 +94,19 @@ def unfaithful_groups(model: nn.Module, example: Tensor, groups: Sequence[Any]) 
     probed = [g for g in groups if g.channels > 1]
     if not probed:
         return {}
-    removed = probe_sets(probed)
-    ref = _Reference.of(model, example, probed, removed)
-    widths = {g.name: g.channels for g in probed}
-    bad: dict[str, str] = {}
-    for part, masked in ((ref.maskable, True), (ref.shapes_only, False)):
-        check = functools.partial(_check, model, example, ref, removed, masked=masked)
-        why = check(part) if part else None
-        while why is not None:  # bisect, then probe what is left together again
-            bad.update(_bisect(part, why, check))
-            part = [g for g in part if g.name not in bad]
+    # where float64 fails and float32 is compared, TF32's rounding on CUDA would exceed its tolerance
+    with full_float32(example.device):
+        removed = probe_sets(probed)
+        ref = _Reference.of(model, example, probed, removed)
+        widths = {g.name: g.channels for g in probed}
+        bad: dict[str, str] = {}
+        for part, masked in ((ref.maskable, True), (ref.shapes_only, False)):
+            check = functools.partial(_check, model, example, ref, removed, masked=masked)
             why = check(part) if part else None
+            while why is not None:  # bisect, then probe what is left together again
+                bad.update(_bisect(part, why, check))
+                part = [g for g in part if g.name not in bad]
+                why = check(part) if part else None
     return {name: why + likely_cause(model, widths[name], why) for name, why in bad.items()}
 
 

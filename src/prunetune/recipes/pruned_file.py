@@ -95,6 +95,7 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
                 allow_code: bool = False) -> nn.Module:
     """Rebuild a pruned network saved by ``prunetune prune``: dense model, replay the plan, load weights.
 
+    ``map_location``: the device the returned model is on (``cpu``, ``cuda``, ``cuda:N``).
     ``allow_code`` lets a ``package.module:function`` model name stored in the file import and run
     that code (a shared file must not run code by itself).
     """
@@ -113,7 +114,7 @@ def load_pruned(path: str | os.PathLike, *, map_location: str | torch.device = "
         raise CheckpointError(f"pruned model {str(path)!r} is damaged (its weights do not fit its plan: {first}); "
                               "write it again with prunetune prune --out") from None
     check_plan_cost(model.eval(), plan, what)
-    return model
+    return model.to(torch.device(map_location))  # rebuilt on the CPU: load_state_dict copied the weights there
 
 
 def _compare_plan_file(path: Path, plan: PruningPlan) -> None:
