@@ -82,6 +82,25 @@ def test_sfp_lets_a_zeroed_filter_regrow() -> None:
     assert float(weight.detach()[soft].abs().sum()) > 0.0  # trained back from zero
 
 
+def test_the_hard_channels_index_is_made_once_per_epoch_on_the_gates_device() -> None:
+    """Zeroing the hard channels after every step reuses one index tensor per group and device (on a
+    GPU each new one is a copy from the host, a synchronisation) until the next epoch's sets."""
+    model, groups, plan, data = _setup("tiny_resnet")
+    masks = ScheduleMasks(model, groups, plan, lambda e, t: SCHEDULES.get("ghfp").state(e, t), plan_ranking(plan))
+    device = next(model.parameters()).device
+    assert all(g.device == device for g in masks.gates.values())
+    masks.on_epoch_start(2, 4)
+    name = next(n for n, hard in masks.hard.items() if hard)
+    masks.after_step(model, None)
+    first = masks._hard_index[name][device]
+    masks.after_step(model, None)
+    assert masks._hard_index[name][device] is first and first.tolist() == masks.hard[name]
+    masks.on_epoch_start(3, 4)  # new sets: the index is made again
+    masks.after_step(model, None)
+    assert masks._hard_index[name][device].tolist() == masks.hard[name]
+    masks.hooks.remove()
+
+
 def test_ghfp_hard_filters_stay_exactly_zero_and_end_fully_hard() -> None:
     model, groups, plan, data = _setup("tiny_resnet")
     masks = ScheduleMasks(model, groups, plan, lambda e, t: SCHEDULES.get("ghfp").state(e, t), plan_ranking(plan))

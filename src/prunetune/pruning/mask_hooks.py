@@ -47,6 +47,7 @@ class MaskHooks:
 
     def __init__(self, model: nn.Module, groups: GroupsByName, masks: Mapping[str, Tensor]) -> None:
         modules = dict(model.named_modules())
+        device = next(model.parameters(), torch.empty(0)).device  # positions there: no copy per forward
         self.masks = dict(masks)
         self._handles = []
         at: dict[str, list[tuple[str, Tensor | None, int]]] = {}
@@ -58,7 +59,8 @@ class MaskHooks:
                 pos = index.get(point)
                 # positions sorted by group channel: a channel concatenated k times has k positions in a row
                 copies = 1 if pos is None else max(1, len(pos) // groups[name].channels)
-                at.setdefault(point, []).append((name, None if pos is None else torch.as_tensor(pos), copies))
+                at.setdefault(point, []).append((name, None if pos is None else torch.as_tensor(pos, device=device),
+                                                 copies))
         for point, entries in at.items():
             self._handles.append(modules[point].register_forward_hook(self._hook(entries)))
 

@@ -57,7 +57,11 @@ class ScheduleMasks:
         self.rescore = get_criterion(rescore_criterion)
         self.modules = dict(model.named_modules())
         self.targets = {n: plan.channels[n] - len(k) for n, k in plan.kept.items() if plan.channels[n] > len(k)}
-        self.gates = {n: torch.ones(plan.channels[n]) for n in self.targets}
+        # on the model's device (run_schedule moves it there first): a gate on the CPU was copied to a GPU
+        # at every forward of every mask point, each copy a host synchronisation
+        device = next(model.parameters(), torch.empty(0)).device
+        self.gates = {n: torch.ones(plan.channels[n], device=device) for n in self.targets}
+        self._hard_index: dict[str, dict[torch.device, Tensor]] = {}  # hard channels per device, for each step
         self.hard: dict[str, list[int]] = {n: [] for n in self.targets}
         self.pruned: dict[str, list[int]] = {n: [] for n in self.targets}
         self.hooks = MaskHooks(model, groups, self.gates)
@@ -87,9 +91,10 @@ class ScheduleMasks:
             hard += [c for c in order if c not in hard][: max(0, n_hard - len(hard))]
             soft = [c for c in order if c not in hard][: max(0, n_prune - len(hard))]
             self.hard[name], self.pruned[name] = hard, hard + soft
+            self._hard_index.pop(name, None)
             gate = self.gates[name]
             gate.fill_(1.0)
-            gate[hard] = 0.0
+            gate[torch.as_tensor(hard, dtype=torch.long, device=gate.device)] = 0.0
             self._scale_rows(name, soft, state.soft_scale, norms=False)
         self._zero_hard()
 
@@ -132,10 +137,21 @@ class ScheduleMasks:
         return sorted(range(s.numel()), key=lambda i: (pool == "plan" and i not in planned, float(s[i]), i))
 
     @torch.no_grad()
-    def _scale_rows(self, name: str, channels: Sequence[int], scale: float, *, norms: bool) -> None:
+    def _scale_rows(self, name: str, channels: Sequence[int], scale: float, *, norms: bool,
+                    index: dict[torch.device, Tensor] | None = None) -> None:
+        """Scale ``channels``' rows of the group's output layers (and with ``norms`` their norms'
+        γ and β, zeroing their momentum and gradients). ``index``: the channels' index tensor per
+        device, filled as needed and kept by the caller (a copy to a GPU is a host synchronisation)."""
         if not channels:
             return
-        idx = torch.as_tensor(list(channels), dtype=torch.long)
+        index = {} if index is None else index
+        cpu = torch.as_tensor(list(channels), dtype=torch.long)
+
+        def idx(device: torch.device) -> Tensor:
+            if device not in index:
+                index[device] = cpu.to(device)
+            return index[device]
+
         group = self.groups[name]
         tensors = []
         for layer in group.out_layers:
@@ -145,17 +161,19 @@ class ScheduleMasks:
             for norm in group.norms:  # γ and β; a norm with affine=False has neither
                 tensors += [t for t in (self.modules[norm].weight, self.modules[norm].bias) if t is not None]
         for t in tensors:
-            t[idx.to(t.device)] *= scale
+            t[idx(t.device)] *= scale
             if norms and self.optimizer is not None:
                 buf = self.optimizer.state.get(t, {}).get("momentum_buffer")
                 if buf is not None:
-                    buf[idx.to(buf.device)] = 0.0
+                    buf[idx(buf.device)] = 0.0
             if norms and t.grad is not None:
-                t.grad[idx.to(t.device)] = 0.0
+                t.grad[idx(t.device)] = 0.0
 
     def _zero_hard(self) -> None:
+        """After every training step: the hard channels' rows, norms, momentum and gradients to zero,
+        with index tensors made once per epoch (:meth:`apply` drops them when the sets change)."""
         for name, hard in self.hard.items():
-            self._scale_rows(name, hard, 0.0, norms=True)
+            self._scale_rows(name, hard, 0.0, norms=True, index=self._hard_index.setdefault(name, {}))
 
 
 def run_schedule(
@@ -192,6 +210,7 @@ def run_schedule(
     def state(epoch: int, total: int) -> EpochState:
         return checked_state(name, schedule.state, epoch, total, **resolved)
 
+    model.to(device)  # before the gates are made, on its device (finetune would move it later)
     masks = ScheduleMasks(model, groups, plan, state, ranking, rescore_criterion=resolved.get("criterion", "l2"),
                           reselect=reselect)
     try:
