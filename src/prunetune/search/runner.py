@@ -197,6 +197,10 @@ def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable
         try:
             _announce(config, space, tracker, study)
             shipped = base_to(base, "cpu")
+            # the device copies of the data go, and what the dense training and the scoring left in torch's
+            # GPU cache: trials sharing this GPU (gpus_per_trial < 1) need the memory
+            base = inputs = None
+            _release_gpu_cache()
             threads = config.recipe.threads or max(1, int(s.cpus_per_trial))
             shipped = dataclasses.replace(shipped, recipe=shipped.recipe.with_changes(threads=threads))
             screened = _screen(config, space, shipped, table, tracker, progress) if config.screen.enabled else None
@@ -213,6 +217,13 @@ def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable
 
             ray.shutdown()
     return tracker, study
+
+
+def _release_gpu_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, objective: Callable[..., Any],
