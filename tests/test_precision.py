@@ -5,6 +5,9 @@ back after each, also after an error. On this CPU machine the tests pretend the 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -25,21 +28,25 @@ def tf32_off() -> bool:
     API, ``ieee``, or a convolution's ``none`` (the older flag decides) with that flag off."""
     if not NEW_API:
         return not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-    conv = torch.backends.cudnn.conv.fp32_precision
+    conv, above = torch.backends.cudnn.conv.fp32_precision, (torch.backends.cudnn, torch.backends)
+    inherited = conv == "none" and all(level.fp32_precision != "tf32" for level in above)
     return torch.backends.cuda.matmul.fp32_precision == "ieee" and (
-        conv == "ieee" or (conv == "none" and torch.backends.cudnn.allow_tf32 is False))
+        conv == "ieee" or (inherited and torch.backends.cudnn.allow_tf32 is False))
 
 
 def precision() -> tuple:
+    """Every TF32 setting torch has, to compare before and after."""
     if NEW_API:
-        return torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+        levels = (torch.backends, torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.cudnn.conv,
+                  torch.backends.cudnn.rnn)
+        return tuple(level.fp32_precision for level in levels)
     return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 
 
 @pytest.fixture(params=["new", "legacy"] if NEW_API else ["legacy"])
 def tf32_on(request, monkeypatch):
-    """TF32 on as a user sets it (through ``fp32_precision`` since torch 2.9, after which reading the
-    older ``allow_tf32`` flags raises, or through those flags), put back as it was after the test."""
+    """TF32 on as a user sets it: through ``fp32_precision`` per backend since torch 2.9 (after which
+    reading the older ``allow_tf32`` flags raises) or through the older flags; put back after the test."""
     backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
     if request.param == "new":
         backends = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
@@ -73,6 +80,26 @@ def test_the_block_turns_tf32_off_and_restores_it(tf32_on) -> None:
     with pytest.raises(KeyError), full_float32("cuda"):
         raise KeyError("x")
     assert precision() == tf32_on
+
+
+@pytest.mark.skipif(not NEW_API, reason="torch before 2.9 has no fp32_precision")
+def test_tf32_set_for_everything_is_off_in_the_block_too() -> None:
+    """``torch.backends.fp32_precision = "tf32"`` reaches a convolution whose own setting is ``none``,
+    which is what the older flag writes: the block sets it to ``ieee``. In a fresh interpreter: putting
+    that global setting back leaves torch unable to read its older flags for the rest of a process."""
+    code = """
+import torch
+import prunetune._precision as p
+p._cuda = lambda device: True
+torch.backends.fp32_precision = "tf32"
+levels = (torch.backends, torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.cudnn.conv)
+before = [b.fp32_precision for b in levels]
+with p.full_float32("cuda"):
+    inside = (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
+print(inside == ("ieee", "ieee"), [b.fp32_precision for b in levels] == before)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
 
 
 def test_on_the_cpu_the_settings_are_left_alone() -> None:

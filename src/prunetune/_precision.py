@@ -34,32 +34,47 @@ def _cuda(device: str | torch.device) -> bool:
 def full_float32(device: str | torch.device) -> Iterator[None]:
     """No TF32 in CUDA convolutions and matrix products within the block, where ``device`` is CUDA
     (elsewhere the settings are left alone: they change nothing there). Restored afterwards, also
-    after an error. The settings are process-wide: blocks running at once in two threads would
-    restore each other's."""
+    after an error; each newer per-backend value is put back as it was. The settings are
+    process-wide: blocks running at once in two threads would restore each other's."""
     if not _cuda(device):
         yield
         return
+    newer = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+    own = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn) if newer else ()
+    saved = [backend.fp32_precision for backend in own]
     restores: list[Callable[[], None]] = []
     try:
         restores.append(_set(torch.get_float32_matmul_precision, torch.set_float32_matmul_precision, "highest",
-                             "matmul"))
+                             own[:1]))
         restores.append(_set(lambda: torch.backends.cudnn.allow_tf32,
-                             lambda value: setattr(torch.backends.cudnn, "allow_tf32", value), False, "conv"))
+                             lambda value: setattr(torch.backends.cudnn, "allow_tf32", value), False, own[1:]))
+        if newer and torch.backends.cudnn.conv.fp32_precision == "tf32":  # inherited from a level above
+            for backend in own[1:]:
+                backend.fp32_precision = "ieee"
         yield
     finally:
         for restore in reversed(restores):
             restore()
+        for backend, value in zip(own, saved):
+            if backend.fp32_precision != value:  # an older-API write changed it (rewriting an equal one mixes APIs)
+                backend.fp32_precision = value
 
 
-def _set(get: Callable[[], Any], put: Callable[[Any], None], full: Any, backend: str) -> Callable[[], None]:
-    """Set one setting to full precision through the older API, or through ``fp32_precision`` where
-    reading the older one raises; returns what puts the caller's value back."""
+def _set(get: Callable[[], Any], put: Callable[[Any], None], full: Any, holders: tuple[Any, ...]) -> Callable[[], None]:
+    """Set one setting to full precision through the older API, or through the ``holders``'
+    ``fp32_precision`` where reading or writing the older one raises (the caller used the newer API in
+    a way the older cannot express, or froze the flags with ``torch.backends.disable_global_flags``);
+    returns what puts the caller's value back."""
     try:
         kept = get()
-    except RuntimeError:  # the caller set the newer API in a way the older one cannot express
-        holder = torch.backends.cuda.matmul if backend == "matmul" else torch.backends.cudnn.conv
-        old = holder.fp32_precision
-        holder.fp32_precision = "ieee"
-        return lambda: setattr(holder, "fp32_precision", old)
-    put(full)
+        put(full)
+    except RuntimeError:
+        old = [holder.fp32_precision for holder in holders]
+        for holder in holders:
+            holder.fp32_precision = "ieee"
+
+        def back() -> None:
+            for holder, value in zip(holders, old):
+                holder.fp32_precision = value
+        return back
     return lambda: put(kept)

@@ -89,15 +89,17 @@ def test_the_hard_channels_index_is_made_once_per_epoch_on_the_gates_device() ->
     masks = ScheduleMasks(model, groups, plan, lambda e, t: SCHEDULES.get("ghfp").state(e, t), plan_ranking(plan))
     device = next(model.parameters()).device
     assert all(g.device == device for g in masks.gates.values())
-    masks.on_epoch_start(2, 4)
+    masks.on_epoch_start(1, 4)
     name = next(n for n, hard in masks.hard.items() if hard)
     masks.after_step(model, None)
     first = masks._hard_index[name][device]
     masks.after_step(model, None)
     assert masks._hard_index[name][device] is first and first.tolist() == masks.hard[name]
-    masks.on_epoch_start(3, 4)  # new sets: the index is made again
+    masks.on_epoch_start(2, 4)  # more channels hard: the index is made again
+    assert masks.hard[name] != first.tolist()
     masks.after_step(model, None)
-    assert masks._hard_index[name][device].tolist() == masks.hard[name]
+    again = masks._hard_index[name][device]
+    assert again is not first and again.tolist() == masks.hard[name]
     masks.hooks.remove()
 
 

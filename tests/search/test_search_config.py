@@ -66,26 +66,30 @@ def test_paths_in_the_file_are_relative_to_the_file(tmp_path) -> None:
     # Optuna seeds numpy with it: a negative or too large seed crashed the search with a traceback
     ({"recipe": RECIPE, "macs_budget": 0.5, "seed": -1}, r"seed must be an integer in \[0, 4294967294\], got -1"),
     ({"recipe": RECIPE, "macs_budget": 0.5, "seed": 2**32}, r"seed must be an integer in \[0, 4294967294\]"),
-    # Ray hides the GPUs from a trial that asks for none, and numbers a trial's own from 0: every trial failed
-    ({"recipe": {**RECIPE, "device": "cuda"}, "macs_budget": 0.5}, "device 'cuda' but gpus_per_trial is 0"),
-    ({"recipe": {**RECIPE, "device": "cuda:1"}, "macs_budget": 0.5, "gpus_per_trial": 1}, "sees as cuda:0"),
+    # a trial sees the GPUs Ray gives it numbered from 0: cuda:1 was no device it had, and every trial failed
+    ({"recipe": {**RECIPE, "device": "cuda:1"}, "macs_budget": 0.5, "gpus_per_trial": 1}, r"as cuda:0; write device"),
+    ({"recipe": {**RECIPE, "device": "cuda:2"}, "macs_budget": 0.5, "gpus_per_trial": 2}, r"as cuda:0\.\.cuda:1;"),
 ])
 def test_schema_errors_name_the_key(tmp_path, data, match: str) -> None:
     with pytest.raises((ConfigError, UnknownNameError), match=match):
         parse_search_config(data, cwd=tmp_path)
 
 
-def test_a_gpu_search_asks_ray_for_gpus(tmp_path) -> None:
+def test_a_gpu_search_names_a_gpu_its_trials_have(tmp_path, caplog) -> None:
     config = parse_search_config({"recipe": {**RECIPE, "device": "cuda"}, "macs_budget": 0.5,
                                   "gpus_per_trial": 0.25}, cwd=tmp_path)
     assert config.recipe.device == "cuda" and config.settings.gpus_per_trial == 0.25
+    config = parse_search_config({"recipe": {**RECIPE, "device": "cuda:1"}, "macs_budget": 0.5,
+                                  "gpus_per_trial": 2}, cwd=tmp_path)  # the second of the trial's two
+    assert config.recipe.device == "cuda:1"
     # the flag counts as the file's key does
-    config = load_search_config(_written(tmp_path, {"recipe": {**RECIPE, "device": "cuda:0"}, "macs_budget": 0.5}),
-                                {"gpus_per_trial": 1}, cwd=tmp_path)
-    assert config.settings.gpus_per_trial == 1
-    with pytest.raises(ConfigError, match="gpus_per_trial is 0"):
-        load_search_config(_written(tmp_path, {"recipe": {**RECIPE, "device": "cuda"}, "macs_budget": 0.5,
-                                               "gpus_per_trial": 1}), {"gpus_per_trial": 0}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="as cuda:0; write device"):
+        load_search_config(_written(tmp_path, {"recipe": {**RECIPE, "device": "cuda:1"}, "macs_budget": 0.5,
+                                               "gpus_per_trial": 2}), {"gpus_per_trial": 0.5}, cwd=tmp_path)
+    # no GPU reserved: the trials share the machine's uncounted, which is said
+    with caplog.at_level("WARNING", logger="prunetune"):
+        parse_search_config({"recipe": {**RECIPE, "device": "cuda"}, "macs_budget": 0.5}, cwd=tmp_path)
+    assert "Ray reserves no GPU for the trials" in caplog.text and "--gpus-per-trial 0.25" in caplog.text
 
 
 def _written(folder: Path, data: dict) -> Path:

@@ -53,6 +53,7 @@ import dataclasses
 import os
 import re
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -310,24 +311,30 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
         check_user_code(recipe.model.name, allow_code=False, advice=advice)
     _check_train_params(recipe, space, screen)
     _check_criterion_params(recipe, space)
-    _check_device(recipe, settings)
+    _check_device(recipe, settings, spelling)
     return SearchConfig(recipe, space, settings, source, screen)
 
 
-def _check_device(recipe: Recipe, settings: SearchSettings) -> None:
-    """A trial sees the GPUs Ray gives it, numbered from 0, and none where it asks for none: a
-    ``device: cuda`` search with ``gpus_per_trial: 0`` failed every trial after the dense model and
-    the scores were made, and ``cuda:1`` is no GPU a trial has."""
+def _check_device(recipe: Recipe, settings: SearchSettings, spelling: Spelling) -> None:
+    """A trial that asks Ray for GPUs sees only those, numbered from 0 (``ceil(gpus_per_trial)`` of
+    them), so ``cuda:N`` past them is no GPU it has: refused before anything is trained. With
+    ``gpus_per_trial: 0`` Ray reserves none, and (Ray 2.60, the pinned version) leaves the machine's
+    GPUs visible, so the trials share them uncounted: said, not refused."""
     device = str(recipe.device)
     if not device.startswith("cuda"):
         return
-    if device not in ("cuda", "cuda:0"):
-        raise ConfigError(f"device {device!r}: in a search Ray gives each trial its GPU(s), which the trial sees "
-                          "as cuda:0; write device: cuda (Ray picks the GPUs; CUDA_VISIBLE_DEVICES limits them)")
-    if not settings.gpus_per_trial:
-        raise ConfigError(f"device {device!r} but gpus_per_trial is 0: Ray hides the GPUs from a trial that asks "
-                          "for none; set gpus_per_trial (0.25 lets four trials share one GPU; --gpus-per-trial) or "
-                          "device: auto (the trials on the CPU, the dense model and the scores on a GPU if there is one)")
+    gpus = settings.gpus_per_trial
+    if not gpus:
+        log.warning("device %r with gpus_per_trial 0: Ray reserves no GPU for the trials, which then share the "
+                    "machine's GPUs uncounted (%s lets Ray count them, e.g. 0.25 for four trials on one GPU)",
+                    device, spelling.given("gpus_per_trial", 0.25))
+        return
+    index = int(device.partition(":")[2] or 0)
+    visible = math.ceil(gpus - 1e-9)
+    if index >= visible:
+        raise ConfigError(f"device {device!r}: a trial sees the {visible} GPU(s) Ray gives it (gpus_per_trial "
+                          f"{gpus:g}) as cuda:0{'' if visible == 1 else f'..cuda:{visible - 1}'}; write device: cuda "
+                          "(Ray picks the GPUs; CUDA_VISIBLE_DEVICES limits them)")
 
 
 def _check_train_params(recipe: Recipe, space: SpaceSpec, screen: ScreenSpec) -> None:
