@@ -67,9 +67,13 @@ def tf32_on(request, monkeypatch):
 
 def _seen_in_forwards(model: torch.nn.Module, batch: int = 2) -> list:
     """Whether TF32 was off, in each forward on at least ``batch`` inputs (cost counting and tracing
-    run one input first, outside the blocks: their values are not used)."""
+    run one input first, outside the blocks: their values are not used), not counting traces."""
     seen: list = []
-    model.conv1.register_forward_hook(lambda m, i, o: seen.append(tf32_off()) if i[0].shape[0] >= batch else None)
+
+    def hook(_module, inputs, _output) -> None:
+        if not torch.jit.is_tracing() and inputs[0].shape[0] >= batch:
+            seen.append(tf32_off())
+    model.conv1.register_forward_hook(hook)
     return seen
 
 
