@@ -53,7 +53,6 @@ import dataclasses
 import os
 import re
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -70,8 +69,9 @@ from prunetune._text import short
 from prunetune._text import masked_url
 from prunetune.exceptions import ConfigError, UntrustedCodeError
 from prunetune.pruning.allocation import MacsBudget, check_budget
-from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
 from prunetune.recipes.schema import Recipe, read_yaml
+from prunetune.search.config_checks import (check_criterion_params, check_device, check_train_params,
+                                            warn_unsearched)
 from prunetune.search.screening import ScreenSpec
 from prunetune.search.study import default_study_storage, resolve_study_storage
 from prunetune.spaces import SpaceSpec
@@ -309,59 +309,10 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
     recipe = _base_recipe(d.get("recipe"), space, source, here, settings.allow_code, spelling)
     if advice is not OPT_IN and is_user_code(recipe.model.name):  # refused by the caller's False: say so now
         check_user_code(recipe.model.name, allow_code=False, advice=advice)
-    _check_train_params(recipe, space, screen)
-    _check_criterion_params(recipe, space)
-    _check_device(recipe, settings, spelling)
+    check_train_params(recipe, space, screen)
+    check_criterion_params(recipe, space)
+    check_device(recipe, settings, spelling)
     return SearchConfig(recipe, space, settings, source, screen)
-
-
-def _check_device(recipe: Recipe, settings: SearchSettings, spelling: Spelling) -> None:
-    """A trial that asks Ray for GPUs sees only those, numbered from 0 (``ceil(gpus_per_trial)`` of
-    them), so ``cuda:N`` past them is no GPU it has: refused before anything is trained. With
-    ``gpus_per_trial: 0`` Ray reserves none, and (Ray 2.60, the pinned version) leaves the machine's
-    GPUs visible, so the trials share them uncounted: said, not refused."""
-    device = str(recipe.device)
-    if not device.startswith("cuda"):
-        return
-    gpus = settings.gpus_per_trial
-    if not gpus:
-        log.warning("device %r with gpus_per_trial 0: Ray reserves no GPU for the trials, which then share the "
-                    "machine's GPUs uncounted (%s lets Ray count them, e.g. 0.25 for four trials on one GPU)",
-                    device, spelling.given("gpus_per_trial", 0.25))
-        return
-    index = int(device.partition(":")[2] or 0)
-    visible = math.ceil(gpus - 1e-9)
-    if index >= visible:
-        raise ConfigError(f"device {device!r}: a trial sees the {visible} GPU(s) Ray gives it (gpus_per_trial "
-                          f"{gpus:g}) as cuda:0{'' if visible == 1 else f'..cuda:{visible - 1}'}; write device: cuda "
-                          "(Ray picks the GPUs; CUDA_VISIBLE_DEVICES limits them)")
-
-
-def _check_train_params(recipe: Recipe, space: SpaceSpec, screen: ScreenSpec) -> None:
-    """Screened trials fine-tune with the recipe's lr under ``train_params: recipe``: it must lie in an
-    explicit ``space.lr`` (Optuna would otherwise take it with a warning, outside the space)."""
-    if not screen.enabled or screen.train_params != "recipe" or not isinstance(space.lr, tuple):
-        return
-    low, high = space.lr
-    if not low <= recipe.finetune.lr <= high:
-        raise ConfigError(f"screened trials fine-tune with the recipe's lr {recipe.finetune.lr:g} (screen.train_params: "
-                          f"recipe), outside space.lr [{low:g}, {high:g}]; widen space.lr, change finetune.lr, or "
-                          "set screen.train_params: sampled")
-
-
-def _check_criterion_params(recipe: Recipe, space: SpaceSpec) -> None:
-    """The base recipe's criterion parameters reach the scores and the trials only for the criteria the
-    search scores: the space's, and those its allocations read (``cmi`` for a ``cmi_*`` cut-off); any
-    other's would be dropped without a word (a typo'd or forgotten space entry)."""
-    used = {*space.criteria, *(c for a in space.allocations for c in strategy_criteria(a))}
-    unused = sorted(set(recipe.criterion.params) - used)
-    if unused:
-        name = unused[0]
-        readers = [a for a in STRATEGIES.names() if name in strategy_criteria(a)]
-        fix = f"add {name!r} to space.criteria" + (f" or an allocation that reads it ({', '.join(readers)}) to "
-                                                   "space.allocations" if readers else "")
-        raise ConfigError(f"the base recipe gives criterion params for {name!r}, which this search does not use "
-                          f"(it scores {', '.join(sorted(used))}); remove them or {fix}")
 
 
 def _settings(d: dict[str, Any], given: dict[str, Any], source: str | None, here: Path, cwd: Path) -> SearchSettings:
@@ -425,30 +376,8 @@ def _base_recipe(value: Any, space: SpaceSpec, source: str | None, here: Path, a
         raise ConfigError(f"allow_code belongs in the search config itself (or {spelling.switch('allow_code')}), not "
                           "in its base recipe: a recipe must not grant itself the right to run code")
     recipe = Recipe.from_dict(data, source=recipe_source, allow_code=allow_code, base=True)
-    _warn_unsearched(value, recipe, space)
+    warn_unsearched(value, recipe, space)
     return absolute_paths(recipe)
-
-
-KEEP_RULE = ("min_keep", "round_to", "max_ratio")  # what the trials take from the base recipe's allocation
-
-
-def _warn_unsearched(given: Mapping[str, Any], recipe: Recipe, space: SpaceSpec) -> None:
-    """Say what of the base recipe the trials do not use (a reused recipe file): its criterion, where the
-    space's are searched instead and it carries no ``params`` for them, and its allocation beyond the
-    keep rule (every trial gets its own under the search's budget)."""
-    crit = given.get("criterion")
-    if crit is not None and not (isinstance(crit, Mapping) and crit.get("params")):
-        names = sorted(recipe.criterion.weights)
-        if set(names) != set(space.criteria):
-            log.warning("the base recipe's criterion (%s) is not what the trials use: they blend the space's "
-                        "criteria (%s); to search %s alone, set space.criteria: [%s]", ", ".join(names),
-                        ", ".join(space.criteria), " and ".join(names), ", ".join(names))
-    alloc = given.get("allocation")
-    unused = sorted(k for k in alloc if k not in KEEP_RULE) if isinstance(alloc, Mapping) else []
-    if unused:
-        log.warning("the base recipe's allocation %s %s not used: every trial gets its own allocation under the "
-                    "search's macs_budget and space.allocations; only %s apply there", ", ".join(unused),
-                    "is" if len(unused) == 1 else "are", ", ".join(KEEP_RULE))
 
 
 def absolute_paths(recipe: Recipe) -> Recipe:
