@@ -145,11 +145,10 @@ class ScheduleMasks:
         if not channels:
             return
         index = {} if index is None else index
-        cpu = torch.as_tensor(list(channels), dtype=torch.long)
 
         def idx(device: torch.device) -> Tensor:
             if device not in index:
-                index[device] = cpu.to(device)
+                index[device] = torch.as_tensor(list(channels), dtype=torch.long, device=device)
             return index[device]
 
         group = self.groups[name]
