@@ -311,7 +311,7 @@ def parse_search_config(data: Any, *, source: str | None = None, overrides: Mapp
         check_user_code(recipe.model.name, allow_code=False, advice=advice)
     check_train_params(recipe, space, screen)
     check_criterion_params(recipe, space)
-    check_device(recipe, settings, spelling)
+    check_device(recipe, settings.gpus_per_trial, spelling)
     return SearchConfig(recipe, space, settings, source, screen)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prunetune._spelling import Spelling
 from prunetune.exceptions import ConfigError
@@ -16,9 +16,6 @@ from prunetune.pruning.strategies import STRATEGIES, strategy_criteria
 from prunetune.recipes.schema import Recipe
 from prunetune.search.screening import ScreenSpec
 from prunetune.spaces import SpaceSpec
-
-if TYPE_CHECKING:  # config.py imports this module
-    from prunetune.search.config import SearchSettings
 
 log = logging.getLogger("prunetune")
 
@@ -50,15 +47,15 @@ def check_criterion_params(recipe: Recipe, space: SpaceSpec) -> None:
                           f"(it scores {', '.join(sorted(used))}); remove them or {fix}")
 
 
-def check_device(recipe: Recipe, settings: SearchSettings, spelling: Spelling) -> None:
+def check_device(recipe: Recipe, gpus: float, spelling: Spelling) -> None:
     """A trial that asks Ray for GPUs sees only those, numbered from 0 (``ceil(gpus_per_trial)`` of
     them), so ``cuda:N`` past them is no GPU it has: refused before anything is trained. With
     ``gpus_per_trial: 0`` Ray reserves none, and (Ray 2.60, the pinned version) leaves the machine's
-    GPUs visible, so the trials share them uncounted: said, not refused."""
+    GPUs visible, so the trials share them uncounted: said, not refused. ``gpus``: the config's
+    ``gpus_per_trial``."""
     device = str(recipe.device)
     if not device.startswith("cuda"):
         return
-    gpus = settings.gpus_per_trial
     if not gpus:
         log.warning("device %r with gpus_per_trial 0: Ray reserves no GPU for the trials, which then share the "
                     "machine's GPUs uncounted (%s lets Ray count them, e.g. 0.25 for four trials on one GPU)",
