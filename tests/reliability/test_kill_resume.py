@@ -30,7 +30,7 @@ CONFIG = {
     "recipe": {"model": {"name": "tiny_resnet", "num_classes": 10, "in_channels": 1},
                "data": {"name": "digits", "image_size": 8, "batch_size": 128},
                "calibration": {"size": 64, "batch_size": 64}, "pretrain": {"epochs": 2, "batch_size": 128},
-               "finetune": {"epochs": 25, "lr": 0.05, "batch_size": 128}, "device": "cpu"},  # a few seconds a trial
+               "finetune": {"epochs": 10, "lr": 0.05, "batch_size": 128}, "device": "cpu"},  # 2-3 s a trial
     "space": {"ratios": "per_stage", "criteria": ["capacity", "l1"], "normalizers": ["rank"], "lr": [0.01, 0.1]},
     "screen": {"candidates": 8}, "trials": TRIALS, "concurrency": 1, "macs_budget": 0.5, "experiment": "killed",
 }
