@@ -70,6 +70,33 @@ def test_capacity_feature_names_non_finite_maps(first_batch: bool, bad: float) -
         acc.update(FeatureBatch(broken))
 
 
+@pytest.mark.parametrize("bad_at", [(1, 0, 2, 2), (0, 1, 0, 0)])
+def test_capacity_feature_names_a_later_nan_on_devices_whose_scatter_counts_it(monkeypatch, bad_at) -> None:
+    # CUDA's conversion gives a NaN bin 0, so its scatter does not raise as the CPU's does: the
+    # accumulator's own flag (no host sync) refuses the maps when the scores are read. The CPU plays
+    # such a device here.
+    from prunetune.pruning.criteria import information
+
+    monkeypatch.setattr(information, "SCATTER_RAISES_ON", frozenset())
+    acc = get_criterion("capacity").accumulator(2, source="feature")
+    good = torch.rand(4, 2, 3, 3)
+    broken = good.clone()
+    broken[bad_at] = math.nan
+    acc.update(FeatureBatch(good))
+    acc.update(FeatureBatch(broken))  # counted (clamped into range), not raised
+    acc.update(FeatureBatch(good))
+    with pytest.raises(ConfigError, match=r"criterion 'capacity': the feature maps hold NaN or inf"):
+        acc.result()
+    clean = get_criterion("capacity").accumulator(2, source="feature")
+    cpu = get_criterion("capacity").accumulator(2, source="feature")
+    for batch in (good, good * 0.5, good + 2.0):  # the last one past the range: the end bins
+        clean.update(FeatureBatch(batch))
+    monkeypatch.setattr(information, "SCATTER_RAISES_ON", frozenset({"cpu"}))
+    for batch in (good, good * 0.5, good + 2.0):
+        cpu.update(FeatureBatch(batch))
+    assert torch.equal(clean.result(), cpu.result())  # without NaN: the same counts either way
+
+
 def test_independence_filter_duplicate_pair_scores_lower() -> None:
     w = torch.tensor(
         [[1.0, -1.0, 0.0, 0.0], [2.0, -2.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]], dtype=torch.float64

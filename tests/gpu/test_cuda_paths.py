@@ -125,3 +125,19 @@ def test_a_recipe_runs_end_to_end_on_the_gpu(tmp_path) -> None:
     x = torch.randn(8, 1, 8, 8, device=CUDA)
     with torch.no_grad():
         assert torch.allclose(loaded.eval()(x), result.model.eval()(x), atol=1e-5)
+
+
+def test_a_nan_in_a_later_batch_is_refused_on_the_gpu_as_on_the_cpu() -> None:
+    """CUDA converts a NaN's bin index to a bin in range, where the CPU's scatter raises: the
+    histogram criterion must still refuse the maps (when its scores are read)."""
+    from prunetune.exceptions import ConfigError
+    from prunetune.pruning.criteria.base import FeatureBatch
+
+    acc = get_criterion("capacity").accumulator(2, source="feature")
+    good = torch.rand(4, 2, 3, 3, device=CUDA)
+    broken = good.clone()
+    broken[1, 0, 2, 2] = float("nan")
+    acc.update(FeatureBatch(good))
+    acc.update(FeatureBatch(broken))
+    with pytest.raises(ConfigError, match="the feature maps hold NaN or inf"):
+        acc.result()

@@ -42,6 +42,12 @@ SOURCES = ("filter", "feature")
 # into int32 counts took half the time of int64 on the project machine)
 INT32_COUNTS_BELOW = 2**31
 
+# devices whose ``scatter_add_`` raises on an index out of range, as a NaN's bin index is there (on
+# the CPU the conversion of NaN gives the most negative integer). Elsewhere a NaN is no error: CUDA
+# converts it to bin 0 (or an out-of-range index would stop the device with an assert), so there the
+# indices are clamped and :class:`_HistogramAccumulator` looks for NaN itself, without a host sync.
+SCATTER_RAISES_ON = frozenset({"cpu"})
+
 
 def bin_counts(x: Tensor, lo: float, hi: float, bins: int) -> Tensor:
     """Per-row histogram of ``Tensor[C, m]`` over ``bins`` equal bins of ``[lo, hi]``.
@@ -74,6 +80,8 @@ def bin_counts(x: Tensor, lo: float, hi: float, bins: int) -> Tensor:
         # floor then clamp to [0, bins − 1] = clamp then truncate (integer bounds, values ≥ 0 after it)
         torch.sub(block, lo, out=at).mul_(scale).clamp_(0, bins - 1)
         where.copy_(at)
+        if x.device.type not in SCATTER_RAISES_ON:
+            where.clamp_(0, bins - 1)
         counts[rows].scatter_add_(1, where, one.expand(where.shape))
     return counts.to(torch.float64)
 
@@ -105,6 +113,7 @@ class _HistogramAccumulator:
         self.name, self.channels, self.bins, self.margin = name, channels, bins, margin
         self.range: tuple[float, float] | None = None
         self.counts: Tensor | None = None
+        self.nan: Tensor | None = None  # whether a batch after the first held NaN (devices that count it)
 
     def update(self, batch: FeatureBatch) -> None:
         maps = as_maps(batch.activations, crit=self.name, channels=self.channels)
@@ -119,6 +128,9 @@ class _HistogramAccumulator:
             width = hi - lo if hi > lo else max(abs(lo), 1.0)
             pad = self.margin * width if (hi > lo or self.margin > 0) else 0.5 * width
             self.range = (lo - pad, hi + pad)
+        if x.device.type not in SCATTER_RAISES_ON:  # a device-side flag: checked once, in result()
+            seen = torch.isnan(x).any()
+            self.nan = seen if self.nan is None else self.nan.logical_or_(seen)
         try:
             counts = bin_counts(x, *self.range, self.bins)
         except RuntimeError as err:  # a NaN's bin index is out of range; no pass over the maps before
@@ -136,6 +148,8 @@ class _HistogramAccumulator:
     def result(self) -> Tensor:
         if self.counts is None:
             raise no_data(self.name)
+        if self.nan is not None and bool(self.nan):
+            raise self._non_finite()
         return entropy_bits(self.counts)
 
     def extras(self) -> dict[str, Tensor]:
