@@ -22,11 +22,18 @@ TINY_SPACE: dict[str, Any] = {"ratios": "per_stage", "criteria": ["capacity", "l
 
 
 def tiny_config(cwd, recipe: dict | None = None, space: dict | None = None, **settings: Any):
-    """A tiny search config whose store and results live in ``cwd`` (for fixtures of any scope)."""
+    """A tiny search config whose store and results live in ``cwd`` (for fixtures of any scope).
+
+    One trial at a time on 2 CPUs, the test Ray's whole capacity (tests about parallel trials say
+    ``concurrency=2, cpus_per_trial=1``). With a CPU left free, Ray Tune starts an actor for the
+    trial it stages next, then gives that trial the cached actor of the one that just ended (the
+    tests' trials take milliseconds, less than an actor's start-up), and at the end of the search
+    waits up to 5 s for the unused actor to start so that it can stop it: about 5 s a search."""
     from prunetune.search import parse_search_config
 
     data = {"recipe": copy.deepcopy(recipe or TINY_RECIPE), "space": copy.deepcopy(space or TINY_SPACE),
-            "macs_budget": 0.5, "trials": 4, "concurrency": 2, "experiment": "tiny", **settings}
+            "macs_budget": 0.5, "trials": 4, "concurrency": 1, "cpus_per_trial": 2, "experiment": "tiny",
+            **settings}
     return parse_search_config(data, cwd=cwd)
 
 
