@@ -42,10 +42,11 @@ SOURCES = ("filter", "feature")
 # into int32 counts took half the time of int64 on the project machine)
 INT32_COUNTS_BELOW = 2**31
 
-# devices whose ``scatter_add_`` raises on an index out of range, as a NaN's bin index is there (on
-# the CPU the conversion of NaN gives the most negative integer). Elsewhere a NaN is no error: CUDA
-# converts it to bin 0 (or an out-of-range index would stop the device with an assert), so there the
-# indices are clamped and :class:`_HistogramAccumulator` looks for NaN itself, without a host sync.
+# devices whose ``scatter_add_`` raises on an index out of range, as a NaN's bin index is there (the
+# CPU converts NaN to the most negative integer). Elsewhere that is no error to rely on: CUDA's
+# conversion rules give NaN an index in range (0), and an index out of range would stop the device
+# with an assert, so there the indices are clamped and :class:`_HistogramAccumulator` looks for NaN
+# itself, with a flag kept on the device (no host sync per batch).
 SCATTER_RAISES_ON = frozenset({"cpu"})
 
 
