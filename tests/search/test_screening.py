@@ -290,14 +290,14 @@ def test_the_hand_pool_is_at_most_half_the_pool(resnet20_groups) -> None:
 def test_a_damaged_screened_pool_is_one_error_naming_it(make_config, text) -> None:
     # a damaged screening.json (an interrupted search's pool, reused on resume) was a TypeError or
     # JSONDecodeError traceback
-    from prunetune.search.runner import SCREEN_FILE, _screen
+    from prunetune.search.screen_phase import SCREEN_FILE, screen
 
     config = make_config()
     exp = config.settings.experiment_dir
     exp.mkdir(parents=True)
     (exp / SCREEN_FILE).write_text(text)
     with pytest.raises(ConfigError, match=f"{SCREEN_FILE}.*damaged.*another --experiment"):
-        _screen(config, None, None, None, None, None)
+        screen(config, None, None, None, None, None)
 
 
 def test_candidates_that_give_one_plan_are_fine_tuned_once() -> None:

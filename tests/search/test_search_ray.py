@@ -310,7 +310,7 @@ def test_a_search_interrupted_in_screening_is_sealed_and_resumes_without_a_warni
     stop ("e.g. kill -9")."""
     import json
 
-    from prunetune.search import runner
+    from prunetune.search import screen_phase
     from prunetune.search.resume import STATE_FILE
     from prunetune.search.trust import SEAL_KEY
 
@@ -320,7 +320,7 @@ def test_a_search_interrupted_in_screening_is_sealed_and_resumes_without_a_warni
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(runner, "run_screening", interrupted)
+        m.setattr(screen_phase, "run_screening", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_search(config, objective=plan_only, show_progress=False)
     state = json.loads((config.settings.experiment_dir / STATE_FILE).read_text())

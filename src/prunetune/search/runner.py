@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunetune._atomic import write_text_atomic
 from prunetune._imports import require
 from prunetune._signals import handlers_restored, sigint_kept_ignored
-from prunetune._text import exception_line, masked_url
-from prunetune.exceptions import ConfigError
+from prunetune._text import masked_url
 from prunetune.recipes.pipeline import dense_base, load_inputs, score_table
 from prunetune.recipes.planning import check_allocation
 from prunetune.pruning.groups import ModelGroups
@@ -37,12 +35,11 @@ from prunetune.search.lock import ExperimentLock
 from prunetune.search.objective import TrialResult, base_to, run_trial
 from prunetune.search.progress import Callback, Progress
 from prunetune.search.resume import STATE_FILE, done_trials, recorded_config, resume_state, write_state
+from prunetune.search.screen_phase import SCREEN_FILE, recipe_train_params, screen, screened_pool
 from prunetune.search.study import dashboard_command
-from prunetune.pruning.schedules import SCHEDULES
-from prunetune.search.screening import ScreenOutcome, hand_pool, run_screening, trial_points
-from prunetune.search.selection import proxy_metrics, select, table_csv
-from prunetune.spaces.presets import LR, SCHEDULE, SCHEDULE_PARAM_PREFIX
-from prunetune.spaces import SearchSpace, build_space, plan_space, space_criteria, space_target_range
+from prunetune.search.screening import ScreenOutcome, trial_points
+from prunetune.search.selection import proxy_metrics
+from prunetune.spaces import SearchSpace, build_space, space_criteria, space_target_range
 from prunetune.tracking.store import ui_command
 from prunetune.tracking.tracker import ERROR_TAG, FAILED, FINISHED, KILLED, PLUGINS_TAG, SearchTracker
 from prunetune.tracking.views import view_url
@@ -52,7 +49,6 @@ log = logging.getLogger("prunetune")
 
 # the handlers Ray Tune's Tuner.fit replaces (to stop an experiment) and does not put back
 TUNE_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name))
-SCREEN_FILE = "screening.json"
 
 
 @dataclass(frozen=True)
@@ -132,7 +128,7 @@ def run_search(config: SearchConfig, *, resume: bool | None = None,
     with ExperimentLock(s.experiment_dir, s.experiment):
         state = resume_state(config, s.experiment_dir, resume)
         if state is not None and config.screen.enabled:
-            _screened_pool(config)  # damaged: an error now, before anything is trained
+            screened_pool(config)  # damaged: an error now, before anything is trained
         config = recorded_config(config, state)
         reporter.start_ticker()
         try:
@@ -203,7 +199,7 @@ def _run(config: SearchConfig, state: dict[str, Any] | None, objective: Callable
             _release_gpu_cache()
             threads = config.recipe.threads or max(1, int(s.cpus_per_trial))
             shipped = dataclasses.replace(shipped, recipe=shipped.recipe.with_changes(threads=threads))
-            screened = _screen(config, space, shipped, table, tracker, progress) if config.screen.enabled else None
+            screened = screen(config, space, shipped, table, tracker, progress) if config.screen.enabled else None
             _fine_tune(config, space, shipped, table, objective, tracker, callbacks, progress,
                        state=state, screened=screened, study=study)
         except BaseException as exc:
@@ -259,7 +255,7 @@ def _fine_tune(config: SearchConfig, space: SearchSpace, base: Any, table: Any, 
         return
     points = None
     if screened is not None and not exists:  # an existing study keeps its queue of screened candidates
-        points = trial_points(screened.selected, space, _recipe_train_params(config))
+        points = trial_points(screened.selected, space, recipe_train_params(config))
     tuner = _tuner(config, space, base, table, objective, [tracking, *callbacks], storage=storage, study=study,
                    points=points, samples=left)
     try:
@@ -296,99 +292,6 @@ def _open_tracking(config: SearchConfig, state: dict[str, Any] | None, base: Any
     write_state(s.experiment_dir, {"identity": config.identity(), "parent_run_id": tracker.parent_run_id,
                                    "study_name": study, "finished": False})
     return tracker, study
-
-
-def _screened_pool(config: SearchConfig) -> ScreenOutcome | None:
-    """The pool an interrupted search screened (None when it screened none); damaged, a one-line error."""
-    path = config.settings.experiment_dir / SCREEN_FILE
-    if not path.is_file():
-        return None
-    try:
-        return ScreenOutcome.from_json(path.read_bytes().decode("utf-8"))
-    except ValueError as exc:  # JSON and UTF-8 errors too
-        raise ConfigError(f"screened pool {str(path)!r} is damaged ({exception_line(exc, 120)}), so the "
-                          "search cannot be resumed; its finished trials stay in MLflow: start a new search with "
-                          f"another --experiment (or move {str(config.settings.experiment_dir)!r} away)") from None
-
-
-def _screen(config: SearchConfig, space: SearchSpace, base: Any, table: Any, tracker: SearchTracker,
-            progress: Progress) -> ScreenOutcome:
-    """Screen candidate plans on the Ray cluster (or reload the pool an interrupted search screened)."""
-    s, spec = config.settings, config.screen
-    path = s.experiment_dir / SCREEN_FILE
-    outcome = _screened_pool(config)
-    if outcome is not None:
-        log.info("screening: reusing the %d screened candidates in %s", len(outcome.candidates), path)
-        return outcome
-    import ray
-
-    from prunetune.search import ray_screening
-
-    low, high = space_target_range(space)  # the range the space was built with
-    plans = plan_space(space)
-    count = spec.count(s.trials)
-    hand = hand_pool(config.space, plans, low, high, trials=s.trials, count=count)
-    slots = ray_screening.placeable(s.concurrency, s.cpus_per_trial, s.gpus_per_trial)
-    progress.phase("screening", f"{count} candidate plans ({len(hand)} of them hand recipes: each criterion alone, uniform or global) by "
-                   f"adaptive-BN proxy, {slots} at a time")
-    t0 = time.perf_counter()
-    pool = ray_screening.RayPool(ray.put(base), ray.put(table), slots=slots, cpus=s.cpus_per_trial,
-                                 gpus=s.gpus_per_trial, bn_batches=spec.bn_batches, val_images=spec.val_images,
-                                 plugins=s.plugins)
-    try:
-        chunk = max(1, min(8, count // (4 * slots)))
-        candidates = run_screening(plans, hand, count, pool, seed=s.seed, chunk=chunk,
-                                   progress=_screen_progress(progress))
-    finally:
-        pool.close()
-    fixed = _recipe_train_params(config).get(SCHEDULE)  # the trials' schedule, when screening fixes it
-    selected = select(candidates, s.trials, by_order=fixed is None or not SCHEDULES.get(fixed).one_shot,
-                      budget=high)
-    outcome = ScreenOutcome(candidates, selected, time.perf_counter() - t0, fresh=True)
-    failed = sum(1 for c in candidates if not c.ok)
-    if not selected:
-        first = next((c.error for c in candidates if c.error), "no candidate")
-        # a plugin the workers cannot import fails the trials alike: screen: false would not help
-        fix = "fix the cause (the trials would meet it too)" if first.startswith("ConfigError: plugin module '") else \
-            "fix the cause, or run with screen: false"
-        raise ConfigError(f"screening evaluated none of its {len(candidates)} candidates (first error: {first}); {fix}")
-    if len(selected) < s.trials:
-        # select stops short only when it has taken every distinct plan
-        log.warning("screening: only %d distinct plans could be evaluated (%d candidates failed, %d gave a plan "
-                    "another had given); fine-tuning those %d of the %d trials asked for (raise screen.candidates "
-                    "for more)", len(selected), failed, len(candidates) - failed - len(selected), len(selected),
-                    s.trials)
-    log.info("screening: %d candidates in %.1fs (%d failed); fine-tuning %d of the proxy front, MACs %s",
-             len(candidates), outcome.seconds, failed, len(selected),
-             ", ".join(f"{100 * c.macs_ratio:.1f}%" for c in selected))
-    s.experiment_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, outcome.to_json())
-    tracker.log_search(metrics={"screen_s": outcome.seconds, "screen_candidates": len(candidates),
-                                "screen_failed": failed, "screen_selected": len(selected)},
-                       texts={"screening.csv": table_csv(candidates)})
-    return outcome
-
-
-def _recipe_train_params(config: SearchConfig) -> dict[str, Any]:
-    """The values screened trials fine-tune with under ``train_params: recipe``: the recipe's lr, the
-    space's first schedule and that schedule's own defaults (empty under ``sampled``)."""
-    if config.screen.train_params != "recipe":
-        return {}
-    name = config.space.schedules[0]
-    fixed: dict[str, Any] = {LR: config.recipe.finetune.lr, SCHEDULE: name}
-    fixed.update({f"{SCHEDULE_PARAM_PREFIX}{name}.{k}": v for k, v in SCHEDULES.get(name).defaults.items()})
-    return fixed
-
-
-def _screen_progress(progress: Progress) -> Callable[[int, int], None]:
-    marks: set[int] = set()
-
-    def report(done: int, total: int) -> None:
-        quarter = 4 * done // total
-        line = quarter not in marks and 0 < quarter < 4
-        marks.add(quarter)
-        progress.screening(done, total, line=line)
-    return report
 
 
 def _tuner(config: SearchConfig, space: SearchSpace, base: Any, table: Any, objective: Callable[..., Any],
