@@ -35,6 +35,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
 
 
+# the tiny search runs one trial at a time (search/conftest.py); these tests need two side by side
+TWO_AT_A_TIME = {"concurrency": 2, "cpus_per_trial": 1}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -94,7 +98,7 @@ def _children(outcome) -> list:
 
 
 def test_failing_and_nan_trials_do_not_stop_the_search(make_config, tmp_path) -> None:
-    config = make_config(trials=4, concurrency=2, cpus_per_trial=1)  # a failure beside a running trial
+    config = make_config(trials=4, **TWO_AT_A_TIME)  # a failure beside a running trial
     outcome = run_search(config, objective=functools.partial(flaky, counter=str(tmp_path / "slots")),
                          show_progress=False)
     assert outcome.status == "FINISHED" and not outcome.interrupted
@@ -116,7 +120,7 @@ def broken(config, base, table, *, report=None) -> TrialResult:
 
 
 def test_a_search_whose_every_trial_failed_ends_failed_not_finished(make_config) -> None:
-    config = make_config(trials=3, concurrency=2, cpus_per_trial=1)  # a failed trial's actor is not reused
+    config = make_config(trials=3, **TWO_AT_A_TIME)  # a failed trial's actor is not reused
     outcome = run_search(config, objective=broken, show_progress=False)
     assert outcome.status == "FAILED" and outcome.failed and not outcome.interrupted
     assert outcome.counts == {"FAILED": 3}
@@ -129,7 +133,7 @@ def test_a_search_whose_every_trial_failed_ends_failed_not_finished(make_config)
 
 
 def test_interrupted_search_resumes_without_losing_or_repeating_trials(make_config, tmp_path) -> None:
-    config = make_config(trials=6, concurrency=2, cpus_per_trial=1)  # trials of 1 s, two at a time
+    config = make_config(trials=6, **TWO_AT_A_TIME)  # trials of 1 s, two at a time
     objective = functools.partial(plan_only, sleep=1.0)
     first = run_search(config, objective=objective, show_progress=False,
                        callbacks=[InterruptAfter(2, str(tmp_path / "interrupted"))])
@@ -137,7 +141,7 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(make_conf
     done_first = {r.data.tags[TRIAL_TAG] for r in _children(first) if r.info.status == "FINISHED"}
     assert 2 <= len(done_first) < 6
     with pytest.raises(ConfigError, match="another 'trials'"):
-        run_search(make_config(trials=8, concurrency=2, cpus_per_trial=1), objective=objective, show_progress=False)
+        run_search(make_config(trials=8, **TWO_AT_A_TIME), objective=objective, show_progress=False)
     earlier_best = max(r.data.metrics["accuracy"] for r in _children(first)
                        if r.info.status == "FINISHED" and r.data.metrics["macs_ratio"] <= 0.5 + 1e-9)
     events = []
@@ -152,7 +156,7 @@ def test_interrupted_search_resumes_without_losing_or_repeating_trials(make_conf
     with pytest.raises(ConfigError, match="already finished"):
         run_search(config, objective=objective, show_progress=False)
     with pytest.raises(ConfigError, match="nothing to resume"):
-        run_search(make_config(trials=6, concurrency=2, cpus_per_trial=1, experiment="other"), resume=True,
+        run_search(make_config(trials=6, **TWO_AT_A_TIME, experiment="other"), resume=True,
                    objective=objective, show_progress=False)
 
 
